@@ -1,0 +1,159 @@
+"""TrafficReader: streams the records of a capture directory, file after file.
+
+Memory stays bounded: files are read in 1 MiB pieces and decompressed at most 4 MiB at a time.
+"""
+from __future__ import annotations
+
+import json
+import os
+from typing import Iterator
+
+import lz4.frame
+
+from fastproxy.capture import crypto
+from fastproxy.capture.record import (FILE_HEADER, FILE_RE, FILE_VERSION, FLAG_AES_CTR,
+                                      FLAG_LZ4, FORMAT_VERSION, MAGIC, META_NAME, Record,
+                                      decode_records)
+from fastproxy.errors import TrafficFormatError
+
+__all__ = ["TrafficReader", "Record", "list_traffic_files"]
+
+READ_SIZE = 1024 * 1024
+MAX_DECOMPRESS = 4 * 1024 * 1024
+
+
+def list_traffic_files(input_dir) -> list[str]:
+    """Traffic file names of a capture in write order (by sequence number, not by clock)."""
+    found = []
+    for name in os.listdir(input_dir):
+        m = FILE_RE.match(name)
+        if m:
+            found.append((int(m.group(2)), name))
+    return [name for _, name in sorted(found)]
+
+
+class TrafficReader:
+    """TrafficReader(input_dir, encryption_key=None); iterate it for Records.
+
+    meta is {} and complete is False for a capture that was cut off before its meta was written;
+    its last file may then end mid-record, which ends the iteration instead of raising.
+    """
+
+    def __init__(self, input_dir, encryption_key: bytes | None = None):
+        self.input_dir = os.fspath(input_dir)
+        self._key = crypto.check_key(encryption_key) if encryption_key is not None else None
+        if not os.path.isdir(self.input_dir):
+            raise TrafficFormatError(f"{self.input_dir}: not a capture directory")
+        self.files = list_traffic_files(self.input_dir)
+        self.meta = self._load_meta()
+        self.complete = bool(self.meta)
+        if not self.complete and not self.files:
+            raise TrafficFormatError(
+                f"{self.input_dir}: no capture here (no meta, no traffic files)")
+        self.truncated_at: tuple[str, int] | None = None  # (file, offset) of a cut-off tail
+
+    def _load_meta(self) -> dict:
+        path = os.path.join(self.input_dir, META_NAME)
+        try:
+            with open(path, "rb") as f:
+                meta = json.loads(f.read())
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError) as e:
+            raise TrafficFormatError(f"{path}: unreadable meta: {e}") from e
+        if not isinstance(meta, dict):
+            raise TrafficFormatError(f"{path}: meta is not a JSON object")
+        version = meta.get("format_version")
+        if version != FORMAT_VERSION:
+            raise TrafficFormatError(f"{path}: unsupported traffic format version {version!r} "
+                                     f"(this fastproxy reads version {FORMAT_VERSION})")
+        return meta
+
+    def __iter__(self) -> Iterator[Record]:
+        for i, name in enumerate(self.files):
+            last = i == len(self.files) - 1
+            yield from self._read_file(name, tolerate_cut=last and not self.complete)
+
+    def _chunks(self, name: str, f):
+        """Yield the file's decrypted, decompressed byte stream in bounded pieces."""
+        path = os.path.join(self.input_dir, name)
+        head = f.read(FILE_HEADER.size)
+        if len(head) < FILE_HEADER.size:
+            raise TrafficFormatError(f"{path}: truncated file header")
+        magic, version, flags, _ = FILE_HEADER.unpack(head)
+        if magic != MAGIC:
+            raise TrafficFormatError(f"{path}: not a fastproxy traffic file (bad magic)")
+        if version != FILE_VERSION:
+            raise TrafficFormatError(f"{path}: unsupported traffic file version {version} "
+                                     f"(this fastproxy reads version {FILE_VERSION})")
+        cipher = None
+        if flags & FLAG_AES_CTR:
+            if self._key is None:
+                raise TrafficFormatError(
+                    f"{path}: file is encrypted; an encryption key is required")
+            extra = f.read(crypto.IV_SIZE + crypto.KEY_CHECK_SIZE)
+            if len(extra) < crypto.IV_SIZE + crypto.KEY_CHECK_SIZE:
+                raise TrafficFormatError(f"{path}: truncated file header")
+            iv, check = extra[:crypto.IV_SIZE], extra[crypto.IV_SIZE:]
+            if check != crypto.key_check_value(self._key, iv):
+                raise TrafficFormatError(f"{path}: wrong encryption key")
+            cipher = crypto.ctr_cipher(self._key, iv)
+        dec = lz4.frame.LZ4FrameDecompressor() if flags & FLAG_LZ4 else None
+        out_offset = 0
+        while True:
+            raw = f.read(READ_SIZE)
+            if not raw:
+                break
+            if cipher is not None:
+                raw = cipher.update(raw)
+            if dec is None:
+                yield raw
+                continue
+            while True:
+                if dec.eof:
+                    if raw or dec.unused_data:
+                        raise TrafficFormatError(f"{path}: unexpected data after the lz4 frame")
+                    break
+                try:
+                    piece = dec.decompress(raw, max_length=MAX_DECOMPRESS)
+                except RuntimeError as e:  # python-lz4 reports corrupt frames as RuntimeError
+                    raise TrafficFormatError(f"{path}: corrupt lz4 data near decompressed "
+                                             f"offset {out_offset}: {e}") from e
+                raw = b""
+                out_offset += len(piece)
+                if piece:
+                    yield piece
+                if dec.needs_input:
+                    break
+        if dec is not None and not dec.eof:
+            raise _Cut(f"{path}: truncated lz4 frame at decompressed offset {out_offset}")
+
+    def _read_file(self, name: str, tolerate_cut: bool) -> Iterator[Record]:
+        path = os.path.join(self.input_dir, name)
+        try:
+            f = open(path, "rb")
+        except OSError as e:
+            raise TrafficFormatError(f"{path}: {e.strerror}") from e
+        with f:
+            buf = bytearray()
+            offset = 0  # of buf[0] in the decompressed stream
+            try:
+                for piece in self._chunks(name, f):
+                    buf += piece
+                    recs, used = decode_records(buf, offset, path)
+                    if used:
+                        del buf[:used]
+                        offset += used
+                    yield from recs
+                if buf:
+                    raise _Cut(f"{path}: truncated record at offset {offset}")
+            except _Cut as e:
+                if not tolerate_cut:
+                    raise TrafficFormatError(str(e)) from None
+                self.truncated_at = (name, offset)
+            except OSError as e:
+                raise TrafficFormatError(f"{path}: {e.strerror}") from e
+
+
+class _Cut(Exception):
+    """The stream ends early: fatal, except at the end of a capture that was cut off."""

@@ -1,0 +1,132 @@
+"""`fastproxy traffic ...`: talks to running proxies over their HTTP API, like `tiproxyctl traffic`."""
+from __future__ import annotations
+
+import json
+import sys
+import urllib.error
+import urllib.parse
+import urllib.request
+
+import click
+
+
+def _addrs(curls: str) -> list[str]:
+    addrs = [a.strip() for a in curls.split(",") if a.strip()]
+    if not addrs:
+        raise click.UsageError("--curls: give at least one HOST:PORT")
+    return addrs
+
+
+def _call(addr: str, method: str, path: str, form: dict | None = None, timeout: float = 30.0) -> tuple[int, str]:
+    data = urllib.parse.urlencode({k: v for k, v in (form or {}).items() if v is not None}).encode() if form else None
+    req = urllib.request.Request(f"http://{addr}{path}", data=data, method=method)
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            return resp.status, resp.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+    except (urllib.error.URLError, OSError) as e:
+        reason = getattr(e, "reason", e)
+        raise click.ClickException(f"cannot reach the fastproxy API at {addr}: {reason}") from None
+
+
+def _each(curls: str, method: str, path: str, form: dict | None = None) -> None:
+    failed = False
+    addrs = _addrs(curls)
+    for addr in addrs:
+        status, body = _call(addr, method, path, form)
+        prefix = f"{addr}: " if len(addrs) > 1 else ""
+        if status >= 400:
+            failed = True
+            click.echo(f"{prefix}error (HTTP {status}): {body.strip()}", err=True)
+        else:
+            click.echo(f"{prefix}{body.rstrip()}")
+    if failed:
+        sys.exit(1)
+
+
+curls_option = click.option("--curls", default="127.0.0.1:3080", show_default=True,
+                            help="API address(es) of running fastproxy instances, comma-separated")
+
+
+@click.group()
+def traffic() -> None:
+    """Capture and replay traffic through running proxies (HTTP API)."""
+
+
+@traffic.command()
+@curls_option
+@click.option("--output", required=True, help="directory (on the proxy's machine) for the traffic files")
+@click.option("--duration", required=True, help="how long to capture, e.g. 30s, 10m, 1h")
+@click.option("--compress/--no-compress", default=True, show_default=True, help="lz4-compress the traffic files")
+@click.option("--encryption-method", type=click.Choice(["", "aes256-ctr"]), default="", show_default=True,
+              help="encrypt the files with the key at security.encryption-key-path")
+def capture(curls: str, output: str, duration: str, compress: bool, encryption_method: str) -> None:
+    """Start capturing every connection's traffic."""
+    _each(curls, "POST", "/api/traffic/capture", {"output": output, "duration": duration,
+                                                   "compress": str(compress).lower(),
+                                                   "encryption-method": encryption_method})
+
+
+@traffic.command()
+@curls_option
+@click.option("--input", "input_dir", required=True, help="capture directory (on the proxy's machine)")
+@click.option("--username", required=True, help="user the replay logs in as")
+@click.option("--password", default=None, help="its password (prompted when omitted)")
+@click.option("--speed", type=float, default=1.0, show_default=True, help="replay speed (0 = as fast as possible)")
+@click.option("--read-only", "read_only", is_flag=True, help="replay only statements that do not write")
+@click.option("--encryption-key-path", default=None, help="key file for an encrypted capture")
+def replay(curls: str, input_dir: str, username: str, password: str | None, speed: float, read_only: bool,
+           encryption_key_path: str | None) -> None:
+    """Replay a capture against the proxy's backends."""
+    if password is None:
+        password = click.prompt("Password", hide_input=True, default="", show_default=False)
+    _each(curls, "POST", "/api/traffic/replay", {"input": input_dir, "username": username, "password": password,
+                                                  "speed": repr(speed), "readonly": str(read_only).lower(),
+                                                  "encryption-key-path": encryption_key_path})
+
+
+@traffic.command()
+@curls_option
+def show(curls: str) -> None:
+    """Show the last traffic jobs (JSON)."""
+    _each(curls, "GET", "/api/traffic/show")
+
+
+@traffic.command()
+@curls_option
+@click.option("--type", "kind", type=click.Choice(["", "capture", "replay"]), default="",
+              help="which job to cancel (default: both)")
+@click.option("--graceful", is_flag=True, help="replay: stop reading, let queued commands finish")
+def cancel(curls: str, kind: str, graceful: bool) -> None:
+    """Cancel the running capture and/or replay."""
+    _each(curls, "POST", "/api/traffic/cancel", {"type": kind, "graceful": str(graceful).lower()})
+
+
+@traffic.command()
+@click.argument("input_dir", type=click.Path(exists=True, file_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="JSON lines instead of readable lines")
+@click.option("--limit", type=int, default=None, help="print at most this many records (the summary counts all)")
+@click.option("--encryption-key-path", default=None, help="key file for an encrypted capture")
+def inspect(input_dir: str, as_json: bool, limit: int | None, encryption_key_path: str | None) -> None:
+    """Print a capture's records and a summary."""
+    from fastproxy.capture.crypto import load_key
+    from fastproxy.capture.inspect import inspect_capture
+    from fastproxy.errors import FastproxyError
+
+    try:
+        key = load_key(encryption_key_path) if encryption_key_path else None
+        inspect_capture(input_dir, key=key, as_json=as_json, limit=limit)
+    except FastproxyError as e:
+        raise click.ClickException(str(e)) from None
+
+
+def register(main: click.Group) -> None:
+    main.add_command(traffic)
+    try:
+        from fastproxy.cli_replay import demo, replay_standalone
+
+        main.add_command(replay_standalone, "replay")
+        main.add_command(demo, "demo")
+    except ImportError:
+        pass

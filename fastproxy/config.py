@@ -1,0 +1,161 @@
+"""Configuration: one table of keys (named like TiProxy's) drives the TOML file, the command-line
+flags (`--proxy.addr` ...) and the README's reference. A bad value gets a message naming its key."""
+from __future__ import annotations
+
+import re
+import tomllib
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from fastproxy.errors import ConfigError
+
+_SIZE_UNITS = {"": 1, "b": 1, "k": 1 << 10, "kb": 1 << 10, "kib": 1 << 10, "m": 1 << 20, "mb": 1 << 20,
+               "mib": 1 << 20, "g": 1 << 30, "gb": 1 << 30, "gib": 1 << 30}
+_TIME_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "": 1}
+
+
+def parse_duration(value: Any, key: str = "duration") -> float:
+    """Seconds from 30, "30s", "10m", "1h", "1h30m", "250ms"."""
+    if isinstance(value, bool):
+        raise ConfigError(f"{key}: expected a duration like 30s, 10m, 1h; got {value!r}")
+    if isinstance(value, (int, float)):
+        if value < 0:
+            raise ConfigError(f"{key}: must not be negative, got {value!r}")
+        return float(value)
+    text = str(value).strip().lower()
+    parts = re.findall(r"(\d+(?:\.\d+)?)\s*(ms|h|m|s)?", text)
+    if not text or "".join(n + u for n, u in parts) != text.replace(" ", ""):
+        raise ConfigError(f"{key}: expected a duration like 30s, 10m, 1h; got {value!r}")
+    return sum(float(n) * _TIME_UNITS[u] for n, u in parts)
+
+
+def parse_size(value: Any, key: str = "size") -> int:
+    """Bytes from 1048576, "64MiB", "300MB", "1g"."""
+    if isinstance(value, bool):
+        raise ConfigError(f"{key}: expected a size like 64MiB; got {value!r}")
+    if isinstance(value, int):
+        if value <= 0:
+            raise ConfigError(f"{key}: must be positive, got {value!r}")
+        return value
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([a-z]*)\s*", str(value).lower())
+    if not m or m.group(2) not in _SIZE_UNITS:
+        raise ConfigError(f"{key}: expected a size like 64MiB or 300MB; got {value!r}")
+    return int(float(m.group(1)) * _SIZE_UNITS[m.group(2)])
+
+
+def parse_addr(value: Any, key: str = "addr") -> tuple[str, int]:
+    text = str(value).strip()
+    m = re.fullmatch(r"\[?([^\[\]]*?)\]?:(\d+)", text)
+    if not m or not 0 <= int(m.group(2)) <= 65535:
+        raise ConfigError(f"{key}: expected HOST:PORT, got {value!r}")
+    return m.group(1) or "0.0.0.0", int(m.group(2))
+
+
+def _addr_list(value: Any, key: str) -> list[tuple[str, int]]:
+    items = value.split(",") if isinstance(value, str) else value
+    if not isinstance(items, list) or not items:
+        raise ConfigError(f"{key}: expected a list of HOST:PORT, got {value!r}")
+    return [parse_addr(v, key) for v in items if str(v).strip()]
+
+
+def _int(lo: int) -> Callable[[Any, str], int]:
+    def conv(value: Any, key: str) -> int:
+        try:
+            if isinstance(value, bool):
+                raise ValueError
+            n = int(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{key}: expected an integer, got {value!r}") from None
+        if n < lo:
+            raise ConfigError(f"{key}: must be >= {lo}, got {n}")
+        return n
+    return conv
+
+
+def _level(value: Any, key: str) -> str:
+    text = str(value).lower()
+    if text not in ("debug", "info", "warn", "warning", "error"):
+        raise ConfigError(f"{key}: expected one of debug, info, warn, error; got {value!r}")
+    return "warning" if text == "warn" else text
+
+
+def _str(value: Any, key: str) -> str:
+    if not isinstance(value, str):
+        raise ConfigError(f"{key}: expected a string, got {value!r}")
+    return value
+
+
+@dataclass(frozen=True)
+class Key:
+    name: str
+    default: Any
+    convert: Callable[[Any, str], Any]
+    help: str
+
+
+KEYS: list[Key] = [
+    Key("proxy.addr", "0.0.0.0:6000", parse_addr, "address clients connect to"),
+    Key("proxy.backends", "127.0.0.1:3306", _addr_list, "backend MySQL/MariaDB servers (list, or comma-separated)"),
+    Key("proxy.max-connections", 0, _int(0), "client connections accepted at once (0 = no limit); beyond it clients get error 1040"),
+    Key("proxy.graceful-close-conn-timeout", 15, parse_duration, "on SIGTERM, how long connections may finish their transaction"),
+    Key("proxy.connect-timeout", "5s", parse_duration, "timeout to connect to a backend"),
+    Key("proxy.max-packet-size", "1GiB", parse_size, "largest client packet accepted; larger closes the connection"),
+    Key("proxy.health-check-interval", "2s", parse_duration, "how often each backend is checked"),
+    Key("proxy.health-check-timeout", "2s", parse_duration, "a backend check slower than this fails"),
+    Key("api.addr", "127.0.0.1:3080", parse_addr, "HTTP API (traffic jobs, /metrics, health)"),
+    Key("log.level", "info", _level, "debug, info, warn or error"),
+    Key("capture.buffer-size", "64MiB", parse_size, "in-memory capture buffer; when full the capture stops with an error"),
+    Key("capture.file-size", "300MiB", parse_size, "traffic files rotate beyond this size"),
+    Key("security.encryption-key-path", "", _str, "key file for aes256-ctr capture encryption (>= 32 bytes)"),
+]
+KEYS_BY_NAME = {k.name: k for k in KEYS}
+
+
+class Config:
+    """Resolved configuration: defaults < TOML file < command-line flags."""
+
+    def __init__(self, values: dict[str, Any] | None = None) -> None:
+        self._values = {k.name: k.convert(k.default, k.name) for k in KEYS}
+        for name, value in (values or {}).items():
+            self.set(name, value)
+
+    def set(self, name: str, value: Any) -> None:
+        key = KEYS_BY_NAME.get(name)
+        if key is None:
+            raise ConfigError(f"{name}: unknown configuration key (known: {', '.join(KEYS_BY_NAME)})")
+        self._values[name] = key.convert(value, name)
+
+    def __getitem__(self, name: str) -> Any:
+        return self._values[name]
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self._values)
+
+    @classmethod
+    def load(cls, path: str | None = None, overrides: dict[str, Any] | None = None) -> "Config":
+        cfg = cls()
+        if path:
+            try:
+                with open(path, "rb") as f:
+                    data = tomllib.load(f)
+            except OSError as e:
+                raise ConfigError(f"config file {path}: {e.strerror}") from None
+            except tomllib.TOMLDecodeError as e:
+                raise ConfigError(f"config file {path}: {e}") from None
+            for name, value in _flatten(data):
+                cfg.set(name, value)
+        for name, value in (overrides or {}).items():
+            if value is not None:
+                cfg.set(name, value)
+        return cfg
+
+
+def _flatten(data: dict, prefix: str = "") -> list[tuple[str, Any]]:
+    out = []
+    for k, v in data.items():
+        name = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.extend(_flatten(v, name + "."))
+        else:
+            out.append((name, v))
+    return out

@@ -1,0 +1,92 @@
+"""Prometheus metrics. The per-command path only bumps plain ints and list slots (a labelled
+prometheus_client counter costs microseconds per call); a Collector turns them into metric
+families when /metrics is scraped."""
+from __future__ import annotations
+
+from bisect import bisect_left
+from typing import TYPE_CHECKING, Callable, Iterable
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+
+from fastproxy.constants import command_name
+
+if TYPE_CHECKING:
+    from fastproxy.proxy.backend import BackendPool
+
+# command latency buckets, in nanoseconds (upper bounds)
+LATENCY_BOUNDS_NS = [int(s * 1e9) for s in (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025,
+                                             0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)]
+
+
+class ProxyStats:
+    """Counters the proxy updates inline."""
+
+    def __init__(self) -> None:
+        self.connections = 0
+        self.connections_total = 0
+        self.connections_rejected = 0
+        self.bytes_from_clients = 0
+        self.bytes_to_clients = 0
+        self.commands = [0] * 256
+        self.command_errors = [0] * 256
+        self.latency_buckets = [0] * (len(LATENCY_BOUNDS_NS) + 1)
+        self.latency_sum_ns = 0
+        self.protocol_errors = 0
+
+    def observe_latency(self, ns: int) -> None:
+        self.latency_buckets[bisect_left(LATENCY_BOUNDS_NS, ns)] += 1
+        self.latency_sum_ns += ns
+
+
+class Collector:
+    def __init__(self, stats: ProxyStats, pool: "BackendPool", extra: list[Callable[[], Iterable]]) -> None:
+        self.stats = stats
+        self.pool = pool
+        self.extra = extra
+
+    def collect(self):
+        s = self.stats
+        yield GaugeMetricFamily("fastproxy_connections", "Client connections open now", value=s.connections)
+        yield CounterMetricFamily("fastproxy_connections", "Client connections accepted", value=s.connections_total)
+        yield CounterMetricFamily("fastproxy_connections_rejected", "Client connections refused (max-connections, no backend)",
+                                  value=s.connections_rejected)
+        yield CounterMetricFamily("fastproxy_protocol_errors", "Connections closed for malformed or oversized packets",
+                                  value=s.protocol_errors)
+        yield CounterMetricFamily("fastproxy_received_bytes", "Bytes received from clients", value=s.bytes_from_clients)
+        yield CounterMetricFamily("fastproxy_sent_bytes", "Bytes sent to clients", value=s.bytes_to_clients)
+        cmds = CounterMetricFamily("fastproxy_commands", "Commands by type", labels=["type"])
+        errs = CounterMetricFamily("fastproxy_command_errors", "Commands that ended in ERR, by type", labels=["type"])
+        for cmd, n in enumerate(s.commands):
+            if n:
+                cmds.add_metric([command_name(cmd)], n)
+            if s.command_errors[cmd]:
+                errs.add_metric([command_name(cmd)], s.command_errors[cmd])
+        yield cmds
+        yield errs
+        buckets, acc = [], 0
+        for bound, n in zip(LATENCY_BOUNDS_NS + [None], s.latency_buckets):
+            acc += n
+            buckets.append(("+Inf" if bound is None else repr(bound / 1e9), acc))
+        yield HistogramMetricFamily("fastproxy_command_duration_seconds", "Command latency, first byte in to last byte out",
+                                    buckets=buckets, sum_value=s.latency_sum_ns / 1e9)
+        healthy = GaugeMetricFamily("fastproxy_backend_healthy", "1 if the backend passed its last health check",
+                                    labels=["backend"])
+        conns = GaugeMetricFamily("fastproxy_backend_connections", "Proxied connections per backend", labels=["backend"])
+        for b in self.pool.backends:
+            healthy.add_metric([b.addr], 1 if b.healthy else 0)
+            conns.add_metric([b.addr], b.connections)
+        yield healthy
+        yield conns
+        for fn in self.extra:
+            yield from fn()
+
+
+def make_registry(stats: ProxyStats, pool: "BackendPool", extra: list[Callable[[], Iterable]] | None = None):
+    registry = CollectorRegistry()
+    registry.register(Collector(stats, pool, extra or []))
+    return registry
+
+
+def render(registry) -> bytes:
+    return generate_latest(registry)

@@ -1,0 +1,303 @@
+"""One proxied connection: a client-side and a backend-side asyncio Protocol joined together.
+
+Bytes are forwarded the moment they arrive (no buffering in the proxy) and watched on the side:
+the client's by a PacketFramer (commands), the server's by a ResponseTracker (where each response
+ends, how). Only the connection phase is rewritten (capabilities the proxy cannot handle are
+removed from the greeting).
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import TYPE_CHECKING
+
+from fastproxy._packet import PacketFramer, ResponseTracker, build_packet
+from fastproxy.constants import CLIENT, COMMAND, CR, ER
+from fastproxy.errors import ProtocolError
+from fastproxy.protocol import Greeting, HandshakeResponse, err_packet, mask_client_capabilities
+from fastproxy.proxy.session import CommandInfo, Session
+
+if TYPE_CHECKING:
+    from fastproxy.proxy.backend import Backend
+    from fastproxy.proxy.server import ProxyServer
+
+log = logging.getLogger("fastproxy.conn")
+
+# phases
+CONNECTING, GREETING, AUTH, COMMANDS, CLOSED = range(5)
+
+
+class ClientConnection(asyncio.Protocol):
+    def __init__(self, server: "ProxyServer") -> None:
+        self.server = server
+        self.stats = server.stats
+        self.phase = CONNECTING
+        self.transport: asyncio.Transport | None = None
+        self.backend_side: BackendSide | None = None
+        self.backend: Backend | None = None
+        self.framer = PacketFramer(server.config["proxy.max-packet-size"])
+        self.tracker = ResponseTracker()
+        self.session: Session | None = None
+        self.greeting: Greeting | None = None
+        self.advertised = 0
+        self.draining = False
+        self._closing = False
+
+    # ---- client side -------------------------------------------------------------------------
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+        peer = transport.get_extra_info("peername")
+        client_addr = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
+        self.session = Session(self.server.next_conn_id(), client_addr, connected_ns=time.time_ns())
+        stats = self.stats
+        stats.connections_total += 1
+        limit = self.server.config["proxy.max-connections"]
+        if limit and len(self.server.connections) >= limit:
+            stats.connections_rejected += 1
+            log.warning("conn %d from %s refused: max-connections %d reached", self.session.conn_id, client_addr, limit)
+            self._refuse(ER.CON_COUNT_ERROR, "Too many connections", "08004")
+            return
+        if self.server.shutting_down:
+            self._refuse(ER.SERVER_SHUTDOWN, "fastproxy is shutting down", "08S01")
+            return
+        self.server.connections.add(self)
+        stats.connections += 1
+        transport.pause_reading()  # nothing to read before the backend's greeting reached the client
+        self.server.loop.create_task(self._connect_backend())
+
+    def _refuse(self, code: int, message: str, state: str) -> None:
+        self.phase = CLOSED
+        self.transport.write(err_packet(code, message, 0, state))
+        self.transport.close()
+
+    async def _connect_backend(self) -> None:
+        backend = self.server.pool.any_backend()
+        loop = self.server.loop
+        try:
+            await asyncio.wait_for(
+                loop.create_connection(lambda: BackendSide(self, backend), backend.host, backend.port),
+                self.server.config["proxy.connect-timeout"])
+        except (OSError, asyncio.TimeoutError) as e:
+            reason = e.strerror if isinstance(e, OSError) and e.strerror else type(e).__name__
+            log.warning("conn %d: backend %s unreachable: %s", self.session.conn_id, backend.addr, reason)
+            backend.healthy = False
+            self.stats.connections_rejected += 1
+            if self.phase != CLOSED:
+                self.transport.write(err_packet(CR.CONN_HOST_ERROR,
+                                                f"fastproxy: backend {backend.addr} unreachable: {reason}", 0))
+                self._close()
+
+    def attach_backend(self, side: "BackendSide", backend: "Backend") -> None:
+        """Called from BackendSide.connection_made: before any of the backend's bytes arrive."""
+        if self.phase == CLOSED:  # the client went away while we connected
+            side.transport.close()
+            return
+        self.backend = backend
+        backend.connections += 1
+        self.session.backend = backend.addr
+        self.backend_side = side
+        self.phase = GREETING
+
+    def data_received(self, data: bytes) -> None:
+        if self.phase == COMMANDS:
+            # hot path: forward first, then watch
+            self.backend_side.transport.write(data)
+            self.stats.bytes_from_clients += len(data)
+            framer = self.framer
+            framer.feed(data)
+            now = time.time_ns()
+            try:
+                while (pkt := framer.next_packet()) is not None:
+                    if pkt[0] == 0:  # sequence 0 starts a command; others continue one (LOCAL INFILE, auth)
+                        self._on_command(pkt[1], now)
+            except ProtocolError as e:
+                self._protocol_error("client", e)
+            return
+        if self.phase == AUTH:
+            self.framer.feed(data)
+            try:
+                while (pkt := self.framer.next_packet()) is not None:
+                    self._on_auth_packet(*pkt)
+            except ProtocolError as e:
+                self._protocol_error("client", e)
+
+    def _on_auth_packet(self, seq: int, payload) -> None:
+        if self.session.user == "" and seq == 1:
+            resp = HandshakeResponse.parse(payload)
+            if resp.ssl_request:
+                raise ProtocolError("client asked for TLS, which fastproxy does not terminate")
+            s = self.session
+            s.user, s.db, s.capabilities = resp.user, resp.database, resp.capabilities & self.advertised
+            self.tracker.deprecate_eof = bool(s.capabilities & CLIENT.DEPRECATE_EOF)
+            payload = mask_client_capabilities(payload, self.advertised)
+        self.backend_side.transport.write(build_packet(seq, payload))
+
+    def _on_command(self, payload, now: int) -> None:
+        session = self.session
+        cmd = payload[0]
+        self.stats.commands[cmd] += 1
+        keep = session.needs_payload(cmd, payload) or session.capture_state is not None
+        tag = (now, bytes(payload) if keep else None)
+        if self.tracker.begin(payload, tag):
+            self._on_completed(now)
+
+    def _on_completed(self, now: int) -> None:
+        session = self.session
+        stats = self.stats
+        capture = self.server.capture
+        for result in self.tracker.take_completed():
+            start, payload = result.tag
+            cmd = result.cmd
+            stats.observe_latency(now - start)
+            if result.outcome == 1:
+                stats.command_errors[cmd] += 1
+            session.commands += 1
+            session.apply(cmd, payload, result)
+            info = CommandInfo(cmd, start, now, result)
+            session.last_command = info
+            if capture is not None:
+                capture.on_command(session, info, payload)
+            if cmd == COMMAND.COM_QUIT:
+                self._close()
+                return
+        if self.draining and self.tracker.idle and not session.in_transaction:
+            log.info("conn %d: closed at a transaction boundary for shutdown", session.conn_id)
+            self._close()
+
+    def pause_writing(self) -> None:  # client reads slowly: stop reading from the backend
+        if self.backend_side and self.backend_side.transport:
+            self.backend_side.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self.backend_side and self.backend_side.transport:
+            self.backend_side.transport.resume_reading()
+
+    def connection_lost(self, exc) -> None:
+        self._close()
+
+    # ---- backend side ------------------------------------------------------------------------
+    def on_backend_data(self, data: bytes) -> None:
+        if self.phase == COMMANDS:
+            self.transport.write(data)
+            self.stats.bytes_to_clients += len(data)
+            try:
+                if self.tracker.feed(data):
+                    self._on_completed(time.time_ns())
+            except ProtocolError as e:
+                self._protocol_error("backend", e)
+            return
+        side = self.backend_side
+        side.framer.feed(data)
+        try:
+            while (pkt := side.framer.next_packet()) is not None:
+                if self.phase == GREETING:
+                    self._on_greeting(*pkt)
+                else:
+                    self._on_backend_auth_packet(*pkt)
+                if self.phase in (COMMANDS, CLOSED):
+                    break
+            if self.phase == COMMANDS:
+                rest = side.framer.take_all()
+                if rest:
+                    self.on_backend_data(rest)
+        except ProtocolError as e:
+            self._protocol_error("backend", e)
+
+    def _on_greeting(self, seq: int, payload) -> None:
+        if payload[0] == 0xFF:  # the backend refused us (too many connections, host blocked)
+            self.transport.write(build_packet(seq, payload))
+            self._close()
+            return
+        self.greeting = g = Greeting.parse(payload)
+        self.advertised = g.capabilities & ~CLIENT.PROXY_STRIPPED
+        self.session.server_version = g.server_version
+        self.session.backend_conn_id = g.connection_id
+        self.transport.write(build_packet(seq, g.with_capabilities(self.advertised)))
+        self.phase = AUTH
+        self.transport.resume_reading()
+
+    def _on_backend_auth_packet(self, seq: int, payload) -> None:
+        self.transport.write(build_packet(seq, payload))
+        first = payload[0] if len(payload) else -1
+        if first == 0x00:  # authenticated: from now on bytes flow straight through
+            self.phase = COMMANDS
+            self.server.on_authenticated(self)
+            rest = self.framer.take_all()
+            if rest:
+                self.data_received(rest)
+        elif first == 0xFF:
+            self._close()
+        # 0xFE auth switch / 0x01 more data: the client answers through _on_auth_packet
+
+    def on_backend_lost(self, exc) -> None:
+        if self.phase == CLOSED:
+            return
+        if self.phase == COMMANDS and not self.tracker.idle:
+            at_boundary = self.tracker.at_packet_boundary
+            seq = self.tracker.next_seq
+            self.tracker.abort()
+            # mid-command: tell the client in protocol terms before closing
+            log.warning("conn %d: backend %s closed the connection during a command", self.session.conn_id,
+                        self.session.backend)
+            self._on_completed(time.time_ns())
+            if at_boundary:
+                self.transport.write(err_packet(CR.SERVER_LOST, f"fastproxy: lost connection to backend "
+                                                f"{self.session.backend} during query", seq))
+        elif self.phase in (GREETING, AUTH):
+            self.transport.write(err_packet(CR.SERVER_LOST, f"fastproxy: backend {self.backend.addr} closed the "
+                                            f"connection during the handshake", 0))
+        self._close()
+
+    # ---- common --------------------------------------------------------------------------------
+    def _protocol_error(self, side: str, exc: Exception) -> None:
+        self.stats.protocol_errors += 1
+        log.warning("conn %d (%s): malformed %s packet, closing: %s", self.session.conn_id,
+                    self.session.client_addr, side, exc)
+        self._close()
+
+    def close_for_shutdown(self, force: bool) -> None:
+        if force or (self.phase != COMMANDS) or (self.tracker.idle and not self.session.in_transaction):
+            self._close()
+        else:
+            self.draining = True
+
+    def _close(self) -> None:
+        if self._closing:
+            return
+        self._closing = True
+        self.phase = CLOSED
+        if self.transport:
+            self.transport.close()
+        if self.backend_side and self.backend_side.transport:
+            self.backend_side.transport.close()
+        if self in self.server.connections:
+            self.server.connections.discard(self)
+            self.stats.connections -= 1
+            if self.backend:
+                self.backend.connections -= 1
+            self.server.on_closed(self)
+
+
+class BackendSide(asyncio.Protocol):
+    def __init__(self, client: ClientConnection, backend: "Backend") -> None:
+        self.client = client
+        self.backend = backend
+        self.transport: asyncio.Transport | None = None
+        self.framer = PacketFramer(1 << 30)
+
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+        self.client.attach_backend(self, self.backend)
+
+    def data_received(self, data: bytes) -> None:
+        self.client.on_backend_data(data)
+
+    def pause_writing(self) -> None:  # backend reads slowly: stop reading from the client
+        self.client.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        self.client.transport.resume_reading()
+
+    def connection_lost(self, exc) -> None:
+        self.client.on_backend_lost(exc)

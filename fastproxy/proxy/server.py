@@ -1,0 +1,106 @@
+"""The proxy process: listener, backends, HTTP API, graceful shutdown."""
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import signal
+from typing import Any
+
+from fastproxy.config import Config
+from fastproxy.metrics import ProxyStats, make_registry
+from fastproxy.proxy.backend import BackendPool
+from fastproxy.proxy.connection import ClientConnection
+
+log = logging.getLogger("fastproxy.server")
+
+
+class ProxyServer:
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.stats = ProxyStats()
+        self.pool = BackendPool(config["proxy.backends"], config["proxy.health-check-interval"],
+                                config["proxy.health-check-timeout"])
+        self.connections: set[ClientConnection] = set()
+        self.capture: Any = None  # the running capture job's hook object, or None
+        self.jobs: Any = None  # fastproxy.jobs.JobManager, set when the API starts
+        self.shutting_down = False
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self._server: asyncio.base_events.Server | None = None
+        self._api_runner = None
+        self._conn_ids = itertools.count(1)
+        self.metric_sources: list = []
+        self.registry = make_registry(self.stats, self.pool, self.metric_sources)
+        self.stopped = asyncio.Event()
+        self.listen_addr: tuple[str, int] | None = None
+        self.api_addr: tuple[str, int] | None = None
+
+    def next_conn_id(self) -> int:
+        return next(self._conn_ids)
+
+    # hooks the capture job attaches to
+    def on_authenticated(self, conn: ClientConnection) -> None:
+        if self.capture is not None:
+            self.capture.on_connect(conn.session)
+
+    def on_closed(self, conn: ClientConnection) -> None:
+        if self.capture is not None:
+            self.capture.on_close(conn.session)
+
+    async def start(self) -> None:
+        self.loop = asyncio.get_running_loop()
+        host, port = self.config["proxy.addr"]
+        self._server = await self.loop.create_server(lambda: ClientConnection(self), host, port, reuse_address=True,
+                                                     backlog=1024)
+        self.listen_addr = self._server.sockets[0].getsockname()[:2]
+        await self.pool.check_all()
+        self.pool.start()
+        from fastproxy.api import start_api
+
+        self._api_runner, self.api_addr = await start_api(self, *self.config["api.addr"])
+        log.info("fastproxy listening on %s:%d, API on %s:%d, backends %s", *self.listen_addr, *self.api_addr,
+                 ", ".join(b.addr for b in self.pool.backends))
+
+    async def shutdown(self, timeout: float | None = None) -> None:
+        """Stop accepting; let connections finish their transaction; force-close after `timeout`."""
+        if self.shutting_down:
+            return
+        self.shutting_down = True
+        timeout = self.config["proxy.graceful-close-conn-timeout"] if timeout is None else timeout
+        log.info("shutting down: %d connections, waiting up to %.1fs for transactions", len(self.connections), timeout)
+        if self._server:
+            self._server.close()
+        for conn in list(self.connections):
+            conn.close_for_shutdown(force=False)
+        deadline = self.loop.time() + timeout
+        while self.connections and self.loop.time() < deadline:
+            await asyncio.sleep(0.05)
+        if self.connections:
+            log.warning("force-closing %d connections after %.1fs", len(self.connections), timeout)
+        for conn in list(self.connections):
+            conn.close_for_shutdown(force=True)
+        if self.jobs is not None:
+            await self.jobs.shutdown()
+        await self.pool.stop()
+        if self._api_runner:
+            await self._api_runner.cleanup()
+        self.stopped.set()
+
+    def install_signal_handlers(self) -> None:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            self.loop.add_signal_handler(sig, lambda: self.loop.create_task(self.shutdown()))
+
+
+async def serve(config: Config) -> None:
+    server = ProxyServer(config)
+    await server.start()
+    server.install_signal_handlers()
+    await server.stopped.wait()
+
+
+def run(config: Config) -> None:
+    import uvloop
+
+    logging.basicConfig(level=config["log.level"].upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    uvloop.run(serve(config))

@@ -1,0 +1,92 @@
+"""What the proxy knows about each client connection; capture reads it to rebuild sessions."""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+from fastproxy._packet import CommandResult
+from fastproxy.constants import COMMAND, SERVER_STATUS
+
+# `USE db` at the start of a COM_QUERY, after comments/whitespace; db maybe back-quoted
+_USE_RE = re.compile(rb"^\s*(?:/\*.*?\*/\s*)*use\s+(`(?:[^`]|``)+`|[^\s;]+)\s*;?\s*$", re.I | re.S)
+
+
+@dataclass
+class CommandInfo:
+    """One finished command, as the proxy saw it."""
+
+    cmd: int
+    start_ns: int  # wall clock, when the command's first bytes arrived
+    end_ns: int  # wall clock, when the response's last bytes arrived
+    result: CommandResult
+
+
+@dataclass
+class Session:
+    conn_id: int
+    client_addr: str
+    user: str = ""
+    db: str | None = None
+    capabilities: int = 0
+    backend: str = ""
+    backend_conn_id: int = 0
+    server_version: str = ""
+    status_flags: int = SERVER_STATUS.AUTOCOMMIT
+    prepared: dict[int, str] = field(default_factory=dict)
+    commands: int = 0
+    last_command: CommandInfo | None = None
+    connected_ns: int = 0
+    # set by an active capture: None (not captured), "wait-txn" (open mid-transaction), "on"
+    capture_state: str | None = None
+
+    @property
+    def in_transaction(self) -> bool:
+        return bool(self.status_flags & SERVER_STATUS.IN_TRANS)
+
+    @property
+    def autocommit(self) -> bool:
+        return bool(self.status_flags & SERVER_STATUS.AUTOCOMMIT)
+
+    def needs_payload(self, cmd: int, payload) -> bool:
+        """Whether the command's payload must be kept until its response (to update this state)."""
+        if cmd == COMMAND.COM_STMT_PREPARE or cmd == COMMAND.COM_INIT_DB or cmd == COMMAND.COM_CHANGE_USER:
+            return True
+        if cmd == COMMAND.COM_QUERY:
+            head = bytes(payload[1:40]).lstrip()
+            return head[:3].lower() == b"use" or head[:2] == b"/*"
+        return False
+
+    def apply(self, cmd: int, payload: bytes | None, result: CommandResult) -> None:
+        """Update the session from a finished command (payload given when needs_payload said so)."""
+        if result.outcome == 0:
+            self.status_flags = result.status_flags
+        elif result.outcome != 2:  # ERR or no answer: nothing changed (COM_STMT_CLOSE has no answer)
+            return
+        if cmd == COMMAND.COM_STMT_PREPARE and payload is not None:
+            self.prepared[result.stmt_id] = bytes(payload[1:]).decode("utf-8", "replace")
+        elif cmd == COMMAND.COM_STMT_CLOSE and payload is not None:
+            self.prepared.pop(int.from_bytes(payload[1:5], "little"), None)
+        elif cmd == COMMAND.COM_INIT_DB and payload is not None:
+            self.db = bytes(payload[1:]).decode("utf-8", "replace")
+        elif cmd == COMMAND.COM_QUERY and payload is not None:
+            m = _USE_RE.match(bytes(payload[1:]))
+            if m:
+                name = m.group(1).decode("utf-8", "replace")
+                self.db = name[1:-1].replace("``", "`") if name.startswith("`") else name
+        elif cmd == COMMAND.COM_RESET_CONNECTION:
+            self.prepared.clear()
+        elif cmd == COMMAND.COM_CHANGE_USER and payload is not None:
+            from fastproxy.protocol import parse_change_user
+
+            self.user, self.db = parse_change_user(payload, self.capabilities)
+            self.prepared.clear()
+
+    def snapshot(self) -> dict:
+        """What replay needs to rebuild this session (no secrets)."""
+        return {
+            "user": self.user,
+            "db": self.db,
+            "capabilities": self.capabilities,
+            "client_addr": self.client_addr,
+            "prepared": sorted([sid, sql] for sid, sql in self.prepared.items()),
+        }

@@ -1,0 +1,118 @@
+"""Which captured statements a read-only replay may send.
+
+Read-only replay must never change data on the target, so this is an allow-list: a statement is
+read-only only if it is recognised as such, and anything unknown (including an empty query) is not.
+
+The check runs on the normalizer's output (``fastproxy._digest.normalize``), which has already
+dropped comments, replaced string literals by ``?`` (so ``'for update'`` in a string cannot
+mislead us), lower-cased keywords and kept back-quoted names quoted (so `` `update` `` is a name).
+
+Rules, per statement of a multi-statement query (all must pass):
+
+- SELECT / TABLE / VALUES, optionally in parentheses or after a WITH clause, unless it locks rows
+  (``FOR UPDATE``, ``FOR SHARE``, ``LOCK IN SHARE MODE``) or writes (``INTO`` var/OUTFILE/DUMPFILE).
+  WITH is judged by its main statement, the first SELECT/INSERT/... at the outer paren level.
+- SHOW, DESCRIBE, DESC, EXPLAIN (not executed); ``EXPLAIN ANALYZE x`` runs ``x``, so ``x`` decides.
+- Transaction control: BEGIN (not MariaDB's ``BEGIN NOT ATOMIC`` block), START TRANSACTION (any
+  mode: it writes nothing by itself), COMMIT, ROLLBACK (also ``ROLLBACK TO``), SAVEPOINT,
+  RELEASE SAVEPOINT.
+- Session SETs (``SET @x``, ``SET SESSION``, ``SET NAMES``, ``SET autocommit``, ``SET TRANSACTION``,
+  plain ``SET var = ...``); not when any part is GLOBAL/PERSIST, nor SET PASSWORD, SET DEFAULT ROLE,
+  or TiDB's SET CONFIG / SET BINDING, which change state beyond the session.
+- USE.
+
+Everything else is not read-only: DML, DDL, CALL, DO, LOAD DATA, GRANT, LOCK TABLES, ANALYZE, ...
+"""
+from __future__ import annotations
+
+import re
+
+from fastproxy._digest import normalize
+
+# A back-quoted name, a system variable prefix, a word, or one punctuation character.
+_TOKEN = re.compile(r"`(?:[^`]|``)*`?|@@|[\w$]+|\S")
+
+_ALWAYS = frozenset({"show", "describe", "desc", "use", "commit", "rollback", "savepoint"})
+_QUERY = frozenset({"select", "table", "values"})
+# The statement a WITH clause leads to: the first of these outside the CTE definitions.
+_WITH_MAIN = frozenset({"select", "table", "values", "insert", "update", "delete", "replace"})
+_SET_DENY_FIRST = frozenset({"password", "default", "config", "binding", "bindings"})
+_SET_DENY_ANY = frozenset({"global", "persist", "persist_only"})
+
+
+def is_read_only(sql: str | bytes) -> bool:
+    """True if ``sql`` (every statement in it) cannot change data or server-wide state."""
+    statements: list[list[str]] = [[]]
+    for tok in _TOKEN.findall(normalize(sql)):
+        if tok == ";":
+            statements.append([])
+        else:
+            statements[-1].append(tok)
+    statements = [s for s in statements if s]
+    return bool(statements) and all(_statement_is_read_only(s) for s in statements)
+
+
+def _statement_is_read_only(toks: list[str]) -> bool:
+    # "(SELECT ...) UNION (SELECT ...)": the leading parentheses say nothing
+    i = 0
+    while i < len(toks) and toks[i] == "(":
+        i += 1
+    toks = toks[i:]
+    if not toks:
+        return False
+    first = toks[0]
+    if first in _QUERY:
+        return _query_is_read_only(toks)
+    if first == "with":
+        return _with_is_read_only(toks)
+    if first == "begin":
+        # MariaDB's "BEGIN NOT ATOMIC ... END" is a compound statement that may write
+        return not (len(toks) > 1 and toks[1] == "not")
+    if first in _ALWAYS:
+        return True
+    if first == "start":
+        return len(toks) > 1 and toks[1] == "transaction"
+    if first == "release":
+        return len(toks) > 1 and toks[1] == "savepoint"
+    if first == "explain":
+        if len(toks) > 1 and toks[1] == "analyze":
+            rest = toks[2:]
+            if rest[:2] == ["format", "="]:     # EXPLAIN ANALYZE FORMAT=TREE ...
+                rest = rest[3:]
+            return _statement_is_read_only(rest)
+        return True
+    if first == "set":
+        return _set_is_read_only(toks)
+    return False
+
+
+def _query_is_read_only(toks: list[str]) -> bool:
+    # subqueries cannot lock or write on their own, so scanning the whole statement is exact enough
+    for i, tok in enumerate(toks):
+        if tok == "into":
+            return False
+        if tok == "for" and i + 1 < len(toks) and toks[i + 1] in ("update", "share"):
+            return False
+        if tok == "lock" and toks[i + 1:i + 4] == ["in", "share", "mode"]:
+            return False
+    return True
+
+
+def _with_is_read_only(toks: list[str]) -> bool:
+    depth = 0
+    for tok in toks[1:]:
+        if tok == "(":
+            depth += 1
+        elif tok == ")":
+            depth -= 1
+        elif depth == 0 and tok in _WITH_MAIN:
+            # reserved words, so outside quotes they can only be the main statement's keyword
+            return tok in _QUERY and _query_is_read_only(toks)
+    return False
+
+
+def _set_is_read_only(toks: list[str]) -> bool:
+    if len(toks) < 2 or toks[1] in _SET_DENY_FIRST:
+        return False
+    # "SET a = 1, GLOBAL b = 2" and "SET @@global.x = 1" both reach past the session
+    return not any(tok in _SET_DENY_ANY for tok in toks[1:])

@@ -1,0 +1,156 @@
+"""Start throw-away MariaDB servers: temporary datadir, free loopback port, torn down after.
+
+Used by the test fixtures, the benchmarks and the demo (`fastproxy demo`). Never a mock: it is
+the real `mariadbd`, initialised with `mariadb-install-db`.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass, field
+
+ROOT_PASSWORD = "rootpw"
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def _which(*names: str) -> str:
+    for name in names:
+        for d in (None, "/usr/sbin", "/usr/bin", "/usr/local/sbin", "/usr/local/bin"):
+            path = shutil.which(name, path=d) if d else shutil.which(name)
+            if path:
+                return path
+    raise FileNotFoundError(f"none of {names} found; install mariadb-server (see README)")
+
+
+@dataclass
+class ScratchMariaDB:
+    """One mariadbd on 127.0.0.1:<free port> with a root user `root`/`rootpw` over TCP."""
+
+    name: str = "db"
+    extra_args: list[str] = field(default_factory=list)
+    host: str = "127.0.0.1"
+    port: int = 0
+    basedir: str = ""
+    proc: subprocess.Popen | None = None
+
+    @property
+    def datadir(self) -> str:
+        return os.path.join(self.basedir, "data")
+
+    @property
+    def socket_path(self) -> str:
+        return os.path.join(self.basedir, "mysqld.sock")
+
+    @property
+    def addr(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    def start(self, timeout: float = 60.0) -> "ScratchMariaDB":
+        self.basedir = tempfile.mkdtemp(prefix=f"fastproxy-{self.name}-")
+        self.port = self.port or free_port(self.host)
+        install = _which("mariadb-install-db", "mysql_install_db")
+        subprocess.run(
+            [install, "--no-defaults", f"--datadir={self.datadir}", "--auth-root-authentication-method=normal",
+             "--skip-test-db", "--user=root" if os.geteuid() == 0 else f"--user={os.getlogin()}"],
+            check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        )
+        mariadbd = _which("mariadbd", "mysqld")
+        args = [
+            mariadbd, "--no-defaults", f"--datadir={self.datadir}", f"--port={self.port}",
+            f"--bind-address={self.host}", f"--socket={self.socket_path}",
+            f"--pid-file={os.path.join(self.basedir, 'mysqld.pid')}",
+            f"--log-error={os.path.join(self.basedir, 'error.log')}",
+            "--skip-name-resolve", "--max-connections=2000", "--max-allowed-packet=256M",
+            "--innodb-buffer-pool-size=256M", "--innodb-log-file-size=256M",
+            "--innodb-flush-log-at-trx-commit=0", "--sync-binlog=0", "--local-infile=1",
+            "--plugin-load-add=auth_ed25519", "--performance-schema=OFF",
+            *self.extra_args,
+        ]
+        if os.geteuid() == 0:
+            args.append("--user=root")
+        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self._wait_ready(timeout)
+        # root over TCP with a password, so clients that must authenticate (sysbench, replay) can.
+        self.sql(f"ALTER USER root@localhost IDENTIFIED BY '{ROOT_PASSWORD}';"
+                 f"CREATE OR REPLACE USER root@'127.0.0.1' IDENTIFIED BY '{ROOT_PASSWORD}';"
+                 "GRANT ALL ON *.* TO root@'127.0.0.1' WITH GRANT OPTION;", use_socket=True, password="")
+        return self
+
+    def _wait_ready(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"mariadbd exited with {self.proc.returncode}: {self.error_log()[-2000:]}")
+            try:
+                with socket.create_connection((self.host, self.port), timeout=0.5) as s:
+                    if s.recv(1):
+                        return
+            except OSError:
+                time.sleep(0.1)
+        raise TimeoutError(f"mariadbd on {self.addr} not ready after {timeout}s: {self.error_log()[-2000:]}")
+
+    def error_log(self) -> str:
+        try:
+            with open(os.path.join(self.basedir, "error.log"), errors="replace") as f:
+                return f.read()
+        except OSError:
+            return ""
+
+    def client_args(self, use_socket: bool = False, password: str | None = None) -> list[str]:
+        pw = ROOT_PASSWORD if password is None else password
+        conn = [f"--socket={self.socket_path}"] if use_socket else [f"--host={self.host}", f"--port={self.port}", "--protocol=TCP"]
+        return [_which("mariadb", "mysql"), "--no-defaults", "-uroot", f"--password={pw}", *conn]
+
+    def sql(self, statements: str, use_socket: bool = False, password: str | None = None,
+            database: str | None = None) -> str:
+        """Run statements with the `mariadb` CLI; returns tab-separated output (no headers)."""
+        args = self.client_args(use_socket, password) + ["-N", "-B"]
+        if database:
+            args.append(f"--database={database}")
+        res = subprocess.run(args, input=statements, text=True, capture_output=True)
+        if res.returncode != 0:
+            raise RuntimeError(f"mariadb on {self.addr} failed: {res.stderr.strip()}")
+        return res.stdout
+
+    def status(self, name: str) -> int:
+        out = self.sql(f"SHOW GLOBAL STATUS LIKE '{name}'")
+        return int(out.split()[1])
+
+    def kill(self) -> None:
+        """SIGKILL the server (fault tests); `restart()` brings it back on the same port."""
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait()
+
+    def restart(self, timeout: float = 60.0) -> None:
+        self.kill()
+        mariadbd = self.proc.args
+        self.proc = subprocess.Popen(mariadbd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self._wait_ready(timeout)
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        if self.basedir:
+            shutil.rmtree(self.basedir, ignore_errors=True)
+
+    def __enter__(self) -> "ScratchMariaDB":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()

@@ -1,0 +1,329 @@
+"""CaptureWriter -> files -> TrafficReader/inspect, with real files in tmp_path."""
+import io
+import json
+import os
+import random
+import resource
+import shutil
+import signal
+import stat
+
+import pytest
+
+from fastproxy._ringbuf import RingBuffer
+from fastproxy.capture import crypto
+from fastproxy.capture.inspect import inspect_capture
+from fastproxy.capture.reader import Record, TrafficReader
+from fastproxy.capture.record import (KIND_COMMAND, KIND_CONN_CLOSE, KIND_CONN_OPEN,
+                                      KIND_CONN_STATE, OUTCOME_ERR, OUTCOME_NO_RESPONSE,
+                                      OUTCOME_OK)
+from fastproxy.capture.writer import CaptureWriter, output_dir_has_capture
+from fastproxy.errors import ConfigError, JobError, TrafficFormatError
+
+KEY = bytes(range(32))
+T0 = 1_700_000_000_000_000_000
+
+
+def make_records(n, seed=1):
+    rnd = random.Random(seed)
+    recs = []
+    for i in range(n):
+        conn = i % 17
+        if i % 50 == 0:
+            body = json.dumps({"user": "app", "db": "shop", "capabilities": 0xA685,
+                               "client_addr": f"10.0.0.{conn}:4000"}).encode()
+            recs.append(Record(KIND_CONN_OPEN, conn, T0 + i, 0, 0, 0, 0, 0, body))
+            continue
+        sql = f"SELECT * FROM t{rnd.randrange(100)} WHERE id = {rnd.randrange(10**9)}"
+        payload = b"\x03" + sql.encode() + os.urandom(rnd.randrange(0, 64))
+        recs.append(Record(KIND_COMMAND, conn, T0 + i * 1000, T0 + i * 1000 + 700,
+                           OUTCOME_OK, 0, rnd.randrange(5), rnd.randrange(100), payload))
+    return recs
+
+
+def append(rb, r):
+    if r.kind == KIND_COMMAND:
+        return rb.append_command(r.conn_id, r.start_ns, r.end_ns, r.outcome, r.err_code,
+                                 r.affected_rows, r.rows, r.payload)
+    return rb.append_event(r.kind, r.conn_id, r.start_ns, r.payload)
+
+
+def capture(out, recs, rb_size=1 << 20, meta=None, **kw):
+    """Append while the writer thread runs (as the proxy does); return the stopped writer."""
+    rb = RingBuffer(rb_size)
+    w = CaptureWriter(rb, out, **kw)
+    w.start()
+    for r in recs:
+        while not append(rb, r):  # the test producer may wait; the proxy never does
+            assert w.error is None
+            rb_wait(w)
+    w.stop(meta or {"commands": len(recs)})
+    return w
+
+
+def rb_wait(w):
+    w._stop_evt.wait(0.001)
+
+
+@pytest.mark.parametrize("compress", [True, False], ids=["lz4", "raw"])
+@pytest.mark.parametrize("key", [None, KEY], ids=["plain", "aes"])
+def test_round_trip(tmp_path, compress, key):
+    recs = make_records(20_000)
+    out = tmp_path / "cap"
+    w = capture(out, recs, compress=compress, encryption_key=key,
+                meta={"start": "2024-01-01T00:00:00Z", "commands": 19_600, "server_version": "8.0"})
+    assert w.error is None
+    assert w.records_written == len(recs)
+    r = TrafficReader(out, key)
+    assert r.complete
+    assert r.meta["format_version"] == 1
+    assert r.meta["server_version"] == "8.0" and r.meta["commands"] == 19_600
+    assert r.meta["records"] == len(recs)
+    assert r.meta["files"] == w.files == r.files
+    assert r.meta["bytes_written"] == sum(os.path.getsize(out / f) for f in w.files)
+    assert r.meta["compression"] == ("lz4" if compress else "none")
+    assert r.meta["encryption"] == ("aes-256-ctr" if key else "none")
+    ext = ("lz4" if compress else "bin") + (".enc" if key else "")
+    assert all(f.endswith("." + ext) for f in w.files)
+    assert list(r) == recs
+    # stop() is idempotent
+    assert w.stop({"other": 1}) == r.meta
+
+
+def test_encrypted_files_do_not_hold_plaintext(tmp_path):
+    recs = [Record(KIND_COMMAND, 1, T0, T0, 0, 0, 0, 0, b"\x03SELECT secret_column FROM t")] * 10
+    w = capture(tmp_path / "cap", recs, compress=False, encryption_key=KEY)
+    data = (tmp_path / "cap" / w.files[0]).read_bytes()
+    assert b"secret_column" not in data
+
+
+def test_rotation_keeps_order_and_whole_records(tmp_path):
+    recs = make_records(30_000, seed=2)
+    out = tmp_path / "cap"
+    w = capture(out, recs, file_size=64 * 1024, compress=True)
+    assert len(w.files) >= 5
+    assert sorted(w.files) == w.files  # names sort in write order
+    assert sorted(n for n in os.listdir(out) if n != "meta") == w.files
+    assert list(TrafficReader(out)) == recs
+    # Each file is a complete, independently readable stream (no record split across files).
+    for name in w.files:
+        single = tmp_path / name
+        single.mkdir()
+        shutil.copy(out / name, single / name)
+        assert list(TrafficReader(single))
+
+
+def test_permissions(tmp_path):
+    out = tmp_path / "cap"
+    w = capture(out, make_records(100), file_size=1024)
+    assert stat.S_IMODE(os.stat(out).st_mode) == 0o700
+    for name in w.files + ["meta"]:
+        assert stat.S_IMODE(os.stat(out / name).st_mode) == 0o600
+
+
+def test_overflow_refuses_appends_and_keeps_files_valid(tmp_path):
+    out = tmp_path / "cap"
+    rb = RingBuffer(64 * 1024)
+    w = CaptureWriter(rb, out, compress=False, throttle_bytes_per_sec=200_000)
+    w.start()
+    accepted = []
+    for r in make_records(50_000, seed=3):
+        if not append(rb, r):
+            break  # the caller stops the capture at the first refusal
+        accepted.append(r)
+    else:
+        pytest.fail("a throttled writer kept up with an unbounded producer")
+    meta = w.stop({"error": "ring buffer full"})
+    assert w.error is None
+    assert meta["records"] == len(accepted)
+    assert list(TrafficReader(out)) == accepted  # nothing accepted was dropped
+
+
+def test_output_dir_under_proc_sets_error(tmp_path):
+    w = CaptureWriter(RingBuffer(4096), "/proc/fastproxy-no-such-dir/cap")
+    w.start()  # must not raise
+    meta = w.stop({})
+    assert w.error and "/proc/fastproxy-no-such-dir" in w.error
+    assert meta["error"] == w.error
+
+
+def test_output_dir_removed_after_start_sets_error(tmp_path):
+    out = tmp_path / "cap"
+    rb = RingBuffer(1 << 16)
+    w = CaptureWriter(rb, out)
+    w.start()
+    shutil.rmtree(out)
+    assert rb.append_command(1, T0, T0, 0, 0, 0, 0, b"\x0e")
+    meta = w.stop({})
+    assert w.error and "cannot write traffic file" in w.error
+    assert meta["error"] == w.error
+    # The thread stopped draining: the buffer fills and the proxy sees refusals.
+    while rb.append_command(1, T0, T0, 0, 0, 0, 0, b"\x03" * 1000):
+        pass
+    assert rb.used > 0
+
+
+def test_write_error_mid_file_sets_error(tmp_path):
+    """A file size limit makes write() fail with EFBIG, as a full disk fails with ENOSPC."""
+    out = tmp_path / "cap"
+    old_limit = resource.getrlimit(resource.RLIMIT_FSIZE)
+    old_handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (200_000, old_limit[1]))
+    try:
+        rb = RingBuffer(1 << 20)
+        w = CaptureWriter(rb, out, compress=False)
+        w.start()
+        for r in make_records(5_000):
+            if not append(rb, r) or w.error:
+                break
+        meta = w.stop({})
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, old_limit)
+        signal.signal(signal.SIGXFSZ, old_handler)
+    assert w.error and "cannot write traffic file" in w.error
+    assert meta["error"] == w.error
+    assert not output_dir_has_capture(out)  # no meta claims the capture is complete
+
+
+def test_refuses_dir_with_capture(tmp_path):
+    out = tmp_path / "cap"
+    assert not output_dir_has_capture(out)
+    capture(out, make_records(10))
+    assert output_dir_has_capture(out)
+    with pytest.raises(JobError):
+        CaptureWriter(RingBuffer(4096), out).start()
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    capture(empty, make_records(10))  # an existing empty dir is fine
+
+
+def test_corrupt_compressed_file(tmp_path):
+    out = tmp_path / "cap"
+    w = capture(out, make_records(5_000), compress=True)
+    path = out / w.files[0]
+    data = bytearray(path.read_bytes())
+    for i in range(len(data) // 2, len(data) // 2 + 16):
+        data[i] ^= 0x5A
+    path.write_bytes(bytes(data))
+    with pytest.raises(TrafficFormatError, match=w.files[0]):
+        list(TrafficReader(out))
+
+
+def test_corrupt_raw_file_names_offset(tmp_path):
+    out = tmp_path / "cap"
+    recs = make_records(10)
+    w = capture(out, recs, compress=False)
+    path = out / w.files[0]
+    data = bytearray(path.read_bytes())
+    second = 48 + len(recs[0].payload)  # stream offset of the second record
+    data[8 + second + 4] = 99           # its kind byte (after the 8-byte file header)
+    path.write_bytes(bytes(data))
+    with pytest.raises(TrafficFormatError, match=rf"{w.files[0]}.*offset {second}\b"):
+        list(TrafficReader(out))
+
+
+@pytest.mark.parametrize("compress", [True, False], ids=["lz4", "raw"])
+def test_truncated_file(tmp_path, compress):
+    out = tmp_path / "cap"
+    recs = make_records(3_000)
+    w = capture(out, recs, compress=compress)
+    path = out / w.files[-1]
+    path.write_bytes(path.read_bytes()[:-100])
+    with pytest.raises(TrafficFormatError, match="truncated"):
+        list(TrafficReader(out))
+    # Without meta (a capture cut off by a crash) the records before the cut are readable.
+    os.unlink(out / "meta")
+    r = TrafficReader(out)
+    assert not r.complete and r.meta == {}
+    got = list(r)
+    assert 0 < len(got) < len(recs) and got == recs[:len(got)]
+    assert r.truncated_at[0] == w.files[-1]
+
+
+def test_meta_errors(tmp_path):
+    out = tmp_path / "cap"
+    capture(out, make_records(10))
+    meta = json.loads((out / "meta").read_text())
+    (out / "meta").write_text(json.dumps({**meta, "format_version": 99}))
+    with pytest.raises(TrafficFormatError, match="version 99"):
+        TrafficReader(out)
+    (out / "meta").write_text("{not json")
+    with pytest.raises(TrafficFormatError, match="meta"):
+        TrafficReader(out)
+    with pytest.raises(TrafficFormatError):
+        TrafficReader(tmp_path / "nowhere")
+    with pytest.raises(TrafficFormatError, match="no capture"):
+        TrafficReader(tmp_path)
+
+
+def test_keys(tmp_path):
+    out = tmp_path / "cap"
+    capture(out, make_records(100), encryption_key=KEY)
+    with pytest.raises(TrafficFormatError, match="wrong encryption key"):
+        list(TrafficReader(out, bytes(32)))
+    with pytest.raises(TrafficFormatError, match="key is required"):
+        list(TrafficReader(out))
+    key_path = tmp_path / "key"
+    key = crypto.generate_key_file(key_path)
+    assert stat.S_IMODE(os.stat(key_path).st_mode) == 0o600
+    assert crypto.load_key(key_path) == key and len(key) == 32
+    with pytest.raises(FileExistsError):
+        crypto.generate_key_file(key_path)
+    long_key = tmp_path / "long"
+    long_key.write_bytes(KEY + b"\n")
+    assert crypto.load_key(long_key) == KEY
+    short = tmp_path / "short"
+    short.write_bytes(b"x" * 31)
+    with pytest.raises(ConfigError, match="31 bytes"):
+        crypto.load_key(short)
+    with pytest.raises(ConfigError):
+        crypto.load_key(tmp_path / "missing")
+    with pytest.raises(ConfigError):
+        CaptureWriter(RingBuffer(4096), out, encryption_key=b"short")
+
+
+def test_inspect(tmp_path):
+    out = tmp_path / "cap"
+    recs = [
+        Record(KIND_CONN_STATE, 5, T0, 0, 0, 0, 0, 0,
+               json.dumps({"user": "app", "db": "shop", "capabilities": 1,
+                           "prepared": [[1, "SELECT ?"]]}).encode()),
+        Record(KIND_CONN_OPEN, 6, T0 + 1000, 0, 0, 0, 0, 0,
+               json.dumps({"user": "bob", "db": None, "capabilities": 1,
+                           "client_addr": "10.1.2.3:5555"}).encode()),
+        Record(KIND_COMMAND, 6, T0 + 2000, T0 + 5000, OUTCOME_OK, 0, 3, 0,
+               b"\x03UPDATE t\n   SET a = 1"),
+        Record(KIND_COMMAND, 5, T0 + 3000, T0 + 4000, OUTCOME_ERR, 1146, 0, 0,
+               b"\x17\x01\x00\x00\x00\x00\x01\x00\x00\x00"),
+        Record(KIND_COMMAND, 5, T0 + 6000, T0 + 6000, OUTCOME_NO_RESPONSE, 0, 0, 0,
+               b"\x19\x01\x00\x00\x00"),
+        Record(KIND_COMMAND, 6, T0 + 7000, T0 + 9000, OUTCOME_OK, 0, 0, 42,
+               b"\x03SELECT '" + "é".encode() * 300 + b"'"),
+        Record(KIND_CONN_CLOSE, 6, T0 + 10_000, 0, 0, 0, 0, 0, b""),
+    ]
+    capture(out, recs)
+    buf = io.StringIO()
+    summary = inspect_capture(out, out=buf)
+    lines = buf.getvalue().splitlines()
+    assert lines[0] == "2023-11-14T22:13:20.000000Z conn=5 CONN_STATE user=app db=shop prepared=1"
+    assert lines[1] == "2023-11-14T22:13:20.000001Z conn=6 CONN_OPEN user=bob client_addr=10.1.2.3:5555"
+    assert lines[2] == "2023-11-14T22:13:20.000002Z conn=6 COM_QUERY OK affected=3 rows=0 3us UPDATE t SET a = 1"
+    assert lines[3] == ("2023-11-14T22:13:20.000003Z conn=5 COM_STMT_EXECUTE ERR err=1146 "
+                        "affected=0 rows=0 1us stmt_id=1")
+    assert lines[4].endswith("COM_STMT_CLOSE NO_RESPONSE affected=0 rows=0 0us stmt_id=1")
+    assert "rows=42" in lines[5] and lines[5].endswith("...") and len(lines[5]) < 300
+    assert lines[6].endswith("conn=6 CONN_CLOSE")
+    assert "summary:" in lines and "    COM_QUERY: 2" in lines and "    code 1146: 1" in lines
+    assert summary["records"] == 7 and summary["commands"] == 4
+    assert summary["commands_by_type"] == {"COM_QUERY": 2, "COM_STMT_EXECUTE": 1, "COM_STMT_CLOSE": 1}
+    assert summary["connections"] == 2 and summary["conn_state"] == 1 and summary["conn_open"] == 1
+    assert summary["errors"] == 1 and summary["errors_by_code"] == {"1146": 1}
+    assert summary["span_seconds"] == pytest.approx(10e-6)
+    assert summary["complete"]
+
+    buf = io.StringIO()
+    inspect_capture(out, out=buf, as_json=True, limit=3)
+    rows = [json.loads(line) for line in buf.getvalue().splitlines()]
+    assert len(rows) == 4 and rows[-1]["summary"]["records"] == 7
+    assert rows[2]["sql"] == "UPDATE t\n   SET a = 1" and rows[2]["duration_us"] == 3
+    assert rows[0]["info"]["prepared"] == [[1, "SELECT ?"]]

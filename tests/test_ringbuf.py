@@ -1,0 +1,143 @@
+"""RingBuffer: records round-trip byte-exact, refusal is all-or-nothing, wrap-around is sound."""
+from collections import deque
+
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from fastproxy._ringbuf import RingBuffer
+from fastproxy.capture.record import (HEADER_SIZE, KIND_COMMAND, KIND_CONN_CLOSE, KIND_CONN_OPEN,
+                                      KIND_CONN_STATE, OUTCOME_ERR, OUTCOME_OK, Record, encode,
+                                      iter_records)
+
+
+def cmd(conn_id, payload, i=0, outcome=OUTCOME_OK, err=0):
+    return Record(KIND_COMMAND, conn_id, 1_700_000_000_000_000_000 + i, 1_700_000_000_000_500_000 + i,
+                  outcome, err, i * 3, i * 7, payload)
+
+
+def append(rb, r):
+    if r.kind == KIND_COMMAND:
+        return rb.append_command(r.conn_id, r.start_ns, r.end_ns, r.outcome, r.err_code,
+                                 r.affected_rows, r.rows, r.payload)
+    return rb.append_event(r.kind, r.conn_id, r.start_ns, r.payload)
+
+
+def test_round_trip_all_kinds_and_buffer_types():
+    rb = RingBuffer(1 << 16)
+    recs = [
+        Record(KIND_CONN_OPEN, 7, 10, 0, 0, 0, 0, 0, b'{"user":"u"}'),
+        Record(KIND_CONN_STATE, 8, 11, 0, 0, 0, 0, 0, b'{"prepared":[]}'),
+        cmd(7, b"\x03SELECT 1", 1),
+        cmd(7, b"\x03bad", 2, OUTCOME_ERR, 1064),
+        Record(KIND_CONN_CLOSE, 7, 12, 0, 0, 0, 0, 0, b""),
+        Record(KIND_COMMAND, 2**64 - 1, -5, 2**63 - 1, 3, 65535, 2**64 - 1, 2**64 - 1, b"\x0e"),
+    ]
+    for r in recs:
+        assert append(rb, r)
+    # bytearray and memoryview payloads are accepted without conversion by the caller
+    assert rb.append_command(9, 1, 2, 0, 0, 0, 0, bytearray(b"\x03ba"))
+    assert rb.append_command(9, 1, 2, 0, 0, 0, 0, memoryview(b"xx\x03mv")[2:])
+    recs += [cmd(9, b"\x03ba")._replace(start_ns=1, end_ns=2, affected_rows=0, rows=0),
+             cmd(9, b"\x03mv")._replace(start_ns=1, end_ns=2, affected_rows=0, rows=0)]
+    expected = b"".join(encode(r) for r in recs)
+    assert rb.used == len(expected) == rb.bytes_appended
+    assert rb.records_appended == len(recs)
+    out = rb.drain(1 << 20)
+    assert out == expected  # the C encoder matches the documented (Python) encoding
+    assert list(iter_records(out)) == recs
+    assert rb.used == 0 and rb.drain(100) == b""
+    assert rb.records_drained == len(recs)
+
+
+def test_drain_returns_whole_records_only():
+    rb = RingBuffer(4096)
+    for i in range(10):
+        assert rb.append_command(1, i, i, 0, 0, 0, 0, b"x" * 52)  # 100 bytes each
+    first = rb.drain(250)
+    assert len(first) == 200 and [r.start_ns for r in iter_records(first)] == [0, 1]
+    # A record bigger than max_bytes still comes out alone, so a drain always progresses.
+    assert len(rb.drain(10)) == 100
+    rest = rb.drain(1 << 20)
+    assert [r.start_ns for r in iter_records(rest)] == list(range(3, 10))
+
+
+def test_full_refuses_without_partial_write():
+    rb = RingBuffer(1000)
+    n = 0
+    while rb.append_command(1, n, n, 0, 0, 0, 0, b"p" * 100):
+        n += 1
+    assert n == 1000 // (HEADER_SIZE + 100)
+    used, appended = rb.used, rb.records_appended
+    assert not rb.append_command(1, 0, 0, 0, 0, 0, 0, b"p" * 100)
+    assert rb.used == used and rb.records_appended == appended
+    recs = list(iter_records(rb.drain(1 << 20)))
+    assert [r.start_ns for r in recs] == list(range(n))
+    # Space freed by the drain is usable again.
+    assert rb.append_command(1, 0, 0, 0, 0, 0, 0, b"p" * 100)
+
+
+def test_exactly_full_and_larger_than_capacity():
+    rb = RingBuffer(HEADER_SIZE + 10)
+    assert not rb.append_command(1, 0, 0, 0, 0, 0, 0, b"x" * 11)  # larger than the whole buffer
+    assert rb.append_command(1, 0, 0, 0, 0, 0, 0, b"x" * 10)      # fills it exactly
+    assert rb.used == rb.capacity
+    assert not rb.append_event(KIND_CONN_CLOSE, 1, 0, b"")
+    assert list(iter_records(rb.drain(1 << 20)))[0].payload == b"x" * 10
+
+
+def test_large_payload_wrapping():
+    rb = RingBuffer(3 * 1024 * 1024)
+    big = bytes(range(256)) * 8192  # 2 MiB
+    assert rb.append_command(1, 0, 0, 0, 0, 0, 0, b"\x03" * 1_000_000)
+    assert rb.append_command(1, 0, 0, 0, 0, 0, 0, b"\x03" + b"x" * 999_999)
+    assert not rb.append_command(2, 0, 0, 0, 0, 0, 0, big)  # 2 MiB more does not fit yet
+    assert len(rb.drain(1)) == HEADER_SIZE + 1_000_000     # frees the start of the buffer
+    assert rb.append_command(2, 0, 0, 0, 0, 0, 0, big)      # written across the end
+    recs = list(iter_records(rb.drain(1 << 30)))
+    assert [len(r.payload) for r in recs] == [1_000_000, len(big)]
+    assert recs[1].payload == big and recs[0].payload == b"\x03" + b"x" * 999_999
+
+
+def test_invalid_arguments():
+    with pytest.raises(ValueError):
+        RingBuffer(10)
+    rb = RingBuffer(1024)
+    with pytest.raises(ValueError):
+        rb.append_event(KIND_COMMAND, 1, 0, b"")
+    with pytest.raises(OverflowError):
+        rb.append_command(1, 0, 0, 256, 0, 0, 0, b"")
+    with pytest.raises(TypeError):
+        rb.append_command(1, 0, 0, 0, 0, 0, 0, "text")
+    assert rb.used == 0 and rb.records_appended == 0
+
+
+# A random interleaving of appends and drains against a plain deque model: exercises every
+# wrap position (header split, payload split, length field split) over many cycles.
+ops = st.lists(st.one_of(
+    st.tuples(st.just("append"), st.integers(0, 200)),
+    st.tuples(st.just("drain"), st.integers(1, 600)),
+), max_size=200)
+
+
+@settings(max_examples=300, deadline=None)
+@given(capacity=st.integers(HEADER_SIZE, 700), ops=ops)
+def test_wraparound_matches_model(capacity, ops):
+    rb = RingBuffer(capacity)
+    model: deque[bytes] = deque()
+    seq = 0
+    for op, n in ops:
+        if op == "append":
+            r = cmd(seq % 5, bytes([seq % 256]) * n, seq)
+            enc = encode(r)
+            fits = sum(map(len, model)) + len(enc) <= capacity
+            assert append(rb, r) == fits
+            if fits:
+                model.append(enc)
+            seq += 1
+        else:
+            expected = b""
+            while model and (not expected or len(expected) + len(model[0]) <= n):
+                expected += model.popleft()
+            assert rb.drain(n) == expected
+        assert rb.used == sum(map(len, model))
+    assert rb.drain(1 << 20) == b"".join(model)

@@ -1,0 +1,124 @@
+"""is_read_only: the allow-list that keeps a read-only replay from writing."""
+import pytest
+
+from fastproxy.replay.statements import is_read_only
+
+CASES = [
+    # queries
+    ("SELECT 1", True),
+    ("select c from sbtest1 where id = 5", True),
+    ("  /* app=web */ SELECT * FROM t", True),
+    ("-- leading comment\nSELECT 1", True),
+    ("# hash comment\nselect 1", True),
+    ("(SELECT a FROM t) UNION (SELECT b FROM u)", True),
+    ("((select 1))", True),
+    ("SELECT * FROM t WHERE note = 'for update'", True),
+    ("SELECT `into` FROM t", True),
+    ("select replace(name, 'a', 'b') from t", True),
+    ("SELECT * FROM t FOR UPDATE", False),
+    ("SELECT * FROM t WHERE id = 1 FOR UPDATE NOWAIT", False),
+    ("SELECT * FROM t FOR SHARE", False),
+    ("SELECT * FROM t LOCK IN SHARE MODE", False),
+    ("SELECT * FROM t WHERE a IN (SELECT a FROM u FOR UPDATE)", False),
+    ("SELECT a INTO @x FROM t", False),
+    ("SELECT * FROM t INTO OUTFILE '/tmp/x'", False),
+    ("SELECT a FROM t INTO DUMPFILE '/tmp/x'", False),
+    ("TABLE t", True),
+    ("VALUES ROW(1, 2)", True),
+    ("WITH c AS (SELECT 1 AS a) SELECT * FROM c", True),
+    ("WITH RECURSIVE c (n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM c WHERE n < 5) SELECT n FROM c", True),
+    ("WITH c AS (SELECT id FROM t) DELETE FROM t WHERE id IN (SELECT id FROM c)", False),
+    ("WITH c AS (SELECT 1) UPDATE t, c SET t.a = 1", False),
+    ("WITH c AS (SELECT 1) SELECT * FROM c FOR UPDATE", False),
+    # metadata
+    ("SHOW TABLES", True),
+    ("show create table t", True),
+    ("DESCRIBE t", True),
+    ("DESC t", True),
+    ("EXPLAIN SELECT * FROM t", True),
+    ("EXPLAIN DELETE FROM t", True),
+    ("EXPLAIN FORMAT=JSON UPDATE t SET a = 1", True),
+    ("EXPLAIN ANALYZE SELECT * FROM t", True),
+    ("EXPLAIN ANALYZE FORMAT=TREE SELECT * FROM t", True),
+    ("EXPLAIN ANALYZE DELETE FROM t", False),
+    # transactions
+    ("BEGIN", True),
+    ("begin pessimistic", True),
+    ("BEGIN NOT ATOMIC INSERT INTO t VALUES (1); END", False),
+    ("START TRANSACTION", True),
+    ("START TRANSACTION READ ONLY", True),
+    ("START TRANSACTION READ WRITE", True),
+    ("START SLAVE", False),
+    ("COMMIT", True),
+    ("ROLLBACK", True),
+    ("ROLLBACK TO SAVEPOINT s1", True),
+    ("SAVEPOINT s1", True),
+    ("RELEASE SAVEPOINT s1", True),
+    # session state
+    ("SET @x = 1", True),
+    ("SET @x := (SELECT COUNT(*) FROM t)", True),
+    ("SET SESSION sql_mode = ''", True),
+    ("SET LOCAL wait_timeout = 10", True),
+    ("SET @@session.autocommit = 0", True),
+    ("SET NAMES utf8mb4", True),
+    ("SET NAMES utf8mb4 COLLATE utf8mb4_bin", True),
+    ("SET autocommit = 1", True),
+    ("SET character_set_results = NULL", True),
+    ("SET CHARACTER SET utf8", True),
+    ("SET TRANSACTION ISOLATION LEVEL READ COMMITTED", True),
+    ("SET SESSION TRANSACTION READ ONLY", True),
+    ("/*!40101 SET NAMES utf8 */", True),
+    ("SET GLOBAL max_connections = 10", False),
+    ("SET @@global.max_connections = 10", False),
+    ("SET sql_mode = '', GLOBAL max_connections = 10", False),
+    ("SET PERSIST max_connections = 10", False),
+    ("SET PERSIST_ONLY max_connections = 10", False),
+    ("SET GLOBAL TRANSACTION ISOLATION LEVEL SERIALIZABLE", False),
+    ("SET PASSWORD = 'x'", False),
+    ("SET PASSWORD FOR u = 'x'", False),
+    ("SET DEFAULT ROLE ALL TO u", False),
+    ("SET CONFIG tikv `raftstore.x` = 1", False),
+    ("SET", False),
+    ("USE db1", True),
+    ("use `my-db`", True),
+    # writes and everything else
+    ("INSERT INTO t VALUES (1)", False),
+    ("INSERT INTO t SELECT * FROM u", False),
+    ("UPDATE t SET a = 1", False),
+    ("DELETE FROM t", False),
+    ("REPLACE INTO t VALUES (1)", False),
+    ("CREATE TABLE t (a INT)", False),
+    ("DROP TABLE t", False),
+    ("ALTER TABLE t ADD COLUMN b INT", False),
+    ("TRUNCATE t", False),
+    ("CALL p()", False),
+    ("DO SLEEP(1)", False),
+    ("LOAD DATA INFILE 'x' INTO TABLE t", False),
+    ("GRANT SELECT ON *.* TO u", False),
+    ("LOCK TABLES t READ", False),
+    ("UNLOCK TABLES", False),
+    ("ANALYZE TABLE t", False),
+    ("FLUSH TABLES", False),
+    ("XA START 'x'", False),
+    # multi-statement queries: every part must be read-only
+    ("SELECT 1; SELECT 2", True),
+    ("SELECT 1;", True),
+    ("SELECT 1; DELETE FROM t", False),
+    # nothing recognisable
+    ("", False),
+    ("   ", False),
+    ("/* only a comment */", False),
+    (";;", False),
+    ("()", False),
+    ("`select` 1", False),
+]
+
+
+@pytest.mark.parametrize("sql, expected", CASES, ids=[c[0][:40] or "<empty>" for c in CASES])
+def test_is_read_only(sql, expected):
+    assert is_read_only(sql) is expected
+
+
+def test_bytes_input():
+    assert is_read_only(b"SELECT 1") is True
+    assert is_read_only(b"DELETE FROM t WHERE a = '\xff'") is False
