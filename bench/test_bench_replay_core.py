@@ -3,7 +3,7 @@
 Run: python -m pytest bench/test_bench_replay_core.py --benchmark-only
 
 Each benchmark times one batch (BATCH push+pop pairs, or STMTS statements); operations per second
-are batch size / median, stored in extra_info["ops_per_s"] (see --benchmark-json) and printed with -s.
+are batch size / median (a push+pop pair counts once), stored in extra_info["ops_per_s"] (see --benchmark-json) and printed with -s.
 """
 import heapq
 import random
@@ -19,10 +19,10 @@ CONNECTIONS = 1000  # heap size in steady state: one entry per replay connection
 STMTS = 10_000
 
 
-def _report(benchmark, ops):
+def _report(benchmark, ops, unit):
     median = benchmark.stats.stats.median
     benchmark.extra_info["ops_per_s"] = ops / median
-    print(f"\n{benchmark.name}: {ops / median:,.0f} ops/s (median {median * 1e3:.2f} ms for {ops:,})")
+    print(f"\n{benchmark.name}: {ops / median:,.0f} {unit}/s (median {median * 1e3:.2f} ms for {ops:,})")
 
 
 def _dues(n):
@@ -46,7 +46,7 @@ def test_scheduler_steady_state(benchmark):
             push(due + delta, pop())
 
     benchmark(run)
-    _report(benchmark, BATCH)
+    _report(benchmark, BATCH, "push+pop pairs")
 
 
 def test_heapq_steady_state(benchmark):
@@ -66,7 +66,7 @@ def test_heapq_steady_state(benchmark):
         seq[0] = n
 
     benchmark(run)
-    _report(benchmark, BATCH)
+    _report(benchmark, BATCH, "push+pop pairs")
 
 
 # Filling and draining a large heap: deep sift-downs, and pop_due returns a whole batch per call.
@@ -83,7 +83,7 @@ def test_scheduler_fill_drain(benchmark):
         assert len(out) == BATCH
 
     benchmark(run)
-    _report(benchmark, BATCH)
+    _report(benchmark, BATCH, "push+pop pairs")
 
 
 def test_heapq_fill_drain(benchmark):
@@ -100,7 +100,7 @@ def test_heapq_fill_drain(benchmark):
         assert len(out) == BATCH
 
     benchmark(run)
-    _report(benchmark, BATCH)
+    _report(benchmark, BATCH, "push+pop pairs")
 
 
 def _sysbench_statements(n):
@@ -131,7 +131,7 @@ def test_normalize_short_statements(benchmark, statements):
             normalize(sql)
 
     benchmark(run)
-    _report(benchmark, STMTS)
+    _report(benchmark, STMTS, "statements")
 
 
 def test_normalize_short_statements_bytes(benchmark, statements):
@@ -142,7 +142,7 @@ def test_normalize_short_statements_bytes(benchmark, statements):
             normalize(sql)
 
     benchmark(run)
-    _report(benchmark, STMTS)
+    _report(benchmark, STMTS, "statements")
 
 
 def test_digest_short_statements(benchmark, statements):
@@ -151,7 +151,7 @@ def test_digest_short_statements(benchmark, statements):
             digest(sql)
 
     benchmark(run)
-    _report(benchmark, STMTS)
+    _report(benchmark, STMTS, "statements")
 
 
 def test_is_read_only_short_statements(benchmark, statements):
@@ -160,4 +160,4 @@ def test_is_read_only_short_statements(benchmark, statements):
             is_read_only(sql)
 
     benchmark(run)
-    _report(benchmark, STMTS)
+    _report(benchmark, STMTS, "statements")

@@ -7,11 +7,11 @@
   executable comments ``/*! */``, ``/*!50100 */``, ``/*M! */`` is kept, since MySQL runs it;
 - literals become ``?``: quoted strings ('..' and "..", backslash and doubled-quote escapes),
   numbers (ints, decimals, exponents, 0x.., 0b..), X'..', B'..', N'..'; a charset introducer
-  (``_utf8mb4'..'``) goes with its string; a ``-``/``+`` sign after an operator, ``(``, ``,``, a
-  keyword such as SELECT/WHERE/AND, or at the start is folded into the number; ``?`` placeholders stay ``?``; NULL, TRUE, FALSE stay
-  keywords (but count as literals in the list collapse below);
-- ``IN (?, ?, ?)`` and ``IN ((?, ?), (?, ?))`` become ``in (...)``; ``VALUES (?, ?), (?, ?)`` becomes ``values (...)``, so
-  batches of different sizes share a digest;
+  (``_utf8mb4'..'``) goes with its string; a ``-``/``+`` sign is folded into the number after an
+  operator, ``(``, ``,``, a keyword such as SELECT/WHERE/AND, or at the start; ``?`` placeholders
+  stay ``?``; NULL, TRUE, FALSE stay keywords (but count as literals in the list collapse below);
+- ``IN (?, ?, ?)`` and ``IN ((?, ?), (?, ?))`` become ``in (...)``; ``VALUES (?, ?), (?, ?)``
+  becomes ``values (...)``, so batches of different sizes share a digest;
 - keywords and identifiers are lower-cased (ASCII only); back-quoted identifiers are kept as
   written, back-quotes included, so they stay unambiguous and re-normalize to themselves;
 - spacing is canonical: one space between tokens and around operators, none after ``(``, ``.``
@@ -324,7 +324,8 @@ cdef Py_ssize_t _normalize(const unsigned char* p, Py_ssize_t n, char* out) noex
                 while j < n and _is_hex(p[j]):
                     j += 1
                 only_digits = True
-            elif c == b'0' and (d == b'b' or d == b'B') and i + 2 < n and (p[i + 2] == b'0' or p[i + 2] == b'1'):
+            elif (c == b'0' and (d == b'b' or d == b'B') and i + 2 < n
+                  and (p[i + 2] == b'0' or p[i + 2] == b'1')):
                 j = i + 2
                 while j < n and (p[j] == b'0' or p[j] == b'1'):
                     j += 1
@@ -359,7 +360,8 @@ cdef Py_ssize_t _normalize(const unsigned char* p, Py_ssize_t n, char* out) noex
             j = i + 1
             while j < n and _is_ident(p[j]):
                 j += 1
-            if j < n and p[j] == b'\'' and j - i == 1 and ((c | 0x20) == b'x' or (c | 0x20) == b'b' or (c | 0x20) == b'n'):
+            d = c | 0x20
+            if j < n and p[j] == b'\'' and j - i == 1 and (d == b'x' or d == b'b' or d == b'n'):
                 _literal(&s)                        # X'..', B'..', N'..'
                 i = _skip_quoted(p, j, n, p[j])
             elif j < n and c == b'_' and (p[j] == b'\'' or p[j] == b'"'):
@@ -475,7 +477,7 @@ cdef str _normalize_obj(object sql):
 
 
 def normalize(sql):
-    """Canonical text of ``sql`` (str or bytes) with literals replaced by ``?``; never fails on bad SQL."""
+    """Canonical text of ``sql`` (str or bytes), literals replaced by ``?``; never fails on bad SQL."""
     return _normalize_obj(sql)
 
 

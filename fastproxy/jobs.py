@@ -1,25 +1,109 @@
-"""Traffic jobs (capture, replay): one of each kind at a time per proxy; the last 10 are shown."""
+"""Traffic jobs of one proxy: at most one capture and one replay at a time; the last 10 are shown."""
 from __future__ import annotations
 
-from fastproxy.errors import JobError
+import logging
+import os
+from typing import TYPE_CHECKING
+
+from fastproxy.config import parse_duration
+from fastproxy.errors import ConfigError, JobError
+
+if TYPE_CHECKING:
+    from fastproxy.proxy.server import ProxyServer
+
+log = logging.getLogger("fastproxy.jobs")
+
+
+def _bool(form: dict, key: str, default: bool) -> bool:
+    value = str(form.get(key, "")).strip().lower()
+    if value == "":
+        return default
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"{key}: expected true or false, got {value!r}")
+
+
+class JobConflict(JobError):
+    conflict = True
 
 
 class JobManager:
-    def __init__(self, server) -> None:
+    def __init__(self, server: "ProxyServer") -> None:
         self.server = server
         self.history: list = []
 
+    def running(self, kind: str | None = None) -> list:
+        return [j for j in self.history if j.running and (kind is None or j.kind == kind)]
+
+    def _check_free(self, kind: str) -> None:
+        busy = self.running()
+        if busy:
+            raise JobConflict(f"a {busy[0].kind} job is already running (started {busy[0].describe_base()['start_time']}); "
+                              f"cancel it first or wait for it to finish")
+
     async def start_capture(self, form: dict):
-        raise JobError("capture: not wired yet")
+        from fastproxy.capture.crypto import load_key
+        from fastproxy.capture.job import CaptureJob
+        from fastproxy.capture.writer import output_dir_has_capture
+
+        self._check_free("capture")
+        output = str(form.get("output", "")).strip()
+        if not output:
+            raise ConfigError("output: required (directory for the traffic files)")
+        if output_dir_has_capture(output):
+            raise JobError(f"output: {output} already holds a finished capture; choose another directory")
+        if "duration" not in form or not str(form["duration"]).strip():
+            raise ConfigError("duration: required, e.g. 30s, 10m, 1h")
+        duration = parse_duration(form["duration"], "duration")
+        if duration <= 0:
+            raise ConfigError("duration: must be positive")
+        compress = _bool(form, "compress", True)
+        method = str(form.get("encryption-method", "")).strip().lower()
+        key = None
+        if method not in ("", "aes256-ctr", "aes-256-ctr"):
+            raise ConfigError(f"encryption-method: expected '' or aes256-ctr, got {method!r}")
+        if method:
+            path = self.server.config["security.encryption-key-path"]
+            if not path:
+                raise ConfigError("encryption-method aes256-ctr needs security.encryption-key-path in the proxy's config")
+            key = load_key(path)
+        throttle = os.environ.get("FASTPROXY_CAPTURE_THROTTLE_BPS")  # test hook: simulate a slow disk
+        job = CaptureJob(self.server, output, duration, compress=compress, encryption_key=key,
+                         buffer_size=self.server.config["capture.buffer-size"],
+                         file_size=self.server.config["capture.file-size"],
+                         throttle_bytes_per_sec=float(throttle) if throttle else None)
+        job.start()
+        self._add(job)
+        return job
 
     async def start_replay(self, form: dict):
-        raise JobError("replay: not wired yet")
+        from fastproxy.replay.job import ReplayJob
+
+        self._check_free("replay")
+        job = ReplayJob.from_form(self.server, form)
+        await job.start()
+        self._add(job)
+        return job
+
+    def _add(self, job) -> None:
+        self.history.append(job)
+        del self.history[:-10]
 
     def show(self) -> list[dict]:
-        return [job.describe() for job in self.history[-10:]]
+        return [job.describe() for job in self.history]
 
-    async def cancel(self, kind, graceful=False) -> list[str]:
-        return []
+    async def cancel(self, kind: str | None, graceful: bool = False) -> list[str]:
+        canceled = []
+        for job in self.running(kind):
+            if job.kind == "replay":
+                await job.stop(canceled=True, graceful=graceful)
+            else:
+                await job.stop(canceled=True)
+            canceled.append(job.kind)
+        return canceled
 
     async def shutdown(self) -> None:
-        pass
+        for job in self.running():
+            await job.stop(error="the proxy shut down")

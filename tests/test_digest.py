@@ -140,6 +140,21 @@ def test_never_raises_on_bytes(sql):
     assert isinstance(normalize(sql), str)
 
 
+_sqlish = st.lists(st.sampled_from(
+    list("()(),,;..@@'\"`\\-+*/#!=<>:|&?xXbBnN_019e \n\t") +
+    ["in", "IN ", "values", "VALUE ", "null", "select ", "/*", "*/", "/*!", "/*M!", "-- ", "0x", "é", "\x00"]
+)).map("".join)
+
+
+@settings(max_examples=2000)
+@given(_sqlish)
+def test_sql_fragments_bounded_and_same_as_bytes(sql):
+    out = normalize(sql)
+    # the C output buffer is sized 2 * len + 16 on this bound
+    assert len(out.encode()) <= 2 * len(sql.encode())
+    assert normalize(sql.encode()) == out
+
+
 # Well-formed SQL, built from pieces with random literals, casing, spacing and comments.
 _ident = st.sampled_from(["id", "k", "c", "pad", "t.id", "`Weird Name`", "sbtest1.k"])
 _literal = st.one_of(

@@ -122,3 +122,13 @@ def test_is_read_only(sql, expected):
 def test_bytes_input():
     assert is_read_only(b"SELECT 1") is True
     assert is_read_only(b"DELETE FROM t WHERE a = '\xff'") is False
+
+
+_NON_EMPTY = [c for c in CASES if c[0].strip() not in ("", "/* only a comment */", ";;")]
+
+
+@pytest.mark.parametrize("sql, expected", _NON_EMPTY, ids=[c[0][:40] for c in _NON_EMPTY])
+def test_multi_statement_path_agrees(sql, expected):
+    # a second statement sends the query down the tokenizing path instead of the quick one
+    assert is_read_only(f"{sql}; SELECT 1") is expected
+    assert is_read_only(f"SELECT 1; {sql}") is expected

@@ -118,7 +118,7 @@ cdef class Scheduler:
         return self._heap[0].due
 
     def pop_due(self, int64_t now_ns, Py_ssize_t max_items=1 << 30):
-        """Remove and return, in order, the keys of up to ``max_items`` entries due at or before ``now_ns``."""
+        """Remove and return, in order, the keys of up to ``max_items`` entries due by ``now_ns``."""
         cdef list out = []
         while self._size > 0 and max_items > 0 and self._heap[0].due <= now_ns:
             out.append(self.pop_c())

@@ -40,10 +40,27 @@ _SET_DENY_FIRST = frozenset({"password", "default", "config", "binding", "bindin
 _SET_DENY_ANY = frozenset({"global", "persist", "persist_only"})
 
 
+# The common case, decided on the normalized text without tokenizing it; it is single-spaced and
+# has no comments or strings left, so a plain search is exact (back-quoted names take the slow path).
+_FIRST_WORD = re.compile(r"[\s(]*([\w$]+)")
+_LOCK_OR_WRITE = re.compile(r"\b(?:into|for (?:update|share)|lock in share mode)\b")
+_SLOW_FIRST = frozenset({"with", "explain", "set", "start", "release", "begin"})
+
+
 def is_read_only(sql: str | bytes) -> bool:
     """True if ``sql`` (every statement in it) cannot change data or server-wide state."""
+    text = normalize(sql)
+    if ";" not in text and "`" not in text:
+        m = _FIRST_WORD.match(text)
+        if m is None:
+            return False
+        first = m.group(1)
+        if first in _QUERY:
+            return _LOCK_OR_WRITE.search(text) is None
+        if first not in _SLOW_FIRST:
+            return first in _ALWAYS
     statements: list[list[str]] = [[]]
-    for tok in _TOKEN.findall(normalize(sql)):
+    for tok in _TOKEN.findall(text):
         if tok == ";":
             statements.append([])
         else:

@@ -1,0 +1,231 @@
+"""A running capture: the proxy's hooks append records to the ring buffer; a writer thread drains it.
+
+Nothing here waits on the disk: appends are a memcpy into the ring buffer. If the buffer is full
+(the writer cannot keep up) the capture stops with an error — it never drops records silently
+and never slows a client down.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import re
+import time
+from typing import TYPE_CHECKING
+
+from fastproxy._ringbuf import RingBuffer
+from fastproxy.capture.record import KIND_CONN_CLOSE, KIND_CONN_OPEN, KIND_CONN_STATE
+from fastproxy.capture.writer import CaptureWriter
+from fastproxy.constants import COMMAND
+from fastproxy.jobs_base import Job
+from fastproxy.protocol import change_user_without_auth
+
+if TYPE_CHECKING:
+    from fastproxy.proxy.server import ProxyServer
+    from fastproxy.proxy.session import CommandInfo, Session
+
+log = logging.getLogger("fastproxy.capture")
+
+# Statements that carry passwords are never written to disk.
+_SECRET_RE = re.compile(
+    rb"^\s*(?:/\*.*?\*/\s*|--[^\n]*\n\s*|#[^\n]*\n\s*)*"
+    rb"(?:create\s+(?:or\s+replace\s+)?user|alter\s+user|set\s+password|grant\s.*\bidentified\b"
+    rb"|create\s+(?:or\s+replace\s+)?role|rename\s+user)",
+    re.I | re.S)
+
+
+def carries_secret(payload: bytes) -> bool:
+    """COM_QUERY / COM_STMT_PREPARE payloads whose SQL may hold a password."""
+    return _SECRET_RE.match(payload, 1) is not None
+
+
+class CaptureJob(Job):
+    kind = "capture"
+
+    def __init__(self, server: "ProxyServer", output: str, duration: float, *, compress: bool = True,
+                 encryption_key: bytes | None = None, buffer_size: int = 64 << 20, file_size: int = 300 << 20,
+                 throttle_bytes_per_sec: float | None = None) -> None:
+        super().__init__()
+        self.server = server
+        self.output = os.path.abspath(output)
+        self.duration = duration
+        self.compress = compress
+        self.encrypted = encryption_key is not None
+        self.ring = RingBuffer(buffer_size)
+        self.writer = CaptureWriter(self.ring, self.output, file_size=file_size, compress=compress,
+                                    encryption_key=encryption_key, throttle_bytes_per_sec=throttle_bytes_per_sec)
+        self.start_ns = 0
+        self.commands = 0
+        self.filtered = 0
+        self.connections = 0
+        self.existing_connections = 0
+        self.waited_for_txn = 0  # open mid-transaction at start: captured from their next boundary
+        self.server_version = ""
+        self._filtered_stmts: set[tuple[int, int]] = set()
+        self._task: asyncio.Task | None = None
+        self._stopping = False
+
+    # ---- lifecycle -----------------------------------------------------------------------------
+    def start(self) -> None:
+        self.writer.start()
+        if self.writer.error:
+            raise_error = self.writer.error
+            self.writer.stop({})
+            from fastproxy.errors import JobError
+
+            raise JobError(f"capture cannot start: {raise_error}")
+        self.start_ns = time.time_ns()
+        self.mark_started()
+        server = self.server
+        server.capture = self
+        from fastproxy.proxy.connection import COMMANDS
+
+        for conn in list(server.connections):
+            session = conn.session
+            if conn.phase != COMMANDS:
+                continue  # still authenticating: on_connect records it as a new connection
+            self.existing_connections += 1
+            self.server_version = self.server_version or session.server_version
+            if conn.tracker.idle and not session.in_transaction:
+                self._record_state(session)
+            else:
+                # a command in flight or an open transaction: its statements before the capture are
+                # not in the files, so replaying the rest of it would be wrong; start at its boundary
+                session.capture_state = "wait-txn"
+                if session.in_transaction:
+                    self.waited_for_txn += 1
+        self._task = asyncio.get_running_loop().create_task(self._watch())
+        log.info("capture started: %s for %.0fs (%d open connections)", self.output, self.duration,
+                 self.existing_connections)
+
+    async def _watch(self) -> None:
+        deadline = time.monotonic() + self.duration
+        while not self._stopping:
+            if self.writer.error:
+                await self.stop(error=f"capture writer failed: {self.writer.error}")
+                return
+            if time.monotonic() >= deadline:
+                await self.stop()
+                return
+            await asyncio.sleep(0.1)
+
+    async def stop(self, error: str | None = None, canceled: bool = False) -> None:
+        if self._stopping:
+            return
+        self._stopping = True
+        if self.server.capture is self:
+            self.server.capture = None
+        for conn in list(self.server.connections):
+            conn.session.capture_state = None
+        end_ns = time.time_ns()
+        meta = {
+            "start": _iso(self.start_ns), "end": _iso(end_ns), "duration": round((end_ns - self.start_ns) / 1e9, 3),
+            "start_ns": self.start_ns, "end_ns": end_ns,
+            "commands": self.commands, "filtered_commands": self.filtered, "connections": self.connections,
+            "existing_connections": self.existing_connections, "waited_for_transaction": self.waited_for_txn,
+            "server_version": self.server_version, "compress": self.compress,
+            "encryption_method": "aes256-ctr" if self.encrypted else "",
+        }
+        if error:
+            meta["error"] = error
+        meta = await asyncio.get_running_loop().run_in_executor(None, self.writer.stop, meta)
+        error = error or meta.get("error")
+        if error:
+            log.error("capture stopped: %s", error)
+        else:
+            log.info("capture %s: %d commands, %d connections, %d bytes", "canceled" if canceled else "done",
+                     self.commands, self.connections, self.writer.bytes_written)
+        self.finish(error=error, canceled=canceled or bool(error))
+        if self._task and self._task is not asyncio.current_task():
+            self._task.cancel()
+
+    # ---- hooks called by the proxy on the event loop ------------------------------------------
+    def _fail(self, error: str) -> None:
+        if not self._stopping:
+            asyncio.get_running_loop().create_task(self.stop(error=error))
+
+    def _append_event(self, kind: int, session: "Session", body: bytes) -> None:
+        if not self.ring.append_event(kind, session.conn_id, time.time_ns(), body):
+            self._buffer_full()
+
+    def _buffer_full(self) -> None:
+        self._fail(f"capture buffer full ({self.ring.capacity} bytes): the writer could not keep up with the "
+                   f"traffic (disk too slow?); capture stopped, everything captured until then is in the files")
+
+    def _record_state(self, session: "Session") -> None:
+        session.capture_state = "on"
+        self.connections += 1
+        self._append_event(KIND_CONN_STATE, session, json.dumps(session.snapshot()).encode())
+
+    def on_connect(self, session: "Session") -> None:
+        if self._stopping:
+            return
+        session.capture_state = "on"
+        self.connections += 1
+        self.server_version = self.server_version or session.server_version
+        body = {"user": session.user, "db": session.db, "capabilities": session.capabilities,
+                "client_addr": session.client_addr}
+        self._append_event(KIND_CONN_OPEN, session, json.dumps(body).encode())
+
+    def on_command(self, session: "Session", info: "CommandInfo", payload: bytes | None) -> None:
+        state = session.capture_state
+        if state != "on" or payload is None or info.start_ns < self.start_ns or self._stopping:
+            if state == "wait-txn" and not session.in_transaction and not self._stopping:
+                self._record_state(session)  # a transaction boundary: the session is whole from here
+            return
+        cmd = info.cmd
+        if cmd == COMMAND.COM_QUERY or cmd == COMMAND.COM_STMT_PREPARE:
+            if carries_secret(payload):
+                self.filtered += 1
+                if cmd == COMMAND.COM_STMT_PREPARE:
+                    self._filtered_stmts.add((session.conn_id, info.result.stmt_id))
+                return
+        elif cmd == COMMAND.COM_CHANGE_USER:
+            payload = change_user_without_auth(payload, session.capabilities)
+        elif self._filtered_stmts and COMMAND.COM_STMT_EXECUTE <= cmd <= COMMAND.COM_STMT_RESET:
+            if (session.conn_id, int.from_bytes(payload[1:5], "little")) in self._filtered_stmts:
+                self.filtered += 1
+                return
+        r = info.result
+        if self.ring.append_command(session.conn_id, info.start_ns, info.end_ns, r.outcome, r.err_code,
+                                    r.affected_rows, r.rows, payload):
+            self.commands += 1
+        else:
+            self._buffer_full()
+
+    def on_close(self, session: "Session") -> None:
+        if session.capture_state is not None and not self._stopping:
+            self._append_event(KIND_CONN_CLOSE, session, b"")
+        session.capture_state = None
+
+    # ---- show ----------------------------------------------------------------------------------
+    def describe(self) -> dict:
+        d = self.describe_base()
+        d.update({
+            "output": self.output,
+            "compress": self.compress,
+            "encryption_method": "aes256-ctr" if self.encrypted else "",
+            "commands": self.commands,
+            "filtered_commands": self.filtered,
+            "connections": self.connections,
+            "existing_connections": self.existing_connections,
+            "waited_for_transaction": self.waited_for_txn,
+            "bytes_written": self.writer.bytes_written,
+            "buffer_used": self.ring.used,
+        })
+        if self.waited_for_txn:
+            d["note"] = (f"{self.waited_for_txn} connection(s) were inside a transaction when the capture started; "
+                         f"they are captured from their next transaction boundary")
+        return d
+
+    def progress(self) -> float:
+        if self.status != "running":
+            return 1.0 if self.status == "done" else self._progress_at_end
+        return min(1.0, (time.time_ns() - self.start_ns) / 1e9 / self.duration) if self.duration else 1.0
+
+
+def _iso(ns: int) -> str:
+    from datetime import datetime, timezone
+
+    return datetime.fromtimestamp(ns / 1e9, timezone.utc).isoformat(timespec="milliseconds")

@@ -1,0 +1,147 @@
+"""Fixtures: real MariaDB servers and real `fastproxy serve` processes on free loopback ports.
+
+FASTPROXY_TEST_MARIADB=host:port:user:password points the `mariadb` fixture at a running server
+instead of starting one (the other fixtures still start their own).
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+
+import pytest
+
+from fastproxy.scratch_db import ROOT_PASSWORD, ScratchMariaDB, free_port
+
+
+@pytest.fixture(scope="session")
+def mariadb():
+    """The "production" server, shared by the session."""
+    with ScratchMariaDB(name="prod") as db:
+        yield db
+
+
+@pytest.fixture(scope="session")
+def mariadb_test():
+    """A second server (the "test" side of a replay)."""
+    with ScratchMariaDB(name="test") as db:
+        yield db
+
+
+@pytest.fixture
+def mariadb_private():
+    """A server of the test's own (for tests that kill or restart it)."""
+    with ScratchMariaDB(name="private") as db:
+        yield db
+
+
+class ProxyProcess:
+    """`python -m fastproxy serve` in a subprocess, stopped at teardown."""
+
+    def __init__(self, backends: list[str], *args: str, config: str | None = None) -> None:
+        self.port = free_port()
+        self.api_port = free_port()
+        self.args = [sys.executable, "-m", "fastproxy", "serve", f"--proxy.addr=127.0.0.1:{self.port}",
+                     f"--api.addr=127.0.0.1:{self.api_port}", f"--proxy.backends={','.join(backends)}",
+                     "--proxy.health-check-interval=0.5s", *args]
+        if config:
+            self.args += ["--config", config]
+        self.log_path = f"/tmp/fastproxy-test-{self.port}.log"
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def api(self) -> str:
+        return f"127.0.0.1:{self.api_port}"
+
+    def start(self, timeout: float = 20) -> "ProxyProcess":
+        self.log = open(self.log_path, "w")
+        self.proc = subprocess.Popen(self.args, stdout=self.log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"fastproxy exited {self.proc.returncode}: {self.read_log()}")
+            try:
+                self.get("/api/debug/health")
+                return self
+            except OSError:
+                time.sleep(0.1)
+        raise TimeoutError(f"fastproxy not ready: {self.read_log()}")
+
+    def get(self, path: str, timeout: float = 10):
+        with urllib.request.urlopen(f"http://{self.api}{path}", timeout=timeout) as r:
+            body = r.read().decode()
+            return json.loads(body) if r.headers.get_content_type() == "application/json" else body
+
+    def post(self, path: str, form: dict, timeout: float = 30) -> tuple[int, str]:
+        import urllib.error
+        import urllib.parse
+
+        data = urllib.parse.urlencode(form).encode()
+        try:
+            with urllib.request.urlopen(urllib.request.Request(f"http://{self.api}{path}", data=data),
+                                        timeout=timeout) as r:
+                return r.status, r.read().decode()
+        except urllib.error.HTTPError as e:
+            return e.code, e.read().decode()
+
+    def metric(self, name: str, labels: str = "") -> float:
+        """Value of one sample in /metrics, e.g. metric('fastproxy_commands_total', 'type="COM_QUERY"')."""
+        want = f"{name}{{{labels}}}" if labels else name
+        for line in self.get("/metrics").splitlines():
+            if line.startswith(want + " "):
+                return float(line.split()[-1])
+        return 0.0
+
+    def read_log(self) -> str:
+        try:
+            with open(self.log_path) as f:
+                return f.read()
+        except OSError:
+            return ""
+
+    def terminate(self, timeout: float = 60) -> int:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode if self.proc else 0
+
+    def stop(self) -> None:
+        self.terminate(timeout=30)
+        if self.log:
+            self.log.close()
+
+
+@pytest.fixture
+def proxy_factory():
+    started: list[ProxyProcess] = []
+
+    def make(backends, *args: str, config: str | None = None) -> ProxyProcess:
+        backends = [b.addr if hasattr(b, "addr") else b for b in backends]
+        p = ProxyProcess(backends, *args, config=config).start()
+        started.append(p)
+        return p
+
+    yield make
+    for p in started:
+        p.stop()
+        # a proxy must never log an unhandled exception: that is a bug even if the test passed
+        log = p.read_log()
+        assert "Traceback" not in log, f"fastproxy logged an exception:\n{log[-4000:]}"
+
+
+@pytest.fixture
+def proxy(proxy_factory, mariadb):
+    """A proxy in front of the session's MariaDB."""
+    return proxy_factory([mariadb])
+
+
+def connect_kwargs(port: int, **extra) -> dict:
+    return dict(host="127.0.0.1", port=port, user="root", password=ROOT_PASSWORD, **extra)
