@@ -78,6 +78,7 @@ cdef class ResponseTracker:
     cdef public long long packets
     cdef long long _resp_packets
     cdef public long long unsolicited
+    cdef public long long local_infile_requests
     cdef public object last_unsolicited_error
 
     cdef int _on_packet(self) except -1

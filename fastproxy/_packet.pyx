@@ -442,6 +442,7 @@ cdef class ResponseTracker:
                 return self._end_of_result()
             if first == 0xFB:
                 self._cur.local_infile = True  # the client now sends the file; OK/ERR follows
+                self.local_infile_requests += 1
                 return 0
             v = _lenenc(self._head, self._head_len, &used)
             if not used or v == 0:

@@ -122,11 +122,8 @@ def inspect(input_dir: str, as_json: bool, limit: int | None, encryption_key_pat
 
 
 def register(main: click.Group) -> None:
-    main.add_command(traffic)
-    try:
-        from fastproxy.cli_replay import demo, replay_standalone
+    from fastproxy.cli_replay import demo, replay_standalone
 
-        main.add_command(replay_standalone, "replay")
-        main.add_command(demo, "demo")
-    except ImportError:
-        pass
+    main.add_command(traffic)
+    main.add_command(replay_standalone, "replay")
+    main.add_command(demo, "demo")

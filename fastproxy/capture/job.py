@@ -188,8 +188,10 @@ class CaptureJob(Job):
                 self.filtered += 1
                 return
         r = info.result
+        # a prepare has no affected rows: the field carries the statement id replay maps from
+        affected = r.stmt_id if cmd == COMMAND.COM_STMT_PREPARE and r.outcome == 0 else r.affected_rows
         if self.ring.append_command(session.conn_id, info.start_ns, info.end_ns, r.outcome, r.err_code,
-                                    r.affected_rows, r.rows, payload):
+                                    affected, r.rows, payload):
             self.commands += 1
         else:
             self._buffer_full()

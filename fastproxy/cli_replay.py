@@ -1,0 +1,78 @@
+"""`fastproxy replay` (standalone, no proxy needed) and `fastproxy demo`."""
+from __future__ import annotations
+
+import asyncio
+import sys
+
+import click
+
+from fastproxy.config import parse_addr
+from fastproxy.errors import FastproxyError
+
+
+@click.command("replay")
+@click.option("--target", required=True, help="HOST:PORT of the test server (or of a proxy in front of it)")
+@click.option("--input", "input_dir", required=True, type=click.Path(exists=True, file_okay=False),
+              help="capture directory")
+@click.option("--username", required=True, help="user the replay logs in as")
+@click.option("--password", default=None, help="its password (prompted when omitted)")
+@click.option("--speed", type=float, default=1.0, show_default=True, help="replay speed; 0 = as fast as possible")
+@click.option("--read-only", "read_only", is_flag=True, help="replay only statements that do not write")
+@click.option("--progress", is_flag=True, help="show a progress bar")
+@click.option("--report-dir", default=None, help="where the summary files go [default: the input directory]")
+@click.option("--no-report-tables", is_flag=True, help="do not write tiproxy_traffic_report tables on the target")
+@click.option("--encryption-key-path", default=None, help="key file for an encrypted capture")
+def replay_standalone(target: str, input_dir: str, username: str, password: str | None, speed: float,
+                      read_only: bool, progress: bool, report_dir: str | None, no_report_tables: bool,
+                      encryption_key_path: str | None) -> None:
+    """Replay a capture directly against a test server and print a summary."""
+    from fastproxy.capture.crypto import load_key
+    from fastproxy.replay.engine import ReplayOptions
+    from fastproxy.replay.job import ReplayRun, check_speed, format_summary
+
+    if password is None:
+        password = click.prompt("Password", hide_input=True, default="", show_default=False)
+    try:
+        host, port = parse_addr(target, "--target")
+        key = load_key(encryption_key_path) if encryption_key_path else None
+        options = ReplayOptions(host=host, port=port, username=username, password=password,
+                                speed=check_speed(speed), readonly=read_only, encryption_key=key)
+        run = ReplayRun(input_dir, options, report_dir, write_tables=not no_report_tables)
+    except FastproxyError as e:
+        raise click.ClickException(str(e)) from None
+    summary = asyncio.run(_run_with_progress(run, progress))
+    click.echo(format_summary(summary), nl=False)
+    for path in summary.get("summary_files", []):
+        click.echo(f"  wrote {path}")
+    if summary.get("report_tables_error"):
+        click.echo(f"warning: report tables not written: {summary['report_tables_error']}", err=True)
+
+
+async def _run_with_progress(run, progress: bool) -> dict:
+    import uvloop  # noqa: F401  (the engine is loop-agnostic; uvloop is faster)
+
+    if not progress:
+        return await run.run()
+    task = asyncio.get_running_loop().create_task(run.run())
+    total = max(1, run.engine.stats.commands_total)
+    with click.progressbar(length=total, label="replaying", file=sys.stderr, show_pos=True,
+                           item_show_func=lambda _: f"lag p99 {run.engine.lag.as_dict()['p99_ms']} ms") as bar:
+        shown = 0
+        while not task.done():
+            await asyncio.sleep(0.2)
+            now = min(total, run.engine.stats.replayed + run.engine.stats.filtered)
+            bar.update(now - shown, now)
+            shown = now
+        bar.update(total - shown)
+    return task.result()
+
+
+@click.command("demo")
+@click.option("--workload-seconds", type=float, default=8.0, show_default=True, help="length of the captured workload")
+@click.option("--keep", is_flag=True, help="keep the servers running until Ctrl-C")
+@click.option("--output", default=None, help="capture directory [default: a temporary one]")
+def demo(workload_seconds: float, keep: bool, output: str | None) -> None:
+    """The whole story on scratch MariaDB servers: proxy, workload, capture, replay, report."""
+    from fastproxy.demo import run_demo
+
+    sys.exit(run_demo(workload_seconds, keep, output))

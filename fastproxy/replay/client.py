@@ -1,0 +1,192 @@
+"""A minimal asynchronous MySQL client for replay: log in, then send raw command payloads one at a
+time and learn how each response ended (the same ResponseTracker the proxy uses). Rows are never
+decoded: replay only needs outcomes."""
+from __future__ import annotations
+
+import asyncio
+import struct
+from typing import Callable
+
+from fastproxy._packet import CommandResult, PacketFramer, ResponseTracker, build_packet
+from fastproxy.constants import CLIENT
+from fastproxy.errors import BackendConnError, ProtocolError
+from fastproxy.protocol import Greeting, lenenc_int as _lenenc, parse_err
+
+# What the replay client asks for; the server's greeting may offer less.
+BASE_CAPABILITIES = (
+    CLIENT.LONG_PASSWORD | CLIENT.LONG_FLAG | CLIENT.PROTOCOL_41 | CLIENT.TRANSACTIONS | CLIENT.SECURE_CONNECTION
+    | CLIENT.MULTI_STATEMENTS | CLIENT.MULTI_RESULTS | CLIENT.PS_MULTI_RESULTS | CLIENT.PLUGIN_AUTH
+    | CLIENT.PLUGIN_AUTH_LENENC_CLIENT_DATA | CLIENT.DEPRECATE_EOF | CLIENT.LOCAL_FILES | CLIENT.CONNECT_ATTRS
+)
+# Session-visible behaviour copied from the captured client (affected-rows semantics, parsing).
+MIRRORED_CAPABILITIES = CLIENT.FOUND_ROWS | CLIENT.IGNORE_SPACE | CLIENT.INTERACTIVE
+
+
+class LoginError(BackendConnError):
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(f"login failed: {code} {message}")
+        self.code = code
+        self.message = message
+
+
+class ReplayClient(asyncio.Protocol):
+    def __init__(self, on_result: Callable[["ReplayClient", CommandResult], None],
+                 on_lost: Callable[["ReplayClient", Exception | None], None], owner=None) -> None:
+        self.on_result = on_result
+        self.on_lost = on_lost
+        self.owner = owner
+        self.transport: asyncio.Transport | None = None
+        self.framer = PacketFramer(1 << 30)
+        self.tracker = ResponseTracker()
+        self._packets: asyncio.Queue = asyncio.Queue()
+        self.ready = False
+        self.closed = False
+        self.server_version = ""
+        self.connection_id = 0
+        self._infile_seen = 0
+
+    # ---- login ---------------------------------------------------------------------------------
+    @classmethod
+    async def connect(cls, host: str, port: int, user: str, password: str, database: str | None, *,
+                      on_result, on_lost, owner=None, capabilities: int = 0, timeout: float = 10.0) -> "ReplayClient":
+        loop = asyncio.get_running_loop()
+        _, client = await asyncio.wait_for(
+            loop.create_connection(lambda: cls(on_result, on_lost, owner), host, port), timeout)
+        try:
+            await asyncio.wait_for(client._login(user, password.encode(), database, capabilities), timeout)
+        except BaseException:
+            client.close()
+            raise
+        return client
+
+    async def _next_packet(self) -> tuple[int, bytes]:
+        item = await self._packets.get()
+        if isinstance(item, Exception):
+            raise item
+        return item[0], bytes(item[1])
+
+    async def _login(self, user: str, password: bytes, database: str | None, mirrored: int) -> None:
+        from fastproxy.replay import auth
+
+        seq, payload = await self._next_packet()
+        if payload[:1] == b"\xff":
+            code, _, msg = parse_err(payload)
+            raise LoginError(code, msg)
+        g = Greeting.parse(payload)
+        self.server_version = g.server_version
+        self.connection_id = g.connection_id
+        nonce = _greeting_nonce(g.raw)
+        caps = (BASE_CAPABILITIES | (mirrored & MIRRORED_CAPABILITIES)) & (g.capabilities & 0xFFFFFFFF)
+        caps |= CLIENT.LONG_PASSWORD if not g.mariadb else 0
+        if database:
+            caps |= CLIENT.CONNECT_WITH_DB
+        self.tracker.deprecate_eof = bool(caps & CLIENT.DEPRECATE_EOF)
+        plugin = g.auth_plugin or "mysql_native_password"
+        response = auth.auth_response(plugin, password, nonce)
+        body = struct.pack("<IIB", caps, 1 << 30, 45 if g.charset == 0 else g.charset) + b"\x00" * 23
+        body += user.encode() + b"\x00" + _lenenc(len(response)) + response
+        if database:
+            body += database.encode() + b"\x00"
+        body += plugin.encode() + b"\x00"
+        attrs = b"".join(_lenenc(len(x)) + x for x in (b"program_name", b"fastproxy-replay"))
+        body += _lenenc(len(attrs)) + attrs
+        self.transport.write(build_packet(seq + 1, body))
+        while True:
+            seq, payload = await self._next_packet()
+            first = payload[:1]
+            if first == b"\x00":
+                break
+            if first == b"\xff":
+                code, _, msg = parse_err(payload)
+                raise LoginError(code, msg)
+            if first == b"\xfe":  # auth switch: plugin name, then its nonce
+                end = payload.index(b"\x00", 1)
+                plugin = payload[1:end].decode()
+                nonce = payload[end + 1:].rstrip(b"\x00")
+                self.transport.write(build_packet(seq + 1, auth.auth_response(plugin, password, nonce)))
+            elif first == b"\x01":  # more data: caching_sha2 fast-auth result, or a public key
+                data = payload[1:]
+                if data == b"\x03":
+                    continue  # fast auth succeeded; OK follows
+                if data == b"\x04":  # full authentication: ask for the server's RSA key (no TLS here)
+                    self.transport.write(build_packet(seq + 1, b"\x02"))
+                    continue
+                if data.startswith(b"-----BEGIN"):
+                    encrypted = auth.caching_sha2_rsa_encrypt(password, nonce, data)
+                    self.transport.write(build_packet(seq + 1, encrypted))
+                    continue
+                raise ProtocolError(f"unexpected auth-more-data from the server: {data[:16]!r}")
+            else:
+                raise ProtocolError(f"unexpected packet during login: {payload[:16]!r}")
+        self.ready = True
+        rest = self.framer.take_all()
+        if rest:
+            self.data_received(rest)
+
+    # ---- commands ------------------------------------------------------------------------------
+    def send(self, payload: bytes, tag=None) -> None:
+        """Send one command; on_result(self, result) fires when its response is complete."""
+        self.transport.write(build_packet(0, payload))
+        if self.tracker.begin(payload, tag):
+            self._deliver()
+
+    def _deliver(self) -> None:
+        for result in self.tracker.take_completed():
+            self.on_result(self, result)
+
+    def data_received(self, data: bytes) -> None:
+        if not self.ready:
+            self.framer.feed(data)
+            try:
+                while (pkt := self.framer.next_packet()) is not None:
+                    self._packets.put_nowait(pkt)
+            except ProtocolError as e:
+                self._packets.put_nowait(e)
+            return
+        try:
+            n = self.tracker.feed(data)
+        except ProtocolError as e:
+            self.close()
+            self.on_lost(self, e)
+            return
+        if self.tracker.local_infile_requests != self._infile_seen:
+            # LOCAL INFILE data is not captured: answer with an empty file (documented limitation)
+            self._infile_seen = self.tracker.local_infile_requests
+            self.transport.write(build_packet(self.tracker.next_seq, b""))
+        if n:
+            self._deliver()
+
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+
+    def connection_lost(self, exc) -> None:
+        if not self.ready:
+            self._packets.put_nowait(BackendConnError(f"connection closed during login: {exc or 'EOF'}"))
+        was_closed = self.closed
+        self.closed = True
+        self.tracker.abort()
+        self.tracker.take_completed()  # in-flight commands are reported through on_lost, not as results
+        if self.ready and not was_closed:
+            self.on_lost(self, exc)
+
+    def close(self, quit_first: bool = True) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        if self.transport and not self.transport.is_closing():
+            if quit_first and self.ready:
+                self.transport.write(build_packet(0, b"\x01"))
+            self.transport.close()
+
+
+def _greeting_nonce(raw: bytes) -> bytes:
+    """auth-plugin-data part 1 (8 bytes) + part 2 (without its trailing NUL)."""
+    end = raw.index(b"\x00", 1)
+    pos = end + 1 + 4
+    part1 = raw[pos:pos + 8]
+    pos += 8 + 1 + 2 + 1 + 2 + 2
+    data_len = raw[pos]
+    pos += 1 + 10
+    n2 = max(13, data_len - 8)
+    part2 = raw[pos:pos + n2].rstrip(b"\x00")
+    return part1 + part2

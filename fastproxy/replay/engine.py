@@ -1,0 +1,516 @@
+"""The replay engine: streams a capture, keeps one connection per captured connection, and sends
+each command at `replay_start + captured_offset / speed`, in per-connection order, each after the
+previous response completed.
+
+Which connection fires next is decided by the C heap (`_scheduler.pyx`); a single event-loop timer
+is armed for the earliest due time — no Python timer or task per command. Deadlines come from a
+fixed start, not from the previous command, so being late once does not shift everything after.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+from fastproxy._digest import digest
+from fastproxy.capture.reader import TrafficReader
+from fastproxy.capture.record import (KIND_COMMAND, KIND_CONN_CLOSE, KIND_CONN_OPEN, KIND_CONN_STATE,
+                                      OUTCOME_ERR, OUTCOME_OK, Record)
+from fastproxy.constants import COMMAND, command_name
+from fastproxy.replay._scheduler import Scheduler
+from fastproxy.replay.client import LoginError, ReplayClient
+from fastproxy.replay.lag import LagStats
+from fastproxy.replay.report import Report
+from fastproxy.replay.statements import is_read_only
+
+log = logging.getLogger("fastproxy.replay")
+
+STMT_COMMANDS = (COMMAND.COM_STMT_EXECUTE, COMMAND.COM_STMT_SEND_LONG_DATA, COMMAND.COM_STMT_CLOSE,
+                 COMMAND.COM_STMT_RESET, COMMAND.COM_STMT_FETCH)
+# commands that only read or only touch the session: kept in read-only mode
+READONLY_SAFE = {COMMAND.COM_PING, COMMAND.COM_INIT_DB, COMMAND.COM_STATISTICS, COMMAND.COM_FIELD_LIST,
+                 COMMAND.COM_STMT_CLOSE, COMMAND.COM_STMT_RESET, COMMAND.COM_STMT_FETCH, COMMAND.COM_SET_OPTION,
+                 COMMAND.COM_RESET_CONNECTION, COMMAND.COM_QUIT, COMMAND.COM_STMT_SEND_LONG_DATA}
+# replayed as the replay user, never as the captured one
+NOT_REPLAYABLE = {COMMAND.COM_CHANGE_USER, COMMAND.COM_BINLOG_DUMP, COMMAND.COM_BINLOG_DUMP_GTID,
+                  COMMAND.COM_REGISTER_SLAVE, COMMAND.COM_SHUTDOWN, COMMAND.COM_PROCESS_KILL}
+
+
+def cmd_type_name(cmd: int) -> str:
+    """TiProxy-style command type: COM_STMT_EXECUTE -> StmtExecute."""
+    name = command_name(cmd)
+    return "".join(p.capitalize() for p in name[4:].split("_")) if name.startswith("COM_") else name
+
+
+@dataclass
+class ReplayOptions:
+    host: str
+    port: int
+    username: str
+    password: str = ""
+    speed: float = 1.0  # 0 = as fast as possible
+    readonly: bool = False
+    encryption_key: bytes | None = None
+    lookahead_s: float = 2.0  # read this far (in replay time) ahead of the clock
+    max_queued: int = 200_000  # and never hold more than this many commands in memory
+    connect_timeout: float = 10.0
+
+
+@dataclass
+class Stats:
+    commands_total: int = 0  # in meta
+    read: int = 0
+    replayed: int = 0
+    filtered: int = 0
+    failed: int = 0
+    same_errors: int = 0  # failed on replay exactly as in production: not failures
+    fixed: int = 0  # failed in production, succeeded on replay
+    skipped: int = 0  # could not be sent (connection could not be opened, unknown statement)
+    other_errors: int = 0
+    connections: int = 0
+    reconnects: int = 0
+    captured_ns: int = 0  # sum of captured durations of replayed commands
+    replayed_ns: int = 0  # sum of replay durations
+    per_second: dict = field(default_factory=dict)  # replay second -> commands sent
+
+
+class Conn:
+    """One captured connection and its replay connection."""
+
+    __slots__ = ("idx", "conn_id", "user", "db", "capabilities", "queue", "client", "busy", "connecting",
+                 "stmt_map", "stmt_sql", "stmt_params", "stmt_types", "filtered_stmts", "inflight", "sent_ns",
+                 "due_ns", "closed", "pending_payload", "ever_connected")
+
+    def __init__(self, idx: int, conn_id: int) -> None:
+        self.idx = idx
+        self.conn_id = conn_id
+        self.user = ""
+        self.db: str | None = None
+        self.capabilities = 0
+        self.queue: deque[Record] = deque()
+        self.client: ReplayClient | None = None
+        self.busy = False
+        self.connecting = False
+        self.stmt_map: dict[int, int] = {}  # captured statement id -> replay statement id
+        self.stmt_sql: dict[int, str] = {}  # captured statement id -> SQL (to re-prepare)
+        self.stmt_params: dict[int, int] = {}  # captured statement id -> number of parameters
+        self.stmt_types: dict[int, list[int]] = {}  # captured statement id -> last bound parameter types
+        self.filtered_stmts: set[int] = set()
+        self.inflight: Record | None = None
+        self.sent_ns = 0
+        self.due_ns = 0
+        self.closed = False
+        self.pending_payload: bytes | None = None  # the real command waiting behind an internal re-prepare
+        self.ever_connected = False
+
+
+class Replayer:
+    def __init__(self, input_dir: str, options: ReplayOptions) -> None:
+        self.input_dir = input_dir
+        self.opt = options
+        self.reader = TrafficReader(input_dir, options.encryption_key)
+        self.meta = self.reader.meta
+        self.stats = Stats(commands_total=int(self.meta.get("commands", 0) or 0))
+        self.lag = LagStats()
+        self.report = Report()
+        self.heap = Scheduler()
+        self.conns: dict[int, Conn] = {}
+        self.by_idx: dict[int, Conn] = {}
+        self._next_idx = 0
+        self.capture_start_ns = int(self.meta.get("start_ns", 0) or 0)
+        self.replay_start_ns = 0  # wall clock, for reports
+        self._start_mono = 0
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_due = 0
+        self._reading_done = False
+        self._stop_reading = False
+        self._done = asyncio.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.queued = 0
+        self.finished_ns = 0
+        self.on_flush = None  # callback(Report) every second (the report writer)
+        self.canceled = False
+
+    # ---- timing ---------------------------------------------------------------------------------
+    def due_ns(self, captured_ns: int) -> int:
+        if self.opt.speed <= 0:
+            return 0
+        return self._start_mono + int((captured_ns - self.capture_start_ns) / self.opt.speed)
+
+    # ---- main ----------------------------------------------------------------------------------
+    async def run(self) -> Stats:
+        self._loop = asyncio.get_running_loop()
+        self.replay_start_ns = time.time_ns()
+        self._start_mono = time.monotonic_ns() + 50_000_000  # a short head start to open connections
+        reader_task = self._loop.create_task(self._read())
+        flusher = self._loop.create_task(self._flush_periodically())
+        try:
+            await self._done.wait()
+        finally:
+            self._stop_reading = True
+            reader_task.cancel()
+            flusher.cancel()
+            for t in (reader_task, flusher):
+                try:
+                    await t
+                except (asyncio.CancelledError, Exception) as e:  # noqa: BLE001
+                    if not isinstance(e, asyncio.CancelledError):
+                        log.error("replay reader failed: %s", e)
+                        self.report.add_other("read error", str(e), time.time_ns())
+            if self._timer:
+                self._timer.cancel()
+            for conn in self.conns.values():
+                if conn.client:
+                    conn.client.close()
+            self.finished_ns = time.time_ns()
+            if self.on_flush:
+                self.on_flush(self.report)
+        return self.stats
+
+    def cancel(self, graceful: bool = False) -> None:
+        """Stop reading; graceful lets already queued commands finish, otherwise stop now."""
+        self.canceled = True
+        self._stop_reading = True
+        if not graceful:
+            for conn in self.conns.values():
+                self.queued -= len(conn.queue)
+                conn.queue.clear()
+            self.heap.clear()
+            self._done.set()
+        else:
+            self._check_done()
+
+    async def _flush_periodically(self) -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            if self.on_flush:
+                self.on_flush(self.report)
+
+    async def _read(self) -> None:
+        it = iter(self.reader)
+        loop = self._loop
+
+        def batch() -> list[Record]:
+            out = []
+            for rec in it:
+                out.append(rec)
+                if len(out) >= 2048:
+                    break
+            return out
+
+        try:
+            while not self._stop_reading:
+                records = await loop.run_in_executor(None, batch)
+                if not records:
+                    break
+                if not self.capture_start_ns:
+                    self.capture_start_ns = records[0].start_ns
+                for rec in records:
+                    self._dispatch(rec)
+                # bounded look-ahead: memory stays flat however long the capture is
+                last_due = self.due_ns(records[-1].start_ns)
+                while not self._stop_reading and (
+                        self.queued > self.opt.max_queued
+                        or (self.opt.speed > 0 and last_due - time.monotonic_ns() > self.opt.lookahead_s * 1e9)):
+                    await asyncio.sleep(0.02)
+        finally:
+            self._reading_done = True
+            self._check_done()
+
+    def _conn(self, conn_id: int) -> Conn:
+        conn = self.conns.get(conn_id)
+        if conn is None:
+            conn = Conn(self._next_idx, conn_id)
+            self._next_idx += 1
+            self.conns[conn_id] = conn
+            self.by_idx[conn.idx] = conn
+            self.stats.connections += 1
+        return conn
+
+    def _dispatch(self, rec: Record) -> None:
+        kind = rec.kind
+        if kind == KIND_CONN_OPEN or kind == KIND_CONN_STATE:
+            conn = self._conn(rec.conn_id)
+            info = json.loads(rec.payload or b"{}")
+            conn.user = info.get("user", "")
+            conn.db = info.get("db")
+            conn.capabilities = int(info.get("capabilities", 0) or 0)
+            for sid, sql in info.get("prepared", []):
+                conn.stmt_sql[int(sid)] = sql  # re-prepared on first use
+            return
+        conn = self._conn(rec.conn_id)
+        if kind == KIND_COMMAND:
+            self.stats.read += 1
+        elif kind != KIND_CONN_CLOSE:
+            return
+        conn.queue.append(rec)
+        self.queued += 1
+        if len(conn.queue) == 1 and not conn.busy:
+            self._schedule(conn)
+
+    # ---- scheduling ----------------------------------------------------------------------------
+    def _schedule(self, conn: Conn) -> None:
+        due = self.due_ns(conn.queue[0].start_ns)
+        conn.due_ns = due
+        self.heap.push(due, conn.idx)
+        if self._timer is None or due < self._timer_due:
+            self._arm(due)
+
+    def _arm(self, due: int) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer_due = due
+        delay = (due - time.monotonic_ns()) / 1e9
+        self._timer = self._loop.call_later(delay if delay > 0 else 0, self._tick)
+
+    def _tick(self) -> None:
+        self._timer = None
+        now = time.monotonic_ns()
+        for idx in self.heap.pop_due(now):
+            conn = self.by_idx.get(idx)
+            if conn is not None and conn.queue and not conn.busy:
+                self._fire(conn, now)
+        if self.heap and self._timer is None:
+            self._arm(self.heap.peek_due())
+
+    def _next(self, conn: Conn) -> None:
+        """The head command of `conn` is finished (replayed, filtered or skipped)."""
+        conn.busy = False
+        conn.inflight = None
+        if conn.queue:
+            conn.queue.popleft()
+            self.queued -= 1
+        if conn.queue:
+            self._schedule(conn)
+            return
+        if conn.closed:  # forget finished connections: memory stays flat over long captures
+            self.conns.pop(conn.conn_id, None)
+            self.by_idx.pop(conn.idx, None)
+        self._check_done()
+
+    def _check_done(self) -> None:
+        # every record waits in its connection's queue until finished, so nothing queued = nothing busy
+        if (self._reading_done or (self._stop_reading and self.canceled)) and self.queued <= 0:
+            self._done.set()
+
+    # ---- firing --------------------------------------------------------------------------------
+    def _fire(self, conn: Conn, now: int) -> None:
+        rec = conn.queue[0]
+        if rec.kind == KIND_CONN_CLOSE:
+            if conn.client:
+                conn.client.close()
+                conn.client = None
+            conn.closed = True
+            return self._next(conn)
+        payload = rec.payload
+        cmd = payload[0]
+        if cmd == COMMAND.COM_QUIT:
+            if conn.client:
+                conn.client.close()
+                conn.client = None
+            self.stats.replayed += 1
+            return self._next(conn)
+        if cmd in NOT_REPLAYABLE or (self.opt.readonly and not self._read_only_ok(conn, cmd, payload)):
+            self.stats.filtered += 1
+            if cmd == COMMAND.COM_STMT_PREPARE:
+                conn.filtered_stmts.add(rec.affected_rows)
+            return self._next(conn)
+        if conn.client is None or conn.client.closed:
+            conn.busy = True
+            self._loop.create_task(self._connect_then_fire(conn))
+            return
+        if self.opt.speed > 0:
+            self.lag.observe(now - conn.due_ns)
+        sec = (now - self._start_mono) // 1_000_000_000
+        self.stats.per_second[sec] = self.stats.per_second.get(sec, 0) + 1
+        conn.busy = True
+        conn.inflight = rec
+        conn.sent_ns = now
+        if cmd in STMT_COMMANDS:
+            captured_id = int.from_bytes(payload[1:5], "little")
+            replay_id = conn.stmt_map.get(captured_id)
+            if replay_id is None:
+                sql = conn.stmt_sql.get(captured_id)
+                if sql is None or captured_id in conn.filtered_stmts:
+                    self.stats.skipped += 1
+                    self.report.add_other("unknown statement", f"statement id {captured_id} of connection "
+                                          f"{conn.conn_id} was never prepared in the capture", time.time_ns())
+                    return self._next(conn)
+                conn.pending_payload = payload  # re-prepare, then send the real command
+                conn.client.send(b"\x16" + sql.encode(), ("reprepare", captured_id))
+                return
+            payload = payload[:1] + replay_id.to_bytes(4, "little") + payload[5:]
+            if cmd == COMMAND.COM_STMT_CLOSE:
+                conn.stmt_map.pop(captured_id, None)
+        elif cmd == COMMAND.COM_RESET_CONNECTION:
+            conn.stmt_map.clear()
+        conn.client.send(payload, None)
+
+    def _read_only_ok(self, conn: Conn, cmd: int, payload: bytes) -> bool:
+        if cmd == COMMAND.COM_QUERY:
+            return is_read_only(payload[1:])
+        if cmd == COMMAND.COM_STMT_PREPARE:
+            return is_read_only(payload[1:])
+        if cmd == COMMAND.COM_STMT_EXECUTE:
+            return int.from_bytes(payload[1:5], "little") not in conn.filtered_stmts
+        return cmd in READONLY_SAFE
+
+    async def _connect_then_fire(self, conn: Conn) -> None:
+        if conn.ever_connected:
+            self.stats.reconnects += 1
+        try:
+            conn.client = await ReplayClient.connect(
+                self.opt.host, self.opt.port, self.opt.username, self.opt.password, conn.db,
+                on_result=self._on_result, on_lost=self._on_lost, owner=conn, capabilities=conn.capabilities,
+                timeout=self.opt.connect_timeout)
+            conn.ever_connected = True
+            conn.stmt_map.clear()  # a new server session: statements are re-prepared on first use
+        except (OSError, asyncio.TimeoutError, LoginError, Exception) as e:  # noqa: BLE001
+            err_type = ("i/o timeout" if isinstance(e, asyncio.TimeoutError)
+                        else "login failed" if isinstance(e, LoginError) else "connect failed")
+            self.stats.other_errors += 1
+            self.stats.skipped += 1
+            self.report.add_other(err_type, f"connection {conn.conn_id} to {self.opt.host}:{self.opt.port}: "
+                                  f"{e or type(e).__name__}", time.time_ns())
+            conn.client = None
+            return self._next(conn)
+        conn.busy = False
+        if conn.queue:
+            self._fire(conn, time.monotonic_ns())
+
+    def _on_lost(self, client: ReplayClient, exc) -> None:
+        conn: Conn = client.owner
+        if conn.client is client:
+            conn.client = None
+        if conn.busy and conn.inflight is not None:
+            self.stats.other_errors += 1
+            self.report.add_other("connection lost", f"connection {conn.conn_id}: the server closed the connection "
+                                  f"during {command_name(conn.inflight.payload[0])}: {exc or 'EOF'}", time.time_ns())
+            self._next(conn)
+
+    def _on_result(self, client: ReplayClient, result) -> None:
+        conn: Conn = client.owner
+        now = time.monotonic_ns()
+        tag = result.tag
+        rec = conn.inflight
+        if rec is None:
+            return
+        if tag is not None and tag[0] == "reprepare":
+            captured_id = tag[1]
+            payload = conn.pending_payload
+            conn.pending_payload = None
+            if result.outcome != OUTCOME_OK:
+                self._compare(conn, rec, result, now)
+                return self._next(conn)
+            conn.stmt_map[captured_id] = result.stmt_id
+            conn.stmt_params[captured_id] = result.num_params
+            payload = payload[:1] + result.stmt_id.to_bytes(4, "little") + payload[5:]
+            client.send(payload, None)
+            return
+        cmd = rec.payload[0]
+        if cmd == COMMAND.COM_STMT_PREPARE and result.outcome == OUTCOME_OK:
+            captured_id = rec.affected_rows  # capture stores the statement id of a prepare there
+            conn.stmt_map[captured_id] = result.stmt_id
+            conn.stmt_sql[captured_id] = rec.payload[1:].decode("utf-8", "replace")
+            conn.stmt_params[captured_id] = result.num_params
+        elif cmd == COMMAND.COM_INIT_DB and result.outcome == OUTCOME_OK:
+            conn.db = rec.payload[1:].decode("utf-8", "replace")
+        self._compare(conn, rec, result, now)
+        self._next(conn)
+
+    def _compare(self, conn: Conn, rec: Record, result, now: int) -> None:
+        st = self.stats
+        st.replayed += 1
+        if rec.end_ns > rec.start_ns:
+            st.captured_ns += rec.end_ns - rec.start_ns
+            st.replayed_ns += now - conn.sent_ns
+        if result.outcome == OUTCOME_ERR:
+            if rec.outcome == OUTCOME_ERR and rec.err_code == result.err_code:
+                st.same_errors += 1
+                return
+            if rec.outcome in (OUTCOME_OK, OUTCOME_ERR):
+                st.failed += 1
+                self._add_failure(conn, rec, result)
+        elif rec.outcome == OUTCOME_ERR and result.outcome == OUTCOME_OK:
+            st.fixed += 1
+
+    def _add_failure(self, conn: Conn, rec: Record, result) -> None:
+        cmd = rec.payload[0]
+        if cmd == COMMAND.COM_QUERY or cmd == COMMAND.COM_STMT_PREPARE:
+            sql = rec.payload[1:].decode("utf-8", "replace")
+            stmt = sql
+        elif cmd in STMT_COMMANDS:
+            captured_id = int.from_bytes(rec.payload[1:5], "little")
+            sql = conn.stmt_sql.get(captured_id, f"<statement {captured_id}>")
+            stmt = sql
+            if cmd == COMMAND.COM_STMT_EXECUTE:
+                stmt = sql + " " + self._params_text(conn, captured_id, rec.payload)
+        else:
+            sql = stmt = command_name(cmd) + (" " + rec.payload[1:].decode("utf-8", "replace") if len(rec.payload) > 1
+                                              else "")
+        self.report.add_failure(cmd_type_name(cmd), digest(sql), stmt,
+                                f"{result.err_code} ({result.sql_state}): {result.err_msg}", result.err_code,
+                                conn.conn_id, rec.start_ns, time.time_ns())
+
+    def _params_text(self, conn: Conn, captured_id: int, payload: bytes) -> str:
+        from fastproxy.replay.params import decode_execute_params, format_params
+
+        try:
+            values, types = decode_execute_params(payload, conn.stmt_params.get(captured_id, 0),
+                                                  conn.stmt_types.get(captured_id))
+            conn.stmt_types[captured_id] = types
+            return "params=" + format_params(values)
+        except Exception as e:  # noqa: BLE001 - a sample is best-effort; the failure itself is recorded
+            return f"params=<undecodable: {e}>"
+
+    # ---- progress ------------------------------------------------------------------------------
+    def progress(self) -> float:
+        total = self.stats.commands_total
+        if not total:
+            return 1.0 if self._done.is_set() else 0.0
+        return min(1.0, self.stats.replayed / total) if not self._done.is_set() else max(
+            min(1.0, self.stats.replayed / total), 0.0)
+
+    def summary(self) -> dict:
+        st = self.stats
+        end = self.finished_ns or time.time_ns()
+        elapsed = max(1e-9, (end - self.replay_start_ns) / 1e9)
+        cap_span = (int(self.meta.get("end_ns", 0) or 0) - int(self.meta.get("start_ns", 0) or 0)) / 1e9
+        return {
+            "input": self.input_dir,
+            "target": f"{self.opt.host}:{self.opt.port}",
+            "speed": self.opt.speed,
+            "readonly": self.opt.readonly,
+            "replay_start": datetime_iso(self.replay_start_ns),
+            "elapsed_seconds": round(elapsed, 3),
+            "commands_in_capture": st.commands_total,
+            "commands_read": st.read,
+            "commands_replayed": st.replayed,
+            "commands_filtered": st.filtered,
+            "commands_failed": st.failed,
+            "commands_failed_same_as_capture": st.same_errors,
+            "commands_fixed": st.fixed,
+            "commands_skipped": st.skipped,
+            "other_errors": sum(e.count for e in self.report.other_errors.values()),
+            "connections": st.connections,
+            "reconnects": st.reconnects,
+            "qps_captured": round(st.commands_total / cap_span, 1) if cap_span > 0 else None,
+            "qps_replayed": round(st.replayed / elapsed, 1),
+            "avg_latency_captured_ms": round(st.captured_ns / max(1, st.replayed) / 1e6, 3),
+            "avg_latency_replayed_ms": round(st.replayed_ns / max(1, st.replayed) / 1e6, 3),
+            "lag": self.lag.as_dict(),
+            "top_failures": [{"cmd_type": f.cmd_type, "digest": f.digest, "count": f.count,
+                              "sample_stmt": f.sample_stmt[:500], "sample_err_msg": f.sample_err_msg}
+                             for f in self.report.top_failures()],
+            "other_error_types": {e.err_type: e.count for e in self.report.other_errors.values()},
+            "canceled": self.canceled,
+        }
+
+
+def datetime_iso(ns: int) -> str:
+    from datetime import datetime, timezone
+
+    return datetime.fromtimestamp(ns / 1e9, timezone.utc).isoformat(timespec="milliseconds") if ns else ""

@@ -1,0 +1,223 @@
+"""A replay run: engine + report writer + summary files; as an API job or from the standalone CLI."""
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import time
+from typing import TYPE_CHECKING
+
+from fastproxy.errors import ConfigError, JobError, TrafficFormatError
+from fastproxy.jobs_base import Job
+from fastproxy.replay.engine import Replayer, ReplayOptions
+from fastproxy.replay.report import ReportWriter
+
+if TYPE_CHECKING:
+    from fastproxy.proxy.server import ProxyServer
+
+log = logging.getLogger("fastproxy.replay")
+
+
+class ReplayRun:
+    """Engine, report writer and the summary files of one replay."""
+
+    def __init__(self, input_dir: str, options: ReplayOptions, report_dir: str | None = None,
+                 write_tables: bool = True) -> None:
+        if not os.path.isdir(input_dir):
+            raise JobError(f"input: {input_dir} is not a directory")
+        try:
+            self.engine = Replayer(input_dir, options)
+        except TrafficFormatError as e:
+            raise JobError(f"input: {e}") from None
+        self.options = options
+        self.report_dir = report_dir or input_dir
+        self.writer: ReportWriter | None = None
+        self.write_tables = write_tables
+        self.summary: dict | None = None
+        self.files: list[str] = []
+
+    async def run(self) -> dict:
+        engine = self.engine
+        if self.write_tables:
+            self.writer = ReportWriter(self.options.host, self.options.port, self.options.username,
+                                       self.options.password, time.time_ns())
+            self.writer.start()
+            engine.on_flush = lambda report: self.writer.submit(report.take_delta())
+        try:
+            await engine.run()
+        finally:
+            if self.writer:
+                await asyncio.get_running_loop().run_in_executor(None, self.writer.close)
+            self.summary = engine.summary()
+            if self.writer:
+                self.summary["report_replay_start_time"] = self.writer.replay_start.isoformat(sep=" ")
+                self.summary["report_tables_error"] = self.writer.error or ""
+            self._write_files()
+        return self.summary
+
+    def _write_files(self) -> None:
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(self.engine.replay_start_ns / 1e9))
+        base = os.path.join(self.report_dir, f"replay-{stamp}")
+        try:
+            os.makedirs(self.report_dir, exist_ok=True)
+            with _private_open(base + ".json") as f:
+                json.dump(self.summary, f, indent=2)
+            with _private_open(base + ".txt") as f:
+                f.write(format_summary(self.summary))
+            with _private_open(base + "-fail.jsonl") as f:
+                for fl in self.engine.report.failures.values():
+                    f.write(json.dumps({"cmd_type": fl.cmd_type, "digest": fl.digest, "count": fl.count,
+                                        "sample_stmt": fl.sample_stmt, "sample_err_msg": fl.sample_err_msg,
+                                        "sample_conn_id": fl.sample_conn_id,
+                                        "sample_capture_time_ns": fl.sample_capture_ns,
+                                        "sample_replay_time_ns": fl.sample_replay_ns}) + "\n")
+            with _private_open(base + "-other_errors.jsonl") as f:
+                for e in self.engine.report.other_errors.values():
+                    f.write(json.dumps({"err_type": e.err_type, "count": e.count, "sample_err_msg": e.sample_err_msg,
+                                        "sample_replay_time_ns": e.sample_replay_ns}) + "\n")
+            self.files = [base + ext for ext in (".json", ".txt", "-fail.jsonl", "-other_errors.jsonl")]
+            self.summary["summary_files"] = self.files
+        except OSError as e:
+            log.error("cannot write the replay summary to %s: %s", self.report_dir, e)
+            self.summary["summary_files_error"] = str(e)
+
+
+def _private_open(path: str):
+    return os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w")
+
+
+def format_summary(s: dict) -> str:
+    lag = s["lag"]
+    lines = [
+        f"replay of {s['input']} against {s['target']} (speed {s['speed'] or 'max'}"
+        f"{', read-only' if s['readonly'] else ''}){' - CANCELED' if s.get('canceled') else ''}",
+        f"  started {s['replay_start']}, took {s['elapsed_seconds']}s",
+        f"  commands: {s['commands_replayed']} replayed of {s['commands_in_capture']} captured, "
+        f"{s['commands_filtered']} filtered, {s['commands_skipped']} skipped",
+        f"  failures (new on replay): {s['commands_failed']}; failed the same as in production: "
+        f"{s['commands_failed_same_as_capture']}; failed in production but not on replay: {s['commands_fixed']}",
+        f"  other errors: {s['other_errors']} {s['other_error_types'] or ''}",
+        f"  connections: {s['connections']} (reconnects {s['reconnects']})",
+        f"  QPS: captured {s['qps_captured']}, replayed {s['qps_replayed']}",
+        f"  avg latency: captured {s['avg_latency_captured_ms']} ms, replayed {s['avg_latency_replayed_ms']} ms",
+        f"  lag: p99 {lag['p99_ms']} ms, max {lag['max_ms']} ms, avg {lag['avg_ms']} ms",
+    ]
+    if s["top_failures"]:
+        lines.append("  top failing statements:")
+        for f in s["top_failures"]:
+            lines.append(f"    {f['count']:>7}  {f['cmd_type']:<12} {f['sample_stmt'][:100]!r}")
+            lines.append(f"             -> {f['sample_err_msg'][:120]}")
+    return "\n".join(lines) + "\n"
+
+
+def _float(form: dict, key: str, default: float) -> float:
+    value = str(form.get(key, "") or "").strip()
+    if not value:
+        return default
+    try:
+        return float(value)
+    except ValueError:
+        raise ConfigError(f"{key}: expected a number, got {value!r}") from None
+
+
+def check_speed(speed: float) -> float:
+    if speed != 0 and not 0.1 <= speed <= 100:
+        raise ConfigError(f"speed: expected 0 (as fast as possible) or 0.1 .. 100, got {speed}")
+    return speed
+
+
+class ReplayJob(Job):
+    kind = "replay"
+
+    def __init__(self, server: "ProxyServer", run: ReplayRun) -> None:
+        super().__init__()
+        self.server = server
+        self.run = run
+        self.input = run.engine.input_dir
+        self._task: asyncio.Task | None = None
+
+    @classmethod
+    def from_form(cls, server: "ProxyServer", form: dict) -> "ReplayJob":
+        from fastproxy.capture.crypto import load_key
+        from fastproxy.jobs import _bool
+
+        input_dir = str(form.get("input", "")).strip()
+        if not input_dir:
+            raise ConfigError("input: required (a capture directory)")
+        username = str(form.get("username", "")).strip()
+        if not username:
+            raise ConfigError("username: required (the user replay logs in as)")
+        key_path = str(form.get("encryption-key-path", "") or "").strip() or server.config["security.encryption-key-path"]
+        key = load_key(key_path) if key_path else None
+        backend = server.pool.pick() or server.pool.backends[0]
+        options = ReplayOptions(host=backend.host, port=backend.port, username=username,
+                                password=str(form.get("password", "")), speed=check_speed(_float(form, "speed", 1.0)),
+                                readonly=_bool(form, "readonly", False), encryption_key=key)
+        report_dir = str(form.get("report-dir", "") or "").strip() or None
+        return cls(server, ReplayRun(input_dir, options, report_dir))
+
+    async def start(self) -> None:
+        self.mark_started()
+        self._task = asyncio.get_running_loop().create_task(self._run())
+        self.server.metric_sources.append(self._metrics)
+
+    async def _run(self) -> None:
+        try:
+            summary = await self.run.run()
+            err = summary.get("report_tables_error") or None
+            self.finish(error=err, canceled=self.run.engine.canceled)
+        except Exception as e:  # noqa: BLE001
+            log.exception("replay failed")
+            self.finish(error=f"{type(e).__name__}: {e}")
+        finally:
+            if self._metrics in self.server.metric_sources:
+                self.server.metric_sources.remove(self._metrics)
+
+    async def stop(self, canceled: bool = True, graceful: bool = False, error: str | None = None) -> None:
+        self.run.engine.cancel(graceful=graceful)
+        if error:
+            self.error = error
+        if self._task:
+            await asyncio.shield(self._task)
+
+    def progress(self) -> float:
+        return self.run.engine.progress()
+
+    def describe(self) -> dict:
+        d = self.describe_base()
+        e = self.run.engine
+        st = e.stats
+        d.update({
+            "input": self.input,
+            "target": f"{e.opt.host}:{e.opt.port}",
+            "username": e.opt.username,
+            "speed": e.opt.speed,
+            "readonly": e.opt.readonly,
+            "commands_in_capture": st.commands_total,
+            "replayed": st.replayed,
+            "filtered": st.filtered,
+            "failed": st.failed,
+            "skipped": st.skipped,
+            "other_errors": sum(x.count for x in e.report.other_errors.values()),
+            "connections": st.connections,
+            "lag": e.lag.as_dict(),
+        })
+        if self.run.files:
+            d["summary_files"] = self.run.files
+        return d
+
+    def _metrics(self):
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        e = self.run.engine
+        lag = e.lag
+        yield CounterMetricFamily("fastproxy_replay_commands", "Commands replayed by the running replay",
+                                  value=e.stats.replayed)
+        yield CounterMetricFamily("fastproxy_replay_failures", "New failures of the running replay",
+                                  value=e.stats.failed)
+        g = GaugeMetricFamily("fastproxy_replay_lag_seconds", "How late replayed commands went out", labels=["stat"])
+        g.add_metric(["current"], lag.current_ns / 1e9)
+        g.add_metric(["p99"], lag.quantile(0.99) / 1e9)
+        g.add_metric(["max"], lag.max_ns / 1e9)
+        yield g

@@ -1,0 +1,171 @@
+"""Replay failures, grouped and written to `tiproxy_traffic_report` on the target, in batches.
+
+The replay loop only updates dictionaries; every second (and at the end) the new counts go to a
+thread that writes them with one INSERT ... ON DUPLICATE KEY UPDATE per table, so the report never
+costs the replay a round trip.
+"""
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+log = logging.getLogger("fastproxy.report")
+
+REPORT_DB = "tiproxy_traffic_report"
+SCHEMA = [
+    f"CREATE DATABASE IF NOT EXISTS {REPORT_DB}",
+    f"""CREATE TABLE IF NOT EXISTS {REPORT_DB}.fail (
+        replay_start_time DATETIME(6) NOT NULL COMMENT 'identifies the replay run (UTC)',
+        cmd_type VARCHAR(32) NOT NULL,
+        digest CHAR(64) NOT NULL COMMENT 'sha256 of the normalized SQL',
+        sample_stmt TEXT,
+        sample_err_msg TEXT,
+        sample_err_code INT,
+        sample_conn_id BIGINT UNSIGNED,
+        sample_capture_time DATETIME(6) NULL,
+        sample_replay_time DATETIME(6) NULL,
+        count BIGINT UNSIGNED NOT NULL,
+        PRIMARY KEY (replay_start_time, cmd_type, digest)
+    )""",
+    f"""CREATE TABLE IF NOT EXISTS {REPORT_DB}.other_errors (
+        replay_start_time DATETIME(6) NOT NULL,
+        err_type VARCHAR(64) NOT NULL,
+        sample_err_msg TEXT,
+        sample_replay_time DATETIME(6) NULL,
+        count BIGINT UNSIGNED NOT NULL,
+        PRIMARY KEY (replay_start_time, err_type)
+    )""",
+]
+
+
+def utc(ns: int) -> datetime:
+    return datetime.fromtimestamp(ns / 1e9, timezone.utc).replace(tzinfo=None)
+
+
+@dataclass
+class Failure:
+    cmd_type: str
+    digest: str
+    sample_stmt: str
+    sample_err_msg: str
+    sample_err_code: int
+    sample_conn_id: int
+    sample_capture_ns: int
+    sample_replay_ns: int
+    count: int = 0
+    unflushed: int = 0
+
+
+@dataclass
+class OtherError:
+    err_type: str
+    sample_err_msg: str
+    sample_replay_ns: int
+    count: int = 0
+    unflushed: int = 0
+
+
+class Report:
+    """Aggregates on the event loop; `ReportWriter` persists."""
+
+    def __init__(self) -> None:
+        self.failures: dict[tuple[str, str], Failure] = {}
+        self.other_errors: dict[str, OtherError] = {}
+
+    def add_failure(self, cmd_type: str, digest: str, stmt: str, err_msg: str, err_code: int, conn_id: int,
+                    capture_ns: int, replay_ns: int) -> None:
+        key = (cmd_type, digest)
+        f = self.failures.get(key)
+        if f is None:  # the first sample is kept
+            f = self.failures[key] = Failure(cmd_type, digest, stmt[:65535], err_msg, err_code, conn_id,
+                                             capture_ns, replay_ns)
+        f.count += 1
+        f.unflushed += 1
+
+    def add_other(self, err_type: str, err_msg: str, replay_ns: int) -> None:
+        e = self.other_errors.get(err_type)
+        if e is None:
+            e = self.other_errors[err_type] = OtherError(err_type, err_msg, replay_ns)
+        e.count += 1
+        e.unflushed += 1
+
+    @property
+    def failed(self) -> int:
+        return sum(f.count for f in self.failures.values())
+
+    def take_delta(self) -> tuple[list[Failure], list[OtherError]]:
+        fails = [Failure(**{**f.__dict__, "count": f.unflushed}) for f in self.failures.values() if f.unflushed]
+        others = [OtherError(**{**e.__dict__, "count": e.unflushed}) for e in self.other_errors.values() if e.unflushed]
+        for f in self.failures.values():
+            f.unflushed = 0
+        for e in self.other_errors.values():
+            e.unflushed = 0
+        return fails, others
+
+    def top_failures(self, n: int = 10) -> list[Failure]:
+        return sorted(self.failures.values(), key=lambda f: -f.count)[:n]
+
+
+class ReportWriter:
+    """A thread with its own connection to the target (mysqlclient) writing report batches."""
+
+    def __init__(self, host: str, port: int, user: str, password: str, replay_start_ns: int) -> None:
+        self.params = dict(host=host, port=port, user=user, password=password, connect_timeout=10, autocommit=True)
+        self.replay_start = utc(replay_start_ns)
+        self.error: str | None = None
+        self.rows_written = 0
+        self._queue: queue.Queue = queue.Queue()
+        self._thread = threading.Thread(target=self._run, name="fastproxy-report-writer", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def submit(self, delta: tuple[list[Failure], list[OtherError]]) -> None:
+        if delta[0] or delta[1]:
+            self._queue.put(delta)
+
+    def close(self, timeout: float = 60.0) -> None:
+        self._queue.put(None)
+        self._thread.join(timeout)
+
+    def _run(self) -> None:
+        import MySQLdb
+
+        conn = None
+        while True:
+            item = self._queue.get()
+            if item is None:
+                break
+            try:
+                if conn is None:
+                    conn = MySQLdb.connect(**self.params)
+                    cur = conn.cursor()
+                    for stmt in SCHEMA:
+                        cur.execute(stmt)
+                self._write(conn, *item)
+            except Exception as e:  # noqa: BLE001 - the report must never take the replay down
+                self.error = f"{type(e).__name__}: {e}"
+                log.error("cannot write the replay report to the target: %s", self.error)
+                conn = None
+        if conn is not None:
+            conn.close()
+
+    def _write(self, conn, fails: list[Failure], others: list[OtherError]) -> None:
+        cur = conn.cursor()
+        if fails:
+            cur.executemany(
+                f"INSERT INTO {REPORT_DB}.fail (replay_start_time, cmd_type, digest, sample_stmt, sample_err_msg, "
+                "sample_err_code, sample_conn_id, sample_capture_time, sample_replay_time, count) "
+                "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s) ON DUPLICATE KEY UPDATE count = count + VALUES(count)",
+                [(self.replay_start, f.cmd_type, f.digest, f.sample_stmt, f.sample_err_msg, f.sample_err_code,
+                  f.sample_conn_id, utc(f.sample_capture_ns), utc(f.sample_replay_ns), f.count) for f in fails])
+        if others:
+            cur.executemany(
+                f"INSERT INTO {REPORT_DB}.other_errors (replay_start_time, err_type, sample_err_msg, "
+                "sample_replay_time, count) VALUES (%s, %s, %s, %s, %s) "
+                "ON DUPLICATE KEY UPDATE count = count + VALUES(count)",
+                [(self.replay_start, e.err_type, e.sample_err_msg, utc(e.sample_replay_ns), e.count) for e in others])
+        self.rows_written += len(fails) + len(others)
