@@ -40,7 +40,9 @@ def replay_standalone(target: str, input_dir: str, username: str, password: str 
         run = ReplayRun(input_dir, options, report_dir, write_tables=not no_report_tables)
     except FastproxyError as e:
         raise click.ClickException(str(e)) from None
-    summary = asyncio.run(_run_with_progress(run, progress))
+    import uvloop
+
+    summary = uvloop.run(_run_with_progress(run, progress))
     click.echo(format_summary(summary), nl=False)
     for path in summary.get("summary_files", []):
         click.echo(f"  wrote {path}")
@@ -49,8 +51,6 @@ def replay_standalone(target: str, input_dir: str, username: str, password: str 
 
 
 async def _run_with_progress(run, progress: bool) -> dict:
-    import uvloop  # noqa: F401  (the engine is loop-agnostic; uvloop is faster)
-
     if not progress:
         return await run.run()
     task = asyncio.get_running_loop().create_task(run.run())

@@ -1,7 +1,6 @@
 """`fastproxy traffic ...`: talks to running proxies over their HTTP API, like `tiproxyctl traffic`."""
 from __future__ import annotations
 
-import json
 import sys
 import urllib.error
 import urllib.parse

@@ -6,7 +6,6 @@ instead of starting one (the other fixtures still start their own).
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys

@@ -75,7 +75,7 @@ class ReplayClient(asyncio.Protocol):
         g = Greeting.parse(payload)
         self.server_version = g.server_version
         self.connection_id = g.connection_id
-        nonce = _greeting_nonce(g.raw)
+        nonce = auth.greeting_nonce(g.raw)
         caps = (BASE_CAPABILITIES | (mirrored & MIRRORED_CAPABILITIES)) & (g.capabilities & 0xFFFFFFFF)
         caps |= CLIENT.LONG_PASSWORD if not g.mariadb else 0
         if database:
@@ -99,23 +99,13 @@ class ReplayClient(asyncio.Protocol):
             if first == b"\xff":
                 code, _, msg = parse_err(payload)
                 raise LoginError(code, msg)
-            if first == b"\xfe":  # auth switch: plugin name, then its nonce
-                end = payload.index(b"\x00", 1)
-                plugin = payload[1:end].decode()
-                nonce = payload[end + 1:].rstrip(b"\x00")
+            if first == b"\xfe":  # auth switch: plugin name, then its nonce (kept exactly as sent)
+                plugin, nonce = auth.parse_auth_switch(payload)
                 self.transport.write(build_packet(seq + 1, auth.auth_response(plugin, password, nonce)))
-            elif first == b"\x01":  # more data: caching_sha2 fast-auth result, or a public key
-                data = payload[1:]
-                if data == b"\x03":
-                    continue  # fast auth succeeded; OK follows
-                if data == b"\x04":  # full authentication: ask for the server's RSA key (no TLS here)
-                    self.transport.write(build_packet(seq + 1, b"\x02"))
-                    continue
-                if data.startswith(b"-----BEGIN"):
-                    encrypted = auth.caching_sha2_rsa_encrypt(password, nonce, data)
-                    self.transport.write(build_packet(seq + 1, encrypted))
-                    continue
-                raise ProtocolError(f"unexpected auth-more-data from the server: {data[:16]!r}")
+            elif first == b"\x01":  # more data: caching_sha2 fast-auth result, full auth, a public key
+                reply = auth.auth_more_data(plugin, payload[1:], password, nonce)
+                if reply is not None:
+                    self.transport.write(build_packet(seq + 1, reply))
             else:
                 raise ProtocolError(f"unexpected packet during login: {payload[:16]!r}")
         self.ready = True
@@ -177,16 +167,3 @@ class ReplayClient(asyncio.Protocol):
             if quit_first and self.ready:
                 self.transport.write(build_packet(0, b"\x01"))
             self.transport.close()
-
-
-def _greeting_nonce(raw: bytes) -> bytes:
-    """auth-plugin-data part 1 (8 bytes) + part 2 (without its trailing NUL)."""
-    end = raw.index(b"\x00", 1)
-    pos = end + 1 + 4
-    part1 = raw[pos:pos + 8]
-    pos += 8 + 1 + 2 + 1 + 2 + 2
-    data_len = raw[pos]
-    pos += 1 + 10
-    n2 = max(13, data_len - 8)
-    part2 = raw[pos:pos + n2].rstrip(b"\x00")
-    return part1 + part2
