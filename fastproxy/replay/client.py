@@ -120,6 +120,10 @@ class ReplayClient(asyncio.Protocol):
         if self.tracker.begin(payload, tag):
             self._deliver()
 
+    def send_only(self, payload: bytes) -> None:
+        """Send a command the server never answers (COM_STMT_CLOSE, COM_STMT_SEND_LONG_DATA)."""
+        self.transport.write(build_packet(0, payload))
+
     def _deliver(self) -> None:
         for result in self.tracker.take_completed():
             self.on_result(self, result)

@@ -16,6 +16,7 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from fastproxy._digest import digest
+from fastproxy._packet import expects_response
 from fastproxy.capture.reader import TrafficReader
 from fastproxy.capture.record import (KIND_COMMAND, KIND_CONN_CLOSE, KIND_CONN_OPEN, KIND_CONN_STATE,
                                       OUTCOME_ERR, OUTCOME_OK, Record)
@@ -133,6 +134,8 @@ class Replayer:
         self.finished_ns = 0
         self.on_flush = None  # callback(Report) every second (the report writer)
         self.canceled = False
+        self.first_command_ns = 0  # captured span, for the captured QPS
+        self.last_command_ns = 0
 
     # ---- timing ---------------------------------------------------------------------------------
     def due_ns(self, captured_ns: int) -> int:
@@ -244,6 +247,9 @@ class Replayer:
         conn = self._conn(rec.conn_id)
         if kind == KIND_COMMAND:
             self.stats.read += 1
+            if not self.first_command_ns:
+                self.first_command_ns = rec.start_ns
+            self.last_command_ns = rec.start_ns
         elif kind != KIND_CONN_CLOSE:
             return
         conn.queue.append(rec)
@@ -253,11 +259,20 @@ class Replayer:
 
     # ---- scheduling ----------------------------------------------------------------------------
     def _schedule(self, conn: Conn) -> None:
-        due = self.due_ns(conn.queue[0].start_ns)
-        conn.due_ns = due
-        self.heap.push(due, conn.idx)
-        if self._timer is None or due < self._timer_due:
-            self._arm(due)
+        """Send `conn`'s head command now if it is due, else put it on the heap. Commands consumed
+        without a round trip (filtered, closes) are handled in this loop, not by recursion."""
+        now = time.monotonic_ns()
+        while conn.queue and not conn.busy:
+            due = self.due_ns(conn.queue[0].start_ns)
+            conn.due_ns = due
+            if due > now:
+                self.heap.push(due, conn.idx)
+                if self._timer is None or due < self._timer_due:
+                    self._arm(due)
+                return
+            if not self._fire(conn, now):
+                return  # sent: its response continues through _next
+        self._forget_if_finished(conn)
 
     def _arm(self, due: int) -> None:
         if self._timer is not None:
@@ -271,25 +286,31 @@ class Replayer:
         now = time.monotonic_ns()
         for idx in self.heap.pop_due(now):
             conn = self.by_idx.get(idx)
-            if conn is not None and conn.queue and not conn.busy:
-                self._fire(conn, now)
+            if conn is not None and conn.queue and not conn.busy and self._fire(conn, now):
+                self._schedule(conn)
         if self.heap and self._timer is None:
             self._arm(self.heap.peek_due())
 
-    def _next(self, conn: Conn) -> None:
+    def _consume(self, conn: Conn) -> bool:
         """The head command of `conn` is finished (replayed, filtered or skipped)."""
         conn.busy = False
         conn.inflight = None
         if conn.queue:
             conn.queue.popleft()
             self.queued -= 1
-        if conn.queue:
-            self._schedule(conn)
-            return
-        if conn.closed:  # forget finished connections: memory stays flat over long captures
-            self.conns.pop(conn.conn_id, None)
-            self.by_idx.pop(conn.idx, None)
-        self._check_done()
+        return True
+
+    def _next(self, conn: Conn) -> None:
+        """Asynchronous completion of the head command: move on to the next one."""
+        self._consume(conn)
+        self._schedule(conn)
+
+    def _forget_if_finished(self, conn: Conn) -> None:
+        if not conn.queue:
+            if conn.closed:  # forget finished connections: memory stays flat over long captures
+                self.conns.pop(conn.conn_id, None)
+                self.by_idx.pop(conn.idx, None)
+            self._check_done()
 
     def _check_done(self) -> None:
         # every record waits in its connection's queue until finished, so nothing queued = nothing busy
@@ -297,14 +318,15 @@ class Replayer:
             self._done.set()
 
     # ---- firing --------------------------------------------------------------------------------
-    def _fire(self, conn: Conn, now: int) -> None:
+    def _fire(self, conn: Conn, now: int) -> bool:
+        """Start the head command; True if it was consumed at once (no round trip)."""
         rec = conn.queue[0]
         if rec.kind == KIND_CONN_CLOSE:
             if conn.client:
                 conn.client.close()
                 conn.client = None
             conn.closed = True
-            return self._next(conn)
+            return self._consume(conn)
         payload = rec.payload
         cmd = payload[0]
         if cmd == COMMAND.COM_QUIT:
@@ -312,16 +334,16 @@ class Replayer:
                 conn.client.close()
                 conn.client = None
             self.stats.replayed += 1
-            return self._next(conn)
+            return self._consume(conn)
         if cmd in NOT_REPLAYABLE or (self.opt.readonly and not self._read_only_ok(conn, cmd, payload)):
             self.stats.filtered += 1
             if cmd == COMMAND.COM_STMT_PREPARE:
                 conn.filtered_stmts.add(rec.affected_rows)
-            return self._next(conn)
+            return self._consume(conn)
         if conn.client is None or conn.client.closed:
             conn.busy = True
             self._loop.create_task(self._connect_then_fire(conn))
-            return
+            return False
         if self.opt.speed > 0:
             self.lag.observe(now - conn.due_ns)
         sec = (now - self._start_mono) // 1_000_000_000
@@ -338,16 +360,21 @@ class Replayer:
                     self.stats.skipped += 1
                     self.report.add_other("unknown statement", f"statement id {captured_id} of connection "
                                           f"{conn.conn_id} was never prepared in the capture", time.time_ns())
-                    return self._next(conn)
+                    return self._consume(conn)
                 conn.pending_payload = payload  # re-prepare, then send the real command
                 conn.client.send(b"\x16" + sql.encode(), ("reprepare", captured_id))
-                return
+                return False
             payload = payload[:1] + replay_id.to_bytes(4, "little") + payload[5:]
             if cmd == COMMAND.COM_STMT_CLOSE:
                 conn.stmt_map.pop(captured_id, None)
         elif cmd == COMMAND.COM_RESET_CONNECTION:
             conn.stmt_map.clear()
+        if not expects_response(cmd):  # COM_STMT_CLOSE / SEND_LONG_DATA: nothing to wait for
+            conn.client.send_only(payload)
+            self.stats.replayed += 1
+            return self._consume(conn)
         conn.client.send(payload, None)
+        return False
 
     def _read_only_ok(self, conn: Conn, cmd: int, payload: bytes) -> bool:
         if cmd == COMMAND.COM_QUERY:
@@ -378,8 +405,8 @@ class Replayer:
             conn.client = None
             return self._next(conn)
         conn.busy = False
-        if conn.queue:
-            self._fire(conn, time.monotonic_ns())
+        if conn.queue and self._fire(conn, time.monotonic_ns()):
+            self._schedule(conn)
 
     def _on_lost(self, client: ReplayClient, exc) -> None:
         conn: Conn = client.owner
@@ -478,7 +505,7 @@ class Replayer:
         st = self.stats
         end = self.finished_ns or time.time_ns()
         elapsed = max(1e-9, (end - self.replay_start_ns) / 1e9)
-        cap_span = (int(self.meta.get("end_ns", 0) or 0) - int(self.meta.get("start_ns", 0) or 0)) / 1e9
+        cap_span = (self.last_command_ns - self.first_command_ns) / 1e9
         return {
             "input": self.input_dir,
             "target": f"{self.opt.host}:{self.opt.port}",
@@ -497,7 +524,7 @@ class Replayer:
             "other_errors": sum(e.count for e in self.report.other_errors.values()),
             "connections": st.connections,
             "reconnects": st.reconnects,
-            "qps_captured": round(st.commands_total / cap_span, 1) if cap_span > 0 else None,
+            "qps_captured": round(st.read / cap_span, 1) if cap_span > 0 else None,
             "qps_replayed": round(st.replayed / elapsed, 1),
             "avg_latency_captured_ms": round(st.captured_ns / max(1, st.replayed) / 1e6, 3),
             "avg_latency_replayed_ms": round(st.replayed_ns / max(1, st.replayed) / 1e6, 3),
