@@ -77,6 +77,12 @@ class Target:
     def stop(self) -> None:
         pass
 
+    def before_run(self, workload: str) -> None:
+        """Called right before each sysbench run (e.g. to start a capture)."""
+
+    def after_run(self, workload: str) -> None:
+        """Called right after each sysbench run."""
+
 
 class Direct(Target):
     name = "direct"
@@ -177,7 +183,36 @@ class FastproxyTarget(Target):
             print(f"warning: fastproxy logged an exception (see {self.log_path})", file=sys.stderr)
 
 
-TARGETS: list[Target] = [Direct(), HAProxyTarget(), FastproxyTarget()]
+class FastproxyCaptureTarget(FastproxyTarget):
+    """fastproxy with a capture running during each sysbench run (lz4, default buffer)."""
+
+    name = "fastproxy+capture"
+    note = "fastproxy with `traffic capture` running (lz4 files, 64 MiB ring buffer)"
+
+    def __init__(self):
+        super().__init__()
+        self.captures: dict[str, str] = {}
+        self.capture_error: dict[str, str] = {}
+
+    def before_run(self, workload):
+        out = tempfile.mkdtemp(prefix=f"fastproxy-e2e-capture-{workload}-")
+        os.rmdir(out)  # the capture creates it (0700)
+        self.captures[workload] = out
+        self.api_post("/api/traffic/capture", {"output": out, "duration": "1h"})
+
+    def after_run(self, workload):
+        self.api_post("/api/traffic/cancel", {"type": "capture"})
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.api_port}/api/traffic/show", timeout=10) as r:
+                jobs = json.loads(r.read())
+            if jobs and jobs[-1]["status"] != "running":
+                self.capture_error[workload] = jobs[-1]["error"]
+                return
+            time.sleep(0.2)
+
+
+TARGETS: list[Target] = [Direct(), HAProxyTarget(), FastproxyTarget(), FastproxyCaptureTarget()]
 
 
 # ---- sysbench ----------------------------------------------------------------------------------
@@ -193,6 +228,7 @@ class Result:
     tps: float = 0.0
     p95_ms: float = 0.0
     errors: int = 0
+    per_second_qps: list = field(default_factory=list)
     proxy_cpu_s: float | None = None
     proxy_cpu_us_per_query: float | None = None
     db_cpu_us_per_query: float = 0.0
@@ -218,16 +254,19 @@ def parse_sysbench(out: str) -> dict:
         p95_ms=num(r"95th percentile:\s+([\d.]+)"),
         errors=num(r"ignored errors:\s+(\d+)", int),
         seconds=num(r"total time:\s+([\d.]+)s"),
+        per_second_qps=[float(x) for x in re.findall(r"\]\s+thds:.*?qps:\s+([\d.]+)", out)],
     )
 
 
 def run_one(target: Target, port: int, workload: str, threads: int, db: ScratchMariaDB, args) -> Result:
     cmd = ["sysbench", workload, *sysbench_args(port, args), f"--threads={threads}", f"--time={args.time}",
-           "--report-interval=0", "--percentile=95", "--histogram=off", f"--mysql-ignore-errors={IGNORE_ERRORS}",
+           "--report-interval=1", "--percentile=95", "--histogram=off", f"--mysql-ignore-errors={IGNORE_ERRORS}",
            "--db-ps-mode=auto", "run"]
+    target.before_run(workload)
     cpu0, db0 = cpu_seconds(target.pid), cpu_seconds(db.proc.pid)
     res = subprocess.run(cmd, capture_output=True, text=True)
     cpu1, db1 = cpu_seconds(target.pid), cpu_seconds(db.proc.pid)
+    target.after_run(workload)
     if res.returncode != 0:
         raise RuntimeError(f"sysbench {workload} via {target.name} failed:\n{res.stdout[-3000:]}\n{res.stderr[-3000:]}")
     p = parse_sysbench(res.stdout)
@@ -272,6 +311,45 @@ def ratios(results: list[Result], a: str = "fastproxy", b: str = "haproxy") -> l
     return out
 
 
+def capture_impact(results: list[Result]) -> list[str]:
+    """Capture's cost: average QPS drop, and the worst full second against the no-capture average."""
+    out = []
+    by = {(r.target, r.workload): r for r in results}
+    for wl, _ in WORKLOADS:
+        base, cap = by.get(("fastproxy", wl)), by.get(("fastproxy+capture", wl))
+        if not (base and cap and base.qps):
+            continue
+        seconds = cap.per_second_qps[1:-1] or cap.per_second_qps  # first/last seconds are partial
+        worst = min(seconds) if seconds else 0.0
+        out.append(f"{wl}: capture average QPS drop = {(1 - cap.qps / base.qps) * 100:+.1f}% "
+                   f"(target <= 3%), worst 1-s interval = {(worst / base.qps - 1) * 100:+.1f}% vs the no-capture "
+                   f"average (target >= -5%)")
+    return out
+
+
+def run_replay(db: ScratchMariaDB, capture_dir: str, speed: float) -> dict:
+    """Replay a capture with the standalone replayer; its summary plus the replayer's CPU time."""
+    report_dir = tempfile.mkdtemp(prefix="fastproxy-e2e-replay-")
+    cmd = [sys.executable, "-m", "fastproxy", "replay", f"--target={db.addr}", f"--input={capture_dir}",
+           "--username=root", f"--password={ROOT_PASSWORD}", f"--speed={speed}", "--no-report-tables",
+           f"--report-dir={report_dir}"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            cwd=str(Path(__file__).resolve().parent.parent))
+    out = proc.stdout.read()
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        raise RuntimeError(f"replay failed: {out[-3000:]}")
+    name = next(f for f in os.listdir(report_dir) if f.endswith(".json"))
+    with open(os.path.join(report_dir, name)) as f:
+        summary = json.load(f)
+    shutil.rmtree(report_dir, ignore_errors=True)
+    cpu = usage.ru_utime + usage.ru_stime
+    n = max(1, summary["commands_replayed"])
+    summary["replayer_cpu_us_per_command"] = round(cpu / n * 1e6, 1)
+    return summary
+
+
 def machine() -> dict:
     model = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")), "?")
     return {"nproc": os.cpu_count(), "cpu": model, "kernel": os.uname().release, "python": sys.version.split()[0]}
@@ -285,6 +363,7 @@ def main() -> None:
     ap.add_argument("--only", default="", help="comma-separated target names (default: all)")
     ap.add_argument("--workloads", default="", help="comma-separated sysbench tests (default: all)")
     ap.add_argument("--json", help="also write the results here")
+    ap.add_argument("--no-replay", action="store_true", help="skip replaying the captures")
     args = ap.parse_args()
 
     targets = [t for t in TARGETS if not args.only or t.name in args.only.split(",")]
@@ -308,17 +387,44 @@ def main() -> None:
                     results.append(run_one(target, port, wl, threads, db, args))
             finally:
                 target.stop()
+        replays = []
+        cap = next((t for t in targets if isinstance(t, FastproxyCaptureTarget)), None)
+        if cap and not args.no_replay:
+            for wl, threads in workloads:
+                if wl not in cap.captures or cap.capture_error.get(wl):
+                    continue
+                direct = next((r for r in results if r.target == "direct" and r.workload == wl), None)
+                for speed in (0, 1):
+                    print(f"replay of the {wl} x{threads} capture at speed {speed or 'max'} ...", flush=True)
+                    sm = run_replay(db, cap.captures[wl], speed)
+                    replays.append({"workload": wl, "threads": threads, "speed": speed,
+                                    "replayed": sm["commands_replayed"], "elapsed_s": sm["elapsed_seconds"],
+                                    "qps_replayed": sm["qps_replayed"], "qps_captured": sm["qps_captured"],
+                                    "sysbench_direct_qps": direct.qps if direct else None,
+                                    "lag_p99_ms": sm["lag"]["p99_ms"], "lag_max_ms": sm["lag"]["max_ms"],
+                                    "replayer_cpu_us_per_command": sm["replayer_cpu_us_per_command"],
+                                    "failed": sm["commands_failed"], "other_errors": sm["other_errors"]})
+        for d in getattr(cap, "captures", {}).values():
+            shutil.rmtree(d, ignore_errors=True)
     # group by workload for reading
     order = {w: i for i, (w, _) in enumerate(WORKLOADS)}
     results.sort(key=lambda r: order.get(r.workload, 99))
     print()
     print(table(results))
-    for line in ratios(results):
+    for line in ratios(results) + capture_impact(results):
         print(line)
+    if replays:
+        print()
+        print(f"{'replay of':<18} {'speed':>5} {'replayed':>9} {'cmds/s':>9} {'captured qps':>12} "
+              f"{'direct qps':>10} {'lag p99 ms':>10} {'CPU us/cmd':>10}")
+        for r in replays:
+            print(f"{r['workload']:<18} {r['speed'] or 'max':>5} {r['replayed']:>9} {r['qps_replayed']:>9,.0f} "
+                  f"{r['qps_captured'] or 0:>12,.0f} {r['sysbench_direct_qps'] or 0:>10,.0f} "
+                  f"{r['lag_p99_ms']:>10} {r['replayer_cpu_us_per_command']:>10}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"machine": machine(), "time": args.time, "tables": args.tables, "table_size": args.table_size,
-                       "skipped": skipped, "results": [{k: v for k, v in asdict(r).items() if k != "raw"} for r in results]},
+                       "skipped": skipped, "replays": replays, "results": [{k: v for k, v in asdict(r).items() if k != "raw"} for r in results]},
                       f, indent=2)
 
 
