@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import struct
 import time
 from typing import TYPE_CHECKING
 
 from fastproxy._packet import PacketFramer, ResponseTracker, build_packet
-from fastproxy.constants import CLIENT, COMMAND, CR, ER
+from fastproxy.constants import CLIENT, COMMAND, ER
 from fastproxy.errors import ProtocolError
-from fastproxy.protocol import Greeting, HandshakeResponse, err_packet, mask_client_capabilities
+from fastproxy.protocol import Greeting, HandshakeResponse, err_packet, mask_client_capabilities, parse_err
 from fastproxy.proxy.session import CommandInfo, Session
 
 if TYPE_CHECKING:
@@ -27,6 +28,13 @@ log = logging.getLogger("fastproxy.conn")
 # phases
 CONNECTING, GREETING, AUTH, COMMANDS, CLOSED = range(5)
 
+# Largest client packet before authentication completed (handshake response with attributes, auth
+# switch answers are far smaller): garbage such as an HTTP request is refused at once.
+AUTH_MAX_PACKET = 1 << 20
+# The errors the proxy itself sends carry a server error code: libmariadb reports any client-range
+# code (2000-2999, e.g. 2003, 2013) received from a server as "Received malformed packet" (2027).
+ER_UNKNOWN_ERROR = 1105
+
 
 class ClientConnection(asyncio.Protocol):
     def __init__(self, server: "ProxyServer") -> None:
@@ -36,7 +44,7 @@ class ClientConnection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.backend_side: BackendSide | None = None
         self.backend: Backend | None = None
-        self.framer = PacketFramer(server.config["proxy.max-packet-size"])
+        self.framer = PacketFramer(min(AUTH_MAX_PACKET, server.config["proxy.max-packet-size"]))
         self.tracker = ResponseTracker()
         self.session: Session | None = None
         self.greeting: Greeting | None = None
@@ -84,8 +92,8 @@ class ClientConnection(asyncio.Protocol):
             backend.healthy = False
             self.stats.connections_rejected += 1
             if self.phase != CLOSED:
-                self.transport.write(err_packet(CR.CONN_HOST_ERROR,
-                                                f"fastproxy: backend {backend.addr} unreachable: {reason}", 0))
+                self.transport.write(err_packet(ER_UNKNOWN_ERROR,
+                                                f"fastproxy: backend {backend.addr} unreachable: {reason}", 0, "08S01"))
                 self._close()
 
     def attach_backend(self, side: "BackendSide", backend: "Backend") -> None:
@@ -111,11 +119,15 @@ class ClientConnection(asyncio.Protocol):
                 while (pkt := framer.next_packet()) is not None:
                     if pkt[0] == 0:  # sequence 0 starts a command; others continue one (LOCAL INFILE, auth)
                         self._on_command(pkt[1], now)
+                    elif self.tracker.idle:
+                        raise ProtocolError(f"packet with sequence id {pkt[0]} where a command must start")
             except ProtocolError as e:
                 self._protocol_error("client", e)
             return
-        if self.phase == AUTH:
+        if self.phase <= AUTH:
             self.framer.feed(data)
+            if self.phase != AUTH:  # the greeting has not reached the client yet: kept until it has
+                return
             try:
                 while (pkt := self.framer.next_packet()) is not None:
                     self._on_auth_packet(*pkt)
@@ -123,8 +135,13 @@ class ClientConnection(asyncio.Protocol):
                 self._protocol_error("client", e)
 
     def _on_auth_packet(self, seq: int, payload) -> None:
-        if self.session.user == "" and seq == 1:
-            resp = HandshakeResponse.parse(payload)
+        if not self.session.capabilities:  # the first packet: the handshake response
+            if seq != 1:
+                raise ProtocolError(f"expected the handshake response (sequence id 1), got sequence id {seq}")
+            try:
+                resp = HandshakeResponse.parse(payload)
+            except (IndexError, ValueError, struct.error) as e:
+                raise ProtocolError(f"malformed handshake response: {e}") from None
             if resp.ssl_request:
                 raise ProtocolError("client asked for TLS, which fastproxy does not terminate")
             s = self.session
@@ -135,6 +152,8 @@ class ClientConnection(asyncio.Protocol):
 
     def _on_command(self, payload, now: int) -> None:
         session = self.session
+        if not len(payload):
+            raise ProtocolError("empty command packet")
         cmd = payload[0]
         self.stats.commands[cmd] += 1
         keep = session.needs_payload(cmd, payload) or session.capture_state is not None
@@ -153,11 +172,13 @@ class ClientConnection(asyncio.Protocol):
             if result.outcome == 1:
                 stats.command_errors[cmd] += 1
             session.commands += 1
-            session.apply(cmd, payload, result)
-            info = CommandInfo(cmd, start, now, result)
-            session.last_command = info
+            if payload is None and result.outcome == 0:
+                session.status_flags = result.status_flags  # all that a plain query changes here
+            else:
+                session.apply(cmd, payload, result)
+            session.last_result, session.last_start_ns, session.last_end_ns = result, start, now
             if capture is not None:
-                capture.on_command(session, info, payload)
+                capture.on_command(session, CommandInfo(cmd, start, now, result), payload)
             if cmd == COMMAND.COM_QUIT:
                 self._close()
                 return
@@ -216,17 +237,23 @@ class ClientConnection(asyncio.Protocol):
         self.transport.write(build_packet(seq, g.with_capabilities(self.advertised)))
         self.phase = AUTH
         self.transport.resume_reading()
+        if self.framer.buffered:  # the client spoke before the greeting
+            self.data_received(b"")
 
     def _on_backend_auth_packet(self, seq: int, payload) -> None:
         self.transport.write(build_packet(seq, payload))
         first = payload[0] if len(payload) else -1
         if first == 0x00:  # authenticated: from now on bytes flow straight through
             self.phase = COMMANDS
+            self.framer.max_packet_size = self.server.config["proxy.max-packet-size"]
             self.server.on_authenticated(self)
             rest = self.framer.take_all()
             if rest:
                 self.data_received(rest)
         elif first == 0xFF:
+            code, _, message = parse_err(payload)
+            log.info("conn %d (%s): backend %s refused the login of %r: %d %s", self.session.conn_id,
+                     self.session.client_addr, self.session.backend, self.session.user, code, message)
             self._close()
         # 0xFE auth switch / 0x01 more data: the client answers through _on_auth_packet
 
@@ -242,11 +269,13 @@ class ClientConnection(asyncio.Protocol):
                         self.session.backend)
             self._on_completed(time.time_ns())
             if at_boundary:
-                self.transport.write(err_packet(CR.SERVER_LOST, f"fastproxy: lost connection to backend "
-                                                f"{self.session.backend} during query", seq))
+                self.transport.write(err_packet(ER_UNKNOWN_ERROR, f"fastproxy: lost connection to backend "
+                                                f"{self.session.backend} during query", seq, "08S01"))
         elif self.phase in (GREETING, AUTH):
-            self.transport.write(err_packet(CR.SERVER_LOST, f"fastproxy: backend {self.backend.addr} closed the "
-                                            f"connection during the handshake", 0))
+            log.warning("conn %d (%s): backend %s closed the connection during the handshake", self.session.conn_id,
+                        self.session.client_addr, self.backend.addr)
+            self.transport.write(err_packet(ER_UNKNOWN_ERROR, f"fastproxy: backend {self.backend.addr} closed the "
+                                            f"connection during the handshake", 0, "08S01"))
         self._close()
 
     # ---- common --------------------------------------------------------------------------------

@@ -11,6 +11,13 @@ from fastproxy.constants import COMMAND, SERVER_STATUS
 _USE_RE = re.compile(rb"^\s*(?:/\*.*?\*/\s*)*use\s+(`(?:[^`]|``)+`|[^\s;]+)\s*;?\s*$", re.I | re.S)
 
 
+# commands whose payload changes the session state the proxy keeps
+_STATEFUL = frozenset((COMMAND.COM_STMT_PREPARE, COMMAND.COM_STMT_CLOSE, COMMAND.COM_INIT_DB,
+                       COMMAND.COM_CHANGE_USER, COMMAND.COM_RESET_CONNECTION))
+# first byte of a COM_QUERY that may be `USE db` (possibly after whitespace or a comment)
+_MAYBE_USE = frozenset(b"uU \t\r\n/#-")
+
+
 @dataclass
 class CommandInfo:
     """One finished command, as the proxy saw it."""
@@ -34,10 +41,18 @@ class Session:
     status_flags: int = SERVER_STATUS.AUTOCOMMIT
     prepared: dict[int, str] = field(default_factory=dict)
     commands: int = 0
-    last_command: CommandInfo | None = None
+    # the last finished command (kept as plain fields: building an object per command costs)
+    last_result: CommandResult | None = None
+    last_start_ns: int = 0
+    last_end_ns: int = 0
     connected_ns: int = 0
     # set by an active capture: None (not captured), "wait-txn" (open mid-transaction), "on"
     capture_state: str | None = None
+
+    @property
+    def last_command(self) -> CommandInfo | None:
+        r = self.last_result
+        return None if r is None else CommandInfo(r.cmd, self.last_start_ns, self.last_end_ns, r)
 
     @property
     def in_transaction(self) -> bool:
@@ -48,13 +63,11 @@ class Session:
         return bool(self.status_flags & SERVER_STATUS.AUTOCOMMIT)
 
     def needs_payload(self, cmd: int, payload) -> bool:
-        """Whether the command's payload must be kept until its response (to update this state)."""
-        if cmd == COMMAND.COM_STMT_PREPARE or cmd == COMMAND.COM_INIT_DB or cmd == COMMAND.COM_CHANGE_USER:
-            return True
+        """Whether the command's payload must be kept until its response (to update this state).
+        On the per-command path: a set lookup, and one byte for COM_QUERY."""
         if cmd == COMMAND.COM_QUERY:
-            head = bytes(payload[1:40]).lstrip()
-            return head[:3].lower() == b"use" or head[:2] == b"/*"
-        return False
+            return len(payload) > 1 and payload[1] in _MAYBE_USE
+        return cmd in _STATEFUL
 
     def apply(self, cmd: int, payload: bytes | None, result: CommandResult) -> None:
         """Update the session from a finished command (payload given when needs_payload said so)."""
