@@ -5,7 +5,6 @@ COM_CHANGE_USER, COM_RESET_CONNECTION)."""
 from __future__ import annotations
 
 import hashlib
-import os
 import subprocess
 import zlib
 

@@ -4,8 +4,6 @@ proxy once the fault is gone) keep working."""
 from __future__ import annotations
 
 import signal
-import socket
-import threading
 
 import MySQLdb
 import MySQLdb.cursors
