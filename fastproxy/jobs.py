@@ -1,4 +1,4 @@
-"""Traffic jobs of one proxy: at most one capture and one replay at a time; the last 10 are shown."""
+"""Traffic jobs of one proxy: one job (capture or replay) at a time, as in TiProxy; the last 10 are shown."""
 from __future__ import annotations
 
 import logging

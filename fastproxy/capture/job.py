@@ -27,11 +27,14 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("fastproxy.capture")
 
-# Statements that carry passwords are never written to disk.
+# Statements that carry passwords are never written to disk. No `^`: match() anchors at its pos
+# argument (1, after the command byte), where `^` would never match.
 _SECRET_RE = re.compile(
-    rb"^\s*(?:/\*.*?\*/\s*|--[^\n]*\n\s*|#[^\n]*\n\s*)*"
+    rb"\s*(?:/\*.*?\*/\s*|--[^\n]*\n\s*|#[^\n]*\n\s*)*"
     rb"(?:create\s+(?:or\s+replace\s+)?user|alter\s+user|set\s+password|grant\s.*\bidentified\b"
-    rb"|create\s+(?:or\s+replace\s+)?role|rename\s+user)",
+    rb"|create\s+(?:or\s+replace\s+)?role|rename\s+user"
+    # the same statements as a string inside PREPARE / EXECUTE IMMEDIATE; replication passwords
+    rb"|(?:prepare|execute\s+immediate)\s.*\b(?:identified|password)\b|change\s+(?:master|replication\s+source)\b)",
     re.I | re.S)
 
 
@@ -65,6 +68,7 @@ class CaptureJob(Job):
         self._filtered_stmts: set[tuple[int, int]] = set()
         self._task: asyncio.Task | None = None
         self._stopping = False
+        self._failed = False  # an append failed: no record after the lost one may be written
 
     # ---- lifecycle -----------------------------------------------------------------------------
     def start(self) -> None:
@@ -142,10 +146,13 @@ class CaptureJob(Job):
 
     # ---- hooks called by the proxy on the event loop ------------------------------------------
     def _fail(self, error: str) -> None:
-        if not self._stopping:
+        if not self._stopping and not self._failed:
+            self._failed = True
             asyncio.get_running_loop().create_task(self.stop(error=error))
 
     def _append_event(self, kind: int, session: "Session", body: bytes) -> None:
+        if self._failed:
+            return
         if not self.ring.append_event(kind, session.conn_id, time.time_ns(), body):
             self._buffer_full()
 
@@ -159,7 +166,7 @@ class CaptureJob(Job):
         self._append_event(KIND_CONN_STATE, session, json.dumps(session.snapshot()).encode())
 
     def on_connect(self, session: "Session") -> None:
-        if self._stopping:
+        if self._stopping or self._failed:
             return
         session.capture_state = "on"
         self.connections += 1
@@ -170,8 +177,8 @@ class CaptureJob(Job):
 
     def on_command(self, session: "Session", info: "CommandInfo", payload: bytes | None) -> None:
         state = session.capture_state
-        if state != "on" or payload is None or info.start_ns < self.start_ns or self._stopping:
-            if state == "wait-txn" and not session.in_transaction and not self._stopping:
+        if state != "on" or payload is None or info.start_ns < self.start_ns or self._stopping or self._failed:
+            if state == "wait-txn" and not session.in_transaction and not self._stopping and not self._failed:
                 self._record_state(session)  # a transaction boundary: the session is whole from here
             return
         cmd = info.cmd
@@ -197,7 +204,8 @@ class CaptureJob(Job):
             self._buffer_full()
 
     def on_close(self, session: "Session") -> None:
-        if session.capture_state is not None and not self._stopping:
+        # "wait-txn": closed before its boundary, nothing of it was recorded, so no close either
+        if session.capture_state == "on" and not self._stopping:
             self._append_event(KIND_CONN_CLOSE, session, b"")
         session.capture_state = None
 

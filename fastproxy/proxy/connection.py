@@ -156,6 +156,9 @@ class ClientConnection(asyncio.Protocol):
             raise ProtocolError("empty command packet")
         cmd = payload[0]
         self.stats.commands[cmd] += 1
+        if now <= session.last_arrival_ns:  # several commands in one read: keep their order in time
+            now = session.last_arrival_ns + 1
+        session.last_arrival_ns = now
         keep = session.needs_payload(cmd, payload) or session.capture_state is not None
         tag = (now, bytes(payload) if keep else None)
         if self.tracker.begin(payload, tag):

@@ -45,6 +45,7 @@ class Session:
     last_result: CommandResult | None = None
     last_start_ns: int = 0
     last_end_ns: int = 0
+    last_arrival_ns: int = 0  # start times of one connection's commands strictly increase
     connected_ns: int = 0
     # set by an active capture: None (not captured), "wait-txn" (open mid-transaction), "on"
     capture_state: str | None = None

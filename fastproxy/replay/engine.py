@@ -333,12 +333,16 @@ class Replayer:
             if conn.client:
                 conn.client.close()
                 conn.client = None
-            self.stats.replayed += 1
+                self.stats.replayed += 1
+            else:
+                self.stats.skipped += 1  # never connected (login failed): nothing to quit
             return self._consume(conn)
         if cmd in NOT_REPLAYABLE or (self.opt.readonly and not self._read_only_ok(conn, cmd, payload)):
             self.stats.filtered += 1
             if cmd == COMMAND.COM_STMT_PREPARE:
                 conn.filtered_stmts.add(rec.affected_rows)
+            elif cmd == COMMAND.COM_STMT_CLOSE:
+                conn.filtered_stmts.discard(int.from_bytes(payload[1:5], "little"))
             return self._consume(conn)
         if conn.client is None or conn.client.closed:
             conn.busy = True
@@ -381,7 +385,7 @@ class Replayer:
             return is_read_only(payload[1:])
         if cmd == COMMAND.COM_STMT_PREPARE:
             return is_read_only(payload[1:])
-        if cmd == COMMAND.COM_STMT_EXECUTE:
+        if cmd in STMT_COMMANDS:  # execute/close/reset/... of a filtered (write) statement is filtered too
             return int.from_bytes(payload[1:5], "little") not in conn.filtered_stmts
         return cmd in READONLY_SAFE
 
@@ -438,11 +442,14 @@ class Replayer:
             client.send(payload, None)
             return
         cmd = rec.payload[0]
-        if cmd == COMMAND.COM_STMT_PREPARE and result.outcome == OUTCOME_OK:
+        if cmd == COMMAND.COM_STMT_PREPARE:
             captured_id = rec.affected_rows  # capture stores the statement id of a prepare there
-            conn.stmt_map[captured_id] = result.stmt_id
-            conn.stmt_sql[captured_id] = rec.payload[1:].decode("utf-8", "replace")
-            conn.stmt_params[captured_id] = result.num_params
+            if rec.outcome == OUTCOME_OK:
+                # kept even if the prepare fails here: its executes re-prepare and count as failures
+                conn.stmt_sql[captured_id] = rec.payload[1:].decode("utf-8", "replace")
+            if result.outcome == OUTCOME_OK:
+                conn.stmt_map[captured_id] = result.stmt_id
+                conn.stmt_params[captured_id] = result.num_params
         elif cmd == COMMAND.COM_INIT_DB and result.outcome == OUTCOME_OK:
             conn.db = rec.payload[1:].decode("utf-8", "replace")
         self._compare(conn, rec, result, now)

@@ -57,7 +57,8 @@ class ReplayRun:
         return self.summary
 
     def _write_files(self) -> None:
-        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(self.engine.replay_start_ns / 1e9))
+        start = self.engine.replay_start_ns  # milliseconds: two runs in one second must not overwrite each other
+        stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(start / 1e9)) + f".{start // 1_000_000 % 1000:03d}Z"
         base = os.path.join(self.report_dir, f"replay-{stamp}")
         try:
             os.makedirs(self.report_dir, exist_ok=True)

@@ -135,26 +135,33 @@ class ReportWriter:
         import MySQLdb
 
         conn = None
+        pending: list = []  # batches not written yet (target unreachable): retried with the next one
         while True:
             item = self._queue.get()
-            if item is None:
-                break
+            if item is not None:
+                pending.append(item)
             try:
-                if conn is None:
+                if conn is None and pending:
                     conn = MySQLdb.connect(**self.params)
                     cur = conn.cursor()
                     for stmt in SCHEMA:
                         cur.execute(stmt)
-                self._write(conn, *item)
+                while pending:
+                    self._write(conn, *pending[0])
+                    pending.pop(0)
+                self.error = None  # an outage the writer recovered from loses nothing
             except Exception as e:  # noqa: BLE001 - the report must never take the replay down
                 self.error = f"{type(e).__name__}: {e}"
                 log.error("cannot write the replay report to the target: %s", self.error)
                 conn = None
+            if item is None:
+                break
         if conn is not None:
             conn.close()
 
     def _write(self, conn, fails: list[Failure], others: list[OtherError]) -> None:
         cur = conn.cursor()
+        cur.execute("BEGIN")  # a batch is written whole or not at all, so a retry never counts twice
         if fails:
             cur.executemany(
                 f"INSERT INTO {REPORT_DB}.fail (replay_start_time, cmd_type, digest, sample_stmt, sample_err_msg, "
@@ -168,4 +175,5 @@ class ReportWriter:
                 "sample_replay_time, count) VALUES (%s, %s, %s, %s, %s) "
                 "ON DUPLICATE KEY UPDATE count = count + VALUES(count)",
                 [(self.replay_start, e.err_type, e.sample_err_msg, utc(e.sample_replay_ns), e.count) for e in others])
+        conn.commit()
         self.rows_written += len(fails) + len(others)
