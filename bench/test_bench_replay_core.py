@@ -161,3 +161,18 @@ def test_is_read_only_short_statements(benchmark, statements):
 
     benchmark(run)
     _report(benchmark, STMTS, "statements")
+
+
+def test_scheduler_steady_state_from_cython(benchmark):
+    """The same pattern through the cdef methods (the .pxd contract), without Python call overhead."""
+    import array
+
+    from fastproxy.replay._scheduler import churn
+
+    s = Scheduler()
+    for key, due in enumerate(_dues(CONNECTIONS)):
+        s.push(due, key)
+    deltas = array.array("q", _dues(BATCH))
+    benchmark(churn, s, deltas)
+    assert len(s) == CONNECTIONS
+    _report(benchmark, BATCH, "push+pop pairs (C callers)")
