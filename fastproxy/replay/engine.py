@@ -40,6 +40,9 @@ NOT_REPLAYABLE = {COMMAND.COM_CHANGE_USER, COMMAND.COM_BINLOG_DUMP, COMMAND.COM_
                   COMMAND.COM_REGISTER_SLAVE, COMMAND.COM_SHUTDOWN, COMMAND.COM_PROCESS_KILL}
 
 
+READ_BATCH = 2048  # records decoded per trip to the reader thread
+
+
 def cmd_type_name(cmd: int) -> str:
     """TiProxy-style command type: COM_STMT_EXECUTE -> StmtExecute."""
     name = command_name(cmd)
@@ -73,6 +76,7 @@ class Stats:
     other_errors: int = 0
     connections: int = 0
     reconnects: int = 0
+    peak_queued: int = 0  # most commands held in memory at once (bounded by max_queued + one read batch)
     captured_ns: int = 0  # sum of captured durations of replayed commands
     replayed_ns: int = 0  # sum of replay durations
     per_second: dict = field(default_factory=dict)  # replay second -> commands sent
@@ -200,7 +204,7 @@ class Replayer:
             out = []
             for rec in it:
                 out.append(rec)
-                if len(out) >= 2048:
+                if len(out) >= READ_BATCH:
                     break
             return out
 
@@ -254,6 +258,8 @@ class Replayer:
             return
         conn.queue.append(rec)
         self.queued += 1
+        if self.queued > self.stats.peak_queued:
+            self.stats.peak_queued = self.queued
         if len(conn.queue) == 1 and not conn.busy:
             self._schedule(conn)
 
@@ -531,6 +537,7 @@ class Replayer:
             "other_errors": sum(e.count for e in self.report.other_errors.values()),
             "connections": st.connections,
             "reconnects": st.reconnects,
+            "peak_queued_commands": st.peak_queued,
             "qps_captured": round(st.read / cap_span, 1) if cap_span > 0 else None,
             "qps_replayed": round(st.replayed / elapsed, 1),
             "avg_latency_captured_ms": round(st.captured_ns / max(1, st.replayed) / 1e6, 3),
