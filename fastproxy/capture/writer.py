@@ -21,6 +21,11 @@ from fastproxy.errors import JobError
 
 DRAIN_CHUNK = 4 * 1024 * 1024
 IDLE_WAIT = 0.02  # seconds between polls of an empty ring buffer
+# Below this much data per drain, the writer waits before draining again: one larger chunk per
+# BATCH_WAIT instead of a tight loop of tiny ones (each costs an lz4 call, a write, a flush and GIL
+# hand-offs with the event loop). Above it, the buffer is filling: drain again at once.
+BATCH_MIN = 256 * 1024
+BATCH_WAIT = 0.05
 
 
 def output_dir_has_capture(path) -> bool:
@@ -121,6 +126,8 @@ class CaptureWriter:
                 data = self._rb.drain(min(DRAIN_CHUNK, self.file_size))
                 if data:
                     self._write_chunk(data, self._rb.records_drained - before)
+                    if len(data) < BATCH_MIN and not stopping:
+                        self._stop_evt.wait(BATCH_WAIT)
                 elif stopping:
                     break
                 else:
