@@ -23,9 +23,15 @@ from fastproxy.protocol import change_user_without_auth
 
 if TYPE_CHECKING:
     from fastproxy.proxy.server import ProxyServer
-    from fastproxy.proxy.session import CommandInfo, Session
+    from fastproxy.proxy.session import Session
 
 log = logging.getLogger("fastproxy.capture")
+
+_COM_QUERY = COMMAND.COM_QUERY
+_COM_STMT_PREPARE = COMMAND.COM_STMT_PREPARE
+_COM_STMT_EXECUTE = COMMAND.COM_STMT_EXECUTE
+_COM_STMT_RESET = COMMAND.COM_STMT_RESET
+_COM_CHANGE_USER = COMMAND.COM_CHANGE_USER
 
 # Statements that carry passwords are never written to disk. No `^`: match() anchors at its pos
 # argument (1, after the command byte), where `^` would never match.
@@ -175,30 +181,30 @@ class CaptureJob(Job):
                 "client_addr": session.client_addr}
         self._append_event(KIND_CONN_OPEN, session, json.dumps(body).encode())
 
-    def on_command(self, session: "Session", info: "CommandInfo", payload: bytes | None) -> None:
+    def on_command(self, session: "Session", cmd: int, start_ns: int, end_ns: int, r, payload: bytes | None) -> None:
+        """A finished command (on the event loop, once per command: kept lean)."""
         state = session.capture_state
-        if state != "on" or payload is None or info.start_ns < self.start_ns or self._stopping or self._failed:
+        if state != "on" or payload is None or start_ns < self.start_ns or self._stopping or self._failed:
             if state == "wait-txn" and not session.in_transaction and not self._stopping and not self._failed:
                 self._record_state(session)  # a transaction boundary: the session is whole from here
             return
-        cmd = info.cmd
-        if cmd == COMMAND.COM_QUERY or cmd == COMMAND.COM_STMT_PREPARE:
+        affected = r.affected_rows
+        if cmd == _COM_QUERY or cmd == _COM_STMT_PREPARE:
             if carries_secret(payload):
                 self.filtered += 1
-                if cmd == COMMAND.COM_STMT_PREPARE:
-                    self._filtered_stmts.add((session.conn_id, info.result.stmt_id))
+                if cmd == _COM_STMT_PREPARE:
+                    self._filtered_stmts.add((session.conn_id, r.stmt_id))
                 return
-        elif cmd == COMMAND.COM_CHANGE_USER:
+            if cmd == _COM_STMT_PREPARE and r.outcome == 0:
+                affected = r.stmt_id  # a prepare has no affected rows: the field carries the statement id
+        elif cmd == _COM_CHANGE_USER:
             payload = change_user_without_auth(payload, session.capabilities)
-        elif self._filtered_stmts and COMMAND.COM_STMT_EXECUTE <= cmd <= COMMAND.COM_STMT_RESET:
+        elif self._filtered_stmts and _COM_STMT_EXECUTE <= cmd <= _COM_STMT_RESET:
             if (session.conn_id, int.from_bytes(payload[1:5], "little")) in self._filtered_stmts:
                 self.filtered += 1
                 return
-        r = info.result
-        # a prepare has no affected rows: the field carries the statement id replay maps from
-        affected = r.stmt_id if cmd == COMMAND.COM_STMT_PREPARE and r.outcome == 0 else r.affected_rows
-        if self.ring.append_command(session.conn_id, info.start_ns, info.end_ns, r.outcome, r.err_code,
-                                    affected, r.rows, payload):
+        if self.ring.append_command(session.conn_id, start_ns, end_ns, r.outcome, r.err_code, affected, r.rows,
+                                    payload):
             self.commands += 1
         else:
             self._buffer_full()

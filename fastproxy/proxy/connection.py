@@ -17,7 +17,7 @@ from fastproxy._packet import PacketFramer, ResponseTracker, build_packet
 from fastproxy.constants import CLIENT, COMMAND, ER
 from fastproxy.errors import ProtocolError
 from fastproxy.protocol import Greeting, HandshakeResponse, err_packet, mask_client_capabilities, parse_err
-from fastproxy.proxy.session import CommandInfo, Session
+from fastproxy.proxy.session import Session
 
 if TYPE_CHECKING:
     from fastproxy.proxy.backend import Backend
@@ -181,7 +181,7 @@ class ClientConnection(asyncio.Protocol):
                 session.apply(cmd, payload, result)
             session.last_result, session.last_start_ns, session.last_end_ns = result, start, now
             if capture is not None:
-                capture.on_command(session, CommandInfo(cmd, start, now, result), payload)
+                capture.on_command(session, cmd, start, now, result, payload)
             if cmd == COMMAND.COM_QUIT:
                 self._close()
                 return
