@@ -178,7 +178,7 @@ class CaptureJob(Job):
         self.connections += 1
         self.server_version = self.server_version or session.server_version
         body = {"user": session.user, "db": session.db, "capabilities": session.capabilities,
-                "client_addr": session.client_addr}
+                "charset": session.charset, "client_addr": session.client_addr}
         self._append_event(KIND_CONN_OPEN, session, json.dumps(body).encode())
 
     def on_command(self, session: "Session", cmd: int, start_ns: int, end_ns: int, r, payload: bytes | None) -> None:

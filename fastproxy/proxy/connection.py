@@ -146,6 +146,7 @@ class ClientConnection(asyncio.Protocol):
                 raise ProtocolError("client asked for TLS, which fastproxy does not terminate")
             s = self.session
             s.user, s.db, s.capabilities = resp.user, resp.database, resp.capabilities & self.advertised
+            s.charset = resp.charset
             self.tracker.deprecate_eof = bool(s.capabilities & CLIENT.DEPRECATE_EOF)
             payload = mask_client_capabilities(payload, self.advertised)
         self.backend_side.transport.write(build_packet(seq, payload))

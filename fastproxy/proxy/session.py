@@ -35,6 +35,7 @@ class Session:
     user: str = ""
     db: str | None = None
     capabilities: int = 0
+    charset: int = 0  # collation id from the handshake response
     backend: str = ""
     backend_conn_id: int = 0
     server_version: str = ""
@@ -101,6 +102,7 @@ class Session:
             "user": self.user,
             "db": self.db,
             "capabilities": self.capabilities,
+            "charset": self.charset,
             "client_addr": self.client_addr,
             "prepared": sorted([sid, sql] for sid, sql in self.prepared.items()),
         }

@@ -15,11 +15,12 @@ from fastproxy.protocol import Greeting, lenenc_int as _lenenc, parse_err
 # What the replay client asks for; the server's greeting may offer less.
 BASE_CAPABILITIES = (
     CLIENT.LONG_PASSWORD | CLIENT.LONG_FLAG | CLIENT.PROTOCOL_41 | CLIENT.TRANSACTIONS | CLIENT.SECURE_CONNECTION
-    | CLIENT.MULTI_STATEMENTS | CLIENT.MULTI_RESULTS | CLIENT.PS_MULTI_RESULTS | CLIENT.PLUGIN_AUTH
+    | CLIENT.MULTI_RESULTS | CLIENT.PS_MULTI_RESULTS | CLIENT.PLUGIN_AUTH
     | CLIENT.PLUGIN_AUTH_LENENC_CLIENT_DATA | CLIENT.DEPRECATE_EOF | CLIENT.LOCAL_FILES | CLIENT.CONNECT_ATTRS
 )
 # Session-visible behaviour copied from the captured client (affected-rows semantics, parsing).
-MIRRORED_CAPABILITIES = CLIENT.FOUND_ROWS | CLIENT.IGNORE_SPACE | CLIENT.INTERACTIVE
+# Multi-statements too: "a; b" must fail on replay exactly when it failed in production.
+MIRRORED_CAPABILITIES = CLIENT.FOUND_ROWS | CLIENT.IGNORE_SPACE | CLIENT.INTERACTIVE | CLIENT.MULTI_STATEMENTS
 
 
 class LoginError(BackendConnError):
@@ -48,12 +49,13 @@ class ReplayClient(asyncio.Protocol):
     # ---- login ---------------------------------------------------------------------------------
     @classmethod
     async def connect(cls, host: str, port: int, user: str, password: str, database: str | None, *,
-                      on_result, on_lost, owner=None, capabilities: int = 0, timeout: float = 10.0) -> "ReplayClient":
+                      on_result, on_lost, owner=None, capabilities: int = 0, charset: int = 0,
+                      timeout: float = 10.0) -> "ReplayClient":
         loop = asyncio.get_running_loop()
         _, client = await asyncio.wait_for(
             loop.create_connection(lambda: cls(on_result, on_lost, owner), host, port), timeout)
         try:
-            await asyncio.wait_for(client._login(user, password.encode(), database, capabilities), timeout)
+            await asyncio.wait_for(client._login(user, password.encode(), database, capabilities, charset), timeout)
         except BaseException:
             client.close()
             raise
@@ -65,7 +67,7 @@ class ReplayClient(asyncio.Protocol):
             raise item
         return item[0], bytes(item[1])
 
-    async def _login(self, user: str, password: bytes, database: str | None, mirrored: int) -> None:
+    async def _login(self, user: str, password: bytes, database: str | None, mirrored: int, charset: int) -> None:
         from fastproxy.replay import auth
 
         seq, payload = await self._next_packet()
@@ -83,7 +85,9 @@ class ReplayClient(asyncio.Protocol):
         self.tracker.deprecate_eof = bool(caps & CLIENT.DEPRECATE_EOF)
         plugin = g.auth_plugin or "mysql_native_password"
         response = auth.auth_response(plugin, password, nonce)
-        body = struct.pack("<IIB", caps, 1 << 30, 45 if g.charset == 0 else g.charset) + b"\x00" * 23
+        # the captured client's collation, else the server's default (utf8mb4_general_ci if none)
+        charset = charset or g.charset or 45
+        body = struct.pack("<IIB", caps, 1 << 30, charset & 0xFF) + b"\x00" * 23
         body += user.encode() + b"\x00" + _lenenc(len(response)) + response
         if database:
             body += database.encode() + b"\x00"

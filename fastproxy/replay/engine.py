@@ -85,7 +85,7 @@ class Stats:
 class Conn:
     """One captured connection and its replay connection."""
 
-    __slots__ = ("idx", "conn_id", "user", "db", "capabilities", "queue", "client", "busy", "connecting",
+    __slots__ = ("idx", "conn_id", "user", "db", "capabilities", "charset", "queue", "client", "busy", "connecting",
                  "stmt_map", "stmt_sql", "stmt_params", "stmt_types", "filtered_stmts", "inflight", "sent_ns",
                  "due_ns", "closed", "pending_payload", "ever_connected")
 
@@ -95,6 +95,7 @@ class Conn:
         self.user = ""
         self.db: str | None = None
         self.capabilities = 0
+        self.charset = 0
         self.queue: deque[Record] = deque()
         self.client: ReplayClient | None = None
         self.busy = False
@@ -245,6 +246,7 @@ class Replayer:
             conn.user = info.get("user", "")
             conn.db = info.get("db")
             conn.capabilities = int(info.get("capabilities", 0) or 0)
+            conn.charset = int(info.get("charset", 0) or 0)
             for sid, sql in info.get("prepared", []):
                 conn.stmt_sql[int(sid)] = sql  # re-prepared on first use
             return
@@ -402,6 +404,7 @@ class Replayer:
             conn.client = await ReplayClient.connect(
                 self.opt.host, self.opt.port, self.opt.username, self.opt.password, conn.db,
                 on_result=self._on_result, on_lost=self._on_lost, owner=conn, capabilities=conn.capabilities,
+                charset=conn.charset,
                 timeout=self.opt.connect_timeout)
             conn.ever_connected = True
             conn.stmt_map.clear()  # a new server session: statements are re-prepared on first use
