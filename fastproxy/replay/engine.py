@@ -139,6 +139,7 @@ class Replayer:
         self.finished_ns = 0
         self.on_flush = None  # callback(Report) every second (the report writer)
         self.canceled = False
+        self._connecting: set[asyncio.Task] = set()
         self.first_command_ns = 0  # captured span, for the captured QPS
         self.last_command_ns = 0
 
@@ -170,6 +171,8 @@ class Replayer:
                         self.report.add_other("read error", str(e), time.time_ns())
             if self._timer:
                 self._timer.cancel()
+            for task in list(self._connecting):  # logins still in progress when the replay ended
+                task.cancel()
             for conn in self.conns.values():
                 if conn.client:
                     conn.client.close()
@@ -354,7 +357,9 @@ class Replayer:
             return self._consume(conn)
         if conn.client is None or conn.client.closed:
             conn.busy = True
-            self._loop.create_task(self._connect_then_fire(conn))
+            task = self._loop.create_task(self._connect_then_fire(conn))
+            self._connecting.add(task)
+            task.add_done_callback(self._connecting.discard)
             return False
         if self.opt.speed > 0:
             self.lag.observe(now - conn.due_ns)
