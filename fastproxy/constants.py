@@ -52,11 +52,12 @@ class CLIENT:
     #  QUERY_ATTRIBUTES / OPTIONAL_RESULTSET_METADATA: change COM_QUERY / result layouts.
     #  MariaDB PROGRESS: progress reports arrive as 0xFF packets inside a result.
     #  MariaDB CACHE_METADATA / COM_MULTI / BULK: change result and command layouts.
+    #  MariaDB extended capabilities are all stripped: the ones above change layouts, and the rest
+    #  (extended type info, newer ones) are not worth an untested path.
+    MARIADB_EXTENDED_ALL = 0xFFFFFFFF << 32
     PROXY_STRIPPED = (
         COMPRESS | ZSTD_COMPRESSION_ALGORITHM | SSL | SSL_VERIFY_SERVER_CERT | QUERY_ATTRIBUTES
-        | OPTIONAL_RESULTSET_METADATA | MULTI_FACTOR_AUTHENTICATION
-        | MARIADB_PROGRESS | MARIADB_COM_MULTI | MARIADB_STMT_BULK_OPERATIONS
-        | MARIADB_CACHE_METADATA
+        | OPTIONAL_RESULTSET_METADATA | MULTI_FACTOR_AUTHENTICATION | MARIADB_EXTENDED_ALL
     )
 
 

@@ -101,11 +101,13 @@ class Greeting:
         out = bytearray(self.raw)
         _, pos = _cstring(out, 1)
         pos += 4 + 8 + 1
+        # layout from here: capability_flags_1 (2), character_set (1), status_flags (2),
+        # capability_flags_2 (2), auth_plugin_data_len (1), reserved (10; MariaDB: last 4 = extended)
         struct.pack_into("<H", out, pos, caps & 0xFFFF)
         if len(out) > pos + 2:
-            struct.pack_into("<H", out, pos + 3, (caps >> 16) & 0xFFFF)
+            struct.pack_into("<H", out, pos + 5, (caps >> 16) & 0xFFFF)
             if self.mariadb:
-                struct.pack_into("<I", out, pos + 6 + 6, (caps >> 32) & 0xFFFFFFFF)
+                struct.pack_into("<I", out, pos + 14, (caps >> 32) & 0xFFFFFFFF)
         return bytes(out)
 
 

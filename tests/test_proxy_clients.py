@@ -512,3 +512,27 @@ def test_metrics_count_commands_by_type(proxy_factory, setup_db):
                                                          "COM_STATISTICS": 1}
     assert p.metric("fastproxy_command_duration_seconds_count") - hist_before == 45
     conn.close()
+
+
+def test_load_data_local_infile_of_many_packets_keeps_the_connection_in_step(proxy, mariadb, tmp_path):
+    """A file of more than 256 packets wraps the sequence ids back to 0: still file data, not commands."""
+    import pymysql
+
+    path = tmp_path / "big.tsv"
+    with open(path, "w") as f:
+        for i in range(120_000):
+            f.write(f"{i}\t{'x' * 30}\n")  # ~4.5 MB: ~280 packets of 16 KiB from PyMySQL
+    mariadb.sql("CREATE DATABASE IF NOT EXISTS bigfile; CREATE OR REPLACE TABLE bigfile.t (a INT, b VARCHAR(40))")
+    conn = pymysql.connect(host="127.0.0.1", port=proxy.port, user="root", password="rootpw", database="bigfile",
+                           local_infile=True)
+    before = proxy.metric("fastproxy_commands_total", 'type="COM_QUERY"')
+    with conn.cursor() as cur:
+        cur.execute(f"LOAD DATA LOCAL INFILE '{path}' INTO TABLE t")
+        cur.execute("SELECT COUNT(*), SUM(a) FROM t")
+        assert cur.fetchone() == (120_000, sum(range(120_000)))
+    sessions = proxy.get("/api/debug/connections")
+    assert all(s["pending_commands"] == 0 for s in sessions), sessions
+    conn.close()
+    # exactly the two queries were seen as commands: no file chunk was taken for one
+    assert proxy.metric("fastproxy_commands_total", 'type="COM_QUERY"') - before == 2
+    assert proxy.metric("fastproxy_commands_total", 'type="COM_UNKNOWN_0x78"') == 0

@@ -53,6 +53,8 @@ class ClientConnection(asyncio.Protocol):
         self.advertised = 0
         self.draining = False
         self._closing = False
+        self._infile = False  # the client is sending a LOCAL INFILE file
+        self._infile_seen = 0
 
     # ---- client side -------------------------------------------------------------------------
     def connection_made(self, transport) -> None:
@@ -121,7 +123,11 @@ class ClientConnection(asyncio.Protocol):
             now = time.time_ns()
             try:
                 while (pkt := framer.next_packet()) is not None:
-                    if pkt[0] == 0:  # sequence 0 starts a command; others continue one (LOCAL INFILE, auth)
+                    if self._infile:  # LOCAL INFILE data: any sequence id (they wrap), until the empty packet
+                        if not len(pkt[1]):
+                            self._infile = False
+                        continue
+                    if pkt[0] == 0:  # sequence 0 starts a command; others continue one (auth exchange)
                         self._on_command(pkt[1], now)
                     elif self.tracker.idle:
                         raise ProtocolError(f"packet with sequence id {pkt[0]} where a command must start")
@@ -212,8 +218,12 @@ class ClientConnection(asyncio.Protocol):
             self._to_client(data)
             self.stats.bytes_to_clients += len(data)
             try:
-                if self.tracker.feed(data):
+                tracker = self.tracker
+                if tracker.feed(data):
                     self._on_completed(time.time_ns())
+                if tracker.local_infile_requests != self._infile_seen:  # the server asked for a file
+                    self._infile_seen = tracker.local_infile_requests
+                    self._infile = True
             except ProtocolError as e:
                 self._protocol_error("backend", e)
             return
