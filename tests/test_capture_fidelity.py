@@ -211,7 +211,7 @@ def test_existing_connections_state_recorded(mariadb, proxy_factory, tmp_path):
 # ---- 3. secrets never reach the files -----------------------------------------------------------
 SECRETS = {"create": "Pw-create-7d1f", "alter": "Pw-alter-52aa", "setpw": "Pw-setpw-0c3e",
            "grant": "Pw-grant-91b2", "prepared": "Pw-prepared-e4d0", "immediate": "Pw-immediate-3b7c",
-           "sqlprepare": "Pw-sqlprepare-a5e9"}
+           "sqlprepare": "Pw-sqlprepare-a5e9", "versioned": "Pw-versioned-66c1", "setstmt": "Pw-setstmt-2f90"}
 
 
 def test_secrets_filtered(mariadb, proxy_factory, tmp_path):
@@ -229,6 +229,9 @@ def test_secrets_filtered(mariadb, proxy_factory, tmp_path):
     cur.execute(f"ALTER USER 'capsec'@'%' IDENTIFIED BY '{SECRETS['alter']}'")
     cur.execute(f"/* app */ SET PASSWORD FOR 'capsec'@'%' = PASSWORD('{SECRETS['setpw']}')")
     cur.execute(f"GRANT SELECT ON *.* TO 'capsec'@'%' IDENTIFIED BY '{SECRETS['grant']}'")
+    # forms the server runs although they do not start with the keyword
+    cur.execute(f"/*!100000 ALTER USER 'capsec'@'%' IDENTIFIED BY '{SECRETS['versioned']}' */")
+    cur.execute(f"SET STATEMENT max_statement_time=10 FOR ALTER USER 'capsec'@'%' IDENTIFIED BY '{SECRETS['setstmt']}'")
     # SQL-level: the statement is a string inside another statement
     alter = "ALTER USER ''capsec''@''%'' IDENTIFIED BY ''{}''"
     cur.execute("EXECUTE IMMEDIATE '" + alter.format(SECRETS["immediate"]) + "'")
@@ -250,9 +253,9 @@ def test_secrets_filtered(mariadb, proxy_factory, tmp_path):
         assert capi.query("SELECT CURRENT_USER()") == [("capsec@%",)]
 
     job = cancel_capture(proxy)
-    assert job["filtered_commands"] == 9, job
+    assert job["filtered_commands"] == 11, job
     meta, records, _ = read_capture(out)
-    assert meta["filtered_commands"] == 9
+    assert meta["filtered_commands"] == 11
 
     blobs = [open(os.path.join(out, name), "rb").read() for name in os.listdir(out)]
     blobs += [r.payload for r in records]

@@ -35,18 +35,24 @@ _COM_CHANGE_USER = COMMAND.COM_CHANGE_USER
 
 # Statements that carry passwords are never written to disk. No `^`: match() anchors at its pos
 # argument (1, after the command byte), where `^` would never match.
+# Statements that may hold a password are never written. The search runs over the whole statement
+# (multi-statements, `/*! ... */` comments the server executes, `SET STATEMENT ... FOR`, PREPARE /
+# EXECUTE IMMEDIATE strings, parentheses), and errs on the side of filtering: a statement that
+# merely mentions `identified` is filtered (and counted) too.
 _SECRET_RE = re.compile(
-    rb"\s*(?:/\*.*?\*/\s*|--[^\n]*\n\s*|#[^\n]*\n\s*)*"
-    rb"(?:create\s+(?:or\s+replace\s+)?user|alter\s+user|set\s+password|grant\s.*\bidentified\b"
-    rb"|create\s+(?:or\s+replace\s+)?role|rename\s+user"
-    # the same statements as a string inside PREPARE / EXECUTE IMMEDIATE; replication passwords
-    rb"|(?:prepare|execute\s+immediate)\s.*\b(?:identified|password)\b|change\s+(?:master|replication\s+source)\b)",
-    re.I | re.S)
+    rb"\b(?:identified\b|set\s+password\b|password\s*\("
+    rb"|(?:create|alter|rename)\s+(?:or\s+replace\s+)?(?:user|role|server)\b"
+    rb"|change\s+(?:master|replication\s+source)\b|master_password|source_password)",
+    re.I)
+# User-management statements are short; scanning a multi-megabyte INSERT on the event loop is not.
+SECRET_SCAN_BYTES = 64 * 1024
 
 
-def carries_secret(payload: bytes) -> bool:
-    """COM_QUERY / COM_STMT_PREPARE payloads whose SQL may hold a password."""
-    return _SECRET_RE.match(payload, 1) is not None
+def carries_secret(sql: bytes | str) -> bool:
+    """Whether SQL (a COM_QUERY / COM_STMT_PREPARE payload, command byte included) may hold a password."""
+    if isinstance(sql, str):
+        sql = sql.encode("utf-8", "replace")
+    return _SECRET_RE.search(sql, 0, SECRET_SCAN_BYTES) is not None
 
 
 class CaptureJob(Job):
@@ -169,7 +175,16 @@ class CaptureJob(Job):
     def _record_state(self, session: "Session") -> None:
         session.capture_state = "on"
         self.connections += 1
-        self._append_event(KIND_CONN_STATE, session, json.dumps(session.snapshot()).encode())
+        state = session.snapshot()
+        kept = []
+        for stmt_id, sql in state["prepared"]:
+            if carries_secret(sql):  # prepared before the capture: filtered like one prepared during it
+                self._filtered_stmts.add((session.conn_id, stmt_id))
+                self.filtered += 1
+            else:
+                kept.append([stmt_id, sql])
+        state["prepared"] = kept
+        self._append_event(KIND_CONN_STATE, session, json.dumps(state).encode())
 
     def on_connect(self, session: "Session") -> None:
         if self._stopping or self._failed:

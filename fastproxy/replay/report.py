@@ -16,7 +16,7 @@ log = logging.getLogger("fastproxy.report")
 
 REPORT_DB = "tiproxy_traffic_report"
 SCHEMA = [
-    f"CREATE DATABASE IF NOT EXISTS {REPORT_DB}",
+    f"CREATE DATABASE IF NOT EXISTS {REPORT_DB} CHARACTER SET utf8mb4",
     f"""CREATE TABLE IF NOT EXISTS {REPORT_DB}.fail (
         replay_start_time DATETIME(6) NOT NULL COMMENT 'identifies the replay run (UTC)',
         cmd_type VARCHAR(32) NOT NULL,
@@ -29,7 +29,7 @@ SCHEMA = [
         sample_replay_time DATETIME(6) NULL,
         count BIGINT UNSIGNED NOT NULL,
         PRIMARY KEY (replay_start_time, cmd_type, digest)
-    )""",
+    ) DEFAULT CHARSET=utf8mb4""",
     f"""CREATE TABLE IF NOT EXISTS {REPORT_DB}.other_errors (
         replay_start_time DATETIME(6) NOT NULL,
         err_type VARCHAR(64) NOT NULL,
@@ -37,8 +37,17 @@ SCHEMA = [
         sample_replay_time DATETIME(6) NULL,
         count BIGINT UNSIGNED NOT NULL,
         PRIMARY KEY (replay_start_time, err_type)
-    )""",
+    ) DEFAULT CHARSET=utf8mb4""",
 ]
+
+
+TEXT_BYTES = 65535  # a TEXT column holds this many bytes, not characters
+
+
+def clip(text: str, limit: int = TEXT_BYTES) -> str:
+    """At most `limit` bytes of UTF-8, cut on a character boundary."""
+    raw = text.encode("utf-8", "replace")
+    return text if len(raw) <= limit else raw[:limit].decode("utf-8", "ignore")
 
 
 def utc(ns: int) -> datetime:
@@ -80,7 +89,7 @@ class Report:
         key = (cmd_type, digest)
         f = self.failures.get(key)
         if f is None:  # the first sample is kept
-            f = self.failures[key] = Failure(cmd_type, digest, stmt[:65535], err_msg, err_code, conn_id,
+            f = self.failures[key] = Failure(cmd_type, digest, clip(stmt), clip(err_msg), err_code, conn_id,
                                              capture_ns, replay_ns)
         f.count += 1
         f.unflushed += 1
@@ -88,7 +97,7 @@ class Report:
     def add_other(self, err_type: str, err_msg: str, replay_ns: int) -> None:
         e = self.other_errors.get(err_type)
         if e is None:
-            e = self.other_errors[err_type] = OtherError(err_type, err_msg, replay_ns)
+            e = self.other_errors[err_type] = OtherError(err_type, clip(err_msg), replay_ns)
         e.count += 1
         e.unflushed += 1
 
@@ -113,10 +122,12 @@ class ReportWriter:
     """A thread with its own connection to the target (mysqlclient) writing report batches."""
 
     def __init__(self, host: str, port: int, user: str, password: str, replay_start_ns: int) -> None:
-        self.params = dict(host=host, port=port, user=user, password=password, connect_timeout=10, autocommit=True)
+        self.params = dict(host=host, port=port, user=user, password=password, connect_timeout=10, autocommit=True,
+                           charset="utf8mb4")
         self.replay_start = utc(replay_start_ns)
         self.error: str | None = None
         self.rows_written = 0
+        self.dropped_batches = 0
         self._queue: queue.Queue = queue.Queue()
         self._thread = threading.Thread(target=self._run, name="fastproxy-report-writer", daemon=True)
 
@@ -147,7 +158,15 @@ class ReportWriter:
                     for stmt in SCHEMA:
                         cur.execute(stmt)
                 while pending:
-                    self._write(conn, *pending[0])
+                    try:
+                        self._write(conn, *pending[0])
+                    except MySQLdb.Error as e:
+                        if not _alive(conn):
+                            raise  # the target is gone: keep the batch for the next attempt
+                        # the server refused this batch's data: drop it, never block the ones after it
+                        conn.rollback()
+                        self.dropped_batches += 1
+                        log.error("replay report: a batch was refused by the target and dropped: %s", e)
                     pending.pop(0)
                 self.error = None  # an outage the writer recovered from loses nothing
             except Exception as e:  # noqa: BLE001 - the report must never take the replay down
@@ -177,3 +196,11 @@ class ReportWriter:
                 [(self.replay_start, e.err_type, e.sample_err_msg, utc(e.sample_replay_ns), e.count) for e in others])
         conn.commit()
         self.rows_written += len(fails) + len(others)
+
+
+def _alive(conn) -> bool:
+    try:
+        conn.ping()
+        return True
+    except Exception:  # noqa: BLE001
+        return False
