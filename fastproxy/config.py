@@ -40,7 +40,20 @@ def parse_size(value: Any, key: str = "size") -> int:
     m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([a-z]*)\s*", str(value).lower())
     if not m or m.group(2) not in _SIZE_UNITS:
         raise ConfigError(f"{key}: expected a size like 64MiB or 300MB; got {value!r}")
-    return int(float(m.group(1)) * _SIZE_UNITS[m.group(2)])
+    size = int(float(m.group(1)) * _SIZE_UNITS[m.group(2)])
+    if size <= 0:
+        raise ConfigError(f"{key}: must be positive, got {value!r}")
+    return size
+
+
+def _at_least(convert: Callable[[Any, str], Any], low: float, shown: str) -> Callable[[Any, str], Any]:
+    """`convert`, then refuse values below `low` (a zero buffer or interval is never meant)."""
+    def conv(value: Any, key: str) -> Any:
+        v = convert(value, key)
+        if v < low:
+            raise ConfigError(f"{key}: must be at least {shown}, got {value!r}")
+        return v
+    return conv
 
 
 def parse_addr(value: Any, key: str = "addr") -> tuple[str, int]:
@@ -53,9 +66,12 @@ def parse_addr(value: Any, key: str = "addr") -> tuple[str, int]:
 
 def _addr_list(value: Any, key: str) -> list[tuple[str, int]]:
     items = value.split(",") if isinstance(value, str) else value
-    if not isinstance(items, list) or not items:
+    if not isinstance(items, list):
         raise ConfigError(f"{key}: expected a list of HOST:PORT, got {value!r}")
-    return [parse_addr(v, key) for v in items if str(v).strip()]
+    addrs = [parse_addr(v, key) for v in items if str(v).strip()]
+    if not addrs:
+        raise ConfigError(f"{key}: at least one HOST:PORT is needed, got {value!r}")
+    return addrs
 
 
 def _int(lo: int) -> Callable[[Any, str], int]:
@@ -98,14 +114,17 @@ KEYS: list[Key] = [
     Key("proxy.backends", "127.0.0.1:3306", _addr_list, "backend MySQL/MariaDB servers (list, or comma-separated)"),
     Key("proxy.max-connections", 0, _int(0), "client connections accepted at once (0 = no limit); beyond it clients get error 1040"),
     Key("proxy.graceful-close-conn-timeout", 15, parse_duration, "on SIGTERM, how long connections may finish their transaction"),
-    Key("proxy.connect-timeout", "5s", parse_duration, "timeout to connect to a backend"),
-    Key("proxy.max-packet-size", "1GiB", parse_size, "largest client packet accepted; larger closes the connection"),
-    Key("proxy.health-check-interval", "2s", parse_duration, "how often each backend is checked"),
-    Key("proxy.health-check-timeout", "2s", parse_duration, "a backend check slower than this fails"),
+    Key("proxy.connect-timeout", "5s", _at_least(parse_duration, 0.01, "10ms"), "timeout to connect to a backend"),
+    Key("proxy.max-packet-size", "1GiB", _at_least(parse_size, 1024, "1KiB"),
+        "largest client packet accepted; larger closes the connection"),
+    Key("proxy.health-check-interval", "2s", _at_least(parse_duration, 0.05, "50ms"), "how often each backend is checked"),
+    Key("proxy.health-check-timeout", "2s", _at_least(parse_duration, 0.01, "10ms"),
+        "a backend check slower than this fails"),
     Key("api.addr", "127.0.0.1:3080", parse_addr, "HTTP API (traffic jobs, /metrics, health)"),
     Key("log.level", "info", _level, "debug, info, warn or error"),
-    Key("capture.buffer-size", "64MiB", parse_size, "in-memory capture buffer; when full the capture stops with an error"),
-    Key("capture.file-size", "300MiB", parse_size, "traffic files rotate beyond this size"),
+    Key("capture.buffer-size", "64MiB", _at_least(parse_size, 64 * 1024, "64KiB"),
+        "in-memory capture buffer; when full the capture stops with an error"),
+    Key("capture.file-size", "300MiB", _at_least(parse_size, 1024, "1KiB"), "traffic files rotate beyond this size"),
     Key("security.encryption-key-path", "", _str, "key file for aes256-ctr capture encryption (>= 32 bytes)"),
 ]
 KEYS_BY_NAME = {k.name: k for k in KEYS}

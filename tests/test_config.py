@@ -134,3 +134,14 @@ def test_served_proxy_applies_file_then_flags(tmp_path, proxy_factory, mariadb):
         pymysql.connect(**connect_kwargs(p2.port))
     for c in conns:
         c.close()
+
+
+@pytest.mark.parametrize("key,value", [
+    ("capture.buffer-size", "0"), ("capture.buffer-size", "10b"), ("capture.file-size", "0"),
+    ("proxy.max-packet-size", "0"), ("proxy.backends", ","), ("proxy.health-check-interval", "0"),
+    ("proxy.connect-timeout", "0s"),
+])
+def test_values_that_cannot_work_are_refused(key, value):
+    with pytest.raises(ConfigError) as e:
+        Config({key: value})
+    assert str(e.value).startswith(key + ":")
