@@ -41,6 +41,10 @@ class Session:
     server_version: str = ""
     status_flags: int = SERVER_STATUS.AUTOCOMMIT
     prepared: dict[int, str] = field(default_factory=dict)
+    # per live statement: its number of parameters, and the parameter types last bound by an
+    # execute (clients send types once; replay needs them for statements prepared before a capture)
+    prepared_params: dict[int, int] = field(default_factory=dict)
+    prepared_types: dict[int, bytes] = field(default_factory=dict)
     commands: int = 0
     # the last finished command (kept as plain fields: building an object per command costs)
     last_result: CommandResult | None = None
@@ -69,7 +73,15 @@ class Session:
         On the per-command path: a set lookup, and one byte for COM_QUERY."""
         if cmd == COMMAND.COM_QUERY:
             return len(payload) > 1 and payload[1] in _MAYBE_USE
+        if cmd == COMMAND.COM_STMT_EXECUTE:  # only an execute that binds new parameter types
+            flag_at = self._types_flag_at(payload)
+            return flag_at > 0 and len(payload) > flag_at and payload[flag_at] == 1
         return cmd in _STATEFUL
+
+    def _types_flag_at(self, payload) -> int:
+        """Offset of new_params_bound_flag in a COM_STMT_EXECUTE payload (0: no parameters/unknown)."""
+        n = self.prepared_params.get(int.from_bytes(payload[1:5], "little"), 0)
+        return 10 + (n + 7) // 8 if n else 0
 
     def apply(self, cmd: int, payload: bytes | None, result: CommandResult) -> None:
         """Update the session from a finished command (payload given when needs_payload said so)."""
@@ -77,10 +89,20 @@ class Session:
             self.status_flags = result.status_flags
         elif result.outcome != 2:  # ERR or no answer: nothing changed (COM_STMT_CLOSE has no answer)
             return
-        if cmd == COMMAND.COM_STMT_PREPARE and payload is not None:
+        if cmd == COMMAND.COM_STMT_EXECUTE and payload is not None:
+            stmt_id = int.from_bytes(payload[1:5], "little")
+            flag_at = self._types_flag_at(payload)
+            if flag_at:
+                n = self.prepared_params[stmt_id]
+                self.prepared_types[stmt_id] = bytes(payload[flag_at + 1:flag_at + 1 + 2 * n])
+        elif cmd == COMMAND.COM_STMT_PREPARE and payload is not None:
             self.prepared[result.stmt_id] = bytes(payload[1:]).decode("utf-8", "replace")
+            self.prepared_params[result.stmt_id] = result.num_params
         elif cmd == COMMAND.COM_STMT_CLOSE and payload is not None:
-            self.prepared.pop(int.from_bytes(payload[1:5], "little"), None)
+            stmt_id = int.from_bytes(payload[1:5], "little")
+            self.prepared.pop(stmt_id, None)
+            self.prepared_params.pop(stmt_id, None)
+            self.prepared_types.pop(stmt_id, None)
         elif cmd == COMMAND.COM_INIT_DB and payload is not None:
             self.db = bytes(payload[1:]).decode("utf-8", "replace")
         elif cmd == COMMAND.COM_QUERY and payload is not None:
@@ -89,12 +111,17 @@ class Session:
                 name = m.group(1).decode("utf-8", "replace")
                 self.db = name[1:-1].replace("``", "`") if name.startswith("`") else name
         elif cmd == COMMAND.COM_RESET_CONNECTION:
-            self.prepared.clear()
+            self._forget_statements()
         elif cmd == COMMAND.COM_CHANGE_USER and payload is not None:
             from fastproxy.protocol import parse_change_user
 
             self.user, self.db = parse_change_user(payload, self.capabilities)
-            self.prepared.clear()
+            self._forget_statements()
+
+    def _forget_statements(self) -> None:
+        self.prepared.clear()
+        self.prepared_params.clear()
+        self.prepared_types.clear()
 
     def snapshot(self) -> dict:
         """What replay needs to rebuild this session (no secrets)."""
@@ -105,4 +132,5 @@ class Session:
             "charset": self.charset,
             "client_addr": self.client_addr,
             "prepared": sorted([sid, sql] for sid, sql in self.prepared.items()),
+            "types": {str(sid): t.hex() for sid, t in sorted(self.prepared_types.items()) if sid in self.prepared},
         }

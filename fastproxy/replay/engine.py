@@ -86,8 +86,8 @@ class Conn:
     """One captured connection and its replay connection."""
 
     __slots__ = ("idx", "conn_id", "user", "db", "capabilities", "charset", "queue", "client", "busy", "connecting",
-                 "stmt_map", "stmt_sql", "stmt_params", "stmt_types", "filtered_stmts", "inflight", "sent_ns",
-                 "due_ns", "closed", "pending_payload", "ever_connected")
+                 "stmt_map", "stmt_sql", "stmt_params", "stmt_types", "types_bound", "filtered_stmts", "inflight",
+                 "sent_ns", "due_ns", "closed", "pending_payload", "ever_connected")
 
     def __init__(self, idx: int, conn_id: int) -> None:
         self.idx = idx
@@ -103,7 +103,8 @@ class Conn:
         self.stmt_map: dict[int, int] = {}  # captured statement id -> replay statement id
         self.stmt_sql: dict[int, str] = {}  # captured statement id -> SQL (to re-prepare)
         self.stmt_params: dict[int, int] = {}  # captured statement id -> number of parameters
-        self.stmt_types: dict[int, list[int]] = {}  # captured statement id -> last bound parameter types
+        self.stmt_types: dict[int, bytes] = {}  # captured statement id -> last bound parameter types (raw)
+        self.types_bound: set[int] = set()  # captured ids whose types the replay server already has
         self.filtered_stmts: set[int] = set()
         self.inflight: Record | None = None
         self.sent_ns = 0
@@ -252,6 +253,8 @@ class Replayer:
             conn.charset = int(info.get("charset", 0) or 0)
             for sid, sql in info.get("prepared", []):
                 conn.stmt_sql[int(sid)] = sql  # re-prepared on first use
+            for sid, types in info.get("types", {}).items():
+                conn.stmt_types[int(sid)] = bytes.fromhex(types)  # bound again after that re-prepare
             return
         conn = self._conn(rec.conn_id)
         if kind == KIND_COMMAND:
@@ -371,6 +374,9 @@ class Replayer:
         if cmd in STMT_COMMANDS:
             captured_id = int.from_bytes(payload[1:5], "little")
             replay_id = conn.stmt_map.get(captured_id)
+            if replay_id is None and cmd == COMMAND.COM_STMT_CLOSE:
+                self.stats.replayed += 1  # never prepared on this replay connection: nothing to close
+                return self._consume(conn)
             if replay_id is None:
                 sql = conn.stmt_sql.get(captured_id)
                 if sql is None or captured_id in conn.filtered_stmts:
@@ -381,17 +387,48 @@ class Replayer:
                 conn.pending_payload = payload  # re-prepare, then send the real command
                 conn.client.send(b"\x16" + sql.encode(), ("reprepare", captured_id))
                 return False
-            payload = payload[:1] + replay_id.to_bytes(4, "little") + payload[5:]
+            payload = self._remap(conn, captured_id, replay_id, payload)
+            if payload is None:
+                return self._consume(conn)
             if cmd == COMMAND.COM_STMT_CLOSE:
                 conn.stmt_map.pop(captured_id, None)
         elif cmd == COMMAND.COM_RESET_CONNECTION:
             conn.stmt_map.clear()
+            conn.types_bound.clear()
         if not expects_response(cmd):  # COM_STMT_CLOSE / SEND_LONG_DATA: nothing to wait for
             conn.client.send_only(payload)
             self.stats.replayed += 1
             return self._consume(conn)
         conn.client.send(payload, None)
         return False
+
+    def _remap(self, conn: Conn, captured_id: int, replay_id: int, payload: bytes) -> bytes | None:
+        """The statement command with the replay statement id. An execute also needs parameter types
+        bound on this server: clients send them once after a prepare, so after a re-prepare (open
+        before the capture, reconnect, reset) the last captured types are put back in. None if they
+        are unknown (reported, not sent: the server would only answer "incorrect arguments")."""
+        payload = payload[:1] + replay_id.to_bytes(4, "little") + payload[5:]
+        if payload[0] != COMMAND.COM_STMT_EXECUTE:
+            return payload
+        n = conn.stmt_params.get(captured_id, 0)
+        flag_at = 10 + (n + 7) // 8  # cmd, stmt id, flags, iteration count, NULL bitmap
+        if n == 0 or len(payload) <= flag_at:
+            return payload
+        if payload[flag_at] == 1:
+            conn.stmt_types[captured_id] = payload[flag_at + 1:flag_at + 1 + 2 * n]
+            conn.types_bound.add(captured_id)
+            return payload
+        if captured_id in conn.types_bound:
+            return payload
+        types = conn.stmt_types.get(captured_id)
+        if types is None:
+            self.stats.skipped += 1
+            self.report.add_other("unknown parameter types", f"statement {captured_id} of connection {conn.conn_id}: "
+                                  f"re-prepared on replay, but the capture never saw its parameter types",
+                                  time.time_ns())
+            return None
+        conn.types_bound.add(captured_id)
+        return payload[:flag_at] + b"\x01" + types + payload[flag_at + 1:]
 
     def _read_only_ok(self, conn: Conn, cmd: int, payload: bytes) -> bool:
         if cmd == COMMAND.COM_QUERY:
@@ -413,6 +450,7 @@ class Replayer:
                 timeout=self.opt.connect_timeout)
             conn.ever_connected = True
             conn.stmt_map.clear()  # a new server session: statements are re-prepared on first use
+            conn.types_bound.clear()
         except (OSError, asyncio.TimeoutError, LoginError, Exception) as e:  # noqa: BLE001
             err_type = ("i/o timeout" if isinstance(e, asyncio.TimeoutError)
                         else "login failed" if isinstance(e, LoginError) else "connect failed")
@@ -452,7 +490,10 @@ class Replayer:
                 return self._next(conn)
             conn.stmt_map[captured_id] = result.stmt_id
             conn.stmt_params[captured_id] = result.num_params
-            payload = payload[:1] + result.stmt_id.to_bytes(4, "little") + payload[5:]
+            conn.types_bound.discard(captured_id)
+            payload = self._remap(conn, captured_id, result.stmt_id, payload)
+            if payload is None:
+                return self._next(conn)
             client.send(payload, None)
             return
         cmd = rec.payload[0]
@@ -464,6 +505,7 @@ class Replayer:
             if result.outcome == OUTCOME_OK:
                 conn.stmt_map[captured_id] = result.stmt_id
                 conn.stmt_params[captured_id] = result.num_params
+                conn.types_bound.discard(captured_id)
         elif cmd == COMMAND.COM_INIT_DB and result.outcome == OUTCOME_OK:
             conn.db = rec.payload[1:].decode("utf-8", "replace")
         self._compare(conn, rec, result, now)
@@ -507,9 +549,9 @@ class Replayer:
         from fastproxy.replay.params import decode_execute_params, format_params
 
         try:
-            values, types = decode_execute_params(payload, conn.stmt_params.get(captured_id, 0),
-                                                  conn.stmt_types.get(captured_id))
-            conn.stmt_types[captured_id] = types
+            raw = conn.stmt_types.get(captured_id)  # u16 per parameter: type | flags << 8
+            prev = [raw[i] | raw[i + 1] << 8 for i in range(0, len(raw) - 1, 2)] if raw else None
+            values, _ = decode_execute_params(payload, conn.stmt_params.get(captured_id, 0), prev)
             return "params=" + format_params(values)
         except Exception as e:  # noqa: BLE001 - a sample is best-effort; the failure itself is recorded
             return f"params=<undecodable: {e}>"
