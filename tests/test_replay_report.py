@@ -176,7 +176,7 @@ def test_report_backend_killed_mid_replay(mariadb, mariadb_private, tmp_path):
                                        report_dir=str(tmp_path / "reports"), write_tables=True,
                                        during=kill_then_restart)
     types = summary["other_error_types"]
-    assert types and set(types) <= {"connection lost", "connect failed"}, summary
+    assert types and set(types) <= {"connection lost", "connect failed", "idle connection lost"}, summary
     # each command was replayed, skipped (could not connect) or lost with its connection
     assert (summary["commands_replayed"] + summary["commands_skipped"] + types.get("connection lost", 0)
             == len(cmds)), summary

@@ -18,6 +18,15 @@ _STATEFUL = frozenset((COMMAND.COM_STMT_PREPARE, COMMAND.COM_STMT_CLOSE, COMMAND
 _MAYBE_USE = frozenset(b"uU \t\r\n/#-")
 
 
+def used_database(payload) -> str | None:
+    """The database a COM_QUERY payload (command byte included) switches to with `USE db`, else None."""
+    m = _USE_RE.match(bytes(payload[1:]))
+    if not m:
+        return None
+    name = m.group(1).decode("utf-8", "replace")
+    return name[1:-1].replace("``", "`") if name.startswith("`") else name
+
+
 @dataclass
 class CommandInfo:
     """One finished command, as the proxy saw it."""
@@ -106,10 +115,7 @@ class Session:
         elif cmd == COMMAND.COM_INIT_DB and payload is not None:
             self.db = bytes(payload[1:]).decode("utf-8", "replace")
         elif cmd == COMMAND.COM_QUERY and payload is not None:
-            m = _USE_RE.match(bytes(payload[1:]))
-            if m:
-                name = m.group(1).decode("utf-8", "replace")
-                self.db = name[1:-1].replace("``", "`") if name.startswith("`") else name
+            self.db = used_database(payload) or self.db
         elif cmd == COMMAND.COM_RESET_CONNECTION:
             self._forget_statements()
         elif cmd == COMMAND.COM_CHANGE_USER and payload is not None:

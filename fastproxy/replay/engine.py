@@ -25,6 +25,7 @@ from fastproxy.replay._scheduler import Scheduler
 from fastproxy.replay.client import LoginError, ReplayClient
 from fastproxy.replay.lag import LagStats
 from fastproxy.replay.report import Report
+from fastproxy.proxy.session import used_database
 from fastproxy.replay.statements import is_read_only
 
 log = logging.getLogger("fastproxy.replay")
@@ -40,6 +41,7 @@ NOT_REPLAYABLE = {COMMAND.COM_CHANGE_USER, COMMAND.COM_BINLOG_DUMP, COMMAND.COM_
                   COMMAND.COM_REGISTER_SLAVE, COMMAND.COM_SHUTDOWN, COMMAND.COM_PROCESS_KILL}
 
 
+_MAYBE_USE_FIRST = frozenset(bytes((c,)) for c in b"uU \t\r\n/#-")  # first SQL byte of a possible `USE db`
 READ_BATCH = 2048  # records decoded per trip to the reader thread
 
 
@@ -473,6 +475,11 @@ class Replayer:
             self.report.add_other("connection lost", f"connection {conn.conn_id}: the server closed the connection "
                                   f"during {command_name(conn.inflight.payload[0])}: {exc or 'EOF'}", time.time_ns())
             self._next(conn)
+        elif not conn.closed:
+            # idle (wait_timeout, a restart): its session state is gone too; reopened for its next command
+            self.stats.other_errors += 1
+            self.report.add_other("idle connection lost", f"connection {conn.conn_id}: the server closed the idle "
+                                  f"connection: {exc or 'EOF'}", time.time_ns())
 
     def _on_result(self, client: ReplayClient, result) -> None:
         conn: Conn = client.owner
@@ -508,6 +515,8 @@ class Replayer:
                 conn.types_bound.discard(captured_id)
         elif cmd == COMMAND.COM_INIT_DB and result.outcome == OUTCOME_OK:
             conn.db = rec.payload[1:].decode("utf-8", "replace")
+        elif cmd == COMMAND.COM_QUERY and result.outcome == OUTCOME_OK and rec.payload[1:2] in _MAYBE_USE_FIRST:
+            conn.db = used_database(rec.payload) or conn.db  # a reconnect must land in the same database
         self._compare(conn, rec, result, now)
         self._next(conn)
 
