@@ -132,3 +132,18 @@ def test_multi_statement_path_agrees(sql, expected):
     # a second statement sends the query down the tokenizing path instead of the quick one
     assert is_read_only(f"{sql}; SELECT 1") is expected
     assert is_read_only(f"SELECT 1; {sql}") is expected
+
+
+@pytest.mark.parametrize("sql,expected", [
+    ("SET STATEMENT max_statement_time=1 FOR DELETE FROM t", False),
+    ("SET STATEMENT max_statement_time=1 FOR INSERT INTO t VALUES (1)", False),
+    ("SET STATEMENT max_statement_time=1 FOR SELECT 1", True),
+    ("SELECT NEXTVAL(s)", False),
+    ("select nextval (s)", False),
+    ("SELECT SETVAL(s, 5)", False),
+    ("SELECT NEXT VALUE FOR s", False),
+    ("SELECT GET_LOCK('a', 1)", False),
+    ("SELECT `nextval` FROM t", True),
+])
+def test_statements_that_write_behind_a_read_only_look(sql, expected):
+    assert is_read_only(sql) is expected

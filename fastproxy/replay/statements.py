@@ -20,6 +20,9 @@ Rules, per statement of a multi-statement query (all must pass):
   plain ``SET var = ...``); not when any part is GLOBAL/PERSIST, nor SET PASSWORD, SET DEFAULT ROLE,
   or TiDB's SET CONFIG / SET BINDING, which change state beyond the session.
 - USE.
+- MariaDB's ``SET STATEMENT ... FOR x``: ``x`` decides.
+- Not read-only although they look like queries: SELECTs that call ``NEXTVAL``/``SETVAL``/``NEXT VALUE
+  FOR`` (sequences) or ``GET_LOCK``/``RELEASE_LOCK`` (named locks).
 
 Everything else is not read-only: DML, DDL, CALL, DO, LOAD DATA, GRANT, LOCK TABLES, ANALYZE, ...
 """
@@ -43,7 +46,10 @@ _SET_DENY_ANY = frozenset({"global", "persist", "persist_only"})
 # The common case, decided on the normalized text without tokenizing it; it is single-spaced and
 # has no comments or strings left, so a plain search is exact (back-quoted names take the slow path).
 _FIRST_WORD = re.compile(r"[\s(]*([\w$]+)")
-_LOCK_OR_WRITE = re.compile(r"\b(?:into|for (?:update|share)|lock in share mode)\b")
+# functions whose call changes state (sequences, named locks): a SELECT of them is not read-only
+_SIDE_EFFECT_FUNCS = frozenset({"nextval", "setval", "get_lock", "release_lock", "release_all_locks"})
+_LOCK_OR_WRITE = re.compile(r"\b(?:into|for (?:update|share)|lock in share mode|next value for|previous value for"
+                            r"|(?:" + "|".join(sorted(_SIDE_EFFECT_FUNCS)) + r")\s*\()")
 _SLOW_FIRST = frozenset({"with", "explain", "set", "start", "release", "begin"})
 
 
@@ -112,6 +118,10 @@ def _query_is_read_only(toks: list[str]) -> bool:
             return False
         if tok == "lock" and toks[i + 1:i + 4] == ["in", "share", "mode"]:
             return False
+        if tok == "next" and toks[i + 1:i + 3] == ["value", "for"]:  # MariaDB sequences
+            return False
+        if tok in _SIDE_EFFECT_FUNCS and toks[i + 1:i + 2] == ["("]:
+            return False
     return True
 
 
@@ -130,6 +140,13 @@ def _with_is_read_only(toks: list[str]) -> bool:
 
 def _set_is_read_only(toks: list[str]) -> bool:
     if len(toks) < 2 or toks[1] in _SET_DENY_FIRST:
+        return False
+    if toks[1] == "statement":  # MariaDB "SET STATEMENT var=... FOR <statement>": the statement decides
+        depth = 0
+        for i, tok in enumerate(toks[2:], 2):
+            depth += (tok == "(") - (tok == ")")
+            if depth == 0 and tok == "for":
+                return _statement_is_read_only(toks[i + 1:])
         return False
     # "SET a = 1, GLOBAL b = 2" and "SET @@global.x = 1" both reach past the session
     return not any(tok in _SET_DENY_ANY for tok in toks[1:])
