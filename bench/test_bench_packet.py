@@ -103,3 +103,23 @@ def test_tracker_point_select(benchmark, deprecate_eof):
     _report(benchmark, n, n * len(resp), unit="commands")
     if "packets_per_s" in benchmark.extra_info:
         benchmark.extra_info["packets_per_s"] *= len(x.packets)
+
+
+@pytest.mark.parametrize("mib", [16, 128])
+def test_framer_large_packet_in_small_chunks(benchmark, mib):
+    """One big client packet arriving in 64 KiB reads: the cost must stay linear in its size."""
+    from fastproxy._packet import PacketFramer, build_packet
+
+    data = build_packet(0, b"x" * (mib << 20))
+    chunks = [data[i:i + 65536] for i in range(0, len(data), 65536)]
+
+    def run():
+        f = PacketFramer(1 << 30)
+        for c in chunks:
+            f.feed(c)
+            pkt = f.next_packet()
+        return pkt
+
+    pkt = benchmark.pedantic(run, rounds=3, iterations=1)
+    assert len(pkt[1]) == mib << 20
+    benchmark.extra_info["MB_per_s"] = (mib << 20) / benchmark.stats.stats.median / 1e6

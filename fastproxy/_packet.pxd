@@ -28,12 +28,17 @@ cdef enum TrackState:
 
 
 cdef class PacketFramer:
-    cdef list _chunks           # received data not yet consumed (bytes objects)
+    cdef object _chunks         # deque of received data not yet consumed (bytes objects)
     cdef Py_ssize_t _avail      # bytes available across _chunks (after _offset)
     cdef Py_ssize_t _offset     # read offset into _chunks[0]
+    # where _need() stopped, so that a large packet arriving in many chunks is scanned once
+    cdef Py_ssize_t _scan_off   # offset (past the read position) of the physical header to look at
+    cdef Py_ssize_t _scan_total # payload bytes of the logical packet counted so far
+    cdef Py_ssize_t _scan_len   # length of the physical packet at _scan_off, -1 if its header is unread
     cdef public Py_ssize_t max_packet_size
     cdef Py_ssize_t _need(self) except -2
     cdef bytes _take(self, Py_ssize_t n)
+    cdef int _take_into(self, Py_ssize_t n, list parts) except -1
     cdef int _byte_at(self, Py_ssize_t pos)
 
 

@@ -69,10 +69,13 @@ cdef class PacketFramer:
     """Whole logical packets out of a byte stream: feed(data), then next_packet() until None."""
 
     def __cinit__(self, Py_ssize_t max_packet_size=1 << 30):
-        self._chunks = []
+        self._chunks = deque()
         self._avail = 0
         self._offset = 0
         self.max_packet_size = max_packet_size
+        self._scan_off = 0
+        self._scan_total = 0
+        self._scan_len = -1
 
     @property
     def buffered(self):
@@ -96,24 +99,34 @@ cdef class PacketFramer:
             i += 1
 
     cdef Py_ssize_t _need(self) except -2:
-        """Bytes (headers included) of the next logical packet, or -1 if not all here yet."""
-        cdef Py_ssize_t off = 0, length, total = 0
+        """Bytes (headers included) of the next logical packet, or -1 if not all here yet. Resumes
+        where the last call stopped: each physical header is read once, however many chunks."""
+        cdef Py_ssize_t off = self._scan_off, length
         while True:
-            if self._avail < off + 4:
-                return -1
-            length = self._byte_at(off) | (self._byte_at(off + 1) << 8) | (self._byte_at(off + 2) << 16)
-            total += length
-            if total > self.max_packet_size:
-                raise PacketTooLarge(f"packet of at least {total} bytes exceeds the limit of {self.max_packet_size}")
-            off += 4 + length
-            if self._avail < off:
+            if self._scan_len < 0:
+                if self._avail < off + 4:
+                    self._scan_off = off
+                    return -1
+                length = self._byte_at(off) | (self._byte_at(off + 1) << 8) | (self._byte_at(off + 2) << 16)
+                self._scan_total += length
+                if self._scan_total > self.max_packet_size:
+                    raise PacketTooLarge(f"packet of at least {self._scan_total} bytes exceeds the limit of "
+                                         f"{self.max_packet_size}")
+                self._scan_len = length
+            length = self._scan_len
+            if self._avail < off + 4 + length:
+                self._scan_off = off
                 return -1
             if length < MAX_PAYLOAD:
-                return off
+                self._scan_off = 0
+                self._scan_total = 0
+                self._scan_len = -1
+                return off + 4 + length
+            off += 4 + length
+            self._scan_len = -1
 
-    cdef bytes _take(self, Py_ssize_t n):
-        # Only used when a packet spans chunks or is split: one join.
-        cdef list parts = []
+    cdef int _take_into(self, Py_ssize_t n, list parts) except -1:
+        """Consume n bytes, appending views of them to `parts` (no copy yet)."""
         cdef bytes chunk
         cdef Py_ssize_t k
         while n > 0:
@@ -124,8 +137,14 @@ cdef class PacketFramer:
             self._avail -= k
             self._offset += k
             if self._offset == len(chunk):
-                self._chunks.pop(0)
+                self._chunks.popleft()
                 self._offset = 0
+        return 0
+
+    cdef bytes _take(self, Py_ssize_t n):
+        # Only used when a packet spans chunks: one join.
+        cdef list parts = []
+        self._take_into(n, parts)
         return b"".join(parts)
 
     def next_packet(self):
@@ -144,20 +163,24 @@ cdef class PacketFramer:
             self._offset += need
             self._avail -= need
             if self._offset == len(chunk):
-                self._chunks.pop(0)
+                self._chunks.popleft()
                 self._offset = 0
             return seq, payload
-        raw = self._take(need)
+        # spans chunks, or 16 MiB continuations: the payload parts are joined with a single copy
         parts = []
         pos = 0
         while pos < need:
-            length = raw[pos] | (raw[pos + 1] << 8) | (raw[pos + 2] << 16)
-            parts.append(raw[pos + 4:pos + 4 + length])
+            header = self._take(4)
+            length = header[0] | (header[1] << 8) | (header[2] << 16)
+            self._take_into(length, parts)
             pos += 4 + length
-        return seq, parts[0] if len(parts) == 1 else b"".join(parts)
+        return seq, b"".join(parts)
 
     def take_all(self):
         """Everything buffered, as bytes (e.g. to forward raw once framing is no longer needed)."""
+        self._scan_off = 0
+        self._scan_total = 0
+        self._scan_len = -1
         return self._take(self._avail)
 
 
