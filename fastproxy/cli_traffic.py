@@ -29,11 +29,11 @@ def _call(addr: str, method: str, path: str, form: dict | None = None, timeout: 
         raise click.ClickException(f"cannot reach the fastproxy API at {addr}: {reason}") from None
 
 
-def _each(curls: str, method: str, path: str, form: dict | None = None) -> None:
+def _each(curls: str, method: str, path: str, form: dict | None = None, timeout: float = 30.0) -> None:
     failed = False
     addrs = _addrs(curls)
     for addr in addrs:
-        status, body = _call(addr, method, path, form)
+        status, body = _call(addr, method, path, form, timeout)
         prefix = f"{addr}: " if len(addrs) > 1 else ""
         if status >= 400:
             failed = True
@@ -99,7 +99,9 @@ def show(curls: str) -> None:
 @click.option("--graceful", is_flag=True, help="replay: stop reading, let queued commands finish")
 def cancel(curls: str, kind: str, graceful: bool) -> None:
     """Cancel the running capture and/or replay."""
-    _each(curls, "POST", "/api/traffic/cancel", {"type": kind, "graceful": str(graceful).lower()})
+    # a graceful replay cancel returns once the queued commands are done: allow for it
+    _each(curls, "POST", "/api/traffic/cancel", {"type": kind, "graceful": str(graceful).lower()},
+          timeout=3600 if graceful else 60)
 
 
 @traffic.command()

@@ -85,6 +85,9 @@ class ClientConnection(asyncio.Protocol):
 
     async def _connect_backend(self) -> None:
         backend = self.server.pool.any_backend()
+        # counted from now on, not once connected: a burst of new clients spreads over the backends
+        self.backend = backend
+        backend.connections += 1
         loop = self.server.loop
         try:
             await asyncio.wait_for(
@@ -93,6 +96,9 @@ class ClientConnection(asyncio.Protocol):
         except (OSError, asyncio.TimeoutError) as e:
             reason = e.strerror if isinstance(e, OSError) and e.strerror else type(e).__name__
             log.warning("conn %d: backend %s unreachable: %s", self.session.conn_id, backend.addr, reason)
+            if self.backend is backend:
+                backend.connections -= 1
+                self.backend = None
             backend.healthy = False
             self.stats.connections_rejected += 1
             if self.phase != CLOSED:
@@ -105,8 +111,6 @@ class ClientConnection(asyncio.Protocol):
         if self.phase == CLOSED:  # the client went away while we connected
             side.transport.close()
             return
-        self.backend = backend
-        backend.connections += 1
         self.session.backend = backend.addr
         self.backend_side = side
         self._to_backend = side.transport.write
@@ -292,8 +296,8 @@ class ClientConnection(asyncio.Protocol):
                                                 f"{self.session.backend} during query", seq, "08S01"))
         elif self.phase in (GREETING, AUTH):
             log.warning("conn %d (%s): backend %s closed the connection during the handshake", self.session.conn_id,
-                        self.session.client_addr, self.backend.addr)
-            self.transport.write(err_packet(ER_UNKNOWN_ERROR, f"fastproxy: backend {self.backend.addr} closed the "
+                        self.session.client_addr, self.session.backend)
+            self.transport.write(err_packet(ER_UNKNOWN_ERROR, f"fastproxy: backend {self.session.backend} closed the "
                                             f"connection during the handshake", 0, "08S01"))
         self._close()
 
@@ -324,6 +328,7 @@ class ClientConnection(asyncio.Protocol):
             self.stats.connections -= 1
             if self.backend:
                 self.backend.connections -= 1
+                self.backend = None
             self.server.on_closed(self)
 
 

@@ -137,6 +137,7 @@ class ReplayJob(Job):
         self.run = run
         self.input = run.engine.input_dir
         self._task: asyncio.Task | None = None
+        self._stop_error: str | None = None
 
     @classmethod
     def from_form(cls, server: "ProxyServer", form: dict) -> "ReplayJob":
@@ -166,7 +167,7 @@ class ReplayJob(Job):
     async def _run(self) -> None:
         try:
             summary = await self.run.run()
-            err = summary.get("report_tables_error") or None
+            err = self._stop_error or summary.get("report_tables_error") or None
             self.finish(error=err, canceled=self.run.engine.canceled)
         except Exception as e:  # noqa: BLE001
             log.exception("replay failed")
@@ -178,7 +179,7 @@ class ReplayJob(Job):
     async def stop(self, canceled: bool = True, graceful: bool = False, error: str | None = None) -> None:
         self.run.engine.cancel(graceful=graceful)
         if error:
-            self.error = error
+            self._stop_error = error  # why it stopped (e.g. the proxy shut down): kept for `show`
         if self._task:
             await asyncio.shield(self._task)
 
