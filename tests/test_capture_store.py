@@ -182,7 +182,12 @@ def test_write_error_mid_file_sets_error(tmp_path):
         signal.signal(signal.SIGXFSZ, old_handler)
     assert w.error and "cannot write traffic file" in w.error
     assert meta["error"] == w.error
-    assert not output_dir_has_capture(out)  # no meta claims the capture is complete
+    # meta is written anyway (it says what happened), and a reader takes the files up to the cut
+    assert output_dir_has_capture(out)
+    reader = TrafficReader(out)
+    assert reader.meta["writer_error"] == w.error and not reader.complete
+    got = list(reader)
+    assert 0 < len(got) < 5_000
 
 
 def test_refuses_dir_with_capture(tmp_path):

@@ -46,7 +46,8 @@ class TrafficReader:
             raise TrafficFormatError(f"{self.input_dir}: not a capture directory")
         self.files = list_traffic_files(self.input_dir)
         self.meta = self._load_meta()
-        self.complete = bool(self.meta)
+        # a capture stopped by a writer error (disk full) has meta, but its last file may be cut
+        self.complete = bool(self.meta) and "writer_error" not in self.meta
         if not self.complete and not self.files:
             raise TrafficFormatError(
                 f"{self.input_dir}: no capture here (no meta, no traffic files)")

@@ -101,12 +101,15 @@ class CaptureWriter:
             "compression": "lz4" if self.compress else "none",
             "encryption": "aes-256-ctr" if self._key is not None else "none",
         })
-        if self.error is None:
-            try:
-                self._write_meta(merged)
-            except OSError as e:
-                self._fail("cannot write meta", e)
         if self.error is not None:
+            merged["error"] = self.error
+            merged["writer_error"] = self.error  # readers then accept a cut-off end of the last file
+        try:
+            # even after a disk error: the last file is closed now and meta is small, so it may fit,
+            # and it tells a reader what happened
+            self._write_meta(merged)
+        except OSError as e:
+            self._fail("cannot write meta", e)
             merged["error"] = self.error
         self._meta = merged
         return merged
