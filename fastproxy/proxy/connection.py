@@ -214,6 +214,11 @@ class ClientConnection(asyncio.Protocol):
             self.backend_side.transport.resume_reading()
 
     def connection_lost(self, exc) -> None:
+        if self.phase == COMMANDS and not self.tracker.idle:
+            # the client left with commands unanswered: they still happened (capture records them
+            # with an unknown outcome, so replay sends them too)
+            self.tracker.abort()
+            self._on_completed(time.time_ns())
         self._close()
 
     # ---- backend side ------------------------------------------------------------------------
