@@ -51,6 +51,33 @@ cpdef bint expects_response(int cmd):
     return not (cmd == COM_QUIT or cmd == COM_STMT_CLOSE or cmd == COM_STMT_SEND_LONG_DATA)
 
 
+def execute_types_at(payload, dict num_params):
+    """Offset of the parameter types in a COM_STMT_EXECUTE payload that binds new ones
+    (new_params_bound_flag = 1), else 0. `num_params` maps statement id -> number of parameters.
+    On the proxy's per-command path, hence here and not in Python."""
+    cdef Py_buffer buf
+    cdef const unsigned char* p
+    cdef Py_ssize_t n, flag_at, size
+    cdef unsigned long stmt_id
+    PyObject_GetBuffer(payload, &buf, PyBUF_SIMPLE)
+    try:
+        p = <const unsigned char*>buf.buf
+        size = buf.len
+        if size < 11:
+            return 0
+        stmt_id = p[1] | (p[2] << 8) | (p[3] << 16) | (<unsigned long>p[4] << 24)
+        count = num_params.get(stmt_id)
+        if not count:
+            return 0
+        n = count
+        flag_at = 10 + (n + 7) // 8
+        if size <= flag_at or p[flag_at] != 1:
+            return 0
+        return flag_at + 1
+    finally:
+        PyBuffer_Release(&buf)
+
+
 def build_packet(int seq, payload):
     """Frame `payload` as one or more packets (split at 16 MiB - 1), starting at sequence `seq`."""
     cdef Py_ssize_t n = len(payload), pos = 0, part

@@ -4,7 +4,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from fastproxy._packet import CommandResult
+from fastproxy._packet import CommandResult, execute_types_at
 from fastproxy.constants import COMMAND, SERVER_STATUS
 
 # `USE db` at the start of a COM_QUERY, after comments/whitespace; db maybe back-quoted
@@ -83,14 +83,8 @@ class Session:
         if cmd == COMMAND.COM_QUERY:
             return len(payload) > 1 and payload[1] in _MAYBE_USE
         if cmd == COMMAND.COM_STMT_EXECUTE:  # only an execute that binds new parameter types
-            flag_at = self._types_flag_at(payload)
-            return flag_at > 0 and len(payload) > flag_at and payload[flag_at] == 1
+            return self.prepared_params and execute_types_at(payload, self.prepared_params) > 0
         return cmd in _STATEFUL
-
-    def _types_flag_at(self, payload) -> int:
-        """Offset of new_params_bound_flag in a COM_STMT_EXECUTE payload (0: no parameters/unknown)."""
-        n = self.prepared_params.get(int.from_bytes(payload[1:5], "little"), 0)
-        return 10 + (n + 7) // 8 if n else 0
 
     def apply(self, cmd: int, payload: bytes | None, result: CommandResult) -> None:
         """Update the session from a finished command (payload given when needs_payload said so)."""
@@ -100,10 +94,10 @@ class Session:
             return
         if cmd == COMMAND.COM_STMT_EXECUTE and payload is not None:
             stmt_id = int.from_bytes(payload[1:5], "little")
-            flag_at = self._types_flag_at(payload)
-            if flag_at:
+            types_at = execute_types_at(payload, self.prepared_params)
+            if types_at:
                 n = self.prepared_params[stmt_id]
-                self.prepared_types[stmt_id] = bytes(payload[flag_at + 1:flag_at + 1 + 2 * n])
+                self.prepared_types[stmt_id] = bytes(payload[types_at:types_at + 2 * n])
         elif cmd == COMMAND.COM_STMT_PREPARE and payload is not None:
             self.prepared[result.stmt_id] = bytes(payload[1:]).decode("utf-8", "replace")
             self.prepared_params[result.stmt_id] = result.num_params
