@@ -51,6 +51,12 @@ cpdef bint expects_response(int cmd):
     return not (cmd == COM_QUIT or cmd == COM_STMT_CLOSE or cmd == COM_STMT_SEND_LONG_DATA)
 
 
+cpdef Py_ssize_t execute_flag_at(Py_ssize_t num_params):
+    """Offset of new_params_bound_flag in a COM_STMT_EXECUTE payload of a statement with
+    `num_params` (> 0) parameters: command, statement id, flags, iteration count, NULL bitmap."""
+    return 10 + (num_params + 7) // 8
+
+
 def execute_types_at(payload, dict num_params):
     """Offset of the parameter types in a COM_STMT_EXECUTE payload that binds new ones
     (new_params_bound_flag = 1), else 0. `num_params` maps statement id -> number of parameters.
@@ -70,7 +76,7 @@ def execute_types_at(payload, dict num_params):
         if not count:
             return 0
         n = count
-        flag_at = 10 + (n + 7) // 8
+        flag_at = execute_flag_at(n)
         if size <= flag_at or p[flag_at] != 1:
             return 0
         return flag_at + 1

@@ -14,7 +14,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("fastproxy.jobs")
 
 
-def _bool(form: dict, key: str, default: bool) -> bool:
+def parse_bool(form: dict, key: str, default: bool) -> bool:
     value = str(form.get(key, "")).strip().lower()
     if value == "":
         return default
@@ -59,7 +59,7 @@ class JobManager:
         duration = parse_duration(form["duration"], "duration")
         if duration <= 0:
             raise ConfigError("duration: must be positive")
-        compress = _bool(form, "compress", True)
+        compress = parse_bool(form, "compress", True)
         method = str(form.get("encryption-method", "")).strip().lower()
         key = None
         if method not in ("", "aes256-ctr", "aes-256-ctr"):

@@ -5,6 +5,11 @@ import time
 from datetime import datetime, timezone
 
 
+def utc_iso(ns: int) -> str:
+    """Unix-epoch nanoseconds as ISO 8601 UTC with milliseconds ("" for 0), for meta and summaries."""
+    return datetime.fromtimestamp(ns / 1e9, timezone.utc).isoformat(timespec="milliseconds") if ns else ""
+
+
 def format_duration(seconds: float) -> str:
     """Go-style durations as TiProxy prints them: 1h2m3s, 45s, 1.5s."""
     if seconds < 60:

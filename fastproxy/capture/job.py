@@ -18,7 +18,8 @@ from fastproxy._ringbuf import RingBuffer
 from fastproxy.capture.record import KIND_CONN_CLOSE, KIND_CONN_OPEN, KIND_CONN_STATE
 from fastproxy.capture.writer import CaptureWriter
 from fastproxy.constants import COMMAND
-from fastproxy.jobs_base import Job
+from fastproxy.errors import JobError
+from fastproxy.jobs_base import Job, utc_iso
 from fastproxy.protocol import change_user_without_auth
 
 if TYPE_CHECKING:
@@ -86,11 +87,9 @@ class CaptureJob(Job):
     def start(self) -> None:
         self.writer.start()
         if self.writer.error:
-            raise_error = self.writer.error
+            error = self.writer.error
             self.writer.stop({})
-            from fastproxy.errors import JobError
-
-            raise JobError(f"capture cannot start: {raise_error}")
+            raise JobError(f"capture cannot start: {error}")
         self.start_ns = time.time_ns()
         self.mark_started()
         server = self.server
@@ -136,7 +135,7 @@ class CaptureJob(Job):
             conn.session.capture_state = None
         end_ns = time.time_ns()
         meta = {
-            "start": _iso(self.start_ns), "end": _iso(end_ns), "duration": round((end_ns - self.start_ns) / 1e9, 3),
+            "start": utc_iso(self.start_ns), "end": utc_iso(end_ns), "duration": round((end_ns - self.start_ns) / 1e9, 3),
             "start_ns": self.start_ns, "end_ns": end_ns,
             "commands": self.commands, "filtered_commands": self.filtered, "connections": self.connections,
             "existing_connections": self.existing_connections, "waited_for_transaction": self.waited_for_txn,
@@ -254,9 +253,3 @@ class CaptureJob(Job):
         if self.status != "running":
             return 1.0 if self.status == "done" else self._progress_at_end
         return min(1.0, (time.time_ns() - self.start_ns) / 1e9 / self.duration) if self.duration else 1.0
-
-
-def _iso(ns: int) -> str:
-    from datetime import datetime, timezone
-
-    return datetime.fromtimestamp(ns / 1e9, timezone.utc).isoformat(timespec="milliseconds")

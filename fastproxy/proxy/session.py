@@ -20,6 +20,8 @@ _MAYBE_USE = frozenset(b"uU \t\r\n/#-")
 
 def used_database(payload) -> str | None:
     """The database a COM_QUERY payload (command byte included) switches to with `USE db`, else None."""
+    if len(payload) < 2 or payload[1] not in _MAYBE_USE:  # most queries: rejected on one byte
+        return None
     m = _USE_RE.match(bytes(payload[1:]))
     if not m:
         return None
@@ -81,7 +83,7 @@ class Session:
         """Whether the command's payload must be kept until its response (to update this state).
         On the per-command path: a set lookup, and one byte for COM_QUERY."""
         if cmd == COMMAND.COM_QUERY:
-            return len(payload) > 1 and payload[1] in _MAYBE_USE
+            return len(payload) > 1 and payload[1] in _MAYBE_USE  # the same test used_database starts with
         if cmd == COMMAND.COM_STMT_EXECUTE:  # only an execute that binds new parameter types
             return self.prepared_params and execute_types_at(payload, self.prepared_params) > 0
         return cmd in _STATEFUL

@@ -16,7 +16,7 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from fastproxy._digest import digest
-from fastproxy._packet import expects_response
+from fastproxy._packet import execute_flag_at, execute_types_at, expects_response
 from fastproxy.capture.reader import TrafficReader
 from fastproxy.capture.record import (KIND_COMMAND, KIND_CONN_CLOSE, KIND_CONN_OPEN, KIND_CONN_STATE,
                                       OUTCOME_ERR, OUTCOME_OK, Record)
@@ -25,6 +25,7 @@ from fastproxy.replay._scheduler import Scheduler
 from fastproxy.replay.client import LoginError, ReplayClient
 from fastproxy.replay.lag import LagStats
 from fastproxy.replay.report import Report
+from fastproxy.jobs_base import utc_iso
 from fastproxy.proxy.session import used_database
 from fastproxy.replay.statements import is_read_only
 
@@ -41,7 +42,6 @@ NOT_REPLAYABLE = {COMMAND.COM_CHANGE_USER, COMMAND.COM_BINLOG_DUMP, COMMAND.COM_
                   COMMAND.COM_REGISTER_SLAVE, COMMAND.COM_SHUTDOWN, COMMAND.COM_PROCESS_KILL}
 
 
-_MAYBE_USE_FIRST = frozenset(bytes((c,)) for c in b"uU \t\r\n/#-")  # first SQL byte of a possible `USE db`
 READ_BATCH = 2048  # records decoded per trip to the reader thread
 
 
@@ -409,19 +409,17 @@ class Replayer:
         bound on this server: clients send them once after a prepare, so after a re-prepare (open
         before the capture, reconnect, reset) the last captured types are put back in. None if they
         are unknown (reported, not sent: the server would only answer "incorrect arguments")."""
-        payload = payload[:1] + replay_id.to_bytes(4, "little") + payload[5:]
+        remapped = payload[:1] + replay_id.to_bytes(4, "little") + payload[5:]
         if payload[0] != COMMAND.COM_STMT_EXECUTE:
-            return payload
-        n = conn.stmt_params.get(captured_id, 0)
-        flag_at = 10 + (n + 7) // 8  # cmd, stmt id, flags, iteration count, NULL bitmap
-        if n == 0 or len(payload) <= flag_at:
-            return payload
-        if payload[flag_at] == 1:
-            conn.stmt_types[captured_id] = payload[flag_at + 1:flag_at + 1 + 2 * n]
+            return remapped
+        types_at = execute_types_at(payload, conn.stmt_params)  # keyed by the captured statement id
+        if types_at:  # this execute binds types itself: remember them
+            conn.stmt_types[captured_id] = payload[types_at:types_at + 2 * conn.stmt_params[captured_id]]
             conn.types_bound.add(captured_id)
-            return payload
-        if captured_id in conn.types_bound:
-            return payload
+            return remapped
+        n = conn.stmt_params.get(captured_id, 0)
+        if n == 0 or captured_id in conn.types_bound or len(payload) <= execute_flag_at(n):
+            return remapped
         types = conn.stmt_types.get(captured_id)
         if types is None:
             self.stats.skipped += 1
@@ -430,7 +428,8 @@ class Replayer:
                                   time.time_ns())
             return None
         conn.types_bound.add(captured_id)
-        return payload[:flag_at] + b"\x01" + types + payload[flag_at + 1:]
+        flag_at = execute_flag_at(n)
+        return remapped[:flag_at] + b"\x01" + types + remapped[flag_at + 1:]
 
     def _read_only_ok(self, conn: Conn, cmd: int, payload: bytes) -> bool:
         if cmd == COMMAND.COM_QUERY:
@@ -515,7 +514,7 @@ class Replayer:
                 conn.types_bound.discard(captured_id)
         elif cmd == COMMAND.COM_INIT_DB and result.outcome == OUTCOME_OK:
             conn.db = rec.payload[1:].decode("utf-8", "replace")
-        elif cmd == COMMAND.COM_QUERY and result.outcome == OUTCOME_OK and rec.payload[1:2] in _MAYBE_USE_FIRST:
+        elif cmd == COMMAND.COM_QUERY and result.outcome == OUTCOME_OK:
             conn.db = used_database(rec.payload) or conn.db  # a reconnect must land in the same database
         self._compare(conn, rec, result, now)
         self._next(conn)
@@ -583,7 +582,7 @@ class Replayer:
             "target": f"{self.opt.host}:{self.opt.port}",
             "speed": self.opt.speed,
             "readonly": self.opt.readonly,
-            "replay_start": datetime_iso(self.replay_start_ns),
+            "replay_start": utc_iso(self.replay_start_ns),
             "elapsed_seconds": round(elapsed, 3),
             "commands_in_capture": st.commands_total,
             "commands_read": st.read,
@@ -608,9 +607,3 @@ class Replayer:
             "other_error_types": {e.err_type: e.count for e in self.report.other_errors.values()},
             "canceled": self.canceled,
         }
-
-
-def datetime_iso(ns: int) -> str:
-    from datetime import datetime, timezone
-
-    return datetime.fromtimestamp(ns / 1e9, timezone.utc).isoformat(timespec="milliseconds") if ns else ""

@@ -142,7 +142,7 @@ class ReplayJob(Job):
     @classmethod
     def from_form(cls, server: "ProxyServer", form: dict) -> "ReplayJob":
         from fastproxy.capture.crypto import load_key
-        from fastproxy.jobs import _bool
+        from fastproxy.jobs import parse_bool
 
         input_dir = str(form.get("input", "")).strip()
         if not input_dir:
@@ -155,7 +155,7 @@ class ReplayJob(Job):
         backend = server.pool.pick() or server.pool.backends[0]
         options = ReplayOptions(host=backend.host, port=backend.port, username=username,
                                 password=str(form.get("password", "")), speed=check_speed(_float(form, "speed", 1.0)),
-                                readonly=_bool(form, "readonly", False), encryption_key=key)
+                                readonly=parse_bool(form, "readonly", False), encryption_key=key)
         report_dir = str(form.get("report-dir", "") or "").strip() or None
         return cls(server, ReplayRun(input_dir, options, report_dir))
 
