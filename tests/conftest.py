@@ -118,22 +118,30 @@ class ProxyProcess:
             self.log.close()
 
 
+def start_proxy(backends, *args: str, config: str | None = None) -> ProxyProcess:
+    """A running proxy in front of `backends` (ScratchMariaDB objects or "host:port")."""
+    return ProxyProcess([b.addr if hasattr(b, "addr") else b for b in backends], *args, config=config).start()
+
+
+def stop_proxy(p: ProxyProcess) -> None:
+    p.stop()
+    # a proxy must never log an unhandled exception: that is a bug even if the test passed
+    log = p.read_log()
+    assert "Traceback" not in log, f"fastproxy logged an exception:\n{log[-4000:]}"
+
+
 @pytest.fixture
 def proxy_factory():
     started: list[ProxyProcess] = []
 
     def make(backends, *args: str, config: str | None = None) -> ProxyProcess:
-        backends = [b.addr if hasattr(b, "addr") else b for b in backends]
-        p = ProxyProcess(backends, *args, config=config).start()
+        p = start_proxy(backends, *args, config=config)
         started.append(p)
         return p
 
     yield make
     for p in started:
-        p.stop()
-        # a proxy must never log an unhandled exception: that is a bug even if the test passed
-        log = p.read_log()
-        assert "Traceback" not in log, f"fastproxy logged an exception:\n{log[-4000:]}"
+        stop_proxy(p)
 
 
 @pytest.fixture

@@ -6,16 +6,6 @@ import time
 from conftest import ProxyProcess
 
 
-def start_shared_proxy(backends, *args: str) -> ProxyProcess:
-    return ProxyProcess([b.addr if hasattr(b, "addr") else b for b in backends], *args).start()
-
-
-def stop_shared_proxy(p: ProxyProcess) -> None:
-    p.stop()
-    log = p.read_log()
-    assert "Traceback" not in log, f"fastproxy logged an exception:\n{log[-4000:]}"
-
-
 def wait_for(pred, timeout: float = 20, interval: float = 0.05, what: str = "condition"):
     """Poll `pred` until it returns something truthy (no timing assertion: a generous deadline)."""
     deadline = time.monotonic() + timeout

@@ -11,20 +11,10 @@ import threading
 import time
 
 from conftest import ProxyProcess
+from proxy_util import wait_for
 from fastproxy.capture.reader import TrafficReader
 from fastproxy.capture.record import KIND_COMMAND
 from fastproxy.scratch_db import ROOT_PASSWORD
-
-
-def wait_for(pred, timeout: float = 60, interval: float = 0.05, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while True:
-        v = pred()
-        if v:
-            return v
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(interval)
 
 
 def last_job(proxy: ProxyProcess, kind: str) -> dict | None:
@@ -189,13 +179,3 @@ def paced_workload(port: int, phases: list[tuple[float, float]], conns: int, dat
     assert not errors, errors
     end_wall_ns = start_wall_ns + int(sum(s for s, _ in phases) * 1e9)
     return start_wall_ns, end_wall_ns, sent
-
-
-def start_proxy(backends, *args: str) -> ProxyProcess:
-    return ProxyProcess([b.addr if hasattr(b, "addr") else b for b in backends], *args).start()
-
-
-def stop_proxy(p: ProxyProcess) -> None:
-    p.stop()
-    log = p.read_log()
-    assert "Traceback" not in log, f"fastproxy logged an exception:\n{log[-4000:]}"

@@ -20,7 +20,7 @@ from mariadb.constants import CURSOR as CONNECTOR_CURSOR
 from clients_capi import CapiConnection, CapiError
 from conftest import connect_kwargs
 from fastproxy.scratch_db import ROOT_PASSWORD
-from proxy_util import start_shared_proxy, stop_shared_proxy
+from conftest import start_proxy, stop_proxy
 
 DB = "fp_clients"
 
@@ -77,9 +77,9 @@ def setup_db(mariadb):
 @pytest.fixture(scope="module")
 def px(setup_db):
     """One proxy for the module's tests (each comparison also runs direct)."""
-    p = start_shared_proxy([setup_db])
+    p = start_proxy([setup_db])
     yield p
-    stop_shared_proxy(p)
+    stop_proxy(p)
 
 
 @pytest.fixture

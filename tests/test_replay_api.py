@@ -14,7 +14,8 @@ from click.testing import CliRunner
 
 from fastproxy.cli import main as cli_main
 
-from replay_util import (Capture, commands, last_job, paced_workload, start_proxy, stop_proxy, wait_for, wait_job)
+from conftest import start_proxy, stop_proxy
+from replay_util import Capture, commands, last_job, paced_workload, wait_for, wait_job
 
 pytestmark = pytest.mark.timeout(180)
 

@@ -16,7 +16,8 @@ from fastproxy.constants import COMMAND
 from fastproxy.scratch_db import ROOT_PASSWORD
 
 from capture_rawclient import ps_client
-from replay_util import Capture, checksums, commands, dump_restore, records, replay_cli, start_proxy, stop_proxy
+from conftest import start_proxy, stop_proxy
+from replay_util import Capture, checksums, commands, dump_restore, records, replay_cli
 
 mariadb_connector = pytest.importorskip("mariadb")  # MariaDB Connector/Python: real COM_STMT_PREPARE/EXECUTE
 

@@ -11,7 +11,8 @@ from collections import Counter
 
 import pytest
 
-from replay_util import Capture, commands, paced_workload, read_meta, replay_inprocess, start_proxy, stop_proxy
+from conftest import start_proxy, stop_proxy
+from replay_util import Capture, commands, paced_workload, read_meta, replay_inprocess
 
 pytestmark = pytest.mark.timeout(180)
 

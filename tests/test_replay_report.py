@@ -13,8 +13,8 @@ import pytest
 from fastproxy.constants import COMMAND
 from fastproxy.scratch_db import ROOT_PASSWORD
 
-from replay_util import (Capture, commands, paced_workload, replay_cli, replay_inprocess, start_proxy, stop_proxy,
-                         wait_for)
+from conftest import start_proxy, stop_proxy
+from replay_util import Capture, commands, paced_workload, replay_cli, replay_inprocess, wait_for
 
 mariadb_connector = pytest.importorskip("mariadb")
 
