@@ -34,18 +34,18 @@ def test_ringbuf_append(benchmark):
 class PyRing:
     """Baseline: the same encoding with struct.pack_into on a bytearray (no wrap handling)."""
 
-    HEADER = struct.Struct("<IBBHQqqQQ")
+    HEADER = struct.Struct("<IBBHQqqQQQQQIHH")  # format version 2
 
     def __init__(self, cap):
         self.buf = bytearray(cap)
         self.head = 0
 
     def append_command(self, conn, start, end, outcome, err, aff, rows, payload):
-        n = 48 + len(payload)
+        n = 80 + len(payload)
         if self.head + n > len(self.buf):
             return False
-        self.HEADER.pack_into(self.buf, self.head, n, 1, outcome, err, conn, start, end, aff, rows)
-        self.buf[self.head + 48:self.head + n] = payload
+        self.HEADER.pack_into(self.buf, self.head, n, 1, outcome, err, conn, start, end, aff, rows, 0, 0, 0, 0, 0, 0)
+        self.buf[self.head + 80:self.head + n] = payload
         self.head += n
         return True
 

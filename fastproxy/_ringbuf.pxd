@@ -1,6 +1,24 @@
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int64_t
 
 
+# The fields of one record header (docs/traffic-format.md, version 2), for C callers.
+cdef struct RecordHead:
+    uint8_t kind
+    uint8_t outcome
+    uint16_t err_code
+    uint64_t conn_id
+    int64_t start_ns
+    int64_t end_ns
+    uint64_t affected_rows
+    uint64_t rows
+    uint64_t last_insert_id
+    uint64_t hash_ordered
+    uint64_t hash_unordered
+    uint32_t columns
+    uint16_t warnings
+    uint16_t status_flags
+
+
 cdef class RingBuffer:
     cdef:
         char *_buf
@@ -15,14 +33,9 @@ cdef class RingBuffer:
 
     # For Cython callers (the packet layer) that hold a pointer into their read buffer:
     # appends one record without building any Python object. False when it does not fit.
-    cdef bint append_raw(self, uint8_t kind, uint8_t outcome, uint16_t err_code,
-                         uint64_t conn_id, int64_t start_ns, int64_t end_ns,
-                         uint64_t affected_rows, uint64_t rows,
-                         const char *payload, Py_ssize_t n) noexcept
+    cdef bint append_raw(self, const RecordHead *h, const char *payload, Py_ssize_t n) noexcept
 
     cdef void _put(self, const char *src, Py_ssize_t n) noexcept
     cdef void _get(self, char *dst, Py_ssize_t pos, Py_ssize_t n) noexcept
     cdef uint32_t _len_at(self, Py_ssize_t pos) noexcept
-    cdef bint _append_obj(self, uint8_t kind, uint8_t outcome, uint16_t err_code,
-                          uint64_t conn_id, int64_t start_ns, int64_t end_ns,
-                          uint64_t affected_rows, uint64_t rows, object payload) except -1
+    cdef bint _append_obj(self, const RecordHead *h, object payload) except -1

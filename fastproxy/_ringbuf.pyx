@@ -11,11 +11,11 @@ from cpython.buffer cimport PyObject_GetBuffer, PyBuffer_Release, PyBUF_SIMPLE
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_CheckExact, PyBytes_FromStringAndSize
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int64_t
 from libc.stdlib cimport malloc, free
-from libc.string cimport memcpy
+from libc.string cimport memcpy, memset
 
-# Keep in sync with fastproxy/capture/record.py (HEADER = struct.Struct("<IBBHQqqQQ")).
+# Keep in sync with fastproxy/capture/record.py (HEADER = struct.Struct("<IBBHQqqQQQQQIHH")).
 cdef enum:
-    HEADER_SIZE = 48
+    HEADER_SIZE = 80
     KIND_COMMAND = 1
     KIND_CONN_OPEN = 2
     KIND_CONN_CLOSE = 4
@@ -79,23 +79,26 @@ cdef class RingBuffer:
         self._get(<char *>b, pos, 4)
         return b[0] | (<uint32_t>b[1] << 8) | (<uint32_t>b[2] << 16) | (<uint32_t>b[3] << 24)
 
-    cdef bint append_raw(self, uint8_t kind, uint8_t outcome, uint16_t err_code,
-                         uint64_t conn_id, int64_t start_ns, int64_t end_ns,
-                         uint64_t affected_rows, uint64_t rows,
-                         const char *payload, Py_ssize_t n) noexcept:
+    cdef bint append_raw(self, const RecordHead *h, const char *payload, Py_ssize_t n) noexcept:
         cdef Py_ssize_t total = HEADER_SIZE + n
         cdef unsigned char hdr[HEADER_SIZE]
         if total > MAX_RECORD or total > self._cap - self._used:
             return False
         _le32(hdr, <uint32_t>total)
-        hdr[4] = kind
-        hdr[5] = outcome
-        _le16(hdr + 6, err_code)
-        _le64(hdr + 8, conn_id)
-        _le64(hdr + 16, <uint64_t>start_ns)
-        _le64(hdr + 24, <uint64_t>end_ns)
-        _le64(hdr + 32, affected_rows)
-        _le64(hdr + 40, rows)
+        hdr[4] = h.kind
+        hdr[5] = h.outcome
+        _le16(hdr + 6, h.err_code)
+        _le64(hdr + 8, h.conn_id)
+        _le64(hdr + 16, <uint64_t>h.start_ns)
+        _le64(hdr + 24, <uint64_t>h.end_ns)
+        _le64(hdr + 32, h.affected_rows)
+        _le64(hdr + 40, h.rows)
+        _le64(hdr + 48, h.last_insert_id)
+        _le64(hdr + 56, h.hash_ordered)
+        _le64(hdr + 64, h.hash_unordered)
+        _le32(hdr + 72, h.columns)
+        _le16(hdr + 76, h.warnings)
+        _le16(hdr + 78, h.status_flags)
         self._put(<char *>hdr, HEADER_SIZE)
         self._put(payload, n)
         self._used += total
@@ -104,35 +107,52 @@ cdef class RingBuffer:
         self._bytes_appended += <uint64_t>total
         return True
 
-    cdef bint _append_obj(self, uint8_t kind, uint8_t outcome, uint16_t err_code,
-                          uint64_t conn_id, int64_t start_ns, int64_t end_ns,
-                          uint64_t affected_rows, uint64_t rows, object payload) except -1:
+    cdef bint _append_obj(self, const RecordHead *h, object payload) except -1:
         cdef Py_buffer view
         cdef bint ok
         if PyBytes_CheckExact(payload):
-            return self.append_raw(kind, outcome, err_code, conn_id, start_ns, end_ns,
-                                   affected_rows, rows, PyBytes_AS_STRING(payload), len(payload))
+            return self.append_raw(h, PyBytes_AS_STRING(payload), len(payload))
         # Acquire the buffer before touching any state: only this step may run Python code.
         PyObject_GetBuffer(payload, &view, PyBUF_SIMPLE)
         try:
-            ok = self.append_raw(kind, outcome, err_code, conn_id, start_ns, end_ns,
-                                 affected_rows, rows, <const char *>view.buf, view.len)
+            ok = self.append_raw(h, <const char *>view.buf, view.len)
         finally:
             PyBuffer_Release(&view)
         return ok
 
     def append_command(self, uint64_t conn_id, int64_t start_ns, int64_t end_ns,
                        uint8_t outcome, uint16_t err_code, uint64_t affected_rows,
-                       uint64_t rows, payload):
+                       uint64_t rows, payload, uint64_t last_insert_id=0, uint32_t columns=0,
+                       uint16_t warnings=0, uint16_t status_flags=0, uint64_t hash_ordered=0,
+                       uint64_t hash_unordered=0):
         """Append one command record; False (nothing written) when it does not fit."""
-        return self._append_obj(KIND_COMMAND, outcome, err_code, conn_id, start_ns, end_ns,
-                                affected_rows, rows, payload)
+        cdef RecordHead h
+        h.kind = KIND_COMMAND
+        h.outcome = outcome
+        h.err_code = err_code
+        h.conn_id = conn_id
+        h.start_ns = start_ns
+        h.end_ns = end_ns
+        h.affected_rows = affected_rows
+        h.rows = rows
+        h.last_insert_id = last_insert_id
+        h.hash_ordered = hash_ordered
+        h.hash_unordered = hash_unordered
+        h.columns = columns
+        h.warnings = warnings
+        h.status_flags = status_flags
+        return self._append_obj(&h, payload)
 
     def append_event(self, uint8_t kind, uint64_t conn_id, int64_t ts_ns, body):
         """Append a connection event (CONN_OPEN/STATE/CLOSE); False when it does not fit."""
+        cdef RecordHead h
         if kind < KIND_CONN_OPEN or kind > KIND_CONN_CLOSE:
             raise ValueError(f"not a connection event kind: {kind}")
-        return self._append_obj(kind, 0, 0, conn_id, ts_ns, 0, 0, 0, body)
+        memset(&h, 0, sizeof(h))
+        h.kind = kind
+        h.conn_id = conn_id
+        h.start_ns = ts_ns
+        return self._append_obj(&h, body)
 
     def drain(self, Py_ssize_t max_bytes):
         """Remove and return the oldest whole records, up to max_bytes of them (b"" if empty).

@@ -316,7 +316,7 @@ def test_rotation_meta_and_modes(mariadb, proxy_factory, tmp_path):
         seq = [int(m.group(1)) for r in recs if (m := re.search(rb", (\d+)$", r.payload))]
         assert seq == list(range(1200)), seq[:5]
 
-    assert meta["format_version"] == 1
+    assert meta["format_version"] == 2
     assert meta["start"] < meta["end"] and meta["duration"] >= 4
     assert meta["filtered_commands"] == 0
     assert meta["connections"] == 2

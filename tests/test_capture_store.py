@@ -14,7 +14,7 @@ from fastproxy._ringbuf import RingBuffer
 from fastproxy.capture import crypto
 from fastproxy.capture.inspect import inspect_capture
 from fastproxy.capture.reader import Record, TrafficReader
-from fastproxy.capture.record import (KIND_COMMAND, KIND_CONN_CLOSE, KIND_CONN_OPEN,
+from fastproxy.capture.record import (FORMAT_VERSION, HEADER_SIZE, KIND_COMMAND, KIND_CONN_CLOSE, KIND_CONN_OPEN,
                                       KIND_CONN_STATE, OUTCOME_ERR, OUTCOME_NO_RESPONSE,
                                       OUTCOME_OK)
 from fastproxy.capture.writer import CaptureWriter, output_dir_has_capture
@@ -76,7 +76,7 @@ def test_round_trip(tmp_path, compress, key):
     assert w.records_written == len(recs)
     r = TrafficReader(out, key)
     assert r.complete
-    assert r.meta["format_version"] == 1
+    assert r.meta["format_version"] == FORMAT_VERSION
     assert r.meta["server_version"] == "8.0" and r.meta["commands"] == 19_600
     assert r.meta["records"] == len(recs)
     assert r.meta["files"] == w.files == r.files
@@ -220,7 +220,7 @@ def test_corrupt_raw_file_names_offset(tmp_path):
     w = capture(out, recs, compress=False)
     path = out / w.files[0]
     data = bytearray(path.read_bytes())
-    second = 48 + len(recs[0].payload)  # stream offset of the second record
+    second = HEADER_SIZE + len(recs[0].payload)  # stream offset of the second record
     data[8 + second + 4] = 99           # its kind byte (after the 8-byte file header)
     path.write_bytes(bytes(data))
     with pytest.raises(TrafficFormatError, match=rf"{w.files[0]}.*offset {second}\b"):
@@ -332,3 +332,22 @@ def test_inspect(tmp_path):
     assert len(rows) == 4 and rows[-1]["summary"]["records"] == 7
     assert rows[2]["sql"] == "UPDATE t\n   SET a = 1" and rows[2]["duration_us"] == 3
     assert rows[0]["info"]["prepared"] == [[1, "SELECT ?"]]
+
+
+def test_version_1_capture_still_reads(tmp_path):
+    """Captures written before format version 2 (48-byte record headers) still read and replay."""
+    from fastproxy.capture.record import FILE_HEADER, HEADER_V1, MAGIC
+
+    out = tmp_path / "v1"
+    out.mkdir()
+    recs = [Record(KIND_CONN_OPEN, 3, T0, 0, 0, 0, 0, 0, b'{"user": "u"}'),
+            Record(KIND_COMMAND, 3, T0 + 1, T0 + 9, OUTCOME_OK, 0, 4, 2, b"\x03SELECT 1"),
+            Record(KIND_COMMAND, 3, T0 + 10, T0 + 19, OUTCOME_ERR, 1064, 0, 0, b"\x03SELEC")]
+    body = b"".join(HEADER_V1.pack(HEADER_V1.size + len(r.payload), r.kind, r.outcome, r.err_code, r.conn_id,
+                                   r.start_ns, r.end_ns, r.affected_rows, r.rows) + r.payload for r in recs)
+    name = "traffic-20240101T000000.000Z-000001.bin"
+    (out / name).write_bytes(FILE_HEADER.pack(MAGIC, 1, 0, 0) + body)
+    (out / "meta").write_text(json.dumps({"format_version": 1, "files": [name], "records": 3}))
+    got = list(TrafficReader(out))
+    assert got == recs
+    assert got[1].last_insert_id == 0 and got[1].hash_ordered == 0  # version 2 fields read as 0

@@ -52,7 +52,7 @@ def test_round_trip_all_kinds_and_buffer_types():
 def test_drain_returns_whole_records_only():
     rb = RingBuffer(4096)
     for i in range(10):
-        assert rb.append_command(1, i, i, 0, 0, 0, 0, b"x" * 52)  # 100 bytes each
+        assert rb.append_command(1, i, i, 0, 0, 0, 0, b"x" * (100 - HEADER_SIZE))  # 100 bytes each
     first = rb.drain(250)
     assert len(first) == 200 and [r.start_ns for r in iter_records(first)] == [0, 1]
     # A record bigger than max_bytes still comes out alone, so a drain always progresses.

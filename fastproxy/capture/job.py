@@ -218,7 +218,7 @@ class CaptureJob(Job):
                 self.filtered += 1
                 return
         if self.ring.append_command(session.conn_id, start_ns, end_ns, r.outcome, r.err_code, affected, r.rows,
-                                    payload):
+                                    payload, r.last_insert_id, r.columns, r.warnings, r.status_flags):
             self.commands += 1
         else:
             self._buffer_full()

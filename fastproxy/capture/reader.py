@@ -11,9 +11,9 @@ from typing import Iterator
 import lz4.frame
 
 from fastproxy.capture import crypto
-from fastproxy.capture.record import (FILE_HEADER, FILE_RE, FILE_VERSION, FLAG_AES_CTR,
-                                      FLAG_LZ4, FORMAT_VERSION, MAGIC, META_NAME, Record,
-                                      decode_records)
+from fastproxy.capture.record import (FILE_HEADER, FILE_RE, FILE_VERSION_HEADERS, FLAG_AES_CTR,
+                                      FLAG_LZ4, FORMAT_VERSION, MAGIC, META_NAME,
+                                      READABLE_FORMAT_VERSIONS, Record, decode_records)
 from fastproxy.errors import TrafficFormatError
 
 __all__ = ["TrafficReader", "Record", "list_traffic_files"]
@@ -65,9 +65,10 @@ class TrafficReader:
         if not isinstance(meta, dict):
             raise TrafficFormatError(f"{path}: meta is not a JSON object")
         version = meta.get("format_version")
-        if version != FORMAT_VERSION:
+        if version not in READABLE_FORMAT_VERSIONS:
             raise TrafficFormatError(f"{path}: unsupported traffic format version {version!r} "
-                                     f"(this fastproxy reads version {FORMAT_VERSION})")
+                                     f"(this fastproxy reads versions "
+                                     f"{', '.join(map(str, READABLE_FORMAT_VERSIONS))}; it writes {FORMAT_VERSION})")
         return meta
 
     def __iter__(self) -> Iterator[Record]:
@@ -75,8 +76,9 @@ class TrafficReader:
             last = i == len(self.files) - 1
             yield from self._read_file(name, tolerate_cut=last and not self.complete)
 
-    def _chunks(self, name: str, f):
-        """Yield the file's decrypted, decompressed byte stream in bounded pieces."""
+    def _chunks(self, name: str, f, version_out: list):
+        """Yield the file's decrypted, decompressed byte stream in bounded pieces (the file's
+        version is put in version_out before the first piece)."""
         path = os.path.join(self.input_dir, name)
         head = f.read(FILE_HEADER.size)
         if len(head) < FILE_HEADER.size:
@@ -84,9 +86,11 @@ class TrafficReader:
         magic, version, flags, _ = FILE_HEADER.unpack(head)
         if magic != MAGIC:
             raise TrafficFormatError(f"{path}: not a fastproxy traffic file (bad magic)")
-        if version != FILE_VERSION:
+        if version not in FILE_VERSION_HEADERS:
             raise TrafficFormatError(f"{path}: unsupported traffic file version {version} "
-                                     f"(this fastproxy reads version {FILE_VERSION})")
+                                     f"(this fastproxy reads versions "
+                                     f"{', '.join(map(str, FILE_VERSION_HEADERS))})")
+        version_out.append(version)
         cipher = None
         if flags & FLAG_AES_CTR:
             if self._key is None:
@@ -138,10 +142,11 @@ class TrafficReader:
         with f:
             buf = bytearray()
             offset = 0  # of buf[0] in the decompressed stream
+            version: list = []
             try:
-                for piece in self._chunks(name, f):
+                for piece in self._chunks(name, f, version):
                     buf += piece
-                    recs, used = decode_records(buf, offset, path)
+                    recs, used = decode_records(buf, offset, path, FILE_VERSION_HEADERS[version[0]])
                     if used:
                         del buf[:used]
                         offset += used

@@ -11,7 +11,8 @@ from typing import Iterator, NamedTuple
 
 from fastproxy.errors import TrafficFormatError
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_FORMAT_VERSIONS = (1, 2)  # version 1 captures (48-byte record headers) still replay
 
 KIND_COMMAND = 1
 KIND_CONN_OPEN = 2    # body JSON {"user", "db", "capabilities", "client_addr"}
@@ -19,19 +20,26 @@ KIND_CONN_STATE = 3   # body JSON {"user", "db", "capabilities", "prepared": [[s
 KIND_CONN_CLOSE = 4   # body empty
 KIND_NAMES = {KIND_COMMAND: "COMMAND", KIND_CONN_OPEN: "CONN_OPEN",
               KIND_CONN_STATE: "CONN_STATE", KIND_CONN_CLOSE: "CONN_CLOSE"}
+MAX_KIND = KIND_CONN_CLOSE
 
 OUTCOME_OK = 0
 OUTCOME_ERR = 1
 OUTCOME_NO_RESPONSE = 2  # the command has no response (COM_STMT_CLOSE, COM_QUIT, ...)
-OUTCOME_UNKNOWN = 3      # the connection closed before the response completed
-OUTCOME_NAMES = {OUTCOME_OK: "OK", OUTCOME_ERR: "ERR",
-                 OUTCOME_NO_RESPONSE: "NO_RESPONSE", OUTCOME_UNKNOWN: "UNKNOWN"}
+OUTCOME_UNKNOWN = 3      # the client left before the response completed (the server did run it)
+OUTCOME_BACKEND_LOST = 4  # the backend connection died before answering: production may not have run it
+OUTCOME_NAMES = {OUTCOME_OK: "OK", OUTCOME_ERR: "ERR", OUTCOME_NO_RESPONSE: "NO_RESPONSE",
+                 OUTCOME_UNKNOWN: "UNKNOWN", OUTCOME_BACKEND_LOST: "BACKEND_LOST"}
+MAX_OUTCOME = OUTCOME_BACKEND_LOST
 
-# record_len, kind, outcome, err_code, conn_id, start_ns, end_ns, affected_rows, rows.
+# Version 1: record_len, kind, outcome, err_code, conn_id, start_ns, end_ns, affected_rows, rows.
+HEADER_V1 = struct.Struct("<IBBHQqqQQ")
+# Version 2 adds what replay needs to be faithful and to compare results: last_insert_id,
+# hash_ordered, hash_unordered, columns, warnings, status_flags.
 # Fixed size and 8-byte aligned fields after the first 8 bytes: decoding is one unpack_from.
-HEADER = struct.Struct("<IBBHQqqQQ")
-HEADER_SIZE = HEADER.size  # 48
-assert HEADER_SIZE == 48
+HEADER = struct.Struct("<IBBHQqqQQQQQIHH")
+HEADER_SIZE = HEADER.size  # 80
+assert HEADER_V1.size == 48 and HEADER_SIZE == 80
+FILE_VERSION_HEADERS = {1: HEADER_V1, 2: HEADER}
 
 
 class Record(NamedTuple):
@@ -44,36 +52,54 @@ class Record(NamedTuple):
     affected_rows: int
     rows: int
     payload: bytes    # raw command payload incl. its command byte, or the event body
+    # format version 2 (0 when read from a version 1 capture)
+    last_insert_id: int = 0   # from the OK packet: the first auto-increment id the statement generated
+    hash_ordered: int = 0     # result fingerprint: the rows in sequence (0 without a result set)
+    hash_unordered: int = 0   # result fingerprint: the rows in any order
+    columns: int = 0          # columns of the first result set
+    warnings: int = 0         # from the final OK/EOF
+    status_flags: int = 0     # server status after the command (in transaction, autocommit, ...)
 
 
 def encode(rec: Record) -> bytes:
     """Python encoder, the reference for the C one in _ringbuf.pyx (used by tests)."""
     return HEADER.pack(HEADER_SIZE + len(rec.payload), rec.kind, rec.outcome, rec.err_code,
-                       rec.conn_id, rec.start_ns, rec.end_ns, rec.affected_rows,
-                       rec.rows) + bytes(rec.payload)
+                       rec.conn_id, rec.start_ns, rec.end_ns, rec.affected_rows, rec.rows,
+                       rec.last_insert_id, rec.hash_ordered, rec.hash_unordered, rec.columns,
+                       rec.warnings, rec.status_flags) + bytes(rec.payload)
 
 
-def decode_records(buf, base_offset: int = 0, name: str = "<buffer>") -> tuple[list[Record], int]:
+def decode_records(buf, base_offset: int = 0, name: str = "<buffer>",
+                   header: struct.Struct = HEADER) -> tuple[list[Record], int]:
     """Decode the whole records at the start of buf; return them and the bytes consumed.
 
     A partial record at the end is left for the caller to complete with more data.
-    base_offset and name only make error messages point at the right place.
+    base_offset and name only make error messages point at the right place; `header` is the
+    record header of the file's version (FILE_VERSION_HEADERS).
     """
     out = []
-    unpack_from = HEADER.unpack_from
+    unpack_from = header.unpack_from
+    size = header.size
+    v1 = header is HEADER_V1
     pos = 0
     end = len(buf)
-    while end - pos >= HEADER_SIZE:
-        rlen, kind, outcome, err, conn, start, stop, aff, rows = unpack_from(buf, pos)
-        if (rlen < HEADER_SIZE or not KIND_COMMAND <= kind <= KIND_CONN_CLOSE
-                or outcome > OUTCOME_UNKNOWN):
+    while end - pos >= size:
+        fields = unpack_from(buf, pos)
+        rlen, kind, outcome = fields[0], fields[1], fields[2]
+        if (rlen < size or not KIND_COMMAND <= kind <= MAX_KIND
+                or outcome > (OUTCOME_UNKNOWN if v1 else MAX_OUTCOME)):
             raise TrafficFormatError(
                 f"{name}: corrupt record at offset {base_offset + pos} "
                 f"(length {rlen}, kind {kind}, outcome {outcome})")
         if pos + rlen > end:
             break
-        out.append(Record(kind, conn, start, stop, outcome, err, aff, rows,
-                          bytes(buf[pos + HEADER_SIZE:pos + rlen])))
+        payload = bytes(buf[pos + size:pos + rlen])
+        if v1:
+            out.append(Record(kind, fields[4], fields[5], fields[6], outcome, fields[3], fields[7], fields[8],
+                              payload))
+        else:
+            out.append(Record(kind, fields[4], fields[5], fields[6], outcome, fields[3], fields[7], fields[8],
+                              payload, fields[9], fields[10], fields[11], fields[12], fields[13], fields[14]))
         pos += rlen
     return out, pos
 
@@ -88,7 +114,7 @@ def iter_records(buf) -> Iterator[Record]:
 
 # -- files (docs/traffic-format.md, "Files") ----------------------------------------
 MAGIC = b"FPXT"
-FILE_VERSION = 1
+FILE_VERSION = 2  # the record header of a file's records: FILE_VERSION_HEADERS
 FLAG_LZ4 = 0x01
 FLAG_AES_CTR = 0x02
 # magic, file version, flags, reserved; then IV + key check when FLAG_AES_CTR is set.
