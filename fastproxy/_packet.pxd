@@ -60,10 +60,16 @@ cdef class CommandResult:
     cdef public int num_columns
     cdef public bint local_infile
     cdef public object tag
+    # SESSION_TRACK_SCHEMA from an OK packet (CLIENT_SESSION_TRACK): the new current database
+    # (None: no change reported; "": none selected); schema_cut: a state change was flagged but the
+    # OK packet was longer than HEAD_MAX, so what changed is unknown
+    cdef public object schema
+    cdef public bint schema_cut
 
 
 cdef class ResponseTracker:
     cdef public bint deprecate_eof
+    cdef public bint session_track   # CLIENT_SESSION_TRACK was negotiated: OK packets carry session state
     cdef object _queue           # deque of (cmd, cursor, tag) waiting behind the current command
     cdef list _completed
     cdef CommandResult _cur
@@ -91,6 +97,7 @@ cdef class ResponseTracker:
     cdef int _finish(self, int outcome) except -1
     cdef int _parse_ok(self, Py_ssize_t start) except -1
     cdef int _parse_eof(self) except -1
+    cdef int _parse_session_state(self, Py_ssize_t pos, int status) except -1
     cdef int _parse_err(self) except -1
     cdef int _end_of_result(self) except -1
     cdef int _prepare_columns(self) except -1

@@ -37,13 +37,15 @@ cdef enum:
     COM_STMT_BULK_EXECUTE = 0xFA
     STATUS_MORE_RESULTS = 0x0008
     STATUS_CURSOR_EXISTS = 0x0040
+    STATUS_SESSION_STATE_CHANGED = 0x4000
+    SESSION_TRACK_SCHEMA = 1
 
 
 OK = OUTCOME_OK
 ERR = OUTCOME_ERR
 NO_RESPONSE = OUTCOME_NO_RESPONSE
 UNKNOWN = OUTCOME_UNKNOWN
-OUTCOME_NAMES = ("ok", "err", "no_response", "unknown")
+OUTCOME_NAMES = ("ok", "err", "no_response", "unknown", "backend_lost")
 
 
 cpdef bint expects_response(int cmd):
@@ -228,6 +230,7 @@ cdef class CommandResult:
         self.sql_state = ""
         self.err_msg = ""
         self.stmt_id = -1
+        self.schema = None
 
     @property
     def ok(self):
@@ -440,6 +443,45 @@ cdef class ResponseTracker:
         if self._head_len >= pos + 4:
             self._cur.status_flags = self._head[pos] | (self._head[pos + 1] << 8)
             self._cur.warnings = self._head[pos + 2] | (self._head[pos + 3] << 8)
+            if self.session_track and self._cur.status_flags & STATUS_SESSION_STATE_CHANGED:
+                self._parse_session_state(pos + 4, self._cur.status_flags)
+        return 0
+
+    cdef int _parse_session_state(self, Py_ssize_t pos, int status) except -1:
+        """The session state changes after the info string of an OK packet (CLIENT_SESSION_TRACK):
+        https://dev.mysql.com/doc/dev/mysql-server/latest/page_protocol_basic_ok_packet.html
+        Only SESSION_TRACK_SCHEMA is taken (the current database, whatever statement changed it)."""
+        cdef Py_ssize_t used, end, entry_end, n
+        cdef long long v
+        cdef int kind
+        cdef bint cut = self._head_len < self._pkt_len
+        v = _lenenc(&self._head[pos], self._head_len - pos, &used)  # info string
+        if not used or pos + used + v > self._head_len:
+            self._cur.schema_cut = cut
+            return 0
+        pos += used + <Py_ssize_t>v
+        v = _lenenc(&self._head[pos], self._head_len - pos, &used)  # all session state changes
+        if not used:
+            self._cur.schema_cut = cut
+            return 0
+        pos += used
+        end = pos + <Py_ssize_t>v
+        if end > self._head_len:
+            self._cur.schema_cut = cut
+            end = self._head_len
+        while pos < end:
+            kind = self._head[pos]
+            v = _lenenc(&self._head[pos + 1], end - pos - 1, &used)
+            if not used or pos + 1 + used + v > end:
+                self._cur.schema_cut = cut
+                return 0
+            entry_end = pos + 1 + used + <Py_ssize_t>v
+            if kind == SESSION_TRACK_SCHEMA:
+                pos += 1 + used
+                n = <Py_ssize_t>_lenenc(&self._head[pos], entry_end - pos, &used)
+                if used and pos + used + n <= entry_end:
+                    self._cur.schema = self._head[pos + used:pos + used + n].decode("utf-8", "replace")
+            pos = entry_end
         return 0
 
     cdef int _parse_eof(self) except -1:
