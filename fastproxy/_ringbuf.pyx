@@ -19,6 +19,7 @@ cdef enum:
     KIND_COMMAND = 1
     KIND_CONN_OPEN = 2
     KIND_CONN_CLOSE = 4
+    KIND_LOCAL_INFILE = 5
 cdef Py_ssize_t MAX_RECORD = 0xFFFFFFFF  # record_len is a u32
 
 
@@ -144,9 +145,10 @@ cdef class RingBuffer:
         return self._append_obj(&h, payload)
 
     def append_event(self, uint8_t kind, uint64_t conn_id, int64_t ts_ns, body):
-        """Append a connection event (CONN_OPEN/STATE/CLOSE); False when it does not fit."""
+        """Append a connection event (CONN_OPEN/STATE/CLOSE) or a LOCAL_INFILE record; False when it
+        does not fit."""
         cdef RecordHead h
-        if kind < KIND_CONN_OPEN or kind > KIND_CONN_CLOSE:
+        if kind < KIND_CONN_OPEN or kind > KIND_LOCAL_INFILE:
             raise ValueError(f"not a connection event kind: {kind}")
         memset(&h, 0, sizeof(h))
         h.kind = kind

@@ -95,6 +95,17 @@ def _level(value: Any, key: str) -> str:
     return "warning" if text == "warn" else text
 
 
+def _bool(value: Any, key: str) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"{key}: expected true or false, got {value!r}")
+
+
 def _str(value: Any, key: str) -> str:
     if not isinstance(value, str):
         raise ConfigError(f"{key}: expected a string, got {value!r}")
@@ -125,6 +136,10 @@ KEYS: list[Key] = [
     Key("capture.buffer-size", "64MiB", _at_least(parse_size, 64 * 1024, "64KiB"),
         "in-memory capture buffer; when full the capture stops with an error"),
     Key("capture.file-size", "300MiB", _at_least(parse_size, 1024, "1KiB"), "traffic files rotate beyond this size"),
+    Key("capture.local-infile", False, _bool,
+        "record the files clients send for LOAD DATA LOCAL INFILE, so replay sends the same rows"),
+    Key("capture.local-infile-max-size", "16MiB", parse_size,
+        "larger LOCAL INFILE files are only counted (at most a quarter of capture.buffer-size is recorded)"),
     Key("security.encryption-key-path", "", _str, "key file for aes256-ctr capture encryption (>= 32 bytes)"),
 ]
 KEYS_BY_NAME = {k.name: k for k in KEYS}

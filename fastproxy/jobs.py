@@ -73,7 +73,9 @@ class JobManager:
         job = CaptureJob(self.server, output, duration, compress=compress, encryption_key=key,
                          buffer_size=self.server.config["capture.buffer-size"],
                          file_size=self.server.config["capture.file-size"],
-                         throttle_bytes_per_sec=float(throttle) if throttle else None)
+                         throttle_bytes_per_sec=float(throttle) if throttle else None,
+                         local_infile=self.server.config["capture.local-infile"],
+                         local_infile_max_size=self.server.config["capture.local-infile-max-size"])
         job.start()
         self._add(job)
         return job
