@@ -12,8 +12,10 @@ from fastproxy.errors import FastproxyError
 
 @click.command("replay")
 @click.option("--target", required=True, help="HOST:PORT of the test server (or of a proxy in front of it)")
-@click.option("--input", "input_dir", required=True, type=click.Path(exists=True, file_okay=False),
-              help="capture directory")
+@click.option("--input", "input_dir", required=True, type=click.Path(exists=True),
+              help="capture directory, TiProxy capture directory, or a slow/general query log file")
+@click.option("--format", "input_format", type=click.Choice(["auto", "native", "slow-log", "general-log", "tiproxy"]),
+              default="auto", show_default=True, help="input format")
 @click.option("--username", required=True, help="user the replay logs in as")
 @click.option("--password", default=None, help="its password (prompted when omitted)")
 @click.option("--speed", type=float, default=1.0, show_default=True, help="replay speed; 0 = as fast as possible")
@@ -24,7 +26,7 @@ from fastproxy.errors import FastproxyError
 @click.option("--encryption-key-path", default=None, help="key file for an encrypted capture")
 def replay_standalone(target: str, input_dir: str, username: str, password: str | None, speed: float,
                       read_only: bool, progress: bool, report_dir: str | None, no_report_tables: bool,
-                      encryption_key_path: str | None) -> None:
+                      encryption_key_path: str | None, input_format: str) -> None:
     """Replay a capture directly against a test server and print a summary."""
     from fastproxy.capture.crypto import load_key
     from fastproxy.replay.engine import ReplayOptions
@@ -36,7 +38,8 @@ def replay_standalone(target: str, input_dir: str, username: str, password: str 
         host, port = parse_addr(target, "--target")
         key = load_key(encryption_key_path) if encryption_key_path else None
         options = ReplayOptions(host=host, port=port, username=username, password=password,
-                                speed=check_speed(speed), readonly=read_only, encryption_key=key)
+                                speed=check_speed(speed), readonly=read_only, encryption_key=key,
+                                input_format=input_format)
         run = ReplayRun(input_dir, options, report_dir, write_tables=not no_report_tables)
     except FastproxyError as e:
         raise click.ClickException(str(e)) from None

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 from fastproxy._digest import digest
 from fastproxy._packet import execute_flag_at, execute_types_at, expects_response
-from fastproxy.capture.reader import TrafficReader
+from fastproxy.inputs import open_input
 from fastproxy.capture.record import (KIND_COMMAND, KIND_CONN_CLOSE, KIND_CONN_OPEN, KIND_CONN_STATE,
                                       OUTCOME_ERR, OUTCOME_OK, Record)
 from fastproxy.constants import COMMAND, command_name
@@ -63,6 +63,7 @@ class ReplayOptions:
     lookahead_s: float = 2.0  # read this far (in replay time) ahead of the clock
     max_queued: int = 200_000  # and never hold more than this many commands in memory
     connect_timeout: float = 10.0
+    input_format: str = "auto"  # native | slow-log | general-log | tiproxy (fastproxy/inputs)
 
 
 @dataclass
@@ -120,7 +121,7 @@ class Replayer:
     def __init__(self, input_dir: str, options: ReplayOptions) -> None:
         self.input_dir = input_dir
         self.opt = options
-        self.reader = TrafficReader(input_dir, options.encryption_key)
+        self.reader = open_input(input_dir, options.input_format, options.encryption_key)
         self.meta = self.reader.meta
         self.stats = Stats(commands_total=int(self.meta.get("commands", 0) or 0))
         self.lag = LagStats()
@@ -526,7 +527,8 @@ class Replayer:
             st.captured_ns += rec.end_ns - rec.start_ns
             st.replayed_ns += now - conn.sent_ns
         if result.outcome == OUTCOME_ERR:
-            if rec.outcome == OUTCOME_ERR and rec.err_code == result.err_code:
+            # err_code 0: the input knew that it failed, not how (TiProxy captures)
+            if rec.outcome == OUTCOME_ERR and rec.err_code in (result.err_code, 0):
                 st.same_errors += 1
                 return
             if rec.outcome in (OUTCOME_OK, OUTCOME_ERR):
@@ -606,4 +608,10 @@ class Replayer:
                              for f in self.report.top_failures()],
             "other_error_types": {e.err_type: e.count for e in self.report.other_errors.values()},
             "canceled": self.canceled,
+            "input_format": self.reader.format,
+            # inputs without outcomes (general log, slow log, TiProxy's error codes): every replay error
+            # is reported as a failure, as TiProxy does
+            "outcomes_recorded": self.meta.get("outcomes_recorded", True),
+            "error_codes_recorded": self.meta.get("error_codes_recorded", self.meta.get("outcomes_recorded", True)),
+            "input_skipped": dict(getattr(self.reader, "stats", {}) or {}),
         }

@@ -24,14 +24,14 @@ class ReplayRun:
 
     def __init__(self, input_dir: str, options: ReplayOptions, report_dir: str | None = None,
                  write_tables: bool = True) -> None:
-        if not os.path.isdir(input_dir):
-            raise JobError(f"input: {input_dir} is not a directory")
+        if not os.path.exists(input_dir):
+            raise JobError(f"input: {input_dir}: no such file or directory")
         try:
             self.engine = Replayer(input_dir, options)
         except TrafficFormatError as e:
             raise JobError(f"input: {e}") from None
         self.options = options
-        self.report_dir = report_dir or input_dir
+        self.report_dir = report_dir or (input_dir if os.path.isdir(input_dir) else os.path.dirname(input_dir) or ".")
         self.writer: ReportWriter | None = None
         self.write_tables = write_tables
         self.summary: dict | None = None
@@ -99,6 +99,11 @@ def format_summary(s: dict) -> str:
         f"  failures (new on replay): {s['commands_failed']}; failed the same as in production: "
         f"{s['commands_failed_same_as_capture']}; failed in production but not on replay: {s['commands_fixed']}",
         f"  other errors: {s['other_errors']} {s['other_error_types'] or ''}",
+        *([f"  input: {s['input_format']}; it records no outcomes, so every error on replay is reported"]
+          if not s.get("outcomes_recorded", True) else []),
+        *([f"  input: {s['input_format']}; it records which statements failed but not their error codes"]
+          if s.get("outcomes_recorded", True) and not s.get("error_codes_recorded", True) else []),
+        *([f"  input entries not replayed: {s['input_skipped']}"] if s.get("input_skipped") else []),
         f"  connections: {s['connections']} (reconnects {s['reconnects']})",
         f"  QPS: captured {s['qps_captured']}, replayed {s['qps_replayed']}",
         f"  avg latency: captured {s['avg_latency_captured_ms']} ms, replayed {s['avg_latency_replayed_ms']} ms",
@@ -155,7 +160,8 @@ class ReplayJob(Job):
         backend = server.pool.pick() or server.pool.backends[0]
         options = ReplayOptions(host=backend.host, port=backend.port, username=username,
                                 password=str(form.get("password", "")), speed=check_speed(_float(form, "speed", 1.0)),
-                                readonly=parse_bool(form, "readonly", False), encryption_key=key)
+                                readonly=parse_bool(form, "readonly", False), encryption_key=key,
+                                input_format=str(form.get("format", "") or "auto").strip() or "auto")
         report_dir = str(form.get("report-dir", "") or "").strip() or None
         return cls(server, ReplayRun(input_dir, options, report_dir))
 
