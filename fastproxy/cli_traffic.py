@@ -8,6 +8,8 @@ import urllib.request
 
 import click
 
+from fastproxy.replay.selection import cli_values, selection_options
+
 
 def _addrs(curls: str) -> list[str]:
     addrs = [a.strip() for a in curls.split(",") if a.strip()]
@@ -78,15 +80,16 @@ def capture(curls: str, output: str, duration: str, compress: bool, encryption_m
 @click.option("--encryption-key-path", default=None, help="key file for an encrypted capture")
 @click.option("--format", "input_format", type=click.Choice(["auto", "native", "slow-log", "general-log", "tiproxy"]),
               default="auto", show_default=True, help="input format (a capture directory, or a log file)")
+@selection_options
 def replay(curls: str, input_dir: str, username: str, password: str | None, speed: float, read_only: bool,
-           encryption_key_path: str | None, input_format: str) -> None:
+           encryption_key_path: str | None, input_format: str, **selection) -> None:
     """Replay a capture against the proxy's backends."""
     if password is None:
         password = click.prompt("Password", hide_input=True, default="", show_default=False)
     _each(curls, "POST", "/api/traffic/replay", {"input": input_dir, "username": username, "password": password,
                                                   "speed": repr(speed), "readonly": str(read_only).lower(),
                                                   "encryption-key-path": encryption_key_path,
-                                                  "format": input_format})
+                                                  "format": input_format, **cli_values(selection)})
 
 
 @traffic.command()

@@ -74,3 +74,16 @@ def open_input(path: str, fmt: str = "auto", encryption_key: bytes | None = None
     from fastproxy.inputs.generallog import GeneralLogSource
 
     return GeneralLogSource(path)
+
+
+def open_inputs(paths, fmt: str = "auto", encryption_key: bytes | None = None):
+    """One source for several inputs (e.g. the captures of several proxies, one directory each),
+    replayed together as one workload."""
+    if isinstance(paths, str):
+        paths = [paths]
+    sources = [open_input(p, fmt, encryption_key) for p in paths]
+    if len(sources) == 1:
+        return sources[0]
+    from fastproxy.inputs.merge import MergedSource
+
+    return MergedSource(sources)
