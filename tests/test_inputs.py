@@ -151,8 +151,8 @@ def _tiproxy_commands():
         encode_command(ms(1), a, b"\x03CREATE TABLE t (id INT PRIMARY KEY, v VARCHAR(40))"),
         encode_command(ms(5), a, "\x03INSERT INTO t VALUES (1, 'multi\nline é')".encode()),
         encode_command(ms(6), a, b"\x03INSERT INTO t VALUES (1, 'dup')", success=False),  # failed in production
-        encode_command(ms(8), b, b"\x02tp"),
-        encode_command(ms(9), b, b"\x16INSERT INTO t VALUES (?, 'prepared')", ps_id=7),
+        encode_command(ms(600), b, b"\x02tp"),  # well after the CREATE TABLE: replay orders per connection
+        encode_command(ms(601), b, b"\x16INSERT INTO t VALUES (?, 'prepared')", ps_id=7),
     ])
     execute = b"\x17" + (7).to_bytes(4, "little") + b"\x00" + (1).to_bytes(4, "little") + b"\x00\x01" + \
         b"\x08\x00" + (2).to_bytes(8, "little")
