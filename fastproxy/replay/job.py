@@ -43,8 +43,9 @@ class ReplayRun:
     async def run(self) -> dict:
         engine = self.engine
         if self.write_tables:
-            self.writer = ReportWriter(self.options.host, self.options.port, self.options.username,
-                                       self.options.password, time.time_ns())
+            o = self.options
+            self.writer = ReportWriter(o.host, o.port, o.username, o.password, time.time_ns(), tls=o.tls,
+                                       tls_ca=o.tls_ca, tls_skip_verify=o.tls_skip_verify)
             self.writer.start()
             engine.on_flush = lambda report: self.writer.submit(report.take_delta())
         try:
@@ -170,7 +171,9 @@ class ReplayJob(Job):
                                 password=str(form.get("password", "")), speed=check_speed(_float(form, "speed", 1.0)),
                                 readonly=parse_bool(form, "readonly", False), encryption_key=key,
                                 input_format=str(form.get("format", "") or "auto").strip() or "auto",
-                                filters=filters_from(selection), start_at=parse_start_at(selection["start-at"]))
+                                filters=filters_from(selection), start_at=parse_start_at(selection["start-at"]),
+                                tls=parse_bool(form, "tls", False), tls_ca=str(form.get("tls-ca", "") or "").strip(),
+                                tls_skip_verify=parse_bool(form, "tls-skip-verify", False))
         report_dir = str(form.get("report-dir", "") or "").strip() or None
         return cls(server, ReplayRun(input_dir, options, report_dir))
 
