@@ -203,12 +203,13 @@ class Session:
             return
         for e in effects:
             if e.kind == "prepare":
-                self.sql_prepared[e.name] = (self.db, e.sql.decode("utf-8", "replace"))
+                # as sent (surrogateescape keeps bytes that are not UTF-8 through JSON and back)
+                self.sql_prepared[e.name] = (self.db, e.sql.decode("utf-8", "surrogateescape"))
             elif e.kind == "deallocate":
                 self.sql_prepared.pop(e.name, None)
             elif e.kind == "create_temp":
                 self.temp_tables[(e.db.lower() if e.db else self.db and self.db.lower(), e.name)] = (
-                    self.db, e.sql.decode("utf-8", "replace"))
+                    self.db, e.sql.decode("utf-8", "surrogateescape"))
             elif e.kind == "drop_table":
                 for db, name in e.names:
                     self.temp_tables.pop((db.lower() if db else self.db and self.db.lower(), name), None)
