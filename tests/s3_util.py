@@ -3,13 +3,10 @@ from __future__ import annotations
 
 import os
 
-import pytest
-
 from fastproxy.scratch_db import free_port
 
 
-@pytest.fixture(scope="module")
-def s3_server():
+def s3_server_fixture():
     """An S3 endpoint on 127.0.0.1 with the environment boto3 reads set for this process and its
     children; yields (endpoint, boto3 client)."""
     import boto3

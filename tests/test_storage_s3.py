@@ -14,7 +14,7 @@ from fastproxy.errors import TrafficFormatError
 from fastproxy.inputs import detect_format, open_input
 from fastproxy.inputs.convert import convert
 from replay_util import replay_cli
-from s3_util import s3_server, upload_dir  # noqa: F401  (fixture)
+from s3_util import upload_dir
 from tiproxy_format import encode_command, write_capture
 
 T0 = 1_700_000_000_000_000_000
@@ -43,7 +43,7 @@ def _capture(path: str, n: int = 300) -> list[Record]:
     return recs
 
 
-def test_replay_and_inspect_a_capture_on_s3(s3_server, mariadb_test, tmp_path):  # noqa: F811
+def test_replay_and_inspect_a_capture_on_s3(s3_server, mariadb_test, tmp_path):
     _, client = s3_server
     client.create_bucket(Bucket="traffic")
     local = str(tmp_path / "cap")
@@ -65,7 +65,7 @@ def test_replay_and_inspect_a_capture_on_s3(s3_server, mariadb_test, tmp_path): 
     assert mariadb_test.sql("SELECT COUNT(*) FROM s3db.t").strip() == "300"
 
 
-def test_tiproxy_capture_on_s3(s3_server, tmp_path):  # noqa: F811
+def test_tiproxy_capture_on_s3(s3_server, tmp_path):
     _, client = s3_server
     client.create_bucket(Bucket="tiproxy")
     import datetime
@@ -78,7 +78,7 @@ def test_tiproxy_capture_on_s3(s3_server, tmp_path):  # noqa: F811
     assert [r.payload for r in cmds] == [b"\x03SELECT 1"]
 
 
-def test_missing_prefix_and_bucket_are_clear_errors(s3_server):  # noqa: F811
+def test_missing_prefix_and_bucket_are_clear_errors(s3_server):
     with pytest.raises(TrafficFormatError, match="s3://traffic/nothing-here"):
         open_input("s3://traffic/nothing-here", "native")
     with pytest.raises(TrafficFormatError, match="NoSuchBucket|cannot list"):
