@@ -9,7 +9,7 @@ import time
 from typing import TYPE_CHECKING
 
 from fastproxy.errors import ConfigError, JobError, TrafficFormatError
-from fastproxy.jobs_base import Job
+from fastproxy.jobs_base import Job, parse_bool
 from fastproxy.replay.engine import Replayer, ReplayOptions
 from fastproxy.replay.report import ReportWriter
 
@@ -142,7 +142,6 @@ class ReplayJob(Job):
     @classmethod
     def from_form(cls, server: "ProxyServer", form: dict) -> "ReplayJob":
         from fastproxy.capture.crypto import load_key
-        from fastproxy.jobs import parse_bool
 
         input_dir = str(form.get("input", "")).strip()
         if not input_dir:
