@@ -13,9 +13,9 @@ from fastproxy.replay.selection import selection_options
 
 @click.command("replay")
 @click.option("--target", required=True, help="HOST:PORT of the test server (or of a proxy in front of it)")
-@click.option("--input", "input_dir", required=True, multiple=True, type=click.Path(exists=True),
-              help="capture directory, TiProxy capture directory, or a slow/general query log file; repeat it to "
-                   "replay the captures of several proxies together")
+@click.option("--input", "input_dir", required=True, multiple=True,
+              help="capture directory (or s3://bucket/prefix), TiProxy capture directory, or a slow/general query "
+                   "log file; repeat it to replay the captures of several proxies together")
 @click.option("--format", "input_format", type=click.Choice(["auto", "native", "slow-log", "general-log", "tiproxy"]),
               default="auto", show_default=True, help="input format")
 @click.option("--username", required=True, help="user the replay logs in as")

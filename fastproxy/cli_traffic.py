@@ -130,7 +130,7 @@ format_option = click.option(
 
 
 @traffic.command()
-@click.argument("input_dir", type=click.Path(exists=True))
+@click.argument("input_dir")
 @click.option("--json", "as_json", is_flag=True, help="JSON lines instead of readable lines")
 @click.option("--limit", type=int, default=None, help="print at most this many records (the summary counts all)")
 @click.option("--encryption-key-path", default=None, help="key file for an encrypted capture")
@@ -150,7 +150,7 @@ def inspect(input_dir: str, as_json: bool, limit: int | None, encryption_key_pat
 
 
 @traffic.command()
-@click.option("--input", "input_path", required=True, type=click.Path(exists=True),
+@click.option("--input", "input_path", required=True,
               help="a slow log, a general log, a TiProxy capture directory (or a fastproxy capture)")
 @click.option("--output", required=True, type=click.Path(), help="new directory for the fastproxy capture")
 @format_option

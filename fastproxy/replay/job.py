@@ -9,7 +9,8 @@ import time
 from typing import TYPE_CHECKING
 
 from fastproxy.errors import ConfigError, JobError, TrafficFormatError
-from fastproxy.jobs_base import Job
+from fastproxy.jobs_base import Job, parse_bool
+from fastproxy.storage import is_s3
 from fastproxy.replay.engine import Replayer, ReplayOptions
 from fastproxy.replay.report import ReportWriter
 
@@ -26,8 +27,10 @@ class ReplayRun:
                  write_tables: bool = True) -> None:
         inputs = [input_dir] if isinstance(input_dir, str) else list(input_dir)
         for path in inputs:
-            if not os.path.exists(path):
+            if not is_s3(path) and not os.path.exists(path):
                 raise JobError(f"input: {path}: no such file or directory")
+        if not report_dir and is_s3(inputs[0]):
+            raise ConfigError("report-dir: required when the input is on S3 (the summary files are written locally)")
         try:
             self.engine = Replayer(input_dir, options)
         except TrafficFormatError as e:
@@ -182,7 +185,6 @@ class ReplayJob(Job):
     @classmethod
     def from_form(cls, server: "ProxyServer", form: dict) -> "ReplayJob":
         from fastproxy.capture.crypto import load_key
-        from fastproxy.jobs import parse_bool
 
         from fastproxy.replay.selection import FILTER_FIELDS, filters_from, parse_start_at, split_inputs
 
