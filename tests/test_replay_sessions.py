@@ -353,3 +353,30 @@ def test_a_reconnect_lands_in_the_current_database(mariadb, mariadb_test, proxy,
         same_data(mariadb, mariadb_test, f"rs_db{i}")
     for i in (1, 2, 3):
         assert mariadb_test.sql(f"SELECT GROUP_CONCAT(v) FROM rs_db{i}.t").strip() == str(i)
+
+
+def test_users_file_through_the_api(mariadb, mariadb_test, proxy, proxy_factory, tmp_path):
+    """`fastproxy traffic replay --users-file PATH`: the path goes to the proxy (the passwords do not
+    travel through the API); a file others can read is refused with 400."""
+    _create_users(mariadb, mariadb_test)
+    out = str(tmp_path / "cap")
+    with Capture(proxy, out):
+        w = MySQLdb.connect(host="127.0.0.1", port=proxy.port, user="rs_writer", password=USERS["rs_writer"],
+                            database="rs_users", autocommit=True)
+        w.cursor().execute("INSERT INTO t VALUES (1, CURRENT_USER())")
+        w.close()
+    test_proxy = proxy_factory([mariadb_test])
+    loose = users_file(tmp_path / "loose.toml", USERS, mode=0o640)
+    status, body = test_proxy.post("/api/traffic/replay", {"input": out, "username": "root",
+                                                           "password": ROOT_PASSWORD, "users-file": loose})
+    assert status == 400 and "chmod 600" in body and USERS["rs_writer"] not in body, (status, body)
+    from replay_util import wait_job
+    from capture_util import run_cli
+
+    path = users_file(tmp_path / "users.toml", USERS)
+    res = run_cli("traffic", "replay", "--curls", test_proxy.api, "--input", out, "--username", "root",
+                  "--password", ROOT_PASSWORD, "--users-file", path, "--speed", "0")
+    assert res.returncode == 0, res.stderr
+    job = wait_job(test_proxy, "replay")
+    assert job["status"] == "done" and job["failed"] == 0 and job["other_errors"] == 0, job
+    assert mariadb_test.sql("SELECT who FROM rs_users.t").split() == ["rs_writer@%"]
