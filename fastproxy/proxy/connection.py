@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING
 
 from fastproxy._packet import PacketFramer, ResponseTracker, build_packet
 from fastproxy.capture.record import OUTCOME_BACKEND_LOST
-from fastproxy.constants import CLIENT, COMMAND, ER
+from fastproxy.constants import CLIENT, COMMAND, ER, SERVER_STATUS
 from fastproxy.errors import ProtocolError
 from fastproxy.metrics import LATENCY_BOUNDS_NS
 from fastproxy.protocol import Greeting, HandshakeResponse, err_packet, mask_client_capabilities, parse_err
@@ -43,6 +43,7 @@ log = logging.getLogger("fastproxy.conn")
 
 # phases
 CONNECTING, GREETING, AUTH, COMMANDS, CLOSED = range(5)
+_IN_TRANS = SERVER_STATUS.IN_TRANS
 
 # Largest client packet before authentication completed (handshake response with attributes, auth
 # switch answers are far smaller): garbage such as an HTTP request is refused at once.
@@ -220,8 +221,15 @@ class ClientConnection(asyncio.Protocol):
             if result.outcome == 1:
                 stats.command_errors[cmd] += 1
             session.commands += 1
-            if payload is None and result.outcome == 0 and not result.status_flags & STATE_FLAGS:
-                session.note_status(result.status_flags, result.affected_rows)  # all a plain query changes
+            flags = result.status_flags
+            if payload is None and result.outcome == 0 and not flags & STATE_FLAGS:
+                # all a plain query changes (Session.note_status, inlined: once per command)
+                session.status_flags = flags
+                if flags & _IN_TRANS:
+                    if result.affected_rows:
+                        session.txn_wrote = True
+                elif session.txn_wrote:
+                    session.txn_wrote = False
             else:
                 session.apply(cmd, payload, result)
             session.last_result, session.last_start_ns, session.last_end_ns = result, start, now
