@@ -170,22 +170,31 @@ def session_effects(sql: bytes) -> list[Effect]:
 
 
 # ---- cheap pre-checks (per command on the proxy) -------------------------------------------------
-# First byte (after the command byte) of a statement that may matter: use/prepare/deallocate/drop/
-# create, or whitespace / a comment / a parenthesis / an executable comment in front of one.
-_FIRST = frozenset(b"uUpPdDcC \t\r\n/#-")
+# The first two letters (after the command byte) of use / prepare / deallocate, drop / create:
+# UPDATE, DELETE, CALL, COMMIT are turned away on them. Or whitespace / a comment (executable
+# comments included) in front of the statement: then the regex decides.
+_SECOND_LETTER = {ord(a): frozenset(b) for a, b in (("u", b"sS"), ("U", b"sS"), ("p", b"rR"), ("P", b"rR"),
+                                                    ("d", b"rReE"), ("D", b"rReE"), ("c", b"rR"), ("C", b"rR"))}
+_LEADING = frozenset(b" \t\r\n/#-")
+FIRST_BYTES = frozenset(_SECOND_LETTER) | _LEADING  # any other first byte: no statement that matters
 _START = re.compile(rb"(?:\s+|/\*(?!M?!).*?\*/|--\s[^\n]*\n|#[^\n]*\n|/\*M?!\d*)*"
                     rb"(?:use|prepare|deallocate|drop|create)\b", re.I | re.S)
-_SEMICOLON = re.compile(rb";")
+SEMICOLON = re.compile(rb";")  # a multi-statement query may hold one after its first statement
 
 
 def worth_scanning(payload, multi_statements: bool) -> bool:
     """Whether a COM_QUERY payload (command byte included; bytes or memoryview, never copied here)
     may hold a statement `session_effects` reports. False for nearly every query, fast."""
-    if len(payload) < 2:
+    if len(payload) < 3:
         return False
-    if payload[1] in _FIRST and _START.match(payload, 1) is not None:
+    first = payload[1]
+    second = _SECOND_LETTER.get(first)
+    if second is not None:
+        if payload[2] in second and _START.match(payload, 1) is not None:
+            return True
+    elif first in _LEADING and _START.match(payload, 1) is not None:
         return True
-    return multi_statements and _SEMICOLON.search(payload, 1) is not None
+    return multi_statements and SEMICOLON.search(payload, 1) is not None
 
 
 # ---- KILL ----------------------------------------------------------------------------------------

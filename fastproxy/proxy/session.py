@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 from fastproxy._packet import CommandResult, execute_types_at
 from fastproxy.constants import CLIENT, COMMAND, SERVER_STATUS
-from fastproxy.sqltext import session_effects, worth_scanning
+from fastproxy.sqltext import FIRST_BYTES as _MAY_MATTER_FIRST, SEMICOLON as _SEMICOLON, session_effects, worth_scanning
 
 # `USE db` at the start of a COM_QUERY, after comments/whitespace; db maybe back-quoted
 _USE_RE = re.compile(rb"^\s*(?:/\*.*?\*/\s*)*use\s+(`(?:[^`]|``)+`|[^\s;]+)\s*;?\s*$", re.I | re.S)
@@ -124,6 +124,9 @@ class Session:
         On the per-command path: a set lookup, and for COM_QUERY a look at its first bytes (and a
         search for `;` where multi-statements are on)."""
         if cmd == COMMAND.COM_QUERY:
+            # most statements (SELECT, INSERT, ...) are turned away on their first letter, here
+            if len(payload) > 2 and payload[1] not in _MAY_MATTER_FIRST:
+                return self.multi_statements and _SEMICOLON.search(payload, 1) is not None
             return worth_scanning(payload, self.multi_statements)
         if cmd == COMMAND.COM_STMT_EXECUTE:  # only an execute that binds new parameter types
             return self.prepared_params and execute_types_at(payload, self.prepared_params) > 0
