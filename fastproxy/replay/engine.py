@@ -488,8 +488,8 @@ class Replayer:
             conn.client.send_only(payload)
             self.stats.replayed += 1
             return self._consume(conn)
-        if conn.infiles:
-            conn.client.infiles = conn.infiles.pop(rec.start_ns, None)
+        # LOCAL INFILE files of this command (capture.local-infile), else none: empty files
+        conn.client.infiles = conn.infiles.pop(rec.start_ns, None) if conn.infiles else None
         conn.client.send(payload, None)
         return False
 
