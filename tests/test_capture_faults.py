@@ -108,7 +108,7 @@ def test_output_dir_removed_while_capturing(mariadb, proxy_factory, tmp_path):
     conn = MySQLdb.connect(**connect_kwargs(proxy.port), autocommit=True)
     cur = conn.cursor()
     cur.execute("SELECT 'first file'")
-    wait_for(lambda: os.listdir(out), what="the first traffic file")
+    wait_for(lambda: [n for n in os.listdir(out) if n.startswith("traffic-")], what="the first traffic file")
     shutil.rmtree(out)  # the next rotation cannot create its file
 
     def stopped():
