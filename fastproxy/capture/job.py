@@ -69,7 +69,7 @@ class CaptureJob(Job):
         self.duration = duration
         self.compress = compress
         self.encrypted = encryption_key is not None
-        self.ring = RingBuffer(buffer_size, large_max=large_record_buffer_size)
+        self.ring: RingBuffer | None = RingBuffer(buffer_size, large_max=large_record_buffer_size)
         self.writer = CaptureWriter(self.ring, self.output, file_size=file_size, compress=compress,
                                     encryption_key=encryption_key, throttle_bytes_per_sec=throttle_bytes_per_sec)
         self.start_ns = 0
@@ -147,6 +147,9 @@ class CaptureJob(Job):
         if error:
             meta["error"] = error
         meta = self._final = await asyncio.get_running_loop().run_in_executor(None, self.writer.stop, meta)
+        # Nothing appends any more: free the buffer and any large records still waiting (a job
+        # stays in `show` history long after it ended)
+        self.ring = None
         error = error or meta.get("error")
         if error:
             log.error("capture stopped: %s", error)
@@ -164,7 +167,7 @@ class CaptureJob(Job):
             asyncio.get_running_loop().create_task(self.stop(error=error))
 
     def _append_event(self, kind: int, session: "Session", body: bytes) -> None:
-        if self._failed:
+        if self._failed or self._stopping:
             return
         now = time.time_ns()
         if not self.ring.append_event(kind, session.conn_id, now, body):
@@ -265,8 +268,8 @@ class CaptureJob(Job):
             "existing_connections": self.existing_connections,
             "waited_for_transaction": self.waited_for_txn,
             "bytes_written": self.writer.bytes_written,
-            "buffer_used": self.ring.used,
-            "large_record_buffer_used": self.ring.large_bytes,
+            "buffer_used": self.ring.used if self.ring is not None else 0,
+            "large_record_buffer_used": self.ring.large_bytes if self.ring is not None else 0,
         })
         if self._final and self._final.get("commands_not_written"):
             d["commands_not_written"] = self._final["commands_not_written"]

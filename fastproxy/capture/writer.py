@@ -95,14 +95,14 @@ class CaptureWriter:
         if self._thread is not None or self._dir_fd is not None:
             raise JobError("capture writer already started")
         if not os.path.isabs(self.output_dir):
-            raise JobError(f"output dir {self.output_dir!r} is not an absolute path")
+            raise JobError(f"output: must be an absolute path, got {self.output_dir!r}")
         try:
             self._dir_fd = open_private_dir(self.output_dir, "output", create=True)
         except OSError as e:
             self._fail("cannot create output dir", e, e.filename or self.output_dir)  # the part that failed
             return
         try:
-            if any(n in (META_NAME, META_TMP) or FILE_RE.match(n) for n in os.listdir(self._dir_fd)):
+            if any(n == META_NAME or FILE_RE.match(n) for n in os.listdir(self._dir_fd)):
                 raise JobError(f"output: {self.output_dir} already holds a capture")
             self._reserve_meta()
         except JobError:
@@ -131,6 +131,7 @@ class CaptureWriter:
         self._stop_evt.set()
         if self._thread is not None:
             self._thread.join()
+        self._rb = None  # done with it: what it still holds (after an error) is freed with it
         merged = {"format_version": FORMAT_VERSION, **meta}
         captured = merged.get("commands", self.commands_written)
         merged.update({
@@ -145,7 +146,7 @@ class CaptureWriter:
         if captured > self.commands_written:
             merged["commands_not_written"] = captured - self.commands_written
         if self.error is not None:
-            merged["error"] = self.error
+            merged.setdefault("error", self.error)  # the caller's wording of it, if it has one
             merged["writer_error"] = self.error  # readers then accept a cut-off end of the last file
         if self._meta_fd is not None:
             try:
@@ -153,11 +154,9 @@ class CaptureWriter:
                 # reserved at the start, and it tells a reader what happened
                 self._write_meta(merged)
             except OSError as e:
-                first, self.error = self.error, None
-                self._fail("cannot write meta", e, os.path.join(self.output_dir, META_TMP))
-                merged["error"] = "; ".join(x for x in (merged.get("error"), self.error) if x)
-                if first:
-                    self.error = f"{first}; {self.error}"
+                meta_error = _describe("cannot write meta", e, os.path.join(self.output_dir, META_TMP))
+                merged["error"] = "; ".join(x for x in (merged.get("error"), meta_error) if x)
+                self.error = f"{self.error}; {meta_error}" if self.error else meta_error
         self._close_dir()
         self._meta = merged
         return merged
@@ -204,13 +203,7 @@ class CaptureWriter:
 
     def _fail(self, what: str, e: BaseException, path: str = "") -> None:
         if self.error is None:
-            if isinstance(e, OSError) and e.strerror:
-                # operations under the directory's descriptor report relative names: prefer ours
-                where = path or e.filename
-                detail = f"{e.strerror}: {where}" if where else e.strerror
-            else:
-                detail = f"{type(e).__name__}: {e}"
-            self.error = f"{what}: {detail}"
+            self.error = _describe(what, e, path)
 
     def _write_large(self, head: bytes, payload: bytes) -> None:
         view = memoryview(payload)
@@ -413,3 +406,12 @@ class CaptureWriter:
         if self._dir_fd is not None:
             os.close(self._dir_fd)
             self._dir_fd = None
+
+
+def _describe(what: str, e: BaseException, path: str = "") -> str:
+    """"what: OS error: path" (path: the full one we worked on, or the one the error names)."""
+    if isinstance(e, OSError) and e.strerror:
+        # operations under the directory's descriptor report relative names: prefer ours
+        where = path or e.filename
+        return f"{what}: {e.strerror}: {where}" if where else f"{what}: {e.strerror}"
+    return f"{what}: {type(e).__name__}: {e}"

@@ -62,9 +62,7 @@ class ReplayRun:
         return self.summary
 
     def _write_files(self) -> None:
-        start = self.engine.replay_start_ns  # milliseconds: two runs in one second must not overwrite each other
-        stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(start / 1e9)) + f".{start // 1_000_000 % 1000:03d}Z"
-        base = f"replay-{stamp}"
+        base = summary_base(self.engine.replay_start_ns)
         report = self.engine.report
         contents = {
             ".json": lambda: json.dumps(self.summary, indent=2),
@@ -103,6 +101,13 @@ class ReplayRun:
         if errors:
             log.error("replay summary: %s", "; ".join(errors))
             self.summary["summary_files_error"] = "; ".join(errors)
+
+
+def summary_base(replay_start_ns: int) -> str:
+    """replay-<UTC time>: the summary files' name without suffix. Milliseconds: two runs in one
+    second must not collide (a name that exists is never overwritten, see _write_private)."""
+    t = replay_start_ns
+    return "replay-" + time.strftime("%Y%m%dT%H%M%S", time.gmtime(t / 1e9)) + f".{t // 1_000_000 % 1000:03d}Z"
 
 
 def _check_report_dir(path: str, field: str) -> None:
