@@ -219,7 +219,7 @@ def test_relative_and_linked_paths_are_refused(mariadb, proxy_factory, tmp_path)
     # the default report directory is the input directory: it must be private too
     os.chmod(cap, 0o770)
     status, body = proxy.post("/api/traffic/replay", {"input": cap, "username": "root"})
-    assert status == 400 and body.startswith(f"report-dir (by default the input directory): {cap} is writable by "
+    assert status == 400 and body.startswith(f"report-dir (by default the input's directory): {cap} is writable by "
                                              f"its group"), body
     assert all(j["type"] == "capture" for j in proxy.get("/api/traffic/show"))  # no replay ever started
 
