@@ -14,7 +14,7 @@ import re
 import time
 from typing import TYPE_CHECKING
 
-from fastproxy._ringbuf import REFUSED_FULL, REFUSED_LARGE_LIMIT, REFUSED_TOO_LARGE, RingBuffer
+from fastproxy._ringbuf import REFUSED_CLOSED, REFUSED_FULL, REFUSED_LARGE_LIMIT, REFUSED_TOO_LARGE, RingBuffer
 from fastproxy.capture.record import KIND_CONN_CLOSE, KIND_CONN_OPEN, KIND_CONN_STATE, KIND_NAMES
 from fastproxy.capture.writer import CaptureWriter
 from fastproxy.constants import COMMAND, command_name
@@ -177,6 +177,8 @@ class CaptureJob(Job):
         """The ring buffer refused a record: stop, saying which limit and what was not captured."""
         ring = self.ring
         refusal = ring.refusal
+        if refusal == REFUSED_CLOSED:  # the capture is stopping anyway
+            return
         if refusal == REFUSED_FULL:
             secs = max(1e-3, (time.time_ns() - self.start_ns) / 1e9)
             why = (f"capture buffer full (capture.buffer-size {_size(ring.capacity)}): the writer could not keep "
