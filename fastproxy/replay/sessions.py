@@ -92,11 +92,20 @@ def rebuild_statements(state: dict) -> list[tuple[str, str]]:
     return out
 
 
+CLOSED = "closed"  # ThreadIds: the connection that had the id has finished (kept as a word, not an object)
+
+
 class ThreadIds:
-    """Production thread id (per backend) -> the captured connection that had it."""
+    """Production thread id (per backend) -> the captured connection that had it (or CLOSED)."""
 
     def __init__(self) -> None:
         self._by_id: dict[tuple[str, int], object] = {}
+
+    def closed(self, conn) -> None:
+        """A finished connection: its id stays known (a later KILL of it failed in production too)."""
+        key = (conn.backend, conn.thread_id)
+        if conn.thread_id and self._by_id.get(key) is conn:
+            self._by_id[key] = CLOSED
 
     def add(self, backend: str, thread_id: int, conn) -> None:
         if thread_id:
