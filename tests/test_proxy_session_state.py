@@ -281,3 +281,89 @@ def test_local_infile_content_recorded(enabled, mariadb, proxy_factory, tmp_path
     assert (job["local_infile_files"], job["local_infile_bytes"], job["local_infile_too_large"]) == \
         (2, small.stat().st_size, 1)
     assert meta["local_infile_too_large"] == 1 and "LOCAL INFILE" in job["note"]
+
+
+# ---- the proxy's own queries never mix with the client's bytes -----------------------------------
+def _read_rows(raw) -> list[bytes]:
+    """One text result set (no CLIENT_DEPRECATE_EOF): the first column of each row."""
+    _, first = raw.read_packet()
+    assert first[0] not in (0x00, 0xFF), first
+    for _ in range(first[0]):
+        raw.read_packet()  # column definitions
+    assert raw.read_packet()[1][0] == 0xFE  # EOF after them
+    rows = []
+    while True:
+        _, p = raw.read_packet()
+        if p[0] == 0xFE and len(p) < 9:
+            return rows
+        rows.append(p[1:1 + p[0]])
+
+
+def test_pipelined_commands_at_capture_start_keep_their_answers(mariadb, proxy, tmp_path):
+    """A client that sends two queries in one write just as the capture starts: the proxy's own
+    query goes before both, and each query gets its own answer, in order."""
+    from proxy_rawclient import RawClient
+
+    raw = RawClient(proxy.port)
+    raw.login("root", ROOT_PASSWORD)
+    raw.send(packet(0, b"\x03SELECT 'warm'"))
+    assert _read_rows(raw) == [b"warm"]
+    out = tmp_path / "pipelined"
+    start_capture(proxy, out)
+    raw.send(packet(0, b"\x03SELECT 'one'") + packet(0, b"\x03SELECT 'two'"))
+    assert _read_rows(raw) == [b"one"]
+    assert _read_rows(raw) == [b"two"]
+    raw.send(packet(0, b"\x03SELECT 'three'"))
+    assert _read_rows(raw) == [b"three"]
+    cancel_capture(proxy)
+    raw.close()
+    _, records, _ = read_capture(out)
+    assert [r.kind for r in records][:4] == [KIND_CONN_STATE, KIND_COMMAND, KIND_COMMAND, KIND_COMMAND]
+    assert [r.payload for r in records[1:4]] == [b"\x03SELECT 'one'", b"\x03SELECT 'two'", b"\x03SELECT 'three'"]
+
+
+def test_busy_connections_at_capture_start(mariadb, proxy, tmp_path):
+    """Connections running queries back to back while the capture starts: every answer is the
+    client's own, every connection gets its CONN_STATE before its first captured command."""
+    import threading
+
+    conns = [pymysql.connect(**connect_kwargs(proxy.port), autocommit=True) for _ in range(8)]
+    stop = threading.Event()
+    errors: list = []
+    counts = [0] * len(conns)
+
+    def run(i: int) -> None:
+        cur = conns[i].cursor()
+        try:
+            while not stop.is_set():
+                k = counts[i]
+                cur.execute(f"SELECT {i}, {k}, REPEAT('x', {k % 50})")
+                if cur.fetchall() != ((i, k, "x" * (k % 50)),):
+                    errors.append((i, k))
+                counts[i] += 1
+        except Exception as e:  # noqa: BLE001
+            errors.append(e)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(conns))]
+    for t in threads:
+        t.start()
+    wait_for(lambda: min(counts) > 20, 30, what="the load")
+    out = tmp_path / "busy"
+    start_capture(proxy, out)
+    before = list(counts)
+    wait_for(lambda: all(c > b + 20 for c, b in zip(counts, before)), 30, what="queries during the capture")
+    job = cancel_capture(proxy)
+    stop.set()
+    for t in threads:
+        t.join()
+    for c in conns:
+        c.close()
+    assert not errors, errors[:5]
+    assert job["existing_connections"] == len(conns) and job["error"] == "", job
+    _, records, _ = read_capture(out)
+    recs = _by_conn(records)
+    assert len(recs) == len(conns)
+    for rs in recs.values():
+        assert rs[0].kind == KIND_CONN_STATE and all(r.kind == KIND_COMMAND for r in rs[1:])
+        ks = [int(r.payload.split(b", ")[1]) for r in rs[1:]]
+        assert ks == list(range(ks[0], ks[0] + len(ks)))  # no command lost or doubled
