@@ -120,9 +120,20 @@ class Effect(NamedTuple):
     names: tuple = ()    # drop_table: ((db, name), ...)
 
 
+# Bytes of a query scanned for session effects: the statements that have them are short, and a
+# 70 MiB INSERT must not be tokenized (a `;` inside a BLOB makes it look like a multi-statement).
+SCAN_LIMIT = 64 * 1024
+
+
 def session_effects(sql: bytes) -> list[Effect]:
-    """What a query does to the session state the proxy keeps, statement by statement."""
+    """What a query does to the session state the proxy keeps, statement by statement, in its first
+    SCAN_LIMIT bytes. A `;` beyond them adds Effect("maybe_use"): a later statement may have
+    changed the current database (the server's answer, or the proxy's question, settles it)."""
     effects: list[Effect] = []
+    if len(sql) > SCAN_LIMIT:
+        if sql.find(b";", SCAN_LIMIT) >= 0:
+            effects.append(Effect("maybe_use"))
+        sql = sql[:SCAN_LIMIT]
     for st in statements(sql):
         toks = st.tokens
         w = _words(toks, 8)
@@ -194,7 +205,14 @@ def worth_scanning(payload, multi_statements: bool) -> bool:
             return True
     elif first in _LEADING and _START.match(payload, 1) is not None:
         return True
-    return multi_statements and SEMICOLON.search(payload, 1) is not None
+    return multi_statements and has_semicolon(payload)
+
+
+def has_semicolon(payload) -> bool:
+    """A `;` after the command byte; memchr speed on bytes, no copy of a memoryview."""
+    if type(payload) is bytes:
+        return payload.find(b";", 1) >= 0
+    return SEMICOLON.search(payload, 1) is not None
 
 
 # ---- KILL ----------------------------------------------------------------------------------------

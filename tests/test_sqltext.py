@@ -79,3 +79,15 @@ def test_kill_without_a_thread_id(sql):
 @pytest.mark.parametrize("sql", [b"SELECT 'KILL 5'", b"KILL 5; SELECT 1", b"killer()"])
 def test_not_a_single_kill(sql):
     assert parse_kill(sql) is None
+
+
+def test_large_queries_are_scanned_in_their_first_part_only():
+    """A 20 MiB INSERT whose BLOB holds `;` is not tokenized whole; a `;` beyond the scanned part
+    only says the database may have changed (the server then settles it)."""
+    from fastproxy.sqltext import SCAN_LIMIT
+
+    blob = (b"x;y'z\\" * (4 << 20))
+    sql = b"INSERT INTO t VALUES ('" + blob.replace(b"\\", b"\\\\").replace(b"'", b"\\'") + b"')"
+    assert len(sql) > 20 << 20
+    assert kinds(sql) == ["maybe_use"]
+    assert kinds(b"USE a; " + b"INSERT INTO t VALUES ('" + b"a" * SCAN_LIMIT + b"')") == ["use"]

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 from fastproxy._packet import CommandResult, execute_types_at
 from fastproxy.constants import CLIENT, COMMAND, SERVER_STATUS
-from fastproxy.sqltext import FIRST_BYTES as _MAY_MATTER_FIRST, SEMICOLON as _SEMICOLON, session_effects, worth_scanning
+from fastproxy.sqltext import FIRST_BYTES as _MAY_MATTER_FIRST, has_semicolon, session_effects, worth_scanning
 
 # `USE db` at the start of a COM_QUERY, after comments/whitespace; db maybe back-quoted
 _USE_RE = re.compile(rb"^\s*(?:/\*.*?\*/\s*)*use\s+(`(?:[^`]|``)+`|[^\s;]+)\s*;?\s*$", re.I | re.S)
@@ -115,6 +115,11 @@ class Session:
     def autocommit(self) -> bool:
         return bool(self.status_flags & SERVER_STATUS.AUTOCOMMIT)
 
+    @property
+    def session_tracked(self) -> bool:
+        """The server reports the current database in its OK packets (CLIENT_SESSION_TRACK)."""
+        return bool(self.capabilities & CLIENT.SESSION_TRACK)
+
     def set_capabilities(self, capabilities: int) -> None:
         self.capabilities = capabilities
         self.multi_statements = bool(capabilities & CLIENT.MULTI_STATEMENTS)
@@ -126,7 +131,7 @@ class Session:
         if cmd == COMMAND.COM_QUERY:
             # most statements (SELECT, INSERT, ...) are turned away on their first letter, here
             if len(payload) > 2 and payload[1] not in _MAY_MATTER_FIRST:
-                return self.multi_statements and _SEMICOLON.search(payload, 1) is not None
+                return self.multi_statements and has_semicolon(payload)
             return worth_scanning(payload, self.multi_statements)
         if cmd == COMMAND.COM_STMT_EXECUTE:  # only an execute that binds new parameter types
             return self.prepared_params and execute_types_at(payload, self.prepared_params) > 0
@@ -199,7 +204,8 @@ class Session:
         """A COM_QUERY worth scanning: SQL PREPAREs, temporary tables, and whether it may have
         changed the current database (then asked, unless the server already said)."""
         effects = session_effects(bytes(payload[1:]))
-        if any(e.kind == "use" for e in effects) and result.schema is None:
+        if result.schema is None and any(e.kind == "use" or (e.kind == "maybe_use" and not self.session_tracked)
+                                         for e in effects):
             # also after an error: a multi-statement may have failed after its USE
             self.db_stale = self.own_query_due = True
         if result.outcome != 0:

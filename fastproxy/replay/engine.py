@@ -866,7 +866,9 @@ class Replayer:
             return False
         from fastproxy.sqltext import session_effects
 
-        if not any(e.kind == "use" for e in session_effects(rec.payload[1:])) or conn.client is None:
+        tracked = conn.client is not None and conn.client.tracker.session_track
+        if conn.client is None or not any(e.kind == "use" or (e.kind == "maybe_use" and not tracked)
+                                          for e in session_effects(rec.payload[1:])):
             return False
         self._start(self._ask_database(conn, rec, conn.client))
         return True

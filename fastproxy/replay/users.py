@@ -22,7 +22,7 @@ import stat
 import tomllib
 
 from fastproxy.errors import ConfigError
-from fastproxy.sqltext import NAME, STRING, WORD, statements
+from fastproxy.sqltext import NAME, SCAN_LIMIT, STRING, WORD, statements
 
 PLACEHOLDER = "__fastproxy_redacted__"
 PLACEHOLDER_BYTES = PLACEHOLDER.encode()
@@ -70,6 +70,8 @@ def _sql_string(value: str) -> str:
     return "'" + value.replace("\\", "\\\\").replace("'", "''") + "'"
 
 
+# the statements whose secrets the capture redacts
+_SECRET_STATEMENTS = frozenset({"create", "alter", "set", "grant"})
 # after these words (or a comma in their list) the next name is a user
 _USER_BEFORE = frozenset({"user", "exists", "for", "to"})
 
@@ -105,11 +107,16 @@ class Credentials:
         return self.generated[user]
 
     def substitute(self, sql: bytes, current_user: str) -> bytes:
-        """`sql` with each redacted secret replaced by the password of the user it belongs to."""
+        """`sql` with each redacted secret of a user-management statement replaced by the password of
+        the user it belongs to (the placeholder elsewhere, e.g. inside a BLOB, is data: left alone)."""
+        if len(sql) > SCAN_LIMIT:  # statements that carry passwords are short
+            return sql
         out = []
         pos = 0
         for st in statements(sql):
             toks = st.tokens
+            if not toks or toks[0].kind != WORD or toks[0].text not in _SECRET_STATEMENTS:
+                continue
             user = None
             wants_hash_plugin = "ed25519" if any(t.kind == WORD and t.text == "ed25519" for t in toks) else ""
             for i, tok in enumerate(toks):
