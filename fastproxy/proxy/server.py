@@ -27,7 +27,7 @@ class ProxyServer:
         self.shutting_down = False
         self.loop: asyncio.AbstractEventLoop | None = None
         self._server: asyncio.base_events.Server | None = None
-        self._api_runner = None
+        self._api = None  # fastproxy.api.ApiService once started
         self._conn_ids = itertools.count(1)
         self.metric_sources: list = []
         self.registry = make_registry(self.stats, self.pool, self.metric_sources)
@@ -48,17 +48,23 @@ class ProxyServer:
             self.capture.on_close(conn.session)
 
     async def start(self) -> None:
+        from fastproxy.api import start_api
+        from fastproxy.api_security import ApiSecurity
+
         self.loop = asyncio.get_running_loop()
+        # before anything listens: a token file others can read, bad TLS files or an open API beyond
+        # loopback stop the start with a message naming the key
+        api_security = ApiSecurity.from_config(self.config)
         host, port = self.config["proxy.addr"]
         self._server = await self.loop.create_server(lambda: ClientConnection(self), host, port, reuse_address=True,
                                                      backlog=1024)
         self.listen_addr = self._server.sockets[0].getsockname()[:2]
         await self.pool.check_all()
         self.pool.start()
-        from fastproxy.api import start_api
-
-        self._api_runner, self.api_addr = await start_api(self, *self.config["api.addr"])
-        log.info("fastproxy listening on %s:%d, API on %s:%d, backends %s", *self.listen_addr, *self.api_addr,
+        self._api = await start_api(self, *self.config["api.addr"], api_security)
+        self.api_addr = self._api.addr
+        log.info("fastproxy listening on %s:%d, API on %s://%s:%d%s, backends %s", *self.listen_addr,
+                 api_security.scheme, *self.api_addr, " (token required)" if api_security.token else "",
                  ", ".join(b.addr for b in self.pool.backends))
 
     async def shutdown(self, timeout: float | None = None) -> None:
@@ -82,8 +88,8 @@ class ProxyServer:
         if self.jobs is not None:
             await self.jobs.shutdown()
         await self.pool.stop()
-        if self._api_runner:
-            await self._api_runner.cleanup()
+        if self._api:
+            await self._api.stop()
         self.stopped.set()
 
     def install_signal_handlers(self) -> None:
