@@ -13,17 +13,20 @@ import unicodedata
 from urllib.parse import unquote_to_bytes
 
 from fastproxy.errors import ConfigError
+from fastproxy.replay.selection import FILTER_FIELDS
 
 FORM_CONTENT_TYPE = "application/x-www-form-urlencoded"
 MAX_FIELD_CHARS = 4096
 
-TEXT, PATH, SECRET = "text", "path", "secret"
+TEXT, PATH, PATHS, SECRET = "text", "path", "paths", "secret"  # PATHS: comma-separated paths
 
-# request -> field -> kind. A field a job learns to take must be added here, or the API refuses it.
+# request -> field -> kind. A field a job learns to take must be added here, or the API refuses it
+# (the replay's selection fields come from their own table).
 FIELDS: dict[str, dict[str, str]] = {
     "capture": {"output": PATH, "duration": TEXT, "compress": TEXT, "encryption-method": TEXT},
-    "replay": {"input": PATH, "username": TEXT, "password": SECRET, "speed": TEXT, "readonly": TEXT,
-               "encryption-key-path": PATH, "report-dir": PATH},
+    "replay": {"input": PATHS, "username": TEXT, "password": SECRET, "speed": TEXT, "readonly": TEXT,
+               "encryption-key-path": PATH, "report-dir": PATH, "format": TEXT,
+               **{name: TEXT for name, _ in FILTER_FIELDS}},
     "cancel": {"type": TEXT, "graceful": TEXT},
 }
 
@@ -84,5 +87,7 @@ def _check(name: str, value: str, kind: str) -> None:
         if unicodedata.category(ch) == "Cc" or ch in _LINE_BREAKERS:
             where = "" if kind == SECRET else f" at position {i}"
             raise ConfigError(f"{_shown(name)}: contains the control character U+{ord(ch):04X}{where}")
-    if kind == PATH and value.strip() and not os.path.isabs(value.strip()):
-        raise ConfigError(f"{name}: must be an absolute path on the proxy's machine, got {value!r}")
+    paths = [value] if kind == PATH else value.split(",") if kind == PATHS else []
+    for path in (p.strip() for p in paths):
+        if path and not os.path.isabs(path):
+            raise ConfigError(f"{name}: must be an absolute path on the proxy's machine, got {path!r}")
