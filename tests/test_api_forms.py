@@ -201,3 +201,19 @@ def test_fields_in_the_query_string(proxy_factory, mariadb, tmp_path):
     assert status == 200 and "capture" in text, text
     status, text = raw_post(api_proxy.api, "/api/traffic/cancel", b"graceful=perhaps")
     assert status == 400 and text.startswith("graceful:"), text
+
+
+def test_every_replay_option_is_a_known_field(api_proxy, small_capture, tmp_path):
+    from fastproxy.replay.selection import FILTER_FIELDS
+
+    for name in ["format"] + [n for n, _ in FILTER_FIELDS]:
+        form = _valid_replay(small_capture, tmp_path)
+        form.update({name: "x", "username": ""})  # a missing username: refused after the fields passed
+        status, text = post_form(api_proxy.api, "/api/traffic/replay", form)
+        assert status == 400 and "unknown field" not in text, (name, text)
+    # several inputs, each absolute
+    form = _valid_replay(small_capture, tmp_path)
+    form["input"] = f"{small_capture},relative/capture"
+    status, text = post_form(api_proxy.api, "/api/traffic/replay", form)
+    assert_refused(api_proxy, status, text, "input", tmp_path)
+    assert "'relative/capture'" in text

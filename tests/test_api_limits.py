@@ -108,7 +108,8 @@ def test_body_size_limit(proxy_factory, mariadb, tmp_path):
 
 
 def test_api_connections_are_capped(proxy_factory, mariadb):
-    p = proxy_factory([mariadb], "--api.max-connections=5")
+    # idle connections stay open as long as the test needs them
+    p = proxy_factory([mariadb], "--api.max-connections=5", "--api.read-header-timeout=10m")
     idle = [_connect(p.api) for _ in range(5)]
     try:
         wait_for(lambda: _refused(p), what="the sixth API connection to be refused")
@@ -147,7 +148,8 @@ def _low_open_files_limit() -> None:
 
 def test_idle_api_connections_leave_descriptors_for_mysql_and_health_checks(mariadb):
     # no cap on API connections: only the descriptor reserve stands between them and the limit
-    p = ProxyProcess([mariadb.addr], "--api.max-connections=100000", preexec_fn=_low_open_files_limit).start()
+    p = ProxyProcess([mariadb.addr], "--api.max-connections=100000", "--api.read-header-timeout=10m",
+                     preexec_fn=_low_open_files_limit).start()
     try:
         _check_mysql_beside_idle_api_connections(p)
     finally:
