@@ -5,9 +5,9 @@ An asyncio server accepts whatever arrives until the process runs out of descrip
 clients fail their handshake and the health check marks the backend down (seen with idle API
 connections under `ulimit -n 128`). Here every accepted API connection is weighed first: beyond
 `api.max-connections` open API connections, or when keeping it would leave fewer than
-`api.fd-reserve` descriptors free under RLIMIT_NOFILE, it gets a 503 and is closed at once — one
-descriptor for microseconds, never more than one at a time (accept, answer and close run in one
-callback of the event loop).
+`api.fd-reserve` descriptors free under RLIMIT_NOFILE, it gets a 503 and is closed as soon as its
+request is in (at most MAX_LINGERING_REFUSALS such connections for at most REFUSAL_LINGER; beyond
+them, at once, in the callback that accepted it).
 """
 from __future__ import annotations
 
@@ -26,6 +26,8 @@ log = logging.getLogger("fastproxy.api")
 ACCEPT_BATCH = 32  # connections accepted per wake-up, so that a flood does not hog the loop
 PAUSE_ON_EXHAUSTION = 0.5  # seconds without accepting after EMFILE/ENFILE (as asyncio's servers do)
 REFUSAL_LOG_INTERVAL = 10.0
+REFUSAL_LINGER = 1.0  # seconds a refused connection may take to send its request before it is closed
+MAX_LINGERING_REFUSALS = 8  # beyond these, refused connections are closed at once
 FD_COUNT_MAX_AGE = 1.0  # seconds a count of open descriptors is reused: listing 10,000 took 17 ms here
 _EXHAUSTED = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
 
@@ -48,6 +50,35 @@ def _refusal_response(reason: str) -> bytes:
     head = ("HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain; charset=utf-8\r\nRetry-After: 1\r\n"
             f"Connection: close\r\nContent-Length: {len(body)}\r\n\r\n").encode()
     return head + body
+
+
+class _Refused(asyncio.Protocol):
+    """A refused plain-HTTP connection: the 503 goes out at once, and the socket is closed once the
+    request's headers are in (or after REFUSAL_LINGER). Closed before, the kernel would answer the
+    request with a reset, which can destroy the 503 before the client reads it."""
+
+    def __init__(self, answer: bytes, done: Callable[[], None]) -> None:
+        self._answer = answer
+        self._done = done
+        self._seen = b""
+        self._transport: asyncio.Transport | None = None
+        self._timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport) -> None:
+        self._transport = transport
+        transport.write(self._answer)
+        self._timer = asyncio.get_running_loop().call_later(REFUSAL_LINGER, transport.close)
+
+    def data_received(self, data: bytes) -> None:
+        seen = self._seen + data
+        if b"\r\n\r\n" in seen:
+            self._transport.close()
+        self._seen = seen[-3:]  # enough to find the blank line across two reads
+
+    def connection_lost(self, exc) -> None:
+        if self._timer:
+            self._timer.cancel()
+        self._done()
 
 
 class _Tally:
@@ -93,6 +124,7 @@ class GuardedListener:
         self._ssl = ssl_context
         self._handshake_timeout = handshake_timeout
         self._handshakes: set[asyncio.Task] = set()  # TLS connections not yet handed to aiohttp
+        self._lingering = 0  # refused connections still open (see _Refused)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._reading = False
         self._closed = False
@@ -184,6 +216,14 @@ class GuardedListener:
         return self._fd_count
 
     def _refuse(self, conn: socket.socket, public: str, detail: str) -> None:
+        self.refusals.add(detail)
+        if self._ssl is None and self._lingering < MAX_LINGERING_REFUSALS:
+            conn.setblocking(False)
+            self._lingering += 1
+            refused = _Refused(_refusal_response(public), self._lingered)
+            task = self._loop.create_task(self._loop.connect_accepted_socket(lambda: refused, conn))
+            task.add_done_callback(lambda t: self._refusal_handed_over(t, refused))
+            return
         try:
             conn.setblocking(False)
             if self._ssl is None:
@@ -197,7 +237,13 @@ class GuardedListener:
             pass
         finally:
             conn.close()
-        self.refusals.add(detail)
+
+    def _lingered(self) -> None:
+        self._lingering -= 1
+
+    def _refusal_handed_over(self, task: asyncio.Task, refused: _Refused) -> None:
+        if not task.cancelled() and task.exception() is not None and refused._transport is None:
+            self._lingering -= 1  # never connected, so never lost
 
     def _admit(self, conn: socket.socket) -> None:
         conn.setblocking(False)
