@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 from fastproxy.errors import ConfigError, JobError, TrafficFormatError
 from fastproxy.jobs_base import Job
+from fastproxy.storage import is_s3
 from fastproxy.replay.engine import Replayer, ReplayOptions
 from fastproxy.replay.report import ReportWriter
 
@@ -26,8 +27,10 @@ class ReplayRun:
                  write_tables: bool = True) -> None:
         inputs = [input_dir] if isinstance(input_dir, str) else list(input_dir)
         for path in inputs:
-            if not os.path.exists(path):
+            if not is_s3(path) and not os.path.exists(path):
                 raise JobError(f"input: {path}: no such file or directory")
+        if not report_dir and is_s3(inputs[0]):
+            raise ConfigError("report-dir: required when the input is on S3 (the summary files are written locally)")
         try:
             self.engine = Replayer(input_dir, options)
         except TrafficFormatError as e:
@@ -43,8 +46,9 @@ class ReplayRun:
     async def run(self) -> dict:
         engine = self.engine
         if self.write_tables:
-            self.writer = ReportWriter(self.options.host, self.options.port, self.options.username,
-                                       self.options.password, time.time_ns())
+            o = self.options
+            self.writer = ReportWriter(o.host, o.port, o.username, o.password, time.time_ns(), tls=o.tls,
+                                       tls_ca=o.tls_ca, tls_skip_verify=o.tls_skip_verify)
             self.writer.start()
             engine.on_flush = lambda report: self.writer.submit(report.take_delta())
         try:
@@ -170,7 +174,9 @@ class ReplayJob(Job):
                                 password=str(form.get("password", "")), speed=check_speed(_float(form, "speed", 1.0)),
                                 readonly=parse_bool(form, "readonly", False), encryption_key=key,
                                 input_format=str(form.get("format", "") or "auto").strip() or "auto",
-                                filters=filters_from(selection), start_at=parse_start_at(selection["start-at"]))
+                                filters=filters_from(selection), start_at=parse_start_at(selection["start-at"]),
+                                tls=parse_bool(form, "tls", False), tls_ca=str(form.get("tls-ca", "") or "").strip(),
+                                tls_skip_verify=parse_bool(form, "tls-skip-verify", False))
         report_dir = str(form.get("report-dir", "") or "").strip() or None
         return cls(server, ReplayRun(input_dir, options, report_dir))
 
