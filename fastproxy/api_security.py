@@ -110,23 +110,11 @@ class ApiSecurity:
 
 
 def _server_tls(cert: str, key: str, ca: str) -> tuple[ssl.SSLContext | None, bool]:
+    from fastproxy.tls import server_context
+
     if not (cert or key or ca):
         return None, False
     if not (cert and key):
         raise ConfigError("security.server-http-tls: cert and key are both needed for TLS "
                           f"(cert={cert!r}, key={key!r})")
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-    try:
-        ctx.load_cert_chain(cert, key)
-    except (OSError, ssl.SSLError) as e:
-        raise ConfigError(f"security.server-http-tls.cert/key: cannot load {cert} with {key}: "
-                          f"{getattr(e, 'strerror', None) or e}") from None
-    if ca:
-        try:
-            ctx.load_verify_locations(cafile=ca)
-        except (OSError, ssl.SSLError) as e:
-            raise ConfigError(f"security.server-http-tls.ca: cannot load {ca}: "
-                              f"{getattr(e, 'strerror', None) or e}") from None
-        ctx.verify_mode = ssl.CERT_REQUIRED
-    return ctx, bool(ca)
+    return server_context(cert, key, ca, key_prefix="security.server-http-tls"), bool(ca)

@@ -3,7 +3,8 @@
 Fields come form-encoded in the body (`application/x-www-form-urlencoded`) or in the query string,
 as TiProxy's API takes them; other bodies (multipart uploads, JSON) are refused. Each field must be
 known for its request, given once, valid UTF-8 and free of control characters; paths must be
-absolute (they name places on the proxy's machine, not the caller's). A bad field raises
+absolute (they name places on the proxy's machine, not the caller's); inputs may also be
+`s3://bucket/prefix` locations. A bad field raises
 ConfigError naming it (the API answers 400); a secret's value is never part of the message.
 """
 from __future__ import annotations
@@ -14,18 +15,21 @@ from urllib.parse import unquote_to_bytes
 
 from fastproxy.errors import ConfigError
 from fastproxy.replay.selection import FILTER_FIELDS
+from fastproxy.storage import is_s3
 
 FORM_CONTENT_TYPE = "application/x-www-form-urlencoded"
 MAX_FIELD_CHARS = 4096
 
-TEXT, PATH, PATHS, SECRET = "text", "path", "paths", "secret"  # PATHS: comma-separated paths
+TEXT, PATH, SECRET = "text", "path", "secret"
+INPUTS = "inputs"  # comma-separated absolute paths or s3://bucket/prefix locations
 
 # request -> field -> kind. A field a job learns to take must be added here, or the API refuses it
 # (the replay's selection fields come from their own table).
 FIELDS: dict[str, dict[str, str]] = {
     "capture": {"output": PATH, "duration": TEXT, "compress": TEXT, "encryption-method": TEXT},
-    "replay": {"input": PATHS, "username": TEXT, "password": SECRET, "speed": TEXT, "readonly": TEXT,
+    "replay": {"input": INPUTS, "username": TEXT, "password": SECRET, "speed": TEXT, "readonly": TEXT,
                "encryption-key-path": PATH, "report-dir": PATH, "format": TEXT,
+               "tls": TEXT, "tls-ca": PATH, "tls-skip-verify": TEXT,
                **{name: TEXT for name, _ in FILTER_FIELDS}},
     "cancel": {"type": TEXT, "graceful": TEXT},
 }
@@ -87,7 +91,7 @@ def _check(name: str, value: str, kind: str) -> None:
         if unicodedata.category(ch) == "Cc" or ch in _LINE_BREAKERS:
             where = "" if kind == SECRET else f" at position {i}"
             raise ConfigError(f"{_shown(name)}: contains the control character U+{ord(ch):04X}{where}")
-    paths = [value] if kind == PATH else value.split(",") if kind == PATHS else []
+    paths = [value] if kind == PATH else [p for p in value.split(",") if not is_s3(p.strip())] if kind == INPUTS else []
     for path in (p.strip() for p in paths):
         if path and not os.path.isabs(path):
             raise ConfigError(f"{name}: must be an absolute path on the proxy's machine, got {path!r}")

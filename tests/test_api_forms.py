@@ -206,11 +206,16 @@ def test_fields_in_the_query_string(proxy_factory, mariadb, tmp_path):
 def test_every_replay_option_is_a_known_field(api_proxy, small_capture, tmp_path):
     from fastproxy.replay.selection import FILTER_FIELDS
 
-    for name in ["format"] + [n for n, _ in FILTER_FIELDS]:
+    for name in ["format", "tls", "tls-ca", "tls-skip-verify"] + [n for n, _ in FILTER_FIELDS]:
         form = _valid_replay(small_capture, tmp_path)
-        form.update({name: "x", "username": ""})  # a missing username: refused after the fields passed
+        form.update({name: "/x", "username": ""})  # a missing username: refused after the fields passed
         status, text = post_form(api_proxy.api, "/api/traffic/replay", form)
-        assert status == 400 and "unknown field" not in text, (name, text)
+        assert status == 400 and text.startswith("username:"), (name, text)
+    # an S3 location is an input as good as an absolute path
+    form = _valid_replay(small_capture, tmp_path)
+    form.update({"input": f"{small_capture},s3://bucket/prefix", "username": ""})
+    status, text = post_form(api_proxy.api, "/api/traffic/replay", form)
+    assert status == 400 and text.startswith("username:"), text
     # several inputs, each absolute
     form = _valid_replay(small_capture, tmp_path)
     form["input"] = f"{small_capture},relative/capture"
