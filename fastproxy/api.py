@@ -139,7 +139,7 @@ async def show(request: web.Request) -> web.Response:
 
 
 async def cancel(request: web.Request) -> web.Response:
-    from fastproxy.jobs import parse_bool
+    from fastproxy.jobs_base import parse_bool
 
     try:
         form = await _form(request, "cancel")
@@ -182,10 +182,8 @@ class ApiService:
 
 
 async def start_api(server: "ProxyServer", host: str, port: int, security: ApiSecurity) -> ApiService:
-    from fastproxy.jobs import JobManager
-
+    """Serve the API for `server` (whose `jobs` are set) on host:port."""
     config = server.config
-    server.jobs = JobManager(server)
     header_timeout = config["api.read-header-timeout"]
     # aiohttp's keep-alive timer runs from the connection's start (and from the end of each response)
     # until a request's headers are complete: it is the header timeout, and the idle timeout too

@@ -1,11 +1,12 @@
-"""The proxy process: listener, backends, HTTP API, graceful shutdown."""
+"""The proxy: listener, backends, connections, graceful shutdown. Composed into a process (with the
+traffic jobs and the HTTP API) by fastproxy/app.py; nothing here imports a layer above the proxy."""
 from __future__ import annotations
 
 import asyncio
 import itertools
 import logging
 import signal
-from typing import Any
+from typing import Any, Awaitable, Callable
 
 from fastproxy.config import Config
 from fastproxy.metrics import ProxyStats, make_registry
@@ -23,17 +24,17 @@ class ProxyServer:
                                 config["proxy.health-check-timeout"])
         self.connections: set[ClientConnection] = set()
         self.capture: Any = None  # the running capture job's hook object, or None
-        self.jobs: Any = None  # fastproxy.jobs.JobManager, set when the API starts
+        self.jobs: Any = None  # the traffic jobs (fastproxy.jobs.JobManager), set by whoever composes the process
+        # awaited on shutdown once connections are closed, before the backends' checks stop
+        self.on_shutdown: list[Callable[[], Awaitable[None]]] = []
         self.shutting_down = False
         self.loop: asyncio.AbstractEventLoop | None = None
         self._server: asyncio.base_events.Server | None = None
-        self._api = None  # fastproxy.api.ApiService once started
         self._conn_ids = itertools.count(1)
         self.metric_sources: list = []
         self.registry = make_registry(self.stats, self.pool, self.metric_sources)
         self.stopped = asyncio.Event()
         self.listen_addr: tuple[str, int] | None = None
-        self.api_addr: tuple[str, int] | None = None
 
     def next_conn_id(self) -> int:
         return next(self._conn_ids)
@@ -48,24 +49,13 @@ class ProxyServer:
             self.capture.on_close(conn.session)
 
     async def start(self) -> None:
-        from fastproxy.api import start_api
-        from fastproxy.api_security import ApiSecurity
-
         self.loop = asyncio.get_running_loop()
-        # before anything listens: a token file others can read, bad TLS files or an open API beyond
-        # loopback stop the start with a message naming the key
-        api_security = ApiSecurity.from_config(self.config)
         host, port = self.config["proxy.addr"]
         self._server = await self.loop.create_server(lambda: ClientConnection(self), host, port, reuse_address=True,
                                                      backlog=1024)
         self.listen_addr = self._server.sockets[0].getsockname()[:2]
         await self.pool.check_all()
         self.pool.start()
-        self._api = await start_api(self, *self.config["api.addr"], api_security)
-        self.api_addr = self._api.addr
-        log.info("fastproxy listening on %s:%d, API on %s://%s:%d%s, backends %s", *self.listen_addr,
-                 api_security.scheme, *self.api_addr, " (token required)" if api_security.token else "",
-                 ", ".join(b.addr for b in self.pool.backends))
 
     async def shutdown(self, timeout: float | None = None) -> None:
         """Stop accepting; let connections finish their transaction; force-close after `timeout`."""
@@ -85,11 +75,9 @@ class ProxyServer:
             log.warning("force-closing %d connections after %.1fs", len(self.connections), timeout)
         for conn in list(self.connections):
             conn.close_for_shutdown(force=True)
-        if self.jobs is not None:
-            await self.jobs.shutdown()
+        for hook in self.on_shutdown:
+            await hook()
         await self.pool.stop()
-        if self._api:
-            await self._api.stop()
         self.stopped.set()
 
     def install_signal_handlers(self) -> None:
@@ -97,16 +85,3 @@ class ProxyServer:
             self.loop.add_signal_handler(sig, lambda: self.loop.create_task(self.shutdown()))
 
 
-async def serve(config: Config) -> None:
-    server = ProxyServer(config)
-    await server.start()
-    server.install_signal_handlers()
-    await server.stopped.wait()
-
-
-def run(config: Config) -> None:
-    import uvloop
-
-    logging.basicConfig(level=config["log.level"].upper(),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    uvloop.run(serve(config))
