@@ -94,4 +94,5 @@ def _check(name: str, value: str, kind: str) -> None:
     paths = [value] if kind == PATH else [p for p in value.split(",") if not is_s3(p.strip())] if kind == INPUTS else []
     for path in (p.strip() for p in paths):
         if path and not os.path.isabs(path):
-            raise ConfigError(f"{name}: must be an absolute path on the proxy's machine, got {path!r}")
+            raise ConfigError(f"{name}: must be an absolute path, got {path!r} (it names a place on the proxy's "
+                              f"machine, not the caller's)")
