@@ -3,8 +3,8 @@
 Fields come form-encoded in the body (`application/x-www-form-urlencoded`) or in the query string,
 as TiProxy's API takes them; other bodies (multipart uploads, JSON) are refused. Each field must be
 known for its request, given once, valid UTF-8 and free of control characters; paths must be
-absolute (they name places on the proxy's machine, not the caller's); inputs may also be
-`s3://bucket/prefix` locations. A bad field raises
+absolute (they name places on the proxy's machine, not the caller's); the capture's output and
+the replay's inputs may also be `s3://bucket/prefix` locations (the job decides what it supports). A bad field raises
 ConfigError naming it (the API answers 400); a secret's value is never part of the message.
 """
 from __future__ import annotations
@@ -21,12 +21,13 @@ FORM_CONTENT_TYPE = "application/x-www-form-urlencoded"
 MAX_FIELD_CHARS = 4096
 
 TEXT, PATH, SECRET = "text", "path", "secret"
-INPUTS = "inputs"  # comma-separated absolute paths or s3://bucket/prefix locations
+LOCATION = "location"  # an absolute path or s3://bucket/prefix
+INPUTS = "inputs"  # comma-separated locations
 
 # request -> field -> kind. A field a job learns to take must be added here, or the API refuses it
 # (the replay's selection fields come from their own table).
 FIELDS: dict[str, dict[str, str]] = {
-    "capture": {"output": PATH, "duration": TEXT, "compress": TEXT, "encryption-method": TEXT},
+    "capture": {"output": LOCATION, "duration": TEXT, "compress": TEXT, "encryption-method": TEXT},
     "replay": {"input": INPUTS, "username": TEXT, "password": SECRET, "speed": TEXT, "readonly": TEXT,
                "encryption-key-path": PATH, "report-dir": PATH, "format": TEXT,
                "tls": TEXT, "tls-ca": PATH, "tls-skip-verify": TEXT,
@@ -91,8 +92,8 @@ def _check(name: str, value: str, kind: str) -> None:
         if unicodedata.category(ch) == "Cc" or ch in _LINE_BREAKERS:
             where = "" if kind == SECRET else f" at position {i}"
             raise ConfigError(f"{_shown(name)}: contains the control character U+{ord(ch):04X}{where}")
-    paths = [value] if kind == PATH else [p for p in value.split(",") if not is_s3(p.strip())] if kind == INPUTS else []
-    for path in (p.strip() for p in paths):
-        if path and not os.path.isabs(path):
+    places = {PATH: [value], LOCATION: [value], INPUTS: value.split(",")}.get(kind, [])
+    for path in (p.strip() for p in places):
+        if path and not os.path.isabs(path) and not (kind != PATH and is_s3(path)):
             raise ConfigError(f"{name}: must be an absolute path, got {path!r} (it names a place on the proxy's "
                               f"machine, not the caller's)")
