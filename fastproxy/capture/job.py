@@ -11,16 +11,18 @@ import asyncio
 import json
 import logging
 import re
+import tempfile
 import time
 from typing import TYPE_CHECKING
 
 from fastproxy._ringbuf import REFUSED_CLOSED, REFUSED_FULL, REFUSED_LARGE_LIMIT, REFUSED_TOO_LARGE, RingBuffer
-from fastproxy.capture.record import KIND_CONN_CLOSE, KIND_CONN_OPEN, KIND_CONN_STATE, KIND_NAMES
+from fastproxy.capture.record import KIND_CONN_CLOSE, KIND_CONN_OPEN, KIND_CONN_STATE, KIND_NAMES, META_NAME
 from fastproxy.capture.writer import CaptureWriter
 from fastproxy.constants import COMMAND, command_name
 from fastproxy.errors import JobError
 from fastproxy.jobs_base import Job, utc_iso
 from fastproxy.private_files import check_output_path
+from fastproxy.storage import S3Storage, is_s3
 from fastproxy.protocol import change_user_without_auth
 
 if TYPE_CHECKING:
@@ -57,6 +59,18 @@ def carries_secret(sql: bytes | str) -> bool:
     return _SECRET_RE.search(sql, 0, SECRET_SCAN_BYTES) is not None
 
 
+def _check_s3_output(storage: S3Storage) -> None:
+    """Before a capture starts: the bucket answers, and the prefix holds no finished capture."""
+    from fastproxy.errors import TrafficFormatError
+
+    try:
+        names = storage.listdir()
+    except TrafficFormatError as e:
+        raise JobError(f"output: {e}") from None
+    if META_NAME in names:
+        raise JobError(f"output: {storage.location} already holds a finished capture; choose another prefix")
+
+
 class CaptureJob(Job):
     kind = "capture"
 
@@ -65,13 +79,22 @@ class CaptureJob(Job):
                  large_record_buffer_size: int = 256 << 20, throttle_bytes_per_sec: float | None = None) -> None:
         super().__init__()
         self.server = server
-        self.output = check_output_path(output, "output")
+        upload_to = None
+        if is_s3(output):
+            # object storage: files are written to a private local spool and uploaded as each one completes
+            upload_to = S3Storage(output)
+            _check_s3_output(upload_to)
+            self.output = output
+            local = tempfile.mkdtemp(prefix="fastproxy-spool-")  # 0700, ours
+        else:
+            self.output = local = check_output_path(output, "output")
         self.duration = duration
         self.compress = compress
         self.encrypted = encryption_key is not None
         self.ring: RingBuffer | None = RingBuffer(buffer_size, large_max=large_record_buffer_size)
-        self.writer = CaptureWriter(self.ring, self.output, file_size=file_size, compress=compress,
-                                    encryption_key=encryption_key, throttle_bytes_per_sec=throttle_bytes_per_sec)
+        self.writer = CaptureWriter(self.ring, local, file_size=file_size, compress=compress,
+                                    encryption_key=encryption_key, throttle_bytes_per_sec=throttle_bytes_per_sec,
+                                    upload_to=upload_to)
         self.start_ns = 0
         self.commands = 0
         self.filtered = 0
