@@ -382,6 +382,8 @@ cdef void _run(Scanner* s, Py_ssize_t i, Py_ssize_t n) noexcept nogil:
                 _tok(s, _T_OPEN, i, n)
                 i = n
             else:
+                if j - i == 7 or j - i == 13:     # `mysql`.`user`, `global_priv`: the grant tables
+                    s.seg_signals |= _word_signal(p + i + 1, j - i - 2) & _SIG_MYSQLDB
                 _tok(s, _T_QIDENT, i, j)
                 i = j
 

@@ -463,6 +463,12 @@ def _segment(data: bytes, toks, reading: int, depth: int) -> set | None:
                 if i == 0 or not (toks[i - 1][2] == toks[i][1] and toks[i - 1][0] in (_T_STR, _T_QIDENT, _T_WORD)):
                     var_assign = True
             continue
+        if kind == _T_QIDENT and verb in _WRITE_VERBS:    # `mysql`.`user`, `global_priv`
+            w = _name(data, toks[i])
+            if w == b"global_priv" or (w == b"mysql" and p.op(i + 1, b".") and i + 2 < n
+                                       and _name(data, toks[i + 2]) in (b"user", b"global_priv")):
+                return None
+            continue
         if kind != _T_WORD:
             continue
         w = p.words[i]
