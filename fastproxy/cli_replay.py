@@ -6,6 +6,7 @@ import sys
 
 import click
 
+from fastproxy.cli_password import password_options, resolve_password
 from fastproxy.config import parse_addr
 from fastproxy.errors import FastproxyError
 
@@ -15,23 +16,22 @@ from fastproxy.errors import FastproxyError
 @click.option("--input", "input_dir", required=True, type=click.Path(exists=True, file_okay=False),
               help="capture directory")
 @click.option("--username", required=True, help="user the replay logs in as")
-@click.option("--password", default=None, help="its password (prompted when omitted)")
+@password_options
 @click.option("--speed", type=float, default=1.0, show_default=True, help="replay speed; 0 = as fast as possible")
 @click.option("--read-only", "read_only", is_flag=True, help="replay only statements that do not write")
 @click.option("--progress", is_flag=True, help="show a progress bar")
 @click.option("--report-dir", default=None, help="where the summary files go [default: the input directory]")
 @click.option("--no-report-tables", is_flag=True, help="do not write tiproxy_traffic_report tables on the target")
 @click.option("--encryption-key-path", default=None, help="key file for an encrypted capture")
-def replay_standalone(target: str, input_dir: str, username: str, password: str | None, speed: float,
-                      read_only: bool, progress: bool, report_dir: str | None, no_report_tables: bool,
+def replay_standalone(target: str, input_dir: str, username: str, password: str | None, password_file: str | None,
+                      speed: float, read_only: bool, progress: bool, report_dir: str | None, no_report_tables: bool,
                       encryption_key_path: str | None) -> None:
     """Replay a capture directly against a test server and print a summary."""
     from fastproxy.capture.crypto import load_key
     from fastproxy.replay.engine import ReplayOptions
     from fastproxy.replay.job import ReplayRun, check_speed, format_summary
 
-    if password is None:
-        password = click.prompt("Password", hide_input=True, default="", show_default=False)
+    password = resolve_password(password, password_file)
     try:
         host, port = parse_addr(target, "--target")
         key = load_key(encryption_key_path) if encryption_key_path else None

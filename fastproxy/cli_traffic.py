@@ -8,6 +8,8 @@ import urllib.request
 
 import click
 
+from fastproxy.cli_password import password_options, resolve_password
+
 
 def _addrs(curls: str) -> list[str]:
     addrs = [a.strip() for a in curls.split(",") if a.strip()]
@@ -71,15 +73,14 @@ def capture(curls: str, output: str, duration: str, compress: bool, encryption_m
 @curls_option
 @click.option("--input", "input_dir", required=True, help="capture directory (on the proxy's machine)")
 @click.option("--username", required=True, help="user the replay logs in as")
-@click.option("--password", default=None, help="its password (prompted when omitted)")
+@password_options
 @click.option("--speed", type=float, default=1.0, show_default=True, help="replay speed (0 = as fast as possible)")
 @click.option("--read-only", "read_only", is_flag=True, help="replay only statements that do not write")
 @click.option("--encryption-key-path", default=None, help="key file for an encrypted capture")
-def replay(curls: str, input_dir: str, username: str, password: str | None, speed: float, read_only: bool,
-           encryption_key_path: str | None) -> None:
+def replay(curls: str, input_dir: str, username: str, password: str | None, password_file: str | None,
+           speed: float, read_only: bool, encryption_key_path: str | None) -> None:
     """Replay a capture against the proxy's backends."""
-    if password is None:
-        password = click.prompt("Password", hide_input=True, default="", show_default=False)
+    password = resolve_password(password, password_file)
     _each(curls, "POST", "/api/traffic/replay", {"input": input_dir, "username": username, "password": password,
                                                   "speed": repr(speed), "readonly": str(read_only).lower(),
                                                   "encryption-key-path": encryption_key_path})
