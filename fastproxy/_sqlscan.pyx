@@ -127,6 +127,15 @@ for _c in range(256):
     _IDENT[_c] = (chr(_c).isascii() and (chr(_c).isalnum() or chr(_c) in "_$")) or _c >= 0x80
 
 
+# lengths and first letters of the signal words (_word_signal)
+cdef enum:
+    _SIG_LENGTHS = ((1 << 5) | (1 << 6) | (1 << 7) | (1 << 8) | (1 << 9) | (1 << 10) | (1 << 11) | (1 << 12)
+                    | (1 << 15) | (1 << 18) | (1 << 21))
+cdef unsigned char _SIG_FIRST[256]
+for _c in range(256):
+    _SIG_FIRST[_c] = chr(_c).lower() in "adegiimopsc" and chr(_c).isascii() and chr(_c).isalpha()
+
+
 cdef inline bint _is_ident(unsigned char c) noexcept nogil:
     return _IDENT[c] != 0
 
@@ -360,7 +369,9 @@ cdef void _run(Scanner* s, Py_ssize_t i, Py_ssize_t n) noexcept nogil:
                 _tok(s, _T_LIT, i, j)
                 i = j
             else:
-                s.seg_signals |= _word_signal(p + i, j - i)
+                # most words are ruled out here, without a call: by length, then by first letter
+                if j - i <= 21 and (_SIG_LENGTHS >> (j - i)) & 1 and _SIG_FIRST[c]:
+                    s.seg_signals |= _word_signal(p + i, j - i)
                 _tok(s, _T_WORD, i, j)
                 s.after_into = _is_into(p + i, j - i)
                 i = j
