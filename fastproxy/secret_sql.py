@@ -29,7 +29,8 @@ literal or expression holding one):
 - the arguments of ``PASSWORD()``, ``OLD_PASSWORD()``, the password of ``ENCRYPT()``, the key of
   ``AES_ENCRYPT/AES_DECRYPT/DES_ENCRYPT/DES_DECRYPT()``, ``ENCODE/DECODE(str, key)``.
 
-Dropped outright: SQL-level ``PREPARE ... FROM`` / ``EXECUTE IMMEDIATE`` whose text (a string,
+Dropped outright: a ``?`` parameter in a secret position (the secret comes with every
+COM_STMT_EXECUTE; the prepare, its executes and close are dropped); SQL-level ``PREPARE ... FROM`` / ``EXECUTE IMMEDIATE`` whose text (a string,
 or any string in the expression) is or mentions any of the above; assignments to user variables
 (``SET @q = ...``, ``@q := ...``, ``INTO @q``) whose strings mention them (``PREPARE s FROM @q``
 follows); ``AUTHENTICATION_STRING``; writes to ``mysql.user`` / ``mysql.global_priv``; an
@@ -311,7 +312,8 @@ class _Part:
         return -1
 
     def has_literal(self, a: int, b: int) -> bool:
-        return any(self.toks[k][0] in _LITERALS for k in range(a, b))
+        """A literal, or a ? parameter (the value then comes with each COM_STMT_EXECUTE)."""
+        return any(self.toks[k][0] in _LITERALS or self.op(k, b"?") for k in range(a, b))
 
     def value(self, i: int) -> int | None:
         """A secret value at token i: record it; return the index after it, None if it cannot be cut."""
@@ -322,7 +324,7 @@ class _Part:
             t = self.toks[i]
             self.spans.add((t[1], t[2]))
             return i + 1
-        if kind in _LITERALS:                     # X'..', N'..', a number, unterminated: not certain
+        if kind in _LITERALS or self.op(i, b"?"):  # X'..', N'..', a number, unterminated, a parameter
             return None
         w = self.word(i)
         if w in (b"password", b"old_password") and self.op(i + 1, b"("):
@@ -367,8 +369,7 @@ class _Part:
         """PASSWORD (not a call) outside queries/DML: PASSWORD 'x', PASSWORD = v, PASSWORD FOR u = v."""
         if i > 0 and self.op(i - 1, b"."):
             return True     # t.password: a column
-        kind = self.kind(i + 1)
-        if kind in _LITERALS:
+        if self.kind(i + 1) in _LITERALS or self.op(i + 1, b"?"):
             return self.value(i + 1) is not None
         if self.op(i + 1, b"="):
             return self.value(i + 2) is not None
@@ -387,7 +388,7 @@ class _Part:
         """MASTER_PASSWORD = v, SOURCE_PASSWORD = v (also without =)."""
         if self.op(i + 1, b"="):
             return self.value(i + 2) is not None
-        if self.kind(i + 1) in _LITERALS:
+        if self.kind(i + 1) in _LITERALS or self.op(i + 1, b"?"):
             return self.value(i + 1) is not None
         return True
 
@@ -485,7 +486,7 @@ def _segment(data: bytes, toks, reading: int, depth: int) -> set | None:
                 ok = False  # a grant-table hash written as a column (UPDATE user SET password = '*...')
         elif w in (b"master_password", b"source_password"):
             ok = p.after_keyword(i)
-        elif w == b"replace" and not column and p.kind(i + 1) == _T_STR:
+        elif w == b"replace" and not column and (p.kind(i + 1) == _T_STR or p.op(i + 1, b"?")):
             ok = p.value(i + 1) is not None          # MySQL: ... REPLACE 'current password'
         elif w == b"challenge_response" and p.word(i + 1) == b"as":
             ok = p.value(i + 2) is not None

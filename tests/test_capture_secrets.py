@@ -11,6 +11,7 @@ import glob
 import json
 import os
 import secrets
+import struct
 
 import MySQLdb
 import pytest
@@ -23,6 +24,7 @@ from capture_util import cancel_capture, cmd, read_capture, start_capture
 from conftest import connect_kwargs
 from fastproxy.capture.record import KIND_CONN_STATE
 from fastproxy.scratch_db import ROOT_PASSWORD
+from proxy_rawclient import packet
 from replay_util import replay_cli
 from test_secret_sql import secret_statements
 
@@ -179,3 +181,37 @@ def test_prepared_secrets_in_debug_api_and_conn_state(mariadb, proxy_factory, tm
     states = [json.loads(r.payload) for r in records if r.kind == KIND_CONN_STATE and b"h7api" in r.payload]
     assert [s["prepared"] for s in states] == [[[alter, f"ALTER USER 'h7api'@'%' IDENTIFIED BY {REDACTED.decode()}"],
                                                 [plain, "SELECT 1"]]]
+
+
+def _execute_with_string(raw, stmt_id: int, value: bytes):
+    """COM_STMT_EXECUTE binding one VAR_STRING parameter (types sent: new-params-bound = 1)."""
+    body = (b"\x17" + struct.pack("<IBI", stmt_id, 0, 1) + b"\x00" + b"\x01" + b"\xfd\x00"
+            + bytes([len(value)]) + value)
+    raw.send(packet(0, body))
+    return raw._result()
+
+
+def test_secret_as_prepared_parameter(mariadb, proxy_factory, tmp_path):
+    """`SELECT PASSWORD(?)` holds no secret itself; each COM_STMT_EXECUTE carries one. The statement,
+    its executes and its close are not written; the rest of the session is."""
+    pw = f"Pw-param-{secrets.token_hex(6)}"
+    proxy = proxy_factory([mariadb])
+    out = tmp_path / "capture"
+    start_capture(proxy, out, compress="false")
+    raw = ps_client(proxy.port, "root", ROOT_PASSWORD)
+    hidden = raw.prepare("SELECT PASSWORD(?)")
+    assert _execute_with_string(raw, hidden, pw.encode()).rows == 1
+    raw.close_stmt(hidden)
+    kept = raw.prepare("SELECT CONCAT(?, 'x')")
+    assert _execute_with_string(raw, kept, b"kept").rows == 1
+    raw.quit()
+    job = cancel_capture(proxy)
+    for blob in _capture_bytes(out):
+        assert pw.encode() not in blob
+    _, records, _ = read_capture(out)
+    prepares = [r.payload[1:] for r in records if cmd(r) == "COM_STMT_PREPARE"]
+    assert prepares == [b"SELECT CONCAT(?, 'x')"], prepares
+    executes = [r for r in records if cmd(r) == "COM_STMT_EXECUTE"]
+    assert len(executes) == 1 and executes[0].payload.endswith(b"kept")
+    assert not any(cmd(r) == "COM_STMT_CLOSE" for r in records)
+    assert (job["filtered_commands"], job["redacted_commands"]) == (3, 0), job   # prepare, execute, close

@@ -90,6 +90,10 @@ DROPS = [
     "ALTER USER x IDENTIFIED BY ('s')",
     "ALTER USER x IDENTIFIED VIA ed25519 'hash'",    # a literal where none belongs
     "SELECT PASSWORD(CONCAT('a', 'b'))",
+    "SELECT PASSWORD(?)",                            # prepared: the secret comes with each execute
+    "SELECT AES_DECRYPT(col, ?) FROM t",
+    "SET PASSWORD FOR u = ?",
+    "CREATE SERVER s FOREIGN DATA WRAPPER mysql OPTIONS (PASSWORD ?)",
     "SELECT AES_ENCRYPT(col, UNHEX('00ff'))",
     "ALTER USER x IDENTIFIED BY 's",                 # unterminated
     "ALTER USER x IDENTIFIED BY 's' /* unterminated",
@@ -142,6 +146,7 @@ CLEAN_SQL = [
     "DROP USER 'bob'@'%'",
     "SELECT PASSWORD(col) FROM t",
     "SELECT AES_ENCRYPT(col, @key)",
+    "SELECT AES_ENCRYPT(?, @key) FROM t WHERE id = ?",  # parameters, but not in a key position
     "SELECT DECODE(a, 1, 'one', 2, 'two')",          # Oracle-mode DECODE has no key
     "PREPARE s FROM 'SELECT ?'",
     "PREPARE s FROM @q",
