@@ -16,6 +16,7 @@ Strings are skipped with ``memchr`` (an escaped quote is one preceded by an odd 
 backslashes), so a 70 MiB string literal costs about a memory scan.
 """
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
+from cpython.pyport cimport PY_SSIZE_T_MAX
 from libc.stdlib cimport free, realloc
 from libc.string cimport memchr, memcmp
 
@@ -107,6 +108,7 @@ cdef struct Scanner:
     Py_ssize_t seg_start
     int seg_exec
     int exec_depth
+    bint seg_literal        # the current segment has a string (or a literal that may spell one: X'..', 0x..)
     bint after_var          # the previous token was a user variable (not a host part)
     bint after_into         # the previous token was the word INTO
     int prev_kind
@@ -118,6 +120,8 @@ cdef struct Scanner:
     Tok* toks
     Py_ssize_t ntoks
     Py_ssize_t captoks
+    Py_ssize_t max_toks     # tokens(): more than this many sets `over` (and the rest is not kept)
+    bint over
     bint oom
 
 
@@ -225,9 +229,14 @@ cdef inline void _tok(Scanner* s, int kind, Py_ssize_t a, Py_ssize_t b) noexcept
         if kind == _T_VAR:
             s.seg_signals |= _SIG_VARASSIGN
         s.after_into = False
+    if kind == _T_OPEN:
+        s.seg_literal = True    # an unterminated string may hide anything
     s.prev_kind = kind
     s.prev_end = b
     if s.collect:
+        if s.ntoks >= s.max_toks:
+            s.over = True
+            return
         if s.ntoks >= s.captoks and not _grow_toks(s):
             return
         s.toks[s.ntoks].kind = kind
@@ -296,6 +305,8 @@ cdef inline bint _is_into(const unsigned char* w, Py_ssize_t n) noexcept nogil:
 cdef void _end_segment(Scanner* s, Py_ssize_t end) noexcept nogil:
     cdef Py_ssize_t cap
     cdef Seg* g
+    if s.seg_signals == _SIG_VARASSIGN and not s.seg_literal:
+        s.seg_signals = 0   # a variable assigned, but no string that could be SQL for later
     if s.seg_signals:
         s.signals |= s.seg_signals
         if s.nsegs >= s.capsegs:
@@ -311,6 +322,7 @@ cdef void _end_segment(Scanner* s, Py_ssize_t end) noexcept nogil:
         s.segs[s.nsegs].exec_depth = s.seg_exec
         s.nsegs += 1
     s.seg_signals = 0
+    s.seg_literal = False
     s.seg_start = end + 1
     s.seg_exec = s.exec_depth
     s.after_var = False
@@ -363,9 +375,12 @@ cdef void _run(Scanner* s, Py_ssize_t i, Py_ssize_t n) noexcept nogil:
                     _tok(s, _T_OPEN, i, n)
                     i = n
                 else:
+                    s.seg_literal = True
                     _tok(s, _T_LIT, i, j)
                     i = j
             elif c >= b'0' and c <= b'9':
+                if c == b'0' and j - i > 2 and (p[i + 1] | 0x20) == b'x':
+                    s.seg_literal = True
                 _tok(s, _T_LIT, i, j)
                 i = j
             else:
@@ -383,6 +398,7 @@ cdef void _run(Scanner* s, Py_ssize_t i, Py_ssize_t n) noexcept nogil:
                 _tok(s, _T_OPEN, i, n)
                 i = n
             else:
+                s.seg_literal = True
                 _tok(s, _T_STR, i, j)
                 i = j
 
@@ -485,6 +501,7 @@ cdef inline void _init(Scanner* s, const unsigned char* p, Py_ssize_t start, int
     s.flags = 0
     s.signals = 0
     s.seg_signals = 0
+    s.seg_literal = False
     s.seg_start = start
     s.seg_exec = exec_depth
     s.exec_depth = exec_depth
@@ -499,6 +516,8 @@ cdef inline void _init(Scanner* s, const unsigned char* p, Py_ssize_t start, int
     s.toks = NULL
     s.ntoks = 0
     s.captoks = 0
+    s.max_toks = 0
+    s.over = False
     s.oom = False
 
 
@@ -540,8 +559,10 @@ def scan(data, Py_ssize_t start=0, int reading=0):
         free(s.segs)
 
 
-def tokens(data, Py_ssize_t start, Py_ssize_t end, int reading=0, int exec_depth=0):
-    """The tokens of ``data[start:end]`` (a segment from ``scan``) as ``(kind, start, end)`` tuples.
+def tokens(data, Py_ssize_t start, Py_ssize_t end, int reading=0, int exec_depth=0,
+           Py_ssize_t max_tokens=PY_SSIZE_T_MAX):
+    """The tokens of ``data[start:end]`` (a segment from ``scan``) as ``(kind, start, end)`` tuples;
+    None if there are more than ``max_tokens``.
 
     Comments are not tokens; an unterminated string, name or comment is one T_OPEN token that
     runs to ``end``. A segment from ``scan`` has no ``;`` in code, so its tokens end inside it.
@@ -555,10 +576,13 @@ def tokens(data, Py_ssize_t start, Py_ssize_t end, int reading=0, int exec_depth
         raise ValueError("range out of bounds")
     _init(&s, p, start, reading, exec_depth)
     s.collect = True
+    s.max_toks = max_tokens
     try:
         _run(&s, start, end)
         if s.oom:
             raise MemoryError()
+        if s.over:
+            return None
         return [(s.toks[k].kind, s.toks[k].start, s.toks[k].end) for k in range(s.ntoks)]
     finally:
         free(s.toks)

@@ -61,6 +61,11 @@ _LITERALS = frozenset((_T_STR, _T_LIT, _T_OPEN))
 
 _DBCS = {"gbk": _s.READ_DBCS_GBK, "big5": _s.READ_DBCS_BIG5, "sjis": _s.READ_DBCS_SJIS}
 _MAX_DEPTH = 4      # PREPARE FROM 'EXECUTE IMMEDIATE ''...''': deeper nesting is dropped
+# Work the policy may spend on one text (it runs on the event loop): beyond it, a text is treated as
+# one that cannot be classified. Only pathological texts get there (2,000 statements in one text
+# that each name a secret or assign a string to a user variable; 50,000 tokens in such statements).
+_MAX_SEGMENTS = 2_000
+_MAX_TOKENS = 50_000
 
 # statements whose `password` is a column (WHERE password = 'x', UPDATE t SET password = ...)
 _COLUMN_VERBS = frozenset((b"select", b"insert", b"update", b"delete", b"replace", b"with", b"values",
@@ -151,11 +156,18 @@ def _analyse(data: bytes, start: int, base: int, depth: int, first=None) -> froz
                 readings.append(other)
     if all(flags & _s.F_UNTERMINATED for _, flags, _, _ in results):
         return None     # nothing reads this as complete SQL: cannot be classified
+    if sum(len(segments) for _, _, _, segments in results) > _MAX_SEGMENTS:
+        return None
+    budget = _MAX_TOKENS
     seen: set[frozenset] = set()
     for reading, flags, signals, segments in results:
         spans: set = set()
         for seg_start, seg_end, exec_depth in segments:
-            found = _segment(data, _s.tokens(data, seg_start, seg_end, reading, exec_depth), reading, depth)
+            toks = _s.tokens(data, seg_start, seg_end, reading, exec_depth, budget)
+            if toks is None:
+                return None
+            budget -= len(toks)
+            found = _segment(data, toks, reading, depth)
             if found is None:
                 return None
             spans |= found

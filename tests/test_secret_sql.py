@@ -215,10 +215,13 @@ def test_two_byte_charset_reading(collation):
 
 def test_flat_reading_of_nested_comment():
     """MariaDB nests /* */ inside /*! */; a server that does not ends the executable comment at the
-    inner */ and runs what follows. Both readings are looked at."""
-    sql = b"SELECT 1 /*! , 2 /* */ ; SET PASSWORD = PASSWORD('s') -- */"
-    assert not _sqlscan.scan(sql, 0, 0)[1] & _sqlscan.SIG_AUTH or classify(sql)[0] != CLEAN
-    assert classify(sql)[0] != CLEAN
+    inner */, and what the nested comment held is code there. Both readings are looked at."""
+    sql = b"SELECT 1 /*! , 2 /* , PASSWORD('s') */ */"
+    flags, signals, _ = _sqlscan.scan(sql, 0, 0)
+    assert flags == _sqlscan.F_NESTED_IN_EXEC and not signals       # MariaDB: a comment
+    flags, signals, _ = _sqlscan.scan(sql, 0, _sqlscan.READ_FLAT_EXEC)
+    assert signals & _sqlscan.SIG_AUTH and not flags & _sqlscan.F_UNTERMINATED
+    assert classify(sql) == (DROPPED, None)     # the readings disagree
 
 
 def test_scanner_tokens():
@@ -355,3 +358,19 @@ def test_property_redaction_keeps_the_rest(pw):
     assume(pw.strip())
     assert classify(sql) == (REDACTED, b"ALTER USER 'bob'@'%' IDENTIFIED BY " + PLACEHOLDER_LITERAL
                              + b" PASSWORD EXPIRE NEVER")
+
+
+def test_pathological_texts_are_bounded():
+    """The policy runs on the proxy's event loop: a text that would take it too long is dropped, as one
+    that cannot be classified (never recorded as clean)."""
+    many = b"SET @a = 'x';" * 5_000 + b" SELECT 1"
+    assert classify(many) == (DROPPED, None)
+    many = b"SET @a = 1;" * 5_000 + b" SELECT 1"     # no string to hide SQL in: nothing to look at
+    assert classify(many) == (CLEAN, many)
+    wide = b"SELECT PASSWORD(col), " + b"a, " * 100_000 + b"b FROM t"
+    assert classify(wide) == (DROPPED, None)
+    assert _sqlscan.tokens(wide, 0, len(wide), 0, 0, 1000) is None
+    assert len(_sqlscan.tokens(b"SELECT 1", 0, 8, 0, 0, 2)) == 2
+    # a long text without secrets costs one C pass, however many statements it has
+    plain = b"SELECT a FROM t WHERE b = 'x';" * 100_000
+    assert classify(plain) == (CLEAN, plain)
