@@ -18,10 +18,11 @@ UTF8MB4 = 45
 
 def secret_filter(payload: bytes) -> bytes | None:
     """The payload to keep for a COM_QUERY from a log (command byte included), or None to drop it.
-    The same policy as capture: a statement that may carry a secret never reaches a file."""
-    from fastproxy.capture.job import carries_secret
+    The capture's classifier (fastproxy/secret_sql.py): a statement that may carry a secret never
+    reaches a file. (What capture would record redacted is dropped here too, for now.)"""
+    from fastproxy.secret_sql import CLEAN, classify
 
-    return None if carries_secret(payload) else payload
+    return payload if classify(payload, 1)[0] == CLEAN else None
 
 
 class LogConnections:
