@@ -30,12 +30,13 @@ literal or expression holding one):
   ``AES_ENCRYPT/AES_DECRYPT/DES_ENCRYPT/DES_DECRYPT()``, ``ENCODE/DECODE(str, key)``.
 
 Dropped outright: a ``?`` parameter in a secret position (the secret comes with every
-COM_STMT_EXECUTE; the prepare, its executes and close are dropped); SQL-level ``PREPARE ... FROM`` / ``EXECUTE IMMEDIATE`` whose text (a string,
-or any string in the expression) is or mentions any of the above; assignments to user variables
-(``SET @q = ...``, ``@q := ...``, ``INTO @q``) whose strings mention them (``PREPARE s FROM @q``
-follows); ``AUTHENTICATION_STRING``; writes to ``mysql.user`` / ``mysql.global_priv``; an
-auth clause or secret position with a literal of another kind, or an unterminated token;
-FEDERATED/CONNECT ``CONNECTION``/``OPTION_LIST`` strings with credentials.
+COM_STMT_EXECUTE; the prepare, its executes and close are dropped); SQL-level ``PREPARE ... FROM``
+/ ``EXECUTE IMMEDIATE`` whose text (a string, or any string in the expression) is or mentions any
+of the above; assignments to user variables (``SET @q = ...``, ``@q := ...``, ``INTO @q``) whose
+strings mention them (``PREPARE s FROM @q`` follows); ``AUTHENTICATION_STRING``; writes to
+``mysql.user`` / ``mysql.global_priv``; an auth clause or secret position with a literal of another
+kind, or an unterminated token; FEDERATED/CONNECT ``CONNECTION``/``OPTION_LIST`` strings with
+credentials; a text too large to look at within ``_MAX_SEGMENTS`` / ``_MAX_TOKENS``.
 
 Not detectable from the text alone (documented): a secret that reaches such a statement
 through a variable or a procedure argument set by an earlier statement that does not mention
@@ -123,8 +124,9 @@ def redact_text(sql: str, reading: int = 0) -> str | None:
 
 
 def prepared_names(data: bytes, start: int = 0, reading: int = 0) -> list[tuple[bytes, bytes]]:
-    """SQL-level prepared statements a text refers to: ``(b"prepare"|b"execute"|b"deallocate", name)``."""
-    toks = _s.tokens(data, start, len(data), reading)
+    """SQL-level prepared statements a text refers to: ``(b"prepare"|b"execute"|b"deallocate", name)``
+    (none found in a text of more than _MAX_TOKENS tokens)."""
+    toks = _s.tokens(data, start, len(data), reading, 0, _MAX_TOKENS) or []
     out = []
     for part in _split(toks, data):
         words = [_word(data, t) for t in part]
@@ -440,7 +442,7 @@ class _Part:
     def strings_mention_secrets(self, a: int, b: int) -> bool:
         for k in range(a, b):
             t = self.toks[k]
-            if t[0] in (_T_STR, _T_LIT) and _SECRET_WORDS.search(_literal_value(self.data, t, self.reading)):
+            if t[0] in _LITERALS and _SECRET_WORDS.search(_literal_value(self.data, t, self.reading)):
                 return True
         return False
 
@@ -462,10 +464,11 @@ class _Part:
 
 def _segment(data: bytes, toks, reading: int, depth: int) -> set | None:
     """Secret literal spans in one statement, or None if it must be dropped."""
+    # an unterminated token (T_OPEN) is a literal: where a secret goes, or in a string that is
+    # checked for secret words, it makes the statement dropped; elsewhere it is text that this
+    # reading does not run (it reaches the end: nothing follows it)
     p = _Part(data, toks, reading)
     n = p.n
-    if any(t[0] == _T_OPEN for t in toks):
-        return None     # an unterminated token in a statement that names a secret
     verb = _verb(data, toks)
     column = verb in _COLUMN_VERBS
     var_assign = False
@@ -515,9 +518,9 @@ def _segment(data: bytes, toks, reading: int, depth: int) -> set | None:
             ok = p.dynamic(i + 1, depth)
         elif w in (b"connection", b"option_list"):
             j = i + 2 if p.op(i + 1, b"=") else i + 1
-            if p.kind(j) == _T_STR:
+            if p.kind(j) in (_T_STR, _T_OPEN):
                 value = _literal_value(data, toks[j], reading)
-                ok = not (_URL_CREDENTIALS.search(value) or _SECRET_WORDS.search(value))
+                ok = p.kind(j) == _T_STR and not (_URL_CREDENTIALS.search(value) or _SECRET_WORDS.search(value))
         if not ok:
             return None
     if var_assign and p.strings_mention_secrets(0, n):

@@ -26,6 +26,7 @@ from fastproxy.capture.record import KIND_CONN_STATE
 from fastproxy.scratch_db import ROOT_PASSWORD
 from proxy_rawclient import packet
 from replay_util import replay_cli
+from fastproxy.secret_sql import CLEAN, classify
 from test_secret_sql import secret_statements
 
 pytestmark = pytest.mark.timeout(300)
@@ -114,7 +115,7 @@ def test_bypasses_reach_neither_capture_nor_replay_report(mariadb, mariadb_test,
 def test_property_secrets_never_written(mariadb_private_shared, batch):
     """Any secret-bearing statement, with comments, whitespace and case varied and inside
     multi-statements (also after more than 64 KiB), sent through the proxy, is never written."""
-    proxy, tmp = mariadb_private_shared
+    _, proxy, tmp = mariadb_private_shared
     out = os.path.join(tmp, f"cap-{secrets.token_hex(4)}")
     start_capture(proxy, out, compress="false")
     conn = _multi(proxy.port)
@@ -144,7 +145,7 @@ def mariadb_private_shared(tmp_path_factory):
                "CREATE TABLE h7.t (id INT, a TEXT, b TEXT, password TEXT);")
         proxy = start_proxy([db])
         try:
-            yield proxy, str(tmp_path_factory.mktemp("secret-captures"))
+            yield db, proxy, str(tmp_path_factory.mktemp("secret-captures"))
         finally:
             stop_proxy(proxy)
 
@@ -215,3 +216,49 @@ def test_secret_as_prepared_parameter(mariadb, proxy_factory, tmp_path):
     assert len(executes) == 1 and executes[0].payload.endswith(b"kept")
     assert not any(cmd(r) == "COM_STMT_CLOSE" for r in records)
     assert (job["filtered_commands"], job["redacted_commands"]) == (3, 0), job   # prepare, execute, close
+
+
+# ---- differential: the real server's lexer decides what ran ---------------------------------------
+NOISE = ["'", '"', "\\", "\\'", '\\"', "''", '""', "/*", "*/", "/*!", "-- ", "#", "\n", "`", "x", " ", ";", "*"]
+
+
+@st.composite
+def hidden_secrets(draw):
+    """A secret-bearing statement after a SELECT whose string or comment holds quotes, backslashes and
+    comment markers: depending on the session, the statement is inside that string or comment, or runs."""
+    noise = "".join(draw(st.lists(st.sampled_from(NOISE), max_size=8)))
+    opener = draw(st.sampled_from(["SELECT '{}'", 'SELECT "{}"', "SELECT 1 /*{}*/", "SELECT 1 -- {}\n",
+                                   "SELECT 1 /*!{}*/", "SELECT `{}`", "SELECT '{}", 'SELECT "{}']))
+    secret = "Zq" + draw(st.text("abcdefgh0123456789", min_size=8, max_size=12))
+    stmt = draw(st.sampled_from(["ALTER USER u1 IDENTIFIED BY '{}'", "SET PASSWORD FOR u1 = PASSWORD('{}')",
+                                 "SET/**/PASSWORD FOR u1 = OLD_PASSWORD('{}')"])).format(secret)
+    tail = "".join(draw(st.lists(st.sampled_from(NOISE), max_size=4)))
+    return opener.format(noise) + ";" + stmt + ";" + tail, secret
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(case=hidden_secrets())
+def test_property_what_the_server_ran_is_never_clean(mariadb_private_shared, case):
+    """Whenever MariaDB, in any of the session modes below, actually set u1's password from the text,
+    the classifier did not call the text clean, and what it would record holds no secret."""
+    db, _, _ = mariadb_private_shared
+    sql, secret = case
+    verdict, recorded = classify(sql.encode())
+    ran = []
+    for mode in ("", "NO_BACKSLASH_ESCAPES", "ANSI_QUOTES"):
+        conn = MySQLdb.connect(host="127.0.0.1", port=db.port, user="root", password=ROOT_PASSWORD,
+                               autocommit=True, client_flag=CLIENT.MULTI_STATEMENTS)
+        try:
+            cur = conn.cursor()
+            cur.execute(f"SET SESSION sql_mode = '{mode}'")
+            cur.execute("SET PASSWORD FOR u1 = PASSWORD('reset')")
+            _run(cur, sql)
+            cur.execute("SELECT authentication_string IN (PASSWORD(%s), OLD_PASSWORD(%s)) FROM mysql.user "
+                        "WHERE user = 'u1' AND host = '%%'", (secret, secret))
+            if cur.fetchone()[0]:
+                ran.append(mode or "default")
+        finally:
+            conn.close()
+    if ran:
+        assert verdict != CLEAN, (ran, sql)
+        assert recorded is None or secret.encode() not in recorded, (ran, sql)

@@ -62,6 +62,12 @@ REDACTIONS = [
     ("CREATE USER 'o\\'brien'@'%' IDENTIFIED BY 'pw'", f"CREATE USER 'o\\'brien'@'%' IDENTIFIED BY {R}"),
     ("CREATE PROCEDURE p() BEGIN ALTER USER x IDENTIFIED BY 's'; END",
      f"CREATE PROCEDURE p() BEGIN ALTER USER x IDENTIFIED BY {R}; END"),
+    # escaped quotes after the secret: without backslash escapes the text is cut short there, but
+    # every reading finds the same secret before it
+    ("SELECT AES_ENCRYPT(doc, 'k3y') FROM t WHERE title = 'it\\'s'",
+     f"SELECT AES_ENCRYPT(doc, {R}) FROM t WHERE title = 'it\\'s'"),
+    ("ALTER USER bob IDENTIFIED BY 'pw'; INSERT INTO log VALUES ('bob\\'s password changed')",
+     f"ALTER USER bob IDENTIFIED BY {R}; INSERT INTO log VALUES ('bob\\'s password changed')"),
 ]
 
 
@@ -96,6 +102,8 @@ DROPS = [
     "CREATE SERVER s FOREIGN DATA WRAPPER mysql OPTIONS (PASSWORD ?)",
     "SELECT AES_ENCRYPT(col, UNHEX('00ff'))",
     "ALTER USER x IDENTIFIED BY 's",                 # unterminated
+    "ALTER USER x IDENTIFIED BY 's\\'",              # unterminated by default; 's\\' without escapes
+    "CREATE TABLE f (a INT) ENGINE=FEDERATED CONNECTION='mysql://u:p@h/d/t",
     "ALTER USER x IDENTIFIED BY 's' /* unterminated",
     "SELECT 'a",                                     # unterminated in every reading: not classifiable
     "SELECT 1 /* unterminated",
