@@ -99,7 +99,7 @@ def classify(data: bytes, start: int = 0, reading: int = 0) -> tuple[int, bytes 
     PLACEHOLDER_LITERAL)`` or ``(DROPPED, None)``. ``reading``: ``reading_for_collation(...)``.
     """
     first = _s.scan(data, start, reading)
-    if not first[0] and not first[1]:   # the common case: one C pass, nothing to look at
+    if not first[0] and not first[1] and not reading:   # the common case: one C pass, nothing to look at
         return CLEAN, data
     spans = _analyse(data, start, reading, 0, first)
     if spans is None:
@@ -146,6 +146,8 @@ def _analyse(data: bytes, start: int, base: int, depth: int, first=None) -> froz
     """The secret literals' spans (same in every reading that matters), or None: drop.
     ``first``: ``scan(data, start, base)`` when the caller has it already."""
     readings = [base]
+    if base & _s.READ_DBCS_MASK:    # the session may have left its two-byte character set (SET NAMES)
+        readings.append(base & ~_s.READ_DBCS_MASK)
     results = []
     for reading in readings:    # grows while scanning: a reading may reveal that another differs
         if first is not None and reading == base:
