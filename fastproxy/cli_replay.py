@@ -62,6 +62,8 @@ def replay_standalone(target: str, input_dir: tuple[str, ...], username: str, pa
     click.echo(format_summary(summary), nl=False)
     for path in summary.get("summary_files", []):
         click.echo(f"  wrote {path}")
+    if summary.get("summary_files_error"):
+        click.echo(f"warning: summary files: {summary['summary_files_error']}", err=True)
     if summary.get("report_tables_error"):
         click.echo(f"warning: report tables not written: {summary['report_tables_error']}", err=True)
 
