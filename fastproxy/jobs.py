@@ -75,6 +75,9 @@ class JobManager:
         from fastproxy.replay.job import ReplayJob
 
         self._check_free("replay")
+        report_dir = str(form.get("report-dir", "")).strip()
+        if report_dir and os.path.lexists(report_dir) and not os.path.isdir(report_dir):
+            raise ConfigError(f"report-dir: {report_dir} exists and is not a directory")
         job = ReplayJob.from_form(self.server, form)
         await job.start()
         self._add(job)
