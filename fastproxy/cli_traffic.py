@@ -10,6 +10,7 @@ import urllib.request
 
 import click
 
+from fastproxy.cli_password import password_options, resolve_password
 from fastproxy.replay.selection import cli_values, selection_options
 
 API_CONTEXT = "fastproxy.api"  # click context meta: how to reach and authenticate to the API
@@ -145,7 +146,7 @@ def capture(curls: str, output: str, duration: str, compress: bool, encryption_m
 @click.option("--input", "input_dir", required=True,
               help="capture directory, or a slow/general log file (on the proxy's machine)")
 @click.option("--username", required=True, help="user the replay logs in as")
-@click.option("--password", default=None, help="its password (prompted when omitted)")
+@password_options
 @click.option("--speed", type=float, default=1.0, show_default=True, help="replay speed (0 = as fast as possible)")
 @click.option("--read-only", "read_only", is_flag=True, help="replay only statements that do not write")
 @click.option("--encryption-key-path", default=None, help="key file for an encrypted capture")
@@ -155,12 +156,11 @@ def capture(curls: str, output: str, duration: str, compress: bool, encryption_m
 @click.option("--tls-ca", default="", help="CA bundle (on the proxy's machine) the target's certificate must chain to")
 @click.option("--tls-skip-verify", is_flag=True, help="TLS without verifying the target's certificate")
 @selection_options
-def replay(curls: str, input_dir: str, username: str, password: str | None, speed: float, read_only: bool,
-           encryption_key_path: str | None, input_format: str, tls: bool, tls_ca: str, tls_skip_verify: bool,
-           **selection) -> None:
+def replay(curls: str, input_dir: str, username: str, password: str | None, password_file: str | None, speed: float,
+           read_only: bool, encryption_key_path: str | None, input_format: str, tls: bool, tls_ca: str,
+           tls_skip_verify: bool, **selection) -> None:
     """Replay a capture against the proxy's backends."""
-    if password is None:
-        password = click.prompt("Password", hide_input=True, default="", show_default=False)
+    password = resolve_password(password, password_file)
     _each(curls, "POST", "/api/traffic/replay", {"input": input_dir, "username": username, "password": password,
                                                   "speed": repr(speed), "readonly": str(read_only).lower(),
                                                   "encryption-key-path": encryption_key_path,
