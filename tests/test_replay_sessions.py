@@ -16,13 +16,13 @@ import pytest
 
 from clients_capi import CapiConnection
 from conftest import connect_kwargs
-from fastproxy.capture.record import KIND_COMMAND, OUTCOME_OK, Record
+from fastproxy.capture.record import KIND_COMMAND
 from fastproxy.errors import ConfigError
 from fastproxy.replay.users import PLACEHOLDER, load_users_file
 from fastproxy.scratch_db import ROOT_PASSWORD
 from proxy_util import wait_for
-from replay_util import Capture, replay_cli, replay_inprocess
-from session_util import on_both, rewrite_capture, same_data, users_file
+from replay_util import Capture, records, replay_cli, replay_inprocess
+from session_util import on_both, same_data, users_file
 
 
 def _no_false_failures(summary: dict) -> None:
@@ -186,17 +186,16 @@ def test_users_file_must_be_private(tmp_path):
 
 # ---- secrets -------------------------------------------------------------------------------------
 def test_redacted_secrets_put_back(mariadb, mariadb_test, proxy, tmp_path):
-    """CREATE USER (secret redacted), GRANT, a login as that user, DROP USER: zero failures. The
-    capture is rewritten to hold the redacted statement as a redacting capture writes it."""
+    """CREATE USER (its secret redacted by the capture), GRANT, a login as that user, DROP USER:
+    zero failures, and each login really was as its user (the CURRENT_USER() rows match)."""
     on_both((mariadb, mariadb_test), "DROP DATABASE IF EXISTS rs_sec; CREATE DATABASE rs_sec;"
             "CREATE TABLE rs_sec.t (who VARCHAR(80)) ENGINE=InnoDB; DROP USER IF EXISTS rs_new@'%', rs_listed@'%'")
-    raw = str(tmp_path / "raw")
-    create = {u: f"CREATE USER '{u}'@'%' IDENTIFIED BY 'Prod-{u}-pw'" for u in ("rs_new", "rs_listed")}
-    with Capture(proxy, raw):
+    out = str(tmp_path / "cap")
+    with Capture(proxy, out):
         admin = pymysql.connect(**connect_kwargs(proxy.port), autocommit=True)
         cur = admin.cursor()
         for user in ("rs_new", "rs_listed"):
-            cur.execute(create[user])
+            cur.execute(f"CREATE USER '{user}'@'%' IDENTIFIED BY 'Prod-{user}-pw'")
             cur.execute(f"GRANT SELECT, INSERT ON rs_sec.* TO '{user}'@'%'")
         for user in ("rs_new", "rs_listed"):
             c = pymysql.connect(host="127.0.0.1", port=proxy.port, user=user, password=f"Prod-{user}-pw",
@@ -207,21 +206,11 @@ def test_redacted_secrets_put_back(mariadb, mariadb_test, proxy, tmp_path):
         for user in ("rs_new", "rs_listed"):
             cur.execute(f"DROP USER '{user}'@'%'")
         admin.close()
-
-    def redact(recs: list) -> list:
-        out = [r for r in recs if not (r.kind == KIND_COMMAND and b"IDENTIFIED BY" in r.payload)]
-        grants = [i for i, r in enumerate(out) if r.kind == KIND_COMMAND and r.payload.startswith(b"\x03GRANT")]
-        assert len(grants) == 2
-        for i, user in reversed(list(zip(grants, ("rs_new", "rs_listed")))):
-            g = out[i]
-            sql = f"CREATE USER '{user}'@'%' IDENTIFIED BY '{PLACEHOLDER}'".encode()
-            out.insert(i, Record(KIND_COMMAND, g.conn_id, g.start_ns - 2000, g.start_ns - 1000, OUTCOME_OK, 0, 0, 0,
-                                 b"\x03" + sql))
-        return out
-
-    out = str(tmp_path / "cap")
-    recs = rewrite_capture(raw, out, redact)
+    recs = records(out)
     assert not any(b"Prod-" in r.payload for r in recs)
+    creates = [r.payload for r in recs if r.kind == KIND_COMMAND and r.payload.startswith(b"\x03CREATE USER")]
+    assert creates == [f"\x03CREATE USER '{u}'@'%' IDENTIFIED BY '{PLACEHOLDER}'".encode()
+                       for u in ("rs_new", "rs_listed")], creates  # as the capture redacts them
     path = users_file(tmp_path / "users.toml", {"rs_listed": "Test-listed-pw"})
     # speed 1 only: as fast as possible, a login may overtake the CREATE USER of another connection
     # unless cross-connection (causal) order holds it back
@@ -230,9 +219,9 @@ def test_redacted_secrets_put_back(mariadb, mariadb_test, proxy, tmp_path):
         res, summary = replay_cli(mariadb_test.addr, out, "--speed", str(speed), "--users-file", path,
                                   "--no-report-tables")
         _no_false_failures(summary)
+        same_data(mariadb, mariadb_test, "rs_sec")  # each login was as its user (CURRENT_USER() rows)
         assert (summary["secrets_substituted"], summary["secrets_from_users_file"], summary["secrets_random"]) == \
             (2, 1, 1), summary
-        same_data(mariadb, mariadb_test, "rs_sec")  # each login was as its user (CURRENT_USER() rows)
         assert "redacted secrets put back: 2" in res.stdout
         assert "Test-listed-pw" not in res.stdout + res.stderr + json.dumps(summary)
 
