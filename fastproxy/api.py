@@ -26,10 +26,9 @@ def _server(request: web.Request) -> "ProxyServer":
 
 async def health(request: web.Request) -> web.Response:
     server = _server(request)
-    backends = [{"addr": b.addr, "healthy": b.healthy, "connections": b.connections, "error": b.last_error}
-                for b in server.pool.backends]
     status = "shutting-down" if server.shutting_down else "ok"
-    body = {"status": status, "connections": len(server.connections), "backends": backends}
+    body = {"status": status, "connections": len(server.connections), "health_check": server.pool.status(),
+            "backends": [b.status() for b in server.pool.backends]}
     return web.json_response(body, status=503 if server.shutting_down else 200)
 
 

@@ -101,6 +101,13 @@ def _str(value: Any, key: str) -> str:
     return value
 
 
+def _account_name(value: Any, key: str) -> str:
+    name = _str(value, key)
+    if "\x00" in name or len(name) > 128:
+        raise ConfigError(f"{key}: expected a MariaDB/MySQL user name (at most 128 characters, no NUL), got {value!r}")
+    return name
+
+
 @dataclass(frozen=True)
 class Key:
     name: str
@@ -120,6 +127,8 @@ KEYS: list[Key] = [
     Key("proxy.health-check-interval", "2s", _at_least(parse_duration, 0.05, "50ms"), "how often each backend is checked"),
     Key("proxy.health-check-timeout", "2s", _at_least(parse_duration, 0.01, "10ms"),
         "a backend check slower than this fails"),
+    Key("proxy.health-check-user", "", _account_name,
+        "account the health check logs in as (no password, no privileges); empty = passive checks"),
     Key("api.addr", "127.0.0.1:3080", parse_addr, "HTTP API (traffic jobs, /metrics, health)"),
     Key("log.level", "info", _level, "debug, info, warn or error"),
     Key("capture.buffer-size", "64MiB", _at_least(parse_size, 64 * 1024, "64KiB"),

@@ -99,7 +99,7 @@ class ClientConnection(asyncio.Protocol):
             if self.backend is backend:
                 backend.connections -= 1
                 self.backend = None
-            backend.healthy = False
+            self.server.pool.report(backend, f"connect failed: {reason}")  # health evidence (backend.py)
             self.stats.connections_rejected += 1
             if self.phase != CLOSED:
                 self.transport.write(err_packet(ER_UNKNOWN_ERROR,
@@ -255,10 +255,13 @@ class ClientConnection(asyncio.Protocol):
 
     def _on_greeting(self, seq: int, payload) -> None:
         if payload[0] == 0xFF:  # the backend refused us (too many connections, host blocked)
+            code, _, message = parse_err(payload) if len(payload) >= 3 else (0, "", "(empty error packet)")
+            self.server.pool.report(self.backend, f"refused a connection: {code} {message}")  # health evidence
             self.transport.write(build_packet(seq, payload))
             self._close()
             return
         self.greeting = g = Greeting.parse(payload)
+        self.server.pool.report(self.backend)  # health evidence: it greeted
         self.advertised = g.capabilities & ~CLIENT.PROXY_STRIPPED
         self.session.server_version = g.server_version
         self.session.backend_conn_id = g.connection_id
@@ -295,6 +298,7 @@ class ClientConnection(asyncio.Protocol):
             # mid-command: tell the client in protocol terms before closing
             log.warning("conn %d: backend %s closed the connection during a command", self.session.conn_id,
                         self.session.backend)
+            self.server.pool.suspect(self.backend)  # crashed? (a refused probe costs the server nothing)
             self._on_completed(time.time_ns())
             if at_boundary:
                 self.transport.write(err_packet(ER_UNKNOWN_ERROR, f"fastproxy: lost connection to backend "
