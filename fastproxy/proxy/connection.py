@@ -36,6 +36,8 @@ AUTH_MAX_PACKET = 1 << 20
 # The errors the proxy itself sends carry a server error code: libmariadb reports any client-range
 # code (2000-2999, e.g. 2003, 2013) received from a server as "Received malformed packet" (2027).
 ER_UNKNOWN_ERROR = 1105
+TLS_NOT_ENABLED = ("Bad handshake: TLS is not enabled on this proxy (fastproxy); "
+                   "connect without TLS (mariadb --ssl=0, ssl-mode=DISABLED)")
 
 
 class ClientConnection(asyncio.Protocol):
@@ -149,6 +151,8 @@ class ClientConnection(asyncio.Protocol):
                 self._protocol_error("client", e)
 
     def _on_auth_packet(self, seq: int, payload) -> None:
+        if self.phase == CLOSED:  # refused (TLS request): what follows, e.g. a TLS ClientHello, is dropped
+            return
         if not self.session.capabilities:  # the first packet: the handshake response
             if seq != 1:
                 raise ProtocolError(f"expected the handshake response (sequence id 1), got sequence id {seq}")
@@ -157,13 +161,22 @@ class ClientConnection(asyncio.Protocol):
             except (IndexError, ValueError, struct.error) as e:
                 raise ProtocolError(f"malformed handshake response: {e}") from None
             if resp.ssl_request:
-                raise ProtocolError("client asked for TLS, which fastproxy does not terminate")
+                self._refuse_tls(seq)
+                return
             s = self.session
             s.user, s.db, s.capabilities = resp.user, resp.database, resp.capabilities & self.advertised
             s.charset = resp.charset
             self.tracker.deprecate_eof = bool(s.capabilities & CLIENT.DEPRECATE_EOF)
             payload = mask_client_capabilities(payload, self.advertised)
         self.backend_side.transport.write(build_packet(seq, payload))
+
+    def _refuse_tls(self, seq: int) -> None:
+        """An SSL request: the greeting never offered TLS, but some clients ask anyway. Answer as
+        MariaDB does without TLS (1043 Bad handshake, 08S01), saying why, then close."""
+        log.info("conn %d (%s): client asked for TLS, which is not enabled on this proxy", self.session.conn_id,
+                 self.session.client_addr)
+        self.transport.write(err_packet(ER.HANDSHAKE_ERROR, TLS_NOT_ENABLED, seq + 1, "08S01"))
+        self._close()
 
     def _on_command(self, payload, now: int) -> None:
         session = self.session
