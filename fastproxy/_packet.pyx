@@ -43,7 +43,8 @@ OK = OUTCOME_OK
 ERR = OUTCOME_ERR
 NO_RESPONSE = OUTCOME_NO_RESPONSE
 UNKNOWN = OUTCOME_UNKNOWN
-OUTCOME_NAMES = ("ok", "err", "no_response", "unknown")
+BACKEND_LOST = OUTCOME_BACKEND_LOST
+OUTCOME_NAMES = ("ok", "err", "no_response", "unknown", "backend_lost")
 
 
 cpdef bint expects_response(int cmd):

@@ -14,7 +14,7 @@ import struct
 import time
 from typing import TYPE_CHECKING
 
-from fastproxy._packet import PacketFramer, ResponseTracker, build_packet
+from fastproxy._packet import BACKEND_LOST, PacketFramer, ResponseTracker, build_packet
 from fastproxy.constants import CLIENT, COMMAND, ER
 from fastproxy.errors import ProtocolError
 from fastproxy.metrics import LATENCY_BOUNDS_NS
@@ -307,7 +307,7 @@ class ClientConnection(asyncio.Protocol):
         if self.phase == COMMANDS and not self.tracker.idle:
             at_boundary = self.tracker.at_packet_boundary
             seq = self.tracker.next_seq
-            self.tracker.abort()
+            self.tracker.abort(BACKEND_LOST)  # not UNKNOWN: the server may not have run it (docs/traffic-format.md)
             # mid-command: tell the client in protocol terms before closing
             log.warning("conn %d: backend %s closed the connection during a command", self.session.conn_id,
                         self.session.backend)
