@@ -80,16 +80,22 @@ def capture(curls: str, output: str, duration: str, compress: bool, encryption_m
 @click.option("--encryption-key-path", default=None, help="key file for an encrypted capture")
 @click.option("--format", "input_format", type=click.Choice(["auto", "native", "slow-log", "general-log", "tiproxy"]),
               default="auto", show_default=True, help="input format (a capture directory, or a log file)")
+@click.option("--tls", is_flag=True, help="replay connections use TLS")
+@click.option("--tls-ca", default="", help="CA bundle (on the proxy's machine) the target's certificate must chain to")
+@click.option("--tls-skip-verify", is_flag=True, help="TLS without verifying the target's certificate")
 @selection_options
 def replay(curls: str, input_dir: str, username: str, password: str | None, speed: float, read_only: bool,
-           encryption_key_path: str | None, input_format: str, **selection) -> None:
+           encryption_key_path: str | None, input_format: str, tls: bool, tls_ca: str, tls_skip_verify: bool,
+           **selection) -> None:
     """Replay a capture against the proxy's backends."""
     if password is None:
         password = click.prompt("Password", hide_input=True, default="", show_default=False)
     _each(curls, "POST", "/api/traffic/replay", {"input": input_dir, "username": username, "password": password,
                                                   "speed": repr(speed), "readonly": str(read_only).lower(),
                                                   "encryption-key-path": encryption_key_path,
-                                                  "format": input_format, **cli_values(selection)})
+                                                  "format": input_format, "tls": str(tls).lower(),
+                                                  "tls-ca": tls_ca, "tls-skip-verify": str(tls_skip_verify).lower(),
+                                                  **cli_values(selection)})
 
 
 @traffic.command()
@@ -118,7 +124,7 @@ format_option = click.option(
 
 
 @traffic.command()
-@click.argument("input_dir", type=click.Path(exists=True))
+@click.argument("input_dir")
 @click.option("--json", "as_json", is_flag=True, help="JSON lines instead of readable lines")
 @click.option("--limit", type=int, default=None, help="print at most this many records (the summary counts all)")
 @click.option("--encryption-key-path", default=None, help="key file for an encrypted capture")
@@ -138,7 +144,7 @@ def inspect(input_dir: str, as_json: bool, limit: int | None, encryption_key_pat
 
 
 @traffic.command()
-@click.option("--input", "input_path", required=True, type=click.Path(exists=True),
+@click.option("--input", "input_path", required=True,
               help="a slow log, a general log, a TiProxy capture directory (or a fastproxy capture)")
 @click.option("--output", required=True, type=click.Path(), help="new directory for the fastproxy capture")
 @format_option

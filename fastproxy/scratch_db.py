@@ -42,6 +42,7 @@ class ScratchMariaDB:
     port: int = 0
     basedir: str = ""
     proc: subprocess.Popen | None = None
+    tls_ca: str = ""  # the server speaks TLS with a certificate from this CA: the CLI verifies against it
 
     @property
     def datadir(self) -> str:
@@ -59,11 +60,17 @@ class ScratchMariaDB:
         self.basedir = tempfile.mkdtemp(prefix=f"fastproxy-{self.name}-")
         self.port = self.port or free_port(self.host)
         install = _which("mariadb-install-db", "mysql_install_db")
-        subprocess.run(
-            [install, "--no-defaults", f"--datadir={self.datadir}", "--auth-root-authentication-method=normal",
-             "--skip-test-db", "--user=root" if os.geteuid() == 0 else f"--user={os.getlogin()}"],
-            check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-        )
+        cmd = [install, "--no-defaults", f"--datadir={self.datadir}", "--auth-root-authentication-method=normal",
+               "--skip-test-db", "--user=root" if os.geteuid() == 0 else f"--user={os.getlogin()}"]
+        for attempt in (1, 2):
+            res = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+            if res.returncode == 0:
+                break
+            # seen once on a machine loaded far beyond its cores: the bootstrap server gave up;
+            # a second try on an empty datadir is cheap, and the error below says why if it fails too
+            shutil.rmtree(self.datadir, ignore_errors=True)
+            if attempt == 2:
+                raise RuntimeError(f"mariadb-install-db failed ({res.returncode}): {res.stderr.strip()[-2000:]}")
         mariadbd = _which("mariadbd", "mysqld")
         args = [
             mariadbd, "--no-defaults", f"--datadir={self.datadir}", f"--port={self.port}",
@@ -109,6 +116,8 @@ class ScratchMariaDB:
     def client_args(self, use_socket: bool = False, password: str | None = None) -> list[str]:
         pw = ROOT_PASSWORD if password is None else password
         conn = [f"--socket={self.socket_path}"] if use_socket else [f"--host={self.host}", f"--port={self.port}", "--protocol=TCP"]
+        if self.tls_ca and not use_socket:
+            conn.append(f"--ssl-ca={self.tls_ca}")
         return [_which("mariadb", "mysql"), "--no-defaults", "-uroot", f"--password={pw}", *conn]
 
     def sql(self, statements: str, use_socket: bool = False, password: str | None = None,

@@ -19,7 +19,7 @@ from fastproxy.inputs import open_input, open_inputs
 from fastproxy.inputs.convert import convert
 from fastproxy.replay.filters import Filters, FilteredSource, statement_class
 from fastproxy.scratch_db import ROOT_PASSWORD
-from replay_util import Capture, checksums, replay_cli
+from replay_util import Capture, checksums
 
 T0 = 1_700_000_000_000_000_000
 S = 1_000_000_000

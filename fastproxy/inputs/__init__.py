@@ -19,8 +19,10 @@ def detect_format(path: str) -> str:
     """The input format of `path`, when unambiguous; TrafficFormatError otherwise."""
     from fastproxy.capture.record import FILE_RE, META_NAME
 
-    if os.path.isdir(path):
-        names = os.listdir(path)
+    from fastproxy.storage import is_s3, open_storage
+
+    if is_s3(path) or os.path.isdir(path):
+        names = open_storage(path).listdir()
         if any(FILE_RE.match(n) for n in names):
             return "native"
         from fastproxy.inputs.tiproxy import TIPROXY_FILE_RE
@@ -65,8 +67,8 @@ def open_input(path: str, fmt: str = "auto", encryption_key: bytes | None = None
         from fastproxy.inputs.tiproxy import TiProxySource
 
         return TiProxySource(path, encryption_key)
-    if os.path.isdir(path):
-        raise TrafficFormatError(f"{path}: a {fmt} input is a file, not a directory")
+    if os.path.isdir(path) or path.startswith("s3://"):
+        raise TrafficFormatError(f"{path}: a {fmt} input is a local file, not a directory or an object prefix")
     if fmt == "slow-log":
         from fastproxy.inputs.slowlog import SlowLogSource
 

@@ -36,6 +36,7 @@ from fastproxy.capture.record import (KIND_COMMAND, KIND_CONN_CLOSE, KIND_CONN_O
 from fastproxy.constants import COMMAND, COMMAND_NAMES
 from fastproxy.errors import TrafficFormatError
 from fastproxy.inputs.common import UTF8MB4, SkipCounter, secret_filter
+from fastproxy.storage import open_storage
 
 TIPROXY_FILE_RE = re.compile(r"^traffic(?:-(?P<ts>[0-9T:.-]+))?\.log(?P<gz>\.gz)?$")
 _KEY_PREFIX = b"# "
@@ -64,9 +65,9 @@ def _file_order(name: str):
 class _Stream:
     """Bytes of one traffic file, decompressed and decrypted, read in pieces."""
 
-    def __init__(self, path: str, compressed: bool, key: bytes | None) -> None:
-        self.path = path
-        raw = open(path, "rb")
+    def __init__(self, storage, name: str, compressed: bool, key: bytes | None) -> None:
+        self.path = path = storage.path(name)
+        raw = storage.open(name)
         self._f = gzip.GzipFile(fileobj=raw, mode="rb") if compressed else raw
         self._raw = raw
         self._cipher = None
@@ -142,9 +143,10 @@ class TiProxySource:
 
     def __init__(self, path: str, encryption_key: bytes | None = None) -> None:
         self.path = path
-        if not os.path.isdir(path):
-            raise TrafficFormatError(f"{path}: a TiProxy capture is a directory")
-        self.files = sorted((n for n in os.listdir(path) if TIPROXY_FILE_RE.match(n)), key=_file_order)
+        self.storage = open_storage(path)  # a directory, or s3://bucket/prefix (TiProxy writes to S3 too)
+        if not self.storage.exists():
+            raise TrafficFormatError(f"{path}: a TiProxy capture is a directory (or an S3 prefix)")
+        self.files = sorted((n for n in self.storage.listdir() if TIPROXY_FILE_RE.match(n)), key=_file_order)
         if not self.files:
             raise TrafficFormatError(f"{path}: no TiProxy traffic files (traffic-*.log[.gz])")
         tmeta = self._load_meta()
@@ -160,7 +162,8 @@ class TiProxySource:
         self.commands = 0
         duration = tmeta.get("Duration")
         self.meta = {
-            "format": self.format, "source": os.path.abspath(path), "commands": tmeta.get("Cmds"),
+            "format": self.format, "source": path if path.startswith("s3://") else os.path.abspath(path),
+            "commands": tmeta.get("Cmds"),
             "filtered_commands": tmeta.get("FilteredCmds", 0),
             "duration": duration / 1e9 if isinstance(duration, (int, float)) else None,
             "tiproxy_meta": tmeta, "outcomes_recorded": True, "error_codes_recorded": False,
@@ -170,13 +173,13 @@ class TiProxySource:
         self.complete = bool(tmeta)
 
     def _load_meta(self) -> dict:
-        p = os.path.join(self.path, "meta")
-        try:
-            with open(p, "rb") as f:
-                meta = json.loads(f.read())
-        except FileNotFoundError:
+        p = self.storage.path("meta")
+        raw = self.storage.read("meta")
+        if raw is None:
             return {}
-        except (OSError, ValueError) as e:
+        try:
+            meta = json.loads(raw)
+        except ValueError as e:
             raise TrafficFormatError(f"{p}: unreadable meta: {e}") from e
         if not isinstance(meta, dict):
             raise TrafficFormatError(f"{p}: meta is not a JSON object")
@@ -186,7 +189,7 @@ class TiProxySource:
     def _commands(self) -> Iterator[dict]:
         for name in self.files:
             m = TIPROXY_FILE_RE.match(name)
-            stream = _Stream(os.path.join(self.path, name), bool(m.group("gz")), self.key)
+            stream = _Stream(self.storage, name, bool(m.group("gz")), self.key)
             try:
                 yield from self._file_commands(stream)
             finally:

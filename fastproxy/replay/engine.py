@@ -66,6 +66,16 @@ class ReplayOptions:
     input_format: str = "auto"  # native | slow-log | general-log | tiproxy (fastproxy/inputs)
     filters: object = None  # fastproxy.replay.filters.Filters: what of the input is replayed
     start_at: float | None = None  # wall-clock Unix time the replay starts at (shards start together)
+    tls: bool = False  # replay connections use TLS (required when tls_ca / tls_skip_verify are given)
+    tls_ca: str = ""  # CA bundle the target's certificate must chain to (default: the system's)
+    tls_skip_verify: bool = False  # encrypt without verifying the target's certificate
+
+    def ssl_context(self):
+        if not (self.tls or self.tls_ca or self.tls_skip_verify):
+            return None
+        from fastproxy.tls import client_context
+
+        return client_context(ca=self.tls_ca, skip_verify=self.tls_skip_verify, key_prefix="tls")
 
 
 @dataclass
@@ -129,6 +139,7 @@ class Replayer:
 
             self.reader = FilteredSource(self.reader, options.filters)
         self.meta = self.reader.meta
+        self.ssl_context = options.ssl_context()
         self.stats = Stats(commands_total=int(self.meta.get("commands", 0) or 0))
         self.lag = LagStats()
         self.report = Report()
@@ -462,7 +473,7 @@ class Replayer:
                 self.opt.host, self.opt.port, self.opt.username, self.opt.password, conn.db,
                 on_result=self._on_result, on_lost=self._on_lost, owner=conn, capabilities=conn.capabilities,
                 charset=conn.charset,
-                timeout=self.opt.connect_timeout)
+                timeout=self.opt.connect_timeout, ssl_context=self.ssl_context)
             conn.ever_connected = True
             conn.stmt_map.clear()  # a new server session: statements are re-prepared on first use
             conn.types_bound.clear()
