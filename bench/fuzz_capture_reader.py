@@ -18,8 +18,8 @@ lz4 + aes256-ctr; 4 KiB files, so each capture has tens of files). Case i (repro
   JSON, bytes that are not UTF-8.
 
 Then TrafficReader iterates the capture to the end (and, with --inspect, `fastproxy traffic
-inspect`'s code too). Every error must be a TrafficFormatError whose message names the file; an
-error about a record must also give the offset. Anything else that escapes is a finding, printed
+inspect`'s code too). Every error must be a TrafficFormatError whose message names the file and,
+for a traffic file, the offset (meta is JSON: its errors name the key, or JSON's own position). Anything else that escapes is a finding, printed
 with the case number and traceback.
 """
 from __future__ import annotations
@@ -202,9 +202,10 @@ def read_all(seed: Seed, inspect: bool) -> int:
 
 
 def classify(msg: str, seed: Seed) -> str:
-    names_file = seed.dir in msg
-    if not names_file:
+    if seed.dir not in msg:
         return "no file named"
+    if f"/{META_NAME}:" in msg:  # meta is JSON: its errors name the key or JSON's own position
+        return "meta named"
     return "file and offset" if OFFSET_RE.search(msg) else "file, no offset"
 
 
@@ -226,8 +227,8 @@ def main() -> None:
              for d in sorted(os.listdir(caps))]
     for s in seeds:  # the seeds themselves read cleanly
         read_all(s, args.inspect)
-    counts: dict[str, int] = {"read fine": 0, "file and offset": 0, "file, no offset": 0, "no file named": 0,
-                              "other exception": 0}
+    counts: dict[str, int] = {"read fine": 0, "file and offset": 0, "meta named": 0, "file, no offset": 0,
+                              "no file named": 0, "other exception": 0}
     samples: dict[str, list] = {}
     findings = []
     cases = [args.replay] if args.replay is not None else range(args.cases)
@@ -269,7 +270,7 @@ def main() -> None:
     if args.json:
         with open(args.json, "w") as fh:
             json.dump({**out, "findings": findings[:200]}, fh, indent=2)
-    sys.exit(1 if findings or counts["no file named"] else 0)
+    sys.exit(1 if findings or counts["no file named"] or counts["file, no offset"] else 0)
 
 
 if __name__ == "__main__":
