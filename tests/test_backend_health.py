@@ -95,10 +95,12 @@ def test_login_check_from_another_host_leaves_host_cache_clean():
         assert [w for w in warnings_since(db, log_at) if "could not be resolved" not in w] == []
 
         # control: a greeting-only probe (passive mode's probe of a down backend) from the same host
+        # (the server counts the error when its thread sees the probe's close: waited for, not assumed)
         assert asyncio.run(checks("", 1)) == [""]
-        assert host_cache(db) == ["127.0.0.2\t1\t1\t0\t0"]
+        wait_for(lambda: host_cache(db) == ["127.0.0.2\t1\t1\t0\t0"], what="the probe's handshake error")
         assert server_counters(db)["Aborted_connects"] == counters["Aborted_connects"] + 1
         asyncio.run(checks("", 2))  # max-connect-errors=3 reached: blocked
+        wait_for(lambda: host_cache(db) == ["127.0.0.2\t3\t3\t0\t0"], what="3 handshake errors")
         errors = asyncio.run(checks(CHECK_USER, 1))
         assert "1129" in errors[0] and "blocked" in errors[0], errors
 
@@ -146,7 +148,11 @@ def test_passive_mode_finds_a_dead_backend_and_its_return(proxy_factory, mariadb
     db.restart()
     b = wait_for(lambda: (b := backend_status(p))["healthy"] and b, what="the backend back up")
     probes = b["checks"]
+    # the restarted server's aborted connects: ScratchMariaDB's readiness probe and the probe that
+    # found it back (the one per outage, README) — counted once the server sees their close
+    wait_for(lambda: server_counters(db)["Aborted_connects"] >= 2, what="the two aborted connects")
     counters = server_counters(db)
+    assert counters["Aborted_connects"] == 2, counters
     rounds = health(p)["health_check"]["rounds"]
     wait_for(lambda: health(p)["health_check"]["rounds"] >= rounds + CHECKS, what=f"{CHECKS} rounds")
     assert backend_status(p)["checks"] == probes  # healthy again: no more probes
