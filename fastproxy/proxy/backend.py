@@ -44,6 +44,14 @@ CHECK_CAPABILITIES = (CLIENT.LONG_PASSWORD | CLIENT.PROTOCOL_41 | CLIENT.SECURE_
                       | CLIENT.PLUGIN_AUTH_LENENC_CLIENT_DATA | CLIENT.CONNECT_ATTRS)
 CHECK_ATTRS = ((b"program_name", b"fastproxy-health-check"),)
 CHARSET_UTF8MB4_GENERAL_CI = 45
+CACHING_SHA2_FAST_AUTH_OK = b"\x03"
+
+
+def _empty_password(plugin: str) -> bytes:
+    """Auth data for an empty password. The check account has none, so no nonce is needed: every
+    plugin a passwordless account can use takes empty data (mysql_clear_password: the empty
+    string's NUL)."""
+    return b"\x00" if plugin == "mysql_clear_password" else b""
 
 
 class Backend:
@@ -161,12 +169,9 @@ class BackendPool:
 
     async def _login(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         """Log in as the check user (no password) and quit: a connection MariaDB counts as normal."""
-        from fastproxy.replay.auth import auth_more_data, auth_response, greeting_nonce, parse_auth_switch
-
         g = await self._greeting(reader)
-        nonce = greeting_nonce(g.raw)
         plugin = g.auth_plugin or "mysql_native_password"
-        data = auth_response(plugin, b"", nonce)
+        data = _empty_password(plugin)
         attrs = b"".join(lenenc_int(len(k)) + k + lenenc_int(len(v)) + v for k, v in CHECK_ATTRS)
         caps = CHECK_CAPABILITIES & g.capabilities & 0xFFFFFFFF
         body = (struct.pack("<IIB", caps, 1 << 24, CHARSET_UTF8MB4_GENERAL_CI) + bytes(23)
@@ -182,15 +187,14 @@ class BackendPool:
             if first == ERR_HEADER:
                 code, _, message = parse_err(payload)
                 raise HealthCheckFailed(f"login as {self.user!r} failed: {code} {message}")
-            if first == EOF_HEADER:  # auth switch: answer the plugin the account uses
-                plugin, nonce = parse_auth_switch(payload)
-                writer.write(build_packet(seq + 1, auth_response(plugin, b"", nonce)))
-            elif first == AUTH_MORE_DATA_HEADER:
-                reply = auth_more_data(plugin, payload[1:], b"", nonce)
-                if reply is not None:
-                    writer.write(build_packet(seq + 1, reply))
+            if first == EOF_HEADER:  # auth switch to the account's plugin: name NUL data
+                plugin = bytes(payload[1:]).split(b"\x00", 1)[0].decode("ascii", "replace")
+                writer.write(build_packet(seq + 1, _empty_password(plugin)))
+            elif first == AUTH_MORE_DATA_HEADER and bytes(payload[1:]) == CACHING_SHA2_FAST_AUTH_OK:
+                continue  # the OK follows
             else:
-                raise ProtocolError(f"unexpected packet during the check's login: {payload[:16]!r}")
+                raise HealthCheckFailed(f"login as {self.user!r} asks for more than an empty password "
+                                        f"({plugin}: {bytes(payload[:16])!r}); give it no password")
         writer.write(build_packet(0, bytes((COMMAND.COM_QUIT,))))
         await reader.read()  # the server closes after COM_QUIT: it closes first, cleanly
 
