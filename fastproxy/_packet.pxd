@@ -9,6 +9,7 @@ cdef enum Outcome:
     OUTCOME_ERR = 1
     OUTCOME_NO_RESPONSE = 2
     OUTCOME_UNKNOWN = 3
+    OUTCOME_BACKEND_LOST = 4  # the server side died before the response completed
 
 cdef extern from "tracker.h":
     ctypedef struct trk_result:

@@ -4,6 +4,7 @@ OK: int
 ERR: int
 NO_RESPONSE: int
 UNKNOWN: int
+BACKEND_LOST: int
 OUTCOME_NAMES: tuple[str, ...]
 
 def expects_response(cmd: int) -> bool: ...

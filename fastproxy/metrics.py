@@ -66,14 +66,23 @@ class Collector:
             buckets.append(("+Inf" if bound is None else repr(bound / 1e9), acc))
         yield HistogramMetricFamily("fastproxy_command_duration_seconds", "Command latency, first byte in to last byte out",
                                     buckets=buckets, sum_value=s.latency_sum_ns / 1e9)
-        healthy = GaugeMetricFamily("fastproxy_backend_healthy", "1 if the backend passed its last health check",
+        healthy = GaugeMetricFamily("fastproxy_backend_healthy",
+                                    "1 if the backend is taken to be up (last check, or what connections saw)",
                                     labels=["backend"])
         conns = GaugeMetricFamily("fastproxy_backend_connections", "Proxied connections per backend", labels=["backend"])
+        checks = CounterMetricFamily("fastproxy_backend_health_checks",
+                                     "Health checks (login mode) or probes (passive mode) made", labels=["backend"])
+        failed = CounterMetricFamily("fastproxy_backend_health_check_failures", "Health checks or probes that failed",
+                                     labels=["backend"])
         for b in self.pool.backends:
             healthy.add_metric([b.addr], 1 if b.healthy else 0)
             conns.add_metric([b.addr], b.connections)
+            checks.add_metric([b.addr], b.checks)
+            failed.add_metric([b.addr], b.check_failures)
         yield healthy
         yield conns
+        yield checks
+        yield failed
         for fn in self.extra:
             yield from fn()
 

@@ -51,6 +51,8 @@ AUTH_MAX_PACKET = 1 << 20
 # The errors the proxy itself sends carry a server error code: libmariadb reports any client-range
 # code (2000-2999, e.g. 2003, 2013) received from a server as "Received malformed packet" (2027).
 ER_UNKNOWN_ERROR = 1105
+TLS_NOT_ENABLED = ("Bad handshake: TLS is not enabled on this proxy (fastproxy); "
+                   "connect without TLS (mariadb --ssl=0, ssl-mode=DISABLED)")
 
 
 class ClientConnection(asyncio.Protocol):
@@ -122,7 +124,7 @@ class ClientConnection(asyncio.Protocol):
             if self.backend is backend:
                 backend.connections -= 1
                 self.backend = None
-            backend.healthy = False
+            self.server.pool.report(backend, f"connect failed: {reason}")  # health evidence (backend.py)
             self.stats.connections_rejected += 1
             if self.phase != CLOSED:
                 self.transport.write(err_packet(ER_UNKNOWN_ERROR,
@@ -179,6 +181,8 @@ class ClientConnection(asyncio.Protocol):
                 self._protocol_error("client", e)
 
     def _on_auth_packet(self, seq: int, payload) -> None:
+        if self.phase == CLOSED:  # refused (TLS request): what follows, e.g. a TLS ClientHello, is dropped
+            return
         if not self.session.capabilities:  # the first packet: the handshake response
             if seq != 1:
                 raise ProtocolError(f"expected the handshake response (sequence id 1), got sequence id {seq}")
@@ -187,13 +191,22 @@ class ClientConnection(asyncio.Protocol):
             except (IndexError, ValueError, struct.error) as e:
                 raise ProtocolError(f"malformed handshake response: {e}") from None
             if resp.ssl_request:
-                raise ProtocolError("client asked for TLS, which fastproxy does not terminate")
+                self._refuse_tls(seq)
+                return
             s = self.session
             s.user, s.db, s.capabilities = resp.user, resp.database, resp.capabilities & self.advertised
             s.charset = resp.charset
             self.tracker.deprecate_eof = bool(s.capabilities & CLIENT.DEPRECATE_EOF)
             payload = mask_client_capabilities(payload, self.advertised)
         self.backend_side.transport.write(build_packet(seq, payload))
+
+    def _refuse_tls(self, seq: int) -> None:
+        """An SSL request: the greeting never offered TLS, but some clients ask anyway. Answer as
+        MariaDB does without TLS (1043 Bad handshake, 08S01), saying why, then close."""
+        log.info("conn %d (%s): client asked for TLS, which is not enabled on this proxy", self.session.conn_id,
+                 self.session.client_addr)
+        self.transport.write(err_packet(ER.HANDSHAKE_ERROR, TLS_NOT_ENABLED, seq + 1, "08S01"))
+        self._close()
 
     def _on_command(self, payload, now: int) -> None:
         session = self.session
@@ -304,10 +317,13 @@ class ClientConnection(asyncio.Protocol):
 
     def _on_greeting(self, seq: int, payload) -> None:
         if payload[0] == 0xFF:  # the backend refused us (too many connections, host blocked)
+            code, _, message = parse_err(payload) if len(payload) >= 3 else (0, "", "(empty error packet)")
+            self.server.pool.report(self.backend, f"refused a connection: {code} {message}")  # health evidence
             self.transport.write(build_packet(seq, payload))
             self._close()
             return
         self.greeting = g = Greeting.parse(payload)
+        self.server.pool.report(self.backend)  # health evidence: it greeted
         self.advertised = g.capabilities & ~CLIENT.PROXY_STRIPPED
         self.session.server_version = g.server_version
         self.session.backend_conn_id = g.connection_id
@@ -362,6 +378,7 @@ class ClientConnection(asyncio.Protocol):
             # mid-command: tell the client in protocol terms before closing
             log.warning("conn %d: backend %s closed the connection during a command", session.conn_id,
                         session.backend)
+            self.server.pool.suspect(self.backend)  # crashed? (a refused probe costs the server nothing)
             self._on_completed(time.time_ns())
             if at_boundary:
                 self.transport.write(err_packet(ER_UNKNOWN_ERROR, f"fastproxy: lost connection to backend "

@@ -21,7 +21,7 @@ class ProxyServer:
         self.config = config
         self.stats = ProxyStats()
         self.pool = BackendPool(config["proxy.backends"], config["proxy.health-check-interval"],
-                                config["proxy.health-check-timeout"])
+                                config["proxy.health-check-timeout"], config["proxy.health-check-user"])
         self.connections: set[ClientConnection] = set()
         self.capture: Any = None  # the running capture job's hook object, or None
         self.jobs: Any = None  # the traffic jobs (fastproxy.jobs.JobManager), set by whoever composes the process
