@@ -197,6 +197,7 @@ class Replayer:
         self.first_command_ns = 0  # captured span, for the captured QPS
         self.last_command_ns = 0
         self.credentials = Credentials(options.users, options.username, options.password)
+        self.report.scrub = self.credentials.scrub  # a message may quote a password put back
         self.thread_ids = ThreadIds()
         self._read_ns = 0
         self.not_rebuilt: list[dict] = []  # sessions not rebuilt in full (a sample) for the summary

@@ -83,21 +83,23 @@ class Report:
     def __init__(self) -> None:
         self.failures: dict[tuple[str, str], Failure] = {}
         self.other_errors: dict[str, OtherError] = {}
+        # takes out of a server's message what must not be reported (the secrets replay put back)
+        self.scrub = lambda text: text
 
     def add_failure(self, cmd_type: str, digest: str, stmt: str, err_msg: str, err_code: int, conn_id: int,
                     capture_ns: int, replay_ns: int) -> None:
         key = (cmd_type, digest)
         f = self.failures.get(key)
         if f is None:  # the first sample is kept
-            f = self.failures[key] = Failure(cmd_type, digest, clip(stmt), clip(err_msg), err_code, conn_id,
-                                             capture_ns, replay_ns)
+            f = self.failures[key] = Failure(cmd_type, digest, clip(stmt), clip(self.scrub(err_msg)), err_code,
+                                             conn_id, capture_ns, replay_ns)
         f.count += 1
         f.unflushed += 1
 
     def add_other(self, err_type: str, err_msg: str, replay_ns: int) -> None:
         e = self.other_errors.get(err_type)
         if e is None:
-            e = self.other_errors[err_type] = OtherError(err_type, clip(err_msg), replay_ns)
+            e = self.other_errors[err_type] = OtherError(err_type, clip(self.scrub(err_msg)), replay_ns)
         e.count += 1
         e.unflushed += 1
 
