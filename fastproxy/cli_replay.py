@@ -18,12 +18,15 @@ from fastproxy.errors import FastproxyError
 @click.option("--password", default=None, help="its password (prompted when omitted)")
 @click.option("--speed", type=float, default=1.0, show_default=True, help="replay speed; 0 = as fast as possible")
 @click.option("--read-only", "read_only", is_flag=True, help="replay only statements that do not write")
+@click.option("--order", type=click.Choice(["causal", "connection"]), default="causal", show_default=True,
+              help="causal: a statement waits for what other connections had committed (and locked) before it "
+                   "started in production; connection: per-connection order only")
 @click.option("--progress", is_flag=True, help="show a progress bar")
 @click.option("--report-dir", default=None, help="where the summary files go [default: the input directory]")
 @click.option("--no-report-tables", is_flag=True, help="do not write tiproxy_traffic_report tables on the target")
 @click.option("--encryption-key-path", default=None, help="key file for an encrypted capture")
 def replay_standalone(target: str, input_dir: str, username: str, password: str | None, speed: float,
-                      read_only: bool, progress: bool, report_dir: str | None, no_report_tables: bool,
+                      read_only: bool, order: str, progress: bool, report_dir: str | None, no_report_tables: bool,
                       encryption_key_path: str | None) -> None:
     """Replay a capture directly against a test server and print a summary."""
     from fastproxy.capture.crypto import load_key
@@ -36,7 +39,7 @@ def replay_standalone(target: str, input_dir: str, username: str, password: str 
         host, port = parse_addr(target, "--target")
         key = load_key(encryption_key_path) if encryption_key_path else None
         options = ReplayOptions(host=host, port=port, username=username, password=password,
-                                speed=check_speed(speed), readonly=read_only, encryption_key=key)
+                                speed=check_speed(speed), readonly=read_only, encryption_key=key, order=order)
         run = ReplayRun(input_dir, options, report_dir, write_tables=not no_report_tables)
     except FastproxyError as e:
         raise click.ClickException(str(e)) from None

@@ -74,15 +74,18 @@ def capture(curls: str, output: str, duration: str, compress: bool, encryption_m
 @click.option("--password", default=None, help="its password (prompted when omitted)")
 @click.option("--speed", type=float, default=1.0, show_default=True, help="replay speed (0 = as fast as possible)")
 @click.option("--read-only", "read_only", is_flag=True, help="replay only statements that do not write")
+@click.option("--order", type=click.Choice(["causal", "connection"]), default="causal", show_default=True,
+              help="causal: a statement waits for what other connections had committed (and locked) before it "
+                   "started in production; connection: per-connection order only")
 @click.option("--encryption-key-path", default=None, help="key file for an encrypted capture")
 def replay(curls: str, input_dir: str, username: str, password: str | None, speed: float, read_only: bool,
-           encryption_key_path: str | None) -> None:
+           order: str, encryption_key_path: str | None) -> None:
     """Replay a capture against the proxy's backends."""
     if password is None:
         password = click.prompt("Password", hide_input=True, default="", show_default=False)
     _each(curls, "POST", "/api/traffic/replay", {"input": input_dir, "username": username, "password": password,
                                                   "speed": repr(speed), "readonly": str(read_only).lower(),
-                                                  "encryption-key-path": encryption_key_path})
+                                                  "order": order, "encryption-key-path": encryption_key_path})
 
 
 @traffic.command()
