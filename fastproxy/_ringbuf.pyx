@@ -1,124 +1,132 @@
 # cython: language_level=3
 """Bounded ring buffer of encoded capture records (format: docs/traffic-format.md).
 
-The proxy appends on the event-loop thread and the capture writer drains on its own thread.
-Every method does all its buffer mutation while holding the GIL and without calling back into
-Python in between, so an append and a drain never interleave: no lock is needed. Nothing here
-ever blocks or grows: a record that does not fit is refused, and the caller stops the capture
-(dropping records silently would make a replay lie).
+A wrapper over the C ring of fastproxy/csrc/ring.c: the data plane's worker threads append to it
+without the GIL, Python appends under the GIL (connection events), and the capture writer drains it
+on its own thread. A mutex inside the ring serializes appends (see ring.h). Nothing here ever blocks
+for long or grows: a record that does not fit is refused (`refusal` says why), and the caller stops
+the capture (dropping records silently would make a replay lie).
+
+Records too large for the ring (a 70 MiB INSERT of a BLOB into a 64 MiB ring) take a side path when
+it is enabled (large_max > 0): the payload object is kept by reference in a dict, never copied, and
+a marker record (the real header, kind | RING_LARGE_FLAG, then the payload's u64 id) holds its place
+in the ring, so the writer emits it in sequence: drain() stops before a marker, next_large() gives
+the record, pop_large() removes it once written. The payload bytes waiting on the side path are
+bounded by large_max.
 """
 from cpython.buffer cimport PyObject_GetBuffer, PyBuffer_Release, PyBUF_SIMPLE
-from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_CheckExact, PyBytes_FromStringAndSize
+from cpython.bytes cimport (PyBytes_AS_STRING, PyBytes_CheckExact, PyBytes_FromStringAndSize,
+                            PyBytes_GET_SIZE)
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int64_t
-from libc.stdlib cimport malloc, free
-from libc.string cimport memcpy, memset
+from libc.string cimport memset
 
-# Keep in sync with fastproxy/capture/record.py (HEADER = struct.Struct("<IBBHQqqQQQQQIHH")).
-cdef enum:
-    HEADER_SIZE = 80
-    KIND_COMMAND = 1
-    KIND_CONN_OPEN = 2
-    KIND_CONN_CLOSE = 4
-cdef Py_ssize_t MAX_RECORD = 0xFFFFFFFF  # record_len is a u32
+cdef extern from *:
+    Py_ssize_t PY_SSIZE_T_MAX
 
-
-# Explicit little-endian stores: the file format must not depend on the host's byte order.
-# On little-endian hosts the compiler turns each into a single store.
-cdef inline void _le16(unsigned char *p, uint16_t v) noexcept nogil:
-    p[0] = v & 0xFF
-    p[1] = (v >> 8) & 0xFF
-
-
-cdef inline void _le32(unsigned char *p, uint32_t v) noexcept nogil:
-    cdef int i
-    for i in range(4):
-        p[i] = (v >> (8 * i)) & 0xFF
+# Why the last append from Python was refused (RingBuffer.refusal).
+REFUSED_NONE = 0
+REFUSED_FULL = 1              # no room in the ring: the writer has not caught up
+REFUSED_LARGE_LIMIT = 2       # the side path already holds large_max bytes of large records
+REFUSED_TOO_LARGE = 3         # larger than a record can be (record_len is a u32)
+REFUSED_BIGGER_THAN_RING = 4  # larger than the whole ring, and no side path
+REFUSED_CLOSED = 5            # the ring was closed (the capture stopped)
 
 
 cdef inline void _le64(unsigned char *p, uint64_t v) noexcept nogil:
     cdef int i
     for i in range(8):
-        p[i] = (v >> (8 * i)) & 0xFF
+        p[i] = <unsigned char>(v >> (8 * i))
+
+
+cdef inline uint64_t _rd64(const unsigned char *p) noexcept nogil:
+    cdef uint64_t v = 0
+    cdef int i
+    for i in range(8):
+        v |= (<uint64_t>p[i]) << (8 * i)
+    return v
 
 
 cdef class RingBuffer:
-    """RingBuffer(capacity_bytes): a fixed C buffer of whole encoded records."""
+    """RingBuffer(capacity_bytes, large_max=0): a fixed C buffer of whole encoded records.
 
-    def __cinit__(self, Py_ssize_t capacity_bytes):
-        if capacity_bytes < HEADER_SIZE:
-            raise ValueError(f"ring buffer capacity must be at least {HEADER_SIZE} bytes")
-        self._buf = <char *>malloc(capacity_bytes)
-        if self._buf == NULL:
+    large_max > 0 enables the side path: payloads of more than a quarter of the capacity wait
+    outside the ring, at most large_max bytes of them at a time.
+    """
+
+    def __cinit__(self, Py_ssize_t capacity_bytes, Py_ssize_t large_max=0):
+        if capacity_bytes < RING_HEADER_SIZE:
+            raise ValueError(f"ring buffer capacity must be at least {RING_HEADER_SIZE} bytes")
+        if large_max < 0:
+            raise ValueError("large_max must not be negative")
+        if ring_init(&self._r, capacity_bytes) != 0:
             raise MemoryError(f"cannot allocate a {capacity_bytes}-byte ring buffer")
-        self._cap = capacity_bytes
+        self._large = {}
+        self._large_max = large_max
+        # A quarter: one large record cannot crowd out the ordinary traffic. Never below a
+        # marker's size, where the side path would save nothing.
+        self._large_min = (max(capacity_bytes // 4, RING_MARKER_SIZE) - RING_HEADER_SIZE if large_max
+                           else PY_SSIZE_T_MAX)
 
     def __dealloc__(self):
-        free(self._buf)
+        ring_destroy(&self._r)
 
-    cdef void _put(self, const char *src, Py_ssize_t n) noexcept:
-        cdef Py_ssize_t first = self._cap - self._head
-        if n < first:
-            memcpy(self._buf + self._head, src, n)
-            self._head += n
-        else:
-            # Records are allowed to wrap: two copies beat wasting the tail end of the buffer.
-            memcpy(self._buf + self._head, src, first)
-            memcpy(self._buf, src + first, n - first)
-            self._head = n - first
+    cdef bint append_raw(self, const RecordHead *h, const char *payload, Py_ssize_t n) noexcept nogil:
+        return ring_append(&self._r, h, payload, n, 0) == RING_APPENDED
 
-    cdef void _get(self, char *dst, Py_ssize_t pos, Py_ssize_t n) noexcept:
-        cdef Py_ssize_t first = self._cap - pos
-        if n <= first:
-            memcpy(dst, self._buf + pos, n)
-        else:
-            memcpy(dst, self._buf + pos, first)
-            memcpy(dst + first, self._buf, n - first)
-
-    cdef uint32_t _len_at(self, Py_ssize_t pos) noexcept:
-        cdef unsigned char b[4]
-        self._get(<char *>b, pos, 4)
-        return b[0] | (<uint32_t>b[1] << 8) | (<uint32_t>b[2] << 16) | (<uint32_t>b[3] << 24)
-
-    cdef bint append_raw(self, const RecordHead *h, const char *payload, Py_ssize_t n) noexcept:
-        cdef Py_ssize_t total = HEADER_SIZE + n
-        cdef unsigned char hdr[HEADER_SIZE]
-        if total > MAX_RECORD or total > self._cap - self._used:
+    cdef bint append_large(self, const RecordHead *h, object payload, Py_ssize_t n) except -1:
+        """The side path: keep `payload` (n bytes; copied unless it is bytes) and append a marker."""
+        cdef RecordHead m
+        cdef unsigned char id_le[8]
+        cdef int rc
+        if <size_t>n > RING_MAX_RECORD - RING_HEADER_SIZE:
+            self._refusal = REFUSED_TOO_LARGE
             return False
-        _le32(hdr, <uint32_t>total)
-        hdr[4] = h.kind
-        hdr[5] = h.outcome
-        _le16(hdr + 6, h.err_code)
-        _le64(hdr + 8, h.conn_id)
-        _le64(hdr + 16, <uint64_t>h.start_ns)
-        _le64(hdr + 24, <uint64_t>h.end_ns)
-        _le64(hdr + 32, h.affected_rows)
-        _le64(hdr + 40, h.rows)
-        _le64(hdr + 48, h.last_insert_id)
-        _le64(hdr + 56, h.hash_ordered)
-        _le64(hdr + 64, h.hash_unordered)
-        _le32(hdr + 72, h.columns)
-        _le16(hdr + 76, h.warnings)
-        _le16(hdr + 78, h.status_flags)
-        self._put(<char *>hdr, HEADER_SIZE)
-        self._put(payload, n)
-        self._used += total
-        self._records_used += 1
-        self._records_appended += 1
-        self._bytes_appended += <uint64_t>total
+        if n > self._large_max - self._large_bytes:
+            self._refusal = REFUSED_LARGE_LIMIT
+            return False
+        if not PyBytes_CheckExact(payload):
+            payload = bytes(payload)  # the caller may reuse its buffer: keep an immutable copy
+        large_id = self._next_large_id
+        # In the dict before the marker is in the ring: the writer may reach the marker at once.
+        self._large[large_id] = payload
+        m = h[0]
+        m.kind = h.kind | RING_LARGE_FLAG
+        _le64(id_le, self._next_large_id)
+        rc = ring_append(&self._r, &m, <const char *>id_le, 8, 0)
+        if rc != RING_APPENDED:
+            del self._large[large_id]
+            self._refusal = REFUSED_CLOSED if rc == RING_CLOSED else REFUSED_FULL
+            return False
+        self._next_large_id += 1
+        self._large_bytes += n
+        self._large_extra += <uint64_t>(n - 8)
         return True
 
     cdef bint _append_obj(self, const RecordHead *h, object payload) except -1:
         cdef Py_buffer view
-        cdef bint ok
+        cdef int rc = RING_FULL
+        cdef Py_ssize_t n
         if PyBytes_CheckExact(payload):
-            return self.append_raw(h, PyBytes_AS_STRING(payload), len(payload))
-        # Acquire the buffer before touching any state: only this step may run Python code.
-        PyObject_GetBuffer(payload, &view, PyBUF_SIMPLE)
-        try:
-            ok = self.append_raw(h, <const char *>view.buf, view.len)
-        finally:
-            PyBuffer_Release(&view)
-        return ok
+            n = PyBytes_GET_SIZE(payload)
+            if n > self._large_min:
+                return self.append_large(h, payload, n)
+            rc = ring_append(&self._r, h, PyBytes_AS_STRING(payload), n, 0)
+        else:
+            PyObject_GetBuffer(payload, &view, PyBUF_SIMPLE)
+            n = view.len
+            try:
+                if n <= self._large_min:
+                    rc = ring_append(&self._r, h, <const char *>view.buf, n, 0)
+            finally:
+                PyBuffer_Release(&view)
+            if n > self._large_min:
+                return self.append_large(h, payload, n)
+        if rc == RING_APPENDED:
+            return True
+        self._refusal = (REFUSED_CLOSED if rc == RING_CLOSED else
+                         REFUSED_TOO_LARGE if <size_t>n > RING_MAX_RECORD - RING_HEADER_SIZE else
+                         REFUSED_BIGGER_THAN_RING if <size_t>n > self._r.cap - RING_HEADER_SIZE else REFUSED_FULL)
+        return False
 
     def append_command(self, uint64_t conn_id, int64_t start_ns, int64_t end_ns,
                        uint8_t outcome, uint16_t err_code, uint64_t affected_rows,
@@ -127,7 +135,7 @@ cdef class RingBuffer:
                        uint64_t hash_unordered=0):
         """Append one command record; False (nothing written) when it does not fit."""
         cdef RecordHead h
-        h.kind = KIND_COMMAND
+        h.kind = RING_KIND_COMMAND
         h.outcome = outcome
         h.err_code = err_code
         h.conn_id = conn_id
@@ -146,7 +154,7 @@ cdef class RingBuffer:
     def append_event(self, uint8_t kind, uint64_t conn_id, int64_t ts_ns, body):
         """Append a connection event (CONN_OPEN/STATE/CLOSE); False when it does not fit."""
         cdef RecordHead h
-        if kind < KIND_CONN_OPEN or kind > KIND_CONN_CLOSE:
+        if kind < RING_KIND_CONN_OPEN or kind > RING_KIND_CONN_CLOSE:
             raise ValueError(f"not a connection event kind: {kind}")
         memset(&h, 0, sizeof(h))
         h.kind = kind
@@ -154,67 +162,130 @@ cdef class RingBuffer:
         h.start_ns = ts_ns
         return self._append_obj(&h, body)
 
+    def close(self):
+        """Refuse every later append (the capture stopped): what is in the buffer stays drainable."""
+        ring_close(&self._r)
+
     def drain(self, Py_ssize_t max_bytes):
         """Remove and return the oldest whole records, up to max_bytes of them (b"" if empty).
 
         A single record larger than max_bytes is returned alone, so a drain always progresses.
+        Only one thread may drain (the capture writer).
         """
-        cdef Py_ssize_t n, nrec, pos
-        cdef uint32_t rlen
+        cdef size_t n, nrec, pos
+        cdef uint64_t ncmd = 0
         cdef bytes out
-        if self._used == 0:
-            return b""
-        if self._used <= max_bytes:
-            n = self._used
-            nrec = self._records_used
-        else:
-            # Walk record lengths to stop on a record boundary.
-            n = 0
-            nrec = 0
-            pos = self._tail
-            while n < self._used:
-                rlen = self._len_at(pos)
-                if n > 0 and n + rlen > max_bytes:
-                    break
-                n += rlen
-                nrec += 1
-                pos = (pos + rlen) % self._cap
-        # The allocation may run a GC finalizer (and so switch threads); an append meanwhile
-        # only writes after head, never into [tail, tail + n), so the copy below stays valid.
+        cdef unsigned char *dst
+        n = ring_drain_size(&self._r, max_bytes, &nrec)
+        if n == 0:
+            return b""  # empty, or a large record is next (next_large)
         out = PyBytes_FromStringAndSize(NULL, n)
-        self._get(PyBytes_AS_STRING(out), self._tail, n)
-        self._tail = (self._tail + n) % self._cap
-        self._used -= n
-        self._records_used -= nrec
-        self._records_drained += <uint64_t>nrec
-        if self._used == 0:
-            # Restart at offset 0 so that later records wrap (two memcpys) less often.
-            self._head = self._tail = 0
+        dst = <unsigned char *>PyBytes_AS_STRING(out)
+        with nogil:
+            ring_drain_copy(&self._r, <char *>dst, n)
+            pos = 0
+            while pos < n:  # count the command records: the writer reports what the files hold
+                ncmd += dst[pos + 4] == RING_KIND_COMMAND
+                pos += dst[pos] | (<size_t>dst[pos + 1] << 8) | (<size_t>dst[pos + 2] << 16) | (<size_t>dst[pos + 3] << 24)
+        ring_drain_release(&self._r, n, nrec)
+        self._commands_drained += ncmd
         return out
+
+    cdef object _marker_id(self, unsigned char *hdr):
+        """The side-path id of the oldest record if it is a marker (hdr filled), else None."""
+        if not ring_peek_marker(&self._r, hdr):
+            return None
+        return _rd64(hdr + RING_HEADER_SIZE)
+
+    def next_large(self):
+        """(header, payload) of the oldest record when it took the side path, else None.
+
+        header is the record's real 80-byte header; the record stays until pop_large().
+        """
+        cdef unsigned char hdr[RING_MARKER_SIZE]
+        large_id = self._marker_id(hdr)
+        if large_id is None:
+            return None
+        payload = self._large[large_id]
+        total = RING_HEADER_SIZE + len(payload)
+        for i in range(4):
+            hdr[i] = (total >> (8 * i)) & 0xFF
+        hdr[4] &= ~RING_LARGE_FLAG
+        return PyBytes_FromStringAndSize(<char *>hdr, RING_HEADER_SIZE), payload
+
+    def pop_large(self):
+        """Remove the side-path record at the tail (after next_large() and its write)."""
+        cdef unsigned char hdr[RING_MARKER_SIZE]
+        large_id = self._marker_id(hdr)
+        if large_id is None:
+            raise ValueError("no large record at the tail of the ring buffer")
+        payload = self._large.pop(large_id)
+        self._large_bytes -= len(payload)
+        ring_release_marker(&self._r)
+        self._commands_drained += (hdr[4] & ~RING_LARGE_FLAG) == RING_KIND_COMMAND
 
     @property
     def used(self):
         """Bytes of records waiting to be drained."""
-        return self._used
+        return self._r.used
 
     @property
     def capacity(self):
-        return self._cap
+        return self._r.cap
+
+    @property
+    def closed(self):
+        return bool(self._r.closed)
 
     @property
     def records_appended(self):
-        return self._records_appended
+        return self._r.records_appended
+
+    @property
+    def commands_appended(self):
+        """COMMAND records among records_appended."""
+        return self._r.commands_appended
 
     @property
     def bytes_appended(self):
-        """Encoded bytes (headers included) of all records ever appended."""
-        return self._bytes_appended
+        """Encoded bytes (headers included) of all records ever appended (large ones in full)."""
+        return self._r.bytes_appended + self._large_extra
 
     @property
     def records_drained(self):
         """Records ever returned by drain (the writer uses it to count what it wrote)."""
-        return self._records_drained
+        return self._r.records_drained
 
     @property
     def records_buffered(self):
-        return self._records_used
+        return self._r.records_used
+
+    @property
+    def commands_drained(self):
+        """COMMAND records ever removed by drain / pop_large."""
+        return self._commands_drained
+
+    @property
+    def refusal(self):
+        """Why the last refused append (from Python) was refused: one of REFUSED_*."""
+        return self._refusal
+
+    @property
+    def large_min(self):
+        """Payloads of more bytes than this take the side path (None: no side path)."""
+        return self._large_min if self._large_max else None
+
+    @property
+    def large_max(self):
+        """Bound on the payload bytes of large records waiting on the side path (0: no side path)."""
+        return self._large_max
+
+    @property
+    def large_bytes(self):
+        """Payload bytes of the large records waiting on the side path."""
+        return self._large_bytes
+
+    @property
+    def large_pending(self):
+        """Large records waiting on the side path."""
+        return self._r.markers_used

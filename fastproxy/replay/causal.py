@@ -75,11 +75,12 @@ class Planner:
     command needs nothing): what it waits for, which events it is, and its flags."""
 
     def __init__(self, scopes: TableScopes | None = None, causal: bool = True, pin: bool = True,
-                 status_flags: bool = True) -> None:
+                 status_flags: bool = True, affected_rows: bool = True) -> None:
         self.scopes = scopes or TableScopes()
         self.causal = causal
         self.pin = pin
         self.status_flags = status_flags  # format version 2: trust SERVER_STATUS_IN_TRANS after each command
+        self.affected_rows = affected_rows  # 0 affected rows means it changed nothing (else: unknown)
         self.order = CausalOrder()
         self.classify = Classifier(self.scopes.functions)
         new = self.order.new_sequence
@@ -199,7 +200,8 @@ class Planner:
 
         wrote = info.writes and (
             rec.outcome == OUTCOME_UNKNOWN
-            or (rec.outcome == OUTCOME_OK and (rec.affected_rows > 0 or kind == DDL or kind == UNKNOWN))
+            or (rec.outcome == OUTCOME_OK and (rec.affected_rows > 0 or kind == DDL or kind == UNKNOWN
+                                               or not self.affected_rows))
             or (rec.outcome == OUTCOME_ERR and info.multi))  # statements before the failing one committed
         held = False  # its locks outlive it: it is inside a transaction that goes on
         if kind != DDL and kind != BEGIN and (before or after):

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 from fastproxy._digest import digest
 from fastproxy._packet import execute_flag_at, execute_types_at, expects_response
-from fastproxy.capture.reader import TrafficReader
+from fastproxy.inputs import open_inputs
 from fastproxy.capture.record import (KIND_COMMAND, KIND_CONN_CLOSE, KIND_CONN_OPEN, KIND_CONN_STATE,
                                       OUTCOME_ERR, OUTCOME_OK, Record)
 from fastproxy.constants import COMMAND, ER, command_name
@@ -82,6 +82,19 @@ class ReplayOptions:
     pin: bool = True  # production's time and auto-increment ids
     whole_transactions: bool = True  # retry a transaction a replay-only deadlock aborted; never half of one
     causal_timeout_s: float = 2.0  # a dependency in flight longer than this (and 4x its captured time) is let go
+    input_format: str = "auto"  # native | slow-log | general-log | tiproxy (fastproxy/inputs)
+    filters: object = None  # fastproxy.replay.filters.Filters: what of the input is replayed
+    start_at: float | None = None  # wall-clock Unix time the replay starts at (shards start together)
+    tls: bool = False  # replay connections use TLS (required when tls_ca / tls_skip_verify are given)
+    tls_ca: str = ""  # CA bundle the target's certificate must chain to (default: the system's)
+    tls_skip_verify: bool = False  # encrypt without verifying the target's certificate
+
+    def ssl_context(self):
+        if not (self.tls or self.tls_ca or self.tls_skip_verify):
+            return None
+        from fastproxy.tls import client_context
+
+        return client_context(ca=self.tls_ca, skip_verify=self.tls_skip_verify, key_prefix="tls")
 
 
 @dataclass
@@ -158,8 +171,13 @@ class Replayer:
     def __init__(self, input_dir: str, options: ReplayOptions) -> None:
         self.input_dir = input_dir
         self.opt = options
-        self.reader = TrafficReader(input_dir, options.encryption_key)
+        self.reader = open_inputs(input_dir, options.input_format, options.encryption_key)
+        if options.filters is not None and options.filters.active:
+            from fastproxy.replay.filters import FilteredSource
+
+            self.reader = FilteredSource(self.reader, options.filters)
         self.meta = self.reader.meta
+        self.ssl_context = options.ssl_context()
         self.stats = Stats(commands_total=int(self.meta.get("commands", 0) or 0))
         self.lag = LagStats()
         self.report = Report()
@@ -184,7 +202,8 @@ class Replayer:
         self.first_command_ns = 0  # captured span, for the captured QPS
         self.last_command_ns = 0
         # faithful replay: the planner reads the schema of the target when the replay starts
-        self.planner = Planner(causal=False, pin=options.pin, status_flags=self._status_flags_recorded())
+        self.planner = Planner(causal=False, pin=options.pin, status_flags=self._status_flags_recorded(),
+                               affected_rows=self._affected_rows_recorded())
         self._released: list[int] = []  # parked connections whose requirement a completion met
         self._draining = False
 
@@ -198,8 +217,15 @@ class Replayer:
     async def run(self) -> Stats:
         self._loop = asyncio.get_running_loop()
         await self._prepare_order()
+        head_start = 50_000_000  # a short head start to open connections
+        if self.opt.start_at is not None:
+            # several replayers (shards) begin at one agreed wall-clock time: their schedules line up
+            delay = self.opt.start_at - time.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            head_start = 0
         self.replay_start_ns = time.time_ns()
-        self._start_mono = time.monotonic_ns() + 50_000_000  # a short head start to open connections
+        self._start_mono = time.monotonic_ns() + head_start
         reader_task = self._loop.create_task(self._read())
         flusher = self._loop.create_task(self._flush_periodically())
         watcher = self._loop.create_task(self._watch_dependencies())
@@ -511,7 +537,7 @@ class Replayer:
                 self.opt.host, self.opt.port, self.opt.username, self.opt.password, conn.db,
                 on_result=self._on_result, on_lost=self._on_lost, owner=conn, capabilities=conn.capabilities,
                 charset=conn.charset,
-                timeout=self.opt.connect_timeout)
+                timeout=self.opt.connect_timeout, ssl_context=self.ssl_context)
             conn.ever_connected = True
             conn.stmt_map.clear()  # a new server session: statements are re-prepared on first use
             conn.types_bound.clear()
@@ -595,7 +621,8 @@ class Replayer:
             st.captured_ns += rec.end_ns - rec.start_ns
             st.replayed_ns += now - conn.sent_ns
         if result.outcome == OUTCOME_ERR:
-            if rec.outcome == OUTCOME_ERR and rec.err_code == result.err_code:
+            # err_code 0: the input knew that it failed, not how (TiProxy captures)
+            if rec.outcome == OUTCOME_ERR and rec.err_code in (result.err_code, 0):
                 st.same_errors += 1
                 return
             if rec.outcome in (OUTCOME_OK, OUTCOME_ERR):
@@ -637,11 +664,17 @@ class Replayer:
     # (the planning side is fastproxy/replay/causal.py; these are the engine's hooks)
 
     def _status_flags_recorded(self) -> bool:
-        """Format version 2 records the server status after each command (in a transaction or not)."""
+        """Format version 2 records the server status after each command (in a transaction or not);
+        converted inputs say whether theirs did."""
         try:
-            return int(self.meta.get("format_version", 1) or 1) >= 2
+            version2 = int(self.meta.get("format_version", 1) or 1) >= 2
         except (TypeError, ValueError):
-            return False
+            version2 = False
+        return bool(self.meta.get("status_flags_recorded", version2))
+
+    def _affected_rows_recorded(self) -> bool:
+        """Whether a write's affected rows can tell that it changed nothing (only our own captures)."""
+        return bool(self.meta.get("outcomes_recorded", True)) and getattr(self.reader, "format", "native") == "native"
 
     async def _prepare_order(self) -> None:
         """Read what the target's schema says about table scopes, then plan with it."""
@@ -652,7 +685,8 @@ class Replayer:
         # on error (logged by load_scopes, shown in the summary's causal.scope) one global scope
         scopes = await self._loop.run_in_executor(
             None, load_scopes, opt.host, opt.port, opt.username, opt.password, opt.connect_timeout)
-        self.planner = Planner(scopes, causal=causal, pin=opt.pin, status_flags=self._status_flags_recorded())
+        self.planner = Planner(scopes, causal=causal, pin=opt.pin, status_flags=self._status_flags_recorded(),
+                               affected_rows=self._affected_rows_recorded())
 
     def _gate(self, conn: Conn, now: int) -> int:
         """May the head command go now? _FIRE, _PARKED (it waits for another connection's command),
@@ -971,6 +1005,14 @@ class Replayer:
                              for f in self.report.top_failures()],
             "other_error_types": {e.err_type: e.count for e in self.report.other_errors.values()},
             "canceled": self.canceled,
+            "input_format": self.reader.format,
+            # inputs without outcomes (general log, slow log, TiProxy's error codes): every replay error
+            # is reported as a failure, as TiProxy does
+            "outcomes_recorded": self.meta.get("outcomes_recorded", True),
+            "error_codes_recorded": self.meta.get("error_codes_recorded", self.meta.get("outcomes_recorded", True)),
+            "input_skipped": dict(getattr(self.reader, "stats", {}) or {}),
+            "filters": self.opt.filters.describe() if self.opt.filters is not None else {},
+            "filtered_by": dict(getattr(self.reader, "dropped", {}) or {}),
             **self._faithful_summary(),
         }
 
@@ -995,6 +1037,5 @@ class Replayer:
                 "aborted": st.txn_aborted,
                 "commands_skipped": st.txn_skipped,
                 "production_lock_errors_not_replayed": st.prod_lock_errors,
-
             } if self.opt.whole_transactions else None,
         }
