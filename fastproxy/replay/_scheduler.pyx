@@ -337,7 +337,7 @@ cdef class CausalOrder:
         # before it (give or take overlap_ns) and released by now
         cdef int64_t req = self._ended_before(s, start)
         cdef int64_t i
-        cdef int64_t limit = start + self.overlap_ns if self.overlap_ns < INT64_MAX - start else INT64_MAX
+        cdef int64_t limit = INT64_MAX if start > INT64_MAX - self.overlap_ns else start + self.overlap_ns
         if s.next - req > MAX_OVERLAP_SCAN:
             return s.next
         i = s.next - 1
@@ -486,6 +486,16 @@ cdef class CausalOrder:
             req = t.buf[2 * t.wpos + 1]
             if s.prefix < req:
                 self._park(s, req, key)
+                return False
+            t.wpos += 1
+        return True
+
+    def met(self, Ticket t):
+        """Whether every requirement of ``t`` is met now (``ready`` without parking)."""
+        cdef Seq* s
+        while t.wpos < t.nw:
+            s = &self.seqs[t.buf[2 * t.wpos]]
+            if s.prefix < t.buf[2 * t.wpos + 1]:
                 return False
             t.wpos += 1
         return True

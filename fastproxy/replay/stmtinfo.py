@@ -163,15 +163,18 @@ class TableScan:
                 depth += 1
             elif tok == ")":
                 depth -= 1
-                while depth < froms[-1]:
+                while len(froms) > 1 and depth < froms[-1]:
                     froms.pop()
             elif tok == "," and depth == froms[-1]:
                 self.table_list(i + 1)
             elif tok in ("from", "join", "straight_join"):
-                self.table_list(i + 1)
+                if nxt == "(" and i + 2 < n and toks[i + 2] not in ("select", "with", "values", "table", "("):
+                    self.table_list(i + 2)  # FROM (t1 JOIN t2): how MariaDB writes a view's joins
+                else:
+                    self.table_list(i + 1)
                 if tok == "from" and froms[-1] != depth:
                     froms.append(depth)
-            elif tok in _CLAUSE_END and depth == froms[-1]:
+            elif tok in _CLAUSE_END and depth == froms[-1] and len(froms) > 1:
                 froms.pop()
             elif tok == "into":
                 if nxt not in ("@", "outfile", "dumpfile") and not nxt.startswith("@"):
