@@ -81,7 +81,6 @@ def test_flags():
     assert classify("SET @@timestamp = DEFAULT").sets_time is False
     assert classify("SET insert_id = 5").sets_insert_id
     assert classify("START TRANSACTION WITH CONSISTENT SNAPSHOT").snapshot
-    assert classify("SELECT id FROM q FOR UPDATE SKIP LOCKED").no_wait
     ddl = classify("CREATE TABLE e (id INT, at TIMESTAMP DEFAULT CURRENT_TIMESTAMP)")
     assert ddl.time_default
     assert classify("CREATE TRIGGER tr BEFORE INSERT ON t FOR EACH ROW SET NEW.a = 1").trigger_on == "t"

@@ -364,12 +364,10 @@ cdef class CausalOrder:
         return idx
 
     def note(self, Ticket t, tuple waits, tuple lock_waits, int64_t start_ns, tuple events, int64_t end_ns,
-             bint released=True, bint after_all=False):
+             bint released=True):
         """Register a command read from the capture. On each sequence in ``waits`` it waits for the
         events that ended before ``start_ns``; on each in ``lock_waits`` also for those that held
-        locks before it (see above), or with ``after_all`` for every event that ended before it did
-        (SKIP LOCKED / NOWAIT: which rows it got depends on who had locked what). It is itself an
-        event (``start_ns``..``end_ns``) of each sequence in ``events``; ``released``: its
+        locks before it (see above). It is itself an event (``start_ns``..``end_ns``) of each sequence in ``events``; ``released``: its
         transaction has ended too (else call ``release`` when it does). Requirements already met
         are not stored."""
         cdef Py_ssize_t nw = len(waits), nl = len(lock_waits), ne = len(events), i, sid
@@ -391,12 +389,7 @@ cdef class CausalOrder:
             sid = waits[i] if i < nw else lock_waits[i - nw]
             self._check(sid)
             s = &self.seqs[sid]
-            if i < nw:
-                req = self._ended_before(s, start_ns)
-            elif after_all:
-                req = s.next
-            else:
-                req = self._lock_requirement(s, start_ns)
+            req = self._ended_before(s, start_ns) if i < nw else self._lock_requirement(s, start_ns)
             if req > s.prefix:
                 buf[2 * t.nw] = sid
                 buf[2 * t.nw + 1] = req

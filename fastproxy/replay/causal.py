@@ -285,12 +285,12 @@ class Planner:
         return waits, events
 
     def _ticket(self, flags: int, waits: tuple, lock_waits: tuple, start_ns: int, events: tuple, end_ns: int,
-                released: bool = True, after_all: bool = False) -> Ticket | None:
+                released: bool = True) -> Ticket | None:
         if not waits and not lock_waits and not events and not flags:
             return None
         t = Ticket(flags)
         if waits or lock_waits or events:
-            self.order.note(t, waits, lock_waits, start_ns, events, end_ns, released, after_all)
+            self.order.note(t, waits, lock_waits, start_ns, events, end_ns, released)
         return t
 
     # ---- scopes and their sequences -----------------------------------------------------------------

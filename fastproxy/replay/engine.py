@@ -930,7 +930,7 @@ class Replayer:
                         expected = 4 * (conn.inflight.end_ns - conn.inflight.start_ns)
                     else:
                         continue  # logging in
-                    suspects = suspects or late > max(probe, expected)
+                    suspects = suspects or late > probe
                     ticket = conn.tickets[0] if conn.tickets else None
                     if ticket is not None and not ticket.finished and ticket.has_events and late > max(floor, expected):
                         released = order.finish(ticket)  # presumed complete (its real completion is a no-op)
@@ -949,8 +949,11 @@ class Replayer:
                         for waiting, blocking in pairs:
                             holder = by_thread.get(blocking)
                             if holder is not None and self._break_cycle(holder):
-                                log.debug("wait cycle: connection %s blocks %s on the server and waits for it here",
-                                          holder.conn_id, by_thread[waiting].conn_id if waiting in by_thread else "?")
+                                w = by_thread.get(waiting)
+                                log.debug("wait cycle: connection %s (next: %r at %s) blocks %s (%r at %s) on the server "
+                                          "and waits for it here", holder.conn_id, holder.queue[0].payload[:100],
+                                          holder.queue[0].start_ns, w and w.conn_id,
+                                          w and w.inflight and w.inflight.payload[:100], w and w.inflight and w.inflight.start_ns)
                 if not active:  # nothing can complete any more: let everything parked go
                     for conn in list(self.conns.values()):
                         if conn.parked and conn.tickets and conn.tickets[0] is not None:

@@ -62,7 +62,7 @@ _DDL_OBJECTS = frozenset({"table", "tables", "index", "view", "trigger", "functi
 class StatementInfo:
     """Everything below is a property of the statement text, never of a connection."""
 
-    __slots__ = ("kind", "tables", "writes", "time", "generates_id", "multi", "set_statement", "snapshot", "no_wait",
+    __slots__ = ("kind", "tables", "writes", "time", "generates_id", "multi", "set_statement", "snapshot",
                  "sets_time", "sets_insert_id", "autocommit", "references", "view_of", "time_default",
                  "trigger_on", "creates_function")
 
@@ -73,7 +73,6 @@ class StatementInfo:
         self.time = False              # names a time function: NOW() & co.
         self.generates_id = False      # may take auto-increment values (INSERT, REPLACE, LOAD, CALL, ...)
         self.multi = False             # several statements in one COM_QUERY
-        self.no_wait = False           # SKIP LOCKED / NOWAIT: its result depends on which rows others had locked
         self.set_statement = False     # MariaDB SET STATEMENT ... FOR: the application sets variables itself
         self.snapshot = False          # START TRANSACTION WITH CONSISTENT SNAPSHOT: a read of everything
         self.sets_time = None          # SET timestamp = x: True; = DEFAULT: False; else None
@@ -245,7 +244,6 @@ def _combine(infos: list[StatementInfo]) -> StatementInfo:
     out = StatementInfo(kind, None if tables is None or kind == UNKNOWN else tuple(sorted(tables)),
                         any(i.writes for i in infos) or kind == UNKNOWN)
     out.multi = True
-    out.no_wait = any(i.no_wait for i in infos)
     out.time = any(i.time for i in infos)
     out.generates_id = any(i.generates_id for i in infos) or kind == UNKNOWN
     out.sets_time = next((i.sets_time for i in reversed(infos) if i.sets_time is not None), None)
@@ -298,10 +296,7 @@ def _statement(toks: list[str], functions) -> StatementInfo:
         if first == "table":
             scan.table_list(1)
         scan.run()
-        locks = _locks_rows(toks)
-        info = _result(LOCK if locks else READ, scan)
-        info.no_wait = locks and ("nowait" in toks or ("skip" in toks and "locked" in toks))
-        return info
+        return _result(LOCK if _locks_rows(toks) else READ, scan)
     if first in ("insert", "replace"):
         j = 1
         while j < len(toks) and toks[j] in _DML_MODIFIERS:
