@@ -47,6 +47,7 @@ TXN_END = 0x40           # ends it (COMMIT, ROLLBACK, an implicit commit)
 PROD_LOCK_ERROR = 0x80   # production lost it to a deadlock or lock wait timeout: not replayed (see engine)
 
 _ANY = "#any"  # in a transaction's scope sets: some statement's tables were unknown
+_NO_SCOPE = object()
 _UNKNOWN_INFO = StatementInfo(UNKNOWN, None, True)
 _UNKNOWN_INFO.generates_id = True
 _UNKNOWN_INFO.time = True
@@ -89,6 +90,7 @@ class Planner:
         self._seqs: dict[str, tuple[int, int]] = {}
         self._legacy: dict[str, list[tuple[int, int]]] = {}  # a merged scope still waits for its parts' past
         self._waits_cache: dict = {}
+        self._scope_cache: dict = {}  # tables -> (scopes generation, scope)
         self._events_cache: dict = {}
         self._sessions: dict[int, _Session] = {}
         self.unknown_scope_statements = 0  # statements ordered against everything (tables not known)
@@ -295,7 +297,12 @@ class Planner:
 
     # ---- scopes and their sequences -----------------------------------------------------------------
     def _scope(self, info: StatementInfo) -> tuple | None:
-        return self.scopes.scope(info.tables)
+        cached = self._scope_cache.get(info.tables, _NO_SCOPE)
+        if cached is _NO_SCOPE or cached[0] != self.scopes.generation:
+            if len(self._scope_cache) > 10_000:
+                self._scope_cache.clear()
+            cached = self._scope_cache[info.tables] = (self.scopes.generation, self.scopes.scope(info.tables))
+        return cached[1]
 
     def _learn(self, info: StatementInfo) -> None:
         """DDL read from the capture changes which tables belong together."""

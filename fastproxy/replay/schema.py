@@ -32,6 +32,7 @@ class TableScopes:
         self._time: set[str] = set()     # roots
         self.functions: set[str] = set()
         self.error: str | None = None    # why the schema could not be read (then every scope is unknown)
+        self.generation = 0              # changes whenever scopes or flags change (for callers' caches)
 
     def find(self, table: str) -> str:
         parent = self._parent
@@ -52,6 +53,7 @@ class TableScopes:
         ra, rb = self.find(a), self.find(b)
         if ra == rb:
             return None
+        self.generation += 1
         self._parent[rb] = ra
         self._parent.setdefault(ra, ra)
         if rb in self._global:
@@ -63,9 +65,11 @@ class TableScopes:
         return ra, rb
 
     def mark_global(self, table: str) -> None:
+        self.generation += 1
         self._global.add(self.find(table))
 
     def mark_time(self, table: str) -> None:
+        self.generation += 1
         self._time.add(self.find(table))
 
     def scope(self, tables: tuple | None) -> tuple | None:
