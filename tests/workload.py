@@ -43,6 +43,7 @@ class ReplayOutcome:
     summary: dict
     production: dict[str, str]
     test: dict[str, str]
+    starting_data: str = ""  # mariadb-dump of the database before the capture
 
     @property
     def mismatched_tables(self) -> list[str]:
@@ -82,7 +83,7 @@ def run_faithful(prod, test, proxy, workload, out_dir: str, speeds=(1.0, 0.0), r
         test.sql(f"DROP DATABASE IF EXISTS {workload.database};\n" + start)
         _, summary = replay_cli(test.addr, out_dir, "--speed", str(speed), "--no-report-tables", *replay_args,
                                 timeout=300)
-        outcomes.append(ReplayOutcome(speed, summary, production, checksums(test, workload.database)))
+        outcomes.append(ReplayOutcome(speed, summary, production, checksums(test, workload.database), start))
     return outcomes
 
 
@@ -123,6 +124,7 @@ class Shop:
     clocks: int = 2           # write NOW() into rows
     ddl_pairs: int = 2        # one connection creates a table, another reads and writes it
     pause: tuple = (0.002, 0.02)  # think time between operations (s)
+    server_time: bool = True  # rows take the server's time (DEFAULT / ON UPDATE CURRENT_TIMESTAMP, NOW())
     seed: int = 1
     database: str = "shop"
     errors: list = field(default_factory=list)
@@ -136,7 +138,7 @@ class Shop:
     @property
     def setup_sql(self) -> str:
         customers = ", ".join(f"({i}, 'c{i}', '2024-01-01 00:00:{i:02d}')" for i in range(1, 11))
-        return f"""DROP DATABASE IF EXISTS {self.database}; CREATE DATABASE {self.database}; USE {self.database};
+        return self._time(f"""DROP DATABASE IF EXISTS {self.database}; CREATE DATABASE {self.database}; USE {self.database};
 CREATE TABLE customers (id INT AUTO_INCREMENT PRIMARY KEY, name VARCHAR(64) NOT NULL,
   created_at TIMESTAMP NOT NULL DEFAULT CURRENT_TIMESTAMP);
 CREATE TABLE orders (id INT AUTO_INCREMENT PRIMARY KEY, customer_id INT NOT NULL,
@@ -156,7 +158,16 @@ CREATE TABLE events (id BIGINT AUTO_INCREMENT PRIMARY KEY, kind VARCHAR(16) NOT 
 INSERT INTO customers VALUES {customers};
 INSERT INTO counters VALUES ('a', 0), ('b', 0), ('c', 0), ('paid', 0);
 INSERT INTO jobs (payload) SELECT CONCAT('seed', seq) FROM seq_1_to_40;
-"""
+""")
+
+    def _time(self, sql: str) -> str:
+        """Without server time: the same statements with a fixed time instead (the capture knows when
+        the proxy received a command, not when the server ran it: near a second boundary a pinned
+        time can be a second off, more often the busier the machine; see README)."""
+        if self.server_time:
+            return sql
+        return (sql.replace("ON UPDATE CURRENT_TIMESTAMP", "").replace("CURRENT_TIMESTAMP", "'2024-01-01'")
+                .replace("NOW()", "'2024-01-01'"))
 
     # each role: one connection, a loop until the deadline
     def run(self, port: int, _early=None) -> None:
@@ -251,7 +262,7 @@ INSERT INTO jobs (payload) SELECT CONCAT('seed', seq) FROM seq_1_to_40;
         cur.execute("SELECT id FROM jobs WHERE status = 'new' ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED")
         row = cur.fetchone()
         if row is not None:
-            cur.execute(f"UPDATE jobs SET status = 'taken', worker = {i}, taken_at = NOW() WHERE id = {row[0]}")
+            cur.execute(self._time(f"UPDATE jobs SET status = 'taken', worker = {i}, taken_at = NOW() WHERE id = {row[0]}"))
         cur.execute("COMMIT")
 
     def _counter(self, conn, rnd, i) -> None:
@@ -282,9 +293,9 @@ INSERT INTO jobs (payload) SELECT CONCAT('seed', seq) FROM seq_1_to_40;
 
     def _clock(self, conn, rnd, i) -> None:
         cur = conn.cursor()
-        cur.execute(f"UPDATE customers SET name = CONCAT('seen ', DATE_FORMAT(NOW(), '%H%i%s')) "
-                    f"WHERE id = {rnd.randint(1, 10)}")
-        cur.execute(f"INSERT INTO events (kind, ref, at) VALUES ('tick', {i}, NOW())")
+        cur.execute(self._time(f"UPDATE customers SET name = CONCAT('seen ', DATE_FORMAT(NOW(), '%H%i%s')) "
+                               f"WHERE id = {rnd.randint(1, 10)}"))
+        cur.execute(self._time(f"INSERT INTO events (kind, ref, at) VALUES ('tick', {i}, NOW())"))
 
     def _ddl_creator(self, conn, rnd, i) -> None:
         cur = conn.cursor()
