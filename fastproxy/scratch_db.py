@@ -64,12 +64,18 @@ class ScratchMariaDB:
         # ("Unknown table 'mysql.tmp_user_sys'"), which made server starts fail now and then
         tmpdir = os.path.join(self.basedir, "tmp")
         os.mkdir(tmpdir)
-        subprocess.run(
-            [install, "--no-defaults", f"--datadir={self.datadir}", "--auth-root-authentication-method=normal",
-             "--skip-test-db", "--user=root" if os.geteuid() == 0 else f"--user={os.getlogin()}",
-             f"--tmpdir={tmpdir}"],
-            check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-        )
+        cmd = [install, "--no-defaults", f"--datadir={self.datadir}", "--auth-root-authentication-method=normal",
+               "--skip-test-db", "--user=root" if os.geteuid() == 0 else f"--user={os.getlogin()}",
+               f"--tmpdir={tmpdir}"]
+        for attempt in (1, 2):
+            res = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+            if res.returncode == 0:
+                break
+            # seen once on a machine loaded far beyond its cores: the bootstrap server gave up;
+            # a second try on an empty datadir is cheap, and the error below says why if it fails too
+            shutil.rmtree(self.datadir, ignore_errors=True)
+            if attempt == 2:
+                raise RuntimeError(f"mariadb-install-db failed ({res.returncode}): {res.stderr.strip()[-2000:]}")
         mariadbd = _which("mariadbd", "mysqld")
         args = [
             mariadbd, "--no-defaults", f"--datadir={self.datadir}", f"--port={self.port}",

@@ -10,18 +10,20 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import re
+import tempfile
 import time
 from typing import TYPE_CHECKING
 
 from fastproxy._ringbuf import REFUSED_CLOSED, REFUSED_FULL, REFUSED_LARGE_LIMIT, REFUSED_TOO_LARGE, RingBuffer
-from fastproxy.capture.record import KIND_CONN_CLOSE, KIND_CONN_OPEN, KIND_CONN_STATE, KIND_NAMES
+from fastproxy.capture.record import KIND_CONN_CLOSE, KIND_CONN_OPEN, KIND_CONN_STATE, KIND_NAMES, META_NAME
 from fastproxy.capture.writer import CaptureWriter
 from fastproxy.constants import COMMAND, command_name
 from fastproxy.errors import JobError
 from fastproxy.jobs_base import Job, utc_iso
 from fastproxy.private_files import check_output_path
+from fastproxy.storage import S3Storage, is_s3
 from fastproxy.protocol import change_user_without_auth
+from fastproxy.secret_sql import CLEAN, DROPPED, classify, prepared_names, reading_for_collation, redact_text
 
 if TYPE_CHECKING:
     from fastproxy.proxy.server import ProxyServer
@@ -34,27 +36,19 @@ _COM_STMT_PREPARE = COMMAND.COM_STMT_PREPARE
 _COM_STMT_EXECUTE = COMMAND.COM_STMT_EXECUTE
 _COM_STMT_RESET = COMMAND.COM_STMT_RESET
 _COM_CHANGE_USER = COMMAND.COM_CHANGE_USER
-
-# Statements that carry passwords are never written to disk. No `^`: match() anchors at its pos
-# argument (1, after the command byte), where `^` would never match.
-# Statements that may hold a password are never written. The search runs over the whole statement
-# (multi-statements, `/*! ... */` comments the server executes, `SET STATEMENT ... FOR`, PREPARE /
-# EXECUTE IMMEDIATE strings, parentheses), and errs on the side of filtering: a statement that
-# merely mentions `identified` is filtered (and counted) too.
-_SECRET_RE = re.compile(
-    rb"\b(?:identified\b|set\s+password\b|password\s*\("
-    rb"|(?:create|alter|rename)\s+(?:or\s+replace\s+)?(?:user|role|server)\b"
-    rb"|change\s+(?:master|replication\s+source)\b|master_password|source_password)",
-    re.I)
-# User-management statements are short; scanning a multi-megabyte INSERT on the event loop is not.
-SECRET_SCAN_BYTES = 64 * 1024
+_COM_RESET_CONNECTION = COMMAND.COM_RESET_CONNECTION
 
 
-def carries_secret(sql: bytes | str) -> bool:
-    """Whether SQL (a COM_QUERY / COM_STMT_PREPARE payload, command byte included) may hold a password."""
-    if isinstance(sql, str):
-        sql = sql.encode("utf-8", "replace")
-    return _SECRET_RE.search(sql, 0, SECRET_SCAN_BYTES) is not None
+def _check_s3_output(storage: S3Storage) -> None:
+    """Before a capture starts: the bucket answers, and the prefix holds no finished capture."""
+    from fastproxy.errors import TrafficFormatError
+
+    try:
+        names = storage.listdir()
+    except TrafficFormatError as e:
+        raise JobError(f"output: {e}") from None
+    if META_NAME in names:
+        raise JobError(f"output: {storage.location} already holds a finished capture; choose another prefix")
 
 
 class CaptureJob(Job):
@@ -65,21 +59,33 @@ class CaptureJob(Job):
                  large_record_buffer_size: int = 256 << 20, throttle_bytes_per_sec: float | None = None) -> None:
         super().__init__()
         self.server = server
-        self.output = check_output_path(output, "output")
+        upload_to = None
+        if is_s3(output):
+            # object storage: files are written to a private local spool and uploaded as each one completes
+            upload_to = S3Storage(output)
+            _check_s3_output(upload_to)
+            self.output = output
+            local = tempfile.mkdtemp(prefix="fastproxy-spool-")  # 0700, ours
+        else:
+            self.output = local = check_output_path(output, "output")
         self.duration = duration
         self.compress = compress
         self.encrypted = encryption_key is not None
         self.ring: RingBuffer | None = RingBuffer(buffer_size, large_max=large_record_buffer_size)
-        self.writer = CaptureWriter(self.ring, self.output, file_size=file_size, compress=compress,
-                                    encryption_key=encryption_key, throttle_bytes_per_sec=throttle_bytes_per_sec)
+        self.writer = CaptureWriter(self.ring, local, file_size=file_size, compress=compress,
+                                    encryption_key=encryption_key, throttle_bytes_per_sec=throttle_bytes_per_sec,
+                                    upload_to=upload_to)
         self.start_ns = 0
         self.commands = 0
-        self.filtered = 0
+        self.filtered = 0  # dropped for a secret that could not be cut out with certainty
+        self.redacted = 0  # recorded with their secrets replaced (fastproxy/secret_sql.py)
         self.connections = 0
         self.existing_connections = 0
         self.waited_for_txn = 0  # open mid-transaction at start: captured from their next boundary
         self.server_version = ""
         self._filtered_stmts: set[tuple[int, int]] = set()
+        # per connection: SQL-level PREPARE names whose text was dropped; their EXECUTE is dropped too
+        self._dropped_sql_prepares: dict[int, set[bytes]] = {}
         self._task: asyncio.Task | None = None
         self._stopping = False
         self._failed = False  # an append failed: no record after the lost one may be written
@@ -139,7 +145,8 @@ class CaptureJob(Job):
         meta = {
             "start": utc_iso(self.start_ns), "end": utc_iso(end_ns), "duration": round((end_ns - self.start_ns) / 1e9, 3),
             "start_ns": self.start_ns, "end_ns": end_ns,
-            "commands": self.commands, "filtered_commands": self.filtered, "connections": self.connections,
+            "commands": self.commands, "filtered_commands": self.filtered, "redacted_commands": self.redacted,
+            "connections": self.connections,
             "existing_connections": self.existing_connections, "waited_for_transaction": self.waited_for_txn,
             "server_version": self.server_version, "compress": self.compress,
             "encryption_method": "aes256-ctr" if self.encrypted else "",
@@ -203,12 +210,17 @@ class CaptureJob(Job):
         self.connections += 1
         state = session.snapshot()
         kept = []
+        reading = reading_for_collation(session.charset)
         for stmt_id, sql in state["prepared"]:
-            if carries_secret(sql):  # prepared before the capture: filtered like one prepared during it
+            # prepared before the capture: redacted or dropped like one prepared during it
+            shown = redact_text(sql, reading)
+            if shown is None:
                 self._filtered_stmts.add((session.conn_id, stmt_id))
                 self.filtered += 1
             else:
-                kept.append([stmt_id, sql])
+                if shown is not sql:
+                    self.redacted += 1
+                kept.append([stmt_id, shown])
         state["prepared"] = kept
         self._append_event(KIND_CONN_STATE, session, json.dumps(state).encode())
 
@@ -231,15 +243,23 @@ class CaptureJob(Job):
             return
         affected = r.affected_rows
         if cmd == _COM_QUERY or cmd == _COM_STMT_PREPARE:
-            if carries_secret(payload):
+            verdict, recorded = classify(payload, 1, reading_for_collation(session.charset))
+            if verdict != CLEAN:
+                if verdict == DROPPED:
+                    self._drop_secret(session, cmd, payload, r)
+                    return
+                self.redacted += 1
+                payload = recorded
+            elif (self._dropped_sql_prepares and cmd == _COM_QUERY
+                  and not self._sql_prepares_allow(session.conn_id, payload)):
                 self.filtered += 1
-                if cmd == _COM_STMT_PREPARE:
-                    self._filtered_stmts.add((session.conn_id, r.stmt_id))
                 return
             if cmd == _COM_STMT_PREPARE and r.outcome == 0:
                 affected = r.stmt_id  # a prepare has no affected rows: the field carries the statement id
-        elif cmd == _COM_CHANGE_USER:
-            payload = change_user_without_auth(payload, session.capabilities)
+        elif cmd == _COM_CHANGE_USER or cmd == _COM_RESET_CONNECTION:
+            self._dropped_sql_prepares.pop(session.conn_id, None)  # SQL-level statements are gone
+            if cmd == _COM_CHANGE_USER:
+                payload = change_user_without_auth(payload, session.capabilities)
         elif self._filtered_stmts and _COM_STMT_EXECUTE <= cmd <= _COM_STMT_RESET:
             if (session.conn_id, int.from_bytes(payload[1:5], "little")) in self._filtered_stmts:
                 self.filtered += 1
@@ -250,7 +270,37 @@ class CaptureJob(Job):
         else:
             self._refused(f"a {command_name(cmd)}", session.conn_id, len(payload), start_ns)
 
+    def _drop_secret(self, session: "Session", cmd: int, payload: bytes, r) -> None:
+        """Not recorded: a secret that cannot be cut out with certainty. What refers to it goes too."""
+        self.filtered += 1
+        if cmd == _COM_STMT_PREPARE:
+            self._filtered_stmts.add((session.conn_id, r.stmt_id))
+            return
+        names = {name for verb, name in prepared_names(payload, 1, reading_for_collation(session.charset))
+                 if verb == b"prepare"}
+        if names:
+            self._dropped_sql_prepares.setdefault(session.conn_id, set()).update(names)
+
+    def _sql_prepares_allow(self, conn_id: int, payload: bytes) -> bool:
+        """False for a query that runs or deallocates an SQL-level statement whose PREPARE was dropped
+        (replayed, it would only fail); a new clean PREPARE of the name lifts that."""
+        dropped = self._dropped_sql_prepares.get(conn_id)
+        if not dropped:
+            return True
+        allow = True
+        for verb, name in prepared_names(payload, 1):
+            if verb == b"prepare":
+                dropped.discard(name)
+            elif name in dropped:
+                allow = False
+                if verb == b"deallocate":
+                    dropped.discard(name)
+        if not dropped:
+            del self._dropped_sql_prepares[conn_id]
+        return allow
+
     def on_close(self, session: "Session") -> None:
+        self._dropped_sql_prepares.pop(session.conn_id, None)
         # "wait-txn": closed before its boundary, nothing of it was recorded, so no close either
         if session.capture_state == "on" and not self._stopping:
             self._append_event(KIND_CONN_CLOSE, session, b"")
@@ -266,6 +316,7 @@ class CaptureJob(Job):
             # running: commands captured so far; ended: commands the files hold
             "commands": self._final["commands"] if self._final else self.commands,
             "filtered_commands": self.filtered,
+            "redacted_commands": self.redacted,
             "connections": self.connections,
             "existing_connections": self.existing_connections,
             "waited_for_transaction": self.waited_for_txn,
