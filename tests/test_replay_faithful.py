@@ -5,10 +5,11 @@ with 98 client connections, replayed at speed 1 and as fast as possible, reports
 leaves every table with the same CHECKSUM as production. Per-connection order on the same capture
 does not (checked once, so the test can fail: the workload does depend on causal order).
 
-The 98-connection run writes fixed times instead of the server's: pinned time is exact to the
-second only when no second boundary falls between the proxy receiving a command and the server
-running it, and on a busy 2-core box (98 clients, proxy and server together) that gap reaches
-milliseconds, enough for one row in several hundred to land a second off (README, "Pinned time")."""
+Pinned time is exact to the second only when no second boundary falls between the proxy receiving
+a command and the server running it; on a busy 2-core box (clients, proxy and server together)
+that gap reaches milliseconds, and a row in several hundred lands a second off. Such rows are
+compared apart (`workload.compare_rows`: equal but for a time exactly one second off) and must stay
+few; any other difference fails."""
 from __future__ import annotations
 
 import pytest
@@ -28,7 +29,6 @@ def test_shop_workload_replays_without_false_failures(mariadb, mariadb_test, pro
                  "readers", "clocks", "ddl_pairs"):
         setattr(shop, role, getattr(shop, role) * scale)
     shop.pause = tuple(p * scale for p in shop.pause)  # more connections, as many commands per second
-    shop.server_time = scale == 1
     out = str(tmp_path / "capture")
     outcomes = run_faithful(mariadb, mariadb_test, proxy_factory([mariadb]), shop, out)
     for o in outcomes:
@@ -36,7 +36,9 @@ def test_shop_workload_replays_without_false_failures(mariadb, mariadb_test, pro
         assert o.summary["other_errors"] == 0, o.describe()
         assert o.summary["connections"] >= shop.connections
         assert o.summary["pinned"]["insert_id"] > 0, o.describe()
-        assert (o.summary["pinned"]["time"] > 0) == shop.server_time, o.describe()
+        assert o.summary["pinned"]["time"] > 0, o.describe()
+        # times one second off (a second boundary between proxy and server) stay rare: a few per thousand
+        assert sum(o.time_skewed.values()) <= 10, o.describe()
         assert o.summary["causal"]["commands_waited"] > 0, o.describe()
     if scale == 1:
         # the same capture in per-connection order, without pins or whole transactions: not faithful

@@ -245,7 +245,7 @@ class Planner:
     def _pins(self, sess: _Session, cmd: int, info: StatementInfo, rec: Record) -> int:
         flags = 0
         if not sess.app_time and (info.time or info.time_default or (
-                info.writes and info.kind != SESSION and self.scopes.needs_time(info.tables))):
+                info.writes and info.kind != SESSION and self._scoped(info.tables)[2])):
             flags |= PIN_TIME
         if not sess.app_ids and info.generates_id and rec.last_insert_id and not info.multi:
             flags |= PIN_ID
@@ -297,12 +297,17 @@ class Planner:
 
     # ---- scopes and their sequences -----------------------------------------------------------------
     def _scope(self, info: StatementInfo) -> tuple | None:
-        cached = self._scope_cache.get(info.tables, _NO_SCOPE)
-        if cached is _NO_SCOPE or cached[0] != self.scopes.generation:
+        return self._scoped(info.tables)[1]
+
+    def _scoped(self, tables: tuple | None) -> tuple:
+        """(generation, scope roots or None, whether writes need the time) of a table set, cached."""
+        cached = self._scope_cache.get(tables, _NO_SCOPE)
+        scopes = self.scopes
+        if cached is _NO_SCOPE or cached[0] != scopes.generation:
             if len(self._scope_cache) > 10_000:
                 self._scope_cache.clear()
-            cached = self._scope_cache[info.tables] = (self.scopes.generation, self.scopes.scope(info.tables))
-        return cached[1]
+            cached = self._scope_cache[tables] = (scopes.generation, scopes.scope(tables), scopes.needs_time(tables))
+        return cached
 
     def _learn(self, info: StatementInfo) -> None:
         """DDL read from the capture changes which tables belong together."""
