@@ -71,6 +71,9 @@ class ReplayRun:
 
     def _write_files(self) -> None:
         base = summary_base(self.engine.replay_start_ns)
+        shard = getattr(self.options.filters, "shard", None)
+        if shard:  # shards started together (--start-at) can share a millisecond, and a report directory
+            base += f"-shard{shard[0]}of{shard[1]}"
         report = self.engine.report
         contents = {
             ".json": lambda: json.dumps(self.summary, indent=2),
