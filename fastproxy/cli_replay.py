@@ -30,14 +30,21 @@ from fastproxy.replay.selection import selection_options
 @click.option("--report-dir", default=None, help="where the summary files go [default: the input directory]")
 @click.option("--no-report-tables", is_flag=True, help="do not write tiproxy_traffic_report tables on the target")
 @click.option("--encryption-key-path", default=None, help="key file for an encrypted capture")
+@click.option("--users-file", default=None, type=click.Path(exists=True, dir_okay=False),
+              help="TOML file of `user = \"password\"`: each connection replays as its captured user (mode 0600); "
+                   "users not in it replay as --username")
+@click.option("--replay-unknown", is_flag=True,
+              help="also send the commands that were in flight when production's backend died")
 @click.option("--tls", is_flag=True, help="connect to the target with TLS (as MySQL clients' ssl-mode=REQUIRED)")
 @click.option("--tls-ca", default="", help="CA bundle the target's certificate must chain to (implies --tls)")
 @click.option("--tls-skip-verify", is_flag=True, help="TLS without verifying the target's certificate")
 @selection_options
 def replay_standalone(target: str, input_dir: tuple[str, ...], username: str, password: str | None,
                       password_file: str | None, speed: float, read_only: bool, order: str, progress: bool,
-                      report_dir: str | None, no_report_tables: bool, encryption_key_path: str | None,
-                      input_format: str, tls: bool, tls_ca: str, tls_skip_verify: bool, **selection) -> None:
+                      report_dir: str | None,
+                      no_report_tables: bool, encryption_key_path: str | None, input_format: str,
+                      users_file: str | None, replay_unknown: bool, tls: bool, tls_ca: str, tls_skip_verify: bool,
+                      **selection) -> None:
     """Replay a capture directly against a test server and print a summary."""
     from fastproxy.capture.crypto import load_key
     from fastproxy.replay.engine import ReplayOptions
@@ -53,7 +60,11 @@ def replay_standalone(target: str, input_dir: tuple[str, ...], username: str, pa
                                 speed=check_speed(speed), readonly=read_only, encryption_key=key,
                                 input_format=input_format, filters=filters_from(values),
                                 start_at=parse_start_at(values["start-at"]), tls=tls, tls_ca=tls_ca,
-                                tls_skip_verify=tls_skip_verify, order=order)
+                                tls_skip_verify=tls_skip_verify, replay_unknown=replay_unknown, order=order)
+        if users_file:
+            from fastproxy.replay.users import load_users_file
+
+            options.users = load_users_file(users_file)
         inputs = list(input_dir)
         run = ReplayRun(inputs if len(inputs) > 1 else inputs[0], options, report_dir,
                         write_tables=not no_report_tables)

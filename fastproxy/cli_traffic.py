@@ -158,10 +158,15 @@ def capture(curls: str, output: str, duration: str, compress: bool, encryption_m
 @click.option("--tls", is_flag=True, help="replay connections use TLS")
 @click.option("--tls-ca", default="", help="CA bundle (on the proxy's machine) the target's certificate must chain to")
 @click.option("--tls-skip-verify", is_flag=True, help="TLS without verifying the target's certificate")
+@click.option("--users-file", default=None,
+              help="path, on the proxy's machine, of a TOML file of `user = \"password\"` (mode 0600): each "
+                   "connection replays as its captured user; users not in it replay as --username")
+@click.option("--replay-unknown", is_flag=True,
+              help="also send the commands that were in flight when production's backend died")
 @selection_options
 def replay(curls: str, input_dir: str, username: str, password: str | None, password_file: str | None, speed: float,
            read_only: bool, order: str, encryption_key_path: str | None, input_format: str, tls: bool, tls_ca: str,
-           tls_skip_verify: bool, **selection) -> None:
+           tls_skip_verify: bool, users_file: str | None, replay_unknown: bool, **selection) -> None:
     """Replay a capture against the proxy's backends."""
     password = resolve_password(password, password_file)
     _each(curls, "POST", "/api/traffic/replay", {"input": input_dir, "username": username, "password": password,
@@ -169,6 +174,7 @@ def replay(curls: str, input_dir: str, username: str, password: str | None, pass
                                                   "order": order, "encryption-key-path": encryption_key_path,
                                                   "format": input_format, "tls": str(tls).lower(),
                                                   "tls-ca": tls_ca, "tls-skip-verify": str(tls_skip_verify).lower(),
+                                                  "users-file": users_file, "replay-unknown": str(replay_unknown).lower(),
                                                   **cli_values(selection)})
 
 

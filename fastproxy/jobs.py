@@ -68,7 +68,9 @@ class JobManager:
                          buffer_size=self.server.config["capture.buffer-size"],
                          large_record_buffer_size=self.server.config["capture.large-record-buffer-size"],
                          file_size=self.server.config["capture.file-size"],
-                         throttle_bytes_per_sec=float(throttle) if throttle else None)
+                         throttle_bytes_per_sec=float(throttle) if throttle else None,
+                         local_infile=self.server.config["capture.local-infile"],
+                         local_infile_max_size=self.server.config["capture.local-infile-max-size"])
         job.start()
         self._add(job)
         return job

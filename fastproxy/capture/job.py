@@ -15,7 +15,8 @@ import time
 from typing import TYPE_CHECKING
 
 from fastproxy._ringbuf import REFUSED_CLOSED, REFUSED_FULL, REFUSED_LARGE_LIMIT, REFUSED_TOO_LARGE, RingBuffer
-from fastproxy.capture.record import KIND_CONN_CLOSE, KIND_CONN_OPEN, KIND_CONN_STATE, KIND_NAMES, META_NAME
+from fastproxy.capture.record import (INFILE_SIZE, KIND_CONN_CLOSE, KIND_CONN_OPEN, KIND_CONN_STATE,
+                                      KIND_LOCAL_INFILE, KIND_NAMES, META_NAME)
 from fastproxy.capture.writer import CaptureWriter
 from fastproxy.constants import COMMAND, command_name
 from fastproxy.errors import JobError
@@ -56,7 +57,8 @@ class CaptureJob(Job):
 
     def __init__(self, server: "ProxyServer", output: str, duration: float, *, compress: bool = True,
                  encryption_key: bytes | None = None, buffer_size: int = 64 << 20, file_size: int = 300 << 20,
-                 large_record_buffer_size: int = 256 << 20, throttle_bytes_per_sec: float | None = None) -> None:
+                 large_record_buffer_size: int = 256 << 20, throttle_bytes_per_sec: float | None = None,
+                 local_infile: bool = False, local_infile_max_size: int = 16 << 20) -> None:
         super().__init__()
         self.server = server
         upload_to = None
@@ -84,6 +86,16 @@ class CaptureJob(Job):
         self.waited_for_txn = 0  # open mid-transaction at start: captured from their next boundary
         self.server_version = ""
         self._filtered_stmts: set[tuple[int, int]] = set()
+        # LOCAL INFILE files: recorded when asked for, up to a size (larger than a quarter of the
+        # ring, a record waits on the side path, which large_record_buffer_size bounds)
+        self.local_infile = local_infile
+        self.local_infile_limit = min(local_infile_max_size, large_record_buffer_size)
+        self.infile_files = 0
+        self.infile_bytes = 0
+        self.infile_too_large = 0
+        # sessions open before the capture with parts replay cannot rebuild: "conn N: what"
+        self.sessions_not_rebuilt = 0
+        self.not_rebuilt: list[str] = []
         # per connection: SQL-level PREPARE names whose text was dropped; their EXECUTE is dropped too
         self._dropped_sql_prepares: dict[int, set[bytes]] = {}
         self._task: asyncio.Task | None = None
@@ -110,14 +122,16 @@ class CaptureJob(Job):
                 continue  # still authenticating: on_connect records it as a new connection
             self.existing_connections += 1
             self.server_version = self.server_version or session.server_version
-            if conn.tracker.idle and not session.in_transaction:
-                self._record_state(session)
-            else:
-                # a command in flight or an open transaction: its statements before the capture are
-                # not in the files, so replaying the rest of it would be wrong; start at its boundary
+            if session.in_transaction and session.txn_wrote:
+                # its writes before the capture are not in the files and cannot be rebuilt:
+                # replaying the rest of the transaction alone would be wrong; start at its end
                 session.capture_state = "wait-txn"
-                if session.in_transaction:
-                    self.waited_for_txn += 1
+                self.waited_for_txn += 1
+            else:
+                # its state is read at its next command boundary, before that command
+                # (connection.py); an open transaction that has not written is rebuilt on replay
+                session.capture_state = "pending"
+                session.want_own_query()
         self._task = asyncio.get_running_loop().create_task(self._watch())
         log.info("capture started: %s for %.0fs (%d open connections)", self.output, self.duration,
                  self.existing_connections)
@@ -141,6 +155,8 @@ class CaptureJob(Job):
             self.server.capture = None
         for conn in list(self.server.connections):
             conn.session.capture_state = None
+            conn.session.want_own_query()
+            conn.session.infiles.clear()
         end_ns = time.time_ns()
         meta = {
             "start": utc_iso(self.start_ns), "end": utc_iso(end_ns), "duration": round((end_ns - self.start_ns) / 1e9, 3),
@@ -150,6 +166,9 @@ class CaptureJob(Job):
             "existing_connections": self.existing_connections, "waited_for_transaction": self.waited_for_txn,
             "server_version": self.server_version, "compress": self.compress,
             "encryption_method": "aes256-ctr" if self.encrypted else "",
+            "sessions_not_rebuilt": self.sessions_not_rebuilt, "not_rebuilt": self.not_rebuilt,
+            "local_infile": self.local_infile, "local_infile_files": self.infile_files,
+            "local_infile_bytes": self.infile_bytes, "local_infile_too_large": self.infile_too_large,
         }
         if error:
             meta["error"] = error
@@ -205,10 +224,18 @@ class CaptureJob(Job):
                 why = f"{record} could not be captured: it is larger than capture.buffer-size ({_size(ring.capacity)})"
         self._fail(f"{why}; capture stopped, everything captured before it is in the files")
 
-    def _record_state(self, session: "Session") -> None:
+    def on_session_state(self, session: "Session", server_state: dict) -> None:
+        """The state of a session open before the capture, read at its command boundary (the
+        proxy's own queries; fastproxy/proxy/introspect.py): recorded before its first command."""
+        if self._stopping or self._failed:
+            session.capture_state = None
+            return
         session.capture_state = "on"
+        session.want_own_query()
         self.connections += 1
         state = session.snapshot()
+        state.update(server_state)
+        not_rebuilt = []
         kept = []
         reading = reading_for_collation(session.charset)
         for stmt_id, sql in state["prepared"]:
@@ -222,6 +249,26 @@ class CaptureJob(Job):
                     self.redacted += 1
                 kept.append([stmt_id, shown])
         state["prepared"] = kept
+        # the SQL-level state is SQL text: redacted as a captured statement is, or left out
+        for key, what in (("sql_prepared", "prepared statement"), ("temp_tables", "temporary table")):
+            kept = []
+            for item in state[key]:
+                shown = redact_text(item["sql"], reading)
+                if shown is None:
+                    not_rebuilt.append(f"{what} {item['name']}: its SQL holds a secret")
+                else:
+                    kept.append(dict(item, sql=shown))
+            state[key] = kept
+        for t in state["temp_tables"]:
+            not_rebuilt.append(f"temporary table {t['db'] + '.' if t['db'] else ''}{t['name']}: its rows "
+                               f"(re-created empty from its CREATE statement)")
+        if state.get("state_error"):
+            not_rebuilt.append(state["state_error"])
+        if not_rebuilt:
+            state["not_rebuilt"] = not_rebuilt
+            self.sessions_not_rebuilt += 1
+            if len(self.not_rebuilt) < 20:  # a sample for show/meta; the count is exact
+                self.not_rebuilt.append(f"conn {session.conn_id}: " + "; ".join(not_rebuilt))
         self._append_event(KIND_CONN_STATE, session, json.dumps(state).encode())
 
     def on_connect(self, session: "Session") -> None:
@@ -231,7 +278,8 @@ class CaptureJob(Job):
         self.connections += 1
         self.server_version = self.server_version or session.server_version
         body = {"user": session.user, "db": session.db, "capabilities": session.capabilities,
-                "charset": session.charset, "client_addr": session.client_addr}
+                "charset": session.charset, "client_addr": session.client_addr, "backend": session.backend,
+                "backend_conn_id": session.backend_conn_id}
         self._append_event(KIND_CONN_OPEN, session, json.dumps(body).encode())
 
     def on_command(self, session: "Session", cmd: int, start_ns: int, end_ns: int, r, payload: bytes | None) -> None:
@@ -239,8 +287,11 @@ class CaptureJob(Job):
         state = session.capture_state
         if state != "on" or payload is None or start_ns < self.start_ns or self._stopping or self._failed:
             if state == "wait-txn" and not session.in_transaction and not self._stopping and not self._failed:
-                self._record_state(session)  # a transaction boundary: the session is whole from here
+                session.capture_state = "pending"  # a transaction boundary: read at the next command
+                session.want_own_query()
             return
+        if session.infiles:
+            self._record_infiles(session, start_ns)
         affected = r.affected_rows
         if cmd == _COM_QUERY or cmd == _COM_STMT_PREPARE:
             verdict, recorded = classify(payload, 1, reading_for_collation(session.charset))
@@ -269,6 +320,22 @@ class CaptureJob(Job):
             self.commands += 1
         else:
             self._refused(f"a {command_name(cmd)}", session.conn_id, len(payload), start_ns)
+
+    def _record_infiles(self, session: "Session", start_ns: int) -> None:
+        """The LOCAL INFILE files of the command that started at start_ns, before its record."""
+        for size, content in session.infiles:
+            self.infile_files += 1
+            if content is None:
+                self.infile_too_large += 1
+                content = b""
+            else:
+                self.infile_bytes += size
+            if self._failed:
+                break
+            body = INFILE_SIZE.pack(size) + content
+            if not self.ring.append_event(KIND_LOCAL_INFILE, session.conn_id, start_ns, body):
+                self._refused("a LOCAL INFILE file", session.conn_id, len(body), start_ns)
+        session.infiles.clear()
 
     def _drop_secret(self, session: "Session", cmd: int, payload: bytes, r) -> None:
         """Not recorded: a secret that cannot be cut out with certainty. What refers to it goes too."""
@@ -301,9 +368,14 @@ class CaptureJob(Job):
 
     def on_close(self, session: "Session") -> None:
         self._dropped_sql_prepares.pop(session.conn_id, None)
-        # "wait-txn": closed before its boundary, nothing of it was recorded, so no close either
+        # "wait-txn"/"pending": nothing of it was recorded, so no close either
         if session.capture_state == "on" and not self._stopping:
-            self._append_event(KIND_CONN_CLOSE, session, b"")
+            body = {"by": session.closed_by or "client"}
+            if session.close_reason:
+                body["reason"] = session.close_reason
+            if session.close_err_code:
+                body["err_code"] = session.close_err_code
+            self._append_event(KIND_CONN_CLOSE, session, json.dumps(body).encode())
         session.capture_state = None
 
     # ---- show ----------------------------------------------------------------------------------
@@ -323,12 +395,27 @@ class CaptureJob(Job):
             "bytes_written": self.writer.bytes_written,
             "buffer_used": self.ring.used if self.ring is not None else 0,
             "large_record_buffer_used": self.ring.large_bytes if self.ring is not None else 0,
+            "sessions_not_rebuilt": self.sessions_not_rebuilt,
+            "not_rebuilt": self.not_rebuilt,
+            "local_infile": self.local_infile,
+            "local_infile_files": self.infile_files,
+            "local_infile_bytes": self.infile_bytes,
+            "local_infile_too_large": self.infile_too_large,
         })
         if self._final and self._final.get("commands_not_written"):
             d["commands_not_written"] = self._final["commands_not_written"]
+        notes = []
         if self.waited_for_txn:
-            d["note"] = (f"{self.waited_for_txn} connection(s) were inside a transaction when the capture started; "
-                         f"they are captured from their next transaction boundary")
+            notes.append(f"{self.waited_for_txn} connection(s) were inside a transaction that had written when the "
+                         f"capture started; they are captured from their next transaction boundary")
+        if self.sessions_not_rebuilt:
+            notes.append(f"{self.sessions_not_rebuilt} session(s) open before the capture cannot be rebuilt in "
+                         f"full on replay (not_rebuilt says what); replay reports their failures apart")
+        if self.infile_too_large:
+            notes.append(f"{self.infile_too_large} LOCAL INFILE file(s) were larger than "
+                         f"{self.local_infile_limit} bytes and not recorded: replay sends an empty file for them")
+        if notes:
+            d["note"] = "; ".join(notes)
         return d
 
     def progress(self) -> float:

@@ -70,10 +70,8 @@ class ReplayRun:
         return self.summary
 
     def _write_files(self) -> None:
-        base = summary_base(self.engine.replay_start_ns)
-        shard = getattr(self.options.filters, "shard", None)
-        if shard:  # shards started together (--start-at) can share a millisecond, and a report directory
-            base += f"-shard{shard[0]}of{shard[1]}"
+        filters = self.engine.opt.filters
+        base = summary_base(self.engine.replay_start_ns, getattr(filters, "shard", None))
         report = self.engine.report
         contents = {
             ".json": lambda: json.dumps(self.summary, indent=2),
@@ -114,11 +112,13 @@ class ReplayRun:
             self.summary["summary_files_error"] = "; ".join(errors)
 
 
-def summary_base(replay_start_ns: int) -> str:
-    """replay-<UTC time>: the summary files' name without suffix. Milliseconds: two runs in one
-    second must not collide (a name that exists is never overwritten, see _write_private)."""
+def summary_base(replay_start_ns: int, shard: tuple[int, int] | None = None) -> str:
+    """replay-<UTC time>[-shard<i>of<N>]: the summary files' name without suffix. Milliseconds: two
+    runs in one second must not collide (a name that exists is never overwritten, see _write_private);
+    shards started together (--start-at) share the millisecond, so their number is in the name."""
     t = replay_start_ns
-    return "replay-" + time.strftime("%Y%m%dT%H%M%S", time.gmtime(t / 1e9)) + f".{t // 1_000_000 % 1000:03d}Z"
+    base = "replay-" + time.strftime("%Y%m%dT%H%M%S", time.gmtime(t / 1e9)) + f".{t // 1_000_000 % 1000:03d}Z"
+    return base + (f"-shard{shard[0]}of{shard[1]}" if shard else "")
 
 
 def _check_report_dir(path: str, field: str) -> None:
@@ -164,6 +164,7 @@ def format_summary(s: dict) -> str:
           if s.get("outcomes_recorded", True) and not s.get("error_codes_recorded", True) else []),
         *([f"  input entries not replayed: {s['input_skipped']}"] if s.get("input_skipped") else []),
         f"  connections: {s['connections']} (reconnects {s['reconnects']})",
+        *_session_lines(s),
         f"  QPS: captured {s['qps_captured']}, replayed {s['qps_replayed']}",
         f"  avg latency: captured {s['avg_latency_captured_ms']} ms, replayed {s['avg_latency_replayed_ms']} ms",
         f"  lag: p99 {lag['p99_ms']} ms, max {lag['max_ms']} ms, avg {lag['avg_ms']} ms",
@@ -193,6 +194,35 @@ def _faithful_lines(s: dict) -> list[str]:
                    f"aborted ({t['commands_skipped']} of their commands not sent); "
                    f"{t['production_lock_errors_not_replayed']} statements production lost to deadlocks or lock "
                    f"wait timeouts not sent")
+    return out
+
+
+def _session_lines(s: dict) -> list[str]:
+    """What replay did to keep sessions as production had them (only what happened)."""
+    out = []
+    if s.get("sessions_rebuilt") or s.get("sessions_not_rebuilt"):
+        out.append(f"  sessions open before the capture: {s['sessions_rebuilt']} rebuilt, "
+                   f"{s['sessions_not_rebuilt']} not in full; failures on those (reported apart, in "
+                   f"other_errors): {s['commands_failed_on_sessions_not_rebuilt']}")
+        for item in s.get("not_rebuilt", [])[:5]:
+            out.append(f"    connection {item['conn_id']}: {'; '.join(item['not_rebuilt'])[:200]}")
+    if s.get("kills_mapped") or s.get("kills_not_mapped"):
+        out.append(f"  KILL: {s['kills_mapped']} sent to the replay connection of their target, "
+                   f"{s['kills_not_mapped']} not mapped (reported, not sent)")
+    if s.get("change_users"):
+        out.append(f"  COM_CHANGE_USER: {s['change_users']} replayed as a change of user")
+    if s.get("secrets_substituted"):
+        out.append(f"  redacted secrets put back: {s['secrets_substituted']} statement(s) "
+                   f"({s['secrets_from_users_file']} password(s) from the users file, {s['secrets_random']} random)")
+    if s.get("commands_not_executed_in_production"):
+        out.append(f"  not sent: {s['commands_not_executed_in_production']} command(s) in flight when production's "
+                   f"backend died (--replay-unknown sends them)")
+    if s.get("server_closes_as_captured"):
+        out.append(f"  connections closed by the server as in production: {s['server_closes_as_captured']}")
+    if s.get("local_infile_files_sent") or s.get("local_infile_files_empty"):
+        out.append(f"  LOAD DATA LOCAL INFILE: {s['local_infile_files_sent']} file(s) sent as captured, "
+                   f"{s['local_infile_files_empty']} answered with an empty file (content not in the capture: "
+                   f"capture.local-infile off, or the file was too large)")
     return out
 
 
@@ -254,6 +284,12 @@ class ReplayJob(Job):
                                 tls=parse_bool(form, "tls", False), tls_ca=str(form.get("tls-ca", "") or "").strip(),
                                 tls_skip_verify=parse_bool(form, "tls-skip-verify", False),
                                 order=check_order(str(form.get("order", "") or "causal").strip()))
+        users_file = str(form.get("users-file", "") or "").strip()
+        if users_file:  # a path on this proxy's machine; the passwords never travel through the API
+            from fastproxy.replay.users import load_users_file
+
+            options.users = load_users_file(users_file)
+        options.replay_unknown = parse_bool(form, "replay-unknown", False)
         report_dir = str(form.get("report-dir", "") or "").strip() or None
         return cls(server, ReplayRun(input_dir, options, report_dir))
 
@@ -302,6 +338,11 @@ class ReplayJob(Job):
             "skipped": st.skipped,
             "other_errors": sum(x.count for x in e.report.other_errors.values()),
             "connections": st.connections,
+            "sessions_rebuilt": st.sessions_rebuilt,
+            "sessions_not_rebuilt": e.sessions_not_rebuilt,
+            "kills_mapped": st.kills_mapped,
+            "kills_not_mapped": st.kills_not_mapped,
+            "secrets_substituted": e.credentials.substituted,
             "lag": e.lag.as_dict(),
             "filtered_by": dict(getattr(e.reader, "dropped", {}) or {}),
         })

@@ -33,7 +33,7 @@ class TxnLog:
     __slots__ = ("entries", "aborted", "retry", "attempts")
 
     def __init__(self) -> None:
-        self.entries: list[tuple] = []   # (record, payload sent, pin SET sent before it or None)
+        self.entries: list[tuple] = []   # (record, payload sent, pin SET sent before it or None, ticket flags)
         self.aborted = False             # given up: skip the rest of the production transaction
         self.retry: Retry | None = None  # a retry in progress
         self.attempts = 0
