@@ -23,6 +23,9 @@ from fastproxy.replay.selection import selection_options
 @password_options
 @click.option("--speed", type=float, default=1.0, show_default=True, help="replay speed; 0 = as fast as possible")
 @click.option("--read-only", "read_only", is_flag=True, help="replay only statements that do not write")
+@click.option("--order", type=click.Choice(["causal", "connection"]), default="causal", show_default=True,
+              help="causal: a statement waits for what other connections had committed (and locked) before it "
+                   "started in production; connection: per-connection order only")
 @click.option("--progress", is_flag=True, help="show a progress bar")
 @click.option("--report-dir", default=None, help="where the summary files go [default: the input directory]")
 @click.option("--no-report-tables", is_flag=True, help="do not write tiproxy_traffic_report tables on the target")
@@ -37,7 +40,8 @@ from fastproxy.replay.selection import selection_options
 @click.option("--tls-skip-verify", is_flag=True, help="TLS without verifying the target's certificate")
 @selection_options
 def replay_standalone(target: str, input_dir: tuple[str, ...], username: str, password: str | None,
-                      password_file: str | None, speed: float, read_only: bool, progress: bool, report_dir: str | None,
+                      password_file: str | None, speed: float, read_only: bool, order: str, progress: bool,
+                      report_dir: str | None,
                       no_report_tables: bool, encryption_key_path: str | None, input_format: str,
                       users_file: str | None, replay_unknown: bool, tls: bool, tls_ca: str, tls_skip_verify: bool,
                       **selection) -> None:
@@ -56,7 +60,7 @@ def replay_standalone(target: str, input_dir: tuple[str, ...], username: str, pa
                                 speed=check_speed(speed), readonly=read_only, encryption_key=key,
                                 input_format=input_format, filters=filters_from(values),
                                 start_at=parse_start_at(values["start-at"]), tls=tls, tls_ca=tls_ca,
-                                tls_skip_verify=tls_skip_verify, replay_unknown=replay_unknown)
+                                tls_skip_verify=tls_skip_verify, replay_unknown=replay_unknown, order=order)
         if users_file:
             from fastproxy.replay.users import load_users_file
 

@@ -149,6 +149,9 @@ def capture(curls: str, output: str, duration: str, compress: bool, encryption_m
 @password_options
 @click.option("--speed", type=float, default=1.0, show_default=True, help="replay speed (0 = as fast as possible)")
 @click.option("--read-only", "read_only", is_flag=True, help="replay only statements that do not write")
+@click.option("--order", type=click.Choice(["causal", "connection"]), default="causal", show_default=True,
+              help="causal: a statement waits for what other connections had committed (and locked) before it "
+                   "started in production; connection: per-connection order only")
 @click.option("--encryption-key-path", default=None, help="key file for an encrypted capture")
 @click.option("--format", "input_format", type=click.Choice(["auto", "native", "slow-log", "general-log", "tiproxy"]),
               default="auto", show_default=True, help="input format (a capture directory, or a log file)")
@@ -162,13 +165,13 @@ def capture(curls: str, output: str, duration: str, compress: bool, encryption_m
               help="also send the commands that were in flight when production's backend died")
 @selection_options
 def replay(curls: str, input_dir: str, username: str, password: str | None, password_file: str | None, speed: float,
-           read_only: bool, encryption_key_path: str | None, input_format: str, tls: bool, tls_ca: str,
+           read_only: bool, order: str, encryption_key_path: str | None, input_format: str, tls: bool, tls_ca: str,
            tls_skip_verify: bool, users_file: str | None, replay_unknown: bool, **selection) -> None:
     """Replay a capture against the proxy's backends."""
     password = resolve_password(password, password_file)
     _each(curls, "POST", "/api/traffic/replay", {"input": input_dir, "username": username, "password": password,
                                                   "speed": repr(speed), "readonly": str(read_only).lower(),
-                                                  "encryption-key-path": encryption_key_path,
+                                                  "order": order, "encryption-key-path": encryption_key_path,
                                                   "format": input_format, "tls": str(tls).lower(),
                                                   "tls-ca": tls_ca, "tls-skip-verify": str(tls_skip_verify).lower(),
                                                   "users-file": users_file, "replay-unknown": str(replay_unknown).lower(),

@@ -152,6 +152,8 @@ class ER:
     NET_PACKET_TOO_LARGE = 1153
     CONNECTION_KILLED = 1927  # MariaDB
     QUERY_INTERRUPTED = 1317
+    LOCK_WAIT_TIMEOUT = 1205  # rolls back the statement (the transaction too with innodb_rollback_on_timeout)
+    LOCK_DEADLOCK = 1213      # rolls back the whole transaction
 
 
 class CR:

@@ -29,7 +29,7 @@ INPUTS = "inputs"  # comma-separated locations
 FIELDS: dict[str, dict[str, str]] = {
     "capture": {"output": LOCATION, "duration": TEXT, "compress": TEXT, "encryption-method": TEXT},
     "replay": {"input": INPUTS, "username": TEXT, "password": SECRET, "speed": TEXT, "readonly": TEXT,
-               "encryption-key-path": PATH, "report-dir": PATH, "format": TEXT,
+               "order": TEXT, "encryption-key-path": PATH, "report-dir": PATH, "format": TEXT,
                "tls": TEXT, "tls-ca": PATH, "tls-skip-verify": TEXT, "users-file": PATH, "replay-unknown": TEXT,
                **{name: TEXT for name, _ in FILTER_FIELDS}},
     "cancel": {"type": TEXT, "graceful": TEXT},

@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from fastproxy.proxy.server import ProxyServer
 
 log = logging.getLogger("fastproxy.replay")
+ORDERS = ("causal", "connection")  # see fastproxy/replay/causal.py
 
 
 class ReplayRun:
@@ -168,12 +169,32 @@ def format_summary(s: dict) -> str:
         f"  avg latency: captured {s['avg_latency_captured_ms']} ms, replayed {s['avg_latency_replayed_ms']} ms",
         f"  lag: p99 {lag['p99_ms']} ms, max {lag['max_ms']} ms, avg {lag['avg_ms']} ms",
     ]
+    lines += _faithful_lines(s)
     if s["top_failures"]:
         lines.append("  top failing statements:")
         for f in s["top_failures"]:
             lines.append(f"    {f['count']:>7}  {f['cmd_type']:<12} {f['sample_stmt'][:100]!r}")
             lines.append(f"             -> {f['sample_err_msg'][:120]}")
     return "\n".join(lines) + "\n"
+
+
+def _faithful_lines(s: dict) -> list[str]:
+    out = [f"  order: {s.get('order', 'connection')}"]
+    c = s.get("causal")
+    if c:
+        out[0] += (f" ({c['scope']}; {c['commands_waited']} commands waited {c['wait_ms']} ms in all for other "
+                   f"connections; let go early: {c['released_to_break_cycles']} to break wait cycles with row "
+                   f"locks, {c['released_by_valve']} by the timeout valve)")
+    p = s.get("pinned")
+    if p:
+        out.append(f"  pinned: time on {p['time']} statements, auto-increment id on {p['insert_id']}")
+    t = s.get("transactions")
+    if t and any(t.values()):
+        out.append(f"  transactions: {t['retried']} retried ({t['retried_ok']} then succeeded), {t['aborted']} "
+                   f"aborted ({t['commands_skipped']} of their commands not sent); "
+                   f"{t['production_lock_errors_not_replayed']} statements production lost to deadlocks or lock "
+                   f"wait timeouts not sent")
+    return out
 
 
 def _session_lines(s: dict) -> list[str]:
@@ -213,6 +234,12 @@ def _float(form: dict, key: str, default: float) -> float:
         return float(value)
     except ValueError:
         raise ConfigError(f"{key}: expected a number, got {value!r}") from None
+
+
+def check_order(order: str) -> str:
+    if order not in ORDERS:
+        raise ConfigError(f"order: expected one of {', '.join(ORDERS)}, got {order!r}")
+    return order
 
 
 def check_speed(speed: float) -> float:
@@ -255,7 +282,8 @@ class ReplayJob(Job):
                                 input_format=str(form.get("format", "") or "auto").strip() or "auto",
                                 filters=filters_from(selection), start_at=parse_start_at(selection["start-at"]),
                                 tls=parse_bool(form, "tls", False), tls_ca=str(form.get("tls-ca", "") or "").strip(),
-                                tls_skip_verify=parse_bool(form, "tls-skip-verify", False))
+                                tls_skip_verify=parse_bool(form, "tls-skip-verify", False),
+                                order=check_order(str(form.get("order", "") or "causal").strip()))
         users_file = str(form.get("users-file", "") or "").strip()
         if users_file:  # a path on this proxy's machine; the passwords never travel through the API
             from fastproxy.replay.users import load_users_file
@@ -302,6 +330,7 @@ class ReplayJob(Job):
             "username": e.opt.username,
             "speed": e.opt.speed,
             "readonly": e.opt.readonly,
+            "order": e.opt.order,
             "commands_in_capture": st.commands_total,
             "replayed": st.replayed,
             "filtered": st.filtered,
