@@ -1,4 +1,5 @@
 # Contracts of the packet layer, for other Cython modules to cimport.
+from fastproxy._fingerprint cimport fp_state
 
 cdef enum:
     HEAD_MAX = 1024          # bytes of each server packet kept for parsing (ERR messages are <= 512)
@@ -59,6 +60,8 @@ cdef class CommandResult:
     cdef public int num_params
     cdef public int num_columns
     cdef public bint local_infile
+    cdef public unsigned long long hash_ordered     # result fingerprint (fingerprint.h), 0 without a result set
+    cdef public unsigned long long hash_unordered
     cdef public object tag
 
 
@@ -85,6 +88,11 @@ cdef class ResponseTracker:
     cdef public long long unsolicited
     cdef public long long local_infile_requests
     cdef public object last_unsolicited_error
+    # result fingerprint (fingerprint.h): the hook is the lines marked "fingerprint" in _packet.pyx
+    cdef public bint fingerprints  # compute them (default True)
+    cdef fp_state _fp
+    cdef bint _fp_on               # the current packet may be a row: its bytes are hashed
+    cdef bint _fp_row              # _on_packet found it is a row: fold it in at its last byte
 
     cdef int _on_packet(self) except -1
     cdef int _start_next(self) except -1

@@ -37,6 +37,8 @@ class CommandResult:
     num_params: int
     num_columns: int
     local_infile: bool
+    hash_ordered: int
+    hash_unordered: int
     tag: Any
     def __init__(self, cmd: int = ..., tag: Any = ...) -> None: ...
     @property
@@ -46,6 +48,7 @@ class CommandResult:
 
 class ResponseTracker:
     deprecate_eof: bool
+    fingerprints: bool
     packets: int
     unsolicited: int
     local_infile_requests: int

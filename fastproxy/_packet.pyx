@@ -18,6 +18,8 @@ from collections import deque
 from cpython.buffer cimport PyObject_GetBuffer, PyBuffer_Release, PyBUF_SIMPLE
 from libc.string cimport memcpy
 
+from fastproxy._fingerprint cimport (fp_init, fp_free, fp_reset, fp_row_begin, fp_row_bytes, fp_row_end,
+                                     fp_result_end, fp_ordered, fp_unordered)
 from fastproxy.errors import PacketTooLarge, ProtocolError
 
 
@@ -288,6 +290,11 @@ cdef class ResponseTracker:
         self._head_len = 0
         self._prev_max = False
         self._continuation = False
+        self.fingerprints = True
+        fp_init(&self._fp)
+
+    def __dealloc__(self):
+        fp_free(&self._fp)
 
     @property
     def pending(self):
@@ -345,12 +352,18 @@ cdef class ResponseTracker:
                     self._continuation = self._prev_max
                     self._prev_max = self._pkt_len == MAX_PAYLOAD
                     self._head_len = 0
+                    if not self._continuation:  # fingerprint: a packet in a row section may be a row
+                        self._fp_on = self.fingerprints and self._state == ST_ROWS
+                        if self._fp_on:
+                            fp_row_begin(&self._fp, self._pkt_len if self._pkt_len < MAX_PAYLOAD else -1)
                 take = min(self._pkt_remaining, n - pos)
                 if take > 0:
                     if not self._continuation and self._head_len < HEAD_MAX:
                         c = min(take, HEAD_MAX - self._head_len)
                         memcpy(&self._head[self._head_len], p + pos, c)
                         self._head_len += c
+                    if self._fp_on and fp_row_bytes(&self._fp, p + pos, take) < 0:  # fingerprint
+                        raise MemoryError()
                     pos += take
                     self._pkt_remaining -= take
                 if self._pkt_remaining:
@@ -360,6 +373,9 @@ cdef class ResponseTracker:
                     self.packets += 1
                     self._resp_packets += 1
                     self._on_packet()
+                if self._fp_row and not self._prev_max:  # fingerprint: the row's last byte has passed
+                    fp_row_end(&self._fp)
+                    self._fp_row = False
         finally:
             PyBuffer_Release(&buf)
         return len(self._completed)
@@ -382,6 +398,7 @@ cdef class ResponseTracker:
         cdef int cmd
         cdef bint cursor
         self._resp_packets = 0
+        fp_reset(&self._fp)  # fingerprint
         while self._queue:
             cmd, cursor, tag = self._queue.popleft()
             self._cur = CommandResult(cmd, tag)
@@ -412,6 +429,8 @@ cdef class ResponseTracker:
 
     cdef int _finish(self, int outcome) except -1:
         self._cur.outcome = outcome
+        self._cur.hash_ordered = fp_ordered(&self._fp)  # fingerprint
+        self._cur.hash_unordered = fp_unordered(&self._fp)
         self._completed.append(self._cur)
         self._start_next()
         return 0
@@ -486,11 +505,15 @@ cdef class ResponseTracker:
                 terminator = first == 0xFE and self._pkt_len < 9
             if not terminator:
                 self._cur.rows += 1
+                self._fp_row = self._fp_on  # fingerprint
                 return 0
             if self.deprecate_eof:
                 self._parse_ok(1)
             else:
                 self._parse_eof()
+            # fingerprint: a result set ended (not a cursor's metadata: its rows come with the fetches)
+            if self._fp_on and not (self._cursor and self._cur.status_flags & STATUS_CURSOR_EXISTS):
+                fp_result_end(&self._fp)
             return self._end_of_result()
         if st == ST_FIRST:
             if first == 0x00:
