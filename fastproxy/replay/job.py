@@ -12,6 +12,8 @@ from fastproxy.errors import ConfigError, JobError, TrafficFormatError
 from fastproxy.jobs_base import Job
 from fastproxy.replay.engine import Replayer, ReplayOptions
 from fastproxy.replay.report import ReportWriter
+from fastproxy.report.session import VerdictSession
+from fastproxy.report.verdict import VerdictOptions
 
 if TYPE_CHECKING:
     from fastproxy.proxy.server import ProxyServer
@@ -23,7 +25,7 @@ class ReplayRun:
     """Engine, report writer and the summary files of one replay."""
 
     def __init__(self, input_dir: str, options: ReplayOptions, report_dir: str | None = None,
-                 write_tables: bool = True) -> None:
+                 write_tables: bool = True, verdict_options: VerdictOptions | None = None) -> None:
         if not os.path.isdir(input_dir):
             raise JobError(f"input: {input_dir} is not a directory")
         try:
@@ -36,6 +38,9 @@ class ReplayRun:
         self.write_tables = write_tables
         self.summary: dict | None = None
         self.files: list[str] = []
+        # the verdict: results and latency compared with the capture, EXPLAIN, the HTML page
+        self.verdict = VerdictSession(self.engine, verdict_options)
+        self.report_html = ""
 
     async def run(self) -> dict:
         engine = self.engine
@@ -43,10 +48,11 @@ class ReplayRun:
             self.writer = ReportWriter(self.options.host, self.options.port, self.options.username,
                                        self.options.password, time.time_ns())
             self.writer.start()
-            engine.on_flush = lambda report: self.writer.submit(report.take_delta())
+            engine.on_flush = self._flush
         try:
             await engine.run()
         finally:
+            await self.verdict.finish(self.writer)  # latency, plans (EXPLAIN on the target), last rows
             if self.writer:
                 await asyncio.get_running_loop().run_in_executor(None, self.writer.close)
             self.summary = engine.summary()
@@ -56,16 +62,18 @@ class ReplayRun:
             self._write_files()
         return self.summary
 
+    def _flush(self, report) -> None:
+        self.writer.submit(report.take_delta())
+        self.verdict.flush(self.writer)
+
     def _write_files(self) -> None:
         start = self.engine.replay_start_ns  # milliseconds: two runs in one second must not overwrite each other
         stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(start / 1e9)) + f".{start // 1_000_000 % 1000:03d}Z"
         base = os.path.join(self.report_dir, f"replay-{stamp}")
         try:
             os.makedirs(self.report_dir, exist_ok=True)
-            with _private_open(base + ".json") as f:
-                json.dump(self.summary, f, indent=2)
-            with _private_open(base + ".txt") as f:
-                f.write(format_summary(self.summary))
+            # the verdict first: its summary and the HTML page's path belong in the summary files
+            self.report_html = self.verdict.write_files(base, self.summary)
             with _private_open(base + "-fail.jsonl") as f:
                 for fl in self.engine.report.failures.values():
                     f.write(json.dumps({"cmd_type": fl.cmd_type, "digest": fl.digest, "count": fl.count,
@@ -78,7 +86,12 @@ class ReplayRun:
                     f.write(json.dumps({"err_type": e.err_type, "count": e.count, "sample_err_msg": e.sample_err_msg,
                                         "sample_replay_time_ns": e.sample_replay_ns}) + "\n")
             self.files = [base + ext for ext in (".json", ".txt", "-fail.jsonl", "-other_errors.jsonl")]
+            self.files += self.verdict.files
             self.summary["summary_files"] = self.files
+            with _private_open(base + ".json") as f:
+                json.dump(self.summary, f, indent=2)
+            with _private_open(base + ".txt") as f:
+                f.write(format_summary(self.summary) + self.verdict.text(self.summary))
         except OSError as e:
             log.error("cannot write the replay summary to %s: %s", self.report_dir, e)
             self.summary["summary_files_error"] = str(e)
@@ -207,6 +220,10 @@ class ReplayJob(Job):
         })
         if self.run.files:
             d["summary_files"] = self.run.files
+        if self.run.report_html:
+            d["report_html"] = self.run.report_html
+        if self.run.summary and "verdict" in self.run.summary:
+            d["verdict"] = self.run.summary["verdict"]
         return d
 
     def _metrics(self):

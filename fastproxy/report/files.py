@@ -1,0 +1,179 @@
+"""The verdict as data: built from a finished Verdict, saved next to the replay's summary files
+(`replay-<time>-verdict.json`), loaded back by `fastproxy traffic report DIR`, and printed."""
+from __future__ import annotations
+
+import glob
+import json
+import os
+
+from fastproxy.capture.record import FILE_HEADER, META_NAME
+from fastproxy.capture.reader import list_traffic_files
+from fastproxy.errors import FastproxyError
+from fastproxy.report.explain import scans
+from fastproxy.report.verdict import Verdict
+
+
+def capture_format_version(input_dir: str, meta: dict) -> int:
+    """The capture's format version: from meta, else from its first file's header (a cut-off capture)."""
+    if meta.get("format_version"):
+        return int(meta["format_version"])
+    files = list_traffic_files(input_dir)
+    if files:
+        try:
+            with open(os.path.join(input_dir, files[0]), "rb") as f:
+                return FILE_HEADER.unpack(f.read(FILE_HEADER.size))[1]
+        except (OSError, ValueError, Exception):  # noqa: BLE001 - the reader reports a bad file itself
+            pass
+    return 2
+
+
+def verdict_data(verdict: Verdict, latency_rows: list[dict], timeline: dict, extra: dict | None = None) -> dict:
+    """Everything the text verdict and the HTML page need, JSON-ready."""
+    o = verdict.opt
+    mismatches = sorted(verdict.mismatches.values(), key=lambda m: -m.count)
+    nondet = sorted(verdict.nondeterministic.values(), key=lambda n: (-n.differed, -n.executions))
+    data = {
+        "reference": verdict.reference,
+        "fingerprints": verdict.fingerprints,
+        "thresholds": {"slower_ratio": o.slower_ratio, "slower_min_diff_ms": o.slower_min_diff_ms,
+                       "slower_min_count": o.slower_min_count, "max_digests": o.max_digests,
+                       "explain_top": o.explain_top},
+        "compared_commands": verdict.compared,
+        "mismatched_commands": verdict.mismatch_count,
+        "mismatch_kinds": verdict.mismatch_kinds,
+        "mismatches": [{k: v for k, v in m.__dict__.items() if k != "unflushed"} for m in mismatches],
+        "nondeterministic": [{"cmd_type": n.cmd_type, "digest": n.digest, "reasons": n.reasons,
+                              "sample_stmt": n.sample_stmt, "executions": n.executions, "differed": n.differed,
+                              "kinds": n.kinds} for n in nondet],
+        "nondeterministic_differed": verdict.nondeterministic_differed,
+        "latency": latency_rows,
+        "latency_digests": len(verdict.digests),
+        "latency_other_commands": verdict.other_commands,
+        "latency_histogram_bytes": verdict.latency.bytes_allocated,
+        "groups_dropped": verdict.groups_dropped,
+        "timeline": timeline,
+    }
+    data.update(extra or {})
+    return data
+
+
+def verdict_summary(data: dict, summary: dict) -> dict:
+    """The few numbers that decide an upgrade, for the summary JSON and `show`."""
+    slower = [r for r in data["latency"] if r["slower"]]
+    fails = summary.get("top_failures", [])
+    return {
+        "reference": data["reference"],
+        "new_failures": summary.get("commands_failed", 0),
+        "failing_statements": summary.get("failing_statements", len(fails)),
+        "mismatched_commands": data["mismatched_commands"],
+        "mismatched_statements": len({(m["cmd_type"], m["digest"]) for m in data["mismatches"]}),
+        "mismatch_kinds": data["mismatch_kinds"],
+        "slower_statements": len(slower),
+        "nondeterministic_statements": len(data["nondeterministic"]),
+        "nondeterministic_differed": data["nondeterministic_differed"],
+        "lag_p99_ms": summary.get("lag", {}).get("p99_ms"),
+    }
+
+
+# ---- files ------------------------------------------------------------------------------------
+
+def replay_files(report_dir: str, stamp: str | None = None) -> dict:
+    """Paths of one replay's files in `report_dir` (the newest, or the one of `stamp`)."""
+    summaries = [p for p in glob.glob(os.path.join(report_dir, "replay-*.json"))
+                 if not p.endswith("-verdict.json") and (stamp is None or os.path.basename(p) == f"replay-{stamp}.json")]
+    if not summaries:
+        what = f"replay {stamp}" if stamp else "replay summary (replay-<time>.json)"
+        hint = "" if os.path.exists(os.path.join(report_dir, META_NAME)) else " (is this a capture or report directory?)"
+        raise FastproxyError(f"{report_dir}: no {what} here{hint}")
+    base = max(summaries)[:-len(".json")]  # names sort by time
+    return {"summary": base + ".json", "verdict": base + "-verdict.json", "fail": base + "-fail.jsonl",
+            "other_errors": base + "-other_errors.jsonl", "html": base + ".html"}
+
+
+def _jsonl(path: str) -> list[dict]:
+    try:
+        with open(path) as f:
+            return [json.loads(line) for line in f if line.strip()]
+    except FileNotFoundError:
+        return []
+
+
+def load(report_dir: str, stamp: str | None = None) -> dict:
+    """{"paths", "summary", "verdict" (None for a replay made before verdicts), "failures", "other_errors"}."""
+    paths = replay_files(report_dir, stamp)
+    try:
+        with open(paths["summary"]) as f:
+            summary = json.load(f)
+    except (OSError, ValueError) as e:
+        raise FastproxyError(f"{paths['summary']}: cannot read the replay summary: {e}") from None
+    verdict = None
+    if os.path.exists(paths["verdict"]):
+        try:
+            with open(paths["verdict"]) as f:
+                verdict = json.load(f)
+        except (OSError, ValueError) as e:
+            raise FastproxyError(f"{paths['verdict']}: cannot read the verdict: {e}") from None
+    return {"paths": paths, "summary": summary, "verdict": verdict, "failures": _jsonl(paths["fail"]),
+            "other_errors": _jsonl(paths["other_errors"])}
+
+
+# ---- text -------------------------------------------------------------------------------------
+
+def _plan_note(plan: str) -> str:
+    if not plan:
+        return ""
+    if plan.startswith("EXPLAIN failed"):
+        return f" [{plan[:100]}]"
+    full = scans(plan)
+    return f" [plan: full scan of {', '.join(dict.fromkeys(full))}]" if full else " [plan kept]"
+
+
+def format_verdict(summary: dict, data: dict | None, failures: list[dict] | None = None, html_path: str = "",
+                   top: int = 5) -> str:
+    """The verdict in a few lines: what failed, what returned different results, what got slower."""
+    failures = failures if failures is not None else summary.get("top_failures", [])
+    if data is None:
+        return (f"VERDICT: {summary.get('commands_failed', 0)} new failures "
+                f"(this replay predates result and latency comparison)\n")
+    ref = data["reference"]
+    v = verdict_summary(data, summary)
+    lag = summary.get("lag", {})
+    lines = [
+        f"VERDICT (replay on {summary.get('target', '?')} compared with the {ref})",
+        f"  new failures:        {v['new_failures']} commands in {len(failures)} statements",
+        f"  result mismatches:   {v['mismatched_commands']} commands in {v['mismatched_statements']} statements"
+        + (f" ({', '.join(f'{k} {n}' for k, n in sorted(v['mismatch_kinds'].items()))})" if v["mismatch_kinds"] else ""),
+        f"  slower statements:   {v['slower_statements']} (p99 >= {data['thresholds']['slower_ratio']}x and "
+        f"+{data['thresholds']['slower_min_diff_ms']} ms, >= {data['thresholds']['slower_min_count']} executions)",
+        f"  nondeterministic:    {v['nondeterministic_statements']} statements, {v['nondeterministic_differed']} "
+        f"executions differed (expected; not mismatches)",
+        f"  lag:                 p99 {lag.get('p99_ms', 0)} ms, max {lag.get('max_ms', 0)} ms",
+    ]
+    if not data["fingerprints"]:
+        lines.append("  (a version 1 capture: no result fingerprints, so only rows and affected rows are compared)")
+    if failures:
+        lines.append("  top new failures:")
+        for f in sorted(failures, key=lambda f: -f["count"])[:top]:
+            lines.append(f"    {f['count']:>7}  {f['cmd_type']:<12} {f['sample_stmt'][:90]!r}")
+            lines.append(f"             -> {f['sample_err_msg'][:110]}")
+    if data["mismatches"]:
+        lines.append("  top result mismatches:")
+        for m in data["mismatches"][:top]:
+            lines.append(f"    {m['count']:>7}  {m['kind']:<13} {m['cmd_type']:<12} {m['sample_stmt'][:80]!r}"
+                         + (f" params={m['sample_params'][:40]}" if m["sample_params"] else ""))
+            lines.append(f"             {ref}: {m['sample_capture_value'][:60]}  replay: {m['sample_replay_value'][:60]}")
+    slower = [r for r in data["latency"] if r["slower"]]
+    if slower:
+        lines.append("  slower statements (p99):")
+        for r in slower[:top]:
+            ratio = r["replay_p99_us"] / r["capture_p99_us"] if r["capture_p99_us"] else float("inf")
+            lines.append(f"    {r['capture_p99_us'] / 1000:>8.2f} -> {r['replay_p99_us'] / 1000:.2f} ms (x{ratio:.1f}, "
+                         f"{r['count']} runs)  {r['cmd_type']:<12} {r['sample_stmt'][:70]!r}{_plan_note(r['plan'])}")
+    if data["nondeterministic"]:
+        lines.append("  nondeterministic statements (counted apart):")
+        for n in data["nondeterministic"][:top]:
+            lines.append(f"    {n['differed']:>7} of {n['executions']:<7} differed  {n['reasons']:<28} "
+                         f"{n['sample_stmt'][:70]!r}")
+    if html_path:
+        lines.append(f"  report: {html_path}")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,115 @@
+"""The verdict of one replay run, from the engine's hook to the files: what `ReplayRun` (replay/job.py)
+calls — flush() every second, finish() once the engine stopped (latency rows, EXPLAIN of the
+slowest digests on the target), write_files() next to the summary (verdict JSON, HTML page)."""
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+
+from fastproxy.report.explain import PlanRequest, collect_plans
+from fastproxy.report.files import capture_format_version, format_verdict, verdict_data, verdict_summary
+from fastproxy.report.observe import CaptureObserver, Timeline
+from fastproxy.report.verdict import Verdict, VerdictOptions
+
+log = logging.getLogger("fastproxy.report")
+
+
+def _private_open(path: str):
+    return os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w")
+
+
+class VerdictSession:
+    """The verdict of a replay against the capture (A/B runs use ABSession, fastproxy/report/ab.py)."""
+
+    def __init__(self, engine, options: VerdictOptions | None = None) -> None:
+        self.engine = engine
+        version = capture_format_version(engine.input_dir, engine.meta)
+        self.verdict = Verdict(options, "capture", fingerprints=version >= 2)
+        self.timeline = Timeline()
+        engine.observer = CaptureObserver(engine, self.verdict, self.timeline)
+        self.latency_rows: list[dict] = []
+        self.data: dict | None = None
+        self.files: list[str] = []
+        self.html_path = ""
+
+    # ---- while the replay runs -----------------------------------------------------------------
+    def flush(self, writer) -> None:
+        if writer is None:
+            return
+        writer.submit_verdict("mismatch", self.verdict.take_mismatch_delta())
+        nd = [n for n in self.verdict.nondeterministic.values() if n.unflushed]
+        for n in nd:
+            n.unflushed = False
+        writer.submit_verdict("nondeterministic", nd)
+
+    # ---- at the end ----------------------------------------------------------------------------
+    async def finish(self, writer) -> None:
+        """Latency rows and plans; the last rows of the verdict tables. Never raises (the replay's
+        summary must still be written)."""
+        try:
+            self.latency_rows = self.verdict.latency_rows()
+            await self._explain()
+        except Exception as e:  # noqa: BLE001
+            log.exception("replay verdict: latency or plans failed")
+            self._error = f"{type(e).__name__}: {e}"
+        self.flush(writer)
+        if writer is not None:
+            writer.submit_verdict("latency", self.latency_rows)
+
+    _error = ""
+
+    async def _explain(self) -> None:
+        opt = self.engine.opt
+        reqs = [PlanRequest((i.cmd_type, i.digest), i.db, i.sample_stmt, i.sample_values)
+                for i in self.verdict.explain_candidates(self.latency_rows)]
+        if not reqs:
+            return
+        plans = await asyncio.get_running_loop().run_in_executor(
+            None, collect_plans, opt.host, opt.port, opt.username, opt.password, reqs)
+        for r in self.latency_rows:
+            r["plan"] = plans.get((r["cmd_type"], r["digest"]), "")
+
+    def _data(self, summary: dict) -> dict:
+        if self.data is None:
+            extra = {"error": self._error} if self._error else {}
+            self.data = verdict_data(self.verdict, self.latency_rows, self.timeline.as_dict(), extra)
+        return self.data
+
+    def failures(self) -> list[dict]:
+        return [{"cmd_type": f.cmd_type, "digest": f.digest, "count": f.count, "sample_stmt": f.sample_stmt,
+                 "sample_err_msg": f.sample_err_msg, "sample_conn_id": f.sample_conn_id,
+                 "sample_capture_time_ns": f.sample_capture_ns, "sample_replay_time_ns": f.sample_replay_ns}
+                for f in self.engine.report.failures.values()]
+
+    def other_errors(self) -> list[dict]:
+        return [{"err_type": e.err_type, "count": e.count, "sample_err_msg": e.sample_err_msg,
+                 "sample_replay_time_ns": e.sample_replay_ns} for e in self.engine.report.other_errors.values()]
+
+    def write_files(self, base: str, summary: dict) -> str:
+        """`<base>-verdict.json` and `<base>.html`; adds the verdict and the page's path to `summary`.
+        Returns the page's path ("" if it could not be written)."""
+        data = self._data(summary)
+        summary["failing_statements"] = len(self.engine.report.failures)
+        summary["verdict"] = verdict_summary(data, summary)
+        with _private_open(base + "-verdict.json") as f:
+            json.dump(data, f)
+        self.files = [base + "-verdict.json"]
+        try:
+            from fastproxy.report.html import render_report
+
+            page = render_report(summary, data, self.failures(), self.other_errors())
+            with _private_open(base + ".html") as f:
+                f.write(page)
+        except Exception as e:  # noqa: BLE001 - the page must never cost the replay its summary
+            log.exception("cannot write the replay's HTML report")
+            summary["report_html_error"] = f"{type(e).__name__}: {e}"
+            return ""
+        self.html_path = base + ".html"
+        self.files.append(self.html_path)
+        summary["report_html"] = self.html_path
+        return self.html_path
+
+    def text(self, summary: dict) -> str:
+        return format_verdict(summary, self._data(summary), self.failures(), self.html_path)
