@@ -6,6 +6,7 @@ import sys
 
 import click
 
+from fastproxy.cli_report import verdict_form, verdict_options
 from fastproxy.config import parse_addr
 from fastproxy.errors import FastproxyError
 
@@ -22,13 +23,14 @@ from fastproxy.errors import FastproxyError
 @click.option("--report-dir", default=None, help="where the summary files go [default: the input directory]")
 @click.option("--no-report-tables", is_flag=True, help="do not write tiproxy_traffic_report tables on the target")
 @click.option("--encryption-key-path", default=None, help="key file for an encrypted capture")
+@verdict_options
 def replay_standalone(target: str, input_dir: str, username: str, password: str | None, speed: float,
                       read_only: bool, progress: bool, report_dir: str | None, no_report_tables: bool,
-                      encryption_key_path: str | None) -> None:
-    """Replay a capture directly against a test server and print a summary."""
+                      encryption_key_path: str | None, **verdict) -> None:
+    """Replay a capture directly against a test server and print a summary and the verdict."""
     from fastproxy.capture.crypto import load_key
     from fastproxy.replay.engine import ReplayOptions
-    from fastproxy.replay.job import ReplayRun, check_speed, format_summary
+    from fastproxy.replay.job import ReplayRun, check_speed, format_summary, verdict_options_from
 
     if password is None:
         password = click.prompt("Password", hide_input=True, default="", show_default=False)
@@ -37,13 +39,17 @@ def replay_standalone(target: str, input_dir: str, username: str, password: str 
         key = load_key(encryption_key_path) if encryption_key_path else None
         options = ReplayOptions(host=host, port=port, username=username, password=password,
                                 speed=check_speed(speed), readonly=read_only, encryption_key=key)
-        run = ReplayRun(input_dir, options, report_dir, write_tables=not no_report_tables)
+        form = verdict_form(verdict)
+        run = ReplayRun(input_dir, options, report_dir, write_tables=not no_report_tables,
+                        verdict_options=verdict_options_from(form),
+                        baseline=parse_addr(form["baseline"], "--baseline") if "baseline" in form else None)
     except FastproxyError as e:
         raise click.ClickException(str(e)) from None
     import uvloop
 
     summary = uvloop.run(_run_with_progress(run, progress))
     click.echo(format_summary(summary), nl=False)
+    click.echo(run.verdict.text(summary), nl=False)
     for path in summary.get("summary_files", []):
         click.echo(f"  wrote {path}")
     if summary.get("report_tables_error"):

@@ -8,6 +8,8 @@ import urllib.request
 
 import click
 
+from fastproxy.cli_report import report, verdict_form, verdict_options
+
 
 def _addrs(curls: str) -> list[str]:
     addrs = [a.strip() for a in curls.split(",") if a.strip()]
@@ -75,14 +77,16 @@ def capture(curls: str, output: str, duration: str, compress: bool, encryption_m
 @click.option("--speed", type=float, default=1.0, show_default=True, help="replay speed (0 = as fast as possible)")
 @click.option("--read-only", "read_only", is_flag=True, help="replay only statements that do not write")
 @click.option("--encryption-key-path", default=None, help="key file for an encrypted capture")
+@verdict_options
 def replay(curls: str, input_dir: str, username: str, password: str | None, speed: float, read_only: bool,
-           encryption_key_path: str | None) -> None:
+           encryption_key_path: str | None, **verdict) -> None:
     """Replay a capture against the proxy's backends."""
     if password is None:
         password = click.prompt("Password", hide_input=True, default="", show_default=False)
     _each(curls, "POST", "/api/traffic/replay", {"input": input_dir, "username": username, "password": password,
                                                   "speed": repr(speed), "readonly": str(read_only).lower(),
-                                                  "encryption-key-path": encryption_key_path})
+                                                  "encryption-key-path": encryption_key_path,
+                                                  **verdict_form(verdict)})
 
 
 @traffic.command()
@@ -125,6 +129,7 @@ def inspect(input_dir: str, as_json: bool, limit: int | None, encryption_key_pat
 def register(main: click.Group) -> None:
     from fastproxy.cli_replay import demo, replay_standalone
 
+    traffic.add_command(report)
     main.add_command(traffic)
     main.add_command(replay_standalone, "replay")
     main.add_command(demo, "demo")

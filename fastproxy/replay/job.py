@@ -2,16 +2,19 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import os
 import time
 from typing import TYPE_CHECKING
 
+from fastproxy.config import parse_addr
 from fastproxy.errors import ConfigError, JobError, TrafficFormatError
 from fastproxy.jobs_base import Job
 from fastproxy.replay.engine import Replayer, ReplayOptions
 from fastproxy.replay.report import ReportWriter
+from fastproxy.report.ab import ABSession
 from fastproxy.report.session import VerdictSession
 from fastproxy.report.verdict import VerdictOptions
 
@@ -25,7 +28,8 @@ class ReplayRun:
     """Engine, report writer and the summary files of one replay."""
 
     def __init__(self, input_dir: str, options: ReplayOptions, report_dir: str | None = None,
-                 write_tables: bool = True, verdict_options: VerdictOptions | None = None) -> None:
+                 write_tables: bool = True, verdict_options: VerdictOptions | None = None,
+                 baseline: tuple[str, int] | None = None) -> None:
         if not os.path.isdir(input_dir):
             raise JobError(f"input: {input_dir} is not a directory")
         try:
@@ -38,8 +42,15 @@ class ReplayRun:
         self.write_tables = write_tables
         self.summary: dict | None = None
         self.files: list[str] = []
-        # the verdict: results and latency compared with the capture, EXPLAIN, the HTML page
-        self.verdict = VerdictSession(self.engine, verdict_options)
+        # the verdict: results and latency compared with the capture, EXPLAIN, the HTML page; or, with a
+        # baseline, a second engine replaying the same capture at the same time, compared with the first
+        self.baseline_engine: Replayer | None = None
+        if baseline is not None:
+            self.baseline_engine = Replayer(input_dir, dataclasses.replace(options, host=baseline[0],
+                                                                           port=baseline[1]))
+            self.verdict = ABSession(self.engine, self.baseline_engine, verdict_options)
+        else:
+            self.verdict = VerdictSession(self.engine, verdict_options)
         self.report_html = ""
 
     async def run(self) -> dict:
@@ -48,9 +59,15 @@ class ReplayRun:
             self.writer = ReportWriter(self.options.host, self.options.port, self.options.username,
                                        self.options.password, time.time_ns())
             self.writer.start()
+            self.writer.reference = self.verdict.verdict.reference
             engine.on_flush = self._flush
         try:
-            await engine.run()
+            if self.baseline_engine is None:
+                await engine.run()
+            else:  # both at once: each follows the captured schedule from (about) the same start
+                for res in await asyncio.gather(engine.run(), self.baseline_engine.run(), return_exceptions=True):
+                    if isinstance(res, BaseException):
+                        raise res
         finally:
             await self.verdict.finish(self.writer)  # latency, plans (EXPLAIN on the target), last rows
             if self.writer:
@@ -62,9 +79,13 @@ class ReplayRun:
             self._write_files()
         return self.summary
 
+    def cancel(self, graceful: bool = False) -> None:
+        self.engine.cancel(graceful=graceful)
+        if self.baseline_engine is not None:
+            self.baseline_engine.cancel(graceful=graceful)
+
     def _flush(self, report) -> None:
-        self.writer.submit(report.take_delta())
-        self.verdict.flush(self.writer)
+        self.verdict.flush(self.writer)  # the failures and other errors too
 
     def _write_files(self) -> None:
         start = self.engine.replay_start_ns  # milliseconds: two runs in one second must not overwrite each other
@@ -135,6 +156,29 @@ def _float(form: dict, key: str, default: float) -> float:
         raise ConfigError(f"{key}: expected a number, got {value!r}") from None
 
 
+# the verdict's thresholds, as API form fields / command-line options (VerdictOptions)
+VERDICT_FIELDS = {"slower-ratio": ("slower_ratio", float), "slower-min-diff-ms": ("slower_min_diff_ms", float),
+                  "slower-min-count": ("slower_min_count", int), "max-digests": ("max_digests", int),
+                  "explain-top": ("explain_top", int)}
+
+
+def verdict_options_from(form: dict) -> VerdictOptions:
+    """VerdictOptions from form fields (absent or empty: the default); a bad value names its field."""
+    kw = {}
+    for key, (attr, conv) in VERDICT_FIELDS.items():
+        value = str(form.get(key, "") or "").strip()
+        if not value:
+            continue
+        try:
+            v = conv(value)
+        except ValueError:
+            raise ConfigError(f"{key}: expected {'a number' if conv is float else 'an integer'}, got {value!r}") from None
+        if v < (1 if attr in ("max_digests", "slower_ratio") else 0):
+            raise ConfigError(f"{key}: must be at least {1 if attr in ('max_digests', 'slower_ratio') else 0}, got {value}")
+        kw[attr] = v
+    return VerdictOptions(**kw)
+
+
 def check_speed(speed: float) -> float:
     if speed != 0 and not 0.1 <= speed <= 100:
         raise ConfigError(f"speed: expected 0 (as fast as possible) or 0.1 .. 100, got {speed}")
@@ -170,7 +214,9 @@ class ReplayJob(Job):
                                 password=str(form.get("password", "")), speed=check_speed(_float(form, "speed", 1.0)),
                                 readonly=parse_bool(form, "readonly", False), encryption_key=key)
         report_dir = str(form.get("report-dir", "") or "").strip() or None
-        return cls(server, ReplayRun(input_dir, options, report_dir))
+        baseline = str(form.get("baseline", "") or "").strip()
+        return cls(server, ReplayRun(input_dir, options, report_dir, verdict_options=verdict_options_from(form),
+                                     baseline=parse_addr(baseline, "baseline") if baseline else None))
 
     async def start(self) -> None:
         self.mark_started()
@@ -190,7 +236,7 @@ class ReplayJob(Job):
                 self.server.metric_sources.remove(self._metrics)
 
     async def stop(self, canceled: bool = True, graceful: bool = False, error: str | None = None) -> None:
-        self.run.engine.cancel(graceful=graceful)
+        self.run.cancel(graceful=graceful)
         if error:
             self._stop_error = error  # why it stopped (e.g. the proxy shut down): kept for `show`
         if self._task:
@@ -220,6 +266,10 @@ class ReplayJob(Job):
         })
         if self.run.files:
             d["summary_files"] = self.run.files
+        if self.run.baseline_engine is not None:
+            b = self.run.baseline_engine
+            d["baseline"] = {"target": f"{b.opt.host}:{b.opt.port}", "replayed": b.stats.replayed,
+                             "failed": b.stats.failed, "lag": b.lag.as_dict()}
         if self.run.report_html:
             d["report_html"] = self.run.report_html
         if self.run.summary and "verdict" in self.run.summary:

@@ -57,14 +57,13 @@ def verdict_data(verdict: Verdict, latency_rows: list[dict], timeline: dict, ext
     return data
 
 
-def verdict_summary(data: dict, summary: dict) -> dict:
+def verdict_summary(data: dict, summary: dict, failures: list[dict]) -> dict:
     """The few numbers that decide an upgrade, for the summary JSON and `show`."""
     slower = [r for r in data["latency"] if r["slower"]]
-    fails = summary.get("top_failures", [])
     return {
         "reference": data["reference"],
-        "new_failures": summary.get("commands_failed", 0),
-        "failing_statements": summary.get("failing_statements", len(fails)),
+        "new_failures": sum(f["count"] for f in failures),
+        "failing_statements": len(failures),
         "mismatched_commands": data["mismatched_commands"],
         "mismatched_statements": len({(m["cmd_type"], m["digest"]) for m in data["mismatches"]}),
         "mismatch_kinds": data["mismatch_kinds"],
@@ -136,7 +135,7 @@ def format_verdict(summary: dict, data: dict | None, failures: list[dict] | None
         return (f"VERDICT: {summary.get('commands_failed', 0)} new failures "
                 f"(this replay predates result and latency comparison)\n")
     ref = data["reference"]
-    v = verdict_summary(data, summary)
+    v = verdict_summary(data, summary, failures)
     lag = summary.get("lag", {})
     lines = [
         f"VERDICT (replay on {summary.get('target', '?')} compared with the {ref})",

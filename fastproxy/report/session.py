@@ -34,10 +34,26 @@ class VerdictSession:
         self.files: list[str] = []
         self.html_path = ""
 
+    def failure_report(self):
+        """The Report whose failures are this verdict's new failures (the engine's: against the capture)."""
+        return self.engine.report
+
+    def extra_data(self) -> dict:
+        return {}
+
+    def add_baseline_summary(self, summary: dict) -> None:
+        pass
+
     # ---- while the replay runs -----------------------------------------------------------------
     def flush(self, writer) -> None:
+        """Every second and at the end: the new rows of every report table."""
         if writer is None:
             return
+        fails, others = self.engine.report.take_delta()
+        if self.failure_report() is not self.engine.report:  # A/B: failures against the baseline
+            fails = self.failure_report().take_delta()[0]
+            others = others + self._baseline_others()
+        writer.submit((fails, others))
         writer.submit_verdict("mismatch", self.verdict.take_mismatch_delta())
         nd = [n for n in self.verdict.nondeterministic.values() if n.unflushed]
         for n in nd:
@@ -71,9 +87,14 @@ class VerdictSession:
         for r in self.latency_rows:
             r["plan"] = plans.get((r["cmd_type"], r["digest"]), "")
 
+    def _baseline_others(self) -> list:
+        return []
+
     def _data(self, summary: dict) -> dict:
         if self.data is None:
-            extra = {"error": self._error} if self._error else {}
+            extra = self.extra_data()
+            if self._error:
+                extra["error"] = self._error
             self.data = verdict_data(self.verdict, self.latency_rows, self.timeline.as_dict(), extra)
         return self.data
 
@@ -81,7 +102,7 @@ class VerdictSession:
         return [{"cmd_type": f.cmd_type, "digest": f.digest, "count": f.count, "sample_stmt": f.sample_stmt,
                  "sample_err_msg": f.sample_err_msg, "sample_conn_id": f.sample_conn_id,
                  "sample_capture_time_ns": f.sample_capture_ns, "sample_replay_time_ns": f.sample_replay_ns}
-                for f in self.engine.report.failures.values()]
+                for f in self.failure_report().failures.values()]
 
     def other_errors(self) -> list[dict]:
         return [{"err_type": e.err_type, "count": e.count, "sample_err_msg": e.sample_err_msg,
@@ -91,8 +112,8 @@ class VerdictSession:
         """`<base>-verdict.json` and `<base>.html`; adds the verdict and the page's path to `summary`.
         Returns the page's path ("" if it could not be written)."""
         data = self._data(summary)
-        summary["failing_statements"] = len(self.engine.report.failures)
-        summary["verdict"] = verdict_summary(data, summary)
+        self.add_baseline_summary(summary)
+        summary["verdict"] = verdict_summary(data, summary, self.failures())
         with _private_open(base + "-verdict.json") as f:
             json.dump(data, f)
         self.files = [base + "-verdict.json"]
