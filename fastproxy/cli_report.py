@@ -2,6 +2,7 @@
 that `traffic replay` and `replay` share for it (`--baseline`, the thresholds of "slower")."""
 from __future__ import annotations
 
+import functools
 import os
 
 import click
@@ -12,7 +13,12 @@ _FIELDS = {"baseline": "baseline", "slower_ratio": "slower-ratio", "slower_min_d
 
 
 def verdict_options(f):
-    """--baseline and the verdict thresholds; the command receives them as keyword arguments."""
+    """--baseline and the verdict thresholds; the command receives them as one dict, `verdict`."""
+
+    @functools.wraps(f)
+    def command(*args, **kwargs):
+        return f(*args, verdict={name: kwargs.pop(name, None) for name in _FIELDS}, **kwargs)
+
     opts = [
         click.option("--baseline", default=None, metavar="HOST:PORT",
                      help="A/B: also replay against this server at the same time (the old version, restored from "
@@ -29,8 +35,8 @@ def verdict_options(f):
                      help="EXPLAIN FORMAT=JSON the slowest this many statements on the target [default: 20]"),
     ]
     for o in reversed(opts):
-        f = o(f)
-    return f
+        command = o(command)
+    return command
 
 
 def verdict_form(kwargs: dict) -> dict:

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 from fastproxy.config import parse_addr
 from fastproxy.errors import ConfigError, JobError, TrafficFormatError
 from fastproxy.jobs_base import Job
+from fastproxy.storage import is_s3
 from fastproxy.replay.engine import Replayer, ReplayOptions
 from fastproxy.replay.report import ReportWriter
 from fastproxy.report.ab import ABSession
@@ -27,17 +28,22 @@ log = logging.getLogger("fastproxy.replay")
 class ReplayRun:
     """Engine, report writer and the summary files of one replay."""
 
-    def __init__(self, input_dir: str, options: ReplayOptions, report_dir: str | None = None,
+    def __init__(self, input_dir: str | list[str], options: ReplayOptions, report_dir: str | None = None,
                  write_tables: bool = True, verdict_options: VerdictOptions | None = None,
                  baseline: tuple[str, int] | None = None) -> None:
-        if not os.path.isdir(input_dir):
-            raise JobError(f"input: {input_dir} is not a directory")
+        inputs = [input_dir] if isinstance(input_dir, str) else list(input_dir)
+        for path in inputs:
+            if not is_s3(path) and not os.path.exists(path):
+                raise JobError(f"input: {path}: no such file or directory")
+        if not report_dir and is_s3(inputs[0]):
+            raise ConfigError("report-dir: required when the input is on S3 (the summary files are written locally)")
         try:
             self.engine = Replayer(input_dir, options)
         except TrafficFormatError as e:
             raise JobError(f"input: {e}") from None
         self.options = options
-        self.report_dir = report_dir or input_dir
+        first = inputs[0]
+        self.report_dir = report_dir or (first if os.path.isdir(first) else os.path.dirname(first) or ".")
         self.writer: ReportWriter | None = None
         self.write_tables = write_tables
         self.summary: dict | None = None
@@ -56,8 +62,9 @@ class ReplayRun:
     async def run(self) -> dict:
         engine = self.engine
         if self.write_tables:
-            self.writer = ReportWriter(self.options.host, self.options.port, self.options.username,
-                                       self.options.password, time.time_ns())
+            o = self.options
+            self.writer = ReportWriter(o.host, o.port, o.username, o.password, time.time_ns(), tls=o.tls,
+                                       tls_ca=o.tls_ca, tls_skip_verify=o.tls_skip_verify)
             self.writer.start()
             self.writer.reference = self.verdict.verdict.reference
             engine.on_flush = self._flush
@@ -130,9 +137,15 @@ def format_summary(s: dict) -> str:
         f"  started {s['replay_start']}, took {s['elapsed_seconds']}s",
         f"  commands: {s['commands_replayed']} replayed of {s['commands_in_capture']} captured, "
         f"{s['commands_filtered']} filtered, {s['commands_skipped']} skipped",
+        *([f"  filters {s['filters']}: dropped {s.get('filtered_by') or 'nothing'}"] if s.get("filters") else []),
         f"  failures (new on replay): {s['commands_failed']}; failed the same as in production: "
         f"{s['commands_failed_same_as_capture']}; failed in production but not on replay: {s['commands_fixed']}",
         f"  other errors: {s['other_errors']} {s['other_error_types'] or ''}",
+        *([f"  input: {s['input_format']}; it records no outcomes, so every error on replay is reported"]
+          if not s.get("outcomes_recorded", True) else []),
+        *([f"  input: {s['input_format']}; it records which statements failed but not their error codes"]
+          if s.get("outcomes_recorded", True) and not s.get("error_codes_recorded", True) else []),
+        *([f"  input entries not replayed: {s['input_skipped']}"] if s.get("input_skipped") else []),
         f"  connections: {s['connections']} (reconnects {s['reconnects']})",
         f"  QPS: captured {s['qps_captured']}, replayed {s['qps_replayed']}",
         f"  avg latency: captured {s['avg_latency_captured_ms']} ms, replayed {s['avg_latency_replayed_ms']} ms",
@@ -201,9 +214,13 @@ class ReplayJob(Job):
         from fastproxy.capture.crypto import load_key
         from fastproxy.jobs import parse_bool
 
-        input_dir = str(form.get("input", "")).strip()
-        if not input_dir:
+        from fastproxy.replay.selection import FILTER_FIELDS, filters_from, parse_start_at, split_inputs
+
+        inputs = split_inputs(form.get("input", ""))
+        if not inputs:
             raise ConfigError("input: required (a capture directory)")
+        input_dir = inputs if len(inputs) > 1 else inputs[0]
+        selection = {name: str(form.get(name, "") or "") for name, _ in FILTER_FIELDS}
         username = str(form.get("username", "")).strip()
         if not username:
             raise ConfigError("username: required (the user replay logs in as)")
@@ -212,7 +229,11 @@ class ReplayJob(Job):
         backend = server.pool.pick() or server.pool.backends[0]
         options = ReplayOptions(host=backend.host, port=backend.port, username=username,
                                 password=str(form.get("password", "")), speed=check_speed(_float(form, "speed", 1.0)),
-                                readonly=parse_bool(form, "readonly", False), encryption_key=key)
+                                readonly=parse_bool(form, "readonly", False), encryption_key=key,
+                                input_format=str(form.get("format", "") or "auto").strip() or "auto",
+                                filters=filters_from(selection), start_at=parse_start_at(selection["start-at"]),
+                                tls=parse_bool(form, "tls", False), tls_ca=str(form.get("tls-ca", "") or "").strip(),
+                                tls_skip_verify=parse_bool(form, "tls-skip-verify", False))
         report_dir = str(form.get("report-dir", "") or "").strip() or None
         baseline = str(form.get("baseline", "") or "").strip()
         return cls(server, ReplayRun(input_dir, options, report_dir, verdict_options=verdict_options_from(form),
@@ -263,6 +284,7 @@ class ReplayJob(Job):
             "other_errors": sum(x.count for x in e.report.other_errors.values()),
             "connections": st.connections,
             "lag": e.lag.as_dict(),
+            "filtered_by": dict(getattr(e.reader, "dropped", {}) or {}),
         })
         if self.run.files:
             d["summary_files"] = self.run.files

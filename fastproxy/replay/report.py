@@ -163,9 +163,14 @@ class Report:
 class ReportWriter:
     """A thread with its own connection to the target (mysqlclient) writing report batches."""
 
-    def __init__(self, host: str, port: int, user: str, password: str, replay_start_ns: int) -> None:
+    def __init__(self, host: str, port: int, user: str, password: str, replay_start_ns: int, *,
+                 tls: bool = False, tls_ca: str = "", tls_skip_verify: bool = False) -> None:
         self.params = dict(host=host, port=port, user=user, password=password, connect_timeout=10, autocommit=True,
                            charset="utf8mb4")
+        if tls_ca and not tls_skip_verify:
+            self.params.update(ssl_mode="VERIFY_CA", ssl={"ca": tls_ca})
+        elif tls or tls_ca or tls_skip_verify:
+            self.params.update(ssl_mode="REQUIRED")
         self.replay_start = utc(replay_start_ns)
         self.reference = "capture"  # what the verdict tables compare with ("baseline HOST:PORT" in A/B)
         self.error: str | None = None

@@ -118,7 +118,7 @@ class ABSession(VerdictSession):
     def __init__(self, engine, baseline, options: VerdictOptions | None = None, window: int = DEFAULT_WINDOW) -> None:
         self.engine = engine
         self.baseline = baseline
-        self.verdict = Verdict(options, f"baseline {baseline.opt.host}:{baseline.opt.port}", fingerprints=True)
+        self.verdict = Verdict(options, f"baseline {baseline.opt.host}:{baseline.opt.port}")  # compares everything
         self.timeline = Timeline()
         self.baseline_timeline = Timeline()
         self.ab_failures = Report()
@@ -143,10 +143,9 @@ class ABSession(VerdictSession):
         if not reqs:
             return
         loop = asyncio.get_running_loop()
-        t, b = self.engine.opt, self.baseline.opt
         plans, base_plans = await asyncio.gather(
-            loop.run_in_executor(None, collect_plans, t.host, t.port, t.username, t.password, reqs),
-            loop.run_in_executor(None, collect_plans, b.host, b.port, b.username, b.password, reqs))
+            loop.run_in_executor(None, collect_plans, self.engine.opt, reqs),
+            loop.run_in_executor(None, collect_plans, self.baseline.opt, reqs))
         for r in self.latency_rows:
             key = (r["cmd_type"], r["digest"])
             r["plan"] = plans.get(key, "")

@@ -58,18 +58,25 @@ def _value(v):
     return bytes(v) if isinstance(v, memoryview) else v
 
 
-def collect_plans(host: str, port: int, user: str, password: str, requests: list[PlanRequest]) -> dict:
-    """{key: plan JSON text, or "EXPLAIN failed: ..."}; runs in a thread."""
+def collect_plans(opt, requests: list[PlanRequest]) -> dict:
+    """{key: plan JSON text, or "EXPLAIN failed: ..."} on the target of ReplayOptions `opt` (as its user,
+    over TLS when the replay uses it); runs in a thread."""
     import MySQLdb
 
     plans: dict = {}
     if not requests:
         return plans
+    params = dict(host=opt.host, port=opt.port, user=opt.username, password=opt.password, connect_timeout=10,
+                  read_timeout=EXPLAIN_TIMEOUT_S * 3, charset="utf8mb4", autocommit=True)
+    tls_ca, skip = getattr(opt, "tls_ca", ""), getattr(opt, "tls_skip_verify", False)
+    if tls_ca and not skip:  # as the report writer connects (replay/report.py)
+        params.update(ssl_mode="VERIFY_CA", ssl={"ca": tls_ca})
+    elif getattr(opt, "tls", False) or tls_ca or skip:
+        params.update(ssl_mode="REQUIRED")
     try:
-        conn = MySQLdb.connect(host=host, port=port, user=user, password=password, connect_timeout=10,
-                               read_timeout=EXPLAIN_TIMEOUT_S * 3, charset="utf8mb4", autocommit=True)
+        conn = MySQLdb.connect(**params)
     except MySQLdb.Error as e:
-        return {r.key: f"EXPLAIN failed: cannot connect to {host}:{port}: {e}" for r in requests}
+        return {r.key: f"EXPLAIN failed: cannot connect to {opt.host}:{opt.port}: {e}" for r in requests}
     try:
         cur = conn.cursor()
         try:

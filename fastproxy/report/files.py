@@ -6,25 +6,57 @@ import glob
 import json
 import os
 
+import struct
+
 from fastproxy.capture.record import FILE_HEADER, META_NAME
-from fastproxy.capture.reader import list_traffic_files
 from fastproxy.errors import FastproxyError
 from fastproxy.report.explain import scans
-from fastproxy.report.verdict import Verdict
+from fastproxy.report.verdict import AFFECTED_ROWS, KINDS, ROWS, Verdict
 
 
-def capture_format_version(input_dir: str, meta: dict) -> int:
-    """The capture's format version: from meta, else from its first file's header (a cut-off capture)."""
+def _leaves(source) -> list:
+    """The sources under filters and merges (fastproxy.inputs, replay/filters.py)."""
+    if hasattr(source, "source"):
+        return _leaves(source.source)
+    if hasattr(source, "sources"):
+        return [leaf for s in source.sources for leaf in _leaves(s)]
+    return [source]
+
+
+def _native_version(source) -> int:
+    meta = getattr(source, "meta", {}) or {}
     if meta.get("format_version"):
         return int(meta["format_version"])
-    files = list_traffic_files(input_dir)
-    if files:
+    # a cut-off capture (no meta): its first file's header says
+    directory = getattr(source, "input_dir", None)
+    files = getattr(source, "files", None) or []
+    if isinstance(directory, str) and files and os.path.isdir(directory):
         try:
-            with open(os.path.join(input_dir, files[0]), "rb") as f:
+            with open(os.path.join(directory, files[0]), "rb") as f:
                 return FILE_HEADER.unpack(f.read(FILE_HEADER.size))[1]
-        except (OSError, ValueError, Exception):  # noqa: BLE001 - the reader reports a bad file itself
+        except (OSError, ValueError, struct.error):
             pass
     return 2
+
+
+def compared_kinds(source) -> frozenset:
+    """What the input recorded of each command's result, hence what can be compared: a capture of format
+    2 everything, format 1 rows and affected rows, a slow log with error numbers rows and affected rows,
+    a TiProxy capture affected rows, a general log nothing (a mixed input: what all parts have)."""
+    kinds = None
+    for leaf in _leaves(source):
+        fmt = getattr(leaf, "format", "native")
+        meta = getattr(leaf, "meta", {}) or {}
+        if fmt == "native":
+            k = set(KINDS) if _native_version(leaf) >= 2 else {ROWS, AFFECTED_ROWS}
+        elif fmt == "slow-log":
+            k = {ROWS, AFFECTED_ROWS} if meta.get("outcomes_recorded") else set()
+        elif fmt == "tiproxy":
+            k = {AFFECTED_ROWS}
+        else:
+            k = set()
+        kinds = k if kinds is None else kinds & k
+    return frozenset(kinds or ())
 
 
 def verdict_data(verdict: Verdict, latency_rows: list[dict], timeline: dict, extra: dict | None = None) -> dict:
@@ -34,7 +66,7 @@ def verdict_data(verdict: Verdict, latency_rows: list[dict], timeline: dict, ext
     nondet = sorted(verdict.nondeterministic.values(), key=lambda n: (-n.differed, -n.executions))
     data = {
         "reference": verdict.reference,
-        "fingerprints": verdict.fingerprints,
+        "compared": sorted(verdict.kinds),
         "thresholds": {"slower_ratio": o.slower_ratio, "slower_min_diff_ms": o.slower_min_diff_ms,
                        "slower_min_count": o.slower_min_count, "max_digests": o.max_digests,
                        "explain_top": o.explain_top},
@@ -148,8 +180,9 @@ def format_verdict(summary: dict, data: dict | None, failures: list[dict] | None
         f"executions differed (expected; not mismatches)",
         f"  lag:                 p99 {lag.get('p99_ms', 0)} ms, max {lag.get('max_ms', 0)} ms",
     ]
-    if not data["fingerprints"]:
-        lines.append("  (a version 1 capture: no result fingerprints, so only rows and affected rows are compared)")
+    missing = [k for k in KINDS if k not in data.get("compared", KINDS)]
+    if missing:
+        lines.append(f"  (the input did not record them, so not compared: {', '.join(missing)})")
     if failures:
         lines.append("  top new failures:")
         for f in sorted(failures, key=lambda f: -f["count"])[:top]:

@@ -306,8 +306,9 @@ def render_report(summary: dict, data: dict, failures: list[dict], other_errors:
             f" · {summary.get('commands_replayed', 0):,} commands replayed of {summary.get('commands_in_capture', 0):,}"
             f" · compared with the {_e(ref)}")
     notes = []
-    if not data.get("fingerprints", True):
-        notes.append("A version 1 capture: no result fingerprints; only row counts and affected rows were compared.")
+    missing = [k for k in ("rows", "content", "order", "affected_rows", "warnings") if k not in data.get("compared", [k])]
+    if missing:
+        notes.append(f"The input did not record them, so these were not compared: {', '.join(missing)}.")
     if data.get("latency_other_commands"):
         notes.append(f"{data['latency_other_commands']:,} commands belong to digests past the "
                      f"{data['thresholds']['max_digests']:,} kept: their latency is in the row “other”.")

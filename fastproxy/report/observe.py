@@ -111,8 +111,9 @@ class Timeline:
 
 
 def is_failure(ref: Side, new: Side) -> bool:
+    # err_code 0: the input knew that it failed, not how (TiProxy captures), as the engine judges it
     return new.outcome == OUTCOME_ERR and ref.outcome in (OUTCOME_OK, OUTCOME_ERR) and not (
-        ref.outcome == OUTCOME_ERR and ref.err_code == new.err_code)
+        ref.outcome == OUTCOME_ERR and ref.err_code in (new.err_code, 0))
 
 
 class CaptureObserver:

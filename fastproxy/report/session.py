@@ -9,7 +9,7 @@ import logging
 import os
 
 from fastproxy.report.explain import PlanRequest, collect_plans
-from fastproxy.report.files import capture_format_version, format_verdict, verdict_data, verdict_summary
+from fastproxy.report.files import compared_kinds, format_verdict, verdict_data, verdict_summary
 from fastproxy.report.observe import CaptureObserver, Timeline
 from fastproxy.report.verdict import Verdict, VerdictOptions
 
@@ -25,8 +25,7 @@ class VerdictSession:
 
     def __init__(self, engine, options: VerdictOptions | None = None) -> None:
         self.engine = engine
-        version = capture_format_version(engine.input_dir, engine.meta)
-        self.verdict = Verdict(options, "capture", fingerprints=version >= 2)
+        self.verdict = Verdict(options, "capture", compared_kinds(engine.reader))
         self.timeline = Timeline()
         engine.observer = CaptureObserver(engine, self.verdict, self.timeline)
         self.latency_rows: list[dict] = []
@@ -82,8 +81,7 @@ class VerdictSession:
                 for i in self.verdict.explain_candidates(self.latency_rows)]
         if not reqs:
             return
-        plans = await asyncio.get_running_loop().run_in_executor(
-            None, collect_plans, opt.host, opt.port, opt.username, opt.password, reqs)
+        plans = await asyncio.get_running_loop().run_in_executor(None, collect_plans, opt, reqs)
         for r in self.latency_rows:
             r["plan"] = plans.get((r["cmd_type"], r["digest"]), "")
 

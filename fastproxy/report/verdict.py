@@ -112,14 +112,14 @@ def _n(count: int, noun: str) -> str:
     return f"{count} {noun}" + ("" if count == 1 else "s")
 
 
-def compare_sides(ref: Side, new: Side, ordered: bool, fingerprints: bool) -> list[tuple[str, str, str]]:
-    """[(kind, reference value, replay value)] where two successful executions differ. `fingerprints`:
-    the reference carries result hashes, columns and warnings (capture format 2, or a replay)."""
+def compare_sides(ref: Side, new: Side, ordered: bool, kinds=frozenset(KINDS)) -> list[tuple[str, str, str]]:
+    """[(kind, reference value, replay value)] where two successful executions differ, among `kinds` (what
+    the reference recorded: everything for a capture of format 2 or a replay, less for other inputs)."""
     out = []
     has_result = ref.columns or new.columns or ref.hash_unordered or new.hash_unordered
-    if ref.rows != new.rows:
+    if ROWS in kinds and ref.rows != new.rows:
         out.append((ROWS, _n(ref.rows, "row"), _n(new.rows, "row")))
-    elif fingerprints and has_result:
+    elif CONTENT in kinds and has_result:
         if ref.columns != new.columns:
             out.append((CONTENT, f"{_n(ref.rows, 'row')} of {_n(ref.columns, 'column')}",
                         f"{_n(new.rows, 'row')} of {_n(new.columns, 'column')}"))
@@ -129,9 +129,9 @@ def compare_sides(ref: Side, new: Side, ordered: bool, fingerprints: bool) -> li
         elif ordered and ref.hash_ordered != new.hash_ordered:
             out.append((ORDER, f"{_n(ref.rows, 'row')}, ordered fingerprint {ref.hash_ordered:016x}",
                         f"the same rows, ordered fingerprint {new.hash_ordered:016x}"))
-    if not has_result and ref.affected_rows != new.affected_rows:
+    if AFFECTED_ROWS in kinds and not has_result and ref.affected_rows != new.affected_rows:
         out.append((AFFECTED_ROWS, _n(ref.affected_rows, "affected row"), _n(new.affected_rows, "affected row")))
-    if fingerprints and ref.warnings != new.warnings:
+    if WARNINGS in kinds and ref.warnings != new.warnings:
         out.append((WARNINGS, _n(ref.warnings, "warning"), _n(new.warnings, "warning")))
     return out
 
@@ -141,10 +141,10 @@ class Verdict:
     side ("capture" or "baseline HOST:PORT")."""
 
     def __init__(self, options: VerdictOptions | None = None, reference: str = "capture",
-                 fingerprints: bool = True) -> None:
+                 kinds=frozenset(KINDS)) -> None:
         self.opt = options or VerdictOptions()
         self.reference = reference
-        self.fingerprints = fingerprints
+        self.kinds = frozenset(kinds)  # what is compared (files.compared_kinds: what the input recorded)
         self.latency = LatencyTable(self.opt.max_digests)
         self.digests: dict[tuple[str, str], DigestInfo] = {}
         self._by_text: dict[tuple[int, str], DigestInfo] = {}  # (cmd, SQL text) -> info: digests once per text
@@ -192,7 +192,7 @@ class Verdict:
         if info.slot == self.other_slot:
             self.other_commands += 1
         self.latency.record(info.slot, ref.latency_ns, new.latency_ns)
-        diffs = compare_sides(ref, new, info.ordered, self.fingerprints)
+        diffs = compare_sides(ref, new, info.ordered, self.kinds)
         if info.reasons:
             self._nondeterministic(info, diffs)
             return []
