@@ -62,9 +62,11 @@ typedef struct fp_state {
 } fp_state;
 
 static inline uint64_t fp_fold(uint64_t value, uint64_t seed) {
-    unsigned char b[8];
-    for (int i = 0; i < 8; i++) b[i] = (unsigned char)(value >> (8 * i));   /* le64: same on every host */
-    return XXH3_64bits_withSeed(b, 8, seed);
+    /* le64(value): the same bytes on every host (a byte loop here cost a store-forwarding stall per row) */
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
+    value = __builtin_bswap64(value);
+#endif
+    return XXH3_64bits_withSeed(&value, 8, seed);
 }
 
 static inline void fp_init(fp_state *fp) {

@@ -20,10 +20,17 @@ STMT_COMMANDS = (COMMAND.COM_STMT_EXECUTE, COMMAND.COM_STMT_SEND_LONG_DATA, COMM
                  COMMAND.COM_STMT_RESET, COMMAND.COM_STMT_FETCH)
 
 
+_CMD_TYPES: dict[int, str] = {}
+
+
 def cmd_type_name(cmd: int) -> str:
     """TiProxy-style command type: COM_STMT_EXECUTE -> StmtExecute (as in the fail table)."""
-    name = command_name(cmd)
-    return "".join(p.capitalize() for p in name[4:].split("_")) if name.startswith("COM_") else name
+    t = _CMD_TYPES.get(cmd)
+    if t is None:
+        name = command_name(cmd)
+        t = _CMD_TYPES[cmd] = ("".join(p.capitalize() for p in name[4:].split("_")) if name.startswith("COM_")
+                               else name)
+    return t
 
 
 def statement_text(conn, rec: Record) -> tuple[str, bool]:

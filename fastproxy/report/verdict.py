@@ -148,6 +148,7 @@ class Verdict:
         self.latency = LatencyTable(self.opt.max_digests)
         self.digests: dict[tuple[str, str], DigestInfo] = {}
         self._by_text: dict[tuple[int, str], DigestInfo] = {}  # (cmd, SQL text) -> info: digests once per text
+        self._by_norm: dict[tuple[str, str], DigestInfo] = {}  # (cmd_type, normalized SQL) -> info
         self.other_slot = self.latency.add_slot()
         self.other_commands = 0  # commands whose digest came past max_digests
         self.mismatches: dict[tuple[str, str, str], Mismatch] = {}
@@ -168,6 +169,9 @@ class Verdict:
             if info is not None:
                 return info
         norm = normalize(sql)
+        info = self._by_norm.get((cmd_type, norm))  # literals differ, the shape recurs: no SHA-256 then
+        if info is not None:
+            return info
         digest = hashlib.sha256(norm.encode("utf-8")).hexdigest()  # = fastproxy._digest.digest(sql)
         info = self.digests.get((cmd_type, digest))
         if info is None:
@@ -180,6 +184,8 @@ class Verdict:
             self.digests[(cmd_type, digest)] = info
         if cache_text and len(self._by_text) < 4 * self.opt.max_digests:
             self._by_text[key] = info
+        if len(self._by_norm) < 4 * self.opt.max_digests:
+            self._by_norm[(cmd_type, norm)] = info
         return info
 
     # ---- per command ---------------------------------------------------------------------------
