@@ -1,4 +1,4 @@
-"""Result fingerprint overhead (fastproxy/fingerprint.h through the ResponseTracker hook).
+"""Result fingerprint overhead (fastproxy/csrc/fingerprint.h through the ResponseTracker hook).
 
 Run: python -m pytest bench/test_bench_fingerprint.py -q --benchmark-only -s --benchmark-timer=time.process_time
 

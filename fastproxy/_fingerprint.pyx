@@ -1,7 +1,7 @@
 # cython: language_level=3
 """Python access to the result fingerprint hasher (fingerprint.h): for tests, benchmarks and tools.
 
-The tracker (_packet.pyx) drives the same C functions as the server's packets pass; this wrapper
+The tracker (csrc/tracker.c) drives the same C functions as the server's packets pass; this wrapper
 hashes rows given as Python bytes, e.g. to fingerprint a result a test built itself.
 """
 from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer

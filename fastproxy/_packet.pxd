@@ -1,5 +1,4 @@
 # Contracts of the packet layer, for other Cython modules to cimport.
-from fastproxy._fingerprint cimport fp_state
 
 cdef enum:
     HEAD_MAX = 1024          # bytes of each server packet kept for parsing (ERR messages are <= 512)
@@ -11,21 +10,47 @@ cdef enum Outcome:
     OUTCOME_NO_RESPONSE = 2
     OUTCOME_UNKNOWN = 3
 
-cdef enum TrackState:
-    ST_IDLE = 0
-    ST_FIRST = 1           # first packet of a (next) result: OK / ERR / LOCAL INFILE / column count
-    ST_COLUMNS = 2         # column definitions of a result set
-    ST_COLUMNS_EOF = 3     # EOF after column definitions (CLIENT_DEPRECATE_EOF off)
-    ST_ROWS = 4            # rows until EOF/OK terminator or ERR
-    ST_SIMPLE = 5          # one OK / EOF / ERR packet
-    ST_STATISTICS = 6      # one plain-text packet
-    ST_AUTH = 7            # COM_CHANGE_USER: auth switch / more data until OK or ERR
-    ST_FIELD_LIST = 8      # column definitions until EOF / ERR
-    ST_PREPARE_FIRST = 9
-    ST_PREPARE_PARAMS = 10
-    ST_PREPARE_PARAMS_EOF = 11
-    ST_PREPARE_COLUMNS = 12
-    ST_PREPARE_COLUMNS_EOF = 13
+cdef extern from "tracker.h":
+    ctypedef struct trk_result:
+        long long affected_rows
+        long long last_insert_id
+        long long rows
+        long long stmt_id
+        int result_sets
+        int columns
+        unsigned short status_flags
+        unsigned short warnings
+        unsigned short err_code
+        unsigned short num_params
+        unsigned short num_columns
+        unsigned char cmd
+        unsigned char outcome
+        unsigned char local_infile
+        unsigned char unsolicited
+        char sql_state[6]
+        const char *err_msg
+        unsigned int err_msg_len
+        unsigned long long hash_ordered
+        unsigned long long hash_unordered
+    ctypedef void (*trk_callback)(void *ctx, const trk_result *r) noexcept
+    ctypedef struct tracker:
+        unsigned char deprecate_eof
+        unsigned char hdr[4]
+        long long packets
+        long long unsolicited
+        long long local_infile_requests
+        char error[112]
+        unsigned char fingerprints
+    void trk_init(tracker *t, int deprecate_eof, trk_callback cb, void *ctx)
+    void trk_free(tracker *t)
+    int trk_begin(tracker *t, unsigned char cmd, int cursor)
+    int trk_feed(tracker *t, const unsigned char *p, size_t n)
+    void trk_abort(tracker *t, int outcome)
+    unsigned int trk_pending(const tracker *t)
+    int trk_idle(const tracker *t)
+    int trk_at_packet_boundary(const tracker *t)
+    int trk_next_seq(const tracker *t)
+    int trk_expects_response(int cmd)
 
 
 cdef class PacketFramer:
@@ -66,39 +91,11 @@ cdef class CommandResult:
 
 
 cdef class ResponseTracker:
-    cdef public bint deprecate_eof
-    cdef object _queue           # deque of (cmd, cursor, tag) waiting behind the current command
+    # The C tracker (fastproxy/csrc/tracker.c, shared with the data plane) does the work; this
+    # wrapper keeps each command's tag and hands out CommandResult objects.
+    cdef tracker _t
+    cdef object _tags            # deque: the tag of every command begun and not yet completed
     cdef list _completed
-    cdef CommandResult _cur
-    cdef TrackState _state
-    cdef long long _count        # column / param definitions still expected
-    cdef long long _prep_columns
-    cdef bint _cursor
-    # packet scanning state (a physical packet may span feed() calls)
-    cdef unsigned char _hdr[4]
-    cdef int _hdr_have
-    cdef Py_ssize_t _pkt_remaining
-    cdef Py_ssize_t _pkt_len
-    cdef bint _continuation     # current physical packet continues a 16 MiB logical packet
-    cdef bint _prev_max
-    cdef unsigned char _head[HEAD_MAX]
-    cdef Py_ssize_t _head_len
-    cdef public long long packets
-    cdef long long _resp_packets
-    cdef public long long unsolicited
-    cdef public long long local_infile_requests
     cdef public object last_unsolicited_error
-    # result fingerprint (fingerprint.h): the hook is the lines marked "fingerprint" in _packet.pyx
-    cdef public bint fingerprints  # compute them (default True)
-    cdef fp_state _fp
-    cdef bint _fp_on               # the current packet may be a row: its bytes are hashed
-    cdef bint _fp_row              # _on_packet found it is a row: fold it in at its last byte
 
-    cdef int _on_packet(self) except -1
-    cdef int _start_next(self) except -1
-    cdef int _finish(self, int outcome) except -1
-    cdef int _parse_ok(self, Py_ssize_t start) except -1
-    cdef int _parse_eof(self) except -1
-    cdef int _parse_err(self) except -1
-    cdef int _end_of_result(self) except -1
-    cdef int _prepare_columns(self) except -1
+    cdef void _deliver(self, const trk_result *r) noexcept

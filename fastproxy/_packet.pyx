@@ -10,35 +10,21 @@ Two pieces:
   chunk is never copied.
 - ResponseTracker follows server responses packet by packet *without* keeping them: it scans the
   4-byte headers, copies at most HEAD_MAX bytes of each packet for parsing, and says when each
-  command's response is complete and how it ended. The proxy forwards the bytes untouched; the
-  tracker only watches.
+  command's response is complete and how it ended. It wraps the C tracker of
+  fastproxy/csrc/tracker.c, the one the data plane runs per connection: one state machine for the
+  proxy and the replay client.
 """
 from collections import deque
 
 from cpython.buffer cimport PyObject_GetBuffer, PyBuffer_Release, PyBUF_SIMPLE
-from libc.string cimport memcpy
 
-from fastproxy._fingerprint cimport (fp_init, fp_free, fp_reset, fp_row_begin, fp_row_bytes, fp_row_end,
-                                     fp_result_end, fp_ordered, fp_unordered)
 from fastproxy.errors import PacketTooLarge, ProtocolError
 
 
 
-cdef enum:
-    COM_QUIT = 0x01
-    COM_QUERY = 0x03
-    COM_FIELD_LIST = 0x04
-    COM_STATISTICS = 0x09
-    COM_PROCESS_INFO = 0x0A
-    COM_CHANGE_USER = 0x11
-    COM_STMT_PREPARE = 0x16
-    COM_STMT_EXECUTE = 0x17
-    COM_STMT_SEND_LONG_DATA = 0x18
-    COM_STMT_CLOSE = 0x19
-    COM_STMT_FETCH = 0x1C
-    COM_STMT_BULK_EXECUTE = 0xFA
-    STATUS_MORE_RESULTS = 0x0008
-    STATUS_CURSOR_EXISTS = 0x0040
+cdef extern from "mysql_constants.h":  # generated from fastproxy/constants.py by setup.py
+    enum:
+        COM_STMT_EXECUTE
 
 
 OK = OUTCOME_OK
@@ -50,7 +36,7 @@ OUTCOME_NAMES = ("ok", "err", "no_response", "unknown")
 
 cpdef bint expects_response(int cmd):
     """False for the commands the server never answers."""
-    return not (cmd == COM_QUIT or cmd == COM_STMT_CLOSE or cmd == COM_STMT_SEND_LONG_DATA)
+    return trk_expects_response(cmd)
 
 
 cpdef Py_ssize_t execute_flag_at(Py_ssize_t num_params):
@@ -247,28 +233,8 @@ cdef class CommandResult:
         return f"<CommandResult cmd={self.cmd:#04x} {self.outcome_name} {detail} status={self.status_flags:#06x}>"
 
 
-cdef inline long long _lenenc(const unsigned char* p, Py_ssize_t avail, Py_ssize_t* used):
-    """Length-encoded integer; used[0] = bytes consumed (0 if truncated)."""
-    cdef unsigned char first
-    if avail < 1:
-        used[0] = 0
-        return 0
-    first = p[0]
-    if first < 0xFB:
-        used[0] = 1
-        return first
-    if first == 0xFC and avail >= 3:
-        used[0] = 3
-        return p[1] | (p[2] << 8)
-    if first == 0xFD and avail >= 4:
-        used[0] = 4
-        return p[1] | (p[2] << 8) | (p[3] << 16)
-    if first == 0xFE and avail >= 9:
-        used[0] = 9
-        return (<long long>p[1] | (<long long>p[2] << 8) | (<long long>p[3] << 16) | (<long long>p[4] << 24)
-                | (<long long>p[5] << 32) | (<long long>p[6] << 40) | (<long long>p[7] << 48) | (<long long>p[8] << 56))
-    used[0] = 0
-    return 0
+cdef void _on_result(void *ctx, const trk_result *r) noexcept:
+    (<ResponseTracker>ctx)._deliver(r)
 
 
 cdef class ResponseTracker:
@@ -276,45 +242,91 @@ cdef class ResponseTracker:
 
     begin(payload, tag) for every command the client sends (in order; pipelining is fine), feed()
     with every chunk the server sends. Both return how many commands are complete; take_completed()
-    hands out their CommandResults (with the caller's tag) in command order.
+    hands out their CommandResults (with the caller's tag) in command order. The state machine is
+    the C one of fastproxy/csrc/tracker.c, which the data plane runs per connection.
     """
 
     def __cinit__(self, bint deprecate_eof=False):
-        self.deprecate_eof = deprecate_eof
-        self._queue = deque()
+        trk_init(&self._t, deprecate_eof, _on_result, <void *>self)
+        self._tags = deque()
         self._completed = []
-        self._cur = None
-        self._state = ST_IDLE
-        self._hdr_have = 0
-        self._pkt_remaining = 0
-        self._head_len = 0
-        self._prev_max = False
-        self._continuation = False
-        self.fingerprints = True
-        fp_init(&self._fp)
+        self.last_unsolicited_error = None
 
     def __dealloc__(self):
-        fp_free(&self._fp)
+        trk_free(&self._t)
+
+    @property
+    def deprecate_eof(self):
+        return bool(self._t.deprecate_eof)
+
+    @deprecate_eof.setter
+    def deprecate_eof(self, value):
+        self._t.deprecate_eof = 1 if value else 0
+
+    @property
+    def fingerprints(self):
+        """Whether result fingerprints are computed (fastproxy/csrc/fingerprint.h); on by default."""
+        return bool(self._t.fingerprints)
+
+    @fingerprints.setter
+    def fingerprints(self, value):
+        self._t.fingerprints = 1 if value else 0
+
+    @property
+    def packets(self):
+        return self._t.packets
+
+    @property
+    def unsolicited(self):
+        return self._t.unsolicited
+
+    @property
+    def local_infile_requests(self):
+        return self._t.local_infile_requests
 
     @property
     def pending(self):
         """Commands sent and not yet answered."""
-        return (self._cur is not None) + len(self._queue)
+        return trk_pending(&self._t)
 
     @property
     def idle(self):
-        return self._cur is None and not self._queue
+        return bool(trk_idle(&self._t))
 
     @property
     def next_seq(self):
         """Sequence id the next server packet of the current response would carry."""
-        if self._resp_packets == 0:
-            return 1
-        return (self._hdr[3] + 1) & 0xFF
+        return trk_next_seq(&self._t)
 
     @property
     def at_packet_boundary(self):
-        return self._hdr_have == 0 and self._pkt_remaining == 0
+        return bool(trk_at_packet_boundary(&self._t))
+
+    cdef void _deliver(self, const trk_result *r) noexcept:
+        cdef CommandResult res = CommandResult(r.cmd, None)
+        res.outcome = r.outcome
+        res.affected_rows = r.affected_rows
+        res.last_insert_id = r.last_insert_id
+        res.rows = r.rows
+        res.status_flags = r.status_flags
+        res.warnings = r.warnings
+        res.result_sets = r.result_sets
+        res.columns = r.columns
+        res.stmt_id = r.stmt_id
+        res.num_params = r.num_params
+        res.num_columns = r.num_columns
+        res.local_infile = r.local_infile
+        res.hash_ordered = r.hash_ordered
+        res.hash_unordered = r.hash_unordered
+        if r.outcome == OUTCOME_ERR:
+            res.err_code = r.err_code
+            res.sql_state = (<char *>r.sql_state).decode("ascii", "replace")
+            res.err_msg = r.err_msg[:r.err_msg_len].decode("utf-8", "replace")
+        if r.unsolicited:
+            self.last_unsolicited_error = res
+            return
+        res.tag = self._tags.popleft()
+        self._completed.append(res)
 
     def begin(self, payload, tag=None):
         """Register a command the client sent (payload starts with the command byte)."""
@@ -325,59 +337,23 @@ cdef class ResponseTracker:
         cmd = payload[0]
         if cmd == COM_STMT_EXECUTE and len(payload) >= 6:
             cursor = payload[5] != 0
-        self._queue.append((cmd, cursor, tag))
-        if self._cur is None:
-            self._start_next()
+        self._tags.append(tag)
+        if trk_begin(&self._t, cmd, cursor) < 0:
+            self._tags.pop()
+            raise MemoryError("response tracker queue")
         return len(self._completed)
 
     def feed(self, data):
         """Scan server bytes; returns how many commands are complete and not yet taken."""
         cdef Py_buffer buf
-        cdef const unsigned char* p
-        cdef Py_ssize_t n, pos = 0, take, c
+        cdef int rc
         PyObject_GetBuffer(data, &buf, PyBUF_SIMPLE)
         try:
-            p = <const unsigned char*>buf.buf
-            n = buf.len
-            while True:
-                if self._hdr_have < 4:
-                    while self._hdr_have < 4 and pos < n:
-                        self._hdr[self._hdr_have] = p[pos]
-                        self._hdr_have += 1
-                        pos += 1
-                    if self._hdr_have < 4:
-                        break
-                    self._pkt_len = self._hdr[0] | (self._hdr[1] << 8) | (self._hdr[2] << 16)
-                    self._pkt_remaining = self._pkt_len
-                    self._continuation = self._prev_max
-                    self._prev_max = self._pkt_len == MAX_PAYLOAD
-                    self._head_len = 0
-                    if not self._continuation:  # fingerprint: a packet in a row section may be a row
-                        self._fp_on = self.fingerprints and self._state == ST_ROWS
-                        if self._fp_on:
-                            fp_row_begin(&self._fp, self._pkt_len if self._pkt_len < MAX_PAYLOAD else -1)
-                take = min(self._pkt_remaining, n - pos)
-                if take > 0:
-                    if not self._continuation and self._head_len < HEAD_MAX:
-                        c = min(take, HEAD_MAX - self._head_len)
-                        memcpy(&self._head[self._head_len], p + pos, c)
-                        self._head_len += c
-                    if self._fp_on and fp_row_bytes(&self._fp, p + pos, take) < 0:  # fingerprint
-                        raise MemoryError()
-                    pos += take
-                    self._pkt_remaining -= take
-                if self._pkt_remaining:
-                    break
-                self._hdr_have = 0
-                if not self._continuation:
-                    self.packets += 1
-                    self._resp_packets += 1
-                    self._on_packet()
-                if self._fp_row and not self._prev_max:  # fingerprint: the row's last byte has passed
-                    fp_row_end(&self._fp)
-                    self._fp_row = False
+            rc = trk_feed(&self._t, <const unsigned char *>buf.buf, buf.len)
         finally:
             PyBuffer_Release(&buf)
+        if rc < 0:
+            raise ProtocolError(self._t.error.decode("ascii", "replace"))
         return len(self._completed)
 
     def take_completed(self):
@@ -387,221 +363,5 @@ cdef class ResponseTracker:
 
     def abort(self, int outcome=OUTCOME_UNKNOWN):
         """The server side is gone: every pending command ends with `outcome`."""
-        while self._cur is not None:
-            self._finish(outcome)
-        self._hdr_have = 0
-        self._pkt_remaining = 0
-        self._prev_max = False
+        trk_abort(&self._t, outcome)
         return len(self._completed)
-
-    cdef int _start_next(self) except -1:
-        cdef int cmd
-        cdef bint cursor
-        self._resp_packets = 0
-        fp_reset(&self._fp)  # fingerprint
-        while self._queue:
-            cmd, cursor, tag = self._queue.popleft()
-            self._cur = CommandResult(cmd, tag)
-            self._cursor = cursor
-            self._count = 0
-            if cmd == COM_QUERY or cmd == COM_STMT_EXECUTE or cmd == COM_PROCESS_INFO or cmd == COM_STMT_BULK_EXECUTE:
-                self._state = ST_FIRST
-            elif cmd == COM_STMT_FETCH:
-                self._state = ST_ROWS
-            elif cmd == COM_STMT_PREPARE:
-                self._state = ST_PREPARE_FIRST
-            elif cmd == COM_FIELD_LIST:
-                self._state = ST_FIELD_LIST
-            elif cmd == COM_STATISTICS:
-                self._state = ST_STATISTICS
-            elif cmd == COM_CHANGE_USER:
-                self._state = ST_AUTH
-            elif not expects_response(cmd):
-                self._cur.outcome = OUTCOME_NO_RESPONSE
-                self._completed.append(self._cur)
-                continue
-            else:
-                self._state = ST_SIMPLE
-            return 0
-        self._cur = None
-        self._state = ST_IDLE
-        return 0
-
-    cdef int _finish(self, int outcome) except -1:
-        self._cur.outcome = outcome
-        self._cur.hash_ordered = fp_ordered(&self._fp)  # fingerprint
-        self._cur.hash_unordered = fp_unordered(&self._fp)
-        self._completed.append(self._cur)
-        self._start_next()
-        return 0
-
-    cdef int _end_of_result(self) except -1:
-        if self._cur.status_flags & STATUS_MORE_RESULTS:
-            self._state = ST_FIRST
-        else:
-            self._finish(OUTCOME_OK)
-        return 0
-
-    cdef int _parse_ok(self, Py_ssize_t start) except -1:
-        cdef Py_ssize_t used, pos = start
-        cdef long long v
-        v = _lenenc(&self._head[pos], self._head_len - pos, &used)
-        if not used:
-            return 0
-        self._cur.affected_rows += v
-        pos += used
-        v = _lenenc(&self._head[pos], self._head_len - pos, &used)
-        if not used:
-            return 0
-        if v:
-            self._cur.last_insert_id = v
-        pos += used
-        if self._head_len >= pos + 4:
-            self._cur.status_flags = self._head[pos] | (self._head[pos + 1] << 8)
-            self._cur.warnings = self._head[pos + 2] | (self._head[pos + 3] << 8)
-        return 0
-
-    cdef int _parse_eof(self) except -1:
-        if self._head_len >= 5:
-            self._cur.warnings = self._head[1] | (self._head[2] << 8)
-            self._cur.status_flags = self._head[3] | (self._head[4] << 8)
-        return 0
-
-    cdef int _parse_err(self) except -1:
-        cdef CommandResult r = self._cur
-        cdef bytes head = self._head[:self._head_len]
-        if r is None:
-            r = CommandResult(0, None)
-        if len(head) >= 3:
-            r.err_code = head[1] | (head[2] << 8)
-        if len(head) >= 9 and head[3] == 0x23:  # '#' then the 5-byte SQL state
-            r.sql_state = head[4:9].decode("ascii", "replace")
-            r.err_msg = head[9:].decode("utf-8", "replace")
-        else:
-            r.err_msg = head[3:].decode("utf-8", "replace")
-        if self._cur is None:
-            self.last_unsolicited_error = r
-        return 0
-
-    cdef int _on_packet(self) except -1:
-        cdef int first = self._head[0] if self._head_len else -1
-        cdef TrackState st = self._state
-        cdef Py_ssize_t used
-        cdef long long v
-        cdef bint terminator
-        if st == ST_IDLE:
-            # e.g. an ERR the server sends before closing an idle connection (KILL, shutdown)
-            self.unsolicited += 1
-            if first == 0xFF:
-                self._parse_err()
-            return 0
-        if first == 0xFF and st != ST_STATISTICS:
-            self._parse_err()
-            return self._finish(OUTCOME_ERR)
-        if st == ST_ROWS:
-            if self.deprecate_eof:
-                terminator = first == 0xFE and self._pkt_len < MAX_PAYLOAD
-            else:
-                terminator = first == 0xFE and self._pkt_len < 9
-            if not terminator:
-                self._cur.rows += 1
-                self._fp_row = self._fp_on  # fingerprint
-                return 0
-            if self.deprecate_eof:
-                self._parse_ok(1)
-            else:
-                self._parse_eof()
-            # fingerprint: a result set ended (not a cursor's metadata: its rows come with the fetches)
-            if self._fp_on and not (self._cursor and self._cur.status_flags & STATUS_CURSOR_EXISTS):
-                fp_result_end(&self._fp)
-            return self._end_of_result()
-        if st == ST_FIRST:
-            if first == 0x00:
-                self._parse_ok(1)
-                return self._end_of_result()
-            if first == 0xFB:
-                self._cur.local_infile = True  # the client now sends the file; OK/ERR follows
-                self.local_infile_requests += 1
-                return 0
-            v = _lenenc(self._head, self._head_len, &used)
-            if not used or v == 0:
-                raise ProtocolError(f"bad column count in response to command {self._cur.cmd:#04x}")
-            self._cur.result_sets += 1
-            if self._cur.columns == 0:
-                self._cur.columns = <int>v
-            self._count = v
-            self._state = ST_COLUMNS
-            return 0
-        if st == ST_COLUMNS:
-            self._count -= 1
-            if self._count == 0:
-                self._state = ST_ROWS if self.deprecate_eof else ST_COLUMNS_EOF
-            return 0
-        if st == ST_COLUMNS_EOF:
-            self._parse_eof()
-            if self._cursor and self._cur.status_flags & STATUS_CURSOR_EXISTS:
-                # COM_STMT_EXECUTE that opened a cursor: rows come later, through COM_STMT_FETCH
-                return self._end_of_result()
-            self._state = ST_ROWS
-            return 0
-        if st == ST_SIMPLE:
-            if first == 0x00:
-                self._parse_ok(1)
-            elif first == 0xFE:
-                if self._pkt_len < 9:
-                    self._parse_eof()
-                else:
-                    self._parse_ok(1)
-            return self._finish(OUTCOME_OK)
-        if st == ST_STATISTICS:
-            return self._finish(OUTCOME_OK)
-        if st == ST_AUTH:
-            if first == 0x00:
-                self._parse_ok(1)
-                return self._finish(OUTCOME_OK)
-            return 0  # 0xFE auth switch / 0x01 more data: the client answers, the exchange goes on
-        if st == ST_FIELD_LIST:
-            if first == 0xFE and self._pkt_len < MAX_PAYLOAD:
-                return self._finish(OUTCOME_OK)
-            self._cur.columns += 1
-            return 0
-        if st == ST_PREPARE_FIRST:
-            if first != 0x00 or self._head_len < 12:
-                raise ProtocolError("bad COM_STMT_PREPARE response")
-            self._cur.stmt_id = (<long long>self._head[1] | (<long long>self._head[2] << 8)
-                                 | (<long long>self._head[3] << 16) | (<long long>self._head[4] << 24))
-            self._cur.num_columns = self._head[5] | (self._head[6] << 8)
-            self._cur.num_params = self._head[7] | (self._head[8] << 8)
-            self._cur.warnings = self._head[10] | (self._head[11] << 8)
-            self._prep_columns = self._cur.num_columns
-            if self._cur.num_params:
-                self._count = self._cur.num_params
-                self._state = ST_PREPARE_PARAMS
-                return 0
-            return self._prepare_columns()
-        if st == ST_PREPARE_PARAMS:
-            self._count -= 1
-            if self._count == 0:
-                if self.deprecate_eof:
-                    return self._prepare_columns()
-                self._state = ST_PREPARE_PARAMS_EOF
-            return 0
-        if st == ST_PREPARE_PARAMS_EOF:
-            return self._prepare_columns()
-        if st == ST_PREPARE_COLUMNS:
-            self._count -= 1
-            if self._count == 0:
-                if self.deprecate_eof:
-                    return self._finish(OUTCOME_OK)
-                self._state = ST_PREPARE_COLUMNS_EOF
-            return 0
-        if st == ST_PREPARE_COLUMNS_EOF:
-            return self._finish(OUTCOME_OK)
-        raise ProtocolError(f"response tracker in unknown state {st}")
-
-    cdef int _prepare_columns(self) except -1:
-        if self._prep_columns:
-            self._count = self._prep_columns
-            self._state = ST_PREPARE_COLUMNS
-            return 0
-        return self._finish(OUTCOME_OK)

@@ -107,9 +107,7 @@ def make_app(server: "ProxyServer") -> web.Application:
 
 
 async def start_api(server: "ProxyServer", host: str, port: int):
-    from fastproxy.jobs import JobManager
-
-    server.jobs = JobManager(server)
+    """Serve the API for `server` (whose `jobs` are set); returns the runner and the bound address."""
     runner = web.AppRunner(make_app(server), access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, host, port, reuse_address=True)

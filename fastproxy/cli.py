@@ -33,7 +33,7 @@ def serve(config_path: str | None, **flags) -> None:
         config = Config.load(config_path, overrides)
     except ConfigError as e:
         raise click.ClickException(f"bad configuration: {e}") from None
-    from fastproxy.proxy.server import run
+    from fastproxy.app import run
 
     try:
         run(config)

@@ -7,22 +7,12 @@ from typing import TYPE_CHECKING
 
 from fastproxy.config import parse_duration
 from fastproxy.errors import ConfigError, JobError
+from fastproxy.jobs_base import parse_bool
 
 if TYPE_CHECKING:
     from fastproxy.proxy.server import ProxyServer
 
 log = logging.getLogger("fastproxy.jobs")
-
-
-def parse_bool(form: dict, key: str, default: bool) -> bool:
-    value = str(form.get(key, "")).strip().lower()
-    if value == "":
-        return default
-    if value in ("1", "true", "yes", "on"):
-        return True
-    if value in ("0", "false", "no", "off"):
-        return False
-    raise ConfigError(f"{key}: expected true or false, got {value!r}")
 
 
 class JobConflict(JobError):

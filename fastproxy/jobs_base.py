@@ -4,6 +4,8 @@ from __future__ import annotations
 import time
 from datetime import datetime, timezone
 
+from fastproxy.errors import ConfigError
+
 
 def utc_iso(ns: int) -> str:
     """Unix-epoch nanoseconds as ISO 8601 UTC with milliseconds ("" for 0), for meta and summaries."""
@@ -18,6 +20,18 @@ def format_duration(seconds: float) -> str:
     h, rem = divmod(s, 3600)
     m, s = divmod(rem, 60)
     return (f"{h}h" if h else "") + (f"{m}m" if m or h else "") + f"{s}s"
+
+
+def parse_bool(form: dict, key: str, default: bool) -> bool:
+    """A boolean form field (true/false, 1/0, yes/no, on/off); empty means `default`."""
+    value = str(form.get(key, "")).strip().lower()
+    if value == "":
+        return default
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"{key}: expected true or false, got {value!r}")
 
 
 class Job:

@@ -1,4 +1,4 @@
-"""Result fingerprints (fastproxy/fingerprint.h, hooked into the ResponseTracker): the tracker's hashes
+"""Result fingerprints (fastproxy/csrc/fingerprint.h, hooked into the ResponseTracker): the tracker's hashes
 equal a second implementation of the documented definition (Python over the system's libxxhash
 through ctypes, not our inlined copy) for text and binary rows, every result of a multi-result,
 cursor fetches and 16 MiB rows; they do not depend on how the bytes are split into reads; the

@@ -141,3 +141,16 @@ def test_wraparound_matches_model(capacity, ops):
             assert rb.drain(n) == expected
         assert rb.used == sum(map(len, model))
     assert rb.drain(1 << 20) == b"".join(model)
+
+
+def test_close_refuses_appends_and_keeps_what_is_buffered():
+    rb = RingBuffer(4096)
+    assert rb.append_command(1, 1, 2, 0, 0, 0, 0, b"\x03a")
+    assert rb.append_event(KIND_CONN_OPEN, 2, 3, b"{}")
+    assert not rb.closed
+    rb.close()
+    assert rb.closed
+    assert not rb.append_command(1, 4, 5, 0, 0, 0, 0, b"\x03b")
+    assert not rb.append_event(KIND_CONN_CLOSE, 1, 6, b"")
+    assert (rb.records_appended, rb.commands_appended) == (2, 1)
+    assert [r.payload for r in iter_records(rb.drain(1 << 20))] == [b"\x03a", b"{}"]

@@ -1,11 +1,12 @@
-"""The proxy process: listener, backends, HTTP API, graceful shutdown."""
+"""The proxy: listener, backends, connections, graceful shutdown. Composed into a process (with the
+traffic jobs and the HTTP API) by fastproxy/app.py; nothing here imports a layer above the proxy."""
 from __future__ import annotations
 
 import asyncio
 import itertools
 import logging
 import signal
-from typing import Any
+from typing import Any, Awaitable, Callable
 
 from fastproxy.config import Config
 from fastproxy.metrics import ProxyStats, make_registry
@@ -23,17 +24,17 @@ class ProxyServer:
                                 config["proxy.health-check-timeout"])
         self.connections: set[ClientConnection] = set()
         self.capture: Any = None  # the running capture job's hook object, or None
-        self.jobs: Any = None  # fastproxy.jobs.JobManager, set when the API starts
+        self.jobs: Any = None  # the traffic jobs (fastproxy.jobs.JobManager), set by whoever composes the process
+        # awaited on shutdown once connections are closed, before the backends' checks stop
+        self.on_shutdown: list[Callable[[], Awaitable[None]]] = []
         self.shutting_down = False
         self.loop: asyncio.AbstractEventLoop | None = None
         self._server: asyncio.base_events.Server | None = None
-        self._api_runner = None
         self._conn_ids = itertools.count(1)
         self.metric_sources: list = []
         self.registry = make_registry(self.stats, self.pool, self.metric_sources)
         self.stopped = asyncio.Event()
         self.listen_addr: tuple[str, int] | None = None
-        self.api_addr: tuple[str, int] | None = None
 
     def next_conn_id(self) -> int:
         return next(self._conn_ids)
@@ -55,11 +56,6 @@ class ProxyServer:
         self.listen_addr = self._server.sockets[0].getsockname()[:2]
         await self.pool.check_all()
         self.pool.start()
-        from fastproxy.api import start_api
-
-        self._api_runner, self.api_addr = await start_api(self, *self.config["api.addr"])
-        log.info("fastproxy listening on %s:%d, API on %s:%d, backends %s", *self.listen_addr, *self.api_addr,
-                 ", ".join(b.addr for b in self.pool.backends))
 
     async def shutdown(self, timeout: float | None = None) -> None:
         """Stop accepting; let connections finish their transaction; force-close after `timeout`."""
@@ -79,11 +75,9 @@ class ProxyServer:
             log.warning("force-closing %d connections after %.1fs", len(self.connections), timeout)
         for conn in list(self.connections):
             conn.close_for_shutdown(force=True)
-        if self.jobs is not None:
-            await self.jobs.shutdown()
+        for hook in self.on_shutdown:
+            await hook()
         await self.pool.stop()
-        if self._api_runner:
-            await self._api_runner.cleanup()
         self.stopped.set()
 
     def install_signal_handlers(self) -> None:
@@ -91,16 +85,3 @@ class ProxyServer:
             self.loop.add_signal_handler(sig, lambda: self.loop.create_task(self.shutdown()))
 
 
-async def serve(config: Config) -> None:
-    server = ProxyServer(config)
-    await server.start()
-    server.install_signal_handlers()
-    await server.stopped.wait()
-
-
-def run(config: Config) -> None:
-    import uvloop
-
-    logging.basicConfig(level=config["log.level"].upper(),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    uvloop.run(serve(config))

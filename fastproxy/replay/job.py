@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 from fastproxy.config import parse_addr
 from fastproxy.errors import ConfigError, JobError, TrafficFormatError
-from fastproxy.jobs_base import Job
+from fastproxy.jobs_base import Job, parse_bool
 from fastproxy.storage import is_s3
 from fastproxy.replay.engine import Replayer, ReplayOptions
 from fastproxy.replay.report import ReportWriter
@@ -212,7 +212,6 @@ class ReplayJob(Job):
     @classmethod
     def from_form(cls, server: "ProxyServer", form: dict) -> "ReplayJob":
         from fastproxy.capture.crypto import load_key
-        from fastproxy.jobs import parse_bool
 
         from fastproxy.replay.selection import FILTER_FIELDS, filters_from, parse_start_at, split_inputs
 

@@ -1,0 +1,159 @@
+/* The capture ring buffer (see ring.h). */
+#include "ring.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+int ring_init(ring *r, size_t capacity) {
+    memset(r, 0, sizeof *r);
+    r->buf = malloc(capacity);
+    if (!r->buf)
+        return -1;
+    r->cap = capacity;
+    pthread_mutex_init(&r->lock, NULL);
+    return 0;
+}
+
+void ring_destroy(ring *r) {
+    if (r->buf) {
+        pthread_mutex_destroy(&r->lock);
+        free(r->buf);
+        r->buf = NULL;
+    }
+}
+
+/* Explicit little-endian stores: the file format must not depend on the host's byte order. On
+ * little-endian hosts the compiler turns each into a single store. */
+static inline void le16(unsigned char *p, uint16_t v) {
+    p[0] = v & 0xFF;
+    p[1] = (v >> 8) & 0xFF;
+}
+
+static inline void le32(unsigned char *p, uint32_t v) {
+    for (int i = 0; i < 4; i++)
+        p[i] = (v >> (8 * i)) & 0xFF;
+}
+
+static inline void le64(unsigned char *p, uint64_t v) {
+    for (int i = 0; i < 8; i++)
+        p[i] = (v >> (8 * i)) & 0xFF;
+}
+
+static void put(ring *r, const char *src, size_t n) {
+    size_t first = r->cap - r->head;
+    if (n < first) {
+        memcpy(r->buf + r->head, src, n);
+        r->head += n;
+    } else {
+        /* Records are allowed to wrap: two copies beat wasting the tail end of the buffer. */
+        memcpy(r->buf + r->head, src, first);
+        memcpy(r->buf, src + first, n - first);
+        r->head = n - first;
+    }
+}
+
+static void get(const ring *r, char *dst, size_t pos, size_t n) {
+    size_t first = r->cap - pos;
+    if (n <= first) {
+        memcpy(dst, r->buf + pos, n);
+    } else {
+        memcpy(dst, r->buf + pos, first);
+        memcpy(dst + first, r->buf, n - first);
+    }
+}
+
+static uint32_t len_at(const ring *r, size_t pos) {
+    unsigned char b[4];
+    get(r, (char *)b, pos, 4);
+    return b[0] | ((uint32_t)b[1] << 8) | ((uint32_t)b[2] << 16) | ((uint32_t)b[3] << 24);
+}
+
+int ring_append(ring *r, const RecordHead *h, const char *payload, size_t n, int flags) {
+    size_t total = RING_HEADER_SIZE + n;
+    unsigned char hdr[RING_HEADER_SIZE];
+    /* everything but end_ns is encoded before taking the lock */
+    le32(hdr, (uint32_t)total);
+    hdr[4] = h->kind;
+    hdr[5] = h->outcome;
+    le16(hdr + 6, h->err_code);
+    le64(hdr + 8, h->conn_id);
+    le64(hdr + 16, (uint64_t)h->start_ns);
+    le64(hdr + 32, h->affected_rows);
+    le64(hdr + 40, h->rows);
+    le64(hdr + 48, h->last_insert_id);
+    le64(hdr + 56, h->hash_ordered);
+    le64(hdr + 64, h->hash_unordered);
+    le32(hdr + 72, h->columns);
+    le16(hdr + 76, h->warnings);
+    le16(hdr + 78, h->status_flags);
+    pthread_mutex_lock(&r->lock);
+    if (r->closed) {
+        pthread_mutex_unlock(&r->lock);
+        return RING_CLOSED;
+    }
+    if (total > RING_MAX_RECORD || total > r->cap - r->used) {
+        pthread_mutex_unlock(&r->lock);
+        return RING_FULL;
+    }
+    int64_t end_ns = h->end_ns;
+    if ((flags & RING_ORDERED) && h->kind == RING_KIND_COMMAND) {
+        if (end_ns < r->last_end_ns)
+            end_ns = r->last_end_ns;
+        r->last_end_ns = end_ns;
+    }
+    le64(hdr + 24, (uint64_t)end_ns);
+    put(r, (const char *)hdr, RING_HEADER_SIZE);
+    put(r, payload, n);
+    r->used += total;
+    r->records_used++;
+    r->records_appended++;
+    r->commands_appended += h->kind == RING_KIND_COMMAND;
+    r->bytes_appended += total;
+    pthread_mutex_unlock(&r->lock);
+    return RING_APPENDED;
+}
+
+void ring_close(ring *r) {
+    pthread_mutex_lock(&r->lock);
+    r->closed = 1;
+    pthread_mutex_unlock(&r->lock);
+}
+
+size_t ring_drain_size(ring *r, size_t max_bytes, size_t *nrec) {
+    size_t n = 0, k = 0;
+    pthread_mutex_lock(&r->lock);
+    if (r->used <= max_bytes) {
+        n = r->used;
+        k = r->records_used;
+    } else {
+        /* walk record lengths to stop on a record boundary */
+        size_t pos = r->tail;
+        while (n < r->used) {
+            uint32_t rlen = len_at(r, pos);
+            if (n > 0 && n + rlen > max_bytes)
+                break;
+            n += rlen;
+            k++;
+            pos = (pos + rlen) % r->cap;
+        }
+    }
+    pthread_mutex_unlock(&r->lock);
+    *nrec = k;
+    return n;
+}
+
+void ring_drain_copy(ring *r, char *dst, size_t n) {
+    /* [tail, tail + n) is counted in `used` until released: no producer writes there */
+    get(r, dst, r->tail, n);
+}
+
+void ring_drain_release(ring *r, size_t n, size_t nrec) {
+    pthread_mutex_lock(&r->lock);
+    r->tail = (r->tail + n) % r->cap;
+    r->used -= n;
+    r->records_used -= nrec;
+    r->records_drained += nrec;
+    if (r->used == 0)  /* restart at offset 0 so that later records wrap (two memcpys) less often */
+        r->head = r->tail = 0;
+    pthread_mutex_unlock(&r->lock);
+}

@@ -1,0 +1,79 @@
+/* The capture ring buffer: a fixed block of C memory holding whole encoded records
+ * (docs/traffic-format.md, version 2), appended to by several producers (the data plane's worker
+ * threads, and Python under the GIL) and drained by the capture writer thread.
+ *
+ * One mutex serializes appends and the bookkeeping of a drain. An append holds it for a header
+ * encode and a memcpy of the payload (~100 ns for a typical statement); the drain copies its bytes
+ * out *without* it (producers only ever write after the head, never into what is being drained).
+ * Nothing here blocks for long or grows: a record that does not fit is refused, and the caller stops
+ * the capture (dropping records silently would make a replay lie).
+ *
+ * Completion order: ring_append(..., RING_ORDERED) raises a command's end_ns to the largest end_ns
+ * appended so far (inside the lock), so that the command records of a capture are in non-decreasing
+ * end_ns across connections and threads — the order replay's causal scheduling relies on. A
+ * producer reads its clock before taking the lock, so the raise is at most the time it waited.
+ */
+#ifndef FASTPROXY_RING_H
+#define FASTPROXY_RING_H
+
+#include <pthread.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#define RING_HEADER_SIZE 80
+#define RING_KIND_COMMAND 1
+#define RING_KIND_CONN_OPEN 2
+#define RING_KIND_CONN_STATE 3
+#define RING_KIND_CONN_CLOSE 4
+#define RING_MAX_RECORD 0xFFFFFFFFull  /* record_len is a u32 */
+
+/* The fields of one record header (docs/traffic-format.md, version 2). */
+typedef struct RecordHead {
+    uint8_t kind;
+    uint8_t outcome;
+    uint16_t err_code;
+    uint64_t conn_id;
+    int64_t start_ns;
+    int64_t end_ns;
+    uint64_t affected_rows;
+    uint64_t rows;
+    uint64_t last_insert_id;
+    uint64_t hash_ordered;
+    uint64_t hash_unordered;
+    uint32_t columns;
+    uint16_t warnings;
+    uint16_t status_flags;
+} RecordHead;
+
+enum { RING_ORDERED = 1 };
+enum { RING_APPENDED = 1, RING_FULL = 0, RING_CLOSED = -1 };
+
+typedef struct ring {
+    pthread_mutex_t lock;
+    char *buf;
+    size_t cap;
+    size_t head;                 /* next write offset */
+    size_t tail;                 /* next read offset (start of the oldest record) */
+    size_t used;                 /* bytes of whole records between tail and head */
+    size_t records_used;
+    uint64_t records_appended;
+    uint64_t commands_appended;  /* KIND_COMMAND records among them */
+    uint64_t bytes_appended;
+    uint64_t records_drained;
+    int64_t last_end_ns;         /* of the last RING_ORDERED command */
+    int closed;                  /* appends refused (RING_CLOSED) once the capture stopped */
+} ring;
+
+int ring_init(ring *r, size_t capacity);
+void ring_destroy(ring *r);
+/* RING_APPENDED, RING_FULL (nothing written) or RING_CLOSED. */
+int ring_append(ring *r, const RecordHead *h, const char *payload, size_t n, int flags);
+void ring_close(ring *r);
+/* Drain step 1: under the lock, how many bytes (and records) of whole records to take, up to
+ * max_bytes (a single larger record comes out alone, so a drain always progresses). */
+size_t ring_drain_size(ring *r, size_t max_bytes, size_t *nrec);
+/* Step 2, without the lock: copy them out. Step 3: release them. Only one thread drains. */
+void ring_drain_copy(ring *r, char *dst, size_t n);
+void ring_drain_release(ring *r, size_t n, size_t nrec);
+
+#endif
