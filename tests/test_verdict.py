@@ -109,9 +109,9 @@ def _replay(target, capture: str, report_dir: str, baseline=None) -> tuple[dict,
     run = ReplayRun(capture, opts, report_dir, write_tables=True, verdict_options=THRESHOLDS,
                     baseline=(baseline.host, baseline.port) if baseline is not None else None)
     summary = uvloop.run(run.run())
-    verdict_file = [f for f in summary["summary_files"] if f.endswith("-verdict.json")]
+    verdict_file = [f for f in summary["summary_files"] if f.endswith("-verdict.jsonl")]
     with open(verdict_file[0]) as f:
-        return summary, json.load(f), run
+        return summary, json.loads(f.readline()), run
 
 
 def _restore(db, upgrade: bool) -> None:

@@ -1,5 +1,6 @@
 """The verdict as data: built from a finished Verdict, saved next to the replay's summary files
-(`replay-<time>-verdict.json`), loaded back by `fastproxy traffic report DIR`, and printed."""
+(`replay-<time>-verdict.jsonl`: one JSON object on one line — `replay-*.json` stays the summaries
+alone), loaded back by `fastproxy traffic report DIR`, and printed."""
 from __future__ import annotations
 
 import glob
@@ -111,13 +112,13 @@ def verdict_summary(data: dict, summary: dict, failures: list[dict]) -> dict:
 def replay_files(report_dir: str, stamp: str | None = None) -> dict:
     """Paths of one replay's files in `report_dir` (the newest, or the one of `stamp`)."""
     summaries = [p for p in glob.glob(os.path.join(report_dir, "replay-*.json"))
-                 if not p.endswith("-verdict.json") and (stamp is None or os.path.basename(p) == f"replay-{stamp}.json")]
+                 if stamp is None or os.path.basename(p) == f"replay-{stamp}.json"]
     if not summaries:
         what = f"replay {stamp}" if stamp else "replay summary (replay-<time>.json)"
         hint = "" if os.path.exists(os.path.join(report_dir, META_NAME)) else " (is this a capture or report directory?)"
         raise FastproxyError(f"{report_dir}: no {what} here{hint}")
     base = max(summaries)[:-len(".json")]  # names sort by time
-    return {"summary": base + ".json", "verdict": base + "-verdict.json", "fail": base + "-fail.jsonl",
+    return {"summary": base + ".json", "verdict": base + "-verdict.jsonl", "fail": base + "-fail.jsonl",
             "other_errors": base + "-other_errors.jsonl", "html": base + ".html"}
 
 
@@ -141,7 +142,7 @@ def load(report_dir: str, stamp: str | None = None) -> dict:
     if os.path.exists(paths["verdict"]):
         try:
             with open(paths["verdict"]) as f:
-                verdict = json.load(f)
+                verdict = json.loads(f.readline())
         except (OSError, ValueError) as e:
             raise FastproxyError(f"{paths['verdict']}: cannot read the verdict: {e}") from None
     return {"paths": paths, "summary": summary, "verdict": verdict, "failures": _jsonl(paths["fail"]),

@@ -107,14 +107,14 @@ class VerdictSession:
                  "sample_replay_time_ns": e.sample_replay_ns} for e in self.engine.report.other_errors.values()]
 
     def write_files(self, base: str, summary: dict) -> str:
-        """`<base>-verdict.json` and `<base>.html`; adds the verdict and the page's path to `summary`.
+        """`<base>-verdict.jsonl` and `<base>.html`; adds the verdict and the page's path to `summary`.
         Returns the page's path ("" if it could not be written)."""
         data = self._data(summary)
         self.add_baseline_summary(summary)
         summary["verdict"] = verdict_summary(data, summary, self.failures())
-        with _private_open(base + "-verdict.json") as f:
-            json.dump(data, f)
-        self.files = [base + "-verdict.json"]
+        with _private_open(base + "-verdict.jsonl") as f:
+            f.write(json.dumps(data) + "\n")
+        self.files = [base + "-verdict.jsonl"]
         try:
             from fastproxy.report.html import render_report
 
