@@ -254,3 +254,11 @@ def test_ab_against_two_servers_where_only_one_lacks_the_index(verdict_capture, 
     assert '"access_type": "ref"' in base_plan and '"key": "k"' in base_plan
     assert data["mismatches"] == []  # same data on both sides: results agree
     assert summary["verdict"]["new_failures"] == 0 and summary["baseline"]["commands_replayed"] > 0
+
+
+def test_traffic_report_on_a_directory_without_a_replay_says_so(tmp_path):
+    res = run_cli("traffic", "report", str(tmp_path))
+    assert res.returncode == 1
+    assert f"{tmp_path}: no replay summary (replay-<time>.json) here" in res.stderr
+    res = run_cli("traffic", "report", str(tmp_path), "--replay", "20240101T000000.000Z")
+    assert res.returncode == 1 and "no replay 20240101T000000.000Z here" in res.stderr

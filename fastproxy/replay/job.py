@@ -83,7 +83,8 @@ class ReplayRun:
             if self.writer:
                 self.summary["report_replay_start_time"] = self.writer.replay_start.isoformat(sep=" ")
                 self.summary["report_tables_error"] = self.writer.error or ""
-            self._write_files()
+            # off the event loop: the HTML page's plots take a while, and a proxy's clients share the loop
+            await asyncio.get_running_loop().run_in_executor(None, self._write_files)
         return self.summary
 
     def cancel(self, graceful: bool = False) -> None:
