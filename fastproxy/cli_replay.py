@@ -67,6 +67,8 @@ def replay_standalone(target: str, input_dir: tuple[str, ...], username: str, pa
     click.echo(run.verdict.text(summary), nl=False)
     for path in summary.get("summary_files", []):
         click.echo(f"  wrote {path}")
+    if summary.get("summary_files_error"):
+        click.echo(f"warning: summary files: {summary['summary_files_error']}", err=True)
     if summary.get("report_tables_error"):
         click.echo(f"warning: report tables not written: {summary['report_tables_error']}", err=True)
 

@@ -67,7 +67,7 @@ def report(report_dir: str, html_path: str | None, stamp: str | None) -> None:
                                    f"fastproxy): no HTML page")
     try:
         page = render_report(r["summary"], r["verdict"], r["failures"], r["other_errors"])
-        fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)  # rewritten: the page again
         with os.fdopen(fd, "w") as f:
             f.write(page)
     except OSError as e:

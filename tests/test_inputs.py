@@ -219,3 +219,19 @@ def test_ambiguous_or_missing_input_is_a_clear_error(tmp_path):
         detect_format(str(empty))
     with pytest.raises(TrafficFormatError, match="no such file"):
         open_input(str(tmp_path / "missing.log"))
+
+
+def test_convert_keeps_a_statement_larger_than_its_buffer(tmp_path):
+    """A 20 MiB statement in a general log (larger than the conversion's 16 MiB ring) is converted whole."""
+    big = "INSERT INTO t VALUES ('" + "x" * (20 << 20) + "')"
+    log = tmp_path / "general.log"
+    log.write_text("/usr/sbin/mariadbd, Version: 10.11 (Debian). started with:\nTcp port: 1  Unix socket: s\n"
+                   "Time\t\t    Id Command\tArgument\n"
+                   "261203 11:13:53\t     5 Connect\troot@127.0.0.1 on d using TCP/IP\n"
+                   f"\t\t     5 Query\t{big}\n\t\t     5 Query\tSELECT 1\n\t\t     5 Quit\t\n")
+    from fastproxy.inputs.convert import convert
+
+    out = tmp_path / "cap"
+    convert(open_input(str(log)), str(out))
+    payloads = [r.payload for r in records(str(out)) if r.kind == KIND_COMMAND]
+    assert payloads == [b"\x03" + big.encode(), b"\x03SELECT 1"]

@@ -11,12 +11,13 @@ from fastproxy.errors import JobError
 from fastproxy.jobs_base import utc_iso
 
 BUFFER = 16 << 20
+LARGE_MAX = 1 << 30  # records bigger than a quarter of the ring wait beside it (the ring's side path)
 
 
 def convert(source, output: str, *, file_size: int = 300 << 20, compress: bool = True,
             encryption_key: bytes | None = None) -> dict:
     """Write every record of `source` to a new capture in `output`; return its meta."""
-    ring = RingBuffer(BUFFER)
+    ring = RingBuffer(BUFFER, large_max=LARGE_MAX)
     writer = CaptureWriter(ring, output, file_size=file_size, compress=compress, encryption_key=encryption_key)
     writer.start()
     if writer.error:
@@ -35,9 +36,10 @@ def convert(source, output: str, *, file_size: int = 300 << 20, compress: bool =
         while not _append(ring, rec):
             if writer.error:
                 break
-            if len(rec.payload) + 128 > ring.capacity:
+            if len(rec.payload) > LARGE_MAX:
                 writer.stop({})
-                raise JobError(f"a record of {len(rec.payload)} bytes is larger than the conversion buffer")
+                raise JobError(f"a record of {len(rec.payload)} bytes is larger than a conversion keeps in memory "
+                               f"({LARGE_MAX} bytes)")
             time.sleep(0.002)  # the writer drains; a conversion may wait, a live capture may not
         if writer.error:
             break

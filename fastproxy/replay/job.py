@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 from fastproxy.config import parse_addr
 from fastproxy.errors import ConfigError, JobError, TrafficFormatError
 from fastproxy.jobs_base import Job, parse_bool
+from fastproxy.private_files import check_output_path, create_private_file, open_private_dir
 from fastproxy.storage import is_s3
 from fastproxy.replay.engine import Replayer, ReplayOptions
 from fastproxy.replay.report import ReportWriter
@@ -31,6 +32,8 @@ class ReplayRun:
     def __init__(self, input_dir: str | list[str], options: ReplayOptions, report_dir: str | None = None,
                  write_tables: bool = True, verdict_options: VerdictOptions | None = None,
                  baseline: tuple[str, int] | None = None) -> None:
+        if report_dir is not None:
+            report_dir = check_output_path(report_dir, "report-dir")
         inputs = [input_dir] if isinstance(input_dir, str) else list(input_dir)
         for path in inputs:
             if not is_s3(path) and not os.path.exists(path):
@@ -43,7 +46,9 @@ class ReplayRun:
             raise JobError(f"input: {e}") from None
         self.options = options
         first = inputs[0]
-        self.report_dir = report_dir or (first if os.path.isdir(first) else os.path.dirname(first) or ".")
+        self.report_dir = report_dir or os.path.abspath(first if os.path.isdir(first) else os.path.dirname(first) or ".")
+        self._report_field = "report-dir" if report_dir else "report-dir (by default the input's directory)"
+        _check_report_dir(self.report_dir, self._report_field)  # refused now, not after the replay ran
         self.writer: ReportWriter | None = None
         self.write_tables = write_tables
         self.summary: dict | None = None
@@ -96,38 +101,81 @@ class ReplayRun:
         self.verdict.flush(self.writer)  # the failures and other errors too
 
     def _write_files(self) -> None:
-        start = self.engine.replay_start_ns  # milliseconds: two runs in one second must not overwrite each other
-        stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(start / 1e9)) + f".{start // 1_000_000 % 1000:03d}Z"
-        base = os.path.join(self.report_dir, f"replay-{stamp}")
+        base = summary_base(self.engine.replay_start_ns)
+        report = self.engine.report
+        # the verdict first: its numbers and the HTML page's path belong in the summary written after it
+        contents = self.verdict.contents(os.path.join(self.report_dir, base), self.summary)
+        contents.update({
+            ".json": lambda: json.dumps(self.summary, indent=2),
+            ".txt": lambda: format_summary(self.summary) + self.verdict.text(self.summary),
+            "-fail.jsonl": lambda: "".join(
+                json.dumps({"cmd_type": fl.cmd_type, "digest": fl.digest, "count": fl.count,
+                            "sample_stmt": fl.sample_stmt, "sample_err_msg": fl.sample_err_msg,
+                            "sample_conn_id": fl.sample_conn_id, "sample_capture_time_ns": fl.sample_capture_ns,
+                            "sample_replay_time_ns": fl.sample_replay_ns}) + "\n"
+                for fl in report.failures.values()),
+            "-other_errors.jsonl": lambda: "".join(
+                json.dumps({"err_type": e.err_type, "count": e.count, "sample_err_msg": e.sample_err_msg,
+                            "sample_replay_time_ns": e.sample_replay_ns}) + "\n"
+                for e in report.other_errors.values()),
+        })
+        errors = []
         try:
-            os.makedirs(self.report_dir, exist_ok=True)
-            # the verdict first: its summary and the HTML page's path belong in the summary files
-            self.report_html = self.verdict.write_files(base, self.summary)
-            with _private_open(base + "-fail.jsonl") as f:
-                for fl in self.engine.report.failures.values():
-                    f.write(json.dumps({"cmd_type": fl.cmd_type, "digest": fl.digest, "count": fl.count,
-                                        "sample_stmt": fl.sample_stmt, "sample_err_msg": fl.sample_err_msg,
-                                        "sample_conn_id": fl.sample_conn_id,
-                                        "sample_capture_time_ns": fl.sample_capture_ns,
-                                        "sample_replay_time_ns": fl.sample_replay_ns}) + "\n")
-            with _private_open(base + "-other_errors.jsonl") as f:
-                for e in self.engine.report.other_errors.values():
-                    f.write(json.dumps({"err_type": e.err_type, "count": e.count, "sample_err_msg": e.sample_err_msg,
-                                        "sample_replay_time_ns": e.sample_replay_ns}) + "\n")
-            self.files = [base + ext for ext in (".json", ".txt", "-fail.jsonl", "-other_errors.jsonl")]
-            self.files += self.verdict.files
-            self.summary["summary_files"] = self.files
-            with _private_open(base + ".json") as f:
-                json.dump(self.summary, f, indent=2)
-            with _private_open(base + ".txt") as f:
-                f.write(format_summary(self.summary) + self.verdict.text(self.summary))
+            dir_fd = open_private_dir(self.report_dir, self._report_field, create=True)
         except OSError as e:
-            log.error("cannot write the replay summary to %s: %s", self.report_dir, e)
-            self.summary["summary_files_error"] = str(e)
+            errors.append(f"cannot create the report directory: {e.strerror}: {e.filename or self.report_dir}")
+        except JobError as e:
+            errors.append(str(e))
+        else:
+            try:
+                for suffix, content in contents.items():
+                    path = os.path.join(self.report_dir, base + suffix)
+                    try:
+                        _write_private(dir_fd, base + suffix, content())
+                    except OSError as e:
+                        errors.append(f"cannot write {path}: {e.strerror}")
+                        self.verdict.not_written(suffix, self.summary, e)
+                    else:
+                        self.files.append(path)
+            finally:
+                os.close(dir_fd)
+        self.summary["summary_files"] = self.files
+        self.report_html = self.summary.get("report_html", "")
+        if errors:
+            log.error("replay summary: %s", "; ".join(errors))
+            self.summary["summary_files_error"] = "; ".join(errors)
 
 
-def _private_open(path: str):
-    return os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w")
+def summary_base(replay_start_ns: int) -> str:
+    """replay-<UTC time>: the summary files' name without suffix. Milliseconds: two runs in one
+    second must not collide (a name that exists is never overwritten, see _write_private)."""
+    t = replay_start_ns
+    return "replay-" + time.strftime("%Y%m%dT%H%M%S", time.gmtime(t / 1e9)) + f".{t // 1_000_000 % 1000:03d}Z"
+
+
+def _check_report_dir(path: str, field: str) -> None:
+    """JobError unless `path` is missing (it will be created, mode 0700) or a private directory of ours."""
+    try:
+        os.close(open_private_dir(path, field, create=False))
+    except FileNotFoundError:
+        pass
+    except OSError as e:
+        raise JobError(f"{field}: cannot open {path}: {e.strerror}") from None
+
+
+def _write_private(dir_fd: int, name: str, text: str) -> None:
+    """Create `name` (0600, never through a symlink, never over a file) under dir_fd and write text;
+    a file the disk refused part of is removed."""
+    fd = create_private_file(dir_fd, name)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+    except OSError:
+        try:
+            os.unlink(name, dir_fd=dir_fd)
+        except OSError:
+            pass
+        raise
 
 
 def format_summary(s: dict) -> str:

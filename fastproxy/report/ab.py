@@ -127,7 +127,6 @@ class ABSession(VerdictSession):
         baseline.observer = ABObserver(baseline, BASELINE, self.pairer, self.baseline_timeline)
         self.latency_rows = []
         self.data = None
-        self.files = []
         self.html_path = ""
 
     def failure_report(self) -> Report:

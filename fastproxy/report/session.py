@@ -1,12 +1,11 @@
 """The verdict of one replay run, from the engine's hook to the files: what `ReplayRun` (replay/job.py)
 calls — flush() every second, finish() once the engine stopped (latency rows, EXPLAIN of the
-slowest digests on the target), write_files() next to the summary (verdict JSON, HTML page)."""
+slowest digests on the target), contents() for the files next to the summary (verdict data, HTML)."""
 from __future__ import annotations
 
 import asyncio
 import json
 import logging
-import os
 
 from fastproxy.report.explain import PlanRequest, collect_plans
 from fastproxy.report.files import compared_kinds, format_verdict, verdict_data, verdict_summary
@@ -14,10 +13,6 @@ from fastproxy.report.observe import CaptureObserver, Timeline
 from fastproxy.report.verdict import Verdict, VerdictOptions
 
 log = logging.getLogger("fastproxy.report")
-
-
-def _private_open(path: str):
-    return os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w")
 
 
 class VerdictSession:
@@ -30,7 +25,6 @@ class VerdictSession:
         engine.observer = CaptureObserver(engine, self.verdict, self.timeline)
         self.latency_rows: list[dict] = []
         self.data: dict | None = None
-        self.files: list[str] = []
         self.html_path = ""
 
     def failure_report(self):
@@ -106,29 +100,32 @@ class VerdictSession:
         return [{"err_type": e.err_type, "count": e.count, "sample_err_msg": e.sample_err_msg,
                  "sample_replay_time_ns": e.sample_replay_ns} for e in self.engine.report.other_errors.values()]
 
-    def write_files(self, base: str, summary: dict) -> str:
-        """`<base>-verdict.jsonl` and `<base>.html`; adds the verdict and the page's path to `summary`.
-        Returns the page's path ("" if it could not be written)."""
+    def contents(self, base: str, summary: dict) -> dict:
+        """The verdict's files, {suffix: () -> text} for ReplayRun._write_files (which writes them privately,
+        before the summary): `-verdict.jsonl` and, if it renders, `.html`. Adds the verdict and the page's
+        path (`base` + ".html") to `summary`."""
         data = self._data(summary)
         self.add_baseline_summary(summary)
         summary["verdict"] = verdict_summary(data, summary, self.failures())
-        with _private_open(base + "-verdict.jsonl") as f:
-            f.write(json.dumps(data) + "\n")
-        self.files = [base + "-verdict.jsonl"]
+        files = {"-verdict.jsonl": lambda: json.dumps(data) + "\n"}
         try:
             from fastproxy.report.html import render_report
 
             page = render_report(summary, data, self.failures(), self.other_errors())
-            with _private_open(base + ".html") as f:
-                f.write(page)
         except Exception as e:  # noqa: BLE001 - the page must never cost the replay its summary
-            log.exception("cannot write the replay's HTML report")
+            log.exception("cannot render the replay's HTML report")
             summary["report_html_error"] = f"{type(e).__name__}: {e}"
-            return ""
-        self.html_path = base + ".html"
-        self.files.append(self.html_path)
-        summary["report_html"] = self.html_path
-        return self.html_path
+            return files
+        files[".html"] = lambda: page
+        self.html_path = summary["report_html"] = base + ".html"
+        return files
+
+    def not_written(self, suffix: str, summary: dict, err: OSError) -> None:
+        """One of the files could not be written (the caller says why in summary_files_error)."""
+        if suffix == ".html":
+            summary.pop("report_html", None)
+            summary["report_html_error"] = f"cannot write the page: {err.strerror}"
+            self.html_path = ""
 
     def text(self, summary: dict) -> str:
         return format_verdict(summary, self._data(summary), self.failures(), self.html_path)
