@@ -39,7 +39,8 @@ def replay_standalone(target: str, input_dir: tuple[str, ...], username: str, pa
     """Replay a capture directly against a test server and print a summary and the verdict."""
     from fastproxy.capture.crypto import load_key
     from fastproxy.replay.engine import ReplayOptions
-    from fastproxy.replay.job import ReplayRun, check_speed, format_summary, verdict_options_from
+    from fastproxy.replay.job import ReplayRun, check_speed, format_summary
+    from fastproxy.report.verdict import verdict_options_from
     from fastproxy.replay.selection import cli_values, filters_from, parse_start_at
 
     if password is None:

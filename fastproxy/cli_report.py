@@ -7,7 +7,7 @@ import os
 
 import click
 
-# option name -> API form field (fastproxy/replay/job.py VERDICT_FIELDS)
+# option name -> API form field (fastproxy/report/verdict.py VERDICT_FIELDS, and baseline)
 _FIELDS = {"baseline": "baseline", "slower_ratio": "slower-ratio", "slower_min_diff_ms": "slower-min-diff-ms",
            "slower_min_count": "slower-min-count", "max_digests": "max-digests", "explain_top": "explain-top"}
 

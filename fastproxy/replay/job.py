@@ -18,7 +18,7 @@ from fastproxy.replay.engine import Replayer, ReplayOptions
 from fastproxy.replay.report import ReportWriter
 from fastproxy.report.ab import ABSession
 from fastproxy.report.session import VerdictSession
-from fastproxy.report.verdict import VerdictOptions
+from fastproxy.report.verdict import VerdictOptions, verdict_options_from
 
 if TYPE_CHECKING:
     from fastproxy.proxy.server import ProxyServer
@@ -216,29 +216,6 @@ def _float(form: dict, key: str, default: float) -> float:
         return float(value)
     except ValueError:
         raise ConfigError(f"{key}: expected a number, got {value!r}") from None
-
-
-# the verdict's thresholds, as API form fields / command-line options (VerdictOptions)
-VERDICT_FIELDS = {"slower-ratio": ("slower_ratio", float), "slower-min-diff-ms": ("slower_min_diff_ms", float),
-                  "slower-min-count": ("slower_min_count", int), "max-digests": ("max_digests", int),
-                  "explain-top": ("explain_top", int)}
-
-
-def verdict_options_from(form: dict) -> VerdictOptions:
-    """VerdictOptions from form fields (absent or empty: the default); a bad value names its field."""
-    kw = {}
-    for key, (attr, conv) in VERDICT_FIELDS.items():
-        value = str(form.get(key, "") or "").strip()
-        if not value:
-            continue
-        try:
-            v = conv(value)
-        except ValueError:
-            raise ConfigError(f"{key}: expected {'a number' if conv is float else 'an integer'}, got {value!r}") from None
-        if v < (1 if attr in ("max_digests", "slower_ratio") else 0):
-            raise ConfigError(f"{key}: must be at least {1 if attr in ('max_digests', 'slower_ratio') else 0}, got {value}")
-        kw[attr] = v
-    return VerdictOptions(**kw)
 
 
 def check_speed(speed: float) -> float:

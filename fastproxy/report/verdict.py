@@ -16,9 +16,11 @@ histograms; the report writer thread and the HTML page read the results afterwar
 from __future__ import annotations
 
 import hashlib
+import math
 from dataclasses import dataclass, field
 
 from fastproxy._digest import normalize
+from fastproxy.errors import ConfigError
 from fastproxy.report._latency import REFERENCE, REPLAY, LatencyTable
 from fastproxy.report.classify import nondeterministic_reasons, ordered_result
 
@@ -39,6 +41,31 @@ class VerdictOptions:
     max_digests: int = 2000         # latency histograms kept (3.6 KiB each); past it: the "other" row
     explain_top: int = 20           # EXPLAIN FORMAT=JSON of the slowest this many digests
     max_groups: int = 20000         # mismatch / nondeterministic groups kept; past it counted only
+
+
+# the verdict's thresholds as API form fields (fastproxy/job_form.py) and command-line options
+VERDICT_FIELDS = {"slower-ratio": ("slower_ratio", float), "slower-min-diff-ms": ("slower_min_diff_ms", float),
+                  "slower-min-count": ("slower_min_count", int), "max-digests": ("max_digests", int),
+                  "explain-top": ("explain_top", int)}
+
+
+def verdict_options_from(form: dict) -> VerdictOptions:
+    """VerdictOptions from form fields (absent or empty: the default); a bad value names its field."""
+    kw = {}
+    for key, (attr, conv) in VERDICT_FIELDS.items():
+        value = str(form.get(key, "") or "").strip()
+        if not value:
+            continue
+        try:
+            v = conv(value)
+            if not math.isfinite(v):
+                raise ValueError(value)
+        except ValueError:
+            raise ConfigError(f"{key}: expected {'a number' if conv is float else 'an integer'}, got {value!r}") from None
+        if v < (1 if attr in ("max_digests", "slower_ratio") else 0):
+            raise ConfigError(f"{key}: must be at least {1 if attr in ('max_digests', 'slower_ratio') else 0}, got {value}")
+        kw[attr] = v
+    return VerdictOptions(**kw)
 
 
 @dataclass(slots=True)
