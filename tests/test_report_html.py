@@ -162,5 +162,5 @@ def test_traffic_report_writes_the_same_page_again(report_page, browser, tmp_pat
     again = str(tmp_path / "again.html")
     res = run_cli("traffic", "report", os.path.dirname(report_page["report_html"]), "--html", again)
     assert res.returncode == 0, res.stderr
-    assert "new failures:        15 commands in 1 statements" in res.stdout and again in res.stdout
+    assert "new failures:        15 commands in 1 statement" in res.stdout and again in res.stdout
     _check_page(browser, again)

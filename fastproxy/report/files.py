@@ -151,6 +151,10 @@ def load(report_dir: str, stamp: str | None = None) -> dict:
 
 # ---- text -------------------------------------------------------------------------------------
 
+def _n(count: int, noun: str) -> str:
+    return f"{count} {noun}" + ("" if count == 1 else "s")
+
+
 def _plan_note(plan: str) -> str:
     if not plan:
         return ""
@@ -172,13 +176,13 @@ def format_verdict(summary: dict, data: dict | None, failures: list[dict] | None
     lag = summary.get("lag", {})
     lines = [
         f"VERDICT (replay on {summary.get('target', '?')} compared with the {ref})",
-        f"  new failures:        {v['new_failures']} commands in {len(failures)} statements",
-        f"  result mismatches:   {v['mismatched_commands']} commands in {v['mismatched_statements']} statements"
+        f"  new failures:        {_n(v['new_failures'], 'command')} in {_n(len(failures), 'statement')}",
+        f"  result mismatches:   {_n(v['mismatched_commands'], 'command')} in {_n(v['mismatched_statements'], 'statement')}"
         + (f" ({', '.join(f'{k} {n}' for k, n in sorted(v['mismatch_kinds'].items()))})" if v["mismatch_kinds"] else ""),
         f"  slower statements:   {v['slower_statements']} (p99 >= {data['thresholds']['slower_ratio']}x and "
         f"+{data['thresholds']['slower_min_diff_ms']} ms, >= {data['thresholds']['slower_min_count']} executions)",
-        f"  nondeterministic:    {v['nondeterministic_statements']} statements, {v['nondeterministic_differed']} "
-        f"executions differed (expected; not mismatches)",
+        f"  nondeterministic:    {_n(v['nondeterministic_statements'], 'statement')}, "
+        f"{_n(v['nondeterministic_differed'], 'execution')} differed (expected; not mismatches)",
         f"  lag:                 p99 {lag.get('p99_ms', 0)} ms, max {lag.get('max_ms', 0)} ms",
     ]
     missing = [k for k in KINDS if k not in data.get("compared", KINDS)]

@@ -261,8 +261,10 @@ def render_report(summary: dict, data: dict, failures: list[dict], other_errors:
                if problems else f'<div class="verdict good">No new failures, no result mismatches and no slower '
                                 f'statements against the {_e(ref)}.</div>')
     cards = "".join([
-        _card(n_fail, "new failures", f"commands in {len(failures)} statements", "bad" if n_fail else "good"),
-        _card(n_mis, "result mismatches", f"commands in {mis_statements} statements", "bad" if n_mis else "good"),
+        _card(n_fail, "new failures", f"commands in {len(failures)} statement{'s' * (len(failures) != 1)}",
+              "bad" if n_fail else "good"),
+        _card(n_mis, "result mismatches", f"commands in {mis_statements} statement{'s' * (mis_statements != 1)}",
+              "bad" if n_mis else "good"),
         _card(len(slower), "slower statements", f"p99 ≥ {data['thresholds']['slower_ratio']}× and "
               f"+{data['thresholds']['slower_min_diff_ms']} ms", "bad" if slower else "good"),
         _card(len(nondet), "nondeterministic", f"statements; {data['nondeterministic_differed']} executions "
