@@ -40,6 +40,8 @@ class CommandResult:
     hash_ordered: int
     hash_unordered: int
     tag: Any
+    schema: str | None
+    schema_cut: bool
     def __init__(self, cmd: int = ..., tag: Any = ...) -> None: ...
     @property
     def ok(self) -> bool: ...
@@ -49,6 +51,7 @@ class CommandResult:
 class ResponseTracker:
     deprecate_eof: bool
     fingerprints: bool
+    session_track: bool
     packets: int
     unsolicited: int
     local_infile_requests: int

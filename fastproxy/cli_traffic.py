@@ -10,6 +10,7 @@ import urllib.request
 
 import click
 
+from fastproxy.cli_password import password_options, resolve_password
 from fastproxy.cli_report import report, verdict_form, verdict_options
 from fastproxy.replay.selection import cli_values, selection_options
 
@@ -146,7 +147,7 @@ def capture(curls: str, output: str, duration: str, compress: bool, encryption_m
 @click.option("--input", "input_dir", required=True,
               help="capture directory, or a slow/general log file (on the proxy's machine)")
 @click.option("--username", required=True, help="user the replay logs in as")
-@click.option("--password", default=None, help="its password (prompted when omitted)")
+@password_options
 @click.option("--speed", type=float, default=1.0, show_default=True, help="replay speed (0 = as fast as possible)")
 @click.option("--read-only", "read_only", is_flag=True, help="replay only statements that do not write")
 @click.option("--encryption-key-path", default=None, help="key file for an encrypted capture")
@@ -155,19 +156,24 @@ def capture(curls: str, output: str, duration: str, compress: bool, encryption_m
 @click.option("--tls", is_flag=True, help="replay connections use TLS")
 @click.option("--tls-ca", default="", help="CA bundle (on the proxy's machine) the target's certificate must chain to")
 @click.option("--tls-skip-verify", is_flag=True, help="TLS without verifying the target's certificate")
+@click.option("--users-file", default=None,
+              help="path, on the proxy's machine, of a TOML file of `user = \"password\"` (mode 0600): each "
+                   "connection replays as its captured user; users not in it replay as --username")
+@click.option("--replay-unknown", is_flag=True,
+              help="also send the commands that were in flight when production's backend died")
 @selection_options
 @verdict_options
-def replay(curls: str, input_dir: str, username: str, password: str | None, speed: float, read_only: bool,
-           encryption_key_path: str | None, input_format: str, tls: bool, tls_ca: str, tls_skip_verify: bool,
-           verdict: dict, **selection) -> None:
+def replay(curls: str, input_dir: str, username: str, password: str | None, password_file: str | None, speed: float,
+           read_only: bool, encryption_key_path: str | None, input_format: str, tls: bool, tls_ca: str,
+           tls_skip_verify: bool, users_file: str | None, replay_unknown: bool, verdict: dict, **selection) -> None:
     """Replay a capture against the proxy's backends."""
-    if password is None:
-        password = click.prompt("Password", hide_input=True, default="", show_default=False)
+    password = resolve_password(password, password_file)
     _each(curls, "POST", "/api/traffic/replay", {"input": input_dir, "username": username, "password": password,
                                                   "speed": repr(speed), "readonly": str(read_only).lower(),
                                                   "encryption-key-path": encryption_key_path,
                                                   "format": input_format, "tls": str(tls).lower(),
                                                   "tls-ca": tls_ca, "tls-skip-verify": str(tls_skip_verify).lower(),
+                                                  "users-file": users_file, "replay-unknown": str(replay_unknown).lower(),
                                                   **cli_values(selection), **verdict_form(verdict)})
 
 

@@ -151,6 +151,10 @@ KEYS: list[Key] = [
         "memory for records larger than a quarter of capture.buffer-size while they wait for the writer; "
         "a record that would exceed it stops the capture with an error"),
     Key("capture.file-size", "300MiB", _at_least(parse_size, 1024, "1KiB"), "traffic files rotate beyond this size"),
+    Key("capture.local-infile", False, _bool,
+        "record the files clients send for LOAD DATA LOCAL INFILE, so replay sends the same rows"),
+    Key("capture.local-infile-max-size", "16MiB", parse_size,
+        "larger LOCAL INFILE files are only counted (at most capture.large-record-buffer-size is recorded)"),
     Key("security.encryption-key-path", "", _str, "key file for aes256-ctr capture encryption (>= 32 bytes)"),
     Key("security.server-http-tls.cert", "", _str, "TLS certificate (PEM) of the HTTP API; with .key, the API speaks https"),
     Key("security.server-http-tls.key", "", _str, "private key (PEM) of security.server-http-tls.cert"),

@@ -31,7 +31,7 @@ FIELDS: dict[str, dict[str, str]] = {
     "capture": {"output": LOCATION, "duration": TEXT, "compress": TEXT, "encryption-method": TEXT},
     "replay": {"input": INPUTS, "username": TEXT, "password": SECRET, "speed": TEXT, "readonly": TEXT,
                "encryption-key-path": PATH, "report-dir": PATH, "format": TEXT,
-               "tls": TEXT, "tls-ca": PATH, "tls-skip-verify": TEXT,
+               "tls": TEXT, "tls-ca": PATH, "tls-skip-verify": TEXT, "users-file": PATH, "replay-unknown": TEXT,
                **{name: TEXT for name, _ in FILTER_FIELDS},
                "baseline": TEXT, **{name: TEXT for name in VERDICT_FIELDS}},
     "cancel": {"type": TEXT, "graceful": TEXT},

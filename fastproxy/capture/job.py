@@ -10,18 +10,21 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import re
+import tempfile
 import time
 from typing import TYPE_CHECKING
 
 from fastproxy._ringbuf import REFUSED_CLOSED, REFUSED_FULL, REFUSED_LARGE_LIMIT, REFUSED_TOO_LARGE, RingBuffer
-from fastproxy.capture.record import KIND_CONN_CLOSE, KIND_CONN_OPEN, KIND_CONN_STATE, KIND_NAMES
+from fastproxy.capture.record import (INFILE_SIZE, KIND_CONN_CLOSE, KIND_CONN_OPEN, KIND_CONN_STATE,
+                                      KIND_LOCAL_INFILE, KIND_NAMES, META_NAME)
 from fastproxy.capture.writer import CaptureWriter
 from fastproxy.constants import COMMAND, command_name
 from fastproxy.errors import JobError
 from fastproxy.jobs_base import Job, utc_iso
 from fastproxy.private_files import check_output_path
+from fastproxy.storage import S3Storage, is_s3
 from fastproxy.protocol import change_user_without_auth
+from fastproxy.secret_sql import CLEAN, DROPPED, classify, prepared_names, reading_for_collation, redact_text
 
 if TYPE_CHECKING:
     from fastproxy.proxy.server import ProxyServer
@@ -34,27 +37,19 @@ _COM_STMT_PREPARE = COMMAND.COM_STMT_PREPARE
 _COM_STMT_EXECUTE = COMMAND.COM_STMT_EXECUTE
 _COM_STMT_RESET = COMMAND.COM_STMT_RESET
 _COM_CHANGE_USER = COMMAND.COM_CHANGE_USER
-
-# Statements that carry passwords are never written to disk. No `^`: match() anchors at its pos
-# argument (1, after the command byte), where `^` would never match.
-# Statements that may hold a password are never written. The search runs over the whole statement
-# (multi-statements, `/*! ... */` comments the server executes, `SET STATEMENT ... FOR`, PREPARE /
-# EXECUTE IMMEDIATE strings, parentheses), and errs on the side of filtering: a statement that
-# merely mentions `identified` is filtered (and counted) too.
-_SECRET_RE = re.compile(
-    rb"\b(?:identified\b|set\s+password\b|password\s*\("
-    rb"|(?:create|alter|rename)\s+(?:or\s+replace\s+)?(?:user|role|server)\b"
-    rb"|change\s+(?:master|replication\s+source)\b|master_password|source_password)",
-    re.I)
-# User-management statements are short; scanning a multi-megabyte INSERT on the event loop is not.
-SECRET_SCAN_BYTES = 64 * 1024
+_COM_RESET_CONNECTION = COMMAND.COM_RESET_CONNECTION
 
 
-def carries_secret(sql: bytes | str) -> bool:
-    """Whether SQL (a COM_QUERY / COM_STMT_PREPARE payload, command byte included) may hold a password."""
-    if isinstance(sql, str):
-        sql = sql.encode("utf-8", "replace")
-    return _SECRET_RE.search(sql, 0, SECRET_SCAN_BYTES) is not None
+def _check_s3_output(storage: S3Storage) -> None:
+    """Before a capture starts: the bucket answers, and the prefix holds no finished capture."""
+    from fastproxy.errors import TrafficFormatError
+
+    try:
+        names = storage.listdir()
+    except TrafficFormatError as e:
+        raise JobError(f"output: {e}") from None
+    if META_NAME in names:
+        raise JobError(f"output: {storage.location} already holds a finished capture; choose another prefix")
 
 
 class CaptureJob(Job):
@@ -62,24 +57,47 @@ class CaptureJob(Job):
 
     def __init__(self, server: "ProxyServer", output: str, duration: float, *, compress: bool = True,
                  encryption_key: bytes | None = None, buffer_size: int = 64 << 20, file_size: int = 300 << 20,
-                 large_record_buffer_size: int = 256 << 20, throttle_bytes_per_sec: float | None = None) -> None:
+                 large_record_buffer_size: int = 256 << 20, throttle_bytes_per_sec: float | None = None,
+                 local_infile: bool = False, local_infile_max_size: int = 16 << 20) -> None:
         super().__init__()
         self.server = server
-        self.output = check_output_path(output, "output")
+        upload_to = None
+        if is_s3(output):
+            # object storage: files are written to a private local spool and uploaded as each one completes
+            upload_to = S3Storage(output)
+            _check_s3_output(upload_to)
+            self.output = output
+            local = tempfile.mkdtemp(prefix="fastproxy-spool-")  # 0700, ours
+        else:
+            self.output = local = check_output_path(output, "output")
         self.duration = duration
         self.compress = compress
         self.encrypted = encryption_key is not None
         self.ring: RingBuffer | None = RingBuffer(buffer_size, large_max=large_record_buffer_size)
-        self.writer = CaptureWriter(self.ring, self.output, file_size=file_size, compress=compress,
-                                    encryption_key=encryption_key, throttle_bytes_per_sec=throttle_bytes_per_sec)
+        self.writer = CaptureWriter(self.ring, local, file_size=file_size, compress=compress,
+                                    encryption_key=encryption_key, throttle_bytes_per_sec=throttle_bytes_per_sec,
+                                    upload_to=upload_to)
         self.start_ns = 0
         self.commands = 0
-        self.filtered = 0
+        self.filtered = 0  # dropped for a secret that could not be cut out with certainty
+        self.redacted = 0  # recorded with their secrets replaced (fastproxy/secret_sql.py)
         self.connections = 0
         self.existing_connections = 0
         self.waited_for_txn = 0  # open mid-transaction at start: captured from their next boundary
         self.server_version = ""
         self._filtered_stmts: set[tuple[int, int]] = set()
+        # LOCAL INFILE files: recorded when asked for, up to a size (larger than a quarter of the
+        # ring, a record waits on the side path, which large_record_buffer_size bounds)
+        self.local_infile = local_infile
+        self.local_infile_limit = min(local_infile_max_size, large_record_buffer_size)
+        self.infile_files = 0
+        self.infile_bytes = 0
+        self.infile_too_large = 0
+        # sessions open before the capture with parts replay cannot rebuild: "conn N: what"
+        self.sessions_not_rebuilt = 0
+        self.not_rebuilt: list[str] = []
+        # per connection: SQL-level PREPARE names whose text was dropped; their EXECUTE is dropped too
+        self._dropped_sql_prepares: dict[int, set[bytes]] = {}
         self._task: asyncio.Task | None = None
         self._stopping = False
         self._failed = False  # an append failed: no record after the lost one may be written
@@ -104,14 +122,16 @@ class CaptureJob(Job):
                 continue  # still authenticating: on_connect records it as a new connection
             self.existing_connections += 1
             self.server_version = self.server_version or session.server_version
-            if conn.tracker.idle and not session.in_transaction:
-                self._record_state(session)
-            else:
-                # a command in flight or an open transaction: its statements before the capture are
-                # not in the files, so replaying the rest of it would be wrong; start at its boundary
+            if session.in_transaction and session.txn_wrote:
+                # its writes before the capture are not in the files and cannot be rebuilt:
+                # replaying the rest of the transaction alone would be wrong; start at its end
                 session.capture_state = "wait-txn"
-                if session.in_transaction:
-                    self.waited_for_txn += 1
+                self.waited_for_txn += 1
+            else:
+                # its state is read at its next command boundary, before that command
+                # (connection.py); an open transaction that has not written is rebuilt on replay
+                session.capture_state = "pending"
+                session.want_own_query()
         self._task = asyncio.get_running_loop().create_task(self._watch())
         log.info("capture started: %s for %.0fs (%d open connections)", self.output, self.duration,
                  self.existing_connections)
@@ -135,14 +155,20 @@ class CaptureJob(Job):
             self.server.capture = None
         for conn in list(self.server.connections):
             conn.session.capture_state = None
+            conn.session.want_own_query()
+            conn.session.infiles.clear()
         end_ns = time.time_ns()
         meta = {
             "start": utc_iso(self.start_ns), "end": utc_iso(end_ns), "duration": round((end_ns - self.start_ns) / 1e9, 3),
             "start_ns": self.start_ns, "end_ns": end_ns,
-            "commands": self.commands, "filtered_commands": self.filtered, "connections": self.connections,
+            "commands": self.commands, "filtered_commands": self.filtered, "redacted_commands": self.redacted,
+            "connections": self.connections,
             "existing_connections": self.existing_connections, "waited_for_transaction": self.waited_for_txn,
             "server_version": self.server_version, "compress": self.compress,
             "encryption_method": "aes256-ctr" if self.encrypted else "",
+            "sessions_not_rebuilt": self.sessions_not_rebuilt, "not_rebuilt": self.not_rebuilt,
+            "local_infile": self.local_infile, "local_infile_files": self.infile_files,
+            "local_infile_bytes": self.infile_bytes, "local_infile_too_large": self.infile_too_large,
         }
         if error:
             meta["error"] = error
@@ -198,18 +224,51 @@ class CaptureJob(Job):
                 why = f"{record} could not be captured: it is larger than capture.buffer-size ({_size(ring.capacity)})"
         self._fail(f"{why}; capture stopped, everything captured before it is in the files")
 
-    def _record_state(self, session: "Session") -> None:
+    def on_session_state(self, session: "Session", server_state: dict) -> None:
+        """The state of a session open before the capture, read at its command boundary (the
+        proxy's own queries; fastproxy/proxy/introspect.py): recorded before its first command."""
+        if self._stopping or self._failed:
+            session.capture_state = None
+            return
         session.capture_state = "on"
+        session.want_own_query()
         self.connections += 1
         state = session.snapshot()
+        state.update(server_state)
+        not_rebuilt = []
         kept = []
+        reading = reading_for_collation(session.charset)
         for stmt_id, sql in state["prepared"]:
-            if carries_secret(sql):  # prepared before the capture: filtered like one prepared during it
+            # prepared before the capture: redacted or dropped like one prepared during it
+            shown = redact_text(sql, reading)
+            if shown is None:
                 self._filtered_stmts.add((session.conn_id, stmt_id))
                 self.filtered += 1
             else:
-                kept.append([stmt_id, sql])
+                if shown is not sql:
+                    self.redacted += 1
+                kept.append([stmt_id, shown])
         state["prepared"] = kept
+        # the SQL-level state is SQL text: redacted as a captured statement is, or left out
+        for key, what in (("sql_prepared", "prepared statement"), ("temp_tables", "temporary table")):
+            kept = []
+            for item in state[key]:
+                shown = redact_text(item["sql"], reading)
+                if shown is None:
+                    not_rebuilt.append(f"{what} {item['name']}: its SQL holds a secret")
+                else:
+                    kept.append(dict(item, sql=shown))
+            state[key] = kept
+        for t in state["temp_tables"]:
+            not_rebuilt.append(f"temporary table {t['db'] + '.' if t['db'] else ''}{t['name']}: its rows "
+                               f"(re-created empty from its CREATE statement)")
+        if state.get("state_error"):
+            not_rebuilt.append(state["state_error"])
+        if not_rebuilt:
+            state["not_rebuilt"] = not_rebuilt
+            self.sessions_not_rebuilt += 1
+            if len(self.not_rebuilt) < 20:  # a sample for show/meta; the count is exact
+                self.not_rebuilt.append(f"conn {session.conn_id}: " + "; ".join(not_rebuilt))
         self._append_event(KIND_CONN_STATE, session, json.dumps(state).encode())
 
     def on_connect(self, session: "Session") -> None:
@@ -219,7 +278,8 @@ class CaptureJob(Job):
         self.connections += 1
         self.server_version = self.server_version or session.server_version
         body = {"user": session.user, "db": session.db, "capabilities": session.capabilities,
-                "charset": session.charset, "client_addr": session.client_addr}
+                "charset": session.charset, "client_addr": session.client_addr, "backend": session.backend,
+                "backend_conn_id": session.backend_conn_id}
         self._append_event(KIND_CONN_OPEN, session, json.dumps(body).encode())
 
     def on_command(self, session: "Session", cmd: int, start_ns: int, end_ns: int, r, payload: bytes | None) -> None:
@@ -227,19 +287,30 @@ class CaptureJob(Job):
         state = session.capture_state
         if state != "on" or payload is None or start_ns < self.start_ns or self._stopping or self._failed:
             if state == "wait-txn" and not session.in_transaction and not self._stopping and not self._failed:
-                self._record_state(session)  # a transaction boundary: the session is whole from here
+                session.capture_state = "pending"  # a transaction boundary: read at the next command
+                session.want_own_query()
             return
+        if session.infiles:
+            self._record_infiles(session, start_ns)
         affected = r.affected_rows
         if cmd == _COM_QUERY or cmd == _COM_STMT_PREPARE:
-            if carries_secret(payload):
+            verdict, recorded = classify(payload, 1, reading_for_collation(session.charset))
+            if verdict != CLEAN:
+                if verdict == DROPPED:
+                    self._drop_secret(session, cmd, payload, r)
+                    return
+                self.redacted += 1
+                payload = recorded
+            elif (self._dropped_sql_prepares and cmd == _COM_QUERY
+                  and not self._sql_prepares_allow(session.conn_id, payload)):
                 self.filtered += 1
-                if cmd == _COM_STMT_PREPARE:
-                    self._filtered_stmts.add((session.conn_id, r.stmt_id))
                 return
             if cmd == _COM_STMT_PREPARE and r.outcome == 0:
                 affected = r.stmt_id  # a prepare has no affected rows: the field carries the statement id
-        elif cmd == _COM_CHANGE_USER:
-            payload = change_user_without_auth(payload, session.capabilities)
+        elif cmd == _COM_CHANGE_USER or cmd == _COM_RESET_CONNECTION:
+            self._dropped_sql_prepares.pop(session.conn_id, None)  # SQL-level statements are gone
+            if cmd == _COM_CHANGE_USER:
+                payload = change_user_without_auth(payload, session.capabilities)
         elif self._filtered_stmts and _COM_STMT_EXECUTE <= cmd <= _COM_STMT_RESET:
             if (session.conn_id, int.from_bytes(payload[1:5], "little")) in self._filtered_stmts:
                 self.filtered += 1
@@ -251,10 +322,61 @@ class CaptureJob(Job):
         else:
             self._refused(f"a {command_name(cmd)}", session.conn_id, len(payload), start_ns)
 
+    def _record_infiles(self, session: "Session", start_ns: int) -> None:
+        """The LOCAL INFILE files of the command that started at start_ns, before its record."""
+        for size, content in session.infiles:
+            self.infile_files += 1
+            if content is None:
+                self.infile_too_large += 1
+                content = b""
+            else:
+                self.infile_bytes += size
+            if self._failed:
+                break
+            body = INFILE_SIZE.pack(size) + content
+            if not self.ring.append_event(KIND_LOCAL_INFILE, session.conn_id, start_ns, body):
+                self._refused("a LOCAL INFILE file", session.conn_id, len(body), start_ns)
+        session.infiles.clear()
+
+    def _drop_secret(self, session: "Session", cmd: int, payload: bytes, r) -> None:
+        """Not recorded: a secret that cannot be cut out with certainty. What refers to it goes too."""
+        self.filtered += 1
+        if cmd == _COM_STMT_PREPARE:
+            self._filtered_stmts.add((session.conn_id, r.stmt_id))
+            return
+        names = {name for verb, name in prepared_names(payload, 1, reading_for_collation(session.charset))
+                 if verb == b"prepare"}
+        if names:
+            self._dropped_sql_prepares.setdefault(session.conn_id, set()).update(names)
+
+    def _sql_prepares_allow(self, conn_id: int, payload: bytes) -> bool:
+        """False for a query that runs or deallocates an SQL-level statement whose PREPARE was dropped
+        (replayed, it would only fail); a new clean PREPARE of the name lifts that."""
+        dropped = self._dropped_sql_prepares.get(conn_id)
+        if not dropped:
+            return True
+        allow = True
+        for verb, name in prepared_names(payload, 1):
+            if verb == b"prepare":
+                dropped.discard(name)
+            elif name in dropped:
+                allow = False
+                if verb == b"deallocate":
+                    dropped.discard(name)
+        if not dropped:
+            del self._dropped_sql_prepares[conn_id]
+        return allow
+
     def on_close(self, session: "Session") -> None:
-        # "wait-txn": closed before its boundary, nothing of it was recorded, so no close either
+        self._dropped_sql_prepares.pop(session.conn_id, None)
+        # "wait-txn"/"pending": nothing of it was recorded, so no close either
         if session.capture_state == "on" and not self._stopping:
-            self._append_event(KIND_CONN_CLOSE, session, b"")
+            body = {"by": session.closed_by or "client"}
+            if session.close_reason:
+                body["reason"] = session.close_reason
+            if session.close_err_code:
+                body["err_code"] = session.close_err_code
+            self._append_event(KIND_CONN_CLOSE, session, json.dumps(body).encode())
         session.capture_state = None
 
     # ---- show ----------------------------------------------------------------------------------
@@ -267,18 +389,34 @@ class CaptureJob(Job):
             # running: commands captured so far; ended: commands the files hold
             "commands": self._final["commands"] if self._final else self.commands,
             "filtered_commands": self.filtered,
+            "redacted_commands": self.redacted,
             "connections": self.connections,
             "existing_connections": self.existing_connections,
             "waited_for_transaction": self.waited_for_txn,
             "bytes_written": self.writer.bytes_written,
             "buffer_used": self.ring.used if self.ring is not None else 0,
             "large_record_buffer_used": self.ring.large_bytes if self.ring is not None else 0,
+            "sessions_not_rebuilt": self.sessions_not_rebuilt,
+            "not_rebuilt": self.not_rebuilt,
+            "local_infile": self.local_infile,
+            "local_infile_files": self.infile_files,
+            "local_infile_bytes": self.infile_bytes,
+            "local_infile_too_large": self.infile_too_large,
         })
         if self._final and self._final.get("commands_not_written"):
             d["commands_not_written"] = self._final["commands_not_written"]
+        notes = []
         if self.waited_for_txn:
-            d["note"] = (f"{self.waited_for_txn} connection(s) were inside a transaction when the capture started; "
-                         f"they are captured from their next transaction boundary")
+            notes.append(f"{self.waited_for_txn} connection(s) were inside a transaction that had written when the "
+                         f"capture started; they are captured from their next transaction boundary")
+        if self.sessions_not_rebuilt:
+            notes.append(f"{self.sessions_not_rebuilt} session(s) open before the capture cannot be rebuilt in "
+                         f"full on replay (not_rebuilt says what); replay reports their failures apart")
+        if self.infile_too_large:
+            notes.append(f"{self.infile_too_large} LOCAL INFILE file(s) were larger than "
+                         f"{self.local_infile_limit} bytes and not recorded: replay sends an empty file for them")
+        if notes:
+            d["note"] = "; ".join(notes)
         return d
 
     def progress(self) -> float:

@@ -4,6 +4,17 @@ Bytes are forwarded the moment they arrive (no buffering in the proxy) and watch
 the client's by a PacketFramer (commands), the server's by a ResponseTracker (where each response
 ends, how). Only the connection phase is rewritten (capabilities the proxy cannot handle are
 removed from the greeting).
+
+The proxy's own queries (fastproxy/proxy/introspect.py: the session of a connection open before a
+capture, the current database when the server did not say it) run on the client's backend
+connection at a command boundary, and never mix with the client's bytes:
+- a boundary is when the client starts a command while every earlier one is answered and no part
+  of a packet of it has been forwarded (tracker idle, framer empty, no LOCAL INFILE file going);
+- there, the client's bytes are held (not forwarded) and the proxy sends its query instead; the
+  server's answer is read by a TextResultReader and not forwarded; the next query of the proxy, if
+  any, goes the same way; then the held bytes go on through the normal path;
+- a command that reads what a SELECT would reset (FOUND_ROWS(), ROW_COUNT(), SHOW WARNINGS) goes
+  first: the proxy asks before the command after it.
 """
 from __future__ import annotations
 
@@ -15,11 +26,14 @@ import time
 from typing import TYPE_CHECKING
 
 from fastproxy._packet import PacketFramer, ResponseTracker, build_packet
-from fastproxy.constants import CLIENT, COMMAND, ER
+from fastproxy.capture.record import OUTCOME_BACKEND_LOST
+from fastproxy.constants import CLIENT, COMMAND, ER, SERVER_STATUS
 from fastproxy.errors import ProtocolError
 from fastproxy.metrics import LATENCY_BOUNDS_NS
 from fastproxy.protocol import Greeting, HandshakeResponse, err_packet, mask_client_capabilities, parse_err
-from fastproxy.proxy.session import Session
+from fastproxy.proxy.introspect import DIAGNOSTICS_PEEK, DatabaseReader, SessionReader, reads_diagnostics
+from fastproxy.proxy.session import STATE_FLAGS, Session
+from fastproxy.textresult import TextResultReader
 
 if TYPE_CHECKING:
     from fastproxy.proxy.backend import Backend
@@ -29,6 +43,7 @@ log = logging.getLogger("fastproxy.conn")
 
 # phases
 CONNECTING, GREETING, AUTH, COMMANDS, CLOSED = range(5)
+_IN_TRANS = SERVER_STATUS.IN_TRANS
 
 # Largest client packet before authentication completed (handshake response with attributes, auth
 # switch answers are far smaller): garbage such as an HTTP request is refused at once.
@@ -55,6 +70,14 @@ class ClientConnection(asyncio.Protocol):
         self._closing = False
         self._infile = False  # the client is sending a LOCAL INFILE file
         self._infile_seen = 0
+        self._infile_parts: list | None = None  # its content, when the capture records it
+        self._infile_size = 0
+        self._infile_limit = 0
+        # the proxy's own queries (module docstring): client bytes held meanwhile, the reader of
+        # the current answer, and what interprets it
+        self._held: list[bytes] | None = None
+        self._own_reader: TextResultReader | None = None
+        self._own_query = None
 
     # ---- client side -------------------------------------------------------------------------
     def connection_made(self, transport) -> None:
@@ -119,6 +142,9 @@ class ClientConnection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         if self.phase == COMMANDS:
+            if self._held is not None or self.session.own_query_due:
+                if self._hold_for_own_query(data):
+                    return
             # hot path: forward first, then watch
             self._to_backend(data)
             self.stats.bytes_from_clients += len(data)
@@ -130,6 +156,10 @@ class ClientConnection(asyncio.Protocol):
                     if self._infile:  # LOCAL INFILE data: any sequence id (they wrap), until the empty packet
                         if not len(pkt[1]):
                             self._infile = False
+                            if self._infile_parts is not None:
+                                self._infile_done()
+                        elif self._infile_parts is not None:
+                            self._infile_chunk(pkt[1])
                         continue
                     if pkt[0] == 0:  # sequence 0 starts a command; others continue one (auth exchange)
                         self._on_command(pkt[1], now)
@@ -191,18 +221,28 @@ class ClientConnection(asyncio.Protocol):
             if result.outcome == 1:
                 stats.command_errors[cmd] += 1
             session.commands += 1
-            if payload is None and result.outcome == 0:
-                session.status_flags = result.status_flags  # all that a plain query changes here
+            flags = result.status_flags
+            if payload is None and result.outcome == 0 and not flags & STATE_FLAGS:
+                # all a plain query changes (Session.note_status, inlined: once per command)
+                session.status_flags = flags
+                if flags & _IN_TRANS:
+                    if result.affected_rows:
+                        session.txn_wrote = True
+                elif session.txn_wrote:
+                    session.txn_wrote = False
             else:
                 session.apply(cmd, payload, result)
             session.last_result, session.last_start_ns, session.last_end_ns = result, start, now
             if capture is not None:
                 capture.on_command(session, cmd, start, now, result, payload)
             if cmd == COMMAND.COM_QUIT:
+                session.closed_by = session.closed_by or "client"
                 self._close()
                 return
         if self.draining and self.tracker.idle and not session.in_transaction:
             log.info("conn %d: closed at a transaction boundary for shutdown", session.conn_id)
+            if not session.closed_by:
+                session.closed_by, session.close_reason = "proxy", "proxy shutdown"
             self._close()
 
     def pause_writing(self) -> None:  # client reads slowly: stop reading from the backend
@@ -214,6 +254,8 @@ class ClientConnection(asyncio.Protocol):
             self.backend_side.transport.resume_reading()
 
     def connection_lost(self, exc) -> None:
+        if not self.session.closed_by:
+            self.session.closed_by = "client"
         if self.phase == COMMANDS and not self.tracker.idle:
             # the client left with commands unanswered: they still happened (capture records them
             # with an unknown outcome, so replay sends them too)
@@ -224,6 +266,9 @@ class ClientConnection(asyncio.Protocol):
     # ---- backend side ------------------------------------------------------------------------
     def on_backend_data(self, data: bytes) -> None:
         if self.phase == COMMANDS:
+            if self._own_reader is not None:  # the answer to the proxy's own query: not the client's
+                self._on_own_answer(data)
+                return
             self._to_client(data)
             self.stats.bytes_to_clients += len(data)
             try:
@@ -233,6 +278,10 @@ class ClientConnection(asyncio.Protocol):
                 if tracker.local_infile_requests != self._infile_seen:  # the server asked for a file
                     self._infile_seen = tracker.local_infile_requests
                     self._infile = True
+                    capture = self.server.capture
+                    if capture is not None and capture.local_infile and self.session.capture_state == "on":
+                        self._infile_parts, self._infile_size = [], 0
+                        self._infile_limit = capture.local_infile_limit
             except ProtocolError as e:
                 self._protocol_error("backend", e)
             return
@@ -273,6 +322,9 @@ class ClientConnection(asyncio.Protocol):
         first = payload[0] if len(payload) else -1
         if first == 0x00:  # authenticated: from now on bytes flow straight through
             self.phase = COMMANDS
+            session = self.session
+            session.set_capabilities(session.capabilities)
+            self.tracker.session_track = bool(session.capabilities & CLIENT.SESSION_TRACK)
             self.framer.max_packet_size = self.server.config["proxy.max-packet-size"]
             self.server.on_authenticated(self)
             rest = self.framer.take_all()
@@ -288,17 +340,32 @@ class ClientConnection(asyncio.Protocol):
     def on_backend_lost(self, exc) -> None:
         if self.phase == CLOSED:
             return
-        if self.phase == COMMANDS and not self.tracker.idle:
+        session = self.session
+        if not session.closed_by:
+            session.closed_by = "server"
+            unsolicited = self.tracker.last_unsolicited_error
+            if unsolicited is not None:  # e.g. 1927 connection killed, 1053 server shutdown, 4031 timeout
+                session.close_err_code, session.close_reason = unsolicited.err_code, unsolicited.err_msg
+        if self.phase == COMMANDS and self._held is not None:
+            # the client's command never reached the server: it gets the error instead of an answer
+            log.warning("conn %d: backend %s closed the connection during the proxy's own query",
+                        session.conn_id, session.backend)
+            self._held = self._own_reader = None
+            self.transport.write(err_packet(ER_UNKNOWN_ERROR, f"fastproxy: lost connection to backend "
+                                            f"{session.backend}", 1, "08S01"))
+        elif self.phase == COMMANDS and not self.tracker.idle:
             at_boundary = self.tracker.at_packet_boundary
             seq = self.tracker.next_seq
-            self.tracker.abort()
+            # production may not have run these: recorded as BACKEND_LOST, not replayed by default
+            self.tracker.abort(OUTCOME_BACKEND_LOST)
+            session.close_reason = session.close_reason or "lost during a command"
             # mid-command: tell the client in protocol terms before closing
-            log.warning("conn %d: backend %s closed the connection during a command", self.session.conn_id,
-                        self.session.backend)
+            log.warning("conn %d: backend %s closed the connection during a command", session.conn_id,
+                        session.backend)
             self._on_completed(time.time_ns())
             if at_boundary:
                 self.transport.write(err_packet(ER_UNKNOWN_ERROR, f"fastproxy: lost connection to backend "
-                                                f"{self.session.backend} during query", seq, "08S01"))
+                                                f"{session.backend} during query", seq, "08S01"))
         elif self.phase in (GREETING, AUTH):
             log.warning("conn %d (%s): backend %s closed the connection during the handshake", self.session.conn_id,
                         self.session.client_addr, self.session.backend)
@@ -306,8 +373,94 @@ class ClientConnection(asyncio.Protocol):
                                             f"connection during the handshake", 0, "08S01"))
         self._close()
 
+    # ---- the proxy's own queries (module docstring) ---------------------------------------------
+    def _hold_for_own_query(self, data: bytes) -> bool:
+        """True if `data` is held (not forwarded) because the proxy's own query runs or starts now."""
+        if self._held is not None:
+            self._held.append(data)
+            return True
+        if not (self.tracker.idle and not self.framer.buffered and not self._infile) or len(data) < 5:
+            return False  # not at a command boundary: ask at the next one
+        if data[3] != 0 or data[4] == COMMAND.COM_QUIT:
+            return False  # not a command start (the normal path reports it), or nothing follows
+        session = self.session
+        if data[4] == COMMAND.COM_STMT_EXECUTE and len(data) >= 9:
+            head = session.prepared.get(int.from_bytes(data[5:9], "little"), "").encode()[:DIAGNOSTICS_PEEK]
+        else:
+            head = memoryview(data)[5:5 + DIAGNOSTICS_PEEK]
+        if reads_diagnostics(head):
+            return False  # it reads what the proxy's SELECT would reset: let it go first
+        self._own_query = SessionReader() if session.capture_state == "pending" else DatabaseReader()
+        self._held = [data]
+        self._send_own_query(self._own_query.first_query())
+        return True
+
+    def _send_own_query(self, sql: str) -> None:
+        self._own_reader = TextResultReader(self.tracker.deprecate_eof)
+        self._to_backend(build_packet(0, b"\x03" + sql.encode()))
+
+    def _on_own_answer(self, data: bytes) -> None:
+        try:
+            if not self._own_reader.feed(data):
+                return
+        except ProtocolError as e:
+            self._protocol_error("backend", e)
+            return
+        rest = self._own_reader.leftover()
+        nxt = self._own_query.on_result(self._own_reader.result)
+        if nxt is not None:
+            self._send_own_query(nxt)
+            return
+        self._own_reader = None
+        self._own_query_done(self._own_query)
+        self._own_query = None
+        held, self._held = self._held, None
+        if rest:  # nothing is expected after the answer; whatever came is the client's business
+            self.on_backend_data(rest)
+        for chunk in held:
+            if self.phase != COMMANDS:
+                return
+            self.data_received(chunk)
+
+    def _own_query_done(self, reader) -> None:
+        session = self.session
+        if isinstance(reader, DatabaseReader):
+            if not reader.error:
+                session.db = reader.db
+            else:
+                log.warning("conn %d: could not read the current database: %s", session.conn_id, reader.error)
+            session.db_stale = False
+        else:
+            state = reader.state
+            session.db = state["db"]
+            session.db_stale = False
+            capture = self.server.capture
+            if session.capture_state == "pending":
+                if capture is not None:
+                    capture.on_session_state(session, state)
+                else:
+                    session.capture_state = None
+        session.want_own_query()
+
+    # ---- LOCAL INFILE content, for a capture that records it ------------------------------------
+    def _infile_chunk(self, payload) -> None:
+        self._infile_size += len(payload)
+        if self._infile_size <= self._infile_limit:
+            self._infile_parts.append(bytes(payload))
+        elif self._infile_parts:
+            self._infile_parts = []  # beyond the limit: only its size is recorded
+
+    def _infile_done(self) -> None:
+        size = self._infile_size
+        content = b"".join(self._infile_parts) if size <= self._infile_limit else None
+        self.session.infiles.append((size, content))
+        self._infile_parts = None
+        self._infile_size = 0
+
     # ---- common --------------------------------------------------------------------------------
     def _protocol_error(self, side: str, exc: Exception) -> None:
+        self.session.closed_by = self.session.closed_by or "proxy"
+        self.session.close_reason = self.session.close_reason or f"malformed {side} packet"
         self.stats.protocol_errors += 1
         log.warning("conn %d (%s): malformed %s packet, closing: %s", self.session.conn_id,
                     self.session.client_addr, side, exc)
@@ -315,6 +468,8 @@ class ClientConnection(asyncio.Protocol):
 
     def close_for_shutdown(self, force: bool) -> None:
         if force or (self.phase != COMMANDS) or (self.tracker.idle and not self.session.in_transaction):
+            if not self.session.closed_by:
+                self.session.closed_by, self.session.close_reason = "proxy", "proxy shutdown"
             self._close()
         else:
             self.draining = True

@@ -1,11 +1,22 @@
-"""What the proxy knows about each client connection; capture reads it to rebuild sessions."""
+"""What the proxy knows about each client connection; capture reads it to rebuild sessions.
+
+The current database comes from the server: from SESSION_TRACK_SCHEMA in its OK packets when the
+client negotiated CLIENT_SESSION_TRACK, else, after a statement that may have changed it (a USE
+anywhere in a query, a dropped database), from the proxy's own `SELECT DATABASE()` at the next
+command boundary (`db_stale`; fastproxy/proxy/connection.py runs it). The SQL text only says *that*
+the database may have changed, never to what.
+
+What the server cannot tell, the proxy tracks from what it relayed: SQL-level prepared statements
+(`PREPARE s FROM ...`), temporary tables, whether the open transaction has written.
+"""
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
 
 from fastproxy._packet import CommandResult, execute_types_at
-from fastproxy.constants import COMMAND, SERVER_STATUS
+from fastproxy.constants import CLIENT, COMMAND, SERVER_STATUS
+from fastproxy.sqltext import FIRST_BYTES as _MAY_MATTER_FIRST, has_semicolon, session_effects, worth_scanning
 
 # `USE db` at the start of a COM_QUERY, after comments/whitespace; db maybe back-quoted
 _USE_RE = re.compile(rb"^\s*(?:/\*.*?\*/\s*)*use\s+(`(?:[^`]|``)+`|[^\s;]+)\s*;?\s*$", re.I | re.S)
@@ -13,7 +24,10 @@ _USE_RE = re.compile(rb"^\s*(?:/\*.*?\*/\s*)*use\s+(`(?:[^`]|``)+`|[^\s;]+)\s*;?
 
 # commands whose payload changes the session state the proxy keeps
 _STATEFUL = frozenset((COMMAND.COM_STMT_PREPARE, COMMAND.COM_STMT_CLOSE, COMMAND.COM_INIT_DB,
-                       COMMAND.COM_CHANGE_USER, COMMAND.COM_RESET_CONNECTION))
+                       COMMAND.COM_CHANGE_USER, COMMAND.COM_RESET_CONNECTION, COMMAND.COM_SET_OPTION))
+# status flags that send a finished command through Session.apply even without its payload
+STATE_FLAGS = SERVER_STATUS.SESSION_STATE_CHANGED | SERVER_STATUS.DB_DROPPED
+_SET_OPTION_MULTI_STATEMENTS_ON = 0
 # first byte of a COM_QUERY that may be `USE db` (possibly after whitespace or a comment)
 _MAYBE_USE = frozenset(b"uU \t\r\n/#-")
 
@@ -63,8 +77,30 @@ class Session:
     last_end_ns: int = 0
     last_arrival_ns: int = 0  # start times of one connection's commands strictly increase
     connected_ns: int = 0
-    # set by an active capture: None (not captured), "wait-txn" (open mid-transaction), "on"
+    # set by an active capture: None (not captured), "wait-txn" (inside a transaction that wrote
+    # before the capture: captured from its end), "pending" (its state is read at the next command
+    # boundary), "on"
     capture_state: str | None = None
+    # the current database may have changed and the server did not say to what: asked next
+    db_stale: bool = False
+    # the proxy has something to ask the server at the next command boundary (db_stale, or
+    # capture_state "pending"): a plain field, read for every client read (see want_own_query)
+    own_query_due: bool = False
+    txn_wrote: bool = False  # the open transaction has changed rows
+    multi_statements: bool = False  # CLIENT_MULTI_STATEMENTS, or COM_SET_OPTION turned them on
+    # SQL-level prepared statements: name -> (database when prepared, the PREPARE statement)
+    sql_prepared: dict[str, tuple[str | None, str]] = field(default_factory=dict)
+    # temporary tables: (database or None, name) -> (database when created, the CREATE statement)
+    temp_tables: dict[tuple[str | None, str], tuple[str | None, str]] = field(default_factory=dict)
+    # LOCAL INFILE files of the command in progress, for capture: [(size, content or None)]
+    infiles: list = field(default_factory=list)
+    closed_by: str = ""  # "client", "server" or "proxy", once known
+    close_reason: str = ""
+    close_err_code: int = 0
+
+    def want_own_query(self) -> None:
+        """Recompute own_query_due after db_stale or capture_state changed."""
+        self.own_query_due = self.db_stale or self.capture_state == "pending"
 
     @property
     def last_command(self) -> CommandInfo | None:
@@ -79,28 +115,64 @@ class Session:
     def autocommit(self) -> bool:
         return bool(self.status_flags & SERVER_STATUS.AUTOCOMMIT)
 
+    @property
+    def session_tracked(self) -> bool:
+        """The server reports the current database in its OK packets (CLIENT_SESSION_TRACK)."""
+        return bool(self.capabilities & CLIENT.SESSION_TRACK)
+
+    def set_capabilities(self, capabilities: int) -> None:
+        self.capabilities = capabilities
+        self.multi_statements = bool(capabilities & CLIENT.MULTI_STATEMENTS)
+
     def needs_payload(self, cmd: int, payload) -> bool:
         """Whether the command's payload must be kept until its response (to update this state).
-        On the per-command path: a set lookup, and one byte for COM_QUERY."""
+        On the per-command path: a set lookup, and for COM_QUERY a look at its first bytes (and a
+        search for `;` where multi-statements are on)."""
         if cmd == COMMAND.COM_QUERY:
-            return len(payload) > 1 and payload[1] in _MAYBE_USE  # the same test used_database starts with
+            # most statements (SELECT, INSERT, ...) are turned away on their first letter, here
+            if len(payload) > 2 and payload[1] not in _MAY_MATTER_FIRST:
+                return self.multi_statements and has_semicolon(payload)
+            return worth_scanning(payload, self.multi_statements)
         if cmd == COMMAND.COM_STMT_EXECUTE:  # only an execute that binds new parameter types
             return self.prepared_params and execute_types_at(payload, self.prepared_params) > 0
         return cmd in _STATEFUL
 
+    def note_status(self, flags: int, affected_rows: int) -> None:
+        """Status flags after a successful command; whether the open transaction has written."""
+        self.status_flags = flags
+        if flags & SERVER_STATUS.IN_TRANS:
+            if affected_rows:
+                self.txn_wrote = True
+        else:
+            self.txn_wrote = False
+
     def apply(self, cmd: int, payload: bytes | None, result: CommandResult) -> None:
         """Update the session from a finished command (payload given when needs_payload said so)."""
         if result.outcome == 0:
-            self.status_flags = result.status_flags
-        elif result.outcome != 2:  # ERR or no answer: nothing changed (COM_STMT_CLOSE has no answer)
-            return
+            self.note_status(result.status_flags, result.affected_rows)
+            if result.schema is not None:  # the server said which database is current now
+                self.db = result.schema or None
+                self.db_stale = False
+                self.want_own_query()
+            elif result.schema_cut or result.status_flags & SERVER_STATUS.DB_DROPPED:
+                self.db_stale = self.own_query_due = True
         if cmd == COMMAND.COM_STMT_EXECUTE and payload is not None:
+            # also from a failed execute: the server took the types all the same, and later
+            # executes of the statement do not repeat them
             stmt_id = int.from_bytes(payload[1:5], "little")
             types_at = execute_types_at(payload, self.prepared_params)
             if types_at:
                 n = self.prepared_params[stmt_id]
                 self.prepared_types[stmt_id] = bytes(payload[types_at:types_at + 2 * n])
-        elif cmd == COMMAND.COM_STMT_PREPARE and payload is not None:
+            return
+        if cmd == COMMAND.COM_QUERY:
+            # (a capture keeps every payload: scanned only when the cheap test lets it through)
+            if payload is not None and worth_scanning(payload, self.multi_statements):
+                self._apply_query(payload, result)
+            return
+        if result.outcome != 0 and result.outcome != 2:
+            return  # ERR or no answer: nothing changed (COM_STMT_CLOSE has no answer)
+        if cmd == COMMAND.COM_STMT_PREPARE and payload is not None:
             self.prepared[result.stmt_id] = bytes(payload[1:]).decode("utf-8", "replace")
             self.prepared_params[result.stmt_id] = result.num_params
         elif cmd == COMMAND.COM_STMT_CLOSE and payload is not None:
@@ -109,30 +181,75 @@ class Session:
             self.prepared_params.pop(stmt_id, None)
             self.prepared_types.pop(stmt_id, None)
         elif cmd == COMMAND.COM_INIT_DB and payload is not None:
-            self.db = bytes(payload[1:]).decode("utf-8", "replace")
-        elif cmd == COMMAND.COM_QUERY and payload is not None:
-            self.db = used_database(payload) or self.db
+            if result.schema is None:  # the server's answer wins when it gave one
+                self.db = bytes(payload[1:]).decode("utf-8", "replace")
+                self.db_stale = False
+                self.want_own_query()
         elif cmd == COMMAND.COM_RESET_CONNECTION:
             self._forget_statements()
+        elif cmd == COMMAND.COM_SET_OPTION and payload is not None and len(payload) >= 3:
+            self.multi_statements = int.from_bytes(payload[1:3], "little") == _SET_OPTION_MULTI_STATEMENTS_ON
         elif cmd == COMMAND.COM_CHANGE_USER and payload is not None:
             from fastproxy.protocol import parse_change_user
 
-            self.user, self.db = parse_change_user(payload, self.capabilities)
+            # the server sets the database the command names (none if it names none)
+            self.user, db = parse_change_user(payload, self.capabilities)
+            if result.schema is None:
+                self.db = db
+                self.db_stale = False
+                self.want_own_query()
             self._forget_statements()
 
+    def _apply_query(self, payload, result: CommandResult) -> None:
+        """A COM_QUERY worth scanning: SQL PREPAREs, temporary tables, and whether it may have
+        changed the current database (then asked, unless the server already said)."""
+        effects = session_effects(bytes(payload[1:]))
+        if result.schema is None and any(e.kind == "use" or (e.kind == "maybe_use" and not self.session_tracked)
+                                         for e in effects):
+            # also after an error: a multi-statement may have failed after its USE
+            self.db_stale = self.own_query_due = True
+        if result.outcome != 0:
+            return
+        for e in effects:
+            if e.kind == "prepare":
+                # as sent (surrogateescape keeps bytes that are not UTF-8 through JSON and back)
+                self.sql_prepared[e.name] = (self.db, e.sql.decode("utf-8", "surrogateescape"))
+            elif e.kind == "deallocate":
+                self.sql_prepared.pop(e.name, None)
+            elif e.kind == "create_temp":
+                self.temp_tables[(e.db.lower() if e.db else self.db and self.db.lower(), e.name)] = (
+                    self.db, e.sql.decode("utf-8", "surrogateescape"))
+            elif e.kind == "drop_table":
+                for db, name in e.names:
+                    self.temp_tables.pop((db.lower() if db else self.db and self.db.lower(), name), None)
+
     def _forget_statements(self) -> None:
+        """COM_RESET_CONNECTION / COM_CHANGE_USER: the server starts the session afresh."""
         self.prepared.clear()
         self.prepared_params.clear()
         self.prepared_types.clear()
+        self.sql_prepared.clear()
+        self.temp_tables.clear()
+        self.txn_wrote = False
 
     def snapshot(self) -> dict:
-        """What replay needs to rebuild this session (no secrets)."""
+        """What replay needs to rebuild this session, as far as the proxy tracked it (no secrets
+        filtered yet: the capture does that). The server's side (database, session and user
+        variables) comes from fastproxy/proxy/introspect.py."""
         return {
             "user": self.user,
             "db": self.db,
             "capabilities": self.capabilities,
             "charset": self.charset,
             "client_addr": self.client_addr,
+            "backend": self.backend,
+            "backend_conn_id": self.backend_conn_id,
             "prepared": sorted([sid, sql] for sid, sql in self.prepared.items()),
             "types": {str(sid): t.hex() for sid, t in sorted(self.prepared_types.items()) if sid in self.prepared},
+            "sql_prepared": [{"name": name, "db": db, "sql": sql}
+                             for name, (db, sql) in sorted(self.sql_prepared.items())],
+            "temp_tables": [{"name": name, "db": key_db if key_db is not None else db, "sql": sql}
+                            for (key_db, name), (db, sql) in sorted(self.temp_tables.items(), key=str)],
+            "in_transaction": self.in_transaction,
+            "transaction_read_only": bool(self.status_flags & SERVER_STATUS.IN_TRANS_READONLY),
         }
