@@ -101,7 +101,8 @@ class ReplayRun:
         self.verdict.flush(self.writer)  # the failures and other errors too
 
     def _write_files(self) -> None:
-        base = summary_base(self.engine.replay_start_ns)
+        filters = self.engine.opt.filters
+        base = summary_base(self.engine.replay_start_ns, getattr(filters, "shard", None))
         report = self.engine.report
         # the verdict first: its numbers and the HTML page's path belong in the summary written after it
         contents = self.verdict.contents(os.path.join(self.report_dir, base), self.summary)
@@ -146,11 +147,13 @@ class ReplayRun:
             self.summary["summary_files_error"] = "; ".join(errors)
 
 
-def summary_base(replay_start_ns: int) -> str:
-    """replay-<UTC time>: the summary files' name without suffix. Milliseconds: two runs in one
-    second must not collide (a name that exists is never overwritten, see _write_private)."""
+def summary_base(replay_start_ns: int, shard: tuple[int, int] | None = None) -> str:
+    """replay-<UTC time>[-shard<i>of<N>]: the summary files' name without suffix. Milliseconds: two
+    runs in one second must not collide (a name that exists is never overwritten, see _write_private);
+    shards started together (--start-at) share the millisecond, so their number is in the name."""
     t = replay_start_ns
-    return "replay-" + time.strftime("%Y%m%dT%H%M%S", time.gmtime(t / 1e9)) + f".{t // 1_000_000 % 1000:03d}Z"
+    base = "replay-" + time.strftime("%Y%m%dT%H%M%S", time.gmtime(t / 1e9)) + f".{t // 1_000_000 % 1000:03d}Z"
+    return base + (f"-shard{shard[0]}of{shard[1]}" if shard else "")
 
 
 def _check_report_dir(path: str, field: str) -> None:
