@@ -13,7 +13,8 @@ on a target restored from the same starting data,
   exactly that digest is slower, with both plans (index on the baseline, scan on the target).
 
 The slower thresholds are set well apart from scheduling noise (the dropped index costs a scan of
-300,000 rows, hundreds of ms, against well under a millisecond with it)."""
+300,000 rows, hundreds of ms, against well under a millisecond with it), and the other statements run
+100 times, so that their p99 is not their single worst execution on a busy machine."""
 from __future__ import annotations
 
 import json
@@ -36,7 +37,8 @@ mariadb_connector = pytest.importorskip("mariadb")
 pytestmark = pytest.mark.timeout(400)
 
 DB = "verdict"
-N = 12
+N = 100  # rounds of the fast statements: p99 of 100 executions is not the worst one
+N_SLOW = 12  # executions of the statement whose index the upgrade drops (a full scan each on the target)
 SCHEMA = (f"DROP DATABASE IF EXISTS {DB}; CREATE DATABASE {DB}; USE {DB};"
           "CREATE TABLE items (id INT PRIMARY KEY, name VARCHAR(32) COLLATE utf8mb4_general_ci NOT NULL);"
           "INSERT INTO items VALUES (1, 'abc'), (2, 'ABC'), (3, 'b'), (4, 'a'), (5, 'B');"
@@ -74,8 +76,9 @@ def _workload(port: int) -> None:
             text.fetchall()
         text.execute(UPDATE_SQL)
         text.execute(WARN_SQL)
-        slow.execute(PS_SLOW, (i,))
-        slow.fetchall()
+        if i < N_SLOW:
+            slow.execute(PS_SLOW, (i,))
+            slow.fetchall()
         rows.execute(PS_ROWS, ("abc",))
         rows.fetchall()
     for c in (slow, rows, text):
@@ -94,7 +97,7 @@ def verdict_capture(mariadb, tmp_path_factory):
     finally:
         stop_proxy(proxy)
     executes = [r for r in commands(out) if r.payload[0] == COMMAND.COM_STMT_EXECUTE]
-    assert len(executes) == 2 * N  # the binary protocol really was used
+    assert len(executes) == N + N_SLOW  # the binary protocol really was used
     return out
 
 
@@ -157,12 +160,13 @@ def test_identical_replay_has_no_mismatch_and_no_slower_digest(identical):
     assert summary["commands_failed"] == 0
     assert data["mismatches"] == [] and data["mismatched_commands"] == 0
     assert [r for r in data["latency"] if r["slower"]] == []
-    assert data["compared_commands"] >= N * 11  # 11 statements per round
+    assert data["compared_commands"] >= N * 10 + N_SLOW  # 10 statements per round, and the slow one
     assert summary["verdict"]["slower_statements"] == 0 and summary["verdict"]["mismatched_commands"] == 0
     # what was compared is all there: every workload digest has a latency row on both sides
     latency = {(r["cmd_type"], r["digest"]): r for r in data["latency"]}
     for sql in (ROWS_SQL, CONTENT_SQL, ORDER_SQL, UPDATE_SQL, PS_SLOW):
-        assert latency[_d(sql)]["count"] == N and latency[_d(sql)]["replay_p99_us"] > 0
+        assert latency[_d(sql)]["count"] == (N_SLOW if sql == PS_SLOW else N)
+        assert latency[_d(sql)]["replay_p99_us"] > 0
 
 
 def test_collation_change_is_content_rows_and_order(upgraded):
@@ -207,7 +211,7 @@ def test_dropped_index_makes_exactly_that_digest_slower_with_its_scan(upgraded):
     assert [(r["cmd_type"], r["digest"]) for r in slower] == [_d(PS_SLOW)]
     plan = json.loads(slower[0]["plan"])
     assert '"access_type": "ALL"' in json.dumps(plan) and '"table_name": "big"' in json.dumps(plan)
-    assert slower[0]["count"] == N
+    assert slower[0]["count"] == N_SLOW
 
 
 def test_the_verdict_reaches_tables_files_and_the_report_command(upgraded, mariadb_test):
@@ -246,7 +250,7 @@ def test_ab_against_two_servers_where_only_one_lacks_the_index(verdict_capture, 
     mariadb_test.sql(f"ALTER TABLE {DB}.big DROP KEY k")  # the target: only the index is gone
     summary, data, _ = _replay(mariadb_test, verdict_capture, str(tmp_path), baseline=mariadb_private)
     assert data["reference"] == f"baseline {mariadb_private.host}:{mariadb_private.port}"
-    assert data["ab"]["paired"] >= N * 11 and data["ab"]["unpaired"] == 0
+    assert data["ab"]["paired"] >= N * 10 + N_SLOW and data["ab"]["unpaired"] == 0
     slower = [r for r in data["latency"] if r["slower"]]
     assert [(r["cmd_type"], r["digest"]) for r in slower] == [_d(PS_SLOW)]
     assert '"access_type": "ALL"' in slower[0]["plan"]
