@@ -172,7 +172,7 @@ class Verdict:
         self.opt = options or VerdictOptions()
         self.reference = reference
         self.kinds = frozenset(kinds)  # what is compared (files.compared_kinds: what the input recorded)
-        self.latency = LatencyTable(self.opt.max_digests)
+        self.latency = LatencyTable(self.opt.max_digests + 1)  # and the "other" row
         self.digests: dict[tuple[str, str], DigestInfo] = {}
         self._by_text: dict[tuple[int, str], DigestInfo] = {}  # (cmd, SQL text) -> info: digests once per text
         self._by_norm: dict[tuple[str, str], DigestInfo] = {}  # (cmd_type, normalized SQL) -> info
