@@ -7,6 +7,7 @@ import sys
 import click
 
 from fastproxy.cli_password import password_options, resolve_password
+from fastproxy.cli_report import verdict_form, verdict_options
 from fastproxy.config import parse_addr
 from fastproxy.errors import FastproxyError
 from fastproxy.replay.selection import selection_options
@@ -39,16 +40,18 @@ from fastproxy.replay.selection import selection_options
 @click.option("--tls-ca", default="", help="CA bundle the target's certificate must chain to (implies --tls)")
 @click.option("--tls-skip-verify", is_flag=True, help="TLS without verifying the target's certificate")
 @selection_options
+@verdict_options
 def replay_standalone(target: str, input_dir: tuple[str, ...], username: str, password: str | None,
                       password_file: str | None, speed: float, read_only: bool, order: str, progress: bool,
                       report_dir: str | None,
                       no_report_tables: bool, encryption_key_path: str | None, input_format: str,
                       users_file: str | None, replay_unknown: bool, tls: bool, tls_ca: str, tls_skip_verify: bool,
-                      **selection) -> None:
-    """Replay a capture directly against a test server and print a summary."""
+                      verdict: dict, **selection) -> None:
+    """Replay a capture directly against a test server and print a summary and the verdict."""
     from fastproxy.capture.crypto import load_key
     from fastproxy.replay.engine import ReplayOptions
     from fastproxy.replay.job import ReplayRun, check_speed, format_summary
+    from fastproxy.report.verdict import verdict_options_from
     from fastproxy.replay.selection import cli_values, filters_from, parse_start_at
 
     password = resolve_password(password, password_file)
@@ -66,14 +69,17 @@ def replay_standalone(target: str, input_dir: tuple[str, ...], username: str, pa
 
             options.users = load_users_file(users_file)
         inputs = list(input_dir)
+        form = verdict_form(verdict)
         run = ReplayRun(inputs if len(inputs) > 1 else inputs[0], options, report_dir,
-                        write_tables=not no_report_tables)
+                        write_tables=not no_report_tables, verdict_options=verdict_options_from(form),
+                        baseline=parse_addr(form["baseline"], "--baseline") if "baseline" in form else None)
     except FastproxyError as e:
         raise click.ClickException(str(e)) from None
     import uvloop
 
     summary = uvloop.run(_run_with_progress(run, progress))
     click.echo(format_summary(summary), nl=False)
+    click.echo(run.verdict.text(summary), nl=False)
     for path in summary.get("summary_files", []):
         click.echo(f"  wrote {path}")
     if summary.get("summary_files_error"):

@@ -316,7 +316,8 @@ class CaptureJob(Job):
                 self.filtered += 1
                 return
         if self.ring.append_command(session.conn_id, start_ns, end_ns, r.outcome, r.err_code, affected, r.rows,
-                                    payload, r.last_insert_id, r.columns, r.warnings, r.status_flags):
+                                    payload, r.last_insert_id, r.columns, r.warnings, r.status_flags,
+                                    r.hash_ordered, r.hash_unordered):
             self.commands += 1
         else:
             self._refused(f"a {command_name(cmd)}", session.conn_id, len(payload), start_ns)

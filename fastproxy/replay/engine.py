@@ -230,6 +230,7 @@ class Replayer:
         self.queued = 0
         self.finished_ns = 0
         self.on_flush = None  # callback(Report) every second (the report writer)
+        self.observer = None  # callback(conn, rec, result, now) per replayed command: the verdict (fastproxy/report)
         self.canceled = False
         self._connecting: set[asyncio.Task] = set()
         self.first_command_ns = 0  # captured span, for the captured QPS
@@ -684,6 +685,8 @@ class Replayer:
         self._next(conn)
 
     def _compare(self, conn: Conn, rec: Record, result, now: int) -> None:
+        if self.observer is not None:
+            self.observer(conn, rec, result, now)
         st = self.stats
         st.replayed += 1
         if rec.end_ns > rec.start_ns:

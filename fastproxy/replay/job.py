@@ -2,18 +2,23 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import os
 import time
 from typing import TYPE_CHECKING
 
+from fastproxy.config import parse_addr
 from fastproxy.errors import ConfigError, JobError, TrafficFormatError
 from fastproxy.jobs_base import Job, parse_bool
 from fastproxy.private_files import check_output_path, create_private_file, open_private_dir
 from fastproxy.storage import is_s3
 from fastproxy.replay.engine import Replayer, ReplayOptions
 from fastproxy.replay.report import ReportWriter
+from fastproxy.report.ab import ABSession
+from fastproxy.report.session import VerdictSession
+from fastproxy.report.verdict import VerdictOptions, verdict_options_from
 
 if TYPE_CHECKING:
     from fastproxy.proxy.server import ProxyServer
@@ -26,7 +31,8 @@ class ReplayRun:
     """Engine, report writer and the summary files of one replay."""
 
     def __init__(self, input_dir: str | list[str], options: ReplayOptions, report_dir: str | None = None,
-                 write_tables: bool = True) -> None:
+                 write_tables: bool = True, verdict_options: VerdictOptions | None = None,
+                 baseline: tuple[str, int] | None = None) -> None:
         if report_dir is not None:
             report_dir = check_output_path(report_dir, "report-dir")
         inputs = [input_dir] if isinstance(input_dir, str) else list(input_dir)
@@ -48,6 +54,16 @@ class ReplayRun:
         self.write_tables = write_tables
         self.summary: dict | None = None
         self.files: list[str] = []
+        # the verdict: results and latency compared with the capture, EXPLAIN, the HTML page; or, with a
+        # baseline, a second engine replaying the same capture at the same time, compared with the first
+        self.baseline_engine: Replayer | None = None
+        if baseline is not None:
+            self.baseline_engine = Replayer(input_dir, dataclasses.replace(options, host=baseline[0],
+                                                                           port=baseline[1]))
+            self.verdict = ABSession(self.engine, self.baseline_engine, verdict_options)
+        else:
+            self.verdict = VerdictSession(self.engine, verdict_options)
+        self.report_html = ""
 
     async def run(self) -> dict:
         engine = self.engine
@@ -56,26 +72,44 @@ class ReplayRun:
             self.writer = ReportWriter(o.host, o.port, o.username, o.password, time.time_ns(), tls=o.tls,
                                        tls_ca=o.tls_ca, tls_skip_verify=o.tls_skip_verify)
             self.writer.start()
-            engine.on_flush = lambda report: self.writer.submit(report.take_delta())
+            self.writer.reference = self.verdict.verdict.reference
+            engine.on_flush = self._flush
         try:
-            await engine.run()
+            if self.baseline_engine is None:
+                await engine.run()
+            else:  # both at once: each follows the captured schedule from (about) the same start
+                for res in await asyncio.gather(engine.run(), self.baseline_engine.run(), return_exceptions=True):
+                    if isinstance(res, BaseException):
+                        raise res
         finally:
+            await self.verdict.finish(self.writer)  # latency, plans (EXPLAIN on the target), last rows
             if self.writer:
                 await asyncio.get_running_loop().run_in_executor(None, self.writer.close)
             self.summary = engine.summary()
             if self.writer:
                 self.summary["report_replay_start_time"] = self.writer.replay_start.isoformat(sep=" ")
                 self.summary["report_tables_error"] = self.writer.error or ""
-            self._write_files()
+            # off the event loop: the HTML page's plots take a while, and a proxy's clients share the loop
+            await asyncio.get_running_loop().run_in_executor(None, self._write_files)
         return self.summary
+
+    def cancel(self, graceful: bool = False) -> None:
+        self.engine.cancel(graceful=graceful)
+        if self.baseline_engine is not None:
+            self.baseline_engine.cancel(graceful=graceful)
+
+    def _flush(self, report) -> None:
+        self.verdict.flush(self.writer)  # the failures and other errors too
 
     def _write_files(self) -> None:
         filters = self.engine.opt.filters
         base = summary_base(self.engine.replay_start_ns, getattr(filters, "shard", None))
         report = self.engine.report
-        contents = {
+        # the verdict first: its numbers and the HTML page's path belong in the summary written after it
+        contents = self.verdict.contents(os.path.join(self.report_dir, base), self.summary)
+        contents.update({
             ".json": lambda: json.dumps(self.summary, indent=2),
-            ".txt": lambda: format_summary(self.summary),
+            ".txt": lambda: format_summary(self.summary) + self.verdict.text(self.summary),
             "-fail.jsonl": lambda: "".join(
                 json.dumps({"cmd_type": fl.cmd_type, "digest": fl.digest, "count": fl.count,
                             "sample_stmt": fl.sample_stmt, "sample_err_msg": fl.sample_err_msg,
@@ -86,7 +120,7 @@ class ReplayRun:
                 json.dumps({"err_type": e.err_type, "count": e.count, "sample_err_msg": e.sample_err_msg,
                             "sample_replay_time_ns": e.sample_replay_ns}) + "\n"
                 for e in report.other_errors.values()),
-        }
+        })
         errors = []
         try:
             dir_fd = open_private_dir(self.report_dir, self._report_field, create=True)
@@ -102,11 +136,13 @@ class ReplayRun:
                         _write_private(dir_fd, base + suffix, content())
                     except OSError as e:
                         errors.append(f"cannot write {path}: {e.strerror}")
+                        self.verdict.not_written(suffix, self.summary, e)
                     else:
                         self.files.append(path)
             finally:
                 os.close(dir_fd)
         self.summary["summary_files"] = self.files
+        self.report_html = self.summary.get("report_html", "")
         if errors:
             log.error("replay summary: %s", "; ".join(errors))
             self.summary["summary_files_error"] = "; ".join(errors)
@@ -291,7 +327,9 @@ class ReplayJob(Job):
             options.users = load_users_file(users_file)
         options.replay_unknown = parse_bool(form, "replay-unknown", False)
         report_dir = str(form.get("report-dir", "") or "").strip() or None
-        return cls(server, ReplayRun(input_dir, options, report_dir))
+        baseline = str(form.get("baseline", "") or "").strip()
+        return cls(server, ReplayRun(input_dir, options, report_dir, verdict_options=verdict_options_from(form),
+                                     baseline=parse_addr(baseline, "baseline") if baseline else None))
 
     async def start(self) -> None:
         self.mark_started()
@@ -311,7 +349,7 @@ class ReplayJob(Job):
                 self.server.metric_sources.remove(self._metrics)
 
     async def stop(self, canceled: bool = True, graceful: bool = False, error: str | None = None) -> None:
-        self.run.engine.cancel(graceful=graceful)
+        self.run.cancel(graceful=graceful)
         if error:
             self._stop_error = error  # why it stopped (e.g. the proxy shut down): kept for `show`
         if self._task:
@@ -348,6 +386,14 @@ class ReplayJob(Job):
         })
         if self.run.files:
             d["summary_files"] = self.run.files
+        if self.run.baseline_engine is not None:
+            b = self.run.baseline_engine
+            d["baseline"] = {"target": f"{b.opt.host}:{b.opt.port}", "replayed": b.stats.replayed,
+                             "failed": b.stats.failed, "lag": b.lag.as_dict()}
+        if self.run.report_html:
+            d["report_html"] = self.run.report_html
+        if self.run.summary and "verdict" in self.run.summary:
+            d["verdict"] = self.run.summary["verdict"]
         return d
 
     def _metrics(self):
