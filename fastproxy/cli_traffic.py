@@ -164,11 +164,14 @@ def capture(curls: str, output: str, duration: str, compress: bool, encryption_m
                    "connection replays as its captured user; users not in it replay as --username")
 @click.option("--replay-unknown", is_flag=True,
               help="also send the commands that were in flight when production's backend died")
+@click.option("--dry-run", is_flag=True,
+              help="decode, filter, plan and schedule at --speed, but send nothing: what the replayer sustains")
 @selection_options
 @verdict_options
 def replay(curls: str, input_dir: str, username: str, password: str | None, password_file: str | None, speed: float,
            read_only: bool, order: str, encryption_key_path: str | None, input_format: str, tls: bool, tls_ca: str,
-           tls_skip_verify: bool, users_file: str | None, replay_unknown: bool, verdict: dict, **selection) -> None:
+           tls_skip_verify: bool, users_file: str | None, replay_unknown: bool, dry_run: bool, verdict: dict,
+           **selection) -> None:
     """Replay a capture against the proxy's backends."""
     password = resolve_password(password, password_file)
     _each(curls, "POST", "/api/traffic/replay", {"input": input_dir, "username": username, "password": password,
@@ -177,6 +180,7 @@ def replay(curls: str, input_dir: str, username: str, password: str | None, pass
                                                   "format": input_format, "tls": str(tls).lower(),
                                                   "tls-ca": tls_ca, "tls-skip-verify": str(tls_skip_verify).lower(),
                                                   "users-file": users_file, "replay-unknown": str(replay_unknown).lower(),
+                                                  "dry-run": str(dry_run).lower(),
                                                   **cli_values(selection), **verdict_form(verdict)})
 
 

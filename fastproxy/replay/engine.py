@@ -27,12 +27,13 @@ from fastproxy.errors import BackendConnError, ProtocolError
 from fastproxy.replay._scheduler import Scheduler, Ticket
 from fastproxy.replay.causal import IN_TXN, PIN_ID, PIN_TIME, PROD_LOCK_ERROR, TXN_BEGIN, TXN_END, Planner
 from fastproxy.replay.client import LoginError, ReplayClient
+from fastproxy.replay.dryrun import DryClient, DryRunCounters
 from fastproxy.replay.lag import LagStats
 from fastproxy.replay.lockwaits import LockWaits
 from fastproxy.replay.report import Report
 from fastproxy.jobs_base import utc_iso
 from fastproxy.replay.pinning import PIN_FLAGS, pin
-from fastproxy.replay.schema import load_scopes
+from fastproxy.replay.schema import TableScopes, load_scopes
 from fastproxy.replay.sessions import CLOSED, ThreadIds, rebuild_statements
 from fastproxy.replay.statements import is_read_only
 from fastproxy.replay.users import PLACEHOLDER_BYTES, Credentials
@@ -105,6 +106,7 @@ class ReplayOptions:
     tls_skip_verify: bool = False  # encrypt without verifying the target's certificate
     users: dict = field(default_factory=dict)  # --users-file: captured user -> password
     replay_unknown: bool = False  # also send commands whose backend died before answering (BACKEND_LOST)
+    dry_run: bool = False  # decode, filter, plan and schedule, but never connect or send (fastproxy/replay/dryrun.py)
 
     def ssl_context(self):
         if not (self.tls or self.tls_ca or self.tls_skip_verify):
@@ -246,6 +248,9 @@ class Replayer:
                                affected_rows=self._affected_rows_recorded())
         self._released: list[int] = []  # parked connections whose requirement a completion met
         self._draining = False
+        self._cpu_start = 0.0
+        self.cpu_seconds = 0.0  # CPU time of this process (all threads) while the replay ran
+        self.dry_run: DryRunCounters | None = DryRunCounters() if options.dry_run else None
 
     # ---- timing ---------------------------------------------------------------------------------
     def due_ns(self, captured_ns: int) -> int:
@@ -265,6 +270,7 @@ class Replayer:
                 await asyncio.sleep(delay)
             head_start = 0
         self.replay_start_ns = time.time_ns()
+        self._cpu_start = time.process_time()
         self._start_mono = time.monotonic_ns() + head_start
         reader_task = self._loop.create_task(self._read())
         flusher = self._loop.create_task(self._flush_periodically())
@@ -293,6 +299,7 @@ class Replayer:
                 if conn.client:
                     conn.client.close()
             self.finished_ns = time.time_ns()
+            self.cpu_seconds = time.process_time() - self._cpu_start
             if self.on_flush:
                 self.on_flush(self.report)
         return self.stats
@@ -598,11 +605,16 @@ class Replayer:
             self.stats.reconnects += 1
         try:
             user, password = self.credentials.login(conn.user)
-            conn.client = await ReplayClient.connect(
-                self.opt.host, self.opt.port, user, password, conn.db,
-                on_result=self._on_result, on_lost=self._on_lost, owner=conn, capabilities=conn.capabilities,
-                charset=conn.charset,
-                timeout=self.opt.connect_timeout, ssl_context=self.ssl_context)
+            if self.dry_run is not None:  # nothing is sent: production's answers stand in for the server's
+                conn.client = await DryClient.connect(self.opt.host, self.opt.port, user, password, conn.db,
+                                                      on_result=self._on_result, on_lost=self._on_lost, owner=conn,
+                                                      counters=self.dry_run)
+            else:
+                conn.client = await ReplayClient.connect(
+                    self.opt.host, self.opt.port, user, password, conn.db,
+                    on_result=self._on_result, on_lost=self._on_lost, owner=conn, capabilities=conn.capabilities,
+                    charset=conn.charset,
+                    timeout=self.opt.connect_timeout, ssl_context=self.ssl_context)
             conn.client.on_infile = self._on_infile
             conn.ever_connected = True
             conn.stmt_map.clear()  # a new server session: statements are re-prepared on first use
@@ -756,6 +768,10 @@ class Replayer:
         opt = self.opt
         causal = opt.order == "causal"
         if not causal and not opt.pin:
+            return
+        if opt.dry_run:  # the target is not asked: tables are scoped by name only (no foreign keys, views, triggers)
+            self.planner = Planner(TableScopes(), causal=causal, pin=opt.pin, status_flags=self._status_flags_recorded(),
+                                   affected_rows=self._affected_rows_recorded())
             return
         # on error (logged by load_scopes, shown in the summary's causal.scope) one global scope
         scopes = await self._loop.run_in_executor(
@@ -986,7 +1002,7 @@ class Replayer:
         order = self.planner.order
         opt = self.opt
         lockwaits = LockWaits(opt.host, opt.port, opt.username, opt.password, opt.connect_timeout) \
-            if opt.whole_transactions else None
+            if opt.whole_transactions and not opt.dry_run else None
         last_probe = 0
         try:
             while True:
@@ -1314,7 +1330,7 @@ class Replayer:
         cap_span = (self.last_command_ns - self.first_command_ns) / 1e9
         return {
             "input": self.input_dir,
-            "target": f"{self.opt.host}:{self.opt.port}",
+            "target": f"{self.opt.host}:{self.opt.port}" if self.opt.port else "none (dry run)",
             "speed": self.opt.speed,
             "readonly": self.opt.readonly,
             "replay_start": utc_iso(self.replay_start_ns),
@@ -1333,6 +1349,9 @@ class Replayer:
             "peak_queued_commands": st.peak_queued,
             "qps_captured": round(st.read / cap_span, 1) if cap_span > 0 else None,
             "qps_replayed": round(st.replayed / elapsed, 1),
+            # what replaying cost this process (all its threads; in `serve`, the proxy's work too)
+            "replayer_cpu_seconds": round(self.cpu_seconds if self.finished_ns else
+                                          time.process_time() - self._cpu_start if self._cpu_start else 0.0, 3),
             "avg_latency_captured_ms": round(st.captured_ns / max(1, st.replayed) / 1e6, 3),
             "avg_latency_replayed_ms": round(st.replayed_ns / max(1, st.replayed) / 1e6, 3),
             "lag": self.lag.as_dict(),
@@ -1351,7 +1370,17 @@ class Replayer:
             "filters": self.opt.filters.describe() if self.opt.filters is not None else {},
             "filtered_by": dict(getattr(self.reader, "dropped", {}) or {}),
             **self._faithful_summary(),
+            "dry_run": self._dry_run_summary(elapsed),
         }
+
+    def _dry_run_summary(self, elapsed: float) -> dict | None:
+        if self.dry_run is None:
+            return None
+        cpu = self.cpu_seconds if self.finished_ns else 0.0
+        return {**self.dry_run.as_dict(),
+                # what the replayer itself sustained: at speed 0 its ceiling, at a speed its pace (with the lag)
+                "commands_per_second": round(self.stats.replayed / elapsed, 1),
+                "commands_per_cpu_second": round(self.stats.replayed / cpu, 1) if cpu > 0 else None}
 
     def _faithful_summary(self) -> dict:
         st = self.stats
@@ -1360,7 +1389,9 @@ class Replayer:
         return {
             "order": self.opt.order,
             "causal": {
-                "scope": ("one global scope: " + scopes.error) if scopes.error else "per table",
+                "scope": ("one global scope: " + scopes.error) if scopes.error else
+                         "per table (dry run: by name only, the target's schema not read)" if self.opt.dry_run else
+                         "per table",
                 "commands_waited": st.causal_waits,
                 "wait_ms": round(st.causal_wait_ns / 1e6, 1),
                 "released_to_break_cycles": st.cycles_broken,

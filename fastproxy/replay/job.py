@@ -41,6 +41,8 @@ class ReplayRun:
                 raise JobError(f"input: {path}: no such file or directory")
         if not report_dir and is_s3(inputs[0]):
             raise ConfigError("report-dir: required when the input is on S3 (the summary files are written locally)")
+        if options.dry_run and baseline is not None:
+            raise ConfigError("dry-run: cannot be combined with baseline (a dry run sends nothing to compare)")
         try:
             self.engine = Replayer(input_dir, options)
         except TrafficFormatError as e:
@@ -51,13 +53,17 @@ class ReplayRun:
         self._report_field = "report-dir" if report_dir else "report-dir (by default the input's directory)"
         _check_report_dir(self.report_dir, self._report_field)  # refused now, not after the replay ran
         self.writer: ReportWriter | None = None
-        self.write_tables = write_tables
+        self.write_tables = write_tables and not options.dry_run  # a dry run touches no server
         self.summary: dict | None = None
         self.files: list[str] = []
         # the verdict: results and latency compared with the capture, EXPLAIN, the HTML page; or, with a
         # baseline, a second engine replaying the same capture at the same time, compared with the first
         self.baseline_engine: Replayer | None = None
-        if baseline is not None:
+        if options.dry_run:
+            from fastproxy.replay.dryrun import NoVerdict
+
+            self.verdict = NoVerdict()
+        elif baseline is not None:
             self.baseline_engine = Replayer(input_dir, dataclasses.replace(options, host=baseline[0],
                                                                            port=baseline[1]))
             self.verdict = ABSession(self.engine, self.baseline_engine, verdict_options)
@@ -206,6 +212,13 @@ def format_summary(s: dict) -> str:
         f"  lag: p99 {lag['p99_ms']} ms, max {lag['max_ms']} ms, avg {lag['avg_ms']} ms",
     ]
     lines += _faithful_lines(s)
+    d = s.get("dry_run")
+    if d:
+        lines.insert(1, f"  DRY RUN: nothing was sent; the replayer sustained {d['commands_per_second']:,} commands/s "
+                        f"({d['commands_per_cpu_second'] or 0:,} per CPU-second) and would have sent "
+                        f"{d['commands_would_send']} commands ({d['bytes_would_send']:,} bytes) and "
+                        f"{d['own_statements_would_send']} statements of its own over {d['connections_would_open']} "
+                        f"connections")
     if s["top_failures"]:
         lines.append("  top failing statements:")
         for f in s["top_failures"]:
@@ -319,7 +332,8 @@ class ReplayJob(Job):
                                 filters=filters_from(selection), start_at=parse_start_at(selection["start-at"]),
                                 tls=parse_bool(form, "tls", False), tls_ca=str(form.get("tls-ca", "") or "").strip(),
                                 tls_skip_verify=parse_bool(form, "tls-skip-verify", False),
-                                order=check_order(str(form.get("order", "") or "causal").strip()))
+                                order=check_order(str(form.get("order", "") or "causal").strip()),
+                                dry_run=parse_bool(form, "dry-run", False))
         users_file = str(form.get("users-file", "") or "").strip()
         if users_file:  # a path on this proxy's machine; the passwords never travel through the API
             from fastproxy.replay.users import load_users_file
@@ -369,6 +383,7 @@ class ReplayJob(Job):
             "speed": e.opt.speed,
             "readonly": e.opt.readonly,
             "order": e.opt.order,
+            "dry_run": e.opt.dry_run,
             "commands_in_capture": st.commands_total,
             "replayed": st.replayed,
             "filtered": st.filtered,
