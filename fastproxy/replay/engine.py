@@ -413,9 +413,11 @@ class Replayer:
         put it on the heap (or park it). Commands consumed without a round trip (filtered, closes)
         are handled in this loop, not by recursion."""
         now = time.monotonic_ns()
+        speed = self.opt.speed
         try:
             while conn.queue and not conn.busy:
-                due = self.due_ns(conn.queue[0].start_ns)
+                # self.due_ns, inlined: this runs for every command
+                due = 0 if speed <= 0 else self._start_mono + int((conn.queue[0].start_ns - self.capture_start_ns) / speed)
                 conn.due_ns = due
                 if due > now:
                     self.heap.push(due, conn.idx)
@@ -689,10 +691,10 @@ class Replayer:
                 conn.types_bound.discard(captured_id)
         elif cmd == COMMAND.COM_INIT_DB and result.outcome == OUTCOME_OK and result.schema is None:
             conn.db = rec.payload[1:].decode("utf-8", "replace")
-        if self.opt.whole_transactions and self._transaction_result(conn, rec, result):
+        if result.outcome == OUTCOME_ERR and self.opt.whole_transactions and self._transaction_result(conn, rec, result):
             return  # the transaction is being sent again; this command completes when that is done
         self._compare(conn, rec, result, now)
-        if self._track_database(conn, rec, result):
+        if (result.schema is not None or cmd == COMMAND.COM_QUERY) and self._track_database(conn, rec, result):
             return  # asking the server first: _next once it answered
         self._next(conn)
 
@@ -846,7 +848,7 @@ class Replayer:
                 self.stats.pinned_insert_id += 1
         if self.opt.whole_transactions:
             txn = conn.txn
-            if flags & TXN_BEGIN or not flags & IN_TXN:
+            if (flags & TXN_BEGIN or not flags & IN_TXN) and (txn.entries or txn.attempts):
                 txn.reset()
             txn.entries.append((conn.inflight, payload, prefix, flags))
         conn.client.send(payload, None)
