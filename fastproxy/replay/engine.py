@@ -9,6 +9,7 @@ fixed start, not from the previous command, so being late once does not shift ev
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import logging
 import re
@@ -64,6 +65,9 @@ KILL_READ_MARGIN_NS = 200_000_000  # a KILL waits until records completing this 
 KILL_SETTLE_NS = 200_000_000  # ... and its target's query has run (at most) this long on replay
 KILL_WAIT_S = 10.0  # at most (then it goes anyway)
 SERVER_CLOSE_WAIT_S = 1.0  # how long a server-side close of production is left to the replay server
+# Each command leaves a few short-lived objects (record, ticket, result) and almost never a cycle: the
+# default youngest-generation threshold (700 allocations) ran the collector every few dozen commands.
+GC_GEN0_THRESHOLD = 50_000
 
 # what _gate says about a connection's head command (_BUSY: the connection first sends something else)
 _FIRE, _PARKED, _CONSUMED, _BUSY = 0, 1, 2, 3
@@ -275,9 +279,12 @@ class Replayer:
         reader_task = self._loop.create_task(self._read())
         flusher = self._loop.create_task(self._flush_periodically())
         watcher = self._loop.create_task(self._watch_dependencies())
+        thresholds = gc.get_threshold()
+        gc.set_threshold(max(thresholds[0], GC_GEN0_THRESHOLD), *thresholds[1:])
         try:
             await self._done.wait()
         finally:
+            gc.set_threshold(*thresholds)
             self._stop_reading = True
             reader_task.cancel()
             flusher.cancel()
