@@ -176,3 +176,22 @@ def test_dry_run_refuses_a_baseline(mariadb_test, rw_capture, tmp_path):
 ])
 def test_count_placeholders(sql, n):
     assert count_placeholders(sql) == n
+
+
+
+def test_dry_run_in_process_puts_the_collector_settings_back(rw_capture):
+    """A replay raises the collector's youngest-generation threshold while it runs (fewer collections
+    per command) and puts the process's setting back (a `serve` process outlives its replays)."""
+    import gc
+
+    from replay_util import replay_inprocess
+
+    before = gc.get_threshold()
+    gc.set_threshold(1234, *before[1:])
+    try:
+        summary, _ = replay_inprocess("127.0.0.1", 0, rw_capture, speed=0, dry_run=True)
+        assert gc.get_threshold() == (1234, *before[1:])
+    finally:
+        gc.set_threshold(*before)
+    assert summary["commands_replayed"] == len(commands(rw_capture))
+    assert summary["dry_run"]["commands_would_send"] > 0 and summary["replayer_cpu_seconds"] > 0
