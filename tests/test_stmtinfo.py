@@ -51,6 +51,10 @@ from fastproxy.replay.stmtinfo import (BEGIN, COMMIT, DDL, LOCK, NAMED_LOCKS, RE
     ("SAVEPOINT a", SESSION, ()),
     ("SET @a := (SELECT MAX(id) FROM t)", READ, ("t",)),
     ("SET NAMES utf8mb4", SESSION, ()),
+    ("SET PASSWORD FOR u@'%' = PASSWORD('x')", UNKNOWN, None),   # an account: later logins depend on it
+    ("set password = 'x'", UNKNOWN, None),
+    ("SET DEFAULT ROLE r FOR u", UNKNOWN, None),
+    ("SET ROLE r", SESSION, ()),
     ("SHOW WARNINGS", SESSION, ()),
     ("SHOW TABLES", READ, None),
     ("USE db", READ, None),

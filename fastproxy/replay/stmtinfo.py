@@ -449,6 +449,9 @@ def _set(toks: list[str], functions) -> StatementInfo:
                 inner.set_statement = True
                 return inner
         return StatementInfo(UNKNOWN, None, True)
+    if second == "password" or (second == "default" and toks[2:3] == ["role"]):
+        # SET PASSWORD [FOR u], SET DEFAULT ROLE r FOR u: an account changes (logins depend on it)
+        return StatementInfo(UNKNOWN, None, True)
     info = StatementInfo(SESSION)
     for i, tok in enumerate(toks[1:], 1):
         if tok in ("timestamp", "insert_id", "last_insert_id", "autocommit") and (
