@@ -160,6 +160,18 @@ def test_dry_run_through_the_api(proxy_factory, mariadb_test, rw_capture, tmp_pa
                                                       "report-dir": str(tmp_path / "reports")})
     assert status == 400 and "dry-run" in body, body
 
+    # `fastproxy traffic replay --dry-run`: a wrong password changes nothing, since nobody logs in
+    from click.testing import CliRunner
+
+    from fastproxy.cli import main as cli_main
+
+    res = CliRunner().invoke(cli_main, ["traffic", "replay", "--curls", proxy.api, "--input", rw_capture,
+                                        "--username", "root", "--password", "wrong", "--speed", "0", "--dry-run"])
+    assert res.exit_code == 0, res.output
+    job = wait_job(proxy, "replay")
+    assert job["dry_run"] is True and job["status"] == "done", job
+    assert job["replayed"] == len(commands(rw_capture)) and job["other_errors"] == 0 and job["skipped"] == 0, job
+
 
 def test_dry_run_refuses_a_baseline(mariadb_test, rw_capture, tmp_path):
     res = subprocess.run([sys.executable, "-m", "fastproxy", "replay", "--target", mariadb_test.addr, "--input",

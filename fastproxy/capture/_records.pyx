@@ -8,8 +8,7 @@ each Record (a NamedTuple) is built with tuple.__new__, without the Python-level
 from libc.stdint cimport int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 from libc.string cimport memcpy
 
-from fastproxy.capture.record import (HEADER, HEADER_V1, KIND_COMMAND, MAX_KIND, MAX_OUTCOME, OUTCOME_UNKNOWN,
-                                      Record)
+from fastproxy.capture.record import HEADER, HEADER_V1, KIND_COMMAND, MAX_KIND, MAX_OUTCOME, OUTCOME_UNKNOWN, Record
 from fastproxy.errors import TrafficFormatError
 
 cdef Py_ssize_t SIZE_V2 = HEADER.size
