@@ -115,7 +115,8 @@ class BackendPool:
         return self.pick() or min(self.backends, key=lambda b: b.last_check)
 
     def status(self) -> dict:
-        return {"mode": self.mode, "user": self.user, "interval": self.interval, "rounds": self.rounds}
+        return {"mode": self.mode, "user": self.user, "interval": self.interval, "rounds": self.rounds,
+                "tls": self.tls is not None, "require_tls": self.require_tls}
 
     # ---- evidence from proxied connections ----------------------------------------------------
     def report(self, backend: Backend | None, error: str = "") -> None:
