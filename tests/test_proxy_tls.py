@@ -117,6 +117,18 @@ def test_wrong_ca_gives_the_clients_own_error(proxy_factory, mariadb, certs):
     conn.close()
 
 
+def test_expired_proxy_certificate_gives_the_clients_own_error(proxy_factory, mariadb, certs):
+    expired = certs.ca.issue("expired-proxy", server=True, expired=True)
+    p = proxy_factory([mariadb], f"--security.server-tls.cert={expired.cert}", f"--security.server-tls.key={expired.key}")
+    with pytest.raises(pymysql.err.OperationalError) as ei:
+        pymysql.connect(**connect_kwargs(p.port, ssl={"ca": certs.ca.pem.cert}))
+    assert "certificate has expired" in str(ei.value)
+    res = cli(p.port, "--ssl-verify-server-cert", f"--ssl-ca={certs.ca.pem.cert}", "-e", "SELECT 1")
+    assert res.returncode == 1 and "2026" in res.stderr, res.stderr
+    conn = pymysql.connect(**connect_kwargs(p.port, ssl_disabled=True))  # the proxy serves on
+    conn.close()
+
+
 def test_require_client_tls_refuses_plain_clients(proxy_factory, mariadb, certs):
     p = tls_proxy(proxy_factory, mariadb, certs, "--security.require-client-tls=true")
     with pytest.raises(pymysql.err.OperationalError) as ei:

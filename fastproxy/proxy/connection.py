@@ -232,7 +232,7 @@ class ClientConnection(asyncio.Protocol):
             s.charset = resp.charset
             self.tracker.deprecate_eof = bool(s.capabilities & CLIENT.DEPRECATE_EOF)
             payload = mask_client_capabilities(payload, self.advertised & ~CLIENT.SSL)
-            if self.server.tls.backend_ctx is not None and self.greeting.capabilities & CLIENT.SSL:
+            if tls.backend_wanted:
                 tls_upgrade.start_backend_upgrade(self, payload, seq)
                 return
         self.backend_side.transport.write(build_packet(seq - tls.seq_shift, payload))
@@ -360,7 +360,7 @@ class ClientConnection(asyncio.Protocol):
             self._close()
             return
         self.greeting = g = Greeting.parse(payload)
-        refused = tls_upgrade.backend_refused(self, g.capabilities)
+        refused = tls_upgrade.on_greeting(self, g.capabilities)
         if refused:
             log.warning("conn %d (%s): backend %s %s", self.session.conn_id, self.session.client_addr,
                         self.session.backend, refused)

@@ -68,12 +68,13 @@ class ProxyTls:
 class HandshakeTls:
     """One connection's TLS state during its handshake."""
 
-    __slots__ = ("client", "backend", "busy")
+    __slots__ = ("client", "backend", "busy", "backend_wanted")
 
     def __init__(self) -> None:
         self.client = False  # the client's side is encrypted
         self.backend = False  # the backend's side is encrypted
         self.busy = False  # an upgrade is under way: the client's packets wait
+        self.backend_wanted = False  # sql-tls is set and the backend's greeting offers TLS
 
     @property
     def seq_shift(self) -> int:
@@ -216,15 +217,16 @@ async def _backend_upgrade(conn, response: bytes, client_seq: int) -> None:
         transport = await upgrade(side.transport, side, conn.server.tls.backend_ctx, server_side=False,
                                   timeout=conn.server.config["proxy.connect-timeout"])
     except (ssl.SSLError, OSError, asyncio.TimeoutError, ConnectionError) as e:
+        if conn._closing:  # the client left meanwhile (closing the backend's side ended the handshake)
+            return
         reason = describe_error(e)
         log.warning("conn %d (%s): TLS handshake with backend %s failed: %s", s.conn_id, s.client_addr,
                     s.backend, reason)
         conn.server.pool.report(backend, f"TLS handshake failed: {reason}")  # health evidence
-        if not conn._closing:
-            conn.transport.write(err_packet(ER.UNKNOWN_ERROR, f"fastproxy: TLS to backend {s.backend} failed: "
-                                            f"{reason}", client_seq + 1, "08S01"))
-            s.closed_by, s.close_reason = s.closed_by or "proxy", s.close_reason or "backend TLS failed"
-            conn._close()
+        conn.transport.write(err_packet(ER.UNKNOWN_ERROR, f"fastproxy: TLS to backend {s.backend} failed: "
+                                        f"{reason}", client_seq + 1, "08S01"))
+        s.closed_by, s.close_reason = s.closed_by or "proxy", s.close_reason or "backend TLS failed"
+        conn._close()
         return
     if conn._closing:
         transport.close()
@@ -238,9 +240,13 @@ async def _backend_upgrade(conn, response: bytes, client_seq: int) -> None:
     conn.data_received(b"")  # what the client sent meanwhile (nothing, unless it pipelines)
 
 
-def backend_refused(conn, greeting_caps: int) -> str:
-    """Why this backend's greeting cannot be used under the TLS settings ("" when it can)."""
-    if conn.server.tls.require_backend and not greeting_caps & CLIENT.SSL:
+def on_greeting(conn, greeting_caps: int) -> str:
+    """The backend's greeting is in: whether its side will be upgraded; why it cannot be used under
+    the TLS settings ("" when it can)."""
+    tls = conn.server.tls
+    offered = bool(greeting_caps & CLIENT.SSL)
+    conn.tls.backend_wanted = tls.backend_ctx is not None and offered
+    if tls.require_backend and not offered:
         return "does not offer TLS (security.require-backend-tls)"
     return ""
 
