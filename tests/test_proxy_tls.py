@@ -93,17 +93,25 @@ def test_mutual_tls(proxy_factory, mariadb, certs):
     p = tls_proxy(proxy_factory, mariadb, certs, f"--security.server-tls.ca={certs.ca.pem.cert}")
     good = pymysql.connect(**connect_kwargs(p.port, ssl={"ca": certs.ca.pem.cert, "cert": certs.client.cert,
                                                          "key": certs.client.key}))
-    # the others fail with their own TLS error, and `good` is not disturbed
-    for bad in ({"ca": certs.ca.pem.cert},  # no client certificate
-                {"ca": certs.ca.pem.cert, "cert": certs.expired_client.cert, "key": certs.expired_client.key},
-                {"ca": certs.ca.pem.cert, "cert": certs.other_client.cert, "key": certs.other_client.key}):
-        with pytest.raises(pymysql.err.OperationalError):
+    # the others fail with their own TLS error, which says why (the proxy's TLS alert reached them),
+    # and `good` is not disturbed
+    for bad, why in (({"ca": certs.ca.pem.cert}, "alert certificate required"),  # no client certificate
+                     ({"ca": certs.ca.pem.cert, "cert": certs.expired_client.cert, "key": certs.expired_client.key},
+                      "alert certificate expired"),
+                     ({"ca": certs.ca.pem.cert, "cert": certs.other_client.cert, "key": certs.other_client.key},
+                      "alert unknown ca")):
+        with pytest.raises(pymysql.err.OperationalError) as ei:
             pymysql.connect(**connect_kwargs(p.port, ssl=bad, connect_timeout=10))
+        assert why in str(ei.value)
+    res = cli(p.port, "--ssl-verify-server-cert", f"--ssl-ca={certs.ca.pem.cert}", "-e", "SELECT 1")
+    assert res.returncode == 1 and "2026" in res.stderr and "alert certificate required" in res.stderr, res.stderr
     with good.cursor() as cur:
         cur.execute("SELECT 'still here'")
         assert cur.fetchone() == ("still here",)
     good.close()
-    assert p.read_log().count("TLS handshake with the client failed") == 3
+    log = p.read_log()
+    assert log.count("TLS handshake with the client failed") == 4
+    assert "certificate has expired" in log
 
 
 def test_wrong_ca_gives_the_clients_own_error(proxy_factory, mariadb, certs):

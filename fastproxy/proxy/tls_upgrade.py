@@ -62,6 +62,9 @@ class ProxyTls:
         if config[f"{q}.ca"] or config[f"{q}.cert"] or config[f"{q}.skip-ca"] or config["security.require-backend-tls"]:
             backend_ctx = client_context(config[f"{q}.ca"], config[f"{q}.cert"], config[f"{q}.key"],
                                          config[f"{q}.skip-ca"], config[f"{q}.min-tls-version"], key_prefix=q)
+        for ctx in (server_ctx, backend_ctx):
+            if ctx is not None:
+                ctx.sslobject_class = AlertKeepingSSLObject
         return cls(server_ctx, config["security.require-client-tls"], backend_ctx, config["security.require-backend-tls"])
 
 
@@ -115,6 +118,53 @@ class _Handover(asyncio.Protocol):
             self.done.set_exception(exc or ConnectionResetError("connection closed during the TLS handshake"))
 
 
+class AlertKeepingSSLObject(ssl.SSLObject):
+    """An SSLObject that tells the transport under it where its outgoing bytes wait (set as the
+    contexts' `sslobject_class`): asyncio's and uvloop's TLS protocols close the connection on a
+    failed handshake without sending the alert OpenSSL wrote (`certificate required`, `unknown ca`,
+    `certificate expired`), and the client would only see "unexpected eof"."""
+
+    @classmethod
+    def _create(cls, incoming, outgoing, *args, **kwargs):
+        obj = super()._create(incoming, outgoing, *args, **kwargs)
+        if _RawSide.binding is not None:  # wrap_bio runs inside the TLS protocol's connection_made
+            _RawSide.binding.outgoing = outgoing
+        return obj
+
+
+class _RawSide:
+    """The connection's own transport as the TLS protocol sees it: the same, except that what
+    OpenSSL still has to send (a failed handshake's alert) is sent before the connection closes."""
+
+    binding: "_RawSide | None" = None
+    __slots__ = ("raw", "outgoing", "write", "pause_reading", "resume_reading", "get_extra_info", "is_closing")
+
+    def __init__(self, raw: asyncio.Transport) -> None:
+        self.raw = raw
+        self.outgoing: ssl.MemoryBIO | None = None
+        self.write = raw.write
+        self.pause_reading = raw.pause_reading
+        self.resume_reading = raw.resume_reading
+        self.get_extra_info = raw.get_extra_info
+        self.is_closing = raw.is_closing
+
+    def _flush(self) -> None:
+        if self.outgoing is not None and self.outgoing.pending and not self.raw.is_closing():
+            self.raw.write(self.outgoing.read())
+
+    def close(self) -> None:
+        self._flush()
+        self.raw.close()
+
+    def abort(self) -> None:
+        self._flush()
+        self.raw.close()  # close, not abort: let the alert leave
+
+    def _force_close(self, exc) -> None:
+        self._flush()
+        self.raw.close()
+
+
 def _ssl_protocol_class(loop: asyncio.AbstractEventLoop):
     try:
         import uvloop
@@ -142,7 +192,11 @@ async def upgrade(transport: asyncio.Transport, protocol: asyncio.Protocol, ctx:
                                     call_connection_made=True, ssl_handshake_timeout=timeout)
     transport.pause_reading()
     transport.set_protocol(tls)
-    tls.connection_made(transport)
+    raw_side = _RawSide.binding = _RawSide(transport)
+    try:
+        tls.connection_made(raw_side)
+    finally:
+        _RawSide.binding = None
     view = memoryview(already_read)
     while view:
         buf = tls.get_buffer(len(view))
@@ -161,6 +215,8 @@ async def upgrade(transport: asyncio.Transport, protocol: asyncio.Protocol, ctx:
 
 def describe_error(exc: BaseException) -> str:
     """A short reason for a log line: OpenSSL's reason, or the exception's name."""
+    if isinstance(exc, ssl.SSLCertVerificationError) and exc.verify_message:
+        return f"{exc.reason}: {exc.verify_message}"
     if isinstance(exc, ssl.SSLError):
         return exc.reason or str(exc)
     if isinstance(exc, asyncio.TimeoutError):
