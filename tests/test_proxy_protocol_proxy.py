@@ -23,6 +23,7 @@ from fastproxy.protocol import parse_err
 from fastproxy.proxy_protocol import build_v2
 from fastproxy.scratch_db import ScratchMariaDB, free_port
 from proxy_rawclient import RawClient
+from proxy_util import wait_for
 
 CLIENT_IP = "127.0.0.5"
 
@@ -120,7 +121,7 @@ def test_the_clients_address_goes_all_the_way(proxy_factory, haproxy_factory, pp
     with pytest.raises(pymysql.err.OperationalError):
         pymysql.connect(host="127.0.0.1", port=h.port, user="app", password="wrong", bind_address=CLIENT_IP,
                         ssl_disabled=True)
-    assert f"({CLIENT_IP}:" in p.read_log()
+    wait_for(lambda: f"({CLIENT_IP}:" in p.read_log(), what="the refused login's log line")  # written after the ERR
 
 
 def test_without_backend_proxy_protocol_the_grant_does_not_match(proxy_factory, haproxy_factory, pp_db):

@@ -66,7 +66,7 @@ def test_mariadb_cli_verifies_the_proxy_certificate(proxy_factory, mariadb, cert
     assert plain.returncode == 0 and plain.stdout.strip() == "7", plain.stderr
 
 
-def test_pymysql_and_mysqlclient_over_tls(proxy_factory, mariadb, certs):
+def test_python_connectors_over_tls(proxy_factory, mariadb, certs):
     p = tls_proxy(proxy_factory, mariadb, certs)
     conn = pymysql.connect(**connect_kwargs(p.port, ssl={"ca": certs.ca.pem.cert}))
     try:
@@ -87,6 +87,22 @@ def test_pymysql_and_mysqlclient_over_tls(proxy_factory, mariadb, certs):
         assert client_tls_of_connections(p)[0].startswith("TLSv1.")
     finally:
         my.close()
+    # MariaDB Connector/Python (MySQL's Connector/Python is not installed here)
+    import mariadb as mariadb_connector
+
+    mc = mariadb_connector.connect(host="127.0.0.1", port=p.port, user="root", password=ROOT_PASSWORD,
+                                   ssl_ca=certs.ca.pem.cert, ssl_verify_cert=True)
+    try:
+        cur = mc.cursor()
+        cur.execute("SELECT 6 * 7")
+        assert cur.fetchone() == (42,)
+        assert client_tls_of_connections(p)[0].startswith("TLSv1.")
+    finally:
+        mc.close()
+    with pytest.raises(mariadb_connector.Error) as ei:
+        mariadb_connector.connect(host="127.0.0.1", port=p.port, user="root", password=ROOT_PASSWORD,
+                                  ssl_ca=certs.other.pem.cert, ssl_verify_cert=True)
+    assert "certificate" in str(ei.value).lower() or "2026" in str(ei.value), ei.value
 
 
 def test_mutual_tls(proxy_factory, mariadb, certs):

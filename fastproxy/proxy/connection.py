@@ -33,7 +33,7 @@ from fastproxy.metrics import LATENCY_BOUNDS_NS
 from fastproxy.protocol import Greeting, HandshakeResponse, err_packet, mask_client_capabilities, parse_err
 from fastproxy.proxy.introspect import DIAGNOSTICS_PEEK, DatabaseReader, SessionReader, reads_diagnostics
 from fastproxy.proxy.session import STATE_FLAGS, Session
-from fastproxy.proxy import tls_upgrade
+from fastproxy.proxy import sha2_bridge, tls_upgrade
 from fastproxy.proxy.inbound_proxy_protocol import InboundHeader, outbound_header
 from fastproxy.textresult import TextResultReader
 
@@ -235,6 +235,8 @@ class ClientConnection(asyncio.Protocol):
             if tls.backend_wanted:
                 tls_upgrade.start_backend_upgrade(self, payload, seq)
                 return
+        elif tls.bridge is not None and sha2_bridge.on_client_packet(self, seq, payload):
+            return
         self.backend_side.transport.write(build_packet(seq - tls.seq_shift, payload))
 
     def _refuse_tls(self, seq: int) -> None:
@@ -360,7 +362,7 @@ class ClientConnection(asyncio.Protocol):
             self._close()
             return
         self.greeting = g = Greeting.parse(payload)
-        refused = tls_upgrade.on_greeting(self, g.capabilities)
+        refused = tls_upgrade.on_greeting(self, g)
         if refused:
             log.warning("conn %d (%s): backend %s %s", self.session.conn_id, self.session.client_addr,
                         self.session.backend, refused)
@@ -382,6 +384,8 @@ class ClientConnection(asyncio.Protocol):
             self.data_received(b"")
 
     def _on_backend_auth_packet(self, seq: int, payload) -> None:
+        if self.tls.client != self.tls.backend and sha2_bridge.on_backend_packet(self, seq, payload):
+            return
         self.transport.write(build_packet(seq + self.tls.seq_shift, payload))
         first = payload[0] if len(payload) else -1
         if first == 0x00:  # authenticated: from now on bytes flow straight through

@@ -43,6 +43,7 @@ class ProxyTls:
     require_client: bool = False
     backend_ctx: ssl.SSLContext | None = None  # towards backends
     require_backend: bool = False
+    rsa_key: object = None  # the key plain clients encrypt their password with for a TLS backend (sha2_bridge.py)
 
     @classmethod
     def from_config(cls, config) -> "ProxyTls":
@@ -65,24 +66,34 @@ class ProxyTls:
         for ctx in (server_ctx, backend_ctx):
             if ctx is not None:
                 ctx.sslobject_class = AlertKeepingSSLObject
-        return cls(server_ctx, config["security.require-client-tls"], backend_ctx, config["security.require-backend-tls"])
+        from fastproxy.proxy.sha2_bridge import new_rsa_key
+
+        return cls(server_ctx, config["security.require-client-tls"], backend_ctx, config["security.require-backend-tls"],
+                   new_rsa_key() if backend_ctx is not None else None)
 
 
 class HandshakeTls:
     """One connection's TLS state during its handshake."""
 
-    __slots__ = ("client", "backend", "busy", "backend_wanted")
+    __slots__ = ("client", "backend", "busy", "backend_wanted", "plugin", "nonce", "bridge", "password",
+                 "extra_shift")
 
     def __init__(self) -> None:
         self.client = False  # the client's side is encrypted
         self.backend = False  # the backend's side is encrypted
         self.busy = False  # an upgrade is under way: the client's packets wait
         self.backend_wanted = False  # sql-tls is set and the backend's greeting offers TLS
+        # caching_sha2_password full authentication across one TLS leg (sha2_bridge.py)
+        self.plugin = ""  # the backend's current auth plugin and its nonce
+        self.nonce = b""
+        self.bridge: str | None = None  # what the bridge waits for
+        self.password = b""  # for one step of the bridge only
+        self.extra_shift = 0  # packets one leg counted and the other did not
 
     @property
     def seq_shift(self) -> int:
         """client sequence id - backend sequence id, for the handshake packets relayed between them."""
-        return int(self.client) - int(self.backend)
+        return int(self.client) - int(self.backend) + self.extra_shift
 
 
 def ssl_request(response: bytes, seq: int = 1) -> bytes:
@@ -296,12 +307,17 @@ async def _backend_upgrade(conn, response: bytes, client_seq: int) -> None:
     conn.data_received(b"")  # what the client sent meanwhile (nothing, unless it pipelines)
 
 
-def on_greeting(conn, greeting_caps: int) -> str:
+def on_greeting(conn, greeting) -> str:
     """The backend's greeting is in: whether its side will be upgraded; why it cannot be used under
     the TLS settings ("" when it can)."""
+    from fastproxy.proxy.sha2_bridge import greeting_nonce
+
     tls = conn.server.tls
+    greeting_caps = greeting.capabilities
     offered = bool(greeting_caps & CLIENT.SSL)
     conn.tls.backend_wanted = tls.backend_ctx is not None and offered
+    if tls.server_ctx is not None or tls.backend_ctx is not None:  # one leg may be TLS: sha2_bridge.py may need them
+        conn.tls.plugin, conn.tls.nonce = greeting.auth_plugin, greeting_nonce(greeting.raw)
     if tls.require_backend and not offered:
         return "does not offer TLS (security.require-backend-tls)"
     return ""
