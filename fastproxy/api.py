@@ -102,6 +102,7 @@ async def connections(request: web.Request) -> web.Response:
         out.append({
             "conn_id": s.conn_id, "client_addr": s.client_addr, "user": s.user, "db": s.db,
             "backend": s.backend, "backend_conn_id": s.backend_conn_id, "in_transaction": s.in_transaction,
+            "tls": {"client": s.client_tls, "backend": s.backend_tls},
             "autocommit": s.autocommit,
             "prepared": {str(k): redact_text(v, reading) for k, v in sorted(s.prepared.items())},
             "commands": s.commands, "pending_commands": conn.tracker.pending, "capture": s.capture_state,

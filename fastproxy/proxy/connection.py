@@ -33,6 +33,8 @@ from fastproxy.metrics import LATENCY_BOUNDS_NS
 from fastproxy.protocol import Greeting, HandshakeResponse, err_packet, mask_client_capabilities, parse_err
 from fastproxy.proxy.introspect import DIAGNOSTICS_PEEK, DatabaseReader, SessionReader, reads_diagnostics
 from fastproxy.proxy.session import STATE_FLAGS, Session
+from fastproxy.proxy import sha2_bridge, tls_upgrade
+from fastproxy.proxy.inbound_proxy_protocol import InboundHeader, outbound_header
 from fastproxy.textresult import TextResultReader
 
 if TYPE_CHECKING:
@@ -80,6 +82,9 @@ class ClientConnection(asyncio.Protocol):
         self._held: list[bytes] | None = None
         self._own_reader: TextResultReader | None = None
         self._own_query = None
+        # TLS and the PROXY protocol in the handshake (tls_upgrade.py, inbound_proxy_protocol.py)
+        self.tls = tls_upgrade.HandshakeTls()
+        self.proxy_header: InboundHeader | None = None
 
     # ---- client side -------------------------------------------------------------------------
     def connection_made(self, transport) -> None:
@@ -100,7 +105,17 @@ class ClientConnection(asyncio.Protocol):
             return
         self.server.connections.add(self)
         stats.connections += 1
+        if self.server.config["proxy.proxy-protocol"]:  # first the header that says who the client is
+            self.proxy_header = InboundHeader(self)
+            self.proxy_header.start()
+            return
         transport.pause_reading()  # nothing to read before the backend's greeting reached the client
+        self.server.loop.create_task(self._connect_backend())
+
+    def on_proxy_header(self, rest: bytes) -> None:
+        """The PROXY header is in (inbound_proxy_protocol.py): now the connection starts as usual."""
+        self.transport.pause_reading()
+        self.framer.feed(rest)
         self.server.loop.create_task(self._connect_backend())
 
     def _refuse(self, code: int, message: str, state: str) -> None:
@@ -138,6 +153,8 @@ class ClientConnection(asyncio.Protocol):
             return
         self.session.backend = backend.addr
         self.backend_side = side
+        if self.server.config["proxy.backend-proxy-protocol"]:  # before anything else, TLS included
+            side.transport.write(outbound_header(self))
         self._to_backend = side.transport.write
         self._to_client = self.transport.write
         self.phase = GREETING
@@ -171,11 +188,15 @@ class ClientConnection(asyncio.Protocol):
                 self._protocol_error("client", e)
             return
         if self.phase <= AUTH:
+            if self.proxy_header is not None and self.proxy_header.waiting:
+                self.proxy_header.feed(data)
+                return
             self.framer.feed(data)
-            if self.phase != AUTH:  # the greeting has not reached the client yet: kept until it has
+            # kept until the greeting reached the client, and while a TLS upgrade runs
+            if self.phase != AUTH or self.tls.busy:
                 return
             try:
-                while (pkt := self.framer.next_packet()) is not None:
+                while not self.tls.busy and (pkt := self.framer.next_packet()) is not None:
                     self._on_auth_packet(*pkt)
             except ProtocolError as e:
                 self._protocol_error("client", e)
@@ -183,22 +204,40 @@ class ClientConnection(asyncio.Protocol):
     def _on_auth_packet(self, seq: int, payload) -> None:
         if self.phase == CLOSED:  # refused (TLS request): what follows, e.g. a TLS ClientHello, is dropped
             return
+        tls = self.tls
         if not self.session.capabilities:  # the first packet: the handshake response
-            if seq != 1:
-                raise ProtocolError(f"expected the handshake response (sequence id 1), got sequence id {seq}")
+            if seq != 1 + tls.client:
+                raise ProtocolError(f"expected the handshake response (sequence id {1 + tls.client}), "
+                                    f"got sequence id {seq}")
             try:
                 resp = HandshakeResponse.parse(payload)
             except (IndexError, ValueError, struct.error) as e:
                 raise ProtocolError(f"malformed handshake response: {e}") from None
             if resp.ssl_request:
-                self._refuse_tls(seq)
+                if self.server.tls.server_ctx is None or tls.client:
+                    self._refuse_tls(seq)
+                else:
+                    tls_upgrade.start_client_upgrade(self)
+                return
+            if self.server.tls.require_client and not tls.client:
+                log.info("conn %d (%s): refused: no TLS (security.require-client-tls)", self.session.conn_id,
+                         self.session.client_addr)
+                self.session.closed_by, self.session.close_reason = "proxy", "client without TLS"
+                self.transport.write(err_packet(ER.ACCESS_DENIED_ERROR, tls_upgrade.REQUIRE_CLIENT_TLS, seq + 1, "28000"))
+                self._close()
                 return
             s = self.session
-            s.user, s.db, s.capabilities = resp.user, resp.database, resp.capabilities & self.advertised
+            # TLS is the transport's business: the session's capabilities are the same as in plain text
+            s.user, s.db, s.capabilities = resp.user, resp.database, resp.capabilities & self.advertised & ~CLIENT.SSL
             s.charset = resp.charset
             self.tracker.deprecate_eof = bool(s.capabilities & CLIENT.DEPRECATE_EOF)
-            payload = mask_client_capabilities(payload, self.advertised)
-        self.backend_side.transport.write(build_packet(seq, payload))
+            payload = mask_client_capabilities(payload, self.advertised & ~CLIENT.SSL)
+            if tls.backend_wanted:
+                tls_upgrade.start_backend_upgrade(self, payload, seq)
+                return
+        elif tls.bridge is not None and sha2_bridge.on_client_packet(self, seq, payload):
+            return
+        self.backend_side.transport.write(build_packet(seq - tls.seq_shift, payload))
 
     def _refuse_tls(self, seq: int) -> None:
         """An SSL request: the greeting never offered TLS, but some clients ask anyway. Answer as
@@ -323,8 +362,19 @@ class ClientConnection(asyncio.Protocol):
             self._close()
             return
         self.greeting = g = Greeting.parse(payload)
+        refused = tls_upgrade.on_greeting(self, g)
+        if refused:
+            log.warning("conn %d (%s): backend %s %s", self.session.conn_id, self.session.client_addr,
+                        self.session.backend, refused)
+            self.server.pool.report(self.backend, refused)  # health evidence
+            self.transport.write(err_packet(ER_UNKNOWN_ERROR, f"fastproxy: backend {self.session.backend} {refused}",
+                                            0, "08S01"))
+            self._close()
+            return
         self.server.pool.report(self.backend)  # health evidence: it greeted
         self.advertised = g.capabilities & ~CLIENT.PROXY_STRIPPED
+        if self.server.tls.server_ctx is not None:  # the proxy terminates the client's TLS itself
+            self.advertised |= CLIENT.SSL
         self.session.server_version = g.server_version
         self.session.backend_conn_id = g.connection_id
         self.transport.write(build_packet(seq, g.with_capabilities(self.advertised)))
@@ -334,7 +384,9 @@ class ClientConnection(asyncio.Protocol):
             self.data_received(b"")
 
     def _on_backend_auth_packet(self, seq: int, payload) -> None:
-        self.transport.write(build_packet(seq, payload))
+        if self.tls.client != self.tls.backend and sha2_bridge.on_backend_packet(self, seq, payload):
+            return
+        self.transport.write(build_packet(seq + self.tls.seq_shift, payload))
         first = payload[0] if len(payload) else -1
         if first == 0x00:  # authenticated: from now on bytes flow straight through
             self.phase = COMMANDS

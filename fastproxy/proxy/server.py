@@ -12,6 +12,8 @@ from fastproxy.config import Config
 from fastproxy.metrics import ProxyStats, make_registry
 from fastproxy.proxy.backend import BackendPool
 from fastproxy.proxy.connection import ClientConnection
+from fastproxy.proxy.inbound_proxy_protocol import check_proxy_protocol
+from fastproxy.proxy.tls_upgrade import ProxyTls
 
 log = logging.getLogger("fastproxy.server")
 
@@ -20,8 +22,11 @@ class ProxyServer:
     def __init__(self, config: Config) -> None:
         self.config = config
         self.stats = ProxyStats()
+        self.tls = ProxyTls.from_config(config)  # TLS towards clients and backends (tls_upgrade.py)
+        check_proxy_protocol(config)
         self.pool = BackendPool(config["proxy.backends"], config["proxy.health-check-interval"],
-                                config["proxy.health-check-timeout"], config["proxy.health-check-user"])
+                                config["proxy.health-check-timeout"], config["proxy.health-check-user"],
+                                tls=self.tls.backend_ctx, require_tls=self.tls.require_backend)
         self.connections: set[ClientConnection] = set()
         self.capture: Any = None  # the running capture job's hook object, or None
         self.jobs: Any = None  # the traffic jobs (fastproxy.jobs.JobManager), set by whoever composes the process

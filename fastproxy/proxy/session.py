@@ -77,6 +77,9 @@ class Session:
     last_end_ns: int = 0
     last_arrival_ns: int = 0  # start times of one connection's commands strictly increase
     connected_ns: int = 0
+    # TLS version of each side ("" = plain text): fastproxy/proxy/tls_upgrade.py
+    client_tls: str = ""
+    backend_tls: str = ""
     # set by an active capture: None (not captured), "wait-txn" (inside a transaction that wrote
     # before the capture: captured from its end), "pending" (its state is read at the next command
     # boundary), "on"
