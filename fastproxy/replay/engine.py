@@ -232,6 +232,7 @@ class Replayer:
         self._reading_done = False
         self._stop_reading = False
         self._done = asyncio.Event()
+        self.internal_error: Exception | None = None  # a defect of the replayer that stopped the replay
         self._loop: asyncio.AbstractEventLoop | None = None
         self.queued = 0
         self.finished_ns = 0
@@ -309,6 +310,9 @@ class Replayer:
             self.cpu_seconds = time.process_time() - self._cpu_start
             if self.on_flush:
                 self.on_flush(self.report)
+        if self.internal_error is not None:
+            e = self.internal_error
+            raise RuntimeError(f"the replay stopped on an internal error: {type(e).__name__}: {e}") from e
         return self.stats
 
     def cancel(self, graceful: bool = False) -> None:
@@ -645,6 +649,12 @@ class Replayer:
             self._schedule(conn)
 
     def _on_lost(self, client: ReplayClient, exc) -> None:
+        try:
+            self._handle_lost(client, exc)
+        except Exception as e:  # noqa: BLE001
+            self._internal_failure(e)
+
+    def _handle_lost(self, client: ReplayClient, exc) -> None:
         conn: Conn = client.owner
         if conn.client is client:
             conn.client = None
@@ -663,6 +673,21 @@ class Replayer:
                 self._judge_idle_loss(conn, conn.queue[0])
 
     def _on_result(self, client: ReplayClient, result) -> None:
+        # a client callback that raises would leave its connection busy for ever: the replay would
+        # stall without a word; stop it instead, saying why
+        try:
+            self._handle_result(client, result)
+        except Exception as e:  # noqa: BLE001
+            self._internal_failure(e)
+
+    def _internal_failure(self, e: Exception) -> None:
+        if self.internal_error is None:
+            log.exception("replay stopped by an internal error")
+            self.internal_error = e
+            self.report.add_other("internal error", f"{type(e).__name__}: {e}", time.time_ns())
+            self.cancel()
+
+    def _handle_result(self, client: ReplayClient, result) -> None:
         conn: Conn = client.owner
         now = time.monotonic_ns()
         tag = result.tag
