@@ -12,7 +12,7 @@ import click
 
 from fastproxy.cli_password import password_options, resolve_password
 from fastproxy.cli_report import report, verdict_form, verdict_options
-from fastproxy.replay.selection import cli_values, selection_options
+from fastproxy.replay.selection import RESUME_HELP, cli_values, selection_options
 
 API_CONTEXT = "fastproxy.api"  # click context meta: how to reach and authenticate to the API
 
@@ -164,11 +164,16 @@ def capture(curls: str, output: str, duration: str, compress: bool, encryption_m
                    "connection replays as its captured user; users not in it replay as --username")
 @click.option("--replay-unknown", is_flag=True,
               help="also send the commands that were in flight when production's backend died")
+@click.option("--report-dir", default=None,
+              help="directory (on the proxy's machine) for the summary files and the checkpoint "
+                   "[default: the input directory]")
+@click.option("--resume", is_flag=True, help=RESUME_HELP)
 @selection_options
 @verdict_options
 def replay(curls: str, input_dir: str, username: str, password: str | None, password_file: str | None, speed: float,
            read_only: bool, order: str, encryption_key_path: str | None, input_format: str, tls: bool, tls_ca: str,
-           tls_skip_verify: bool, users_file: str | None, replay_unknown: bool, verdict: dict, **selection) -> None:
+           tls_skip_verify: bool, users_file: str | None, replay_unknown: bool, report_dir: str | None, resume: bool,
+           verdict: dict, **selection) -> None:
     """Replay a capture against the proxy's backends."""
     password = resolve_password(password, password_file)
     _each(curls, "POST", "/api/traffic/replay", {"input": input_dir, "username": username, "password": password,
@@ -177,6 +182,7 @@ def replay(curls: str, input_dir: str, username: str, password: str | None, pass
                                                   "format": input_format, "tls": str(tls).lower(),
                                                   "tls-ca": tls_ca, "tls-skip-verify": str(tls_skip_verify).lower(),
                                                   "users-file": users_file, "replay-unknown": str(replay_unknown).lower(),
+                                                  "report-dir": report_dir, "resume": str(resume).lower(),
                                                   **cli_values(selection), **verdict_form(verdict)})
 
 

@@ -32,6 +32,7 @@ FIELDS: dict[str, dict[str, str]] = {
     "replay": {"input": INPUTS, "username": TEXT, "password": SECRET, "speed": TEXT, "readonly": TEXT,
                "order": TEXT, "encryption-key-path": PATH, "report-dir": PATH, "format": TEXT,
                "tls": TEXT, "tls-ca": PATH, "tls-skip-verify": TEXT, "users-file": PATH, "replay-unknown": TEXT,
+               "resume": TEXT,
                **{name: TEXT for name, _ in FILTER_FIELDS},
                "baseline": TEXT, **{name: TEXT for name in VERDICT_FIELDS}},
     "cancel": {"type": TEXT, "graceful": TEXT},

@@ -246,6 +246,7 @@ class Replayer:
                                affected_rows=self._affected_rows_recorded())
         self._released: list[int] = []  # parked connections whose requirement a completion met
         self._draining = False
+        self.checkpoint = None  # fastproxy.replay.checkpoint.Checkpoint: position kept for --resume
 
     # ---- timing ---------------------------------------------------------------------------------
     def due_ns(self, captured_ns: int) -> int:
@@ -360,6 +361,8 @@ class Replayer:
         return conn
 
     def _dispatch(self, rec: Record) -> None:
+        if self.checkpoint is not None and not self.checkpoint.on_read(rec):
+            return  # done before a resume
         kind = rec.kind
         if rec.end_ns > self._read_ns:
             self._read_ns = rec.end_ns  # how far the input has been read (KILLs wait for their target)
@@ -452,6 +455,8 @@ class Replayer:
             ticket = conn.tickets.popleft()
             if ticket is not None:
                 self._finish(conn, ticket)
+            if self.checkpoint is not None:
+                self.checkpoint.consumed(conn, ticket)
         return True
 
     def _next(self, conn: Conn) -> None:
@@ -517,6 +522,8 @@ class Replayer:
         conn.busy = True
         conn.inflight = rec
         conn.sent_ns = now
+        if self.checkpoint is not None:
+            self.checkpoint.sent(conn)
         if cmd in _SESSION_COMMANDS:
             payload = self._session_command(conn, rec, payload)
             if payload is None:
@@ -610,6 +617,8 @@ class Replayer:
             conn.pin_dirty = False
             if conn.state is not None:
                 await self._rebuild_session(conn)
+            if self.checkpoint is not None:
+                await self.checkpoint.after_login(conn)
         except (OSError, asyncio.TimeoutError, LoginError, Exception) as e:  # noqa: BLE001
             err_type = ("i/o timeout" if isinstance(e, asyncio.TimeoutError)
                         else "login failed" if isinstance(e, LoginError) else "connect failed")
