@@ -13,6 +13,7 @@ import click
 from fastproxy.cli_password import password_options, resolve_password
 from fastproxy.cli_report import report, verdict_form, verdict_options
 from fastproxy.replay.selection import RESUME_HELP, cli_values, selection_options
+from fastproxy.traffic_filter import CAPTURE_FILTER_FIELDS
 
 API_CONTEXT = "fastproxy.api"  # click context meta: how to reach and authenticate to the API
 
@@ -121,6 +122,13 @@ curls_option = click.option("--curls", default="127.0.0.1:3080", show_default=Tr
                             help="API address(es) of running fastproxy instances, comma-separated")
 
 
+def capture_filter_options(fn):
+    """--schema, --only-user, ... (fastproxy/traffic_filter.py CAPTURE_FILTER_FIELDS)."""
+    for name, help_text in reversed(CAPTURE_FILTER_FIELDS):
+        fn = click.option(f"--{name}", name.replace("-", "_"), default=None, help=help_text)(fn)
+    return fn
+
+
 @click.group()
 def traffic() -> None:
     """Capture and replay traffic through running proxies (HTTP API)."""
@@ -134,11 +142,14 @@ def traffic() -> None:
 @click.option("--compress/--no-compress", default=True, show_default=True, help="lz4-compress the traffic files")
 @click.option("--encryption-method", type=click.Choice(["", "aes256-ctr"]), default="", show_default=True,
               help="encrypt the files with the key at security.encryption-key-path")
-def capture(curls: str, output: str, duration: str, compress: bool, encryption_method: str) -> None:
-    """Start capturing every connection's traffic."""
+@capture_filter_options
+def capture(curls: str, output: str, duration: str, compress: bool, encryption_method: str, **filters) -> None:
+    """Start capturing every connection's traffic (or what the filters keep of it)."""
     _each(curls, "POST", "/api/traffic/capture", {"output": output, "duration": duration,
                                                    "compress": str(compress).lower(),
-                                                   "encryption-method": encryption_method})
+                                                   "encryption-method": encryption_method,
+                                                   **{name: filters.pop(name.replace("-", "_"), None)
+                                                      for name, _ in CAPTURE_FILTER_FIELDS}})
 
 
 @traffic.command()

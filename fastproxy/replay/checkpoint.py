@@ -179,11 +179,15 @@ class Checkpoint:
     async def begin(self, report_start_ns: int) -> None:
         """Before the replay starts: restore what the checkpoint says, open the files."""
         engine = self.engine
+        self.report_start_ns = report_start_ns
         try:
             self._dir_fd = open_private_dir(self.directory, self.field, create=True)
-        except OSError as e:
-            raise JobError(f"{self.field}: cannot create {self.directory}: {e.strerror}") from None
-        self.report_start_ns = report_start_ns
+        except (OSError, JobError) as e:
+            why = f"cannot open {self.directory}: {e.strerror}" if isinstance(e, OSError) else str(e)
+            if self.restored is not None:
+                raise JobError(f"resume: {why}") from None
+            self._give_up(why)  # a replay without checkpoints, as the summary files say
+            return
         if self.restored is not None:
             threads = self._restore()
             if threads:  # the crashed replay's sessions: their statements must end (their transactions

@@ -37,6 +37,7 @@ from fastproxy.replay.sessions import CLOSED, ThreadIds, rebuild_statements
 from fastproxy.replay.statements import is_read_only
 from fastproxy.replay.users import PLACEHOLDER_BYTES, Credentials
 from fastproxy.sqltext import parse_kill, worth_scanning
+from fastproxy.traffic_filter import cmd_type_name  # TiProxy-style: COM_STMT_EXECUTE -> StmtExecute
 from fastproxy.replay.transactions import MAX_ATTEMPTS, RETRYABLE, ROLLBACK, Retry, TxnLog
 
 log = logging.getLogger("fastproxy.replay")
@@ -72,12 +73,6 @@ _PIN_TAG = ("pin",)
 _TXN_TAG = ("txn",)
 _MIRROR_TAG = ("rollback",)
 _INTERNAL_TAGS = frozenset({"pin", "txn", "rollback"})
-
-
-def cmd_type_name(cmd: int) -> str:
-    """TiProxy-style command type: COM_STMT_EXECUTE -> StmtExecute."""
-    name = command_name(cmd)
-    return "".join(p.capitalize() for p in name[4:].split("_")) if name.startswith("COM_") else name
 
 
 @dataclass
