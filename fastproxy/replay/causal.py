@@ -24,6 +24,10 @@ Scopes: each table's (fastproxy/replay/schema.py joins tables tied by foreign ke
 views); a statement whose tables are unknown waits for the events of every scope, and an event of
 unknown tables is waited for by every statement.
 
+A login (a connection's first command, COM_CHANGE_USER) waits for the commit events of unknown
+tables, where account management lands (CREATE USER, GRANT, ...): an account created and granted
+on one connection is in place before another connection logs in as it.
+
 The planner also marks what the engine needs when it sends a command (ticket flags): pin the time
 and the auto-increment id (fastproxy/replay/pinning.py), and the command's place in its production
 transaction (fastproxy/replay/transactions.py).
@@ -94,6 +98,7 @@ class Planner:
         self._events_cache: dict = {}
         self._sessions: dict[int, _Session] = {}
         self.unknown_scope_statements = 0  # statements ordered against everything (tables not known)
+        self._login_waits: tuple = ()  # the waits of a login, added to the ticket of the command that needs it
 
     # ---- records --------------------------------------------------------------------------------
     def session(self, conn_id: int) -> _Session:
@@ -123,6 +128,18 @@ class Planner:
         return t
 
     def note(self, conn_id: int, rec: Record) -> Ticket | None:
+        """The ticket of one captured command: when it may go, what it pins, its transaction role."""
+        login = self.causal and (conn_id not in self._sessions or rec.payload[0] == COMMAND.COM_CHANGE_USER)
+        if login:  # the replay logs in just before this command: accounts must be in place
+            self._login_waits = (self._unknown[0],)
+        t = self._note(conn_id, rec)
+        if self._login_waits:  # not taken by a ticket above (a command with nothing else to wait for)
+            waits, self._login_waits = self._login_waits, ()
+            if t is None:
+                t = self._ticket(0, waits, (), rec.start_ns, (), 0)
+        return t
+
+    def _note(self, conn_id: int, rec: Record) -> Ticket | None:
         payload = rec.payload
         cmd = payload[0]
         sess = self.session(conn_id)
@@ -260,6 +277,8 @@ class Planner:
         if sess.open and self.causal:
             t = Ticket()
             waits, events = self._end_transaction(sess, rolled_back=True)
+            if cmd == COMMAND.COM_CHANGE_USER:
+                waits, self._login_waits = waits + self._login_waits, ()
             self.order.note(t, waits, (), rec.start_ns, events, rec.end_ns or rec.start_ns)
         sess.open = False
         sess.wrote.clear()
@@ -288,6 +307,8 @@ class Planner:
 
     def _ticket(self, flags: int, waits: tuple, lock_waits: tuple, start_ns: int, events: tuple, end_ns: int,
                 released: bool = True) -> Ticket | None:
+        if self._login_waits:
+            waits, self._login_waits = waits + self._login_waits, ()
         if not waits and not lock_waits and not events and not flags:
             return None
         t = Ticket(flags)
