@@ -319,3 +319,29 @@ def test_a_checkpoint_of_another_replay_is_refused(workload, slow_capture, maria
     assert res.returncode == 0, res.stdout + res.stderr
     res = replay(slow_capture, report, "--resume")
     assert res.returncode != 0 and "nothing to resume" in res.stderr, res.stderr
+
+
+def test_journal_is_readable_while_its_writer_lives_and_only_for_its_checkpoint(tmp_path):
+    """The journal is what a killed replayer leaves: entries are in the file as soon as they are
+    made (no close, no flush); one that follows another checkpoint is not applied."""
+    from fastproxy.replay.journal import SIZE, Journal, read_journal
+
+    fd = os.open(str(tmp_path), os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        j = Journal(fd, "j")
+        j.restart(7)
+        assert j.sent(42, 1000, False, 9) and j.text(b"F", b'["Query", "d"]') and j.sent(43, 1001, True, 10)
+        path = str(tmp_path / "j")
+        assert list(read_journal(path, 7)) == [("S", 42, 1000, False, 9), ("F", b'["Query", "d"]'),
+                                               ("S", 43, 1001, True, 10)]
+        assert list(read_journal(path, 6)) == []  # written after checkpoint 7: nothing for checkpoint 6
+        j.restart(8)
+        assert list(read_journal(path, 8)) == [] and list(read_journal(path, 7)) == []
+        assert oct(os.stat(path).st_mode & 0o777) == "0o600"
+        n = 0
+        while j.sent(1, n, False, 0):
+            n += 1
+        assert n > 1000 and j.pos < SIZE  # full: the caller writes a checkpoint, which empties it
+        j.close()
+    finally:
+        os.close(fd)

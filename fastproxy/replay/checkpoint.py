@@ -19,9 +19,9 @@ on every read of the same input with the same options), and the position is:
   sends it again from its first statement.
 
 A snapshot (`replay.checkpoint`, private, replaced atomically) is written every second and at
-the end; between snapshots each send is appended to a journal (`replay.checkpoint.journal`, one
-short write per command, no fsync: it survives the replayer's death, not the machine's), and so
-is each report entry, so that the report tables neither lose nor repeat what happened in the last
+the end; between snapshots each send is appended to a journal (`replay.checkpoint.journal`, a file
+mapped into memory: no system call per command; it survives the replayer's death, not the
+machine's — fastproxy/replay/journal.py), and so is each report entry, so that the report tables neither lose nor repeat what happened in the last
 second. On resume the input is read again from its start: records that are done are not sent, but
 what they did to sessions and to causal order is rebuilt — session statements (USE, SET, SQL
 PREPARE, COM_INIT_DB) are sent again on the new connection before its first command, prepared
@@ -45,6 +45,7 @@ from fastproxy.constants import COMMAND
 from fastproxy.errors import JobError
 from fastproxy.private_files import create_private_file, open_private_dir, write_all
 from fastproxy.replay.causal import IN_TXN, TXN_END
+from fastproxy.replay.journal import Journal, read_journal
 from fastproxy.replay.report import Failure, OtherError
 
 log = logging.getLogger("fastproxy.replay")
@@ -52,7 +53,6 @@ log = logging.getLogger("fastproxy.replay")
 CHECKPOINT_VERSION = 1
 INTERVAL_S = 1.0
 OLD_SESSIONS_WAIT_S = 30.0  # how long a resume waits for the crashed replay's sessions to leave the server
-_JOURNAL_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_APPEND
 # statements whose effect is the session's own: sent again on a resumed connection (transaction
 # control is not: a done transaction has ended)
 _SESSION_WORDS = frozenset({"use", "set", "prepare", "deallocate"})
@@ -132,7 +132,7 @@ class Checkpoint:
         self.report_start_ns = 0  # identifies the run in the report tables (kept across resumes)
         self.resumes = 0
         self._dir_fd = -1
-        self._journal_fd = -1
+        self._journal: Journal | None = None
         self._failed = ""  # the checkpoint could not be written: said once, the replay goes on
         # resume
         self.restored: dict | None = self._load() if resume else None
@@ -217,53 +217,43 @@ class Checkpoint:
         for e in data.get("other_errors") or []:
             report.other_errors[e["err_type"]] = OtherError(**e, unflushed=e["count"])
         # the journal: what happened after the snapshot (a journal of an older snapshot is ignored)
+        on_add = report.on_add
+        report.on_add = None
         try:
-            with open(self.journal_path, "rb") as f:
-                lines = f.read().split(b"\n")
-        except OSError:
-            lines = []
-        if lines and lines[0] == f"G {data['generation']}".encode():
-            on_add = report.on_add
-            report.on_add = None
-            try:
-                for line in lines[1:]:
-                    self._replay_journal_line(line, threads)
-            finally:
-                report.on_add = on_add
+            for entry in read_journal(self.journal_path, int(data["generation"])):
+                self._replay_journal_entry(entry, threads)
+        finally:
+            report.on_add = on_add
         st.replayed += self.sent_after_checkpoint
         self._resume_until = max([self._low_water, *(v + 1 for v in self._done.values())])
         self._clock_set = False
         engine.capture_start_ns = 1 << 62  # done records are read at once, not paced (see on_read)
         return threads
 
-    def _replay_journal_line(self, line: bytes, threads: set) -> None:
-        if line.startswith(b"S "):
-            try:
-                conn_id, seq, txn, thread = (int(x) for x in line[2:].split())
-            except ValueError:
-                return  # the last line, cut by the crash
+    def _replay_journal_entry(self, entry: tuple, threads: set) -> None:
+        if entry[0] == "S":
+            _, conn_id, seq, in_txn, thread = entry
             self.sent_after_checkpoint += 1
             if thread:
                 threads.add(thread)
-            if not txn and seq > self._done.get(conn_id, -1):
+            if not in_txn and seq > self._done.get(conn_id, -1):
                 self._done[conn_id] = seq
-        elif line[:2] in (b"F ", b"O "):
-            try:
-                args = json.loads(line[2:])
-            except ValueError:
-                return
-            report = self.engine.report
-            if line[:1] == b"F":
-                report.add_failure(*args)
-            else:
-                report.add_other(*args)
+            return
+        try:
+            args = json.loads(entry[1])
+        except ValueError:
+            return
+        report = self.engine.report
+        if entry[0] == "F":
+            report.add_failure(*args)
+        else:
+            report.add_other(*args)
 
     def _open_journal(self) -> None:
         try:
-            os.unlink(self.name + ".journal", dir_fd=self._dir_fd)
-        except FileNotFoundError:
-            pass
-        self._journal_fd = os.open(self.name + ".journal", _JOURNAL_FLAGS, 0o600, dir_fd=self._dir_fd)
+            self._journal = Journal(self._dir_fd, self.name + ".journal")
+        except OSError as e:
+            self._give_up(f"cannot create {self.journal_path}: {e.strerror}")
 
     async def run_periodically(self) -> None:
         while True:
@@ -281,9 +271,9 @@ class Checkpoint:
         except OSError:
             pass
         finally:
-            if self._journal_fd >= 0:
-                os.close(self._journal_fd)
-                self._journal_fd = -1
+            if self._journal is not None:
+                self._journal.close()
+                self._journal = None
             os.close(self._dir_fd)
             self._dir_fd = -1
 
@@ -329,8 +319,11 @@ class Checkpoint:
         client = conn.client
         if client is not None:
             track.thread = client.connection_id
-        if self._journal_fd >= 0:
-            self._journal(f"S {conn.conn_id} {seq} {int(in_txn)} {track.thread}\n".encode())
+        journal = self._journal
+        if journal is not None and not journal.sent(conn.conn_id, seq, in_txn, track.thread):
+            self._write_snapshot()  # the journal is full: the checkpoint takes it all, and empties it
+            if self._journal is not None:
+                self._journal.sent(conn.conn_id, seq, in_txn, track.thread)
 
     def consumed(self, conn, ticket) -> None:
         """The head command of `conn` is finished (replayed, filtered, skipped)."""
@@ -441,23 +434,22 @@ class Checkpoint:
             prelude.clear()
 
     # ---- writing ----------------------------------------------------------------------------------------
-    def _journal(self, line: bytes) -> None:
-        try:
-            os.write(self._journal_fd, line)
-        except OSError as e:
-            self._give_up(f"cannot write {self.journal_path}: {e.strerror}")
-
     def _journal_report(self, kind: str, args: tuple) -> None:
-        if self._journal_fd >= 0:
-            self._journal(("F " if kind == "fail" else "O ").encode() + json.dumps(args).encode() + b"\n")
+        journal = self._journal
+        if journal is not None:
+            tag, data = (b"F" if kind == "fail" else b"O"), json.dumps(args).encode()
+            if not journal.text(tag, data):
+                self._write_snapshot()
+                if self._journal is not None:
+                    self._journal.text(tag, data)
 
     def _give_up(self, why: str) -> None:
         if not self._failed:
             self._failed = why
             log.error("replay checkpoint: %s; the replay goes on without checkpoints", why)
-        if self._journal_fd >= 0:
-            os.close(self._journal_fd)
-            self._journal_fd = -1
+        if self._journal is not None:
+            self._journal.close()
+            self._journal = None
 
     def position(self) -> tuple[int, dict[int, int], set[int]]:
         """(low_water, done per connection, replay thread ids with a command out or a transaction open)."""
@@ -527,9 +519,8 @@ class Checkpoint:
             finally:
                 os.close(fd)
             os.rename(tmp, self.name, src_dir_fd=self._dir_fd, dst_dir_fd=self._dir_fd)
-            if self._journal_fd >= 0:  # what the journal held is in the snapshot now
-                os.ftruncate(self._journal_fd, 0)
-                os.write(self._journal_fd, f"G {self.generation}\n".encode())
+            if self._journal is not None:  # what the journal held is in the snapshot now
+                self._journal.restart(self.generation)
         except OSError as e:
             self._give_up(f"cannot write {self.path}: {e.strerror}")
 
