@@ -418,6 +418,9 @@ class ReplayJob(Job):
             "lag": e.lag.as_dict(),
             "filtered_by": dict(getattr(e.reader, "dropped", {}) or {}),
         })
+        cp = self.run.checkpoint
+        if cp is not None and cp.restored is not None:
+            d["resume"] = cp.summary()
         if self.run.files:
             d["summary_files"] = self.run.files
         if self.run.baseline_engine is not None:
