@@ -10,7 +10,7 @@ from fastproxy.cli_password import password_options, resolve_password
 from fastproxy.cli_report import verdict_form, verdict_options
 from fastproxy.config import parse_addr
 from fastproxy.errors import FastproxyError
-from fastproxy.replay.selection import selection_options
+from fastproxy.replay.selection import RESUME_HELP, selection_options
 
 
 @click.command("replay")
@@ -31,6 +31,7 @@ from fastproxy.replay.selection import selection_options
 @click.option("--progress", is_flag=True, help="show a progress bar")
 @click.option("--report-dir", default=None, help="where the summary files go [default: the input directory]")
 @click.option("--no-report-tables", is_flag=True, help="do not write tiproxy_traffic_report tables on the target")
+@click.option("--resume", is_flag=True, help=RESUME_HELP)
 @click.option("--encryption-key-path", default=None, help="key file for an encrypted capture")
 @click.option("--users-file", default=None, type=click.Path(exists=True, dir_okay=False),
               help="TOML file of `user = \"password\"`: each connection replays as its captured user (mode 0600); "
@@ -50,7 +51,7 @@ def replay_standalone(target: str | None, input_dir: tuple[str, ...], username: 
                       report_dir: str | None,
                       no_report_tables: bool, encryption_key_path: str | None, input_format: str,
                       users_file: str | None, replay_unknown: bool, dry_run: bool, tls: bool, tls_ca: str,
-                      tls_skip_verify: bool, verdict: dict, **selection) -> None:
+                      tls_skip_verify: bool, resume: bool, verdict: dict, **selection) -> None:
     """Replay a capture directly against a test server and print a summary and the verdict."""
     from fastproxy.capture.crypto import load_key
     from fastproxy.replay.engine import ReplayOptions
@@ -79,7 +80,8 @@ def replay_standalone(target: str | None, input_dir: tuple[str, ...], username: 
         form = verdict_form(verdict)
         run = ReplayRun(inputs if len(inputs) > 1 else inputs[0], options, report_dir,
                         write_tables=not no_report_tables and not dry_run, verdict_options=verdict_options_from(form),
-                        baseline=parse_addr(form["baseline"], "--baseline") if "baseline" in form else None)
+                        baseline=parse_addr(form["baseline"], "--baseline") if "baseline" in form else None,
+                        resume=resume)
     except FastproxyError as e:
         raise click.ClickException(str(e)) from None
     import uvloop

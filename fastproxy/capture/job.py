@@ -25,6 +25,7 @@ from fastproxy.private_files import check_output_path
 from fastproxy.storage import S3Storage, is_s3
 from fastproxy.protocol import change_user_without_auth
 from fastproxy.secret_sql import CLEAN, DROPPED, classify, prepared_names, reading_for_collation, redact_text
+from fastproxy.traffic_filter import Filters, Selector
 
 if TYPE_CHECKING:
     from fastproxy.proxy.server import ProxyServer
@@ -58,7 +59,8 @@ class CaptureJob(Job):
     def __init__(self, server: "ProxyServer", output: str, duration: float, *, compress: bool = True,
                  encryption_key: bytes | None = None, buffer_size: int = 64 << 20, file_size: int = 300 << 20,
                  large_record_buffer_size: int = 256 << 20, throttle_bytes_per_sec: float | None = None,
-                 local_infile: bool = False, local_infile_max_size: int = 16 << 20) -> None:
+                 local_infile: bool = False, local_infile_max_size: int = 16 << 20,
+                 filters: Filters | None = None) -> None:
         super().__init__()
         self.server = server
         upload_to = None
@@ -102,6 +104,9 @@ class CaptureJob(Job):
         self._stopping = False
         self._failed = False  # an append failed: no record after the lost one may be written
         self._final: dict | None = None  # the meta the writer wrote: what the files hold
+        # what is not captured at all (fastproxy/traffic_filter.py): None when nothing is filtered
+        self.filters = filters
+        self.selector = Selector(filters) if filters is not None and filters.active else None
 
     # ---- lifecycle -----------------------------------------------------------------------------
     def start(self) -> None:
@@ -169,6 +174,7 @@ class CaptureJob(Job):
             "sessions_not_rebuilt": self.sessions_not_rebuilt, "not_rebuilt": self.not_rebuilt,
             "local_infile": self.local_infile, "local_infile_files": self.infile_files,
             "local_infile_bytes": self.infile_bytes, "local_infile_too_large": self.infile_too_large,
+            **self._filter_counts(),
         }
         if error:
             meta["error"] = error
@@ -232,9 +238,12 @@ class CaptureJob(Job):
             return
         session.capture_state = "on"
         session.want_own_query()
-        self.connections += 1
         state = session.snapshot()
         state.update(server_state)
+        if self.selector is not None and not self.selector.connection(session.conn_id, session.user, state.get("db"),
+                                                                      state.get("prepared") or ()):
+            return  # filtered out (user, sample): none of its records are written
+        self.connections += 1
         not_rebuilt = []
         kept = []
         reading = reading_for_collation(session.charset)
@@ -275,8 +284,10 @@ class CaptureJob(Job):
         if self._stopping or self._failed:
             return
         session.capture_state = "on"
-        self.connections += 1
         self.server_version = self.server_version or session.server_version
+        if self.selector is not None and not self.selector.connection(session.conn_id, session.user, session.db):
+            return  # filtered out (user, sample): none of its records are written
+        self.connections += 1
         body = {"user": session.user, "db": session.db, "capabilities": session.capabilities,
                 "charset": session.charset, "client_addr": session.client_addr, "backend": session.backend,
                 "backend_conn_id": session.backend_conn_id}
@@ -289,6 +300,10 @@ class CaptureJob(Job):
             if state == "wait-txn" and not session.in_transaction and not self._stopping and not self._failed:
                 session.capture_state = "pending"  # a transaction boundary: read at the next command
                 session.want_own_query()
+            return
+        if self.selector is not None and self.selector.command(
+                session.conn_id, payload, start_ns, r.stmt_id if cmd == _COM_STMT_PREPARE else 0) is not None:
+            session.infiles.clear()  # the files of a command not captured
             return
         if session.infiles:
             self._record_infiles(session, start_ns)
@@ -370,7 +385,8 @@ class CaptureJob(Job):
     def on_close(self, session: "Session") -> None:
         self._dropped_sql_prepares.pop(session.conn_id, None)
         # "wait-txn"/"pending": nothing of it was recorded, so no close either
-        if session.capture_state == "on" and not self._stopping:
+        if session.capture_state == "on" and not self._stopping and (
+                self.selector is None or self.selector.close(session.conn_id)):
             body = {"by": session.closed_by or "client"}
             if session.close_reason:
                 body["reason"] = session.close_reason
@@ -402,6 +418,7 @@ class CaptureJob(Job):
             "local_infile_files": self.infile_files,
             "local_infile_bytes": self.infile_bytes,
             "local_infile_too_large": self.infile_too_large,
+            **self._filter_counts(),
         })
         if self._final and self._final.get("commands_not_written"):
             d["commands_not_written"] = self._final["commands_not_written"]
@@ -418,6 +435,12 @@ class CaptureJob(Job):
         if notes:
             d["note"] = "; ".join(notes)
         return d
+
+    def _filter_counts(self) -> dict:
+        """The filters and what each dropped (commands; "... (connections)": whole connections)."""
+        if self.selector is None:
+            return {}
+        return {"filters": self.filters.describe(), "filtered_by": dict(self.selector.dropped)}
 
     def progress(self) -> float:
         if self.status != "running":

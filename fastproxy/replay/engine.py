@@ -39,6 +39,7 @@ from fastproxy.replay.sessions import CLOSED, ThreadIds, rebuild_statements
 from fastproxy.replay.statements import is_read_only
 from fastproxy.replay.users import PLACEHOLDER_BYTES, Credentials
 from fastproxy.sqltext import parse_kill, worth_scanning
+from fastproxy.traffic_filter import cmd_type_name  # TiProxy-style: COM_STMT_EXECUTE -> StmtExecute
 from fastproxy.replay.transactions import MAX_ATTEMPTS, RETRYABLE, ROLLBACK, Retry, TxnLog
 
 log = logging.getLogger("fastproxy.replay")
@@ -77,12 +78,6 @@ _PIN_TAG = ("pin",)
 _TXN_TAG = ("txn",)
 _MIRROR_TAG = ("rollback",)
 _INTERNAL_TAGS = frozenset({"pin", "txn", "rollback"})
-
-
-def cmd_type_name(cmd: int) -> str:
-    """TiProxy-style command type: COM_STMT_EXECUTE -> StmtExecute."""
-    name = command_name(cmd)
-    return "".join(p.capitalize() for p in name[4:].split("_")) if name.startswith("COM_") else name
 
 
 @dataclass
@@ -256,6 +251,7 @@ class Replayer:
         self._cpu_start = 0.0
         self.cpu_seconds = 0.0  # CPU time of this process (all threads) while the replay ran
         self.dry_run: DryRunCounters | None = DryRunCounters() if options.dry_run else None
+        self.checkpoint = None  # fastproxy.replay.checkpoint.Checkpoint: position kept for --resume
 
     # ---- timing ---------------------------------------------------------------------------------
     def due_ns(self, captured_ns: int) -> int:
@@ -378,6 +374,8 @@ class Replayer:
         return conn
 
     def _dispatch(self, rec: Record) -> None:
+        if self.checkpoint is not None and not self.checkpoint.on_read(rec):
+            return  # done before a resume
         kind = rec.kind
         if rec.end_ns > self._read_ns:
             self._read_ns = rec.end_ns  # how far the input has been read (KILLs wait for their target)
@@ -472,6 +470,8 @@ class Replayer:
             ticket = conn.tickets.popleft()
             if ticket is not None:
                 self._finish(conn, ticket)
+            if self.checkpoint is not None:
+                self.checkpoint.consumed(conn, ticket)
         return True
 
     def _next(self, conn: Conn) -> None:
@@ -537,6 +537,8 @@ class Replayer:
         conn.busy = True
         conn.inflight = rec
         conn.sent_ns = now
+        if self.checkpoint is not None:
+            self.checkpoint.sent(conn)
         if cmd in _SESSION_COMMANDS:
             payload = self._session_command(conn, rec, payload)
             if payload is None:
@@ -635,6 +637,8 @@ class Replayer:
             conn.pin_dirty = False
             if conn.state is not None:
                 await self._rebuild_session(conn)
+            if self.checkpoint is not None:
+                await self.checkpoint.after_login(conn)
         except (OSError, asyncio.TimeoutError, LoginError, Exception) as e:  # noqa: BLE001
             err_type = ("i/o timeout" if isinstance(e, asyncio.TimeoutError)
                         else "login failed" if isinstance(e, LoginError) else "connect failed")
