@@ -224,6 +224,16 @@ def _kill_in_the_gap(proc, report: str, quiet) -> None:
     assert proc.returncode == -signal.SIGKILL
 
 
+def _snapshot_quiet(workload):
+    def quiet(report):  # the snapshot every second: phase one done, nothing awaiting its result
+        cp = _checkpoint(report)
+        if cp.get("awaiting") or cp["stats"]["replayed"] < workload["before_gap"] - 3:
+            return None
+        return cp["stats"]["replayed"], cp["low_water"]
+
+    return quiet
+
+
 def _checkpoint(report: str) -> dict:
     with open(os.path.join(report, "replay.checkpoint")) as f:
         return json.load(f)
@@ -247,14 +257,7 @@ def test_kill_9_in_the_gap_then_resume_gives_the_verdict_of_an_uninterrupted_rep
     _restore(mariadb_test, workload["start"])
     report = str(tmp_path / "report")
     proc = _replay(mariadb_test, workload["capture"], report, wait=False)
-
-    def quiet(report):  # the snapshot every second: phase one done, nothing awaiting its result
-        cp = _checkpoint(report)
-        if cp.get("awaiting") or cp["stats"]["replayed"] < workload["before_gap"] - 3:
-            return None
-        return cp["stats"]["replayed"], cp["low_water"]
-
-    _kill_in_the_gap(proc, report, quiet)
+    _kill_in_the_gap(proc, report, _snapshot_quiet(workload))
     cp = _checkpoint(report)
     _resume_and_compare(workload, uninterrupted, mariadb_test, report, {})
     assert cp.get("verdict") and cp["verdict"]["verdict"]["compared"] > 0 and not cp["finished"]
@@ -282,3 +285,70 @@ def test_kill_9_with_only_the_journal_then_resume_gives_the_verdict_of_an_uninte
     cp = _checkpoint(report)
     assert cp["generation"] == 1 and cp["verdict"]["verdict"]["compared"] == 0  # all of it in the journal
     _resume_and_compare(workload, uninterrupted, mariadb_test, report, env)
+
+
+def _kill_when(proc, report: str, ready) -> None:
+    def check():
+        try:
+            return ready(_checkpoint(report))
+        except (OSError, ValueError, KeyError):
+            return None
+
+    try:
+        wait_for(check, 120, 0.05, "the replay to get far enough")
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == -signal.SIGKILL
+
+
+def test_kill_9_while_commands_are_in_flight_counts_nothing_twice(workload, uninterrupted, mariadb_test, tmp_path):
+    """Killed in the middle of the traffic (transactions open, results on their way): the results that
+    never came back are counted as run and said; nothing is counted twice, and what is missing from the
+    verdict is exactly accounted for."""
+    _restore(mariadb_test, workload["start"])
+    report = str(tmp_path / "report")
+    proc = _replay(mariadb_test, workload["capture"], report, wait=False)
+    _kill_when(proc, report, lambda cp: cp["stats"]["replayed"] > workload["before_gap"] // 2)
+    _replay(mariadb_test, workload["capture"], report, "--resume")
+    resumed = _outcome(mariadb_test, report)
+    r = newest_summary(report)["resume"]
+    assert r["verdict_carried_on"] and r["results_unknown"] <= WORKERS, r
+    assert resumed["data"] == uninterrupted["data"]
+    assert resumed["totals"] == uninterrupted["totals"]  # a command whose result was lost was run
+    missing = 0
+    for table in ("latency", "fail", "mismatch"):
+        assert set(resumed[table]) <= set(uninterrupted[table]), table
+        for key, count in uninterrupted[table].items():
+            lost = int(count) - int(resumed[table].get(key, 0))
+            assert lost >= 0, (table, key, count, resumed[table].get(key))  # never twice
+            if table != "mismatch":  # a compared command is in latency, a failing one in fail
+                missing += lost
+    assert missing <= r["results_unknown"], (missing, r)
+    assert uninterrupted["compared"] - r["results_unknown"] <= resumed["compared"] <= uninterrupted["compared"]
+
+
+def test_a_checkpoint_without_the_verdict_state_still_resumes_and_says_so(workload, uninterrupted, mariadb_test,
+                                                                         tmp_path):
+    """A checkpoint of an older fastproxy (no verdict, no results awaited): the replay resumes, its data
+    is whole, and the summary says that the verdict covers the resumed part only."""
+    _restore(mariadb_test, workload["start"])
+    report = str(tmp_path / "report")
+    proc = _replay(mariadb_test, workload["capture"], report, wait=False)
+    _kill_in_the_gap(proc, report, _snapshot_quiet(workload))
+    path = os.path.join(report, "replay.checkpoint")
+    cp = _checkpoint(report)
+    for key in ("verdict", "replay_seconds", "awaiting", "results", "results_unknown"):
+        cp.pop(key, None)
+    with open(path, "w") as f:
+        json.dump(cp, f)
+    res = _replay(mariadb_test, workload["capture"], report, "--resume")
+    resumed = _outcome(mariadb_test, report)
+    r = newest_summary(report)["resume"]
+    assert not r["verdict_carried_on"] and "resumed part only" in r["verdict_note"], r
+    assert "resumed part only" in res.stdout + res.stderr or "resumed part only" in open(
+        replay_files(report)["summary"][:-len(".json")] + ".txt").read()
+    assert resumed["data"] == uninterrupted["data"]
+    assert 0 < sum(map(int, resumed["latency"].values())) < sum(map(int, uninterrupted["latency"].values()))
