@@ -138,6 +138,23 @@ class Pacer:
             time.sleep(d)
 
 
+def capture_for_replay_user(mariadb, mariadb_test, out: str, phases: list[tuple[float, float]], conns: int,
+                            user: str, password: str) -> str:
+    """`paced_workload(phases, conns)` captured into `out` through a proxy of its own in front of
+    `mariadb`, and `user` (all privileges, from 127.0.0.1) created on the test server. Returns `out`."""
+    from conftest import start_proxy, stop_proxy
+
+    proxy = start_proxy([mariadb])
+    try:
+        with Capture(proxy, out):
+            paced_workload(proxy.port, phases, conns)
+    finally:
+        stop_proxy(proxy)
+    mariadb_test.sql(f"CREATE OR REPLACE USER {user}@'127.0.0.1' IDENTIFIED BY '{password}';"
+                     f"GRANT ALL ON *.* TO {user}@'127.0.0.1';")
+    return out
+
+
 def paced_workload(port: int, phases: list[tuple[float, float]], conns: int, database: str | None = None,
                    stmt=lambda c, k: f"SELECT {c} + {k}") -> tuple[int, int, list[int]]:
     """`conns` mysqlclient connections through `port`; phases = [(seconds, total rate/s), ...] spread evenly

@@ -8,9 +8,8 @@ import pytest
 
 from fastproxy.capture.record import KIND_COMMAND, KIND_CONN_CLOSE, KIND_CONN_OPEN, Record
 from fastproxy.inputs.convert import convert
-from fastproxy.scratch_db import ScratchMariaDB
 from replay_util import replay_cli
-from tls_certs import CertAuthority
+from tls_certs import CertAuthority, secure_transport_mariadb
 
 T0 = 1_700_000_000_000_000_000
 
@@ -28,11 +27,7 @@ class _Source:
 @pytest.fixture(scope="module")
 def tls_server(tmp_path_factory):
     d = str(tmp_path_factory.mktemp("tls"))
-    ca = CertAuthority(d, "test-ca")
-    server = ca.issue("server", server=True)
-    db = ScratchMariaDB(name="tls", tls_ca=ca.pem.cert, extra_args=[
-        f"--ssl-ca={ca.pem.cert}", f"--ssl-cert={server.cert}", f"--ssl-key={server.key}",
-        "--require-secure-transport=ON"])
+    db, ca = secure_transport_mariadb(d, "tls", "test-ca")
     with db:
         other = CertAuthority(d, "other-ca")
         yield db, ca, other

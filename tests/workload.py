@@ -149,6 +149,34 @@ def _error_code(e: Exception) -> int | None:
     return code
 
 
+def crossed_updates(conn, first: int, second: int, mult: int, k: int, barrier: threading.Barrier, delay: float,
+                    then=(), on_deadlock=lambda: None) -> int:
+    """One of two transactions that update `acct` rows `first` and `second` in opposite order: the
+    first attempt waits at `barrier`, then `delay` s, so the two cross and one gets 1213; it rolls
+    back and does its transaction again, as applications do (`then`: statements before COMMIT).
+    The updates do not commute, so the data shows the order. Returns the attempt that committed."""
+    cur = conn.cursor()
+    for attempt in range(5):
+        try:
+            cur.execute("BEGIN")
+            cur.execute(f"UPDATE acct SET v = v * {mult} + {k} WHERE id = {first}")
+            if attempt == 0:
+                barrier.wait()
+                time.sleep(delay)
+            cur.execute(f"UPDATE acct SET v = v * {mult} + {k} WHERE id = {second}")
+            for sql in then:
+                cur.execute(sql)
+            cur.execute("COMMIT")
+            return attempt
+        except MySQLdb.OperationalError as e:
+            if e.args[0] != 1213:
+                raise
+            cur.execute("ROLLBACK")
+            on_deadlock()
+            time.sleep(0.05)
+    raise AssertionError("no progress")
+
+
 def _connect(port: int, database: str):
     return MySQLdb.connect(host="127.0.0.1", port=port, user="root", password=ROOT_PASSWORD, database=database,
                            autocommit=True)
@@ -234,7 +262,7 @@ INSERT INTO jobs (payload) SELECT CONCAT('seed', seq) FROM seq_1_to_40;
     def _role(self, role, port: int, i: int) -> None:
         rnd = random.Random(self.seed * 1000 + i)
         try:
-            conn = (_connect_ps if role == self._ps_writer else _connect)(port, self.database)
+            conn = self._open(role, port, i)
             try:
                 while time.monotonic() < self._deadline:
                     try:
@@ -250,6 +278,10 @@ INSERT INTO jobs (payload) SELECT CONCAT('seed', seq) FROM seq_1_to_40;
                 conn.close()
         except BaseException as e:  # noqa: BLE001 - reported by run()
             self.errors.append(f"{role.__name__} {i}: {e!r}")
+
+    def _open(self, role, port: int, i: int):
+        """The connection role `role` (thread `i`) works on."""
+        return (_connect_ps if role == self._ps_writer else _connect)(port, self.database)
 
     def _writer(self, conn, rnd, i) -> None:
         cur = conn.cursor()
