@@ -149,7 +149,8 @@ class CaptureObserver:
         self.at_second: int | None = None
 
     def replay_second(self, now: int) -> int:
-        return self.second_offset + max(0, now - self.engine._start_mono) // 1_000_000_000
+        start = self.engine._start_mono
+        return self.second_offset + (max(0, now - start) // 1_000_000_000 if start else 0)
 
     def state(self) -> dict:
         """The verdict and the timeline so far (a checkpoint's)."""
