@@ -358,3 +358,29 @@ def test_a_checkpoint_without_the_verdict_state_still_resumes_and_says_so(worklo
         replay_files(report)["summary"][:-len(".json")] + ".txt").read()
     assert resumed["data"] == uninterrupted["data"]
     assert 0 < sum(map(int, resumed["latency"].values())) < sum(map(int, uninterrupted["latency"].values()))
+
+
+def test_journal_result_entries_round_trip(tmp_path):
+    """`R` (a result, its error message cut at MESSAGE_MAX bytes) and `N` entries read back as written;
+    a value out of its field's range is not written, never raised into the replay."""
+    from fastproxy._packet import CommandResult
+    from fastproxy.replay.journal import MESSAGE_MAX, Journal
+
+    fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        j = Journal(fd, "j")
+        j.restart(5)
+        r = CommandResult(3)
+        r.outcome, r.err_code, r.sql_state, r.err_msg = 1, 1146, "42S02", "Table 'rv.gone' doesn't exist é" * 100
+        r.rows, r.columns, r.hash_ordered, r.hash_unordered, r.affected_rows, r.warnings = 3, 2, 1 << 63, 7, -1, 1
+        assert j.result(9, 41, r, 1234, 7, None) and j.no_result(9, 42) and j.result(9, 43, r, 5, 8, 17)
+        assert j.result(9, 44, r, 5, 1 << 40, 0) and j.unjournaled == 1  # a replay second past u32
+        j.close()
+        entries = list(read_journal(str(tmp_path / "j"), 5))
+    finally:
+        os.close(fd)
+    assert [e[:3] for e in entries] == [("R", 9, 41), ("N", 9, 42), ("R", 9, 43)]
+    fields = entries[0][3]
+    assert fields[:11] == [1, 1146, 3, 2, 1 << 63, 7, -1, 1, 1234, 7, None] and fields[11] == "42S02"
+    assert fields[12].startswith("Table 'rv.gone'") and len(fields[12].encode()) <= MESSAGE_MAX
+    assert entries[2][3][10] == 17

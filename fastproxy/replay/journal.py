@@ -48,6 +48,7 @@ class Journal:
             raise
         self._fd = fd
         self.pos = HEADER.size
+        self.unjournaled = 0  # results that could not be written (a kill before the next snapshot loses them)
 
     def sent(self, conn_id: int, seq: int, in_txn: bool, thread: int) -> bool:
         """False if the journal is full (the caller writes a checkpoint, which empties it)."""
@@ -65,9 +66,15 @@ class Journal:
         end = pos + RESULT.size + len(msg)
         if end >= SIZE:
             return False
-        RESULT.pack_into(self._map, pos, b"R", conn_id, seq, r.outcome, r.err_code, r.rows, r.columns,
-                         r.hash_ordered, r.hash_unordered, r.affected_rows, r.warnings, latency_ns, second,
-                         NO_LAG if lag_ns is None else lag_ns, (r.sql_state or "").encode()[:5], len(msg))
+        try:
+            RESULT.pack_into(self._map, pos, b"R", conn_id, seq, r.outcome, r.err_code, r.rows, r.columns,
+                             r.hash_ordered, r.hash_unordered, r.affected_rows, r.warnings, max(0, latency_ns),
+                             max(0, second), NO_LAG if lag_ns is None else lag_ns,
+                             (r.sql_state or "").encode()[:5], len(msg))
+        except struct.error:  # a value out of its field's range (never seen): this one result is not kept
+            self._map[pos:pos + RESULT.size] = bytes(RESULT.size)  # what pack_into wrote before it stopped
+            self.unjournaled += 1
+            return True
         self._map[pos + RESULT.size:end] = msg
         self.pos = end
         return True
