@@ -420,6 +420,8 @@ class Checkpoint:
                     self.engine.stats.read += 1  # read after the snapshot: not in its counters
                 self._fast_forward(rec)
                 return False
+            if self.results:  # not done after all (killed between counting a transaction and ending it):
+                self.results.pop(seq, None)  # its result comes again
             if not self._clock_set:
                 self._start_clock(rec)
             if kind == KIND_COMMAND and seq < self._read_before:
@@ -521,6 +523,8 @@ class Checkpoint:
         if ticket is not None and ticket.flags & IN_TXN and not ticket.flags & TXN_END:
             track.consumed += 1  # done only once its transaction ends
             return
+        if track.held:  # a transaction ended without a command sent (the connection's close): done now
+            self._count_held(track)
         for _ in range(track.consumed + 1):
             track.pending.popleft()
         track.consumed = 0
