@@ -119,11 +119,15 @@ def checksums(db, database: str) -> dict[str, str]:
     return dict(line.split("\t") for line in out.strip().splitlines())
 
 
+def dump(db, database: str) -> str:
+    """mariadb-dump of `database` (with the server's CA when it speaks TLS)."""
+    return subprocess.run(["mariadb-dump", *db.client_args()[1:], "--databases", database], capture_output=True,
+                          text=True, check=True).stdout
+
+
 def dump_restore(src, dst, database: str) -> None:
     """mariadb-dump `database` from src and load it into dst (replacing it there)."""
-    dump = subprocess.run(["mariadb-dump", "--no-defaults", "-h127.0.0.1", f"-P{src.port}", "-uroot",
-                           f"-p{ROOT_PASSWORD}", "--databases", database], capture_output=True, text=True, check=True)
-    dst.sql(f"DROP DATABASE IF EXISTS {database};\n" + dump.stdout)
+    dst.sql(f"DROP DATABASE IF EXISTS {database};\n" + dump(src, database))
 
 
 class Pacer:

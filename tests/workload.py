@@ -28,7 +28,6 @@ import datetime
 import queue
 import random
 import re
-import subprocess
 import threading
 import time
 from dataclasses import dataclass, field
@@ -36,7 +35,7 @@ from dataclasses import dataclass, field
 import MySQLdb
 
 from fastproxy.scratch_db import ROOT_PASSWORD
-from replay_util import Capture, checksums, replay_cli
+from replay_util import Capture, checksums, dump, replay_cli
 
 
 @dataclass
@@ -67,12 +66,6 @@ class ReplayOutcome:
                 f"time one second off {self.time_skewed}; other errors "
                 f"{s['other_error_types']}; top failures {[(f['count'], f['sample_stmt'][:80], f['sample_err_msg'][:80]) for f in s['top_failures']]}; "
                 f"causal {s.get('causal')}; transactions {s.get('transactions')}")
-
-
-def dump(db, database: str) -> str:
-    return subprocess.run(["mariadb-dump", "--no-defaults", "-h127.0.0.1", f"-P{db.port}", "-uroot",
-                           f"-p{ROOT_PASSWORD}", "--databases", database], capture_output=True, text=True,
-                          check=True).stdout
 
 
 _TIME = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d$")
