@@ -186,6 +186,7 @@ class Verdict:
         self.groups_dropped = 0        # mismatch/nondeterministic groups past max_groups (counted only)
         self.compared = 0              # commands compared (both sides succeeded)
         self.nondeterministic_differed = 0
+        self._state_cache: dict[int, tuple] = {}  # slot -> (counts, saved histograms): state() every second
 
     # ---- statements ----------------------------------------------------------------------------
     def info(self, cmd: int, cmd_type: str, sql: str, cache_text: bool = False) -> DigestInfo:
@@ -270,12 +271,18 @@ class Verdict:
         """Everything accumulated so far, JSON-ready: bounded by max_digests histograms and max_groups
         groups. `restore` on a fresh Verdict with the same options gives the same results."""
         t = self.latency
+        cache = self._state_cache
 
         def hist(slot: int) -> list:
+            counts = (t.count(slot, REFERENCE), t.count(slot, REPLAY))
+            cached = cache.get(slot)
+            if cached is not None and cached[0] == counts:  # unchanged since the last snapshot
+                return cached[1]
             out = []
             for side in (REFERENCE, REPLAY):
                 count, sum_ns, max_ns, packed = t.side_state(slot, side)
                 out.append([count, sum_ns, max_ns, base64.b64encode(packed).decode()])
+            cache[slot] = (counts, out)
             return out
 
         return {
