@@ -8,12 +8,17 @@ with SKIP LOCKED in another order, gap locks of a different plan. The engine ask
 connection blocks which, rolls back the blocking transaction (its connection is idle, held back by
 the scheduler), and sends it again when its turn comes (fastproxy/replay/transactions.py).
 
+It also tells what a slow command is doing (``states``): the engine presumes a command complete
+only when the server shows it waiting for a lock the row-lock waits do not show (metadata, table,
+named locks), never because it is merely slow.
+
 Needs the PROCESS privilege (or the sys schema); without it ``pairs`` returns None and the engine
 falls back to its timeout valve.
 """
 from __future__ import annotations
 
 import logging
+import re
 
 log = logging.getLogger("fastproxy.replay")
 
@@ -23,6 +28,16 @@ _QUERIES = (
     "JOIN information_schema.INNODB_TRX b ON b.trx_id = w.blocking_trx_id "
     "JOIN information_schema.INNODB_TRX r ON r.trx_id = w.requesting_trx_id",
 )
+
+
+# PROCESSLIST states of a statement waiting for a lock other than a row lock: metadata, table, named
+# (GET_LOCK: "User lock"), global read, backup and commit locks, table flushes
+_OTHER_LOCK_STATE = re.compile(r"lock|flush", re.I)
+
+
+def other_lock_wait(state: str | None) -> bool:
+    """Whether a PROCESSLIST state is a wait for a lock that row-lock waits do not show."""
+    return bool(state) and _OTHER_LOCK_STATE.search(state) is not None
 
 
 class LockWaits:
@@ -67,6 +82,25 @@ class LockWaits:
         except MySQLdb.MySQLError as e:
             self.close()
             log.warning("reading lock waits failed: %s", e)
+            return None
+
+    def states(self, thread_ids) -> dict[int, str] | None:
+        """PROCESSLIST state of each of these threads still running a command; None if not readable."""
+        if self.unavailable or not thread_ids:
+            return None if self.unavailable else {}
+        import MySQLdb
+
+        try:
+            if self._conn is None:
+                self._conn = MySQLdb.connect(**self.params)
+            cur = self._conn.cursor()
+            ids = ",".join(str(int(t)) for t in thread_ids)
+            cur.execute(f"SELECT id, state FROM information_schema.PROCESSLIST WHERE id IN ({ids}) "
+                        "AND command <> 'Sleep'")
+            return {int(i): (st.decode() if isinstance(st, bytes) else st or "") for i, st in cur.fetchall()}
+        except MySQLdb.MySQLError as e:
+            self.close()
+            log.warning("reading thread states failed: %s", e)
             return None
 
     def close(self) -> None:
