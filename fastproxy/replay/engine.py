@@ -66,6 +66,10 @@ KILL_READ_MARGIN_NS = 200_000_000  # a KILL waits until records completing this 
 KILL_SETTLE_NS = 200_000_000  # ... and its target's query has run (at most) this long on replay
 KILL_WAIT_S = 10.0  # at most (then it goes anyway)
 SERVER_CLOSE_WAIT_S = 1.0  # how long a server-side close of production is left to the replay server
+# A command due this soon goes now, with whatever else is due as soon: the loop's timers have a
+# resolution of 1 ms anyway, and at speed 1 a loop turn (a timer, a wake-up) per command cost the
+# replayer more CPU than the command itself, so it could not keep a busy capture's pace
+PACE_SLACK_NS = 1_000_000
 # Each command leaves a few short-lived objects (record, ticket, result) and almost never a cycle: the
 # default youngest-generation threshold (700 allocations) ran the collector every few dozen commands.
 GC_GEN0_THRESHOLD = 50_000
@@ -428,7 +432,7 @@ class Replayer:
                 # self.due_ns, inlined: this runs for every command
                 due = 0 if speed <= 0 else self._start_mono + int((conn.queue[0].start_ns - self.capture_start_ns) / speed)
                 conn.due_ns = due
-                if due > now:
+                if due > now + PACE_SLACK_NS:
                     self.heap.push(due, conn.idx)
                     if self._timer is None or due < self._timer_due:
                         self._arm(due)
@@ -453,7 +457,7 @@ class Replayer:
     def _tick(self) -> None:
         self._timer = None
         now = time.monotonic_ns()
-        for idx in self.heap.pop_due(now):
+        for idx in self.heap.pop_due(now + PACE_SLACK_NS):
             conn = self.by_idx.get(idx)
             if conn is not None and conn.queue and not conn.busy:
                 self._schedule(conn)
@@ -1103,7 +1107,7 @@ class Replayer:
         opt = self.opt
         lockwaits = LockWaits(opt.host, opt.port, opt.username, opt.password, opt.connect_timeout) \
             if opt.whole_transactions and not opt.dry_run else None
-        last_probe = 0
+        last_probe = last_states = 0  # the server's lock waits / thread states, read at most this often
         try:
             while True:
                 await asyncio.sleep(0.01)
@@ -1130,8 +1134,10 @@ class Replayer:
                     ticket = conn.tickets[0] if conn.tickets else None
                     if ticket is not None and not ticket.finished and ticket.has_events and late > max(floor, expected):
                         overdue.append((conn, ticket, late))
-                if overdue:
+                if overdue and (lockwaits is None or lockwaits.unavailable
+                                or now - last_states > LockWaits.MIN_INTERVAL_NS):
                     await self._presume_complete(overdue, lockwaits)
+                    last_states = time.monotonic_ns()
                 if (suspects and lockwaits is not None and not lockwaits.unavailable
                         and now - last_probe > LockWaits.MIN_INTERVAL_NS):
                     before = {c.idx: (c.inflight, c.tickets[0] if c.tickets else None) for c in self.conns.values()}
