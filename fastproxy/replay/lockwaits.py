@@ -5,8 +5,8 @@ it depends on is itself waiting on the server for a row lock held by a transacti
 command is the one held back, neither can move: a cycle through the scheduler and the server that
 InnoDB's deadlock detector cannot see. Lock waits production never had cause it — a queue picked
 with SKIP LOCKED in another order, gap locks of a different plan. The engine asks here which replay
-connection blocks which, rolls back the blocking transaction (its connection is idle, held back by
-the scheduler), and sends it again when its turn comes (fastproxy/replay/transactions.py).
+connection blocks which, follows what the blocking connection's next command waits for, and lets
+it go if that leads back to the blocked command (Replayer._break_cycles).
 
 It also tells what a slow command is doing (``states``): the engine presumes a command complete
 only when the server shows it waiting for a lock the row-lock waits do not show (metadata, table,
@@ -57,17 +57,10 @@ class LockWaits:
 
     def pairs(self) -> list[tuple[int, int]] | None:
         """(waiting thread id, blocking thread id) for every row-lock wait; None if not readable."""
-        if self.unavailable:
+        if self.unavailable or not self._connected():
             return None
         import MySQLdb
 
-        if self._conn is None:
-            try:
-                self._conn = MySQLdb.connect(**self.params)
-            except MySQLdb.MySQLError as e:  # a login refused now is refused every 150 ms after: say it once
-                self.unavailable = f"cannot connect to read lock waits: {e}"
-                log.warning("%s; wait cycles are broken by the timeout valve only", self.unavailable)
-                return None
         try:
             cur = self._conn.cursor()
             if self._query is None:
@@ -92,13 +85,13 @@ class LockWaits:
 
     def states(self, thread_ids) -> dict[int, str] | None:
         """PROCESSLIST state of each of these threads still running a command; None if not readable."""
-        if self.unavailable or not thread_ids:
-            return None if self.unavailable else {}
+        if self.unavailable or not self._connected():
+            return None
+        if not thread_ids:
+            return {}
         import MySQLdb
 
         try:
-            if self._conn is None:
-                self._conn = MySQLdb.connect(**self.params)
             cur = self._conn.cursor()
             ids = ",".join(str(int(t)) for t in thread_ids)
             cur.execute(f"SELECT id, state FROM information_schema.PROCESSLIST WHERE id IN ({ids}) "
@@ -108,6 +101,19 @@ class LockWaits:
             self.close()
             log.warning("reading thread states failed: %s", e)
             return None
+
+    def _connected(self) -> bool:
+        if self._conn is not None:
+            return True
+        import MySQLdb
+
+        try:
+            self._conn = MySQLdb.connect(**self.params)
+            return True
+        except MySQLdb.MySQLError as e:  # a login refused now is refused every 150 ms after: say it once
+            self.unavailable = f"cannot connect to read lock waits: {e}"
+            log.warning("%s; wait cycles are broken by the timeout valve only", self.unavailable)
+            return False
 
     def close(self) -> None:
         if self._conn is not None:
