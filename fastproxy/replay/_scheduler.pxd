@@ -36,6 +36,7 @@ cdef struct Seq:
     int64_t* keys          # ring: capture end time of event i at keys[i & mask]
     int64_t* starts        # ring: its capture start time
     unsigned char* state   # ring: ST_DONE (completed on replay) | ST_RELEASED (its transaction ended)
+    int64_t* owners        # ring: who the event belongs to (the planner's connection id; -1: unknown)
     int64_t mask           # ring capacity - 1 (a power of two)
     Waiter* waiters        # min-heap of parked commands
     Py_ssize_t nwait
@@ -69,6 +70,6 @@ cdef class CausalOrder:
     cdef int _grow_ring(self, Seq* s) except -1
     cdef int64_t _ended_before(self, Seq* s, int64_t start) noexcept
     cdef int64_t _lock_requirement(self, Seq* s, int64_t start) noexcept
-    cdef int64_t _add_event(self, Seq* s, int64_t start, int64_t end, bint released) except -1
+    cdef int64_t _add_event(self, Seq* s, int64_t start, int64_t end, bint released, int64_t owner) except -1
     cdef int _park(self, Seq* s, int64_t req, int64_t key) except -1
     cdef int64_t _pop_waiter(self, Seq* s) noexcept

@@ -252,6 +252,7 @@ cdef class CausalOrder:
                 PyMem_Free(self.seqs[i].keys)
                 PyMem_Free(self.seqs[i].starts)
                 PyMem_Free(self.seqs[i].state)
+                PyMem_Free(self.seqs[i].owners)
                 PyMem_Free(self.seqs[i].waiters)
             PyMem_Free(self.seqs)
             self.seqs = NULL
@@ -276,13 +277,15 @@ cdef class CausalOrder:
         s.keys = <int64_t*>PyMem_Malloc(16 * sizeof(int64_t))
         s.starts = <int64_t*>PyMem_Malloc(16 * sizeof(int64_t))
         s.state = <unsigned char*>PyMem_Malloc(16)
+        s.owners = <int64_t*>PyMem_Malloc(16 * sizeof(int64_t))
         s.waiters = NULL
         s.nwait = 0
         s.wcap = 0
-        if s.keys == NULL or s.starts == NULL or s.state == NULL:
+        if s.keys == NULL or s.starts == NULL or s.state == NULL or s.owners == NULL:
             PyMem_Free(s.keys)
             PyMem_Free(s.starts)
             PyMem_Free(s.state)
+            PyMem_Free(s.owners)
             raise MemoryError()
         self.nseq += 1
         return self.nseq - 1
@@ -302,22 +305,27 @@ cdef class CausalOrder:
         cdef int64_t* keys = <int64_t*>PyMem_Malloc(new_cap * sizeof(int64_t))
         cdef int64_t* starts = <int64_t*>PyMem_Malloc(new_cap * sizeof(int64_t))
         cdef unsigned char* state = <unsigned char*>PyMem_Malloc(new_cap)
+        cdef int64_t* owners = <int64_t*>PyMem_Malloc(new_cap * sizeof(int64_t))
         cdef int64_t i
-        if keys == NULL or starts == NULL or state == NULL:
+        if keys == NULL or starts == NULL or state == NULL or owners == NULL:
             PyMem_Free(keys)
             PyMem_Free(starts)
             PyMem_Free(state)
+            PyMem_Free(owners)
             raise MemoryError()
         for i in range(s.prefix, s.next):
             keys[i & m] = s.keys[i & s.mask]
             starts[i & m] = s.starts[i & s.mask]
             state[i & m] = s.state[i & s.mask]
+            owners[i & m] = s.owners[i & s.mask]
         PyMem_Free(s.keys)
         PyMem_Free(s.starts)
         PyMem_Free(s.state)
+        PyMem_Free(s.owners)
         s.keys = keys
         s.starts = starts
         s.state = state
+        s.owners = owners
         s.mask = m
         return 0
 
@@ -347,7 +355,7 @@ cdef class CausalOrder:
             i -= 1
         return req
 
-    cdef int64_t _add_event(self, Seq* s, int64_t start, int64_t end, bint released) except -1:
+    cdef int64_t _add_event(self, Seq* s, int64_t start, int64_t end, bint released, int64_t owner) except -1:
         cdef int64_t idx
         if s.next - s.prefix > s.mask:
             self._grow_ring(s)
@@ -359,17 +367,19 @@ cdef class CausalOrder:
         s.keys[idx & s.mask] = end
         s.starts[idx & s.mask] = start
         s.state[idx & s.mask] = ST_RELEASED if released else 0
+        s.owners[idx & s.mask] = owner
         s.next += 1
         self.events_total += 1
         return idx
 
     def note(self, Ticket t, tuple waits, tuple lock_waits, int64_t start_ns, tuple events, int64_t end_ns,
-             bint released=True):
+             bint released=True, int64_t owner=-1):
         """Register a command read from the capture. On each sequence in ``waits`` it waits for the
         events that ended before ``start_ns``; on each in ``lock_waits`` also for those that held
         locks before it (see above). It is itself an event (``start_ns``..``end_ns``) of each sequence in ``events``; ``released``: its
         transaction has ended too (else call ``release`` when it does). Requirements already met
-        are not stored."""
+        are not stored. ``owner`` (e.g. the connection the command belongs to) is what ``blockers``
+        names for its events."""
         cdef Py_ssize_t nw = len(waits), nl = len(lock_waits), ne = len(events), i, sid
         cdef int64_t req
         cdef int64_t* buf
@@ -399,7 +409,7 @@ cdef class CausalOrder:
             sid = events[i]
             self._check(sid)
             ev[2 * i] = sid
-            ev[2 * i + 1] = self._add_event(&self.seqs[sid], start_ns, end_ns, released)
+            ev[2 * i + 1] = self._add_event(&self.seqs[sid], start_ns, end_ns, released, owner)
         t.ne = ne
 
     def release(self, Ticket t):
@@ -492,6 +502,29 @@ cdef class CausalOrder:
                 return False
             t.wpos += 1
         return True
+
+    def blockers(self, Ticket t, int64_t limit=1 << 16):
+        """The owners (see ``note``) of the events ``t`` still waits for: those not completed below
+        each of its unmet requirements, without repeats. None if that means looking at more than
+        ``limit`` events (the caller cannot tell who holds it back)."""
+        cdef Seq* s
+        cdef int64_t req, i, scanned = 0
+        cdef int k
+        cdef set seen = set()
+        cdef list out = []
+        for k in range(t.wpos, t.nw):
+            s = &self.seqs[t.buf[2 * k]]
+            req = t.buf[2 * k + 1]
+            if req <= s.prefix:
+                continue
+            scanned += req - s.prefix
+            if scanned > limit:
+                return None
+            for i in range(s.prefix, req):
+                if not (s.state[i & s.mask] & ST_DONE) and s.owners[i & s.mask] not in seen:
+                    seen.add(s.owners[i & s.mask])
+                    out.append(s.owners[i & s.mask])
+        return out
 
     def finish(self, Ticket t):
         """The command completed on replay (or will never run): its events are done. Returns the

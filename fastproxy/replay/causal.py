@@ -96,6 +96,7 @@ class Planner:
         self._sessions: dict[int, _Session] = {}
         self.unknown_scope_statements = 0  # statements ordered against everything (tables not known)
         self._login = False  # the record being planned is its connection's first: replay logs in for it
+        self._owner = -1  # the connection whose record is being planned (its events' owner: CausalOrder.blockers)
 
     # ---- records --------------------------------------------------------------------------------
     def session(self, conn_id: int) -> _Session:
@@ -122,11 +123,12 @@ class Planner:
             return None
         t = Ticket()
         waits, events = self._end_transaction(sess, rolled_back=True)
-        self.order.note(t, waits, (), rec.start_ns, events, rec.start_ns)
+        self.order.note(t, waits, (), rec.start_ns, events, rec.start_ns, True, conn_id)
         return t
 
     def note(self, conn_id: int, rec: Record) -> Ticket | None:
         sess = self.session(conn_id)
+        self._owner = conn_id
         if sess.logged_in or not self.causal:
             sess.logged_in = True
             return self._note(conn_id, sess, rec)
@@ -286,7 +288,7 @@ class Planner:
             if self._login:
                 self._login = False
                 waits += (self._unknown[0],)
-            self.order.note(t, waits, (), rec.start_ns, events, rec.end_ns or rec.start_ns)
+            self.order.note(t, waits, (), rec.start_ns, events, rec.end_ns or rec.start_ns, True, conn_id)
         elif self._login:
             t = self._ticket(0, (), (), rec.start_ns, (), 0)
         sess.open = False
@@ -323,7 +325,7 @@ class Planner:
             return None
         t = Ticket(flags)
         if waits or lock_waits or events:
-            self.order.note(t, waits, lock_waits, start_ns, events, end_ns, released)
+            self.order.note(t, waits, lock_waits, start_ns, events, end_ns, released, self._owner)
         return t
 
     # ---- scopes and their sequences -----------------------------------------------------------------

@@ -30,7 +30,7 @@ from fastproxy.replay.causal import IN_TXN, PIN_ID, PIN_TIME, PROD_LOCK_ERROR, T
 from fastproxy.replay.client import LoginError, ReplayClient
 from fastproxy.replay.dryrun import DryClient, DryRunCounters
 from fastproxy.replay.lag import LagStats
-from fastproxy.replay.lockwaits import LockWaits
+from fastproxy.replay.lockwaits import LockWaits, other_lock_wait
 from fastproxy.replay.report import Report
 from fastproxy.jobs_base import utc_iso
 from fastproxy.replay.pinning import PIN_FLAGS, pin
@@ -66,6 +66,10 @@ KILL_READ_MARGIN_NS = 200_000_000  # a KILL waits until records completing this 
 KILL_SETTLE_NS = 200_000_000  # ... and its target's query has run (at most) this long on replay
 KILL_WAIT_S = 10.0  # at most (then it goes anyway)
 SERVER_CLOSE_WAIT_S = 1.0  # how long a server-side close of production is left to the replay server
+# A command due this soon goes now, with whatever else is due as soon: the loop's timers have a
+# resolution of 1 ms anyway, and at speed 1 a loop turn (a timer, a wake-up) per command cost the
+# replayer more CPU than the command itself, so it could not keep a busy capture's pace
+PACE_SLACK_NS = 1_000_000
 # Each command leaves a few short-lived objects (record, ticket, result) and almost never a cycle: the
 # default youngest-generation threshold (700 allocations) ran the collector every few dozen commands.
 GC_GEN0_THRESHOLD = 50_000
@@ -430,7 +434,7 @@ class Replayer:
                 # self.due_ns, inlined: this runs for every command
                 due = 0 if speed <= 0 else self._start_mono + int((conn.queue[0].start_ns - self.capture_start_ns) / speed)
                 conn.due_ns = due
-                if due > now:
+                if due > now + PACE_SLACK_NS:
                     self.heap.push(due, conn.idx)
                     if self._timer is None or due < self._timer_due:
                         self._arm(due)
@@ -455,7 +459,7 @@ class Replayer:
     def _tick(self) -> None:
         self._timer = None
         now = time.monotonic_ns()
-        for idx in self.heap.pop_due(now):
+        for idx in self.heap.pop_due(now + PACE_SLACK_NS):
             conn = self.by_idx.get(idx)
             if conn is not None and conn.queue and not conn.busy:
                 self._schedule(conn)
@@ -997,38 +1001,6 @@ class Replayer:
         self._consume(conn)
         return _CONSUMED
 
-    def _event_owners(self) -> dict[int, list[tuple[int, Conn]]]:
-        """sequence -> (event index, connection) of every event not done yet (for `_waits_for`)."""
-        owners: dict[int, list[tuple[int, Conn]]] = {}
-        for conn in self.conns.values():
-            for t in conn.tickets:
-                if t is not None and not t.finished:
-                    for sid, index in t.events:
-                        owners.setdefault(sid, []).append((index, conn))
-        return owners
-
-    def _waits_for(self, holder: Conn, blocked: set[int], owners: dict[int, list[tuple[int, Conn]]]) -> bool:
-        """Whether `holder`'s parked head command waits, directly or through other parked
-        connections, for a command of a connection in `blocked` (idx) — then holder and blocked
-        wait for each other: a cycle. A holder that waits for something else only has to wait."""
-        ticket = holder.tickets[0] if holder.parked and holder.tickets else None
-        if ticket is None or ticket.finished:
-            return False
-        seen = {holder.idx}
-        frontier = [ticket]
-        while frontier:
-            for sid, need in frontier.pop().waits:
-                for index, owner in owners.get(sid, ()):
-                    if index >= need or owner.idx in seen:
-                        continue
-                    if owner.idx in blocked:
-                        return True
-                    seen.add(owner.idx)
-                    head = owner.tickets[0] if owner.parked and owner.tickets else None
-                    if head is not None and not head.finished:
-                        frontier.append(head)
-        return False
-
     def _undo(self, holder: Conn) -> bool:
         """`holder` is held back by causal order inside a transaction that may block, on the server,
         a command causal order waits for: roll it back now (its row locks go) and send it again
@@ -1046,9 +1018,9 @@ class Replayer:
 
     def _break_cycle(self, holder: Conn) -> bool:
         """`holder` is held back by causal order while its open transaction blocks, on the server, a
-        command that causal order waits for (directly or through others): neither can move, so the
-        holder's next command goes now, out of causal order for that one dependency; its
-        transaction then ends and the blocked command gets its row."""
+        command that causal order waits for (directly or through others; _waits_for checked it):
+        neither can move, so the holder's next command goes now, out of causal order for that one
+        dependency; its transaction then ends and the blocked command gets its row."""
         ticket = holder.tickets[0] if holder.tickets else None
         if holder.busy or not holder.parked or ticket is None:
             return False
@@ -1056,6 +1028,62 @@ class Replayer:
         self._released.append(holder.idx)
         self.stats.cycles_broken += 1
         return True
+
+    def _waits_for(self, holder: Conn, target: Conn, blocked_by: dict) -> bool | None:
+        """Whether `holder`'s parked command waits, through causal order and through the server's
+        row-lock waits (`blocked_by`: connection idx -> the connections whose locks it waits for),
+        for a command of `target`. False means it moves on its own once what it waits for has run,
+        however slow that is; None: too many events to tell."""
+        order = self.planner.order
+        seen = {holder.idx}
+        todo = [holder]
+        while todo:
+            conn = todo.pop()
+            if conn.busy:  # in flight: it waits for nothing but the server's locks
+                nexts = blocked_by.get(conn.idx, ())
+            elif conn.parked and conn.tickets and conn.tickets[0] is not None:
+                owners = order.blockers(conn.tickets[0])
+                if owners is None:
+                    return None
+                nexts = [c for c in map(self.conns.get, owners) if c is not None]
+            else:
+                continue  # due later, or about to go: it moves on its own
+            for c in nexts:
+                if c is target:
+                    return True
+                if c.idx not in seen:
+                    seen.add(c.idx)
+                    todo.append(c)
+        return False
+
+    def _break_cycles(self, pairs: list, before: dict) -> None:
+        """Lock waits read from the server (`pairs`; `before`: each connection's command in flight and
+        head ticket when they were asked for): let go the holders that are in a wait cycle."""
+        by_thread = {c.client.connection_id: c for c in self.conns.values()
+                     if c.client is not None and not c.client.closed}
+        blocked_by: dict[int, list[Conn]] = {}
+        waits = []
+        for waiting, blocking in pairs:
+            w, holder = by_thread.get(waiting), by_thread.get(blocking)
+            if w is None or holder is None or w is holder:
+                continue
+            # still the wait that was read: the same command in flight all along
+            if not w.busy or w.inflight is None or before.get(w.idx, (None, None))[0] is not w.inflight:
+                continue
+            blocked_by.setdefault(w.idx, []).append(holder)
+            waits.append((w, holder))
+        for w, holder in waits:
+            head = holder.tickets[0] if holder.tickets else None
+            if not holder.parked or holder.busy or before.get(holder.idx, (None, None))[1] is not head:
+                continue
+            cycle = self._waits_for(holder, w, blocked_by)
+            if cycle is False:
+                continue  # the holder waits for something that is only slow: it will move, and free w
+            if self._undo(holder) or self._break_cycle(holder):
+                log.debug("wait cycle: connection %s (next: %r at %s) blocks %s (%r at %s) on the server "
+                          "and waits for it here%s", holder.conn_id, holder.queue[0].payload[:100],
+                          holder.queue[0].start_ns, w.conn_id, w.inflight.payload[:100], w.inflight.start_ns,
+                          "" if cycle else " (too many events to tell)")
 
     def _transaction_lost(self, conn: Conn) -> None:
         """The replay connection dropped inside a production transaction: the rest of it would run
@@ -1086,22 +1114,27 @@ class Replayer:
         return True
 
     async def _watch_dependencies(self) -> None:
-        """Causal order must never hang a replay. Two things can hold it up:
+        """Causal order must never hang a replay, and slowness alone must never break it. Two
+        things can hold it up:
 
-        - a wait cycle through the server: a command causal order waits for is blocked on the
-          server by a row lock of a transaction whose next command is held back by causal order
-          (lock waits production did not have: a queue picked with SKIP LOCKED in another order,
-          gap locks). The lock waits are read from the server (fastproxy/replay/lockwaits.py); when
-          the blocking connection waits here, directly or through others, for the blocked one (a
-          cycle, not merely a slow dependency), its transaction is rolled back and sent again when
-          its turn comes (`causal.undone_to_break_cycles`; order kept), or, where its start is not
-          known, its next command is let go (`causal.released_to_break_cycles`). Without the
-          PROCESS privilege a command in flight for the valve's time is taken as blocked by the
-          transactions in such a cycle with it (and presumed complete only at twice that time);
+        - a wait cycle through the server: a command causal order waits for (directly or through
+          others) is blocked on the server by a row lock of a transaction whose next command is held
+          back by causal order (lock waits production did not have: a queue picked with SKIP LOCKED
+          in another order, gap locks). The lock waits are read from the server
+          (fastproxy/replay/lockwaits.py) and the cycle is followed through the scheduler
+          (CausalOrder.blockers); the holder's transaction is rolled back and sent again when its
+          turn comes (`causal.undone_to_break_cycles`; order kept), or, where its start is not
+          known, its next command is let go (`causal.released_to_break_cycles`). A holder that
+          waits for a command that is merely slow is left alone: that command completes, then the
+          holder moves and frees the lock. Without the PROCESS privilege a command in flight for
+          the valve's time is taken as blocked by the held-back transactions in a cycle with it
+          (and presumed complete only at twice that time);
         - a dependency that does not complete for another reason: a command in flight far longer
-          than in production (`causal_timeout_s`, and 4x its captured time) is presumed complete
-          for ordering, and if nothing is in flight at all, whatever is parked is let go (both
-          counted as `causal.released_by_valve`)."""
+          than in production (`causal_timeout_s`, and 4x its captured time) that the server shows
+          waiting for a lock row-lock waits do not show (a metadata, table or named lock: a cycle
+          the scheduler cannot follow) is presumed complete for ordering; where the server's
+          threads cannot be read, any such command is. If nothing is in flight at all, whatever is
+          parked is let go (both counted as `causal.released_by_valve`)."""
         if not self.planner.causal:
             return
         floor = int(self.opt.causal_timeout_s * 1e9)
@@ -1110,7 +1143,7 @@ class Replayer:
         opt = self.opt
         lockwaits = self.lockwaits = LockWaits(opt) \
             if opt.whole_transactions and not opt.dry_run else None
-        last_probe = 0
+        last_probe = last_states = 0  # the server's lock waits / thread states, read at most this often
         try:
             while True:
                 await asyncio.sleep(0.01)
@@ -1119,7 +1152,8 @@ class Replayer:
                 now = time.monotonic_ns()
                 active = bool(self.heap) or bool(self._connecting)
                 suspects = False
-                stuck: set[int] = set()  # without lock waits: connections taken as blocked in a cycle
+                overdue = []
+                stuck = []  # without lock waits (no PROCESS): in flight for the valve's time, taken as blocked
                 blind = lockwaits is not None and lockwaits.unavailable is not None
                 for conn in list(self.conns.values()):
                     if not conn.busy:
@@ -1137,41 +1171,28 @@ class Replayer:
                     suspects = suspects or late > probe
                     valve = max(floor, expected)
                     if blind and late > valve:
-                        stuck.add(conn.idx)
+                        stuck.append(conn)
                         valve *= 2  # breaking the cycle first keeps order; presuming complete does not
                     ticket = conn.tickets[0] if conn.tickets else None
                     if ticket is not None and not ticket.finished and ticket.has_events and late > valve:
-                        released = order.finish(ticket)  # presumed complete (its real completion is a no-op)
-                        self.stats.causal_released += 1
-                        log.debug("presumed complete after %.0f ms: connection %s %r", late / 1e6, conn.conn_id,
-                                  conn.queue[0].payload[:60] if conn.queue else None)
-                        if released:
-                            self._released.extend(released)
+                        overdue.append((conn, ticket, late))
                 if stuck:
-                    # who blocks whom on the server is unknown (no PROCESS privilege): a command
-                    # this late is taken as blocked by a row lock of a transaction that waits for it
-                    candidates = [c for c in self.conns.values() if c.parked and c.txn.can_undo()]
-                    owners = self._event_owners() if candidates else {}
-                    for conn in candidates:
-                        if self._waits_for(conn, stuck, owners):
+                    # who blocks whom on the server is unknown: undo the held-back transactions in a
+                    # cycle with a stuck command (through causal order; undoing costs only a redo)
+                    for conn in [c for c in self.conns.values() if c.parked and c.txn.can_undo()]:
+                        if any(self._waits_for(conn, s, {}) is not False for s in stuck):
                             self._undo(conn)
+                if overdue and (lockwaits is None or lockwaits.unavailable
+                                or now - last_states > LockWaits.MIN_INTERVAL_NS):
+                    await self._presume_complete(overdue, lockwaits)
+                    last_states = time.monotonic_ns()
                 if (suspects and lockwaits is not None and not lockwaits.unavailable
                         and now - last_probe > LockWaits.MIN_INTERVAL_NS):
+                    before = {c.idx: (c.inflight, c.tickets[0] if c.tickets else None) for c in self.conns.values()}
                     pairs = await self._loop.run_in_executor(None, lockwaits.pairs)
                     last_probe = time.monotonic_ns()
                     if pairs:
-                        by_thread = {c.client.connection_id: c for c in self.conns.values()
-                                     if c.client is not None and not c.client.closed}
-                        owners = self._event_owners()
-                        for waiting, blocking in pairs:
-                            holder, w = by_thread.get(blocking), by_thread.get(waiting)
-                            if holder is None or w is None or not self._waits_for(holder, {w.idx}, owners):
-                                continue  # not a cycle: the holder goes on when what it waits for completes
-                            if self._undo(holder) or self._break_cycle(holder):
-                                log.debug("wait cycle: connection %s (next: %r at %s) blocks %s (%r at %s) on the server "
-                                          "and waits for it here", holder.conn_id, holder.queue[0].payload[:100],
-                                          holder.queue[0].start_ns, w and w.conn_id,
-                                          w and w.inflight and w.inflight.payload[:100], w and w.inflight and w.inflight.start_ns)
+                        self._break_cycles(pairs, before)
                 if not active:  # nothing can complete any more: let everything parked go
                     for conn in list(self.conns.values()):
                         if conn.parked and conn.tickets and conn.tickets[0] is not None:
@@ -1183,6 +1204,29 @@ class Replayer:
         finally:
             if lockwaits is not None:
                 await self._loop.run_in_executor(None, lockwaits.close)
+
+    async def _presume_complete(self, overdue: list, lockwaits: LockWaits | None) -> None:
+        """The safety valve: commands in flight far longer than in production are presumed complete
+        for ordering if the server shows them waiting for a lock it does not show the holder of
+        (with no way to read the server's threads: all of them). A command that runs, or waits for a
+        row lock (a cycle there is broken by _break_cycles), is only slow: it is left to complete."""
+        states = None
+        if lockwaits is not None and not lockwaits.unavailable:
+            ids = [c.client.connection_id for c, _, _ in overdue if c.client is not None and not c.client.closed]
+            states = await self._loop.run_in_executor(None, lockwaits.states, ids)
+        for conn, ticket, late in overdue:
+            if ticket.finished or not conn.busy or not conn.tickets or conn.tickets[0] is not ticket:
+                continue  # completed meanwhile
+            if states is not None:
+                client = conn.client
+                if client is None or client.closed or not other_lock_wait(states.get(client.connection_id)):
+                    continue
+            released = self.planner.order.finish(ticket)  # presumed complete (its real completion is a no-op)
+            self.stats.causal_released += 1
+            log.debug("presumed complete after %.0f ms: connection %s %r", late / 1e6, conn.conn_id,
+                      conn.queue[0].payload[:60] if conn.queue else None)
+            if released:
+                self._released.extend(released)
 
     # ---- sessions as they were (fastproxy/replay/sessions.py, users.py) --------------------------
     def _note_session(self, conn: Conn, kind: int, info: dict) -> None:

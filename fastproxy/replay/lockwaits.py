@@ -5,8 +5,12 @@ it depends on is itself waiting on the server for a row lock held by a transacti
 command is the one held back, neither can move: a cycle through the scheduler and the server that
 InnoDB's deadlock detector cannot see. Lock waits production never had cause it — a queue picked
 with SKIP LOCKED in another order, gap locks of a different plan. The engine asks here which replay
-connection blocks which, rolls back the blocking transaction (its connection is idle, held back by
-the scheduler), and sends it again when its turn comes (fastproxy/replay/transactions.py).
+connection blocks which, follows what the blocking connection's next command waits for, and lets
+it go if that leads back to the blocked command (Replayer._break_cycles).
+
+It also tells what a slow command is doing (``states``): the engine presumes a command complete
+only when the server shows it waiting for a lock the row-lock waits do not show (metadata, table,
+named locks), never because it is merely slow.
 
 Needs the PROCESS privilege (or the sys schema); without it ``pairs`` returns None and the engine
 falls back to its timeout valve.
@@ -14,6 +18,7 @@ falls back to its timeout valve.
 from __future__ import annotations
 
 import logging
+import re
 
 from fastproxy.replay.side_connection import target_params
 
@@ -25,6 +30,16 @@ _QUERIES = (
     "JOIN information_schema.INNODB_TRX b ON b.trx_id = w.blocking_trx_id "
     "JOIN information_schema.INNODB_TRX r ON r.trx_id = w.requesting_trx_id",
 )
+
+
+# PROCESSLIST states of a statement waiting for a lock other than a row lock: metadata, table, named
+# (GET_LOCK: "User lock"), global read, backup and commit locks, table flushes
+_OTHER_LOCK_STATE = re.compile(r"lock|flush", re.I)
+
+
+def other_lock_wait(state: str | None) -> bool:
+    """Whether a PROCESSLIST state is a wait for a lock that row-lock waits do not show."""
+    return bool(state) and _OTHER_LOCK_STATE.search(state) is not None
 
 
 class LockWaits:
@@ -42,17 +57,10 @@ class LockWaits:
 
     def pairs(self) -> list[tuple[int, int]] | None:
         """(waiting thread id, blocking thread id) for every row-lock wait; None if not readable."""
-        if self.unavailable:
+        if self.unavailable or not self._connected():
             return None
         import MySQLdb
 
-        if self._conn is None:
-            try:
-                self._conn = MySQLdb.connect(**self.params)
-            except MySQLdb.MySQLError as e:  # a login refused now is refused every 150 ms after: say it once
-                self.unavailable = f"cannot connect to read lock waits: {e}"
-                log.warning("%s; wait cycles are broken by the timeout valve only", self.unavailable)
-                return None
         try:
             cur = self._conn.cursor()
             if self._query is None:
@@ -74,6 +82,38 @@ class LockWaits:
             self.close()
             log.warning("reading lock waits failed: %s", e)
             return None
+
+    def states(self, thread_ids) -> dict[int, str] | None:
+        """PROCESSLIST state of each of these threads still running a command; None if not readable."""
+        if self.unavailable or not self._connected():
+            return None
+        if not thread_ids:
+            return {}
+        import MySQLdb
+
+        try:
+            cur = self._conn.cursor()
+            ids = ",".join(str(int(t)) for t in thread_ids)
+            cur.execute(f"SELECT id, state FROM information_schema.PROCESSLIST WHERE id IN ({ids}) "
+                        "AND command <> 'Sleep'")
+            return {int(i): (st.decode() if isinstance(st, bytes) else st or "") for i, st in cur.fetchall()}
+        except MySQLdb.MySQLError as e:
+            self.close()
+            log.warning("reading thread states failed: %s", e)
+            return None
+
+    def _connected(self) -> bool:
+        if self._conn is not None:
+            return True
+        import MySQLdb
+
+        try:
+            self._conn = MySQLdb.connect(**self.params)
+            return True
+        except MySQLdb.MySQLError as e:  # a login refused now is refused every 150 ms after: say it once
+            self.unavailable = f"cannot connect to read lock waits: {e}"
+            log.warning("%s; wait cycles are broken by the timeout valve only", self.unavailable)
+            return False
 
     def close(self) -> None:
         if self._conn is not None:
