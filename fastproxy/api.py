@@ -10,7 +10,6 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 
-from fastproxy.constants import command_name
 from fastproxy.errors import ConfigError, JobError
 from fastproxy.metrics import render
 
@@ -35,20 +34,8 @@ async def health(request: web.Request) -> web.Response:
 
 async def connections(request: web.Request) -> web.Response:
     """What the proxy knows about each client connection (no secrets)."""
-    out = []
-    for conn in sorted(_server(request).connections, key=lambda c: c.session.conn_id):
-        s = conn.session
-        last = s.last_command
-        out.append({
-            "conn_id": s.conn_id, "client_addr": s.client_addr, "user": s.user, "db": s.db,
-            "backend": s.backend, "backend_conn_id": s.backend_conn_id, "in_transaction": s.in_transaction,
-            "autocommit": s.autocommit, "prepared": {str(k): v for k, v in sorted(s.prepared.items())},
-            "commands": s.commands, "pending_commands": conn.tracker.pending, "capture": s.capture_state,
-            "last_command": None if last is None else {
-                "type": command_name(last.cmd), "start_ns": last.start_ns, "end_ns": last.end_ns,
-                "outcome": last.result.outcome_name, "err_code": last.result.err_code},
-        })
-    return web.json_response(out)
+    conns = sorted(_server(request).connections, key=lambda c: c.session.conn_id)
+    return web.json_response([conn.describe() for conn in conns])
 
 
 async def metrics(request: web.Request) -> web.Response:

@@ -3,4 +3,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-exec .venv/bin/python -m pytest -q -p no:cacheprovider "$@"
+.venv/bin/python -m pytest -q -p no:cacheprovider "$@"
+# the tests that start a proxy, once more with four data-plane workers in each proxy
+FASTPROXY_TEST_WORKERS=4 exec .venv/bin/python -m pytest -q -p no:cacheprovider -m proxy "$@"

@@ -1,4 +1,6 @@
-"""A running capture: the proxy's hooks append records to the ring buffer; a writer thread drains it.
+"""A running capture: the data plane's workers append command records to the ring buffer (in C,
+without the GIL); this job appends the connection events only Python knows (a new connection's
+handshake, the state of one open before the capture), and a writer thread drains the ring.
 
 Nothing here waits on the disk: appends are a memcpy into the ring buffer. If the buffer is full
 (the writer cannot keep up) the capture stops with an error — it never drops records silently
@@ -15,24 +17,17 @@ import time
 from typing import TYPE_CHECKING
 
 from fastproxy._ringbuf import RingBuffer
-from fastproxy.capture.record import KIND_CONN_CLOSE, KIND_CONN_OPEN, KIND_CONN_STATE
+from fastproxy.capture.record import KIND_CONN_OPEN, KIND_CONN_STATE
 from fastproxy.capture.writer import CaptureWriter
-from fastproxy.constants import COMMAND
 from fastproxy.errors import JobError
 from fastproxy.jobs_base import Job, utc_iso
-from fastproxy.protocol import change_user_without_auth
 
 if TYPE_CHECKING:
+    from fastproxy.proxy.connection import ClientConnection
     from fastproxy.proxy.server import ProxyServer
     from fastproxy.proxy.session import Session
 
 log = logging.getLogger("fastproxy.capture")
-
-_COM_QUERY = COMMAND.COM_QUERY
-_COM_STMT_PREPARE = COMMAND.COM_STMT_PREPARE
-_COM_STMT_EXECUTE = COMMAND.COM_STMT_EXECUTE
-_COM_STMT_RESET = COMMAND.COM_STMT_RESET
-_COM_CHANGE_USER = COMMAND.COM_CHANGE_USER
 
 # Statements that carry passwords are never written to disk. No `^`: match() anchors at its pos
 # argument (1, after the command byte), where `^` would never match.
@@ -45,7 +40,8 @@ _SECRET_RE = re.compile(
     rb"|(?:create|alter|rename)\s+(?:or\s+replace\s+)?(?:user|role|server)\b"
     rb"|change\s+(?:master|replication\s+source)\b|master_password|source_password)",
     re.I)
-# User-management statements are short; scanning a multi-megabyte INSERT on the event loop is not.
+# User-management statements are short; scanning a multi-megabyte INSERT is not. The data plane runs
+# this filter (with the GIL) only on statements its C pre-check flags (fastproxy/csrc/dp_session.c).
 SECRET_SCAN_BYTES = 64 * 1024
 
 
@@ -72,16 +68,35 @@ class CaptureJob(Job):
         self.writer = CaptureWriter(self.ring, self.output, file_size=file_size, compress=compress,
                                     encryption_key=encryption_key, throttle_bytes_per_sec=throttle_bytes_per_sec)
         self.start_ns = 0
-        self.commands = 0
-        self.filtered = 0
+        self.filtered_prepared = 0  # statements prepared before the capture whose SQL may carry a secret
         self.connections = 0
-        self.existing_connections = 0
-        self.waited_for_txn = 0  # open mid-transaction at start: captured from their next boundary
         self.server_version = ""
-        self._filtered_stmts: set[tuple[int, int]] = set()
+        self._relay_counts: dict | None = None  # the data plane's counts, frozen when the capture stops
         self._task: asyncio.Task | None = None
         self._stopping = False
         self._failed = False  # an append failed: no record after the lost one may be written
+
+    # ---- counts: the workers keep theirs in C ----------------------------------------------------
+    @property
+    def commands(self) -> int:
+        return self.ring.commands_appended
+
+    def _counts(self) -> dict:
+        if self._relay_counts is not None:
+            return self._relay_counts
+        return self.server.dataplane.capture_counts()
+
+    @property
+    def filtered(self) -> int:
+        return self.filtered_prepared + self._counts()["filtered"]
+
+    @property
+    def existing_connections(self) -> int:
+        return self._counts()["existing"]
+
+    @property
+    def waited_for_txn(self) -> int:
+        return self._counts()["waited_for_transaction"]
 
     # ---- lifecycle -----------------------------------------------------------------------------
     def start(self) -> None:
@@ -94,25 +109,12 @@ class CaptureJob(Job):
         self.mark_started()
         server = self.server
         server.capture = self
-        from fastproxy.proxy.connection import COMMANDS
-
-        for conn in list(server.connections):
-            session = conn.session
-            if conn.phase != COMMANDS:
-                continue  # still authenticating: on_connect records it as a new connection
-            self.existing_connections += 1
-            self.server_version = self.server_version or session.server_version
-            if conn.tracker.idle and not session.in_transaction:
-                self._record_state(session)
-            else:
-                # a command in flight or an open transaction: its statements before the capture are
-                # not in the files, so replaying the rest of it would be wrong; start at its boundary
-                session.capture_state = "wait-txn"
-                if session.in_transaction:
-                    self.waited_for_txn += 1
+        # Connections open now are parked by their worker at their next command boundary (after
+        # their transaction, if one is open) and handed to on_parked, which records their state.
+        server.dataplane.capture_start(self.ring, self.start_ns, carries_secret, SECRET_SCAN_BYTES)
         self._task = asyncio.get_running_loop().create_task(self._watch())
         log.info("capture started: %s for %.0fs (%d open connections)", self.output, self.duration,
-                 self.existing_connections)
+                 len(server.connections))
 
     async def _watch(self) -> None:
         deadline = time.monotonic() + self.duration
@@ -129,10 +131,14 @@ class CaptureJob(Job):
         if self._stopping:
             return
         self._stopping = True
-        if self.server.capture is self:
-            self.server.capture = None
-        for conn in list(self.server.connections):
-            conn.session.capture_state = None
+        server = self.server
+        if server.capture is self:
+            server.capture = None
+        self.ring.close()  # from here no record is appended, by the workers or by Python
+        server.dataplane.capture_stop()
+        await server.sync()  # every worker has let go of the ring
+        self._relay_counts = server.dataplane.capture_counts()
+        server.dataplane.capture_release()
         end_ns = time.time_ns()
         meta = {
             "start": utc_iso(self.start_ns), "end": utc_iso(end_ns), "duration": round((end_ns - self.start_ns) / 1e9, 3),
@@ -161,73 +167,52 @@ class CaptureJob(Job):
             self._failed = True
             asyncio.get_running_loop().create_task(self.stop(error=error))
 
-    def _append_event(self, kind: int, session: "Session", body: bytes) -> None:
+    def _append_event(self, kind: int, session: "Session", body: bytes) -> bool:
         if self._failed:
-            return
+            return False
         if not self.ring.append_event(kind, session.conn_id, time.time_ns(), body):
-            self._buffer_full()
+            self.on_buffer_full()
+            return False
+        return True
 
-    def _buffer_full(self) -> None:
+    def on_buffer_full(self) -> None:
         self._fail(f"capture buffer full ({self.ring.capacity} bytes): the writer could not keep up with the "
                    f"traffic (disk too slow?); capture stopped, everything captured until then is in the files")
 
-    def _record_state(self, session: "Session") -> None:
-        session.capture_state = "on"
-        self.connections += 1
-        state = session.snapshot()
-        kept = []
-        for stmt_id, sql in state["prepared"]:
-            if carries_secret(sql):  # prepared before the capture: filtered like one prepared during it
-                self._filtered_stmts.add((session.conn_id, stmt_id))
-                self.filtered += 1
+    def on_parked(self, conn: "ClientConnection") -> None:
+        """A connection open before the capture reached a command boundary and waits: record its
+        state, then let it go on, captured from its next command."""
+        session = conn.session
+        dataplane = self.server.dataplane
+        if self._stopping or self._failed:
+            dataplane.resume(session.relay, False)
+            return
+        state = session.state()
+        body = session.snapshot(state)
+        kept, filtered = [], []
+        for stmt_id, sql in body["prepared"]:
+            if stmt_id in state["filtered"] or carries_secret(sql):  # filtered like one prepared during it
+                filtered.append(stmt_id)
             else:
                 kept.append([stmt_id, sql])
-        state["prepared"] = kept
-        self._append_event(KIND_CONN_STATE, session, json.dumps(state).encode())
+        body["prepared"] = kept
+        if filtered:
+            self.filtered_prepared += len(filtered)
+            session.relay.mark_filtered(filtered)
+        self.connections += 1
+        self.server_version = self.server_version or session.server_version
+        ok = self._append_event(KIND_CONN_STATE, session, json.dumps(body).encode())
+        dataplane.resume(session.relay, ok)
 
-    def on_connect(self, session: "Session") -> None:
+    def on_connect(self, session: "Session") -> bool:
+        """A new connection, about to be relayed: recorded from its first command (True)."""
         if self._stopping or self._failed:
-            return
-        session.capture_state = "on"
+            return False
         self.connections += 1
         self.server_version = self.server_version or session.server_version
         body = {"user": session.user, "db": session.db, "capabilities": session.capabilities,
                 "charset": session.charset, "client_addr": session.client_addr}
-        self._append_event(KIND_CONN_OPEN, session, json.dumps(body).encode())
-
-    def on_command(self, session: "Session", cmd: int, start_ns: int, end_ns: int, r, payload: bytes | None) -> None:
-        """A finished command (on the event loop, once per command: kept lean)."""
-        state = session.capture_state
-        if state != "on" or payload is None or start_ns < self.start_ns or self._stopping or self._failed:
-            if state == "wait-txn" and not session.in_transaction and not self._stopping and not self._failed:
-                self._record_state(session)  # a transaction boundary: the session is whole from here
-            return
-        affected = r.affected_rows
-        if cmd == _COM_QUERY or cmd == _COM_STMT_PREPARE:
-            if carries_secret(payload):
-                self.filtered += 1
-                if cmd == _COM_STMT_PREPARE:
-                    self._filtered_stmts.add((session.conn_id, r.stmt_id))
-                return
-            if cmd == _COM_STMT_PREPARE and r.outcome == 0:
-                affected = r.stmt_id  # a prepare has no affected rows: the field carries the statement id
-        elif cmd == _COM_CHANGE_USER:
-            payload = change_user_without_auth(payload, session.capabilities)
-        elif self._filtered_stmts and _COM_STMT_EXECUTE <= cmd <= _COM_STMT_RESET:
-            if (session.conn_id, int.from_bytes(payload[1:5], "little")) in self._filtered_stmts:
-                self.filtered += 1
-                return
-        if self.ring.append_command(session.conn_id, start_ns, end_ns, r.outcome, r.err_code, affected, r.rows,
-                                    payload, r.last_insert_id, r.columns, r.warnings, r.status_flags):
-            self.commands += 1
-        else:
-            self._buffer_full()
-
-    def on_close(self, session: "Session") -> None:
-        # "wait-txn": closed before its boundary, nothing of it was recorded, so no close either
-        if session.capture_state == "on" and not self._stopping:
-            self._append_event(KIND_CONN_CLOSE, session, b"")
-        session.capture_state = None
+        return self._append_event(KIND_CONN_OPEN, session, json.dumps(body).encode())
 
     # ---- show ----------------------------------------------------------------------------------
     def describe(self) -> dict:

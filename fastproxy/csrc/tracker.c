@@ -171,6 +171,7 @@ static void parse_ok(tracker *t, uint32_t pos) {
     if (t->head_len >= pos + 4) {
         t->cur.status_flags = t->head[pos] | (t->head[pos + 1] << 8);
         t->cur.warnings = t->head[pos + 2] | (t->head[pos + 3] << 8);
+        t->cur.has_status = 1;
     }
 }
 
@@ -178,6 +179,7 @@ static void parse_eof(tracker *t) {
     if (t->head_len >= 5) {
         t->cur.warnings = t->head[1] | (t->head[2] << 8);
         t->cur.status_flags = t->head[3] | (t->head[4] << 8);
+        t->cur.has_status = 1;
     }
 }
 

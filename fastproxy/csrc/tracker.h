@@ -55,6 +55,7 @@ typedef struct trk_result {
     uint8_t outcome;             /* enum trk_outcome */
     uint8_t local_infile;        /* the server asked for a LOCAL INFILE file */
     uint8_t unsolicited;         /* an ERR the server sent with no command pending (KILL, shutdown) */
+    uint8_t has_status;          /* status_flags came from an OK/EOF packet (else 0 means unknown) */
     char sql_state[6];           /* NUL-terminated, "" if the ERR had none */
     const char *err_msg;         /* ERR message (not NUL-terminated); valid during the callback only */
     uint32_t err_msg_len;

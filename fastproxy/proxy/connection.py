@@ -1,23 +1,23 @@
-"""One proxied connection: a client-side and a backend-side asyncio Protocol joined together.
+"""One client connection, from accept to the end of its handshake; then the data plane relays it.
 
-Bytes are forwarded the moment they arrive (no buffering in the proxy) and watched on the side:
-the client's by a PacketFramer (commands), the server's by a ResponseTracker (where each response
-ends, how). Only the connection phase is rewritten (capabilities the proxy cannot handle are
-removed from the greeting).
+Python does what happens once per connection: connect a backend, rewrite the greeting (capabilities
+the proxy cannot handle are removed), pass the authentication through. When the backend says OK,
+both sockets are handed to a data-plane worker (fastproxy/_dataplane.pyx), which relays every
+command in C without the GIL; this object stays as the connection's entry in the proxy's table,
+and hears of it again only when it closes or parks (see docs/dataplane.md).
 """
 from __future__ import annotations
 
 import asyncio
 import logging
-from bisect import bisect_left
+import os
 import struct
 import time
 from typing import TYPE_CHECKING
 
-from fastproxy._packet import PacketFramer, ResponseTracker, build_packet
-from fastproxy.constants import CLIENT, COMMAND, ER
+from fastproxy._packet import PacketFramer, build_packet
+from fastproxy.constants import CLIENT, ER, SERVER_STATUS, command_name
 from fastproxy.errors import ProtocolError
-from fastproxy.metrics import LATENCY_BOUNDS_NS
 from fastproxy.protocol import Greeting, HandshakeResponse, err_packet, mask_client_capabilities, parse_err
 from fastproxy.proxy.session import Session
 
@@ -28,14 +28,12 @@ if TYPE_CHECKING:
 log = logging.getLogger("fastproxy.conn")
 
 # phases
-CONNECTING, GREETING, AUTH, COMMANDS, CLOSED = range(5)
+CONNECTING, GREETING, AUTH, RELAYED, CLOSED = range(5)
 
 # Largest client packet before authentication completed (handshake response with attributes, auth
 # switch answers are far smaller): garbage such as an HTTP request is refused at once.
 AUTH_MAX_PACKET = 1 << 20
-# The errors the proxy itself sends carry a server error code: libmariadb reports any client-range
-# code (2000-2999, e.g. 2003, 2013) received from a server as "Received malformed packet" (2027).
-ER_UNKNOWN_ERROR = 1105
+OUTCOMES = ("ok", "err", "no_response", "unknown", "backend_lost")
 
 
 class ClientConnection(asyncio.Protocol):
@@ -46,15 +44,11 @@ class ClientConnection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.backend_side: BackendSide | None = None
         self.backend: Backend | None = None
-        self.framer = PacketFramer(min(AUTH_MAX_PACKET, server.config["proxy.max-packet-size"]))
-        self.tracker = ResponseTracker()
+        self.framer: PacketFramer | None = PacketFramer(min(AUTH_MAX_PACKET, server.config["proxy.max-packet-size"]))
         self.session: Session | None = None
-        self.greeting: Greeting | None = None
         self.advertised = 0
-        self.draining = False
         self._closing = False
-        self._infile = False  # the client is sending a LOCAL INFILE file
-        self._infile_seen = 0
+        self._relayed = False  # both sockets belong to the data plane
 
     # ---- client side -------------------------------------------------------------------------
     def connection_made(self, transport) -> None:
@@ -102,7 +96,7 @@ class ClientConnection(asyncio.Protocol):
             backend.healthy = False
             self.stats.connections_rejected += 1
             if self.phase != CLOSED:
-                self.transport.write(err_packet(ER_UNKNOWN_ERROR,
+                self.transport.write(err_packet(ER.UNKNOWN_ERROR,
                                                 f"fastproxy: backend {backend.addr} unreachable: {reason}", 0, "08S01"))
                 self._close()
 
@@ -113,40 +107,19 @@ class ClientConnection(asyncio.Protocol):
             return
         self.session.backend = backend.addr
         self.backend_side = side
-        self._to_backend = side.transport.write
-        self._to_client = self.transport.write
         self.phase = GREETING
 
     def data_received(self, data: bytes) -> None:
-        if self.phase == COMMANDS:
-            # hot path: forward first, then watch
-            self._to_backend(data)
-            self.stats.bytes_from_clients += len(data)
-            framer = self.framer
-            framer.feed(data)
-            now = time.time_ns()
-            try:
-                while (pkt := framer.next_packet()) is not None:
-                    if self._infile:  # LOCAL INFILE data: any sequence id (they wrap), until the empty packet
-                        if not len(pkt[1]):
-                            self._infile = False
-                        continue
-                    if pkt[0] == 0:  # sequence 0 starts a command; others continue one (auth exchange)
-                        self._on_command(pkt[1], now)
-                    elif self.tracker.idle:
-                        raise ProtocolError(f"packet with sequence id {pkt[0]} where a command must start")
-            except ProtocolError as e:
-                self._protocol_error("client", e)
+        if self.phase > AUTH:
             return
-        if self.phase <= AUTH:
-            self.framer.feed(data)
-            if self.phase != AUTH:  # the greeting has not reached the client yet: kept until it has
-                return
-            try:
-                while (pkt := self.framer.next_packet()) is not None:
-                    self._on_auth_packet(*pkt)
-            except ProtocolError as e:
-                self._protocol_error("client", e)
+        self.framer.feed(data)
+        if self.phase != AUTH:  # the greeting has not reached the client yet: kept until it has
+            return
+        try:
+            while self.phase == AUTH and (pkt := self.framer.next_packet()) is not None:
+                self._on_auth_packet(*pkt)
+        except ProtocolError as e:
+            self._protocol_error("client", e)
 
     def _on_auth_packet(self, seq: int, payload) -> None:
         if not self.session.capabilities:  # the first packet: the handshake response
@@ -161,95 +134,25 @@ class ClientConnection(asyncio.Protocol):
             s = self.session
             s.user, s.db, s.capabilities = resp.user, resp.database, resp.capabilities & self.advertised
             s.charset = resp.charset
-            self.tracker.deprecate_eof = bool(s.capabilities & CLIENT.DEPRECATE_EOF)
             payload = mask_client_capabilities(payload, self.advertised)
         self.backend_side.transport.write(build_packet(seq, payload))
 
-    def _on_command(self, payload, now: int) -> None:
-        session = self.session
-        if not len(payload):
-            raise ProtocolError("empty command packet")
-        cmd = payload[0]
-        self.stats.commands[cmd] += 1
-        if now <= session.last_arrival_ns:  # several commands in one read: keep their order in time
-            now = session.last_arrival_ns + 1
-        session.last_arrival_ns = now
-        keep = session.needs_payload(cmd, payload) or session.capture_state is not None
-        tag = (now, bytes(payload) if keep else None)
-        if self.tracker.begin(payload, tag):
-            self._on_completed(now)
-
-    def _on_completed(self, now: int) -> None:
-        session = self.session
-        stats = self.stats
-        capture = self.server.capture
-        for result in self.tracker.take_completed():
-            start, payload = result.tag
-            cmd = result.cmd
-            stats.latency_buckets[bisect_left(LATENCY_BOUNDS_NS, now - start)] += 1
-            stats.latency_sum_ns += now - start
-            if result.outcome == 1:
-                stats.command_errors[cmd] += 1
-            session.commands += 1
-            if payload is None and result.outcome == 0:
-                session.status_flags = result.status_flags  # all that a plain query changes here
-            else:
-                session.apply(cmd, payload, result)
-            session.last_result, session.last_start_ns, session.last_end_ns = result, start, now
-            if capture is not None:
-                capture.on_command(session, cmd, start, now, result, payload)
-            if cmd == COMMAND.COM_QUIT:
-                self._close()
-                return
-        if self.draining and self.tracker.idle and not session.in_transaction:
-            log.info("conn %d: closed at a transaction boundary for shutdown", session.conn_id)
+    def connection_lost(self, exc) -> None:
+        if not self._relayed:  # a relayed connection's socket lives on in the data plane
             self._close()
 
-    def pause_writing(self) -> None:  # client reads slowly: stop reading from the backend
-        if self.backend_side and self.backend_side.transport:
-            self.backend_side.transport.pause_reading()
-
-    def resume_writing(self) -> None:
-        if self.backend_side and self.backend_side.transport:
-            self.backend_side.transport.resume_reading()
-
-    def connection_lost(self, exc) -> None:
-        if self.phase == COMMANDS and not self.tracker.idle:
-            # the client left with commands unanswered: they still happened (capture records them
-            # with an unknown outcome, so replay sends them too)
-            self.tracker.abort()
-            self._on_completed(time.time_ns())
-        self._close()
-
-    # ---- backend side ------------------------------------------------------------------------
+    # ---- backend side (handshake) ------------------------------------------------------------
     def on_backend_data(self, data: bytes) -> None:
-        if self.phase == COMMANDS:
-            self._to_client(data)
-            self.stats.bytes_to_clients += len(data)
-            try:
-                tracker = self.tracker
-                if tracker.feed(data):
-                    self._on_completed(time.time_ns())
-                if tracker.local_infile_requests != self._infile_seen:  # the server asked for a file
-                    self._infile_seen = tracker.local_infile_requests
-                    self._infile = True
-            except ProtocolError as e:
-                self._protocol_error("backend", e)
+        if self.phase > AUTH:
             return
         side = self.backend_side
         side.framer.feed(data)
         try:
-            while (pkt := side.framer.next_packet()) is not None:
+            while self.phase <= AUTH and (pkt := side.framer.next_packet()) is not None:
                 if self.phase == GREETING:
                     self._on_greeting(*pkt)
                 else:
                     self._on_backend_auth_packet(*pkt)
-                if self.phase in (COMMANDS, CLOSED):
-                    break
-            if self.phase == COMMANDS:
-                rest = side.framer.take_all()
-                if rest:
-                    self.on_backend_data(rest)
         except ProtocolError as e:
             self._protocol_error("backend", e)
 
@@ -258,7 +161,7 @@ class ClientConnection(asyncio.Protocol):
             self.transport.write(build_packet(seq, payload))
             self._close()
             return
-        self.greeting = g = Greeting.parse(payload)
+        g = Greeting.parse(payload)
         self.advertised = g.capabilities & ~CLIENT.PROXY_STRIPPED
         self.session.server_version = g.server_version
         self.session.backend_conn_id = g.connection_id
@@ -269,42 +172,109 @@ class ClientConnection(asyncio.Protocol):
             self.data_received(b"")
 
     def _on_backend_auth_packet(self, seq: int, payload) -> None:
-        self.transport.write(build_packet(seq, payload))
         first = payload[0] if len(payload) else -1
-        if first == 0x00:  # authenticated: from now on bytes flow straight through
-            self.phase = COMMANDS
-            self.framer.max_packet_size = self.server.config["proxy.max-packet-size"]
-            self.server.on_authenticated(self)
-            rest = self.framer.take_all()
-            if rest:
-                self.data_received(rest)
-        elif first == 0xFF:
+        if first == 0x00:  # authenticated: from now on the data plane relays
+            self._hand_off(build_packet(seq, payload))
+            return
+        self.transport.write(build_packet(seq, payload))
+        if first == 0xFF:
             code, _, message = parse_err(payload)
             log.info("conn %d (%s): backend %s refused the login of %r: %d %s", self.session.conn_id,
                      self.session.client_addr, self.session.backend, self.session.user, code, message)
             self._close()
         # 0xFE auth switch / 0x01 more data: the client answers through _on_auth_packet
 
-    def on_backend_lost(self, exc) -> None:
-        if self.phase == CLOSED:
+    def _hand_off(self, ok_packet: bytes) -> None:
+        """Give both sockets to a data-plane worker, with the backend's OK still to deliver and
+        whatever either side sent after the handshake."""
+        server = self.server
+        side = self.backend_side
+        if self.transport.get_write_buffer_size() or side.transport.get_write_buffer_size():
+            # a handshake packet is still queued in a transport (the peer reads slowly): hand off
+            # once it is out, or its bytes would be lost with the transport
+            self.transport.pause_reading()
+            side.transport.pause_reading()
+            server.loop.call_later(0.001, self._hand_off, ok_packet)
+            self.phase = RELAYED  # nothing more is read meanwhile
             return
-        if self.phase == COMMANDS and not self.tracker.idle:
-            at_boundary = self.tracker.at_packet_boundary
-            seq = self.tracker.next_seq
-            self.tracker.abort()
-            # mid-command: tell the client in protocol terms before closing
-            log.warning("conn %d: backend %s closed the connection during a command", self.session.conn_id,
-                        self.session.backend)
-            self._on_completed(time.time_ns())
-            if at_boundary:
-                self.transport.write(err_packet(ER_UNKNOWN_ERROR, f"fastproxy: lost connection to backend "
-                                                f"{self.session.backend} during query", seq, "08S01"))
-        elif self.phase in (GREETING, AUTH):
+        self.phase = RELAYED
+        client_in = self.framer.take_all()
+        backend_in = side.framer.take_all()
+        client_fd = backend_fd = -1
+        try:
+            client_fd = os.dup(self.transport.get_extra_info("socket").fileno())
+            backend_fd = os.dup(side.transport.get_extra_info("socket").fileno())
+        except OSError as e:
+            log.warning("conn %d: cannot hand the connection to the data plane: %s", self.session.conn_id, e)
+            for fd in (client_fd, backend_fd):
+                if fd >= 0:
+                    os.close(fd)
+            self._close()
+            return
+        # uvloop closes its own descriptors (no shutdown(): the duplicates keep both connections up)
+        self._relayed = True
+        self.transport.abort()
+        side.transport.abort()
+        s = self.session
+        captured = server.on_authenticated(self)  # a running capture records the new connection
+        try:
+            s.relay = server.dataplane.add(
+                self, client_fd, backend_fd, s.conn_id, user=s.user, db=s.db, capabilities=s.capabilities,
+                deprecate_eof=bool(s.capabilities & CLIENT.DEPRECATE_EOF), status_flags=SERVER_STATUS.AUTOCOMMIT,
+                backend_addr=s.backend, max_packet_size=server.config["proxy.max-packet-size"], capture=captured,
+                client_out=ok_packet, client_in=client_in, backend_in=backend_in)
+        except MemoryError:
+            os.close(client_fd)
+            os.close(backend_fd)
+            self._close()
+            return
+        self.framer = None
+        self.transport = None
+        self.backend_side = None
+
+    def on_backend_lost(self, exc) -> None:
+        if self.phase in (GREETING, AUTH):
             log.warning("conn %d (%s): backend %s closed the connection during the handshake", self.session.conn_id,
                         self.session.client_addr, self.session.backend)
-            self.transport.write(err_packet(ER_UNKNOWN_ERROR, f"fastproxy: backend {self.session.backend} closed the "
+            self.transport.write(err_packet(ER.UNKNOWN_ERROR, f"fastproxy: backend {self.session.backend} closed the "
                                             f"connection during the handshake", 0, "08S01"))
+        if not self._relayed:
+            self._close()
+
+    # ---- after the hand-off --------------------------------------------------------------------
+    def on_relay_closed(self, reason: str, message: str) -> None:
+        """The data plane closed the connection (its sockets are closed already)."""
+        s = self.session
+        if reason == "client_protocol":
+            log.warning("conn %d (%s): malformed client packet, closing: %s", s.conn_id, s.client_addr, message)
+        elif reason == "backend_protocol":
+            log.warning("conn %d (%s): malformed backend packet, closing: %s", s.conn_id, s.client_addr, message)
+        elif reason == "backend_lost":
+            log.warning("conn %d: backend %s closed the connection during a command", s.conn_id, s.backend)
+        elif reason == "drain":
+            log.info("conn %d: closed at a transaction boundary for shutdown", s.conn_id)
+        elif reason == "no_memory":
+            log.error("conn %d: closed: out of memory", s.conn_id)
+        s.relay = None
+        self.phase = CLOSED
         self._close()
+
+    def describe(self) -> dict:
+        """What the proxy knows about this connection (GET /api/debug/connections; no secrets)."""
+        s = self.session
+        st = s.state()
+        last = Session.last_command(st)
+        return {
+            "conn_id": s.conn_id, "client_addr": s.client_addr, "user": st["user"], "db": st["db"],
+            "backend": s.backend, "backend_conn_id": s.backend_conn_id,
+            "in_transaction": bool(st["status_flags"] & SERVER_STATUS.IN_TRANS),
+            "autocommit": bool(st["status_flags"] & SERVER_STATUS.AUTOCOMMIT),
+            "prepared": {str(k): v for k, v in sorted(st["prepared"].items())},
+            "commands": st["commands"], "pending_commands": st["pending_commands"], "capture": st["capture"],
+            "last_command": None if last is None else {
+                "type": command_name(last.cmd), "start_ns": last.start_ns, "end_ns": last.end_ns,
+                "outcome": OUTCOMES[last.outcome], "err_code": last.err_code},
+        }
 
     # ---- common --------------------------------------------------------------------------------
     def _protocol_error(self, side: str, exc: Exception) -> None:
@@ -313,11 +283,10 @@ class ClientConnection(asyncio.Protocol):
                     self.session.client_addr, side, exc)
         self._close()
 
-    def close_for_shutdown(self, force: bool) -> None:
-        if force or (self.phase != COMMANDS) or (self.tracker.idle and not self.session.in_transaction):
+    def close_for_shutdown(self) -> None:
+        """Shutdown: a connection still in its handshake is closed (relayed ones: the data plane)."""
+        if not self._relayed:
             self._close()
-        else:
-            self.draining = True
 
     def _close(self) -> None:
         if self._closing:
@@ -334,7 +303,6 @@ class ClientConnection(asyncio.Protocol):
             if self.backend:
                 self.backend.connections -= 1
                 self.backend = None
-            self.server.on_closed(self)
 
 
 class BackendSide(asyncio.Protocol):
@@ -343,22 +311,13 @@ class BackendSide(asyncio.Protocol):
         self.backend = backend
         self.transport: asyncio.Transport | None = None
         self.framer = PacketFramer(1 << 30)
-        # uvloop binds protocol.data_received once: pointing it at the client's handler saves a
-        # Python call per response
-        self.data_received = client.on_backend_data
 
     def connection_made(self, transport) -> None:
         self.transport = transport
         self.client.attach_backend(self, self.backend)
 
-    def data_received(self, data: bytes) -> None:  # replaced per instance in __init__
+    def data_received(self, data: bytes) -> None:
         self.client.on_backend_data(data)
-
-    def pause_writing(self) -> None:  # backend reads slowly: stop reading from the client
-        self.client.transport.pause_reading()
-
-    def resume_writing(self) -> None:
-        self.client.transport.resume_reading()
 
     def connection_lost(self, exc) -> None:
         self.client.on_backend_lost(exc)
