@@ -20,7 +20,7 @@ from libc.stdint cimport int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 from libc.stdlib cimport calloc, free, malloc
 from libc.string cimport memcpy, strlen
 
-from fastproxy._ringbuf cimport RingBuffer, ring
+from fastproxy._ringbuf cimport RING_ORDERED, RING_REFUSED_LARGE_LIMIT, RING_REFUSED_NONE, RecordHead, RingBuffer, ring
 
 
 cdef extern from "<pthread.h>" nogil:
@@ -38,7 +38,7 @@ cdef extern from "dp.h" nogil:
         DP_CAP_ON
         DP_EV_CLOSED
         DP_EV_PARKED
-        DP_EV_CAPTURE_FULL
+        DP_EV_CAPTURE_REFUSED
         DP_EV_SYNC
         DP_MSG_ADD
         DP_MSG_RESUME
@@ -61,10 +61,18 @@ cdef extern from "dp.h" nogil:
     ctypedef struct dp_capture:
         ring *ring
         int64_t start_ns
+        uint64_t large_min
+        void *large_ctx
         uint64_t filtered
         uint64_t existing
         uint64_t waited_txn
         int full_reported
+        int refusal
+        uint8_t refused_kind
+        uint8_t refused_cmd
+        uint64_t refused_conn_id
+        uint64_t refused_size
+        int64_t refused_at_ns
 
     ctypedef struct dp_stmt:
         uint32_t id
@@ -121,6 +129,7 @@ cdef extern from "dp.h" nogil:
         uint64_t arg
 
     ctypedef int (*dp_secret_check)(void *ctx, const char *sql, size_t n) noexcept
+    ctypedef int (*dp_append_large)(void *ctx, const RecordHead *h, const uint8_t *payload, size_t n) noexcept
     ctypedef struct dp_queue:
         int efd
 
@@ -131,6 +140,7 @@ cdef extern from "dp.h" nogil:
         dp_secret_check secret_check
         void *secret_ctx
         size_t secret_scan_max
+        dp_append_large append_large
 
     int dp_init(dp *d, int nworkers, const int64_t *latency_bounds)
     void dp_destroy(dp *d)
@@ -149,7 +159,7 @@ cdef extern from "dp.h" nogil:
 
 EV_CLOSED = DP_EV_CLOSED
 EV_PARKED = DP_EV_PARKED
-EV_CAPTURE_FULL = DP_EV_CAPTURE_FULL
+EV_CAPTURE_REFUSED = DP_EV_CAPTURE_REFUSED
 EV_SYNC = DP_EV_SYNC
 CAPTURE_STATES = {DP_CAP_OFF: None, DP_CAP_WAIT: "wait-txn", DP_CAP_ON: "on"}
 # dp_close_reason (dp.h), by name
@@ -208,6 +218,18 @@ cdef int _secret_check(void *ctx, const char *sql, size_t n) noexcept with gil:
         return 1 if (<object>ctx)(sql[:n]) else 0
     except BaseException:  # noqa: B036 - in doubt, the statement is not written
         return 1
+
+
+cdef int _append_large(void *ctx, const RecordHead *h, const uint8_t *payload, size_t n) noexcept with gil:
+    # a worker's record too large for the ring: its side path keeps the payload (copied, since the
+    # worker reuses its buffer); the marker takes its place in the ring, in completion order
+    cdef RingBuffer rb = <RingBuffer>ctx
+    try:
+        if rb.append_large(h, (<const char *>payload)[:n], n, RING_ORDERED):
+            return RING_REFUSED_NONE
+        return rb._refusal
+    except MemoryError:
+        return RING_REFUSED_LARGE_LIMIT
 
 
 cdef char *_cstr(object text) except? NULL:
@@ -495,11 +517,14 @@ cdef class DataPlane:
         self.d.secret_check = _secret_check
         self.d.secret_ctx = <void *>secret_check
         self.d.secret_scan_max = secret_scan_max
+        self.d.append_large = _append_large
         self._cap = <dp_capture *>calloc(1, sizeof(dp_capture))
         if self._cap == NULL:
             raise MemoryError()
         self._cap.ring = &rb._r
         self._cap.start_ns = start_ns
+        self._cap.large_min = rb._large_min
+        self._cap.large_ctx = <void *>rb
         self._cap_ring = rb
         self._post_all(DP_MSG_CAPTURE, self._cap, 0)
 
@@ -515,6 +540,7 @@ cdef class DataPlane:
         self._cap_ring = None
         self.d.secret_check = NULL
         self.d.secret_ctx = NULL
+        self.d.append_large = NULL
         self._secret_check = None
 
     def capture_counts(self):
@@ -522,6 +548,14 @@ cdef class DataPlane:
             return {"filtered": 0, "existing": 0, "waited_for_transaction": 0}
         return {"filtered": self._cap.filtered, "existing": self._cap.existing,
                 "waited_for_transaction": self._cap.waited_txn}
+
+    def capture_refused(self):
+        """After EV_CAPTURE_REFUSED: (refusal, kind, command byte, conn_id, payload size, start_ns)
+        of the record the ring refused (the workers append nothing after it)."""
+        if self._cap == NULL or not self._cap.full_reported:
+            return None
+        c = self._cap
+        return (c.refusal, c.refused_kind, c.refused_cmd, c.refused_conn_id, c.refused_size, c.refused_at_ns)
 
     # ---- metrics ----------------------------------------------------------------------------------------
     def stats(self):

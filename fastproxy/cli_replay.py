@@ -8,12 +8,16 @@ import click
 
 from fastproxy.config import parse_addr
 from fastproxy.errors import FastproxyError
+from fastproxy.replay.selection import selection_options
 
 
 @click.command("replay")
 @click.option("--target", required=True, help="HOST:PORT of the test server (or of a proxy in front of it)")
-@click.option("--input", "input_dir", required=True, type=click.Path(exists=True, file_okay=False),
-              help="capture directory")
+@click.option("--input", "input_dir", required=True, multiple=True,
+              help="capture directory (or s3://bucket/prefix), TiProxy capture directory, or a slow/general query "
+                   "log file; repeat it to replay the captures of several proxies together")
+@click.option("--format", "input_format", type=click.Choice(["auto", "native", "slow-log", "general-log", "tiproxy"]),
+              default="auto", show_default=True, help="input format")
 @click.option("--username", required=True, help="user the replay logs in as")
 @click.option("--password", default=None, help="its password (prompted when omitted)")
 @click.option("--speed", type=float, default=1.0, show_default=True, help="replay speed; 0 = as fast as possible")
@@ -22,22 +26,34 @@ from fastproxy.errors import FastproxyError
 @click.option("--report-dir", default=None, help="where the summary files go [default: the input directory]")
 @click.option("--no-report-tables", is_flag=True, help="do not write tiproxy_traffic_report tables on the target")
 @click.option("--encryption-key-path", default=None, help="key file for an encrypted capture")
-def replay_standalone(target: str, input_dir: str, username: str, password: str | None, speed: float,
+@click.option("--tls", is_flag=True, help="connect to the target with TLS (as MySQL clients' ssl-mode=REQUIRED)")
+@click.option("--tls-ca", default="", help="CA bundle the target's certificate must chain to (implies --tls)")
+@click.option("--tls-skip-verify", is_flag=True, help="TLS without verifying the target's certificate")
+@selection_options
+def replay_standalone(target: str, input_dir: tuple[str, ...], username: str, password: str | None, speed: float,
                       read_only: bool, progress: bool, report_dir: str | None, no_report_tables: bool,
-                      encryption_key_path: str | None) -> None:
+                      encryption_key_path: str | None, input_format: str, tls: bool, tls_ca: str,
+                      tls_skip_verify: bool, **selection) -> None:
     """Replay a capture directly against a test server and print a summary."""
     from fastproxy.capture.crypto import load_key
     from fastproxy.replay.engine import ReplayOptions
     from fastproxy.replay.job import ReplayRun, check_speed, format_summary
+    from fastproxy.replay.selection import cli_values, filters_from, parse_start_at
 
     if password is None:
         password = click.prompt("Password", hide_input=True, default="", show_default=False)
     try:
         host, port = parse_addr(target, "--target")
         key = load_key(encryption_key_path) if encryption_key_path else None
+        values = cli_values(selection)
         options = ReplayOptions(host=host, port=port, username=username, password=password,
-                                speed=check_speed(speed), readonly=read_only, encryption_key=key)
-        run = ReplayRun(input_dir, options, report_dir, write_tables=not no_report_tables)
+                                speed=check_speed(speed), readonly=read_only, encryption_key=key,
+                                input_format=input_format, filters=filters_from(values),
+                                start_at=parse_start_at(values["start-at"]), tls=tls, tls_ca=tls_ca,
+                                tls_skip_verify=tls_skip_verify)
+        inputs = list(input_dir)
+        run = ReplayRun(inputs if len(inputs) > 1 else inputs[0], options, report_dir,
+                        write_tables=not no_report_tables)
     except FastproxyError as e:
         raise click.ClickException(str(e)) from None
     import uvloop
@@ -46,6 +62,8 @@ def replay_standalone(target: str, input_dir: str, username: str, password: str 
     click.echo(format_summary(summary), nl=False)
     for path in summary.get("summary_files", []):
         click.echo(f"  wrote {path}")
+    if summary.get("summary_files_error"):
+        click.echo(f"warning: summary files: {summary['summary_files_error']}", err=True)
     if summary.get("report_tables_error"):
         click.echo(f"warning: report tables not written: {summary['report_tables_error']}", err=True)
 

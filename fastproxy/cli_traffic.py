@@ -8,6 +8,8 @@ import urllib.request
 
 import click
 
+from fastproxy.replay.selection import cli_values, selection_options
+
 
 def _addrs(curls: str) -> list[str]:
     addrs = [a.strip() for a in curls.split(",") if a.strip()]
@@ -69,20 +71,31 @@ def capture(curls: str, output: str, duration: str, compress: bool, encryption_m
 
 @traffic.command()
 @curls_option
-@click.option("--input", "input_dir", required=True, help="capture directory (on the proxy's machine)")
+@click.option("--input", "input_dir", required=True,
+              help="capture directory, or a slow/general log file (on the proxy's machine)")
 @click.option("--username", required=True, help="user the replay logs in as")
 @click.option("--password", default=None, help="its password (prompted when omitted)")
 @click.option("--speed", type=float, default=1.0, show_default=True, help="replay speed (0 = as fast as possible)")
 @click.option("--read-only", "read_only", is_flag=True, help="replay only statements that do not write")
 @click.option("--encryption-key-path", default=None, help="key file for an encrypted capture")
+@click.option("--format", "input_format", type=click.Choice(["auto", "native", "slow-log", "general-log", "tiproxy"]),
+              default="auto", show_default=True, help="input format (a capture directory, or a log file)")
+@click.option("--tls", is_flag=True, help="replay connections use TLS")
+@click.option("--tls-ca", default="", help="CA bundle (on the proxy's machine) the target's certificate must chain to")
+@click.option("--tls-skip-verify", is_flag=True, help="TLS without verifying the target's certificate")
+@selection_options
 def replay(curls: str, input_dir: str, username: str, password: str | None, speed: float, read_only: bool,
-           encryption_key_path: str | None) -> None:
+           encryption_key_path: str | None, input_format: str, tls: bool, tls_ca: str, tls_skip_verify: bool,
+           **selection) -> None:
     """Replay a capture against the proxy's backends."""
     if password is None:
         password = click.prompt("Password", hide_input=True, default="", show_default=False)
     _each(curls, "POST", "/api/traffic/replay", {"input": input_dir, "username": username, "password": password,
                                                   "speed": repr(speed), "readonly": str(read_only).lower(),
-                                                  "encryption-key-path": encryption_key_path})
+                                                  "encryption-key-path": encryption_key_path,
+                                                  "format": input_format, "tls": str(tls).lower(),
+                                                  "tls-ca": tls_ca, "tls-skip-verify": str(tls_skip_verify).lower(),
+                                                  **cli_values(selection)})
 
 
 @traffic.command()
@@ -104,22 +117,64 @@ def cancel(curls: str, kind: str, graceful: bool) -> None:
           timeout=3600 if graceful else 60)
 
 
+format_option = click.option(
+    "--format", "input_format", type=click.Choice(["auto", "native", "slow-log", "general-log", "tiproxy"]),
+    default="auto", show_default=True,
+    help="input format: a fastproxy capture, a MySQL/MariaDB slow or general query log, or a TiProxy capture")
+
+
 @traffic.command()
-@click.argument("input_dir", type=click.Path(exists=True, file_okay=False))
+@click.argument("input_dir")
 @click.option("--json", "as_json", is_flag=True, help="JSON lines instead of readable lines")
 @click.option("--limit", type=int, default=None, help="print at most this many records (the summary counts all)")
 @click.option("--encryption-key-path", default=None, help="key file for an encrypted capture")
-def inspect(input_dir: str, as_json: bool, limit: int | None, encryption_key_path: str | None) -> None:
-    """Print a capture's records and a summary."""
+@format_option
+def inspect(input_dir: str, as_json: bool, limit: int | None, encryption_key_path: str | None,
+            input_format: str) -> None:
+    """Print a capture's (or a log's) records and a summary."""
     from fastproxy.capture.crypto import load_key
     from fastproxy.capture.inspect import inspect_capture
     from fastproxy.errors import FastproxyError
 
     try:
         key = load_key(encryption_key_path) if encryption_key_path else None
-        inspect_capture(input_dir, key=key, as_json=as_json, limit=limit)
+        inspect_capture(input_dir, key=key, as_json=as_json, limit=limit, fmt=input_format)
     except FastproxyError as e:
         raise click.ClickException(str(e)) from None
+
+
+@traffic.command()
+@click.option("--input", "input_path", required=True,
+              help="a slow log, a general log, a TiProxy capture directory (or a fastproxy capture)")
+@click.option("--output", required=True, type=click.Path(), help="new directory for the fastproxy capture")
+@format_option
+@click.option("--encryption-key-path", default=None,
+              help="key file: decrypts an encrypted input, and encrypts the output with --encrypt")
+@click.option("--encrypt", is_flag=True, help="encrypt the output (aes256-ctr) with --encryption-key-path")
+@click.option("--compress/--no-compress", default=True, show_default=True, help="lz4-compress the output")
+def convert(input_path: str, output: str, input_format: str, encryption_key_path: str | None, encrypt: bool,
+            compress: bool) -> None:
+    """Write any replayable input as a fastproxy capture (secrets filtered as in a capture)."""
+    import os
+
+    from fastproxy.capture.crypto import load_key
+    from fastproxy.errors import FastproxyError
+    from fastproxy.inputs import open_input
+    from fastproxy.inputs.convert import convert as run_convert
+
+    try:
+        key = load_key(encryption_key_path) if encryption_key_path else None
+        if encrypt and key is None:
+            raise click.UsageError("--encrypt needs --encryption-key-path")
+        source = open_input(input_path, input_format, key)
+        meta = run_convert(source, os.path.abspath(output), compress=compress,
+                           encryption_key=key if encrypt else None)
+    except FastproxyError as e:
+        raise click.ClickException(str(e)) from None
+    click.echo(f"converted {source.format} {input_path} -> {output}: {meta['commands']} commands, "
+               f"{meta['connections']} connections, {len(meta['files'])} file(s)")
+    for why, n in meta.get("input_skipped", {}).items():
+        click.echo(f"  not converted: {why}: {n}")
 
 
 def register(main: click.Group) -> None:

@@ -135,6 +135,9 @@ KEYS: list[Key] = [
     Key("log.level", "info", _level, "debug, info, warn or error"),
     Key("capture.buffer-size", "64MiB", _at_least(parse_size, 64 * 1024, "64KiB"),
         "in-memory capture buffer; when full the capture stops with an error"),
+    Key("capture.large-record-buffer-size", "256MiB", parse_size,
+        "memory for records larger than a quarter of capture.buffer-size while they wait for the writer; "
+        "a record that would exceed it stops the capture with an error"),
     Key("capture.file-size", "300MiB", _at_least(parse_size, 1024, "1KiB"), "traffic files rotate beyond this size"),
     Key("security.encryption-key-path", "", _str, "key file for aes256-ctr capture encryption (>= 32 bytes)"),
 ]

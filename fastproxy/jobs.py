@@ -37,11 +37,13 @@ class JobManager:
         from fastproxy.capture.crypto import load_key
         from fastproxy.capture.job import CaptureJob
         from fastproxy.capture.writer import output_dir_has_capture
+        from fastproxy.private_files import check_output_path
 
         self._check_free("capture")
         output = str(form.get("output", "")).strip()
         if not output:
             raise ConfigError("output: required (directory for the traffic files)")
+        output = check_output_path(output, "output")
         if output_dir_has_capture(output):
             raise JobError(f"output: {output} already holds a finished capture; choose another directory")
         if "duration" not in form or not str(form["duration"]).strip():
@@ -62,6 +64,7 @@ class JobManager:
         throttle = os.environ.get("FASTPROXY_CAPTURE_THROTTLE_BPS")  # test hook: simulate a slow disk
         job = CaptureJob(self.server, output, duration, compress=compress, encryption_key=key,
                          buffer_size=self.server.config["capture.buffer-size"],
+                         large_record_buffer_size=self.server.config["capture.large-record-buffer-size"],
                          file_size=self.server.config["capture.file-size"],
                          throttle_bytes_per_sec=float(throttle) if throttle else None)
         job.start()

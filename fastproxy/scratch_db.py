@@ -42,6 +42,7 @@ class ScratchMariaDB:
     port: int = 0
     basedir: str = ""
     proc: subprocess.Popen | None = None
+    tls_ca: str = ""  # the server speaks TLS with a certificate from this CA: the CLI verifies against it
 
     @property
     def datadir(self) -> str:
@@ -109,6 +110,8 @@ class ScratchMariaDB:
     def client_args(self, use_socket: bool = False, password: str | None = None) -> list[str]:
         pw = ROOT_PASSWORD if password is None else password
         conn = [f"--socket={self.socket_path}"] if use_socket else [f"--host={self.host}", f"--port={self.port}", "--protocol=TCP"]
+        if self.tls_ca and not use_socket:
+            conn.append(f"--ssl-ca={self.tls_ca}")
         return [_which("mariadb", "mysql"), "--no-defaults", "-uroot", f"--password={pw}", *conn]
 
     def sql(self, statements: str, use_socket: bool = False, password: str | None = None,

@@ -166,3 +166,11 @@ def proxy(proxy_factory, mariadb):
 
 def connect_kwargs(port: int, **extra) -> dict:
     return dict(host="127.0.0.1", port=port, user="root", password=ROOT_PASSWORD, **extra)
+
+
+@pytest.fixture(scope="module")
+def s3_server():
+    """A local S3-compatible server (moto) with boto3's environment pointing at it (tests/s3_util.py)."""
+    from s3_util import s3_server_fixture
+
+    yield from s3_server_fixture()

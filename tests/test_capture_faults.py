@@ -60,6 +60,9 @@ def test_buffer_full_stops_capture_not_clients(mariadb, proxy_factory, tmp_path,
     job = wait_for_capture_end(proxy, timeout=90)  # the stop flushes the buffer at the slow pace
     assert job["status"] == "canceled", job
     assert "buffer full" in job["error"], job["error"]
+    # the cause, with figures: the writer's pace against the traffic's
+    assert re.search(r"the writer could not keep up .*: it wrote \d+\.\d\d MB/s of records \(\d+\.\d\d MB/s to disk\) "
+                     r"while the proxy captured \d+\.\d\d MB/s over \d+\.\d s", job["error"]), job["error"]
     _select_one(proxy)  # still serving
     for c in conns:
         c.close()
@@ -108,7 +111,7 @@ def test_output_dir_removed_while_capturing(mariadb, proxy_factory, tmp_path):
     conn = MySQLdb.connect(**connect_kwargs(proxy.port), autocommit=True)
     cur = conn.cursor()
     cur.execute("SELECT 'first file'")
-    wait_for(lambda: os.listdir(out), what="the first traffic file")
+    wait_for(lambda: [n for n in os.listdir(out) if n.startswith("traffic-")], what="the first traffic file")
     shutil.rmtree(out)  # the next rotation cannot create its file
 
     def stopped():

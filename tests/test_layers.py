@@ -16,7 +16,9 @@ RANKS = {
     "fastproxy.metrics": 2,
     "fastproxy.proxy": 2,
     "fastproxy.capture.job": 3,
+    "fastproxy.capture.inspect": 3,  # reads any input (fastproxy.inputs)
     "fastproxy.replay": 3,
+    "fastproxy.inputs": 3,  # readers of logs and other tools' captures, for replay
     "fastproxy.jobs": 4,
     "fastproxy.api": 5,
     "fastproxy.app": 6,

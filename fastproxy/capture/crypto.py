@@ -60,3 +60,13 @@ def key_check_value(key: bytes, iv: bytes) -> bytes:
 def ctr_cipher(key: bytes, iv: bytes):
     """Return an encryptor (CTR decryption is the same operation) with .update(data)."""
     return Cipher(algorithms.AES(key), modes.CTR(iv)).encryptor()
+
+
+def ctr_cipher_at(key: bytes, iv: bytes, offset: int):
+    """An encryptor positioned `offset` bytes into the keystream ctr_cipher(key, iv) starts with
+    (the counter is the whole 128-bit block, big-endian, as in cryptography's CTR)."""
+    block, skip = divmod(offset, 16)
+    counter = (int.from_bytes(iv, "big") + block) % (1 << 128)
+    enc = ctr_cipher(key, counter.to_bytes(IV_SIZE, "big"))
+    enc.update(bytes(skip))
+    return enc

@@ -7,7 +7,7 @@ import struct
 import sys
 from collections import Counter
 
-from fastproxy.capture.reader import TrafficReader
+from fastproxy.inputs import open_input
 from fastproxy.capture.record import (KIND_COMMAND, KIND_CONN_CLOSE, KIND_CONN_OPEN,
                                       KIND_CONN_STATE, KIND_NAMES, OUTCOME_ERR, OUTCOME_NAMES)
 from fastproxy.constants import COMMAND, command_name
@@ -75,9 +75,10 @@ def _line(d: dict) -> str:
     return " ".join(parts)
 
 
-def inspect_capture(input_dir, *, key=None, as_json=False, out=sys.stdout, limit=None) -> dict:
-    """Print records (at most `limit` lines), then a summary of all of them; return the summary."""
-    reader = TrafficReader(input_dir, key)
+def inspect_capture(input_dir, *, key=None, as_json=False, out=sys.stdout, limit=None, fmt="auto") -> dict:
+    """Print records (at most `limit` lines), then a summary of all of them; return the summary.
+    `input_dir` may be any input replay reads (fastproxy/inputs), in format `fmt`."""
+    reader = open_input(input_dir, fmt, key)
     by_cmd: Counter = Counter()
     errors_by_code: Counter = Counter()
     conns = set()
@@ -110,10 +111,13 @@ def inspect_capture(input_dir, *, key=None, as_json=False, out=sys.stdout, limit
         "first_time": _iso(first) if first is not None else None,
         "last_time": _iso(last) if last is not None else None,
         "span_seconds": (last - first) / 1e9 if first is not None else 0.0,
-        "files": len(reader.files),
-        "complete": reader.complete,
+        "files": len(getattr(reader, "files", [None])),
+        "complete": getattr(reader, "complete", True),
+        "format": reader.format,
     }
-    if reader.truncated_at:
+    if getattr(reader, "stats", None):
+        summary["skipped"] = dict(reader.stats)
+    if getattr(reader, "truncated_at", None):
         summary["truncated_at"] = {"file": reader.truncated_at[0], "offset": reader.truncated_at[1]}
     if as_json:
         out.write(json.dumps({"summary": summary}) + "\n")
@@ -133,6 +137,9 @@ def _summary_text(s: dict) -> str:
     lines += [f"    {name}: {n}" for name, n in s["commands_by_type"].items()]
     lines.append(f"  errors: {s['errors']}")
     lines += [f"    code {code}: {n}" for code, n in s["errors_by_code"].items()]
+    if s.get("skipped"):
+        lines.append("  input entries not turned into records:")
+        lines += [f"    {why}: {n}" for why, n in s["skipped"].items()]
     if "truncated_at" in s:
         t = s["truncated_at"]
         lines.append(f"  last file cut off: {t['file']} at offset {t['offset']}")

@@ -2,25 +2,27 @@
 without the GIL); this job appends the connection events only Python knows (a new connection's
 handshake, the state of one open before the capture), and a writer thread drains the ring.
 
-Nothing here waits on the disk: appends are a memcpy into the ring buffer. If the buffer is full
-(the writer cannot keep up) the capture stops with an error — it never drops records silently
-and never slows a client down.
+Nothing here waits on the disk: appends are a memcpy into the ring buffer (records larger than a
+quarter of it are kept by reference on its side path). If the buffer is full (the writer cannot
+keep up), or a large record would exceed capture.large-record-buffer-size, the capture stops with
+an error that says which — it never drops records silently and never slows a client down.
 """
 from __future__ import annotations
 
 import asyncio
 import json
 import logging
-import os
 import re
 import time
 from typing import TYPE_CHECKING
 
-from fastproxy._ringbuf import RingBuffer
-from fastproxy.capture.record import KIND_CONN_OPEN, KIND_CONN_STATE
+from fastproxy._ringbuf import REFUSED_CLOSED, REFUSED_FULL, REFUSED_LARGE_LIMIT, REFUSED_TOO_LARGE, RingBuffer
+from fastproxy.capture.record import KIND_COMMAND, KIND_CONN_OPEN, KIND_CONN_STATE, KIND_NAMES
 from fastproxy.capture.writer import CaptureWriter
+from fastproxy.constants import command_name
 from fastproxy.errors import JobError
 from fastproxy.jobs_base import Job, utc_iso
+from fastproxy.private_files import check_output_path
 
 if TYPE_CHECKING:
     from fastproxy.proxy.connection import ClientConnection
@@ -57,29 +59,32 @@ class CaptureJob(Job):
 
     def __init__(self, server: "ProxyServer", output: str, duration: float, *, compress: bool = True,
                  encryption_key: bytes | None = None, buffer_size: int = 64 << 20, file_size: int = 300 << 20,
-                 throttle_bytes_per_sec: float | None = None) -> None:
+                 large_record_buffer_size: int = 256 << 20, throttle_bytes_per_sec: float | None = None) -> None:
         super().__init__()
         self.server = server
-        self.output = os.path.abspath(output)
+        self.output = check_output_path(output, "output")
         self.duration = duration
         self.compress = compress
         self.encrypted = encryption_key is not None
-        self.ring = RingBuffer(buffer_size)
+        self.ring: RingBuffer | None = RingBuffer(buffer_size, large_max=large_record_buffer_size)
         self.writer = CaptureWriter(self.ring, self.output, file_size=file_size, compress=compress,
                                     encryption_key=encryption_key, throttle_bytes_per_sec=throttle_bytes_per_sec)
         self.start_ns = 0
         self.filtered_prepared = 0  # statements prepared before the capture whose SQL may carry a secret
         self.connections = 0
         self.server_version = ""
+        self._commands = 0  # captured, frozen when the capture stops (the ring is freed then)
         self._relay_counts: dict | None = None  # the data plane's counts, frozen when the capture stops
         self._task: asyncio.Task | None = None
         self._stopping = False
         self._failed = False  # an append failed: no record after the lost one may be written
+        self._final: dict | None = None  # the meta the writer wrote: what the files hold
 
     # ---- counts: the workers keep theirs in C ----------------------------------------------------
     @property
     def commands(self) -> int:
-        return self.ring.commands_appended
+        """Command records captured (appended to the ring) so far."""
+        return self.ring.commands_appended if self.ring is not None else self._commands
 
     def _counts(self) -> dict:
         if self._relay_counts is not None:
@@ -104,7 +109,7 @@ class CaptureJob(Job):
         if self.writer.error:
             error = self.writer.error
             self.writer.stop({})
-            raise JobError(f"capture cannot start: {error}")
+            raise JobError(f"output: {error}")
         self.start_ns = time.time_ns()
         self.mark_started()
         server = self.server
@@ -139,6 +144,7 @@ class CaptureJob(Job):
         await server.sync()  # every worker has let go of the ring
         self._relay_counts = server.dataplane.capture_counts()
         server.dataplane.capture_release()
+        self._commands = self.ring.commands_appended
         end_ns = time.time_ns()
         meta = {
             "start": utc_iso(self.start_ns), "end": utc_iso(end_ns), "duration": round((end_ns - self.start_ns) / 1e9, 3),
@@ -150,7 +156,10 @@ class CaptureJob(Job):
         }
         if error:
             meta["error"] = error
-        meta = await asyncio.get_running_loop().run_in_executor(None, self.writer.stop, meta)
+        meta = self._final = await asyncio.get_running_loop().run_in_executor(None, self.writer.stop, meta)
+        # Nothing appends any more: free the buffer and any large records still waiting (a job
+        # stays in `show` history long after it ended)
+        self.ring = None
         error = error or meta.get("error")
         if error:
             log.error("capture stopped: %s", error)
@@ -168,16 +177,45 @@ class CaptureJob(Job):
             asyncio.get_running_loop().create_task(self.stop(error=error))
 
     def _append_event(self, kind: int, session: "Session", body: bytes) -> bool:
-        if self._failed:
+        if self._failed or self._stopping:
             return False
-        if not self.ring.append_event(kind, session.conn_id, time.time_ns(), body):
-            self.on_buffer_full()
+        now = time.time_ns()
+        if not self.ring.append_event(kind, session.conn_id, now, body):
+            self._refused(f"a {KIND_NAMES[kind]} record", session.conn_id, len(body), now)
             return False
         return True
 
-    def on_buffer_full(self) -> None:
-        self._fail(f"capture buffer full ({self.ring.capacity} bytes): the writer could not keep up with the "
-                   f"traffic (disk too slow?); capture stopped, everything captured until then is in the files")
+    def on_refused(self, refusal: int, kind: int, cmd: int, conn_id: int, size: int, at_ns: int) -> None:
+        """A worker's append was refused (the first one; the workers append nothing after it)."""
+        what = f"a {command_name(cmd)}" if kind == KIND_COMMAND else f"a {KIND_NAMES.get(kind, kind)} record"
+        self._refused(what, conn_id, size, at_ns, refusal)
+
+    def _refused(self, what: str, conn_id: int, size: int, at_ns: int, refusal: int | None = None) -> None:
+        """The ring buffer refused a record: stop, saying which limit and what was not captured."""
+        ring = self.ring
+        if ring is None:
+            return
+        refusal = ring.refusal if refusal is None else refusal
+        if refusal == REFUSED_CLOSED:  # the capture is stopping anyway
+            return
+        if refusal == REFUSED_FULL:
+            secs = max(1e-3, (time.time_ns() - self.start_ns) / 1e9)
+            why = (f"capture buffer full (capture.buffer-size {_size(ring.capacity)}): the writer could not keep "
+                   f"up with the traffic (disk too slow?): it wrote {self.writer.raw_bytes_written / secs / 1e6:.2f} "
+                   f"MB/s of records ({self.writer.bytes_written / secs / 1e6:.2f} MB/s to disk) while the proxy "
+                   f"captured {ring.bytes_appended / secs / 1e6:.2f} MB/s over {secs:.1f} s")
+        else:
+            record = f"{what} of {_size(size)} on connection {conn_id} (at {utc_iso(at_ns)})"
+            if refusal == REFUSED_LARGE_LIMIT:
+                why = (f"{record} could not be captured: records larger than a quarter of capture.buffer-size wait "
+                       f"in memory for the writer, and capture.large-record-buffer-size "
+                       f"({_size(ring.large_max)}) would be exceeded ({_size(ring.large_bytes)} already waiting "
+                       f"in {ring.large_pending} record(s)); raise capture.large-record-buffer-size")
+            elif refusal == REFUSED_TOO_LARGE:
+                why = f"{record} could not be captured: a capture record holds at most 4 GiB"
+            else:  # REFUSED_BIGGER_THAN_RING: only when there is no side path
+                why = f"{record} could not be captured: it is larger than capture.buffer-size ({_size(ring.capacity)})"
+        self._fail(f"{why}; capture stopped, everything captured before it is in the files")
 
     def on_parked(self, conn: "ClientConnection") -> None:
         """A connection open before the capture reached a command boundary and waits: record its
@@ -221,14 +259,18 @@ class CaptureJob(Job):
             "output": self.output,
             "compress": self.compress,
             "encryption_method": "aes256-ctr" if self.encrypted else "",
-            "commands": self.commands,
+            # running: commands captured so far; ended: commands the files hold
+            "commands": self._final["commands"] if self._final else self.commands,
             "filtered_commands": self.filtered,
             "connections": self.connections,
             "existing_connections": self.existing_connections,
             "waited_for_transaction": self.waited_for_txn,
             "bytes_written": self.writer.bytes_written,
-            "buffer_used": self.ring.used,
+            "buffer_used": self.ring.used if self.ring is not None else 0,
+            "large_record_buffer_used": self.ring.large_bytes if self.ring is not None else 0,
         })
+        if self._final and self._final.get("commands_not_written"):
+            d["commands_not_written"] = self._final["commands_not_written"]
         if self.waited_for_txn:
             d["note"] = (f"{self.waited_for_txn} connection(s) were inside a transaction when the capture started; "
                          f"they are captured from their next transaction boundary")
@@ -238,3 +280,12 @@ class CaptureJob(Job):
         if self.status != "running":
             return 1.0 if self.status == "done" else self._progress_at_end
         return min(1.0, (time.time_ns() - self.start_ns) / 1e9 / self.duration) if self.duration else 1.0
+
+
+def _size(n: int) -> str:
+    """Bytes for a message: 73400320 -> "70.0 MiB"."""
+    if n < 1024:
+        return f"{n} bytes"
+    for shift, unit in ((30, "GiB"), (20, "MiB"), (10, "KiB")):
+        if n >= 1 << shift:
+            return f"{n / (1 << shift):.1f} {unit}"

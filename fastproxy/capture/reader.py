@@ -15,6 +15,7 @@ from fastproxy.capture.record import (FILE_HEADER, FILE_RE, FILE_VERSION_HEADERS
                                       FLAG_LZ4, FORMAT_VERSION, MAGIC, META_NAME,
                                       READABLE_FORMAT_VERSIONS, Record, decode_records)
 from fastproxy.errors import TrafficFormatError
+from fastproxy.storage import open_storage
 
 __all__ = ["TrafficReader", "Record", "list_traffic_files"]
 
@@ -22,10 +23,10 @@ READ_SIZE = 1024 * 1024
 MAX_DECOMPRESS = 4 * 1024 * 1024
 
 
-def list_traffic_files(input_dir) -> list[str]:
+def list_traffic_files(input_dir, names: list[str] | None = None) -> list[str]:
     """Traffic file names of a capture in write order (by sequence number, not by clock)."""
     found = []
-    for name in os.listdir(input_dir):
+    for name in (os.listdir(input_dir) if names is None else names):
         m = FILE_RE.match(name)
         if m:
             found.append((int(m.group(2)), name))
@@ -42,9 +43,10 @@ class TrafficReader:
     def __init__(self, input_dir, encryption_key: bytes | None = None):
         self.input_dir = os.fspath(input_dir)
         self._key = crypto.check_key(encryption_key) if encryption_key is not None else None
-        if not os.path.isdir(self.input_dir):
+        self.storage = open_storage(self.input_dir)  # a directory, or s3://bucket/prefix
+        if not self.storage.exists():
             raise TrafficFormatError(f"{self.input_dir}: not a capture directory")
-        self.files = list_traffic_files(self.input_dir)
+        self.files = list_traffic_files(self.input_dir, self.storage.listdir())
         self.meta = self._load_meta()
         # a capture stopped by a writer error (disk full) has meta, but its last file may be cut
         self.complete = bool(self.meta) and "writer_error" not in self.meta
@@ -54,13 +56,13 @@ class TrafficReader:
         self.truncated_at: tuple[str, int] | None = None  # (file, offset) of a cut-off tail
 
     def _load_meta(self) -> dict:
-        path = os.path.join(self.input_dir, META_NAME)
-        try:
-            with open(path, "rb") as f:
-                meta = json.loads(f.read())
-        except FileNotFoundError:
+        path = self.storage.path(META_NAME)
+        raw = self.storage.read(META_NAME)
+        if raw is None:
             return {}
-        except (OSError, ValueError) as e:
+        try:
+            meta = json.loads(raw)
+        except ValueError as e:
             raise TrafficFormatError(f"{path}: unreadable meta: {e}") from e
         if not isinstance(meta, dict):
             raise TrafficFormatError(f"{path}: meta is not a JSON object")
@@ -79,7 +81,7 @@ class TrafficReader:
     def _chunks(self, name: str, f, version_out: list):
         """Yield the file's decrypted, decompressed byte stream in bounded pieces (the file's
         version is put in version_out before the first piece)."""
-        path = os.path.join(self.input_dir, name)
+        path = self.storage.path(name)
         head = f.read(FILE_HEADER.size)
         if len(head) < FILE_HEADER.size:
             raise TrafficFormatError(f"{path}: truncated file header")
@@ -134,11 +136,8 @@ class TrafficReader:
             raise _Cut(f"{path}: truncated lz4 frame at decompressed offset {out_offset}")
 
     def _read_file(self, name: str, tolerate_cut: bool) -> Iterator[Record]:
-        path = os.path.join(self.input_dir, name)
-        try:
-            f = open(path, "rb")
-        except OSError as e:
-            raise TrafficFormatError(f"{path}: {e.strerror}") from e
+        path = self.storage.path(name)
+        f = self.storage.open(name)
         with f:
             buf = bytearray()
             offset = 0  # of buf[0] in the decompressed stream

@@ -2,7 +2,12 @@
 
 Chain per chunk: drain whole records -> lz4 frame (streaming, one frame per file) -> AES-256-CTR
 -> file. The network path only ever appends to the ring buffer; if this thread is slower than the
-traffic, the buffer fills and the capture stops with a reason (see DESIGN.md, "Capture").
+traffic, the buffer fills and the capture stops with a reason (see DESIGN.md, "Capture"). Records
+too large for the ring come through its side path and are written in their place in sequence.
+
+Every file is created under the output directory's descriptor with O_EXCL|O_NOFOLLOW
+(fastproxy/private_files.py). What the counters and `meta` say is what the files hold: a chunk
+the disk refused part of is cut off again, so a disk-full stop leaves whole records only.
 """
 from __future__ import annotations
 
@@ -16,16 +21,26 @@ import lz4.frame
 
 from fastproxy.capture import crypto
 from fastproxy.capture.record import (FILE_HEADER, FILE_RE, FILE_VERSION, FLAG_AES_CTR,
-                                      FLAG_LZ4, FORMAT_VERSION, MAGIC, META_NAME, extension)
+                                      FLAG_LZ4, FORMAT_VERSION, KIND_COMMAND, MAGIC, META_NAME,
+                                      extension)
 from fastproxy.errors import JobError
+from fastproxy.private_files import create_private_file, open_private_dir, write_all
 
 DRAIN_CHUNK = 4 * 1024 * 1024
+LARGE_SLICE = 4 * 1024 * 1024  # a large record is compressed and written this much at a time
 IDLE_WAIT = 0.02  # seconds between polls of an empty ring buffer
 # Below this much data per drain, the writer waits before draining again: one larger chunk per
 # BATCH_WAIT instead of a tight loop of tiny ones (each costs an lz4 call, a write, a flush and GIL
 # hand-offs with the event loop). Above it, the buffer is filling: drain again at once.
 BATCH_MIN = 256 * 1024
 BATCH_WAIT = 0.05
+# After a refused write, the chunk's records are written again this much at a time until one
+# does not fit: the files keep every whole record the disk can hold.
+SALVAGE_PIECE = 16 * 1024
+META_TMP = META_NAME + ".tmp"
+# meta.tmp is created at the start with this much space, so that meta still fits when the
+# capture stops because the disk is full (it is rewritten in place, then renamed to meta).
+META_RESERVE = 64 * 1024
 
 
 def output_dir_has_capture(path) -> bool:
@@ -46,16 +61,24 @@ class CaptureWriter:
         self._key = crypto.check_key(encryption_key) if encryption_key is not None else None
         self._throttle = throttle_bytes_per_sec
         self.error: str | None = None
-        self.bytes_written = 0      # on-disk bytes, headers included
+        # What the files hold, counted once the bytes are written (on-disk bytes, headers included).
+        self.bytes_written = 0
         self.raw_bytes_written = 0  # encoded record bytes before compression
         self.records_written = 0
+        self.commands_written = 0
         self.files: list[str] = []
         self._seq = 0
         self._last_name_ts = ""
-        self._f = None
+        self._dir_fd: int | None = None
+        self._meta_fd: int | None = None
+        self._fd: int | None = None       # the traffic file being written
+        self._path = ""                    # its path, for messages
         self._file_bytes = 0
+        self._file_records = 0
         self._compressor = None
         self._cipher = None
+        self._iv = b""
+        self._body_start = 0
         self._stop_evt = threading.Event()
         self._thread: threading.Thread | None = None
         self._meta: dict | None = None
@@ -64,18 +87,31 @@ class CaptureWriter:
     # -- caller side ---------------------------------------------------------------------------
 
     def start(self) -> None:
-        """Create the output dir and start the thread. An OS error lands in self.error."""
-        if self._thread is not None:
+        """Open (or create, mode 0700) the output dir and start the thread.
+
+        JobError if the directory is unsafe (a symlink, not ours, writable by others) or already
+        holds a capture; an OS error lands in self.error and the thread is not started.
+        """
+        if self._thread is not None or self._dir_fd is not None:
             raise JobError("capture writer already started")
-        if os.path.isdir(self.output_dir) and any(
-                n == META_NAME or FILE_RE.match(n) for n in os.listdir(self.output_dir)):
-            raise JobError(f"output dir {self.output_dir} already holds a capture")
+        if not os.path.isabs(self.output_dir):
+            raise JobError(f"output: must be an absolute path, got {self.output_dir!r}")
         try:
-            if not os.path.isdir(self.output_dir):
-                os.makedirs(self.output_dir, mode=0o700)
-                os.chmod(self.output_dir, 0o700)  # makedirs' mode is reduced by the umask
+            self._dir_fd = open_private_dir(self.output_dir, "output", create=True)
         except OSError as e:
-            self._fail("cannot create output dir", e)
+            self._fail("cannot create output dir", e, e.filename or self.output_dir)  # the part that failed
+            return
+        try:
+            if any(n == META_NAME or FILE_RE.match(n) for n in os.listdir(self._dir_fd)):
+                raise JobError(f"output: {self.output_dir} already holds a capture")
+            self._reserve_meta()
+        except JobError:
+            self._close_dir()
+            raise
+        except OSError as e:
+            self._fail("cannot create the meta file", e, os.path.join(self.output_dir, META_TMP))
+            self._close_dir()
+            return
         self._t0 = time.monotonic()
         self._thread = threading.Thread(target=self._run, name="fastproxy-capture-writer",
                                         daemon=True)
@@ -84,33 +120,44 @@ class CaptureWriter:
     def stop(self, meta: dict) -> dict:
         """Flush the ring buffer, close the last file, write meta; return the written meta.
 
-        The caller stops appending first: records appended after stop() are not written.
+        The caller stops appending first: records appended after stop() are not written. A
+        `commands` count in `meta` is what was captured; the written meta's `commands` is what
+        the files hold, and `commands_not_written` the difference (after a disk error).
         """
         if self._meta is not None:
             return self._meta
-        if self._thread is None:
+        if self._thread is None and self.error is None:
             raise JobError("capture writer was never started")
         self._stop_evt.set()
-        self._thread.join()
+        if self._thread is not None:
+            self._thread.join()
+        self._rb = None  # done with it: what it still holds (after an error) is freed with it
         merged = {"format_version": FORMAT_VERSION, **meta}
+        captured = merged.get("commands", self.commands_written)
         merged.update({
             "files": list(self.files),
             "bytes_written": self.bytes_written,
             "raw_bytes": self.raw_bytes_written,
             "records": self.records_written,
+            "commands": self.commands_written,
             "compression": "lz4" if self.compress else "none",
             "encryption": "aes-256-ctr" if self._key is not None else "none",
         })
+        if captured > self.commands_written:
+            merged["commands_not_written"] = captured - self.commands_written
         if self.error is not None:
-            merged["error"] = self.error
+            merged.setdefault("error", self.error)  # the caller's wording of it, if it has one
             merged["writer_error"] = self.error  # readers then accept a cut-off end of the last file
-        try:
-            # even after a disk error: the last file is closed now and meta is small, so it may fit,
-            # and it tells a reader what happened
-            self._write_meta(merged)
-        except OSError as e:
-            self._fail("cannot write meta", e)
-            merged["error"] = self.error
+        if self._meta_fd is not None:
+            try:
+                # even after a disk error: the last file is closed now and meta.tmp had its space
+                # reserved at the start, and it tells a reader what happened
+                self._write_meta(merged)
+            except OSError as e:
+                meta_error = _describe("cannot write meta", e, os.path.join(self.output_dir, META_TMP))
+                merged["error"] = "; ".join(x for x in (merged.get("error"), meta_error) if x)
+                self.error = f"{self.error}; {meta_error}" if self.error else meta_error
+        self._close_dir()
         self._meta = merged
         return merged
 
@@ -121,16 +168,21 @@ class CaptureWriter:
     # -- writer thread -------------------------------------------------------------------------
 
     def _run(self) -> None:
+        rb = self._rb
         try:
             while self.error is None:
                 # Read the flag before draining: whatever was appended before stop() is seen.
                 stopping = self._stop_evt.is_set()
-                before = self._rb.records_drained
-                data = self._rb.drain(min(DRAIN_CHUNK, self.file_size))
+                before, commands_before = rb.records_drained, rb.commands_drained
+                data = rb.drain(min(DRAIN_CHUNK, self.file_size))
                 if data:
-                    self._write_chunk(data, self._rb.records_drained - before)
-                    if len(data) < BATCH_MIN and not stopping:
+                    self._write_records((data,), rb.records_drained - before,
+                                        rb.commands_drained - commands_before, len(data))
+                    if len(data) < BATCH_MIN and not stopping and not rb.large_pending:
                         self._stop_evt.wait(BATCH_WAIT)
+                elif (large := rb.next_large()) is not None:
+                    self._write_large(*large)
+                    rb.pop_large()  # only now: a record the disk refused is not counted as written
                 elif stopping:
                     break
                 else:
@@ -138,30 +190,42 @@ class CaptureWriter:
             if self.error is None:
                 self._close_file()
         except OSError as e:
-            self._fail("cannot write traffic file", e)
+            self._fail("cannot write traffic file", e, self._path)
         except Exception as e:  # never die silently: the capture must report why it stopped
             self._fail("capture writer failed", e)
         finally:
-            if self.error is not None and self._f is not None:
+            if self._fd is not None:
                 try:
-                    self._f.close()
+                    os.close(self._fd)
                 except OSError:
                     pass
-                self._f = None
+                self._fd = None
 
-    def _fail(self, what: str, e: BaseException) -> None:
+    def _fail(self, what: str, e: BaseException, path: str = "") -> None:
         if self.error is None:
-            detail = f"{e.strerror}: {e.filename}" if isinstance(e, OSError) and e.strerror else e
-            self.error = f"{what}: {detail}"
+            self.error = _describe(what, e, path)
 
-    def _write_chunk(self, data: bytes, nrecords: int) -> None:
-        if self._f is None:
+    def _write_large(self, head: bytes, payload: bytes) -> None:
+        view = memoryview(payload)
+        pieces = [head] + [view[i:i + LARGE_SLICE] for i in range(0, len(payload), LARGE_SLICE)]
+        self._write_records(pieces, 1, int(head[4] == KIND_COMMAND), len(head) + len(payload))
+
+    def _write_records(self, pieces, nrecords: int, ncommands: int, nraw: int) -> None:
+        """Write whole records (in pieces); counted only once every byte of them is on disk."""
+        if self._fd is None:
             self._open_file()
-        out = self._compressor.compress(data) if self._compressor is not None else data
-        self._emit(out)
-        self.raw_bytes_written += len(data)
-        self.records_written += nrecords
-        # Rotate between chunks only: a chunk holds whole records, so none is split.
+        good = self._file_bytes
+        try:
+            for piece in pieces:
+                self._emit(self._encode(piece))
+        except OSError:
+            self._cut_back(good)
+            if nrecords > 1:
+                self._salvage(pieces[0])
+            self._drop_if_empty()
+            raise
+        self._count(nrecords, ncommands, nraw)
+        # Rotate between records only, so none is split.
         if self._file_bytes >= self.file_size:
             self._close_file()
         if self._throttle:
@@ -170,15 +234,72 @@ class CaptureWriter:
             if delay > 0:
                 time.sleep(delay)
 
-    def _emit(self, out: bytes) -> None:
+    def _count(self, nrecords: int, ncommands: int, nraw: int) -> None:
+        self.raw_bytes_written += nraw
+        self.records_written += nrecords
+        self.commands_written += ncommands
+        self._file_records += nrecords
+
+    def _encode(self, piece):
+        return self._compressor.compress(piece) if self._compressor is not None else piece
+
+    def _emit(self, out) -> None:
         if self._cipher is not None:
             out = self._cipher.update(out)
-        self._f.write(out)
-        # Flush per chunk: errors (disk full) surface now, and a capture cut off by a crash
-        # keeps everything written so far readable.
-        self._f.flush()
+        # Unbuffered: errors (disk full) surface now, and a capture cut off by a crash keeps
+        # everything written so far readable.
+        write_all(self._fd, out)
         self._file_bytes += len(out)
         self.bytes_written += len(out)
+
+    def _cut_back(self, good: int) -> None:
+        """After a refused write: drop its partial bytes, so the file ends after whole records."""
+        fd = self._fd
+        try:
+            os.ftruncate(fd, good)
+        except OSError:
+            pass
+        try:
+            size = os.fstat(fd).st_size
+            os.lseek(fd, size, os.SEEK_SET)  # truncation leaves the offset where the write stopped
+        except OSError:
+            size = good
+        self.bytes_written += size - self._file_bytes
+        self._file_bytes = size
+        if self._cipher is not None and size >= self._body_start:
+            # the keystream went on with the refused bytes: resume it where the file ends
+            self._cipher = crypto.ctr_cipher_at(self._key, self._iv, size - self._body_start)
+
+    def _salvage(self, data: bytes) -> None:
+        """The disk refused a chunk: write as many of its whole records as still fit.
+
+        lz4 blocks are independent (block_linked=False), so the frame goes on after the cut.
+        """
+        pos = 0
+        while pos < len(data):
+            start, nrec, ncmd = pos, 0, 0
+            while pos < len(data) and (nrec == 0 or pos - start < SALVAGE_PIECE):
+                nrec += 1
+                ncmd += data[pos + 4] == KIND_COMMAND
+                pos += int.from_bytes(data[pos:pos + 4], "little")
+            good = self._file_bytes
+            try:
+                self._emit(self._encode(data[start:pos]))
+            except OSError:
+                self._cut_back(good)
+                return
+            self._count(nrec, ncmd, pos - start)
+
+    def _drop_if_empty(self) -> None:
+        """A file the disk refused before it held a record is removed: no empty file is left."""
+        if self._file_records == 0 and self.files:
+            try:
+                os.unlink(self.files[-1], dir_fd=self._dir_fd)
+            except OSError:
+                return
+            self.bytes_written -= self._file_bytes
+            self._file_bytes = 0
+            self.files.pop()
 
     def _file_name(self) -> str:
         now = datetime.datetime.now(datetime.timezone.utc)
@@ -191,46 +312,106 @@ class CaptureWriter:
 
     def _open_file(self) -> None:
         name = self._file_name()
-        fd = os.open(os.path.join(self.output_dir, name),
-                     os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        self._f = os.fdopen(fd, "wb")
+        self._path = os.path.join(self.output_dir, name)
+        self._fd = create_private_file(self._dir_fd, name)
         self.files.append(name)
         self._file_bytes = 0
+        self._file_records = 0
         flags = (FLAG_LZ4 if self.compress else 0) | (FLAG_AES_CTR if self._key is not None else 0)
         header = FILE_HEADER.pack(MAGIC, FILE_VERSION, flags, 0)
         if self._key is not None:
-            iv = crypto.new_iv()
-            header += iv + crypto.key_check_value(self._key, iv)
-            self._cipher = crypto.ctr_cipher(self._key, iv)
+            self._iv = crypto.new_iv()
+            header += self._iv + crypto.key_check_value(self._key, self._iv)
+            self._cipher = crypto.ctr_cipher(self._key, self._iv)
         else:
             self._cipher = None
-        self._f.write(header)
-        self._file_bytes += len(header)
-        self.bytes_written += len(header)
+        self._body_start = len(header)
         if self.compress:
             # auto_flush: each chunk becomes complete lz4 blocks on disk right away, so the
             # on-disk size is exact for rotation and a cut-off file is readable up to its end.
+            # Independent blocks: after a refused write the frame can go on (see _salvage).
             self._compressor = lz4.frame.LZ4FrameCompressor(
-                content_checksum=True, block_checksum=True, auto_flush=True)
-            self._emit(self._compressor.begin())
+                content_checksum=True, block_checksum=True, auto_flush=True, block_linked=False)
+            begin = self._compressor.begin()
         else:
             self._compressor = None
+            begin = b""
+        try:
+            write_all(self._fd, header)
+            self._file_bytes += len(header)
+            self.bytes_written += len(header)
+            if begin:
+                self._emit(begin)
+        except OSError:
+            self._cut_back(0)  # a file without a whole header is no traffic file
+            self._drop_if_empty()
+            raise
 
     def _close_file(self) -> None:
-        if self._f is None:
+        if self._fd is None:
             return
         if self._compressor is not None:
             self._emit(self._compressor.flush())  # end mark + content checksum
             self._compressor = None
-        self._f.close()
-        self._f = None
+        os.close(self._fd)
+        self._fd = None
         self._cipher = None
 
+    # -- meta ----------------------------------------------------------------------------------
+
+    def _reserve_meta(self) -> None:
+        fd = create_private_file(self._dir_fd, META_TMP)
+        self._meta_fd = fd
+        try:
+            write_all(fd, bytes(META_RESERVE))
+        except OSError:
+            self._drop_meta_tmp()
+            raise
+
     def _write_meta(self, meta: dict) -> None:
-        path = os.path.join(self.output_dir, META_NAME)
-        tmp = path + ".tmp"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            json.dump(meta, f, indent=2, sort_keys=True)
-            f.write("\n")
-        os.replace(tmp, path)  # readers never see a half-written meta
+        data = (json.dumps(meta, indent=2, sort_keys=True) + "\n").encode()
+        fd, dfd = self._meta_fd, self._dir_fd
+        try:
+            os.lseek(fd, 0, os.SEEK_SET)
+            write_all(fd, data)  # within the reserved space: no new blocks needed
+            os.ftruncate(fd, len(data))
+            # rename only the file written above, not whatever else now bears its name
+            here = os.stat(META_TMP, dir_fd=dfd, follow_symlinks=False)
+            mine = os.fstat(fd)
+            if (here.st_dev, here.st_ino) != (mine.st_dev, mine.st_ino):
+                raise FileExistsError(17, "replaced by another file during the capture",
+                                      os.path.join(self.output_dir, META_TMP))
+            os.replace(META_TMP, META_NAME, src_dir_fd=dfd, dst_dir_fd=dfd)  # readers never see half a meta
+        except OSError:
+            self._drop_meta_tmp()
+            raise
+        os.close(fd)
+        self._meta_fd = None
+
+    def _drop_meta_tmp(self) -> None:
+        """Remove our meta.tmp (never another file under that name) and close it."""
+        fd, self._meta_fd = self._meta_fd, None
+        try:
+            here = os.stat(META_TMP, dir_fd=self._dir_fd, follow_symlinks=False)
+            mine = os.fstat(fd)
+            if (here.st_dev, here.st_ino) == (mine.st_dev, mine.st_ino):
+                os.unlink(META_TMP, dir_fd=self._dir_fd)
+        except OSError:
+            pass
+        os.close(fd)
+
+    def _close_dir(self) -> None:
+        if self._meta_fd is not None:
+            self._drop_meta_tmp()
+        if self._dir_fd is not None:
+            os.close(self._dir_fd)
+            self._dir_fd = None
+
+
+def _describe(what: str, e: BaseException, path: str = "") -> str:
+    """"what: OS error: path" (path: the full one we worked on, or the one the error names)."""
+    if isinstance(e, OSError) and e.strerror:
+        # operations under the directory's descriptor report relative names: prefer ours
+        where = path or e.filename
+        return f"{what}: {e.strerror}: {where}" if where else f"{what}: {e.strerror}"
+    return f"{what}: {type(e).__name__}: {e}"

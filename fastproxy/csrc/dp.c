@@ -331,16 +331,36 @@ static int close_because(dp_conn *c, int reason, const char *fmt, ...) {
 
 /* ---- capture ------------------------------------------------------------------------------------ */
 
-static void capture_full(dp_conn *c, dp_capture *cap) {
-    if (!__atomic_exchange_n(&cap->full_reported, 1, __ATOMIC_RELAXED))
-        post_event(c->w->dp, DP_EV_CAPTURE_FULL, NULL, 0);
+/* The first refused record stops the capture: nothing after it is appended (by any worker). */
+static void capture_refused(dp_conn *c, dp_capture *cap, int refusal, const RecordHead *h, const uint8_t *p,
+                            size_t n) {
+    if (refusal == RING_REFUSED_CLOSED || __atomic_exchange_n(&cap->full_reported, 1, __ATOMIC_ACQ_REL))
+        return;
+    cap->refusal = refusal;
+    cap->refused_kind = h->kind;
+    cap->refused_cmd = h->kind == RING_KIND_COMMAND && n ? p[0] : 0;
+    cap->refused_conn_id = h->conn_id;
+    cap->refused_size = n;
+    cap->refused_at_ns = h->start_ns;
+    post_event(c->w->dp, DP_EV_CAPTURE_REFUSED, NULL, (uint64_t)refusal);
 }
 
 static void capture_append(dp_conn *c, dp_capture *cap, const RecordHead *h, const uint8_t *p, size_t n) {
-    if (__atomic_load_n(&cap->full_reported, __ATOMIC_RELAXED))
+    if (__atomic_load_n(&cap->full_reported, __ATOMIC_ACQUIRE))
         return;
-    if (ring_append(cap->ring, h, (const char *)p, n, RING_ORDERED) == RING_FULL)
-        capture_full(c, cap);
+    if (n > cap->large_min && c->w->dp->append_large) {  /* the side path (rare: takes the GIL) */
+        int refusal = c->w->dp->append_large(cap->large_ctx, h, p, n);
+        if (refusal != RING_REFUSED_NONE)
+            capture_refused(c, cap, refusal, h, p, n);
+        return;
+    }
+    int rc = ring_append(cap->ring, h, (const char *)p, n, RING_ORDERED);
+    if (rc == RING_APPENDED)
+        return;
+    capture_refused(c, cap, rc == RING_CLOSED ? RING_REFUSED_CLOSED
+                            : RING_HEADER_SIZE + (uint64_t)n > RING_MAX_RECORD ? RING_REFUSED_TOO_LARGE
+                            : RING_HEADER_SIZE + n > cap->ring->cap ? RING_REFUSED_BIGGER_THAN_RING
+                            : RING_REFUSED_FULL, h, p, n);
 }
 
 static int secret_suspect(dp_conn *c, const uint8_t *p, size_t n) {

@@ -41,7 +41,7 @@ enum dp_close_reason {
     DP_CLOSE_NO_MEMORY,
 };
 
-enum dp_event_type { DP_EV_CLOSED = 1, DP_EV_PARKED = 2, DP_EV_CAPTURE_FULL = 3, DP_EV_SYNC = 4 };
+enum dp_event_type { DP_EV_CLOSED = 1, DP_EV_PARKED = 2, DP_EV_CAPTURE_REFUSED = 3, DP_EV_SYNC = 4 };
 enum dp_park_reason { DP_PARK_CAPTURE_STATE = 1 };
 
 /* Counters of one worker. Only its thread writes them; Python sums all workers' when /metrics is
@@ -61,10 +61,19 @@ typedef struct dp_stats {
 typedef struct dp_capture {
     ring *ring;
     int64_t start_ns;
+    uint64_t large_min;          /* payloads of more bytes take the ring's side path (append_large) */
+    void *large_ctx;             /* the Python RingBuffer, for append_large (borrowed) */
     uint64_t filtered;           /* statements not written because they may carry a secret */
     uint64_t existing;           /* connections already open when the capture started */
     uint64_t waited_txn;         /* of those, inside a transaction: captured from their boundary */
     int full_reported;           /* the ring refused a record: capture stops (reported once) */
+    /* the refused record (written once, before DP_EV_CAPTURE_REFUSED is posted) */
+    int refusal;                 /* RING_REFUSED_* */
+    uint8_t refused_kind;
+    uint8_t refused_cmd;
+    uint64_t refused_conn_id;
+    uint64_t refused_size;
+    int64_t refused_at_ns;
 } dp_capture;
 
 /* One command in flight, beside its entry in the tracker's queue. */
@@ -198,6 +207,9 @@ typedef struct dp_worker {
 } dp_worker;
 
 typedef int (*dp_secret_check)(void *ctx, const char *sql, size_t n);
+/* The ring's side path for records too large for it (Python, takes the GIL): RING_REFUSED_NONE or
+ * why it was refused. */
+typedef int (*dp_append_large)(void *ctx, const RecordHead *h, const uint8_t *payload, size_t n);
 
 typedef struct dp {
     int nworkers;
@@ -207,6 +219,7 @@ typedef struct dp {
     dp_secret_check secret_check;   /* the full check (takes the GIL): only after the C pre-check */
     void *secret_ctx;
     size_t secret_scan_max;         /* bytes of a statement the secret filter looks at */
+    dp_append_large append_large;
 } dp;
 
 /* lifecycle (Python thread) */

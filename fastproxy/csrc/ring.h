@@ -8,6 +8,12 @@
  * Nothing here blocks for long or grows: a record that does not fit is refused, and the caller stops
  * the capture (dropping records silently would make a replay lie).
  *
+ * Large records (the side path): a record too large for the ring (a 70 MiB INSERT of a BLOB) is
+ * appended as a *marker*: its header with RING_LARGE_FLAG set in kind, then a u64 id under which
+ * the caller (fastproxy/_ringbuf.pyx, under the GIL) keeps the payload. ring_drain_size stops before
+ * a marker; the drainer takes it with ring_peek_marker / ring_release_marker and writes the record
+ * from the header and the payload, in sequence.
+ *
  * Completion order: ring_append(..., RING_ORDERED) raises a command's end_ns to the largest end_ns
  * appended so far (inside the lock), so that the command records of a capture are in non-decreasing
  * end_ns across connections and threads — the order replay's causal scheduling relies on. A
@@ -26,6 +32,8 @@
 #define RING_KIND_CONN_STATE 3
 #define RING_KIND_CONN_CLOSE 4
 #define RING_MAX_RECORD 0xFFFFFFFFull  /* record_len is a u32 */
+#define RING_LARGE_FLAG 0x80          /* in a marker's kind: the payload waits outside the ring */
+#define RING_MARKER_SIZE (RING_HEADER_SIZE + 8)  /* a marker: the header, then the payload's u64 id */
 
 /* The fields of one record header (docs/traffic-format.md, version 2). */
 typedef struct RecordHead {
@@ -47,6 +55,15 @@ typedef struct RecordHead {
 
 enum { RING_ORDERED = 1 };
 enum { RING_APPENDED = 1, RING_FULL = 0, RING_CLOSED = -1 };
+/* Why an append was refused (RingBuffer.refusal; the data plane reports its own the same way). */
+enum {
+    RING_REFUSED_NONE = 0,
+    RING_REFUSED_FULL = 1,              /* no room in the ring: the writer has not caught up */
+    RING_REFUSED_LARGE_LIMIT = 2,       /* the side path already holds large_max bytes of large records */
+    RING_REFUSED_TOO_LARGE = 3,         /* larger than a record can be (record_len is a u32) */
+    RING_REFUSED_BIGGER_THAN_RING = 4,  /* larger than the whole ring, and no side path */
+    RING_REFUSED_CLOSED = 5,            /* the ring was closed (the capture stopped) */
+};
 
 typedef struct ring {
     pthread_mutex_t lock;
@@ -60,6 +77,7 @@ typedef struct ring {
     uint64_t commands_appended;  /* KIND_COMMAND records among them */
     uint64_t bytes_appended;
     uint64_t records_drained;
+    size_t markers_used;         /* markers (RING_LARGE_FLAG) between tail and head */
     int64_t last_end_ns;         /* of the last RING_ORDERED command */
     int closed;                  /* appends refused (RING_CLOSED) once the capture stopped */
 } ring;
@@ -75,5 +93,9 @@ size_t ring_drain_size(ring *r, size_t max_bytes, size_t *nrec);
 /* Step 2, without the lock: copy them out. Step 3: release them. Only one thread drains. */
 void ring_drain_copy(ring *r, char *dst, size_t n);
 void ring_drain_release(ring *r, size_t n, size_t nrec);
+/* 1 and the marker's RING_MARKER_SIZE bytes in out if the oldest record is a marker, else 0.
+ * ring_release_marker removes it (once its record is written). Only the drainer calls them. */
+int ring_peek_marker(ring *r, unsigned char *out);
+void ring_release_marker(ring *r);
 
 #endif

@@ -9,7 +9,7 @@ import logging
 import signal
 from typing import Any, Awaitable, Callable
 
-from fastproxy._dataplane import EV_CAPTURE_FULL, EV_CLOSED, EV_PARKED, EV_SYNC, DataPlane
+from fastproxy._dataplane import EV_CAPTURE_REFUSED, EV_CLOSED, EV_PARKED, EV_SYNC, DataPlane
 from fastproxy.config import Config
 from fastproxy.metrics import LATENCY_BOUNDS_NS, ProxyStats, make_registry
 from fastproxy.proxy.backend import BackendPool
@@ -27,7 +27,7 @@ class ProxyServer:
         self.connections: set[ClientConnection] = set()
         self.dataplane = DataPlane(config["proxy.workers"], LATENCY_BOUNDS_NS)
         # The running capture's hooks (fastproxy.capture.job.CaptureJob), or None: on_connect(session)
-        # -> captured?, on_parked(conn), on_buffer_full().
+        # -> captured?, on_parked(conn), on_refused(refusal, kind, cmd, conn_id, size, at_ns).
         self.capture: Any = None
         self.jobs: Any = None  # the traffic jobs (fastproxy.jobs.JobManager), set by whoever composes the process
         # awaited on shutdown once connections are closed, before the backends' checks stop
@@ -60,9 +60,10 @@ class ProxyServer:
                     self.capture.on_parked(relay.owner)
                 else:
                     self.dataplane.resume(relay, False)
-            elif kind == EV_CAPTURE_FULL:
-                if self.capture is not None:
-                    self.capture.on_buffer_full()
+            elif kind == EV_CAPTURE_REFUSED:  # a worker could not append a record: the capture stops
+                refused = self.dataplane.capture_refused()
+                if self.capture is not None and refused is not None:
+                    self.capture.on_refused(*refused)
             elif kind == EV_SYNC:
                 waiting = self._syncs.get(arg)
                 if waiting is not None:

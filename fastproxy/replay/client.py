@@ -45,15 +45,22 @@ class ReplayClient(asyncio.Protocol):
         self.server_version = ""
         self.connection_id = 0
         self._infile_seen = 0
+        self._ssl_context = None
+        self._host = ""
+        self.tls = False
 
     # ---- login ---------------------------------------------------------------------------------
     @classmethod
     async def connect(cls, host: str, port: int, user: str, password: str, database: str | None, *,
                       on_result, on_lost, owner=None, capabilities: int = 0, charset: int = 0,
-                      timeout: float = 10.0) -> "ReplayClient":
+                      timeout: float = 10.0, ssl_context=None) -> "ReplayClient":
+        """Log in; with `ssl_context` (fastproxy.tls.client_context) the session is upgraded to TLS
+        after the greeting, as MySQL clients do, and refused if the server does not offer it."""
         loop = asyncio.get_running_loop()
         _, client = await asyncio.wait_for(
             loop.create_connection(lambda: cls(on_result, on_lost, owner), host, port), timeout)
+        client._ssl_context = ssl_context
+        client._host = host
         try:
             await asyncio.wait_for(client._login(user, password.encode(), database, capabilities, charset), timeout)
         except BaseException:
@@ -84,9 +91,21 @@ class ReplayClient(asyncio.Protocol):
             caps |= CLIENT.CONNECT_WITH_DB
         self.tracker.deprecate_eof = bool(caps & CLIENT.DEPRECATE_EOF)
         plugin = g.auth_plugin or "mysql_native_password"
-        response = auth.auth_response(plugin, password, nonce)
         # the captured client's collation, else the server's default (utf8mb4_general_ci if none)
         charset = charset or g.charset or 45
+        secure = False
+        if self._ssl_context is not None:
+            if not g.capabilities & CLIENT.SSL:
+                raise BackendConnError("TLS requested, but the server does not offer it (CLIENT_SSL)")
+            caps |= CLIENT.SSL
+            seq += 1  # SSLRequest: the first 32 bytes of the handshake response, then the TLS handshake
+            self.transport.write(build_packet(seq, struct.pack("<IIB", caps, 1 << 30, charset & 0xFF) + b"\x00" * 23))
+            self.transport = await asyncio.get_running_loop().start_tls(
+                self.transport, self, self._ssl_context, server_hostname=None if self._ssl_context.check_hostname
+                is False else self._host)
+            self.tls = True
+            secure = True
+        response = auth.auth_response(plugin, password, nonce, secure=secure)
         body = struct.pack("<IIB", caps, 1 << 30, charset & 0xFF) + b"\x00" * 23
         body += user.encode() + b"\x00" + _lenenc(len(response)) + response
         if database:
@@ -105,9 +124,9 @@ class ReplayClient(asyncio.Protocol):
                 raise LoginError(code, msg)
             if first == b"\xfe":  # auth switch: plugin name, then its nonce (kept exactly as sent)
                 plugin, nonce = auth.parse_auth_switch(payload)
-                self.transport.write(build_packet(seq + 1, auth.auth_response(plugin, password, nonce)))
+                self.transport.write(build_packet(seq + 1, auth.auth_response(plugin, password, nonce, secure=secure)))
             elif first == b"\x01":  # more data: caching_sha2 fast-auth result, full auth, a public key
-                reply = auth.auth_more_data(plugin, payload[1:], password, nonce)
+                reply = auth.auth_more_data(plugin, payload[1:], password, nonce, secure=secure)
                 if reply is not None:
                     self.transport.write(build_packet(seq + 1, reply))
             else:

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 from fastproxy._digest import digest
 from fastproxy._packet import execute_flag_at, execute_types_at, expects_response
-from fastproxy.capture.reader import TrafficReader
+from fastproxy.inputs import open_inputs
 from fastproxy.capture.record import (KIND_COMMAND, KIND_CONN_CLOSE, KIND_CONN_OPEN, KIND_CONN_STATE,
                                       OUTCOME_ERR, OUTCOME_OK, Record)
 from fastproxy.constants import COMMAND, command_name
@@ -63,6 +63,19 @@ class ReplayOptions:
     lookahead_s: float = 2.0  # read this far (in replay time) ahead of the clock
     max_queued: int = 200_000  # and never hold more than this many commands in memory
     connect_timeout: float = 10.0
+    input_format: str = "auto"  # native | slow-log | general-log | tiproxy (fastproxy/inputs)
+    filters: object = None  # fastproxy.replay.filters.Filters: what of the input is replayed
+    start_at: float | None = None  # wall-clock Unix time the replay starts at (shards start together)
+    tls: bool = False  # replay connections use TLS (required when tls_ca / tls_skip_verify are given)
+    tls_ca: str = ""  # CA bundle the target's certificate must chain to (default: the system's)
+    tls_skip_verify: bool = False  # encrypt without verifying the target's certificate
+
+    def ssl_context(self):
+        if not (self.tls or self.tls_ca or self.tls_skip_verify):
+            return None
+        from fastproxy.tls import client_context
+
+        return client_context(ca=self.tls_ca, skip_verify=self.tls_skip_verify, key_prefix="tls")
 
 
 @dataclass
@@ -120,8 +133,13 @@ class Replayer:
     def __init__(self, input_dir: str, options: ReplayOptions) -> None:
         self.input_dir = input_dir
         self.opt = options
-        self.reader = TrafficReader(input_dir, options.encryption_key)
+        self.reader = open_inputs(input_dir, options.input_format, options.encryption_key)
+        if options.filters is not None and options.filters.active:
+            from fastproxy.replay.filters import FilteredSource
+
+            self.reader = FilteredSource(self.reader, options.filters)
         self.meta = self.reader.meta
+        self.ssl_context = options.ssl_context()
         self.stats = Stats(commands_total=int(self.meta.get("commands", 0) or 0))
         self.lag = LagStats()
         self.report = Report()
@@ -155,8 +173,15 @@ class Replayer:
     # ---- main ----------------------------------------------------------------------------------
     async def run(self) -> Stats:
         self._loop = asyncio.get_running_loop()
+        head_start = 50_000_000  # a short head start to open connections
+        if self.opt.start_at is not None:
+            # several replayers (shards) begin at one agreed wall-clock time: their schedules line up
+            delay = self.opt.start_at - time.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            head_start = 0
         self.replay_start_ns = time.time_ns()
-        self._start_mono = time.monotonic_ns() + 50_000_000  # a short head start to open connections
+        self._start_mono = time.monotonic_ns() + head_start
         reader_task = self._loop.create_task(self._read())
         flusher = self._loop.create_task(self._flush_periodically())
         try:
@@ -448,7 +473,7 @@ class Replayer:
                 self.opt.host, self.opt.port, self.opt.username, self.opt.password, conn.db,
                 on_result=self._on_result, on_lost=self._on_lost, owner=conn, capabilities=conn.capabilities,
                 charset=conn.charset,
-                timeout=self.opt.connect_timeout)
+                timeout=self.opt.connect_timeout, ssl_context=self.ssl_context)
             conn.ever_connected = True
             conn.stmt_map.clear()  # a new server session: statements are re-prepared on first use
             conn.types_bound.clear()
@@ -526,7 +551,8 @@ class Replayer:
             st.captured_ns += rec.end_ns - rec.start_ns
             st.replayed_ns += now - conn.sent_ns
         if result.outcome == OUTCOME_ERR:
-            if rec.outcome == OUTCOME_ERR and rec.err_code == result.err_code:
+            # err_code 0: the input knew that it failed, not how (TiProxy captures)
+            if rec.outcome == OUTCOME_ERR and rec.err_code in (result.err_code, 0):
                 st.same_errors += 1
                 return
             if rec.outcome in (OUTCOME_OK, OUTCOME_ERR):
@@ -606,4 +632,12 @@ class Replayer:
                              for f in self.report.top_failures()],
             "other_error_types": {e.err_type: e.count for e in self.report.other_errors.values()},
             "canceled": self.canceled,
+            "input_format": self.reader.format,
+            # inputs without outcomes (general log, slow log, TiProxy's error codes): every replay error
+            # is reported as a failure, as TiProxy does
+            "outcomes_recorded": self.meta.get("outcomes_recorded", True),
+            "error_codes_recorded": self.meta.get("error_codes_recorded", self.meta.get("outcomes_recorded", True)),
+            "input_skipped": dict(getattr(self.reader, "stats", {}) or {}),
+            "filters": self.opt.filters.describe() if self.opt.filters is not None else {},
+            "filtered_by": dict(getattr(self.reader, "dropped", {}) or {}),
         }

@@ -10,6 +10,8 @@ from typing import TYPE_CHECKING
 
 from fastproxy.errors import ConfigError, JobError, TrafficFormatError
 from fastproxy.jobs_base import Job, parse_bool
+from fastproxy.private_files import check_output_path, create_private_file, open_private_dir
+from fastproxy.storage import is_s3
 from fastproxy.replay.engine import Replayer, ReplayOptions
 from fastproxy.replay.report import ReportWriter
 
@@ -22,16 +24,25 @@ log = logging.getLogger("fastproxy.replay")
 class ReplayRun:
     """Engine, report writer and the summary files of one replay."""
 
-    def __init__(self, input_dir: str, options: ReplayOptions, report_dir: str | None = None,
+    def __init__(self, input_dir: str | list[str], options: ReplayOptions, report_dir: str | None = None,
                  write_tables: bool = True) -> None:
-        if not os.path.isdir(input_dir):
-            raise JobError(f"input: {input_dir} is not a directory")
+        if report_dir is not None:
+            report_dir = check_output_path(report_dir, "report-dir")
+        inputs = [input_dir] if isinstance(input_dir, str) else list(input_dir)
+        for path in inputs:
+            if not is_s3(path) and not os.path.exists(path):
+                raise JobError(f"input: {path}: no such file or directory")
+        if not report_dir and is_s3(inputs[0]):
+            raise ConfigError("report-dir: required when the input is on S3 (the summary files are written locally)")
         try:
             self.engine = Replayer(input_dir, options)
         except TrafficFormatError as e:
             raise JobError(f"input: {e}") from None
         self.options = options
-        self.report_dir = report_dir or input_dir
+        first = inputs[0]
+        self.report_dir = report_dir or os.path.abspath(first if os.path.isdir(first) else os.path.dirname(first) or ".")
+        self._report_field = "report-dir" if report_dir else "report-dir (by default the input's directory)"
+        _check_report_dir(self.report_dir, self._report_field)  # refused now, not after the replay ran
         self.writer: ReportWriter | None = None
         self.write_tables = write_tables
         self.summary: dict | None = None
@@ -40,8 +51,9 @@ class ReplayRun:
     async def run(self) -> dict:
         engine = self.engine
         if self.write_tables:
-            self.writer = ReportWriter(self.options.host, self.options.port, self.options.username,
-                                       self.options.password, time.time_ns())
+            o = self.options
+            self.writer = ReportWriter(o.host, o.port, o.username, o.password, time.time_ns(), tls=o.tls,
+                                       tls_ca=o.tls_ca, tls_skip_verify=o.tls_skip_verify)
             self.writer.start()
             engine.on_flush = lambda report: self.writer.submit(report.take_delta())
         try:
@@ -57,35 +69,77 @@ class ReplayRun:
         return self.summary
 
     def _write_files(self) -> None:
-        start = self.engine.replay_start_ns  # milliseconds: two runs in one second must not overwrite each other
-        stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(start / 1e9)) + f".{start // 1_000_000 % 1000:03d}Z"
-        base = os.path.join(self.report_dir, f"replay-{stamp}")
+        base = summary_base(self.engine.replay_start_ns)
+        report = self.engine.report
+        contents = {
+            ".json": lambda: json.dumps(self.summary, indent=2),
+            ".txt": lambda: format_summary(self.summary),
+            "-fail.jsonl": lambda: "".join(
+                json.dumps({"cmd_type": fl.cmd_type, "digest": fl.digest, "count": fl.count,
+                            "sample_stmt": fl.sample_stmt, "sample_err_msg": fl.sample_err_msg,
+                            "sample_conn_id": fl.sample_conn_id, "sample_capture_time_ns": fl.sample_capture_ns,
+                            "sample_replay_time_ns": fl.sample_replay_ns}) + "\n"
+                for fl in report.failures.values()),
+            "-other_errors.jsonl": lambda: "".join(
+                json.dumps({"err_type": e.err_type, "count": e.count, "sample_err_msg": e.sample_err_msg,
+                            "sample_replay_time_ns": e.sample_replay_ns}) + "\n"
+                for e in report.other_errors.values()),
+        }
+        errors = []
         try:
-            os.makedirs(self.report_dir, exist_ok=True)
-            with _private_open(base + ".json") as f:
-                json.dump(self.summary, f, indent=2)
-            with _private_open(base + ".txt") as f:
-                f.write(format_summary(self.summary))
-            with _private_open(base + "-fail.jsonl") as f:
-                for fl in self.engine.report.failures.values():
-                    f.write(json.dumps({"cmd_type": fl.cmd_type, "digest": fl.digest, "count": fl.count,
-                                        "sample_stmt": fl.sample_stmt, "sample_err_msg": fl.sample_err_msg,
-                                        "sample_conn_id": fl.sample_conn_id,
-                                        "sample_capture_time_ns": fl.sample_capture_ns,
-                                        "sample_replay_time_ns": fl.sample_replay_ns}) + "\n")
-            with _private_open(base + "-other_errors.jsonl") as f:
-                for e in self.engine.report.other_errors.values():
-                    f.write(json.dumps({"err_type": e.err_type, "count": e.count, "sample_err_msg": e.sample_err_msg,
-                                        "sample_replay_time_ns": e.sample_replay_ns}) + "\n")
-            self.files = [base + ext for ext in (".json", ".txt", "-fail.jsonl", "-other_errors.jsonl")]
-            self.summary["summary_files"] = self.files
+            dir_fd = open_private_dir(self.report_dir, self._report_field, create=True)
         except OSError as e:
-            log.error("cannot write the replay summary to %s: %s", self.report_dir, e)
-            self.summary["summary_files_error"] = str(e)
+            errors.append(f"cannot create the report directory: {e.strerror}: {e.filename or self.report_dir}")
+        except JobError as e:
+            errors.append(str(e))
+        else:
+            try:
+                for suffix, content in contents.items():
+                    path = os.path.join(self.report_dir, base + suffix)
+                    try:
+                        _write_private(dir_fd, base + suffix, content())
+                    except OSError as e:
+                        errors.append(f"cannot write {path}: {e.strerror}")
+                    else:
+                        self.files.append(path)
+            finally:
+                os.close(dir_fd)
+        self.summary["summary_files"] = self.files
+        if errors:
+            log.error("replay summary: %s", "; ".join(errors))
+            self.summary["summary_files_error"] = "; ".join(errors)
 
 
-def _private_open(path: str):
-    return os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w")
+def summary_base(replay_start_ns: int) -> str:
+    """replay-<UTC time>: the summary files' name without suffix. Milliseconds: two runs in one
+    second must not collide (a name that exists is never overwritten, see _write_private)."""
+    t = replay_start_ns
+    return "replay-" + time.strftime("%Y%m%dT%H%M%S", time.gmtime(t / 1e9)) + f".{t // 1_000_000 % 1000:03d}Z"
+
+
+def _check_report_dir(path: str, field: str) -> None:
+    """JobError unless `path` is missing (it will be created, mode 0700) or a private directory of ours."""
+    try:
+        os.close(open_private_dir(path, field, create=False))
+    except FileNotFoundError:
+        pass
+    except OSError as e:
+        raise JobError(f"{field}: cannot open {path}: {e.strerror}") from None
+
+
+def _write_private(dir_fd: int, name: str, text: str) -> None:
+    """Create `name` (0600, never through a symlink, never over a file) under dir_fd and write text;
+    a file the disk refused part of is removed."""
+    fd = create_private_file(dir_fd, name)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+    except OSError:
+        try:
+            os.unlink(name, dir_fd=dir_fd)
+        except OSError:
+            pass
+        raise
 
 
 def format_summary(s: dict) -> str:
@@ -96,9 +150,15 @@ def format_summary(s: dict) -> str:
         f"  started {s['replay_start']}, took {s['elapsed_seconds']}s",
         f"  commands: {s['commands_replayed']} replayed of {s['commands_in_capture']} captured, "
         f"{s['commands_filtered']} filtered, {s['commands_skipped']} skipped",
+        *([f"  filters {s['filters']}: dropped {s.get('filtered_by') or 'nothing'}"] if s.get("filters") else []),
         f"  failures (new on replay): {s['commands_failed']}; failed the same as in production: "
         f"{s['commands_failed_same_as_capture']}; failed in production but not on replay: {s['commands_fixed']}",
         f"  other errors: {s['other_errors']} {s['other_error_types'] or ''}",
+        *([f"  input: {s['input_format']}; it records no outcomes, so every error on replay is reported"]
+          if not s.get("outcomes_recorded", True) else []),
+        *([f"  input: {s['input_format']}; it records which statements failed but not their error codes"]
+          if s.get("outcomes_recorded", True) and not s.get("error_codes_recorded", True) else []),
+        *([f"  input entries not replayed: {s['input_skipped']}"] if s.get("input_skipped") else []),
         f"  connections: {s['connections']} (reconnects {s['reconnects']})",
         f"  QPS: captured {s['qps_captured']}, replayed {s['qps_replayed']}",
         f"  avg latency: captured {s['avg_latency_captured_ms']} ms, replayed {s['avg_latency_replayed_ms']} ms",
@@ -143,9 +203,13 @@ class ReplayJob(Job):
     def from_form(cls, server: "ProxyServer", form: dict) -> "ReplayJob":
         from fastproxy.capture.crypto import load_key
 
-        input_dir = str(form.get("input", "")).strip()
-        if not input_dir:
+        from fastproxy.replay.selection import FILTER_FIELDS, filters_from, parse_start_at, split_inputs
+
+        inputs = split_inputs(form.get("input", ""))
+        if not inputs:
             raise ConfigError("input: required (a capture directory)")
+        input_dir = inputs if len(inputs) > 1 else inputs[0]
+        selection = {name: str(form.get(name, "") or "") for name, _ in FILTER_FIELDS}
         username = str(form.get("username", "")).strip()
         if not username:
             raise ConfigError("username: required (the user replay logs in as)")
@@ -154,7 +218,11 @@ class ReplayJob(Job):
         backend = server.pool.pick() or server.pool.backends[0]
         options = ReplayOptions(host=backend.host, port=backend.port, username=username,
                                 password=str(form.get("password", "")), speed=check_speed(_float(form, "speed", 1.0)),
-                                readonly=parse_bool(form, "readonly", False), encryption_key=key)
+                                readonly=parse_bool(form, "readonly", False), encryption_key=key,
+                                input_format=str(form.get("format", "") or "auto").strip() or "auto",
+                                filters=filters_from(selection), start_at=parse_start_at(selection["start-at"]),
+                                tls=parse_bool(form, "tls", False), tls_ca=str(form.get("tls-ca", "") or "").strip(),
+                                tls_skip_verify=parse_bool(form, "tls-skip-verify", False))
         report_dir = str(form.get("report-dir", "") or "").strip() or None
         return cls(server, ReplayRun(input_dir, options, report_dir))
 
@@ -203,6 +271,7 @@ class ReplayJob(Job):
             "other_errors": sum(x.count for x in e.report.other_errors.values()),
             "connections": st.connections,
             "lag": e.lag.as_dict(),
+            "filtered_by": dict(getattr(e.reader, "dropped", {}) or {}),
         })
         if self.run.files:
             d["summary_files"] = self.run.files

@@ -121,9 +121,14 @@ class Report:
 class ReportWriter:
     """A thread with its own connection to the target (mysqlclient) writing report batches."""
 
-    def __init__(self, host: str, port: int, user: str, password: str, replay_start_ns: int) -> None:
+    def __init__(self, host: str, port: int, user: str, password: str, replay_start_ns: int, *,
+                 tls: bool = False, tls_ca: str = "", tls_skip_verify: bool = False) -> None:
         self.params = dict(host=host, port=port, user=user, password=password, connect_timeout=10, autocommit=True,
                            charset="utf8mb4")
+        if tls_ca and not tls_skip_verify:
+            self.params.update(ssl_mode="VERIFY_CA", ssl={"ca": tls_ca})
+        elif tls or tls_ca or tls_skip_verify:
+            self.params.update(ssl_mode="REQUIRED")
         self.replay_start = utc(replay_start_ns)
         self.error: str | None = None
         self.rows_written = 0

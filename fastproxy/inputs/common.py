@@ -1,0 +1,114 @@
+"""What the log sources share: connections keyed by the server's thread id, times spread within the
+second the log gives, and the capture's secret filter (logs hold passwords in clear: MariaDB logs
+`ALTER USER ... IDENTIFIED BY 'pw'` as sent)."""
+from __future__ import annotations
+
+import json
+from collections import Counter
+from typing import Iterable, Iterator
+
+from fastproxy.capture.record import KIND_COMMAND, KIND_CONN_CLOSE, KIND_CONN_OPEN, OUTCOME_OK, Record
+from fastproxy.constants import COMMAND
+
+NS = 1_000_000_000
+# Logs and TiProxy captures do not say which character set a client used: replay connections speak
+# utf8mb4 (utf8mb4_general_ci, what most applications and TiDB use), not the server's default.
+UTF8MB4 = 45
+
+
+def secret_filter(payload: bytes) -> bytes | None:
+    """The payload to keep for a COM_QUERY from a log (command byte included), or None to drop it.
+    The same policy as capture: a statement that may carry a secret never reaches a file."""
+    from fastproxy.capture.job import carries_secret
+
+    return None if carries_secret(payload) else payload
+
+
+class LogConnections:
+    """Turns per-thread log entries into a capture's connection records.
+
+    Logs name a connection by the server's thread id; a thread id can be reused after a Quit, so
+    each (thread id, generation) becomes a connection of its own.
+    """
+
+    def __init__(self) -> None:
+        self._live: dict[int, int] = {}  # thread id -> connection id
+        self._next = 1
+        self.opened = 0
+        self.last_start: dict[int, int] = {}  # connection id -> last start time (strictly increasing)
+
+    def open(self, thread_id: int, ts_ns: int, user: str = "", db: str | None = None,
+             client_addr: str = "") -> Iterator[Record]:
+        """Records that open the connection for thread_id if it is not open yet."""
+        if thread_id in self._live:
+            return
+        conn_id = self._next
+        self._next += 1
+        self._live[thread_id] = conn_id
+        self.opened += 1
+        body = {"user": user, "db": db or None, "capabilities": 0, "charset": UTF8MB4, "client_addr": client_addr,
+                "backend_conn_id": thread_id}
+        yield Record(KIND_CONN_OPEN, conn_id, ts_ns, 0, 0, 0, 0, 0, json.dumps(body).encode())
+
+    def conn_id(self, thread_id: int) -> int | None:
+        return self._live.get(thread_id)
+
+    def command(self, thread_id: int, start_ns: int, end_ns: int, payload: bytes, *, outcome: int = OUTCOME_OK,
+                err_code: int = 0, affected: int = 0, rows: int = 0) -> Record:
+        conn_id = self._live[thread_id]
+        last = self.last_start.get(conn_id, 0)
+        if start_ns <= last:  # a connection's commands strictly follow each other
+            start_ns = last + 1
+        self.last_start[conn_id] = start_ns
+        end_ns = max(end_ns, start_ns)
+        return Record(KIND_COMMAND, conn_id, start_ns, end_ns, outcome, err_code, affected, rows, payload)
+
+    def close(self, thread_id: int, ts_ns: int) -> Iterator[Record]:
+        conn_id = self._live.pop(thread_id, None)
+        if conn_id is not None:
+            self.last_start.pop(conn_id, None)
+            yield Record(KIND_CONN_CLOSE, conn_id, ts_ns, 0, 0, 0, 0, 0, b"")
+
+    def close_all(self, ts_ns: int) -> Iterator[Record]:
+        for thread_id in list(self._live):
+            yield from self.close(thread_id, ts_ns)
+
+
+def spread_within_seconds(entries: Iterable, second_of, place) -> Iterator:
+    """Logs that give times to the second: the entries of one second (contiguous in the log) are
+    spread evenly across it, in log order, so that replay paces them instead of bursting each
+    second's statements at its start. `second_of(e)` is the entry's second (Unix time) or None to
+    pass it through as is; `place(e, ns)` returns the entry placed at `ns`."""
+    group: list = []
+    current = None
+    for e in entries:
+        s = second_of(e)
+        if s is None:
+            yield from _place_group(group, current, place)
+            group = []
+            yield e
+            continue
+        if s != current:
+            yield from _place_group(group, current, place)
+            group, current = [], s
+        group.append(e)
+    yield from _place_group(group, current, place)
+
+
+def _place_group(group: list, second, place) -> Iterator:
+    n = len(group)
+    for k, e in enumerate(group):
+        yield place(e, second * NS + (k * NS) // n)
+
+
+def query_payload(sql: str | bytes) -> bytes:
+    raw = sql.encode("utf-8", "surrogateescape") if isinstance(sql, str) else sql
+    return bytes((COMMAND.COM_QUERY,)) + raw
+
+
+def init_db_payload(db: str) -> bytes:
+    return bytes((COMMAND.COM_INIT_DB,)) + db.encode("utf-8", "surrogateescape")
+
+
+class SkipCounter(Counter):
+    """Entries a source could not turn into commands, by reason (shown in the summary)."""

@@ -1,0 +1,319 @@
+"""TiProxy's own traffic captures (`tiproxyctl traffic capture`, pkg/sqlreplay/store and cmd/native.go
+in pingcap/tiproxy) as a replay source, so a TiProxy user replays an existing capture unchanged.
+
+A capture directory holds `meta` (JSON: Version, Duration, Cmds, FilteredCmds, EncryptMethod) and
+files `traffic-<local time 2006-01-02T15-04-05.999>.log[.gz]`. A file is gzip (when compressed) of
+[16-byte IV, AES-256-CTR of the body] (when encrypted) of the body: commands, each
+
+    # Time: 2024-12-03T11:05:01.123456789+08:00      (the command's start)
+    # Conn_ID: 42
+    # Cmd_type: StmtExecute                          (absent for Query)
+    # Success: false                                 (absent when it succeeded)
+    # Captured_ps_id: 3                              (statement commands)
+    # Prepared_stmt: "SELECT ... ?"                   (Go-quoted; the SQL behind an execute)
+    # Payload_len: 17                                 (payload bytes after the command byte)
+    <payload>\n
+
+TiProxy records no connection events: a connection starts at its first command (a COM_INIT_DB
+with its database, or TiDB's `SET SESSION_STATES '...'` for connections open before the capture —
+TiDB-only, skipped and counted) and ends at COM_QUIT; COM_CHANGE_USER was recorded as
+COM_RESET_CONNECTION. Outcomes are known only as success/failure (no error code) and durations not
+at all. Every connection replays as the replay user, as in TiProxy.
+"""
+from __future__ import annotations
+
+import codecs
+import datetime
+import gzip
+import json
+import os
+import re
+from typing import Iterator
+
+from fastproxy.capture import crypto
+from fastproxy.capture.record import (KIND_COMMAND, KIND_CONN_CLOSE, KIND_CONN_OPEN, KIND_CONN_STATE, OUTCOME_ERR,
+                                      OUTCOME_OK, Record)
+from fastproxy.constants import COMMAND, COMMAND_NAMES
+from fastproxy.errors import TrafficFormatError
+from fastproxy.inputs.common import UTF8MB4, SkipCounter, secret_filter
+from fastproxy.storage import open_storage
+
+TIPROXY_FILE_RE = re.compile(r"^traffic(?:-(?P<ts>[0-9T:.-]+))?\.log(?P<gz>\.gz)?$")
+_KEY_PREFIX = b"# "
+_KEY_SUFFIX = b": "
+# TiProxy's Cmd_type strings are pnet.Command.String(): "StmtExecute", "InitDB", ...
+_TYPE_BY_NAME = {"".join(p.capitalize() for p in name[4:].split("_")): code
+                 for code, name in COMMAND_NAMES.items() if name.startswith("COM_")}
+_TYPE_BY_NAME.update({"InitDB": COMMAND.COM_INIT_DB, "StmtFetch": COMMAND.COM_STMT_FETCH})
+READ_SIZE = 1 << 20
+
+
+def _file_order(name: str):
+    m = TIPROXY_FILE_RE.match(name)
+    ts = m.group("ts") if m else None
+    if ts:
+        for layout in ("%Y-%m-%dT%H-%M-%S.%f", "%Y-%m-%dT%H-%M-%S"):
+            try:
+                return (0, datetime.datetime.strptime(ts, layout), name)
+            except ValueError:
+                pass
+        if ts.isdigit():  # older TiProxy: traffic-1.log, traffic-2.log, ...
+            return (0, datetime.datetime.min + datetime.timedelta(seconds=int(ts)), name)
+    return (1, datetime.datetime.min, name)
+
+
+class _Stream:
+    """Bytes of one traffic file, decompressed and decrypted, read in pieces."""
+
+    def __init__(self, storage, name: str, compressed: bool, key: bytes | None) -> None:
+        self.path = path = storage.path(name)
+        raw = storage.open(name)
+        self._f = gzip.GzipFile(fileobj=raw, mode="rb") if compressed else raw
+        self._raw = raw
+        self._cipher = None
+        if key is not None:
+            iv = self._read_exact(crypto.IV_SIZE, plain=True)
+            if len(iv) < crypto.IV_SIZE:
+                raise TrafficFormatError(f"{path}: truncated before its IV")
+            self._cipher = crypto.ctr_cipher(key, iv)
+        self.buf = bytearray()
+        self.offset = 0  # of buf[0] in the decoded stream
+        self.eof = False
+        self.line = 0
+
+    def _read_exact(self, n: int, plain: bool = False) -> bytes:
+        out = b""
+        while len(out) < n:
+            try:
+                piece = self._f.read(n - len(out))
+            except (OSError, EOFError, gzip.BadGzipFile) as e:
+                raise TrafficFormatError(f"{self.path}: corrupt gzip data: {e}") from e
+            if not piece:
+                break
+            out += piece
+        return out
+
+    def _fill(self) -> bool:
+        if self.eof:
+            return False
+        try:
+            piece = self._f.read(READ_SIZE)
+        except (OSError, EOFError, gzip.BadGzipFile) as e:
+            raise TrafficFormatError(f"{self.path}: corrupt gzip data near offset {self.offset + len(self.buf)}: {e}") \
+                from e
+        if not piece:
+            self.eof = True
+            return False
+        if self._cipher is not None:
+            piece = self._cipher.update(piece)
+        self.buf += piece
+        return True
+
+    def readline(self) -> bytes | None:
+        while True:
+            i = self.buf.find(b"\n")
+            if i >= 0:
+                line = bytes(self.buf[:i])
+                del self.buf[:i + 1]
+                self.offset += i + 1
+                self.line += 1
+                return line
+            if not self._fill():
+                if self.buf:
+                    raise TrafficFormatError(f"{self.path}: line {self.line + 1}: truncated (no end of line)")
+                return None
+
+    def read(self, n: int) -> bytes:
+        while len(self.buf) < n:
+            if not self._fill():
+                raise TrafficFormatError(f"{self.path}: line {self.line}: payload truncated "
+                                         f"({len(self.buf)} of {n} bytes)")
+        out = bytes(self.buf[:n])
+        del self.buf[:n]
+        self.offset += n
+        return out
+
+    def close(self) -> None:
+        self._f.close()
+        self._raw.close()
+
+
+class TiProxySource:
+    format = "tiproxy"
+
+    def __init__(self, path: str, encryption_key: bytes | None = None) -> None:
+        self.path = path
+        self.storage = open_storage(path)  # a directory, or s3://bucket/prefix (TiProxy writes to S3 too)
+        if not self.storage.exists():
+            raise TrafficFormatError(f"{path}: a TiProxy capture is a directory (or an S3 prefix)")
+        self.files = sorted((n for n in self.storage.listdir() if TIPROXY_FILE_RE.match(n)), key=_file_order)
+        if not self.files:
+            raise TrafficFormatError(f"{path}: no TiProxy traffic files (traffic-*.log[.gz])")
+        tmeta = self._load_meta()
+        method = str(tmeta.get("EncryptMethod", "") or "").lower()
+        if method not in ("", "plaintext", "aes256-ctr"):
+            raise TrafficFormatError(f"{path}/meta: unsupported EncryptMethod {method!r}")
+        self.encrypted = method == "aes256-ctr"
+        if self.encrypted and encryption_key is None:
+            raise TrafficFormatError(f"{path}: the capture is encrypted (aes256-ctr); give the key file "
+                                     f"(--encryption-key-path)")
+        self.key = crypto.check_key(encryption_key) if self.encrypted else None
+        self.stats = SkipCounter()
+        self.commands = 0
+        duration = tmeta.get("Duration")
+        self.meta = {
+            "format": self.format, "source": path if path.startswith("s3://") else os.path.abspath(path),
+            "commands": tmeta.get("Cmds"),
+            "filtered_commands": tmeta.get("FilteredCmds", 0),
+            "duration": duration / 1e9 if isinstance(duration, (int, float)) else None,
+            "tiproxy_meta": tmeta, "outcomes_recorded": True, "error_codes_recorded": False,
+            "status_flags_recorded": False, "last_insert_id_recorded": False, "latency_recorded": False,
+            "start_ns": 0,
+        }
+        self.complete = bool(tmeta)
+
+    def _load_meta(self) -> dict:
+        p = self.storage.path("meta")
+        raw = self.storage.read("meta")
+        if raw is None:
+            return {}
+        try:
+            meta = json.loads(raw)
+        except ValueError as e:
+            raise TrafficFormatError(f"{p}: unreadable meta: {e}") from e
+        if not isinstance(meta, dict):
+            raise TrafficFormatError(f"{p}: meta is not a JSON object")
+        return meta
+
+    # ---- decoding --------------------------------------------------------------------------
+    def _commands(self) -> Iterator[dict]:
+        for name in self.files:
+            m = TIPROXY_FILE_RE.match(name)
+            stream = _Stream(self.storage, name, bool(m.group("gz")), self.key)
+            try:
+                yield from self._file_commands(stream)
+            finally:
+                stream.close()
+
+    def _file_commands(self, s: _Stream) -> Iterator[dict]:
+        c: dict = {}
+        while True:
+            line = s.readline()
+            if line is None:
+                if c:
+                    raise TrafficFormatError(f"{s.path}: line {s.line}: command cut off before its payload")
+                return
+            where = f"{s.path}: line {s.line}"
+            if not line.startswith(_KEY_PREFIX) or _KEY_SUFFIX not in line:
+                raise TrafficFormatError(f"{where}: not a '# Key: value' line: {line[:80]!r}")
+            key, _, value = line[2:].partition(_KEY_SUFFIX)
+            if not value:
+                raise TrafficFormatError(f"{where}: empty value for {key.decode(errors='replace')}")
+            try:
+                if key == b"Time":
+                    c["start_ns"] = _rfc3339_ns(value.decode())
+                elif key == b"Conn_ID":
+                    c["conn"] = int(value)
+                elif key == b"Cmd_type":
+                    name = value.decode()
+                    if name not in _TYPE_BY_NAME:
+                        raise TrafficFormatError(f"{where}: unknown Cmd_type {name!r}")
+                    c["type"] = _TYPE_BY_NAME[name]
+                elif key == b"Success":
+                    c["success"] = value == b"true"
+                elif key == b"Captured_ps_id":
+                    c["ps_id"] = int(value)
+                elif key == b"Prepared_stmt":
+                    c["prepared"] = _go_unquote(value.decode("utf-8", "surrogateescape"))
+                elif key == b"Payload_len":
+                    n = int(value)
+                    body = s.read(n) if n else b""
+                    if s.read(1) != b"\n":
+                        raise TrafficFormatError(f"{where}: payload not followed by a new line")
+                    c["payload"] = bytes((c.get("type", COMMAND.COM_QUERY),)) + body
+                    if "start_ns" not in c or not c.get("conn"):
+                        raise TrafficFormatError(f"{where}: command without Time or Conn_ID")
+                    yield c
+                    c = {}
+                # other keys (newer TiProxy versions) are ignored
+            except ValueError as e:
+                raise TrafficFormatError(f"{where}: bad value for {key.decode(errors='replace')}: {e}") from None
+
+    # ---- records ---------------------------------------------------------------------------
+    def __iter__(self) -> Iterator[Record]:
+        live: dict[int, dict] = {}  # TiProxy connection id -> {"db", "prepared", "last"}
+        last_ns = 0
+        for c in self._commands():
+            conn, start, payload = c["conn"], c["start_ns"], c["payload"]
+            cmd = payload[0]
+            last_ns = max(last_ns, start)
+            if not self.meta["start_ns"]:
+                self.meta["start_ns"] = start
+            st = live.get(conn)
+            if st is None:
+                if cmd == COMMAND.COM_QUIT:
+                    continue
+                st = live[conn] = {"db": None, "prepared": {}, "last": 0}
+                db = payload[1:].decode("utf-8", "surrogateescape") if cmd == COMMAND.COM_INIT_DB else None
+                st["db"] = db
+                body = {"user": "", "db": db, "capabilities": 0, "charset": UTF8MB4, "client_addr": ""}
+                yield Record(KIND_CONN_OPEN, conn, start - 1, 0, 0, 0, 0, 0, json.dumps(body).encode())
+                if db is not None:
+                    continue  # InitConn's COM_INIT_DB only carried the connection's database
+            if start <= st["last"]:
+                start = st["last"] + 1
+            st["last"] = start
+            if cmd == COMMAND.COM_QUIT:
+                del live[conn]
+                yield Record(KIND_CONN_CLOSE, conn, start, 0, 0, 0, 0, 0, b"")
+                continue
+            if cmd == COMMAND.COM_QUERY and payload[1:].lstrip()[:18].upper() == b"SET SESSION_STATES":
+                self.stats["TiDB session states (connection open before the capture; TiDB only)"] += 1
+                continue
+            if cmd in (COMMAND.COM_QUERY, COMMAND.COM_STMT_PREPARE):
+                kept = secret_filter(payload)
+                if kept is None:
+                    self.stats["statement that may carry a secret"] += 1
+                    continue
+            if cmd == COMMAND.COM_INIT_DB:
+                st["db"] = payload[1:].decode("utf-8", "surrogateescape")
+            affected = 0
+            ps_id = c.get("ps_id", 0)
+            if cmd == COMMAND.COM_STMT_PREPARE and ps_id:
+                affected = ps_id  # our format: a PREPARE's affected_rows holds the captured statement id
+                st["prepared"][ps_id] = payload[1:].decode("utf-8", "surrogateescape")
+            elif ps_id and c.get("prepared") and ps_id not in st["prepared"]:
+                # prepared before the capture: tell replay the SQL so it can prepare it first
+                st["prepared"][ps_id] = c["prepared"]
+                state = {"user": "", "db": st["db"], "capabilities": 0, "charset": UTF8MB4, "client_addr": "",
+                         "prepared": [[ps_id, c["prepared"]]]}
+                yield Record(KIND_CONN_STATE, conn, start - 1, 0, 0, 0, 0, 0, json.dumps(state).encode())
+            outcome = OUTCOME_OK if c.get("success", True) else OUTCOME_ERR
+            self.commands += 1
+            yield Record(KIND_COMMAND, conn, start, start, outcome, 0, affected, 0, payload)
+        for conn in list(live):
+            yield Record(KIND_CONN_CLOSE, conn, last_ns + 1, 0, 0, 0, 0, 0, b"")
+        self.meta["commands"] = self.commands
+
+
+def _rfc3339_ns(text: str) -> int:
+    """Go's time.RFC3339Nano ("2006-01-02T15:04:05.999999999Z07:00") to Unix ns, nanoseconds kept."""
+    m = re.fullmatch(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d{1,9}))?(Z|[+-]\d\d:\d\d)", text)
+    if not m:
+        raise ValueError(f"not an RFC 3339 time: {text!r}")
+    base = datetime.datetime.fromisoformat(m.group(1) + (m.group(3).replace("Z", "+00:00")))
+    frac = int((m.group(2) or "").ljust(9, "0"))
+    return int(base.timestamp()) * 1_000_000_000 + frac
+
+
+def _go_unquote(text: str) -> str:
+    """strconv.Quote's output back to the string (Go escapes: \\n, \\t, \\", \\\\, \\xNN, \\uNNNN, ...)."""
+    if len(text) < 2 or text[0] != '"' or text[-1] != '"':
+        raise ValueError(f"not a quoted string: {text[:40]!r}")
+    body = text[1:-1]
+    # Go's escapes are a subset of Python's unicode_escape ones, except that \xNN is a byte there.
+    raw = codecs.decode(body.encode("latin-1", "backslashreplace"), "unicode_escape")
+    try:
+        return raw.encode("latin-1").decode("utf-8")
+    except UnicodeError:
+        return raw

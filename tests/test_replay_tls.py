@@ -1,0 +1,89 @@
+"""Replay over TLS: against a MariaDB with require_secure_transport=ON, replay connections (and the
+report writer) upgrade to TLS after the greeting and verify the server's certificate."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from fastproxy.capture.record import KIND_COMMAND, KIND_CONN_CLOSE, KIND_CONN_OPEN, Record
+from fastproxy.inputs.convert import convert
+from fastproxy.scratch_db import ScratchMariaDB
+from replay_util import replay_cli
+from tls_certs import CertAuthority
+
+T0 = 1_700_000_000_000_000_000
+
+
+class _Source:
+    format = "native"
+
+    def __init__(self, records):
+        self.records, self.meta, self.stats = records, {"start_ns": T0}, {}
+
+    def __iter__(self):
+        return iter(self.records)
+
+
+@pytest.fixture(scope="module")
+def tls_server(tmp_path_factory):
+    d = str(tmp_path_factory.mktemp("tls"))
+    ca = CertAuthority(d, "test-ca")
+    server = ca.issue("server", server=True)
+    db = ScratchMariaDB(name="tls", tls_ca=ca.pem.cert, extra_args=[
+        f"--ssl-ca={ca.pem.cert}", f"--ssl-cert={server.cert}", f"--ssl-key={server.key}",
+        "--require-secure-transport=ON"])
+    with db:
+        other = CertAuthority(d, "other-ca")
+        yield db, ca, other
+
+
+@pytest.fixture(scope="module")
+def capture(tmp_path_factory):
+    out = str(tmp_path_factory.mktemp("cap") / "c")
+    body = json.dumps({"user": "root", "db": None, "capabilities": 0, "charset": 45, "client_addr": ""}).encode()
+    recs = [Record(KIND_CONN_OPEN, 1, T0, 0, 0, 0, 0, 0, body)]
+    for i, sql in enumerate(["CREATE DATABASE IF NOT EXISTS tl", "CREATE TABLE IF NOT EXISTS tl.t (id INT)",
+                             "INSERT INTO tl.t VALUES (1), (2)", "SELECT * FROM tl.t"]):
+        recs.append(Record(KIND_COMMAND, 1, T0 + (i + 1) * 1000, T0 + (i + 1) * 1000 + 500, 0, 0, 0, 0,
+                           b"\x03" + sql.encode()))
+    recs.append(Record(KIND_CONN_CLOSE, 1, T0 + 9000, 0, 0, 0, 0, 0, b""))
+    convert(_Source(recs), out)
+    return out
+
+
+def test_replay_over_tls_to_a_server_that_requires_it(tls_server, capture, tmp_path):
+    db, ca, _ = tls_server
+    db.sql("DROP DATABASE IF EXISTS tl")
+    before = db.status("Ssl_accepts")
+    _, summary = replay_cli(db.addr, capture, "--tls-ca", ca.pem.cert, "--report-dir", str(tmp_path), "--speed", "0")
+    assert summary["commands_failed"] == 0 and summary["other_errors"] == 0, summary
+    assert summary["report_tables_error"] == ""  # the report writer speaks TLS too
+    assert db.sql("SELECT COUNT(*) FROM tl.t").strip() == "2"
+    assert db.status("Ssl_accepts") >= before + 2  # the replay connection and the report writer
+
+
+def test_plain_replay_is_refused_by_the_server(tls_server, capture, tmp_path):
+    db, _, _ = tls_server
+    _, summary = replay_cli(db.addr, capture, "--report-dir", str(tmp_path), "--no-report-tables")
+    assert summary["commands_replayed"] == 0
+    assert "login failed" in summary["other_error_types"], summary
+
+
+def test_a_certificate_from_another_ca_is_refused(tls_server, capture, tmp_path):
+    db, _, other = tls_server
+    _, summary = replay_cli(db.addr, capture, "--tls-ca", other.pem.cert, "--report-dir", str(tmp_path),
+                            "--no-report-tables")
+    assert summary["commands_replayed"] == 0
+    errors = json.dumps(summary["other_error_types"])
+    assert "connect failed" in errors, summary
+    txt = open(summary["_path"].replace(".json", "-other_errors.jsonl")).read()
+    assert "CERTIFICATE_VERIFY_FAILED" in txt or "certificate verify failed" in txt
+
+
+def test_skip_verify_encrypts_without_checking(tls_server, capture, tmp_path):
+    db, _, _ = tls_server
+    db.sql("DROP DATABASE IF EXISTS tl")
+    _, summary = replay_cli(db.addr, capture, "--tls-skip-verify", "--report-dir", str(tmp_path),
+                            "--no-report-tables")
+    assert summary["commands_failed"] == 0 and summary["other_errors"] == 0, summary
