@@ -239,14 +239,16 @@ uint64_t dp_execute_types_at(dp_session *s, const uint8_t *p, size_t n, uint16_t
 
 /* ---- the cheap half of the secret filter ---------------------------------------------------- */
 
-static int word_is(const uint8_t *w, size_t len, const char *word) {
-    if (strlen(word) != len)
+static int word_is(const uint8_t *w, size_t len, const char *word, size_t wlen) {
+    if (len != wlen)
         return 0;
-    for (size_t k = 0; k < len; k++)
+    for (size_t k = 1; k < len; k++)  /* the first letter was matched by the caller's switch */
         if ((w[k] | 0x20) != (uint8_t)word[k])
             return 0;
     return 1;
 }
+
+#define IS(word) word_is(w, len, word, sizeof word - 1)
 
 /* Whether a statement may carry a password: true for every statement the full filter
  * (fastproxy.capture.job.carries_secret, which needs the GIL) could flag, and for few others, so
@@ -254,7 +256,7 @@ static int word_is(const uint8_t *w, size_t len, const char *word) {
  * sides, but `master_password` and `source_password` none after), and a statement matches one only
  * if it holds: `identified`, or a run of letters starting with `password`; or one of
  * create/alter/rename and one of user/role/server; or `change` and one of master/source. One pass
- * over the letter runs, ~1 ns a byte. */
+ * over the runs of letters, one switch on the first letter of each. */
 int dp_may_carry_secret(const uint8_t *p, size_t n) {
     int verb = 0, object = 0, change = 0, repl = 0;
     size_t i = 0;
@@ -268,22 +270,48 @@ int dp_may_carry_secret(const uint8_t *p, size_t n) {
             i++;
         const uint8_t *w = p + start;
         size_t len = i - start;
-        /* `master_password` needs no boundary after it: any run that starts with "password" */
-        if (len >= 8 && word_is(w, 8, "password"))
-            return 1;
-        if (len < 4 || len > 10)
+        if (len < 4)
             continue;
-        if (word_is(w, len, "identified"))
-            return 1;
-        verb |= word_is(w, len, "create") || word_is(w, len, "alter") || word_is(w, len, "rename");
-        object |= word_is(w, len, "user") || word_is(w, len, "role") || word_is(w, len, "server");
-        change |= word_is(w, len, "change");
-        repl |= word_is(w, len, "master") || word_is(w, len, "source");
+        switch (w[0] | 0x20) {
+        case 'p':  /* `master_password` needs no boundary after it: any run that starts with "password" */
+            if (len >= 8 && word_is(w, 8, "password", 8))
+                return 1;
+            break;
+        case 'i':
+            if (IS("identified"))
+                return 1;
+            break;
+        case 'c':
+            verb |= IS("create");
+            change |= IS("change");
+            break;
+        case 'a':
+            verb |= IS("alter");
+            break;
+        case 'r':
+            verb |= IS("rename");
+            object |= IS("role");
+            break;
+        case 'u':
+            object |= IS("user");
+            break;
+        case 's':
+            object |= IS("server");
+            repl |= IS("source");
+            break;
+        case 'm':
+            repl |= IS("master");
+            break;
+        default:
+            continue;
+        }
         if ((verb && object) || (change && repl))
             return 1;
     }
     return 0;
 }
+
+#undef IS
 
 /* ---- applying a finished command ------------------------------------------------------------- */
 

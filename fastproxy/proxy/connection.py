@@ -37,6 +37,10 @@ OUTCOMES = ("ok", "err", "no_response", "unknown", "backend_lost")
 
 
 class ClientConnection(asyncio.Protocol):
+    # one per client for as long as it is connected (10,000 idle ones are ordinary): no __dict__
+    __slots__ = ("server", "stats", "phase", "transport", "backend_side", "backend", "framer", "session",
+                 "advertised", "_closing", "_relayed")
+
     def __init__(self, server: "ProxyServer") -> None:
         self.server = server
         self.stats = server.stats
@@ -306,6 +310,8 @@ class ClientConnection(asyncio.Protocol):
 
 
 class BackendSide(asyncio.Protocol):
+    __slots__ = ("client", "backend", "transport", "framer")
+
     def __init__(self, client: ClientConnection, backend: "Backend") -> None:
         self.client = client
         self.backend = backend

@@ -29,7 +29,7 @@ class CommandInfo:
     err_code: int
 
 
-@dataclass
+@dataclass(slots=True)
 class Session:
     conn_id: int
     client_addr: str
