@@ -261,6 +261,7 @@ cdef class Connection:
     cdef dp_conn *c
     cdef readonly object owner
     cdef readonly uint64_t conn_id
+    cdef readonly int worker
     cdef readonly str close_reason
     cdef readonly str close_message
 
@@ -348,6 +349,7 @@ cdef class DataPlane:
     cdef bint _inited
     cdef list _threads
     cdef dict _live              # address of the C connection -> Connection, while a worker holds it
+    cdef list _assigned          # connections given to each worker and not yet closed
     cdef dp_capture *_cap
     cdef object _cap_ring        # the RingBuffer the workers append to (kept alive while installed)
     cdef object _secret_check
@@ -364,6 +366,7 @@ cdef class DataPlane:
             bounds[i] = latency_bounds_ns[i]
         self._live = {}
         self._threads = []
+        self._assigned = [0] * workers
         self.workers = workers
         if dp_init(&self.d, workers, bounds) != 0:
             dp_destroy(&self.d)
@@ -441,13 +444,18 @@ cdef class DataPlane:
                 free(b)
             raise  # conn's __dealloc__ frees c; the caller still owns (and closes) the sockets
         c.py_handle = <void *>conn
+        # the least loaded by Python's own count: a burst of new connections is placed before any
+        # worker has taken one in
+        assigned = self._assigned
         for i in range(1, self.workers):
-            if self.d.workers[i].nconns < self.d.workers[best].nconns:
+            if assigned[i] < assigned[best]:
                 best = i
         self._live[<size_t>c] = conn
         if dp_post(&self.d.workers[best], DP_MSG_ADD, c, b, DP_CAP_ON if capture else DP_CAP_OFF) != 0:
             del self._live[<size_t>c]
             raise MemoryError()
+        conn.worker = best
+        assigned[best] += 1
         return conn
 
     def resume(self, Connection conn, bint capture):
@@ -474,6 +482,7 @@ cdef class DataPlane:
                 if evs[i].type == DP_EV_CLOSED:
                     conn = self._live.pop(<size_t>evs[i].conn)
                     conn._closed(<int>evs[i].arg)
+                    self._assigned[conn.worker] -= 1
                     out.append((EV_CLOSED, conn, evs[i].arg))
                 elif evs[i].type == DP_EV_PARKED:
                     out.append((EV_PARKED, self._live[<size_t>evs[i].conn], evs[i].arg))

@@ -163,8 +163,16 @@ def test_slow_reader_holds_the_backend_back(proxy_factory, mariadb):
 
 
 def test_workers_share_the_connections(proxy_factory, mariadb):
+    """A burst of new connections spreads evenly over the workers, which all relay."""
     p = proxy_factory([mariadb], "--proxy.workers=3")
-    conns = [pymysql.connect(**connect_kwargs(p.port)) for _ in range(9)]
+    conns = []
+    openers = [threading.Thread(target=lambda: conns.append(pymysql.connect(**connect_kwargs(p.port))))
+               for _ in range(9)]
+    for t in openers:
+        t.start()
+    for t in openers:
+        t.join()
+    assert len(conns) == 9
     errors = []
 
     def run(conn):
