@@ -39,14 +39,19 @@ WORKLOADS = [("oltp_point_select", 8), ("oltp_read_write", 16)]
 IGNORE_ERRORS = "1213,1020,1205,1062"  # deadlocks / lock waits under 16 threads: counted, not fatal
 
 
-def cpu_seconds(pid: int | None) -> float:
-    """utime + stime of a process (all its threads), in seconds."""
+def cpu_times(pid: int | None) -> tuple[float, float]:
+    """(utime, stime) of a process (all its threads), in seconds."""
     if pid is None:
-        return 0.0
+        return 0.0, 0.0
     with open(f"/proc/{pid}/stat") as f:
         # the command name (field 2) may contain spaces: split after its closing parenthesis
         rest = f.read().rsplit(")", 1)[1].split()
-    return (int(rest[11]) + int(rest[12])) / CLK_TCK
+    return int(rest[11]) / CLK_TCK, int(rest[12]) / CLK_TCK
+
+
+def cpu_seconds(pid: int | None) -> float:
+    """utime + stime of a process (all its threads), in seconds."""
+    return sum(cpu_times(pid))
 
 
 def wait_port(port: int, timeout: float = 20.0, proc: subprocess.Popen | None = None) -> None:
@@ -276,6 +281,7 @@ class Result:
     per_second_qps: list = field(default_factory=list)
     proxy_cpu_s: float | None = None
     proxy_cpu_us_per_query: float | None = None
+    proxy_user_us_per_query: float | None = None  # of which in user space (the rest: the kernel)
     db_cpu_us_per_query: float = 0.0
     note: str = ""
     raw: str = field(default="", repr=False)
@@ -308,9 +314,10 @@ def run_one(target: Target, port: int, workload: str, threads: int, db: ScratchM
            "--report-interval=1", "--percentile=95", "--histogram=off", f"--mysql-ignore-errors={IGNORE_ERRORS}",
            "--db-ps-mode=auto", "run"]
     target.before_run(workload)
-    cpu0, db0 = cpu_seconds(target.pid), cpu_seconds(db.proc.pid)
+    (user0, sys0), db0 = cpu_times(target.pid), cpu_seconds(db.proc.pid)
     res = subprocess.run(cmd, capture_output=True, text=True)
-    cpu1, db1 = cpu_seconds(target.pid), cpu_seconds(db.proc.pid)
+    (user1, sys1), db1 = cpu_times(target.pid), cpu_seconds(db.proc.pid)
+    cpu0, cpu1 = user0 + sys0, user1 + sys1
     target.after_run(workload)
     if res.returncode != 0:
         raise RuntimeError(f"sysbench {workload} via {target.name} failed:\n{res.stdout[-3000:]}\n{res.stderr[-3000:]}")
@@ -321,6 +328,7 @@ def run_one(target: Target, port: int, workload: str, threads: int, db: ScratchM
         if target.pid is not None:
             r.proxy_cpu_s = cpu1 - cpu0
             r.proxy_cpu_us_per_query = r.proxy_cpu_s / r.queries * 1e6
+            r.proxy_user_us_per_query = (user1 - user0) / r.queries * 1e6
     return r
 
 
@@ -333,13 +341,14 @@ def prepare(db: ScratchMariaDB, args) -> None:
 # ---- report ------------------------------------------------------------------------------------
 
 def table(results: list[Result]) -> str:
-    head = (f"{'workload':<18} {'thr':>3} {'rnd':>3} {'target':<18} {'QPS':>10} {'p95 ms':>8} {'proxy CPU us/q':>15} "
-            f"{'db CPU us/q':>12} {'errors':>6}")
+    head = (f"{'workload':<18} {'thr':>3} {'rnd':>3} {'target':<20} {'QPS':>10} {'p95 ms':>8} {'proxy CPU us/q':>15} "
+            f"{'(user)':>7} {'db CPU us/q':>12} {'errors':>6}")
     lines = [head, "-" * len(head)]
     for r in results:
         cpu = f"{r.proxy_cpu_us_per_query:.1f}" if r.proxy_cpu_us_per_query is not None else "-"
-        lines.append(f"{r.workload:<18} {r.threads:>3} {r.round:>3} {r.target:<18} {r.qps:>10,.0f} {r.p95_ms:>8.2f} "
-                     f"{cpu:>15} {r.db_cpu_us_per_query:>12.1f} {r.errors:>6}")
+        user = f"{r.proxy_user_us_per_query:.1f}" if r.proxy_user_us_per_query is not None else "-"
+        lines.append(f"{r.workload:<18} {r.threads:>3} {r.round:>3} {r.target:<20} {r.qps:>10,.0f} {r.p95_ms:>8.2f} "
+                     f"{cpu:>15} {user:>7} {r.db_cpu_us_per_query:>12.1f} {r.errors:>6}")
     return "\n".join(lines)
 
 

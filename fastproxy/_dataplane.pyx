@@ -2,13 +2,17 @@
 """The data plane, seen from Python: worker threads that relay authenticated connections in C
 (fastproxy/csrc/dp.c) without the GIL, and the few calls the control plane needs.
 
-- DataPlane(workers, latency_bounds_ns, secret_check): start() the threads; add() a connection
-  once its handshake is done (both sockets, plus the bytes already read); poll_events() when
-  `event_fd` is readable (closed / parked connections, capture ring full, sync answers).
-- Connection: Python's handle on one relayed connection: snapshot() of its session state,
-  mark_filtered() of statements whose SQL may carry a secret.
-- Capture: capture_start(ring, start_ns) installs the ring in every worker; capture_stop() removes
-  it; sync() asks every worker to answer once it has handled everything posted before.
+- DataPlane(workers, latency_bounds_ns): start() the threads; add() a connection once its
+  handshake is done (both sockets, plus the bytes already read); poll_events() when `event_fd` is
+  readable (closed / parked connections, capture refused, sync answers).
+- Connection: Python's handle on one relayed connection: snapshot() of its session state; while it
+  is parked (EV_PARKED), the client bytes it holds, the answer to the proxy's own query, and
+  set_db() / own_query() / resume().
+- Capture: capture_start(ring, ...) installs the ring in every worker; capture_stop() removes it;
+  sync() asks every worker to answer once it has handled everything posted before.
+- Hooks into Python, called by a worker with the GIL, for what is rare: the capture's policy on a
+  statement the secret classifier's scan flagged (`owner.on_capture_statement`), the session's on a
+  statement that may PREPARE, create a temporary table or USE (`owner.on_session_statement`).
 
 See docs/dataplane.md for the design.
 """
@@ -21,6 +25,7 @@ from libc.stdlib cimport calloc, free, malloc
 from libc.string cimport memcpy, strlen
 
 from fastproxy._ringbuf cimport RING_ORDERED, RING_REFUSED_LARGE_LIMIT, RING_REFUSED_NONE, RecordHead, RingBuffer, ring
+from fastproxy._sqlscan cimport needs_policy
 
 
 cdef extern from "<pthread.h>" nogil:
@@ -36,12 +41,23 @@ cdef extern from "dp.h" nogil:
         DP_CAP_OFF
         DP_CAP_WAIT
         DP_CAP_ON
+        DP_CAP_PENDING
+        DP_PARK_OWN_QUERY
+        DP_PARK_OWN_ANSWER
+        DP_RESUME_SET_CAPTURE
+        DP_CLEAN
+        DP_REDACTED
+        DP_DROPPED
+        DP_SQL_DROPPED
+        DP_HOOK_QUERY
+        DP_HOOK_FORGET
         DP_EV_CLOSED
         DP_EV_PARKED
         DP_EV_CAPTURE_REFUSED
         DP_EV_SYNC
         DP_MSG_ADD
         DP_MSG_RESUME
+        DP_MSG_OWN_QUERY
         DP_MSG_CAPTURE
         DP_MSG_DRAIN
         DP_MSG_CLOSE_ALL
@@ -66,6 +82,11 @@ cdef extern from "dp.h" nogil:
         uint64_t filtered
         uint64_t existing
         uint64_t waited_txn
+        uint8_t local_infile
+        uint64_t local_infile_limit
+        uint64_t infile_files
+        uint64_t infile_bytes
+        uint64_t infile_too_large
         int full_reported
         int refusal
         uint8_t refused_kind
@@ -88,6 +109,9 @@ cdef extern from "dp.h" nogil:
         char *db
         uint64_t capabilities
         uint16_t status_flags
+        uint8_t txn_wrote
+        uint8_t db_stale
+        uint8_t multi_statements
         dp_stmt *stmts
         uint32_t stmts_cap
         uint64_t commands
@@ -100,6 +124,7 @@ cdef extern from "dp.h" nogil:
 
     ctypedef struct tracker:
         uint8_t deprecate_eof
+        uint8_t session_track
 
     ctypedef struct dp_worker:
         dp_stats stats
@@ -114,6 +139,16 @@ cdef extern from "dp.h" nogil:
         pthread_mutex_t lock
         uint8_t cap_state
         uint8_t close_reason
+        uint8_t closed_captured
+        uint8_t parked
+        uint8_t dbcs
+        uint8_t *held
+        size_t held_len
+        uint8_t own_lost
+        uint8_t *own_ans
+        size_t own_len
+        uint16_t unsol_err_code
+        char unsol_err_msg[200]
         char close_message[200]
         char backend_addr[64]
 
@@ -128,8 +163,18 @@ cdef extern from "dp.h" nogil:
         dp_conn *conn
         uint64_t arg
 
-    ctypedef int (*dp_secret_check)(void *ctx, const char *sql, size_t n) noexcept
+    ctypedef struct trk_result:
+        uint8_t cmd
+        uint8_t outcome
+        uint8_t schema_set
+        long long stmt_id
+
     ctypedef int (*dp_append_large)(void *ctx, const RecordHead *h, const uint8_t *payload, size_t n) noexcept
+    ctypedef int (*dp_secret_quick)(const uint8_t *sql, size_t n) noexcept nogil
+    ctypedef int (*dp_capture_hook)(void *conn, const uint8_t *payload, size_t n, const trk_result *r, uint8_t **out,
+                                    size_t *out_n) noexcept
+    ctypedef int (*dp_session_hook)(void *conn, int kind, const uint8_t *payload, size_t n, const trk_result *r,
+                                    int flags) noexcept
     ctypedef struct dp_queue:
         int efd
 
@@ -137,9 +182,9 @@ cdef extern from "dp.h" nogil:
         int nworkers
         dp_worker *workers
         dp_queue events
-        dp_secret_check secret_check
-        void *secret_ctx
-        size_t secret_scan_max
+        dp_secret_quick secret_quick
+        dp_capture_hook capture_hook
+        dp_session_hook session_hook
         dp_append_large append_large
 
     int dp_init(dp *d, int nworkers, const int64_t *latency_bounds)
@@ -152,16 +197,20 @@ cdef extern from "dp.h" nogil:
     size_t dp_take_events(dp *d, dp_event **out)
     unsigned int trk_pending(const tracker *t)
     int dp_used_database(const uint8_t *p, size_t n, const uint8_t **name, size_t *name_len, int *quoted)
-    int dp_may_carry_secret(const uint8_t *p, size_t n)
     int64_t dp_bench_commands(const uint8_t *cmd, size_t cmd_len, const uint8_t *resp, size_t resp_len, long iters,
-                              ring *r, int deprecate_eof)
+                              ring *r, int deprecate_eof, dp_secret_quick quick)
 
 
 EV_CLOSED = DP_EV_CLOSED
 EV_PARKED = DP_EV_PARKED
 EV_CAPTURE_REFUSED = DP_EV_CAPTURE_REFUSED
 EV_SYNC = DP_EV_SYNC
-CAPTURE_STATES = {DP_CAP_OFF: None, DP_CAP_WAIT: "wait-txn", DP_CAP_ON: "on"}
+PARK_OWN_QUERY = DP_PARK_OWN_QUERY
+PARK_OWN_ANSWER = DP_PARK_OWN_ANSWER
+CAPTURE_STATES = {DP_CAP_OFF: None, DP_CAP_WAIT: "wait-txn", DP_CAP_ON: "on", DP_CAP_PENDING: "pending"}
+_CAPTURE_STATE_CODES = {v: k for k, v in CAPTURE_STATES.items()}
+CLEAN, REDACTED, DROPPED = DP_CLEAN, DP_REDACTED, DP_DROPPED
+HOOK_QUERY, HOOK_FORGET = DP_HOOK_QUERY, DP_HOOK_FORGET
 # dp_close_reason (dp.h), by name
 CLOSE_REASONS = ("none", "client_quit", "client_gone", "backend_gone", "backend_lost", "client_protocol",
                  "backend_protocol", "drain", "forced", "no_memory")
@@ -185,15 +234,14 @@ def used_database(payload):
     return db.replace("``", "`") if quoted else db
 
 
-def may_carry_secret(sql):
-    """The workers' cheap pre-check of the secret filter (True for everything the full filter,
-    fastproxy.capture.job.carries_secret, may flag): only these statements take the GIL."""
-    cdef Py_buffer buf
-    PyObject_GetBuffer(sql, &buf, PyBUF_SIMPLE)
-    try:
-        return bool(dp_may_carry_secret(<const uint8_t *>buf.buf, buf.len))
-    finally:
-        PyBuffer_Release(&buf)
+def secret_scan_needed(payload):
+    """The workers' test before they ask the capture's secret policy about a COM_QUERY /
+    COM_STMT_PREPARE payload (command byte first): True unless secret_sql.classify would find it
+    CLEAN without its policy (tests check the two agree)."""
+    cdef bytes b = bytes(payload)
+    if len(b) < 1:
+        return False
+    return bool(_secret_quick(<const uint8_t *>PyBytes_AS_STRING(b) + 1, len(b) - 1))
 
 
 def bench_commands(bytes command, bytes response, long iters, RingBuffer rb=None, bint deprecate_eof=False):
@@ -206,17 +254,49 @@ def bench_commands(bytes command, bytes response, long iters, RingBuffer rb=None
     cdef const uint8_t *p = <const uint8_t *>PyBytes_AS_STRING(response)
     cdef size_t cn = len(command), pn = len(response)
     with nogil:
-        ns = dp_bench_commands(c, cn, p, pn, iters, r, deprecate_eof)
+        ns = dp_bench_commands(c, cn, p, pn, iters, r, deprecate_eof, _secret_quick)
     if ns < 0:
         raise ValueError("the command and response did not run cleanly through the data plane")
     return ns
 
 
-cdef int _secret_check(void *ctx, const char *sql, size_t n) noexcept with gil:
-    # called by a worker (the GIL taken here) only when the C pre-check found a trigger word
+cdef int _secret_quick(const uint8_t *sql, size_t n) noexcept nogil:
+    # the secret classifier's own scan (fastproxy/_sqlscan.pyx), run by the workers without the GIL
+    return needs_policy(sql, n)
+
+
+cdef int _capture_hook(void *conn, const uint8_t *payload, size_t n, const trk_result *r, uint8_t **out,
+                       size_t *out_n) noexcept with gil:
+    # a captured COM_QUERY / COM_STMT_PREPARE the scan flagged: the capture's policy decides
+    cdef bytes recorded
     try:
-        return 1 if (<object>ctx)(sql[:n]) else 0
+        verdict, recorded, sql_dropped = (<Connection>conn).owner.on_capture_statement(
+            (<const char *>payload)[:n], r.outcome, r.stmt_id)
+        if verdict == DP_REDACTED:
+            out[0] = <uint8_t *>malloc(len(recorded))
+            if out[0] == NULL:
+                return DP_DROPPED | (DP_SQL_DROPPED if sql_dropped else 0)
+            memcpy(out[0], PyBytes_AS_STRING(recorded), len(recorded))
+            out_n[0] = len(recorded)
+        return verdict | (DP_SQL_DROPPED if sql_dropped else 0)
     except BaseException:  # noqa: B036 - in doubt, the statement is not written
+        import logging
+        logging.getLogger("fastproxy.capture").exception("capture policy failed: statement not recorded")
+        return DP_DROPPED
+
+
+cdef int _session_hook(void *conn, int kind, const uint8_t *payload, size_t n, const trk_result *r,
+                       int flags) noexcept with gil:
+    # a statement whose effect on the session Python follows (SQL PREPAREs, temporary tables, USE);
+    # flags: 1 a `;` beyond the bytes given, 2 multi-statements are on
+    cdef Connection c = <Connection>conn
+    try:
+        db = c.c.s.db.decode("utf-8", "replace") if c.c.s.db != NULL else None
+        return 1 if c.owner.on_session_statement(kind, (<const char *>payload)[:n], r.outcome, bool(r.schema_set),
+                                                 bool(flags & 1), bool(flags & 2), db) else 0
+    except BaseException:  # noqa: B036 - the database may have changed: asked at the next command
+        import logging
+        logging.getLogger("fastproxy.conn").exception("session bookkeeping failed")
         return 1
 
 
@@ -264,6 +344,9 @@ cdef class Connection:
     cdef readonly int worker
     cdef readonly str close_reason
     cdef readonly str close_message
+    cdef readonly bint closed_captured       # it was captured when it closed
+    cdef readonly int unsolicited_err_code   # the server's last word on it (e.g. 1927 killed), 0 if none
+    cdef readonly str unsolicited_err_msg
 
     def __dealloc__(self):
         # only reached for a connection the workers no longer hold (closed, or never added)
@@ -278,8 +361,45 @@ cdef class Connection:
     cdef _closed(self, int reason):
         self.close_reason = CLOSE_REASONS[reason] if reason < len(CLOSE_REASONS) else str(reason)
         self.close_message = (<bytes>self.c.close_message).decode("utf-8", "replace")
+        self.closed_captured = self.c.closed_captured
+        self.unsolicited_err_code = self.c.unsol_err_code
+        self.unsolicited_err_msg = (<bytes>self.c.unsol_err_msg).decode("utf-8", "replace")
         dp_conn_free(self.c)
         self.c = NULL
+
+    # ---- while parked (Python's: the worker leaves it alone until resume) ------------------------
+    @property
+    def held(self):
+        """The client bytes held back while the proxy asks the server first (not yet forwarded)."""
+        return b"" if self.c == NULL or self.c.held == NULL else (<const char *>self.c.held)[:self.c.held_len]
+
+    @property
+    def answer(self):
+        """The server's whole answer to the proxy's own query (not forwarded to the client)."""
+        return b"" if self.c == NULL or self.c.own_ans == NULL else (<const char *>self.c.own_ans)[:self.c.own_len]
+
+    @property
+    def own_query_failed(self):
+        """The backend went away (or broke the protocol) during the proxy's own query."""
+        return self.c != NULL and bool(self.c.own_lost)
+
+    @property
+    def capture_state(self):
+        return None if self.c == NULL else CAPTURE_STATES.get(self.c.cap_state)
+
+    def set_db(self, db):
+        """The current database, as the server said it (the proxy's own SELECT DATABASE())."""
+        cdef dp_conn *c = self.c
+        cdef char *value = _cstr(db)
+        if c == NULL or not c.parked:
+            free(value)
+            raise RuntimeError("the connection is not parked")
+        with nogil:
+            pthread_mutex_lock(&c.lock)
+        free(c.s.db)
+        c.s.db = value
+        pthread_mutex_unlock(&c.lock)
+        c.s.db_stale = 0
 
     def snapshot(self):
         """The session state as the worker knows it now (None once closed). Strings and statements
@@ -316,7 +436,8 @@ cdef class Connection:
         if s.has_last:
             last = (s.last_cmd, s.last_start_ns, s.last_end_ns, s.last_outcome, s.last_err_code)
         return {
-            "user": user, "db": db, "capabilities": s.capabilities, "status_flags": s.status_flags,
+            "user": user, "db": db, "db_stale": bool(s.db_stale), "capabilities": s.capabilities,
+            "status_flags": s.status_flags, "txn_wrote": bool(s.txn_wrote), "multi_statements": bool(s.multi_statements),
             "prepared": prepared, "prepared_params": params, "prepared_types": types, "filtered": filtered,
             "commands": s.commands, "pending_commands": trk_pending(&c.trk),
             "capture": CAPTURE_STATES.get(c.cap_state), "last_command": last,
@@ -352,7 +473,6 @@ cdef class DataPlane:
     cdef list _assigned          # connections given to each worker and not yet closed
     cdef dp_capture *_cap
     cdef object _cap_ring        # the RingBuffer the workers append to (kept alive while installed)
-    cdef object _secret_check
     cdef readonly int workers
 
     def __cinit__(self, int workers, latency_bounds_ns):
@@ -372,6 +492,7 @@ cdef class DataPlane:
             dp_destroy(&self.d)
             raise OSError("cannot set up the data plane (epoll, eventfd or memory)")
         self._inited = True
+        self.d.session_hook = _session_hook  # the session's policy runs with or without a capture
 
     def __dealloc__(self):
         if self._inited and not self._threads:
@@ -404,8 +525,9 @@ cdef class DataPlane:
 
     # ---- connections -----------------------------------------------------------------------------
     def add(self, owner, int client_fd, int backend_fd, uint64_t conn_id, *, str user, db, uint64_t capabilities,
-            bint deprecate_eof, uint16_t status_flags, str backend_addr, uint64_t max_packet_size, bint capture,
-            bytes client_out=b"", bytes client_in=b"", bytes backend_in=b""):
+            bint deprecate_eof, bint session_track, bint multi_statements, bint dbcs, uint16_t status_flags,
+            str backend_addr, uint64_t max_packet_size, bint capture, bytes client_out=b"", bytes client_in=b"",
+            bytes backend_in=b""):
         """Hand a connection whose handshake is done to the least busy worker. The worker owns both
         sockets from now on (and closes them). `client_out`: bytes still to send to the client (the
         server's OK); `client_in`/`backend_in`: bytes already read from either side after the handshake."""
@@ -425,6 +547,9 @@ cdef class DataPlane:
             c.s.capabilities = capabilities
             c.s.status_flags = status_flags
             c.trk.deprecate_eof = deprecate_eof
+            c.trk.session_track = session_track
+            c.s.multi_statements = multi_statements
+            c.dbcs = dbcs
             addr = backend_addr.encode()[:63]
             memcpy(c.backend_addr, PyBytes_AS_STRING(addr), len(addr))
             if dp_conn_set_initial(c, <const uint8_t *>PyBytes_AS_STRING(client_out), len(client_out)) != 0:
@@ -458,12 +583,38 @@ cdef class DataPlane:
         assigned[best] += 1
         return conn
 
-    def resume(self, Connection conn, bint capture):
-        """Give a parked connection back to its worker, captured or not."""
+    def resume(self, Connection conn, capture_state="keep"):
+        """Give a parked connection back to its worker (its held bytes go on), setting its part in
+        the capture (None, "on", "pending", "wait-txn") unless "keep"."""
         cdef dp_conn *c = conn.c
+        cdef uint64_t arg = 0
         if c == NULL:
             return
-        while dp_post(c.w, DP_MSG_RESUME, c, NULL, DP_CAP_ON if capture else DP_CAP_OFF) != 0:
+        if capture_state != "keep":
+            arg = DP_RESUME_SET_CAPTURE | _CAPTURE_STATE_CODES[capture_state]
+        while dp_post(c.w, DP_MSG_RESUME, c, NULL, arg) != 0:
+            pass
+
+    def own_query(self, Connection conn, sql):
+        """Send the proxy's own COM_QUERY on a parked connection's backend; EV_PARKED
+        (PARK_OWN_ANSWER) says when `conn.answer` holds the whole answer."""
+        cdef dp_conn *c = conn.c
+        cdef bytes payload = b"\x03" + (sql.encode() if isinstance(sql, str) else sql)
+        cdef size_t n = len(payload)
+        cdef uint8_t *packet
+        if c == NULL:
+            return
+        if n >= 0xFFFFFF:
+            raise ValueError("the proxy's own query is too long")
+        packet = <uint8_t *>malloc(n + 4)
+        if packet == NULL:
+            raise MemoryError()
+        packet[0] = n & 0xFF
+        packet[1] = (n >> 8) & 0xFF
+        packet[2] = (n >> 16) & 0xFF
+        packet[3] = 0
+        memcpy(packet + 4, PyBytes_AS_STRING(payload), n)
+        while dp_post(c.w, DP_MSG_OWN_QUERY, c, packet, n + 4) != 0:
             pass
 
     @property
@@ -514,18 +665,16 @@ cdef class DataPlane:
         self._post_all(DP_MSG_SYNC, NULL, token)
 
     # ---- capture ---------------------------------------------------------------------------------------
-    def capture_start(self, RingBuffer rb, int64_t start_ns, secret_check, size_t secret_scan_max):
+    def capture_start(self, RingBuffer rb, int64_t start_ns, bint local_infile=False,
+                      uint64_t local_infile_limit=0):
         """Install a capture in every worker: new commands of captured connections go to `rb`;
-        connections already open are captured from a command boundary, after they were parked
-        (EV_PARKED) for Python to record their state. `secret_check(sql) -> bool` is the full
-        secret filter, called (with the GIL) on the statements the C pre-check flags, over the
-        first `secret_scan_max` bytes."""
+        connections already open are parked at their next command (EV_PARKED, PARK_OWN_QUERY) for
+        Python to read and record their state first. The capture's policy on flagged statements is
+        the connections' owners' on_capture_statement (with the GIL)."""
         if self._cap != NULL:
             raise RuntimeError("a capture is already installed")
-        self._secret_check = secret_check
-        self.d.secret_check = _secret_check
-        self.d.secret_ctx = <void *>secret_check
-        self.d.secret_scan_max = secret_scan_max
+        self.d.secret_quick = _secret_quick
+        self.d.capture_hook = _capture_hook
         self.d.append_large = _append_large
         self._cap = <dp_capture *>calloc(1, sizeof(dp_capture))
         if self._cap == NULL:
@@ -534,6 +683,8 @@ cdef class DataPlane:
         self._cap.start_ns = start_ns
         self._cap.large_min = rb._large_min
         self._cap.large_ctx = <void *>rb
+        self._cap.local_infile = local_infile
+        self._cap.local_infile_limit = local_infile_limit
         self._cap_ring = rb
         self._post_all(DP_MSG_CAPTURE, self._cap, 0)
 
@@ -547,16 +698,17 @@ cdef class DataPlane:
             free(self._cap)
             self._cap = NULL
         self._cap_ring = None
-        self.d.secret_check = NULL
-        self.d.secret_ctx = NULL
+        self.d.capture_hook = NULL
         self.d.append_large = NULL
-        self._secret_check = None
 
     def capture_counts(self):
         if self._cap == NULL:
-            return {"filtered": 0, "existing": 0, "waited_for_transaction": 0}
-        return {"filtered": self._cap.filtered, "existing": self._cap.existing,
-                "waited_for_transaction": self._cap.waited_txn}
+            return {"filtered": 0, "existing": 0, "waited_for_transaction": 0, "local_infile_files": 0,
+                    "local_infile_bytes": 0, "local_infile_too_large": 0}
+        c = self._cap
+        return {"filtered": c.filtered, "existing": c.existing, "waited_for_transaction": c.waited_txn,
+                "local_infile_files": c.infile_files, "local_infile_bytes": c.infile_bytes,
+                "local_infile_too_large": c.infile_too_large}
 
     def capture_refused(self):
         """After EV_CAPTURE_REFUSED: (refusal, kind, command byte, conn_id, payload size, start_ns)

@@ -5,7 +5,8 @@
 
 - comments (``-- ``, ``#``, ``/* */``, optimizer hints ``/*+ */``) are dropped; the *content* of
   executable comments ``/*! */``, ``/*!50100 */``, ``/*M! */`` is kept, since MySQL runs it;
-- literals become ``?``: quoted strings ('..' and "..", backslash and doubled-quote escapes),
+- literals become ``?``: quoted strings ('..' and "..", backslash and doubled-quote escapes; the
+  readings of NO_BACKSLASH_ESCAPES and ANSI_QUOTES on request, see ``normalize``),
   numbers (ints, decimals, exponents, 0x.., 0b..), X'..', B'..', N'..'; a charset introducer
   (``_utf8mb4'..'``) goes with its string; a ``-``/``+`` sign is folded into the number after an
   operator, ``(``, ``,``, a keyword such as SELECT/WHERE/AND, or at the start; ``?`` placeholders
@@ -101,11 +102,12 @@ cdef inline bint _is_hex(unsigned char c) noexcept nogil:
 
 
 cdef inline Py_ssize_t _skip_quoted(const unsigned char* p, Py_ssize_t i, Py_ssize_t n,
-                                    unsigned char q) noexcept nogil:
-    """Index just past the string whose opening quote is at p[i]; n if unterminated."""
+                                    unsigned char q, bint esc) noexcept nogil:
+    """Index just past the string whose opening quote is at p[i]; n if unterminated. ``esc``: a
+    backslash escapes the next byte (not in back-quoted names, nor under NO_BACKSLASH_ESCAPES)."""
     i += 1
     while i < n:
-        if p[i] == b'\\' and q != b'`':
+        if esc and p[i] == b'\\':
             i += 2
         elif p[i] == q:
             if i + 1 < n and p[i + 1] == q:     # doubled quote is an escaped quote
@@ -254,8 +256,10 @@ cdef void _close(State* s) noexcept nogil:
     s.len += 1
 
 
-cdef Py_ssize_t _normalize(const unsigned char* p, Py_ssize_t n, char* out) noexcept nogil:
+cdef Py_ssize_t _normalize(const unsigned char* p, Py_ssize_t n, char* out, bint sq_esc,
+                           bint dq_esc) noexcept nogil:
     """Write the normalized form of p[:n] to out (at least 2 * n + 16 bytes); return its length.
+    ``sq_esc`` / ``dq_esc``: a backslash escapes in '..' / ".." strings (the server's default).
 
     Every token writes at most one separator plus no more bytes than it consumed, and a collapsed
     "(...)" (5 bytes plus a space) replaces at least three input bytes, so 2 * n bounds the output.
@@ -307,10 +311,10 @@ cdef Py_ssize_t _normalize(const unsigned char* p, Py_ssize_t n, char* out) noex
 
         elif c == b'\'' or c == b'"':
             _literal(&s)
-            i = _skip_quoted(p, i, n, c)
+            i = _skip_quoted(p, i, n, c, sq_esc if c == b'\'' else dq_esc)
 
         elif c == b'`':
-            j = _skip_quoted(p, i, n, c)
+            j = _skip_quoted(p, i, n, c, False)
             _begin(&s, K_WORD)
             _put(&s, p + i, j - i)
             i = j
@@ -363,10 +367,10 @@ cdef Py_ssize_t _normalize(const unsigned char* p, Py_ssize_t n, char* out) noex
             d = c | 0x20
             if j < n and p[j] == b'\'' and j - i == 1 and (d == b'x' or d == b'b' or d == b'n'):
                 _literal(&s)                        # X'..', B'..', N'..'
-                i = _skip_quoted(p, j, n, p[j])
+                i = _skip_quoted(p, j, n, p[j], sq_esc)
             elif j < n and c == b'_' and (p[j] == b'\'' or p[j] == b'"'):
                 _literal(&s)                        # _utf8mb4'..': the introducer goes too
-                i = _skip_quoted(p, j, n, p[j])
+                i = _skip_quoted(p, j, n, p[j], sq_esc if p[j] == b'\'' else dq_esc)
             else:
                 _word(&s, p + i, j - i)
                 i = j
@@ -438,7 +442,7 @@ cdef Py_ssize_t _normalize(const unsigned char* p, Py_ssize_t n, char* out) noex
     return s.len
 
 
-cdef str _normalize_obj(object sql):
+cdef str _normalize_obj(object sql, bint sq_esc=True, bint dq_esc=True):
     cdef const unsigned char* p
     cdef Py_ssize_t n, m
     cdef char stack_buf[STACK_BUF]
@@ -469,16 +473,22 @@ cdef str _normalize_obj(object sql):
             raise MemoryError()
     try:
         # the GIL stays held: releasing it costs more than normalizing a short statement
-        m = _normalize(p, n, out)
+        m = _normalize(p, n, out, sq_esc, dq_esc)
         return PyUnicode_DecodeUTF8(out, m, "replace")
     finally:
         if out != stack_buf:
             free(out)
 
 
-def normalize(sql):
-    """Canonical text of ``sql`` (str or bytes), literals replaced by ``?``; never fails on bad SQL."""
-    return _normalize_obj(sql)
+def normalize(sql, *, bint no_backslash_escapes=False, bint ansi_quotes=False):
+    """Canonical text of ``sql`` (str or bytes), literals replaced by ``?``; never fails on bad SQL.
+
+    By default strings are read as the server does by default. ``no_backslash_escapes``: as under
+    sql_mode NO_BACKSLASH_ESCAPES (a backslash escapes nothing); ``ansi_quotes``: as under
+    ANSI_QUOTES, where ".." quotes a name, so a backslash inside does not escape either (the text
+    still becomes ``?``). The flags change only where a string ends, i.e. which text is SQL.
+    """
+    return _normalize_obj(sql, not no_backslash_escapes, not (no_backslash_escapes or ansi_quotes))
 
 
 def digest(sql):

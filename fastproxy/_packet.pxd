@@ -30,9 +30,14 @@ cdef extern from "tracker.h":
         char sql_state[6]
         const char *err_msg
         unsigned int err_msg_len
+        unsigned char schema_set
+        unsigned char schema_cut
+        unsigned short schema_len
+        char schema[257]
     ctypedef void (*trk_callback)(void *ctx, const trk_result *r) noexcept
     ctypedef struct tracker:
         unsigned char deprecate_eof
+        unsigned char session_track
         unsigned char hdr[4]
         long long packets
         long long unsolicited
@@ -83,6 +88,11 @@ cdef class CommandResult:
     cdef public int num_columns
     cdef public bint local_infile
     cdef public object tag
+    # SESSION_TRACK_SCHEMA from an OK packet (CLIENT_SESSION_TRACK): the new current database
+    # (None: no change reported; "": none selected); schema_cut: a state change was flagged but the
+    # OK packet was longer than HEAD_MAX, so what changed is unknown
+    cdef public object schema
+    cdef public bint schema_cut
 
 
 cdef class ResponseTracker:

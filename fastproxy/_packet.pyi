@@ -38,6 +38,8 @@ class CommandResult:
     num_columns: int
     local_infile: bool
     tag: Any
+    schema: str | None
+    schema_cut: bool
     def __init__(self, cmd: int = ..., tag: Any = ...) -> None: ...
     @property
     def ok(self) -> bool: ...
@@ -46,6 +48,7 @@ class CommandResult:
 
 class ResponseTracker:
     deprecate_eof: bool
+    session_track: bool
     packets: int
     unsolicited: int
     local_infile_requests: int

@@ -31,7 +31,7 @@ OK = OUTCOME_OK
 ERR = OUTCOME_ERR
 NO_RESPONSE = OUTCOME_NO_RESPONSE
 UNKNOWN = OUTCOME_UNKNOWN
-OUTCOME_NAMES = ("ok", "err", "no_response", "unknown")
+OUTCOME_NAMES = ("ok", "err", "no_response", "unknown", "backend_lost")
 
 
 cpdef bint expects_response(int cmd):
@@ -216,6 +216,7 @@ cdef class CommandResult:
         self.sql_state = ""
         self.err_msg = ""
         self.stmt_id = -1
+        self.schema = None
 
     @property
     def ok(self):
@@ -264,6 +265,15 @@ cdef class ResponseTracker:
         self._t.deprecate_eof = 1 if value else 0
 
     @property
+    def session_track(self):
+        """CLIENT_SESSION_TRACK was negotiated: OK packets carry session state (CommandResult.schema)."""
+        return bool(self._t.session_track)
+
+    @session_track.setter
+    def session_track(self, value):
+        self._t.session_track = 1 if value else 0
+
+    @property
     def packets(self):
         return self._t.packets
 
@@ -307,6 +317,9 @@ cdef class ResponseTracker:
         res.num_params = r.num_params
         res.num_columns = r.num_columns
         res.local_infile = r.local_infile
+        if r.schema_set:
+            res.schema = r.schema[:r.schema_len].decode("utf-8", "replace")
+        res.schema_cut = r.schema_cut
         if r.outcome == OUTCOME_ERR:
             res.err_code = r.err_code
             res.sql_state = (<char *>r.sql_state).decode("ascii", "replace")

@@ -35,6 +35,7 @@ cdef extern from "ring.h" nogil:
         RING_KIND_COMMAND
         RING_KIND_CONN_OPEN
         RING_KIND_CONN_CLOSE
+        RING_KIND_LOCAL_INFILE
         RING_MAX_RECORD
         RING_LARGE_FLAG
         RING_MARKER_SIZE

@@ -153,9 +153,10 @@ cdef class RingBuffer:
         return self._append_obj(&h, payload)
 
     def append_event(self, uint8_t kind, uint64_t conn_id, int64_t ts_ns, body):
-        """Append a connection event (CONN_OPEN/STATE/CLOSE); False when it does not fit."""
+        """Append a connection event (CONN_OPEN/STATE/CLOSE) or a LOCAL_INFILE record; False when it
+        does not fit."""
         cdef RecordHead h
-        if kind < RING_KIND_CONN_OPEN or kind > RING_KIND_CONN_CLOSE:
+        if kind < RING_KIND_CONN_OPEN or kind > RING_KIND_LOCAL_INFILE:
             raise ValueError(f"not a connection event kind: {kind}")
         memset(&h, 0, sizeof(h))
         h.kind = kind

@@ -6,6 +6,7 @@ import sys
 
 import click
 
+from fastproxy.cli_password import password_options, resolve_password
 from fastproxy.config import parse_addr
 from fastproxy.errors import FastproxyError
 from fastproxy.replay.selection import selection_options
@@ -19,29 +20,34 @@ from fastproxy.replay.selection import selection_options
 @click.option("--format", "input_format", type=click.Choice(["auto", "native", "slow-log", "general-log", "tiproxy"]),
               default="auto", show_default=True, help="input format")
 @click.option("--username", required=True, help="user the replay logs in as")
-@click.option("--password", default=None, help="its password (prompted when omitted)")
+@password_options
 @click.option("--speed", type=float, default=1.0, show_default=True, help="replay speed; 0 = as fast as possible")
 @click.option("--read-only", "read_only", is_flag=True, help="replay only statements that do not write")
 @click.option("--progress", is_flag=True, help="show a progress bar")
 @click.option("--report-dir", default=None, help="where the summary files go [default: the input directory]")
 @click.option("--no-report-tables", is_flag=True, help="do not write tiproxy_traffic_report tables on the target")
 @click.option("--encryption-key-path", default=None, help="key file for an encrypted capture")
+@click.option("--users-file", default=None, type=click.Path(exists=True, dir_okay=False),
+              help="TOML file of `user = \"password\"`: each connection replays as its captured user (mode 0600); "
+                   "users not in it replay as --username")
+@click.option("--replay-unknown", is_flag=True,
+              help="also send the commands that were in flight when production's backend died")
 @click.option("--tls", is_flag=True, help="connect to the target with TLS (as MySQL clients' ssl-mode=REQUIRED)")
 @click.option("--tls-ca", default="", help="CA bundle the target's certificate must chain to (implies --tls)")
 @click.option("--tls-skip-verify", is_flag=True, help="TLS without verifying the target's certificate")
 @selection_options
-def replay_standalone(target: str, input_dir: tuple[str, ...], username: str, password: str | None, speed: float,
-                      read_only: bool, progress: bool, report_dir: str | None, no_report_tables: bool,
-                      encryption_key_path: str | None, input_format: str, tls: bool, tls_ca: str,
-                      tls_skip_verify: bool, **selection) -> None:
+def replay_standalone(target: str, input_dir: tuple[str, ...], username: str, password: str | None,
+                      password_file: str | None, speed: float, read_only: bool, progress: bool, report_dir: str | None,
+                      no_report_tables: bool, encryption_key_path: str | None, input_format: str,
+                      users_file: str | None, replay_unknown: bool, tls: bool, tls_ca: str, tls_skip_verify: bool,
+                      **selection) -> None:
     """Replay a capture directly against a test server and print a summary."""
     from fastproxy.capture.crypto import load_key
     from fastproxy.replay.engine import ReplayOptions
     from fastproxy.replay.job import ReplayRun, check_speed, format_summary
     from fastproxy.replay.selection import cli_values, filters_from, parse_start_at
 
-    if password is None:
-        password = click.prompt("Password", hide_input=True, default="", show_default=False)
+    password = resolve_password(password, password_file)
     try:
         host, port = parse_addr(target, "--target")
         key = load_key(encryption_key_path) if encryption_key_path else None
@@ -50,7 +56,11 @@ def replay_standalone(target: str, input_dir: tuple[str, ...], username: str, pa
                                 speed=check_speed(speed), readonly=read_only, encryption_key=key,
                                 input_format=input_format, filters=filters_from(values),
                                 start_at=parse_start_at(values["start-at"]), tls=tls, tls_ca=tls_ca,
-                                tls_skip_verify=tls_skip_verify)
+                                tls_skip_verify=tls_skip_verify, replay_unknown=replay_unknown)
+        if users_file:
+            from fastproxy.replay.users import load_users_file
+
+            options.users = load_users_file(users_file)
         inputs = list(input_dir)
         run = ReplayRun(inputs if len(inputs) > 1 else inputs[0], options, report_dir,
                         write_tables=not no_report_tables)

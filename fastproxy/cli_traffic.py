@@ -1,6 +1,8 @@
 """`fastproxy traffic ...`: talks to running proxies over their HTTP API, like `tiproxyctl traffic`."""
 from __future__ import annotations
 
+import http.client
+import ssl
 import sys
 import urllib.error
 import urllib.parse
@@ -8,7 +10,10 @@ import urllib.request
 
 import click
 
+from fastproxy.cli_password import password_options, resolve_password
 from fastproxy.replay.selection import cli_values, selection_options
+
+API_CONTEXT = "fastproxy.api"  # click context meta: how to reach and authenticate to the API
 
 
 def _addrs(curls: str) -> list[str]:
@@ -18,24 +23,89 @@ def _addrs(curls: str) -> list[str]:
     return addrs
 
 
-def _call(addr: str, method: str, path: str, form: dict | None = None, timeout: float = 30.0) -> tuple[int, str]:
-    data = urllib.parse.urlencode({k: v for k, v in (form or {}).items() if v is not None}).encode() if form else None
-    req = urllib.request.Request(f"http://{addr}{path}", data=data, method=method)
+def _remember(ctx: click.Context, param: click.Parameter, value):
+    ctx.meta.setdefault(API_CONTEXT, {})[param.name] = value
+    return value
+
+
+def api_options(fn):
+    """--token-file and the TLS options (as tiproxyctl's) of every command that calls the API; they go
+    to the click context, not into each command's arguments."""
+    context = dict(expose_value=False, callback=_remember)
+    options = [
+        click.option("--token-file", type=click.Path(dir_okay=False), envvar="FASTPROXY_API_TOKEN_FILE", **context,
+                     help="file holding the API's bearer token (the proxy's api.token-file); "
+                          "env FASTPROXY_API_TOKEN_FILE"),
+        click.option("--ca", type=click.Path(dir_okay=False), **context,
+                     help="CA (PEM) to verify the API's certificate; implies https"),
+        click.option("--cert", type=click.Path(dir_okay=False), **context,
+                     help="client certificate (PEM) for mutual TLS; implies https"),
+        click.option("--key", type=click.Path(dir_okay=False), **context, help="private key (PEM) of --cert"),
+        click.option("-k", "--insecure", is_flag=True, **context, help="https without verifying the API's certificate"),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+class _Api:
+    """How to reach the API: scheme, TLS context, Authorization header."""
+
+    def __init__(self, settings: dict) -> None:
+        from fastproxy.api_security import read_token_file
+        from fastproxy.errors import ConfigError
+
+        ca, cert, key, insecure = (settings.get(k) for k in ("ca", "cert", "key", "insecure"))
+        self.headers = {}
+        if settings.get("token_file"):
+            try:
+                token = read_token_file(settings["token_file"], "--token-file")
+            except ConfigError as e:
+                raise click.ClickException(str(e)) from None
+            self.headers["Authorization"] = "Bearer " + token.decode("ascii")
+        self.tls = _client_tls(ca, cert, key, bool(insecure)) if (ca or cert or key or insecure) else None
+        self.scheme = "https" if self.tls else "http"
+
+
+def _client_tls(ca: str | None, cert: str | None, key: str | None, insecure: bool) -> ssl.SSLContext:
+    if key and not cert:
+        raise click.UsageError("--key needs --cert")
     try:
-        with urllib.request.urlopen(req, timeout=timeout) as resp:
+        if insecure:
+            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+            ctx.check_hostname = False
+            ctx.verify_mode = ssl.CERT_NONE
+        else:
+            ctx = ssl.create_default_context(cafile=ca or None)
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+        if cert:
+            ctx.load_cert_chain(cert, key or None)
+    except (OSError, ssl.SSLError) as e:
+        raise click.ClickException(f"--ca/--cert/--key: {getattr(e, 'strerror', None) or e}") from None
+    return ctx
+
+
+def _call(api: _Api, addr: str, method: str, path: str, form: dict | None = None,
+          timeout: float = 30.0) -> tuple[int, str]:
+    data = urllib.parse.urlencode({k: v for k, v in (form or {}).items() if v is not None}).encode() if form else None
+    req = urllib.request.Request(f"{api.scheme}://{addr}{path}", data=data, method=method, headers=api.headers)
+    try:
+        with urllib.request.urlopen(req, timeout=timeout, context=api.tls) as resp:
             return resp.status, resp.read().decode()
     except urllib.error.HTTPError as e:
         return e.code, e.read().decode()
-    except (urllib.error.URLError, OSError) as e:
-        reason = getattr(e, "reason", e)
-        raise click.ClickException(f"cannot reach the fastproxy API at {addr}: {reason}") from None
+    except (urllib.error.URLError, OSError, http.client.HTTPException) as e:
+        reason = getattr(e, "reason", None) or f"{type(e).__name__}: {e}"
+        hint = "" if api.tls else " (if the API speaks https, give --ca, or -k to skip verification)"
+        raise click.ClickException(f"cannot reach the fastproxy API at {api.scheme}://{addr}: {reason}{hint}") from None
 
 
 def _each(curls: str, method: str, path: str, form: dict | None = None, timeout: float = 30.0) -> None:
     failed = False
     addrs = _addrs(curls)
+    api = _Api(click.get_current_context().meta.get(API_CONTEXT, {}))
     for addr in addrs:
-        status, body = _call(addr, method, path, form, timeout)
+        status, body = _call(api, addr, method, path, form, timeout)
         prefix = f"{addr}: " if len(addrs) > 1 else ""
         if status >= 400:
             failed = True
@@ -57,6 +127,7 @@ def traffic() -> None:
 
 @traffic.command()
 @curls_option
+@api_options
 @click.option("--output", required=True, help="directory (on the proxy's machine) for the traffic files")
 @click.option("--duration", required=True, help="how long to capture, e.g. 30s, 10m, 1h")
 @click.option("--compress/--no-compress", default=True, show_default=True, help="lz4-compress the traffic files")
@@ -71,10 +142,11 @@ def capture(curls: str, output: str, duration: str, compress: bool, encryption_m
 
 @traffic.command()
 @curls_option
+@api_options
 @click.option("--input", "input_dir", required=True,
               help="capture directory, or a slow/general log file (on the proxy's machine)")
 @click.option("--username", required=True, help="user the replay logs in as")
-@click.option("--password", default=None, help="its password (prompted when omitted)")
+@password_options
 @click.option("--speed", type=float, default=1.0, show_default=True, help="replay speed (0 = as fast as possible)")
 @click.option("--read-only", "read_only", is_flag=True, help="replay only statements that do not write")
 @click.option("--encryption-key-path", default=None, help="key file for an encrypted capture")
@@ -83,23 +155,29 @@ def capture(curls: str, output: str, duration: str, compress: bool, encryption_m
 @click.option("--tls", is_flag=True, help="replay connections use TLS")
 @click.option("--tls-ca", default="", help="CA bundle (on the proxy's machine) the target's certificate must chain to")
 @click.option("--tls-skip-verify", is_flag=True, help="TLS without verifying the target's certificate")
+@click.option("--users-file", default=None,
+              help="path, on the proxy's machine, of a TOML file of `user = \"password\"` (mode 0600): each "
+                   "connection replays as its captured user; users not in it replay as --username")
+@click.option("--replay-unknown", is_flag=True,
+              help="also send the commands that were in flight when production's backend died")
 @selection_options
-def replay(curls: str, input_dir: str, username: str, password: str | None, speed: float, read_only: bool,
-           encryption_key_path: str | None, input_format: str, tls: bool, tls_ca: str, tls_skip_verify: bool,
-           **selection) -> None:
+def replay(curls: str, input_dir: str, username: str, password: str | None, password_file: str | None, speed: float,
+           read_only: bool, encryption_key_path: str | None, input_format: str, tls: bool, tls_ca: str,
+           tls_skip_verify: bool, users_file: str | None, replay_unknown: bool, **selection) -> None:
     """Replay a capture against the proxy's backends."""
-    if password is None:
-        password = click.prompt("Password", hide_input=True, default="", show_default=False)
+    password = resolve_password(password, password_file)
     _each(curls, "POST", "/api/traffic/replay", {"input": input_dir, "username": username, "password": password,
                                                   "speed": repr(speed), "readonly": str(read_only).lower(),
                                                   "encryption-key-path": encryption_key_path,
                                                   "format": input_format, "tls": str(tls).lower(),
                                                   "tls-ca": tls_ca, "tls-skip-verify": str(tls_skip_verify).lower(),
+                                                  "users-file": users_file, "replay-unknown": str(replay_unknown).lower(),
                                                   **cli_values(selection)})
 
 
 @traffic.command()
 @curls_option
+@api_options
 def show(curls: str) -> None:
     """Show the last traffic jobs (JSON)."""
     _each(curls, "GET", "/api/traffic/show")
@@ -107,6 +185,7 @@ def show(curls: str) -> None:
 
 @traffic.command()
 @curls_option
+@api_options
 @click.option("--type", "kind", type=click.Choice(["", "capture", "replay"]), default="",
               help="which job to cancel (default: both)")
 @click.option("--graceful", is_flag=True, help="replay: stop reading, let queued commands finish")

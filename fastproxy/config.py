@@ -111,6 +111,18 @@ def _str(value: Any, key: str) -> str:
     return value
 
 
+def _bool(value: Any, key: str) -> bool:
+    """true/false from TOML booleans and from flag strings (true, false, 1, 0, yes, no, on, off)."""
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"{key}: expected true or false, got {value!r}")
+
+
 @dataclass(frozen=True)
 class Key:
     name: str
@@ -132,6 +144,17 @@ KEYS: list[Key] = [
     Key("proxy.health-check-timeout", "2s", _at_least(parse_duration, 0.01, "10ms"),
         "a backend check slower than this fails"),
     Key("api.addr", "127.0.0.1:3080", parse_addr, "HTTP API (traffic jobs, /metrics, health)"),
+    Key("api.token-file", "", _str, "file holding the bearer token every API request but the health check must send "
+        "(mode 0600 or stricter)"),
+    Key("api.allow-insecure", False, _bool,
+        "allow a non-loopback api.addr without api.token-file or mutual TLS (security.server-http-tls.ca)"),
+    Key("api.max-connections", 64, _int(1), "API connections open at once; more are answered 503 and closed"),
+    Key("api.fd-reserve", 0, _int(0), "file descriptors kept free for MySQL clients and backends: the API accepts "
+        "no connection that would leave fewer (0 = a quarter of the open-files limit)"),
+    Key("api.read-header-timeout", "10s", _at_least(parse_duration, 0.01, "10ms"),
+        "time for a request's headers to arrive (also how long an idle API connection stays open)"),
+    Key("api.read-body-timeout", "10s", _at_least(parse_duration, 0.01, "10ms"), "time for a request's body to arrive"),
+    Key("api.max-body-size", "64KiB", _at_least(parse_size, 1024, "1KiB"), "largest request body; larger gets 413"),
     Key("log.level", "info", _level, "debug, info, warn or error"),
     Key("capture.buffer-size", "64MiB", _at_least(parse_size, 64 * 1024, "64KiB"),
         "in-memory capture buffer; when full the capture stops with an error"),
@@ -139,7 +162,14 @@ KEYS: list[Key] = [
         "memory for records larger than a quarter of capture.buffer-size while they wait for the writer; "
         "a record that would exceed it stops the capture with an error"),
     Key("capture.file-size", "300MiB", _at_least(parse_size, 1024, "1KiB"), "traffic files rotate beyond this size"),
+    Key("capture.local-infile", False, _bool,
+        "record the files clients send for LOAD DATA LOCAL INFILE, so replay sends the same rows"),
+    Key("capture.local-infile-max-size", "16MiB", parse_size,
+        "larger LOCAL INFILE files are only counted (at most capture.large-record-buffer-size is recorded)"),
     Key("security.encryption-key-path", "", _str, "key file for aes256-ctr capture encryption (>= 32 bytes)"),
+    Key("security.server-http-tls.cert", "", _str, "TLS certificate (PEM) of the HTTP API; with .key, the API speaks https"),
+    Key("security.server-http-tls.key", "", _str, "private key (PEM) of security.server-http-tls.cert"),
+    Key("security.server-http-tls.ca", "", _str, "CA bundle (PEM): API clients must present a certificate it signed"),
 ]
 KEYS_BY_NAME = {k.name: k for k in KEYS}
 

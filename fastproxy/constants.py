@@ -130,6 +130,17 @@ class SESSION_TRACK:
     TRANSACTION_STATE = 5
 
 
+# Collation ids (the handshake's one-byte charset) of client character sets with two-byte
+# characters whose second byte may be 0x5C ('\\') or 0x60 ('`'): SQL must be read by character,
+# not by byte, to know where a string ends (fastproxy/secret_sql.py). Values: the family.
+TWO_BYTE_CHARSET_COLLATIONS = {
+    1: "big5", 84: "big5",                          # big5_chinese_ci, big5_bin
+    28: "gbk", 87: "gbk",                           # gbk_chinese_ci, gbk_bin
+    248: "gbk", 249: "gbk", 250: "gbk",             # gb18030 (MySQL 8): reads like gbk here
+    13: "sjis", 88: "sjis", 95: "sjis", 96: "sjis",  # sjis_japanese_ci, sjis_bin, cp932_*
+}
+
+
 class ER:
     """Server error codes the proxy itself sends or reasons about."""
 

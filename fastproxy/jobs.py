@@ -38,14 +38,16 @@ class JobManager:
         from fastproxy.capture.job import CaptureJob
         from fastproxy.capture.writer import output_dir_has_capture
         from fastproxy.private_files import check_output_path
+        from fastproxy.storage import is_s3
 
         self._check_free("capture")
         output = str(form.get("output", "")).strip()
         if not output:
             raise ConfigError("output: required (directory for the traffic files)")
-        output = check_output_path(output, "output")
-        if output_dir_has_capture(output):
-            raise JobError(f"output: {output} already holds a finished capture; choose another directory")
+        if not is_s3(output):  # an s3:// output is checked by the capture job (bucket reachable, no capture there)
+            output = check_output_path(output, "output")
+            if output_dir_has_capture(output):
+                raise JobError(f"output: {output} already holds a finished capture; choose another directory")
         if "duration" not in form or not str(form["duration"]).strip():
             raise ConfigError("duration: required, e.g. 30s, 10m, 1h")
         duration = parse_duration(form["duration"], "duration")
@@ -66,7 +68,9 @@ class JobManager:
                          buffer_size=self.server.config["capture.buffer-size"],
                          large_record_buffer_size=self.server.config["capture.large-record-buffer-size"],
                          file_size=self.server.config["capture.file-size"],
-                         throttle_bytes_per_sec=float(throttle) if throttle else None)
+                         throttle_bytes_per_sec=float(throttle) if throttle else None,
+                         local_infile=self.server.config["capture.local-infile"],
+                         local_infile_max_size=self.server.config["capture.local-infile-max-size"])
         job.start()
         self._add(job)
         return job
@@ -75,6 +79,9 @@ class JobManager:
         from fastproxy.replay.job import ReplayJob
 
         self._check_free("replay")
+        report_dir = str(form.get("report-dir", "")).strip()
+        if report_dir and os.path.lexists(report_dir) and not os.path.isdir(report_dir):
+            raise ConfigError(f"report-dir: {report_dir} exists and is not a directory")
         job = ReplayJob.from_form(self.server, form)
         await job.start()
         self._add(job)

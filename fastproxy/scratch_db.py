@@ -60,11 +60,17 @@ class ScratchMariaDB:
         self.basedir = tempfile.mkdtemp(prefix=f"fastproxy-{self.name}-")
         self.port = self.port or free_port(self.host)
         install = _which("mariadb-install-db", "mysql_install_db")
-        subprocess.run(
-            [install, "--no-defaults", f"--datadir={self.datadir}", "--auth-root-authentication-method=normal",
-             "--skip-test-db", "--user=root" if os.geteuid() == 0 else f"--user={os.getlogin()}"],
-            check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-        )
+        cmd = [install, "--no-defaults", f"--datadir={self.datadir}", "--auth-root-authentication-method=normal",
+               "--skip-test-db", "--user=root" if os.geteuid() == 0 else f"--user={os.getlogin()}"]
+        for attempt in (1, 2):
+            res = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+            if res.returncode == 0:
+                break
+            # seen once on a machine loaded far beyond its cores: the bootstrap server gave up;
+            # a second try on an empty datadir is cheap, and the error below says why if it fails too
+            shutil.rmtree(self.datadir, ignore_errors=True)
+            if attempt == 2:
+                raise RuntimeError(f"mariadb-install-db failed ({res.returncode}): {res.stderr.strip()[-2000:]}")
         mariadbd = _which("mariadbd", "mysqld")
         args = [
             mariadbd, "--no-defaults", f"--datadir={self.datadir}", f"--port={self.port}",

@@ -55,7 +55,7 @@ TEST_WORKERS = int(os.environ.get("FASTPROXY_TEST_WORKERS", "1"))
 class ProxyProcess:
     """`python -m fastproxy serve` in a subprocess, stopped at teardown."""
 
-    def __init__(self, backends: list[str], *args: str, config: str | None = None) -> None:
+    def __init__(self, backends: list[str], *args: str, config: str | None = None, preexec_fn=None) -> None:
         self.port = free_port()
         self.api_port = free_port()
         self.args = [sys.executable, "-m", "fastproxy", "serve", f"--proxy.addr=127.0.0.1:{self.port}",
@@ -64,6 +64,7 @@ class ProxyProcess:
         if config:
             self.args += ["--config", config]
         self.log_path = f"/tmp/fastproxy-test-{self.port}.log"
+        self.preexec_fn = preexec_fn  # e.g. lower a resource limit of the proxy process
         self.proc: subprocess.Popen | None = None
 
     @property
@@ -72,7 +73,7 @@ class ProxyProcess:
 
     def start(self, timeout: float = 20) -> "ProxyProcess":
         self.log = open(self.log_path, "w")
-        self.proc = subprocess.Popen(self.args, stdout=self.log, stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(self.args, stdout=self.log, stderr=subprocess.STDOUT, preexec_fn=self.preexec_fn)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

@@ -90,16 +90,16 @@ def newest_summary(report_dir: str, exclude=()) -> dict:
 
 def replay_inprocess(target_host: str, target_port: int, capture_dir: str, *, speed: float = 1.0,
                      readonly: bool = False, report_dir: str | None = None, write_tables: bool = False,
-                     username: str = "root", password: str = ROOT_PASSWORD, during=None):
+                     username: str = "root", password: str = ROOT_PASSWORD, during=None, **options):
     """Run a ReplayRun in this process (uvloop); returns (summary, engine). `during(engine)` runs in a
-    thread while the replay runs (fault injection)."""
+    thread while the replay runs (fault injection); `options`: more ReplayOptions fields."""
     import uvloop
 
     from fastproxy.replay.engine import ReplayOptions
     from fastproxy.replay.job import ReplayRun
 
     opts = ReplayOptions(host=target_host, port=target_port, username=username, password=password, speed=speed,
-                         readonly=readonly)
+                         readonly=readonly, **options)
     run = ReplayRun(capture_dir, opts, report_dir, write_tables=write_tables)
     t = None
     if during is not None:

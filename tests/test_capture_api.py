@@ -96,12 +96,13 @@ def test_inspect_known_workload(mariadb, proxy_factory, tmp_path):
     lines = text.stdout.splitlines()
     recs = [ln for ln in lines if re.match(r"^\d{4}-\d\d-\d\dT", ln)]
     assert len(recs) == 6, text.stdout
-    assert re.search(r"conn=\d+ CONN_OPEN user=root client_addr=127\.0\.0\.1:\d+$", recs[0]), recs[0]
+    assert re.search(r"conn=\d+ CONN_OPEN user=root client_addr=127\.0\.0\.1:\d+ backend_conn_id=\d+$", recs[0]), \
+        recs[0]
     assert re.search(r" COM_QUERY OK affected=0 rows=1 \d+us SELECT 1$", recs[1]), recs[1]
     assert re.search(r" COM_QUERY OK affected=0 rows=2 \d+us SELECT 'a' UNION ALL SELECT 'b'$", recs[2]), recs[2]
     assert re.search(r" COM_QUERY ERR err=1054 affected=0 rows=0 \d+us SELECT no_such_column$", recs[3]), recs[3]
     assert " COM_QUIT NO_RESPONSE " in recs[4], recs[4]
-    assert recs[5].endswith(" CONN_CLOSE"), recs[5]
+    assert recs[5].endswith(" CONN_CLOSE by=client"), recs[5]
     conn_ids = {re.search(r"conn=(\d+)", ln).group(1) for ln in recs}
     assert len(conn_ids) == 1
     summary = "\n".join(lines[lines.index("summary:"):])

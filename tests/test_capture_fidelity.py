@@ -134,6 +134,7 @@ def test_existing_connections_state_recorded(mariadb, proxy_factory, tmp_path):
     # A: mysqlclient, database chosen with select_db (COM_INIT_DB)
     a = MySQLdb.connect(**connect_kwargs(proxy.port), autocommit=True)
     a.select_db("capfid_ex")
+    a_thread = a.thread_id()  # the server's thread id: the proxy relays the greeting as it is
     # B: server-side prepared statements kept open; one closed again before the capture
     b = ps_client(proxy.port, "root", ROOT_PASSWORD)
     assert b.query("USE capfid_ex").kind == "ok"
@@ -148,7 +149,8 @@ def test_existing_connections_state_recorded(mariadb, proxy_factory, tmp_path):
     c = MySQLdb.connect(**connect_kwargs(proxy.port, db="capfid_ex"), autocommit=False)
     ccur = c.cursor()
     ccur.execute("UPDATE t SET v = v + 1 WHERE id = 1")
-    # D: inside a transaction at the start too, and closed before reaching a boundary: not captured
+    # D: inside a transaction at the start too, one that has not written: rebuilt on replay, so
+    # captured from its next command, with its transaction in the state
     d = MySQLdb.connect(**connect_kwargs(proxy.port, db="capfid_ex"), autocommit=False)
     d.cursor().execute("SELECT v FROM t WHERE id = 2 FOR UPDATE")
 
@@ -172,16 +174,15 @@ def test_existing_connections_state_recorded(mariadb, proxy_factory, tmp_path):
     b.quit()
 
     assert job["existing_connections"] == 4
-    assert job["waited_for_transaction"] == 2
+    assert job["waited_for_transaction"] == 1  # C: its transaction had written before the capture
     assert "transaction" in job.get("note", ""), job
     meta, records, _ = read_capture(out)
     assert meta["waited_for_transaction"] == job["waited_for_transaction"]
 
     conns = _by_conn(records)
-    # every captured connection starts with its state (none with only a close, like D would)
-    assert len(conns) == 3 and all(recs[0].kind == KIND_CONN_STATE for recs in conns.values()), \
+    # every captured connection starts with its state
+    assert len(conns) == 4 and all(recs[0].kind == KIND_CONN_STATE for recs in conns.values()), \
         {cid: [r.kind for r in recs] for cid, recs in conns.items()}
-    assert not any(b"old transaction of D" in r.payload for r in records)
 
     def conn_with(pred):
         found = [cid for cid, recs in conns.items() if any(r.kind == KIND_COMMAND and pred(r) for r in recs)]
@@ -193,9 +194,18 @@ def test_existing_connections_state_recorded(mariadb, proxy_factory, tmp_path):
         assert all(r.kind == KIND_COMMAND for r in recs[1:])
         return json.loads(recs[0].payload), recs[1:]
 
+    # D: its open transaction (no writes) is in the state, its command after it, then its close
+    recs_d = conn_with(lambda r: b"old transaction of D" in r.payload)
+    st = json.loads(recs_d[0].payload)
+    assert recs_d[0].kind == KIND_CONN_STATE and st["in_transaction"] is True and st["db"] == "capfid_ex"
+    assert st["session_vars"].get("autocommit") == "OFF", st["session_vars"]
+    assert [r.kind for r in recs_d[1:]] == [KIND_COMMAND, KIND_COMMAND, KIND_CONN_CLOSE]  # select, quit
+    assert json.loads(recs_d[-1].payload) == {"by": "client"}
+
     # A
     st, cmds_a = state_then_commands(conn_with(lambda r: r.payload == b"\x03SELECT COUNT(*) FROM t"))
     assert (st["user"], st["db"], st["prepared"]) == ("root", "capfid_ex", [])
+    assert st["backend_conn_id"] == a_thread and st["in_transaction"] is False
     assert [r.payload for r in cmds_a] == [b"\x03SELECT COUNT(*) FROM t"]
     # B: the live statements, and only those (s3 was closed before the capture)
     st, cmds_b = state_then_commands(conn_with(lambda r: cmd(r) == "COM_STMT_EXECUTE"))
@@ -244,7 +254,7 @@ def test_secrets_filtered(mariadb, proxy_factory, tmp_path):
     cur.execute("DEALLOCATE PREPARE s")
     cur.execute("SELECT 'after secrets'")
     conn.close()
-    # as a server-side prepared statement: prepare, execute and close are all filtered
+    # as a server-side prepared statement: the prepare is recorded redacted, its execute and close as they are
     raw = ps_client(proxy.port, "root", ROOT_PASSWORD)
     sid = raw.prepare(f"ALTER USER 'capsec'@'%' IDENTIFIED BY '{SECRETS['prepared']}'")
     assert raw.execute(sid).kind == "ok"
@@ -257,9 +267,12 @@ def test_secrets_filtered(mariadb, proxy_factory, tmp_path):
         assert capi.query("SELECT CURRENT_USER()") == [("capsec@%",)]
 
     job = cancel_capture(proxy)
-    assert job["filtered_commands"] == 11, job
+    # dropped: the SQL-level PREPARE and EXECUTE IMMEDIATE (a secret inside a string), and the
+    # EXECUTE / DEALLOCATE of the dropped PREPARE (replayed, they could only fail); redacted and
+    # kept: the six statements and the COM_STMT_PREPARE (with its execute and close)
+    assert (job["filtered_commands"], job["redacted_commands"]) == (4, 7), job
     meta, records, _ = read_capture(out)
-    assert meta["filtered_commands"] == 11
+    assert (meta["filtered_commands"], meta["redacted_commands"]) == (4, 7)
 
     blobs = [open(os.path.join(out, name), "rb").read() for name in os.listdir(out)]
     blobs += [r.payload for r in records]
@@ -268,9 +281,18 @@ def test_secrets_filtered(mariadb, proxy_factory, tmp_path):
     queries = [r.payload[1:] for r in records if cmd(r) == "COM_QUERY"]
     assert b"SELECT 'before secrets'" in queries and b"SELECT 'after secrets'" in queries
     assert b"SELECT 'prepared done'" in queries
-    assert not any(b"capsec" in q and b"SELECT" not in q for q in queries), queries
-    assert b"EXECUTE s" in queries  # holds no password: kept
-    assert not any(cmd(r) in ("COM_STMT_PREPARE", "COM_STMT_EXECUTE", "COM_STMT_CLOSE") for r in records)
+    redacted = b"'__fastproxy_redacted__'"
+    assert b"CREATE USER 'capsec'@'%' IDENTIFIED BY " + redacted in queries
+    assert b"ALTER USER 'capsec'@'%' IDENTIFIED BY " + redacted in queries
+    assert b"/* app */ SET PASSWORD FOR 'capsec'@'%' = PASSWORD(" + redacted + b")" in queries
+    assert b"GRANT SELECT ON *.* TO 'capsec'@'%' IDENTIFIED BY " + redacted in queries
+    assert b"/*!100000 ALTER USER 'capsec'@'%' IDENTIFIED BY " + redacted + b" */" in queries
+    assert (b"SET STATEMENT max_statement_time=10 FOR ALTER USER 'capsec'@'%' IDENTIFIED BY " + redacted
+            in queries)
+    assert not any(q.startswith((b"EXECUTE", b"PREPARE", b"DEALLOCATE")) for q in queries), queries
+    stmt_cmds = [r for r in records if cmd(r) in ("COM_STMT_PREPARE", "COM_STMT_EXECUTE", "COM_STMT_CLOSE")]
+    assert [cmd(r) for r in stmt_cmds] == ["COM_STMT_PREPARE", "COM_STMT_EXECUTE", "COM_STMT_CLOSE"]
+    assert stmt_cmds[0].payload[1:] == b"ALTER USER 'capsec'@'%' IDENTIFIED BY " + redacted
 
     changes = [r for r in records if cmd(r) == "COM_CHANGE_USER"]
     assert len(changes) == 1 and changes[0].outcome == OUTCOME_OK

@@ -20,7 +20,10 @@ RANKS = {
     "fastproxy.replay": 3,
     "fastproxy.inputs": 3,  # readers of logs and other tools' captures, for replay
     "fastproxy.jobs": 4,
+    "fastproxy.job_form": 4,  # the fields of job requests (knows the replay's selection fields)
     "fastproxy.api": 5,
+    "fastproxy.api_listener": 5,
+    "fastproxy.api_security": 5,
     "fastproxy.app": 6,
     "fastproxy.cli": 6,
     "fastproxy.cli_traffic": 6,

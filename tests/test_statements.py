@@ -147,3 +147,39 @@ def test_multi_statement_path_agrees(sql, expected):
 ])
 def test_statements_that_write_behind_a_read_only_look(sql, expected):
     assert is_read_only(sql) is expected
+
+
+# ---- the session's sql_mode decides where a string ends (issue 7, item 12) --------------------------
+NBE_TRAP = 'SELECT * FROM t WHERE v = "a\\" ; DELETE FROM t; -- "'
+
+
+def test_backslash_readings():
+    """By default the whole text is one SELECT; under NO_BACKSLASH_ESCAPES (or ANSI_QUOTES) "a\\" ends
+    the string and the server runs the DELETE. Unknown sql_mode: read-only only if so in every reading."""
+    assert is_read_only(NBE_TRAP) is False
+    assert is_read_only(NBE_TRAP.encode()) is False
+    assert is_read_only(NBE_TRAP, sql_mode="STRICT_TRANS_TABLES") is True      # known: exact
+    assert is_read_only(NBE_TRAP, sql_mode="STRICT_TRANS_TABLES,NO_BACKSLASH_ESCAPES") is False
+    assert is_read_only(NBE_TRAP, sql_mode="ansi_quotes") is False
+    assert is_read_only(NBE_TRAP, sql_mode="ORACLE") is False                  # includes ANSI_QUOTES
+    assert is_read_only(NBE_TRAP.replace('"', "'"), sql_mode="") is True
+    assert is_read_only(NBE_TRAP.replace('"', "'")) is False
+    assert is_read_only(NBE_TRAP.replace('"', "'"), sql_mode="ANSI_QUOTES") is True   # '..' keeps its escapes
+
+
+@pytest.mark.parametrize("sql", [
+    "SELECT 'it\\'s'", "SELECT \"say \\\"hi\\\"\"", "SELECT 'a\\\\'", "SELECT 'C:\\' FROM t",
+    "SELECT * FROM t WHERE a LIKE 'x\\_y'",
+])
+def test_backslashes_in_reads_stay_read_only(sql):
+    assert is_read_only(sql) is True
+
+
+def test_normalize_readings_leave_digests_alone():
+    from fastproxy._digest import digest, normalize
+
+    sql = "SELECT 'it\\'s' FROM t WHERE a = \"x\\\"y\""
+    assert normalize(sql) == "select ? from t where a = ?"
+    assert digest(sql) == digest("SELECT 'x' FROM t WHERE a = 'y'")
+    assert normalize(sql, no_backslash_escapes=True) != normalize(sql)
+    assert normalize("SELECT 'a''b'", no_backslash_escapes=True) == "select ?"

@@ -83,3 +83,39 @@ def test_missing_prefix_and_bucket_are_clear_errors(s3_server):
         open_input("s3://traffic/nothing-here", "native")
     with pytest.raises(TrafficFormatError, match="NoSuchBucket|cannot list"):
         open_input("s3://no-such-bucket/x", "native")
+
+
+def test_capture_through_the_proxy_to_s3_then_replay_from_it(s3_server, mariadb, mariadb_test, proxy, tmp_path):
+    """`traffic capture --output s3://...`: files are uploaded as they complete (meta last), the spool
+    is removed, and the capture replays from the bucket."""
+    import MySQLdb
+
+    from fastproxy.scratch_db import ROOT_PASSWORD
+    from replay_util import wait_job
+
+    _, client = s3_server
+    client.create_bucket(Bucket="captures")
+    url = "s3://captures/prod/run1"
+    mariadb.sql("DROP DATABASE IF EXISTS s3cap; CREATE DATABASE s3cap; CREATE TABLE s3cap.t (i INT)")
+    status, body = proxy.post("/api/traffic/capture", {"output": url, "duration": "10m"})
+    assert status == 200, body
+    c = MySQLdb.connect(host="127.0.0.1", port=proxy.port, user="root", password=ROOT_PASSWORD, db="s3cap",
+                        autocommit=True)
+    for i in range(200):
+        c.cursor().execute("INSERT INTO t VALUES (%s)", (i,))
+    c.close()
+    assert proxy.post("/api/traffic/cancel", {"type": "capture"})[0] == 200
+    job = wait_job(proxy, "capture")
+    assert job["error"] == "" and job["output"] == url, job
+    names = [o["Key"] for o in client.list_objects_v2(Bucket="captures", Prefix="prod/run1/")["Contents"]]
+    assert "prod/run1/meta" in names and any(n.startswith("prod/run1/traffic-") for n in names)
+    assert not [d for d in os.listdir("/tmp") if d.startswith("fastproxy-spool-")
+                and os.path.getmtime(f"/tmp/{d}") > os.path.getmtime(str(tmp_path))]  # spool gone
+    # the same prefix is refused for a second capture
+    status, body = proxy.post("/api/traffic/capture", {"output": url, "duration": "10m"})
+    assert status == 400 and "already holds" in body
+    mariadb_test.sql("DROP DATABASE IF EXISTS s3cap; CREATE DATABASE s3cap; CREATE TABLE s3cap.t (i INT)")
+    _, summary = replay_cli(mariadb_test.addr, url, "--speed", "0", "--report-dir", str(tmp_path),
+                            "--no-report-tables")
+    assert summary["commands_failed"] == 0
+    assert mariadb_test.sql("SELECT COUNT(*) FROM s3cap.t").strip() == "200"

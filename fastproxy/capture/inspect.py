@@ -8,8 +8,8 @@ import sys
 from collections import Counter
 
 from fastproxy.inputs import open_input
-from fastproxy.capture.record import (KIND_COMMAND, KIND_CONN_CLOSE, KIND_CONN_OPEN,
-                                      KIND_CONN_STATE, KIND_NAMES, OUTCOME_ERR, OUTCOME_NAMES)
+from fastproxy.capture.record import (INFILE_SIZE, KIND_COMMAND, KIND_CONN_CLOSE, KIND_CONN_OPEN,
+                                      KIND_CONN_STATE, KIND_LOCAL_INFILE, KIND_NAMES, OUTCOME_ERR, OUTCOME_NAMES)
 from fastproxy.constants import COMMAND, command_name
 
 SQL_PREVIEW = 200  # characters of SQL shown per line; enough to recognize a statement
@@ -25,8 +25,13 @@ def _iso(ns: int) -> str:
 
 def _describe(rec) -> dict:
     d = {"time": _iso(rec.start_ns), "conn_id": rec.conn_id, "kind": KIND_NAMES[rec.kind]}
+    if rec.kind == KIND_LOCAL_INFILE:
+        size = INFILE_SIZE.unpack_from(rec.payload)[0] if len(rec.payload) >= INFILE_SIZE.size else 0
+        d["file_size"] = size
+        d["recorded"] = len(rec.payload) - INFILE_SIZE.size == size
+        return d
     if rec.kind != KIND_COMMAND:
-        if rec.kind in (KIND_CONN_OPEN, KIND_CONN_STATE) and rec.payload:
+        if rec.kind in (KIND_CONN_OPEN, KIND_CONN_STATE, KIND_CONN_CLOSE) and rec.payload:
             try:
                 d["info"] = json.loads(rec.payload)
             except ValueError:
@@ -51,13 +56,20 @@ def _line(d: dict) -> str:
     parts = [d["time"], f"conn={d['conn_id']}"]
     if d["kind"] != "COMMAND":
         parts.append(d["kind"])
+        if "file_size" in d:
+            parts.append(f"size={d['file_size']}" + ("" if d["recorded"] else " (not recorded: too large)"))
         info = d.get("info")
         if isinstance(info, dict):
-            for key in ("user", "db", "client_addr"):
+            for key in ("user", "db", "client_addr", "backend_conn_id", "by", "reason", "err_code"):
                 if info.get(key) is not None:
                     parts.append(f"{key}={info[key]}")
-            if "prepared" in info:
-                parts.append(f"prepared={len(info['prepared'])}")
+            for key in ("prepared", "sql_prepared", "temp_tables", "user_vars", "session_vars"):
+                if info.get(key):
+                    parts.append(f"{key}={len(info[key])}")
+            if info.get("in_transaction"):
+                parts.append("in_transaction")
+            if info.get("not_rebuilt"):
+                parts.append("not_rebuilt: " + "; ".join(info["not_rebuilt"]))
         return " ".join(parts)
     parts += [d["command"], d["outcome"]]
     if "err_code" in d:
@@ -106,6 +118,7 @@ def inspect_capture(input_dir, *, key=None, as_json=False, out=sys.stdout, limit
         "conn_open": counts["CONN_OPEN"],
         "conn_state": counts["CONN_STATE"],
         "conn_close": counts[KIND_NAMES[KIND_CONN_CLOSE]],
+        "local_infile": counts[KIND_NAMES[KIND_LOCAL_INFILE]],
         "errors": sum(errors_by_code.values()),
         "errors_by_code": {str(k): v for k, v in errors_by_code.most_common()},
         "first_time": _iso(first) if first is not None else None,
@@ -133,6 +146,7 @@ def _summary_text(s: dict) -> str:
              f"  connections: {s['connections']} (opened {s['conn_open']}, "
              f"already open {s['conn_state']}, closed {s['conn_close']})",
              f"  time span: {s['first_time']} .. {s['last_time']} ({s['span_seconds']:.3f}s)",
+             f"  LOCAL INFILE files: {s['local_infile']}",
              f"  commands: {s['commands']}"]
     lines += [f"    {name}: {n}" for name, n in s["commands_by_type"].items()]
     lines.append(f"  errors: {s['errors']}")

@@ -1,6 +1,8 @@
-"""A running capture: the data plane's workers append command records to the ring buffer (in C,
-without the GIL); this job appends the connection events only Python knows (a new connection's
-handshake, the state of one open before the capture), and a writer thread drains the ring.
+"""A running capture: the data plane's workers append command records (and LOCAL INFILE files) to
+the ring buffer, in C, without the GIL; this job appends the connection events only Python knows (a
+new connection's handshake, the state of one open before the capture, a close), decides on the
+statements the secret classifier's scan flags (the workers ask, with the GIL), and a writer thread
+drains the ring.
 
 Nothing here waits on the disk: appends are a memcpy into the ring buffer (records larger than a
 quarter of it are kept by reference on its side path). If the buffer is full (the writer cannot
@@ -12,46 +14,40 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import re
+import tempfile
 import time
 from typing import TYPE_CHECKING
 
 from fastproxy._ringbuf import REFUSED_CLOSED, REFUSED_FULL, REFUSED_LARGE_LIMIT, REFUSED_TOO_LARGE, RingBuffer
-from fastproxy.capture.record import KIND_COMMAND, KIND_CONN_OPEN, KIND_CONN_STATE, KIND_NAMES
+from fastproxy.capture.record import KIND_COMMAND, KIND_CONN_CLOSE, KIND_CONN_OPEN, KIND_CONN_STATE, KIND_NAMES, META_NAME
 from fastproxy.capture.writer import CaptureWriter
-from fastproxy.constants import command_name
+from fastproxy.constants import COMMAND, command_name
 from fastproxy.errors import JobError
 from fastproxy.jobs_base import Job, utc_iso
 from fastproxy.private_files import check_output_path
+from fastproxy.storage import S3Storage, is_s3
+from fastproxy.secret_sql import CLEAN, DROPPED, classify, prepared_names, reading_for_collation, redact_text
 
 if TYPE_CHECKING:
-    from fastproxy.proxy.connection import ClientConnection
     from fastproxy.proxy.server import ProxyServer
     from fastproxy.proxy.session import Session
 
 log = logging.getLogger("fastproxy.capture")
 
-# Statements that carry passwords are never written to disk. No `^`: match() anchors at its pos
-# argument (1, after the command byte), where `^` would never match.
-# Statements that may hold a password are never written. The search runs over the whole statement
-# (multi-statements, `/*! ... */` comments the server executes, `SET STATEMENT ... FOR`, PREPARE /
-# EXECUTE IMMEDIATE strings, parentheses), and errs on the side of filtering: a statement that
-# merely mentions `identified` is filtered (and counted) too.
-_SECRET_RE = re.compile(
-    rb"\b(?:identified\b|set\s+password\b|password\s*\("
-    rb"|(?:create|alter|rename)\s+(?:or\s+replace\s+)?(?:user|role|server)\b"
-    rb"|change\s+(?:master|replication\s+source)\b|master_password|source_password)",
-    re.I)
-# User-management statements are short; scanning a multi-megabyte INSERT is not. The data plane runs
-# this filter (with the GIL) only on statements its C pre-check flags (fastproxy/csrc/dp_session.c).
-SECRET_SCAN_BYTES = 64 * 1024
+_COM_QUERY = COMMAND.COM_QUERY
+_COM_STMT_PREPARE = COMMAND.COM_STMT_PREPARE
 
 
-def carries_secret(sql: bytes | str) -> bool:
-    """Whether SQL (a COM_QUERY / COM_STMT_PREPARE payload, command byte included) may hold a password."""
-    if isinstance(sql, str):
-        sql = sql.encode("utf-8", "replace")
-    return _SECRET_RE.search(sql, 0, SECRET_SCAN_BYTES) is not None
+def _check_s3_output(storage: S3Storage) -> None:
+    """Before a capture starts: the bucket answers, and the prefix holds no finished capture."""
+    from fastproxy.errors import TrafficFormatError
+
+    try:
+        names = storage.listdir()
+    except TrafficFormatError as e:
+        raise JobError(f"output: {e}") from None
+    if META_NAME in names:
+        raise JobError(f"output: {storage.location} already holds a finished capture; choose another prefix")
 
 
 class CaptureJob(Job):
@@ -59,22 +55,42 @@ class CaptureJob(Job):
 
     def __init__(self, server: "ProxyServer", output: str, duration: float, *, compress: bool = True,
                  encryption_key: bytes | None = None, buffer_size: int = 64 << 20, file_size: int = 300 << 20,
-                 large_record_buffer_size: int = 256 << 20, throttle_bytes_per_sec: float | None = None) -> None:
+                 large_record_buffer_size: int = 256 << 20, throttle_bytes_per_sec: float | None = None,
+                 local_infile: bool = False, local_infile_max_size: int = 16 << 20) -> None:
         super().__init__()
         self.server = server
-        self.output = check_output_path(output, "output")
+        upload_to = None
+        if is_s3(output):
+            # object storage: files are written to a private local spool and uploaded as each one completes
+            upload_to = S3Storage(output)
+            _check_s3_output(upload_to)
+            self.output = output
+            local = tempfile.mkdtemp(prefix="fastproxy-spool-")  # 0700, ours
+        else:
+            self.output = local = check_output_path(output, "output")
         self.duration = duration
         self.compress = compress
         self.encrypted = encryption_key is not None
         self.ring: RingBuffer | None = RingBuffer(buffer_size, large_max=large_record_buffer_size)
-        self.writer = CaptureWriter(self.ring, self.output, file_size=file_size, compress=compress,
-                                    encryption_key=encryption_key, throttle_bytes_per_sec=throttle_bytes_per_sec)
+        self.writer = CaptureWriter(self.ring, local, file_size=file_size, compress=compress,
+                                    encryption_key=encryption_key, throttle_bytes_per_sec=throttle_bytes_per_sec,
+                                    upload_to=upload_to)
         self.start_ns = 0
-        self.filtered_prepared = 0  # statements prepared before the capture whose SQL may carry a secret
+        self.filtered_here = 0  # dropped for a secret that could not be cut out with certainty (here)
+        self.redacted = 0  # recorded with their secrets replaced (fastproxy/secret_sql.py)
         self.connections = 0
         self.server_version = ""
         self._commands = 0  # captured, frozen when the capture stops (the ring is freed then)
         self._relay_counts: dict | None = None  # the data plane's counts, frozen when the capture stops
+        # LOCAL INFILE files: recorded (by the workers) when asked for, up to a size (larger than a
+        # quarter of the ring, a record waits on the side path, which large_record_buffer_size bounds)
+        self.local_infile = local_infile
+        self.local_infile_limit = min(local_infile_max_size, large_record_buffer_size)
+        # sessions open before the capture with parts replay cannot rebuild: "conn N: what"
+        self.sessions_not_rebuilt = 0
+        self.not_rebuilt: list[str] = []
+        # per connection: SQL-level PREPARE names whose text was dropped; their EXECUTE is dropped too
+        self._dropped_sql_prepares: dict[int, set[bytes]] = {}
         self._task: asyncio.Task | None = None
         self._stopping = False
         self._failed = False  # an append failed: no record after the lost one may be written
@@ -93,7 +109,8 @@ class CaptureJob(Job):
 
     @property
     def filtered(self) -> int:
-        return self.filtered_prepared + self._counts()["filtered"]
+        """Not recorded for a secret: decided here, or by a worker (executes of a dropped statement)."""
+        return self.filtered_here + self._counts()["filtered"]
 
     @property
     def existing_connections(self) -> int:
@@ -102,6 +119,18 @@ class CaptureJob(Job):
     @property
     def waited_for_txn(self) -> int:
         return self._counts()["waited_for_transaction"]
+
+    @property
+    def infile_files(self) -> int:
+        return self._counts()["local_infile_files"]
+
+    @property
+    def infile_bytes(self) -> int:
+        return self._counts()["local_infile_bytes"]
+
+    @property
+    def infile_too_large(self) -> int:
+        return self._counts()["local_infile_too_large"]
 
     # ---- lifecycle -----------------------------------------------------------------------------
     def start(self) -> None:
@@ -114,9 +143,11 @@ class CaptureJob(Job):
         self.mark_started()
         server = self.server
         server.capture = self
-        # Connections open now are parked by their worker at their next command boundary (after
-        # their transaction, if one is open) and handed to on_parked, which records their state.
-        server.dataplane.capture_start(self.ring, self.start_ns, carries_secret, SECRET_SCAN_BYTES)
+        # Every connection already relayed: its state is read at its next command, before that
+        # command (the proxy's own queries; connection.py), then it is captured; one inside a
+        # transaction that has written is captured from its end (its writes before the capture are
+        # not in the files and cannot be rebuilt). The workers decide, each for its connections.
+        server.dataplane.capture_start(self.ring, self.start_ns, self.local_infile, self.local_infile_limit)
         self._task = asyncio.get_running_loop().create_task(self._watch())
         log.info("capture started: %s for %.0fs (%d open connections)", self.output, self.duration,
                  len(server.connections))
@@ -149,10 +180,14 @@ class CaptureJob(Job):
         meta = {
             "start": utc_iso(self.start_ns), "end": utc_iso(end_ns), "duration": round((end_ns - self.start_ns) / 1e9, 3),
             "start_ns": self.start_ns, "end_ns": end_ns,
-            "commands": self.commands, "filtered_commands": self.filtered, "connections": self.connections,
+            "commands": self.commands, "filtered_commands": self.filtered, "redacted_commands": self.redacted,
+            "connections": self.connections,
             "existing_connections": self.existing_connections, "waited_for_transaction": self.waited_for_txn,
             "server_version": self.server_version, "compress": self.compress,
             "encryption_method": "aes256-ctr" if self.encrypted else "",
+            "sessions_not_rebuilt": self.sessions_not_rebuilt, "not_rebuilt": self.not_rebuilt,
+            "local_infile": self.local_infile, "local_infile_files": self.infile_files,
+            "local_infile_bytes": self.infile_bytes, "local_infile_too_large": self.infile_too_large,
         }
         if error:
             meta["error"] = error
@@ -217,30 +252,56 @@ class CaptureJob(Job):
                 why = f"{record} could not be captured: it is larger than capture.buffer-size ({_size(ring.capacity)})"
         self._fail(f"{why}; capture stopped, everything captured before it is in the files")
 
-    def on_parked(self, conn: "ClientConnection") -> None:
-        """A connection open before the capture reached a command boundary and waits: record its
-        state, then let it go on, captured from its next command."""
-        session = conn.session
-        dataplane = self.server.dataplane
+    def on_session_state(self, session: "Session", server_state: dict) -> bool:
+        """The state of a session open before the capture, read at its command boundary (the
+        proxy's own queries; fastproxy/proxy/introspect.py): recorded before its first command.
+        True when recorded: the connection is captured from its next command on."""
         if self._stopping or self._failed:
-            dataplane.resume(session.relay, False)
-            return
-        state = session.state()
-        body = session.snapshot(state)
-        kept, filtered = [], []
-        for stmt_id, sql in body["prepared"]:
-            if stmt_id in state["filtered"] or carries_secret(sql):  # filtered like one prepared during it
-                filtered.append(stmt_id)
-            else:
-                kept.append([stmt_id, sql])
-        body["prepared"] = kept
-        if filtered:
-            self.filtered_prepared += len(filtered)
-            session.relay.mark_filtered(filtered)
+            return False
         self.connections += 1
         self.server_version = self.server_version or session.server_version
-        ok = self._append_event(KIND_CONN_STATE, session, json.dumps(body).encode())
-        dataplane.resume(session.relay, ok)
+        live = session.state()
+        state = session.snapshot(live)
+        state.update(server_state)
+        not_rebuilt = []
+        kept = []
+        dropped = []
+        reading = reading_for_collation(session.charset)
+        for stmt_id, sql in state["prepared"]:
+            # prepared before the capture: redacted or dropped like one prepared during it
+            shown = None if stmt_id in live["filtered"] else redact_text(sql, reading)
+            if shown is None:
+                dropped.append(stmt_id)  # its executes, resets and close are not captured either
+                self.filtered_here += 1
+            else:
+                if shown is not sql:
+                    self.redacted += 1
+                kept.append([stmt_id, shown])
+        if dropped and session.relay is not None:
+            session.relay.mark_filtered(dropped)
+        state["prepared"] = kept
+        state["types"] = {sid: t for sid, t in state["types"].items() if int(sid) not in dropped}
+        # the SQL-level state is SQL text: redacted as a captured statement is, or left out
+        for key, what in (("sql_prepared", "prepared statement"), ("temp_tables", "temporary table")):
+            kept = []
+            for item in state[key]:
+                shown = redact_text(item["sql"], reading)
+                if shown is None:
+                    not_rebuilt.append(f"{what} {item['name']}: its SQL holds a secret")
+                else:
+                    kept.append(dict(item, sql=shown))
+            state[key] = kept
+        for t in state["temp_tables"]:
+            not_rebuilt.append(f"temporary table {t['db'] + '.' if t['db'] else ''}{t['name']}: its rows "
+                               f"(re-created empty from its CREATE statement)")
+        if state.get("state_error"):
+            not_rebuilt.append(state["state_error"])
+        if not_rebuilt:
+            state["not_rebuilt"] = not_rebuilt
+            self.sessions_not_rebuilt += 1
+            if len(self.not_rebuilt) < 20:  # a sample for show/meta; the count is exact
+                self.not_rebuilt.append(f"conn {session.conn_id}: " + "; ".join(not_rebuilt))
+        return self._append_event(KIND_CONN_STATE, session, json.dumps(state).encode())
 
     def on_connect(self, session: "Session") -> bool:
         """A new connection, about to be relayed: recorded from its first command (True)."""
@@ -249,8 +310,70 @@ class CaptureJob(Job):
         self.connections += 1
         self.server_version = self.server_version or session.server_version
         body = {"user": session.user, "db": session.db, "capabilities": session.capabilities,
-                "charset": session.charset, "client_addr": session.client_addr}
+                "charset": session.charset, "client_addr": session.client_addr, "backend": session.backend,
+                "backend_conn_id": session.backend_conn_id}
         return self._append_event(KIND_CONN_OPEN, session, json.dumps(body).encode())
+
+    def on_statement(self, session: "Session", payload: bytes, outcome: int, stmt_id: int) -> tuple[int, bytes | None, bool]:
+        """A captured COM_QUERY / COM_STMT_PREPARE the classifier's scan flagged (a worker asks, with
+        the GIL): (verdict: CLEAN / REDACTED / DROPPED, what to record when REDACTED, whether this
+        connection now has SQL-level PREPAREs whose text was dropped)."""
+        conn_id = session.conn_id
+        cmd = payload[0]
+        verdict, recorded = classify(payload, 1, reading_for_collation(session.charset))
+        if verdict == DROPPED:
+            self._drop_secret(session, cmd, payload)
+        elif verdict != CLEAN:
+            self.redacted += 1
+        elif (self._dropped_sql_prepares and cmd == _COM_QUERY
+              and not self._sql_prepares_allow(conn_id, payload)):
+            self.filtered_here += 1
+            verdict = DROPPED
+        return verdict, recorded, conn_id in self._dropped_sql_prepares
+
+    def on_session_reset(self, session: "Session") -> None:
+        """COM_CHANGE_USER / COM_RESET_CONNECTION: its SQL-level statements are gone."""
+        self._dropped_sql_prepares.pop(session.conn_id, None)
+
+    def _drop_secret(self, session: "Session", cmd: int, payload: bytes) -> None:
+        """Not recorded: a secret that cannot be cut out with certainty. What refers to it goes too
+        (a prepared statement's executes, resets and close: its worker marks it)."""
+        self.filtered_here += 1
+        if cmd == _COM_STMT_PREPARE:
+            return
+        names = {name for verb, name in prepared_names(payload, 1, reading_for_collation(session.charset))
+                 if verb == b"prepare"}
+        if names:
+            self._dropped_sql_prepares.setdefault(session.conn_id, set()).update(names)
+
+    def _sql_prepares_allow(self, conn_id: int, payload: bytes) -> bool:
+        """False for a query that runs or deallocates an SQL-level statement whose PREPARE was dropped
+        (replayed, it would only fail); a new clean PREPARE of the name lifts that."""
+        dropped = self._dropped_sql_prepares.get(conn_id)
+        if not dropped:
+            return True
+        allow = True
+        for verb, name in prepared_names(payload, 1):
+            if verb == b"prepare":
+                dropped.discard(name)
+            elif name in dropped:
+                allow = False
+                if verb == b"deallocate":
+                    dropped.discard(name)
+        if not dropped:
+            del self._dropped_sql_prepares[conn_id]
+        return allow
+
+    def on_close(self, session: "Session") -> None:
+        """A captured connection closed (after its last command record, which its worker appended)."""
+        self._dropped_sql_prepares.pop(session.conn_id, None)
+        if not self._stopping:
+            body = {"by": session.closed_by or "client"}
+            if session.close_reason:
+                body["reason"] = session.close_reason
+            if session.close_err_code:
+                body["err_code"] = session.close_err_code
+            self._append_event(KIND_CONN_CLOSE, session, json.dumps(body).encode())
 
     # ---- show ----------------------------------------------------------------------------------
     def describe(self) -> dict:
@@ -262,18 +385,34 @@ class CaptureJob(Job):
             # running: commands captured so far; ended: commands the files hold
             "commands": self._final["commands"] if self._final else self.commands,
             "filtered_commands": self.filtered,
+            "redacted_commands": self.redacted,
             "connections": self.connections,
             "existing_connections": self.existing_connections,
             "waited_for_transaction": self.waited_for_txn,
             "bytes_written": self.writer.bytes_written,
             "buffer_used": self.ring.used if self.ring is not None else 0,
             "large_record_buffer_used": self.ring.large_bytes if self.ring is not None else 0,
+            "sessions_not_rebuilt": self.sessions_not_rebuilt,
+            "not_rebuilt": self.not_rebuilt,
+            "local_infile": self.local_infile,
+            "local_infile_files": self.infile_files,
+            "local_infile_bytes": self.infile_bytes,
+            "local_infile_too_large": self.infile_too_large,
         })
         if self._final and self._final.get("commands_not_written"):
             d["commands_not_written"] = self._final["commands_not_written"]
+        notes = []
         if self.waited_for_txn:
-            d["note"] = (f"{self.waited_for_txn} connection(s) were inside a transaction when the capture started; "
-                         f"they are captured from their next transaction boundary")
+            notes.append(f"{self.waited_for_txn} connection(s) were inside a transaction that had written when the "
+                         f"capture started; they are captured from their next transaction boundary")
+        if self.sessions_not_rebuilt:
+            notes.append(f"{self.sessions_not_rebuilt} session(s) open before the capture cannot be rebuilt in "
+                         f"full on replay (not_rebuilt says what); replay reports their failures apart")
+        if self.infile_too_large:
+            notes.append(f"{self.infile_too_large} LOCAL INFILE file(s) were larger than "
+                         f"{self.local_infile_limit} bytes and not recorded: replay sends an empty file for them")
+        if notes:
+            d["note"] = "; ".join(notes)
         return d
 
     def progress(self) -> float:

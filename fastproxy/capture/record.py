@@ -15,12 +15,16 @@ FORMAT_VERSION = 2
 READABLE_FORMAT_VERSIONS = (1, 2)  # version 1 captures (48-byte record headers) still replay
 
 KIND_COMMAND = 1
-KIND_CONN_OPEN = 2    # body JSON {"user", "db", "capabilities", "client_addr"}
-KIND_CONN_STATE = 3   # body JSON {"user", "db", "capabilities", "prepared": [[stmt_id, sql], ...]}
-KIND_CONN_CLOSE = 4   # body empty
+KIND_CONN_OPEN = 2    # body JSON {"user", "db", "capabilities", "client_addr", "backend_conn_id", ...}
+KIND_CONN_STATE = 3   # body JSON: the above and the session ("prepared", "session_vars", "user_vars", ...)
+KIND_CONN_CLOSE = 4   # body empty, or JSON {"by": "client"|"server"|"proxy", "reason", "err_code"}
+KIND_LOCAL_INFILE = 5  # a LOCAL INFILE file the client sent for the command of the same conn and start_ns
 KIND_NAMES = {KIND_COMMAND: "COMMAND", KIND_CONN_OPEN: "CONN_OPEN",
-              KIND_CONN_STATE: "CONN_STATE", KIND_CONN_CLOSE: "CONN_CLOSE"}
-MAX_KIND = KIND_CONN_CLOSE
+              KIND_CONN_STATE: "CONN_STATE", KIND_CONN_CLOSE: "CONN_CLOSE", KIND_LOCAL_INFILE: "LOCAL_INFILE"}
+MAX_KIND = KIND_LOCAL_INFILE
+# LOCAL_INFILE body: the file's size (u64), then its content, or nothing when it was larger than
+# capture.local-infile-max-size (then replay sends an empty file, as without the record)
+INFILE_SIZE = struct.Struct("<Q")
 
 OUTCOME_OK = 0
 OUTCOME_ERR = 1

@@ -51,7 +51,9 @@ def output_dir_has_capture(path) -> bool:
 class CaptureWriter:
     def __init__(self, ringbuf, output_dir, *, file_size: int = 300 * 1024 * 1024,
                  compress: bool = True, encryption_key: bytes | None = None,
-                 throttle_bytes_per_sec: float | None = None):
+                 throttle_bytes_per_sec: float | None = None, upload_to=None):
+        """`upload_to` (fastproxy.storage.S3Storage): output_dir is then a local spool; each traffic
+        file is uploaded once complete and removed from the spool, meta last."""
         if file_size <= 0:
             raise ValueError("file_size must be positive")
         self._rb = ringbuf
@@ -60,6 +62,7 @@ class CaptureWriter:
         self.compress = compress
         self._key = crypto.check_key(encryption_key) if encryption_key is not None else None
         self._throttle = throttle_bytes_per_sec
+        self._upload_to = upload_to
         self.error: str | None = None
         # What the files hold, counted once the bytes are written (on-disk bytes, headers included).
         self.bytes_written = 0
@@ -153,6 +156,9 @@ class CaptureWriter:
                 # even after a disk error: the last file is closed now and meta.tmp had its space
                 # reserved at the start, and it tells a reader what happened
                 self._write_meta(merged)
+                if self._upload_to is not None:
+                    self._upload(META_NAME)
+                    os.rmdir(self.output_dir)  # the spool, now empty
             except OSError as e:
                 meta_error = _describe("cannot write meta", e, os.path.join(self.output_dir, META_TMP))
                 merged["error"] = "; ".join(x for x in (merged.get("error"), meta_error) if x)
@@ -356,6 +362,18 @@ class CaptureWriter:
         os.close(self._fd)
         self._fd = None
         self._cipher = None
+        if self._upload_to is not None:
+            self._upload(self.files[-1])
+
+    def _upload(self, name: str) -> None:
+        """Copy a finished file to object storage, then free its spool space. Runs on the writer
+        thread: a slow upload fills the ring buffer and stops the capture with that reason, it
+        never slows a client."""
+        try:
+            self._upload_to.upload(os.path.join(self.output_dir, name), name)
+        except Exception as e:  # noqa: BLE001 - botocore's errors share no useful base
+            raise OSError(0, f"cannot upload to {self._upload_to.path(name)}: {type(e).__name__}: {e}") from None
+        os.unlink(name, dir_fd=self._dir_fd)
 
     # -- meta ----------------------------------------------------------------------------------
 

@@ -113,7 +113,6 @@ int dp_init(dp *d, int nworkers, const int64_t *latency_bounds) {
     memset(d, 0, sizeof *d);
     d->events.efd = -1;
     memcpy(d->latency_bounds, latency_bounds, sizeof d->latency_bounds);
-    d->secret_scan_max = 64 * 1024;
     if (queue_init(&d->events, sizeof(dp_event)) < 0)
         return -1;
     if (posix_memalign((void **)&d->workers, 64, nworkers * sizeof(dp_worker)))
@@ -173,12 +172,40 @@ dp_conn *dp_conn_new(uint64_t conn_id, int client_fd, int backend_fd, uint64_t m
     return c;
 }
 
+static void infiles_clear(dp_conn *c) {
+    for (uint32_t i = 0; i < c->ninfiles; i++)
+        free(c->infiles[i].content);
+    free(c->infiles);
+    c->infiles = NULL;
+    c->ninfiles = 0;
+    free(c->infile_buf);
+    c->infile_buf = NULL;
+    c->infile_len = c->infile_cap = 0;
+    c->infile_capture = 0;
+}
+
+static void own_clear(dp_conn *c) {
+    if (c->own_trk) {
+        trk_free(c->own_trk);
+        free(c->own_trk);
+        c->own_trk = NULL;
+    }
+    free(c->own_ans);
+    c->own_ans = NULL;
+    c->own_len = c->own_cap = 0;
+    c->own_active = 0;
+}
+
 void dp_conn_free(dp_conn *c) {
     if (!c)
         return;
     for (uint32_t i = 0; i < c->q_cap; i++)
         free(c->q[i].buf);
     free(c->q);
+    free(c->held);
+    free(c->be_rest);
+    own_clear(c);
+    infiles_clear(c);
     free(c->cli.out);
     free(c->be.out);
     trk_free(&c->trk);
@@ -231,7 +258,10 @@ static void set_interest(dp_conn *c, dp_side *s, uint32_t want) {
 
 static void update_interest(dp_conn *c) {
     uint32_t cli = 0, be = 0;
-    if (!c->parked && !c->dead) {
+    if (c->own_active && !c->dead) {  /* the proxy's own query: its answer is not the client's */
+        if (!c->be_lost)
+            be = EPOLLIN | (c->be.out_len ? EPOLLOUT : 0);
+    } else if (!c->parked && !c->dead) {
         if (!c->closing) {
             if (c->be.out_len == 0 && c->q_len < DP_MAX_PIPELINE && !c->cli_lost)
                 cli |= EPOLLIN;
@@ -309,9 +339,15 @@ static void flush_side(dp_conn *c, dp_side *s) {
     (void)c;
 }
 
+/* Every command answered, no part of a client packet forwarded, no LOCAL INFILE file going. */
+static int command_boundary(const dp_conn *c) {
+    return trk_idle(&c->trk) && c->fr_hdr_have == 0 && c->fr_remaining == 0 && !c->fr_prev_max
+           && c->fr_mode == FR_NONE && !c->infile && !c->reading_cmd;
+}
+
+/* ... and not inside a transaction. */
 static int at_boundary(const dp_conn *c) {
-    return trk_idle(&c->trk) && !(c->s.status_flags & SERVER_STATUS_IN_TRANS) && c->fr_hdr_have == 0
-           && c->fr_remaining == 0 && !c->fr_prev_max && c->fr_mode == FR_NONE && !c->infile;
+    return command_boundary(c) && !(c->s.status_flags & SERVER_STATUS_IN_TRANS);
 }
 
 static int close_because(dp_conn *c, int reason, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
@@ -363,32 +399,75 @@ static void capture_append(dp_conn *c, dp_capture *cap, const RecordHead *h, con
                             : RING_REFUSED_FULL, h, p, n);
 }
 
-static int secret_suspect(dp_conn *c, const uint8_t *p, size_t n) {
-    dp *d = c->w->dp;
-    size_t scan = n < d->secret_scan_max ? n : d->secret_scan_max;
-    /* the cheap C pre-check first; the full filter (Python, needs the GIL) only when it may match */
-    return dp_may_carry_secret(p, scan) && (!d->secret_check || d->secret_check(d->secret_ctx, (const char *)p, n));
+/* The LOCAL INFILE files of the command that started at start_ns, each just before its record. */
+static void record_infiles(dp_conn *c, dp_capture *cap, int64_t start_ns) {
+    for (uint32_t i = 0; i < c->ninfiles; i++) {
+        dp_infile *f = &c->infiles[i];
+        size_t n = 8 + (f->content ? f->size : 0);
+        uint8_t *body = malloc(n);
+        if (!body)
+            break;
+        for (int k = 0; k < 8; k++)  /* INFILE_SIZE: the file's size (u64), then its content */
+            body[k] = (uint8_t)(f->size >> (8 * k));
+        if (f->content)
+            memcpy(body + 8, f->content, f->size);
+        __atomic_add_fetch(&cap->infile_files, 1, __ATOMIC_RELAXED);
+        if (f->content)
+            __atomic_add_fetch(&cap->infile_bytes, f->size, __ATOMIC_RELAXED);
+        else
+            __atomic_add_fetch(&cap->infile_too_large, 1, __ATOMIC_RELAXED);
+        RecordHead h;
+        memset(&h, 0, sizeof h);
+        h.kind = RING_KIND_LOCAL_INFILE;
+        h.conn_id = c->conn_id;
+        h.start_ns = start_ns;
+        capture_append(c, cap, &h, body, n);
+        free(body);
+    }
+    infiles_clear(c);
 }
 
 /* Append a finished command to the capture. Runs before the session applies the command (a
- * COM_STMT_CLOSE of a filtered statement must still find it); 1 when the command was filtered. */
+ * COM_STMT_CLOSE of a filtered statement must still find it). 1 when it was a COM_STMT_PREPARE the
+ * capture dropped (its statement is marked once the session holds it). */
 static int capture_command(dp_conn *c, const dp_cmd *m, const trk_result *r, int64_t now) {
     dp_capture *cap = c->w->capture;
+    dp *d = c->w->dp;
     if (m->len != m->total || !m->len || m->start_ns < cap->start_ns)
         return 0;
+    if (c->ninfiles)
+        record_infiles(c, cap, m->start_ns);
     const uint8_t *p = m->buf;
     size_t n = m->len;
     uint8_t cmd = p[0];
     uint64_t affected = (uint64_t)r->affected_rows;
     uint8_t *blanked = NULL;
     if (cmd == COM_QUERY || cmd == COM_STMT_PREPARE) {
-        if (secret_suspect(c, p, n)) {
-            __atomic_add_fetch(&cap->filtered, 1, __ATOMIC_RELAXED);
-            return 1;  /* a prepare's statement is marked once the session has it (on_result) */
+        /* the secret classifier: its C scan here, its policy (with the GIL) only when the scan
+         * found something, the session reads text differently, or SQL PREPAREs were dropped */
+        int policy = c->dbcs || (cmd == COM_QUERY && c->sql_prepares_dropped)
+                     || (d->secret_quick && d->secret_quick(p + 1, n - 1));
+        if (policy && d->capture_hook) {
+            uint8_t *out = NULL;
+            size_t out_n = 0;
+            int rc = d->capture_hook(c->py_handle, p, n, r, &out, &out_n);
+            c->sql_prepares_dropped = (rc & DP_SQL_DROPPED) != 0;
+            if ((rc & DP_VERDICT_MASK) == DP_DROPPED) {
+                free(out);
+                return cmd == COM_STMT_PREPARE && r->outcome == TRK_OK && r->stmt_id >= 0;
+            }
+            if ((rc & DP_VERDICT_MASK) == DP_REDACTED && out) {
+                blanked = out;
+                p = out;
+                n = out_n;
+            }
         }
         if (cmd == COM_STMT_PREPARE && r->outcome == TRK_OK)
             affected = (uint64_t)r->stmt_id;  /* a prepare has no affected rows: the field carries the id */
-    } else if (cmd == COM_CHANGE_USER) {
+    } else if (cmd == COM_CHANGE_USER || cmd == COM_RESET_CONNECTION) {
+        c->sql_prepares_dropped = 0;  /* SQL-level statements are gone */
+    }
+    if (cmd == COM_CHANGE_USER) {
         const uint8_t *user, *db;
         size_t ulen, dblen, at, alen;
         dp_parse_change_user(p, n, c->s.capabilities, &user, &ulen, &db, &dblen, &at, &alen);
@@ -404,7 +483,7 @@ static int capture_command(dp_conn *c, const dp_cmd *m, const trk_result *r, int
         dp_stmt *e = dp_stmt_find(&c->s, p[1] | (p[2] << 8) | (p[3] << 16) | ((uint32_t)p[4] << 24));
         if (e && e->filtered) {
             __atomic_add_fetch(&cap->filtered, 1, __ATOMIC_RELAXED);
-            return 1;
+            return 0;
         }
     }
     RecordHead h;
@@ -438,8 +517,13 @@ static int latency_bucket(const dp *d, int64_t ns) {
 /* The tracker's callback: a command's response is complete (or it never gets one). */
 static void on_result(void *ctx, const trk_result *r) {
     dp_conn *c = ctx;
-    if (r->unsolicited)
-        return;  /* already forwarded to the client, which reads it as the server's last word */
+    if (r->unsolicited) {  /* forwarded already; kept for the close record (1927 killed, 4031 timeout...) */
+        size_t k = r->err_msg_len < sizeof c->unsol_err_msg - 1 ? r->err_msg_len : sizeof c->unsol_err_msg - 1;
+        c->unsol_err_code = r->err_code;
+        memcpy(c->unsol_err_msg, r->err_msg, k);
+        c->unsol_err_msg[k] = 0;
+        return;
+    }
     dp_worker *w = c->w;
     dp_cmd *m = &c->q[c->q_head];
     c->q_head = (c->q_head + 1) % c->q_cap;
@@ -458,13 +542,17 @@ static void on_result(void *ctx, const trk_result *r) {
     s->last_start_ns = m->start_ns;
     s->last_end_ns = now;
     s->has_last = 1;
-    int filtered = m->capture && c->cap_state == DP_CAP_ON && w->capture && capture_command(c, m, r, now);
+    int dropped_prepare = m->capture && c->cap_state == DP_CAP_ON && w->capture && capture_command(c, m, r, now);
+    if (!m->capture && c->ninfiles)
+        infiles_clear(c);
     dp_session_apply(c, m, r);
-    if (filtered && r->cmd == COM_STMT_PREPARE && r->outcome == TRK_OK && r->stmt_id >= 0) {
+    if (dropped_prepare) {
         dp_stmt *e = dp_stmt_find(&c->s, (uint32_t)r->stmt_id);
         if (e)  /* its executes, resets and close are not captured either */
             e->filtered = 1;
     }
+    if (c->cap_state == DP_CAP_WAIT && !(s->status_flags & SERVER_STATUS_IN_TRANS))
+        c->cap_state = DP_CAP_PENDING;  /* the transaction ended: its state is read at the next command */
     if (r->cmd == COM_QUIT)
         close_because(c, DP_CLOSE_CLIENT_QUIT, NULL);
     if (m->cap > DP_KEEP_BUFFER_MAX) {
@@ -501,14 +589,22 @@ static int start_command(dp_conn *c) {
     m->start_ns = now;
     m->len = 0;
     m->total = 0;
+    m->semicolon = 0;
     m->capture = c->cap_state == DP_CAP_ON;
     c->fr_want = m->capture ? UINT64_MAX : 1;
     c->reading_cmd = 1;
     return 0;
 }
 
-static int is_maybe_use(uint8_t b) {  /* `USE db`, possibly after whitespace or a comment */
-    return b == 'u' || b == 'U' || b == ' ' || b == '\t' || b == '\r' || b == '\n' || b == '/' || b == '#' || b == '-';
+/* The first letters of the statements whose session effects Python follows (use, prepare,
+ * deallocate / drop, create), or whitespace / a comment before the statement: sqltext.FIRST_BYTES. */
+static int may_have_session_effect(uint8_t a, uint8_t b) {
+    switch (a | 0x20) {
+    case 'u': return (b | 0x20) == 's';
+    case 'p': case 'c': return (b | 0x20) == 'r';
+    case 'd': return (b | 0x20) == 'r' || (b | 0x20) == 'e';
+    }
+    return a == ' ' || a == '\t' || a == '\r' || a == '\n' || a == '/' || a == '#' || a == '-';
 }
 
 /* How many payload bytes of the command being read to keep, now that `m->len` are known: only
@@ -518,9 +614,10 @@ static uint64_t decide_want(dp_conn *c, const dp_cmd *m) {
     uint32_t n = m->len;
     switch (b[0]) {
     case COM_QUERY:
-        if (n < 2)
-            return 2;
-        return is_maybe_use(b[1]) ? DP_USE_MAX + 1 : n;
+        if (n < 3)
+            return 3;
+        /* what Python's session policy may look at: the first DP_SCAN_LIMIT bytes of the SQL */
+        return may_have_session_effect(b[1], b[2]) || c->s.multi_statements ? 1 + DP_SCAN_LIMIT : n;
     case COM_STMT_EXECUTE: {
         if (n < 6)
             return 6;  /* statement id, flags (a cursor?) */
@@ -536,6 +633,8 @@ static uint64_t decide_want(dp_conn *c, const dp_cmd *m) {
         return UINT64_MAX;
     case COM_STMT_CLOSE: case COM_STMT_RESET: case COM_STMT_SEND_LONG_DATA: case COM_STMT_FETCH:
         return 5;
+    case COM_SET_OPTION:
+        return 3;
     default:
         return n;
     }
@@ -573,6 +672,9 @@ static int collect(dp_conn *c, const uint8_t *p, size_t n) {
                     c->fr_want = want;
             }
         } else {
+            /* past what is kept: a query's `;` there tells Python a later statement may USE */
+            if (!m->semicolon && m->len && m->buf[0] == COM_QUERY && c->s.multi_statements && memchr(p, ';', n))
+                m->semicolon = 1;
             m->total += n;
             n = 0;
         }
@@ -592,6 +694,52 @@ static int end_command(dp_conn *c) {
     if (trk_begin(&c->trk, cmd, cursor) < 0)
         return close_because(c, DP_CLOSE_NO_MEMORY, NULL);
     return 0;
+}
+
+/* A LOCAL INFILE file's bytes, for a capture that records them (up to its limit: then its size). */
+static void collect_infile(dp_conn *c, const uint8_t *p, size_t n) {
+    dp_capture *cap = c->w->capture;
+    c->infile_size += n;
+    if (!cap || c->infile_size > cap->local_infile_limit) {
+        free(c->infile_buf);
+        c->infile_buf = NULL;
+        c->infile_len = c->infile_cap = 0;
+        return;
+    }
+    if (c->infile_len + n > c->infile_cap) {
+        size_t cap_n = c->infile_cap ? c->infile_cap : 4096;
+        while (cap_n < c->infile_len + n)
+            cap_n *= 2;
+        uint8_t *b = realloc(c->infile_buf, cap_n);
+        if (!b) {
+            c->infile_capture = 0;
+            return;
+        }
+        c->infile_buf = b;
+        c->infile_cap = cap_n;
+    }
+    memcpy(c->infile_buf + c->infile_len, p, n);
+    c->infile_len += n;
+}
+
+static void end_infile(dp_conn *c) {
+    dp_infile *f = realloc(c->infiles, (c->ninfiles + 1) * sizeof *f);
+    if (!f) {
+        c->infile_capture = 0;
+        return;
+    }
+    c->infiles = f;
+    dp_capture *cap = c->w->capture;
+    int whole = cap && c->infile_size <= cap->local_infile_limit;
+    f[c->ninfiles].size = c->infile_size;
+    f[c->ninfiles].content = whole ? (c->infile_buf ? c->infile_buf : malloc(1)) : NULL;
+    if (!whole)
+        free(c->infile_buf);
+    c->ninfiles++;
+    c->infile_buf = NULL;
+    c->infile_len = c->infile_cap = 0;
+    c->infile_size = 0;
+    c->infile_capture = 0;
 }
 
 /* Watch the client's bytes (already forwarded): cut them into packets, commands into dp_cmd. */
@@ -629,8 +777,12 @@ static int frame_client(dp_conn *c, const uint8_t *p, size_t n) {
                                      (unsigned long long)c->fr_total, (unsigned long long)c->max_packet_size);
         }
         size_t take = n - pos < c->fr_remaining ? n - pos : c->fr_remaining;
-        if (take && c->fr_mode == FR_CMD && collect(c, p + pos, take) < 0)
-            return -1;
+        if (take) {
+            if (c->fr_mode == FR_CMD && collect(c, p + pos, take) < 0)
+                return -1;
+            if (c->fr_mode == FR_INFILE && c->infile_capture)
+                collect_infile(c, p + pos, take);
+        }
         pos += take;
         c->fr_remaining -= (uint32_t)take;
         if (c->fr_remaining)
@@ -643,6 +795,8 @@ static int frame_client(dp_conn *c, const uint8_t *p, size_t n) {
                 return -1;
         } else if (c->fr_mode == FR_INFILE && c->fr_total == 0) {
             c->infile = 0;
+            if (c->infile_capture)
+                end_infile(c);
         }
         c->fr_mode = FR_NONE;
         if (c->close_after)
@@ -653,7 +807,27 @@ static int frame_client(dp_conn *c, const uint8_t *p, size_t n) {
 
 /* ---- events of one connection ----------------------------------------------------------------- */
 
+static void park(dp_conn *c, int reason) {
+    c->parked = 1;
+    update_interest(c);
+    post_event(c->w->dp, DP_EV_PARKED, c, (uint64_t)reason);
+}
+
+/* The proxy has something to ask the server (the database it did not say, or a session open before
+ * the capture): asked when the client starts its next command, which waits (held) meanwhile. */
+static int own_query_due(const dp_conn *c) { return c->s.db_stale || c->cap_state == DP_CAP_PENDING; }
+
 static void on_client_data(dp_conn *c, const uint8_t *p, size_t n) {
+    if (!c->held_skip && own_query_due(c) && command_boundary(c) && n >= 5 && p[3] == 0 && p[4] != COM_QUIT) {
+        uint8_t *held = malloc(n);
+        if (held) {
+            memcpy(held, p, n);
+            c->held = held;
+            c->held_len = n;
+            park(c, DP_PARK_OWN_QUERY);
+            return;
+        }
+    }
     STAT_ADD(c->w->stats.bytes_from_clients, n);
     send_to(c, &c->be, p, n);  /* forward first, then watch */
     if (frame_client(c, p, n) < 0 && c->close_after == DP_CLOSE_CLIENT_PROTOCOL)
@@ -671,7 +845,94 @@ static void on_backend_data(dp_conn *c, const uint8_t *p, size_t n) {
     if (c->trk.local_infile_requests != c->infile_seen) {  /* the server asked for a file */
         c->infile_seen = c->trk.local_infile_requests;
         c->infile = 1;
+        dp_capture *cap = c->w->capture;
+        if (cap && cap->local_infile && c->cap_state == DP_CAP_ON && c->q_len && c->q[c->q_head].capture) {
+            c->infile_capture = 1;
+            c->infile_size = 0;
+        }
     }
+}
+
+static void own_done(void *ctx, const trk_result *r) {
+    (void)ctx;
+    (void)r;
+}
+
+/* Backend bytes while the proxy's own query runs: its answer, up to the end of the response;
+ * whatever follows is the client's business once Python resumes the connection. */
+static void on_own_answer(dp_conn *c, const uint8_t *p, size_t n) {
+    size_t used = 0;
+    if (trk_feed_some(c->own_trk, p, n, &used) < 0) {
+        STAT_ADD(c->w->stats.protocol_errors, 1);
+        close_because(c, DP_CLOSE_BACKEND_PROTOCOL, "%s (the answer to the proxy's own query)", c->own_trk->error);
+        c->own_lost = 1;
+        c->own_active = 0;
+        park(c, DP_PARK_OWN_ANSWER);
+        return;
+    }
+    if (c->own_len + used > DP_OWN_ANSWER_MAX) {
+        close_because(c, DP_CLOSE_BACKEND_PROTOCOL, "the answer to the proxy's own query exceeds %d bytes",
+                      DP_OWN_ANSWER_MAX);
+        c->own_lost = 1;
+        c->own_active = 0;
+        park(c, DP_PARK_OWN_ANSWER);
+        return;
+    }
+    if (c->own_len + used > c->own_cap) {
+        size_t cap = c->own_cap ? c->own_cap : 4096;
+        while (cap < c->own_len + used)
+            cap *= 2;
+        uint8_t *b = realloc(c->own_ans, cap);
+        if (!b) {
+            close_because(c, DP_CLOSE_NO_MEMORY, NULL);
+            c->own_lost = 1;
+            c->own_active = 0;
+            park(c, DP_PARK_OWN_ANSWER);
+            return;
+        }
+        c->own_ans = b;
+        c->own_cap = cap;
+    }
+    memcpy(c->own_ans + c->own_len, p, used);
+    c->own_len += used;
+    if (!trk_idle(c->own_trk))
+        return;
+    if (used < n) {
+        uint8_t *rest = realloc(c->be_rest, c->be_rest_len + (n - used));
+        if (rest) {
+            memcpy(rest + c->be_rest_len, p + used, n - used);
+            c->be_rest = rest;
+            c->be_rest_len += n - used;
+        }
+    }
+    c->own_active = 0;
+    park(c, DP_PARK_OWN_ANSWER);  /* still Python's: the answer is in */
+}
+
+static void start_own_query(dp_conn *c, uint8_t *packet, size_t n) {
+    if (!c->own_trk) {
+        c->own_trk = malloc(sizeof *c->own_trk);
+        if (!c->own_trk) {
+            free(packet);
+            close_because(c, DP_CLOSE_NO_MEMORY, NULL);
+            c->own_lost = 1;
+            post_event(c->w->dp, DP_EV_PARKED, c, DP_PARK_OWN_ANSWER);
+            return;
+        }
+        trk_init(c->own_trk, c->trk.deprecate_eof, own_done, c);
+    }
+    c->own_len = 0;
+    trk_begin(c->own_trk, COM_QUERY, 0);
+    c->own_active = 1;
+    send_to(c, &c->be, packet, n);
+    free(packet);
+    if (c->be_lost) {
+        c->own_active = 0;
+        c->own_lost = 1;
+        post_event(c->w->dp, DP_EV_PARKED, c, DP_PARK_OWN_ANSWER);
+        return;
+    }
+    update_interest(c);
 }
 
 static void read_side(dp_conn *c, dp_side *s) {
@@ -679,12 +940,19 @@ static void read_side(dp_conn *c, dp_side *s) {
     ssize_t k = io_read(s, w->rbuf, DP_READ_SIZE);
     if (k > 0) {
         w->now = wall_ns();
-        if (s->is_client)
+        if (c->own_active)
+            on_own_answer(c, w->rbuf, (size_t)k);
+        else if (s->is_client)
             on_client_data(c, w->rbuf, (size_t)k);
         else
             on_backend_data(c, w->rbuf, (size_t)k);
     } else if (k == 0 || (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)) {
         lost(s);
+        if (c->own_active && !s->is_client) {  /* during the proxy's own query: Python says so */
+            c->own_active = 0;
+            c->own_lost = 1;
+            park(c, DP_PARK_OWN_ANSWER);
+        }
     }
 }
 
@@ -703,24 +971,26 @@ static void err_packet(uint8_t *out, size_t *n, int seq, int code, const char *s
     *n = 4 + len;
 }
 
+static void send_err(dp_conn *c, int seq, const char *msg) {
+    uint8_t pkt[256];
+    size_t n;
+    err_packet(pkt, &n, seq, ER_UNKNOWN_ERROR, "08S01", msg);
+    send_to(c, &c->cli, pkt, n);
+}
+
 static void start_close(dp_conn *c, int reason) {
     if (c->closing)
         return;
+    /* in flight: they happened, with no known end (client gone), or may not have (backend gone) */
     if (!trk_idle(&c->trk))
-        trk_abort(&c->trk, TRK_UNKNOWN);  /* in flight: they happened (or may have), with no known end */
+        trk_abort(&c->trk, reason == DP_CLOSE_BACKEND_LOST || reason == DP_CLOSE_BACKEND_GONE ? DP_OUTCOME_BACKEND_LOST
+                                                                                             : TRK_UNKNOWN);
     c->closing = 1;
     c->close_reason = (uint8_t)reason;
     c->reading_cmd = 0;
-    dp_capture *cap = c->w->capture;
-    if (cap && c->cap_state == DP_CAP_ON) {
-        RecordHead h;
-        memset(&h, 0, sizeof h);
-        h.kind = RING_KIND_CONN_CLOSE;
-        h.conn_id = c->conn_id;
-        h.start_ns = c->w->now;
-        capture_append(c, cap, &h, (const uint8_t *)"", 0);
-    }
+    c->closed_captured = c->w->capture && c->cap_state == DP_CAP_ON;  /* Python records the close */
     c->cap_state = DP_CAP_OFF;
+    infiles_clear(c);
     side_close(c, &c->be);
 }
 
@@ -741,12 +1011,6 @@ static void finish(dp_conn *c) {
     w->finished = c;
 }
 
-static void park(dp_conn *c, int reason) {
-    c->parked = 1;
-    update_interest(c);
-    post_event(c->w->dp, DP_EV_PARKED, c, (uint64_t)reason);
-}
-
 /* After anything happened to a connection: close, park, or adjust what epoll watches. */
 static void settle(dp_conn *c) {
     if (c->dead || c->parked)
@@ -763,15 +1027,13 @@ static void settle(dp_conn *c) {
         } else if (c->be_lost) {
             if (!trk_idle(&c->trk)) {
                 /* mid-command: tell the client in protocol terms, if a packet of it is not half sent */
-                int at_boundary = trk_at_packet_boundary(&c->trk), seq = trk_next_seq(&c->trk);
-                trk_abort(&c->trk, TRK_UNKNOWN);
-                if (at_boundary) {
+                int at_packet = trk_at_packet_boundary(&c->trk), seq = trk_next_seq(&c->trk);
+                /* production may not have run these: recorded as BACKEND_LOST, not replayed by default */
+                trk_abort(&c->trk, DP_OUTCOME_BACKEND_LOST);
+                if (at_packet) {
                     char msg[160];
-                    uint8_t pkt[200];
-                    size_t n;
                     snprintf(msg, sizeof msg, "fastproxy: lost connection to backend %s during query", c->backend_addr);
-                    err_packet(pkt, &n, seq, ER_UNKNOWN_ERROR, "08S01", msg);
-                    send_to(c, &c->cli, pkt, n);
+                    send_err(c, seq, msg);
                 }
                 start_close(c, DP_CLOSE_BACKEND_LOST);
             } else {
@@ -779,9 +1041,6 @@ static void settle(dp_conn *c) {
             }
         } else if (c->draining && at_boundary(c)) {
             start_close(c, DP_CLOSE_DRAIN);
-        } else if (c->cap_state == DP_CAP_WAIT && c->w->capture && at_boundary(c)) {
-            park(c, DP_PARK_CAPTURE_STATE);  /* Python records its state, then resumes it captured */
-            return;
         }
     }
     if (c->closing && (c->cli.out_len == 0 || c->cli_lost || c->cli.fd < 0)) {
@@ -830,22 +1089,59 @@ static void add_conn(dp_worker *w, dp_conn *c, int cap_state, dp_bytes *b) {
     settle(c);
 }
 
+/* Python is done with a parked connection: what it held and what followed the answer go on. */
+static void resume(dp_conn *c, uint64_t arg) {
+    dp_worker *w = c->w;
+    c->parked = 0;
+    if (arg & DP_RESUME_SET_CAPTURE)
+        c->cap_state = (uint8_t)(w->capture ? (arg & DP_RESUME_CAPTURE_MASK) : DP_CAP_OFF);
+    if (c->own_lost && !c->close_after) {
+        /* the client's command never reached the server: the error is its answer */
+        char msg[160];
+        snprintf(msg, sizeof msg, "fastproxy: lost connection to backend %s", c->backend_addr);
+        send_err(c, 1, msg);
+        c->be_lost = 1;
+    }
+    free(c->own_ans);
+    c->own_ans = NULL;
+    c->own_len = c->own_cap = 0;
+    if (!c->own_lost) {
+        w->now = wall_ns();
+        if (c->be_rest_len)
+            on_backend_data(c, c->be_rest, c->be_rest_len);
+        if (c->held_len && !c->close_after) {
+            c->held_skip = 1;
+            on_client_data(c, c->held, c->held_len);
+            c->held_skip = 0;
+        }
+    }
+    free(c->be_rest);
+    c->be_rest = NULL;
+    c->be_rest_len = 0;
+    free(c->held);
+    c->held = NULL;
+    c->held_len = 0;
+    settle(c);
+}
+
 static void set_capture(dp_worker *w, dp_capture *cap) {
     w->capture = cap;
-    for (dp_conn *c = w->conns, *next; c; c = next) {
-        next = c->next;
+    for (dp_conn *c = w->conns; c; c = c->next) {
         if (!cap) {
             c->cap_state = DP_CAP_OFF;
             continue;
         }
-        /* every connection already open is captured from a command boundary, after its state */
+        if (c->closing)
+            continue;
+        /* every connection already open: its state is read at its next command (before it); one
+         * inside a transaction that wrote is captured from the end of it */
         __atomic_add_fetch(&cap->existing, 1, __ATOMIC_RELAXED);
-        c->cap_state = DP_CAP_WAIT;
-        if (c->closing || c->parked)
-            continue;  /* parked: Python decides its state when it resumes it */
-        if (c->s.status_flags & SERVER_STATUS_IN_TRANS)
+        if ((c->s.status_flags & SERVER_STATUS_IN_TRANS) && c->s.txn_wrote) {
+            c->cap_state = DP_CAP_WAIT;
             __atomic_add_fetch(&cap->waited_txn, 1, __ATOMIC_RELAXED);
-        settle(c);
+        } else {
+            c->cap_state = DP_CAP_PENDING;
+        }
     }
 }
 
@@ -861,9 +1157,10 @@ static void handle_inbox(dp_worker *w) {
             add_conn(w, c, (int)m->arg, m->ptr);
             break;
         case DP_MSG_RESUME:
-            c->parked = 0;
-            c->cap_state = (uint8_t)(w->capture ? m->arg : DP_CAP_OFF);
-            settle(c);
+            resume(c, m->arg);
+            break;
+        case DP_MSG_OWN_QUERY:
+            start_own_query(c, m->ptr, (size_t)m->arg);
             break;
         case DP_MSG_CAPTURE:
             set_capture(w, m->ptr);
@@ -927,7 +1224,7 @@ void dp_worker_run(dp_worker *w) {
             }
             dp_side *s = ptr;
             dp_conn *c = s->conn;
-            if (c->dead || c->parked)
+            if (c->dead || (c->parked && !c->own_active))
                 continue;
             handle_io(c, s, evs[i].events);
             settle(c);
@@ -941,10 +1238,11 @@ void dp_worker_run(dp_worker *w) {
 
 /* Run `iters` commands through one connection without sockets: the client's command bytes through
  * the framer, the server's response through the tracker, then the session, the counters and (with
- * a ring) the capture append — everything a worker does per command but the system calls. Returns
+ * a ring) the secret classifier's scan and the capture append — everything a worker does per
+ * command but the system calls. Returns
  * the elapsed nanoseconds (CLOCK_MONOTONIC), or -1. */
 int64_t dp_bench_commands(const uint8_t *cmd, size_t cmd_len, const uint8_t *resp, size_t resp_len, long iters,
-                          ring *r, int deprecate_eof) {
+                          ring *r, int deprecate_eof, dp_secret_quick quick) {
     static const int64_t bounds[DP_LATENCY_BOUNDS] = {100000, 250000, 500000, 1000000, 2500000, 5000000,
                                                       10000000, 25000000, 50000000, 100000000, 250000000,
                                                       500000000, 1000000000, 2500000000, 5000000000,
@@ -952,7 +1250,7 @@ int64_t dp_bench_commands(const uint8_t *cmd, size_t cmd_len, const uint8_t *res
     dp d;
     memset(&d, 0, sizeof d);
     memcpy(d.latency_bounds, bounds, sizeof bounds);
-    d.secret_scan_max = 64 * 1024;
+    d.secret_quick = quick;  /* the secret classifier's scan, as a capture runs it */
     if (queue_init(&d.events, sizeof(dp_event)) < 0)
         return -1;
     dp_worker *w;

@@ -24,8 +24,13 @@
 #define DP_LATENCY_BOUNDS 16       /* latency histogram: bounds given by Python (metrics.py) */
 #define DP_USE_MAX 4096            /* a COM_QUERY longer than this is never taken for `USE db` */
 #define DP_KEEP_BUFFER_MAX 4096    /* command buffers larger than this are freed once used */
+#define DP_SCAN_LIMIT (64 * 1024)  /* bytes of a COM_QUERY looked at for session effects (sqltext.SCAN_LIMIT) */
+#define DP_OWN_ANSWER_MAX (16 << 20) /* the answer to one of the proxy's own queries */
 
-enum dp_capture_state { DP_CAP_OFF = 0, DP_CAP_WAIT = 1, DP_CAP_ON = 2 };
+/* A connection's part in a capture. PENDING: its state is read (the proxy's own queries) at its next
+ * command, before that command; WAIT: inside a transaction that wrote before the capture started,
+ * captured from its end (then PENDING). */
+enum dp_capture_state { DP_CAP_OFF = 0, DP_CAP_WAIT = 1, DP_CAP_ON = 2, DP_CAP_PENDING = 3 };
 
 /* Why a connection ended (Python logs accordingly). */
 enum dp_close_reason {
@@ -41,8 +46,15 @@ enum dp_close_reason {
     DP_CLOSE_NO_MEMORY,
 };
 
+#define DP_OUTCOME_BACKEND_LOST 4   /* the backend went away before answering (capture/record.py) */
+/* DP_MSG_RESUME's argument: DP_RESUME_SET_CAPTURE | the capture state to set, or 0 to keep it */
+#define DP_RESUME_SET_CAPTURE 0x100
+#define DP_RESUME_CAPTURE_MASK 0xFF
+
 enum dp_event_type { DP_EV_CLOSED = 1, DP_EV_PARKED = 2, DP_EV_CAPTURE_REFUSED = 3, DP_EV_SYNC = 4 };
-enum dp_park_reason { DP_PARK_CAPTURE_STATE = 1 };
+/* Why a connection waits for Python: its client started a command (held, not forwarded) while the
+ * proxy has something to ask the server first; or the answer to the proxy's own query is in. */
+enum dp_park_reason { DP_PARK_OWN_QUERY = 1, DP_PARK_OWN_ANSWER = 2 };
 
 /* Counters of one worker. Only its thread writes them; Python sums all workers' when /metrics is
  * scraped. Aligned so that two workers never share a cache line. */
@@ -65,7 +77,10 @@ typedef struct dp_capture {
     void *large_ctx;             /* the Python RingBuffer, for append_large (borrowed) */
     uint64_t filtered;           /* statements not written because they may carry a secret */
     uint64_t existing;           /* connections already open when the capture started */
-    uint64_t waited_txn;         /* of those, inside a transaction: captured from their boundary */
+    uint64_t waited_txn;         /* of those, inside a transaction that wrote: captured from its end */
+    uint8_t local_infile;        /* record LOCAL INFILE files (KIND_LOCAL_INFILE) ... */
+    uint64_t local_infile_limit; /* ... up to this size (larger: the size only) */
+    uint64_t infile_files, infile_bytes, infile_too_large;
     int full_reported;           /* the ring refused a record: capture stops (reported once) */
     /* the refused record (written once, before DP_EV_CAPTURE_REFUSED is posted) */
     int refusal;                 /* RING_REFUSED_* */
@@ -84,7 +99,14 @@ typedef struct dp_cmd {
     uint32_t cap;
     uint64_t total;              /* payload length */
     uint8_t capture;             /* captured (the connection was captured when it began) */
+    uint8_t semicolon;           /* a ';' in the payload beyond the bytes kept */
 } dp_cmd;
+
+/* A LOCAL INFILE file the client sent for the command in flight (for a capture that records them). */
+typedef struct dp_infile {
+    uint64_t size;
+    uint8_t *content;            /* NULL when larger than the capture's limit */
+} dp_infile;
 
 /* A prepared statement the session holds. */
 typedef struct dp_stmt {
@@ -103,6 +125,9 @@ typedef struct dp_session {
     char *db;                    /* NULL: none */
     uint64_t capabilities;
     uint16_t status_flags;
+    uint8_t txn_wrote;           /* the open transaction has changed rows */
+    uint8_t db_stale;            /* the database may have changed and the server did not say to what */
+    uint8_t multi_statements;    /* CLIENT_MULTI_STATEMENTS, or COM_SET_OPTION turned them on */
     dp_stmt *stmts;              /* open-addressing table, power-of-two size */
     uint32_t stmts_cap;
     uint32_t stmts_len;          /* live */
@@ -160,6 +185,30 @@ typedef struct dp_conn {
     uint8_t closing;             /* closed but for flushing what the client must still get */
     uint8_t dead;                /* finished: Python owns it (frees it) */
     uint8_t close_after;         /* close (for this reason) once this event is handled, e.g. COM_QUIT */
+    uint8_t closed_captured;     /* it was captured when it closed (Python records the close) */
+    uint8_t sql_prepares_dropped;/* the capture dropped an SQL PREPARE of it: its queries go past Python */
+    uint8_t dbcs;                /* its character set reads SQL differently (the classifier's policy decides) */
+    /* the proxy's own queries (docs/dataplane.md): the client's bytes held meanwhile, the answer */
+    uint8_t *held;
+    size_t held_len;
+    uint8_t held_skip;           /* forward the held bytes without asking first (it reads diagnostics) */
+    uint8_t own_active;          /* a query of the proxy is on the backend connection */
+    uint8_t own_lost;            /* the backend went away during it */
+    tracker *own_trk;
+    uint8_t *own_ans;
+    size_t own_len, own_cap;
+    uint8_t *be_rest;            /* backend bytes after the answer: the client's, once resumed */
+    size_t be_rest_len;
+    /* the server's last word on an idle connection (e.g. 1927 connection killed) */
+    uint16_t unsol_err_code;
+    char unsol_err_msg[200];
+    /* LOCAL INFILE files of the command in flight, for a capture that records them */
+    uint8_t infile_capture;
+    uint64_t infile_size;
+    uint8_t *infile_buf;
+    size_t infile_len, infile_cap;
+    dp_infile *infiles;
+    uint32_t ninfiles;
     uint8_t cli_lost;            /* the client side failed (EOF, reset): handled once the event is */
     uint8_t be_lost;
     uint8_t close_reason;
@@ -206,23 +255,38 @@ typedef struct dp_worker {
     uint8_t *rbuf;               /* DP_READ_SIZE */
 } dp_worker;
 
-typedef int (*dp_secret_check)(void *ctx, const char *sql, size_t n);
 /* The ring's side path for records too large for it (Python, takes the GIL): RING_REFUSED_NONE or
  * why it was refused. */
 typedef int (*dp_append_large)(void *ctx, const RecordHead *h, const uint8_t *payload, size_t n);
+/* The secret classifier's pre-check (no GIL): 1 when its policy must look at the statement. */
+typedef int (*dp_secret_quick)(const uint8_t *sql, size_t n);
+/* Capture policy for a captured COM_QUERY / COM_STMT_PREPARE (Python, takes the GIL): the verdict
+ * (DP_CLEAN: record it as is; DP_REDACTED: record *out, malloc'd; DP_DROPPED: not at all) | the
+ * DP_SQL_DROPPED bit while the connection has SQL-level PREPAREs the capture dropped. */
+typedef int (*dp_capture_hook)(void *conn, const uint8_t *payload, size_t n, const trk_result *r, uint8_t **out,
+                               size_t *out_n);
+/* Session policy in Python (takes the GIL), for the rare commands whose effect the C session does not
+ * know: DP_HOOK_QUERY (a COM_QUERY that may PREPARE, create a temporary table, USE...; returns 1
+ * when the current database may have changed), DP_HOOK_FORGET (COM_RESET_CONNECTION, COM_CHANGE_USER). */
+typedef int (*dp_session_hook)(void *conn, int kind, const uint8_t *payload, size_t n, const trk_result *r,
+                               int flags);
+enum { DP_CLEAN = 0, DP_REDACTED = 1, DP_DROPPED = 2, DP_VERDICT_MASK = 3, DP_SQL_DROPPED = 16 };
+enum { DP_HOOK_QUERY = 1, DP_HOOK_FORGET = 2 };
 
 typedef struct dp {
     int nworkers;
     dp_worker *workers;
     dp_queue events;
     int64_t latency_bounds[DP_LATENCY_BOUNDS];
-    dp_secret_check secret_check;   /* the full check (takes the GIL): only after the C pre-check */
-    void *secret_ctx;
-    size_t secret_scan_max;         /* bytes of a statement the secret filter looks at */
+    dp_secret_quick secret_quick;   /* the classifier's pre-check, run without the GIL */
+    dp_capture_hook capture_hook;   /* its policy, with the GIL, only when the pre-check says so */
+    dp_session_hook session_hook;
     dp_append_large append_large;
 } dp;
 
 /* lifecycle (Python thread) */
+int64_t dp_bench_commands(const uint8_t *cmd, size_t cmd_len, const uint8_t *resp, size_t resp_len, long iters,
+                          ring *r, int deprecate_eof, dp_secret_quick quick);
 int dp_init(dp *d, int nworkers, const int64_t *latency_bounds);
 void dp_destroy(dp *d);
 void dp_worker_run(dp_worker *w);             /* a worker thread's body: returns after DP_MSG_STOP */
@@ -234,7 +298,8 @@ size_t dp_take_events(dp *d, dp_event **out);  /* swaps the event vector out; ca
 
 enum dp_msg_type {
     DP_MSG_ADD = 1,       /* conn; arg: initial capture state; ptr: initial client bytes (dp_bytes*) */
-    DP_MSG_RESUME,        /* conn; arg: capture state */
+    DP_MSG_RESUME,        /* conn: Python is done with a parked connection */
+    DP_MSG_OWN_QUERY,     /* conn; ptr: a COM_QUERY packet of the proxy to send (malloc'd) */
     DP_MSG_CAPTURE,       /* ptr: dp_capture* or NULL */
     DP_MSG_DRAIN,
     DP_MSG_CLOSE_ALL,
@@ -251,17 +316,17 @@ typedef struct dp_bytes {
     size_t backend_in_len;
 } dp_bytes;
 
-int64_t dp_bench_commands(const uint8_t *cmd, size_t cmd_len, const uint8_t *resp, size_t resp_len, long iters,
-                          ring *r, int deprecate_eof);
+
 
 /* session (dp_session.c) */
 void dp_session_free(dp_session *s);
+void dp_session_forget_statements(dp_conn *c);
+int dp_worth_scanning(const uint8_t *p, size_t n, int multi_statements, int semicolon);
 dp_stmt *dp_stmt_find(dp_session *s, uint32_t id);
 int dp_session_apply(dp_conn *c, const dp_cmd *cmd, const trk_result *r);
 int dp_used_database(const uint8_t *p, size_t n, const uint8_t **name, size_t *name_len, int *quoted);
 int dp_parse_change_user(const uint8_t *p, size_t n, uint64_t caps, const uint8_t **user, size_t *user_len,
                          const uint8_t **db, size_t *db_len, size_t *auth_at, size_t *auth_len);
-int dp_may_carry_secret(const uint8_t *p, size_t n);
 uint64_t dp_execute_types_at(dp_session *s, const uint8_t *p, size_t n, uint16_t *nparams);
 
 #endif

@@ -237,81 +237,80 @@ uint64_t dp_execute_types_at(dp_session *s, const uint8_t *p, size_t n, uint16_t
     return flag_at + 1;
 }
 
-/* ---- the cheap half of the secret filter ---------------------------------------------------- */
+/* ---- statements whose session effects Python follows ------------------------------------------ */
 
-static int word_is(const uint8_t *w, size_t len, const char *word, size_t wlen) {
-    if (len != wlen)
-        return 0;
-    for (size_t k = 1; k < len; k++)  /* the first letter was matched by the caller's switch */
-        if ((w[k] | 0x20) != (uint8_t)word[k])
-            return 0;
-    return 1;
-}
+static int is_word_byte(uint8_t c) { return (uint8_t)((c | 0x20) - 'a') < 26 || (uint8_t)(c - '0') < 10 || c == '_'; }
 
-#define IS(word) word_is(w, len, word, sizeof word - 1)
-
-/* Whether a statement may carry a password: true for every statement the full filter
- * (fastproxy.capture.job.carries_secret, which needs the GIL) could flag, and for few others, so
- * that the full filter runs only on these. Each of its patterns is made of whole words (\b on both
- * sides, but `master_password` and `source_password` none after), and a statement matches one only
- * if it holds: `identified`, or a run of letters starting with `password`; or one of
- * create/alter/rename and one of user/role/server; or `change` and one of master/source. One pass
- * over the runs of letters, one switch on the first letter of each. */
-int dp_may_carry_secret(const uint8_t *p, size_t n) {
-    int verb = 0, object = 0, change = 0, repl = 0;
+/* sqltext._START: whitespace and comments (executable comments opened), then one of the keywords. */
+static int starts_with_effect_keyword(const uint8_t *p, size_t n) {
+    static const char *words[] = {"use", "prepare", "deallocate", "drop", "create"};
     size_t i = 0;
-    while (i < n) {
-        if ((uint8_t)((p[i] | 0x20) - 'a') >= 26) {
-            i++;
+    for (;;) {
+        if (i < n && is_space(p[i])) {
+            while (i < n && is_space(p[i]))
+                i++;
             continue;
         }
-        size_t start = i;
-        while (i < n && (uint8_t)((p[i] | 0x20) - 'a') < 26)
-            i++;
-        const uint8_t *w = p + start;
-        size_t len = i - start;
-        if (len < 4)
-            continue;
-        switch (w[0] | 0x20) {
-        case 'p':  /* `master_password` needs no boundary after it: any run that starts with "password" */
-            if (len >= 8 && word_is(w, 8, "password", 8))
-                return 1;
-            break;
-        case 'i':
-            if (IS("identified"))
-                return 1;
-            break;
-        case 'c':
-            verb |= IS("create");
-            change |= IS("change");
-            break;
-        case 'a':
-            verb |= IS("alter");
-            break;
-        case 'r':
-            verb |= IS("rename");
-            object |= IS("role");
-            break;
-        case 'u':
-            object |= IS("user");
-            break;
-        case 's':
-            object |= IS("server");
-            repl |= IS("source");
-            break;
-        case 'm':
-            repl |= IS("master");
-            break;
-        default:
+        if (i + 1 < n && p[i] == '/' && p[i + 1] == '*') {
+            size_t k = i + 2;
+            if (k < n && p[k] == 'M')
+                k++;
+            if (k < n && p[k] == '!') {  /* an executable comment: its content is SQL */
+                k++;
+                while (k < n && (uint8_t)(p[k] - '0') < 10)
+                    k++;
+                i = k;
+                continue;
+            }
+            size_t j = i + 2;
+            while (j + 1 < n && !(p[j] == '*' && p[j + 1] == '/'))
+                j++;
+            if (j + 1 >= n)
+                return 0;
+            i = j + 2;
             continue;
         }
-        if ((verb && object) || (change && repl))
+        if (i + 2 < n && p[i] == '-' && p[i + 1] == '-' && is_space(p[i + 2])) {
+            const uint8_t *nl = memchr(p + i + 3, '\n', n - i - 3);
+            if (!nl)
+                return 0;
+            i = (size_t)(nl - p) + 1;
+            continue;
+        }
+        if (i < n && p[i] == '#') {
+            const uint8_t *nl = memchr(p + i, '\n', n - i);
+            if (!nl)
+                return 0;
+            i = (size_t)(nl - p) + 1;
+            continue;
+        }
+        break;
+    }
+    for (size_t w = 0; w < sizeof words / sizeof *words; w++) {
+        size_t k = strlen(words[w]);
+        if (i + k > n)
+            continue;
+        size_t m = 0;
+        while (m < k && (p[i + m] | 0x20) == words[w][m])
+            m++;
+        if (m == k && (i + k == n || !is_word_byte(p[i + k])))
             return 1;
     }
     return 0;
 }
 
-#undef IS
+/* sqltext.worth_scanning: whether a COM_QUERY payload (command byte first; `semicolon`: one beyond
+ * the bytes given) may hold a statement whose effect on the session Python follows. */
+int dp_worth_scanning(const uint8_t *p, size_t n, int multi_statements, int semicolon) {
+    if (n < 3)
+        return 0;
+    uint8_t a = p[1] | 0x20, b = p[2] | 0x20;
+    int letter = (a == 'u' && b == 's') || ((a == 'p' || a == 'c') && b == 'r') || (a == 'd' && (b == 'r' || b == 'e'));
+    int lead = p[1] == ' ' || p[1] == '\t' || p[1] == '\r' || p[1] == '\n' || p[1] == '/' || p[1] == '#' || p[1] == '-';
+    if ((letter || lead) && starts_with_effect_keyword(p + 1, n - 1))
+        return 1;
+    return multi_statements && (semicolon || memchr(p + 1, ';', n - 1) != NULL);
+}
 
 /* ---- applying a finished command ------------------------------------------------------------- */
 
@@ -330,31 +329,59 @@ static void set_db(dp_session *s, const uint8_t *name, size_t len, int quoted) {
     s->db = db;
 }
 
-/* Update the session from a finished command (its payload kept as dp.c decided). */
+static void session_hook(dp_conn *c, int kind, const uint8_t *p, size_t n, const trk_result *r, int semicolon) {
+    dp_session_hook hook = c->w->dp->session_hook;
+    if (!hook)
+        return;
+    /* flags: 1 a `;` beyond the bytes given, 2 multi-statements are on */
+    if (hook(c->py_handle, kind, p, n, r, (semicolon ? 1 : 0) | (c->s.multi_statements ? 2 : 0)) & 1)
+        c->s.db_stale = 1;  /* the database may have changed: asked at the next command */
+}
+
+void dp_session_forget_statements(dp_conn *c) {
+    pthread_mutex_lock(&c->lock);
+    stmts_forget(&c->s);
+    pthread_mutex_unlock(&c->lock);
+    c->s.txn_wrote = 0;
+}
+
+/* Update the session from a finished command (its payload kept as dp.c decided). The current
+ * database comes from the server (SESSION_TRACK_SCHEMA, or the proxy's own SELECT DATABASE() when
+ * it may have changed without the server saying to what), never from the SQL text. */
 int dp_session_apply(dp_conn *c, const dp_cmd *cmd, const trk_result *r) {
     dp_session *s = &c->s;
     const uint8_t *p = cmd->buf;
     size_t n = cmd->len;
     int whole = cmd->len == cmd->total;
     if (r->outcome == TRK_OK) {
-        if (r->has_status)
+        if (r->has_status) {
             s->status_flags = r->status_flags;
-    } else if (r->outcome != TRK_NO_RESPONSE) {
-        return 0;  /* ERR or no answer: nothing changed */
+            if (r->status_flags & SERVER_STATUS_IN_TRANS) {
+                if (r->affected_rows)
+                    s->txn_wrote = 1;
+            } else {
+                s->txn_wrote = 0;
+            }
+        }
+        if (r->schema_set) {  /* the server said which database is current now */
+            pthread_mutex_lock(&c->lock);
+            set_db(s, (const uint8_t *)r->schema, r->schema_len, 0);
+            if (!r->schema_len) {
+                free(s->db);
+                s->db = NULL;
+            }
+            pthread_mutex_unlock(&c->lock);
+            s->db_stale = 0;
+        } else if (r->schema_cut || (r->has_status && (r->status_flags & SERVER_STATUS_DB_DROPPED))) {
+            s->db_stale = 1;
+        }
     }
     switch (r->cmd) {
-    case COM_QUERY: {
-        const uint8_t *name;
-        size_t len;
-        int quoted;
-        if (whole && n > 1 && dp_used_database(p, n, &name, &len, &quoted)) {
-            pthread_mutex_lock(&c->lock);
-            set_db(s, name, len, quoted);
-            pthread_mutex_unlock(&c->lock);
-        }
-        return 0;
-    }
     case COM_STMT_EXECUTE: {
+        /* also from a failed execute: the server took the types all the same, and later executes
+         * of the statement do not repeat them */
+        if (r->outcome != TRK_OK && r->outcome != TRK_ERR)
+            return 0;
         uint16_t np = 0;
         uint64_t at = dp_execute_types_at(s, p, n, &np);
         if (!at || at + 2u * np > n)
@@ -373,6 +400,20 @@ int dp_session_apply(dp_conn *c, const dp_cmd *cmd, const trk_result *r) {
         pthread_mutex_unlock(&c->lock);
         return 0;
     }
+    case COM_QUERY:
+        /* SQL PREPAREs, temporary tables, a USE the server may not report: Python follows those,
+         * for the few queries that may hold one (also after an error: a multi-statement may have
+         * failed after its USE) */
+        if (n > 1 && (r->outcome == TRK_OK || r->outcome == TRK_ERR)
+            && dp_worth_scanning(p, n, s->multi_statements, cmd->semicolon))
+            session_hook(c, DP_HOOK_QUERY, p, n, r, cmd->semicolon || (!whole && n > DP_SCAN_LIMIT));
+        return 0;
+    default:
+        break;
+    }
+    if (r->outcome != TRK_OK && r->outcome != TRK_NO_RESPONSE)
+        return 0;  /* ERR or no answer: nothing changed (COM_STMT_CLOSE has no answer) */
+    switch (r->cmd) {
     case COM_STMT_PREPARE: {
         if (!whole || r->stmt_id < 0)
             return 0;
@@ -401,16 +442,20 @@ int dp_session_apply(dp_conn *c, const dp_cmd *cmd, const trk_result *r) {
         }
         return 0;
     case COM_INIT_DB:
-        if (whole) {
+        if (whole && !r->schema_set) {  /* the server's answer wins when it gave one */
             pthread_mutex_lock(&c->lock);
             set_db(s, p + 1, n - 1, 0);
             pthread_mutex_unlock(&c->lock);
+            s->db_stale = 0;
         }
         return 0;
+    case COM_SET_OPTION:
+        if (n >= 3)
+            s->multi_statements = (p[1] | (p[2] << 8)) == 0;  /* MYSQL_OPTION_MULTI_STATEMENTS_ON */
+        return 0;
     case COM_RESET_CONNECTION:
-        pthread_mutex_lock(&c->lock);
-        stmts_forget(s);
-        pthread_mutex_unlock(&c->lock);
+        dp_session_forget_statements(c);
+        session_hook(c, DP_HOOK_FORGET, p, n, r, 0);
         return 0;
     case COM_CHANGE_USER: {
         if (!whole)
@@ -419,14 +464,17 @@ int dp_session_apply(dp_conn *c, const dp_cmd *cmd, const trk_result *r) {
         size_t ulen, dblen, auth_at, auth_len;
         dp_parse_change_user(p, n, s->capabilities, &user, &ulen, &db, &dblen, &auth_at, &auth_len);
         char *u = dup_bytes(user, ulen);
-        char *d = db && dblen ? dup_bytes(db, dblen) : NULL;
         pthread_mutex_lock(&c->lock);
         free(s->user);
-        free(s->db);
         s->user = u;
-        s->db = d;
-        stmts_forget(s);
+        if (!r->schema_set) {  /* the server sets the database the command names (none if none) */
+            free(s->db);
+            s->db = db && dblen ? dup_bytes(db, dblen) : NULL;
+            s->db_stale = 0;
+        }
         pthread_mutex_unlock(&c->lock);
+        dp_session_forget_statements(c);
+        session_hook(c, DP_HOOK_FORGET, p, n, r, 0);
         return 0;
     }
     }

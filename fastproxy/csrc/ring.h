@@ -31,6 +31,7 @@
 #define RING_KIND_CONN_OPEN 2
 #define RING_KIND_CONN_STATE 3
 #define RING_KIND_CONN_CLOSE 4
+#define RING_KIND_LOCAL_INFILE 5  /* a LOCAL INFILE file a client sent (capture.local-infile) */
 #define RING_MAX_RECORD 0xFFFFFFFFull  /* record_len is a u32 */
 #define RING_LARGE_FLAG 0x80          /* in a marker's kind: the payload waits outside the ring */
 #define RING_MARKER_SIZE (RING_HEADER_SIZE + 8)  /* a marker: the header, then the payload's u64 id */

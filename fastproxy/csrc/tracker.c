@@ -93,6 +93,7 @@ static void deliver(tracker *t) {
 static int finish(tracker *t, int outcome) {
     t->cur.outcome = (uint8_t)outcome;
     t->have_cur = 0;
+    t->done = 1;
     deliver(t);
     return start_next(t);
 }
@@ -105,7 +106,7 @@ static int start_next(tracker *t) {
         t->q_head = (t->q_head + 1) % t->q_cap;
         t->q_len--;
         uint8_t cmd = e & 0xFF;
-        memset(&t->cur, 0, sizeof t->cur);
+        memset(&t->cur, 0, offsetof(trk_result, schema));  /* the name buffer needs no clearing */
         t->cur.cmd = cmd;
         t->cur.outcome = TRK_UNKNOWN;
         t->cur.stmt_id = -1;
@@ -155,6 +156,48 @@ static int end_of_result(tracker *t) {
     return finish(t, TRK_OK);
 }
 
+/* The session state changes after the info string of an OK packet (CLIENT_SESSION_TRACK):
+ * https://dev.mysql.com/doc/dev/mysql-server/latest/page_protocol_basic_ok_packet.html
+ * Only SESSION_TRACK_SCHEMA is taken: the current database, whatever statement changed it. */
+static void parse_session_state(tracker *t, uint32_t pos) {
+    int used;
+    int cut = t->head_len < t->pkt_len;
+    int64_t end = t->head_len;
+    int64_t v = lenenc(&t->head[pos], end - pos, &used);  /* info string */
+    if (!used || pos + used + v > end)
+        goto incomplete;
+    pos += used + (uint32_t)v;
+    v = lenenc(&t->head[pos], end - pos, &used);  /* all session state changes */
+    if (!used)
+        goto incomplete;
+    pos += used;
+    if (pos + v > end)
+        t->cur.schema_cut = (uint8_t)cut;  /* some changes lie beyond the head */
+    else
+        end = pos + v;
+    while (pos < end) {
+        uint8_t type = t->head[pos];
+        int64_t len = lenenc(&t->head[pos + 1], end - pos - 1, &used);
+        if (!used || pos + 1 + used + len > end)
+            goto incomplete;
+        uint32_t entry = pos + 1 + used;
+        if (type == SESSION_TRACK_SCHEMA) {
+            int n_used;
+            int64_t n = lenenc(&t->head[entry], len, &n_used);
+            if (n_used && n_used + n <= len && n <= TRK_SCHEMA_MAX) {
+                memcpy(t->cur.schema, &t->head[entry + n_used], (size_t)n);
+                t->cur.schema[n] = 0;
+                t->cur.schema_len = (uint16_t)n;
+                t->cur.schema_set = 1;
+            }
+        }
+        pos = entry + (uint32_t)len;
+    }
+    return;
+incomplete:
+    t->cur.schema_cut = (uint8_t)cut;
+}
+
 static void parse_ok(tracker *t, uint32_t pos) {
     int used;
     int64_t v = lenenc(&t->head[pos], (int64_t)t->head_len - pos, &used);
@@ -172,6 +215,8 @@ static void parse_ok(tracker *t, uint32_t pos) {
         t->cur.status_flags = t->head[pos] | (t->head[pos + 1] << 8);
         t->cur.warnings = t->head[pos + 2] | (t->head[pos + 3] << 8);
         t->cur.has_status = 1;
+        if (t->session_track && (t->cur.status_flags & SERVER_STATUS_SESSION_STATE_CHANGED))
+            parse_session_state(t, pos + 4);
     }
 }
 
@@ -338,14 +383,14 @@ static int on_packet(tracker *t) {
     return fail(t, "response tracker in an unknown state, command ", cur->cmd);
 }
 
-int trk_feed(tracker *t, const uint8_t *p, size_t n) {
+static int feed(tracker *t, const uint8_t *p, size_t n, size_t *used) {
     size_t pos = 0;
     for (;;) {
         if (t->hdr_have < 4) {
             while (t->hdr_have < 4 && pos < n)
                 t->hdr[t->hdr_have++] = p[pos++];
             if (t->hdr_have < 4)
-                return 0;
+                break;
             t->pkt_len = t->hdr[0] | (t->hdr[1] << 8) | ((uint32_t)t->hdr[2] << 16);
             t->pkt_remaining = t->pkt_len;
             t->continuation = t->prev_max;
@@ -363,17 +408,36 @@ int trk_feed(tracker *t, const uint8_t *p, size_t n) {
             t->pkt_remaining -= (uint32_t)take;
         }
         if (t->pkt_remaining)
-            return 0;
+            break;
         t->hdr_have = 0;
         if (!t->continuation) {
             t->packets++;
             t->resp_packets++;
             if (on_packet(t) < 0)
                 return -1;
+            if (t->stop_at_done && t->done) {
+                *used = pos;
+                return 0;
+            }
         }
         if (pos == n)
-            return 0;
+            break;
     }
+    *used = pos;
+    return 0;
+}
+
+int trk_feed(tracker *t, const uint8_t *p, size_t n) {
+    size_t used;
+    return feed(t, p, n, &used);
+}
+
+int trk_feed_some(tracker *t, const uint8_t *p, size_t n, size_t *used) {
+    t->stop_at_done = 1;
+    t->done = 0;
+    int rc = feed(t, p, n, used);
+    t->stop_at_done = 0;
+    return rc;
 }
 
 void trk_abort(tracker *t, int outcome) {

@@ -18,6 +18,7 @@
 #define TRK_HEAD_MAX 1024          /* bytes of each server packet kept for parsing (ERR messages are <= 512) */
 #define TRK_MAX_PAYLOAD 0xFFFFFFu  /* a physical payload of this size continues in the next packet */
 #define TRK_QUEUE_INLINE 8         /* pipelined commands held without allocating */
+#define TRK_SCHEMA_MAX 256         /* a database name: 64 characters of up to 4 bytes */
 
 enum trk_outcome { TRK_OK = 0, TRK_ERR = 1, TRK_NO_RESPONSE = 2, TRK_UNKNOWN = 3 };
 
@@ -59,6 +60,14 @@ typedef struct trk_result {
     char sql_state[6];           /* NUL-terminated, "" if the ERR had none */
     const char *err_msg;         /* ERR message (not NUL-terminated); valid during the callback only */
     uint32_t err_msg_len;
+    /* SESSION_TRACK_SCHEMA of an OK packet (CLIENT_SESSION_TRACK, tracker.session_track): the
+     * current database after the command, whatever statement changed it. schema_cut: a change was
+     * flagged but the OK packet was longer than TRK_HEAD_MAX, so what changed is unknown. The
+     * name is last: start_next clears the result up to it only. */
+    uint8_t schema_set;
+    uint8_t schema_cut;
+    uint16_t schema_len;
+    char schema[TRK_SCHEMA_MAX + 1];
 } trk_result;
 
 typedef void (*trk_callback)(void *ctx, const trk_result *r);
@@ -69,6 +78,9 @@ typedef struct tracker {
     uint8_t state;               /* enum trk_state */
     uint8_t cursor;              /* the current COM_STMT_EXECUTE asked for a cursor */
     uint8_t deprecate_eof;
+    uint8_t session_track;       /* CLIENT_SESSION_TRACK: OK packets carry session state changes */
+    uint8_t stop_at_done;        /* trk_feed_some: stop right after a command completes */
+    uint8_t done;
     /* packet scanning (a physical packet may span trk_feed calls) */
     uint8_t hdr[4];
     uint8_t hdr_have;
@@ -101,6 +113,9 @@ void trk_free(tracker *t);
 int trk_begin(tracker *t, uint8_t cmd, int cursor);
 /* Scan server bytes. 0, or -1 with t->error set when they break the protocol. */
 int trk_feed(tracker *t, const uint8_t *p, size_t n);
+/* Like trk_feed, but stops right after the first command that completes: *used = the bytes it took
+ * (the rest belongs to what follows). */
+int trk_feed_some(tracker *t, const uint8_t *p, size_t n, size_t *used);
 /* The server side is gone: every pending command ends with `outcome`. */
 void trk_abort(tracker *t, int outcome);
 

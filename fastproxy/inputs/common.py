@@ -16,12 +16,30 @@ NS = 1_000_000_000
 UTF8MB4 = 45
 
 
-def secret_filter(payload: bytes) -> bytes | None:
-    """The payload to keep for a COM_QUERY from a log (command byte included), or None to drop it.
-    The same policy as capture: a statement that may carry a secret never reaches a file."""
-    from fastproxy.capture.job import carries_secret
+def secret_filter(payload: bytes, stats=None) -> bytes | None:
+    """The payload to keep for a statement from an input (command byte included): itself, with its
+    secret literals replaced by the placeholder (as capture records them, so replay can put a password
+    back), or None to drop it — the capture's classifier (fastproxy/secret_sql.py), so a password a
+    server logged in clear never reaches a file. `stats` counts what was redacted or dropped."""
+    from fastproxy.secret_sql import CLEAN, DROPPED, REDACTED, classify
 
-    return None if carries_secret(payload) else payload
+    verdict, out = classify(payload, 1)
+    if verdict == CLEAN:
+        return payload
+    if not KEEP_REDACTED:
+        verdict = DROPPED
+    if stats is not None:
+        stats[REDACTED_STAT if verdict == REDACTED else DROPPED_STAT] += 1
+    return out if verdict == REDACTED else None
+
+
+# Redacted statements are kept only once replay puts a password back in their place (else a logged
+# `ALTER USER app IDENTIFIED BY ...` would set the placeholder as app's password on the target).
+KEEP_REDACTED = False
+
+
+DROPPED_STAT = "statement that may carry a secret"
+REDACTED_STAT = "statement recorded with its secret redacted"
 
 
 class LogConnections:

@@ -8,6 +8,7 @@ from fastproxy._ringbuf import RingBuffer
 from fastproxy.capture.record import KIND_COMMAND
 from fastproxy.capture.writer import CaptureWriter
 from fastproxy.errors import JobError
+from fastproxy.inputs.common import DROPPED_STAT, REDACTED_STAT
 from fastproxy.jobs_base import utc_iso
 
 BUFFER = 16 << 20
@@ -47,7 +48,8 @@ def convert(source, output: str, *, file_size: int = 300 << 20, compress: bool =
         "start": utc_iso(first), "end": utc_iso(last), "start_ns": first, "end_ns": last,
         "duration": round((last - first) / 1e9, 3) if last else 0, "commands": commands,
         "connections": connections,
-        "filtered_commands": (getattr(source, "stats", {}) or {}).get("statement that may carry a secret", 0),
+        "filtered_commands": (getattr(source, "stats", {}) or {}).get(DROPPED_STAT, 0),
+        "redacted_commands": (getattr(source, "stats", {}) or {}).get(REDACTED_STAT, 0),
         "converted_from": getattr(source, "format", "native"),
         "input_skipped": dict(getattr(source, "stats", {}) or {}),
         "compress": compress, "encryption_method": "aes256-ctr" if encryption_key else "",

@@ -271,10 +271,10 @@ class TiProxySource:
                 self.stats["TiDB session states (connection open before the capture; TiDB only)"] += 1
                 continue
             if cmd in (COMMAND.COM_QUERY, COMMAND.COM_STMT_PREPARE):
-                kept = secret_filter(payload)
+                kept = secret_filter(payload, self.stats)
                 if kept is None:
-                    self.stats["statement that may carry a secret"] += 1
                     continue
+                payload = kept
             if cmd == COMMAND.COM_INIT_DB:
                 st["db"] = payload[1:].decode("utf-8", "surrogateescape")
             affected = 0

@@ -4,7 +4,19 @@ Python does what happens once per connection: connect a backend, rewrite the gre
 the proxy cannot handle are removed), pass the authentication through. When the backend says OK,
 both sockets are handed to a data-plane worker (fastproxy/_dataplane.pyx), which relays every
 command in C without the GIL; this object stays as the connection's entry in the proxy's table,
-and hears of it again only when it closes or parks (see docs/dataplane.md).
+and hears of it again only for what is rare (see docs/dataplane.md):
+
+- it closed (on_relay_closed): who closed it and why, for the log and the capture's CONN_CLOSE;
+- a statement whose effect only Python follows (on_session_statement: SQL PREPAREs, temporary
+  tables, a USE the server did not report), or that the secret classifier's scan flagged while the
+  connection is captured (on_capture_statement);
+- the proxy's own queries (fastproxy/proxy/introspect.py: the session of a connection open before a
+  capture, the current database when the server did not say it) run on the backend connection at a
+  command boundary and never mix with the client's bytes: the worker parks the connection when its
+  client starts a command while one is due, holding that command's bytes (not forwarded); here the
+  queries go out through the worker and their answers come back to Python, not to the client; then
+  the held bytes go on. A command that reads what a SELECT would reset (FOUND_ROWS(), ROW_COUNT(),
+  SHOW WARNINGS) goes first: the proxy asks before the command after it.
 """
 from __future__ import annotations
 
@@ -15,11 +27,15 @@ import struct
 import time
 from typing import TYPE_CHECKING
 
+from fastproxy._dataplane import CLEAN, HOOK_QUERY, PARK_OWN_ANSWER, PARK_OWN_QUERY
 from fastproxy._packet import PacketFramer, build_packet
-from fastproxy.constants import CLIENT, ER, SERVER_STATUS, command_name
+from fastproxy.constants import CLIENT, COMMAND, ER, SERVER_STATUS, command_name
 from fastproxy.errors import ProtocolError
 from fastproxy.protocol import Greeting, HandshakeResponse, err_packet, mask_client_capabilities, parse_err
+from fastproxy.proxy.introspect import DIAGNOSTICS_PEEK, DatabaseReader, SessionReader, reads_diagnostics
 from fastproxy.proxy.session import Session
+from fastproxy.secret_sql import reading_for_collation, redact_text
+from fastproxy.textresult import TextResultReader
 
 if TYPE_CHECKING:
     from fastproxy.proxy.backend import Backend
@@ -34,12 +50,17 @@ CONNECTING, GREETING, AUTH, RELAYED, CLOSED = range(5)
 # switch answers are far smaller): garbage such as an HTTP request is refused at once.
 AUTH_MAX_PACKET = 1 << 20
 OUTCOMES = ("ok", "err", "no_response", "unknown", "backend_lost")
+# how a relayed connection ended -> (closed_by, close_reason) as the capture records them
+_CLOSED_BY = {"client_quit": ("client", ""), "client_gone": ("client", ""), "backend_gone": ("server", ""),
+              "backend_lost": ("server", "lost during a command"), "client_protocol": ("proxy", "malformed client packet"),
+              "backend_protocol": ("proxy", "malformed backend packet"), "drain": ("proxy", "proxy shutdown"),
+              "forced": ("proxy", "proxy shutdown"), "no_memory": ("proxy", "out of memory")}
 
 
 class ClientConnection(asyncio.Protocol):
     # one per client for as long as it is connected (10,000 idle ones are ordinary): no __dict__
     __slots__ = ("server", "stats", "phase", "transport", "backend_side", "backend", "framer", "session",
-                 "advertised", "_closing", "_relayed")
+                 "advertised", "_closing", "_relayed", "_own_query")
 
     def __init__(self, server: "ProxyServer") -> None:
         self.server = server
@@ -53,6 +74,7 @@ class ClientConnection(asyncio.Protocol):
         self.advertised = 0
         self._closing = False
         self._relayed = False  # both sockets belong to the data plane
+        self._own_query = None  # the proxy's own query running on the parked connection (introspect.py)
 
     # ---- client side -------------------------------------------------------------------------
     def connection_made(self, transport) -> None:
@@ -221,10 +243,13 @@ class ClientConnection(asyncio.Protocol):
         side.transport.abort()
         s = self.session
         captured = server.on_authenticated(self)  # a running capture records the new connection
+        caps = s.capabilities
         try:
             s.relay = server.dataplane.add(
-                self, client_fd, backend_fd, s.conn_id, user=s.user, db=s.db, capabilities=s.capabilities,
-                deprecate_eof=bool(s.capabilities & CLIENT.DEPRECATE_EOF), status_flags=SERVER_STATUS.AUTOCOMMIT,
+                self, client_fd, backend_fd, s.conn_id, user=s.user, db=s.db, capabilities=caps,
+                deprecate_eof=bool(caps & CLIENT.DEPRECATE_EOF), session_track=bool(caps & CLIENT.SESSION_TRACK),
+                multi_statements=bool(caps & CLIENT.MULTI_STATEMENTS),
+                dbcs=reading_for_collation(s.charset) != 0, status_flags=SERVER_STATUS.AUTOCOMMIT,
                 backend_addr=s.backend, max_packet_size=server.config["proxy.max-packet-size"], capture=captured,
                 client_out=ok_packet, client_in=client_in, backend_in=backend_in)
         except MemoryError:
@@ -245,10 +270,98 @@ class ClientConnection(asyncio.Protocol):
         if not self._relayed:
             self._close()
 
-    # ---- after the hand-off --------------------------------------------------------------------
+    # ---- after the hand-off: the data plane's hooks (a worker thread, holding the GIL) ------------
+    def on_session_statement(self, kind: int, payload: bytes, outcome: int, schema_known: bool,
+                             semicolon_beyond: bool, multi_statements: bool, db: str | None) -> bool:
+        """A statement whose effect on the session Python follows; True: the current database may
+        have changed without the server saying to what (asked at the next command)."""
+        s = self.session
+        if kind == HOOK_QUERY:
+            return s.apply_query(payload, outcome, schema_known, semicolon_beyond, db, multi_statements)
+        s.forget_statements()  # HOOK_FORGET: COM_RESET_CONNECTION, COM_CHANGE_USER
+        capture = self.server.capture
+        if capture is not None:
+            capture.on_session_reset(s)
+        return False
+
+    def on_capture_statement(self, payload: bytes, outcome: int, stmt_id: int) -> tuple[int, bytes | None, bool]:
+        """A captured COM_QUERY / COM_STMT_PREPARE the secret classifier's scan flagged:
+        (verdict, what to record when redacted, whether SQL PREPAREs of this connection were dropped)."""
+        capture = self.server.capture
+        if capture is None:
+            return CLEAN, None, False
+        return capture.on_statement(self.session, payload, outcome, stmt_id)
+
+    # ---- after the hand-off: events ------------------------------------------------------------
+    def on_relay_parked(self, reason: int) -> None:
+        """The worker waits for Python: a command is held while the proxy asks first, or the answer
+        to the proxy's own query is in."""
+        relay = self.session.relay
+        dataplane = self.server.dataplane
+        if reason == PARK_OWN_QUERY:
+            held = relay.held
+            if held[4:5] == bytes((COMMAND.COM_STMT_EXECUTE,)) and len(held) >= 9:
+                stmt = relay.snapshot()["prepared"].get(int.from_bytes(held[5:9], "little"), "")
+                head = stmt.encode()[:DIAGNOSTICS_PEEK]
+            else:
+                head = held[5:5 + DIAGNOSTICS_PEEK]
+            if reads_diagnostics(head):
+                dataplane.resume(relay)  # it reads what the proxy's SELECT would reset: it goes first
+                return
+            self._own_query = SessionReader() if relay.capture_state == "pending" else DatabaseReader()
+            dataplane.own_query(relay, self._own_query.first_query())
+            return
+        if reason != PARK_OWN_ANSWER:
+            dataplane.resume(relay)
+            return
+        s = self.session
+        own, self._own_query = self._own_query, None
+        if relay.own_query_failed:
+            # the held command never reached the server: the worker answers it with an error
+            log.warning("conn %d: backend %s closed the connection during the proxy's own query", s.conn_id, s.backend)
+            dataplane.resume(relay)
+            return
+        reader = TextResultReader(bool(s.capabilities & CLIENT.DEPRECATE_EOF))
+        try:
+            reader.feed(relay.answer)
+            nxt = own.on_result(reader.result) if reader.done else None
+        except ProtocolError as e:
+            log.warning("conn %d: the answer to the proxy's own query is malformed: %s", s.conn_id, e)
+            own, nxt = None, None
+        if nxt is not None:
+            self._own_query = own
+            dataplane.own_query(relay, nxt)
+            return
+        if isinstance(own, DatabaseReader):
+            if own.error:
+                log.warning("conn %d: could not read the current database: %s", s.conn_id, own.error)
+                relay.set_db(relay.snapshot()["db"])  # keep what it was; asked again after the next change
+            else:
+                relay.set_db(own.db)
+            dataplane.resume(relay)
+        elif isinstance(own, SessionReader):
+            state = own.state
+            relay.set_db(state["db"])
+            capture = self.server.capture
+            if capture is not None and relay.capture_state == "pending" and capture.on_session_state(s, state):
+                dataplane.resume(relay, "on")
+            else:
+                dataplane.resume(relay, None)
+        else:
+            dataplane.resume(relay)
+
     def on_relay_closed(self, reason: str, message: str) -> None:
         """The data plane closed the connection (its sockets are closed already)."""
         s = self.session
+        relay = s.relay
+        by, why = _CLOSED_BY.get(reason, ("proxy", reason))
+        s.closed_by, s.close_reason = s.closed_by or by, s.close_reason or why
+        if by == "server" and relay is not None and relay.unsolicited_err_code:
+            # e.g. 1927 connection killed, 1053 server shutdown, 4031 timeout
+            s.close_err_code, s.close_reason = relay.unsolicited_err_code, relay.unsolicited_err_msg
+        capture = self.server.capture
+        if capture is not None and relay is not None and relay.closed_captured:
+            capture.on_close(s)
         if reason == "client_protocol":
             log.warning("conn %d (%s): malformed client packet, closing: %s", s.conn_id, s.client_addr, message)
         elif reason == "backend_protocol":
@@ -268,12 +381,14 @@ class ClientConnection(asyncio.Protocol):
         s = self.session
         st = s.state()
         last = Session.last_command(st)
+        reading = reading_for_collation(s.charset)
         return {
             "conn_id": s.conn_id, "client_addr": s.client_addr, "user": st["user"], "db": st["db"],
             "backend": s.backend, "backend_conn_id": s.backend_conn_id,
             "in_transaction": bool(st["status_flags"] & SERVER_STATUS.IN_TRANS),
             "autocommit": bool(st["status_flags"] & SERVER_STATUS.AUTOCOMMIT),
-            "prepared": {str(k): v for k, v in sorted(st["prepared"].items())},
+            # a prepared statement that holds a secret: redacted, or null when that cannot be certain
+            "prepared": {str(k): redact_text(v, reading) for k, v in sorted(st["prepared"].items())},
             "commands": st["commands"], "pending_commands": st["pending_commands"], "capture": st["capture"],
             "last_command": None if last is None else {
                 "type": command_name(last.cmd), "start_ns": last.start_ns, "end_ns": last.end_ns,

@@ -26,8 +26,8 @@ class ProxyServer:
                                 config["proxy.health-check-timeout"])
         self.connections: set[ClientConnection] = set()
         self.dataplane = DataPlane(config["proxy.workers"], LATENCY_BOUNDS_NS)
-        # The running capture's hooks (fastproxy.capture.job.CaptureJob), or None: on_connect(session)
-        # -> captured?, on_parked(conn), on_refused(refusal, kind, cmd, conn_id, size, at_ns).
+        # The running capture (fastproxy.capture.job.CaptureJob), or None; what the proxy calls:
+        # on_connect, on_session_state, on_statement, on_session_reset, on_close, on_refused.
         self.capture: Any = None
         self.jobs: Any = None  # the traffic jobs (fastproxy.jobs.JobManager), set by whoever composes the process
         # awaited on shutdown once connections are closed, before the backends' checks stop
@@ -55,11 +55,8 @@ class ProxyServer:
         for kind, relay, arg in self.dataplane.poll_events():
             if kind == EV_CLOSED:
                 relay.owner.on_relay_closed(relay.close_reason, relay.close_message)
-            elif kind == EV_PARKED:  # at a command boundary for a capture to record its state
-                if self.capture is not None:
-                    self.capture.on_parked(relay.owner)
-                else:
-                    self.dataplane.resume(relay, False)
+            elif kind == EV_PARKED:  # the proxy's own queries (connection.py)
+                relay.owner.on_relay_parked(arg)
             elif kind == EV_CAPTURE_REFUSED:  # a worker could not append a record: the capture stops
                 refused = self.dataplane.capture_refused()
                 if self.capture is not None and refused is not None:

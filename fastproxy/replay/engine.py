@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -18,16 +19,20 @@ from dataclasses import dataclass, field
 from fastproxy._digest import digest
 from fastproxy._packet import execute_flag_at, execute_types_at, expects_response
 from fastproxy.inputs import open_inputs
-from fastproxy.capture.record import (KIND_COMMAND, KIND_CONN_CLOSE, KIND_CONN_OPEN, KIND_CONN_STATE,
-                                      OUTCOME_ERR, OUTCOME_OK, Record)
-from fastproxy.constants import COMMAND, command_name
+from fastproxy.capture.record import (INFILE_SIZE, KIND_COMMAND, KIND_CONN_CLOSE, KIND_CONN_OPEN,
+                                      KIND_CONN_STATE, KIND_LOCAL_INFILE, OUTCOME_BACKEND_LOST, OUTCOME_ERR,
+                                      OUTCOME_OK, Record)
+from fastproxy.constants import CLIENT, COMMAND, command_name
+from fastproxy.errors import BackendConnError, ProtocolError
 from fastproxy.replay._scheduler import Scheduler
 from fastproxy.replay.client import LoginError, ReplayClient
 from fastproxy.replay.lag import LagStats
 from fastproxy.replay.report import Report
 from fastproxy.jobs_base import utc_iso
-from fastproxy.proxy.session import used_database
+from fastproxy.replay.sessions import CLOSED, ThreadIds, rebuild_statements
 from fastproxy.replay.statements import is_read_only
+from fastproxy.replay.users import PLACEHOLDER_BYTES, Credentials
+from fastproxy.sqltext import parse_kill, worth_scanning
 
 log = logging.getLogger("fastproxy.replay")
 
@@ -37,12 +42,22 @@ STMT_COMMANDS = (COMMAND.COM_STMT_EXECUTE, COMMAND.COM_STMT_SEND_LONG_DATA, COMM
 READONLY_SAFE = {COMMAND.COM_PING, COMMAND.COM_INIT_DB, COMMAND.COM_STATISTICS, COMMAND.COM_FIELD_LIST,
                  COMMAND.COM_STMT_CLOSE, COMMAND.COM_STMT_RESET, COMMAND.COM_STMT_FETCH, COMMAND.COM_SET_OPTION,
                  COMMAND.COM_RESET_CONNECTION, COMMAND.COM_QUIT, COMMAND.COM_STMT_SEND_LONG_DATA}
-# replayed as the replay user, never as the captured one
-NOT_REPLAYABLE = {COMMAND.COM_CHANGE_USER, COMMAND.COM_BINLOG_DUMP, COMMAND.COM_BINLOG_DUMP_GTID,
-                  COMMAND.COM_REGISTER_SLAVE, COMMAND.COM_SHUTDOWN, COMMAND.COM_PROCESS_KILL}
+# replication and shutdown: never sent to a test server
+NOT_REPLAYABLE = {COMMAND.COM_BINLOG_DUMP, COMMAND.COM_BINLOG_DUMP_GTID, COMMAND.COM_REGISTER_SLAVE,
+                  COMMAND.COM_SHUTDOWN}
 
 
 READ_BATCH = 2048  # records decoded per trip to the reader thread
+# commands whose payload replay adapts to the replay session (KILL targets, redacted secrets) or
+# replays as an exchange of its own (COM_CHANGE_USER)
+_SESSION_COMMANDS = frozenset((COMMAND.COM_QUERY, COMMAND.COM_PROCESS_KILL, COMMAND.COM_CHANGE_USER))
+_ASYNC = object()  # _session_command: the command goes on asynchronously
+_KILL_START = re.compile(rb"(?:\s|/\*(?!M?!).*?\*/|#[^\n]*\n|--\s[^\n]*\n|/\*M?!\d*)*kill\b", re.I | re.S)
+NOT_REBUILT_SAMPLE = 20  # sessions not rebuilt in full, listed in the summary (all are counted)
+KILL_READ_MARGIN_NS = 200_000_000  # a KILL waits until records completing this long after it are read
+KILL_SETTLE_NS = 200_000_000  # ... and its target's query has run (at most) this long on replay
+KILL_WAIT_S = 10.0  # at most (then it goes anyway)
+SERVER_CLOSE_WAIT_S = 1.0  # how long a server-side close of production is left to the replay server
 
 
 def cmd_type_name(cmd: int) -> str:
@@ -69,6 +84,8 @@ class ReplayOptions:
     tls: bool = False  # replay connections use TLS (required when tls_ca / tls_skip_verify are given)
     tls_ca: str = ""  # CA bundle the target's certificate must chain to (default: the system's)
     tls_skip_verify: bool = False  # encrypt without verifying the target's certificate
+    users: dict = field(default_factory=dict)  # --users-file: captured user -> password
+    replay_unknown: bool = False  # also send commands whose backend died before answering (BACKEND_LOST)
 
     def ssl_context(self):
         if not (self.tls or self.tls_ca or self.tls_skip_verify):
@@ -92,6 +109,15 @@ class Stats:
     connections: int = 0
     reconnects: int = 0
     peak_queued: int = 0  # most commands held in memory at once (bounded by max_queued + one read batch)
+    backend_lost: int = 0  # not sent: production's backend died before answering (--replay-unknown sends them)
+    kills_mapped: int = 0  # KILL / COM_PROCESS_KILL sent to the replay connection that plays the target
+    kills_not_mapped: int = 0  # reported, not sent
+    change_users: int = 0  # COM_CHANGE_USER replayed as a change of user
+    server_closes: int = 0  # connections the server closed in production and on replay
+    sessions_rebuilt: int = 0  # sessions open before the capture, rebuilt in full
+    failed_not_rebuilt: int = 0  # failures on sessions not rebuilt in full: reported apart
+    infile_sent: int = 0  # LOCAL INFILE files sent as captured
+    infile_empty: int = 0  # LOCAL INFILE requests answered with an empty file (content not captured)
     captured_ns: int = 0  # sum of captured durations of replayed commands
     replayed_ns: int = 0  # sum of replay durations
     per_second: dict = field(default_factory=dict)  # replay second -> commands sent
@@ -102,7 +128,8 @@ class Conn:
 
     __slots__ = ("idx", "conn_id", "user", "db", "capabilities", "charset", "queue", "client", "busy", "connecting",
                  "stmt_map", "stmt_sql", "stmt_params", "stmt_types", "types_bound", "filtered_stmts", "inflight",
-                 "sent_ns", "due_ns", "closed", "pending_payload", "ever_connected")
+                 "sent_ns", "due_ns", "closed", "pending_payload", "ever_connected", "backend", "thread_id", "state",
+                 "not_rebuilt", "infiles", "lost_idle")
 
     def __init__(self, idx: int, conn_id: int) -> None:
         self.idx = idx
@@ -127,6 +154,12 @@ class Conn:
         self.closed = False
         self.pending_payload: bytes | None = None  # the real command waiting behind an internal re-prepare
         self.ever_connected = False
+        self.backend = ""  # production backend and thread id (KILL targets)
+        self.thread_id = 0
+        self.state: dict | None = None  # CONN_STATE: rebuilt after the first login
+        self.not_rebuilt: list[str] = []  # what of its session replay could not rebuild
+        self.infiles: dict[int, list] = {}  # command start_ns -> its LOCAL INFILE files (bytes or None)
+        self.lost_idle: str = ""  # the server closed it while idle: reported unless a server close follows
 
 
 class Replayer:
@@ -163,6 +196,11 @@ class Replayer:
         self._connecting: set[asyncio.Task] = set()
         self.first_command_ns = 0  # captured span, for the captured QPS
         self.last_command_ns = 0
+        self.credentials = Credentials(options.users, options.username, options.password)
+        self.thread_ids = ThreadIds()
+        self._read_ns = 0
+        self.not_rebuilt: list[dict] = []  # sessions not rebuilt in full (a sample) for the summary
+        self.sessions_not_rebuilt = 0
 
     # ---- timing ---------------------------------------------------------------------------------
     def due_ns(self, captured_ns: int) -> int:
@@ -202,6 +240,8 @@ class Replayer:
             for task in list(self._connecting):  # logins still in progress when the replay ended
                 task.cancel()
             for conn in self.conns.values():
+                if conn.lost_idle:  # lost while idle, and the capture never said its server closed it
+                    self._judge_idle_loss(conn, Record(KIND_COMMAND, conn.conn_id, 0, 0, 0, 0, 0, 0, b""))
                 if conn.client:
                     conn.client.close()
             self.finished_ns = time.time_ns()
@@ -271,6 +311,8 @@ class Replayer:
 
     def _dispatch(self, rec: Record) -> None:
         kind = rec.kind
+        if rec.end_ns > self._read_ns:
+            self._read_ns = rec.end_ns  # how far the input has been read (KILLs wait for their target)
         if kind == KIND_CONN_OPEN or kind == KIND_CONN_STATE:
             conn = self._conn(rec.conn_id)
             info = json.loads(rec.payload or b"{}")
@@ -282,8 +324,14 @@ class Replayer:
                 conn.stmt_sql[int(sid)] = sql  # re-prepared on first use
             for sid, types in info.get("types", {}).items():
                 conn.stmt_types[int(sid)] = bytes.fromhex(types)  # bound again after that re-prepare
+            self._note_session(conn, kind, info)
             return
         conn = self._conn(rec.conn_id)
+        if conn.lost_idle:
+            self._judge_idle_loss(conn, rec)
+        if kind == KIND_LOCAL_INFILE:
+            self._note_infile(conn, rec)
+            return
         if kind == KIND_COMMAND:
             self.stats.read += 1
             if not self.first_command_ns:
@@ -351,6 +399,7 @@ class Replayer:
             if conn.closed:  # forget finished connections: memory stays flat over long captures
                 self.conns.pop(conn.conn_id, None)
                 self.by_idx.pop(conn.idx, None)
+                self.thread_ids.closed(conn)
             self._check_done()
 
     def _check_done(self) -> None:
@@ -363,6 +412,8 @@ class Replayer:
         """Start the head command; True if it was consumed at once (no round trip)."""
         rec = conn.queue[0]
         if rec.kind == KIND_CONN_CLOSE:
+            if self._server_close(conn, rec):
+                return False
             if conn.client:
                 conn.client.close()
                 conn.client = None
@@ -377,6 +428,9 @@ class Replayer:
                 self.stats.replayed += 1
             else:
                 self.stats.skipped += 1  # never connected (login failed): nothing to quit
+            return self._consume(conn)
+        if rec.outcome == OUTCOME_BACKEND_LOST and not self.opt.replay_unknown:
+            self.stats.backend_lost += 1  # production may never have run it
             return self._consume(conn)
         if cmd in NOT_REPLAYABLE or (self.opt.readonly and not self._read_only_ok(conn, cmd, payload)):
             self.stats.filtered += 1
@@ -398,6 +452,12 @@ class Replayer:
         conn.busy = True
         conn.inflight = rec
         conn.sent_ns = now
+        if cmd in _SESSION_COMMANDS:
+            payload = self._session_command(conn, rec, payload)
+            if payload is None:
+                return self._consume(conn)
+            if payload is _ASYNC:
+                return False
         if cmd in STMT_COMMANDS:
             captured_id = int.from_bytes(payload[1:5], "little")
             replay_id = conn.stmt_map.get(captured_id)
@@ -426,6 +486,8 @@ class Replayer:
             conn.client.send_only(payload)
             self.stats.replayed += 1
             return self._consume(conn)
+        # LOCAL INFILE files of this command (capture.local-infile), else none: empty files
+        conn.client.infiles = conn.infiles.pop(rec.start_ns, None) if conn.infiles else None
         conn.client.send(payload, None)
         return False
 
@@ -469,14 +531,18 @@ class Replayer:
         if conn.ever_connected:
             self.stats.reconnects += 1
         try:
+            user, password = self.credentials.login(conn.user)
             conn.client = await ReplayClient.connect(
-                self.opt.host, self.opt.port, self.opt.username, self.opt.password, conn.db,
+                self.opt.host, self.opt.port, user, password, conn.db,
                 on_result=self._on_result, on_lost=self._on_lost, owner=conn, capabilities=conn.capabilities,
                 charset=conn.charset,
                 timeout=self.opt.connect_timeout, ssl_context=self.ssl_context)
+            conn.client.on_infile = self._on_infile
             conn.ever_connected = True
             conn.stmt_map.clear()  # a new server session: statements are re-prepared on first use
             conn.types_bound.clear()
+            if conn.state is not None:
+                await self._rebuild_session(conn)
         except (OSError, asyncio.TimeoutError, LoginError, Exception) as e:  # noqa: BLE001
             err_type = ("i/o timeout" if isinstance(e, asyncio.TimeoutError)
                         else "login failed" if isinstance(e, LoginError) else "connect failed")
@@ -500,10 +566,12 @@ class Replayer:
                                   f"during {command_name(conn.inflight.payload[0])}: {exc or 'EOF'}", time.time_ns())
             self._next(conn)
         elif not conn.closed:
-            # idle (wait_timeout, a restart): its session state is gone too; reopened for its next command
-            self.stats.other_errors += 1
-            self.report.add_other("idle connection lost", f"connection {conn.conn_id}: the server closed the idle "
-                                  f"connection: {exc or 'EOF'}", time.time_ns())
+            # idle (wait_timeout, a restart): its session state is gone too; reopened for its next command.
+            # If production's server closed it too, that is the replay being faithful: judged by what
+            # the capture says comes next for this connection
+            conn.lost_idle = f"connection {conn.conn_id}: the server closed the idle connection: {exc or 'EOF'}"
+            if conn.queue:
+                self._judge_idle_loss(conn, conn.queue[0])
 
     def _on_result(self, client: ReplayClient, result) -> None:
         conn: Conn = client.owner
@@ -537,11 +605,11 @@ class Replayer:
                 conn.stmt_map[captured_id] = result.stmt_id
                 conn.stmt_params[captured_id] = result.num_params
                 conn.types_bound.discard(captured_id)
-        elif cmd == COMMAND.COM_INIT_DB and result.outcome == OUTCOME_OK:
+        elif cmd == COMMAND.COM_INIT_DB and result.outcome == OUTCOME_OK and result.schema is None:
             conn.db = rec.payload[1:].decode("utf-8", "replace")
-        elif cmd == COMMAND.COM_QUERY and result.outcome == OUTCOME_OK:
-            conn.db = used_database(rec.payload) or conn.db  # a reconnect must land in the same database
         self._compare(conn, rec, result, now)
+        if self._track_database(conn, rec, result):
+            return  # asking the server first: _next once it answered
         self._next(conn)
 
     def _compare(self, conn: Conn, rec: Record, result, now: int) -> None:
@@ -556,6 +624,9 @@ class Replayer:
                 st.same_errors += 1
                 return
             if rec.outcome in (OUTCOME_OK, OUTCOME_ERR):
+                if conn.not_rebuilt:
+                    self._add_failure_not_rebuilt(conn, rec, result)
+                    return
                 st.failed += 1
                 self._add_failure(conn, rec, result)
         elif rec.outcome == OUTCOME_ERR and result.outcome == OUTCOME_OK:
@@ -589,6 +660,259 @@ class Replayer:
             return "params=" + format_params(values)
         except Exception as e:  # noqa: BLE001 - a sample is best-effort; the failure itself is recorded
             return f"params=<undecodable: {e}>"
+
+    # ---- sessions as they were (fastproxy/replay/sessions.py, users.py) --------------------------
+    def _note_session(self, conn: Conn, kind: int, info: dict) -> None:
+        """CONN_OPEN / CONN_STATE: production's thread id (KILL targets); the session to rebuild."""
+        self.thread_ids.discard(conn.backend, conn.thread_id, conn)
+        conn.backend = info.get("backend", "") or ""
+        conn.thread_id = int(info.get("backend_conn_id", 0) or 0)
+        self.thread_ids.add(conn.backend, conn.thread_id, conn)
+        if kind == KIND_CONN_STATE:
+            conn.state = info
+
+    def _note_infile(self, conn: Conn, rec: Record) -> None:
+        size = INFILE_SIZE.unpack_from(rec.payload)[0] if len(rec.payload) >= INFILE_SIZE.size else -1
+        content = rec.payload[INFILE_SIZE.size:]
+        conn.infiles.setdefault(rec.start_ns, []).append(content if len(content) == size else None)
+
+    def _on_infile(self, recorded: bool) -> None:
+        if recorded:
+            self.stats.infile_sent += 1
+        else:
+            self.stats.infile_empty += 1
+
+    def _session_command(self, conn: Conn, rec: Record, payload: bytes):
+        """The payload to send on this replay session; None if consumed here (reported), _ASYNC if
+        it goes on asynchronously (a KILL waiting for its target, a change of user)."""
+        cmd = payload[0]
+        if cmd == COMMAND.COM_QUERY:
+            if PLACEHOLDER_BYTES in payload:
+                login_user = self.credentials.login(conn.user)[0]
+                payload = b"\x03" + self.credentials.substitute(payload[1:], login_user)
+            if not _KILL_START.match(payload, 1):
+                return payload
+            kill = parse_kill(payload[1:])
+            if kill is None:
+                return payload
+            if kill.target is None:
+                return self._kill_not_mapped(conn, rec, payload, kill.why)
+            thread_id = kill.target
+        elif cmd == COMMAND.COM_PROCESS_KILL:
+            thread_id = int.from_bytes(payload[1:5], "little")
+        else:
+            self._start(self._change_user(conn, rec, conn.client))
+            return _ASYNC
+        target = self.thread_ids.find(conn.backend, thread_id)
+        if target is None:
+            return self._kill_not_mapped(conn, rec, payload, f"thread id {thread_id} is no connection of the capture")
+        if target is CLOSED:  # production's target had closed already: its KILL failed there too
+            if rec.outcome == OUTCOME_ERR:
+                self.stats.same_errors += 1
+                self.stats.replayed += 1
+                return None
+            return self._kill_not_mapped(conn, rec, payload, f"thread id {thread_id} had closed")
+        self._start(self._kill_when_ready(conn, rec, payload, target))
+        return _ASYNC
+
+    def _start(self, coro) -> None:
+        task = self._loop.create_task(coro)
+        self._connecting.add(task)  # canceled with the logins when the replay ends
+        task.add_done_callback(self._connecting.discard)
+
+    def _kill_ready(self, rec: Record, target: Conn) -> bool:
+        """Whether the target of a KILL is where production's was when the KILL came: every command
+        it started before has been sent, and the one then in flight has run on replay for as long as
+        it had (up to KILL_SETTLE_NS). Needed at any speed: faster than captured, the KILL would
+        otherwise come before the query it stops, or stop a later one."""
+        if not self._reading_done and self._read_ns < rec.end_ns + KILL_READ_MARGIN_NS:
+            return False  # the target's interrupted command completes just after the KILL: read it first
+        for r in target.queue:
+            if r is target.inflight:
+                if r.start_ns >= rec.start_ns:
+                    return True
+                return time.monotonic_ns() - target.sent_ns >= min(rec.start_ns - r.start_ns, KILL_SETTLE_NS)
+            return r.start_ns >= rec.start_ns
+        return True
+
+    async def _kill_when_ready(self, conn: Conn, rec: Record, payload: bytes, target: Conn) -> None:
+        deadline = time.monotonic() + KILL_WAIT_S
+        while not self._kill_ready(rec, target) and time.monotonic() < deadline:
+            await asyncio.sleep(0.002)
+        if conn.inflight is not rec or conn.client is None or conn.client.closed:
+            return  # the killer's own connection went meanwhile: _on_lost moved on
+        client = target.client
+        if client is None or client.closed or not client.ready:
+            if rec.outcome == OUTCOME_ERR:  # production's KILL failed too (its target was gone)
+                self.stats.same_errors += 1
+                self.stats.replayed += 1
+            else:
+                self._kill_not_mapped(conn, rec, payload, f"the connection that plays the target (capture "
+                                      f"connection {target.conn_id}) is not connected on replay")
+            return self._next(conn)
+        if payload[0] == COMMAND.COM_PROCESS_KILL:
+            payload = payload[:1] + client.connection_id.to_bytes(4, "little") + payload[5:]
+        else:
+            kill = parse_kill(payload[1:])
+            payload = payload[:1 + kill.start] + str(client.connection_id).encode() + payload[1 + kill.end:]
+        self.stats.kills_mapped += 1
+        conn.client.send(payload, None)
+
+    def _kill_not_mapped(self, conn: Conn, rec: Record, payload: bytes, why: str) -> None:
+        # never sent as it is: production's thread id may be an unrelated replay connection
+        self.stats.kills_not_mapped += 1
+        self.stats.skipped += 1
+        what = payload[1:].decode("utf-8", "replace") if payload[0] == COMMAND.COM_QUERY else \
+            f"COM_PROCESS_KILL {int.from_bytes(payload[1:5], 'little')}"
+        self.report.add_other("kill not mapped", f"connection {conn.conn_id}: {what[:200]}: {why}", time.time_ns())
+        return None
+
+    def _server_close(self, conn: Conn, rec: Record) -> bool:
+        """A CONN_CLOSE production's server made (wait_timeout, KILL, shutdown): give the replay
+        server a moment to close it too (a KILL sent just before may not have landed yet), rather
+        than closing it first. True if the close goes on asynchronously."""
+        if not rec.payload or b'"server"' not in rec.payload or conn.client is None or conn.client.closed:
+            return False
+        try:
+            if json.loads(rec.payload).get("by") != "server":
+                return False
+        except ValueError:
+            return False
+        conn.busy = True
+        self._start(self._close_when_server_did(conn, rec, conn.client))
+        return True
+
+    async def _close_when_server_did(self, conn: Conn, rec: Record, client: ReplayClient) -> None:
+        deadline = time.monotonic() + SERVER_CLOSE_WAIT_S
+        while not client.closed and time.monotonic() < deadline:
+            await asyncio.sleep(0.005)
+        if not client.closed:
+            client.close()  # the replay server keeps it open (another wait_timeout): closed as production's was
+        if conn.client is client:
+            conn.client = None
+        conn.closed = True
+        if conn.queue and conn.queue[0] is rec:
+            self._next(conn)
+
+    async def _change_user(self, conn: Conn, rec: Record, client: ReplayClient) -> None:
+        """COM_CHANGE_USER as a change of user: to the captured user with its users-file password
+        (else the replay user); the server starts the session afresh."""
+        from fastproxy.protocol import parse_change_user
+
+        user, db = parse_change_user(rec.payload, conn.capabilities)
+        login_user, password = self.credentials.login(user)
+        try:
+            result = await client.change_user(login_user, password, db)
+        except BackendConnError:
+            return  # the connection is gone: _on_lost reported it and moved on
+        except ProtocolError as e:
+            client.close()
+            self._on_lost(client, e)
+            return
+        if conn.client is not client or conn.inflight is not rec:
+            return
+        self.stats.change_users += 1
+        if result.outcome == OUTCOME_OK:
+            conn.user, conn.db = user, db
+            conn.stmt_map.clear()
+            conn.types_bound.clear()
+        self._on_result(client, result)
+
+    async def _rebuild_session(self, conn: Conn) -> None:
+        """A session open before the capture: make the replay session look like its CONN_STATE."""
+        state, conn.state = conn.state, None
+        failures = []
+        for what, sql in rebuild_statements(state):
+            try:
+                r = await conn.client.query(sql)
+            except BackendConnError as e:
+                failures.append(f"{what}: {e}")
+                break
+            if r.outcome != OUTCOME_OK:
+                failures.append(f"{what}: {r.err_code} {r.err_msg}")
+                self.stats.other_errors += 1
+                self.report.add_other("session not rebuilt", f"connection {conn.conn_id}: {what}: "
+                                      f"{r.err_code} ({r.sql_state}) {r.err_msg}", time.time_ns())
+        reasons = list(state.get("not_rebuilt") or []) + failures
+        if reasons:
+            conn.not_rebuilt = reasons
+            self.sessions_not_rebuilt += 1
+            if len(self.not_rebuilt) < NOT_REBUILT_SAMPLE:
+                self.not_rebuilt.append({"conn_id": conn.conn_id, "not_rebuilt": reasons})
+        else:
+            self.stats.sessions_rebuilt += 1
+
+    def _judge_idle_loss(self, conn: Conn, next_rec: Record) -> None:
+        """The server closed `conn` while idle: expected if production's server closed it there too."""
+        message, conn.lost_idle = conn.lost_idle, ""
+        if next_rec.kind == KIND_CONN_CLOSE and next_rec.payload:
+            try:
+                if json.loads(next_rec.payload).get("by") == "server":
+                    self.stats.server_closes += 1
+                    return
+            except ValueError:
+                pass
+        self.stats.other_errors += 1
+        self.report.add_other("idle connection lost", message, time.time_ns())
+
+    def _track_database(self, conn: Conn, rec: Record, result) -> bool:
+        """Keep conn.db (where a reconnect lands) the server's: from session tracking, else by asking
+        after a statement that may have changed it. True if the next command waits for the answer."""
+        if result.schema is not None:
+            conn.db = result.schema or None
+            return False
+        if rec.payload[0] != COMMAND.COM_QUERY or not worth_scanning(
+                rec.payload, bool(conn.capabilities & CLIENT.MULTI_STATEMENTS)):
+            return False
+        from fastproxy.sqltext import session_effects
+
+        tracked = conn.client is not None and conn.client.tracker.session_track
+        if conn.client is None or not any(e.kind == "use" or (e.kind == "maybe_use" and not tracked)
+                                          for e in session_effects(rec.payload[1:])):
+            return False
+        self._start(self._ask_database(conn, rec, conn.client))
+        return True
+
+    async def _ask_database(self, conn: Conn, rec: Record, client: ReplayClient) -> None:
+        try:
+            r = await client.query_rows("SELECT DATABASE()")
+            if r.ok and r.rows:
+                conn.db = r.rows[0][0].decode("utf-8", "replace") if r.rows[0][0] is not None else None
+        except (BackendConnError, ProtocolError):
+            pass  # the connection is gone: _on_lost moved on
+        if conn.inflight is rec:
+            self._next(conn)
+
+    def _add_failure_not_rebuilt(self, conn: Conn, rec: Record, result) -> None:
+        """A failure on a session replay could not rebuild in full: reported apart, not in `fail`."""
+        self.stats.failed_not_rebuilt += 1
+        sql = rec.payload[1:].decode("utf-8", "replace") if rec.payload[0] in (COMMAND.COM_QUERY,
+                                                                               COMMAND.COM_STMT_PREPARE) \
+            else command_name(rec.payload[0])
+        self.report.add_other("failure on a session not rebuilt",
+                              f"connection {conn.conn_id} ({'; '.join(conn.not_rebuilt)[:300]}): {sql[:300]}: "
+                              f"{result.err_code} ({result.sql_state}) {result.err_msg}", time.time_ns())
+
+    def _session_summary(self) -> dict:
+        st = self.stats
+        cred = self.credentials
+        return {
+            "commands_not_executed_in_production": st.backend_lost,
+            "kills_mapped": st.kills_mapped,
+            "kills_not_mapped": st.kills_not_mapped,
+            "change_users": st.change_users,
+            "server_closes_as_captured": st.server_closes,
+            "sessions_rebuilt": st.sessions_rebuilt,
+            "sessions_not_rebuilt": self.sessions_not_rebuilt,
+            "not_rebuilt": self.not_rebuilt,
+            "commands_failed_on_sessions_not_rebuilt": st.failed_not_rebuilt,
+            "secrets_substituted": cred.substituted,
+            "secrets_from_users_file": cred.from_users_file,
+            "secrets_random": cred.random,
+            "users_in_users_file": len(cred.users),
+            "local_infile_files_sent": st.infile_sent,
+            "local_infile_files_empty": st.infile_empty,
+        }
 
     # ---- progress ------------------------------------------------------------------------------
     def progress(self) -> float:
@@ -632,6 +956,7 @@ class Replayer:
                              for f in self.report.top_failures()],
             "other_error_types": {e.err_type: e.count for e in self.report.other_errors.values()},
             "canceled": self.canceled,
+            **self._session_summary(),
             "input_format": self.reader.format,
             # inputs without outcomes (general log, slow log, TiProxy's error codes): every replay error
             # is reported as a failure, as TiProxy does

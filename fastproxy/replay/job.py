@@ -160,6 +160,7 @@ def format_summary(s: dict) -> str:
           if s.get("outcomes_recorded", True) and not s.get("error_codes_recorded", True) else []),
         *([f"  input entries not replayed: {s['input_skipped']}"] if s.get("input_skipped") else []),
         f"  connections: {s['connections']} (reconnects {s['reconnects']})",
+        *_session_lines(s),
         f"  QPS: captured {s['qps_captured']}, replayed {s['qps_replayed']}",
         f"  avg latency: captured {s['avg_latency_captured_ms']} ms, replayed {s['avg_latency_replayed_ms']} ms",
         f"  lag: p99 {lag['p99_ms']} ms, max {lag['max_ms']} ms, avg {lag['avg_ms']} ms",
@@ -170,6 +171,35 @@ def format_summary(s: dict) -> str:
             lines.append(f"    {f['count']:>7}  {f['cmd_type']:<12} {f['sample_stmt'][:100]!r}")
             lines.append(f"             -> {f['sample_err_msg'][:120]}")
     return "\n".join(lines) + "\n"
+
+
+def _session_lines(s: dict) -> list[str]:
+    """What replay did to keep sessions as production had them (only what happened)."""
+    out = []
+    if s.get("sessions_rebuilt") or s.get("sessions_not_rebuilt"):
+        out.append(f"  sessions open before the capture: {s['sessions_rebuilt']} rebuilt, "
+                   f"{s['sessions_not_rebuilt']} not in full; failures on those (reported apart, in "
+                   f"other_errors): {s['commands_failed_on_sessions_not_rebuilt']}")
+        for item in s.get("not_rebuilt", [])[:5]:
+            out.append(f"    connection {item['conn_id']}: {'; '.join(item['not_rebuilt'])[:200]}")
+    if s.get("kills_mapped") or s.get("kills_not_mapped"):
+        out.append(f"  KILL: {s['kills_mapped']} sent to the replay connection of their target, "
+                   f"{s['kills_not_mapped']} not mapped (reported, not sent)")
+    if s.get("change_users"):
+        out.append(f"  COM_CHANGE_USER: {s['change_users']} replayed as a change of user")
+    if s.get("secrets_substituted"):
+        out.append(f"  redacted secrets put back: {s['secrets_substituted']} statement(s) "
+                   f"({s['secrets_from_users_file']} password(s) from the users file, {s['secrets_random']} random)")
+    if s.get("commands_not_executed_in_production"):
+        out.append(f"  not sent: {s['commands_not_executed_in_production']} command(s) in flight when production's "
+                   f"backend died (--replay-unknown sends them)")
+    if s.get("server_closes_as_captured"):
+        out.append(f"  connections closed by the server as in production: {s['server_closes_as_captured']}")
+    if s.get("local_infile_files_sent") or s.get("local_infile_files_empty"):
+        out.append(f"  LOAD DATA LOCAL INFILE: {s['local_infile_files_sent']} file(s) sent as captured, "
+                   f"{s['local_infile_files_empty']} answered with an empty file (content not in the capture: "
+                   f"capture.local-infile off, or the file was too large)")
+    return out
 
 
 def _float(form: dict, key: str, default: float) -> float:
@@ -223,6 +253,12 @@ class ReplayJob(Job):
                                 filters=filters_from(selection), start_at=parse_start_at(selection["start-at"]),
                                 tls=parse_bool(form, "tls", False), tls_ca=str(form.get("tls-ca", "") or "").strip(),
                                 tls_skip_verify=parse_bool(form, "tls-skip-verify", False))
+        users_file = str(form.get("users-file", "") or "").strip()
+        if users_file:  # a path on this proxy's machine; the passwords never travel through the API
+            from fastproxy.replay.users import load_users_file
+
+            options.users = load_users_file(users_file)
+        options.replay_unknown = parse_bool(form, "replay-unknown", False)
         report_dir = str(form.get("report-dir", "") or "").strip() or None
         return cls(server, ReplayRun(input_dir, options, report_dir))
 
@@ -270,6 +306,11 @@ class ReplayJob(Job):
             "skipped": st.skipped,
             "other_errors": sum(x.count for x in e.report.other_errors.values()),
             "connections": st.connections,
+            "sessions_rebuilt": st.sessions_rebuilt,
+            "sessions_not_rebuilt": e.sessions_not_rebuilt,
+            "kills_mapped": st.kills_mapped,
+            "kills_not_mapped": st.kills_not_mapped,
+            "secrets_substituted": e.credentials.substituted,
             "lag": e.lag.as_dict(),
             "filtered_by": dict(getattr(e.reader, "dropped", {}) or {}),
         })

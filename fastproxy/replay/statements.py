@@ -25,6 +25,11 @@ Rules, per statement of a multi-statement query (all must pass):
   FOR`` (sequences) or ``GET_LOCK``/``RELEASE_LOCK`` (named locks).
 
 Everything else is not read-only: DML, DDL, CALL, DO, LOAD DATA, GRANT, LOCK TABLES, ANALYZE, ...
+
+Where a string ends depends on the session's ``sql_mode``: under NO_BACKSLASH_ESCAPES
+``"a\\" ; DELETE FROM t; -- "`` is a string, a DELETE and a comment, by default one string. With
+the session's ``sql_mode`` known, the text is read that one way; without it, every way that can
+differ (default, NO_BACKSLASH_ESCAPES, ANSI_QUOTES), and it is read-only only if it is so in all.
 """
 from __future__ import annotations
 
@@ -51,11 +56,31 @@ _SIDE_EFFECT_FUNCS = frozenset({"nextval", "setval", "get_lock", "release_lock",
 _LOCK_OR_WRITE = re.compile(r"\b(?:into|for (?:update|share)|lock in share mode|next value for|previous value for"
                             r"|(?:" + "|".join(sorted(_SIDE_EFFECT_FUNCS)) + r")\s*\()")
 _SLOW_FIRST = frozenset({"with", "explain", "set", "start", "release", "begin"})
+# sql_mode values that include ANSI_QUOTES (".." quotes a name)
+_ANSI_QUOTES_MODES = frozenset({"ANSI_QUOTES", "ANSI", "DB2", "MAXDB", "MSSQL", "ORACLE", "POSTGRESQL"})
 
 
-def is_read_only(sql: str | bytes) -> bool:
-    """True if ``sql`` (every statement in it) cannot change data or server-wide state."""
-    text = normalize(sql)
+def is_read_only(sql: str | bytes, sql_mode: str | None = None) -> bool:
+    """True if ``sql`` (every statement in it) cannot change data or server-wide state.
+
+    ``sql_mode``: the session's, when known (e.g. ``"STRICT_TRANS_TABLES,NO_BACKSLASH_ESCAPES"``);
+    None: not known, so ``sql`` must be read-only whichever way the session reads backslashes.
+    """
+    if sql_mode is not None:
+        modes = {m.strip().upper() for m in sql_mode.split(",")}
+        return _is_read_only_text(normalize(sql, no_backslash_escapes="NO_BACKSLASH_ESCAPES" in modes,
+                                            ansi_quotes=bool(modes & _ANSI_QUOTES_MODES)))
+    if not _is_read_only_text(normalize(sql)):
+        return False
+    if ("\\" in sql) if isinstance(sql, str) else (b"\\" in sql):
+        # a backslash may end a string early in another session: read it those ways too
+        return (_is_read_only_text(normalize(sql, no_backslash_escapes=True))
+                and _is_read_only_text(normalize(sql, ansi_quotes=True)))
+    return True
+
+
+def _is_read_only_text(text: str) -> bool:
+    """is_read_only on the normalizer's output."""
     if ";" not in text and "`" not in text:
         m = _FIRST_WORD.match(text)
         if m is None:
