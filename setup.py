@@ -24,6 +24,18 @@ C_SOURCES = {
 }
 
 
+def xxh_dispatch() -> bool:
+    """Whether the system libxxhash has the x86 run-time dispatcher (Debian's amd64 build has it):
+    fingerprint.h then hashes long rows with AVX2/AVX-512 (-lxxhash), else with the inlined code."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        return hasattr(ctypes.CDLL(ctypes.util.find_library("xxhash") or "libxxhash.so.0"), "XXH3_64bits_dispatch")
+    except OSError:
+        return False
+
+
 def write_constants_header() -> None:
     """fastproxy/csrc/mysql_constants.h from fastproxy/constants.py (generated; not in git)."""
     ns = runpy.run_path(os.path.join(HERE, "fastproxy", "constants.py"))
@@ -49,12 +61,17 @@ def write_constants_header() -> None:
 def extensions():
     exts = []
     flags = ["-O2", "-pthread", "-Wall", "-Wno-unused-function"] if not DEBUG else ["-O0", "-g", "-pthread"]
+    dispatch = xxh_dispatch()
     for path in sorted(glob.glob("fastproxy/**/*.pyx", recursive=True)):
         module = path[:-4].replace(os.sep, ".")
         sources = [path] + [os.path.join(CSRC, c) for c in C_SOURCES.get(module, [])]
+        kw = {}
+        # result fingerprints (csrc/fingerprint.h: xxhash from Debian's libxxhash-dev), in the tracker
+        if dispatch and ("tracker.c" in C_SOURCES.get(module, []) or module == "fastproxy._fingerprint"):
+            kw = dict(define_macros=[("FP_XXH_DISPATCH", "1")], libraries=["xxhash"])
         exts.append(Extension(module, sources, include_dirs=[CSRC], extra_compile_args=flags,
                               extra_link_args=["-pthread"],
-                              depends=glob.glob(os.path.join(CSRC, "*.h"))))
+                              depends=glob.glob(os.path.join(CSRC, "*.h")), **kw))
     return exts
 
 

@@ -238,10 +238,18 @@ class FastproxyCaptureTarget(FastproxyTarget):
             self.note = f"fastproxy (proxy.workers = {workers}) with `traffic capture` running"
         self.captures: dict[str, str] = {}
         self.capture_error: dict[str, str] = {}
+        self.starting_data: dict[str, str] = {}  # workload -> mariadb-dump of sbtest before its capture
+        self.db: ScratchMariaDB | None = None
+
+    def start(self, db):
+        self.db = db
+        return super().start(db)
 
     def before_run(self, workload):
         if workload in self.captures:  # an earlier round's: only the last one is replayed
             shutil.rmtree(self.captures[workload], ignore_errors=True)
+        # replays start from the data the capture started from (as a user restores a backup)
+        self.starting_data[workload] = dump_sbtest(self.db)
         out = tempfile.mkdtemp(prefix=f"fastproxy-e2e-capture-{workload}-")
         os.rmdir(out)  # the capture creates it (0700)
         self.captures[workload] = out
@@ -444,12 +452,21 @@ def profile_run(target: Target, port: int, workload: str, threads: int, db: Scra
     return out
 
 
-def run_replay(db: ScratchMariaDB, capture_dir: str, speed: float) -> dict:
+def dump_sbtest(db: ScratchMariaDB) -> str:
+    return subprocess.run(["mariadb-dump", "--no-defaults", "-h127.0.0.1", f"-P{db.port}", "-uroot",
+                           f"-p{ROOT_PASSWORD}", "--databases", "sbtest"], capture_output=True, text=True,
+                          check=True).stdout
+
+
+def run_replay(db: ScratchMariaDB, capture_dir: str, speed: float, order: str = "causal",
+               starting_data: str | None = None) -> dict:
     """Replay a capture with the standalone replayer; its summary plus the replayer's CPU time."""
+    if starting_data:
+        db.sql("DROP DATABASE IF EXISTS sbtest;\n" + starting_data)
     report_dir = tempfile.mkdtemp(prefix="fastproxy-e2e-replay-")
     cmd = [sys.executable, "-m", "fastproxy", "replay", f"--target={db.addr}", f"--input={capture_dir}",
            "--username=root", f"--password={ROOT_PASSWORD}", f"--speed={speed}", "--no-report-tables",
-           f"--report-dir={report_dir}"]
+           f"--report-dir={report_dir}", f"--order={order}"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             cwd=str(Path(__file__).resolve().parent.parent))
     out = proc.stdout.read()
@@ -465,6 +482,23 @@ def run_replay(db: ScratchMariaDB, capture_dir: str, speed: float) -> dict:
     n = max(1, summary["commands_replayed"])
     summary["replayer_cpu_us_per_command"] = round(cpu / n * 1e6, 1)
     return summary
+
+
+def pace(replays: list[dict]) -> list[str]:
+    """Causal order's cost: speed 1 against the captured QPS, speed 0 against per-connection order."""
+    out = []
+    by = {(r["workload"], r["speed"], r["order"]): r for r in replays}
+    for (wl, speed, order), r in by.items():
+        if order != "causal":
+            continue
+        if speed == 1 and r["qps_captured"]:
+            out.append(f"{wl}: speed 1, causal order: {r['qps_replayed'] / r['qps_captured'] * 100:.1f}% of the "
+                       f"captured QPS (target >= 98%)")
+        base = by.get((wl, speed, "connection"))
+        if speed == 0 and base and base["qps_replayed"]:
+            out.append(f"{wl}: speed max, causal order: {r['qps_replayed'] / base['qps_replayed'] * 100:.1f}% of "
+                       f"per-connection order's QPS (target >= 60%)")
+    return out
 
 
 def machine() -> dict:
@@ -483,6 +517,9 @@ def main() -> None:
     ap.add_argument("--json", help="also write the results here")
     ap.add_argument("--no-replay", action="store_true", help="skip replaying the captures")
     ap.add_argument("--profile", action="store_true", help="one more run per fastproxy row under perf stat")
+    ap.add_argument("--orders", default="causal,connection",
+                    help="replay orders to compare (comma-separated: causal, connection)")
+    ap.add_argument("--speeds", default="0,1", help="replay speeds (comma-separated; 0 = as fast as possible)")
     args = ap.parse_args()
 
     targets = [t for t in TARGETS if not args.only or t.name in args.only.split(",")]
@@ -520,16 +557,18 @@ def main() -> None:
                 if wl not in cap.captures or cap.capture_error.get(wl):
                     continue
                 direct = next((r for r in results if r.target == "direct" and r.workload == wl), None)
-                for speed in (0, 1):
-                    print(f"replay of the {wl} x{threads} capture at speed {speed or 'max'} ...", flush=True)
-                    sm = run_replay(db, cap.captures[wl], speed)
-                    replays.append({"workload": wl, "threads": threads, "speed": speed,
+                for speed, order in [(float(sp), o) for sp in args.speeds.split(",") for o in args.orders.split(",")]:
+                    print(f"replay of the {wl} x{threads} capture at speed {speed or 'max'}, order {order} ...",
+                          flush=True)
+                    sm = run_replay(db, cap.captures[wl], speed, order, cap.starting_data.get(wl))
+                    replays.append({"workload": wl, "threads": threads, "speed": speed, "order": order,
                                     "replayed": sm["commands_replayed"], "elapsed_s": sm["elapsed_seconds"],
                                     "qps_replayed": sm["qps_replayed"], "qps_captured": sm["qps_captured"],
                                     "sysbench_direct_qps": direct.qps if direct else None,
                                     "lag_p99_ms": sm["lag"]["p99_ms"], "lag_max_ms": sm["lag"]["max_ms"],
                                     "replayer_cpu_us_per_command": sm["replayer_cpu_us_per_command"],
-                                    "failed": sm["commands_failed"], "other_errors": sm["other_errors"]})
+                                    "failed": sm["commands_failed"], "other_errors": sm["other_errors"],
+                                    "causal": sm.get("causal"), "transactions": sm.get("transactions")})
         for d in getattr(cap, "captures", {}).values():
             shutil.rmtree(d, ignore_errors=True)
     # group by workload for reading
@@ -552,12 +591,14 @@ def main() -> None:
             print(line)
     if replays:
         print()
-        print(f"{'replay of':<18} {'speed':>5} {'replayed':>9} {'cmds/s':>9} {'captured qps':>12} "
-              f"{'direct qps':>10} {'lag p99 ms':>10} {'CPU us/cmd':>10}")
+        print(f"{'replay of':<18} {'speed':>5} {'order':>10} {'replayed':>9} {'cmds/s':>9} {'captured qps':>12} "
+              f"{'direct qps':>10} {'lag p99 ms':>10} {'CPU us/cmd':>10} {'failed':>6}")
         for r in replays:
-            print(f"{r['workload']:<18} {r['speed'] or 'max':>5} {r['replayed']:>9} {r['qps_replayed']:>9,.0f} "
-                  f"{r['qps_captured'] or 0:>12,.0f} {r['sysbench_direct_qps'] or 0:>10,.0f} "
-                  f"{r['lag_p99_ms']:>10} {r['replayer_cpu_us_per_command']:>10}")
+            print(f"{r['workload']:<18} {r['speed'] or 'max':>5} {r['order']:>10} {r['replayed']:>9} "
+                  f"{r['qps_replayed']:>9,.0f} {r['qps_captured'] or 0:>12,.0f} {r['sysbench_direct_qps'] or 0:>10,.0f} "
+                  f"{r['lag_p99_ms']:>10} {r['replayer_cpu_us_per_command']:>10} {r['failed']:>6}")
+        for line in pace(replays):
+            print(line)
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"machine": machine(), "time": args.time, "rounds": args.rounds, "tables": args.tables,

@@ -101,13 +101,34 @@ cdef inline bint _is_hex(unsigned char c) noexcept nogil:
     return _is_digit(c) or (c >= b'a' and c <= b'f') or (c >= b'A' and c <= b'F')
 
 
+cdef enum:
+    MB_GBK = 1      # two-byte character sets whose second byte may be \\ or `: gbk, gb18030
+    MB_BIG5 = 2     #   big5
+    MB_SJIS = 3     #   sjis, cp932
+
+
+cdef inline Py_ssize_t _mb(int mb, const unsigned char* p, Py_ssize_t i, Py_ssize_t n) noexcept nogil:
+    """2 if p[i] starts a two-byte character of character set ``mb`` (0: none), else 1."""
+    cdef unsigned char c = p[i], t
+    if mb == 0 or i + 1 >= n:
+        return 1
+    if not ((mb == MB_GBK and 0x81 <= c <= 0xFE) or (mb == MB_BIG5 and 0xA1 <= c <= 0xF9)
+            or (mb == MB_SJIS and (0x81 <= c <= 0x9F or 0xE0 <= c <= 0xFC))):
+        return 1
+    t = p[i + 1]
+    return 2 if t >= 0x40 and t != 0x7F and t != 0xFF else 1
+
+
 cdef inline Py_ssize_t _skip_quoted(const unsigned char* p, Py_ssize_t i, Py_ssize_t n,
-                                    unsigned char q, bint esc) noexcept nogil:
+                                    unsigned char q, bint esc, int mb=0) noexcept nogil:
     """Index just past the string whose opening quote is at p[i]; n if unterminated. ``esc``: a
-    backslash escapes the next byte (not in back-quoted names, nor under NO_BACKSLASH_ESCAPES)."""
+    backslash escapes the next byte (not in back-quoted names, nor under NO_BACKSLASH_ESCAPES);
+    ``mb``: the text is in that two-byte character set (a character's second byte quotes nothing)."""
     i += 1
     while i < n:
-        if esc and p[i] == b'\\':
+        if mb and p[i] >= 0x80 and _mb(mb, p, i, n) == 2:
+            i += 2
+        elif esc and p[i] == b'\\':
             i += 2
         elif p[i] == q:
             if i + 1 < n and p[i + 1] == q:     # doubled quote is an escaped quote
@@ -256,10 +277,42 @@ cdef void _close(State* s) noexcept nogil:
     s.len += 1
 
 
+cdef void _blank_trails(State* s, const unsigned char* p, Py_ssize_t n, int mb) noexcept nogil:
+    """The last n bytes written copy p[:n]: where a two-byte character's second byte is \\ or `, write
+    _ instead, so that no later reader of the output takes it for a quote or an escape."""
+    cdef Py_ssize_t k = 0
+    cdef char* o = s.out + s.len - n
+    while k < n:
+        if p[k] >= 0x80 and _mb(mb, p, k, n) == 2:
+            if p[k + 1] == b'\\' or p[k + 1] == b'`':
+                o[k + 1] = b'_'
+            k += 2
+        else:
+            k += 1
+
+
+cdef Py_ssize_t _skip_versioned(const unsigned char* p, Py_ssize_t i, Py_ssize_t n) noexcept nogil:
+    """Index just past the */ that ends a versioned comment skipped as a comment, its body starting
+    at p[i] (n if none): quotes mean nothing there, one /* */ nests (the server's consume_comment)."""
+    while i < n:
+        if p[i] == b'/' and i + 1 < n and p[i + 1] == b'*':
+            i += 2
+            while i < n and not (p[i] == b'*' and i + 1 < n and p[i + 1] == b'/'):
+                i += 1
+            i += 2
+        elif p[i] == b'*' and i + 1 < n and p[i + 1] == b'/':
+            return i + 2
+        else:
+            i += 1
+    return n
+
+
 cdef Py_ssize_t _normalize(const unsigned char* p, Py_ssize_t n, char* out, bint sq_esc,
-                           bint dq_esc) noexcept nogil:
+                           bint dq_esc, bint skip_versioned=False, int mb=0) noexcept nogil:
     """Write the normalized form of p[:n] to out (at least 2 * n + 16 bytes); return its length.
-    ``sq_esc`` / ``dq_esc``: a backslash escapes in '..' / ".." strings (the server's default).
+    ``sq_esc`` / ``dq_esc``: a backslash escapes in '..' / ".." strings (the server's default);
+    ``skip_versioned``: versioned comments are comments (a server older than their version);
+    ``mb``: the text is in a two-byte character set (MB_*).
 
     Every token writes at most one separator plus no more bytes than it consumed, and a collapsed
     "(...)" (5 bytes plus a space) replaces at least three input bytes, so 2 * n bounds the output.
@@ -294,9 +347,14 @@ cdef Py_ssize_t _normalize(const unsigned char* p, Py_ssize_t n, char* out, bint
         elif c == b'/' and d == b'*':
             if i + 2 < n and (p[i + 2] == b'!' or (p[i + 2] == b'M' and i + 3 < n and p[i + 3] == b'!')):
                 i += 3 if p[i + 2] == b'!' else 4
-                while i < n and _is_digit(p[i]):    # optional version number
-                    i += 1
-                in_exec = True
+                j = i
+                while j < n and _is_digit(p[j]):    # optional version number
+                    j += 1
+                if skip_versioned and j - i >= 5:
+                    i = _skip_versioned(p, j, n)
+                else:
+                    i = j
+                    in_exec = True
             else:
                 i += 2
                 while i < n and not (p[i] == b'*' and i + 1 < n and p[i + 1] == b'/'):
@@ -311,12 +369,14 @@ cdef Py_ssize_t _normalize(const unsigned char* p, Py_ssize_t n, char* out, bint
 
         elif c == b'\'' or c == b'"':
             _literal(&s)
-            i = _skip_quoted(p, i, n, c, sq_esc if c == b'\'' else dq_esc)
+            i = _skip_quoted(p, i, n, c, sq_esc if c == b'\'' else dq_esc, mb)
 
         elif c == b'`':
-            j = _skip_quoted(p, i, n, c, False)
+            j = _skip_quoted(p, i, n, c, False, mb)
             _begin(&s, K_WORD)
             _put(&s, p + i, j - i)
+            if mb:
+                _blank_trails(&s, p + i, j - i, mb)
             i = j
 
         elif _is_digit(c) or (c == b'.' and _is_digit(d) and
@@ -361,18 +421,20 @@ cdef Py_ssize_t _normalize(const unsigned char* p, Py_ssize_t n, char* out, bint
             i = j
 
         elif _is_ident(c):
-            j = i + 1
+            j = i + _mb(mb, p, i, n)
             while j < n and _is_ident(p[j]):
-                j += 1
+                j += _mb(mb, p, j, n)
             d = c | 0x20
             if j < n and p[j] == b'\'' and j - i == 1 and (d == b'x' or d == b'b' or d == b'n'):
                 _literal(&s)                        # X'..', B'..', N'..'
-                i = _skip_quoted(p, j, n, p[j], sq_esc)
+                i = _skip_quoted(p, j, n, p[j], sq_esc, mb)
             elif j < n and c == b'_' and (p[j] == b'\'' or p[j] == b'"'):
                 _literal(&s)                        # _utf8mb4'..': the introducer goes too
-                i = _skip_quoted(p, j, n, p[j], sq_esc if p[j] == b'\'' else dq_esc)
+                i = _skip_quoted(p, j, n, p[j], sq_esc if p[j] == b'\'' else dq_esc, mb)
             else:
                 _word(&s, p + i, j - i)
+                if mb:
+                    _blank_trails(&s, p + i, j - i, mb)
                 i = j
 
         elif c == b'?':
@@ -442,7 +504,7 @@ cdef Py_ssize_t _normalize(const unsigned char* p, Py_ssize_t n, char* out, bint
     return s.len
 
 
-cdef str _normalize_obj(object sql, bint sq_esc=True, bint dq_esc=True):
+cdef str _normalize_obj(object sql, bint sq_esc=True, bint dq_esc=True, bint skip_versioned=False, int mb=0):
     cdef const unsigned char* p
     cdef Py_ssize_t n, m
     cdef char stack_buf[STACK_BUF]
@@ -473,22 +535,31 @@ cdef str _normalize_obj(object sql, bint sq_esc=True, bint dq_esc=True):
             raise MemoryError()
     try:
         # the GIL stays held: releasing it costs more than normalizing a short statement
-        m = _normalize(p, n, out, sq_esc, dq_esc)
+        m = _normalize(p, n, out, sq_esc, dq_esc, skip_versioned, mb)
         return PyUnicode_DecodeUTF8(out, m, "replace")
     finally:
         if out != stack_buf:
             free(out)
 
 
-def normalize(sql, *, bint no_backslash_escapes=False, bint ansi_quotes=False):
+_MB = {None: 0, "gbk": MB_GBK, "big5": MB_BIG5, "sjis": MB_SJIS}
+
+
+def normalize(sql, *, bint no_backslash_escapes=False, bint ansi_quotes=False, bint skip_versioned=False,
+              charset=None):
     """Canonical text of ``sql`` (str or bytes), literals replaced by ``?``; never fails on bad SQL.
 
     By default strings are read as the server does by default. ``no_backslash_escapes``: as under
     sql_mode NO_BACKSLASH_ESCAPES (a backslash escapes nothing); ``ansi_quotes``: as under
     ANSI_QUOTES, where ".." quotes a name, so a backslash inside does not escape either (the text
-    still becomes ``?``). The flags change only where a string ends, i.e. which text is SQL.
+    still becomes ``?``); ``skip_versioned``: as a server older than the versions of the versioned
+    comments (``/*!50701 */``, ``/*M!100500 */``) reads them: comments, ending at the first ``*/``
+    whatever quotes they hold; ``charset``: ``"gbk"``, ``"big5"`` or ``"sjis"`` (bytes only), a
+    two-byte character set whose characters may end in ``\\`` or `````. The flags change only where
+    a string or comment ends, i.e. which text is SQL.
     """
-    return _normalize_obj(sql, not no_backslash_escapes, not (no_backslash_escapes or ansi_quotes))
+    return _normalize_obj(sql, not no_backslash_escapes, not (no_backslash_escapes or ansi_quotes),
+                          skip_versioned, _MB[charset])
 
 
 def digest(sql):

@@ -9,6 +9,7 @@ cdef enum Outcome:
     OUTCOME_ERR = 1
     OUTCOME_NO_RESPONSE = 2
     OUTCOME_UNKNOWN = 3
+    OUTCOME_BACKEND_LOST = 4  # the server side died before the response completed
 
 cdef extern from "tracker.h":
     ctypedef struct trk_result:
@@ -30,6 +31,8 @@ cdef extern from "tracker.h":
         char sql_state[6]
         const char *err_msg
         unsigned int err_msg_len
+        unsigned long long hash_ordered
+        unsigned long long hash_unordered
         unsigned char schema_set
         unsigned char schema_cut
         unsigned short schema_len
@@ -43,6 +46,7 @@ cdef extern from "tracker.h":
         long long unsolicited
         long long local_infile_requests
         char error[112]
+        unsigned char fingerprints
     void trk_init(tracker *t, int deprecate_eof, trk_callback cb, void *ctx)
     void trk_free(tracker *t)
     int trk_begin(tracker *t, unsigned char cmd, int cursor)
@@ -87,6 +91,8 @@ cdef class CommandResult:
     cdef public int num_params
     cdef public int num_columns
     cdef public bint local_infile
+    cdef public unsigned long long hash_ordered     # result fingerprint (fingerprint.h), 0 without a result set
+    cdef public unsigned long long hash_unordered
     cdef public object tag
     # SESSION_TRACK_SCHEMA from an OK packet (CLIENT_SESSION_TRACK): the new current database
     # (None: no change reported; "": none selected); schema_cut: a state change was flagged but the

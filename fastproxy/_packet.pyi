@@ -4,6 +4,7 @@ OK: int
 ERR: int
 NO_RESPONSE: int
 UNKNOWN: int
+BACKEND_LOST: int
 OUTCOME_NAMES: tuple[str, ...]
 
 def expects_response(cmd: int) -> bool: ...
@@ -37,6 +38,8 @@ class CommandResult:
     num_params: int
     num_columns: int
     local_infile: bool
+    hash_ordered: int
+    hash_unordered: int
     tag: Any
     schema: str | None
     schema_cut: bool
@@ -48,6 +51,7 @@ class CommandResult:
 
 class ResponseTracker:
     deprecate_eof: bool
+    fingerprints: bool
     session_track: bool
     packets: int
     unsolicited: int

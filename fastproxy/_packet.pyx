@@ -31,6 +31,7 @@ OK = OUTCOME_OK
 ERR = OUTCOME_ERR
 NO_RESPONSE = OUTCOME_NO_RESPONSE
 UNKNOWN = OUTCOME_UNKNOWN
+BACKEND_LOST = OUTCOME_BACKEND_LOST
 OUTCOME_NAMES = ("ok", "err", "no_response", "unknown", "backend_lost")
 
 
@@ -265,6 +266,15 @@ cdef class ResponseTracker:
         self._t.deprecate_eof = 1 if value else 0
 
     @property
+    def fingerprints(self):
+        """Whether result fingerprints are computed (fastproxy/csrc/fingerprint.h); on by default."""
+        return bool(self._t.fingerprints)
+
+    @fingerprints.setter
+    def fingerprints(self, value):
+        self._t.fingerprints = 1 if value else 0
+
+    @property
     def session_track(self):
         """CLIENT_SESSION_TRACK was negotiated: OK packets carry session state (CommandResult.schema)."""
         return bool(self._t.session_track)
@@ -317,6 +327,8 @@ cdef class ResponseTracker:
         res.num_params = r.num_params
         res.num_columns = r.num_columns
         res.local_infile = r.local_infile
+        res.hash_ordered = r.hash_ordered
+        res.hash_unordered = r.hash_unordered
         if r.schema_set:
             res.schema = r.schema[:r.schema_len].decode("utf-8", "replace")
         res.schema_cut = r.schema_cut

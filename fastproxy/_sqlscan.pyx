@@ -5,8 +5,9 @@ It reads SQL the way the server's lexer does, so that comments and literals cann
 a keyword: ``/* */``, ``-- `` and ``#`` comments are skipped, the bodies of executable comments
 (``/*! */``, ``/*!50100 */``, ``/*M! */``) are code; strings ('..', "..") and back-quoted names
 are single tokens. How a string ends depends on the session (``sql_mode`` NO_BACKSLASH_ESCAPES,
-ANSI_QUOTES, a client character set whose two-byte characters may end in 0x5C), so the caller
-names a *reading*, and the scan reports when another reading could tokenize differently.
+ANSI_QUOTES, a client character set whose two-byte characters may end in 0x5C or 0x60) and on the
+server (one older than a versioned comment skips its body), so the caller names a *reading*, and
+the scan reports when another reading could tokenize differently.
 
 ``scan`` is the hot path: one pass in C over the whole statement, no Python object per token.
 It reports ``flags`` (unterminated, which readings may differ), ``signals`` (which kinds of
@@ -29,6 +30,9 @@ cdef enum:
     _DBCS_BIG5 = 8      #   big5: lead bytes 0xA1-0xF9
     _DBCS_SJIS = 12     #   sjis, cp932: lead bytes 0x81-0x9F, 0xE0-0xFC
     _FLAT_EXEC = 16     # a /* inside /*! */ does not nest: the next */ ends the executable comment
+    _SKIP_VERSIONED = 32    # /*!50701 */, /*M!999999 */: the server is older than the version, so the
+                            # body is a comment there, in which quotes mean nothing (MariaDB also skips
+                            # MySQL-only versions 50700-99999): it ends at the first */ (one /* */ nests)
 
 # ---- scan flags ---------------------------------------------------------------------------------
 cdef enum:
@@ -36,6 +40,9 @@ cdef enum:
     _F_BS_IN_SQ = 2         # a backslash inside '..': the NO_BACKSLASH_ESCAPES reading may differ
     _F_BS_IN_DQ = 4         # a backslash inside "..": the ANSI_QUOTES reading may differ
     _F_NESTED_IN_EXEC = 8   # /* inside /*! */: the flat reading may differ
+    _F_VERSIONED = 16       # an executable comment with a version: a server older than it skips the body
+    _F_DBCS_DIFFERS = 32    # a byte that may lead a two-byte character right before \ or `: a session
+                            # in gbk/big5/sjis (SET NAMES may switch to it at any time) reads it otherwise
 
 # ---- signals: code words (or shapes) that can carry a secret ------------------------------------
 cdef enum:
@@ -64,10 +71,13 @@ READ_DBCS_GBK = _DBCS_GBK
 READ_DBCS_BIG5 = _DBCS_BIG5
 READ_DBCS_SJIS = _DBCS_SJIS
 READ_FLAT_EXEC = _FLAT_EXEC
+READ_SKIP_VERSIONED = _SKIP_VERSIONED
 F_UNTERMINATED = _F_UNTERMINATED
 F_BS_IN_SQ = _F_BS_IN_SQ
 F_BS_IN_DQ = _F_BS_IN_DQ
 F_NESTED_IN_EXEC = _F_NESTED_IN_EXEC
+F_VERSIONED = _F_VERSIONED
+F_DBCS_DIFFERS = _F_DBCS_DIFFERS
 SIG_AUTH = _SIG_AUTH
 SIG_MYSQLDB = _SIG_MYSQLDB
 SIG_DYNAMIC = _SIG_DYNAMIC
@@ -111,6 +121,8 @@ cdef struct Scanner:
     bint seg_literal        # the current segment has a string (or a literal that may spell one: X'..', 0x..)
     bint after_var          # the previous token was a user variable (not a host part)
     bint after_into         # the previous token was the word INTO
+    unsigned int fn_signal  # the previous token was a quoted name of a secret-taking function:
+                            # `password`('x') and, under ANSI_QUOTES, "aes_encrypt"(x, 'k') call it
     int prev_kind
     Py_ssize_t prev_end
     Seg* segs
@@ -200,11 +212,18 @@ cdef Py_ssize_t _skip_quoted(Scanner* s, Py_ssize_t i, Py_ssize_t n, unsigned ch
             if (pos - b) & 1:
                 j = pos + 1
                 continue
+        if not mode and q == b'`' and pos > start and _dbcs_lead(p[pos - 1]):
+            s.flags |= _F_DBCS_DIFFERS     # `<lead>`: in gbk/big5/sjis that backquote is half a character
         if pos + 1 < n and p[pos + 1] == q:     # a doubled quote is a quote
             j = pos + 2
             continue
         if esc and memchr(p + start, b'\\', pos - start) != NULL:
             s.flags |= _F_BS_IN_SQ if q == b'\'' else _F_BS_IN_DQ
+            if not mode and not s.flags & _F_DBCS_DIFFERS:
+                for b in range(start + 1, pos):     # '<lead>\': a character there, not an escape
+                    if p[b] == b'\\' and _dbcs_lead(p[b - 1]):
+                        s.flags |= _F_DBCS_DIFFERS
+                        break
         return pos + 1
 
 
@@ -229,6 +248,10 @@ cdef inline void _tok(Scanner* s, int kind, Py_ssize_t a, Py_ssize_t b) noexcept
         if kind == _T_VAR:
             s.seg_signals |= _SIG_VARASSIGN
         s.after_into = False
+    if s.fn_signal:
+        if kind == _T_OP and p[a] == b'(':
+            s.seg_signals |= s.fn_signal
+        s.fn_signal = 0
     if kind == _T_OPEN:
         s.seg_literal = True    # an unterminated string may hide anything
     s.prev_kind = kind
@@ -327,7 +350,40 @@ cdef void _end_segment(Scanner* s, Py_ssize_t end) noexcept nogil:
     s.seg_exec = s.exec_depth
     s.after_var = False
     s.after_into = False
+    s.fn_signal = 0
     s.prev_kind = 0
+
+
+cdef inline bint _dbcs_lead(unsigned char c) noexcept nogil:
+    """c may lead a two-byte character in gbk, big5 or sjis (their lead ranges all lie in 0x81-0xFE)."""
+    return c >= 0x81 and c <= 0xFE
+
+
+cdef inline unsigned int _quoted_fn_signal(const unsigned char* p, Py_ssize_t a, Py_ssize_t b) noexcept nogil:
+    """The signal of the quoted name p[a:b] (quotes included) if it names a function taking a secret."""
+    return _word_signal(p + a + 1, b - a - 2) & (_SIG_AUTH | _SIG_CRYPTO) if b - a >= 7 else 0
+
+
+cdef Py_ssize_t _skip_versioned(const unsigned char* p, Py_ssize_t i, Py_ssize_t n) noexcept nogil:
+    """Index just past the */ ending a skipped versioned comment whose body starts at p[i]; -1 if
+    none. As the server's consume_comment(lip, 1): quotes mean nothing, one /* */ level nests."""
+    cdef const unsigned char* k
+    while i < n:
+        if p[i] == b'/' and i + 1 < n and p[i + 1] == b'*':
+            i += 2
+            while True:     # the nested comment: to its first */
+                k = <const unsigned char*>memchr(p + i, b'*', n - i) if i < n else NULL
+                if k == NULL:
+                    return -1
+                i = (k - p) + 1
+                if i < n and p[i] == b'/':
+                    i += 1
+                    break
+        elif p[i] == b'*' and i + 1 < n and p[i + 1] == b'/':
+            return i + 2
+        else:
+            i += 1
+    return -1
 
 
 cdef void _run(Scanner* s, Py_ssize_t i, Py_ssize_t n) noexcept nogil:
@@ -360,6 +416,8 @@ cdef void _run(Scanner* s, Py_ssize_t i, Py_ssize_t n) noexcept nogil:
             else:
                 while j < n and _IDENT[p[j]]:
                     j += 1
+                if j < n and (p[j] == b'`' or p[j] == b'\\') and _dbcs_lead(p[j - 1]):
+                    s.flags |= _F_DBCS_DIFFERS     # a<lead>`: one character in gbk/big5/sjis, no name opened
             if j < n and ((p[j] == b'\'' and j - i == 1 and ((c | 0x20) == b'x' or (c | 0x20) == b'b'
                                                               or (c | 0x20) == b'n'))
                           or (c == b'_' and (p[j] == b'\'' or p[j] == b'"'))):
@@ -400,6 +458,8 @@ cdef void _run(Scanner* s, Py_ssize_t i, Py_ssize_t n) noexcept nogil:
             else:
                 s.seg_literal = True
                 _tok(s, _T_STR, i, j)
+                if c == b'"':
+                    s.fn_signal = _quoted_fn_signal(p, i, j)
                 i = j
 
         elif c == b'`':
@@ -412,6 +472,7 @@ cdef void _run(Scanner* s, Py_ssize_t i, Py_ssize_t n) noexcept nogil:
                 if j - i == 7 or j - i == 13:     # `mysql`.`user`, `global_priv`: the grant tables
                     s.seg_signals |= _word_signal(p + i + 1, j - i - 2) & _SIG_MYSQLDB
                 _tok(s, _T_QIDENT, i, j)
+                s.fn_signal = _quoted_fn_signal(p, i, j)
                 i = j
 
         elif c == b'#' or (c == b'-' and d == b'-' and (i + 2 >= n or p[i + 2] <= 32)):
@@ -426,8 +487,21 @@ cdef void _run(Scanner* s, Py_ssize_t i, Py_ssize_t n) noexcept nogil:
                 i += 1
             elif i + 2 < n and (p[i + 2] == b'!' or (p[i + 2] == b'M' and i + 3 < n and p[i + 3] == b'!')):
                 i += 3 if p[i + 2] == b'!' else 4
-                while i < n and p[i] >= b'0' and p[i] <= b'9':     # version: the body still counts as code
-                    i += 1
+                j = i
+                while j < n and p[j] >= b'0' and p[j] <= b'9':
+                    j += 1
+                if j - i >= 5:  # a version (5 or 6 digits): code on a newer server, a comment on an older one
+                    s.flags |= _F_VERSIONED
+                    if s.reading & _SKIP_VERSIONED:
+                        j = _skip_versioned(p, j, n)
+                        if j < 0:
+                            s.flags |= _F_UNTERMINATED
+                            _tok(s, _T_OPEN, i, n)
+                            i = n
+                        else:
+                            i = j
+                        continue
+                i = j
                 s.exec_depth += 1
             else:
                 j = i + 2
@@ -507,6 +581,7 @@ cdef inline void _init(Scanner* s, const unsigned char* p, Py_ssize_t start, int
     s.exec_depth = exec_depth
     s.after_var = False
     s.after_into = False
+    s.fn_signal = 0
     s.prev_kind = 0
     s.prev_end = -1
     s.segs = NULL

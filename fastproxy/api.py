@@ -83,9 +83,8 @@ async def health(request: web.Request) -> web.Response:
     code = 503 if server.shutting_down else 200
     if not request[AUTHORIZED]:  # probes without the token learn up or down, nothing about the backends
         return web.json_response({"status": status}, status=code)
-    backends = [{"addr": b.addr, "healthy": b.healthy, "connections": b.connections, "error": b.last_error}
-                for b in server.pool.backends]
-    body = {"status": status, "connections": len(server.connections), "backends": backends}
+    body = {"status": status, "connections": len(server.connections), "health_check": server.pool.status(),
+            "backends": [b.status() for b in server.pool.backends]}
     return web.json_response(body, status=code)
 
 

@@ -7,6 +7,7 @@ import sys
 import click
 
 from fastproxy.cli_password import password_options, resolve_password
+from fastproxy.cli_report import verdict_form, verdict_options
 from fastproxy.config import parse_addr
 from fastproxy.errors import FastproxyError
 from fastproxy.replay.selection import selection_options
@@ -23,6 +24,9 @@ from fastproxy.replay.selection import selection_options
 @password_options
 @click.option("--speed", type=float, default=1.0, show_default=True, help="replay speed; 0 = as fast as possible")
 @click.option("--read-only", "read_only", is_flag=True, help="replay only statements that do not write")
+@click.option("--order", type=click.Choice(["causal", "connection"]), default="causal", show_default=True,
+              help="causal: a statement waits for what other connections had committed (and locked) before it "
+                   "started in production; connection: per-connection order only")
 @click.option("--progress", is_flag=True, help="show a progress bar")
 @click.option("--report-dir", default=None, help="where the summary files go [default: the input directory]")
 @click.option("--no-report-tables", is_flag=True, help="do not write tiproxy_traffic_report tables on the target")
@@ -36,15 +40,18 @@ from fastproxy.replay.selection import selection_options
 @click.option("--tls-ca", default="", help="CA bundle the target's certificate must chain to (implies --tls)")
 @click.option("--tls-skip-verify", is_flag=True, help="TLS without verifying the target's certificate")
 @selection_options
+@verdict_options
 def replay_standalone(target: str, input_dir: tuple[str, ...], username: str, password: str | None,
-                      password_file: str | None, speed: float, read_only: bool, progress: bool, report_dir: str | None,
+                      password_file: str | None, speed: float, read_only: bool, order: str, progress: bool,
+                      report_dir: str | None,
                       no_report_tables: bool, encryption_key_path: str | None, input_format: str,
                       users_file: str | None, replay_unknown: bool, tls: bool, tls_ca: str, tls_skip_verify: bool,
-                      **selection) -> None:
-    """Replay a capture directly against a test server and print a summary."""
+                      verdict: dict, **selection) -> None:
+    """Replay a capture directly against a test server and print a summary and the verdict."""
     from fastproxy.capture.crypto import load_key
     from fastproxy.replay.engine import ReplayOptions
     from fastproxy.replay.job import ReplayRun, check_speed, format_summary
+    from fastproxy.report.verdict import verdict_options_from
     from fastproxy.replay.selection import cli_values, filters_from, parse_start_at
 
     password = resolve_password(password, password_file)
@@ -56,20 +63,23 @@ def replay_standalone(target: str, input_dir: tuple[str, ...], username: str, pa
                                 speed=check_speed(speed), readonly=read_only, encryption_key=key,
                                 input_format=input_format, filters=filters_from(values),
                                 start_at=parse_start_at(values["start-at"]), tls=tls, tls_ca=tls_ca,
-                                tls_skip_verify=tls_skip_verify, replay_unknown=replay_unknown)
+                                tls_skip_verify=tls_skip_verify, replay_unknown=replay_unknown, order=order)
         if users_file:
             from fastproxy.replay.users import load_users_file
 
             options.users = load_users_file(users_file)
         inputs = list(input_dir)
+        form = verdict_form(verdict)
         run = ReplayRun(inputs if len(inputs) > 1 else inputs[0], options, report_dir,
-                        write_tables=not no_report_tables)
+                        write_tables=not no_report_tables, verdict_options=verdict_options_from(form),
+                        baseline=parse_addr(form["baseline"], "--baseline") if "baseline" in form else None)
     except FastproxyError as e:
         raise click.ClickException(str(e)) from None
     import uvloop
 
     summary = uvloop.run(_run_with_progress(run, progress))
     click.echo(format_summary(summary), nl=False)
+    click.echo(run.verdict.text(summary), nl=False)
     for path in summary.get("summary_files", []):
         click.echo(f"  wrote {path}")
     if summary.get("summary_files_error"):

@@ -11,6 +11,7 @@ import urllib.request
 import click
 
 from fastproxy.cli_password import password_options, resolve_password
+from fastproxy.cli_report import report, verdict_form, verdict_options
 from fastproxy.replay.selection import cli_values, selection_options
 
 API_CONTEXT = "fastproxy.api"  # click context meta: how to reach and authenticate to the API
@@ -149,6 +150,9 @@ def capture(curls: str, output: str, duration: str, compress: bool, encryption_m
 @password_options
 @click.option("--speed", type=float, default=1.0, show_default=True, help="replay speed (0 = as fast as possible)")
 @click.option("--read-only", "read_only", is_flag=True, help="replay only statements that do not write")
+@click.option("--order", type=click.Choice(["causal", "connection"]), default="causal", show_default=True,
+              help="causal: a statement waits for what other connections had committed (and locked) before it "
+                   "started in production; connection: per-connection order only")
 @click.option("--encryption-key-path", default=None, help="key file for an encrypted capture")
 @click.option("--format", "input_format", type=click.Choice(["auto", "native", "slow-log", "general-log", "tiproxy"]),
               default="auto", show_default=True, help="input format (a capture directory, or a log file)")
@@ -161,18 +165,19 @@ def capture(curls: str, output: str, duration: str, compress: bool, encryption_m
 @click.option("--replay-unknown", is_flag=True,
               help="also send the commands that were in flight when production's backend died")
 @selection_options
+@verdict_options
 def replay(curls: str, input_dir: str, username: str, password: str | None, password_file: str | None, speed: float,
-           read_only: bool, encryption_key_path: str | None, input_format: str, tls: bool, tls_ca: str,
-           tls_skip_verify: bool, users_file: str | None, replay_unknown: bool, **selection) -> None:
+           read_only: bool, order: str, encryption_key_path: str | None, input_format: str, tls: bool, tls_ca: str,
+           tls_skip_verify: bool, users_file: str | None, replay_unknown: bool, verdict: dict, **selection) -> None:
     """Replay a capture against the proxy's backends."""
     password = resolve_password(password, password_file)
     _each(curls, "POST", "/api/traffic/replay", {"input": input_dir, "username": username, "password": password,
                                                   "speed": repr(speed), "readonly": str(read_only).lower(),
-                                                  "encryption-key-path": encryption_key_path,
+                                                  "order": order, "encryption-key-path": encryption_key_path,
                                                   "format": input_format, "tls": str(tls).lower(),
                                                   "tls-ca": tls_ca, "tls-skip-verify": str(tls_skip_verify).lower(),
                                                   "users-file": users_file, "replay-unknown": str(replay_unknown).lower(),
-                                                  **cli_values(selection)})
+                                                  **cli_values(selection), **verdict_form(verdict)})
 
 
 @traffic.command()
@@ -259,6 +264,7 @@ def convert(input_path: str, output: str, input_format: str, encryption_key_path
 def register(main: click.Group) -> None:
     from fastproxy.cli_replay import demo, replay_standalone
 
+    traffic.add_command(report)
     main.add_command(traffic)
     main.add_command(replay_standalone, "replay")
     main.add_command(demo, "demo")

@@ -111,6 +111,13 @@ def _str(value: Any, key: str) -> str:
     return value
 
 
+def _account_name(value: Any, key: str) -> str:
+    name = _str(value, key)
+    if "\x00" in name or len(name) > 128:
+        raise ConfigError(f"{key}: expected a MariaDB/MySQL user name (at most 128 characters, no NUL), got {value!r}")
+    return name
+
+
 def _bool(value: Any, key: str) -> bool:
     """true/false from TOML booleans and from flag strings (true, false, 1, 0, yes, no, on, off)."""
     if isinstance(value, bool):
@@ -143,6 +150,8 @@ KEYS: list[Key] = [
     Key("proxy.health-check-interval", "2s", _at_least(parse_duration, 0.05, "50ms"), "how often each backend is checked"),
     Key("proxy.health-check-timeout", "2s", _at_least(parse_duration, 0.01, "10ms"),
         "a backend check slower than this fails"),
+    Key("proxy.health-check-user", "", _account_name,
+        "account the health check logs in as (no password, no privileges); empty = passive checks"),
     Key("api.addr", "127.0.0.1:3080", parse_addr, "HTTP API (traffic jobs, /metrics, health)"),
     Key("api.token-file", "", _str, "file holding the bearer token every API request but the health check must send "
         "(mode 0600 or stricter)"),

@@ -2,8 +2,11 @@
 
 Two scratch MariaDB servers ("production" and "test"), `fastproxy serve` in front of each, a
 workload through the production proxy while a capture runs, the starting data copied to "test"
-with one table changed so that some statements fail there, `fastproxy traffic replay`, and the
-report. Every fastproxy step is run as the command a user would type, and printed.
+and "upgraded" there the way real upgrades hurt — a dropped column (statements that now fail), a
+dropped index (a statement that got slower: its plan shows the full scan) and a changed collation
+(statements that return different results without any error) — then `fastproxy traffic replay`,
+the report tables, the verdict and the HTML report. Every fastproxy step is run as the command a
+user would type, and printed.
 """
 from __future__ import annotations
 
@@ -28,8 +31,16 @@ CREATE TABLE orders (id INT AUTO_INCREMENT PRIMARY KEY, customer_id INT NOT NULL
                      qty INT NOT NULL, coupon VARCHAR(16), created_at DATETIME NOT NULL DEFAULT CURRENT_TIMESTAMP,
                      KEY (customer_id));
 """
-# what changes on the "test" server: the upgrade under test dropped a column the application uses
-TEST_SIDE_CHANGE = "ALTER TABLE shop.orders DROP COLUMN coupon"
+ORDERS_AT_START = 150_000  # enough that a lookup without its index is a visible full scan
+# what changes on the "test" server, the upgrade under test:
+TEST_SIDE_CHANGES = [
+    "ALTER TABLE shop.orders DROP COLUMN coupon",  # a column the application uses: new failures
+    "ALTER TABLE shop.orders DROP INDEX customer_id",  # a plan regression: the per-customer report scans
+    # a new default collation: comparisons turn case-sensitive, results change without any error
+    "ALTER TABLE shop.customers MODIFY name VARCHAR(64) COLLATE utf8mb4_bin NOT NULL",
+]
+DEMO_OUTPUT = "demo-output"  # (relative to the current directory) where the HTML report is kept
+SLOWER_MIN_DIFF_MS = 50  # "slower" needs +50 ms at p99 here (default 1 ms): a demo box is often busy
 
 
 def _say(text: str) -> None:
@@ -85,25 +96,31 @@ def _workload(port: int, seconds: float, seed: int, counts: dict, lock: threadin
     while time.monotonic() < deadline:
         action = rnd.random()
         try:
-            if action < 0.45:
+            if action < 0.55:
                 cur.execute("SELECT name, email FROM customers WHERE id = %s", (rnd.randint(1, 200),))
                 cur.fetchall()
-            elif action < 0.65:
+            elif action < 0.57:
+                # a customer's statement of last year's orders: needs the index the test side dropped
                 cur.execute("SELECT p.title, SUM(o.qty) FROM orders o JOIN products p ON p.id = o.product_id "
-                            "WHERE o.customer_id = %s GROUP BY p.title", (rnd.randint(1, 200),))
+                            "WHERE o.customer_id = %s AND o.created_at < '2025-01-01' GROUP BY p.title",
+                            (rnd.randint(1, 200),))
                 cur.fetchall()
-            elif action < 0.80:
+            elif action < 0.75:
                 cur.execute("BEGIN")
                 cur.execute("UPDATE products SET stock = stock - 1 WHERE id = %s", (rnd.randint(1, 50),))
                 cur.execute("INSERT INTO orders (customer_id, product_id, qty) VALUES (%s, %s, %s)",
                             (rnd.randint(1, 200), rnd.randint(1, 50), rnd.randint(1, 3)))
                 cur.execute("COMMIT")
-            elif action < 0.90:
+            elif action < 0.85:
                 # uses the column the test side dropped: these fail only on replay
                 cur.execute("INSERT INTO orders (customer_id, product_id, qty, coupon) VALUES (%s, %s, 1, %s)",
                             (rnd.randint(1, 200), rnd.randint(1, 50), rnd.choice(["SPRING", "VIP10", "NEW5"])))
-            elif action < 0.95:
+            elif action < 0.90:
                 cur.execute("SELECT COUNT(*) FROM orders WHERE coupon = %s", (rnd.choice(["SPRING", "VIP10"]),))
+                cur.fetchall()
+            elif action < 0.96:
+                # the support screen's case-insensitive name lookup: a collation change alters its result
+                cur.execute("SELECT COUNT(*) FROM customers WHERE name = %s", (f"Customer {rnd.randint(1, 200)}",))
                 cur.fetchall()
             else:
                 # fails in production too (duplicate key): not a replay failure
@@ -121,11 +138,14 @@ def _workload(port: int, seconds: float, seed: int, counts: dict, lock: threadin
 def _load_data(db: ScratchMariaDB) -> None:
     rows = ",".join(f"({i}, 'customer {i}', 'c{i}@example.com', {int(i % 10 == 0)})" for i in range(1, 201))
     prods = ",".join(f"({i}, 'product {i}', {i * 1.5:.2f}, 1000)" for i in range(1, 51))
-    db.sql(SCHEMA + f"INSERT INTO customers VALUES {rows}; INSERT INTO products VALUES {prods};")
+    db.sql(SCHEMA + f"INSERT INTO customers VALUES {rows}; INSERT INTO products VALUES {prods};"
+           f"INSERT INTO orders (customer_id, product_id, qty, created_at) SELECT seq % 200 + 1, seq % 50 + 1, "
+           f"1 + seq % 3, '2024-01-01' + INTERVAL seq MINUTE FROM seq_1_to_{ORDERS_AT_START};")
 
 
 def run_demo(workload_seconds: float = 8.0, keep: bool = False, output: str | None = None) -> int:
     workdir = tempfile.mkdtemp(prefix="fastproxy-demo-")
+    keep_output = output is not None
     output = output or os.path.join(workdir, "traffic")
     fp = [sys.executable, "-m", "fastproxy"]
     prod = test = prod_proxy = test_proxy = None
@@ -159,25 +179,36 @@ def run_demo(workload_seconds: float = 8.0, keep: bool = False, output: str | No
 
         _say("restore the starting data on 'test', then change it like the upgrade under test did")
         test.sql(dump.stdout)
-        test.sql(TEST_SIDE_CHANGE)
-        print(TEST_SIDE_CHANGE)
+        for change in TEST_SIDE_CHANGES:
+            test.sql(change)
+            print(change)
+        test.sql("ANALYZE TABLE shop.customers, shop.products, shop.orders")
 
         _say("replay the capture against 'test' through its proxy")
         _run(fp + ["traffic", "replay", "--curls", test_proxy.api, "--input", output, "--username", "root",
-                   "--password", ROOT_PASSWORD, "--speed", "1"])
+                   "--password", ROOT_PASSWORD, "--speed", "1", "--slower-min-diff-ms", str(SLOWER_MIN_DIFF_MS)])
         _wait(fp, test_proxy.api, "replay")
         _run(fp + ["traffic", "show", "--curls", test_proxy.api])
 
         _say("the report, in the test cluster")
         print(test.sql("SELECT cmd_type, count, LEFT(sample_stmt, 90) AS sample_stmt, sample_err_msg "
                        "FROM tiproxy_traffic_report.fail ORDER BY count DESC").rstrip() or "(no failures)")
+        print(test.sql("SELECT kind, count, LEFT(sample_stmt, 70) AS sample_stmt, sample_capture_value, "
+                       "sample_replay_value FROM tiproxy_traffic_report.mismatch ORDER BY count DESC").rstrip()
+              or "(no result mismatches)")
+        print(test.sql("SELECT count, capture_p99_us, replay_p99_us, LEFT(sample_stmt, 70) AS sample_stmt "
+                       "FROM tiproxy_traffic_report.latency WHERE slower ORDER BY replay_p99_us DESC").rstrip()
+              or "(no slower statements)")
         print(test.sql("SELECT err_type, count, sample_err_msg FROM tiproxy_traffic_report.other_errors")
               .rstrip() or "(no other errors)")
-        summaries = sorted(f for f in os.listdir(output) if f.startswith("replay-") and f.endswith(".txt"))
-        if summaries:
-            _say(f"summary file {os.path.join(output, summaries[-1])}")
-            with open(os.path.join(output, summaries[-1])) as f:
-                print(f.read().rstrip())
+
+        _say("the verdict, and the HTML report (one self-contained file: open it in a browser)")
+        if keep_output:
+            _run(fp + ["traffic", "report", output])
+        else:  # the capture goes away with the scratch servers; the page is kept
+            os.makedirs(DEMO_OUTPUT, exist_ok=True)
+            page = os.path.join(DEMO_OUTPUT, time.strftime("report-%Y%m%dT%H%M%S.html"))
+            _run(fp + ["traffic", "report", output, "--html", page])
         if keep:
             print("\nservers and proxies keep running; Ctrl-C to stop")
             while True:

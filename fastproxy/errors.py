@@ -21,6 +21,10 @@ class BackendConnError(FastproxyError):
     """The backend side of a proxied connection failed (unreachable, reset, bad packet)."""
 
 
+class HealthCheckFailed(BackendConnError):
+    """A backend answered its health check, but not as a healthy server does (ERR greeting, refused login)."""
+
+
 class ConfigError(FastproxyError):
     """A configuration value is missing or wrong; the message names the key."""
 

@@ -15,6 +15,7 @@ from urllib.parse import unquote_to_bytes
 
 from fastproxy.errors import ConfigError
 from fastproxy.replay.selection import FILTER_FIELDS
+from fastproxy.report.verdict import VERDICT_FIELDS
 from fastproxy.storage import is_s3
 
 FORM_CONTENT_TYPE = "application/x-www-form-urlencoded"
@@ -25,13 +26,14 @@ LOCATION = "location"  # an absolute path or s3://bucket/prefix
 INPUTS = "inputs"  # comma-separated locations
 
 # request -> field -> kind. A field a job learns to take must be added here, or the API refuses it
-# (the replay's selection fields come from their own table).
+# (the replay's selection fields and the verdict's thresholds come from their own tables).
 FIELDS: dict[str, dict[str, str]] = {
     "capture": {"output": LOCATION, "duration": TEXT, "compress": TEXT, "encryption-method": TEXT},
     "replay": {"input": INPUTS, "username": TEXT, "password": SECRET, "speed": TEXT, "readonly": TEXT,
-               "encryption-key-path": PATH, "report-dir": PATH, "format": TEXT,
+               "order": TEXT, "encryption-key-path": PATH, "report-dir": PATH, "format": TEXT,
                "tls": TEXT, "tls-ca": PATH, "tls-skip-verify": TEXT, "users-file": PATH, "replay-unknown": TEXT,
-               **{name: TEXT for name, _ in FILTER_FIELDS}},
+               **{name: TEXT for name, _ in FILTER_FIELDS},
+               "baseline": TEXT, **{name: TEXT for name in VERDICT_FIELDS}},
     "cancel": {"type": TEXT, "graceful": TEXT},
 }
 

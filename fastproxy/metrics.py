@@ -72,14 +72,23 @@ class Collector:
         for i, n in enumerate(d["worker_connections"]):
             workers.add_metric([str(i)], n)
         yield workers
-        healthy = GaugeMetricFamily("fastproxy_backend_healthy", "1 if the backend passed its last health check",
+        healthy = GaugeMetricFamily("fastproxy_backend_healthy",
+                                    "1 if the backend is taken to be up (last check, or what connections saw)",
                                     labels=["backend"])
         conns = GaugeMetricFamily("fastproxy_backend_connections", "Proxied connections per backend", labels=["backend"])
+        checks = CounterMetricFamily("fastproxy_backend_health_checks",
+                                     "Health checks (login mode) or probes (passive mode) made", labels=["backend"])
+        failed = CounterMetricFamily("fastproxy_backend_health_check_failures", "Health checks or probes that failed",
+                                     labels=["backend"])
         for b in self.pool.backends:
             healthy.add_metric([b.addr], 1 if b.healthy else 0)
             conns.add_metric([b.addr], b.connections)
+            checks.add_metric([b.addr], b.checks)
+            failed.add_metric([b.addr], b.check_failures)
         yield healthy
         yield conns
+        yield checks
+        yield failed
         for fn in self.extra:
             yield from fn()
 

@@ -60,8 +60,13 @@ class ScratchMariaDB:
         self.basedir = tempfile.mkdtemp(prefix=f"fastproxy-{self.name}-")
         self.port = self.port or free_port(self.host)
         install = _which("mariadb-install-db", "mysql_install_db")
+        # a private tmpdir: concurrent bootstraps sharing /tmp collide on their temporary tables
+        # ("Unknown table 'mysql.tmp_user_sys'"), which made server starts fail now and then
+        tmpdir = os.path.join(self.basedir, "tmp")
+        os.mkdir(tmpdir)
         cmd = [install, "--no-defaults", f"--datadir={self.datadir}", "--auth-root-authentication-method=normal",
-               "--skip-test-db", "--user=root" if os.geteuid() == 0 else f"--user={os.getlogin()}"]
+               "--skip-test-db", "--user=root" if os.geteuid() == 0 else f"--user={os.getlogin()}",
+               f"--tmpdir={tmpdir}"]
         for attempt in (1, 2):
             res = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
             if res.returncode == 0:
@@ -76,7 +81,7 @@ class ScratchMariaDB:
             mariadbd, "--no-defaults", f"--datadir={self.datadir}", f"--port={self.port}",
             f"--bind-address={self.host}", f"--socket={self.socket_path}",
             f"--pid-file={os.path.join(self.basedir, 'mysqld.pid')}",
-            f"--log-error={os.path.join(self.basedir, 'error.log')}",
+            f"--log-error={os.path.join(self.basedir, 'error.log')}", f"--tmpdir={tmpdir}",
             "--skip-name-resolve", "--max-connections=2000", "--max-allowed-packet=256M",
             "--innodb-buffer-pool-size=256M", "--innodb-log-file-size=256M",
             "--innodb-flush-log-at-trx-commit=0", "--sync-binlog=0", "--local-infile=1",

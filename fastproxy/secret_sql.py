@@ -12,7 +12,9 @@ The decision is made on tokens (``fastproxy/_sqlscan.pyx``), never on raw text: 
 skipped, executable comments (``/*! */``, ``/*M! */``) are code, strings and back-quoted names
 are single tokens, and the whole statement is read, however long. Where a string ends depends on
 the session (``NO_BACKSLASH_ESCAPES``, ``ANSI_QUOTES``, a two-byte client character set, how
-``/*`` nests inside ``/*! */``), so the text is read every way that tokenizes it differently: it is
+``/*`` nests inside ``/*! */``) and on the server (one older than a versioned comment's version skips
+its body as a comment, in which quotes mean nothing), so the text is read every way that tokenizes it
+differently: it is
 secret if it is secret in any reading, and it is redacted only if every reading finds the same
 secret literals. A text that is unterminated in every reading cannot be classified: dropped.
 
@@ -37,6 +39,10 @@ strings mention them (``PREPARE s FROM @q`` follows); ``AUTHENTICATION_STRING``;
 ``mysql.user`` / ``mysql.global_priv``; an auth clause or secret position with a literal of another
 kind, or an unterminated token; FEDERATED/CONNECT ``CONNECTION``/``OPTION_LIST`` strings with
 credentials; a text too large to look at within ``_MAX_SEGMENTS`` / ``_MAX_TOKENS``.
+
+Functions are also recognised by a quoted name (`` `password`('x') ``; ``"password"('x')`` under
+ANSI_QUOTES). A text that may become SQL (dynamic SQL from an expression, a user variable's value) is
+looked at piece by piece and joined (``CONCAT('ALTER USER u IDENT', 'IFIED BY ''s''')``).
 
 Not detectable from the text alone (documented): a secret that reaches such a statement
 through a variable or a procedure argument set by an earlier statement that does not mention
@@ -78,9 +84,17 @@ _SECRET_ARGS = {b"password": None, b"old_password": None, b"encrypt": (0,), b"ae
                 b"decode": (1,)}
 _TWO_ARG_ONLY = frozenset((b"encode", b"decode"))
 # a string that may become SQL later (dynamic SQL, a user variable) and mentions a secret keyword
-_SECRET_WORDS = re.compile(rb"identified|password|authentication_string|global_priv|challenge_response", re.I)
-# FEDERATED / CONNECT connection strings: scheme://user:password@host
-_URL_CREDENTIALS = re.compile(rb"://[^/@]*:[^/@]*@")
+_SECRET_WORDS = re.compile(rb"identified|password|authentication_string|global_priv|challenge_response"
+                           rb"|(?:aes_|des_)?(?:en|de)crypt\s*\(|\b(?:en|de)code\s*\(", re.I)
+# FEDERATED / CONNECT connection strings: scheme://user:password@host, ODBC's ...;PWD=secret
+_URL_CREDENTIALS = re.compile(rb"://[^/@]*:[^/@]*@|\bpwd\s*=", re.I)
+# a text that may become SQL is also read as SQL up to this size (beyond: its secret words decide)
+_MAX_TEXT_AS_SQL = 1 << 20
+# texts up to this size whose bytes a two-byte character set reads otherwise are also read that way
+# when the handshake named another (SET NAMES gbk may have come since); a larger one (a BLOB of binary
+# data has such bytes) is read the handshake's way only: three more readings of 70 MiB would stall
+# the proxy's loop
+_MAX_DBCS_GUESS = 1 << 20
 _NATIVE_HASH = re.compile(rb"\*[0-9a-fA-F]{40}")
 _UNESCAPE = {ord("0"): b"\0", ord("b"): b"\b", ord("n"): b"\n", ord("r"): b"\r", ord("t"): b"\t",
              ord("Z"): b"\x1a", ord("%"): b"\\%", ord("_"): b"\\_"}
@@ -155,7 +169,7 @@ def _analyse(data: bytes, start: int, base: int, depth: int, first=None) -> froz
         else:
             flags, signals, segments = _s.scan(data, start, reading)
         results.append((reading, flags, signals, segments))
-        for other in _other_readings(reading, flags):
+        for other in _other_readings(reading, flags, len(data) - start):
             if other not in readings:
                 readings.append(other)
     if all(flags & _s.F_UNTERMINATED for _, flags, _, _ in results):
@@ -164,6 +178,7 @@ def _analyse(data: bytes, start: int, base: int, depth: int, first=None) -> froz
         return None
     budget = _MAX_TOKENS
     seen: set[frozenset] = set()
+    found_by: dict[int, set] = {}
     for reading, flags, signals, segments in results:
         spans: set = set()
         for seg_start, seg_end, exec_depth in segments:
@@ -175,6 +190,11 @@ def _analyse(data: bytes, start: int, base: int, depth: int, first=None) -> froz
             if found is None:
                 return None
             spans |= found
+        found_by[reading] = spans
+        if reading & _s.READ_SKIP_VERSIONED and spans <= found_by.get(reading & ~_s.READ_SKIP_VERSIONED, spans):
+            # the versioned comments' bodies as comments, no secret elsewhere: redacting the secrets
+            # that code reading finds in them too changes only what this reading ignores
+            continue
         # readings that complete must agree; an incomplete one counts only if it finds something
         if not flags & _s.F_UNTERMINATED or spans:
             seen.add(frozenset(spans))
@@ -183,8 +203,13 @@ def _analyse(data: bytes, start: int, base: int, depth: int, first=None) -> froz
     return seen.pop() if seen else frozenset()
 
 
-def _other_readings(reading: int, flags: int) -> list[int]:
+def _other_readings(reading: int, flags: int, size: int) -> list[int]:
     out = []
+    if flags & _s.F_DBCS_DIFFERS and not reading & _s.READ_DBCS_MASK and size <= _MAX_DBCS_GUESS:
+        # the session may have switched to a two-byte character set (SET NAMES gbk) since its handshake
+        out += [reading | _s.READ_DBCS_GBK, reading | _s.READ_DBCS_BIG5, reading | _s.READ_DBCS_SJIS]
+    if flags & _s.F_VERSIONED:
+        out.append(reading | _s.READ_SKIP_VERSIONED)                  # a server older than the version
     if flags & (_s.F_BS_IN_SQ | _s.F_BS_IN_DQ):
         out.append(reading | _s.READ_SQ_NOESC | _s.READ_DQ_NOESC)     # NO_BACKSLASH_ESCAPES
     if flags & _s.F_BS_IN_DQ:
@@ -274,6 +299,24 @@ def _literal_value(data: bytes, tok, reading: int) -> bytes:
     return text
 
 
+def _quoted_name(data: bytes, tok) -> bytes:
+    """The name a back-quoted or double-quoted (ANSI_QUOTES) token spells, lower-cased; b"" otherwise."""
+    kind, a, b = tok
+    if kind == _T_QIDENT or (kind == _T_STR and data[a] == 0x22):
+        return data[a + 1:b - 1].lower()
+    return b""
+
+
+def _may_become_secret_sql(text: bytes, reading: int, depth: int) -> bool:
+    """Whether a text that may be run as SQL later (dynamic SQL, a user variable's value) may carry a
+    secret: it names one, or read as SQL it holds a secret literal."""
+    if _SECRET_WORDS.search(text):
+        return True
+    if depth >= _MAX_DEPTH or len(text) > _MAX_TEXT_AS_SQL:
+        return False
+    return bool(_analyse(text, 0, reading & _s.READ_DBCS_MASK, depth + 1))  # None (not SQL): the words decided
+
+
 def _verb(data: bytes, toks, i: int = 0) -> bytes:
     """The statement's leading keyword; MariaDB's SET STATEMENT ... FOR x: x's."""
     n = len(toks)
@@ -353,7 +396,13 @@ class _Part:
             if end < 0 or self.has_literal(i, end):
                 return None
             return end + 1
+        if self.introducer(i):
+            return None     # _utf8mb4 'pw' (the server refuses it there, but it is recorded all the same)
         return i        # no literal there: nothing to hide
+
+    def introducer(self, i: int) -> bool:
+        """A character set introducer (_latin1, _binary) with its literal at i."""
+        return self.word(i).startswith(b"_") and self.kind(i + 1) in _LITERALS
 
     def identified(self, i: int) -> bool:
         """IDENTIFIED at i: BY [PASSWORD] v | {WITH|VIA} plugin [{BY|AS|USING} v] [OR plugin ...]."""
@@ -385,7 +434,7 @@ class _Part:
         """PASSWORD (not a call) outside queries/DML: PASSWORD 'x', PASSWORD = v, PASSWORD FOR u = v."""
         if i > 0 and self.op(i - 1, b"."):
             return True     # t.password: a column
-        if self.kind(i + 1) in _LITERALS or self.op(i + 1, b"?"):
+        if self.kind(i + 1) in _LITERALS or self.op(i + 1, b"?") or self.introducer(i + 1):
             return self.value(i + 1) is not None
         if self.op(i + 1, b"="):
             return self.value(i + 2) is not None
@@ -441,12 +490,13 @@ class _Part:
                 return False
         return True
 
-    def strings_mention_secrets(self, a: int, b: int) -> bool:
-        for k in range(a, b):
-            t = self.toks[k]
-            if t[0] in _LITERALS and _SECRET_WORDS.search(_literal_value(self.data, t, self.reading)):
-                return True
-        return False
+    def strings_may_become_secret_sql(self, a: int, b: int, depth: int) -> bool:
+        """Whether the literals in tokens a..b, each or joined (CONCAT('ALTER USER u IDENT',
+        'IFIED BY ''s'''), 'a' 'b', whatever stands between them), may carry a secret once run as SQL."""
+        values = [_literal_value(self.data, t, self.reading) for t in self.toks[a:b] if t[0] in _LITERALS]
+        if len(values) > 1:
+            values.append(b"".join(values))
+        return any(_may_become_secret_sql(v, self.reading, depth) for v in values)
 
     def dynamic(self, i: int, depth: int) -> bool:
         """The SQL text of PREPARE .. FROM / EXECUTE IMMEDIATE starting at token i."""
@@ -461,7 +511,7 @@ class _Part:
             text = _literal_value(self.data, self.toks[i], self.reading)
             inner = _analyse(text, 0, self.reading & _s.READ_DBCS_MASK, depth + 1)
             return inner is not None and not inner     # only SQL without secrets is kept
-        return not self.strings_mention_secrets(i, end)
+        return not self.strings_may_become_secret_sql(i, end, depth)
 
 
 def _segment(data: bytes, toks, reading: int, depth: int) -> set | None:
@@ -481,6 +531,10 @@ def _segment(data: bytes, toks, reading: int, depth: int) -> set | None:
                 if i == 0 or not (toks[i - 1][2] == toks[i][1] and toks[i - 1][0] in (_T_STR, _T_QIDENT, _T_WORD)):
                     var_assign = True
             continue
+        if kind in (_T_QIDENT, _T_STR) and p.op(i + 1, b"("):
+            name = _quoted_name(data, toks[i])    # `password`('x'), "aes_encrypt"(x, 'k') (ANSI_QUOTES)
+            if name in _SECRET_ARGS and not p.call(i, name):
+                return None
         if kind == _T_QIDENT and verb in _WRITE_VERBS:    # `mysql`.`user`, `global_priv`
             w = _name(data, toks[i])
             if w == b"global_priv" or (w == b"mysql" and p.op(i + 1, b".") and i + 2 < n
@@ -520,11 +574,13 @@ def _segment(data: bytes, toks, reading: int, depth: int) -> set | None:
             ok = p.dynamic(i + 1, depth)
         elif w in (b"connection", b"option_list"):
             j = i + 2 if p.op(i + 1, b"=") else i + 1
+            if p.introducer(j):
+                j += 1      # CONNECTION = _latin1 '...'
             if p.kind(j) in (_T_STR, _T_OPEN):
                 value = _literal_value(data, toks[j], reading)
                 ok = p.kind(j) == _T_STR and not (_URL_CREDENTIALS.search(value) or _SECRET_WORDS.search(value))
         if not ok:
             return None
-    if var_assign and p.strings_mention_secrets(0, n):
-        return None     # a string kept in a variable, to be run later, that mentions a secret
+    if var_assign and p.strings_may_become_secret_sql(0, n, depth):
+        return None     # a string kept in a variable, to be run later, that may carry a secret
     return p.spans

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Everything fastproxy needs on a fresh Debian machine: MariaDB server and client, the client
-# library headers (mysqlclient), pkg-config, sysbench, HAProxy (benchmarks), then a virtualenv
+# library headers (mysqlclient), pkg-config, sysbench, HAProxy (benchmarks), xxhash headers (result
+# fingerprints), Chromium and its driver (the HTML report's browser test), then a virtualenv
 # (.venv) with fastproxy, its test extras and its Cython extensions built.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -12,6 +13,9 @@ command -v sysbench >/dev/null 2>&1 || need+=(sysbench)
 command -v pkg-config >/dev/null 2>&1 || need+=(pkg-config)
 command -v haproxy >/dev/null 2>&1 || [ -x /usr/sbin/haproxy ] || need+=(haproxy)
 [ -e /usr/include/mariadb/mysql.h ] || need+=(libmariadb-dev)
+[ -e /usr/include/xxhash.h ] || need+=(libxxhash-dev)
+command -v chromium >/dev/null 2>&1 || need+=(chromium)
+command -v chromedriver >/dev/null 2>&1 || need+=(chromium-driver)
 command -v gcc >/dev/null 2>&1 || need+=(build-essential)
 if [ ${#need[@]} -gt 0 ]; then
   echo "setup: installing ${need[*]}"

@@ -5,4 +5,4 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 .venv/bin/python -m pytest -q -p no:cacheprovider "$@"
 # the tests that start a proxy, once more with four data-plane workers in each proxy
-FASTPROXY_TEST_WORKERS=4 exec .venv/bin/python -m pytest -q -p no:cacheprovider -m proxy "$@"
+FASTPROXY_TEST_WORKERS=4 exec .venv/bin/python -m pytest -q -p no:cacheprovider -m "proxy and not fuzz" "$@"

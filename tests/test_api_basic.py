@@ -10,10 +10,17 @@ from proxy_util import health, wait_for
 
 
 def test_health_follows_the_backend(proxy_factory, mariadb_private):
-    p = proxy_factory([mariadb_private])
+    # login-mode checks notice an idle backend dying (passive mode: tests/test_backend_health.py)
+    mariadb_private.sql("CREATE USER 'fastproxy_check'@'127.0.0.1'", use_socket=True)
+    p = proxy_factory([mariadb_private], "--proxy.health-check-user=fastproxy_check")
     h = p.get("/api/debug/health")
     assert h["status"] == "ok" and h["connections"] == 0
-    assert h["backends"] == [{"addr": mariadb_private.addr, "healthy": True, "connections": 0, "error": ""}]
+    assert h["health_check"] == {"mode": "login", "user": "fastproxy_check", "interval": 0.5,
+                                 "rounds": h["health_check"]["rounds"]}
+    b = h["backends"][0]
+    assert b["checks"] >= 1 and b["last_check"] and len(h["backends"]) == 1
+    assert {k: b[k] for k in ("addr", "healthy", "connections", "error", "check_failures")} == \
+        {"addr": mariadb_private.addr, "healthy": True, "connections": 0, "error": "", "check_failures": 0}
     conn = pymysql.connect(**connect_kwargs(p.port))
     h = health(p)
     assert h["connections"] == 1 and h["backends"][0]["connections"] == 1

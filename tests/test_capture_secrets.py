@@ -107,6 +107,48 @@ def test_bypasses_reach_neither_capture_nor_replay_report(mariadb, mariadb_test,
             assert secret not in text, f"the {what} secret is in the replay report"
 
 
+def _password_is(db, user: str, secret: str) -> bool:
+    return db.sql(f"SELECT authentication_string = PASSWORD('{secret}') FROM mysql.user "
+                  f"WHERE user = '{user}' AND host = '%'").split() == ["1"]
+
+
+def test_review_bypasses_ran_on_the_server_and_reach_no_file(mariadb, proxy_factory, tmp_path):
+    """Issue 7 review: spellings the token classifier called clean, each of which MariaDB ran: a
+    versioned comment the server skips (its body ends at the first */, quotes or not), a back-quoted
+    function name, dynamic SQL assembled from pieces, a session switched to gbk after its handshake,
+    an ODBC connection string (the CONNECT engine is not even loaded: the failed statement is captured
+    all the same)."""
+    pw = {k: f"Pw{k}{secrets.token_hex(5)}" for k in ("versioned", "quoted", "pieces", "gbk", "odbc")}
+    mariadb.sql("CREATE OR REPLACE USER 'h7r'@'%' IDENTIFIED BY 'init'; CREATE DATABASE IF NOT EXISTS h7r;")
+    proxy = proxy_factory([mariadb])
+    out = tmp_path / "capture"
+    start_capture(proxy, out, compress="false")
+    conn = _multi(proxy.port)
+    cur = conn.cursor()
+    _run(cur, f"/*!999999 ' */ SET PASSWORD FOR 'h7r'@'%' = PASSWORD('{pw['versioned']}') -- ' */")
+    assert _password_is(mariadb, "h7r", pw["versioned"])
+    cur.execute(f"SELECT `password`('{pw['quoted']}')")
+    assert cur.fetchall()[0][0].startswith("*")
+    _run(cur, f"PREPARE h7r FROM CONCAT('ALTER USER ''h7r''@''%'' IDENT', 'IFIED BY ''{pw['pieces']}'''); "
+              f"EXECUTE h7r; DEALLOCATE PREPARE h7r")
+    assert _password_is(mariadb, "h7r", pw["pieces"])
+    cur.execute("SET NAMES gbk")
+    _run(cur, b"SELECT 1 AS a\xbf` ; SET PASSWORD FOR 'h7r'@'%' = PASSWORD(\"" + pw["gbk"].encode()
+         + b"\"); -- `")
+    assert _password_is(mariadb, "h7r", pw["gbk"])
+    cur.execute("SET NAMES utf8mb4")
+    _run(cur, f"CREATE TABLE h7r.c (a INT) ENGINE=CONNECT TABLE_TYPE=ODBC CONNECTION='DSN=d;UID=u;PWD={pw['odbc']}'")
+    cur.execute("SELECT 'done'")
+    conn.close()
+    job = cancel_capture(proxy)
+    for blob in _capture_bytes(out):
+        for what, secret in pw.items():
+            assert secret.encode() not in blob, f"the {what} secret is in the capture"
+    assert (job["redacted_commands"], job["filtered_commands"]) == (1, 4), job   # the quoted name: redacted
+    _, records, _ = read_capture(out)
+    assert f"SELECT `password`({REDACTED.decode()})".encode() in [r.payload[1:] for r in records]
+
+
 # ---- property: generated spellings, through a real proxy into real files --------------------------
 @settings(max_examples=4, deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow,
@@ -228,7 +270,8 @@ def hidden_secrets(draw):
     comment markers: depending on the session, the statement is inside that string or comment, or runs."""
     noise = "".join(draw(st.lists(st.sampled_from(NOISE), max_size=8)))
     opener = draw(st.sampled_from(["SELECT '{}'", 'SELECT "{}"', "SELECT 1 /*{}*/", "SELECT 1 -- {}\n",
-                                   "SELECT 1 /*!{}*/", "SELECT `{}`", "SELECT '{}", 'SELECT "{}']))
+                                   "SELECT 1 /*!{}*/", "SELECT `{}`", "SELECT '{}", 'SELECT "{}',
+                                   "SELECT 1 /*!99999{}*/", "SELECT 1 /*M!999999{}*/"]))
     secret = "Zq" + draw(st.text("abcdefgh0123456789", min_size=8, max_size=12))
     stmt = draw(st.sampled_from(["ALTER USER u1 IDENTIFIED BY '{}'", "SET PASSWORD FOR u1 = PASSWORD('{}')",
                                  "SET/**/PASSWORD FOR u1 = OLD_PASSWORD('{}')"])).format(secret)

@@ -19,6 +19,7 @@ RANKS = {
     "fastproxy.capture.inspect": 3,  # reads any input (fastproxy.inputs)
     "fastproxy.replay": 3,
     "fastproxy.inputs": 3,  # readers of logs and other tools' captures, for replay
+    "fastproxy.report": 3,  # the replay's verdict (results, latency, A/B, HTML)
     "fastproxy.jobs": 4,
     "fastproxy.job_form": 4,  # the fields of job requests (knows the replay's selection fields)
     "fastproxy.api": 5,
@@ -28,6 +29,7 @@ RANKS = {
     "fastproxy.cli": 6,
     "fastproxy.cli_traffic": 6,
     "fastproxy.cli_replay": 6,
+    "fastproxy.cli_report": 6,
     "fastproxy.demo": 6,
     "fastproxy.__main__": 6,
 }

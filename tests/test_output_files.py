@@ -129,7 +129,7 @@ def test_planted_summary_file_links_are_not_followed(mariadb, mariadb_test, prox
         time.sleep(1.5)  # the replay (speed 1) lasts this long: time to plant the links
         query(proxy, "SELECT 'second'")
     reports = private_dir(tmp_path / "reports")
-    suffixes = (".json", ".txt", "-fail.jsonl", "-other_errors.jsonl")
+    suffixes = (".json", ".txt", "-fail.jsonl", "-other_errors.jsonl", "-verdict.jsonl", ".html")
 
     def plant(engine):
         wait_for(lambda: engine.replay_start_ns, what="the replay to start")

@@ -98,13 +98,14 @@ def test_replay_api_show_conflict_cancel(proxy_factory, mariadb_test, api_captur
     job = wait_job(proxy, "replay")
     assert job["status"] == "done" and job["progress"] == "100%", job
     assert job["replayed"] == n_cmds and job["failed"] == 0 and job["other_errors"] == 0, job
-    assert len(job["summary_files"]) == 4
+    assert len(job["summary_files"]) == 6  # json, txt, fail, other_errors, the verdict and its HTML page
+    assert job["report_html"] in job["summary_files"] and job["verdict"]["new_failures"] == 0
 
     # the password is nowhere: proxy log, show, summary files
     assert PASSWORD not in proxy.read_log()
     assert PASSWORD not in json.dumps(proxy.get("/api/traffic/show"))
     files = glob.glob(os.path.join(report_dir, "*"))
-    assert len(files) == 12
+    assert len(files) == 18
     for path in files:
         with open(path) as f:
             assert PASSWORD not in f.read(), path

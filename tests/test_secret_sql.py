@@ -68,6 +68,16 @@ REDACTIONS = [
      f"SELECT AES_ENCRYPT(doc, {R}) FROM t WHERE title = 'it\\'s'"),
     ("ALTER USER bob IDENTIFIED BY 'pw'; INSERT INTO log VALUES ('bob\\'s password changed')",
      f"ALTER USER bob IDENTIFIED BY {R}; INSERT INTO log VALUES ('bob\\'s password changed')"),
+    # a quoted name calls the function as the bare word does (issue 7 review)
+    ("SELECT `password`('pw'), `Old_Password`('pw2')", f"SELECT `password`({R}), `Old_Password`({R})"),
+    ("SELECT `aes_encrypt`(col, 'k'), `DES_DECRYPT` /* */ (col, 'k2') FROM t",
+     f"SELECT `aes_encrypt`(col, {R}), `DES_DECRYPT` /* */ (col, {R}) FROM t"),
+    ('SELECT "aes_decrypt"(col, \'k\')', f'SELECT "aes_decrypt"(col, {R})'),       # ANSI_QUOTES: a name
+    # a versioned comment whose body holds the secret, read as code and as a comment
+    ("/*!50701 SET PASSWORD FOR x = PASSWORD('pw') */", f"/*!50701 SET PASSWORD FOR x = PASSWORD({R}) */"),
+    # skipped, that versioned comment ends where its nested comment does, and the ALTER after it runs
+    ("SELECT 1 /*!50701 /* ' */ ' */ ; ALTER USER x IDENTIFIED BY 's'; -- '",
+     f"SELECT 1 /*!50701 /* ' */ ' */ ; ALTER USER x IDENTIFIED BY {R}; -- '"),
 ]
 
 
@@ -125,6 +135,25 @@ DROPS = [
     # the readings disagree on where the secret is: no redaction is certain
     "SELECT 'a\\'; ALTER USER x IDENTIFIED BY 's'; -- '",
     "SELECT \"a\\\"; ALTER USER x IDENTIFIED BY 's'; -- \"",
+    # issue 7 review: a server older than the version skips the body as a comment, where quotes mean
+    # nothing: the SET PASSWORD after its first */ runs there, while as code it is inside a string
+    "SELECT 1; /*!99999 ' */ SET PASSWORD = PASSWORD('s'); -- ' */",
+    "/*M!999999 ' */ ALTER USER x IDENTIFIED BY 's' -- ' */",
+    # dynamic SQL assembled from pieces: what the pieces make is read too
+    "PREPARE st FROM CONCAT('ALTER USER x IDENT', 'IFIED BY ''s''')",
+    "PREPARE st FROM 'ALTER USER x IDENT' 'IFIED BY ''s'''",
+    "EXECUTE IMMEDIATE CONCAT('ALTER USER x IDENT', @any, 'IFIED BY ''s''')",
+    "EXECUTE IMMEDIATE CONCAT('SELECT AES_ENCRYPT(''x'', ''k'')', '')",
+    "SET @q = 'SELECT AES_ENCRYPT(col, ''k'') FROM t'",
+    "SET @q = CONCAT('SET PASSW', 'ORD = PASSW', 'ORD(''s'')')",
+    "SET @a = 'ALTER USER x IDENT', @b = 'IFIED BY ''s'''",
+    # ODBC connection strings of the CONNECT engine
+    "CREATE TABLE c (a INT) ENGINE=CONNECT TABLE_TYPE=ODBC CONNECTION='DSN=d;UID=u;PWD=p'",
+    "CREATE TABLE c (a INT) ENGINE=CONNECT TABLE_TYPE=ODBC CONNECTION = _latin1 'DSN=d;UID=u;PWD=p'",
+    # a character set introducer: refused by the server there, but recorded all the same
+    "ALTER USER x IDENTIFIED BY _utf8mb4 's'",
+    "SET PASSWORD FOR x = _latin1 '*A4B6157319038724E3560894F7F932C8886EBFCF'",
+    "CREATE SERVER s FOREIGN DATA WRAPPER mysql OPTIONS (USER 'u', PASSWORD _latin1 'sp')",
 ]
 
 
@@ -168,6 +197,12 @@ CLEAN_SQL = [
     "INSERT INTO t VALUES ('\\'password\\'')",
     "SELECT 0x414243, X'41', B'01', N'x', _utf8mb4'y'",
     "SET NAMES utf8mb4",
+    "SELECT `password`, \"aes_encrypt\" FROM t WHERE `decode` = 'x'",   # quoted names, no call
+    "SELECT 1 /*!50700 , 2 */ /*M!100500 , 'it''s' */",  # versioned comments without secrets
+    "PREPARE s FROM CONCAT('SELECT * FROM ', @t, ' WHERE a = ''', @v, '''')",
+    "SET @s = CONCAT('SELECT * FROM t WHERE id = ', @id)",
+    "SET @name = 'it''s', @n = 2",
+    "ALTER USER u PASSWORD EXPIRE INTERVAL 90 DAY",
 ]
 
 
@@ -212,7 +247,7 @@ def test_two_byte_charset_reading(collation):
     # by default and without backslash escapes alike, the ALTER is inside a string; only a reading
     # by characters (0x5C is part of the two-byte character before it) runs it
     sql = b"SELECT 'x\\'y', '" + lead + b"\\'; ALTER USER x IDENTIFIED BY 's'; -- '"
-    assert classify(sql) == (CLEAN, sql)
+    assert classify(sql) == (DROPPED, None)     # a session may switch to it with SET NAMES at any time
     reading = reading_for_collation(collation)
     assert reading
     assert classify(sql, 0, reading)[0] == DROPPED
@@ -221,6 +256,31 @@ def test_two_byte_charset_reading(collation):
     sql = b"ALTER USER x IDENTIFIED BY '" + lead + b"A" + lead + b"B'"
     assert classify(sql, 0, reading) == (REDACTED, b"ALTER USER x IDENTIFIED BY " + PLACEHOLDER_LITERAL)
     assert classify(b"ALTER USER x IDENTIFIED BY '" + lead + b"\\'", 0, reading) == (DROPPED, None)
+
+
+def test_set_names_to_a_two_byte_charset_is_read_too():
+    """Issue 7 review: the handshake said utf8mb4, then `SET NAMES gbk`: a byte that leads a two-byte
+    character right before ` or \\ makes the gbk reading differ, so it is read that way too."""
+    hidden_in_name = b"SELECT 1 AS a\xbf` ; SET PASSWORD = PASSWORD(\"s\"); -- `"
+    hidden_in_string = b"SELECT '\xbf\\\\' , ' ; SET PASSWORD = PASSWORD(\"s\"); -- '"
+    for sql in (hidden_in_name, hidden_in_string):
+        flags, signals, _ = _sqlscan.scan(sql)
+        assert flags & _sqlscan.F_DBCS_DIFFERS and not signals     # by byte: nothing but a name or string
+        assert _sqlscan.scan(sql, 0, _sqlscan.READ_DBCS_GBK)[1] & _sqlscan.SIG_AUTH
+        assert classify(sql) == (DROPPED, None)
+    assert not _sqlscan.scan(b"SELECT 'a\\'b', `c```, d FROM t")[0] & _sqlscan.F_DBCS_DIFFERS
+
+
+def test_versioned_comment_reading():
+    """MariaDB skips /*!NNNNN */ when NNNNN is newer than the server (and MySQL-only 50700-99999),
+    /*M!NNNNNN */ when newer: then the body is a comment that ends at the first */, quotes or not."""
+    sql = b"SELECT 1 /*!99999 ' */ ; SET PASSWORD = PASSWORD('s'); -- ' */"
+    flags, signals, _ = _sqlscan.scan(sql)
+    assert flags == _sqlscan.F_VERSIONED and not signals       # as code: the SET is inside a string
+    flags, signals, _ = _sqlscan.scan(sql, 0, _sqlscan.READ_SKIP_VERSIONED)
+    assert signals & _sqlscan.SIG_AUTH and not flags & _sqlscan.F_UNTERMINATED
+    assert _sqlscan.scan(b"SELECT /*!1234 ' */ 1 ' */")[0] == 0     # four digits: no version, always code
+    assert _sqlscan.scan(b"SELECT /*!50100 /* */ x", 0, _sqlscan.READ_SKIP_VERSIONED)[0] & _sqlscan.F_UNTERMINATED
 
 
 def test_flat_reading_of_nested_comment():

@@ -84,12 +84,13 @@ class TrafficReader:
         path = self.storage.path(name)
         head = f.read(FILE_HEADER.size)
         if len(head) < FILE_HEADER.size:
-            raise TrafficFormatError(f"{path}: truncated file header")
+            raise TrafficFormatError(f"{path}: truncated file header at offset {len(head)}")
         magic, version, flags, _ = FILE_HEADER.unpack(head)
+        # header fields: magic at offset 0, version at 4, flags at 5 (docs/traffic-format.md)
         if magic != MAGIC:
-            raise TrafficFormatError(f"{path}: not a fastproxy traffic file (bad magic)")
+            raise TrafficFormatError(f"{path}: not a fastproxy traffic file (bad magic at offset 0)")
         if version not in FILE_VERSION_HEADERS:
-            raise TrafficFormatError(f"{path}: unsupported traffic file version {version} "
+            raise TrafficFormatError(f"{path}: unsupported traffic file version {version} at offset 4 "
                                      f"(this fastproxy reads versions "
                                      f"{', '.join(map(str, FILE_VERSION_HEADERS))})")
         version_out.append(version)
@@ -97,20 +98,24 @@ class TrafficReader:
         if flags & FLAG_AES_CTR:
             if self._key is None:
                 raise TrafficFormatError(
-                    f"{path}: file is encrypted; an encryption key is required")
+                    f"{path}: file is encrypted (flags at offset 5); an encryption key is required")
             extra = f.read(crypto.IV_SIZE + crypto.KEY_CHECK_SIZE)
             if len(extra) < crypto.IV_SIZE + crypto.KEY_CHECK_SIZE:
-                raise TrafficFormatError(f"{path}: truncated file header")
+                raise TrafficFormatError(f"{path}: truncated file header at offset {FILE_HEADER.size + len(extra)}")
             iv, check = extra[:crypto.IV_SIZE], extra[crypto.IV_SIZE:]
             if check != crypto.key_check_value(self._key, iv):
-                raise TrafficFormatError(f"{path}: wrong encryption key")
+                raise TrafficFormatError(f"{path}: wrong encryption key (or a corrupt IV / key check at offset "
+                                         f"{FILE_HEADER.size})")
             cipher = crypto.ctr_cipher(self._key, iv)
         dec = lz4.frame.LZ4FrameDecompressor() if flags & FLAG_LZ4 else None
         out_offset = 0
+        # file offset after what was read so far (storage streams need not have tell())
+        in_offset = FILE_HEADER.size + (crypto.IV_SIZE + crypto.KEY_CHECK_SIZE if cipher is not None else 0)
         while True:
             raw = f.read(READ_SIZE)
             if not raw:
                 break
+            in_offset += len(raw)
             if cipher is not None:
                 raw = cipher.update(raw)
             if dec is None:
@@ -119,7 +124,8 @@ class TrafficReader:
             while True:
                 if dec.eof:
                     if raw or dec.unused_data:
-                        raise TrafficFormatError(f"{path}: unexpected data after the lz4 frame")
+                        extra_at = in_offset - len(raw) - len(dec.unused_data)
+                        raise TrafficFormatError(f"{path}: unexpected data after the lz4 frame at offset {extra_at}")
                     break
                 try:
                     piece = dec.decompress(raw, max_length=MAX_DECOMPRESS)
@@ -130,7 +136,7 @@ class TrafficReader:
                 out_offset += len(piece)
                 if piece:
                     yield piece
-                if dec.needs_input:
+                if dec.needs_input and not dec.eof:  # at the frame's end: loop once more to see what follows it
                     break
         if dec is not None and not dec.eof:
             raise _Cut(f"{path}: truncated lz4 frame at decompressed offset {out_offset}")

@@ -500,6 +500,8 @@ static int capture_command(dp_conn *c, const dp_cmd *m, const trk_result *r, int
     h.columns = (uint32_t)r->columns;
     h.warnings = r->warnings;
     h.status_flags = r->status_flags;
+    h.hash_ordered = r->hash_ordered;    /* result fingerprints (fingerprint.h, in the tracker) */
+    h.hash_unordered = r->hash_unordered;
     capture_append(c, cap, &h, p, n);
     free(blanked);
     return 0;

@@ -19,9 +19,12 @@ void trk_init(tracker *t, int deprecate_eof, trk_callback cb, void *ctx) {
     t->cb = cb;
     t->ctx = ctx;
     t->state = TRK_ST_IDLE;
+    fp_init(&t->fp);  /* fingerprint */
+    t->fingerprints = 1;
 }
 
 void trk_free(tracker *t) {
+    fp_free(&t->fp);  /* fingerprint */
     if (t->q != t->q_inline)
         free(t->q);
     t->q = t->q_inline;
@@ -92,6 +95,8 @@ static void deliver(tracker *t) {
 
 static int finish(tracker *t, int outcome) {
     t->cur.outcome = (uint8_t)outcome;
+    t->cur.hash_ordered = fp_ordered(&t->fp);  /* fingerprint */
+    t->cur.hash_unordered = fp_unordered(&t->fp);
     t->have_cur = 0;
     t->done = 1;
     deliver(t);
@@ -101,6 +106,7 @@ static int finish(tracker *t, int outcome) {
 /* Start the next queued command; commands without a response complete here. */
 static int start_next(tracker *t) {
     t->resp_packets = 0;
+    fp_reset(&t->fp);  /* fingerprint */
     while (t->q_len) {
         uint16_t e = t->q[t->q_head];
         t->q_head = (t->q_head + 1) % t->q_cap;
@@ -285,12 +291,16 @@ static int on_packet(tracker *t) {
                                           : (first == EOF_HEADER && t->pkt_len < 9);
         if (!terminator) {
             cur->rows++;
+            t->fp_row = t->fp_on;  /* fingerprint */
             return 0;
         }
         if (t->deprecate_eof)
             parse_ok(t, 1);
         else
             parse_eof(t);
+        /* fingerprint: a result set ended (not a cursor's metadata: its rows come with the fetches) */
+        if (t->fp_on && !(t->cursor && (cur->status_flags & SERVER_STATUS_CURSOR_EXISTS)))
+            fp_result_end(&t->fp);
         return end_of_result(t);
     }
     case TRK_ST_FIRST:
@@ -396,6 +406,11 @@ static int feed(tracker *t, const uint8_t *p, size_t n, size_t *used) {
             t->continuation = t->prev_max;
             t->prev_max = t->pkt_len == TRK_MAX_PAYLOAD;
             t->head_len = 0;
+            if (!t->continuation) {  /* fingerprint: a packet in a row section may be a row */
+                t->fp_on = t->fingerprints && t->state == TRK_ST_ROWS;
+                if (t->fp_on)
+                    fp_row_begin(&t->fp, t->pkt_len < TRK_MAX_PAYLOAD ? (int64_t)t->pkt_len : -1);
+            }
         }
         size_t take = n - pos < t->pkt_remaining ? n - pos : t->pkt_remaining;
         if (take) {
@@ -404,6 +419,8 @@ static int feed(tracker *t, const uint8_t *p, size_t n, size_t *used) {
                 memcpy(&t->head[t->head_len], p + pos, c);
                 t->head_len += (uint32_t)c;
             }
+            if (t->fp_on && fp_row_bytes(&t->fp, p + pos, take) < 0)  /* fingerprint */
+                return fail(t, "out of memory hashing a row, command ", t->cur.cmd);
             pos += take;
             t->pkt_remaining -= (uint32_t)take;
         }
@@ -419,6 +436,10 @@ static int feed(tracker *t, const uint8_t *p, size_t n, size_t *used) {
                 *used = pos;
                 return 0;
             }
+        }
+        if (t->fp_row && !t->prev_max) {  /* fingerprint: the row's last byte has passed */
+            fp_row_end(&t->fp);
+            t->fp_row = 0;
         }
         if (pos == n)
             break;

@@ -15,6 +15,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "fingerprint.h"
+
 #define TRK_HEAD_MAX 1024          /* bytes of each server packet kept for parsing (ERR messages are <= 512) */
 #define TRK_MAX_PAYLOAD 0xFFFFFFu  /* a physical payload of this size continues in the next packet */
 #define TRK_QUEUE_INLINE 8         /* pipelined commands held without allocating */
@@ -60,6 +62,8 @@ typedef struct trk_result {
     char sql_state[6];           /* NUL-terminated, "" if the ERR had none */
     const char *err_msg;         /* ERR message (not NUL-terminated); valid during the callback only */
     uint32_t err_msg_len;
+    uint64_t hash_ordered;       /* result fingerprint (fingerprint.h); 0 without a result set */
+    uint64_t hash_unordered;
     /* SESSION_TRACK_SCHEMA of an OK packet (CLIENT_SESSION_TRACK, tracker.session_track): the
      * current database after the command, whatever statement changed it. schema_cut: a change was
      * flagged but the OK packet was longer than TRK_HEAD_MAX, so what changed is unknown. The
@@ -102,6 +106,11 @@ typedef struct tracker {
     trk_callback cb;
     void *ctx;
     char error[112];             /* why trk_feed returned -1 */
+    /* result fingerprint (fingerprint.h): the hook is the lines marked "fingerprint" in tracker.c */
+    fp_state fp;
+    uint8_t fingerprints;        /* compute them (trk_init: on) */
+    uint8_t fp_on;               /* the current packet may be a row: its bytes are hashed */
+    uint8_t fp_row;              /* on_packet found it is a row: fold it in at its last byte */
     uint8_t head[TRK_HEAD_MAX];
 } tracker;
 

@@ -16,11 +16,12 @@ NS = 1_000_000_000
 UTF8MB4 = 45
 
 
-def secret_filter(payload: bytes, stats=None) -> bytes | None:
+def secret_filter(payload: bytes, source=None) -> bytes | None:
     """The payload to keep for a statement from an input (command byte included): itself, with its
     secret literals replaced by the placeholder (as capture records them, so replay can put a password
     back), or None to drop it — the capture's classifier (fastproxy/secret_sql.py), so a password a
-    server logged in clear never reaches a file. `stats` counts what was redacted or dropped."""
+    server logged in clear never reaches a file. Counted on `source`: `redacted`, and `stats` (what
+    was not turned into records) for what was dropped."""
     from fastproxy.secret_sql import CLEAN, DROPPED, REDACTED, classify
 
     verdict, out = classify(payload, 1)
@@ -28,18 +29,21 @@ def secret_filter(payload: bytes, stats=None) -> bytes | None:
         return payload
     if not KEEP_REDACTED:
         verdict = DROPPED
-    if stats is not None:
-        stats[REDACTED_STAT if verdict == REDACTED else DROPPED_STAT] += 1
+    if source is not None:
+        if verdict == REDACTED:
+            source.redacted += 1
+        else:
+            source.stats[DROPPED_STAT] += 1
     return out if verdict == REDACTED else None
 
 
-# Redacted statements are kept only once replay puts a password back in their place (else a logged
-# `ALTER USER app IDENTIFIED BY ...` would set the placeholder as app's password on the target).
-KEEP_REDACTED = False
+# Redacted statements are kept: replay puts a password back in their place (replay/users.py), so a
+# logged `CREATE USER app IDENTIFIED BY ...` still creates app, and the replay user's own password
+# is never changed.
+KEEP_REDACTED = True
 
 
 DROPPED_STAT = "statement that may carry a secret"
-REDACTED_STAT = "statement recorded with its secret redacted"
 
 
 class LogConnections:

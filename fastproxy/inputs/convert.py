@@ -8,7 +8,7 @@ from fastproxy._ringbuf import RingBuffer
 from fastproxy.capture.record import KIND_COMMAND
 from fastproxy.capture.writer import CaptureWriter
 from fastproxy.errors import JobError
-from fastproxy.inputs.common import DROPPED_STAT, REDACTED_STAT
+from fastproxy.inputs.common import DROPPED_STAT
 from fastproxy.jobs_base import utc_iso
 
 BUFFER = 16 << 20
@@ -49,7 +49,7 @@ def convert(source, output: str, *, file_size: int = 300 << 20, compress: bool =
         "duration": round((last - first) / 1e9, 3) if last else 0, "commands": commands,
         "connections": connections,
         "filtered_commands": (getattr(source, "stats", {}) or {}).get(DROPPED_STAT, 0),
-        "redacted_commands": (getattr(source, "stats", {}) or {}).get(REDACTED_STAT, 0),
+        "redacted_commands": getattr(source, "redacted", 0),
         "converted_from": getattr(source, "format", "native"),
         "input_skipped": dict(getattr(source, "stats", {}) or {}),
         "compress": compress, "encryption_method": "aes256-ctr" if encryption_key else "",

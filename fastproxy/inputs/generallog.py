@@ -57,6 +57,7 @@ class GeneralLogSource:
         if not os.path.isfile(path):
             raise TrafficFormatError(f"{path}: no such file")
         self.stats = SkipCounter()
+        self.redacted = 0  # statements kept with their secret literals replaced by the placeholder
         self.conns = LogConnections()
         self.commands = 0
         self.meta = {
@@ -139,7 +140,7 @@ class GeneralLogSource:
             yield from self.conns.open(tid, e.ns - 1)
         payload = None
         if cmd in (b"Query", b"Execute"):
-            payload = secret_filter(query_payload(arg), self.stats)
+            payload = secret_filter(query_payload(arg), self)
             if payload is None:
                 return
         elif cmd == b"Init DB":

@@ -87,6 +87,7 @@ class SlowLogSource:
         if not os.path.isfile(path):
             raise TrafficFormatError(f"{path}: no such file")
         self.stats = SkipCounter()
+        self.redacted = 0  # statements kept with their secret literals replaced by the placeholder
         self.conns = LogConnections()
         self.errno_logged = False
         self.meta = {
@@ -220,7 +221,7 @@ class SlowLogSource:
             if db and db != db_of.get(e.thread_id):
                 yield self.conns.command(e.thread_id, start - 1, start - 1, init_db_payload(db))
                 db_of[e.thread_id] = db
-            payload = secret_filter(query_payload(sql), self.stats)
+            payload = secret_filter(query_payload(sql), self)
             if payload is None:
                 continue
             errno = e.fields.get(b"Errno")

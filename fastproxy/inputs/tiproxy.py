@@ -159,6 +159,7 @@ class TiProxySource:
                                      f"(--encryption-key-path)")
         self.key = crypto.check_key(encryption_key) if self.encrypted else None
         self.stats = SkipCounter()
+        self.redacted = 0  # statements kept with their secret literals replaced by the placeholder
         self.commands = 0
         duration = tmeta.get("Duration")
         self.meta = {
@@ -271,7 +272,7 @@ class TiProxySource:
                 self.stats["TiDB session states (connection open before the capture; TiDB only)"] += 1
                 continue
             if cmd in (COMMAND.COM_QUERY, COMMAND.COM_STMT_PREPARE):
-                kept = secret_filter(payload, self.stats)
+                kept = secret_filter(payload, self)
                 if kept is None:
                     continue
                 payload = kept

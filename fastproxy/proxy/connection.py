@@ -55,6 +55,8 @@ _CLOSED_BY = {"client_quit": ("client", ""), "client_gone": ("client", ""), "bac
               "backend_lost": ("server", "lost during a command"), "client_protocol": ("proxy", "malformed client packet"),
               "backend_protocol": ("proxy", "malformed backend packet"), "drain": ("proxy", "proxy shutdown"),
               "forced": ("proxy", "proxy shutdown"), "no_memory": ("proxy", "out of memory")}
+TLS_NOT_ENABLED = ("Bad handshake: TLS is not enabled on this proxy (fastproxy); "
+                   "connect without TLS (mariadb --ssl=0, ssl-mode=DISABLED)")
 
 
 class ClientConnection(asyncio.Protocol):
@@ -119,7 +121,7 @@ class ClientConnection(asyncio.Protocol):
             if self.backend is backend:
                 backend.connections -= 1
                 self.backend = None
-            backend.healthy = False
+            self.server.pool.report(backend, f"connect failed: {reason}")  # health evidence (backend.py)
             self.stats.connections_rejected += 1
             if self.phase != CLOSED:
                 self.transport.write(err_packet(ER.UNKNOWN_ERROR,
@@ -148,6 +150,8 @@ class ClientConnection(asyncio.Protocol):
             self._protocol_error("client", e)
 
     def _on_auth_packet(self, seq: int, payload) -> None:
+        if self.phase == CLOSED:  # refused (TLS request): what follows, e.g. a TLS ClientHello, is dropped
+            return
         if not self.session.capabilities:  # the first packet: the handshake response
             if seq != 1:
                 raise ProtocolError(f"expected the handshake response (sequence id 1), got sequence id {seq}")
@@ -156,12 +160,21 @@ class ClientConnection(asyncio.Protocol):
             except (IndexError, ValueError, struct.error) as e:
                 raise ProtocolError(f"malformed handshake response: {e}") from None
             if resp.ssl_request:
-                raise ProtocolError("client asked for TLS, which fastproxy does not terminate")
+                self._refuse_tls(seq)
+                return
             s = self.session
             s.user, s.db, s.capabilities = resp.user, resp.database, resp.capabilities & self.advertised
             s.charset = resp.charset
             payload = mask_client_capabilities(payload, self.advertised)
         self.backend_side.transport.write(build_packet(seq, payload))
+
+    def _refuse_tls(self, seq: int) -> None:
+        """An SSL request: the greeting never offered TLS, but some clients ask anyway. Answer as
+        MariaDB does without TLS (1043 Bad handshake, 08S01), saying why, then close."""
+        log.info("conn %d (%s): client asked for TLS, which is not enabled on this proxy", self.session.conn_id,
+                 self.session.client_addr)
+        self.transport.write(err_packet(ER.HANDSHAKE_ERROR, TLS_NOT_ENABLED, seq + 1, "08S01"))
+        self._close()
 
     def connection_lost(self, exc) -> None:
         if not self._relayed:  # a relayed connection's socket lives on in the data plane
@@ -184,10 +197,13 @@ class ClientConnection(asyncio.Protocol):
 
     def _on_greeting(self, seq: int, payload) -> None:
         if payload[0] == 0xFF:  # the backend refused us (too many connections, host blocked)
+            code, _, message = parse_err(payload) if len(payload) >= 3 else (0, "", "(empty error packet)")
+            self.server.pool.report(self.backend, f"refused a connection: {code} {message}")  # health evidence
             self.transport.write(build_packet(seq, payload))
             self._close()
             return
         g = Greeting.parse(payload)
+        self.server.pool.report(self.backend)  # health evidence: it greeted
         self.advertised = g.capabilities & ~CLIENT.PROXY_STRIPPED
         self.session.server_version = g.server_version
         self.session.backend_conn_id = g.connection_id
@@ -368,6 +384,7 @@ class ClientConnection(asyncio.Protocol):
             log.warning("conn %d (%s): malformed backend packet, closing: %s", s.conn_id, s.client_addr, message)
         elif reason == "backend_lost":
             log.warning("conn %d: backend %s closed the connection during a command", s.conn_id, s.backend)
+            self.server.pool.suspect(self.backend)  # crashed? (a refused probe costs the server nothing)
         elif reason == "drain":
             log.info("conn %d: closed at a transaction boundary for shutdown", s.conn_id)
         elif reason == "no_memory":

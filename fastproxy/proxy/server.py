@@ -23,7 +23,7 @@ class ProxyServer:
         self.config = config
         self.stats = ProxyStats()
         self.pool = BackendPool(config["proxy.backends"], config["proxy.health-check-interval"],
-                                config["proxy.health-check-timeout"])
+                                config["proxy.health-check-timeout"], config["proxy.health-check-user"])
         self.connections: set[ClientConnection] = set()
         self.dataplane = DataPlane(config["proxy.workers"], LATENCY_BOUNDS_NS)
         # The running capture (fastproxy.capture.job.CaptureJob), or None; what the proxy calls:

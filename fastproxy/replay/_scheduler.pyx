@@ -1,12 +1,13 @@
 # cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
-"""Binary min-heap of (due time, key) in a C array, for the replay loop.
+"""The replay loop's scheduling in C: a binary min-heap of due times (which connection fires next),
+and the causal order across connections (what a command must wait for; see CausalOrder below).
 
-One entry per replay connection that has a command waiting. Entries are plain C structs in one
+Heap: one entry per replay connection that has a command waiting. Entries are plain C structs in one
 realloc'd array, so a push or pop allocates nothing and touches no Python object; see
 bench/test_bench_replay_core.py for the comparison with `heapq` over tuples that justifies it.
 """
-from cpython.mem cimport PyMem_Free, PyMem_Realloc
-from libc.stdint cimport INT64_MAX, int64_t, uint64_t
+from cpython.mem cimport PyMem_Free, PyMem_Malloc, PyMem_Realloc
+from libc.stdint cimport INT64_MAX, INT64_MIN, int64_t, uint64_t
 
 
 cdef inline bint _before(HeapEntry* a, HeapEntry* b) noexcept nogil:
@@ -151,3 +152,401 @@ def churn(Scheduler s, int64_t[::1] deltas):
         acc += key
         s.push_c(due + deltas[i], key)
     return acc
+
+
+# ---- causal order across connections ------------------------------------------------------------
+#
+# A *sequence* is a stream of events (commands that made something visible or took or released
+# locks in production), numbered in the order the capture completed them. A command that must not
+# start before some events of a sequence holds a *requirement*: a count n, met once the first n
+# events have all completed on replay (the sequence's *prefix* reached n). Because capture files are
+# in completion order, every event that ended before a command was read before it:
+#
+# - "ended before it started": a binary search over the end times read so far;
+# - "got the locks first" (lock waits only): among the events that ended after it started (and
+#   before it ended), those that started before it (give or take `overlap_ns`: the proxy sees a
+#   command arrive a little before the server runs it) or whose transaction had ended (been
+#   *released*) by the time it ended. Two overlapping requests for one row are granted in end
+#   order; without this they could be granted the other way round on replay, and the transaction
+#   that got the row would then wait here for the statement that waits on the server for its row.
+#
+# Every requirement points at events that ended before the command did, so waits never form a cycle.
+# Commands whose requirement is not met park in the sequence's heap (keyed by requirement) until
+# the prefix passes it. A sequence keeps only events at or after its prefix (a requirement that
+# falls below it is met), so memory is bounded by what is queued.
+
+cdef enum:
+    ST_DONE = 1
+    ST_RELEASED = 2
+    MAX_OVERLAP_SCAN = 4096  # beyond this many candidates, wait for every event read so far
+
+
+cdef inline bint _waiter_before(Waiter* a, Waiter* b) noexcept nogil:
+    return a.req < b.req or (a.req == b.req and a.order < b.order)
+
+
+cdef class Ticket:
+    """What one replayed command waits for (sequence, requirement) and which events it is
+    (sequence, index). ``flags`` is free for the engine (pinning, transaction role)."""
+
+    def __cinit__(self, int flags=0):
+        self.buf = NULL
+        self.nw = 0
+        self.wpos = 0
+        self.ne = 0
+        self.ecap_w = 0
+        self.flags = flags
+        self.finished = False
+
+    def __dealloc__(self):
+        PyMem_Free(self.buf)
+        self.buf = NULL
+
+    @property
+    def has_events(self):
+        return self.ne > 0
+
+    def release_waits(self):
+        """Forget the requirements not yet met (the safety valve: nothing can meet them any more)."""
+        self.wpos = self.nw
+
+    @property
+    def waits(self):
+        """(sequence, requirement) pairs not yet known to be met."""
+        return [(self.buf[2 * i], self.buf[2 * i + 1]) for i in range(self.wpos, self.nw)]
+
+    @property
+    def events(self):
+        """(sequence, index) of the events this command is."""
+        cdef int64_t* e = self.buf + 2 * self.ecap_w
+        return [(e[2 * i], e[2 * i + 1]) for i in range(self.ne)]
+
+    def __repr__(self):
+        return f"<Ticket waits={self.waits} events={self.events} flags={self.flags:#x} finished={self.finished}>"
+
+
+cdef class CausalOrder:
+    """Sequences of events, requirements on them, and the commands parked until they are met.
+
+    Python drives it per command: ``note`` when it is read (computes its requirements, registers
+    its events), ``release`` when the transaction of its events ended in the capture, ``ready``
+    before it is sent (parks it when a requirement is unmet), ``finish`` when it completed on
+    replay (returns the keys of parked commands whose requirement that met, or None).
+    """
+
+    def __cinit__(self, int64_t overlap_ns=2_000_000):
+        self.seqs = NULL
+        self.nseq = 0
+        self.cap = 0
+        self.order = 0
+        self.overlap_ns = overlap_ns
+        self.parked = 0
+        self.parks_total = 0
+        self.events_total = 0
+        self.released = []
+
+    def __dealloc__(self):
+        cdef Py_ssize_t i
+        if self.seqs != NULL:
+            for i in range(self.nseq):
+                PyMem_Free(self.seqs[i].keys)
+                PyMem_Free(self.seqs[i].starts)
+                PyMem_Free(self.seqs[i].state)
+                PyMem_Free(self.seqs[i].waiters)
+            PyMem_Free(self.seqs)
+            self.seqs = NULL
+
+    def new_sequence(self):
+        """A new, empty sequence; returns its id (0, 1, 2, ...)."""
+        cdef Py_ssize_t cap
+        cdef Seq* seqs
+        cdef Seq* s
+        if self.nseq == self.cap:
+            cap = self.cap * 2 if self.cap else 16
+            seqs = <Seq*>PyMem_Realloc(self.seqs, cap * sizeof(Seq))
+            if seqs == NULL:
+                raise MemoryError()
+            self.seqs = seqs
+            self.cap = cap
+        s = &self.seqs[self.nseq]
+        s.prefix = 0
+        s.next = 0
+        s.last_key = INT64_MIN
+        s.mask = 15
+        s.keys = <int64_t*>PyMem_Malloc(16 * sizeof(int64_t))
+        s.starts = <int64_t*>PyMem_Malloc(16 * sizeof(int64_t))
+        s.state = <unsigned char*>PyMem_Malloc(16)
+        s.waiters = NULL
+        s.nwait = 0
+        s.wcap = 0
+        if s.keys == NULL or s.starts == NULL or s.state == NULL:
+            PyMem_Free(s.keys)
+            PyMem_Free(s.starts)
+            PyMem_Free(s.state)
+            raise MemoryError()
+        self.nseq += 1
+        return self.nseq - 1
+
+    @property
+    def sequences(self):
+        return self.nseq
+
+    cdef int _check(self, Py_ssize_t sid) except -1:
+        if sid < 0 or sid >= self.nseq:
+            raise ValueError(f"no sequence {sid}")
+        return 0
+
+    cdef int _grow_ring(self, Seq* s) except -1:
+        cdef int64_t new_cap = (s.mask + 1) * 2
+        cdef int64_t m = new_cap - 1
+        cdef int64_t* keys = <int64_t*>PyMem_Malloc(new_cap * sizeof(int64_t))
+        cdef int64_t* starts = <int64_t*>PyMem_Malloc(new_cap * sizeof(int64_t))
+        cdef unsigned char* state = <unsigned char*>PyMem_Malloc(new_cap)
+        cdef int64_t i
+        if keys == NULL or starts == NULL or state == NULL:
+            PyMem_Free(keys)
+            PyMem_Free(starts)
+            PyMem_Free(state)
+            raise MemoryError()
+        for i in range(s.prefix, s.next):
+            keys[i & m] = s.keys[i & s.mask]
+            starts[i & m] = s.starts[i & s.mask]
+            state[i & m] = s.state[i & s.mask]
+        PyMem_Free(s.keys)
+        PyMem_Free(s.starts)
+        PyMem_Free(s.state)
+        s.keys = keys
+        s.starts = starts
+        s.state = state
+        s.mask = m
+        return 0
+
+    cdef int64_t _ended_before(self, Seq* s, int64_t start) noexcept:
+        # first index in [prefix, next) whose end is >= start (ends are kept non-decreasing)
+        cdef int64_t lo = s.prefix, hi = s.next, mid
+        while lo < hi:
+            mid = lo + ((hi - lo) >> 1)
+            if s.keys[mid & s.mask] < start:
+                lo = mid + 1
+            else:
+                hi = mid
+        return lo
+
+    cdef int64_t _lock_requirement(self, Seq* s, int64_t start) noexcept:
+        # also the events, among those that ended after `start`, that held locks before it: started
+        # before it (give or take overlap_ns) and released by now
+        cdef int64_t req = self._ended_before(s, start)
+        cdef int64_t i
+        cdef int64_t limit = INT64_MAX if start > INT64_MAX - self.overlap_ns else start + self.overlap_ns
+        if s.next - req > MAX_OVERLAP_SCAN:
+            return s.next
+        i = s.next - 1
+        while i >= req:
+            if (s.state[i & s.mask] & ST_RELEASED) or s.starts[i & s.mask] < limit:
+                return i + 1
+            i -= 1
+        return req
+
+    cdef int64_t _add_event(self, Seq* s, int64_t start, int64_t end, bint released) except -1:
+        cdef int64_t idx
+        if s.next - s.prefix > s.mask:
+            self._grow_ring(s)
+        # ends stay sorted even if completions were appended slightly out of order
+        if end < s.last_key:
+            end = s.last_key
+        s.last_key = end
+        idx = s.next
+        s.keys[idx & s.mask] = end
+        s.starts[idx & s.mask] = start
+        s.state[idx & s.mask] = ST_RELEASED if released else 0
+        s.next += 1
+        self.events_total += 1
+        return idx
+
+    def note(self, Ticket t, tuple waits, tuple lock_waits, int64_t start_ns, tuple events, int64_t end_ns,
+             bint released=True):
+        """Register a command read from the capture. On each sequence in ``waits`` it waits for the
+        events that ended before ``start_ns``; on each in ``lock_waits`` also for those that held
+        locks before it (see above). It is itself an event (``start_ns``..``end_ns``) of each sequence in ``events``; ``released``: its
+        transaction has ended too (else call ``release`` when it does). Requirements already met
+        are not stored."""
+        cdef Py_ssize_t nw = len(waits), nl = len(lock_waits), ne = len(events), i, sid
+        cdef int64_t req
+        cdef int64_t* buf
+        cdef int64_t* ev
+        cdef Seq* s
+        if t.buf != NULL:
+            raise ValueError("ticket already noted")
+        if nw == 0 and nl == 0 and ne == 0:
+            return
+        buf = <int64_t*>PyMem_Malloc((2 * (nw + nl) + 2 * ne) * sizeof(int64_t))
+        if buf == NULL:
+            raise MemoryError()
+        t.buf = buf
+        t.ecap_w = nw + nl
+        # requirements first: a command never waits for its own events
+        for i in range(nw + nl):
+            sid = waits[i] if i < nw else lock_waits[i - nw]
+            self._check(sid)
+            s = &self.seqs[sid]
+            req = self._ended_before(s, start_ns) if i < nw else self._lock_requirement(s, start_ns)
+            if req > s.prefix:
+                buf[2 * t.nw] = sid
+                buf[2 * t.nw + 1] = req
+                t.nw += 1
+        ev = buf + 2 * t.ecap_w
+        for i in range(ne):
+            sid = events[i]
+            self._check(sid)
+            ev[2 * i] = sid
+            ev[2 * i + 1] = self._add_event(&self.seqs[sid], start_ns, end_ns, released)
+        t.ne = ne
+
+    def release(self, Ticket t):
+        """The transaction of ``t``'s events ended in the capture: its locks were free from then on."""
+        cdef Py_ssize_t i
+        cdef int64_t idx
+        cdef int64_t* ev
+        cdef Seq* s
+        if t.ne == 0:
+            return
+        ev = t.buf + 2 * t.ecap_w
+        for i in range(t.ne):
+            s = &self.seqs[ev[2 * i]]
+            idx = ev[2 * i + 1]
+            if idx >= s.prefix:
+                s.state[idx & s.mask] |= ST_RELEASED
+
+    cdef int _park(self, Seq* s, int64_t req, int64_t key) except -1:
+        cdef Py_ssize_t i, parent, cap
+        cdef Waiter w
+        cdef Waiter* ws
+        if s.nwait == s.wcap:
+            cap = s.wcap * 2 if s.wcap else 8
+            ws = <Waiter*>PyMem_Realloc(s.waiters, cap * sizeof(Waiter))
+            if ws == NULL:
+                raise MemoryError()
+            s.waiters = ws
+            s.wcap = cap
+        w.req = req
+        w.order = self.order
+        w.key = key
+        self.order += 1
+        i = s.nwait
+        s.nwait += 1
+        while i > 0:
+            parent = (i - 1) >> 1
+            if not _waiter_before(&w, &s.waiters[parent]):
+                break
+            s.waiters[i] = s.waiters[parent]
+            i = parent
+        s.waiters[i] = w
+        self.parked += 1
+        self.parks_total += 1
+        return 0
+
+    cdef int64_t _pop_waiter(self, Seq* s) noexcept:
+        cdef Waiter* h = s.waiters
+        cdef Waiter last
+        cdef Py_ssize_t i = 0, child, n
+        cdef int64_t key = h[0].key
+        s.nwait -= 1
+        n = s.nwait
+        self.parked -= 1
+        if n == 0:
+            return key
+        last = h[n]
+        while True:
+            child = 2 * i + 1
+            if child >= n:
+                break
+            if child + 1 < n and _waiter_before(&h[child + 1], &h[child]):
+                child += 1
+            if not _waiter_before(&h[child], &last):
+                break
+            h[i] = h[child]
+            i = child
+        h[i] = last
+        return key
+
+    def ready(self, Ticket t, int64_t key):
+        """True if every requirement of ``t`` is met; otherwise ``key`` is parked on the first unmet
+        one and comes back from a later ``finish`` (then ask again: another may still be unmet)."""
+        cdef Seq* s
+        cdef int64_t req
+        while t.wpos < t.nw:
+            s = &self.seqs[t.buf[2 * t.wpos]]
+            req = t.buf[2 * t.wpos + 1]
+            if s.prefix < req:
+                self._park(s, req, key)
+                return False
+            t.wpos += 1
+        return True
+
+    def met(self, Ticket t):
+        """Whether every requirement of ``t`` is met now (``ready`` without parking)."""
+        cdef Seq* s
+        while t.wpos < t.nw:
+            s = &self.seqs[t.buf[2 * t.wpos]]
+            if s.prefix < t.buf[2 * t.wpos + 1]:
+                return False
+            t.wpos += 1
+        return True
+
+    def finish(self, Ticket t):
+        """The command completed on replay (or will never run): its events are done. Returns the
+        keys of parked commands whose awaited requirement is now met, or None."""
+        cdef Py_ssize_t i
+        cdef int64_t idx
+        cdef int64_t* ev
+        cdef Seq* s
+        cdef list out
+        if t.finished:
+            return None
+        t.finished = True
+        if t.ne == 0:
+            return None
+        ev = t.buf + 2 * t.ecap_w
+        for i in range(t.ne):
+            s = &self.seqs[ev[2 * i]]
+            idx = ev[2 * i + 1]
+            if idx < s.prefix:
+                continue
+            s.state[idx & s.mask] |= ST_DONE
+            if idx != s.prefix:
+                continue
+            while s.prefix < s.next and s.state[s.prefix & s.mask] & ST_DONE:
+                s.prefix += 1
+            while s.nwait > 0 and s.waiters[0].req <= s.prefix:
+                self.released.append(self._pop_waiter(s))
+        if not self.released:
+            return None
+        out = self.released
+        self.released = []
+        return out
+
+    def prefix(self, Py_ssize_t sid):
+        """Events of the sequence completed without a gap."""
+        self._check(sid)
+        return self.seqs[sid].prefix
+
+    def size(self, Py_ssize_t sid):
+        """Events registered in the sequence so far."""
+        self._check(sid)
+        return self.seqs[sid].next
+
+    def waiting(self, Py_ssize_t sid):
+        """Commands parked on the sequence."""
+        self._check(sid)
+        return self.seqs[sid].nwait
+
+    def retained(self):
+        """Events held in memory (not yet completed, or completed behind a gap), all sequences."""
+        cdef Py_ssize_t i
+        cdef int64_t n = 0
+        for i in range(self.nseq):
+            n += self.seqs[i].next - self.seqs[i].prefix
+        return n
+
+    def __repr__(self):
+        return f"<CausalOrder sequences={self.nseq} parked={self.parked}>"

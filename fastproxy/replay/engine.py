@@ -22,17 +22,22 @@ from fastproxy.inputs import open_inputs
 from fastproxy.capture.record import (INFILE_SIZE, KIND_COMMAND, KIND_CONN_CLOSE, KIND_CONN_OPEN,
                                       KIND_CONN_STATE, KIND_LOCAL_INFILE, OUTCOME_BACKEND_LOST, OUTCOME_ERR,
                                       OUTCOME_OK, Record)
-from fastproxy.constants import CLIENT, COMMAND, command_name
+from fastproxy.constants import CLIENT, COMMAND, ER, command_name
 from fastproxy.errors import BackendConnError, ProtocolError
-from fastproxy.replay._scheduler import Scheduler
+from fastproxy.replay._scheduler import Scheduler, Ticket
+from fastproxy.replay.causal import IN_TXN, PIN_ID, PIN_TIME, PROD_LOCK_ERROR, TXN_BEGIN, TXN_END, Planner
 from fastproxy.replay.client import LoginError, ReplayClient
 from fastproxy.replay.lag import LagStats
+from fastproxy.replay.lockwaits import LockWaits
 from fastproxy.replay.report import Report
 from fastproxy.jobs_base import utc_iso
+from fastproxy.replay.pinning import PIN_FLAGS, pin
+from fastproxy.replay.schema import load_scopes
 from fastproxy.replay.sessions import CLOSED, ThreadIds, rebuild_statements
 from fastproxy.replay.statements import is_read_only
 from fastproxy.replay.users import PLACEHOLDER_BYTES, Credentials
 from fastproxy.sqltext import parse_kill, worth_scanning
+from fastproxy.replay.transactions import MAX_ATTEMPTS, RETRYABLE, ROLLBACK, Retry, TxnLog
 
 log = logging.getLogger("fastproxy.replay")
 
@@ -59,6 +64,15 @@ KILL_SETTLE_NS = 200_000_000  # ... and its target's query has run (at most) thi
 KILL_WAIT_S = 10.0  # at most (then it goes anyway)
 SERVER_CLOSE_WAIT_S = 1.0  # how long a server-side close of production is left to the replay server
 
+# what _gate says about a connection's head command (_BUSY: the connection first sends something else)
+_FIRE, _PARKED, _CONSUMED, _BUSY = 0, 1, 2, 3
+# tags of the replayer's own statements (results not compared): a pin, a transaction retry step,
+# a ROLLBACK mirroring production's
+_PIN_TAG = ("pin",)
+_TXN_TAG = ("txn",)
+_MIRROR_TAG = ("rollback",)
+_INTERNAL_TAGS = frozenset({"pin", "txn", "rollback"})
+
 
 def cmd_type_name(cmd: int) -> str:
     """TiProxy-style command type: COM_STMT_EXECUTE -> StmtExecute."""
@@ -78,6 +92,11 @@ class ReplayOptions:
     lookahead_s: float = 2.0  # read this far (in replay time) ahead of the clock
     max_queued: int = 200_000  # and never hold more than this many commands in memory
     connect_timeout: float = 10.0
+    # faithful replay (fastproxy/replay/causal.py, pinning.py, transactions.py)
+    order: str = "causal"  # or "connection": per-connection order only
+    pin: bool = True  # production's time and auto-increment ids
+    whole_transactions: bool = True  # retry a transaction a replay-only deadlock aborted; never half of one
+    causal_timeout_s: float = 2.0  # a dependency in flight longer than this (and 4x its captured time) is let go
     input_format: str = "auto"  # native | slow-log | general-log | tiproxy (fastproxy/inputs)
     filters: object = None  # fastproxy.replay.filters.Filters: what of the input is replayed
     start_at: float | None = None  # wall-clock Unix time the replay starts at (shards start together)
@@ -121,6 +140,18 @@ class Stats:
     captured_ns: int = 0  # sum of captured durations of replayed commands
     replayed_ns: int = 0  # sum of replay durations
     per_second: dict = field(default_factory=dict)  # replay second -> commands sent
+    # faithful replay
+    causal_waits: int = 0  # commands that waited for another connection's command
+    causal_wait_ns: int = 0  # how long they waited in all
+    causal_released: int = 0  # dependencies let go by the safety valve (in flight far too long)
+    pinned_time: int = 0
+    pinned_insert_id: int = 0
+    txn_retries: int = 0  # transactions sent again after a replay-only deadlock / lock wait timeout
+    txn_retried_ok: int = 0
+    txn_aborted: int = 0  # still failing after the retries, or the connection dropped inside one
+    txn_skipped: int = 0  # commands of aborted transactions not sent
+    prod_lock_errors: int = 0  # statements production lost to a deadlock / lock wait timeout: not sent
+    cycles_broken: int = 0  # commands let go early: held back by causal order, they blocked what it waited for
 
 
 class Conn:
@@ -129,7 +160,9 @@ class Conn:
     __slots__ = ("idx", "conn_id", "user", "db", "capabilities", "charset", "queue", "client", "busy", "connecting",
                  "stmt_map", "stmt_sql", "stmt_params", "stmt_types", "types_bound", "filtered_stmts", "inflight",
                  "sent_ns", "due_ns", "closed", "pending_payload", "ever_connected", "backend", "thread_id", "state",
-                 "not_rebuilt", "infiles", "lost_idle")
+                 "not_rebuilt", "infiles", "lost_idle") + (
+                 # faithful replay: the head command's ticket is tickets[0] (aligned with queue)
+                 "tickets", "parked", "parked_ns", "pin_dirty", "txn")
 
     def __init__(self, idx: int, conn_id: int) -> None:
         self.idx = idx
@@ -160,6 +193,11 @@ class Conn:
         self.not_rebuilt: list[str] = []  # what of its session replay could not rebuild
         self.infiles: dict[int, list] = {}  # command start_ns -> its LOCAL INFILE files (bytes or None)
         self.lost_idle: str = ""  # the server closed it while idle: reported unless a server close follows
+        self.tickets: deque[Ticket | None] = deque()  # per queued record: causal order, pins, transaction role
+        self.parked = False  # waiting for another connection's command (CausalOrder)
+        self.parked_ns = 0
+        self.pin_dirty = False  # an earlier SET left timestamp / insert_id pinned on the replay session
+        self.txn = TxnLog()
 
 
 class Replayer:
@@ -192,15 +230,22 @@ class Replayer:
         self.queued = 0
         self.finished_ns = 0
         self.on_flush = None  # callback(Report) every second (the report writer)
+        self.observer = None  # callback(conn, rec, result, now) per replayed command: the verdict (fastproxy/report)
         self.canceled = False
         self._connecting: set[asyncio.Task] = set()
         self.first_command_ns = 0  # captured span, for the captured QPS
         self.last_command_ns = 0
         self.credentials = Credentials(options.users, options.username, options.password)
+        self.report.scrub = self.credentials.scrub  # a message may quote a password put back
         self.thread_ids = ThreadIds()
         self._read_ns = 0
         self.not_rebuilt: list[dict] = []  # sessions not rebuilt in full (a sample) for the summary
         self.sessions_not_rebuilt = 0
+        # faithful replay: the planner reads the schema of the target when the replay starts
+        self.planner = Planner(causal=False, pin=options.pin, status_flags=self._status_flags_recorded(),
+                               affected_rows=self._affected_rows_recorded())
+        self._released: list[int] = []  # parked connections whose requirement a completion met
+        self._draining = False
 
     # ---- timing ---------------------------------------------------------------------------------
     def due_ns(self, captured_ns: int) -> int:
@@ -211,6 +256,7 @@ class Replayer:
     # ---- main ----------------------------------------------------------------------------------
     async def run(self) -> Stats:
         self._loop = asyncio.get_running_loop()
+        await self._prepare_order()
         head_start = 50_000_000  # a short head start to open connections
         if self.opt.start_at is not None:
             # several replayers (shards) begin at one agreed wall-clock time: their schedules line up
@@ -222,13 +268,15 @@ class Replayer:
         self._start_mono = time.monotonic_ns() + head_start
         reader_task = self._loop.create_task(self._read())
         flusher = self._loop.create_task(self._flush_periodically())
+        watcher = self._loop.create_task(self._watch_dependencies())
         try:
             await self._done.wait()
         finally:
             self._stop_reading = True
             reader_task.cancel()
             flusher.cancel()
-            for t in (reader_task, flusher):
+            watcher.cancel()
+            for t in (reader_task, flusher, watcher):
                 try:
                     await t
                 except (asyncio.CancelledError, Exception) as e:  # noqa: BLE001
@@ -257,6 +305,8 @@ class Replayer:
             for conn in self.conns.values():
                 self.queued -= len(conn.queue)
                 conn.queue.clear()
+                conn.tickets.clear()
+                conn.parked = False
             self.heap.clear()
             self._done.set()
         else:
@@ -325,6 +375,8 @@ class Replayer:
             for sid, types in info.get("types", {}).items():
                 conn.stmt_types[int(sid)] = bytes.fromhex(types)  # bound again after that re-prepare
             self._note_session(conn, kind, info)
+            if kind == KIND_CONN_STATE:
+                self.planner.on_state(rec.conn_id, info)
             return
         conn = self._conn(rec.conn_id)
         if conn.lost_idle:
@@ -339,6 +391,8 @@ class Replayer:
             self.last_command_ns = rec.start_ns
         elif kind != KIND_CONN_CLOSE:
             return
+        conn.tickets.append(self.planner.note(rec.conn_id, rec) if kind == KIND_COMMAND
+                            else self.planner.note_close(rec.conn_id, rec))
         conn.queue.append(rec)
         self.queued += 1
         if self.queued > self.stats.peak_queued:
@@ -348,20 +402,28 @@ class Replayer:
 
     # ---- scheduling ----------------------------------------------------------------------------
     def _schedule(self, conn: Conn) -> None:
-        """Send `conn`'s head command now if it is due, else put it on the heap. Commands consumed
-        without a round trip (filtered, closes) are handled in this loop, not by recursion."""
+        """Send `conn`'s head command now if it is due (and what it depends on has completed), else
+        put it on the heap (or park it). Commands consumed without a round trip (filtered, closes)
+        are handled in this loop, not by recursion."""
         now = time.monotonic_ns()
-        while conn.queue and not conn.busy:
-            due = self.due_ns(conn.queue[0].start_ns)
-            conn.due_ns = due
-            if due > now:
-                self.heap.push(due, conn.idx)
-                if self._timer is None or due < self._timer_due:
-                    self._arm(due)
-                return
-            if not self._fire(conn, now):
-                return  # sent: its response continues through _next
-        self._forget_if_finished(conn)
+        try:
+            while conn.queue and not conn.busy:
+                due = self.due_ns(conn.queue[0].start_ns)
+                conn.due_ns = due
+                if due > now:
+                    self.heap.push(due, conn.idx)
+                    if self._timer is None or due < self._timer_due:
+                        self._arm(due)
+                    return
+                gate = self._gate(conn, now)
+                if gate == _PARKED or gate == _BUSY:
+                    return  # comes back through _drain_released / the transaction sent again
+                if gate == _FIRE and not self._fire(conn, now):
+                    return  # sent: its response continues through _next
+            self._forget_if_finished(conn)
+        finally:
+            if self._released and not self._draining:
+                self._drain_released()
 
     def _arm(self, due: int) -> None:
         if self._timer is not None:
@@ -375,7 +437,7 @@ class Replayer:
         now = time.monotonic_ns()
         for idx in self.heap.pop_due(now):
             conn = self.by_idx.get(idx)
-            if conn is not None and conn.queue and not conn.busy and self._fire(conn, now):
+            if conn is not None and conn.queue and not conn.busy:
                 self._schedule(conn)
         if self.heap and self._timer is None:
             self._arm(self.heap.peek_due())
@@ -387,6 +449,9 @@ class Replayer:
         if conn.queue:
             conn.queue.popleft()
             self.queued -= 1
+            ticket = conn.tickets.popleft()
+            if ticket is not None:
+                self._finish(conn, ticket)
         return True
 
     def _next(self, conn: Conn) -> None:
@@ -482,13 +547,14 @@ class Replayer:
         elif cmd == COMMAND.COM_RESET_CONNECTION:
             conn.stmt_map.clear()
             conn.types_bound.clear()
+            conn.pin_dirty = False  # the server resets timestamp / insert_id with the session
         if not expects_response(cmd):  # COM_STMT_CLOSE / SEND_LONG_DATA: nothing to wait for
             conn.client.send_only(payload)
             self.stats.replayed += 1
             return self._consume(conn)
         # LOCAL INFILE files of this command (capture.local-infile), else none: empty files
         conn.client.infiles = conn.infiles.pop(rec.start_ns, None) if conn.infiles else None
-        conn.client.send(payload, None)
+        self._send(conn, payload)
         return False
 
     def _remap(self, conn: Conn, captured_id: int, replay_id: int, payload: bytes) -> bytes | None:
@@ -541,6 +607,7 @@ class Replayer:
             conn.ever_connected = True
             conn.stmt_map.clear()  # a new server session: statements are re-prepared on first use
             conn.types_bound.clear()
+            conn.pin_dirty = False
             if conn.state is not None:
                 await self._rebuild_session(conn)
         except (OSError, asyncio.TimeoutError, LoginError, Exception) as e:  # noqa: BLE001
@@ -560,6 +627,7 @@ class Replayer:
         conn: Conn = client.owner
         if conn.client is client:
             conn.client = None
+        self._transaction_lost(conn)
         if conn.busy and conn.inflight is not None:
             self.stats.other_errors += 1
             self.report.add_other("connection lost", f"connection {conn.conn_id}: the server closed the connection "
@@ -578,6 +646,8 @@ class Replayer:
         now = time.monotonic_ns()
         tag = result.tag
         rec = conn.inflight
+        if tag is not None and tag[0] in _INTERNAL_TAGS:  # our own statements: pins, transaction retries
+            return self._on_internal_result(conn, result, now)
         if rec is None:
             return
         if tag is not None and tag[0] == "reprepare":
@@ -593,7 +663,7 @@ class Replayer:
             payload = self._remap(conn, captured_id, result.stmt_id, payload)
             if payload is None:
                 return self._next(conn)
-            client.send(payload, None)
+            self._send(conn, payload)
             return
         cmd = rec.payload[0]
         if cmd == COMMAND.COM_STMT_PREPARE:
@@ -607,12 +677,16 @@ class Replayer:
                 conn.types_bound.discard(captured_id)
         elif cmd == COMMAND.COM_INIT_DB and result.outcome == OUTCOME_OK and result.schema is None:
             conn.db = rec.payload[1:].decode("utf-8", "replace")
+        if self.opt.whole_transactions and self._transaction_result(conn, rec, result):
+            return  # the transaction is being sent again; this command completes when that is done
         self._compare(conn, rec, result, now)
         if self._track_database(conn, rec, result):
             return  # asking the server first: _next once it answered
         self._next(conn)
 
     def _compare(self, conn: Conn, rec: Record, result, now: int) -> None:
+        if self.observer is not None:
+            self.observer(conn, rec, result, now)
         st = self.stats
         st.replayed += 1
         if rec.end_ns > rec.start_ns:
@@ -632,7 +706,7 @@ class Replayer:
         elif rec.outcome == OUTCOME_ERR and result.outcome == OUTCOME_OK:
             st.fixed += 1
 
-    def _add_failure(self, conn: Conn, rec: Record, result) -> None:
+    def _add_failure(self, conn: Conn, rec: Record, result, cmd_type: str | None = None, note: str = "") -> None:
         cmd = rec.payload[0]
         if cmd == COMMAND.COM_QUERY or cmd == COMMAND.COM_STMT_PREPARE:
             sql = rec.payload[1:].decode("utf-8", "replace")
@@ -646,8 +720,8 @@ class Replayer:
         else:
             sql = stmt = command_name(cmd) + (" " + rec.payload[1:].decode("utf-8", "replace") if len(rec.payload) > 1
                                               else "")
-        self.report.add_failure(cmd_type_name(cmd), digest(sql), stmt,
-                                f"{result.err_code} ({result.sql_state}): {result.err_msg}", result.err_code,
+        self.report.add_failure(cmd_type or cmd_type_name(cmd), digest(sql), stmt,
+                                f"{note}{result.err_code} ({result.sql_state}): {result.err_msg}", result.err_code,
                                 conn.conn_id, rec.start_ns, time.time_ns())
 
     def _params_text(self, conn: Conn, captured_id: int, payload: bytes) -> str:
@@ -660,6 +734,316 @@ class Replayer:
             return "params=" + format_params(values)
         except Exception as e:  # noqa: BLE001 - a sample is best-effort; the failure itself is recorded
             return f"params=<undecodable: {e}>"
+
+    # ---- faithful replay: causal order, pinned time and ids, whole transactions ------------------
+    # (the planning side is fastproxy/replay/causal.py; these are the engine's hooks)
+
+    def _status_flags_recorded(self) -> bool:
+        """Format version 2 records the server status after each command (in a transaction or not);
+        converted inputs say whether theirs did."""
+        try:
+            version2 = int(self.meta.get("format_version", 1) or 1) >= 2
+        except (TypeError, ValueError):
+            version2 = False
+        return bool(self.meta.get("status_flags_recorded", version2))
+
+    def _affected_rows_recorded(self) -> bool:
+        """Whether a write's affected rows can tell that it changed nothing (only our own captures)."""
+        return bool(self.meta.get("outcomes_recorded", True)) and getattr(self.reader, "format", "native") == "native"
+
+    async def _prepare_order(self) -> None:
+        """Read what the target's schema says about table scopes, then plan with it."""
+        opt = self.opt
+        causal = opt.order == "causal"
+        if not causal and not opt.pin:
+            return
+        # on error (logged by load_scopes, shown in the summary's causal.scope) one global scope
+        scopes = await self._loop.run_in_executor(
+            None, load_scopes, opt.host, opt.port, opt.username, opt.password, opt.connect_timeout)
+        self.planner = Planner(scopes, causal=causal, pin=opt.pin, status_flags=self._status_flags_recorded(),
+                               affected_rows=self._affected_rows_recorded())
+
+    def _gate(self, conn: Conn, now: int) -> int:
+        """May the head command go now? _FIRE, _PARKED (it waits for another connection's command),
+        or _CONSUMED (it belongs to a transaction aborted on replay: not sent)."""
+        ticket = conn.tickets[0]
+        if conn.txn.aborted and self._skip_aborted(conn, ticket):
+            return _CONSUMED
+        if ticket is None:
+            return _FIRE
+        if self.planner.order.ready(ticket, conn.idx):
+            if conn.parked_ns:
+                self.stats.causal_wait_ns += now - conn.parked_ns
+                conn.parked_ns = 0
+            if ticket.flags & PROD_LOCK_ERROR and self.opt.whole_transactions:
+                return self._production_lock_error(conn, ticket)
+            return _FIRE
+        conn.parked = True
+        if not conn.parked_ns:
+            conn.parked_ns = now
+            self.stats.causal_waits += 1
+        return _PARKED
+
+    def _finish(self, conn: Conn, ticket: Ticket) -> None:
+        """The head command completed (or will never run): its events are done on replay."""
+        released = self.planner.order.finish(ticket)
+        if released:
+            self._released.extend(released)
+        if ticket.flags & TXN_END:
+            conn.txn.reset()
+
+    def _drain_released(self) -> None:
+        """Schedule the parked connections whose requirement was met (iteratively, not recursively)."""
+        self._draining = True
+        released = self._released
+        try:
+            i = 0
+            while i < len(released):
+                conn = self.by_idx.get(released[i])
+                i += 1
+                if conn is not None and conn.parked:
+                    conn.parked = False
+                    if conn.queue and not conn.busy:
+                        self._schedule(conn)
+            released.clear()
+        finally:
+            self._draining = False
+
+    def _send(self, conn: Conn, payload: bytes) -> None:
+        """Send the head command: pinned to production's time and ids where it needs that, and kept
+        for a retry of its transaction."""
+        ticket = conn.tickets[0] if conn.tickets else None
+        flags = ticket.flags if ticket is not None else 0
+        cmd = payload[0]
+        if cmd != COMMAND.COM_QUERY and cmd != COMMAND.COM_STMT_EXECUTE:
+            conn.client.send(payload, None)
+            return
+        prefix = None
+        if flags & PIN_FLAGS or conn.pin_dirty:
+            rec = conn.inflight
+            payload, prefix, conn.pin_dirty = pin(payload, rec.start_ns, rec.last_insert_id, flags, conn.pin_dirty)
+            if prefix is not None:
+                conn.client.send(prefix, _PIN_TAG)
+            if flags & PIN_TIME:
+                self.stats.pinned_time += 1
+            if flags & PIN_ID:
+                self.stats.pinned_insert_id += 1
+        if self.opt.whole_transactions:
+            txn = conn.txn
+            if flags & TXN_BEGIN or not flags & IN_TXN:
+                txn.reset()
+            txn.entries.append((conn.inflight, payload, prefix, flags))
+        conn.client.send(payload, None)
+
+    def _transaction_result(self, conn: Conn, rec: Record, result) -> bool:
+        """Whole transactions: True if a retry of the transaction started (the command stays in
+        flight until it is done)."""
+        if result.outcome == OUTCOME_ERR:
+            if (result.err_code in RETRYABLE and rec.outcome in (OUTCOME_OK, OUTCOME_ERR)
+                    and not (rec.outcome == OUTCOME_ERR and rec.err_code == result.err_code)
+                    and conn.client is not None and not conn.client.closed):
+                entries = conn.txn.entries
+                if not entries or entries[-1][0] is not rec:
+                    return False  # not sent through _send (nothing to send again)
+                if entries[-1][3] & IN_TXN and not entries[0][3] & TXN_BEGIN:
+                    # its start is not in the log (a session rebuilt inside a transaction): cannot be redone
+                    self._give_up_transaction(conn, result)
+                    return True
+                self.stats.txn_retries += 1
+                return self._retry(conn, result)
+        return False
+
+    def _retry(self, conn: Conn, error) -> bool:
+        txn = conn.txn
+        if txn.attempts >= MAX_ATTEMPTS:
+            self._give_up_transaction(conn, error)
+            return True
+        txn.attempts += 1
+        txn.retry = Retry(list(txn.entries), error)
+        conn.client.send(ROLLBACK, _TXN_TAG)
+        return True
+
+    def _on_internal_result(self, conn: Conn, result, now: int) -> None:
+        kind = result.tag[0]
+        if kind != "txn":
+            if result.outcome == OUTCOME_ERR:  # a pin or a mirrored ROLLBACK the server refused
+                self.stats.other_errors += 1
+                self.report.add_other("pin failed" if kind == "pin" else "rollback failed",
+                                      f"connection {conn.conn_id}: {result.err_code} ({result.sql_state}): "
+                                      f"{result.err_msg}", time.time_ns())
+            return
+        retry = conn.txn.retry
+        if retry is None:
+            return
+        if retry.pos >= 0:  # a command of the transaction, sent again
+            rec = retry.entries[retry.pos][0]
+            differs = result.outcome == OUTCOME_ERR and not (
+                rec.outcome == OUTCOME_ERR and rec.err_code == result.err_code)
+            if differs:
+                if result.err_code in RETRYABLE and conn.txn.attempts < MAX_ATTEMPTS:
+                    conn.txn.attempts += 1
+                    retry.pos = -1
+                    retry.error = result
+                    conn.client.send(ROLLBACK, _TXN_TAG)
+                    return
+                return self._give_up_transaction(conn, result, rec)
+            if retry.last:  # the command that failed: its result now is the one that counts
+                conn.txn.retry = None
+                self.stats.txn_retried_ok += 1
+                self._compare(conn, conn.inflight, result, now)
+                return self._next(conn)
+        _, payload, prefix, _ = retry.next_entry()
+        if prefix is not None:
+            conn.client.send(prefix, _PIN_TAG)
+            conn.pin_dirty = True
+        conn.client.send(payload, _TXN_TAG)
+
+    def _give_up_transaction(self, conn: Conn, result, failed: Record | None = None) -> None:
+        """Still failing after the retries: reported once, the transaction's rest is not sent."""
+        txn = conn.txn
+        ticket = conn.tickets[0] if conn.tickets else None
+        flags = ticket.flags if ticket is not None else 0
+        self.stats.failed += 1
+        self.stats.txn_aborted += 1
+        self._add_failure(conn, failed or conn.inflight, result, cmd_type="Transaction",
+                          note=f"transaction aborted on replay ({txn.attempts} retries): ")
+        txn.retry = None
+        txn.reset()
+        if conn.client is not None and not conn.client.closed:
+            conn.client.send(ROLLBACK, _MIRROR_TAG)
+        self.stats.replayed += 1
+        txn.aborted = bool(flags & IN_TXN) and not flags & TXN_END
+        self._next(conn)
+
+    def _production_lock_error(self, conn: Conn, ticket: Ticket) -> int:
+        """Production lost this statement to a deadlock or a lock wait timeout: its effect there was
+        none, so it is not sent; after a deadlock the transaction is rolled back here too."""
+        self.stats.prod_lock_errors += 1
+        if conn.queue[0].err_code == ER.LOCK_DEADLOCK:
+            if conn.client is not None and not conn.client.closed:
+                conn.client.send(ROLLBACK, _MIRROR_TAG)
+            conn.txn.reset()
+        self._consume(conn)
+        return _CONSUMED
+
+    def _break_cycle(self, holder: Conn) -> bool:
+        """`holder` is held back by causal order while its open transaction blocks, on the server, a
+        command that causal order waits for (directly or through others): neither can move, so the
+        holder's next command goes now, out of causal order for that one dependency; its
+        transaction then ends and the blocked command gets its row."""
+        ticket = holder.tickets[0] if holder.tickets else None
+        if holder.busy or not holder.parked or ticket is None:
+            return False
+        ticket.release_waits()
+        self._released.append(holder.idx)
+        self.stats.cycles_broken += 1
+        return True
+
+    def _transaction_lost(self, conn: Conn) -> None:
+        """The replay connection dropped inside a production transaction: the rest of it would run
+        in autocommit on a new connection, so it is not sent."""
+        txn = conn.txn
+        txn.retry = None
+        ticket = conn.tickets[0] if conn.tickets else None
+        if conn.busy and conn.inflight is not None and ticket is not None:
+            in_txn = ticket.flags & IN_TXN and not ticket.flags & TXN_END
+        else:
+            in_txn = bool(txn.entries)  # idle between two commands of a transaction
+        txn.reset()
+        if in_txn and self.opt.whole_transactions and not conn.closed:
+            txn.aborted = True
+            self.stats.txn_aborted += 1
+
+    def _skip_aborted(self, conn: Conn, ticket: Ticket | None) -> bool:
+        """The head command belongs to a transaction given up on replay: consume it unsent."""
+        flags = ticket.flags if ticket is not None else 0
+        if not flags & IN_TXN or flags & TXN_BEGIN:
+            conn.txn.aborted = False  # the aborted transaction is over: this one is new
+            return False
+        if flags & TXN_END:
+            conn.txn.aborted = False
+        self.stats.skipped += 1
+        self.stats.txn_skipped += 1
+        self._consume(conn)
+        return True
+
+    async def _watch_dependencies(self) -> None:
+        """Causal order must never hang a replay. Two things can hold it up:
+
+        - a wait cycle through the server: a command causal order waits for is blocked on the
+          server by a row lock of a transaction whose next command is held back by causal order
+          (lock waits production did not have: a queue picked with SKIP LOCKED in another order,
+          gap locks). The lock waits are read from the server (fastproxy/replay/lockwaits.py) and
+          the blocking connection's next command is let go (`causal.released_to_break_cycles`);
+        - a dependency that does not complete for another reason: a command in flight far longer
+          than in production (`causal_timeout_s`, and 4x its captured time) is presumed complete
+          for ordering, and if nothing is in flight at all, whatever is parked is let go (both
+          counted as `causal.released_by_valve`)."""
+        if not self.planner.causal:
+            return
+        floor = int(self.opt.causal_timeout_s * 1e9)
+        probe = min(floor, 20_000_000)  # in flight this long while others wait: look for a cycle
+        order = self.planner.order
+        opt = self.opt
+        lockwaits = LockWaits(opt.host, opt.port, opt.username, opt.password, opt.connect_timeout) \
+            if opt.whole_transactions else None
+        last_probe = 0
+        try:
+            while True:
+                await asyncio.sleep(0.01)
+                if not order.parked:
+                    continue
+                now = time.monotonic_ns()
+                active = bool(self.heap) or bool(self._connecting)
+                suspects = False
+                for conn in list(self.conns.values()):
+                    if not conn.busy:
+                        continue
+                    active = True
+                    retry = conn.txn.retry
+                    if retry is not None:  # sending a transaction again: one of its statements is out
+                        late = now - retry.sent_ns
+                        expected = 0
+                    elif conn.inflight is not None:
+                        late = now - conn.sent_ns
+                        expected = 4 * (conn.inflight.end_ns - conn.inflight.start_ns)
+                    else:
+                        continue  # logging in
+                    suspects = suspects or late > probe
+                    ticket = conn.tickets[0] if conn.tickets else None
+                    if ticket is not None and not ticket.finished and ticket.has_events and late > max(floor, expected):
+                        released = order.finish(ticket)  # presumed complete (its real completion is a no-op)
+                        self.stats.causal_released += 1
+                        log.debug("presumed complete after %.0f ms: connection %s %r", late / 1e6, conn.conn_id,
+                                  conn.queue[0].payload[:60] if conn.queue else None)
+                        if released:
+                            self._released.extend(released)
+                if (suspects and lockwaits is not None and not lockwaits.unavailable
+                        and now - last_probe > LockWaits.MIN_INTERVAL_NS):
+                    pairs = await self._loop.run_in_executor(None, lockwaits.pairs)
+                    last_probe = time.monotonic_ns()
+                    if pairs:
+                        by_thread = {c.client.connection_id: c for c in self.conns.values()
+                                     if c.client is not None and not c.client.closed}
+                        for waiting, blocking in pairs:
+                            holder = by_thread.get(blocking)
+                            if holder is not None and self._break_cycle(holder):
+                                w = by_thread.get(waiting)
+                                log.debug("wait cycle: connection %s (next: %r at %s) blocks %s (%r at %s) on the server "
+                                          "and waits for it here", holder.conn_id, holder.queue[0].payload[:100],
+                                          holder.queue[0].start_ns, w and w.conn_id,
+                                          w and w.inflight and w.inflight.payload[:100], w and w.inflight and w.inflight.start_ns)
+                if not active:  # nothing can complete any more: let everything parked go
+                    for conn in list(self.conns.values()):
+                        if conn.parked and conn.tickets and conn.tickets[0] is not None:
+                            conn.tickets[0].release_waits()
+                            self.stats.causal_released += 1
+                            self._released.append(conn.idx)
+                if self._released and not self._draining:
+                    self._drain_released()
+        finally:
+            if lockwaits is not None:
+                await self._loop.run_in_executor(None, lockwaits.close)
 
     # ---- sessions as they were (fastproxy/replay/sessions.py, users.py) --------------------------
     def _note_session(self, conn: Conn, kind: int, info: dict) -> None:
@@ -816,6 +1200,7 @@ class Replayer:
             conn.user, conn.db = user, db
             conn.stmt_map.clear()
             conn.types_bound.clear()
+            conn.pin_dirty = False  # a new session: timestamp and insert_id are the server's again
         self._on_result(client, result)
 
     async def _rebuild_session(self, conn: Conn) -> None:
@@ -965,4 +1350,29 @@ class Replayer:
             "input_skipped": dict(getattr(self.reader, "stats", {}) or {}),
             "filters": self.opt.filters.describe() if self.opt.filters is not None else {},
             "filtered_by": dict(getattr(self.reader, "dropped", {}) or {}),
+            **self._faithful_summary(),
+        }
+
+    def _faithful_summary(self) -> dict:
+        st = self.stats
+        planner = self.planner
+        scopes = planner.scopes
+        return {
+            "order": self.opt.order,
+            "causal": {
+                "scope": ("one global scope: " + scopes.error) if scopes.error else "per table",
+                "commands_waited": st.causal_waits,
+                "wait_ms": round(st.causal_wait_ns / 1e6, 1),
+                "released_to_break_cycles": st.cycles_broken,
+                "released_by_valve": st.causal_released,
+                "unknown_scope_statements": planner.unknown_scope_statements,
+            } if planner.causal else None,
+            "pinned": {"time": st.pinned_time, "insert_id": st.pinned_insert_id} if self.opt.pin else None,
+            "transactions": {
+                "retried": st.txn_retries,
+                "retried_ok": st.txn_retried_ok,
+                "aborted": st.txn_aborted,
+                "commands_skipped": st.txn_skipped,
+                "production_lock_errors_not_replayed": st.prod_lock_errors,
+            } if self.opt.whole_transactions else None,
         }

@@ -2,30 +2,37 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import os
 import time
 from typing import TYPE_CHECKING
 
+from fastproxy.config import parse_addr
 from fastproxy.errors import ConfigError, JobError, TrafficFormatError
 from fastproxy.jobs_base import Job, parse_bool
 from fastproxy.private_files import check_output_path, create_private_file, open_private_dir
 from fastproxy.storage import is_s3
 from fastproxy.replay.engine import Replayer, ReplayOptions
 from fastproxy.replay.report import ReportWriter
+from fastproxy.report.ab import ABSession
+from fastproxy.report.session import VerdictSession
+from fastproxy.report.verdict import VerdictOptions, verdict_options_from
 
 if TYPE_CHECKING:
     from fastproxy.proxy.server import ProxyServer
 
 log = logging.getLogger("fastproxy.replay")
+ORDERS = ("causal", "connection")  # see fastproxy/replay/causal.py
 
 
 class ReplayRun:
     """Engine, report writer and the summary files of one replay."""
 
     def __init__(self, input_dir: str | list[str], options: ReplayOptions, report_dir: str | None = None,
-                 write_tables: bool = True) -> None:
+                 write_tables: bool = True, verdict_options: VerdictOptions | None = None,
+                 baseline: tuple[str, int] | None = None) -> None:
         if report_dir is not None:
             report_dir = check_output_path(report_dir, "report-dir")
         inputs = [input_dir] if isinstance(input_dir, str) else list(input_dir)
@@ -47,6 +54,16 @@ class ReplayRun:
         self.write_tables = write_tables
         self.summary: dict | None = None
         self.files: list[str] = []
+        # the verdict: results and latency compared with the capture, EXPLAIN, the HTML page; or, with a
+        # baseline, a second engine replaying the same capture at the same time, compared with the first
+        self.baseline_engine: Replayer | None = None
+        if baseline is not None:
+            self.baseline_engine = Replayer(input_dir, dataclasses.replace(options, host=baseline[0],
+                                                                           port=baseline[1]))
+            self.verdict = ABSession(self.engine, self.baseline_engine, verdict_options)
+        else:
+            self.verdict = VerdictSession(self.engine, verdict_options)
+        self.report_html = ""
 
     async def run(self) -> dict:
         engine = self.engine
@@ -55,25 +72,44 @@ class ReplayRun:
             self.writer = ReportWriter(o.host, o.port, o.username, o.password, time.time_ns(), tls=o.tls,
                                        tls_ca=o.tls_ca, tls_skip_verify=o.tls_skip_verify)
             self.writer.start()
-            engine.on_flush = lambda report: self.writer.submit(report.take_delta())
+            self.writer.reference = self.verdict.verdict.reference
+            engine.on_flush = self._flush
         try:
-            await engine.run()
+            if self.baseline_engine is None:
+                await engine.run()
+            else:  # both at once: each follows the captured schedule from (about) the same start
+                for res in await asyncio.gather(engine.run(), self.baseline_engine.run(), return_exceptions=True):
+                    if isinstance(res, BaseException):
+                        raise res
         finally:
+            await self.verdict.finish(self.writer)  # latency, plans (EXPLAIN on the target), last rows
             if self.writer:
                 await asyncio.get_running_loop().run_in_executor(None, self.writer.close)
             self.summary = engine.summary()
             if self.writer:
                 self.summary["report_replay_start_time"] = self.writer.replay_start.isoformat(sep=" ")
                 self.summary["report_tables_error"] = self.writer.error or ""
-            self._write_files()
+            # off the event loop: the HTML page's plots take a while, and a proxy's clients share the loop
+            await asyncio.get_running_loop().run_in_executor(None, self._write_files)
         return self.summary
 
+    def cancel(self, graceful: bool = False) -> None:
+        self.engine.cancel(graceful=graceful)
+        if self.baseline_engine is not None:
+            self.baseline_engine.cancel(graceful=graceful)
+
+    def _flush(self, report) -> None:
+        self.verdict.flush(self.writer)  # the failures and other errors too
+
     def _write_files(self) -> None:
-        base = summary_base(self.engine.replay_start_ns)
+        filters = self.engine.opt.filters
+        base = summary_base(self.engine.replay_start_ns, getattr(filters, "shard", None))
         report = self.engine.report
-        contents = {
+        # the verdict first: its numbers and the HTML page's path belong in the summary written after it
+        contents = self.verdict.contents(os.path.join(self.report_dir, base), self.summary)
+        contents.update({
             ".json": lambda: json.dumps(self.summary, indent=2),
-            ".txt": lambda: format_summary(self.summary),
+            ".txt": lambda: format_summary(self.summary) + self.verdict.text(self.summary),
             "-fail.jsonl": lambda: "".join(
                 json.dumps({"cmd_type": fl.cmd_type, "digest": fl.digest, "count": fl.count,
                             "sample_stmt": fl.sample_stmt, "sample_err_msg": fl.sample_err_msg,
@@ -84,7 +120,7 @@ class ReplayRun:
                 json.dumps({"err_type": e.err_type, "count": e.count, "sample_err_msg": e.sample_err_msg,
                             "sample_replay_time_ns": e.sample_replay_ns}) + "\n"
                 for e in report.other_errors.values()),
-        }
+        })
         errors = []
         try:
             dir_fd = open_private_dir(self.report_dir, self._report_field, create=True)
@@ -100,21 +136,25 @@ class ReplayRun:
                         _write_private(dir_fd, base + suffix, content())
                     except OSError as e:
                         errors.append(f"cannot write {path}: {e.strerror}")
+                        self.verdict.not_written(suffix, self.summary, e)
                     else:
                         self.files.append(path)
             finally:
                 os.close(dir_fd)
         self.summary["summary_files"] = self.files
+        self.report_html = self.summary.get("report_html", "")
         if errors:
             log.error("replay summary: %s", "; ".join(errors))
             self.summary["summary_files_error"] = "; ".join(errors)
 
 
-def summary_base(replay_start_ns: int) -> str:
-    """replay-<UTC time>: the summary files' name without suffix. Milliseconds: two runs in one
-    second must not collide (a name that exists is never overwritten, see _write_private)."""
+def summary_base(replay_start_ns: int, shard: tuple[int, int] | None = None) -> str:
+    """replay-<UTC time>[-shard<i>of<N>]: the summary files' name without suffix. Milliseconds: two
+    runs in one second must not collide (a name that exists is never overwritten, see _write_private);
+    shards started together (--start-at) share the millisecond, so their number is in the name."""
     t = replay_start_ns
-    return "replay-" + time.strftime("%Y%m%dT%H%M%S", time.gmtime(t / 1e9)) + f".{t // 1_000_000 % 1000:03d}Z"
+    base = "replay-" + time.strftime("%Y%m%dT%H%M%S", time.gmtime(t / 1e9)) + f".{t // 1_000_000 % 1000:03d}Z"
+    return base + (f"-shard{shard[0]}of{shard[1]}" if shard else "")
 
 
 def _check_report_dir(path: str, field: str) -> None:
@@ -165,12 +205,32 @@ def format_summary(s: dict) -> str:
         f"  avg latency: captured {s['avg_latency_captured_ms']} ms, replayed {s['avg_latency_replayed_ms']} ms",
         f"  lag: p99 {lag['p99_ms']} ms, max {lag['max_ms']} ms, avg {lag['avg_ms']} ms",
     ]
+    lines += _faithful_lines(s)
     if s["top_failures"]:
         lines.append("  top failing statements:")
         for f in s["top_failures"]:
             lines.append(f"    {f['count']:>7}  {f['cmd_type']:<12} {f['sample_stmt'][:100]!r}")
             lines.append(f"             -> {f['sample_err_msg'][:120]}")
     return "\n".join(lines) + "\n"
+
+
+def _faithful_lines(s: dict) -> list[str]:
+    out = [f"  order: {s.get('order', 'connection')}"]
+    c = s.get("causal")
+    if c:
+        out[0] += (f" ({c['scope']}; {c['commands_waited']} commands waited {c['wait_ms']} ms in all for other "
+                   f"connections; let go early: {c['released_to_break_cycles']} to break wait cycles with row "
+                   f"locks, {c['released_by_valve']} by the timeout valve)")
+    p = s.get("pinned")
+    if p:
+        out.append(f"  pinned: time on {p['time']} statements, auto-increment id on {p['insert_id']}")
+    t = s.get("transactions")
+    if t and any(t.values()):
+        out.append(f"  transactions: {t['retried']} retried ({t['retried_ok']} then succeeded), {t['aborted']} "
+                   f"aborted ({t['commands_skipped']} of their commands not sent); "
+                   f"{t['production_lock_errors_not_replayed']} statements production lost to deadlocks or lock "
+                   f"wait timeouts not sent")
+    return out
 
 
 def _session_lines(s: dict) -> list[str]:
@@ -210,6 +270,12 @@ def _float(form: dict, key: str, default: float) -> float:
         return float(value)
     except ValueError:
         raise ConfigError(f"{key}: expected a number, got {value!r}") from None
+
+
+def check_order(order: str) -> str:
+    if order not in ORDERS:
+        raise ConfigError(f"order: expected one of {', '.join(ORDERS)}, got {order!r}")
+    return order
 
 
 def check_speed(speed: float) -> float:
@@ -252,7 +318,8 @@ class ReplayJob(Job):
                                 input_format=str(form.get("format", "") or "auto").strip() or "auto",
                                 filters=filters_from(selection), start_at=parse_start_at(selection["start-at"]),
                                 tls=parse_bool(form, "tls", False), tls_ca=str(form.get("tls-ca", "") or "").strip(),
-                                tls_skip_verify=parse_bool(form, "tls-skip-verify", False))
+                                tls_skip_verify=parse_bool(form, "tls-skip-verify", False),
+                                order=check_order(str(form.get("order", "") or "causal").strip()))
         users_file = str(form.get("users-file", "") or "").strip()
         if users_file:  # a path on this proxy's machine; the passwords never travel through the API
             from fastproxy.replay.users import load_users_file
@@ -260,7 +327,9 @@ class ReplayJob(Job):
             options.users = load_users_file(users_file)
         options.replay_unknown = parse_bool(form, "replay-unknown", False)
         report_dir = str(form.get("report-dir", "") or "").strip() or None
-        return cls(server, ReplayRun(input_dir, options, report_dir))
+        baseline = str(form.get("baseline", "") or "").strip()
+        return cls(server, ReplayRun(input_dir, options, report_dir, verdict_options=verdict_options_from(form),
+                                     baseline=parse_addr(baseline, "baseline") if baseline else None))
 
     async def start(self) -> None:
         self.mark_started()
@@ -280,7 +349,7 @@ class ReplayJob(Job):
                 self.server.metric_sources.remove(self._metrics)
 
     async def stop(self, canceled: bool = True, graceful: bool = False, error: str | None = None) -> None:
-        self.run.engine.cancel(graceful=graceful)
+        self.run.cancel(graceful=graceful)
         if error:
             self._stop_error = error  # why it stopped (e.g. the proxy shut down): kept for `show`
         if self._task:
@@ -299,6 +368,7 @@ class ReplayJob(Job):
             "username": e.opt.username,
             "speed": e.opt.speed,
             "readonly": e.opt.readonly,
+            "order": e.opt.order,
             "commands_in_capture": st.commands_total,
             "replayed": st.replayed,
             "filtered": st.filtered,
@@ -316,6 +386,14 @@ class ReplayJob(Job):
         })
         if self.run.files:
             d["summary_files"] = self.run.files
+        if self.run.baseline_engine is not None:
+            b = self.run.baseline_engine
+            d["baseline"] = {"target": f"{b.opt.host}:{b.opt.port}", "replayed": b.stats.replayed,
+                             "failed": b.stats.failed, "lag": b.lag.as_dict()}
+        if self.run.report_html:
+            d["report_html"] = self.run.report_html
+        if self.run.summary and "verdict" in self.run.summary:
+            d["verdict"] = self.run.summary["verdict"]
         return d
 
     def _metrics(self):

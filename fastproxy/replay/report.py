@@ -38,7 +38,49 @@ SCHEMA = [
         count BIGINT UNSIGNED NOT NULL,
         PRIMARY KEY (replay_start_time, err_type)
     ) DEFAULT CHARSET=utf8mb4""",
+    # the verdict (fastproxy/report/): results and latency compared with the capture (or, in an A/B
+    # replay, with the baseline replay: `reference` says which)
+    f"""CREATE TABLE IF NOT EXISTS {REPORT_DB}.mismatch (
+        replay_start_time DATETIME(6) NOT NULL,
+        cmd_type VARCHAR(32) NOT NULL,
+        digest CHAR(64) NOT NULL,
+        kind VARCHAR(16) NOT NULL COMMENT 'rows | content | order | affected_rows | warnings',
+        sample_stmt TEXT,
+        sample_params TEXT,
+        sample_capture_value TEXT COMMENT 'the reference side: capture, or the baseline replay',
+        sample_replay_value TEXT,
+        sample_capture_time DATETIME(6) NULL,
+        sample_replay_time DATETIME(6) NULL,
+        count BIGINT UNSIGNED NOT NULL,
+        reference VARCHAR(128) NOT NULL DEFAULT 'capture',
+        PRIMARY KEY (replay_start_time, cmd_type, digest, kind)
+    ) DEFAULT CHARSET=utf8mb4""",
+    f"""CREATE TABLE IF NOT EXISTS {REPORT_DB}.latency (
+        replay_start_time DATETIME(6) NOT NULL,
+        cmd_type VARCHAR(32) NOT NULL,
+        digest CHAR(64) NOT NULL COMMENT '"other": the digests past the histogram cap',
+        sample_stmt TEXT,
+        count BIGINT UNSIGNED NOT NULL,
+        capture_p50_us DOUBLE, capture_p99_us DOUBLE, capture_max_us DOUBLE,
+        replay_p50_us DOUBLE, replay_p99_us DOUBLE, replay_max_us DOUBLE,
+        slower TINYINT(1) NOT NULL,
+        plan MEDIUMTEXT COMMENT 'EXPLAIN FORMAT=JSON on the target, for the slowest digests',
+        reference VARCHAR(128) NOT NULL DEFAULT 'capture',
+        baseline_plan MEDIUMTEXT COMMENT 'A/B: the plan on the baseline',
+        PRIMARY KEY (replay_start_time, cmd_type, digest)
+    ) DEFAULT CHARSET=utf8mb4""",
+    f"""CREATE TABLE IF NOT EXISTS {REPORT_DB}.nondeterministic (
+        replay_start_time DATETIME(6) NOT NULL,
+        cmd_type VARCHAR(32) NOT NULL,
+        digest CHAR(64) NOT NULL,
+        reasons VARCHAR(255) NOT NULL,
+        sample_stmt TEXT,
+        executions BIGINT UNSIGNED NOT NULL,
+        differed BIGINT UNSIGNED NOT NULL COMMENT 'executions whose result differed (not mismatches)',
+        PRIMARY KEY (replay_start_time, cmd_type, digest)
+    ) DEFAULT CHARSET=utf8mb4""",
 ]
+MEDIUMTEXT_BYTES = (1 << 24) - 1
 
 
 TEXT_BYTES = 65535  # a TEXT column holds this many bytes, not characters
@@ -83,21 +125,23 @@ class Report:
     def __init__(self) -> None:
         self.failures: dict[tuple[str, str], Failure] = {}
         self.other_errors: dict[str, OtherError] = {}
+        # takes out of a server's message what must not be reported (the secrets replay put back)
+        self.scrub = lambda text: text
 
     def add_failure(self, cmd_type: str, digest: str, stmt: str, err_msg: str, err_code: int, conn_id: int,
                     capture_ns: int, replay_ns: int) -> None:
         key = (cmd_type, digest)
         f = self.failures.get(key)
         if f is None:  # the first sample is kept
-            f = self.failures[key] = Failure(cmd_type, digest, clip(stmt), clip(err_msg), err_code, conn_id,
-                                             capture_ns, replay_ns)
+            f = self.failures[key] = Failure(cmd_type, digest, clip(stmt), clip(self.scrub(err_msg)), err_code,
+                                             conn_id, capture_ns, replay_ns)
         f.count += 1
         f.unflushed += 1
 
     def add_other(self, err_type: str, err_msg: str, replay_ns: int) -> None:
         e = self.other_errors.get(err_type)
         if e is None:
-            e = self.other_errors[err_type] = OtherError(err_type, clip(err_msg), replay_ns)
+            e = self.other_errors[err_type] = OtherError(err_type, clip(self.scrub(err_msg)), replay_ns)
         e.count += 1
         e.unflushed += 1
 
@@ -130,6 +174,7 @@ class ReportWriter:
         elif tls or tls_ca or tls_skip_verify:
             self.params.update(ssl_mode="REQUIRED")
         self.replay_start = utc(replay_start_ns)
+        self.reference = "capture"  # what the verdict tables compare with ("baseline HOST:PORT" in A/B)
         self.error: str | None = None
         self.rows_written = 0
         self.dropped_batches = 0
@@ -141,7 +186,13 @@ class ReportWriter:
 
     def submit(self, delta: tuple[list[Failure], list[OtherError]]) -> None:
         if delta[0] or delta[1]:
-            self._queue.put(delta)
+            self._queue.put(("fail", delta))
+
+    def submit_verdict(self, table: str, rows: list) -> None:
+        """Rows of the verdict tables: "mismatch" (Mismatch deltas, counts added), "latency" and
+        "nondeterministic" (dicts / Nondeterministic, values replaced)."""
+        if rows:
+            self._queue.put((table, rows))
 
     def close(self, timeout: float = 60.0) -> None:
         self._queue.put(None)
@@ -183,7 +234,43 @@ class ReportWriter:
         if conn is not None:
             conn.close()
 
-    def _write(self, conn, fails: list[Failure], others: list[OtherError]) -> None:
+    def _write(self, conn, table: str, rows) -> None:
+        if table == "fail":
+            return self._write_failures(conn, *rows)
+        cur = conn.cursor()
+        cur.execute("BEGIN")
+        start = self.replay_start
+        if table == "mismatch":
+            cur.executemany(
+                f"INSERT INTO {REPORT_DB}.mismatch (replay_start_time, cmd_type, digest, kind, sample_stmt, "
+                "sample_params, sample_capture_value, sample_replay_value, sample_capture_time, sample_replay_time, "
+                "count, reference) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) "
+                "ON DUPLICATE KEY UPDATE count = count + VALUES(count)",
+                [(start, m.cmd_type, m.digest, m.kind, clip(m.sample_stmt), clip(m.sample_params),
+                  clip(m.sample_capture_value), clip(m.sample_replay_value), _utc_or_none(m.sample_capture_ns),
+                  _utc_or_none(m.sample_replay_ns), m.count, self.reference) for m in rows])
+        elif table == "latency":
+            cur.executemany(
+                f"REPLACE INTO {REPORT_DB}.latency (replay_start_time, cmd_type, digest, sample_stmt, count, "
+                "capture_p50_us, capture_p99_us, capture_max_us, replay_p50_us, replay_p99_us, replay_max_us, "
+                "slower, plan, reference, baseline_plan) "
+                "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+                [(start, r["cmd_type"], r["digest"], clip(r["sample_stmt"]), r["count"], r["capture_p50_us"],
+                  r["capture_p99_us"], r["capture_max_us"], r["replay_p50_us"], r["replay_p99_us"],
+                  r["replay_max_us"], int(r["slower"]), clip(r["plan"] or "", MEDIUMTEXT_BYTES), self.reference,
+                  clip(r.get("baseline_plan") or "", MEDIUMTEXT_BYTES)) for r in rows])
+        elif table == "nondeterministic":
+            cur.executemany(
+                f"REPLACE INTO {REPORT_DB}.nondeterministic (replay_start_time, cmd_type, digest, reasons, "
+                "sample_stmt, executions, differed) VALUES (%s, %s, %s, %s, %s, %s, %s)",
+                [(start, n.cmd_type, n.digest, clip(n.reasons, 255), clip(n.sample_stmt), n.executions, n.differed)
+                 for n in rows])
+        else:
+            raise ValueError(f"unknown report table {table!r}")
+        conn.commit()
+        self.rows_written += len(rows)
+
+    def _write_failures(self, conn, fails: list[Failure], others: list[OtherError]) -> None:
         cur = conn.cursor()
         cur.execute("BEGIN")  # a batch is written whole or not at all, so a retry never counts twice
         if fails:
@@ -201,6 +288,10 @@ class ReportWriter:
                 [(self.replay_start, e.err_type, e.sample_err_msg, utc(e.sample_replay_ns), e.count) for e in others])
         conn.commit()
         self.rows_written += len(fails) + len(others)
+
+
+def _utc_or_none(ns: int):
+    return utc(ns) if ns > 0 else None
 
 
 def _alive(conn) -> bool:

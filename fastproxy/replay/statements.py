@@ -18,7 +18,8 @@ Rules, per statement of a multi-statement query (all must pass):
   RELEASE SAVEPOINT.
 - Session SETs (``SET @x``, ``SET SESSION``, ``SET NAMES``, ``SET autocommit``, ``SET TRANSACTION``,
   plain ``SET var = ...``); not when any part is GLOBAL/PERSIST, nor SET PASSWORD, SET DEFAULT ROLE,
-  or TiDB's SET CONFIG / SET BINDING, which change state beyond the session.
+  or TiDB's SET CONFIG / SET BINDING, which change state beyond the session, nor when a value does
+  what a SELECT may not (``SET @x = NEXTVAL(s)``, ``GET_LOCK(..)``, ``(SELECT .. FOR UPDATE)``).
 - USE.
 - MariaDB's ``SET STATEMENT ... FOR x``: ``x`` decides.
 - Not read-only although they look like queries: SELECTs that call ``NEXTVAL``/``SETVAL``/``NEXT VALUE
@@ -30,6 +31,9 @@ Where a string ends depends on the session's ``sql_mode``: under NO_BACKSLASH_ES
 ``"a\\" ; DELETE FROM t; -- "`` is a string, a DELETE and a comment, by default one string. With
 the session's ``sql_mode`` known, the text is read that one way; without it, every way that can
 differ (default, NO_BACKSLASH_ESCAPES, ANSI_QUOTES), and it is read-only only if it is so in all.
+The same for what does not depend on the mode: a versioned comment (``/*!99999 ' */ ; DELETE FROM
+t; -- ' */``) is code on a new server and, on an older one, a comment that ends at the first ``*/``
+whatever quotes it holds; a session in gbk, big5 or sjis reads ``<lead byte>\\`` as one character.
 """
 from __future__ import annotations
 
@@ -58,6 +62,12 @@ _LOCK_OR_WRITE = re.compile(r"\b(?:into|for (?:update|share)|lock in share mode|
 _SLOW_FIRST = frozenset({"with", "explain", "set", "start", "release", "begin"})
 # sql_mode values that include ANSI_QUOTES (".." quotes a name)
 _ANSI_QUOTES_MODES = frozenset({"ANSI_QUOTES", "ANSI", "DB2", "MAXDB", "MSSQL", "ORACLE", "POSTGRESQL"})
+# a versioned comment: code on a server at least that new, a comment (quotes mean nothing) on an older one
+_VERSIONED_COMMENT = re.compile(rb"/\*M?!\d{5}")
+# a byte that may lead a two-byte gbk/big5/sjis character right before \ or `: in such a session
+# (the handshake's, or SET NAMES) that byte pair is one character, which may move where a string ends
+_DBCS_PAIR = re.compile(rb"[\x81-\xfe][\\`]")
+_MAX_DBCS_READ = 1 << 20
 
 
 def is_read_only(sql: str | bytes, sql_mode: str | None = None) -> bool:
@@ -65,17 +75,32 @@ def is_read_only(sql: str | bytes, sql_mode: str | None = None) -> bool:
 
     ``sql_mode``: the session's, when known (e.g. ``"STRICT_TRANS_TABLES,NO_BACKSLASH_ESCAPES"``);
     None: not known, so ``sql`` must be read-only whichever way the session reads backslashes.
+    Whatever the mode, a text is also read as a server older than its versioned comments reads it,
+    and, when its bytes allow it, as a session in a two-byte character set does (``SET NAMES gbk``).
     """
+    data = sql.encode("utf-8", "surrogatepass") if isinstance(sql, str) else bytes(sql)
     if sql_mode is not None:
         modes = {m.strip().upper() for m in sql_mode.split(",")}
-        return _is_read_only_text(normalize(sql, no_backslash_escapes="NO_BACKSLASH_ESCAPES" in modes,
-                                            ansi_quotes=bool(modes & _ANSI_QUOTES_MODES)))
-    if not _is_read_only_text(normalize(sql)):
-        return False
-    if ("\\" in sql) if isinstance(sql, str) else (b"\\" in sql):
+        quoting = [(("NO_BACKSLASH_ESCAPES" in modes), bool(modes & _ANSI_QUOTES_MODES))]
+    elif b"\\" in data:
         # a backslash may end a string early in another session: read it those ways too
-        return (_is_read_only_text(normalize(sql, no_backslash_escapes=True))
-                and _is_read_only_text(normalize(sql, ansi_quotes=True)))
+        quoting = [(False, False), (True, False), (False, True)]
+    else:
+        quoting = [(False, False)]
+    servers = [False, True] if _VERSIONED_COMMENT.search(data) else [False]
+    charsets: list[str | None] = [None]
+    if _DBCS_PAIR.search(data):
+        if len(data) > _MAX_DBCS_READ:
+            return False    # too long to read three more ways on the loop: in doubt, a write
+        charsets += ["gbk", "big5", "sjis"]
+    for nbe, ansi in quoting:
+        for skip in servers:
+            for charset in charsets:
+                text = normalize(data, no_backslash_escapes=nbe, ansi_quotes=ansi, skip_versioned=skip,
+                                 charset=charset)
+                # an older server that skips the whole text (/*!40101 SET NAMES utf8 */) runs nothing
+                if not (skip and not text) and not _is_read_only_text(text):
+                    return False
     return True
 
 
@@ -166,6 +191,8 @@ def _with_is_read_only(toks: list[str]) -> bool:
 def _set_is_read_only(toks: list[str]) -> bool:
     if len(toks) < 2 or toks[1] in _SET_DENY_FIRST:
         return False
+    if toks[1] != "statement" and not _query_is_read_only(toks):
+        return False    # SET @x = NEXTVAL(s), GET_LOCK(..), (SELECT .. FOR UPDATE): as in a SELECT
     if toks[1] == "statement":  # MariaDB "SET STATEMENT var=... FOR <statement>": the statement decides
         depth = 0
         for i, tok in enumerate(toks[2:], 2):

@@ -83,6 +83,7 @@ class Credentials:
         self.default_password = default_password
         self.generated: dict[str, str] = {}  # random passwords replay gave users the capture created
         self.substituted = 0  # statements whose redacted secrets were put back
+        self._put_back: set[str] = set()  # every secret put into a statement, as SQL ('pw') and as is
         self.from_users_file = 0  # secrets that came from the users file
         self.random = 0  # secrets replay made up
 
@@ -134,8 +135,10 @@ class Credentials:
                     literal = ed25519_password_hash(password) if wants_hash_plugin else native_password_hash(password)
                 else:
                     literal = password
+                quoted = _sql_string(literal)
+                self._put_back.update((quoted, literal))
                 out.append(sql[pos:tok.start])
-                out.append(_sql_string(literal).encode())
+                out.append(quoted.encode())
                 pos = tok.end
         if pos == 0:
             return sql
@@ -143,4 +146,20 @@ class Credentials:
         out.append(sql[pos:])
         return b"".join(out)
 
-
+    def scrub(self, text: str) -> str:
+        """`text` (a server's error message) without the secrets replay put into statements: a message
+        may quote the statement near an error (a syntax error after an upgrade), whole or cut short
+        (`near '... IDENTIFIED BY 'Test-p' at line 1`: the server quotes 80 characters)."""
+        if not self._put_back or not text:
+            return text
+        for secret in sorted(self._put_back, key=len, reverse=True):
+            if len(secret) >= 4 and secret in text:    # a short one alone would blank ordinary words
+                text = text.replace(secret, PLACEHOLDER)
+        for secret in self._put_back:
+            if secret.startswith("'"):
+                for k in range(len(secret) - 1, 1, -1):     # its beginning, then the quote that ends the quote
+                    cut = secret[:k] + "'"
+                    if cut in text:
+                        text = text.replace(cut, "'" + PLACEHOLDER + "'")
+                        break
+        return text

@@ -1,0 +1,64 @@
+"""Whole transactions on replay.
+
+A transaction that production ran to its end must not be cut in two on replay. When a replay-only
+error aborts it — a deadlock (1213) or lock wait timeout (1205) that production did not have, or
+the replay connection dropping in the middle — the rest of it must not run on its own in autocommit
+(rows production rolled back would be committed, ROLLBACK TO SAVEPOINT would fail). The engine
+keeps, per replay connection, what it sent for the production transaction in progress; on a
+retryable error it rolls back and sends the transaction again from its start (with the same pinned
+time and ids), up to MAX_ATTEMPTS times. If it still fails, the failure is reported once (command
+type ``Transaction``) and the transaction's remaining commands, up to its COMMIT/ROLLBACK, are not
+sent (counted as skipped).
+
+The opposite case: a statement production lost to a deadlock (1213) or lock wait timeout (1205)
+is not sent — its effect in production was none, and the lock situation that caused it is timing
+that replay does not reproduce; after a deadlock the replay transaction is rolled back at that
+point, as production's was, so what follows (usually the application's own retry) starts from the
+same state.
+"""
+from __future__ import annotations
+
+import time
+
+from fastproxy.constants import ER
+
+RETRYABLE = frozenset({ER.LOCK_DEADLOCK, ER.LOCK_WAIT_TIMEOUT})
+MAX_ATTEMPTS = 3
+ROLLBACK = b"\x03ROLLBACK"
+
+
+class TxnLog:
+    """What one replay connection sent for the production transaction in progress."""
+
+    __slots__ = ("entries", "aborted", "retry", "attempts")
+
+    def __init__(self) -> None:
+        self.entries: list[tuple] = []   # (record, payload sent, pin SET sent before it or None, ticket flags)
+        self.aborted = False             # given up: skip the rest of the production transaction
+        self.retry: Retry | None = None  # a retry in progress
+        self.attempts = 0
+
+    def reset(self) -> None:
+        self.entries.clear()
+        self.attempts = 0
+
+
+class Retry:
+    """The commands being sent again, one at a time."""
+
+    __slots__ = ("entries", "pos", "error", "sent_ns")
+
+    def __init__(self, entries: list[tuple], error) -> None:
+        self.sent_ns = time.monotonic_ns()  # when the statement now waited for was sent (for the watcher)
+        self.entries = entries
+        self.pos = -1       # -1: the ROLLBACK that starts the retry
+        self.error = error  # the replay result that made us retry
+
+    def next_entry(self) -> tuple | None:
+        self.pos += 1
+        self.sent_ns = time.monotonic_ns()
+        return self.entries[self.pos] if self.pos < len(self.entries) else None
+
+    @property
+    def last(self) -> bool:
+        return self.pos == len(self.entries) - 1

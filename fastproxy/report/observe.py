@@ -1,0 +1,155 @@
+"""The replay engine's hook into the verdict: `Replayer.observer(conn, rec, result, now)` is called
+once per replayed command that got a response. `CaptureObserver` compares it with the captured
+outcome; for an A/B run, fastproxy/report/ab.py pairs the two engines' results instead.
+
+Also keeps the timelines of the HTML page (per second: commands captured and replayed, lag, new
+failures), bounded by the replay's length in seconds.
+"""
+from __future__ import annotations
+
+import time
+
+from fastproxy.capture.record import OUTCOME_ERR, OUTCOME_OK, Record
+from fastproxy.constants import COMMAND, command_name
+from fastproxy.report.verdict import DigestInfo, Side, Verdict
+
+_QUERY = COMMAND.COM_QUERY
+_PREPARE = COMMAND.COM_STMT_PREPARE
+_EXECUTE = COMMAND.COM_STMT_EXECUTE
+STMT_COMMANDS = (COMMAND.COM_STMT_EXECUTE, COMMAND.COM_STMT_SEND_LONG_DATA, COMMAND.COM_STMT_CLOSE,
+                 COMMAND.COM_STMT_RESET, COMMAND.COM_STMT_FETCH)
+
+
+_CMD_TYPES: dict[int, str] = {}
+
+
+def cmd_type_name(cmd: int) -> str:
+    """TiProxy-style command type: COM_STMT_EXECUTE -> StmtExecute (as in the fail table)."""
+    t = _CMD_TYPES.get(cmd)
+    if t is None:
+        name = command_name(cmd)
+        t = _CMD_TYPES[cmd] = ("".join(p.capitalize() for p in name[4:].split("_")) if name.startswith("COM_")
+                               else name)
+    return t
+
+
+def statement_text(conn, rec: Record) -> tuple[str, bool]:
+    """(SQL the digest is taken of, whether that text recurs) — as the fail table groups them."""
+    payload = rec.payload
+    cmd = payload[0]
+    if cmd == _QUERY or cmd == _PREPARE:
+        return payload[1:].decode("utf-8", "replace"), False
+    if cmd in STMT_COMMANDS:
+        captured_id = int.from_bytes(payload[1:5], "little")
+        sql = conn.stmt_sql.get(captured_id)
+        return (sql, True) if sql is not None else (f"<statement {captured_id}>", True)
+    return command_name(cmd) + (" " + payload[1:].decode("utf-8", "replace") if len(payload) > 1 else ""), False
+
+
+def execute_params(conn, rec: Record) -> tuple[list | None, str]:
+    """(decoded values, rendered text) of a COM_STMT_EXECUTE's parameters; (None, "") otherwise."""
+    from fastproxy.replay.params import decode_execute_params, format_params
+
+    if rec.payload[0] != _EXECUTE:
+        return None, ""
+    captured_id = int.from_bytes(rec.payload[1:5], "little")
+    try:
+        raw = conn.stmt_types.get(captured_id)  # u16 per parameter: type | flags << 8
+        prev = [raw[i] | raw[i + 1] << 8 for i in range(0, len(raw) - 1, 2)] if raw else None
+        values, _ = decode_execute_params(rec.payload, conn.stmt_params.get(captured_id, 0), prev)
+        return values, format_params(values)
+    except Exception as e:  # noqa: BLE001 - a sample is best-effort
+        return None, f"<undecodable: {e}>"
+
+
+def capture_side(rec: Record) -> Side:
+    latency = rec.end_ns - rec.start_ns if rec.end_ns > rec.start_ns else -1
+    return Side(rec.outcome, rec.err_code, rec.rows, rec.columns, rec.hash_ordered, rec.hash_unordered,
+                rec.affected_rows, rec.warnings, latency, rec.start_ns)
+
+
+def replay_side(result, latency_ns: int, wall_ns: int) -> Side:
+    return Side(result.outcome, result.err_code, result.rows, result.columns, result.hash_ordered,
+                result.hash_unordered, result.affected_rows, result.warnings, latency_ns, wall_ns,
+                result.err_msg)
+
+
+def sample(info: DigestInfo, conn, rec: Record) -> None:
+    """Fill the digest's sample (parameters, database) from its first command."""
+    if info.sampled:
+        return
+    info.sampled = True
+    info.sample_values, info.sample_params = execute_params(conn, rec)
+    info.db = conn.db
+
+
+class Timeline:
+    """Per-second series for the report: replayed commands, lag and new failures by replay second,
+    captured commands by capture second (both from the start of each)."""
+
+    def __init__(self) -> None:
+        self.captured: dict[int, int] = {}
+        self.replayed: dict[int, int] = {}
+        self.lag_max_ms: dict[int, float] = {}
+        self.lag_sum_ms: dict[int, float] = {}
+        self.failures: dict[int, int] = {}
+        self.mismatches: dict[int, int] = {}
+
+    def add(self, capture_sec: int, replay_sec: int, lag_ns: int | None) -> None:
+        self.captured[capture_sec] = self.captured.get(capture_sec, 0) + 1
+        self.replayed[replay_sec] = self.replayed.get(replay_sec, 0) + 1
+        if lag_ns is not None:
+            ms = max(0, lag_ns) / 1e6
+            if ms > self.lag_max_ms.get(replay_sec, -1.0):
+                self.lag_max_ms[replay_sec] = ms
+            self.lag_sum_ms[replay_sec] = self.lag_sum_ms.get(replay_sec, 0.0) + ms
+
+    def count(self, series: dict, sec: int) -> None:
+        series[sec] = series.get(sec, 0) + 1
+
+    def as_dict(self) -> dict:
+        def seq(d: dict) -> list:
+            return [[k, round(v, 3) if isinstance(v, float) else v] for k, v in sorted(d.items())]
+
+        lag_avg = {s: self.lag_sum_ms[s] / self.replayed[s] for s in self.lag_sum_ms if self.replayed.get(s)}
+        return {"captured_per_second": seq(self.captured), "replayed_per_second": seq(self.replayed),
+                "lag_max_ms": seq(self.lag_max_ms), "lag_avg_ms": seq(lag_avg),
+                "failures_per_second": seq(self.failures), "mismatches_per_second": seq(self.mismatches)}
+
+
+def is_failure(ref: Side, new: Side) -> bool:
+    # err_code 0: the input knew that it failed, not how (TiProxy captures), as the engine judges it
+    return new.outcome == OUTCOME_ERR and ref.outcome in (OUTCOME_OK, OUTCOME_ERR) and not (
+        ref.outcome == OUTCOME_ERR and ref.err_code in (new.err_code, 0))
+
+
+class CaptureObserver:
+    """Compares each replayed command with its captured outcome (the single-target replay)."""
+
+    def __init__(self, engine, verdict: Verdict, timeline: Timeline | None = None) -> None:
+        self.engine = engine
+        self.verdict = verdict
+        self.timeline = timeline or Timeline()
+
+    def __call__(self, conn, rec: Record, result, now: int) -> None:
+        engine = self.engine
+        cmd = rec.payload[0]
+        new = replay_side(result, now - conn.sent_ns, 0)
+        ref = capture_side(rec)
+        speed = engine.opt.speed
+        replay_sec = max(0, now - engine._start_mono) // 1_000_000_000
+        tl = self.timeline
+        tl.add((rec.start_ns - engine.capture_start_ns) // 1_000_000_000, replay_sec,
+               conn.sent_ns - conn.due_ns if speed > 0 else None)
+        if is_failure(ref, new):
+            tl.count(tl.failures, replay_sec)
+            return
+        if ref.outcome != OUTCOME_OK or new.outcome != OUTCOME_OK or cmd == _PREPARE:
+            return  # a prepare's "affected rows" field holds the statement id: nothing to compare
+        sql, recurs = statement_text(conn, rec)
+        info = self.verdict.info(cmd, cmd_type_name(cmd), sql, recurs)
+        if not info.sampled:
+            sample(info, conn, rec)
+        new.wall_ns = time.time_ns()
+        if self.verdict.add(info, ref, new, lambda: execute_params(conn, rec)[1]):
+            tl.count(tl.mismatches, replay_sec)

@@ -1,0 +1,330 @@
+"""Causal order, in parts: the C sequences (CausalOrder: requirements, parking, out-of-order
+completion, bounded memory), checked against a plain Python model; and the planner that turns
+captured records into waits and events (per table, transactions, foreign keys, unknown tables)."""
+from __future__ import annotations
+
+import random
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from fastproxy.capture.record import KIND_COMMAND, OUTCOME_ERR, OUTCOME_OK, Record
+from fastproxy.constants import SERVER_STATUS
+from fastproxy.replay._scheduler import CausalOrder, Ticket
+from fastproxy.replay.causal import IN_TXN, PIN_ID, PIN_PREFIX, PIN_TIME, PROD_LOCK_ERROR, TXN_BEGIN, TXN_END, Planner
+from fastproxy.replay.schema import TableScopes
+
+MS = 1_000_000
+
+
+# ---- the C core ------------------------------------------------------------------------------------
+
+def test_a_command_waits_for_events_that_ended_before_it_started():
+    co = CausalOrder()
+    seq = co.new_sequence()
+    early, late = Ticket(), Ticket()
+    co.note(early, (), (), 0, (seq,), 10)
+    co.note(late, (), (), 5, (seq,), 30)
+    s = Ticket()
+    co.note(s, (seq,), (), 20, (), 0)  # started at 20: `early` (ended 10) came before, `late` (30) did not
+    assert s.waits == [(seq, 1)]
+    assert not co.ready(s, key=7)
+    assert co.parked == 1
+    assert co.finish(late) is None  # completing the unrelated event releases nobody
+    assert co.finish(early) == [7]
+    assert co.parked == 0 and co.ready(s, key=7)
+
+
+def test_out_of_order_completion_advances_the_prefix_over_the_gap():
+    co = CausalOrder()
+    seq = co.new_sequence()
+    events = [Ticket() for _ in range(5)]
+    for i, t in enumerate(events):
+        co.note(t, (), (), i, (seq,), 10 + i)
+    waiter = Ticket()
+    co.note(waiter, (seq,), (), 100, (), 0)
+    assert not co.ready(waiter, 1)
+    for t in events[1:]:
+        assert co.finish(t) is None
+        assert co.prefix(seq) == 0
+    assert co.finish(events[0]) == [1]
+    assert co.prefix(seq) == 5
+    assert co.retained() == 0  # completed events are dropped: memory stays bounded by what is pending
+
+
+def test_finish_is_idempotent_and_release_waits_lets_a_command_go():
+    co = CausalOrder()
+    seq = co.new_sequence()
+    e, w = Ticket(), Ticket()
+    co.note(e, (), (), 0, (seq,), 1)
+    co.note(w, (seq,), (), 5, (), 0)
+    assert not co.ready(w, 3)
+    w.release_waits()  # the safety valve
+    assert co.ready(w, 3)
+    assert co.finish(e) == [3]  # the stale park comes back once; the engine ignores it
+    assert co.finish(e) is None and e.finished
+
+
+def test_requirements_already_met_are_not_stored():
+    co = CausalOrder()
+    seq = co.new_sequence()
+    e = Ticket()
+    co.note(e, (), (), 0, (seq,), 1)
+    co.finish(e)
+    w = Ticket()
+    co.note(w, (seq,), (), 5, (), 0)
+    assert w.waits == [] and co.ready(w, 0)
+
+
+def test_lock_waits_follow_who_got_the_row_first():
+    """Overlapping lock requests: the one that ended first and started before (give or take
+    overlap_ns), or whose transaction had ended by then, got the row; the other waits for it although
+    it did not end before the other started."""
+    def plan(event_start, released, s_start):
+        co = CausalOrder(overlap_ns=2 * MS)
+        seq = co.new_sequence()
+        f = Ticket()
+        co.note(f, (), (), event_start, (seq,), 40 * MS, released)
+        s = Ticket()  # read after f: it ended later
+        co.note(s, (), (seq,), s_start, (seq,), 60 * MS, False)
+        return s.waits
+
+    assert plan(0, False, 1 * MS) == [(0, 1)]           # f asked first
+    assert plan(2 * MS, False, 1 * MS) == [(0, 1)]      # within the overlap: the proxy's clock is not the server's
+    assert plan(20 * MS, False, 1 * MS) == []           # f started well after s and held its row on: unrelated
+    assert plan(20 * MS, True, 1 * MS) == [(0, 1)]      # f's transaction ended before s did: s queued behind it
+    assert plan(0, False, 41 * MS) == [(0, 1)]          # plain: f ended before s started
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 1000), st.integers(1, 200)), min_size=1, max_size=60), st.randoms())
+def test_ready_matches_the_model(spans, rnd):
+    """Random events on two sequences, commands read in completion order, completions in random
+    order: a command is ready exactly when every event of its sequence that ended before it started
+    has completed."""
+    co = CausalOrder()
+    seqs = [co.new_sequence(), co.new_sequence()]
+    records = sorted(((s, s + d, i % 2) for i, (s, d) in enumerate(spans)), key=lambda r: r[1])
+    tickets = []
+    for start, end, which in records:  # read in completion order: each is a waiter and an event
+        t = Ticket()
+        co.note(t, (seqs[which],), (), start, (seqs[which],), end)
+        tickets.append((t, start, end, which))
+    done: set[int] = set()
+    order = list(range(len(tickets)))
+    rnd.shuffle(order)
+    for k in order:
+        for j, (t, start, _, which) in enumerate(tickets):
+            if j in done or t.finished:
+                continue
+            needed = {i for i, (_, _, end, w) in enumerate(tickets) if w == which and end < start}
+            assert co.met(t) == (needed <= done), (start, which, needed, done)
+        co.finish(tickets[k][0])
+        done.add(k)
+    assert co.retained() == 0
+
+
+# ---- the planner -----------------------------------------------------------------------------------
+
+def _rec(conn, sql, start, end, outcome=OUTCOME_OK, affected=1, status=SERVER_STATUS.AUTOCOMMIT, err=0, insert_id=0):
+    return Record(KIND_COMMAND, conn, start, end, outcome, err, affected, 0, b"\x03" + sql.encode(),
+                  last_insert_id=insert_id, status_flags=status)
+
+
+class Replay:
+    """Drive a Planner and its CausalOrder as the engine does: note every record, then ask which
+    commands are ready once some have completed."""
+
+    def __init__(self, scopes=None, **kw) -> None:
+        self.p = Planner(scopes or TableScopes(), **kw)
+        self.tickets: dict[str, Ticket | None] = {}
+
+    def read(self, name, conn, sql, start, end, **kw):
+        t = self.p.note(conn, _rec(conn, sql, start, end, **kw))
+        self.tickets[name] = t
+        return t
+
+    def ready(self, name) -> bool:
+        t = self.tickets[name]
+        return t is None or self.p.order.met(t)
+
+    def done(self, *names):
+        for n in names:
+            if self.tickets[n] is not None:
+                self.p.order.finish(self.tickets[n])
+
+
+IN_TRANS = SERVER_STATUS.IN_TRANS | SERVER_STATUS.AUTOCOMMIT
+
+
+def test_a_read_waits_for_commits_on_its_table_only():
+    r = Replay()
+    r.read("ins", 1, "INSERT INTO orders VALUES (1)", 0, 10)
+    r.read("ins_other", 2, "INSERT INTO audit VALUES (1)", 0, 11)
+    r.read("sel", 3, "SELECT * FROM orders WHERE id = 1", 20, 25)
+    r.read("sel_before", 4, "SELECT * FROM orders WHERE id = 1", 5, 26)  # started before the insert ended
+    assert not r.ready("sel") and r.ready("sel_before")
+    r.done("ins_other")
+    assert not r.ready("sel")
+    r.done("ins")
+    assert r.ready("sel")
+
+
+def test_writes_inside_a_transaction_become_visible_at_commit():
+    r = Replay()
+    r.read("begin", 1, "BEGIN", 0, 1, affected=0, status=IN_TRANS)
+    r.read("upd", 1, "UPDATE t SET v = 2 WHERE id = 1", 2, 3, status=IN_TRANS)
+    r.read("read_mid", 2, "SELECT v FROM t", 4, 5)  # production could not see the uncommitted update
+    r.read("commit", 1, "COMMIT", 6, 7, affected=0)
+    r.read("read_after", 3, "SELECT v FROM t", 8, 9)
+    assert r.ready("read_mid")  # the update is no commit event
+    assert not r.ready("read_after")
+    r.done("begin", "upd")
+    assert not r.ready("read_after")  # waits for the COMMIT itself
+    r.done("commit")
+    assert r.ready("read_after")
+    flags = [r.tickets[n].flags for n in ("begin", "upd", "commit")]
+    assert flags[0] & TXN_BEGIN and flags[0] & IN_TXN
+    assert flags[1] & IN_TXN and not flags[1] & TXN_END
+    assert flags[2] & TXN_END
+
+
+def test_a_rolled_back_transaction_commits_nothing():
+    r = Replay()
+    r.read("begin", 1, "BEGIN", 0, 1, affected=0, status=IN_TRANS)
+    r.read("upd", 1, "UPDATE t SET v = 2", 2, 3, status=IN_TRANS)
+    r.read("rollback", 1, "ROLLBACK", 4, 5, affected=0)
+    r.read("read", 2, "SELECT v FROM t", 8, 9)
+    assert r.ready("read")  # nothing was committed before it
+
+
+def test_skip_locked_picks_and_commits_keep_their_lock_order():
+    """The queue: B's pick started after A's pick ended, so B must not run before it (it skipped A's
+    row); A's COMMIT started after B's pick ended, so it must not run before B's pick either."""
+    r = Replay()
+    pick = "SELECT id FROM jobs WHERE status = 'new' ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED"
+    r.read("a_begin", 1, "BEGIN", 0, 1, affected=0, status=IN_TRANS)
+    r.read("a_pick", 1, pick, 2, 3, affected=0, status=IN_TRANS)
+    r.read("b_begin", 2, "BEGIN", 4, 5, affected=0, status=IN_TRANS)
+    r.read("b_pick", 2, pick, 6, 7, affected=0, status=IN_TRANS)
+    r.read("a_commit", 1, "COMMIT", 8, 9, affected=0)
+    assert not r.ready("b_pick")
+    assert not r.ready("a_commit")
+    r.done("a_begin", "b_begin", "a_pick")
+    assert r.ready("b_pick") and not r.ready("a_commit")
+    r.done("b_pick")
+    assert r.ready("a_commit")
+
+
+def test_plain_reads_never_wait_for_each_other_nor_for_uncommitted_locks():
+    r = Replay()
+    r.read("r1", 1, "SELECT * FROM t", 0, 10)
+    r.read("lock", 2, "SELECT * FROM t WHERE id = 1 FOR UPDATE", 11, 12, affected=0, status=IN_TRANS)
+    r.read("r2", 3, "SELECT * FROM t", 20, 30)
+    assert r.ready("r2")
+
+
+def test_foreign_keys_join_parent_and_child_scopes():
+    scopes = TableScopes()
+    scopes.add_foreign_key("order_items", "orders")
+    r = Replay(scopes)
+    r.read("parent", 1, "INSERT INTO orders VALUES (7)", 0, 10)
+    r.read("child", 2, "INSERT INTO order_items (order_id) VALUES (7)", 20, 25)
+    r.read("unrelated", 3, "INSERT INTO audit VALUES (1)", 20, 25)
+    assert not r.ready("child") and r.ready("unrelated")
+    r.done("parent")
+    assert r.ready("child")
+
+
+def test_ddl_read_from_the_capture_joins_scopes_for_what_follows():
+    r = Replay()
+    r.read("parent", 1, "INSERT INTO p VALUES (1)", 0, 10)
+    r.read("ddl", 2, "CREATE TABLE c (id INT, pid INT REFERENCES p (id))", 11, 20, affected=0)
+    r.read("child", 3, "INSERT INTO c VALUES (1, 1)", 30, 31)
+    r.done("ddl")
+    assert not r.ready("child")  # still needs the parent row, now in its scope
+    r.done("parent")
+    assert r.ready("child")
+
+
+def test_unknown_statements_are_ordered_against_everything():
+    r = Replay()
+    r.read("call", 1, "CALL do_things()", 0, 10)
+    r.read("sel", 2, "SELECT * FROM anything", 20, 21)
+    r.read("ins", 3, "INSERT INTO t VALUES (1)", 22, 23)
+    r.read("unknown_after", 4, "CALL other()", 30, 31)
+    assert not r.ready("sel")
+    r.done("call")
+    assert r.ready("sel")
+    assert not r.ready("unknown_after")  # waits for the insert on t too
+    r.done("ins")
+    assert r.ready("unknown_after")
+    assert r.p.unknown_scope_statements == 2
+
+
+def test_connection_order_plans_no_waits_but_keeps_pins_and_transaction_roles():
+    r = Replay(causal=False)
+    r.read("ins", 1, "INSERT INTO t (v) VALUES (1)", 0, 10, insert_id=41)
+    r.read("begin", 2, "BEGIN", 11, 12, affected=0, status=IN_TRANS)
+    r.read("sel", 2, "SELECT * FROM t", 20, 21, status=IN_TRANS)
+    assert r.ready("sel")
+    assert r.tickets["ins"].flags & PIN_ID and not r.tickets["ins"].flags & PIN_PREFIX
+    assert r.tickets["begin"].flags & TXN_BEGIN
+    assert r.tickets["sel"].flags & IN_TXN
+    assert r.p.order.events_total == 0
+
+
+def test_pins_time_for_time_functions_and_time_defaulted_tables():
+    scopes = TableScopes()
+    scopes.mark_time("stamped")
+    r = Replay(scopes)
+    plain = r.read("plain", 1, "UPDATE counters SET n = n + 1", 0, 1)
+    now = r.read("now", 1, "SELECT NOW()", 2, 3)
+    stamped = r.read("stamped", 1, "INSERT INTO stamped (v) VALUES (1)", 4, 5)
+    multi = r.read("multi", 1, "INSERT INTO stamped (v) VALUES (1); SELECT 1", 6, 7, insert_id=9)
+    assert plain is None or not plain.flags & PIN_TIME
+    assert now.flags & PIN_TIME and stamped.flags & PIN_TIME
+    assert multi.flags & PIN_PREFIX and not multi.flags & PIN_ID  # several statements: the first id is ambiguous
+
+
+def test_the_application_setting_timestamp_itself_turns_time_pins_off():
+    r = Replay()
+    r.read("set", 1, "SET timestamp = 1700000000", 0, 1, affected=0)
+    assert not r.read("now", 1, "SELECT NOW()", 2, 3).flags & PIN_TIME
+    r.read("reset", 1, "SET timestamp = DEFAULT", 4, 5, affected=0)
+    assert r.read("now2", 1, "SELECT NOW()", 6, 7).flags & PIN_TIME
+
+
+def test_statements_production_lost_to_a_deadlock_are_marked():
+    r = Replay()
+    r.read("begin", 1, "BEGIN", 0, 1, affected=0, status=IN_TRANS)
+    t = r.read("upd", 1, "UPDATE t SET v = 1", 2, 3, outcome=OUTCOME_ERR, err=1213, affected=0, status=0)
+    assert t.flags & PROD_LOCK_ERROR and t.flags & TXN_END  # the deadlock ended the transaction
+    after = r.read("next", 2, "SELECT * FROM t", 10, 11)
+    assert after is None or r.ready("next")  # the rolled back update committed nothing
+
+
+def test_a_connection_closing_in_a_transaction_releases_its_locks():
+    r = Replay()
+    r.read("begin", 1, "BEGIN", 0, 1, affected=0, status=IN_TRANS)
+    r.read("lock", 1, "SELECT * FROM t FOR UPDATE", 2, 3, affected=0, status=IN_TRANS)
+    close = r.p.note_close(1, Record(4, 1, 10, 0, 0, 0, 0, 0, b""))
+    r.tickets["close"] = close
+    r.read("other", 2, "UPDATE t SET v = 1", 20, 21)
+    r.done("begin", "lock")
+    assert not r.ready("other")
+    r.done("close")
+    assert r.ready("other")
+
+
+def test_many_random_tables_stay_bounded():
+    """Memory: events of completed commands are dropped whatever the number of tables."""
+    rnd = random.Random(3)
+    r = Replay()
+    names = []
+    for i in range(2000):
+        n = f"c{i}"
+        r.read(n, i % 50, f"INSERT INTO t{rnd.randint(1, 40)} VALUES ({i})", i * 10, i * 10 + 5)
+        names.append(n)
+    r.done(*names)
+    assert r.p.order.retained() == 0
