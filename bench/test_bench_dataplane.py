@@ -56,7 +56,8 @@ def _run(benchmark, command, response, capture):
         return (command, response, N), {"rb": ring}
 
     benchmark.pedantic(bench_commands, setup=setup, rounds=15, iterations=1, warmup_rounds=2)
-    benchmark.extra_info["ns_per_command"] = round(benchmark.stats.stats.median / N * 1e9, 1)
+    if benchmark.stats:  # None under --benchmark-disable (a smoke run)
+        benchmark.extra_info["ns_per_command"] = round(benchmark.stats.stats.median / N * 1e9, 1)
     if capture:
         assert rings[0].commands_appended == N
 
