@@ -73,6 +73,9 @@ class JobManager:
                          local_infile_max_size=self.server.config["capture.local-infile-max-size"])
         job.start()
         self._add(job)
+        # every worker has installed the capture before the API answers: a command the client
+        # sends after that answer is captured (or parked for its session's state first)
+        await self.server.sync()
         return job
 
     async def start_replay(self, form: dict):

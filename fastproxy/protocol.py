@@ -181,6 +181,18 @@ def mask_client_capabilities(payload: bytes, allowed: int) -> bytes:
     return bytes(out)
 
 
+def parse_change_user(payload: bytes, capabilities: int) -> tuple[str, str | None]:
+    """(user, database) of a COM_CHANGE_USER payload (replay; the data plane parses it in C)."""
+    payload = bytes(payload)
+    user, pos = _cstring(payload, 1)
+    if capabilities & CLIENT.SECURE_CONNECTION:
+        pos += 1 + payload[pos] if pos < len(payload) else 0
+    else:
+        _, pos = _cstring(payload, pos)
+    db, pos = _cstring(payload, pos) if pos < len(payload) else (b"", pos)
+    return user.decode("utf-8", "replace"), db.decode("utf-8", "replace") or None
+
+
 def err_packet(code: int, message: str, seq: int = 0, state: str = "HY000") -> bytes:
     payload = b"\xff" + struct.pack("<H", code) + b"#" + state.encode()[:5].ljust(5, b"0") + message.encode()
     return build_packet(seq, payload)
