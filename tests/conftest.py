@@ -67,17 +67,30 @@ class ProxyProcess:
         self.preexec_fn = preexec_fn  # e.g. lower a resource limit of the proxy process
         self.proc: subprocess.Popen | None = None
 
+    def _new_ports(self) -> None:
+        old = (f"--proxy.addr=127.0.0.1:{self.port}", f"--api.addr=127.0.0.1:{self.api_port}")
+        self.port, self.api_port = free_port(), free_port()
+        new = (f"--proxy.addr=127.0.0.1:{self.port}", f"--api.addr=127.0.0.1:{self.api_port}")
+        self.args = [dict(zip(old, new)).get(a, a) for a in self.args]
+        self.log.close()
+        self.log_path = f"/tmp/fastproxy-test-{self.port}.log"
+
     @property
     def api(self) -> str:
         return f"127.0.0.1:{self.api_port}"
 
-    def start(self, timeout: float = 20) -> "ProxyProcess":
+    def start(self, timeout: float = 20, attempts: int = 3) -> "ProxyProcess":
         self.log = open(self.log_path, "w")
         self.proc = subprocess.Popen(self.args, stdout=self.log, stderr=subprocess.STDOUT, preexec_fn=self.preexec_fn)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"fastproxy exited {self.proc.returncode}: {self.read_log()}")
+                log = self.read_log()
+                if "address already in use" in log and attempts > 1:
+                    # free_port() is a guess: another process on the machine took the port meanwhile
+                    self._new_ports()
+                    return self.start(timeout, attempts - 1)
+                raise RuntimeError(f"fastproxy exited {self.proc.returncode}: {log}")
             try:
                 self.get("/api/debug/health")
                 return self

@@ -262,6 +262,31 @@ def test_unknown_statements_are_ordered_against_everything():
     assert r.p.unknown_scope_statements == 2
 
 
+def test_a_login_waits_for_the_accounts_and_databases_created_before_it():
+    """Replay logs in with a connection's first command, whatever it is: that command waits for the
+    statements of unknown scope (CREATE USER, GRANT, CREATE DATABASE, SET PASSWORD) that ended before
+    it started; so does a COM_CHANGE_USER. Later commands of the connection wait for nothing more."""
+    r = Replay()
+    r.read("user", 1, "CREATE USER u IDENTIFIED BY 'x'", 0, 10, affected=0)
+    r.read("password", 1, "SET PASSWORD FOR u = PASSWORD('y')", 11, 12, affected=0)
+    r.read("names", 2, "SET NAMES utf8mb4", 20, 21, affected=0)       # its first command: the login
+    r.read("early", 3, "SET NAMES utf8mb4", 5, 6, affected=0)         # opened before CREATE USER ended
+    r.read("later", 2, "SET NAMES latin1", 30, 31, affected=0)        # logged in by then
+    assert not r.ready("names") and r.ready("early") and r.ready("later")
+    r.done("user")
+    assert not r.ready("names")
+    r.done("password")
+    assert r.ready("names")
+
+    r.read("grant", 1, "GRANT INSERT ON d.* TO v", 40, 41, affected=0)
+    change = Record(KIND_COMMAND, 3, 50, 51, OUTCOME_OK, 0, 0, 0, b"\x11v\x00\x00d\x00")
+    r.tickets["change"] = r.p.note(3, change)
+    r.read("ping_like", 3, "SET NAMES utf8mb4", 52, 53, affected=0)
+    assert not r.ready("change") and r.ready("ping_like")
+    r.done("grant")
+    assert r.ready("change")
+
+
 def test_connection_order_plans_no_waits_but_keeps_pins_and_transaction_roles():
     r = Replay(causal=False)
     r.read("ins", 1, "INSERT INTO t (v) VALUES (1)", 0, 10, insert_id=41)

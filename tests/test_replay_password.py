@@ -113,6 +113,19 @@ def test_standalone_replay_password_from_env_and_file(mariadb_test, pw_capture, 
     assert proc.returncode == 2 and "not both" in err, err
 
 
+def test_standalone_replay_prompts_for_the_password(mariadb_test, pw_capture, tmp_path):
+    """Neither --password, --password-file nor FASTPROXY_PASSWORD: `fastproxy replay` asks, and the
+    answer is not echoed."""
+    env = {k: v for k, v in os.environ.items() if k != "FASTPROXY_PASSWORD"}
+    proc = _fastproxy(*_replay_args(mariadb_test.addr, pw_capture, str(tmp_path), "--speed", "0"), env=env,
+                      stdin=subprocess.PIPE)
+    out, err = proc.communicate(PASSWORD + "\n", timeout=60)
+    assert proc.returncode == 0, out + err
+    assert "Password" in out + err and PASSWORD not in out + err, out + err
+    summary = newest_summary(str(tmp_path))  # logged in with the answer: everything replayed
+    assert summary["commands_replayed"] == len(commands(pw_capture)) and summary["other_errors"] == 0, summary
+
+
 def test_traffic_replay_hides_password_from_ps(tmp_path):
     """`fastproxy traffic replay` waits on the API's answer; while it waits, its command line must not
     show the password. The API here is a loopback socket that accepts and never answers."""

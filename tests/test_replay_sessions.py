@@ -212,9 +212,8 @@ def test_redacted_secrets_put_back(mariadb, mariadb_test, proxy, tmp_path):
     assert creates == [f"\x03CREATE USER '{u}'@'%' IDENTIFIED BY '{PLACEHOLDER}'".encode()
                        for u in ("rs_new", "rs_listed")], creates  # as the capture redacts them
     path = users_file(tmp_path / "users.toml", {"rs_listed": "Test-listed-pw"})
-    # speed 1 only: as fast as possible, a login may overtake the CREATE USER of another connection
-    # unless cross-connection (causal) order holds it back
-    for speed in (1.0,):
+    # as fast as possible too: a login waits for the CREATE USER another connection committed before it
+    for speed in (1.0, 0):
         mariadb_test.sql("DELETE FROM rs_sec.t")
         res, summary = replay_cli(mariadb_test.addr, out, "--speed", str(speed), "--users-file", path,
                                   "--no-report-tables")
@@ -224,6 +223,39 @@ def test_redacted_secrets_put_back(mariadb, mariadb_test, proxy, tmp_path):
             (2, 1, 1), summary
         assert "redacted secrets put back: 2" in res.stdout
         assert "Test-listed-pw" not in res.stdout + res.stderr + json.dumps(summary)
+
+
+def test_logins_wait_for_the_accounts_and_databases_committed_before_them(mariadb, mariadb_test, proxy, tmp_path):
+    """A connection opened in production after another one created its user, granted it, created its
+    database: as fast as possible, its login (whatever its first command: clients start with SET NAMES)
+    and a COM_CHANGE_USER to such a user come after those, as in production."""
+    on_both((mariadb, mariadb_test), "DROP DATABASE IF EXISTS rs_login; DROP USER IF EXISTS rs_late@'%', rs_later@'%'")
+    out = str(tmp_path / "cap")
+    with Capture(proxy, out):
+        admin = pymysql.connect(**connect_kwargs(proxy.port), autocommit=True)
+        cur = admin.cursor()
+        cur.execute("CREATE DATABASE rs_login")
+        cur.execute("CREATE TABLE rs_login.t (who VARCHAR(80)) ENGINE=InnoDB")
+        for user in ("rs_late", "rs_later"):
+            cur.execute(f"CREATE USER {user}@'%' IDENTIFIED BY 'Prod-{user}-pw'")
+            cur.execute(f"GRANT SELECT, INSERT ON rs_login.* TO {user}@'%'")
+        late = pymysql.connect(host="127.0.0.1", port=proxy.port, user="rs_late", password="Prod-rs_late-pw",
+                               database="rs_login", autocommit=True, charset="utf8mb4")
+        late.cursor().execute("INSERT INTO t VALUES (CURRENT_USER())")
+        late.close()
+        with CapiConnection("127.0.0.1", proxy.port, "root", ROOT_PASSWORD) as capi:
+            capi.change_user("rs_later", "Prod-rs_later-pw", "rs_login")
+            capi.query("INSERT INTO t VALUES (CURRENT_USER())")
+        admin.close()
+    path = users_file(tmp_path / "users.toml", {"rs_late": "Test-late-pw", "rs_later": "Test-later-pw"})
+    for speed in (1.0, 0):
+        on_both((mariadb_test,), "DROP DATABASE IF EXISTS rs_login; DROP USER IF EXISTS rs_late@'%', rs_later@'%'")
+        _, summary = replay_cli(mariadb_test.addr, out, "--speed", str(speed), "--users-file", path,
+                                "--no-report-tables")
+        _no_false_failures(summary)
+        assert summary["change_users"] == 1, summary
+        same_data(mariadb, mariadb_test, "rs_login")
+    assert mariadb_test.sql("SELECT who FROM rs_login.t ORDER BY who").split() == ["rs_late@%", "rs_later@%"]
 
 
 # ---- server-side closes, backend lost ------------------------------------------------------------

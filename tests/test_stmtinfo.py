@@ -51,6 +51,10 @@ from fastproxy.replay.stmtinfo import (BEGIN, COMMIT, DDL, LOCK, NAMED_LOCKS, RE
     ("SAVEPOINT a", SESSION, ()),
     ("SET @a := (SELECT MAX(id) FROM t)", READ, ("t",)),
     ("SET NAMES utf8mb4", SESSION, ()),
+    ("SET PASSWORD FOR u@'%' = PASSWORD('x')", UNKNOWN, None),   # an account: later logins depend on it
+    ("set password = 'x'", UNKNOWN, None),
+    ("SET DEFAULT ROLE r FOR u", UNKNOWN, None),
+    ("SET ROLE r", SESSION, ()),
     ("SHOW WARNINGS", SESSION, ()),
     ("SHOW TABLES", READ, None),
     ("USE db", READ, None),
@@ -62,6 +66,11 @@ from fastproxy.replay.stmtinfo import (BEGIN, COMMIT, DDL, LOCK, NAMED_LOCKS, RE
     ("SELECT NEXTVAL(s)", UNKNOWN, None),
     ("SET STATEMENT max_statement_time = 1 FOR UPDATE t SET a = 1", LOCK, ("t",)),
     ("", SESSION, ()),
+    # ".." where a table name goes names a table under ANSI_QUOTES: which one is not known
+    ('INSERT INTO "events" (kind) VALUES (@who)', LOCK, None),
+    ('SELECT * FROM t1 JOIN "t2" ON 1', READ, None),
+    ('UPDATE "t" SET v = 1', LOCK, None),
+    ('SELECT "a", b FROM t WHERE c IN ("x", "y") LIMIT 10, 20', READ, ("t",)),  # strings elsewhere: strings
 ])
 def test_kinds_and_tables(sql, kind, tables):
     info = classify(sql)

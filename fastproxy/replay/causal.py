@@ -59,9 +59,10 @@ _LOCK_ERRORS = (ER.LOCK_DEADLOCK, ER.LOCK_WAIT_TIMEOUT)
 class _Session:
     """One captured connection as the capture shows it, record by record."""
 
-    __slots__ = ("open", "wrote", "locked", "lockers", "stmts", "app_time", "app_ids")
+    __slots__ = ("open", "wrote", "locked", "lockers", "stmts", "app_time", "app_ids", "logged_in")
 
     def __init__(self) -> None:
+        self.logged_in = False     # replay logs in with its first command (reconnects come later)
         self.open = False
         self.wrote: set = set()    # scope roots written by the open transaction
         self.locked: set = set()   # scope roots it took locks on
@@ -94,6 +95,7 @@ class Planner:
         self._events_cache: dict = {}
         self._sessions: dict[int, _Session] = {}
         self.unknown_scope_statements = 0  # statements ordered against everything (tables not known)
+        self._login = False  # the record being planned is its connection's first: replay logs in for it
 
     # ---- records --------------------------------------------------------------------------------
     def session(self, conn_id: int) -> _Session:
@@ -105,6 +107,7 @@ class Planner:
     def on_state(self, conn_id: int, state: dict) -> None:
         """CONN_STATE: statements prepared before the capture, and whether a transaction is open."""
         sess = self.session(conn_id)
+        sess.logged_in = True  # open before the capture: its user and database existed then
         for sid, sql in state.get("prepared", []):
             sess.stmts[int(sid)] = self.classify(sql)
         if state.get("in_transaction"):
@@ -123,9 +126,27 @@ class Planner:
         return t
 
     def note(self, conn_id: int, rec: Record) -> Ticket | None:
+        sess = self.session(conn_id)
+        if sess.logged_in or not self.causal:
+            sess.logged_in = True
+            return self._note(conn_id, sess, rec)
+        # Its first command: replay logs in with it, whatever it is (clients start with SET NAMES,
+        # which waits for nothing). The login must come after the accounts and databases other
+        # connections had created or granted when it opened: statements of unknown scope (CREATE
+        # USER, GRANT, CREATE DATABASE, ...), as for a COM_CHANGE_USER
+        sess.logged_in = True
+        self._login = True
+        try:
+            t = self._note(conn_id, sess, rec)
+            if self._login:  # the command had no ticket of its own
+                t = self._ticket(0, (), (), rec.start_ns, (), 0)
+            return t
+        finally:
+            self._login = False
+
+    def _note(self, conn_id: int, sess: _Session, rec: Record) -> Ticket | None:
         payload = rec.payload
         cmd = payload[0]
-        sess = self.session(conn_id)
         if cmd == COMMAND.COM_QUERY:
             info = self.classify(payload[1:])
         elif cmd == COMMAND.COM_STMT_EXECUTE:
@@ -257,10 +278,17 @@ class Planner:
         """COM_QUIT, COM_RESET_CONNECTION, COM_CHANGE_USER: the transaction is rolled back, and the
         session's own settings are gone."""
         t = None
+        if cmd == COMMAND.COM_CHANGE_USER and self.causal:
+            self._login = True  # a login as another user: after what created and granted it
         if sess.open and self.causal:
             t = Ticket()
             waits, events = self._end_transaction(sess, rolled_back=True)
+            if self._login:
+                self._login = False
+                waits += (self._unknown[0],)
             self.order.note(t, waits, (), rec.start_ns, events, rec.end_ns or rec.start_ns)
+        elif self._login:
+            t = self._ticket(0, (), (), rec.start_ns, (), 0)
         sess.open = False
         sess.wrote.clear()
         sess.locked.clear()
@@ -288,6 +316,9 @@ class Planner:
 
     def _ticket(self, flags: int, waits: tuple, lock_waits: tuple, start_ns: int, events: tuple, end_ns: int,
                 released: bool = True) -> Ticket | None:
+        if self._login:
+            self._login = False
+            waits = waits + (self._unknown[0],)
         if not waits and not lock_waits and not events and not flags:
             return None
         t = Ticket(flags)

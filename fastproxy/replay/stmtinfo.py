@@ -112,6 +112,7 @@ class TableScan:
         self.functions = functions
         self.tables: set[str] = set()
         self.unknown = False
+        self.unnamed = False  # a string where a table name goes: "t" under ANSI_QUOTES names a table
         self.named_locks = False
         self.sequences = False
         self.time = False
@@ -132,6 +133,10 @@ class TableScan:
         """name [[AS] alias] [READ|WRITE ...] {, name ...}: adds the names, returns the index after."""
         toks = self.toks
         while True:
+            if i < len(toks) and toks[i] == "?":
+                # normalized from a "quoted" name (the session may read ".." as a name): some table
+                self.unnamed = True
+                return i + 1
             name, i = self.name_at(i)
             if name is None or (name == "json_table" and i < len(toks) and toks[i] == "("):
                 return i  # JSON_TABLE(...) is a function, not a table
@@ -265,7 +270,7 @@ def _result(kind: int, scan: TableScan, writes: bool = False) -> StatementInfo:
             scan.tables.add(NAMED_LOCKS)
             if kind == READ or kind == SESSION:
                 kind = LOCK
-        info = StatementInfo(kind, tuple(sorted(scan.tables)), writes)
+        info = StatementInfo(kind, None if scan.unnamed else tuple(sorted(scan.tables)), writes)
     info.time = scan.time
     return info
 
@@ -448,6 +453,9 @@ def _set(toks: list[str], functions) -> StatementInfo:
                 inner = _statement(toks[i + 1:], functions)
                 inner.set_statement = True
                 return inner
+        return StatementInfo(UNKNOWN, None, True)
+    if second == "password" or (second == "default" and toks[2:3] == ["role"]):
+        # SET PASSWORD [FOR u], SET DEFAULT ROLE r FOR u: an account changes (logins depend on it)
         return StatementInfo(UNKNOWN, None, True)
     info = StatementInfo(SESSION)
     for i, tok in enumerate(toks[1:], 1):

@@ -1,0 +1,40 @@
+"""`fastproxy demo` tells the whole story (issue 11, item 6), as a user runs it: the "upgrade" on the
+test server drops a column (new failures), drops an index (a slower statement whose plan is a full
+scan) and changes a collation (results that differ without an error); the demo prints the verdict
+and the path of the HTML report, which is there."""
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+pytestmark = pytest.mark.timeout(600)
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_demo_prints_the_verdict_of_the_upgrade_and_the_page(tmp_path):
+    env = dict(os.environ, PYTHONPATH=REPO)  # this checkout's fastproxy, from another directory
+    res = subprocess.run([sys.executable, "-m", "fastproxy", "demo", "--workload-seconds", "6"], cwd=tmp_path,
+                         env=env, capture_output=True, text=True, timeout=540)
+    out = res.stdout + res.stderr
+    assert res.returncode == 0, out[-4000:]
+    verdict = out[out.index("VERDICT"):]
+    # the dropped column: new failures, named
+    assert re.search(r"new failures:\s+[1-9]\d* commands in 2 statements", verdict), verdict
+    assert "Unknown column 'coupon'" in verdict
+    # the collation: the same statement returns other rows, without an error
+    assert re.search(r"result mismatches:\s+[1-9]\d* commands? in 1 statement \(content", verdict), verdict
+    assert "FROM customers WHERE name = " in verdict
+    # the dropped index: that report is slower, its plan a full scan of orders
+    assert re.search(r"slower statements:\s+1 ", verdict), verdict
+    assert "[plan: full scan of o]" in verdict
+    # the page
+    page = re.search(r"report: (\S+\.html)", verdict).group(1)
+    path = os.path.join(tmp_path, page) if not os.path.isabs(page) else page
+    assert os.path.getsize(path) > 10_000
+    with open(path, encoding="utf-8") as f:
+        assert "Unknown column" in f.read()
