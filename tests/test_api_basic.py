@@ -46,10 +46,6 @@ def test_metrics_families(proxy_factory, mariadb):
             cur.execute("SELECT * FROM no_such_db.no_such_table")
         except pymysql.err.ProgrammingError:
             pass
-    # a worker counts a command just after relaying its answer (the counters are its own, summed when
-    # scraped): a scrape at once may come first under load
-    wait_for(lambda: p.metric("fastproxy_command_errors_total", 'type="COM_QUERY"') == 1,
-             what="the failed query to be counted")
     text = p.get("/metrics")
     assert isinstance(text, str)
 

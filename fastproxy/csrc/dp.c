@@ -838,8 +838,13 @@ static void on_client_data(dp_conn *c, const uint8_t *p, size_t n) {
 
 static void on_backend_data(dp_conn *c, const uint8_t *p, size_t n) {
     STAT_ADD(c->w->stats.bytes_to_clients, n);
+    /* Watched before relayed: once a client has an answer, everything about that command is in
+     * place -- counters, session state (/api/debug/connections), the capture record -- as with a
+     * single-threaded relay. Relaying first left a window (the send wakes the client; this thread
+     * is then often preempted) in which the client, or another worker, saw the state before it. */
+    int rc = trk_feed(&c->trk, p, n);
     send_to(c, &c->cli, p, n);
-    if (trk_feed(&c->trk, p, n) < 0) {
+    if (rc < 0) {
         STAT_ADD(c->w->stats.protocol_errors, 1);
         close_because(c, DP_CLOSE_BACKEND_PROTOCOL, "%s", c->trk.error);
         return;
