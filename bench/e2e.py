@@ -15,6 +15,17 @@ two-thread rows (haproxy-2t, fastproxy-2w) run one after the other; with --round
 runs N times, interleaved, and the ratios are per round (their median is printed), which keeps
 drift on a shared machine out of them. --profile adds a run per fastproxy row under `perf stat
 --per-thread` (CPU, context switches and system calls per thread and per query).
+
+TARGETS (e.g. "fastproxy + capture": a FastproxyTarget whose start() also POSTs
+/api/traffic/capture; a replay row likewise).
+
+TLS rows (sysbench `--mysql-ssl=on`, connections kept open): `direct+tls` (TLS to mariadbd),
+`haproxy+tls` (HAProxy in TCP mode passing the client's TLS through to mariadbd: HAProxy cannot
+terminate MySQL's TLS, which starts inside the protocol after the greeting, so it does no crypto
+here — not the same work as fastproxy's), `fastproxy+tls` (fastproxy terminates the client's TLS,
+plain to mariadbd, with mariadbd's certificate). Then the cost of setting up a connection:
+proxy CPU per new connection (plain and TLS, PyMySQL logging in and quitting in a loop), and what
+that makes at 100 % of one core.
 """
 from __future__ import annotations
 
@@ -36,6 +47,7 @@ from fastproxy.scratch_db import ROOT_PASSWORD, ScratchMariaDB, free_port  # noq
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 WORKLOADS = [("oltp_point_select", 8), ("oltp_read_write", 16)]
+SYSBENCH_TLS_DIR = ""  # where sysbench runs for the +tls rows (main())
 IGNORE_ERRORS = "1213,1020,1205,1062"  # deadlocks / lock waits under 16 threads: counted, not fatal
 
 
@@ -75,6 +87,7 @@ class Target:
     name = "?"
     note = ""
     pid: int | None = None  # the proxy process whose CPU is measured (None: no proxy)
+    client_tls = False  # sysbench connects with TLS (--mysql-ssl=on)
 
     def available(self) -> str | None:
         """None if it can run here, else why not."""
@@ -267,9 +280,36 @@ class FastproxyCaptureTarget(FastproxyTarget):
             time.sleep(0.2)
 
 
+class DirectTls(Direct):
+    name = "direct+tls"
+    note = "sysbench -TLS-> mariadbd"
+    client_tls = True
+
+
+class HAProxyTlsPassthrough(HAProxyTarget):
+    name = "haproxy+tls"
+    note = "HAProxy mode tcp passing TLS through to mariadbd (no crypto in HAProxy: it cannot terminate MySQL TLS)"
+    client_tls = True
+
+
+class FastproxyTls(FastproxyTarget):
+    note = "fastproxy terminating the client's TLS, plain to mariadbd (relayed in Python, not the data plane)"
+    client_tls = True
+
+    def __init__(self):
+        super().__init__(name="fastproxy+tls")
+
+    def start(self, db):
+        # mariadbd's certificate: the one sysbench's cacert.pem holds (libmariadb checks it)
+        self.extra_args = ["--proxy.workers=1", f"--security.server-tls.cert={SYSBENCH_TLS_DIR}/cacert.pem",
+                           f"--security.server-tls.key={SYSBENCH_TLS_DIR}/client-key.pem"]
+        return super().start(db)
+
+
 TARGETS: list[Target] = [Direct(), CRelayTarget(), HAProxyTarget(), FastproxyTarget(), FastproxyCaptureTarget(),
                          HAProxyTarget(2, name="haproxy-2t"), FastproxyTarget(name="fastproxy-2w", workers=2),
-                         FastproxyCaptureTarget(workers=2, name="fastproxy-2w+capture")]
+                         FastproxyCaptureTarget(workers=2, name="fastproxy-2w+capture"),
+                         DirectTls(), HAProxyTlsPassthrough(), FastproxyTls()]
 
 
 # ---- sysbench ----------------------------------------------------------------------------------
@@ -318,12 +358,13 @@ def parse_sysbench(out: str) -> dict:
 
 
 def run_one(target: Target, port: int, workload: str, threads: int, db: ScratchMariaDB, args) -> Result:
-    cmd = ["sysbench", workload, *sysbench_args(port, args), f"--threads={threads}", f"--time={args.time}",
+    cmd = ["sysbench", workload, *sysbench_args(port, args), *(["--mysql-ssl=on"] if target.client_tls else []),
+           f"--threads={threads}", f"--time={args.time}",
            "--report-interval=1", "--percentile=95", "--histogram=off", f"--mysql-ignore-errors={IGNORE_ERRORS}",
            "--db-ps-mode=auto", "run"]
     target.before_run(workload)
     (user0, sys0), db0 = cpu_times(target.pid), cpu_seconds(db.proc.pid)
-    res = subprocess.run(cmd, capture_output=True, text=True)
+    res = subprocess.run(cmd, capture_output=True, text=True, cwd=SYSBENCH_TLS_DIR if target.client_tls else None)
     (user1, sys1), db1 = cpu_times(target.pid), cpu_seconds(db.proc.pid)
     cpu0, cpu1 = user0 + sys0, user1 + sys1
     target.after_run(workload)
@@ -506,6 +547,36 @@ def machine() -> dict:
     return {"nproc": os.cpu_count(), "cpu": model, "kernel": os.uname().release, "python": sys.version.split()[0]}
 
 
+def connection_setup(db: ScratchMariaDB, seconds: float) -> list[dict]:
+    """Proxy CPU per new connection (log in, quit), plain and TLS, through fastproxy."""
+    import ssl
+
+    import pymysql
+
+    rows = []
+    for target, tls in ((FastproxyTarget(), False), (FastproxyTls(), True)):
+        port = target.start(db)
+        try:
+            ctx = None
+            if tls:
+                ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+                ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+            kw = dict(host="127.0.0.1", port=port, user="root", password=ROOT_PASSWORD)
+            kw.update(ssl=ctx) if tls else kw.update(ssl_disabled=True)
+            pymysql.connect(**kw).close()  # warm
+            n, cpu0, t0 = 0, cpu_seconds(target.pid), time.monotonic()
+            while time.monotonic() - t0 < seconds:
+                pymysql.connect(**kw).close()
+                n += 1
+            cpu = cpu_seconds(target.pid) - cpu0
+            per = cpu / n if n else 0.0
+            rows.append({"target": target.name, "connections": n, "proxy_cpu_ms_per_connection": round(per * 1e3, 3),
+                         "connections_per_s_at_one_core": round(1 / per) if per else None})
+        finally:
+            target.stop()
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--time", type=int, default=20, help="seconds per sysbench run (default 20)")
@@ -520,6 +591,8 @@ def main() -> None:
     ap.add_argument("--orders", default="causal,connection",
                     help="replay orders to compare (comma-separated: causal, connection)")
     ap.add_argument("--speeds", default="0,1", help="replay speeds (comma-separated; 0 = as fast as possible)")
+    ap.add_argument("--setup-seconds", type=float, default=10.0,
+                    help="seconds of connect/quit per row of the connection setup cost (0 = skip)")
     args = ap.parse_args()
 
     targets = [t for t in TARGETS if not args.only or t.name in args.only.split(",")]
@@ -528,7 +601,18 @@ def main() -> None:
     results: list[Result] = []
     profiles: list[str] = []
     skipped = {}
-    with ScratchMariaDB(name="bench") as db:
+    from fastproxy.tls import self_signed
+
+    global SYSBENCH_TLS_DIR
+    SYSBENCH_TLS_DIR = tempfile.mkdtemp(prefix="fastproxy-bench-certs-")
+    cert, key = self_signed(SYSBENCH_TLS_DIR, "mariadbd")
+    # sysbench 1.0's --mysql-ssl=on loads these three files from its working directory (it shows
+    # them as its client certificate; the server does not ask for one, and nothing is verified)
+    for name, src in (("cacert.pem", cert), ("client-cert.pem", cert), ("client-key.pem", key)):
+        shutil.copy(src, os.path.join(SYSBENCH_TLS_DIR, name))
+    setup = []
+    # TLS offered (not required): plain rows stay plain, the +tls rows encrypt
+    with ScratchMariaDB(name="bench", extra_args=[f"--ssl-cert={cert}", f"--ssl-key={key}", f"--ssl-ca={cert}"]) as db:
         print(f"mariadbd on {db.addr}; preparing {args.tables} x {args.table_size} rows ...", flush=True)
         prepare(db, args)
         for t in targets:
@@ -571,6 +655,9 @@ def main() -> None:
                                     "causal": sm.get("causal"), "transactions": sm.get("transactions")})
         for d in getattr(cap, "captures", {}).values():
             shutil.rmtree(d, ignore_errors=True)
+        if args.setup_seconds:
+            print(f"connection setup cost ({args.setup_seconds:g}s per row) ...", flush=True)
+            setup = connection_setup(db, args.setup_seconds)
     # group by workload for reading
     order = {w: i for i, (w, _) in enumerate(WORKLOADS)}
     results.sort(key=lambda r: (order.get(r.workload, 99), r.round))
@@ -599,11 +686,22 @@ def main() -> None:
                   f"{r['lag_p99_ms']:>10} {r['replayer_cpu_us_per_command']:>10} {r['failed']:>6}")
         for line in pace(replays):
             print(line)
+    if setup:
+        print()
+        print(f"{'new connections via':<20} {'connections':>11} {'proxy CPU ms/conn':>17} {'conn/s at 1 core':>16}")
+        for r in setup:
+            print(f"{r['target']:<20} {r['connections']:>11} {r['proxy_cpu_ms_per_connection']:>17} "
+                  f"{r['connections_per_s_at_one_core'] or 0:>16,}")
+    tls = {r.target: r for r in results if r.workload == "oltp_point_select"}
+    if "fastproxy+tls" in tls and "haproxy+tls" in tls and tls["haproxy+tls"].proxy_cpu_us_per_query:
+        f, h = tls["fastproxy+tls"].proxy_cpu_us_per_query, tls["haproxy+tls"].proxy_cpu_us_per_query
+        print(f"point_select over TLS: fastproxy (terminating) {f:.1f} us/q vs HAProxy (passing through) "
+              f"{h:.1f} us/q: x{f / h:.2f}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"machine": machine(), "time": args.time, "rounds": args.rounds, "tables": args.tables,
                        "table_size": args.table_size, "skipped": skipped, "replays": replays, "summary": summary,
-                       "profiles": profiles,
+                       "profiles": profiles, "connection_setup": setup,
                        "results": [{k: v for k, v in asdict(r).items() if k != "raw"} for r in results]},
                       f, indent=2)
 

@@ -94,6 +94,7 @@ cdef extern from "dp.h" nogil:
         uint64_t refused_conn_id
         uint64_t refused_size
         int64_t refused_at_ns
+        uint8_t select
 
     ctypedef struct dp_stmt:
         uint32_t id
@@ -175,6 +176,7 @@ cdef extern from "dp.h" nogil:
                                     size_t *out_n) noexcept
     ctypedef int (*dp_session_hook)(void *conn, int kind, const uint8_t *payload, size_t n, const trk_result *r,
                                     int flags) noexcept
+    ctypedef int (*dp_select_hook)(void *conn, const uint8_t *payload, size_t n, const trk_result *r) noexcept
     ctypedef struct dp_queue:
         int efd
 
@@ -186,6 +188,7 @@ cdef extern from "dp.h" nogil:
         dp_capture_hook capture_hook
         dp_session_hook session_hook
         dp_append_large append_large
+        dp_select_hook select_hook
 
     int dp_init(dp *d, int nworkers, const int64_t *latency_bounds)
     void dp_destroy(dp *d)
@@ -283,6 +286,16 @@ cdef int _capture_hook(void *conn, const uint8_t *payload, size_t n, const trk_r
         import logging
         logging.getLogger("fastproxy.capture").exception("capture policy failed: statement not recorded")
         return DP_DROPPED
+
+
+cdef int _select_hook(void *conn, const uint8_t *payload, size_t n, const trk_result *r) noexcept with gil:
+    # a capture filter is set: whether it keeps this command of a captured connection
+    try:
+        return 1 if (<Connection>conn).owner.on_capture_select((<const char *>payload)[:n], r.stmt_id) else 0
+    except BaseException:  # noqa: B036 - in doubt, the command is not written
+        import logging
+        logging.getLogger("fastproxy.capture").exception("capture filter failed: command not recorded")
+        return 0
 
 
 cdef int _session_hook(void *conn, int kind, const uint8_t *payload, size_t n, const trk_result *r,
@@ -666,16 +679,18 @@ cdef class DataPlane:
 
     # ---- capture ---------------------------------------------------------------------------------------
     def capture_start(self, RingBuffer rb, int64_t start_ns, bint local_infile=False,
-                      uint64_t local_infile_limit=0):
+                      uint64_t local_infile_limit=0, bint select=False):
         """Install a capture in every worker: new commands of captured connections go to `rb`;
         connections already open are parked at their next command (EV_PARKED, PARK_OWN_QUERY) for
         Python to read and record their state first. The capture's policy on flagged statements is
-        the connections' owners' on_capture_statement (with the GIL)."""
+        the connections' owners' on_capture_statement (with the GIL); with `select` (a capture
+        filter is set), every captured command asks their on_capture_select first."""
         if self._cap != NULL:
             raise RuntimeError("a capture is already installed")
         self.d.secret_quick = _secret_quick
         self.d.capture_hook = _capture_hook
         self.d.append_large = _append_large
+        self.d.select_hook = _select_hook
         self._cap = <dp_capture *>calloc(1, sizeof(dp_capture))
         if self._cap == NULL:
             raise MemoryError()
@@ -685,6 +700,7 @@ cdef class DataPlane:
         self._cap.large_ctx = <void *>rb
         self._cap.local_infile = local_infile
         self._cap.local_infile_limit = local_infile_limit
+        self._cap.select = select
         self._cap_ring = rb
         self._post_all(DP_MSG_CAPTURE, self._cap, 0)
 

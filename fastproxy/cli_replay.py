@@ -10,11 +10,12 @@ from fastproxy.cli_password import password_options, resolve_password
 from fastproxy.cli_report import verdict_form, verdict_options
 from fastproxy.config import parse_addr
 from fastproxy.errors import FastproxyError
-from fastproxy.replay.selection import selection_options
+from fastproxy.replay.selection import RESUME_HELP, selection_options
 
 
 @click.command("replay")
-@click.option("--target", required=True, help="HOST:PORT of the test server (or of a proxy in front of it)")
+@click.option("--target", default=None,
+              help="HOST:PORT of the test server (or of a proxy in front of it); not needed with --dry-run")
 @click.option("--input", "input_dir", required=True, multiple=True,
               help="capture directory (or s3://bucket/prefix), TiProxy capture directory, or a slow/general query "
                    "log file; repeat it to replay the captures of several proxies together")
@@ -30,23 +31,27 @@ from fastproxy.replay.selection import selection_options
 @click.option("--progress", is_flag=True, help="show a progress bar")
 @click.option("--report-dir", default=None, help="where the summary files go [default: the input directory]")
 @click.option("--no-report-tables", is_flag=True, help="do not write tiproxy_traffic_report tables on the target")
+@click.option("--resume", is_flag=True, help=RESUME_HELP)
 @click.option("--encryption-key-path", default=None, help="key file for an encrypted capture")
 @click.option("--users-file", default=None, type=click.Path(exists=True, dir_okay=False),
               help="TOML file of `user = \"password\"`: each connection replays as its captured user (mode 0600); "
                    "users not in it replay as --username")
 @click.option("--replay-unknown", is_flag=True,
               help="also send the commands that were in flight when production's backend died")
+@click.option("--dry-run", is_flag=True,
+              help="decode, filter, plan and schedule at --speed, but connect to nothing and send nothing: what the "
+                   "replayer sustains and what it would send")
 @click.option("--tls", is_flag=True, help="connect to the target with TLS (as MySQL clients' ssl-mode=REQUIRED)")
 @click.option("--tls-ca", default="", help="CA bundle the target's certificate must chain to (implies --tls)")
 @click.option("--tls-skip-verify", is_flag=True, help="TLS without verifying the target's certificate")
 @selection_options
 @verdict_options
-def replay_standalone(target: str, input_dir: tuple[str, ...], username: str, password: str | None,
+def replay_standalone(target: str | None, input_dir: tuple[str, ...], username: str, password: str | None,
                       password_file: str | None, speed: float, read_only: bool, order: str, progress: bool,
                       report_dir: str | None,
                       no_report_tables: bool, encryption_key_path: str | None, input_format: str,
-                      users_file: str | None, replay_unknown: bool, tls: bool, tls_ca: str, tls_skip_verify: bool,
-                      verdict: dict, **selection) -> None:
+                      users_file: str | None, replay_unknown: bool, dry_run: bool, tls: bool, tls_ca: str,
+                      tls_skip_verify: bool, resume: bool, verdict: dict, **selection) -> None:
     """Replay a capture directly against a test server and print a summary and the verdict."""
     from fastproxy.capture.crypto import load_key
     from fastproxy.replay.engine import ReplayOptions
@@ -54,16 +59,19 @@ def replay_standalone(target: str, input_dir: tuple[str, ...], username: str, pa
     from fastproxy.report.verdict import verdict_options_from
     from fastproxy.replay.selection import cli_values, filters_from, parse_start_at
 
-    password = resolve_password(password, password_file)
+    if not target and not dry_run:
+        raise click.UsageError("Missing option '--target' (only a --dry-run needs none).")
+    password = resolve_password(password, password_file) if not dry_run or password or password_file else ""
     try:
-        host, port = parse_addr(target, "--target")
+        host, port = parse_addr(target, "--target") if target else ("127.0.0.1", 0)
         key = load_key(encryption_key_path) if encryption_key_path else None
         values = cli_values(selection)
         options = ReplayOptions(host=host, port=port, username=username, password=password,
                                 speed=check_speed(speed), readonly=read_only, encryption_key=key,
                                 input_format=input_format, filters=filters_from(values),
                                 start_at=parse_start_at(values["start-at"]), tls=tls, tls_ca=tls_ca,
-                                tls_skip_verify=tls_skip_verify, replay_unknown=replay_unknown, order=order)
+                                tls_skip_verify=tls_skip_verify, replay_unknown=replay_unknown, order=order,
+                                dry_run=dry_run)
         if users_file:
             from fastproxy.replay.users import load_users_file
 
@@ -71,8 +79,9 @@ def replay_standalone(target: str, input_dir: tuple[str, ...], username: str, pa
         inputs = list(input_dir)
         form = verdict_form(verdict)
         run = ReplayRun(inputs if len(inputs) > 1 else inputs[0], options, report_dir,
-                        write_tables=not no_report_tables, verdict_options=verdict_options_from(form),
-                        baseline=parse_addr(form["baseline"], "--baseline") if "baseline" in form else None)
+                        write_tables=not no_report_tables and not dry_run, verdict_options=verdict_options_from(form),
+                        baseline=parse_addr(form["baseline"], "--baseline") if "baseline" in form else None,
+                        resume=resume)
     except FastproxyError as e:
         raise click.ClickException(str(e)) from None
     import uvloop

@@ -12,7 +12,8 @@ import click
 
 from fastproxy.cli_password import password_options, resolve_password
 from fastproxy.cli_report import report, verdict_form, verdict_options
-from fastproxy.replay.selection import cli_values, selection_options
+from fastproxy.replay.selection import RESUME_HELP, cli_values, selection_options
+from fastproxy.traffic_filter import CAPTURE_FILTER_FIELDS
 
 API_CONTEXT = "fastproxy.api"  # click context meta: how to reach and authenticate to the API
 
@@ -121,6 +122,13 @@ curls_option = click.option("--curls", default="127.0.0.1:3080", show_default=Tr
                             help="API address(es) of running fastproxy instances, comma-separated")
 
 
+def capture_filter_options(fn):
+    """--schema, --only-user, ... (fastproxy/traffic_filter.py CAPTURE_FILTER_FIELDS)."""
+    for name, help_text in reversed(CAPTURE_FILTER_FIELDS):
+        fn = click.option(f"--{name}", name.replace("-", "_"), default=None, help=help_text)(fn)
+    return fn
+
+
 @click.group()
 def traffic() -> None:
     """Capture and replay traffic through running proxies (HTTP API)."""
@@ -134,11 +142,14 @@ def traffic() -> None:
 @click.option("--compress/--no-compress", default=True, show_default=True, help="lz4-compress the traffic files")
 @click.option("--encryption-method", type=click.Choice(["", "aes256-ctr"]), default="", show_default=True,
               help="encrypt the files with the key at security.encryption-key-path")
-def capture(curls: str, output: str, duration: str, compress: bool, encryption_method: str) -> None:
-    """Start capturing every connection's traffic."""
+@capture_filter_options
+def capture(curls: str, output: str, duration: str, compress: bool, encryption_method: str, **filters) -> None:
+    """Start capturing every connection's traffic (or what the filters keep of it)."""
     _each(curls, "POST", "/api/traffic/capture", {"output": output, "duration": duration,
                                                    "compress": str(compress).lower(),
-                                                   "encryption-method": encryption_method})
+                                                   "encryption-method": encryption_method,
+                                                   **{name: filters.pop(name.replace("-", "_"), None)
+                                                      for name, _ in CAPTURE_FILTER_FIELDS}})
 
 
 @traffic.command()
@@ -164,11 +175,18 @@ def capture(curls: str, output: str, duration: str, compress: bool, encryption_m
                    "connection replays as its captured user; users not in it replay as --username")
 @click.option("--replay-unknown", is_flag=True,
               help="also send the commands that were in flight when production's backend died")
+@click.option("--dry-run", is_flag=True,
+              help="decode, filter, plan and schedule at --speed, but send nothing: what the replayer sustains")
+@click.option("--report-dir", default=None,
+              help="directory (on the proxy's machine) for the summary files and the checkpoint "
+                   "[default: the input directory]")
+@click.option("--resume", is_flag=True, help=RESUME_HELP)
 @selection_options
 @verdict_options
 def replay(curls: str, input_dir: str, username: str, password: str | None, password_file: str | None, speed: float,
            read_only: bool, order: str, encryption_key_path: str | None, input_format: str, tls: bool, tls_ca: str,
-           tls_skip_verify: bool, users_file: str | None, replay_unknown: bool, verdict: dict, **selection) -> None:
+           tls_skip_verify: bool, users_file: str | None, replay_unknown: bool, dry_run: bool,
+           report_dir: str | None, resume: bool, verdict: dict, **selection) -> None:
     """Replay a capture against the proxy's backends."""
     password = resolve_password(password, password_file)
     _each(curls, "POST", "/api/traffic/replay", {"input": input_dir, "username": username, "password": password,
@@ -177,6 +195,8 @@ def replay(curls: str, input_dir: str, username: str, password: str | None, pass
                                                   "format": input_format, "tls": str(tls).lower(),
                                                   "tls-ca": tls_ca, "tls-skip-verify": str(tls_skip_verify).lower(),
                                                   "users-file": users_file, "replay-unknown": str(replay_unknown).lower(),
+                                                  "dry-run": str(dry_run).lower(),
+                                                  "report-dir": report_dir, "resume": str(resume).lower(),
                                                   **cli_values(selection), **verdict_form(verdict)})
 
 

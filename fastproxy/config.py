@@ -130,6 +130,28 @@ def _bool(value: Any, key: str) -> bool:
     raise ConfigError(f"{key}: expected true or false, got {value!r}")
 
 
+def _tls_version(value: Any, key: str) -> str:
+    from fastproxy.tls import min_version
+
+    min_version(value, key)  # refuses what is not TLSv1.2 / TLSv1.3
+    return str(value)
+
+
+def _proxy_protocol(value: Any, key: str) -> str:
+    text = _str(value, key).strip().lower()
+    if text not in ("", "v2"):
+        raise ConfigError(f"{key}: expected \"v2\" (v1 and v2 headers are both accepted) or \"\" (off), got {value!r}")
+    return text
+
+
+def _networks(value: Any, key: str) -> list:
+    from fastproxy.proxy_protocol import parse_networks
+
+    if not isinstance(value, (str, list)):
+        raise ConfigError(f"{key}: expected a list of networks (CIDR), got {value!r}")
+    return parse_networks(value, key)
+
+
 @dataclass(frozen=True)
 class Key:
     name: str
@@ -179,6 +201,34 @@ KEYS: list[Key] = [
     Key("security.server-http-tls.cert", "", _str, "TLS certificate (PEM) of the HTTP API; with .key, the API speaks https"),
     Key("security.server-http-tls.key", "", _str, "private key (PEM) of security.server-http-tls.cert"),
     Key("security.server-http-tls.ca", "", _str, "CA bundle (PEM): API clients must present a certificate it signed"),
+    # TLS on the MySQL port (clients -> proxy) and towards the backends (proxy -> backends): README, "TLS"
+    Key("security.server-tls.cert", "", _str, "TLS certificate (PEM) the proxy shows MySQL clients; with .key, "
+        "the greeting offers TLS"),
+    Key("security.server-tls.key", "", _str, "private key (PEM) of security.server-tls.cert"),
+    Key("security.server-tls.ca", "", _str, "CA bundle (PEM): MySQL clients must present a certificate it signed"),
+    Key("security.server-tls.min-tls-version", "TLSv1.2", _tls_version, "oldest TLS version clients may use "
+        "(TLSv1.2 or TLSv1.3)"),
+    Key("security.server-tls.auto-certs", False, _bool, "without .cert: make a self-signed certificate at startup "
+        "(encrypts, does not prove the proxy's identity)"),
+    Key("security.require-client-tls", False, _bool, "refuse MySQL clients that do not use TLS (error 1045 with "
+        "the reason); needs security.server-tls"),
+    Key("security.sql-tls.ca", "", _str, "CA bundle (PEM) the backends' certificates must chain to "
+        "(empty: the system's roots)"),
+    Key("security.sql-tls.cert", "", _str, "client certificate (PEM) the proxy shows the backends"),
+    Key("security.sql-tls.key", "", _str, "private key (PEM) of security.sql-tls.cert"),
+    Key("security.sql-tls.skip-ca", False, _bool, "encrypt to the backends without verifying their certificate"),
+    Key("security.sql-tls.min-tls-version", "TLSv1.2", _tls_version, "oldest TLS version used towards the backends"),
+    Key("security.require-backend-tls", False, _bool, "connect to the backends only over TLS: a backend that does "
+        "not offer it is refused (and fails its health check)"),
+    # the PROXY protocol (HAProxy's): README, "Behind a load balancer"
+    Key("proxy.proxy-protocol", "", _proxy_protocol, "\"v2\": every client connection starts with a PROXY protocol "
+        "header (v1 or v2), whose address becomes the client's; \"\" = off"),
+    Key("proxy.proxy-protocol-networks", "", _networks, "peers (CIDR list) allowed to send a PROXY header; "
+        "required with proxy.proxy-protocol (0.0.0.0/0, ::/0 trusts every peer)"),
+    Key("proxy.proxy-protocol-timeout", "5s", _at_least(parse_duration, 0.01, "10ms"),
+        "time for a PROXY header to arrive before the connection is refused"),
+    Key("proxy.backend-proxy-protocol", False, _bool, "send a PROXY protocol v2 header to the backend, naming the "
+        "real client (MariaDB: proxy_protocol_networks must include the proxy)"),
 ]
 KEYS_BY_NAME = {k.name: k for k in KEYS}
 

@@ -48,7 +48,8 @@ class CLIENT:
 
     # What the proxy strips from the server's greeting, and why (README, "Protocol support"):
     #  COMPRESS/ZSTD: the proxy must read packets; compressed frames would hide them.
-    #  SSL: TLS is not terminated by the proxy (yet); a client must not try to upgrade.
+    #  SSL: the proxy terminates TLS on each side itself (fastproxy/proxy/tls_upgrade.py): it offers
+    #  SSL to clients only when security.server-tls is set, whatever the backend offers.
     #  QUERY_ATTRIBUTES / OPTIONAL_RESULTSET_METADATA: change COM_QUERY / result layouts.
     #  MariaDB PROGRESS: progress reports arrive as 0xFF packets inside a result.
     #  MariaDB CACHE_METADATA / COM_MULTI / BULK: change result and command layouts.
@@ -147,6 +148,8 @@ class ER:
     CON_COUNT_ERROR = 1040  # Too many connections
     HANDSHAKE_ERROR = 1043  # Bad handshake
     ACCESS_DENIED_ERROR = 1045
+    UNKNOWN_ERROR = 1105
+    HOST_NOT_PRIVILEGED = 1130  # Host '...' is not allowed to connect
     UNKNOWN_COM_ERROR = 1047
     SERVER_SHUTDOWN = 1053
     NET_PACKET_TOO_LARGE = 1153

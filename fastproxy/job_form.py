@@ -17,6 +17,7 @@ from fastproxy.errors import ConfigError
 from fastproxy.replay.selection import FILTER_FIELDS
 from fastproxy.report.verdict import VERDICT_FIELDS
 from fastproxy.storage import is_s3
+from fastproxy.traffic_filter import CAPTURE_FILTER_FIELDS
 
 FORM_CONTENT_TYPE = "application/x-www-form-urlencoded"
 MAX_FIELD_CHARS = 4096
@@ -28,10 +29,13 @@ INPUTS = "inputs"  # comma-separated locations
 # request -> field -> kind. A field a job learns to take must be added here, or the API refuses it
 # (the replay's selection fields and the verdict's thresholds come from their own tables).
 FIELDS: dict[str, dict[str, str]] = {
-    "capture": {"output": LOCATION, "duration": TEXT, "compress": TEXT, "encryption-method": TEXT},
+    "capture": {"output": LOCATION, "duration": TEXT, "compress": TEXT, "encryption-method": TEXT,
+                **{name: TEXT for name, _ in CAPTURE_FILTER_FIELDS}},
     "replay": {"input": INPUTS, "username": TEXT, "password": SECRET, "speed": TEXT, "readonly": TEXT,
                "order": TEXT, "encryption-key-path": PATH, "report-dir": PATH, "format": TEXT,
                "tls": TEXT, "tls-ca": PATH, "tls-skip-verify": TEXT, "users-file": PATH, "replay-unknown": TEXT,
+               "dry-run": TEXT,
+               "resume": TEXT,
                **{name: TEXT for name, _ in FILTER_FIELDS},
                "baseline": TEXT, **{name: TEXT for name in VERDICT_FIELDS}},
     "cancel": {"type": TEXT, "graceful": TEXT},

@@ -63,6 +63,9 @@ class JobManager:
             if not path:
                 raise ConfigError("encryption-method aes256-ctr needs security.encryption-key-path in the proxy's config")
             key = load_key(path)
+        from fastproxy.traffic_filter import CAPTURE_FILTER_FIELDS, capture_filters_from
+
+        filters = capture_filters_from({name: str(form.get(name, "") or "") for name, _ in CAPTURE_FILTER_FIELDS})
         throttle = os.environ.get("FASTPROXY_CAPTURE_THROTTLE_BPS")  # test hook: simulate a slow disk
         job = CaptureJob(self.server, output, duration, compress=compress, encryption_key=key,
                          buffer_size=self.server.config["capture.buffer-size"],
@@ -70,7 +73,8 @@ class JobManager:
                          file_size=self.server.config["capture.file-size"],
                          throttle_bytes_per_sec=float(throttle) if throttle else None,
                          local_infile=self.server.config["capture.local-infile"],
-                         local_infile_max_size=self.server.config["capture.local-infile-max-size"])
+                         local_infile_max_size=self.server.config["capture.local-infile-max-size"],
+                         filters=filters)
         job.start()
         self._add(job)
         # every worker has installed the capture before the API answers: a command the client

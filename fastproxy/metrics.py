@@ -19,13 +19,21 @@ LATENCY_BOUNDS_NS = [int(s * 1e9) for s in (0.0001, 0.00025, 0.0005, 0.001, 0.00
 
 
 class ProxyStats:
-    """Counters of the control plane (Python, once per connection)."""
+    """Counters of the control plane (Python, once per connection), and the per-command ones of the
+    connections relayed in Python (TLS; fastproxy/proxy/connection.py), summed with the workers'."""
 
     def __init__(self) -> None:
         self.connections = 0
         self.connections_total = 0
         self.connections_rejected = 0
-        self.protocol_errors = 0  # during handshakes
+        self.protocol_errors = 0  # during handshakes, and of connections relayed in Python
+        self.bytes_from_clients = 0
+        self.bytes_to_clients = 0
+        self.commands = [0] * 256
+        self.command_errors = [0] * 256
+        # latency_buckets[bisect_left(LATENCY_BOUNDS_NS, ns)] is bumped inline by the connection
+        self.latency_buckets = [0] * (len(LATENCY_BOUNDS_NS) + 1)
+        self.latency_sum_ns = 0
 
 
 EMPTY_RELAY_STATS = {"bytes_from_clients": 0, "bytes_to_clients": 0, "latency_sum_ns": 0, "protocol_errors": 0,
@@ -44,6 +52,12 @@ class Collector:
     def collect(self):
         s = self.stats
         d = self.dataplane.stats() if self.dataplane is not None else EMPTY_RELAY_STATS
+        d = dict(d, bytes_from_clients=d["bytes_from_clients"] + s.bytes_from_clients,
+                 bytes_to_clients=d["bytes_to_clients"] + s.bytes_to_clients,
+                 latency_sum_ns=d["latency_sum_ns"] + s.latency_sum_ns,
+                 commands=[a + b for a, b in zip(d["commands"], s.commands)],
+                 command_errors=[a + b for a, b in zip(d["command_errors"], s.command_errors)],
+                 latency_buckets=[a + b for a, b in zip(d["latency_buckets"], s.latency_buckets)])
         yield GaugeMetricFamily("fastproxy_connections", "Client connections open now", value=s.connections)
         yield CounterMetricFamily("fastproxy_connections", "Client connections accepted", value=s.connections_total)
         yield CounterMetricFamily("fastproxy_connections_rejected", "Client connections refused (max-connections, no backend)",

@@ -193,6 +193,18 @@ def parse_change_user(payload: bytes, capabilities: int) -> tuple[str, str | Non
     return user.decode("utf-8", "replace"), db.decode("utf-8", "replace") or None
 
 
+def change_user_without_auth(payload: bytes, capabilities: int) -> bytes:
+    """A COM_CHANGE_USER payload with its auth response blanked, for capture (no secrets on disk;
+    the data plane blanks its own in C)."""
+    payload = bytes(payload)
+    _, pos = _cstring(payload, 1)
+    if capabilities & CLIENT.SECURE_CONNECTION and pos < len(payload):
+        n = payload[pos]
+        return payload[:pos] + b"\x00" + payload[pos + 1 + n:]
+    _, end = _cstring(payload, pos)
+    return payload[:pos] + b"\x00" + payload[end:]
+
+
 def err_packet(code: int, message: str, seq: int = 0, state: str = "HY000") -> bytes:
     payload = b"\xff" + struct.pack("<H", code) + b"#" + state.encode()[:5].ljust(5, b"0") + message.encode()
     return build_packet(seq, payload)

@@ -16,7 +16,7 @@ def test_health_follows_the_backend(proxy_factory, mariadb_private):
     h = p.get("/api/debug/health")
     assert h["status"] == "ok" and h["connections"] == 0
     assert h["health_check"] == {"mode": "login", "user": "fastproxy_check", "interval": 0.5,
-                                 "rounds": h["health_check"]["rounds"]}
+                                 "rounds": h["health_check"]["rounds"], "tls": False, "require_tls": False}
     b = h["backends"][0]
     assert b["checks"] >= 1 and b["last_check"] and len(h["backends"]) == 1
     assert {k: b[k] for k in ("addr", "healthy", "connections", "error", "check_failures")} == \

@@ -30,8 +30,9 @@ def test_demo_prints_the_verdict_of_the_upgrade_and_the_page(tmp_path):
     assert re.search(r"result mismatches:\s+[1-9]\d* commands? in 1 statement \(content", verdict), verdict
     assert "FROM customers WHERE name = " in verdict
     # the dropped index: that report is slower, its plan a full scan of orders
-    assert re.search(r"slower statements:\s+1 ", verdict), verdict
-    assert "[plan: full scan of o]" in verdict
+    # (on a loaded machine another statement may also cross the threshold: noise, not the story)
+    assert re.search(r"slower statements:\s+[1-9]", verdict), verdict
+    assert re.search(r"SELECT p\.title, SUM\(o\.qty\).*\[plan: full scan of o\]", verdict), verdict
     # the page
     page = re.search(r"report: (\S+\.html)", verdict).group(1)
     path = os.path.join(tmp_path, page) if not os.path.isabs(page) else page

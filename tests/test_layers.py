@@ -16,6 +16,7 @@ RANKS = {
     "fastproxy.metrics": 2,
     "fastproxy.proxy": 2,
     "fastproxy.capture.job": 3,
+    "fastproxy.traffic_filter": 3,  # filters shared by capture and replay (reads the proxy's session helpers)
     "fastproxy.capture.inspect": 3,  # reads any input (fastproxy.inputs)
     "fastproxy.replay": 3,
     "fastproxy.inputs": 3,  # readers of logs and other tools' captures, for replay

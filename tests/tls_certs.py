@@ -53,13 +53,15 @@ class CertAuthority:
                      .sign(self.key, hashes.SHA256()))
         self.pem = _write(directory, name, self.cert, self.key)
 
-    def issue(self, stem: str, server: bool) -> Pem:
+    def issue(self, stem: str, server: bool, expired: bool = False) -> Pem:
+        """A certificate this CA signed; `expired`: valid for a day that ended yesterday."""
         key = ec.generate_private_key(ec.SECP256R1())
         now = datetime.datetime.now(datetime.timezone.utc)
+        start = now - datetime.timedelta(days=2) if expired else now - datetime.timedelta(minutes=5)
         builder = (x509.CertificateBuilder().subject_name(_name(stem)).issuer_name(self.cert.subject)
                    .public_key(key.public_key()).serial_number(x509.random_serial_number())
-                   .not_valid_before(now - datetime.timedelta(minutes=5))
-                   .not_valid_after(now + datetime.timedelta(days=1))
+                   .not_valid_before(start)
+                   .not_valid_after(start + datetime.timedelta(days=1))
                    .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
                    .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH if server
                                                          else ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)

@@ -2,7 +2,10 @@
 the ring buffer, in C, without the GIL; this job appends the connection events only Python knows (a
 new connection's handshake, the state of one open before the capture, a close), decides on the
 statements the secret classifier's scan flags (the workers ask, with the GIL), and a writer thread
-drains the ring.
+drains the ring. A connection with TLS on a leg is relayed in Python (fastproxy/proxy/connection.py):
+its commands come here one by one (`on_command`) and are appended from here. Capture filters
+(fastproxy/traffic_filter.py) decide here for both: the workers ask for every command of a captured
+connection while a filter is set.
 
 Nothing here waits on the disk: appends are a memcpy into the ring buffer (records larger than a
 quarter of it are kept by reference on its side path). If the buffer is full (the writer cannot
@@ -19,14 +22,17 @@ import time
 from typing import TYPE_CHECKING
 
 from fastproxy._ringbuf import REFUSED_CLOSED, REFUSED_FULL, REFUSED_LARGE_LIMIT, REFUSED_TOO_LARGE, RingBuffer
-from fastproxy.capture.record import KIND_COMMAND, KIND_CONN_CLOSE, KIND_CONN_OPEN, KIND_CONN_STATE, KIND_NAMES, META_NAME
+from fastproxy.capture.record import (INFILE_SIZE, KIND_COMMAND, KIND_CONN_CLOSE, KIND_CONN_OPEN, KIND_CONN_STATE,
+                                      KIND_LOCAL_INFILE, KIND_NAMES, META_NAME)
 from fastproxy.capture.writer import CaptureWriter
 from fastproxy.constants import COMMAND, command_name
 from fastproxy.errors import JobError
 from fastproxy.jobs_base import Job, utc_iso
 from fastproxy.private_files import check_output_path
 from fastproxy.storage import S3Storage, is_s3
+from fastproxy.protocol import change_user_without_auth
 from fastproxy.secret_sql import CLEAN, DROPPED, classify, prepared_names, reading_for_collation, redact_text
+from fastproxy.traffic_filter import Filters, Selector
 
 if TYPE_CHECKING:
     from fastproxy.proxy.server import ProxyServer
@@ -36,6 +42,12 @@ log = logging.getLogger("fastproxy.capture")
 
 _COM_QUERY = COMMAND.COM_QUERY
 _COM_STMT_PREPARE = COMMAND.COM_STMT_PREPARE
+_COM_STMT_EXECUTE = COMMAND.COM_STMT_EXECUTE
+_COM_STMT_RESET = COMMAND.COM_STMT_RESET
+_COM_CHANGE_USER = COMMAND.COM_CHANGE_USER
+_COM_RESET_CONNECTION = COMMAND.COM_RESET_CONNECTION
+_COUNT_KEYS = ("filtered", "existing", "waited_for_transaction", "local_infile_files", "local_infile_bytes",
+               "local_infile_too_large")
 
 
 def _check_s3_output(storage: S3Storage) -> None:
@@ -56,7 +68,8 @@ class CaptureJob(Job):
     def __init__(self, server: "ProxyServer", output: str, duration: float, *, compress: bool = True,
                  encryption_key: bytes | None = None, buffer_size: int = 64 << 20, file_size: int = 300 << 20,
                  large_record_buffer_size: int = 256 << 20, throttle_bytes_per_sec: float | None = None,
-                 local_infile: bool = False, local_infile_max_size: int = 16 << 20) -> None:
+                 local_infile: bool = False, local_infile_max_size: int = 16 << 20,
+                 filters: Filters | None = None) -> None:
         super().__init__()
         self.server = server
         upload_to = None
@@ -82,6 +95,9 @@ class CaptureJob(Job):
         self.server_version = ""
         self._commands = 0  # captured, frozen when the capture stops (the ring is freed then)
         self._relay_counts: dict | None = None  # the data plane's counts, frozen when the capture stops
+        # the same counts for the connections relayed in Python (TLS), and their dropped statements
+        self._py_counts = dict.fromkeys(_COUNT_KEYS, 0)
+        self._filtered_stmts: set[tuple[int, int]] = set()
         # LOCAL INFILE files: recorded (by the workers) when asked for, up to a size (larger than a
         # quarter of the ring, a record waits on the side path, which large_record_buffer_size bounds)
         self.local_infile = local_infile
@@ -95,6 +111,9 @@ class CaptureJob(Job):
         self._stopping = False
         self._failed = False  # an append failed: no record after the lost one may be written
         self._final: dict | None = None  # the meta the writer wrote: what the files hold
+        # what is not captured at all (fastproxy/traffic_filter.py): None when nothing is filtered
+        self.filters = filters
+        self.selector = Selector(filters) if filters is not None and filters.active else None
 
     # ---- counts: the workers keep theirs in C ----------------------------------------------------
     @property
@@ -103,9 +122,8 @@ class CaptureJob(Job):
         return self.ring.commands_appended if self.ring is not None else self._commands
 
     def _counts(self) -> dict:
-        if self._relay_counts is not None:
-            return self._relay_counts
-        return self.server.dataplane.capture_counts()
+        relay = self._relay_counts if self._relay_counts is not None else self.server.dataplane.capture_counts()
+        return {k: relay[k] + self._py_counts[k] for k in _COUNT_KEYS}
 
     @property
     def filtered(self) -> int:
@@ -147,7 +165,22 @@ class CaptureJob(Job):
         # command (the proxy's own queries; connection.py), then it is captured; one inside a
         # transaction that has written is captured from its end (its writes before the capture are
         # not in the files and cannot be rebuilt). The workers decide, each for its connections.
-        server.dataplane.capture_start(self.ring, self.start_ns, self.local_infile, self.local_infile_limit)
+        server.dataplane.capture_start(self.ring, self.start_ns, self.local_infile, self.local_infile_limit,
+                                       select=self.selector is not None)
+        from fastproxy.proxy.connection import COMMANDS
+
+        for conn in list(server.connections):  # the same, here, for those relayed in Python (TLS)
+            session = conn.session
+            if conn.phase != COMMANDS:
+                continue  # still authenticating: on_connect records it; or the data plane's
+            self._py_counts["existing"] += 1
+            self.server_version = self.server_version or session.server_version
+            if session.in_transaction and session.txn_wrote:
+                session.capture_state = "wait-txn"
+                self._py_counts["waited_for_transaction"] += 1
+            else:
+                session.capture_state = "pending"
+                session.want_own_query()
         self._task = asyncio.get_running_loop().create_task(self._watch())
         log.info("capture started: %s for %.0fs (%d open connections)", self.output, self.duration,
                  len(server.connections))
@@ -175,6 +208,12 @@ class CaptureJob(Job):
         await server.sync()  # every worker has let go of the ring
         self._relay_counts = server.dataplane.capture_counts()
         server.dataplane.capture_release()
+        for conn in list(server.connections):
+            session = conn.session
+            if session.relay is None and session.prepared is not None:  # relayed in Python
+                session.capture_state = None
+                session.want_own_query()
+                session.infiles.clear()
         self._commands = self.ring.commands_appended
         end_ns = time.time_ns()
         meta = {
@@ -188,6 +227,7 @@ class CaptureJob(Job):
             "sessions_not_rebuilt": self.sessions_not_rebuilt, "not_rebuilt": self.not_rebuilt,
             "local_infile": self.local_infile, "local_infile_files": self.infile_files,
             "local_infile_bytes": self.infile_bytes, "local_infile_too_large": self.infile_too_large,
+            **self._filter_counts(),
         }
         if error:
             meta["error"] = error
@@ -257,12 +297,21 @@ class CaptureJob(Job):
         proxy's own queries; fastproxy/proxy/introspect.py): recorded before its first command.
         True when recorded: the connection is captured from its next command on."""
         if self._stopping or self._failed:
+            session.capture_state = None
             return False
-        self.connections += 1
+        if session.relay is None:  # relayed in Python (TLS): on_command records it from now on
+            session.capture_state = "on"
+            session.want_own_query()
         self.server_version = self.server_version or session.server_version
         live = session.state()
         state = session.snapshot(live)
         state.update(server_state)
+        if self.selector is not None and not self.selector.connection(session.conn_id, session.user, state.get("db"),
+                                                                      state.get("prepared") or ()):
+            # filtered out (user, sample): none of its records are written; its commands still
+            # pass the filter, which counts them
+            return True
+        self.connections += 1
         not_rebuilt = []
         kept = []
         dropped = []
@@ -272,6 +321,7 @@ class CaptureJob(Job):
             shown = None if stmt_id in live["filtered"] else redact_text(sql, reading)
             if shown is None:
                 dropped.append(stmt_id)  # its executes, resets and close are not captured either
+                self._filtered_stmts.add((session.conn_id, stmt_id))
                 self.filtered_here += 1
             else:
                 if shown is not sql:
@@ -307,8 +357,14 @@ class CaptureJob(Job):
         """A new connection, about to be relayed: recorded from its first command (True)."""
         if self._stopping or self._failed:
             return False
-        self.connections += 1
+        if session.relay is None:  # relayed in Python (TLS): on_command records it
+            session.capture_state = "on"
         self.server_version = self.server_version or session.server_version
+        if self.selector is not None and not self.selector.connection(session.conn_id, session.user, session.db):
+            # filtered out (user, sample): none of its records are written; its commands still
+            # pass the filter, which counts them
+            return True
+        self.connections += 1
         body = {"user": session.user, "db": session.db, "capabilities": session.capabilities,
                 "charset": session.charset, "client_addr": session.client_addr, "backend": session.backend,
                 "backend_conn_id": session.backend_conn_id}
@@ -330,6 +386,77 @@ class CaptureJob(Job):
             self.filtered_here += 1
             verdict = DROPPED
         return verdict, recorded, conn_id in self._dropped_sql_prepares
+
+    def select_command(self, session: "Session", payload: bytes, stmt_id: int) -> bool:
+        """A finished command of a captured connection while a capture filter is set (a worker
+        asks, with the GIL): whether the filter keeps it (fastproxy/traffic_filter.py)."""
+        if self.selector is None:
+            return True
+        return self.selector.command(session.conn_id, payload, 0,
+                                     stmt_id if payload[0] == _COM_STMT_PREPARE else 0) is None
+
+    def on_command(self, session: "Session", cmd: int, start_ns: int, end_ns: int, r, payload: bytes | None) -> None:
+        """A finished command of a connection relayed in Python (TLS; on the event loop, once per
+        command: kept lean)."""
+        state = session.capture_state
+        if state != "on" or payload is None or start_ns < self.start_ns or self._stopping or self._failed:
+            if state == "wait-txn" and not session.in_transaction and not self._stopping and not self._failed:
+                session.capture_state = "pending"  # a transaction boundary: read at the next command
+                session.want_own_query()
+            return
+        if self.selector is not None and self.selector.command(
+                session.conn_id, payload, start_ns, r.stmt_id if cmd == _COM_STMT_PREPARE else 0) is not None:
+            session.infiles.clear()  # the files of a command not captured
+            return
+        if session.infiles:
+            self._record_infiles(session, start_ns)
+        affected = r.affected_rows
+        if cmd == _COM_QUERY or cmd == _COM_STMT_PREPARE:
+            verdict, recorded = classify(payload, 1, reading_for_collation(session.charset))
+            if verdict != CLEAN:
+                if verdict == DROPPED:
+                    self._drop_secret(session, cmd, payload)
+                    if cmd == _COM_STMT_PREPARE:
+                        self._filtered_stmts.add((session.conn_id, r.stmt_id))
+                    return
+                self.redacted += 1
+                payload = recorded
+            elif (self._dropped_sql_prepares and cmd == _COM_QUERY
+                  and not self._sql_prepares_allow(session.conn_id, payload)):
+                self.filtered_here += 1
+                return
+            if cmd == _COM_STMT_PREPARE and r.outcome == 0:
+                affected = r.stmt_id  # a prepare has no affected rows: the field carries the statement id
+        elif cmd == _COM_CHANGE_USER or cmd == _COM_RESET_CONNECTION:
+            self._dropped_sql_prepares.pop(session.conn_id, None)  # SQL-level statements are gone
+            if cmd == _COM_CHANGE_USER:
+                payload = change_user_without_auth(payload, session.capabilities)
+        elif self._filtered_stmts and _COM_STMT_EXECUTE <= cmd <= _COM_STMT_RESET:
+            if (session.conn_id, int.from_bytes(payload[1:5], "little")) in self._filtered_stmts:
+                self.filtered_here += 1
+                return
+        if not self.ring.append_command(session.conn_id, start_ns, end_ns, r.outcome, r.err_code, affected, r.rows,
+                                        payload, r.last_insert_id, r.columns, r.warnings, r.status_flags,
+                                        r.hash_ordered, r.hash_unordered):
+            self._refused(f"a {command_name(cmd)}", session.conn_id, len(payload), start_ns)
+
+    def _record_infiles(self, session: "Session", start_ns: int) -> None:
+        """The LOCAL INFILE files of the command that started at start_ns, before its record (a
+        connection relayed in Python; the workers record their own)."""
+        counts = self._py_counts
+        for size, content in session.infiles:
+            counts["local_infile_files"] += 1
+            if content is None:
+                counts["local_infile_too_large"] += 1
+                content = b""
+            else:
+                counts["local_infile_bytes"] += size
+            if self._failed:
+                break
+            body = INFILE_SIZE.pack(size) + content
+            if not self.ring.append_event(KIND_LOCAL_INFILE, session.conn_id, start_ns, body):
+                self._refused("a LOCAL INFILE file", session.conn_id, len(body), start_ns)
+        session.infiles.clear()
 
     def on_session_reset(self, session: "Session") -> None:
         """COM_CHANGE_USER / COM_RESET_CONNECTION: its SQL-level statements are gone."""
@@ -367,13 +494,16 @@ class CaptureJob(Job):
     def on_close(self, session: "Session") -> None:
         """A captured connection closed (after its last command record, which its worker appended)."""
         self._dropped_sql_prepares.pop(session.conn_id, None)
-        if not self._stopping:
+        # relayed in Python (TLS): "wait-txn"/"pending": nothing of it was recorded, so no close either
+        captured = session.relay is not None or session.capture_state == "on"
+        if captured and not self._stopping and (self.selector is None or self.selector.close(session.conn_id)):
             body = {"by": session.closed_by or "client"}
             if session.close_reason:
                 body["reason"] = session.close_reason
             if session.close_err_code:
                 body["err_code"] = session.close_err_code
             self._append_event(KIND_CONN_CLOSE, session, json.dumps(body).encode())
+        session.capture_state = None
 
     # ---- show ----------------------------------------------------------------------------------
     def describe(self) -> dict:
@@ -398,6 +528,7 @@ class CaptureJob(Job):
             "local_infile_files": self.infile_files,
             "local_infile_bytes": self.infile_bytes,
             "local_infile_too_large": self.infile_too_large,
+            **self._filter_counts(),
         })
         if self._final and self._final.get("commands_not_written"):
             d["commands_not_written"] = self._final["commands_not_written"]
@@ -414,6 +545,12 @@ class CaptureJob(Job):
         if notes:
             d["note"] = "; ".join(notes)
         return d
+
+    def _filter_counts(self) -> dict:
+        """The filters and what each dropped (commands; "... (connections)": whole connections)."""
+        if self.selector is None:
+            return {}
+        return {"filters": self.filters.describe(), "filtered_by": dict(self.selector.dropped)}
 
     def progress(self) -> float:
         if self.status != "running":

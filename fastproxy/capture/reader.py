@@ -11,9 +11,10 @@ from typing import Iterator
 import lz4.frame
 
 from fastproxy.capture import crypto
+from fastproxy.capture._records import decode_records  # the C twin of record.decode_records
 from fastproxy.capture.record import (FILE_HEADER, FILE_RE, FILE_VERSION_HEADERS, FLAG_AES_CTR,
                                       FLAG_LZ4, FORMAT_VERSION, MAGIC, META_NAME,
-                                      READABLE_FORMAT_VERSIONS, Record, decode_records)
+                                      READABLE_FORMAT_VERSIONS, Record)
 from fastproxy.errors import TrafficFormatError
 from fastproxy.storage import open_storage
 

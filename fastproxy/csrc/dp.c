@@ -435,6 +435,10 @@ static int capture_command(dp_conn *c, const dp_cmd *m, const trk_result *r, int
     dp *d = c->w->dp;
     if (m->len != m->total || !m->len || m->start_ns < cap->start_ns)
         return 0;
+    if (cap->select && d->select_hook && !d->select_hook(c->py_handle, m->buf, m->len, r)) {
+        infiles_clear(c);  /* the files of a command not captured */
+        return 0;
+    }
     if (c->ninfiles)
         record_infiles(c, cap, m->start_ns);
     const uint8_t *p = m->buf;

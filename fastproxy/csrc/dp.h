@@ -89,6 +89,7 @@ typedef struct dp_capture {
     uint64_t refused_conn_id;
     uint64_t refused_size;
     int64_t refused_at_ns;
+    uint8_t select;              /* a capture filter is set: every command asks Python (select_hook) */
 } dp_capture;
 
 /* One command in flight, beside its entry in the tracker's queue. */
@@ -270,6 +271,9 @@ typedef int (*dp_capture_hook)(void *conn, const uint8_t *payload, size_t n, con
  * when the current database may have changed), DP_HOOK_FORGET (COM_RESET_CONNECTION, COM_CHANGE_USER). */
 typedef int (*dp_session_hook)(void *conn, int kind, const uint8_t *payload, size_t n, const trk_result *r,
                                int flags);
+/* Capture filter in Python (takes the GIL), asked for every command of a captured connection while
+ * one is set: 1 to record the command, 0 to leave it out (the filter counts it). */
+typedef int (*dp_select_hook)(void *conn, const uint8_t *payload, size_t n, const trk_result *r);
 enum { DP_CLEAN = 0, DP_REDACTED = 1, DP_DROPPED = 2, DP_VERDICT_MASK = 3, DP_SQL_DROPPED = 16 };
 enum { DP_HOOK_QUERY = 1, DP_HOOK_FORGET = 2 };
 
@@ -282,6 +286,7 @@ typedef struct dp {
     dp_capture_hook capture_hook;   /* its policy, with the GIL, only when the pre-check says so */
     dp_session_hook session_hook;
     dp_append_large append_large;
+    dp_select_hook select_hook;     /* the capture's filter, with the GIL, only while one is set */
 } dp;
 
 /* lifecycle (Python thread) */

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 import struct
 import time
 
@@ -89,13 +90,16 @@ class BackendPool:
     the module's docstring for the two modes)."""
 
     def __init__(self, addrs: list[tuple[str, int]], interval: float = 2.0, timeout: float = 2.0, user: str = "",
-                 local_addr: tuple[str, int] | None = None) -> None:
+                 local_addr: tuple[str, int] | None = None, tls=None, require_tls: bool = False) -> None:
         self.backends = [Backend(h, p) for h, p in addrs]
         self.interval = interval
         self.timeout = timeout
         self.user = user
         self.mode = LOGIN if user else PASSIVE
         self.local_addr = local_addr  # source address of checks (tests: a non-loopback-looking one)
+        # security.sql-tls / require-backend-tls: a check connects as proxied connections do
+        self.tls = tls
+        self.require_tls = require_tls
         self.rounds = 0  # times the health task looked at every backend
         self._task: asyncio.Task | None = None
         self._probes: set[asyncio.Task] = set()
@@ -111,7 +115,8 @@ class BackendPool:
         return self.pick() or min(self.backends, key=lambda b: b.last_check)
 
     def status(self) -> dict:
-        return {"mode": self.mode, "user": self.user, "interval": self.interval, "rounds": self.rounds}
+        return {"mode": self.mode, "user": self.user, "interval": self.interval, "rounds": self.rounds,
+                "tls": self.tls is not None, "require_tls": self.require_tls}
 
     # ---- evidence from proxied connections ----------------------------------------------------
     def report(self, backend: Backend | None, error: str = "") -> None:
@@ -165,7 +170,10 @@ class BackendPool:
         if payload[:1] == bytes((ERR_HEADER,)):  # too many connections, host blocked ...
             code, _, message = parse_err(payload)
             raise HealthCheckFailed(f"backend refused the connection: {code} {message}")
-        return Greeting.parse(payload)
+        g = Greeting.parse(payload)
+        if self.require_tls and not g.capabilities & CLIENT.SSL:
+            raise HealthCheckFailed("backend does not offer TLS (security.require-backend-tls)")
+        return g
 
     async def _login(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         """Log in as the check user (no password) and quit: a connection MariaDB counts as normal."""
@@ -174,11 +182,20 @@ class BackendPool:
         data = _empty_password(plugin)
         attrs = b"".join(lenenc_int(len(k)) + k + lenenc_int(len(v)) + v for k, v in CHECK_ATTRS)
         caps = CHECK_CAPABILITIES & g.capabilities & 0xFFFFFFFF
+        seq = 1
+        if self.tls is not None and g.capabilities & CLIENT.SSL:  # SSL request, TLS, then the login inside
+            caps |= CLIENT.SSL
+            writer.write(build_packet(seq, struct.pack("<IIB", caps, 1 << 24, CHARSET_UTF8MB4_GENERAL_CI) + bytes(23)))
+            seq += 1
+            try:
+                await writer.start_tls(self.tls)
+            except ssl.SSLError as e:
+                raise HealthCheckFailed(f"TLS handshake failed: {e.reason or e}") from None
         body = (struct.pack("<IIB", caps, 1 << 24, CHARSET_UTF8MB4_GENERAL_CI) + bytes(23)
                 + self.user.encode() + b"\x00" + lenenc_int(len(data)) + data + plugin.encode() + b"\x00")
         if caps & CLIENT.CONNECT_ATTRS:
             body += lenenc_int(len(attrs)) + attrs
-        writer.write(build_packet(1, body))
+        writer.write(build_packet(seq, body))
         while True:
             seq, payload = await _read_packet(reader)
             first = payload[0] if payload else -1

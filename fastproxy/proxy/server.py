@@ -14,6 +14,8 @@ from fastproxy.config import Config
 from fastproxy.metrics import LATENCY_BOUNDS_NS, ProxyStats, make_registry
 from fastproxy.proxy.backend import BackendPool
 from fastproxy.proxy.connection import ClientConnection
+from fastproxy.proxy.inbound_proxy_protocol import check_proxy_protocol
+from fastproxy.proxy.tls_upgrade import ProxyTls
 
 log = logging.getLogger("fastproxy.server")
 
@@ -22,8 +24,11 @@ class ProxyServer:
     def __init__(self, config: Config) -> None:
         self.config = config
         self.stats = ProxyStats()
+        self.tls = ProxyTls.from_config(config)  # TLS towards clients and backends (tls_upgrade.py)
+        check_proxy_protocol(config)
         self.pool = BackendPool(config["proxy.backends"], config["proxy.health-check-interval"],
-                                config["proxy.health-check-timeout"], config["proxy.health-check-user"])
+                                config["proxy.health-check-timeout"], config["proxy.health-check-user"],
+                                tls=self.tls.backend_ctx, require_tls=self.tls.require_backend)
         self.connections: set[ClientConnection] = set()
         self.dataplane = DataPlane(config["proxy.workers"], LATENCY_BOUNDS_NS)
         # The running capture (fastproxy.capture.job.CaptureJob), or None; what the proxy calls:
@@ -50,6 +55,11 @@ class ProxyServer:
     def on_authenticated(self, conn: ClientConnection) -> bool:
         """A connection is about to be relayed: whether a capture records it from its first command."""
         return self.capture is not None and self.capture.on_connect(conn.session)
+
+    def on_closed(self, conn: ClientConnection) -> None:
+        """A connection the data plane never had closed (in its handshake, or relayed in Python)."""
+        if self.capture is not None:
+            self.capture.on_close(conn.session)
 
     def _on_dataplane_events(self) -> None:
         for kind, relay, arg in self.dataplane.poll_events():
@@ -108,7 +118,7 @@ class ProxyServer:
         if self.connections:
             log.warning("force-closing %d connections after %.1fs", len(self.connections), timeout)
             for conn in list(self.connections):
-                conn.close_for_shutdown()
+                conn.close_for_shutdown(force=True)
             self.dataplane.close_all()
             while self.connections:  # the workers report every close; nothing waits on a client now
                 await asyncio.sleep(0.01)

@@ -9,6 +9,7 @@ fixed start, not from the previous command, so being late once does not shift ev
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import logging
 import re
@@ -27,16 +28,18 @@ from fastproxy.errors import BackendConnError, ProtocolError
 from fastproxy.replay._scheduler import Scheduler, Ticket
 from fastproxy.replay.causal import IN_TXN, PIN_ID, PIN_TIME, PROD_LOCK_ERROR, TXN_BEGIN, TXN_END, Planner
 from fastproxy.replay.client import LoginError, ReplayClient
+from fastproxy.replay.dryrun import DryClient, DryRunCounters
 from fastproxy.replay.lag import LagStats
 from fastproxy.replay.lockwaits import LockWaits
 from fastproxy.replay.report import Report
 from fastproxy.jobs_base import utc_iso
 from fastproxy.replay.pinning import PIN_FLAGS, pin
-from fastproxy.replay.schema import load_scopes
+from fastproxy.replay.schema import TableScopes, load_scopes
 from fastproxy.replay.sessions import CLOSED, ThreadIds, rebuild_statements
 from fastproxy.replay.statements import is_read_only
 from fastproxy.replay.users import PLACEHOLDER_BYTES, Credentials
 from fastproxy.sqltext import parse_kill, worth_scanning
+from fastproxy.traffic_filter import cmd_type_name  # TiProxy-style: COM_STMT_EXECUTE -> StmtExecute
 from fastproxy.replay.transactions import MAX_ATTEMPTS, RETRYABLE, ROLLBACK, Retry, TxnLog
 
 log = logging.getLogger("fastproxy.replay")
@@ -63,6 +66,9 @@ KILL_READ_MARGIN_NS = 200_000_000  # a KILL waits until records completing this 
 KILL_SETTLE_NS = 200_000_000  # ... and its target's query has run (at most) this long on replay
 KILL_WAIT_S = 10.0  # at most (then it goes anyway)
 SERVER_CLOSE_WAIT_S = 1.0  # how long a server-side close of production is left to the replay server
+# Each command leaves a few short-lived objects (record, ticket, result) and almost never a cycle: the
+# default youngest-generation threshold (700 allocations) ran the collector every few dozen commands.
+GC_GEN0_THRESHOLD = 50_000
 
 # what _gate says about a connection's head command (_BUSY: the connection first sends something else)
 _FIRE, _PARKED, _CONSUMED, _BUSY = 0, 1, 2, 3
@@ -72,12 +78,6 @@ _PIN_TAG = ("pin",)
 _TXN_TAG = ("txn",)
 _MIRROR_TAG = ("rollback",)
 _INTERNAL_TAGS = frozenset({"pin", "txn", "rollback"})
-
-
-def cmd_type_name(cmd: int) -> str:
-    """TiProxy-style command type: COM_STMT_EXECUTE -> StmtExecute."""
-    name = command_name(cmd)
-    return "".join(p.capitalize() for p in name[4:].split("_")) if name.startswith("COM_") else name
 
 
 @dataclass
@@ -105,6 +105,7 @@ class ReplayOptions:
     tls_skip_verify: bool = False  # encrypt without verifying the target's certificate
     users: dict = field(default_factory=dict)  # --users-file: captured user -> password
     replay_unknown: bool = False  # also send commands whose backend died before answering (BACKEND_LOST)
+    dry_run: bool = False  # decode, filter, plan and schedule, but never connect or send (fastproxy/replay/dryrun.py)
 
     def ssl_context(self):
         if not (self.tls or self.tls_ca or self.tls_skip_verify):
@@ -226,6 +227,7 @@ class Replayer:
         self._reading_done = False
         self._stop_reading = False
         self._done = asyncio.Event()
+        self.internal_error: Exception | None = None  # a defect of the replayer that stopped the replay
         self._loop: asyncio.AbstractEventLoop | None = None
         self.queued = 0
         self.finished_ns = 0
@@ -246,6 +248,10 @@ class Replayer:
                                affected_rows=self._affected_rows_recorded())
         self._released: list[int] = []  # parked connections whose requirement a completion met
         self._draining = False
+        self._cpu_start = 0.0
+        self.cpu_seconds = 0.0  # CPU time of this process (all threads) while the replay ran
+        self.dry_run: DryRunCounters | None = DryRunCounters() if options.dry_run else None
+        self.checkpoint = None  # fastproxy.replay.checkpoint.Checkpoint: position kept for --resume
 
     # ---- timing ---------------------------------------------------------------------------------
     def due_ns(self, captured_ns: int) -> int:
@@ -265,13 +271,17 @@ class Replayer:
                 await asyncio.sleep(delay)
             head_start = 0
         self.replay_start_ns = time.time_ns()
+        self._cpu_start = time.process_time()
         self._start_mono = time.monotonic_ns() + head_start
         reader_task = self._loop.create_task(self._read())
         flusher = self._loop.create_task(self._flush_periodically())
         watcher = self._loop.create_task(self._watch_dependencies())
+        thresholds = gc.get_threshold()
+        gc.set_threshold(max(thresholds[0], GC_GEN0_THRESHOLD), *thresholds[1:])
         try:
             await self._done.wait()
         finally:
+            gc.set_threshold(*thresholds)
             self._stop_reading = True
             reader_task.cancel()
             flusher.cancel()
@@ -293,8 +303,12 @@ class Replayer:
                 if conn.client:
                     conn.client.close()
             self.finished_ns = time.time_ns()
+            self.cpu_seconds = time.process_time() - self._cpu_start
             if self.on_flush:
                 self.on_flush(self.report)
+        if self.internal_error is not None:
+            e = self.internal_error
+            raise RuntimeError(f"the replay stopped on an internal error: {type(e).__name__}: {e}") from e
         return self.stats
 
     def cancel(self, graceful: bool = False) -> None:
@@ -360,6 +374,8 @@ class Replayer:
         return conn
 
     def _dispatch(self, rec: Record) -> None:
+        if self.checkpoint is not None and not self.checkpoint.on_read(rec):
+            return  # done before a resume
         kind = rec.kind
         if rec.end_ns > self._read_ns:
             self._read_ns = rec.end_ns  # how far the input has been read (KILLs wait for their target)
@@ -406,9 +422,11 @@ class Replayer:
         put it on the heap (or park it). Commands consumed without a round trip (filtered, closes)
         are handled in this loop, not by recursion."""
         now = time.monotonic_ns()
+        speed = self.opt.speed
         try:
             while conn.queue and not conn.busy:
-                due = self.due_ns(conn.queue[0].start_ns)
+                # self.due_ns, inlined: this runs for every command
+                due = 0 if speed <= 0 else self._start_mono + int((conn.queue[0].start_ns - self.capture_start_ns) / speed)
                 conn.due_ns = due
                 if due > now:
                     self.heap.push(due, conn.idx)
@@ -452,6 +470,8 @@ class Replayer:
             ticket = conn.tickets.popleft()
             if ticket is not None:
                 self._finish(conn, ticket)
+            if self.checkpoint is not None:
+                self.checkpoint.consumed(conn, ticket)
         return True
 
     def _next(self, conn: Conn) -> None:
@@ -517,6 +537,8 @@ class Replayer:
         conn.busy = True
         conn.inflight = rec
         conn.sent_ns = now
+        if self.checkpoint is not None:
+            self.checkpoint.sent(conn)
         if cmd in _SESSION_COMMANDS:
             payload = self._session_command(conn, rec, payload)
             if payload is None:
@@ -598,11 +620,16 @@ class Replayer:
             self.stats.reconnects += 1
         try:
             user, password = self.credentials.login(conn.user)
-            conn.client = await ReplayClient.connect(
-                self.opt.host, self.opt.port, user, password, conn.db,
-                on_result=self._on_result, on_lost=self._on_lost, owner=conn, capabilities=conn.capabilities,
-                charset=conn.charset,
-                timeout=self.opt.connect_timeout, ssl_context=self.ssl_context)
+            if self.dry_run is not None:  # nothing is sent: production's answers stand in for the server's
+                conn.client = await DryClient.connect(self.opt.host, self.opt.port, user, password, conn.db,
+                                                      on_result=self._on_result, on_lost=self._on_lost, owner=conn,
+                                                      counters=self.dry_run)
+            else:
+                conn.client = await ReplayClient.connect(
+                    self.opt.host, self.opt.port, user, password, conn.db,
+                    on_result=self._on_result, on_lost=self._on_lost, owner=conn, capabilities=conn.capabilities,
+                    charset=conn.charset,
+                    timeout=self.opt.connect_timeout, ssl_context=self.ssl_context)
             conn.client.on_infile = self._on_infile
             conn.ever_connected = True
             conn.stmt_map.clear()  # a new server session: statements are re-prepared on first use
@@ -610,6 +637,8 @@ class Replayer:
             conn.pin_dirty = False
             if conn.state is not None:
                 await self._rebuild_session(conn)
+            if self.checkpoint is not None:
+                await self.checkpoint.after_login(conn)
         except (OSError, asyncio.TimeoutError, LoginError, Exception) as e:  # noqa: BLE001
             err_type = ("i/o timeout" if isinstance(e, asyncio.TimeoutError)
                         else "login failed" if isinstance(e, LoginError) else "connect failed")
@@ -624,6 +653,12 @@ class Replayer:
             self._schedule(conn)
 
     def _on_lost(self, client: ReplayClient, exc) -> None:
+        try:
+            self._handle_lost(client, exc)
+        except Exception as e:  # noqa: BLE001
+            self._internal_failure(e)
+
+    def _handle_lost(self, client: ReplayClient, exc) -> None:
         conn: Conn = client.owner
         if conn.client is client:
             conn.client = None
@@ -642,6 +677,21 @@ class Replayer:
                 self._judge_idle_loss(conn, conn.queue[0])
 
     def _on_result(self, client: ReplayClient, result) -> None:
+        # a client callback that raises would leave its connection busy for ever: the replay would
+        # stall without a word; stop it instead, saying why
+        try:
+            self._handle_result(client, result)
+        except Exception as e:  # noqa: BLE001
+            self._internal_failure(e)
+
+    def _internal_failure(self, e: Exception) -> None:
+        if self.internal_error is None:
+            log.exception("replay stopped by an internal error")
+            self.internal_error = e
+            self.report.add_other("internal error", f"{type(e).__name__}: {e}", time.time_ns())
+            self.cancel()
+
+    def _handle_result(self, client: ReplayClient, result) -> None:
         conn: Conn = client.owner
         now = time.monotonic_ns()
         tag = result.tag
@@ -677,10 +727,10 @@ class Replayer:
                 conn.types_bound.discard(captured_id)
         elif cmd == COMMAND.COM_INIT_DB and result.outcome == OUTCOME_OK and result.schema is None:
             conn.db = rec.payload[1:].decode("utf-8", "replace")
-        if self.opt.whole_transactions and self._transaction_result(conn, rec, result):
+        if result.outcome == OUTCOME_ERR and self.opt.whole_transactions and self._transaction_result(conn, rec, result):
             return  # the transaction is being sent again; this command completes when that is done
         self._compare(conn, rec, result, now)
-        if self._track_database(conn, rec, result):
+        if (result.schema is not None or cmd == COMMAND.COM_QUERY) and self._track_database(conn, rec, result):
             return  # asking the server first: _next once it answered
         self._next(conn)
 
@@ -757,6 +807,10 @@ class Replayer:
         causal = opt.order == "causal"
         if not causal and not opt.pin:
             return
+        if opt.dry_run:  # the target is not asked: tables are scoped by name only (no foreign keys, views, triggers)
+            self.planner = Planner(TableScopes(), causal=causal, pin=opt.pin, status_flags=self._status_flags_recorded(),
+                                   affected_rows=self._affected_rows_recorded())
+            return
         # on error (logged by load_scopes, shown in the summary's causal.scope) one global scope
         scopes = await self._loop.run_in_executor(
             None, load_scopes, opt.host, opt.port, opt.username, opt.password, opt.connect_timeout)
@@ -830,7 +884,7 @@ class Replayer:
                 self.stats.pinned_insert_id += 1
         if self.opt.whole_transactions:
             txn = conn.txn
-            if flags & TXN_BEGIN or not flags & IN_TXN:
+            if (flags & TXN_BEGIN or not flags & IN_TXN) and (txn.entries or txn.attempts):
                 txn.reset()
             txn.entries.append((conn.inflight, payload, prefix, flags))
         conn.client.send(payload, None)
@@ -986,7 +1040,7 @@ class Replayer:
         order = self.planner.order
         opt = self.opt
         lockwaits = LockWaits(opt.host, opt.port, opt.username, opt.password, opt.connect_timeout) \
-            if opt.whole_transactions else None
+            if opt.whole_transactions and not opt.dry_run else None
         last_probe = 0
         try:
             while True:
@@ -1314,7 +1368,7 @@ class Replayer:
         cap_span = (self.last_command_ns - self.first_command_ns) / 1e9
         return {
             "input": self.input_dir,
-            "target": f"{self.opt.host}:{self.opt.port}",
+            "target": f"{self.opt.host}:{self.opt.port}" if self.opt.port else "none (dry run)",
             "speed": self.opt.speed,
             "readonly": self.opt.readonly,
             "replay_start": utc_iso(self.replay_start_ns),
@@ -1333,6 +1387,9 @@ class Replayer:
             "peak_queued_commands": st.peak_queued,
             "qps_captured": round(st.read / cap_span, 1) if cap_span > 0 else None,
             "qps_replayed": round(st.replayed / elapsed, 1),
+            # what replaying cost this process (all its threads; in `serve`, the proxy's work too)
+            "replayer_cpu_seconds": round(self.cpu_seconds if self.finished_ns else
+                                          time.process_time() - self._cpu_start if self._cpu_start else 0.0, 3),
             "avg_latency_captured_ms": round(st.captured_ns / max(1, st.replayed) / 1e6, 3),
             "avg_latency_replayed_ms": round(st.replayed_ns / max(1, st.replayed) / 1e6, 3),
             "lag": self.lag.as_dict(),
@@ -1351,7 +1408,17 @@ class Replayer:
             "filters": self.opt.filters.describe() if self.opt.filters is not None else {},
             "filtered_by": dict(getattr(self.reader, "dropped", {}) or {}),
             **self._faithful_summary(),
+            "dry_run": self._dry_run_summary(elapsed),
         }
+
+    def _dry_run_summary(self, elapsed: float) -> dict | None:
+        if self.dry_run is None:
+            return None
+        cpu = self.cpu_seconds if self.finished_ns else 0.0
+        return {**self.dry_run.as_dict(),
+                # what the replayer itself sustained: at speed 0 its ceiling, at a speed its pace (with the lag)
+                "commands_per_second": round(self.stats.replayed / elapsed, 1),
+                "commands_per_cpu_second": round(self.stats.replayed / cpu, 1) if cpu > 0 else None}
 
     def _faithful_summary(self) -> dict:
         st = self.stats
@@ -1360,7 +1427,9 @@ class Replayer:
         return {
             "order": self.opt.order,
             "causal": {
-                "scope": ("one global scope: " + scopes.error) if scopes.error else "per table",
+                "scope": ("one global scope: " + scopes.error) if scopes.error else
+                         "per table (dry run: by name only, the target's schema not read)" if self.opt.dry_run else
+                         "per table",
                 "commands_waited": st.causal_waits,
                 "wait_ms": round(st.causal_wait_ns / 1e6, 1),
                 "released_to_break_cycles": st.cycles_broken,

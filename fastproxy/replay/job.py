@@ -14,6 +14,7 @@ from fastproxy.errors import ConfigError, JobError, TrafficFormatError
 from fastproxy.jobs_base import Job, parse_bool
 from fastproxy.private_files import check_output_path, create_private_file, open_private_dir
 from fastproxy.storage import is_s3
+from fastproxy.replay.checkpoint import Checkpoint, checkpoint_name, identity
 from fastproxy.replay.engine import Replayer, ReplayOptions
 from fastproxy.replay.report import ReportWriter
 from fastproxy.report.ab import ABSession
@@ -32,7 +33,7 @@ class ReplayRun:
 
     def __init__(self, input_dir: str | list[str], options: ReplayOptions, report_dir: str | None = None,
                  write_tables: bool = True, verdict_options: VerdictOptions | None = None,
-                 baseline: tuple[str, int] | None = None) -> None:
+                 baseline: tuple[str, int] | None = None, resume: bool = False) -> None:
         if report_dir is not None:
             report_dir = check_output_path(report_dir, "report-dir")
         inputs = [input_dir] if isinstance(input_dir, str) else list(input_dir)
@@ -41,6 +42,8 @@ class ReplayRun:
                 raise JobError(f"input: {path}: no such file or directory")
         if not report_dir and is_s3(inputs[0]):
             raise ConfigError("report-dir: required when the input is on S3 (the summary files are written locally)")
+        if options.dry_run and baseline is not None:
+            raise ConfigError("dry-run: cannot be combined with baseline (a dry run sends nothing to compare)")
         try:
             self.engine = Replayer(input_dir, options)
         except TrafficFormatError as e:
@@ -51,26 +54,50 @@ class ReplayRun:
         self._report_field = "report-dir" if report_dir else "report-dir (by default the input's directory)"
         _check_report_dir(self.report_dir, self._report_field)  # refused now, not after the replay ran
         self.writer: ReportWriter | None = None
-        self.write_tables = write_tables
+        self.write_tables = write_tables and not options.dry_run  # a dry run touches no server
         self.summary: dict | None = None
         self.files: list[str] = []
         # the verdict: results and latency compared with the capture, EXPLAIN, the HTML page; or, with a
         # baseline, a second engine replaying the same capture at the same time, compared with the first
         self.baseline_engine: Replayer | None = None
-        if baseline is not None:
+        if options.dry_run:
+            from fastproxy.replay.dryrun import NoVerdict
+
+            self.verdict = NoVerdict()
+        elif baseline is not None:
             self.baseline_engine = Replayer(input_dir, dataclasses.replace(options, host=baseline[0],
                                                                            port=baseline[1]))
             self.verdict = ABSession(self.engine, self.baseline_engine, verdict_options)
         else:
             self.verdict = VerdictSession(self.engine, verdict_options)
         self.report_html = ""
+        # checkpoints every second, next to the summary files (fastproxy/replay/checkpoint.py)
+        self.checkpoint: Checkpoint | None = None
+        if baseline is not None or options.dry_run:  # a dry run sends nothing: nothing to resume
+            if resume:
+                raise ConfigError("resume: an A/B replay (baseline) cannot be resumed" if baseline is not None
+                                  else "resume: a dry run has nothing to resume (it sends nothing)")
+        else:
+            self.checkpoint = Checkpoint(self.report_dir, self._report_field,
+                                         checkpoint_name(getattr(options.filters, "shard", None)),
+                                         identity(inputs, self.engine), resume)
+            self.checkpoint.attach(self.engine)
 
     async def run(self) -> dict:
         engine = self.engine
+        cp = self.checkpoint
+        report_start_ns = time.time_ns()
+        periodic = None
+        if cp is not None:
+            await cp.begin(report_start_ns)
+            report_start_ns = cp.report_start_ns  # a resumed replay carries on the rows of the one it continues
+            periodic = asyncio.get_running_loop().create_task(cp.run_periodically())
         if self.write_tables:
             o = self.options
-            self.writer = ReportWriter(o.host, o.port, o.username, o.password, time.time_ns(), tls=o.tls,
+            self.writer = ReportWriter(o.host, o.port, o.username, o.password, report_start_ns, tls=o.tls,
                                        tls_ca=o.tls_ca, tls_skip_verify=o.tls_skip_verify)
+            if cp is not None and cp.restored is not None:
+                self.writer.restart_counts()
             self.writer.start()
             self.writer.reference = self.verdict.verdict.reference
             engine.on_flush = self._flush
@@ -82,10 +109,15 @@ class ReplayRun:
                     if isinstance(res, BaseException):
                         raise res
         finally:
+            if cp is not None:
+                periodic.cancel()
+                cp.finish(finished=not engine.canceled and engine._done.is_set())
             await self.verdict.finish(self.writer)  # latency, plans (EXPLAIN on the target), last rows
             if self.writer:
                 await asyncio.get_running_loop().run_in_executor(None, self.writer.close)
             self.summary = engine.summary()
+            if cp is not None:
+                self.summary["resume"] = cp.summary()
             if self.writer:
                 self.summary["report_replay_start_time"] = self.writer.replay_start.isoformat(sep=" ")
                 self.summary["report_tables_error"] = self.writer.error or ""
@@ -206,6 +238,21 @@ def format_summary(s: dict) -> str:
         f"  lag: p99 {lag['p99_ms']} ms, max {lag['max_ms']} ms, avg {lag['avg_ms']} ms",
     ]
     lines += _faithful_lines(s)
+    d = s.get("dry_run")
+    if d:
+        lines.insert(1, f"  DRY RUN: nothing was sent; the replayer sustained {d['commands_per_second']:,} commands/s "
+                        f"({d['commands_per_cpu_second'] or 0:,} per CPU-second) and would have sent "
+                        f"{d['commands_would_send']} commands ({d['bytes_would_send']:,} bytes) and "
+                        f"{d['own_statements_would_send']} statements of its own over {d['connections_would_open']} "
+                        f"connections")
+    r = s.get("resume") or {}
+    if r.get("resumes"):
+        lines.append(f"  resumed ({r['resumes']}x, checkpoint of {r['resumed_from']}): {r['records_done_before']} "
+                     f"records done before; {r['sent_after_last_checkpoint']} commands sent after the last checkpoint "
+                     f"counted as run; {r['session_statements_sent_again']} session statements sent again "
+                     f"({r['session_statements_failed']} failed)")
+    if r.get("checkpoint_error"):
+        lines.append(f"  checkpoint: {r['checkpoint_error']}")
     if s["top_failures"]:
         lines.append("  top failing statements:")
         for f in s["top_failures"]:
@@ -319,7 +366,8 @@ class ReplayJob(Job):
                                 filters=filters_from(selection), start_at=parse_start_at(selection["start-at"]),
                                 tls=parse_bool(form, "tls", False), tls_ca=str(form.get("tls-ca", "") or "").strip(),
                                 tls_skip_verify=parse_bool(form, "tls-skip-verify", False),
-                                order=check_order(str(form.get("order", "") or "causal").strip()))
+                                order=check_order(str(form.get("order", "") or "causal").strip()),
+                                dry_run=parse_bool(form, "dry-run", False))
         users_file = str(form.get("users-file", "") or "").strip()
         if users_file:  # a path on this proxy's machine; the passwords never travel through the API
             from fastproxy.replay.users import load_users_file
@@ -329,7 +377,8 @@ class ReplayJob(Job):
         report_dir = str(form.get("report-dir", "") or "").strip() or None
         baseline = str(form.get("baseline", "") or "").strip()
         return cls(server, ReplayRun(input_dir, options, report_dir, verdict_options=verdict_options_from(form),
-                                     baseline=parse_addr(baseline, "baseline") if baseline else None))
+                                     baseline=parse_addr(baseline, "baseline") if baseline else None,
+                                     resume=parse_bool(form, "resume", False)))
 
     async def start(self) -> None:
         self.mark_started()
@@ -369,6 +418,7 @@ class ReplayJob(Job):
             "speed": e.opt.speed,
             "readonly": e.opt.readonly,
             "order": e.opt.order,
+            "dry_run": e.opt.dry_run,
             "commands_in_capture": st.commands_total,
             "replayed": st.replayed,
             "filtered": st.filtered,
@@ -384,6 +434,9 @@ class ReplayJob(Job):
             "lag": e.lag.as_dict(),
             "filtered_by": dict(getattr(e.reader, "dropped", {}) or {}),
         })
+        cp = self.run.checkpoint
+        if cp is not None and cp.restored is not None:
+            d["resume"] = cp.summary()
         if self.run.files:
             d["summary_files"] = self.run.files
         if self.run.baseline_engine is not None:

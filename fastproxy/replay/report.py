@@ -127,11 +127,15 @@ class Report:
         self.other_errors: dict[str, OtherError] = {}
         # takes out of a server's message what must not be reported (the secrets replay put back)
         self.scrub = lambda text: text
+        self.on_add = None  # callback(kind, args) per entry: the checkpoint's journal (replay/checkpoint.py)
 
     def add_failure(self, cmd_type: str, digest: str, stmt: str, err_msg: str, err_code: int, conn_id: int,
                     capture_ns: int, replay_ns: int) -> None:
         key = (cmd_type, digest)
         f = self.failures.get(key)
+        if self.on_add is not None:  # the sample only with the first of its kind
+            self.on_add("fail", (cmd_type, digest, "" if f else clip(stmt), "" if f else self.scrub(err_msg), err_code,
+                                 conn_id, capture_ns, replay_ns))
         if f is None:  # the first sample is kept
             f = self.failures[key] = Failure(cmd_type, digest, clip(stmt), clip(self.scrub(err_msg)), err_code,
                                              conn_id, capture_ns, replay_ns)
@@ -140,6 +144,8 @@ class Report:
 
     def add_other(self, err_type: str, err_msg: str, replay_ns: int) -> None:
         e = self.other_errors.get(err_type)
+        if self.on_add is not None:
+            self.on_add("other", (err_type, "" if e else clip(self.scrub(err_msg)), replay_ns))
         if e is None:
             e = self.other_errors[err_type] = OtherError(err_type, clip(self.scrub(err_msg)), replay_ns)
         e.count += 1
@@ -194,6 +200,12 @@ class ReportWriter:
         if rows:
             self._queue.put((table, rows))
 
+    def restart_counts(self) -> None:
+        """A resumed replay: its rows in fail and other_errors are written again from the checkpoint's
+        counts (the next batch carries them whole), so that what the stopped run wrote after its last
+        checkpoint is neither lost nor counted twice."""
+        self._queue.put(("restart", None))
+
     def close(self, timeout: float = 60.0) -> None:
         self._queue.put(None)
         self._thread.join(timeout)
@@ -237,6 +249,13 @@ class ReportWriter:
     def _write(self, conn, table: str, rows) -> None:
         if table == "fail":
             return self._write_failures(conn, *rows)
+        if table == "restart":
+            cur = conn.cursor()
+            cur.execute("BEGIN")
+            for name in ("fail", "other_errors"):
+                cur.execute(f"DELETE FROM {REPORT_DB}.{name} WHERE replay_start_time = %s", (self.replay_start,))
+            conn.commit()
+            return
         cur = conn.cursor()
         cur.execute("BEGIN")
         start = self.replay_start

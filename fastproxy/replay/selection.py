@@ -10,6 +10,9 @@ import click
 from fastproxy.errors import ConfigError
 from fastproxy.replay.filters import Filters
 
+RESUME_HELP = ("continue the replay from its checkpoint (in the report directory) after a crash or a cancel; "
+               "give the same input, shard and options (fastproxy/replay/checkpoint.py)")
+
 # (API field / CLI flag, help)
 FILTER_FIELDS = [
     ("schema", "replay only statements run in these databases (comma-separated); session statements are kept"),

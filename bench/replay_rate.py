@@ -1,0 +1,262 @@
+#!/usr/bin/env python3
+"""What one replayer process can drive: commands/s per core at speed 0, the dry run's decode +
+schedule rate, and one capture replayed by 1 and by 2 shard processes, beside what one proxy
+thread relays — all in one run.
+
+    python bench/replay_rate.py [--time 15] [--before /path/to/older/checkout] [--json out.json]
+    python bench/replay_rate.py --keep-captures /tmp/caps      # keep the captures (and their starting data)
+    python bench/replay_rate.py --captures /tmp/caps           # reuse them (no sysbench this time)
+
+One scratch MariaDB loaded with sysbench tables; `fastproxy serve` with `traffic capture` running
+records `oltp_point_select` (8 threads) and `oltp_read_write` (16 threads) for `--time` seconds
+each. The same sysbench runs through a plain `fastproxy serve` (no capture; one thread relays every
+connection) give the proxy's CPU per relayed query, so "what one proxy thread relays per core" is
+1 / (proxy CPU per query). Then each capture is replayed with the standalone `fastproxy replay
+--speed 0 --no-report-tables` (each replay from the data its capture started from), `--rounds`
+times, alternating the `--before` checkout (if given) and this one, so that both see the same
+machine. Per replay: commands/s (wall), the replayer's CPU per command during the replay (the
+summary's `replayer_cpu_seconds`: all threads of the process, start-up and the HTML page left out)
+and so commands per CPU-second ("per core"). Then the same with `--dry-run` (no connection: decode,
+filter, plan, schedule), and `--shard 0/1` against `--shard 0/2` + `--shard 1/2` started together
+with `--start-at`.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+sys.path.insert(0, str(HERE))
+from e2e import FastproxyCaptureTarget, FastproxyTarget, WORKLOADS, machine, prepare, run_one  # noqa: E402
+from fastproxy.scratch_db import ROOT_PASSWORD, ScratchMariaDB  # noqa: E402
+
+
+def relay_figures(db: ScratchMariaDB, args) -> dict:
+    """What one proxy (one thread relays every connection) spends per relayed query, without capture."""
+    target = FastproxyTarget()
+    port = target.start(db)
+    out = {}
+    try:
+        for wl, threads in WORKLOADS:
+            print(f"relaying {wl} x{threads} for {args.time}s (no capture) ...", flush=True)
+            r = run_one(target, port, wl, threads, db, args)
+            out[wl] = {"qps": r.qps, "proxy_cpu_us_per_query": r.proxy_cpu_us_per_query,
+                       "relay_qps_per_core": round(1e6 / r.proxy_cpu_us_per_query) if r.proxy_cpu_us_per_query else None}
+    finally:
+        target.stop()
+    return out
+
+
+def make_captures(db: ScratchMariaDB, args) -> tuple[dict, dict, dict]:
+    """{workload: capture dir}, {workload: starting data}, {workload: proxy CPU µs per query}."""
+    target = FastproxyCaptureTarget()
+    port = target.start(db)
+    relay = {}
+    try:
+        for wl, threads in WORKLOADS:
+            print(f"capturing {wl} x{threads} for {args.time}s ...", flush=True)
+            r = run_one(target, port, wl, threads, db, args)
+            relay[wl] = {"qps": r.qps, "proxy_cpu_us_per_query": r.proxy_cpu_us_per_query}
+            if target.capture_error.get(wl):
+                raise RuntimeError(f"capture of {wl} failed: {target.capture_error[wl]}")
+    finally:
+        target.stop()
+    return target.captures, target.starting_data, relay
+
+
+def replay(checkout: Path, db: ScratchMariaDB, capture: str, *extra: str, starting_data: str | None = None) -> dict:
+    """One standalone replay (its summary, plus the process' CPU time and wall time)."""
+    if starting_data:
+        db.sql("DROP DATABASE IF EXISTS sbtest;\n" + starting_data)
+    report_dir = tempfile.mkdtemp(prefix="fastproxy-rate-")
+    proc = start_replay(checkout, db, capture, report_dir, *extra)
+    return finish_replay(proc, report_dir)
+
+
+def start_replay(checkout: Path, db: ScratchMariaDB, capture: str, report_dir: str, *extra: str):
+    cmd = [sys.executable, "-m", "fastproxy", "replay", f"--target={db.addr}", f"--input={capture}",
+           "--username=root", f"--password-file={password_file()}", "--speed=0", "--no-report-tables",
+           f"--report-dir={report_dir}", *extra]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=str(checkout),
+                            env=dict(os.environ, PYTHONPATH=str(checkout)))
+    proc.t0 = time.monotonic()
+    return proc
+
+
+def finish_replay(proc, report_dir: str) -> dict:
+    out = proc.stdout.read()
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.monotonic() - proc.t0
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise RuntimeError(f"replay failed: {out[-3000:]}")
+    name = next(f for f in os.listdir(report_dir) if f.endswith(".json"))
+    with open(os.path.join(report_dir, name)) as f:
+        s = json.load(f)
+    shutil.rmtree(report_dir, ignore_errors=True)
+    process_cpu = usage.ru_utime + usage.ru_stime
+    # the replay itself (summary's replayer_cpu_seconds), not the start-up, the summary files, the HTML page
+    cpu = s.get("replayer_cpu_seconds") or process_cpu
+    n = max(1, s["commands_replayed"])
+    s["_process_cpu_s"] = process_cpu
+    s["_cpu_s"] = cpu
+    s["_wall_s"] = wall
+    s["_cpu_us_per_command"] = round(cpu / n * 1e6, 2)
+    s["_commands_per_cpu_s"] = round(n / cpu) if cpu else None
+    return s
+
+
+_PASSWORD_FILE = ""
+
+
+def password_file() -> str:
+    """The root password in a 0600 file (never on a command line)."""
+    global _PASSWORD_FILE
+    if not _PASSWORD_FILE:
+        fd, _PASSWORD_FILE = tempfile.mkstemp(prefix="fastproxy-rate-pw-")
+        os.write(fd, ROOT_PASSWORD.encode())
+        os.close(fd)
+    return _PASSWORD_FILE
+
+
+def row(label: str, s: dict) -> dict:
+    dry = s.get("dry_run") or {}
+    sent = s["commands_replayed"]
+    return {"variant": label, "commands": sent, "elapsed_s": s["elapsed_seconds"],
+            "cmds_per_s": s["qps_replayed"], "cpu_us_per_cmd": s["_cpu_us_per_command"],
+            "cmds_per_cpu_s": s["_commands_per_cpu_s"], "failed": s["commands_failed"],
+            "other_errors": s["other_errors"], "dry_run_bytes": dry.get("bytes_would_send")}
+
+
+def print_rows(title: str, rows: list[dict]) -> None:
+    print(f"\n{title}")
+    print(f"{'variant':<26} {'commands':>9} {'elapsed s':>9} {'cmds/s':>9} {'CPU us/cmd':>10} {'cmds/CPU-s':>10} "
+          f"{'failed':>6} {'other':>5}")
+    for r in rows:
+        print(f"{r['variant']:<26} {r['commands']:>9} {r['elapsed_s']:>9} {r['cmds_per_s']:>9,.0f} "
+              f"{r['cpu_us_per_cmd']:>10} {r['cmds_per_cpu_s'] or 0:>10,} {r['failed']:>6} {r['other_errors']:>5}")
+
+
+def sharded(checkout: Path, db: ScratchMariaDB, capture: str, n: int, starting_data: str | None) -> dict:
+    """`--shard i/n` for every i, started together with --start-at: aggregate commands/s."""
+    if starting_data:
+        db.sql("DROP DATABASE IF EXISTS sbtest;\n" + starting_data)
+    start_at = time.time() + 3.0  # every process is up and has read its first batch by then
+    procs = []
+    for i in range(n):
+        report_dir = tempfile.mkdtemp(prefix="fastproxy-rate-shard-")
+        procs.append((start_replay(checkout, db, capture, report_dir, f"--shard={i}/{n}", f"--start-at={start_at}"),
+                      report_dir))
+    summaries = [finish_replay(p, d) for p, d in procs]
+    commands = sum(s["commands_replayed"] for s in summaries)
+    # each summary's elapsed time counts from its own start (the shared --start-at)
+    span = max(s["elapsed_seconds"] for s in summaries)
+    cpu = sum(s["_cpu_s"] for s in summaries)
+    return {"processes": n, "commands": commands, "span_s": span, "cmds_per_s": round(commands / span),
+            "cpu_us_per_cmd": round(cpu / max(1, commands) * 1e6, 2),
+            "per_shard": [s["commands_replayed"] for s in summaries],
+            "failed": sum(s["commands_failed"] for s in summaries)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--time", type=int, default=15, help="seconds of each sysbench capture (default 15)")
+    ap.add_argument("--tables", type=int, default=4)
+    ap.add_argument("--table-size", type=int, default=10_000)
+    ap.add_argument("--rounds", type=int, default=2, help="replays of each capture per variant (default 2)")
+    ap.add_argument("--before", default="", help="an older checkout (built in place) to replay with, side by side")
+    ap.add_argument("--captures", default="", help="reuse captures kept by --keep-captures (no sysbench run)")
+    ap.add_argument("--keep-captures", default="", help="keep the captures and their starting data here")
+    ap.add_argument("--no-shards", action="store_true", help="skip the sharded replays")
+    ap.add_argument("--json", help="also write the results here")
+    args = ap.parse_args()
+
+    here = HERE.parent
+    variants = ([("before", Path(args.before).resolve())] if args.before else []) + [("this checkout", here)]
+    print(f"machine: {machine()}; load average {os.getloadavg()}", flush=True)
+    results: dict = {"machine": machine(), "load_average_start": os.getloadavg(), "time": args.time}
+    with ScratchMariaDB(name="bench-rate") as db:
+        print(f"mariadbd on {db.addr}; preparing {args.tables} x {args.table_size} rows ...", flush=True)
+        prepare(db, args)
+        if args.captures:
+            meta = json.loads((Path(args.captures) / "captures.json").read_text())
+            captures = {wl: str(Path(args.captures) / wl) for wl in meta["relay"]}
+            starting = {wl: (Path(args.captures) / f"{wl}.sql").read_text() for wl in meta["relay"]}
+            relay = meta["relay"]
+        else:
+            captures, starting, relay = make_captures(db, args)
+            if args.keep_captures:
+                keep = Path(args.keep_captures)
+                keep.mkdir(parents=True, exist_ok=True)
+                for wl, d in list(captures.items()):
+                    shutil.move(d, keep / wl)
+                    captures[wl] = str(keep / wl)
+                    (keep / f"{wl}.sql").write_text(starting[wl])
+                (keep / "captures.json").write_text(json.dumps({"relay": relay}, indent=2))
+        results["relay_with_capture"] = relay
+        relay = results["relay"] = relay_figures(db, args)
+        for wl, r in relay.items():
+            if r.get("proxy_cpu_us_per_query"):
+                r["relay_qps_per_core"] = round(1e6 / r["proxy_cpu_us_per_query"])
+                print(f"proxy relaying {wl}: {r['qps']:,.0f} QPS at {r['proxy_cpu_us_per_query']:.1f} us CPU/query "
+                      f"= {r['relay_qps_per_core']:,} queries per proxy CPU-second")
+        results["replays"] = {}
+        for wl, _ in WORKLOADS:
+            if wl not in captures:
+                continue
+            rows = []
+            for rnd in range(args.rounds):
+                for label, checkout in variants:
+                    print(f"{wl}: replay speed 0, {label}, round {rnd + 1} ...", flush=True)
+                    rows.append(row(label, replay(checkout, db, captures[wl], starting_data=starting.get(wl))))
+                print(f"{wl}: dry run speed 0, round {rnd + 1} ...", flush=True)
+                rows.append(row("this checkout, --dry-run", replay(here, db, captures[wl], "--dry-run")))
+            print_rows(f"replay of the {wl} capture at speed 0 (one process)", rows)
+            results["replays"][wl] = rows
+        if not args.no_shards:
+            wl = WORKLOADS[0][0]
+            shard_rows = []
+            for n in (1, 2):
+                print(f"{wl}: {n} shard process(es) ...", flush=True)
+                shard_rows.append(sharded(here, db, captures[wl], n, starting.get(wl)))
+            print(f"\nsharded replay of the {wl} capture (speed 0, --start-at)")
+            for r in shard_rows:
+                print(f"  {r['processes']} process(es): {r['commands']} commands in {r['span_s']} s = "
+                      f"{r['cmds_per_s']:,} cmds/s, CPU {r['cpu_us_per_cmd']} us/cmd, per shard {r['per_shard']}, "
+                      f"failed {r['failed']}")
+            results["shards"] = shard_rows
+        if not args.captures and not args.keep_captures:
+            for d in captures.values():
+                shutil.rmtree(d, ignore_errors=True)
+    target_line(results)
+    results["load_average_end"] = os.getloadavg()
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=2)
+
+
+def target_line(results: dict) -> None:
+    """The issue's target: one replayer process drives >= 1.5x what one proxy thread relays."""
+    results["target"] = {}
+    for wl, _ in WORKLOADS:
+        per_core = results.get("relay", {}).get(wl, {}).get("relay_qps_per_core")
+        for variant in ("before", "this checkout"):
+            rows = [r for r in results.get("replays", {}).get(wl, []) if r["variant"] == variant]
+            if not per_core or not rows:
+                continue
+            rates = sorted(r["cmds_per_cpu_s"] or 0 for r in rows)
+            median = rates[len(rates) // 2]
+            print(f"{wl}, {variant}: replayer {median:,} cmds per CPU-second (median of {len(rates)}) vs one proxy "
+                  f"{per_core:,} relayed queries per CPU-second: {median / per_core:.2f}x (target >= 1.5x)")
+            results["target"][f"{wl} {variant}"] = round(median / per_core, 3)
+
+
+if __name__ == "__main__":
+    main()

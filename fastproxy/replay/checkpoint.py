@@ -1,0 +1,572 @@
+"""Checkpoint and resume of a replay.
+
+A replay's position is not one number: connections run ahead of and behind each other (causal
+order parks some, transactions hold others), and several records are in flight at once. Every
+record read from the input gets a sequence number (`seq`, its place in the filtered input, the same
+on every read of the same input with the same options), and the position is:
+
+- `low_water`: every record before it is done;
+- `done`: per connection, the last of its records that is done (records after low_water count as
+  done only up to it).
+
+"Done" is judged as the target server sees it after a crash (kill -9) or a cancel:
+
+- a command that was *sent* counts as executed, answered or not (an autocommit statement the
+  server received runs to its end; the replayer cannot learn whether it did, so it is never sent
+  twice — counted in the summary's `resume.sent_after_last_checkpoint`);
+- a command inside a production transaction counts only once that transaction has ended: the
+  server rolls back the open transaction of a connection that went away, so the resumed replay
+  sends it again from its first statement.
+
+A snapshot (`replay.checkpoint`, private, replaced atomically) is written every second and at
+the end; between snapshots each send is appended to a journal (`replay.checkpoint.journal`, a file
+mapped into memory: no system call per command; it survives the replayer's death, not the
+machine's — fastproxy/replay/journal.py), and so is each report entry, so that the report tables neither lose nor repeat what happened in the last
+second. On resume the input is read again from its start: records that are done are not sent, but
+what they did to sessions and to causal order is rebuilt — session statements (USE, SET, SQL
+PREPARE, COM_INIT_DB) are sent again on the new connection before its first command, prepared
+statements are re-prepared on first use, and every record passes through the planner as before.
+"""
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import logging
+import os
+import re
+import time
+from collections import deque
+
+from fastproxy._packet import execute_types_at
+from fastproxy.capture.record import (KIND_COMMAND, KIND_CONN_CLOSE, KIND_CONN_OPEN, KIND_CONN_STATE,
+                                      KIND_LOCAL_INFILE, OUTCOME_OK, Record)
+from fastproxy.constants import COMMAND
+from fastproxy.errors import JobError
+from fastproxy.private_files import create_private_file, open_private_dir, write_all
+from fastproxy.replay.causal import IN_TXN, TXN_END
+from fastproxy.replay.journal import Journal, read_journal
+from fastproxy.replay.report import Failure, OtherError
+
+log = logging.getLogger("fastproxy.replay")
+
+CHECKPOINT_VERSION = 1
+INTERVAL_S = 1.0
+OLD_SESSIONS_WAIT_S = 30.0  # how long a resume waits for the crashed replay's sessions to leave the server
+# statements whose effect is the session's own: sent again on a resumed connection (transaction
+# control is not: a done transaction has ended)
+_SESSION_WORDS = frozenset({"use", "set", "prepare", "deallocate"})
+_FIRST_WORD = re.compile(rb"(?:\s|/\*(?!M?!).*?\*/|#[^\n]*\n|--\s[^\n]*\n|\()*([A-Za-z_]+)", re.S)
+_NOT_PLACEHOLDER = re.compile(rb"'(?:[^'\\]|\\.|'')*'|\"(?:[^\"\\]|\\.|\"\")*\"|`[^`]*`|/\*.*?\*/|#[^\n]*|--\s[^\n]*",
+                              re.S)
+
+
+def checkpoint_name(shard: tuple[int, int] | None) -> str:
+    """replay[-shard<i>of<N>].checkpoint: shards sharing a report directory keep their own."""
+    return "replay" + (f"-shard{shard[0]}of{shard[1]}" if shard else "") + ".checkpoint"
+
+
+def identity(inputs: list[str], engine) -> dict:
+    """What must be the same for a checkpoint to apply: the input, and the options that change which
+    records are replayed and how (speed may change)."""
+    opt = engine.opt
+    meta = engine.meta
+    files = []
+    for path in getattr(engine.reader, "files", None) or []:
+        if isinstance(path, str):
+            try:
+                files.append([os.path.basename(path), os.path.getsize(path)])
+            except OSError:
+                files.append([os.path.basename(path), None])
+    return {
+        "input": [p if "://" in p else os.path.abspath(p) for p in inputs],
+        "format": engine.reader.format,
+        "capture_start_ns": int(meta.get("start_ns", 0) or 0),
+        "capture_commands": meta.get("commands"),
+        "files": files,
+        "filters": opt.filters.describe() if opt.filters is not None else {},
+        "target": f"{opt.host}:{opt.port}",
+        "readonly": opt.readonly,
+        "order": opt.order,
+        "pin": opt.pin,
+        "whole_transactions": opt.whole_transactions,
+        "replay_unknown": opt.replay_unknown,
+    }
+
+
+def count_placeholders(sql: bytes) -> int:
+    """The `?` parameters of a prepared statement (outside strings, quoted names and comments)."""
+    return _NOT_PLACEHOLDER.sub(b"", sql).count(b"?")
+
+
+class _Track:
+    """One captured connection's progress."""
+
+    __slots__ = ("pending", "consumed", "done", "inflight", "inflight_txn", "thread")
+
+    def __init__(self) -> None:
+        self.pending: deque[int] = deque()  # seqs read and not yet done: consumed inside a transaction, then queued
+        self.consumed = 0  # how many of `pending` were consumed (their transaction goes on)
+        self.done = -1  # seq of its last record done
+        self.inflight = -1  # seq of the command sent and not yet consumed
+        self.inflight_txn = False  # ... and the connection is inside a transaction after it
+        self.thread = 0  # the replay session's thread id on the target
+
+
+class Checkpoint:
+    """Attached to a Replayer (`engine.checkpoint`): the engine calls on_read, sent, consumed and
+    after_login; ReplayRun calls begin, run_periodically and finish."""
+
+    def __init__(self, directory: str, field: str, name: str, ident: dict, resume: bool) -> None:
+        self.directory = directory
+        self.field = field
+        self.name = name
+        self.path = os.path.join(directory, name)
+        self.journal_path = os.path.join(directory, name + ".journal")
+        self.identity = ident
+        self.engine = None
+        self.seq = 0  # the next record's seq
+        self.tracks: dict[int, _Track] = {}
+        self.preludes: dict[int, list[bytes]] = {}  # resumed connections: session statements to send after login
+        self.generation = 0
+        self.report_start_ns = 0  # identifies the run in the report tables (kept across resumes)
+        self.resumes = 0
+        self._dir_fd = -1
+        self._journal: Journal | None = None
+        self._failed = ""  # the checkpoint could not be written: said once, the replay goes on
+        # resume
+        self.restored: dict | None = self._load() if resume else None
+        self._low_water = 0
+        self._done: dict[int, int] = {}
+        self._resume_until = 0  # seqs from here on are never done
+        self._read_before = 0  # seqs below were read (and counted) before the resume
+        self._clock_set = True
+        self.fast_forwarded = 0
+        self.sent_after_checkpoint = 0
+        self.session_statements_sent = 0
+        self.session_statements_failed = 0
+        self.old_sessions_left = 0
+
+    # ---- loading ----------------------------------------------------------------------------------
+    def _load(self) -> dict:
+        try:
+            with open(self.path, "rb") as f:
+                data = json.load(f)
+        except FileNotFoundError:
+            raise JobError(f"resume: no checkpoint at {self.path} (a replay writes it into its report directory; "
+                           f"give the same report-dir, input and shard as the replay to resume)") from None
+        except (OSError, ValueError) as e:
+            raise JobError(f"resume: cannot read the checkpoint {self.path}: {e}") from None
+        if not isinstance(data, dict) or data.get("version") != CHECKPOINT_VERSION:
+            raise JobError(f"resume: {self.path} is not a checkpoint of this fastproxy version")
+        theirs = data.get("identity") or {}
+        differ = [k for k in sorted(set(theirs) | set(self.identity)) if theirs.get(k) != self.identity.get(k)]
+        if differ:
+            shown = "; ".join(f"{k}: checkpoint {json.dumps(theirs.get(k))}, now {json.dumps(self.identity.get(k))}"
+                              for k in differ)
+            raise JobError(f"resume: the checkpoint {self.path} belongs to another replay (a different capture or "
+                           f"options): {shown}")
+        if data.get("finished"):
+            raise JobError(f"resume: the replay of {self.path} finished at {data.get('written')}: nothing to resume")
+        return data
+
+    # ---- run ----------------------------------------------------------------------------------------
+    def attach(self, engine) -> None:
+        self.engine = engine
+        engine.checkpoint = self
+        engine.report.on_add = self._journal_report
+
+    async def begin(self, report_start_ns: int) -> None:
+        """Before the replay starts: restore what the checkpoint says, open the files."""
+        engine = self.engine
+        self.report_start_ns = report_start_ns
+        try:
+            self._dir_fd = open_private_dir(self.directory, self.field, create=True)
+        except (OSError, JobError) as e:
+            why = f"cannot open {self.directory}: {e.strerror}" if isinstance(e, OSError) else str(e)
+            if self.restored is not None:
+                raise JobError(f"resume: {why}") from None
+            self._give_up(why)  # a replay without checkpoints, as the summary files say
+            return
+        if self.restored is not None:
+            threads = self._restore()
+            if threads:  # the crashed replay's sessions: their statements must end (their transactions
+                # roll back) before anything is sent again
+                opt = engine.opt
+                self.old_sessions_left = await asyncio.get_running_loop().run_in_executor(
+                    None, _wait_sessions_gone, opt.host, opt.port, opt.username, opt.password, sorted(threads))
+        self._open_journal()
+        self._write_snapshot()
+
+    def _restore(self) -> set[int]:
+        data = self.restored
+        engine = self.engine
+        self.report_start_ns = int(data["report_start_ns"])
+        self.resumes = int(data.get("resumes", 0)) + 1
+        self._low_water = int(data["low_water"])
+        self._read_before = int(data["next_seq"])
+        self._done = {int(k): int(v) for k, v in data["done"].items()}
+        threads = set(data.get("threads") or [])
+        st = engine.stats
+        for key, value in (data.get("stats") or {}).items():
+            if key not in ("per_second", "commands_total") and hasattr(st, key):
+                setattr(st, key, value)
+        report = engine.report
+        for f in data.get("failures") or []:
+            report.failures[(f["cmd_type"], f["digest"])] = Failure(**f, unflushed=f["count"])
+        for e in data.get("other_errors") or []:
+            report.other_errors[e["err_type"]] = OtherError(**e, unflushed=e["count"])
+        # the journal: what happened after the snapshot (a journal of an older snapshot is ignored)
+        on_add = report.on_add
+        report.on_add = None
+        try:
+            for entry in read_journal(self.journal_path, int(data["generation"])):
+                self._replay_journal_entry(entry, threads)
+        finally:
+            report.on_add = on_add
+        st.replayed += self.sent_after_checkpoint
+        self._resume_until = max([self._low_water, *(v + 1 for v in self._done.values())])
+        self._clock_set = False
+        engine.capture_start_ns = 1 << 62  # done records are read at once, not paced (see on_read)
+        return threads
+
+    def _replay_journal_entry(self, entry: tuple, threads: set) -> None:
+        if entry[0] == "S":
+            _, conn_id, seq, in_txn, thread = entry
+            self.sent_after_checkpoint += 1
+            if thread:
+                threads.add(thread)
+            if not in_txn and seq > self._done.get(conn_id, -1):
+                self._done[conn_id] = seq
+            return
+        try:
+            args = json.loads(entry[1])
+        except ValueError:
+            return
+        report = self.engine.report
+        if entry[0] == "F":
+            report.add_failure(*args)
+        else:
+            report.add_other(*args)
+
+    def _open_journal(self) -> None:
+        try:
+            self._journal = Journal(self._dir_fd, self.name + ".journal")
+        except OSError as e:
+            self._give_up(f"cannot create {self.journal_path}: {e.strerror}")
+
+    async def run_periodically(self) -> None:
+        while True:
+            await asyncio.sleep(INTERVAL_S)
+            self._write_snapshot()
+
+    def finish(self, finished: bool) -> None:
+        """The replay ended (finished, canceled, or failed): the last snapshot; the journal goes."""
+        if self._dir_fd < 0:
+            return
+        try:
+            self._write_snapshot(finished=finished)
+            if not self._failed:
+                os.unlink(self.name + ".journal", dir_fd=self._dir_fd)
+        except OSError:
+            pass
+        finally:
+            if self._journal is not None:
+                self._journal.close()
+                self._journal = None
+            os.close(self._dir_fd)
+            self._dir_fd = -1
+
+    # ---- the engine's hooks ---------------------------------------------------------------------------
+    def on_read(self, rec: Record) -> bool:
+        """Every record the engine reads, first. False: it is done (the engine does nothing more)."""
+        seq = self.seq
+        self.seq = seq + 1
+        kind = rec.kind
+        if kind == KIND_COMMAND or kind == KIND_CONN_CLOSE:
+            if seq < self._resume_until and (seq < self._low_water or seq <= self._done.get(rec.conn_id, -1)):
+                self._fast_forward(rec)
+                return False
+            if not self._clock_set:
+                self._start_clock(rec)
+            if kind == KIND_COMMAND and seq < self._read_before:
+                self.engine.stats.read -= 1  # counted when it was first read
+            track = self.tracks.get(rec.conn_id)
+            if track is None:
+                track = self.tracks[rec.conn_id] = _Track()
+            track.pending.append(seq)
+            return True
+        if kind == KIND_CONN_OPEN or kind == KIND_CONN_STATE:
+            if seq < self._read_before and rec.conn_id not in self.engine.conns:
+                self.engine.stats.connections -= 1  # counted when it was first read
+            if seq < self._resume_until and kind == KIND_CONN_OPEN:
+                self.preludes.pop(rec.conn_id, None)
+            return True
+        if kind == KIND_LOCAL_INFILE and seq < self._resume_until:
+            return not (seq < self._low_water or seq <= self._done.get(rec.conn_id, -1))
+        return True
+
+    def sent(self, conn) -> None:
+        """The head command of `conn` is going out: from now on it counts as executed."""
+        track = self.tracks.get(conn.conn_id)
+        if track is None or len(track.pending) <= track.consumed:
+            return
+        seq = track.pending[track.consumed]
+        ticket = conn.tickets[0] if conn.tickets else None
+        in_txn = ticket is not None and bool(ticket.flags & IN_TXN) and not ticket.flags & TXN_END
+        track.inflight = seq
+        track.inflight_txn = in_txn
+        client = conn.client
+        if client is not None:
+            track.thread = client.connection_id
+        journal = self._journal
+        if journal is not None and not journal.sent(conn.conn_id, seq, in_txn, track.thread):
+            self._write_snapshot()  # the journal is full: the checkpoint takes it all, and empties it
+            if self._journal is not None:
+                self._journal.sent(conn.conn_id, seq, in_txn, track.thread)
+
+    def consumed(self, conn, ticket) -> None:
+        """The head command of `conn` is finished (replayed, filtered, skipped)."""
+        track = self.tracks.get(conn.conn_id)
+        if track is None or len(track.pending) <= track.consumed:
+            return
+        seq = track.pending[track.consumed]
+        track.inflight = -1
+        if ticket is not None and ticket.flags & IN_TXN and not ticket.flags & TXN_END:
+            track.consumed += 1  # done only once its transaction ends
+            return
+        for _ in range(track.consumed + 1):
+            track.pending.popleft()
+        track.consumed = 0
+        track.done = seq
+
+    async def after_login(self, conn) -> None:
+        """A resumed connection's first login: its session as the done records had made it."""
+        statements = self.preludes.pop(conn.conn_id, None)
+        if not statements:
+            return
+        from fastproxy.errors import BackendConnError
+
+        for sql in statements:
+            try:
+                r = await conn.client.query(sql)
+            except BackendConnError:
+                return
+            self.session_statements_sent += 1
+            if r.outcome != OUTCOME_OK:
+                self.session_statements_failed += 1
+                self.engine.stats.other_errors += 1
+                self.engine.report.add_other(
+                    "session not rebuilt on resume", f"connection {conn.conn_id}: "
+                    f"{sql[:200].decode('utf-8', 'replace')}: {r.err_code} ({r.sql_state}) {r.err_msg}", time.time_ns())
+
+    # ---- resume: records already done ----------------------------------------------------------------
+    def _start_clock(self, rec: Record) -> None:
+        """The first record not done: the captured schedule resumes from it."""
+        self._clock_set = True
+        engine = self.engine
+        engine.capture_start_ns = rec.start_ns
+        engine._start_mono = time.monotonic_ns() + 50_000_000
+
+    def _fast_forward(self, rec: Record) -> None:
+        """A record done before the resume: not sent; its effects on the session and on causal order
+        are rebuilt."""
+        engine = self.engine
+        self.fast_forwarded += 1
+        conn = engine.conns.get(rec.conn_id)
+        if conn is None:
+            conn = engine._conn(rec.conn_id)
+            engine.stats.connections -= 1  # counted before the resume
+        planner = engine.planner
+        ticket = (planner.note(rec.conn_id, rec) if rec.kind == KIND_COMMAND
+                  else planner.note_close(rec.conn_id, rec))
+        if ticket is not None:
+            released = planner.order.finish(ticket)
+            if released:
+                engine._released.extend(released)
+        if rec.kind == KIND_CONN_CLOSE:
+            conn.closed = True
+            self.preludes.pop(rec.conn_id, None)
+            if not conn.queue:
+                engine.conns.pop(conn.conn_id, None)
+                engine.by_idx.pop(conn.idx, None)
+                engine.thread_ids.closed(conn)
+            return
+        payload = rec.payload
+        cmd = payload[0] if payload else -1
+        prelude = self.preludes.setdefault(rec.conn_id, [])
+        if cmd == COMMAND.COM_QUERY:
+            m = _FIRST_WORD.match(payload, 1)
+            word = m.group(1).lower() if m else b""
+            if word.decode() in _SESSION_WORDS and rec.outcome == OUTCOME_OK and b" global " not in payload.lower():
+                prelude.append(payload[1:])
+                if word == b"use":
+                    from fastproxy.proxy.session import used_database
+
+                    conn.db = used_database(payload) or conn.db
+        elif cmd == COMMAND.COM_INIT_DB:
+            if rec.outcome == OUTCOME_OK:
+                conn.db = payload[1:].decode("utf-8", "replace")
+                prelude.append(b"USE `" + payload[1:].replace(b"`", b"``") + b"`")
+        elif cmd == COMMAND.COM_STMT_PREPARE:
+            if rec.outcome == OUTCOME_OK:
+                conn.stmt_sql[rec.affected_rows] = payload[1:].decode("utf-8", "replace")
+        elif cmd == COMMAND.COM_STMT_EXECUTE:
+            sid = int.from_bytes(payload[1:5], "little")
+            sql = conn.stmt_sql.get(sid)
+            if sql is not None:  # the types it bound: sent again with the first execute after the re-prepare
+                n = count_placeholders(sql.encode())
+                at = execute_types_at(payload, {sid: n}) if n else 0
+                if at:
+                    conn.stmt_types[sid] = payload[at:at + 2 * n]
+        elif cmd == COMMAND.COM_STMT_CLOSE:
+            sid = int.from_bytes(payload[1:5], "little")
+            conn.stmt_sql.pop(sid, None)
+            conn.stmt_types.pop(sid, None)
+        elif cmd == COMMAND.COM_RESET_CONNECTION:
+            prelude.clear()
+        elif cmd == COMMAND.COM_CHANGE_USER and rec.outcome == OUTCOME_OK:
+            from fastproxy.protocol import parse_change_user
+
+            prelude.clear()
+            conn.user, conn.db = parse_change_user(payload, conn.capabilities)
+        elif cmd == COMMAND.COM_QUIT:
+            prelude.clear()
+
+    # ---- writing ----------------------------------------------------------------------------------------
+    def _journal_report(self, kind: str, args: tuple) -> None:
+        journal = self._journal
+        if journal is not None:
+            tag, data = (b"F" if kind == "fail" else b"O"), json.dumps(args).encode()
+            if not journal.text(tag, data):
+                self._write_snapshot()
+                if self._journal is not None:
+                    self._journal.text(tag, data)
+
+    def _give_up(self, why: str) -> None:
+        if not self._failed:
+            self._failed = why
+            log.error("replay checkpoint: %s; the replay goes on without checkpoints", why)
+        if self._journal is not None:
+            self._journal.close()
+            self._journal = None
+
+    def position(self) -> tuple[int, dict[int, int], set[int]]:
+        """(low_water, done per connection, replay thread ids with a command out or a transaction open)."""
+        low = self.seq
+        marks = []
+        threads = set()
+        for conn_id, t in list(self.tracks.items()):
+            done = t.done
+            pending = t.pending
+            first = None
+            if t.inflight >= 0 and not t.inflight_txn:
+                done = t.inflight
+                if len(pending) > t.consumed + 1:
+                    first = pending[t.consumed + 1]
+            elif pending:
+                first = pending[0]
+            if t.inflight >= 0 or t.consumed:
+                threads.add(t.thread)
+            if first is not None and first < low:
+                low = first
+            marks.append((conn_id, done, t))
+        done_map = {}
+        for conn_id, done, t in marks:
+            if done >= low:
+                done_map[conn_id] = done
+            elif not t.pending and t.inflight < 0 and conn_id not in self.engine.conns:
+                del self.tracks[conn_id]  # finished and behind the low-water mark: nothing to remember
+        threads.discard(0)
+        return low, done_map, threads
+
+    def _write_snapshot(self, finished: bool = False) -> None:
+        if self._dir_fd < 0 or self._failed:
+            return
+        engine = self.engine
+        low, done_map, threads = self.position()
+        stats = dataclasses.asdict(engine.stats)
+        stats.pop("per_second", None)
+        self.generation += 1
+        data = {
+            "version": CHECKPOINT_VERSION,
+            "identity": self.identity,
+            "generation": self.generation,
+            "written": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "finished": finished,
+            "canceled": engine.canceled,
+            "resumes": self.resumes,
+            "report_start_ns": self.report_start_ns,
+            "next_seq": self.seq,
+            "low_water": low,
+            "done": {str(k): v for k, v in done_map.items()},
+            "threads": sorted(threads),
+            "stats": stats,
+            "failures": [{k: v for k, v in f.__dict__.items() if k != "unflushed"}
+                         for f in engine.report.failures.values()],
+            "other_errors": [{k: v for k, v in e.__dict__.items() if k != "unflushed"}
+                             for e in engine.report.other_errors.values()],
+        }
+        tmp = self.name + ".tmp"
+        try:
+            try:
+                os.unlink(tmp, dir_fd=self._dir_fd)
+            except FileNotFoundError:
+                pass
+            fd = create_private_file(self._dir_fd, tmp)
+            try:
+                write_all(fd, json.dumps(data).encode())
+            finally:
+                os.close(fd)
+            os.rename(tmp, self.name, src_dir_fd=self._dir_fd, dst_dir_fd=self._dir_fd)
+            if self._journal is not None:  # what the journal held is in the snapshot now
+                self._journal.restart(self.generation)
+        except OSError as e:
+            self._give_up(f"cannot write {self.path}: {e.strerror}")
+
+    def summary(self) -> dict:
+        out = {"checkpoint": self.path}
+        if self._failed:
+            out["checkpoint_error"] = self._failed
+        if self.restored is not None:
+            out.update({
+                "resumes": self.resumes,
+                "resumed_from": self.restored.get("written"),
+                "records_done_before": self.fast_forwarded,
+                "sent_after_last_checkpoint": self.sent_after_checkpoint,
+                "session_statements_sent_again": self.session_statements_sent,
+                "session_statements_failed": self.session_statements_failed,
+                "old_sessions_still_on_server": self.old_sessions_left,
+            })
+        return out
+
+
+def _wait_sessions_gone(host: str, port: int, user: str, password: str, threads: list[int]) -> int:
+    """Wait until the target no longer runs the sessions of the replay that stopped (a statement it
+    had sent may still run; its open transactions roll back as the server notices). Returns how many
+    were still there at the deadline (0 when the user may not see them)."""
+    import MySQLdb
+
+    ids = ", ".join(str(int(t)) for t in threads)
+    deadline = time.monotonic() + OLD_SESSIONS_WAIT_S
+    left = 0
+    try:
+        conn = MySQLdb.connect(host=host, port=port, user=user, password=password, connect_timeout=10,
+                               charset="utf8mb4")
+    except Exception as e:  # noqa: BLE001 - the replay itself will say what is wrong with the target
+        log.warning("resume: cannot check for the stopped replay's sessions: %s", e)
+        return 0
+    try:
+        cur = conn.cursor()
+        while True:
+            cur.execute(f"SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE ID IN ({ids})")
+            left = int(cur.fetchone()[0])
+            if not left or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+    finally:
+        conn.close()
+    if left:
+        log.warning("resume: %d session(s) of the stopped replay still on the target after %.0fs", left,
+                    OLD_SESSIONS_WAIT_S)
+    return left

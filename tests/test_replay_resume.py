@@ -1,0 +1,347 @@
+"""Checkpoint and resume (fastproxy/replay/checkpoint.py): a replay killed with SIGKILL, or canceled,
+then resumed with --resume, leaves the same data as a replay that was never interrupted, and its
+report rows carry on; a checkpoint of another replay is refused with a clear error."""
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import MySQLdb
+import pytest
+
+from conftest import start_proxy, stop_proxy
+from fastproxy.capture.record import KIND_COMMAND
+from fastproxy.scratch_db import ROOT_PASSWORD
+from proxy_util import wait_for
+from replay_util import Capture, checksums, newest_summary, records, wait_job
+
+DB = "rs"
+SETUP = f"""DROP DATABASE IF EXISTS {DB}; CREATE DATABASE {DB}; USE {DB};
+CREATE TABLE items (id INT AUTO_INCREMENT PRIMARY KEY, conn INT NOT NULL, v VARCHAR(64) NOT NULL);
+CREATE TABLE counters (k INT PRIMARY KEY, n BIGINT NOT NULL);
+CREATE TABLE ledger (id INT AUTO_INCREMENT PRIMARY KEY, k INT NOT NULL, amount INT NOT NULL, note VARCHAR(32));
+CREATE TABLE gone (x INT);
+INSERT INTO counters SELECT seq, 0 FROM seq_0_to_7;
+"""
+MISSING_ON_REPLAY = "INSERT INTO gone VALUES (1)"  # fails on replay (the table is dropped there): fail rows
+WORKLOAD_S = 5.0
+
+
+def _dump(db) -> str:
+    return subprocess.run(["mariadb-dump", "--no-defaults", "-h127.0.0.1", f"-P{db.port}", "-uroot",
+                           f"-p{ROOT_PASSWORD}", "--databases", DB], capture_output=True, text=True,
+                          check=True).stdout
+
+
+def _worker(port: int, k: int, deadline: float, errors: list) -> None:
+    """Session state the resume must rebuild (the database chosen with COM_INIT_DB, a session
+    variable, a user variable used in writes), autocommit inserts and updates, transactions
+    committed and rolled back."""
+    rnd = random.Random(k)
+    try:
+        c = MySQLdb.connect(host="127.0.0.1", port=port, user="root", password=ROOT_PASSWORD, autocommit=True)
+        c.select_db(DB)  # COM_INIT_DB
+        cur = c.cursor()
+        cur.execute("SET SESSION sql_mode = CONCAT(@@sql_mode, ',PAD_CHAR_TO_FULL_LENGTH')")
+        cur.execute("SET @prefix = %s", (f"conn{k}-",))
+        while time.monotonic() < deadline:
+            r = rnd.random()
+            if r < 0.4:
+                cur.execute("INSERT INTO items (conn, v) VALUES (%s, CONCAT(@prefix, %s))", (k, rnd.randint(0, 999)))
+                if rnd.random() < 0.5:
+                    cur.execute("UPDATE items SET v = CONCAT(v, '!') WHERE id = %s", (cur.lastrowid,))
+            elif r < 0.8:
+                cur.execute("BEGIN")
+                cur.execute("UPDATE counters SET n = n + 1 WHERE k = %s", (k,))
+                cur.execute("INSERT INTO ledger (k, amount, note) VALUES (%s, %s, @prefix)", (k, rnd.randint(1, 99)))
+                cur.execute("COMMIT" if rnd.random() < 0.8 else "ROLLBACK")
+            elif r < 0.9:
+                cur.execute(MISSING_ON_REPLAY)
+            else:
+                cur.execute("SELECT COUNT(*) FROM items WHERE conn = %s", (k,))
+                cur.fetchall()
+            time.sleep(rnd.uniform(0.004, 0.012))
+        c.close()
+    except Exception as e:  # noqa: BLE001 - reported by the fixture
+        errors.append(repr(e))
+
+
+@pytest.fixture(scope="module")
+def workload(mariadb, tmp_path_factory):
+    """A capture of 6 connections for WORKLOAD_S seconds, through a real proxy, and the start data."""
+    mariadb.sql(SETUP)
+    start = _dump(mariadb)
+    out = str(tmp_path_factory.mktemp("resume") / "cap")
+    proxy = start_proxy([mariadb])
+    errors: list = []
+    try:
+        with Capture(proxy, out):
+            deadline = time.monotonic() + WORKLOAD_S
+            threads = [threading.Thread(target=_worker, args=(proxy.port, k, deadline, errors)) for k in range(6)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+    finally:
+        stop_proxy(proxy)
+    assert not errors, errors
+    commands = [r for r in records(out) if r.kind == KIND_COMMAND]
+    missing = sum(1 for r in commands if r.payload == b"\x03" + MISSING_ON_REPLAY.encode())
+    assert missing > 10
+    return {"capture": out, "start": start, "commands": len(commands), "missing": missing}
+
+
+def _restore(test_db, start: str) -> None:
+    test_db.sql(f"DROP DATABASE IF EXISTS {DB};\n" + start + f"\nDROP TABLE {DB}.gone;")
+
+
+def _replay_args(target, cap: str, report_dir: str, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "fastproxy", "replay", "--target", target.addr, "--input", cap, "--username", "root",
+            "--password", ROOT_PASSWORD, "--report-dir", report_dir, *extra]
+
+
+def _fail_rows(test_db) -> list[tuple]:
+    out = test_db.sql("SELECT replay_start_time, count FROM tiproxy_traffic_report.fail "
+                      f"WHERE sample_stmt = '{MISSING_ON_REPLAY}' ORDER BY replay_start_time")
+    return [tuple(line.split("\t")) for line in out.strip().splitlines()]
+
+
+def _checkpoint(report_dir) -> dict:
+    with open(os.path.join(report_dir, "replay.checkpoint")) as f:
+        return json.load(f)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(workload, mariadb_test, tmp_path_factory):
+    """The checksums an uninterrupted replay of the capture leaves on the test server."""
+    _restore(mariadb_test, workload["start"])
+    report = str(tmp_path_factory.mktemp("whole"))
+    mariadb_test.sql("DROP DATABASE IF EXISTS tiproxy_traffic_report")
+    res = subprocess.run(_replay_args(mariadb_test, workload["capture"], report, "--speed", "1"),
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stdout + res.stderr
+    rows = _fail_rows(mariadb_test)
+    assert len(rows) == 1 and int(rows[0][1]) == workload["missing"], rows  # every one, counted once
+    return checksums(mariadb_test, DB)
+
+
+def test_kill_9_then_resume_gives_the_data_of_an_uninterrupted_replay(workload, uninterrupted, mariadb_test,
+                                                                       tmp_path):
+    _restore(mariadb_test, workload["start"])
+    mariadb_test.sql("DROP DATABASE IF EXISTS tiproxy_traffic_report")
+    report = str(tmp_path / "report")
+    proc = subprocess.Popen(_replay_args(mariadb_test, workload["capture"], report, "--speed", "1"),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        # mid-way: the checkpoint has seen a good part of the capture replayed, not all of it
+        def midway():
+            try:
+                cp = _checkpoint(report)
+            except (OSError, ValueError):
+                return None
+            return cp if cp["stats"]["replayed"] > workload["commands"] // 3 else None
+
+        before = wait_for(midway, 120, 0.05, "the replay to be a third done")
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == -signal.SIGKILL
+    assert not before["finished"] and before["stats"]["replayed"] < workload["commands"]
+    rows_at_kill = _fail_rows(mariadb_test)
+
+    res = subprocess.run(_replay_args(mariadb_test, workload["capture"], report, "--speed", "1", "--resume"),
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stdout + res.stderr
+    summary = newest_summary(report)
+    assert summary["resume"]["resumes"] == 1 and summary["resume"]["records_done_before"] > 0
+    assert summary["commands_failed"] <= workload["missing"]
+    assert checksums(mariadb_test, DB) == uninterrupted
+
+    # the report carries on: one row, the run's, with every failure at most once
+    rows = _fail_rows(mariadb_test)
+    assert len(rows) == 1, rows
+    if rows_at_kill:
+        assert rows[0][0] == rows_at_kill[0][0] and int(rows[0][1]) >= int(rows_at_kill[0][1])
+    # a failing statement sent just before the kill counts as run (its outcome never came back)
+    assert workload["missing"] - 6 <= int(rows[0][1]) <= workload["missing"]
+    assert _checkpoint(report)["finished"]
+    assert not os.path.exists(os.path.join(report, "replay.checkpoint.journal"))
+    assert oct(os.stat(os.path.join(report, "replay.checkpoint")).st_mode & 0o777) == "0o600"
+
+
+def test_cancel_then_resume_through_the_api(workload, uninterrupted, mariadb_test, tmp_path):
+    _restore(mariadb_test, workload["start"])
+    report = str(tmp_path / "report")
+    proxy = start_proxy([mariadb_test])
+    try:
+        form = {"input": workload["capture"], "username": "root", "password": ROOT_PASSWORD, "speed": "1",
+                "report-dir": report}
+        status, body = proxy.post("/api/traffic/replay", form)
+        assert status == 200, body
+
+        def midway():
+            jobs = [j for j in proxy.get("/api/traffic/show") if j["type"] == "replay"]
+            return jobs and jobs[-1]["replayed"] > workload["commands"] // 3
+
+        wait_for(midway, 120, 0.05, "the replay to be a third done")
+        status, body = proxy.post("/api/traffic/cancel", {"type": "replay"})
+        assert status == 200, body
+        job = wait_job(proxy, "replay")
+        assert job["status"] == "canceled", job
+        assert not _checkpoint(report)["finished"] and _checkpoint(report)["canceled"]
+
+        status, body = proxy.post("/api/traffic/replay", {**form, "resume": "true"})
+        assert status == 200, body
+        job = wait_job(proxy, "replay", timeout=300)
+        assert job["status"] == "done" and not job["error"], job
+    finally:
+        stop_proxy(proxy)
+    assert checksums(mariadb_test, DB) == uninterrupted
+    assert _checkpoint(report)["finished"]
+
+
+@pytest.fixture(scope="module")
+def slow_capture(mariadb, tmp_path_factory):
+    """Two connections: one inside a transaction for 1.5 s between its two inserts, one running an
+    autocommit insert that takes a second. No key: an insert sent twice would make two rows."""
+    mariadb.sql("DROP DATABASE IF EXISTS rs2; CREATE DATABASE rs2; "
+                "CREATE TABLE rs2.t (what VARCHAR(16))")
+    out = str(tmp_path_factory.mktemp("slow") / "cap")
+    proxy = start_proxy([mariadb])
+    try:
+        with Capture(proxy, out):
+            a = MySQLdb.connect(host="127.0.0.1", port=proxy.port, user="root", password=ROOT_PASSWORD, db="rs2",
+                                autocommit=True)
+            b = MySQLdb.connect(host="127.0.0.1", port=proxy.port, user="root", password=ROOT_PASSWORD, db="rs2",
+                                autocommit=True)
+            ca, cb = a.cursor(), b.cursor()
+            ca.execute("BEGIN")
+            ca.execute("INSERT INTO t (what) VALUES ('txn-1')")
+            cb.execute("INSERT INTO t (what) SELECT 'slow' FROM DUAL WHERE SLEEP(1) = 0")
+            time.sleep(0.5)
+            ca.execute("INSERT INTO t (what) VALUES ('txn-2')")
+            ca.execute("COMMIT")
+            cb.execute("INSERT INTO t (what) VALUES ('after')")
+            a.close()
+            b.close()
+    finally:
+        stop_proxy(proxy)
+    return out
+
+
+def _run_canceled(host: str, port: int, cap: str, report: str, cancel_when) -> dict:
+    """A replay in this process, canceled (not gracefully) as soon as cancel_when(engine) holds."""
+    import uvloop
+
+    from fastproxy.replay.engine import ReplayOptions
+    from fastproxy.replay.job import ReplayRun
+
+    run = ReplayRun(cap, ReplayOptions(host=host, port=port, username="root", password=ROOT_PASSWORD, speed=1.0),
+                    report, write_tables=False)
+
+    async def main():
+        async def watch():
+            while not cancel_when(run.engine):
+                await asyncio.sleep(0.005)
+            run.cancel()
+
+        watcher = asyncio.get_running_loop().create_task(watch())
+        try:
+            return await run.run()
+        finally:
+            watcher.cancel()
+
+    return uvloop.run(main())
+
+
+def _in_flight(engine, text: bytes) -> bool:
+    return any(c.inflight is not None and text in c.inflight.payload for c in engine.conns.values())
+
+
+def test_cancel_inside_a_transaction_resumes_it_from_its_start_and_never_repeats_a_sent_statement(
+        slow_capture, mariadb_test, tmp_path):
+    """At the cancel: connection a is inside its transaction (the server rolls it back when the
+    connection goes), connection b's slow autocommit insert is out (the server completes it)."""
+    mariadb_test.sql("DROP DATABASE IF EXISTS rs2; CREATE DATABASE rs2; "
+                     "CREATE TABLE rs2.t (what VARCHAR(16))")
+    report = str(tmp_path / "report")
+    summary = _run_canceled("127.0.0.1", mariadb_test.port, slow_capture, report,
+                            lambda e: _in_flight(e, b"SLEEP(1)") and not _in_flight(e, b"txn-1")
+                            and e.stats.replayed >= 2)
+    assert summary["canceled"]
+    wait_for(lambda: mariadb_test.sql("SELECT COUNT(*) FROM rs2.t WHERE what = 'slow'").strip() == "1", 30, 0.1,
+             "the slow insert to complete on the server")
+    assert mariadb_test.sql("SELECT what FROM rs2.t").split() == ["slow"]  # txn-1 rolled back
+
+    res = subprocess.run(_replay_args(mariadb_test, slow_capture, report, "--speed", "0", "--resume",
+                                      "--no-report-tables"), capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stdout + res.stderr
+    # the transaction again from its BEGIN; the slow insert not twice
+    assert sorted(mariadb_test.sql("SELECT what FROM rs2.t").split()) == ["after", "slow", "txn-1", "txn-2"]
+
+
+def test_a_checkpoint_of_another_replay_is_refused(workload, slow_capture, mariadb_test, tmp_path):
+    report = str(tmp_path / "report")
+    mariadb_test.sql("DROP DATABASE IF EXISTS rs2; CREATE DATABASE rs2; "
+                     "CREATE TABLE rs2.t (what VARCHAR(16))")
+
+    def replay(*args):
+        return subprocess.run(_replay_args(mariadb_test, *args, "--no-report-tables"), capture_output=True,
+                              text=True, timeout=120)
+
+    res = replay(slow_capture, report, "--resume")
+    assert res.returncode != 0 and "no checkpoint at" in res.stderr, res.stderr
+    _run_canceled("127.0.0.1", mariadb_test.port, slow_capture, report, lambda e: e.stats.replayed >= 2)
+    written = open(os.path.join(report, "replay.checkpoint"), "rb").read()
+
+    res = replay(slow_capture, report, "--resume", "--class", "write")
+    assert res.returncode != 0, res.stdout
+    assert "belongs to another replay" in res.stderr and "filters" in res.stderr, res.stderr
+    res = replay(workload["capture"], report, "--resume")  # another capture, the same report directory
+    assert res.returncode != 0 and "belongs to another replay" in res.stderr and "input" in res.stderr, res.stderr
+    copy = str(tmp_path / "copy")
+    shutil.copytree(slow_capture, copy)
+    res = replay(copy, report, "--resume")
+    assert res.returncode != 0 and "belongs to another replay" in res.stderr, res.stderr
+    assert open(os.path.join(report, "replay.checkpoint"), "rb").read() == written  # refused, nothing lost
+
+    res = replay(slow_capture, report, "--resume", "--speed", "0")  # the speed may change
+    assert res.returncode == 0, res.stdout + res.stderr
+    res = replay(slow_capture, report, "--resume")
+    assert res.returncode != 0 and "nothing to resume" in res.stderr, res.stderr
+
+
+def test_journal_is_readable_while_its_writer_lives_and_only_for_its_checkpoint(tmp_path):
+    """The journal is what a killed replayer leaves: entries are in the file as soon as they are
+    made (no close, no flush); one that follows another checkpoint is not applied."""
+    from fastproxy.replay.journal import SIZE, Journal, read_journal
+
+    fd = os.open(str(tmp_path), os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        j = Journal(fd, "j")
+        j.restart(7)
+        assert j.sent(42, 1000, False, 9) and j.text(b"F", b'["Query", "d"]') and j.sent(43, 1001, True, 10)
+        path = str(tmp_path / "j")
+        assert list(read_journal(path, 7)) == [("S", 42, 1000, False, 9), ("F", b'["Query", "d"]'),
+                                               ("S", 43, 1001, True, 10)]
+        assert list(read_journal(path, 6)) == []  # written after checkpoint 7: nothing for checkpoint 6
+        j.restart(8)
+        assert list(read_journal(path, 8)) == [] and list(read_journal(path, 7)) == []
+        assert oct(os.stat(path).st_mode & 0o777) == "0o600"
+        n = 0
+        while j.sent(1, n, False, 0):
+            n += 1
+        assert n > 1000 and j.pos < SIZE  # full: the caller writes a checkpoint, which empties it
+        j.close()
+    finally:
+        os.close(fd)
