@@ -82,5 +82,5 @@ cdef class RingBuffer:
     # for the ring takes the side path: append_large, with the GIL, with the payload as bytes.
     cdef bint append_raw(self, const RecordHead *h, const char *payload, Py_ssize_t n) noexcept nogil
     cdef bint append_large(self, const RecordHead *h, object payload, Py_ssize_t n, int flags=*) except -1
-    cdef bint _append_obj(self, const RecordHead *h, object payload) except -1
+    cdef bint _append_obj(self, const RecordHead *h, object payload, int flags=*) except -1
     cdef object _marker_id(self, unsigned char *hdr)

@@ -103,25 +103,25 @@ cdef class RingBuffer:
         self._large_extra += <uint64_t>(n - 8)
         return True
 
-    cdef bint _append_obj(self, const RecordHead *h, object payload) except -1:
+    cdef bint _append_obj(self, const RecordHead *h, object payload, int flags=0) except -1:
         cdef Py_buffer view
         cdef int rc = RING_FULL
         cdef Py_ssize_t n
         if PyBytes_CheckExact(payload):
             n = PyBytes_GET_SIZE(payload)
             if n > self._large_min:
-                return self.append_large(h, payload, n)
-            rc = ring_append(&self._r, h, PyBytes_AS_STRING(payload), n, 0)
+                return self.append_large(h, payload, n, flags)
+            rc = ring_append(&self._r, h, PyBytes_AS_STRING(payload), n, flags)
         else:
             PyObject_GetBuffer(payload, &view, PyBUF_SIMPLE)
             n = view.len
             try:
                 if n <= self._large_min:
-                    rc = ring_append(&self._r, h, <const char *>view.buf, n, 0)
+                    rc = ring_append(&self._r, h, <const char *>view.buf, n, flags)
             finally:
                 PyBuffer_Release(&view)
             if n > self._large_min:
-                return self.append_large(h, payload, n)
+                return self.append_large(h, payload, n, flags)
         if rc == RING_APPENDED:
             return True
         self._refusal = (REFUSED_CLOSED if rc == RING_CLOSED else
@@ -133,8 +133,10 @@ cdef class RingBuffer:
                        uint8_t outcome, uint16_t err_code, uint64_t affected_rows,
                        uint64_t rows, payload, uint64_t last_insert_id=0, uint32_t columns=0,
                        uint16_t warnings=0, uint16_t status_flags=0, uint64_t hash_ordered=0,
-                       uint64_t hash_unordered=0):
-        """Append one command record; False (nothing written) when it does not fit."""
+                       uint64_t hash_unordered=0, bint ordered=False):
+        """Append one command record; False (nothing written) when it does not fit. `ordered`: in
+        completion order with the data plane's workers' records (RING_ORDERED: end_ns raised to the
+        largest appended so far)."""
         cdef RecordHead h
         h.kind = RING_KIND_COMMAND
         h.outcome = outcome
@@ -150,7 +152,7 @@ cdef class RingBuffer:
         h.columns = columns
         h.warnings = warnings
         h.status_flags = status_flags
-        return self._append_obj(&h, payload)
+        return self._append_obj(&h, payload, RING_ORDERED if ordered else 0)
 
     def append_event(self, uint8_t kind, uint64_t conn_id, int64_t ts_ns, body):
         """Append a connection event (CONN_OPEN/STATE/CLOSE) or a LOCAL_INFILE record; False when it

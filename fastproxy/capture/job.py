@@ -437,7 +437,7 @@ class CaptureJob(Job):
                 return
         if not self.ring.append_command(session.conn_id, start_ns, end_ns, r.outcome, r.err_code, affected, r.rows,
                                         payload, r.last_insert_id, r.columns, r.warnings, r.status_flags,
-                                        r.hash_ordered, r.hash_unordered):
+                                        r.hash_ordered, r.hash_unordered, ordered=True):
             self._refused(f"a {command_name(cmd)}", session.conn_id, len(payload), start_ns)
 
     def _record_infiles(self, session: "Session", start_ns: int) -> None:

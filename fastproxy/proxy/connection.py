@@ -387,6 +387,7 @@ class ClientConnection(asyncio.Protocol):
             return
         self.framer = None
         self.tracker = None
+        self.greeting = None
         self.transport = None
         self.backend_side = None
         self._to_backend = self._to_client = None
@@ -760,7 +761,7 @@ class ClientConnection(asyncio.Protocol):
             "in_transaction": bool(st["status_flags"] & SERVER_STATUS.IN_TRANS),
             "tls": {"client": s.client_tls, "backend": s.backend_tls},
             # who relays it: the data plane's workers, or Python (TLS on a leg: module docstring)
-            "relay": "python" if self.tls.client or self.tls.backend else "dataplane",
+            "relay": "dataplane" if self._relayed else "python" if self.phase == COMMANDS else None,
             "autocommit": bool(st["status_flags"] & SERVER_STATUS.AUTOCOMMIT),
             # a prepared statement that holds a secret: redacted, or null when that cannot be certain
             "prepared": {str(k): redact_text(v, reading) for k, v in sorted(st["prepared"].items())},
