@@ -268,6 +268,18 @@ cdef inline void _tok(Scanner* s, int kind, Py_ssize_t a, Py_ssize_t b) noexcept
         s.ntoks += 1
 
 
+cdef inline Py_ssize_t _quoted_end(Scanner* s, int kind, Py_ssize_t i, Py_ssize_t j, Py_ssize_t n) noexcept nogil:
+    """A quoted token from i to its end j (-1: no closing quote, the rest is an open literal).
+    Returns where scanning goes on."""
+    if j < 0:
+        s.flags |= _F_UNTERMINATED
+        _tok(s, _T_OPEN, i, n)
+        return n
+    s.seg_literal = True
+    _tok(s, kind, i, j)
+    return j
+
+
 cdef inline bint _is(const unsigned char* w, const char* kw, Py_ssize_t n) noexcept nogil:
     """w[:n] == kw, ignoring the case of w (kw is lower case)."""
     cdef Py_ssize_t k
@@ -391,7 +403,7 @@ cdef void _run(Scanner* s, Py_ssize_t i, Py_ssize_t n) noexcept nogil:
     cdef const unsigned char* p = s.p
     cdef const unsigned char* k
     cdef unsigned char c, d, q
-    cdef Py_ssize_t j
+    cdef Py_ssize_t j, k0
     cdef int mode = s.reading & _DBCS_MASK
     cdef bint flat = (s.reading & _FLAT_EXEC) != 0
     cdef bint host
@@ -428,14 +440,7 @@ cdef void _run(Scanner* s, Py_ssize_t i, Py_ssize_t n) noexcept nogil:
                     j = (k - p) + 1 if k != NULL else -1
                 else:   # N'..', _charset'..': a string like any other
                     j = _skip_quoted(s, j, n, q, not (s.reading & (_SQ_NOESC if q == b'\'' else _DQ_NOESC)))
-                if j < 0:
-                    s.flags |= _F_UNTERMINATED
-                    _tok(s, _T_OPEN, i, n)
-                    i = n
-                else:
-                    s.seg_literal = True
-                    _tok(s, _T_LIT, i, j)
-                    i = j
+                i = _quoted_end(s, _T_LIT, i, j, n)
             elif c >= b'0' and c <= b'9':
                 if c == b'0' and j - i > 2 and (p[i + 1] | 0x20) == b'x':
                     s.seg_literal = True
@@ -451,16 +456,10 @@ cdef void _run(Scanner* s, Py_ssize_t i, Py_ssize_t n) noexcept nogil:
 
         elif c == b'\'' or c == b'"':
             j = _skip_quoted(s, i, n, c, not (s.reading & (_SQ_NOESC if c == b'\'' else _DQ_NOESC)))
-            if j < 0:
-                s.flags |= _F_UNTERMINATED
-                _tok(s, _T_OPEN, i, n)
-                i = n
-            else:
-                s.seg_literal = True
-                _tok(s, _T_STR, i, j)
-                if c == b'"':
-                    s.fn_signal = _quoted_fn_signal(p, i, j)
-                i = j
+            k0 = i
+            i = _quoted_end(s, _T_STR, i, j, n)
+            if j >= 0 and c == b'"':    # after the token: _tok clears the signal it consumes
+                s.fn_signal = _quoted_fn_signal(p, k0, j)
 
         elif c == b'`':
             j = _skip_quoted(s, i, n, c, False)

@@ -119,11 +119,15 @@ def checksums(db, database: str) -> dict[str, str]:
     return dict(line.split("\t") for line in out.strip().splitlines())
 
 
+def dump(db, database: str) -> str:
+    """mariadb-dump of `database` (with the server's CA when it speaks TLS)."""
+    return subprocess.run(["mariadb-dump", *db.client_args()[1:], "--databases", database], capture_output=True,
+                          text=True, check=True).stdout
+
+
 def dump_restore(src, dst, database: str) -> None:
     """mariadb-dump `database` from src and load it into dst (replacing it there)."""
-    dump = subprocess.run(["mariadb-dump", "--no-defaults", "-h127.0.0.1", f"-P{src.port}", "-uroot",
-                           f"-p{ROOT_PASSWORD}", "--databases", database], capture_output=True, text=True, check=True)
-    dst.sql(f"DROP DATABASE IF EXISTS {database};\n" + dump.stdout)
+    dst.sql(f"DROP DATABASE IF EXISTS {database};\n" + dump(src, database))
 
 
 class Pacer:
@@ -136,6 +140,23 @@ class Pacer:
         d = t - time.monotonic()
         if d > 0:
             time.sleep(d)
+
+
+def capture_for_replay_user(mariadb, mariadb_test, out: str, phases: list[tuple[float, float]], conns: int,
+                            user: str, password: str) -> str:
+    """`paced_workload(phases, conns)` captured into `out` through a proxy of its own in front of
+    `mariadb`, and `user` (all privileges, from 127.0.0.1) created on the test server. Returns `out`."""
+    from conftest import start_proxy, stop_proxy
+
+    proxy = start_proxy([mariadb])
+    try:
+        with Capture(proxy, out):
+            paced_workload(proxy.port, phases, conns)
+    finally:
+        stop_proxy(proxy)
+    mariadb_test.sql(f"CREATE OR REPLACE USER {user}@'127.0.0.1' IDENTIFIED BY '{password}';"
+                     f"GRANT ALL ON *.* TO {user}@'127.0.0.1';")
+    return out
 
 
 def paced_workload(port: int, phases: list[tuple[float, float]], conns: int, database: str | None = None,

@@ -9,20 +9,16 @@ import pytest
 
 from conftest import connect_kwargs
 from fastproxy.constants import ER
-from fastproxy.scratch_db import ROOT_PASSWORD, ScratchMariaDB
+from fastproxy.scratch_db import ROOT_PASSWORD
 from proxy_util import health, wait_for
-from tls_certs import CertAuthority
+from tls_certs import CertAuthority, secure_transport_mariadb
 
 
 @pytest.fixture(scope="module")
 def tls_db(tmp_path_factory):
     """(server, its CA, another CA, a client certificate from its CA)."""
     d = str(tmp_path_factory.mktemp("tls"))
-    ca = CertAuthority(d, "db-ca")
-    server = ca.issue("db", server=True)
-    db = ScratchMariaDB(name="tlsdb", tls_ca=ca.pem.cert, extra_args=[
-        f"--ssl-ca={ca.pem.cert}", f"--ssl-cert={server.cert}", f"--ssl-key={server.key}",
-        "--require-secure-transport=ON"])
+    db, ca = secure_transport_mariadb(d, "tlsdb", "db-ca")
     with db:
         db.sql("CREATE USER fpcheck@'127.0.0.1';"  # the health check's account: no password, no privileges
                "CREATE USER x509user@'127.0.0.1' IDENTIFIED BY 'x509pw' REQUIRE X509;")

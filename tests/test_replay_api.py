@@ -14,8 +14,7 @@ from click.testing import CliRunner
 
 from fastproxy.cli import main as cli_main
 
-from conftest import start_proxy, stop_proxy
-from replay_util import Capture, commands, last_job, paced_workload, wait_for, wait_job
+from replay_util import capture_for_replay_user, commands, last_job, wait_for, wait_job
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -26,16 +25,8 @@ PASSWORD = "Pw-" + secrets.token_hex(10)
 @pytest.fixture(scope="module")
 def api_capture(mariadb, mariadb_test, tmp_path_factory):
     """About 4 s of steady traffic (100 commands/s on 2 connections), and a replay user on the test server."""
-    out = str(tmp_path_factory.mktemp("api") / "capture")
-    proxy = start_proxy([mariadb])
-    try:
-        with Capture(proxy, out):
-            paced_workload(proxy.port, [(4.0, 100.0)], 2)
-    finally:
-        stop_proxy(proxy)
-    mariadb_test.sql(f"CREATE OR REPLACE USER {USER}@'127.0.0.1' IDENTIFIED BY '{PASSWORD}';"
-                     f"GRANT ALL ON *.* TO {USER}@'127.0.0.1';")
-    return out
+    return capture_for_replay_user(mariadb, mariadb_test, str(tmp_path_factory.mktemp("api") / "capture"),
+                                   [(4.0, 100.0)], 2, USER, PASSWORD)
 
 
 def _summaries(report_dir: str) -> list[dict]:

@@ -9,7 +9,7 @@ speed 1 and as fast as possible: zero failures, zero other errors, the same CHEC
 """
 from __future__ import annotations
 
-import random
+import functools
 import threading
 import time
 
@@ -21,7 +21,7 @@ from clients_capi import CapiConnection
 from conftest import TEST_WORKERS
 from fastproxy.scratch_db import ROOT_PASSWORD
 from session_util import on_both, users_file
-from workload import Shop, _error_code, run_faithful
+from workload import Shop, crossed_updates, run_faithful
 
 pytest.importorskip("mariadb")  # MariaDB Connector/Python: server-side prepared statements
 
@@ -52,33 +52,15 @@ class MixedShop(Shop):
         return super().setup_sql + ("CREATE TABLE acct (id INT PRIMARY KEY, v BIGINT NOT NULL);"
                                     "INSERT INTO acct VALUES (1, 1), (2, 2);")
 
-    def _role(self, role, port: int, i: int) -> None:
+    def _open(self, role, port: int, i: int):
         """Shop's roles, each as its user."""
-        rnd = random.Random(self.seed * 1000 + i)
         user = ROLE_USERS.get(role.__name__, "shop_app")
-        try:
-            if role == self._ps_writer:
-                import mariadb
+        if role == self._ps_writer:
+            import mariadb
 
-                conn = mariadb.connect(host="127.0.0.1", port=port, user=user, password=PASSWORDS[user],
-                                       database="shop", autocommit=True)
-            else:
-                conn = _connect(port, user)
-            try:
-                while time.monotonic() < self._deadline:
-                    try:
-                        role(conn, rnd, i)
-                        self.done[role.__name__] = self.done.get(role.__name__, 0) + 1
-                    except Exception as e:  # noqa: BLE001 - what an application does on a deadlock
-                        if _error_code(e) not in (1213, 1205):
-                            raise
-                        conn.rollback()
-                        self.done["deadlocks"] = self.done.get("deadlocks", 0) + 1
-                    time.sleep(rnd.uniform(*self.pause))
-            finally:
-                conn.close()
-        except BaseException as e:  # noqa: BLE001 - reported by run()
-            self.errors.append(f"{role.__name__} {i}: {e!r}")
+            return mariadb.connect(host="127.0.0.1", port=port, user=user, password=PASSWORDS[user],
+                                   database="shop", autocommit=True)
+        return _connect(port, user)
 
     # ---- the rest, beside the shop's roles ------------------------------------------------------
     def run(self, port: int, early=None) -> None:
@@ -152,6 +134,9 @@ class MixedShop(Shop):
             capi.query("INSERT INTO events (kind, ref) VALUES ('changed', CHAR_LENGTH(CURRENT_USER()))")
             capi.query("UPDATE counters SET n = n + 1000 WHERE name = 'b'")
 
+    def _count_deadlock(self) -> None:
+        self.deadlocks_seen += 1
+
     def _deadlocks(self, port, _early) -> None:
         """Two connections lock acct rows 1 and 2 in opposite order: one gets 1213, rolls back and
         does it again. The updates do not commute: the data shows the order."""
@@ -159,29 +144,9 @@ class MixedShop(Shop):
         try:
             for k in range(self.deadlock_rounds):
                 barrier = threading.Barrier(2)
-
-                def side(conn, first, second, mult, delay):
-                    cur = conn.cursor()
-                    for attempt in range(5):
-                        try:
-                            cur.execute("BEGIN")
-                            cur.execute(f"UPDATE acct SET v = v * {mult} + {k} WHERE id = {first}")
-                            if attempt == 0:
-                                barrier.wait()
-                                time.sleep(delay)
-                            cur.execute(f"UPDATE acct SET v = v * {mult} + {k} WHERE id = {second}")
-                            cur.execute("COMMIT")
-                            return
-                        except MySQLdb.OperationalError as e:
-                            if e.args[0] != 1213:
-                                raise
-                            cur.execute("ROLLBACK")
-                            self.deadlocks_seen += 1
-                            time.sleep(0.05)
-                    raise AssertionError("no progress")
-
-                ta = threading.Thread(target=side, args=(a, 1, 2, 2, 0.05))
-                tb = threading.Thread(target=side, args=(b, 2, 1, 3, 0.1))
+                side = functools.partial(crossed_updates, k=k, barrier=barrier, on_deadlock=self._count_deadlock)
+                ta = threading.Thread(target=side, args=(a, 1, 2, 2), kwargs={"delay": 0.05})
+                tb = threading.Thread(target=side, args=(b, 2, 1, 3), kwargs={"delay": 0.1})
                 ta.start(), tb.start()
                 ta.join(), tb.join()
                 time.sleep(0.2)

@@ -15,7 +15,7 @@ from click.testing import CliRunner
 
 from conftest import start_proxy, stop_proxy
 from fastproxy.cli import main as cli_main
-from replay_util import Capture, commands, newest_summary, paced_workload, wait_for, wait_job
+from replay_util import capture_for_replay_user, commands, newest_summary, wait_for, wait_job
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -28,16 +28,8 @@ PASSWORD = "Pw-cli-" + secrets.token_hex(8)
 def pw_capture(mariadb, mariadb_test, tmp_path_factory):
     """About 3 s of traffic on one connection (a replay at speed 1 runs that long), and the replay
     user on the test server."""
-    out = str(tmp_path_factory.mktemp("pw") / "capture")
-    proxy = start_proxy([mariadb])
-    try:
-        with Capture(proxy, out):
-            paced_workload(proxy.port, [(3.0, 10.0)], 1)
-    finally:
-        stop_proxy(proxy)
-    mariadb_test.sql(f"CREATE OR REPLACE USER {USER}@'127.0.0.1' IDENTIFIED BY '{PASSWORD}';"
-                     f"GRANT ALL ON *.* TO {USER}@'127.0.0.1';")
-    return out
+    return capture_for_replay_user(mariadb, mariadb_test, str(tmp_path_factory.mktemp("pw") / "capture"),
+                                   [(3.0, 10.0)], 1, USER, PASSWORD)
 
 
 def _fastproxy(*args: str, env: dict | None = None, **kw) -> subprocess.Popen:

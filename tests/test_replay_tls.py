@@ -3,14 +3,17 @@ report writer) upgrade to TLS after the greeting and verify the server's certifi
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 
+import MySQLdb
 import pytest
 
 from fastproxy.capture.record import KIND_COMMAND, KIND_CONN_CLOSE, KIND_CONN_OPEN, Record
 from fastproxy.inputs.convert import convert
-from fastproxy.scratch_db import ScratchMariaDB
+from fastproxy.scratch_db import ROOT_PASSWORD
 from replay_util import replay_cli
-from tls_certs import CertAuthority
+from tls_certs import CertAuthority, secure_transport_mariadb
+from workload import Shop, run_faithful
 
 T0 = 1_700_000_000_000_000_000
 
@@ -28,11 +31,7 @@ class _Source:
 @pytest.fixture(scope="module")
 def tls_server(tmp_path_factory):
     d = str(tmp_path_factory.mktemp("tls"))
-    ca = CertAuthority(d, "test-ca")
-    server = ca.issue("server", server=True)
-    db = ScratchMariaDB(name="tls", tls_ca=ca.pem.cert, extra_args=[
-        f"--ssl-ca={ca.pem.cert}", f"--ssl-cert={server.cert}", f"--ssl-key={server.key}",
-        "--require-secure-transport=ON"])
+    db, ca = secure_transport_mariadb(d, "tls", "test-ca")
     with db:
         other = CertAuthority(d, "other-ca")
         yield db, ca, other
@@ -59,6 +58,7 @@ def test_replay_over_tls_to_a_server_that_requires_it(tls_server, capture, tmp_p
     _, summary = replay_cli(db.addr, capture, "--tls-ca", ca.pem.cert, "--report-dir", str(tmp_path), "--speed", "0")
     assert summary["commands_failed"] == 0 and summary["other_errors"] == 0, summary
     assert summary["report_tables_error"] == ""  # the report writer speaks TLS too
+    assert summary["causal"]["scope"] == "per table", summary  # and the schema reader
     assert db.sql("SELECT COUNT(*) FROM tl.t").strip() == "2"
     assert db.status("Ssl_accepts") >= before + 2  # the replay connection and the report writer
 
@@ -87,3 +87,47 @@ def test_skip_verify_encrypts_without_checking(tls_server, capture, tmp_path):
     _, summary = replay_cli(db.addr, capture, "--tls-skip-verify", "--report-dir", str(tmp_path),
                             "--no-report-tables")
     assert summary["commands_failed"] == 0 and summary["other_errors"] == 0, summary
+
+
+@dataclass
+class TlsShop(Shop):
+    """The shop workload with every client on TLS to the proxy (`proxy_ca` verifies the proxy)."""
+
+    proxy_ca: str = ""
+
+    def _open(self, role, port: int, i: int):
+        if role == self._ps_writer:
+            import mariadb
+
+            return mariadb.connect(host="127.0.0.1", port=port, user="root", password=ROOT_PASSWORD,
+                                   database=self.database, autocommit=True, ssl_ca=self.proxy_ca, ssl_verify_cert=True)
+        return MySQLdb.connect(host="127.0.0.1", port=port, user="root", password=ROOT_PASSWORD,
+                               database=self.database, autocommit=True, ssl={"ca": self.proxy_ca})
+
+
+@pytest.mark.timeout(400)
+def test_a_capture_through_tls_replays_over_tls_with_production_data(tls_server, proxy_factory, tmp_path):
+    """Issue 10: production speaks only TLS, the proxy terminates TLS on both legs and refuses plain
+    clients, the test server speaks only TLS: the shop workload captured that way replays over TLS
+    with no failure and the same CHECKSUM on every table, at speed 1 and as fast as possible."""
+    pytest.importorskip("mariadb")
+    prod, prod_ca, _ = tls_server
+    test_db, test_ca = secure_transport_mariadb(str(tmp_path), "tlstest", "test-db-ca")
+    proxy_ca = CertAuthority(str(tmp_path), "proxy-ca")
+    proxy_cert = proxy_ca.issue("proxy", server=True)
+    proxy = proxy_factory([prod], f"--security.sql-tls.ca={prod_ca.pem.cert}",
+                          f"--security.server-tls.cert={proxy_cert.cert}", f"--security.server-tls.key={proxy_cert.key}",
+                          "--security.require-client-tls=true")
+    shop = TlsShop(proxy_ca=proxy_ca.pem.cert)
+    with test_db:
+        outcomes = run_faithful(prod, test_db, proxy, shop, str(tmp_path / "capture"),
+                                replay_args=("--tls-ca", test_ca.pem.cert))
+        assert prod.status("Ssl_accepts") > shop.connections  # every proxied connection's backend leg
+        assert test_db.status("Ssl_accepts") > shop.connections  # every replay connection
+    for o in outcomes:
+        assert o.failures == 0 and not o.mismatched_tables, o.describe()
+        assert o.summary["other_errors"] == 0, o.describe()
+        assert o.summary["connections"] >= shop.connections, o.describe()
+        # the side connections (schema, lock waits) reached the TLS-only target too
+        assert o.summary["causal"]["scope"] == "per table", o.describe()
+        assert o.summary["causal"]["lock_waits_unreadable"] == "", o.describe()

@@ -11,14 +11,13 @@
 from __future__ import annotations
 
 import threading
-import time
 
 import MySQLdb
 import pytest
 
 from fastproxy.scratch_db import ROOT_PASSWORD
 
-from workload import ReplayOutcome, run_faithful
+from workload import ReplayOutcome, crossed_updates, run_faithful
 from replay_util import Capture, checksums, last_job, replay_cli, wait_job
 
 pytestmark = pytest.mark.timeout(240)
@@ -45,6 +44,9 @@ class ForcedDeadlocks:
     def __init__(self) -> None:
         self.deadlocks = 0
 
+    def _count_deadlock(self) -> None:
+        self.deadlocks += 1
+
     def run(self, port: int, _early=None) -> None:
         errors: list = []
 
@@ -57,25 +59,11 @@ class ForcedDeadlocks:
                     results = {}
 
                     def side(conn, first, second, mult, name):
-                        cur = conn.cursor()
-                        for attempt in range(5):
-                            try:
-                                cur.execute("BEGIN")
-                                cur.execute(f"UPDATE acct SET v = v * {mult} + {k} WHERE id = {first}")
-                                if attempt == 0:
-                                    barrier.wait()
-                                    time.sleep(0.05 if name == "a" else 0.1)  # b asks second: b is the victim
-                                cur.execute(f"UPDATE acct SET v = v * {mult} + {k} WHERE id = {second}")
-                                cur.execute(f"INSERT INTO log (who) VALUES ({p})")
-                                cur.execute("COMMIT")
-                                results[name] = attempt
-                                return
-                            except MySQLdb.OperationalError as e:
-                                if e.args[0] != 1213:
-                                    raise
-                                cur.execute("ROLLBACK")
-                                self.deadlocks += 1
-                                time.sleep(0.05)
+                        # b asks second: b is the victim
+                        results[name] = crossed_updates(conn, first, second, mult, k, barrier,
+                                                        0.05 if name == "a" else 0.1,
+                                                        then=[f"INSERT INTO log (who) VALUES ({p})"],
+                                                        on_deadlock=self._count_deadlock)
 
                     ta = threading.Thread(target=side, args=(a, r1, r2, 2, "a"))
                     tb = threading.Thread(target=side, args=(b, r2, r1, 3, "b"))

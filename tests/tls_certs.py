@@ -72,3 +72,15 @@ class CertAuthority:
             builder = builder.add_extension(x509.SubjectAlternativeName(
                 [x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost")]), critical=False)
         return _write(self.directory, stem, builder.sign(self.key, hashes.SHA256()), key)
+
+
+def secure_transport_mariadb(directory: str, name: str, ca_name: str):
+    """A scratch MariaDB (not started) that speaks TLS only (`require_secure_transport=ON`), with a
+    certificate from a new CA; returns (server, its CA)."""
+    from fastproxy.scratch_db import ScratchMariaDB
+
+    ca = CertAuthority(directory, ca_name)
+    server = ca.issue(name, server=True)
+    return ScratchMariaDB(name=name, tls_ca=ca.pem.cert, extra_args=[
+        f"--ssl-ca={ca.pem.cert}", f"--ssl-cert={server.cert}", f"--ssl-key={server.key}",
+        "--require-secure-transport=ON"]), ca

@@ -28,7 +28,6 @@ import datetime
 import queue
 import random
 import re
-import subprocess
 import threading
 import time
 from dataclasses import dataclass, field
@@ -36,7 +35,7 @@ from dataclasses import dataclass, field
 import MySQLdb
 
 from fastproxy.scratch_db import ROOT_PASSWORD
-from replay_util import Capture, checksums, replay_cli
+from replay_util import Capture, checksums, dump, replay_cli
 
 
 @dataclass
@@ -67,12 +66,6 @@ class ReplayOutcome:
                 f"time one second off {self.time_skewed}; other errors "
                 f"{s['other_error_types']}; top failures {[(f['count'], f['sample_stmt'][:80], f['sample_err_msg'][:80]) for f in s['top_failures']]}; "
                 f"causal {s.get('causal')}; transactions {s.get('transactions')}")
-
-
-def dump(db, database: str) -> str:
-    return subprocess.run(["mariadb-dump", "--no-defaults", "-h127.0.0.1", f"-P{db.port}", "-uroot",
-                           f"-p{ROOT_PASSWORD}", "--databases", database], capture_output=True, text=True,
-                          check=True).stdout
 
 
 _TIME = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d$")
@@ -147,6 +140,34 @@ def _error_code(e: Exception) -> int | None:
     if code is None and e.args and isinstance(e.args[0], int):  # mysqlclient
         code = e.args[0]
     return code
+
+
+def crossed_updates(conn, first: int, second: int, mult: int, k: int, barrier: threading.Barrier, delay: float,
+                    then=(), on_deadlock=lambda: None) -> int:
+    """One of two transactions that update `acct` rows `first` and `second` in opposite order: the
+    first attempt waits at `barrier`, then `delay` s, so the two cross and one gets 1213; it rolls
+    back and does its transaction again, as applications do (`then`: statements before COMMIT).
+    The updates do not commute, so the data shows the order. Returns the attempt that committed."""
+    cur = conn.cursor()
+    for attempt in range(5):
+        try:
+            cur.execute("BEGIN")
+            cur.execute(f"UPDATE acct SET v = v * {mult} + {k} WHERE id = {first}")
+            if attempt == 0:
+                barrier.wait()
+                time.sleep(delay)
+            cur.execute(f"UPDATE acct SET v = v * {mult} + {k} WHERE id = {second}")
+            for sql in then:
+                cur.execute(sql)
+            cur.execute("COMMIT")
+            return attempt
+        except MySQLdb.OperationalError as e:
+            if e.args[0] != 1213:
+                raise
+            cur.execute("ROLLBACK")
+            on_deadlock()
+            time.sleep(0.05)
+    raise AssertionError("no progress")
 
 
 def _connect(port: int, database: str):
@@ -234,7 +255,7 @@ INSERT INTO jobs (payload) SELECT CONCAT('seed', seq) FROM seq_1_to_40;
     def _role(self, role, port: int, i: int) -> None:
         rnd = random.Random(self.seed * 1000 + i)
         try:
-            conn = (_connect_ps if role == self._ps_writer else _connect)(port, self.database)
+            conn = self._open(role, port, i)
             try:
                 while time.monotonic() < self._deadline:
                     try:
@@ -250,6 +271,10 @@ INSERT INTO jobs (payload) SELECT CONCAT('seed', seq) FROM seq_1_to_40;
                 conn.close()
         except BaseException as e:  # noqa: BLE001 - reported by run()
             self.errors.append(f"{role.__name__} {i}: {e!r}")
+
+    def _open(self, role, port: int, i: int):
+        """The connection role `role` (thread `i`) works on."""
+        return (_connect_ps if role == self._ps_writer else _connect)(port, self.database)
 
     def _writer(self, conn, rnd, i) -> None:
         cur = conn.cursor()

@@ -194,7 +194,7 @@ class Checkpoint:
                 # roll back) before anything is sent again
                 opt = engine.opt
                 self.old_sessions_left = await asyncio.get_running_loop().run_in_executor(
-                    None, _wait_sessions_gone, opt.host, opt.port, opt.username, opt.password, sorted(threads))
+                    None, _wait_sessions_gone, opt, sorted(threads))
         self._open_journal()
         self._write_snapshot()
 
@@ -541,18 +541,17 @@ class Checkpoint:
         return out
 
 
-def _wait_sessions_gone(host: str, port: int, user: str, password: str, threads: list[int]) -> int:
+def _wait_sessions_gone(opt, threads: list[int]) -> int:
     """Wait until the target no longer runs the sessions of the replay that stopped (a statement it
     had sent may still run; its open transactions roll back as the server notices). Returns how many
     were still there at the deadline (0 when the user may not see them)."""
-    import MySQLdb
+    from fastproxy.replay.side_connection import connect_target
 
     ids = ", ".join(str(int(t)) for t in threads)
     deadline = time.monotonic() + OLD_SESSIONS_WAIT_S
     left = 0
     try:
-        conn = MySQLdb.connect(host=host, port=port, user=user, password=password, connect_timeout=10,
-                               charset="utf8mb4")
+        conn = connect_target(opt, connect_timeout=10)
     except Exception as e:  # noqa: BLE001 - the replay itself will say what is wrong with the target
         log.warning("resume: cannot check for the stopped replay's sessions: %s", e)
         return 0

@@ -244,6 +244,7 @@ class Replayer:
         self.not_rebuilt: list[dict] = []  # sessions not rebuilt in full (a sample) for the summary
         self.sessions_not_rebuilt = 0
         # faithful replay: the planner reads the schema of the target when the replay starts
+        self.lockwaits: LockWaits | None = None  # the reader of the target's row-lock waits (causal order)
         self.planner = Planner(causal=False, pin=options.pin, status_flags=self._status_flags_recorded(),
                                affected_rows=self._affected_rows_recorded())
         self._released: list[int] = []  # parked connections whose requirement a completion met
@@ -813,7 +814,7 @@ class Replayer:
             return
         # on error (logged by load_scopes, shown in the summary's causal.scope) one global scope
         scopes = await self._loop.run_in_executor(
-            None, load_scopes, opt.host, opt.port, opt.username, opt.password, opt.connect_timeout)
+            None, load_scopes, opt)
         self.planner = Planner(scopes, causal=causal, pin=opt.pin, status_flags=self._status_flags_recorded(),
                                affected_rows=self._affected_rows_recorded())
 
@@ -1039,7 +1040,7 @@ class Replayer:
         probe = min(floor, 20_000_000)  # in flight this long while others wait: look for a cycle
         order = self.planner.order
         opt = self.opt
-        lockwaits = LockWaits(opt.host, opt.port, opt.username, opt.password, opt.connect_timeout) \
+        lockwaits = self.lockwaits = LockWaits(opt) \
             if opt.whole_transactions and not opt.dry_run else None
         last_probe = 0
         try:
@@ -1433,6 +1434,7 @@ class Replayer:
                 "commands_waited": st.causal_waits,
                 "wait_ms": round(st.causal_wait_ns / 1e6, 1),
                 "released_to_break_cycles": st.cycles_broken,
+                "lock_waits_unreadable": (self.lockwaits.unavailable or "") if self.lockwaits else "",
                 "released_by_valve": st.causal_released,
                 "unknown_scope_statements": planner.unknown_scope_statements,
             } if planner.causal else None,

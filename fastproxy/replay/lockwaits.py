@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import logging
 
+from fastproxy.replay.side_connection import target_params
+
 log = logging.getLogger("fastproxy.replay")
 
 _QUERIES = (
@@ -32,9 +34,8 @@ class LockWaits:
     # 100 ms (trx_i_s_cache): read more often and they never change
     MIN_INTERVAL_NS = 150_000_000
 
-    def __init__(self, host: str, port: int, user: str, password: str, timeout: float = 5.0) -> None:
-        self.params = dict(host=host, port=port, user=user, password=password, connect_timeout=max(1, int(timeout)),
-                           charset="utf8mb4", autocommit=True)
+    def __init__(self, opt) -> None:
+        self.params = target_params(opt, autocommit=True)  # ReplayOptions `opt`: its target, user and TLS
         self._conn = None
         self._query: str | None = None
         self.unavailable: str | None = None  # why lock waits cannot be read here
@@ -45,9 +46,14 @@ class LockWaits:
             return None
         import MySQLdb
 
-        try:
-            if self._conn is None:
+        if self._conn is None:
+            try:
                 self._conn = MySQLdb.connect(**self.params)
+            except MySQLdb.MySQLError as e:  # a login refused now is refused every 150 ms after: say it once
+                self.unavailable = f"cannot connect to read lock waits: {e}"
+                log.warning("%s; wait cycles are broken by the timeout valve only", self.unavailable)
+                return None
+        try:
             cur = self._conn.cursor()
             if self._query is None:
                 for q in _QUERIES:

@@ -12,6 +12,8 @@ import threading
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
+from fastproxy.replay.side_connection import tls_params
+
 log = logging.getLogger("fastproxy.report")
 
 REPORT_DB = "tiproxy_traffic_report"
@@ -175,10 +177,7 @@ class ReportWriter:
                  tls: bool = False, tls_ca: str = "", tls_skip_verify: bool = False) -> None:
         self.params = dict(host=host, port=port, user=user, password=password, connect_timeout=10, autocommit=True,
                            charset="utf8mb4")
-        if tls_ca and not tls_skip_verify:
-            self.params.update(ssl_mode="VERIFY_CA", ssl={"ca": tls_ca})
-        elif tls or tls_ca or tls_skip_verify:
-            self.params.update(ssl_mode="REQUIRED")
+        self.params.update(tls_params(tls, tls_ca, tls_skip_verify))
         self.replay_start = utc(replay_start_ns)
         self.reference = "capture"  # what the verdict tables compare with ("baseline HOST:PORT" in A/B)
         self.error: str | None = None

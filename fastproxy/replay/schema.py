@@ -130,16 +130,16 @@ def body_tables(sql: str, functions) -> set[str] | None:
     return scan.tables
 
 
-def load_scopes(host: str, port: int, user: str, password: str, timeout: float = 10.0) -> TableScopes:
+def load_scopes(opt) -> TableScopes:
     """Read foreign keys, views, triggers, stored functions and time-defaulted columns from the
-    target. On any error the scopes say so (`error`) and every statement is ordered globally."""
-    import MySQLdb
+    target of ReplayOptions `opt`. On any error the scopes say so (`error`) and every statement is
+    ordered globally."""
+    from fastproxy.replay.side_connection import connect_target
 
     scopes = TableScopes()
     skip = ", ".join(f"'{s}'" for s in SYSTEM_SCHEMAS)
     try:
-        conn = MySQLdb.connect(host=host, port=port, user=user, password=password, connect_timeout=int(timeout) or 1,
-                               charset="utf8mb4")
+        conn = connect_target(opt)
     except Exception as e:  # noqa: BLE001 - any failure means: no schema knowledge
         scopes.error = f"cannot read the target's schema: {e}"
         return scopes

@@ -63,18 +63,13 @@ def collect_plans(opt, requests: list[PlanRequest]) -> dict:
     over TLS when the replay uses it); runs in a thread."""
     import MySQLdb
 
+    from fastproxy.replay.side_connection import connect_target
+
     plans: dict = {}
     if not requests:
         return plans
-    params = dict(host=opt.host, port=opt.port, user=opt.username, password=opt.password, connect_timeout=10,
-                  read_timeout=EXPLAIN_TIMEOUT_S * 3, charset="utf8mb4", autocommit=True)
-    tls_ca, skip = getattr(opt, "tls_ca", ""), getattr(opt, "tls_skip_verify", False)
-    if tls_ca and not skip:  # as the report writer connects (replay/report.py)
-        params.update(ssl_mode="VERIFY_CA", ssl={"ca": tls_ca})
-    elif getattr(opt, "tls", False) or tls_ca or skip:
-        params.update(ssl_mode="REQUIRED")
     try:
-        conn = MySQLdb.connect(**params)
+        conn = connect_target(opt, connect_timeout=10, read_timeout=EXPLAIN_TIMEOUT_S * 3, autocommit=True)
     except MySQLdb.Error as e:
         return {r.key: f"EXPLAIN failed: cannot connect to {opt.host}:{opt.port}: {e}" for r in requests}
     try:
