@@ -43,3 +43,26 @@ def test_checkpoint_hooks_per_command(benchmark, attached):
         cp.consumed(conn, None)
 
     benchmark(one_command)
+
+
+def test_checkpoint_hooks_per_command_with_result(benchmark, attached):
+    """The same, with the command's result going through the checkpoint (its `R` journal entry) to the
+    engine's counting (no verdict observer here: its own cost is the replay's, not the checkpoint's)."""
+    import time
+
+    from fastproxy._packet import CommandResult
+
+    cp, conn = attached
+    rec = Record(KIND_COMMAND, 1, T0 + 1, T0 + 2, 0, 0, 0, 1, b"\x03SELECT 1")
+    result = CommandResult(3)
+    result.outcome = 0
+    result.rows = 1
+    result.columns = 1
+
+    def one_command():
+        cp.on_read(rec)
+        cp.sent(conn)
+        cp.result(conn, rec, result, time.monotonic_ns())
+        cp.consumed(conn, None)
+
+    benchmark(one_command)

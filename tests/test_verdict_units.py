@@ -108,3 +108,67 @@ def test_the_digest_cap_sends_later_digests_to_other():
     assert [r["digest"] for r in rows if r["digest"] == "other"] == ["other"] and len(rows) == 4
     t = LatencyTable(1)
     assert t.add_slot() == 0 and t.add_slot() == -1 and len(t) == 1
+
+
+def _run(verdict: Verdict, rnd: random.Random, n: int) -> None:
+    """n commands over a few digests: equal results, mismatches, nondeterministic ones."""
+    for _ in range(n):
+        k = rnd.randrange(6)
+        sql = ["SELECT a FROM t WHERE id = 1", "UPDATE t SET a = 2 WHERE id = 3", "SELECT NOW()",
+               "SELECT b FROM u ORDER BY b", "DELETE FROM t WHERE id = 9", "SELECT COUNT(*) FROM v"][k]
+        info = verdict.info(3, "Query", sql)
+        rows = rnd.randrange(3)
+        ref = Side(0, rows=rows, columns=1, hash_unordered=rows, latency_ns=rnd.randrange(1, 5_000_000))
+        new = Side(0, rows=rows if rnd.random() < 0.7 else rows + 1, columns=1, hash_unordered=rows,
+                   latency_ns=rnd.randrange(1, 9_000_000))
+        verdict.add(info, ref, new)
+
+
+def _results(verdict: Verdict) -> dict:
+    rows = verdict.latency_rows()
+    for r in rows:
+        r.pop("sample_params", None)
+    return {"latency": rows, "mismatches": {k: (m.count, m.sample_stmt) for k, m in verdict.mismatches.items()},
+            "nondeterministic": {k: (n.executions, n.differed, n.kinds) for k, n in verdict.nondeterministic.items()},
+            "numbers": (verdict.compared, verdict.mismatch_count, verdict.mismatch_kinds, verdict.other_commands,
+                        verdict.groups_dropped, verdict.nondeterministic_differed)}
+
+
+@pytest.mark.parametrize("max_digests", [2, 2000])
+def test_verdict_state_restored_carries_on_as_if_never_stopped(max_digests):
+    """A checkpoint's verdict state (JSON and back) restored into a fresh Verdict, then the rest of the
+    commands: the same results as one Verdict that saw them all (digests past the cap included)."""
+    import json
+
+    opt = VerdictOptions(max_digests=max_digests)
+    whole, first = Verdict(opt), Verdict(opt)
+    _run(whole, random.Random(7), 3000)
+    rnd = random.Random(7)
+    _run(first, rnd, 1200)
+    second = Verdict(opt)
+    second.restore(json.loads(json.dumps(first.state())))
+    _run(second, rnd, 1800)
+    assert _results(second) == _results(whole)
+    assert second.mismatches and second.nondeterministic
+    # restored rows are written whole by the resumed run (its first report batch replaces the rows)
+    assert sum(m.count for m in second.take_mismatch_delta()) == sum(m.count for m in whole.mismatches.values())
+
+
+def test_latency_side_state_round_trip_and_checks():
+    t = LatencyTable(3)
+    a, b = t.add_slot(), t.add_slot()
+    for i in range(1, 2000):
+        t.record(a, i * 997, i * 7919 + (1 << 33 if i % 500 == 0 else 0))
+    for side in (REFERENCE, REPLAY):
+        t.load_side(b, side, *t.side_state(a, side))
+        assert t.side_state(b, side) == t.side_state(a, side)
+        assert t.quantile_ns(b, side, 0.99) == t.quantile_ns(a, side, 0.99)
+    t.load_side(b, REPLAY, *t.side_state(a, REPLAY), add=True)  # merged: counts add, max stays
+    assert t.count(b, REPLAY) == 2 * t.count(a, REPLAY) and t.max_ns(b, REPLAY) == t.max_ns(a, REPLAY)
+    count, sum_ns, max_ns, packed = t.side_state(a, REPLAY)
+    with pytest.raises(ValueError):
+        t.load_side(b, REPLAY, count + 1, sum_ns, max_ns, packed)  # buckets that do not add up
+    with pytest.raises(ValueError):
+        t.load_side(b, REPLAY, count, sum_ns, max_ns, packed[:-1])
+    with pytest.raises(ValueError):
+        t.load_side(b, REPLAY, 1, 0, 0, (NUM_BUCKETS).to_bytes(2, "little") + (1).to_bytes(4, "little"))

@@ -21,8 +21,20 @@ on every read of the same input with the same options), and the position is:
 A snapshot (`replay.checkpoint`, private, replaced atomically) is written every second and at
 the end; between snapshots each send is appended to a journal (`replay.checkpoint.journal`, a file
 mapped into memory: no system call per command; it survives the replayer's death, not the
-machine's — fastproxy/replay/journal.py), and so is each report entry, so that the report tables neither lose nor repeat what happened in the last
-second. On resume the input is read again from its start: records that are done are not sent, but
+machine's — fastproxy/replay/journal.py), and so is each report entry and each command's result, so
+that the report tables, the verdict and the summary's counters neither lose nor repeat what happened
+in the last second.
+
+The verdict (latency histograms per digest, mismatches, nondeterministic statements, the timeline)
+and the summary's counters are saved with the position, and they must agree with it: a command's
+result counts when the command is *done*. Outside a transaction that is as soon as it arrives (the
+command was done when sent); inside one, the results are held per connection until the command that
+ends the transaction is sent (a resume sends the transaction again, and counts it then). A result
+that arrives after a snapshot is written to the journal before it is counted; a command sent but
+never answered before a kill -9 is done with no result: counted as replayed, outside the verdict,
+and said in the summary (`resume.results_unknown`).
+
+On resume the input is read again from its start: records that are done are not sent, but
 what they did to sessions and to causal order is rebuilt — session statements (USE, SET, SQL
 PREPARE, COM_INIT_DB) are sent again on the new connection before its first command, prepared
 statements are re-prepared on first use, and every record passes through the planner as before.
@@ -38,20 +50,22 @@ import re
 import time
 from collections import deque
 
-from fastproxy._packet import execute_types_at
+from fastproxy._packet import CommandResult, execute_types_at
 from fastproxy.capture.record import (KIND_COMMAND, KIND_CONN_CLOSE, KIND_CONN_OPEN, KIND_CONN_STATE,
                                       KIND_LOCAL_INFILE, OUTCOME_OK, Record)
 from fastproxy.constants import COMMAND
 from fastproxy.errors import JobError
 from fastproxy.private_files import create_private_file, open_private_dir, write_all
 from fastproxy.replay.causal import IN_TXN, TXN_END
-from fastproxy.replay.journal import Journal, read_journal
+from fastproxy.replay.journal import MESSAGE_MAX, RESULT, SENT, Journal, read_journal
 from fastproxy.replay.report import Failure, OtherError
 
 log = logging.getLogger("fastproxy.replay")
 
 CHECKPOINT_VERSION = 1
 INTERVAL_S = 1.0
+# tests only: seconds between snapshots (a long one leaves everything after the first to the journal)
+INTERVAL_ENV = "FASTPROXY_CHECKPOINT_INTERVAL_S"
 OLD_SESSIONS_WAIT_S = 30.0  # how long a resume waits for the crashed replay's sessions to leave the server
 # statements whose effect is the session's own: sent again on a resumed connection (transaction
 # control is not: a done transaction has ended)
@@ -94,15 +108,72 @@ def identity(inputs: list[str], engine) -> dict:
     }
 
 
+def _interval() -> float:
+    try:
+        value = float(os.environ.get(INTERVAL_ENV, "") or INTERVAL_S)
+    except ValueError:
+        return INTERVAL_S
+    return value if value > 0 else INTERVAL_S
+
+
 def count_placeholders(sql: bytes) -> int:
     """The `?` parameters of a prepared statement (outside strings, quoted names and comments)."""
     return _NOT_PLACEHOLDER.sub(b"", sql).count(b"?")
 
 
+class _HeldConn:
+    """What the verdict and the failure report read of a connection, as it was when a result arrived
+    that is counted later (inside a transaction): the connection moves on meanwhile."""
+
+    __slots__ = ("conn_id", "not_rebuilt", "sent_ns", "due_ns", "db", "stmt_sql", "stmt_types", "stmt_params")
+
+    def __init__(self, conn, rec: Record) -> None:
+        self.conn_id = conn.conn_id
+        self.not_rebuilt = list(conn.not_rebuilt)
+        self.sent_ns = conn.sent_ns
+        self.due_ns = conn.due_ns
+        self.db = conn.db
+        self.stmt_sql = {}
+        self.stmt_types = {}
+        self.stmt_params = {}
+        payload = rec.payload
+        if len(payload) >= 5 and payload[0] in _STMT_COMMANDS:  # its statement only
+            sid = int.from_bytes(payload[1:5], "little")
+            for name in ("stmt_sql", "stmt_types", "stmt_params"):
+                value = getattr(conn, name).get(sid)
+                if value is not None:
+                    getattr(self, name)[sid] = value
+
+
+_STMT_COMMANDS = frozenset({COMMAND.COM_STMT_EXECUTE, COMMAND.COM_STMT_SEND_LONG_DATA, COMMAND.COM_STMT_CLOSE,
+                            COMMAND.COM_STMT_RESET, COMMAND.COM_STMT_FETCH})
+_RESULT_FIELDS = ("outcome", "err_code", "rows", "columns", "hash_ordered", "hash_unordered", "affected_rows",
+                  "warnings")
+
+
+def _result_copy(r) -> CommandResult:
+    c = CommandResult(r.cmd)
+    for name in _RESULT_FIELDS:
+        setattr(c, name, getattr(r, name))
+    c.sql_state = r.sql_state
+    c.err_msg = r.err_msg
+    return c
+
+
+def _result_from(fields: list) -> CommandResult:
+    """A journal's or a snapshot's result (read_journal's field order)."""
+    c = CommandResult(0)
+    for name, value in zip(_RESULT_FIELDS, fields):
+        setattr(c, name, value)
+    c.sql_state = fields[11]
+    c.err_msg = fields[12]
+    return c
+
+
 class _Track:
     """One captured connection's progress."""
 
-    __slots__ = ("pending", "consumed", "done", "inflight", "inflight_txn", "thread")
+    __slots__ = ("pending", "consumed", "done", "inflight", "inflight_txn", "thread", "answered", "held")
 
     def __init__(self) -> None:
         self.pending: deque[int] = deque()  # seqs read and not yet done: consumed inside a transaction, then queued
@@ -111,6 +182,8 @@ class _Track:
         self.inflight = -1  # seq of the command sent and not yet consumed
         self.inflight_txn = False  # ... and the connection is inside a transaction after it
         self.thread = 0  # the replay session's thread id on the target
+        self.answered = False  # the command in flight got its result
+        self.held: list | None = None  # results inside the open transaction: counted once it ends
 
 
 class Checkpoint:
@@ -141,11 +214,17 @@ class Checkpoint:
         self._resume_until = 0  # seqs from here on are never done
         self._read_before = 0  # seqs below were read (and counted) before the resume
         self._clock_set = True
+        self._seq_of_current = -1
         self.fast_forwarded = 0
         self.sent_after_checkpoint = 0
         self.session_statements_sent = 0
         self.session_statements_failed = 0
         self.old_sessions_left = 0
+        # the verdict and the counters (see the module's docstring)
+        self.results: dict[int, tuple] = {}  # resume: seq -> (conn_id, fields) of done commands' results
+        # not counted yet (from the journal: counted when the input reaches them)
+        self.results_unknown = 0  # done commands whose result never came back (the replay was killed)
+        self.verdict_restored = False  # False on a resume from a checkpoint without the verdict's state
 
     # ---- loading ----------------------------------------------------------------------------------
     def _load(self) -> dict:
@@ -216,19 +295,59 @@ class Checkpoint:
             report.failures[(f["cmd_type"], f["digest"])] = Failure(**f, unflushed=f["count"])
         for e in data.get("other_errors") or []:
             report.other_errors[e["err_type"]] = OtherError(**e, unflushed=e["count"])
+        self._restore_verdict(data)
+        self.results_unknown = int(data.get("results_unknown", 0))
+        self.results = {int(seq): (conn_id, fields) for seq, conn_id, fields in data.get("results") or []}
+        # done with no result yet when the snapshot was written: the journal may hold it
+        unanswered = {int(seq) for seq in data.get("awaiting") or []}
         # the journal: what happened after the snapshot (a journal of an older snapshot is ignored)
         on_add = report.on_add
         report.on_add = None
+        last_second = -1
         try:
             for entry in read_journal(self.journal_path, int(data["generation"])):
-                self._replay_journal_entry(entry, threads)
+                if entry[0] == "R":
+                    self.results[entry[2]] = (entry[1], entry[3])
+                    unanswered.discard(entry[2])
+                    last_second = max(last_second, entry[3][9])
+                elif entry[0] == "N":
+                    unanswered.discard(entry[2])
+                    st.replayed += 1
+                else:
+                    if entry[0] == "S" and not entry[3]:
+                        unanswered.add(entry[2])
+                    self._replay_journal_entry(entry, threads)
         finally:
             report.on_add = on_add
-        st.replayed += self.sent_after_checkpoint
+        unanswered.difference_update(self.results)
+        # sent, so run (the rule of this module), and its result lost with the process that waited for it
+        self.results_unknown += len(unanswered)
+        st.replayed += len(unanswered)
+        observer = self._observer()
+        if observer is not None:  # the resumed run's seconds come after the stopped run's
+            observer.second_offset = max(int(data.get("replay_seconds", 0)), last_second + 1)
         self._resume_until = max([self._low_water, *(v + 1 for v in self._done.values())])
         self._clock_set = False
         engine.capture_start_ns = 1 << 62  # done records are read at once, not paced (see on_read)
         return threads
+
+    def _observer(self):
+        """The verdict's observer (fastproxy/report/observe.py) when it can be saved: a single-target replay."""
+        observer = self.engine.observer
+        return observer if hasattr(observer, "state") else None
+
+    def _restore_verdict(self, data: dict) -> None:
+        observer = self._observer()
+        state = data.get("verdict")
+        if observer is None:
+            return
+        if state is None:  # a checkpoint of an older fastproxy: the verdict covers the resumed part
+            return
+        try:
+            observer.restore(state)
+        except (KeyError, TypeError, ValueError) as e:
+            raise JobError(f"resume: the checkpoint {self.path} has a damaged verdict state: {e}") from None
+        self.verdict_restored = True
 
     def _replay_journal_entry(self, entry: tuple, threads: set) -> None:
         if entry[0] == "S":
@@ -257,11 +376,22 @@ class Checkpoint:
 
     async def run_periodically(self) -> None:
         while True:
-            await asyncio.sleep(INTERVAL_S)
+            await asyncio.sleep(_interval())
             self._write_snapshot()
 
     def finish(self, finished: bool) -> None:
-        """The replay ended (finished, canceled, or failed): the last snapshot; the journal goes."""
+        """The replay ended (finished, canceled, or failed): the last snapshot; the journal goes. Then the
+        results held in transactions that never ended count in this run's verdict (not in the
+        checkpoint: a resume sends those transactions again)."""
+        try:
+            self._finish_files(finished)
+        finally:
+            for track in self.tracks.values():
+                held, track.held = track.held, None
+                for entry in held or ():
+                    self._count(*entry)
+
+    def _finish_files(self, finished: bool) -> None:
         if self._dir_fd < 0:
             return
         try:
@@ -285,8 +415,13 @@ class Checkpoint:
         kind = rec.kind
         if kind == KIND_COMMAND or kind == KIND_CONN_CLOSE:
             if seq < self._resume_until and (seq < self._low_water or seq <= self._done.get(rec.conn_id, -1)):
+                self._seq_of_current = seq
+                if kind == KIND_COMMAND and seq >= self._read_before:
+                    self.engine.stats.read += 1  # read after the snapshot: not in its counters
                 self._fast_forward(rec)
                 return False
+            if self.results:  # not done after all (killed between counting a transaction and ending it):
+                self.results.pop(seq, None)  # its result comes again
             if not self._clock_set:
                 self._start_clock(rec)
             if kind == KIND_COMMAND and seq < self._read_before:
@@ -314,8 +449,11 @@ class Checkpoint:
         seq = track.pending[track.consumed]
         ticket = conn.tickets[0] if conn.tickets else None
         in_txn = ticket is not None and bool(ticket.flags & IN_TXN) and not ticket.flags & TXN_END
+        if not in_txn and track.held:  # the transaction ends: its commands are done, their results count
+            self._count_held(track)
         track.inflight = seq
         track.inflight_txn = in_txn
+        track.answered = False
         client = conn.client
         if client is not None:
             track.thread = client.connection_id
@@ -325,16 +463,68 @@ class Checkpoint:
             if self._journal is not None:
                 self._journal.sent(conn.conn_id, seq, in_txn, track.thread)
 
+    def result(self, conn, rec: Record, result, now: int) -> None:
+        """The engine's `_compare`: the result of the head command of `conn`. Counted now if the command
+        is done, else when its transaction ends."""
+        track = self.tracks.get(conn.conn_id)
+        if track is None or track.inflight < 0 or track.answered:
+            return self._count(conn, rec, result, now)  # not one the position follows
+        track.answered = True
+        if track.inflight_txn:
+            if track.held is None:
+                track.held = []
+            track.held.append((_HeldConn(conn, rec), rec, _result_copy(result), now, track.inflight))
+            return
+        self._count(conn, rec, result, now, track.inflight)
+
+    def _count(self, conn, rec: Record, result, now: int, seq: int = -1) -> None:
+        """Journal the result (if it belongs to a position), then count it: the verdict, the failures
+        and the summary's counters (Replayer._compare_now)."""
+        engine = self.engine
+        journal = self._journal
+        if journal is not None and seq >= 0:
+            observer = engine.observer
+            second = observer.replay_second(now) if hasattr(observer, "replay_second") else 0
+            lag = conn.sent_ns - conn.due_ns if engine.opt.speed > 0 else None
+            if not journal.result(conn.conn_id, seq, result, now - conn.sent_ns, second, lag):
+                self._write_snapshot()  # full: the snapshot (without this result) empties it
+                if self._journal is not None:
+                    self._journal.result(conn.conn_id, seq, result, now - conn.sent_ns, second, lag)
+        report = engine.report
+        on_add = report.on_add
+        report.on_add = None  # the failures it adds are in the `R` entry
+        try:
+            engine._compare_now(conn, rec, result, now)
+        finally:
+            report.on_add = on_add
+
+    def _count_held(self, track: _Track) -> None:
+        held, track.held = track.held, None
+        journal = self._journal
+        if journal is not None and journal.free() < len(held) * (RESULT.size + MESSAGE_MAX) + SENT.size:
+            self._write_snapshot()  # room for all of them: no snapshot between the first and the send
+        for entry in held:
+            self._count(*entry)
+
     def consumed(self, conn, ticket) -> None:
         """The head command of `conn` is finished (replayed, filtered, skipped)."""
         track = self.tracks.get(conn.conn_id)
         if track is None or len(track.pending) <= track.consumed:
             return
         seq = track.pending[track.consumed]
+        if track.inflight == seq and not track.answered and not track.inflight_txn and self._journal is not None:
+            # sent and done without a result (a session command answered by ourselves, a close of a
+            # statement never prepared): not one whose result was lost
+            if not self._journal.no_result(conn.conn_id, seq):
+                self._write_snapshot()
+                if self._journal is not None:
+                    self._journal.no_result(conn.conn_id, seq)
         track.inflight = -1
         if ticket is not None and ticket.flags & IN_TXN and not ticket.flags & TXN_END:
             track.consumed += 1  # done only once its transaction ends
             return
+        if track.held:  # a transaction ended without a command sent (the connection's close): done now
+            self._count_held(track)
         for _ in range(track.consumed + 1):
             track.pending.popleft()
         track.consumed = 0
@@ -376,7 +566,12 @@ class Checkpoint:
         conn = engine.conns.get(rec.conn_id)
         if conn is None:
             conn = engine._conn(rec.conn_id)
-            engine.stats.connections -= 1  # counted before the resume
+            if self._seq_of_current < self._read_before:
+                engine.stats.connections -= 1  # counted before the resume
+        saved = self.results.pop(self._seq_of_current, None) if self.results else None
+        if saved is not None and rec.kind == KIND_COMMAND and rec.payload[:1] == bytes([COMMAND.COM_STMT_CLOSE]):
+            self._count_saved(conn, rec, saved)  # before the close forgets its statement
+            saved = None
         planner = engine.planner
         ticket = (planner.note(rec.conn_id, rec) if rec.kind == KIND_COMMAND
                   else planner.note_close(rec.conn_id, rec))
@@ -384,6 +579,8 @@ class Checkpoint:
             released = planner.order.finish(ticket)
             if released:
                 engine._released.extend(released)
+        if saved is not None:
+            self._count_saved(conn, rec, saved)
         if rec.kind == KIND_CONN_CLOSE:
             conn.closed = True
             self.preludes.pop(rec.conn_id, None)
@@ -433,6 +630,30 @@ class Checkpoint:
         elif cmd == COMMAND.COM_QUIT:
             prelude.clear()
 
+    def _count_saved(self, conn, rec: Record, saved: tuple) -> None:
+        """A result of the stopped run that its last snapshot had not counted: counted now, with the
+        connection's state as the done records before it made it (the same as when it arrived)."""
+        if rec.kind != KIND_COMMAND:
+            return
+        fields = saved[1]
+        now = time.monotonic_ns()
+        conn.sent_ns = now - fields[8]
+        conn.due_ns = conn.sent_ns - (fields[10] or 0)
+        if rec.payload[0] == COMMAND.COM_STMT_PREPARE and rec.outcome == OUTCOME_OK:
+            conn.stmt_sql[rec.affected_rows] = rec.payload[1:].decode("utf-8", "replace")
+        observer = self._observer()
+        if observer is not None:
+            observer.at_second = fields[9]
+        report = self.engine.report
+        on_add = report.on_add
+        report.on_add = None
+        try:
+            self.engine._compare_now(conn, rec, _result_from(fields), now)
+        finally:
+            report.on_add = on_add
+            if observer is not None:
+                observer.at_second = None
+
     # ---- writing ----------------------------------------------------------------------------------------
     def _journal_report(self, kind: str, args: tuple) -> None:
         journal = self._journal
@@ -451,17 +672,21 @@ class Checkpoint:
             self._journal.close()
             self._journal = None
 
-    def position(self) -> tuple[int, dict[int, int], set[int]]:
-        """(low_water, done per connection, replay thread ids with a command out or a transaction open)."""
+    def position(self) -> tuple[int, dict[int, int], set[int], list[int]]:
+        """(low_water, done per connection, replay thread ids with a command out or a transaction open,
+        seqs of the done commands whose result has not come yet)."""
         low = self.seq
         marks = []
         threads = set()
+        awaiting = []
         for conn_id, t in list(self.tracks.items()):
             done = t.done
             pending = t.pending
             first = None
             if t.inflight >= 0 and not t.inflight_txn:
                 done = t.inflight
+                if not t.answered:
+                    awaiting.append(t.inflight)
                 if len(pending) > t.consumed + 1:
                     first = pending[t.consumed + 1]
             elif pending:
@@ -478,13 +703,13 @@ class Checkpoint:
             elif not t.pending and t.inflight < 0 and conn_id not in self.engine.conns:
                 del self.tracks[conn_id]  # finished and behind the low-water mark: nothing to remember
         threads.discard(0)
-        return low, done_map, threads
+        return low, done_map, threads, awaiting
 
     def _write_snapshot(self, finished: bool = False) -> None:
         if self._dir_fd < 0 or self._failed:
             return
         engine = self.engine
-        low, done_map, threads = self.position()
+        low, done_map, threads, awaiting = self.position()
         stats = dataclasses.asdict(engine.stats)
         stats.pop("per_second", None)
         self.generation += 1
@@ -506,7 +731,14 @@ class Checkpoint:
                          for f in engine.report.failures.values()],
             "other_errors": [{k: v for k, v in e.__dict__.items() if k != "unflushed"}
                              for e in engine.report.other_errors.values()],
+            "awaiting": awaiting,
+            "results": [[seq, conn_id, fields] for seq, (conn_id, fields) in self.results.items()],
+            "results_unknown": self.results_unknown,
         }
+        observer = self._observer()
+        if observer is not None:
+            data["verdict"] = observer.state()
+            data["replay_seconds"] = observer.replay_second(time.monotonic_ns()) + 1
         tmp = self.name + ".tmp"
         try:
             try:
@@ -537,7 +769,13 @@ class Checkpoint:
                 "session_statements_sent_again": self.session_statements_sent,
                 "session_statements_failed": self.session_statements_failed,
                 "old_sessions_still_on_server": self.old_sessions_left,
+                "results_unknown": self.results_unknown,
+                "verdict_carried_on": self.verdict_restored,
             })
+            if not self.verdict_restored and self._observer() is not None:
+                out["verdict_note"] = ("the checkpoint holds no verdict state (written by an older fastproxy): the "
+                                       "verdict, the latency and mismatch tables and the report cover the resumed "
+                                       "part only")
         return out
 
 

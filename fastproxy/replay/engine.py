@@ -736,6 +736,12 @@ class Replayer:
         self._next(conn)
 
     def _compare(self, conn: Conn, rec: Record, result, now: int) -> None:
+        if self.checkpoint is not None:  # counted once the command is done (fastproxy/replay/checkpoint.py)
+            return self.checkpoint.result(conn, rec, result, now)
+        self._compare_now(conn, rec, result, now)
+
+    def _compare_now(self, conn: Conn, rec: Record, result, now: int) -> None:
+        """A command's result: the verdict (observer), the summary's counters, the failures."""
         if self.observer is not None:
             self.observer(conn, rec, result, now)
         st = self.stats

@@ -97,7 +97,7 @@ class ReplayRun:
             self.writer = ReportWriter(o.host, o.port, o.username, o.password, report_start_ns, tls=o.tls,
                                        tls_ca=o.tls_ca, tls_skip_verify=o.tls_skip_verify)
             if cp is not None and cp.restored is not None:
-                self.writer.restart_counts()
+                self.writer.restart_counts(verdict=cp.verdict_restored)
             self.writer.start()
             self.writer.reference = self.verdict.verdict.reference
             engine.on_flush = self._flush
@@ -251,6 +251,11 @@ def format_summary(s: dict) -> str:
                      f"records done before; {r['sent_after_last_checkpoint']} commands sent after the last checkpoint "
                      f"counted as run; {r['session_statements_sent_again']} session statements sent again "
                      f"({r['session_statements_failed']} failed)")
+        if r.get("results_unknown"):
+            lines.append(f"  {r['results_unknown']} commands sent before the stop had no result yet: counted as run, "
+                         f"not in the verdict")
+        if r.get("verdict_note"):
+            lines.append(f"  note: {r['verdict_note']}")
     if r.get("checkpoint_error"):
         lines.append(f"  checkpoint: {r['checkpoint_error']}")
     if s["top_failures"]:

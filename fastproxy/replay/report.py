@@ -83,6 +83,7 @@ SCHEMA = [
     ) DEFAULT CHARSET=utf8mb4""",
 ]
 MEDIUMTEXT_BYTES = (1 << 24) - 1
+VERDICT_TABLES = ("mismatch", "latency", "nondeterministic")
 
 
 TEXT_BYTES = 65535  # a TEXT column holds this many bytes, not characters
@@ -199,11 +200,11 @@ class ReportWriter:
         if rows:
             self._queue.put((table, rows))
 
-    def restart_counts(self) -> None:
-        """A resumed replay: its rows in fail and other_errors are written again from the checkpoint's
-        counts (the next batch carries them whole), so that what the stopped run wrote after its last
-        checkpoint is neither lost nor counted twice."""
-        self._queue.put(("restart", None))
+    def restart_counts(self, verdict: bool = False) -> None:
+        """A resumed replay: its rows in fail and other_errors (`verdict`: and in the verdict's tables too)
+        are written again from the checkpoint's counts (the next batches carry them whole), so that what
+        the stopped run wrote after its last checkpoint is neither lost nor counted twice."""
+        self._queue.put(("restart", ("fail", "other_errors") + (VERDICT_TABLES if verdict else ())))
 
     def close(self, timeout: float = 60.0) -> None:
         self._queue.put(None)
@@ -251,7 +252,7 @@ class ReportWriter:
         if table == "restart":
             cur = conn.cursor()
             cur.execute("BEGIN")
-            for name in ("fail", "other_errors"):
+            for name in rows:
                 cur.execute(f"DELETE FROM {REPORT_DB}.{name} WHERE replay_start_time = %s", (self.replay_start,))
             conn.commit()
             return

@@ -158,6 +158,57 @@ cdef class LatencyTable:
                 return min(bucket_upper_ns(i), s.max_ns)
         return s.max_ns
 
+    def side_state(self, int slot, int side):
+        """(count, sum_ns, max_ns, packed non-empty buckets: u16 index + u32 count each, little-endian):
+        what a checkpoint saves (fastproxy/replay/checkpoint.py), load_side() puts back."""
+        cdef Side *s = self._side(slot, side)
+        cdef int i, n = 0, at = 0
+        cdef uint32_t c
+        for i in range(NBUCKETS):
+            if s.buckets[i]:
+                n += 1
+        cdef bytearray out = bytearray(6 * n)
+        cdef unsigned char *p = out
+        for i in range(NBUCKETS):
+            c = s.buckets[i]
+            if c:
+                p[at] = i & 0xff
+                p[at + 1] = i >> 8
+                p[at + 2] = c & 0xff
+                p[at + 3] = (c >> 8) & 0xff
+                p[at + 4] = (c >> 16) & 0xff
+                p[at + 5] = c >> 24
+                at += 6
+        return s.count, s.sum_ns, s.max_ns, bytes(out)
+
+    def load_side(self, int slot, int side, unsigned long long count, unsigned long long sum_ns,
+                  unsigned long long max_ns, bytes packed, bint add=False):
+        """Replace (`add`: add to) one side of a slot with what side_state() returned (ValueError if
+        malformed)."""
+        cdef Side *s = self._side(slot, side)
+        cdef const unsigned char *p = packed
+        cdef Py_ssize_t n = len(packed), at
+        cdef int i
+        cdef uint64_t total = 0
+        if n % 6:
+            raise ValueError("latency state: truncated buckets")
+        for at in range(0, n, 6):
+            i = p[at] | (p[at + 1] << 8)
+            if i >= NBUCKETS:
+                raise ValueError(f"latency state: bucket {i} out of range")
+            total += <uint32_t>(p[at + 2] | (p[at + 3] << 8) | (p[at + 4] << 16) | (<uint32_t>p[at + 5] << 24))
+        if total != count:
+            raise ValueError("latency state: the buckets do not add up to the count")
+        if not add:
+            memset(s, 0, sizeof(Side))
+        for at in range(0, n, 6):
+            i = p[at] | (p[at + 1] << 8)
+            s.buckets[i] += <uint32_t>(p[at + 2] | (p[at + 3] << 8) | (p[at + 4] << 16) | (<uint32_t>p[at + 5] << 24))
+        s.count += count
+        s.sum_ns += sum_ns
+        if max_ns > s.max_ns:
+            s.max_ns = max_ns
+
     def buckets(self, int slot, int side):
         """{bucket index: count} of the non-empty buckets."""
         cdef Side *s = self._side(slot, side)

@@ -108,6 +108,16 @@ class Timeline:
     def count(self, series: dict, sec: int) -> None:
         series[sec] = series.get(sec, 0) + 1
 
+    _SERIES = ("captured", "replayed", "lag_max_ms", "lag_sum_ms", "failures", "mismatches")
+
+    def state(self) -> dict:
+        """For a checkpoint (one entry per second of the replay and of the capture)."""
+        return {name: [[k, v] for k, v in getattr(self, name).items()] for name in self._SERIES}
+
+    def restore(self, state: dict) -> None:
+        for name in self._SERIES:
+            setattr(self, name, {int(k): v for k, v in state.get(name) or []})
+
     def as_dict(self) -> dict:
         def seq(d: dict) -> list:
             return [[k, round(v, 3) if isinstance(v, float) else v] for k, v in sorted(d.items())]
@@ -131,13 +141,34 @@ class CaptureObserver:
         self.engine = engine
         self.verdict = verdict
         self.timeline = timeline or Timeline()
+        # a resumed replay (fastproxy/replay/checkpoint.py): its seconds follow the stopped run's, the
+        # capture's seconds count from the capture's start as before, and a result of the stopped run
+        # counted again has its own second
+        self.second_offset = 0
+        self.capture_origin_ns = 0
+        self.at_second: int | None = None
+
+    def replay_second(self, now: int) -> int:
+        start = self.engine._start_mono
+        return self.second_offset + (max(0, now - start) // 1_000_000_000 if start else 0)
+
+    def state(self) -> dict:
+        """The verdict and the timeline so far (a checkpoint's)."""
+        return {"verdict": self.verdict.state(), "timeline": self.timeline.state(),
+                "capture_origin_ns": self.capture_origin_ns or self.engine.capture_start_ns}
+
+    def restore(self, state: dict) -> None:
+        self.verdict.restore(state["verdict"])
+        self.timeline.restore(state["timeline"])
+        self.capture_origin_ns = int(state["capture_origin_ns"])
 
     def __call__(self, conn, rec: Record, result, now: int) -> None:
         engine = self.engine
         cmd = rec.payload[0]
-        replay_sec = max(0, now - engine._start_mono) // 1_000_000_000
+        replay_sec = (self.at_second if self.at_second is not None
+                      else self.second_offset + max(0, now - engine._start_mono) // 1_000_000_000)
         tl = self.timeline
-        tl.add((rec.start_ns - engine.capture_start_ns) // 1_000_000_000, replay_sec,
+        tl.add((rec.start_ns - (self.capture_origin_ns or engine.capture_start_ns)) // 1_000_000_000, replay_sec,
                conn.sent_ns - conn.due_ns if engine.opt.speed > 0 else None)
         # is_failure and the outcome test below, without building the two Sides (every command passes here)
         ref_outcome, new_outcome = rec.outcome, result.outcome

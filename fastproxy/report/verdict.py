@@ -15,6 +15,7 @@ histograms; the report writer thread and the HTML page read the results afterwar
 """
 from __future__ import annotations
 
+import base64
 import hashlib
 import math
 from dataclasses import dataclass, field
@@ -185,6 +186,7 @@ class Verdict:
         self.groups_dropped = 0        # mismatch/nondeterministic groups past max_groups (counted only)
         self.compared = 0              # commands compared (both sides succeeded)
         self.nondeterministic_differed = 0
+        self._state_cache: dict[int, tuple] = {}  # slot -> (counts, saved histograms): state() every second
 
     # ---- statements ----------------------------------------------------------------------------
     def info(self, cmd: int, cmd_type: str, sql: str, cache_text: bool = False) -> DigestInfo:
@@ -263,6 +265,74 @@ class Verdict:
             self.nondeterministic_differed += 1
             for kind, _, _ in diffs:
                 nd.kinds[kind] = nd.kinds.get(kind, 0) + 1
+
+    # ---- checkpoint and resume (fastproxy/replay/checkpoint.py) ----------------------------------
+    def state(self) -> dict:
+        """Everything accumulated so far, JSON-ready: bounded by max_digests histograms and max_groups
+        groups. `restore` on a fresh Verdict with the same options gives the same results."""
+        t = self.latency
+        cache = self._state_cache
+
+        def hist(slot: int) -> list:
+            counts = (t.count(slot, REFERENCE), t.count(slot, REPLAY))
+            cached = cache.get(slot)
+            if cached is not None and cached[0] == counts:  # unchanged since the last snapshot
+                return cached[1]
+            out = []
+            for side in (REFERENCE, REPLAY):
+                count, sum_ns, max_ns, packed = t.side_state(slot, side)
+                out.append([count, sum_ns, max_ns, base64.b64encode(packed).decode()])
+            cache[slot] = (counts, out)
+            return out
+
+        return {
+            "digests": [[i.cmd_type, i.digest, i.sample_stmt, i.reasons, i.ordered, i.sample_params, i.db,
+                         i.explainable, hist(i.slot)] for i in sorted(self.digests.values(), key=lambda i: i.slot)],
+            "other": hist(self.other_slot),
+            "other_commands": self.other_commands,
+            "mismatches": [{k: v for k, v in m.__dict__.items() if k != "unflushed"} for m in self.mismatches.values()],
+            "nondeterministic": [{k: v for k, v in n.__dict__.items() if k != "unflushed"}
+                                 for n in self.nondeterministic.values()],
+            "mismatch_count": self.mismatch_count,
+            "mismatch_kinds": self.mismatch_kinds,
+            "groups_dropped": self.groups_dropped,
+            "compared": self.compared,
+            "nondeterministic_differed": self.nondeterministic_differed,
+        }
+
+    def restore(self, state: dict) -> None:
+        """Put back what `state()` saved (on a Verdict that has seen nothing yet). Rows restored count as
+        not yet written to the report tables (the resumed run writes them whole)."""
+        if self.digests or self.compared:
+            raise ValueError("verdict: restore into a verdict that already has results")
+        t = self.latency
+
+        def load(slot: int, sides: list, add: bool = False) -> None:
+            for side, (count, sum_ns, max_ns, packed) in zip((REFERENCE, REPLAY), sides):
+                t.load_side(slot, side, count, sum_ns, max_ns, base64.b64decode(packed), add)
+
+        load(self.other_slot, state["other"])
+        self.other_commands = state["other_commands"]
+        for cmd_type, digest, stmt, reasons, ordered, params, db, explainable, sides in state["digests"]:
+            if len(self.digests) >= self.opt.max_digests:  # a smaller max-digests now: the rest joins "other"
+                load(self.other_slot, sides, add=True)
+                self.other_commands += min(sides[0][0], sides[1][0])
+                continue
+            slot = t.add_slot()
+            load(slot, sides)
+            # a sample with parameters is taken again from the next execution (their decoded values,
+            # which EXPLAIN needs, are not saved)
+            self.digests[(cmd_type, digest)] = DigestInfo(cmd_type, digest, stmt, list(reasons), ordered, slot,
+                                                          params, None, db, explainable, sampled=not params)
+        for m in state["mismatches"]:
+            self.mismatches[(m["cmd_type"], m["digest"], m["kind"])] = Mismatch(**m, unflushed=m["count"])
+        for n in state["nondeterministic"]:
+            self.nondeterministic[(n["cmd_type"], n["digest"])] = Nondeterministic(**n, unflushed=True)
+        self.mismatch_count = state["mismatch_count"]
+        self.mismatch_kinds = dict(state["mismatch_kinds"])
+        self.groups_dropped = state["groups_dropped"]
+        self.compared = state["compared"]
+        self.nondeterministic_differed = state["nondeterministic_differed"]
 
     # ---- results -------------------------------------------------------------------------------
     def take_mismatch_delta(self) -> list[Mismatch]:
