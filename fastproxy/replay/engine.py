@@ -153,6 +153,7 @@ class Stats:
     txn_skipped: int = 0  # commands of aborted transactions not sent
     prod_lock_errors: int = 0  # statements production lost to a deadlock / lock wait timeout: not sent
     cycles_broken: int = 0  # commands let go early: held back by causal order, they blocked what it waited for
+    txn_undone: int = 0  # transactions rolled back while held back (they blocked what it waited for), redone later
 
 
 class Conn:
@@ -875,6 +876,12 @@ class Replayer:
         for a retry of its transaction."""
         ticket = conn.tickets[0] if conn.tickets else None
         flags = ticket.flags if ticket is not None else 0
+        if conn.txn.undone:  # rolled back while it waited (_undo): first bring the transaction back
+            conn.txn.undone = False
+            if not flags & TXN_BEGIN:  # (a PREPARE or PING inside it is not flagged IN_TXN)
+                conn.txn.retry = Retry(list(conn.txn.entries), None, then=payload)
+                conn.client.send(ROLLBACK, _TXN_TAG)
+                return
         cmd = payload[0]
         if cmd != COMMAND.COM_QUERY and cmd != COMMAND.COM_STMT_EXECUTE:
             conn.client.send(payload, None)
@@ -948,6 +955,9 @@ class Replayer:
                     conn.client.send(ROLLBACK, _TXN_TAG)
                     return
                 return self._give_up_transaction(conn, result, rec)
+            if retry.last and retry.then is not None:  # redone: now the command that waited
+                conn.txn.retry = None
+                return self._send(conn, retry.then)
             if retry.last:  # the command that failed: its result now is the one that counts
                 conn.txn.retry = None
                 self.stats.txn_retried_ok += 1
@@ -986,6 +996,53 @@ class Replayer:
             conn.txn.reset()
         self._consume(conn)
         return _CONSUMED
+
+    def _event_owners(self) -> dict[int, list[tuple[int, Conn]]]:
+        """sequence -> (event index, connection) of every event not done yet (for `_waits_for`)."""
+        owners: dict[int, list[tuple[int, Conn]]] = {}
+        for conn in self.conns.values():
+            for t in conn.tickets:
+                if t is not None and not t.finished:
+                    for sid, index in t.events:
+                        owners.setdefault(sid, []).append((index, conn))
+        return owners
+
+    def _waits_for(self, holder: Conn, blocked: set[int], owners: dict[int, list[tuple[int, Conn]]]) -> bool:
+        """Whether `holder`'s parked head command waits, directly or through other parked
+        connections, for a command of a connection in `blocked` (idx) — then holder and blocked
+        wait for each other: a cycle. A holder that waits for something else only has to wait."""
+        ticket = holder.tickets[0] if holder.parked and holder.tickets else None
+        if ticket is None or ticket.finished:
+            return False
+        seen = {holder.idx}
+        frontier = [ticket]
+        while frontier:
+            for sid, need in frontier.pop().waits:
+                for index, owner in owners.get(sid, ()):
+                    if index >= need or owner.idx in seen:
+                        continue
+                    if owner.idx in blocked:
+                        return True
+                    seen.add(owner.idx)
+                    head = owner.tickets[0] if owner.parked and owner.tickets else None
+                    if head is not None and not head.finished:
+                        frontier.append(head)
+        return False
+
+    def _undo(self, holder: Conn) -> bool:
+        """`holder` is held back by causal order inside a transaction that may block, on the server,
+        a command causal order waits for: roll it back now (its row locks go) and send it again
+        from its start when its next command's turn comes (`_send`). Order is kept; the cost is
+        the transaction's statements sent twice."""
+        if (holder.busy or not holder.parked or holder.client is None or holder.client.closed
+                or not holder.txn.can_undo()):
+            return False
+        holder.txn.undone = True
+        log.debug("wait cycle: connection %s rolls back its transaction (%d statements) and waits on",
+                  holder.conn_id, len(holder.txn.entries))
+        holder.client.send(ROLLBACK, _MIRROR_TAG)
+        self.stats.txn_undone += 1
+        return True
 
     def _break_cycle(self, holder: Conn) -> bool:
         """`holder` is held back by causal order while its open transaction blocks, on the server, a
@@ -1034,8 +1091,13 @@ class Replayer:
         - a wait cycle through the server: a command causal order waits for is blocked on the
           server by a row lock of a transaction whose next command is held back by causal order
           (lock waits production did not have: a queue picked with SKIP LOCKED in another order,
-          gap locks). The lock waits are read from the server (fastproxy/replay/lockwaits.py) and
-          the blocking connection's next command is let go (`causal.released_to_break_cycles`);
+          gap locks). The lock waits are read from the server (fastproxy/replay/lockwaits.py); when
+          the blocking connection waits here, directly or through others, for the blocked one (a
+          cycle, not merely a slow dependency), its transaction is rolled back and sent again when
+          its turn comes (`causal.undone_to_break_cycles`; order kept), or, where its start is not
+          known, its next command is let go (`causal.released_to_break_cycles`). Without the
+          PROCESS privilege a command in flight for the valve's time is taken as blocked by the
+          transactions in such a cycle with it (and presumed complete only at twice that time);
         - a dependency that does not complete for another reason: a command in flight far longer
           than in production (`causal_timeout_s`, and 4x its captured time) is presumed complete
           for ordering, and if nothing is in flight at all, whatever is parked is let go (both
@@ -1057,6 +1119,8 @@ class Replayer:
                 now = time.monotonic_ns()
                 active = bool(self.heap) or bool(self._connecting)
                 suspects = False
+                stuck: set[int] = set()  # without lock waits: connections taken as blocked in a cycle
+                blind = lockwaits is not None and lockwaits.unavailable is not None
                 for conn in list(self.conns.values()):
                     if not conn.busy:
                         continue
@@ -1071,14 +1135,26 @@ class Replayer:
                     else:
                         continue  # logging in
                     suspects = suspects or late > probe
+                    valve = max(floor, expected)
+                    if blind and late > valve:
+                        stuck.add(conn.idx)
+                        valve *= 2  # breaking the cycle first keeps order; presuming complete does not
                     ticket = conn.tickets[0] if conn.tickets else None
-                    if ticket is not None and not ticket.finished and ticket.has_events and late > max(floor, expected):
+                    if ticket is not None and not ticket.finished and ticket.has_events and late > valve:
                         released = order.finish(ticket)  # presumed complete (its real completion is a no-op)
                         self.stats.causal_released += 1
                         log.debug("presumed complete after %.0f ms: connection %s %r", late / 1e6, conn.conn_id,
                                   conn.queue[0].payload[:60] if conn.queue else None)
                         if released:
                             self._released.extend(released)
+                if stuck:
+                    # who blocks whom on the server is unknown (no PROCESS privilege): a command
+                    # this late is taken as blocked by a row lock of a transaction that waits for it
+                    candidates = [c for c in self.conns.values() if c.parked and c.txn.can_undo()]
+                    owners = self._event_owners() if candidates else {}
+                    for conn in candidates:
+                        if self._waits_for(conn, stuck, owners):
+                            self._undo(conn)
                 if (suspects and lockwaits is not None and not lockwaits.unavailable
                         and now - last_probe > LockWaits.MIN_INTERVAL_NS):
                     pairs = await self._loop.run_in_executor(None, lockwaits.pairs)
@@ -1086,10 +1162,12 @@ class Replayer:
                     if pairs:
                         by_thread = {c.client.connection_id: c for c in self.conns.values()
                                      if c.client is not None and not c.client.closed}
+                        owners = self._event_owners()
                         for waiting, blocking in pairs:
-                            holder = by_thread.get(blocking)
-                            if holder is not None and self._break_cycle(holder):
-                                w = by_thread.get(waiting)
+                            holder, w = by_thread.get(blocking), by_thread.get(waiting)
+                            if holder is None or w is None or not self._waits_for(holder, {w.idx}, owners):
+                                continue  # not a cycle: the holder goes on when what it waits for completes
+                            if self._undo(holder) or self._break_cycle(holder):
                                 log.debug("wait cycle: connection %s (next: %r at %s) blocks %s (%r at %s) on the server "
                                           "and waits for it here", holder.conn_id, holder.queue[0].payload[:100],
                                           holder.queue[0].start_ns, w and w.conn_id,
@@ -1440,6 +1518,7 @@ class Replayer:
                 "commands_waited": st.causal_waits,
                 "wait_ms": round(st.causal_wait_ns / 1e6, 1),
                 "released_to_break_cycles": st.cycles_broken,
+                "undone_to_break_cycles": st.txn_undone,
                 "lock_waits_unreadable": (self.lockwaits.unavailable or "") if self.lockwaits else "",
                 "released_by_valve": st.causal_released,
                 "unknown_scope_statements": planner.unknown_scope_statements,

@@ -21,6 +21,7 @@ from __future__ import annotations
 import time
 
 from fastproxy.constants import ER
+from fastproxy.replay.causal import TXN_BEGIN
 
 RETRYABLE = frozenset({ER.LOCK_DEADLOCK, ER.LOCK_WAIT_TIMEOUT})
 MAX_ATTEMPTS = 3
@@ -30,29 +31,39 @@ ROLLBACK = b"\x03ROLLBACK"
 class TxnLog:
     """What one replay connection sent for the production transaction in progress."""
 
-    __slots__ = ("entries", "aborted", "retry", "attempts")
+    __slots__ = ("entries", "aborted", "retry", "attempts", "undone")
 
     def __init__(self) -> None:
         self.entries: list[tuple] = []   # (record, payload sent, pin SET sent before it or None, ticket flags)
         self.aborted = False             # given up: skip the rest of the production transaction
         self.retry: Retry | None = None  # a retry in progress
         self.attempts = 0
+        self.undone = False              # rolled back while held back by causal order: redo before going on
 
     def reset(self) -> None:
         self.entries.clear()
         self.attempts = 0
+        self.undone = False
+
+    def can_undo(self) -> bool:
+        """Whether the transaction in progress can be rolled back now and sent again later: its
+        start is in the log with a statement after it (a bare BEGIN holds no lock), nothing of it
+        is being sent again, and it was not undone already."""
+        return (len(self.entries) > 1 and bool(self.entries[0][3] & TXN_BEGIN) and self.retry is None
+                and not self.undone)
 
 
 class Retry:
     """The commands being sent again, one at a time."""
 
-    __slots__ = ("entries", "pos", "error", "sent_ns")
+    __slots__ = ("entries", "pos", "error", "sent_ns", "then")
 
-    def __init__(self, entries: list[tuple], error) -> None:
+    def __init__(self, entries: list[tuple], error, then: bytes | None = None) -> None:
         self.sent_ns = time.monotonic_ns()  # when the statement now waited for was sent (for the watcher)
         self.entries = entries
         self.pos = -1       # -1: the ROLLBACK that starts the retry
-        self.error = error  # the replay result that made us retry
+        self.error = error  # the replay result that made us retry (None: a redo of an undone transaction)
+        self.then = then    # a redo: the command to send once the transaction is back where it was
 
     def next_entry(self) -> tuple | None:
         self.pos += 1
