@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
-"""End-to-end: sysbench through fastproxy, beside a direct connection and HAProxy (TCP), in one run.
+"""End-to-end: sysbench through fastproxy, beside a direct connection, HAProxy (TCP) and a minimal C
+relay (the floor), in one run.
 
-    python bench/e2e.py --time 20 [--json out.json] [--only direct,fastproxy] [--tables 4 --table-size 10000]
+    python bench/e2e.py --time 20 [--rounds 3] [--json out.json] [--only direct,fastproxy] [--profile]
 
 One scratch MariaDB (fastproxy.scratch_db) is started and loaded with sysbench tables; then every
 workload runs against every target, one at a time. For each run: QPS and p95 latency (from
@@ -9,6 +10,12 @@ sysbench's report) and the CPU time the proxy process (and mariadbd) spent per q
 utime+stime in /proc/PID/stat before and after the run.
 
 Targets are small classes with start(db) -> port, stop() and pid; add a row by appending to
+TARGETS. Single-threaded rows (c-relay, haproxy `nbthread 1`, fastproxy `proxy.workers = 1`) and
+two-thread rows (haproxy-2t, fastproxy-2w) run one after the other; with --rounds N every target
+runs N times, interleaved, and the ratios are per round (their median is printed), which keeps
+drift on a shared machine out of them. --profile adds a run per fastproxy row under `perf stat
+--per-thread` (CPU, context switches and system calls per thread and per query).
+
 TARGETS (e.g. "fastproxy + capture": a FastproxyTarget whose start() also POSTs
 /api/traffic/capture; a replay row likewise).
 
@@ -44,14 +51,19 @@ SYSBENCH_TLS_DIR = ""  # where sysbench runs for the +tls rows (main())
 IGNORE_ERRORS = "1213,1020,1205,1062"  # deadlocks / lock waits under 16 threads: counted, not fatal
 
 
-def cpu_seconds(pid: int | None) -> float:
-    """utime + stime of a process (all its threads), in seconds."""
+def cpu_times(pid: int | None) -> tuple[float, float]:
+    """(utime, stime) of a process (all its threads), in seconds."""
     if pid is None:
-        return 0.0
+        return 0.0, 0.0
     with open(f"/proc/{pid}/stat") as f:
         # the command name (field 2) may contain spaces: split after its closing parenthesis
         rest = f.read().rsplit(")", 1)[1].split()
-    return (int(rest[11]) + int(rest[12])) / CLK_TCK
+    return int(rest[11]) / CLK_TCK, int(rest[12]) / CLK_TCK
+
+
+def cpu_seconds(pid: int | None) -> float:
+    """utime + stime of a process (all its threads), in seconds."""
+    return sum(cpu_times(pid))
 
 
 def wait_port(port: int, timeout: float = 20.0, proc: subprocess.Popen | None = None) -> None:
@@ -102,9 +114,40 @@ class Direct(Target):
         return db.port
 
 
+class CRelayTarget(Target):
+    """bench/c_relay.c: a single-threaded epoll relay that only copies bytes (the floor)."""
+
+    name = "c-relay"
+    note = "bench/c_relay.c: epoll, one thread, copies bytes (the physical floor of a relay)"
+
+    def available(self):
+        return None if shutil.which("gcc") else "gcc not installed"
+
+    def start(self, db):
+        self.dir = tempfile.mkdtemp(prefix="fastproxy-crelay-")
+        binary = os.path.join(self.dir, "c_relay")
+        subprocess.run(["gcc", "-O2", "-o", binary, str(Path(__file__).resolve().parent / "c_relay.c")], check=True)
+        self.port = free_port()
+        self.proc = subprocess.Popen([binary, str(self.port), str(db.port)])
+        wait_port(self.port, proc=self.proc)
+        self.pid = self.proc.pid
+        return self.port
+
+    def stop(self):
+        self.proc.terminate()
+        self.proc.wait(timeout=10)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
 class HAProxyTarget(Target):
     name = "haproxy"
-    note = "HAProxy mode tcp, nbthread 1 (single-threaded like fastproxy)"
+    note = "HAProxy mode tcp, nbthread 1"
+
+    def __init__(self, nbthread: int = 1, name: str | None = None):
+        self.nbthread = nbthread
+        if name:
+            self.name = name
+            self.note = f"HAProxy mode tcp, nbthread {nbthread}"
 
     def available(self):
         return None if shutil.which("haproxy") else "haproxy not installed"
@@ -115,7 +158,7 @@ class HAProxyTarget(Target):
         cfg = os.path.join(self.dir, "haproxy.cfg")
         with open(cfg, "w") as f:
             f.write(f"""global
-    nbthread 1
+    nbthread {self.nbthread}
     maxconn 4096
 defaults
     mode tcp
@@ -142,12 +185,14 @@ backend be
 
 class FastproxyTarget(Target):
     name = "fastproxy"
-    note = "python -m fastproxy serve (uvloop, one thread on the network path)"
+    note = "python -m fastproxy serve, proxy.workers = 1"
 
-    def __init__(self, *extra_args: str, name: str | None = None):
-        self.extra_args = list(extra_args)
+    def __init__(self, *extra_args: str, name: str | None = None, workers: int = 1):
+        self.extra_args = [f"--proxy.workers={workers}", *extra_args]
+        self.workers = workers
         if name:
             self.name = name
+            self.note = f"python -m fastproxy serve, proxy.workers = {workers}"
 
     def start(self, db):
         self.port, self.api_port = free_port(), free_port()
@@ -197,10 +242,13 @@ class FastproxyCaptureTarget(FastproxyTarget):
     """fastproxy with a capture running during each sysbench run (lz4, default buffer)."""
 
     name = "fastproxy+capture"
-    note = "fastproxy with `traffic capture` running (lz4 files, 64 MiB ring buffer)"
+    note = "fastproxy (proxy.workers = 1) with `traffic capture` running (lz4 files, 64 MiB ring buffer)"
 
-    def __init__(self):
-        super().__init__()
+    def __init__(self, workers: int = 1, name: str | None = None):
+        super().__init__(workers=workers)
+        if name:
+            self.name = name
+            self.note = f"fastproxy (proxy.workers = {workers}) with `traffic capture` running"
         self.captures: dict[str, str] = {}
         self.capture_error: dict[str, str] = {}
         self.starting_data: dict[str, str] = {}  # workload -> mariadb-dump of sbtest before its capture
@@ -211,6 +259,8 @@ class FastproxyCaptureTarget(FastproxyTarget):
         return super().start(db)
 
     def before_run(self, workload):
+        if workload in self.captures:  # an earlier round's: only the last one is replayed
+            shutil.rmtree(self.captures[workload], ignore_errors=True)
         # replays start from the data the capture started from (as a user restores a backup)
         self.starting_data[workload] = dump_sbtest(self.db)
         out = tempfile.mkdtemp(prefix=f"fastproxy-e2e-capture-{workload}-")
@@ -243,7 +293,7 @@ class HAProxyTlsPassthrough(HAProxyTarget):
 
 
 class FastproxyTls(FastproxyTarget):
-    note = "fastproxy terminating the client's TLS, plain to mariadbd"
+    note = "fastproxy terminating the client's TLS, plain to mariadbd (relayed in Python, not the data plane)"
     client_tls = True
 
     def __init__(self):
@@ -251,13 +301,15 @@ class FastproxyTls(FastproxyTarget):
 
     def start(self, db):
         # mariadbd's certificate: the one sysbench's cacert.pem holds (libmariadb checks it)
-        self.extra_args = [f"--security.server-tls.cert={SYSBENCH_TLS_DIR}/cacert.pem",
+        self.extra_args = ["--proxy.workers=1", f"--security.server-tls.cert={SYSBENCH_TLS_DIR}/cacert.pem",
                            f"--security.server-tls.key={SYSBENCH_TLS_DIR}/client-key.pem"]
         return super().start(db)
 
 
-TARGETS: list[Target] = [Direct(), HAProxyTarget(), FastproxyTarget(), FastproxyCaptureTarget(), DirectTls(),
-                         HAProxyTlsPassthrough(), FastproxyTls()]
+TARGETS: list[Target] = [Direct(), CRelayTarget(), HAProxyTarget(), FastproxyTarget(), FastproxyCaptureTarget(),
+                         HAProxyTarget(2, name="haproxy-2t"), FastproxyTarget(name="fastproxy-2w", workers=2),
+                         FastproxyCaptureTarget(workers=2, name="fastproxy-2w+capture"),
+                         DirectTls(), HAProxyTlsPassthrough(), FastproxyTls()]
 
 
 # ---- sysbench ----------------------------------------------------------------------------------
@@ -268,6 +320,7 @@ class Result:
     workload: str
     threads: int
     seconds: float
+    round: int = 0
     queries: int = 0
     qps: float = 0.0
     tps: float = 0.0
@@ -276,6 +329,7 @@ class Result:
     per_second_qps: list = field(default_factory=list)
     proxy_cpu_s: float | None = None
     proxy_cpu_us_per_query: float | None = None
+    proxy_user_us_per_query: float | None = None  # of which in user space (the rest: the kernel)
     db_cpu_us_per_query: float = 0.0
     note: str = ""
     raw: str = field(default="", repr=False)
@@ -309,9 +363,10 @@ def run_one(target: Target, port: int, workload: str, threads: int, db: ScratchM
            "--report-interval=1", "--percentile=95", "--histogram=off", f"--mysql-ignore-errors={IGNORE_ERRORS}",
            "--db-ps-mode=auto", "run"]
     target.before_run(workload)
-    cpu0, db0 = cpu_seconds(target.pid), cpu_seconds(db.proc.pid)
+    (user0, sys0), db0 = cpu_times(target.pid), cpu_seconds(db.proc.pid)
     res = subprocess.run(cmd, capture_output=True, text=True, cwd=SYSBENCH_TLS_DIR if target.client_tls else None)
-    cpu1, db1 = cpu_seconds(target.pid), cpu_seconds(db.proc.pid)
+    (user1, sys1), db1 = cpu_times(target.pid), cpu_seconds(db.proc.pid)
+    cpu0, cpu1 = user0 + sys0, user1 + sys1
     target.after_run(workload)
     if res.returncode != 0:
         raise RuntimeError(f"sysbench {workload} via {target.name} failed:\n{res.stdout[-3000:]}\n{res.stderr[-3000:]}")
@@ -322,6 +377,7 @@ def run_one(target: Target, port: int, workload: str, threads: int, db: ScratchM
         if target.pid is not None:
             r.proxy_cpu_s = cpu1 - cpu0
             r.proxy_cpu_us_per_query = r.proxy_cpu_s / r.queries * 1e6
+            r.proxy_user_us_per_query = (user1 - user0) / r.queries * 1e6
     return r
 
 
@@ -334,42 +390,106 @@ def prepare(db: ScratchMariaDB, args) -> None:
 # ---- report ------------------------------------------------------------------------------------
 
 def table(results: list[Result]) -> str:
-    head = f"{'workload':<18} {'thr':>3} {'target':<22} {'QPS':>10} {'p95 ms':>8} {'proxy CPU us/q':>15} {'db CPU us/q':>12} {'errors':>6}"
+    head = (f"{'workload':<18} {'thr':>3} {'rnd':>3} {'target':<20} {'QPS':>10} {'p95 ms':>8} {'proxy CPU us/q':>15} "
+            f"{'(user)':>7} {'db CPU us/q':>12} {'errors':>6}")
     lines = [head, "-" * len(head)]
     for r in results:
         cpu = f"{r.proxy_cpu_us_per_query:.1f}" if r.proxy_cpu_us_per_query is not None else "-"
-        lines.append(f"{r.workload:<18} {r.threads:>3} {r.target:<22} {r.qps:>10,.0f} {r.p95_ms:>8.2f} {cpu:>15} "
-                     f"{r.db_cpu_us_per_query:>12.1f} {r.errors:>6}")
+        user = f"{r.proxy_user_us_per_query:.1f}" if r.proxy_user_us_per_query is not None else "-"
+        lines.append(f"{r.workload:<18} {r.threads:>3} {r.round:>3} {r.target:<20} {r.qps:>10,.0f} {r.p95_ms:>8.2f} "
+                     f"{cpu:>15} {user:>7} {r.db_cpu_us_per_query:>12.1f} {r.errors:>6}")
     return "\n".join(lines)
 
 
-def ratios(results: list[Result], a: str = "fastproxy", b: str = "haproxy") -> list[str]:
+def _median(xs: list[float]) -> float:
+    xs = sorted(xs)
+    n = len(xs)
+    return (xs[n // 2] if n % 2 else (xs[n // 2 - 1] + xs[n // 2]) / 2) if xs else float("nan")
+
+
+def _pairs(results: list[Result], a: str, b: str, wl: str) -> list[tuple[Result, Result]]:
+    by = {(r.target, r.workload, r.round): r for r in results}
+    rounds = sorted({r.round for r in results})
+    return [(by[(a, wl, n)], by[(b, wl, n)]) for n in rounds if (a, wl, n) in by and (b, wl, n) in by]
+
+
+def ratios(results: list[Result], a: str = "fastproxy", b: str = "haproxy", targets: str = "") -> list[str]:
+    """a/b per round (same-run ratios) and their median."""
     out = []
-    by = {(r.target, r.workload): r for r in results}
     for wl, _ in WORKLOADS:
-        x, y = by.get((a, wl)), by.get((b, wl))
-        if not (x and y and y.qps):
+        pairs = [(x, y) for x, y in _pairs(results, a, b, wl) if y.qps]
+        if not pairs:
             continue
-        line = f"{wl}: {a}/{b} QPS = {x.qps / y.qps:.2f}"
-        if x.proxy_cpu_us_per_query and y.proxy_cpu_us_per_query:
-            line += f", CPU us/query = {x.proxy_cpu_us_per_query / y.proxy_cpu_us_per_query:.2f}"
-        out.append(line)
+        q = [x.qps / y.qps for x, y in pairs]
+        c = [x.proxy_cpu_us_per_query / y.proxy_cpu_us_per_query for x, y in pairs
+             if x.proxy_cpu_us_per_query and y.proxy_cpu_us_per_query]
+        line = f"{wl}: {a}/{b} QPS = {_median(q):.2f} (rounds: {', '.join(f'{v:.2f}' for v in q)})"
+        if c:
+            line += f", proxy CPU us/query = {_median(c):.2f} (rounds: {', '.join(f'{v:.2f}' for v in c)})"
+        out.append(line + (f"  [target {targets}]" if targets else ""))
     return out
 
 
-def capture_impact(results: list[Result]) -> list[str]:
-    """Capture's cost: average QPS drop, and the worst full second against the no-capture average."""
+def capture_impact(results: list[Result], base_name: str = "fastproxy", cap_name: str = "fastproxy+capture") -> list[str]:
+    """Capture's cost per round: average QPS drop, CPU per query added, and the worst full second
+    against the no-capture average of the same round."""
     out = []
-    by = {(r.target, r.workload): r for r in results}
     for wl, _ in WORKLOADS:
-        base, cap = by.get(("fastproxy", wl)), by.get(("fastproxy+capture", wl))
-        if not (base and cap and base.qps):
+        for base, cap in _pairs(results, base_name, cap_name, wl):
+            if not base.qps:
+                continue
+            seconds = cap.per_second_qps[1:-1] or cap.per_second_qps  # first/last seconds are partial
+            worst = min(seconds) if seconds else 0.0
+            cpu = ""
+            if base.proxy_cpu_us_per_query and cap.proxy_cpu_us_per_query:
+                cpu = f", CPU {cap.proxy_cpu_us_per_query - base.proxy_cpu_us_per_query:+.2f} us/query (target <= +1)"
+            out.append(f"{wl} round {base.round} ({cap_name}): capture average QPS {(cap.qps / base.qps - 1) * 100:+.1f}% "
+                       f"(target >= -2%){cpu}, worst 1-s interval {(worst / base.qps - 1) * 100:+.1f}% of the "
+                       f"no-capture average (target >= -5%)")
+    return out
+
+
+# ---- per-thread profile (perf stat --per-thread; software events and syscall tracepoints) ------
+
+PROFILE_EVENTS = ["task-clock", "context-switches", "syscalls:sys_enter_futex", "syscalls:sys_enter_epoll_wait",
+                  "syscalls:sys_enter_recvfrom", "syscalls:sys_enter_sendto"]
+
+
+def profile_run(target: Target, port: int, workload: str, threads: int, db: ScratchMariaDB, args) -> list[str]:
+    """One more sysbench run with `perf stat --per-thread` on the proxy; per thread: CPU ms, and
+    per query: context switches and system calls. A contended lock would show as futex calls."""
+    if not shutil.which("perf"):
+        return ["perf not installed"]
+    perf = subprocess.Popen(["perf", "stat", "--per-thread", "-x", ",", "-e", ",".join(PROFILE_EVENTS),
+                             "-p", str(target.pid)], stderr=subprocess.PIPE, text=True)
+    time.sleep(0.5)
+    r = run_one(target, port, workload, threads, db, args)
+    perf.send_signal(2)
+    _, err = perf.communicate(timeout=30)
+    per_thread: dict[str, dict[str, float]] = {}
+    for line in err.splitlines():
+        f = line.split(",")  # comm-tid,value,unit,event,...
+        if len(f) < 4 or f[3] not in PROFILE_EVENTS:
             continue
-        seconds = cap.per_second_qps[1:-1] or cap.per_second_qps  # first/last seconds are partial
-        worst = min(seconds) if seconds else 0.0
-        out.append(f"{wl}: capture average QPS drop = {(1 - cap.qps / base.qps) * 100:+.1f}% "
-                   f"(target <= 3%), worst 1-s interval = {(worst / base.qps - 1) * 100:+.1f}% vs the no-capture "
-                   f"average (target >= -5%)")
+        try:
+            value = float(f[1])
+        except ValueError:
+            continue
+        # per thread kind: fp-worker-N, and python (the event loop, the capture writer, ...) summed
+        name = f[0].rsplit("-", 1)[0]
+        per_thread.setdefault(name, {})
+        per_thread[name][f[3]] = per_thread[name].get(f[3], 0.0) + value
+    out = [f"{workload} x{threads} via {target.name}: {r.queries} queries, {r.qps:,.0f} QPS (perf attached)"]
+    for name, ev in sorted(per_thread.items()):
+        if ev.get("task-clock", 0) < 1:
+            continue
+        q = max(1, r.queries)
+        out.append(f"  {name:<16} CPU {ev.get('task-clock', 0):>9.0f} ms  per query: "
+                   f"{ev.get('context-switches', 0) / q:.3f} ctx switches, "
+                   f"{ev.get('syscalls:sys_enter_futex', 0) / q:.4f} futex, "
+                   f"{ev.get('syscalls:sys_enter_epoll_wait', 0) / q:.3f} epoll_wait, "
+                   f"{ev.get('syscalls:sys_enter_recvfrom', 0) / q:.3f} recvfrom, "
+                   f"{ev.get('syscalls:sys_enter_sendto', 0) / q:.3f} sendto")
     return out
 
 
@@ -460,12 +580,14 @@ def connection_setup(db: ScratchMariaDB, seconds: float) -> list[dict]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--time", type=int, default=20, help="seconds per sysbench run (default 20)")
+    ap.add_argument("--rounds", type=int, default=1, help="run every target this many times, interleaved")
     ap.add_argument("--tables", type=int, default=4)
     ap.add_argument("--table-size", type=int, default=10_000)
     ap.add_argument("--only", default="", help="comma-separated target names (default: all)")
     ap.add_argument("--workloads", default="", help="comma-separated sysbench tests (default: all)")
     ap.add_argument("--json", help="also write the results here")
     ap.add_argument("--no-replay", action="store_true", help="skip replaying the captures")
+    ap.add_argument("--profile", action="store_true", help="one more run per fastproxy row under perf stat")
     ap.add_argument("--orders", default="causal,connection",
                     help="replay orders to compare (comma-separated: causal, connection)")
     ap.add_argument("--speeds", default="0,1", help="replay speeds (comma-separated; 0 = as fast as possible)")
@@ -477,6 +599,7 @@ def main() -> None:
     workloads = [w for w in WORKLOADS if not args.workloads or w[0] in args.workloads.split(",")]
     print(f"machine: {machine()}")
     results: list[Result] = []
+    profiles: list[str] = []
     skipped = {}
     from fastproxy.tls import self_signed
 
@@ -492,21 +615,27 @@ def main() -> None:
     with ScratchMariaDB(name="bench", extra_args=[f"--ssl-cert={cert}", f"--ssl-key={key}", f"--ssl-ca={cert}"]) as db:
         print(f"mariadbd on {db.addr}; preparing {args.tables} x {args.table_size} rows ...", flush=True)
         prepare(db, args)
-        for target in targets:
-            why = target.available()
+        for t in targets:
+            why = t.available()
             if why:
-                skipped[target.name] = why
-                print(f"skip {target.name}: {why}")
-                continue
-            port = target.start(db)
-            try:
-                for wl, threads in workloads:
-                    print(f"{wl} x{threads} via {target.name} ({args.time}s) ...", flush=True)
-                    results.append(run_one(target, port, wl, threads, db, args))
-            finally:
-                target.stop()
+                skipped[t.name] = why
+                print(f"skip {t.name}: {why}")
+        targets = [t for t in targets if t.name not in skipped]
+        for rnd in range(1, args.rounds + 1):
+            for target in targets:
+                port = target.start(db)
+                try:
+                    for wl, threads in workloads:
+                        print(f"round {rnd}: {wl} x{threads} via {target.name} ({args.time}s) ...", flush=True)
+                        r = run_one(target, port, wl, threads, db, args)
+                        r.round = rnd
+                        results.append(r)
+                        if args.profile and rnd == args.rounds and isinstance(target, FastproxyTarget):
+                            profiles += profile_run(target, port, wl, threads, db, args)
+                finally:
+                    target.stop()
         replays = []
-        cap = next((t for t in targets if isinstance(t, FastproxyCaptureTarget)), None)
+        cap = next((t for t in targets if isinstance(t, FastproxyCaptureTarget) and t.workers == 1), None)
         if cap and not args.no_replay:
             for wl, threads in workloads:
                 if wl not in cap.captures or cap.capture_error.get(wl):
@@ -531,11 +660,22 @@ def main() -> None:
             setup = connection_setup(db, args.setup_seconds)
     # group by workload for reading
     order = {w: i for i, (w, _) in enumerate(WORKLOADS)}
-    results.sort(key=lambda r: order.get(r.workload, 99))
+    results.sort(key=lambda r: (order.get(r.workload, 99), r.round))
     print()
     print(table(results))
-    for line in ratios(results) + capture_impact(results):
+    summary = (ratios(results, "fastproxy", "haproxy", "QPS >= 1.05, CPU <= 0.85")
+               + ratios(results, "fastproxy", "c-relay")
+               + ratios(results, "haproxy", "c-relay")
+               + ratios(results, "fastproxy-2w", "haproxy-2t")
+               + ratios(results, "fastproxy-2w", "fastproxy")
+               + capture_impact(results) + capture_impact(results, "fastproxy-2w", "fastproxy-2w+capture"))
+    print()
+    for line in summary:
         print(line)
+    if profiles:
+        print()
+        for line in profiles:
+            print(line)
     if replays:
         print()
         print(f"{'replay of':<18} {'speed':>5} {'order':>10} {'replayed':>9} {'cmds/s':>9} {'captured qps':>12} "
@@ -559,8 +699,10 @@ def main() -> None:
               f"{h:.1f} us/q: x{f / h:.2f}")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"machine": machine(), "time": args.time, "tables": args.tables, "table_size": args.table_size,
-                       "skipped": skipped, "replays": replays, "connection_setup": setup, "results": [{k: v for k, v in asdict(r).items() if k != "raw"} for r in results]},
+            json.dump({"machine": machine(), "time": args.time, "rounds": args.rounds, "tables": args.tables,
+                       "table_size": args.table_size, "skipped": skipped, "replays": replays, "summary": summary,
+                       "profiles": profiles, "connection_setup": setup,
+                       "results": [{k: v for k, v in asdict(r).items() if k != "raw"} for r in results]},
                       f, indent=2)
 
 

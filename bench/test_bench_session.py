@@ -1,8 +1,11 @@
-"""Per-command cost of the proxy's session bookkeeping: which COM_QUERY payloads it keeps to learn
-what they do to the session (USE, PREPARE, temporary tables), decided without copying them."""
+"""Per-command cost of the session bookkeeping's first test: which COM_QUERY payloads may change the
+session (USE, PREPARE, temporary tables), decided without copying them. The data plane runs the C
+twin of this test in every worker (measured with everything else by test_bench_dataplane.py);
+`sqltext.worth_scanning` is the Python one, which `Session.apply_query` runs again on what the C
+test let through."""
 import pytest
 
-from fastproxy.proxy.session import Session
+from fastproxy.sqltext import worth_scanning
 
 STATEMENTS = [
     b"\x03SELECT c FROM sbtest1 WHERE id = 4242",
@@ -15,23 +18,19 @@ STATEMENTS = [
 
 
 @pytest.mark.parametrize("multi", [False, True], ids=["single", "multi-statements"])
-def test_needs_payload_common_queries(benchmark, multi):
-    session = Session(1, "127.0.0.1:1")
-    session.multi_statements = multi
+def test_worth_scanning_common_queries(benchmark, multi):
     payloads = [memoryview(p) for p in STATEMENTS]
 
     def run():
         for p in payloads:
-            session.needs_payload(3, p)
+            worth_scanning(p, multi)
 
     benchmark(run)
-    assert not any(session.needs_payload(3, p) for p in payloads)
+    assert not any(worth_scanning(p, multi) for p in payloads)
 
 
-def test_needs_payload_large_insert(benchmark):
+def test_worth_scanning_large_insert(benchmark):
     """A 1 MiB INSERT on a multi-statements connection: one search for ';' over it, no copy."""
-    session = Session(1, "127.0.0.1:1")
-    session.multi_statements = True
     payload = memoryview(b"\x03INSERT INTO t VALUES " + b"(1, 'abcdefgh'), " * 60_000 + b"(2, 'x')")
-    assert not session.needs_payload(3, payload)
-    benchmark(session.needs_payload, 3, payload)
+    assert not worth_scanning(payload, True)
+    benchmark(worth_scanning, payload, True)

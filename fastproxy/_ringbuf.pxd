@@ -42,6 +42,12 @@ cdef extern from "ring.h" nogil:
         RING_ORDERED
         RING_APPENDED
         RING_FULL
+        RING_REFUSED_NONE
+        RING_REFUSED_FULL
+        RING_REFUSED_LARGE_LIMIT
+        RING_REFUSED_TOO_LARGE
+        RING_REFUSED_BIGGER_THAN_RING
+        RING_REFUSED_CLOSED
         RING_CLOSED
 
     int ring_init(ring *r, size_t capacity)
@@ -75,6 +81,6 @@ cdef class RingBuffer:
     # any Python object. False when it does not fit (or the ring is closed). A record too large
     # for the ring takes the side path: append_large, with the GIL, with the payload as bytes.
     cdef bint append_raw(self, const RecordHead *h, const char *payload, Py_ssize_t n) noexcept nogil
-    cdef bint append_large(self, const RecordHead *h, object payload, Py_ssize_t n) except -1
-    cdef bint _append_obj(self, const RecordHead *h, object payload) except -1
+    cdef bint append_large(self, const RecordHead *h, object payload, Py_ssize_t n, int flags=*) except -1
+    cdef bint _append_obj(self, const RecordHead *h, object payload, int flags=*) except -1
     cdef object _marker_id(self, unsigned char *hdr)

@@ -23,13 +23,13 @@ from libc.string cimport memset
 cdef extern from *:
     Py_ssize_t PY_SSIZE_T_MAX
 
-# Why the last append from Python was refused (RingBuffer.refusal).
-REFUSED_NONE = 0
-REFUSED_FULL = 1              # no room in the ring: the writer has not caught up
-REFUSED_LARGE_LIMIT = 2       # the side path already holds large_max bytes of large records
-REFUSED_TOO_LARGE = 3         # larger than a record can be (record_len is a u32)
-REFUSED_BIGGER_THAN_RING = 4  # larger than the whole ring, and no side path
-REFUSED_CLOSED = 5            # the ring was closed (the capture stopped)
+# Why the last append from Python was refused (RingBuffer.refusal); see ring.h.
+REFUSED_NONE = RING_REFUSED_NONE
+REFUSED_FULL = RING_REFUSED_FULL
+REFUSED_LARGE_LIMIT = RING_REFUSED_LARGE_LIMIT
+REFUSED_TOO_LARGE = RING_REFUSED_TOO_LARGE
+REFUSED_BIGGER_THAN_RING = RING_REFUSED_BIGGER_THAN_RING
+REFUSED_CLOSED = RING_REFUSED_CLOSED
 
 
 cdef inline void _le64(unsigned char *p, uint64_t v) noexcept nogil:
@@ -73,8 +73,9 @@ cdef class RingBuffer:
     cdef bint append_raw(self, const RecordHead *h, const char *payload, Py_ssize_t n) noexcept nogil:
         return ring_append(&self._r, h, payload, n, 0) == RING_APPENDED
 
-    cdef bint append_large(self, const RecordHead *h, object payload, Py_ssize_t n) except -1:
-        """The side path: keep `payload` (n bytes; copied unless it is bytes) and append a marker."""
+    cdef bint append_large(self, const RecordHead *h, object payload, Py_ssize_t n, int flags=0) except -1:
+        """The side path: keep `payload` (n bytes; copied unless it is bytes) and append a marker.
+        `flags`: ring_append's (the data plane's workers append theirs RING_ORDERED)."""
         cdef RecordHead m
         cdef unsigned char id_le[8]
         cdef int rc
@@ -92,7 +93,7 @@ cdef class RingBuffer:
         m = h[0]
         m.kind = h.kind | RING_LARGE_FLAG
         _le64(id_le, self._next_large_id)
-        rc = ring_append(&self._r, &m, <const char *>id_le, 8, 0)
+        rc = ring_append(&self._r, &m, <const char *>id_le, 8, flags)
         if rc != RING_APPENDED:
             del self._large[large_id]
             self._refusal = REFUSED_CLOSED if rc == RING_CLOSED else REFUSED_FULL
@@ -102,25 +103,25 @@ cdef class RingBuffer:
         self._large_extra += <uint64_t>(n - 8)
         return True
 
-    cdef bint _append_obj(self, const RecordHead *h, object payload) except -1:
+    cdef bint _append_obj(self, const RecordHead *h, object payload, int flags=0) except -1:
         cdef Py_buffer view
         cdef int rc = RING_FULL
         cdef Py_ssize_t n
         if PyBytes_CheckExact(payload):
             n = PyBytes_GET_SIZE(payload)
             if n > self._large_min:
-                return self.append_large(h, payload, n)
-            rc = ring_append(&self._r, h, PyBytes_AS_STRING(payload), n, 0)
+                return self.append_large(h, payload, n, flags)
+            rc = ring_append(&self._r, h, PyBytes_AS_STRING(payload), n, flags)
         else:
             PyObject_GetBuffer(payload, &view, PyBUF_SIMPLE)
             n = view.len
             try:
                 if n <= self._large_min:
-                    rc = ring_append(&self._r, h, <const char *>view.buf, n, 0)
+                    rc = ring_append(&self._r, h, <const char *>view.buf, n, flags)
             finally:
                 PyBuffer_Release(&view)
             if n > self._large_min:
-                return self.append_large(h, payload, n)
+                return self.append_large(h, payload, n, flags)
         if rc == RING_APPENDED:
             return True
         self._refusal = (REFUSED_CLOSED if rc == RING_CLOSED else
@@ -132,8 +133,10 @@ cdef class RingBuffer:
                        uint8_t outcome, uint16_t err_code, uint64_t affected_rows,
                        uint64_t rows, payload, uint64_t last_insert_id=0, uint32_t columns=0,
                        uint16_t warnings=0, uint16_t status_flags=0, uint64_t hash_ordered=0,
-                       uint64_t hash_unordered=0):
-        """Append one command record; False (nothing written) when it does not fit."""
+                       uint64_t hash_unordered=0, bint ordered=False):
+        """Append one command record; False (nothing written) when it does not fit. `ordered`: in
+        completion order with the data plane's workers' records (RING_ORDERED: end_ns raised to the
+        largest appended so far)."""
         cdef RecordHead h
         h.kind = RING_KIND_COMMAND
         h.outcome = outcome
@@ -149,7 +152,7 @@ cdef class RingBuffer:
         h.columns = columns
         h.warnings = warnings
         h.status_flags = status_flags
-        return self._append_obj(&h, payload)
+        return self._append_obj(&h, payload, RING_ORDERED if ordered else 0)
 
     def append_event(self, uint8_t kind, uint64_t conn_id, int64_t ts_ns, body):
         """Append a connection event (CONN_OPEN/STATE/CLOSE) or a LOCAL_INFILE record; False when it

@@ -568,7 +568,7 @@ cdef void _run(Scanner* s, Py_ssize_t i, Py_ssize_t n) noexcept nogil:
         s.flags |= _F_UNTERMINATED
 
 
-cdef inline void _init(Scanner* s, const unsigned char* p, Py_ssize_t start, int reading, int exec_depth) noexcept:
+cdef inline void _init(Scanner* s, const unsigned char* p, Py_ssize_t start, int reading, int exec_depth) noexcept nogil:
     s.p = p
     s.reading = reading
     s.flags = 0
@@ -601,6 +601,19 @@ cdef bytes _as_bytes(object data):
     if isinstance(data, (bytearray, memoryview)):
         return bytes(data)
     raise TypeError(f"data must be bytes, not {type(data).__name__}")
+
+
+cdef int needs_policy(const unsigned char* p, Py_ssize_t n) noexcept nogil:
+    """For the data plane's workers (no GIL): 1 when ``secret_sql.classify`` of these n bytes (in
+    the default reading) must run its policy, 0 when it is CLEAN without it (no flags, no signals)."""
+    cdef Scanner s
+    cdef int out
+    _init(&s, p, 0, 0, 0)
+    _run(&s, 0, n)
+    _end_segment(&s, n)
+    out = s.oom or s.flags != 0 or s.signals != 0
+    free(s.segs)
+    return out
 
 
 def scan(data, Py_ssize_t start=0, int reading=0):

@@ -19,7 +19,6 @@ from aiohttp import web
 
 from fastproxy.api_listener import GuardedListener, bind
 from fastproxy.api_security import ApiSecurity
-from fastproxy.constants import command_name
 from fastproxy.errors import ConfigError, JobError
 from fastproxy.job_form import parse_form
 from fastproxy.metrics import render
@@ -92,25 +91,8 @@ async def health(request: web.Request) -> web.Response:
 async def connections(request: web.Request) -> web.Response:
     """What the proxy knows about each client connection (no secrets: a prepared statement that holds
     one is shown redacted, or as null when it cannot be redacted with certainty)."""
-    from fastproxy.secret_sql import reading_for_collation, redact_text
-
-    out = []
-    for conn in sorted(_server(request).connections, key=lambda c: c.session.conn_id):
-        s = conn.session
-        last = s.last_command
-        reading = reading_for_collation(s.charset)
-        out.append({
-            "conn_id": s.conn_id, "client_addr": s.client_addr, "user": s.user, "db": s.db,
-            "backend": s.backend, "backend_conn_id": s.backend_conn_id, "in_transaction": s.in_transaction,
-            "tls": {"client": s.client_tls, "backend": s.backend_tls},
-            "autocommit": s.autocommit,
-            "prepared": {str(k): redact_text(v, reading) for k, v in sorted(s.prepared.items())},
-            "commands": s.commands, "pending_commands": conn.tracker.pending, "capture": s.capture_state,
-            "last_command": None if last is None else {
-                "type": command_name(last.cmd), "start_ns": last.start_ns, "end_ns": last.end_ns,
-                "outcome": last.result.outcome_name, "err_code": last.result.err_code},
-        })
-    return web.json_response(out)
+    conns = sorted(_server(request).connections, key=lambda c: c.session.conn_id)
+    return web.json_response([conn.describe() for conn in conns])
 
 
 async def metrics(request: web.Request) -> web.Response:

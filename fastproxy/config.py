@@ -2,6 +2,7 @@
 flags (`--proxy.addr` ...) and the README's reference. A bad value gets a message naming its key."""
 from __future__ import annotations
 
+import os
 import re
 import tomllib
 from dataclasses import dataclass
@@ -88,6 +89,15 @@ def _int(lo: int) -> Callable[[Any, str], int]:
     return conv
 
 
+def _workers(value: Any, key: str) -> int:
+    if str(value).strip().lower() == "auto":
+        return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    n = _int(1)(value, key)
+    if n > 1024:
+        raise ConfigError(f"{key}: at most 1024 workers, got {n}")
+    return n
+
+
 def _level(value: Any, key: str) -> str:
     text = str(value).lower()
     if text not in ("debug", "info", "warn", "warning", "error"):
@@ -153,6 +163,7 @@ class Key:
 KEYS: list[Key] = [
     Key("proxy.addr", "0.0.0.0:6000", parse_addr, "address clients connect to"),
     Key("proxy.backends", "127.0.0.1:3306", _addr_list, "backend MySQL/MariaDB servers (list, or comma-separated)"),
+    Key("proxy.workers", "auto", _workers, "threads relaying connections (the data plane); auto = the number of CPUs"),
     Key("proxy.max-connections", 0, _int(0), "client connections accepted at once (0 = no limit); beyond it clients get error 1040"),
     Key("proxy.graceful-close-conn-timeout", 15, parse_duration, "on SIGTERM, how long connections may finish their transaction"),
     Key("proxy.connect-timeout", "5s", _at_least(parse_duration, 0.01, "10ms"), "timeout to connect to a backend"),

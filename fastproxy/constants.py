@@ -155,6 +155,9 @@ class ER:
     NET_PACKET_TOO_LARGE = 1153
     CONNECTION_KILLED = 1927  # MariaDB
     QUERY_INTERRUPTED = 1317
+    # The errors the proxy itself sends carry a server error code: libmariadb reports any client-range
+    # code (2000-2999, e.g. 2003, 2013) received from a server as "Received malformed packet" (2027).
+    UNKNOWN_ERROR = 1105
     LOCK_WAIT_TIMEOUT = 1205  # rolls back the statement (the transaction too with innodb_rollback_on_timeout)
     LOCK_DEADLOCK = 1213      # rolls back the whole transaction
 

@@ -77,6 +77,9 @@ class JobManager:
                          filters=filters)
         job.start()
         self._add(job)
+        # every worker has installed the capture before the API answers: a command the client
+        # sends after that answer is captured (or parked for its session's state first)
+        await self.server.sync()
         return job
 
     async def start_replay(self, form: dict):

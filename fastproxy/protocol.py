@@ -182,7 +182,7 @@ def mask_client_capabilities(payload: bytes, allowed: int) -> bytes:
 
 
 def parse_change_user(payload: bytes, capabilities: int) -> tuple[str, str | None]:
-    """(user, database) of a COM_CHANGE_USER payload."""
+    """(user, database) of a COM_CHANGE_USER payload (replay; the data plane parses it in C)."""
     payload = bytes(payload)
     user, pos = _cstring(payload, 1)
     if capabilities & CLIENT.SECURE_CONNECTION:
@@ -194,7 +194,8 @@ def parse_change_user(payload: bytes, capabilities: int) -> tuple[str, str | Non
 
 
 def change_user_without_auth(payload: bytes, capabilities: int) -> bytes:
-    """A COM_CHANGE_USER payload with its auth response blanked, for capture (no secrets on disk)."""
+    """A COM_CHANGE_USER payload with its auth response blanked, for capture (no secrets on disk;
+    the data plane blanks its own in C)."""
     payload = bytes(payload)
     _, pos = _cstring(payload, 1)
     if capabilities & CLIENT.SECURE_CONNECTION and pos < len(payload):

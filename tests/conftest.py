@@ -2,10 +2,13 @@
 
 FASTPROXY_TEST_MARIADB=host:port:user:password points the `mariadb` fixture at a running server
 instead of starting one (the other fixtures still start their own).
+FASTPROXY_TEST_WORKERS=N runs every proxy the tests start with `proxy.workers = N` (default 1);
+scripts/test.sh runs the proxy-facing tests a second time with 4.
 """
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -15,6 +18,14 @@ import urllib.request
 import pytest
 
 from fastproxy.scratch_db import ROOT_PASSWORD, ScratchMariaDB, free_port
+
+
+def pytest_collection_modifyitems(items):
+    """Mark the tests that start a proxy `proxy`: scripts/test.sh runs them again with 4 workers."""
+    for item in items:
+        if {"proxy", "proxy_factory"} & set(getattr(item, "fixturenames", ())) or \
+                getattr(item.module, "start_proxy", None) is start_proxy:
+            item.add_marker(pytest.mark.proxy)
 
 
 @pytest.fixture(scope="session")
@@ -38,6 +49,9 @@ def mariadb_private():
         yield db
 
 
+TEST_WORKERS = int(os.environ.get("FASTPROXY_TEST_WORKERS", "1"))
+
+
 class ProxyProcess:
     """`python -m fastproxy serve` in a subprocess, stopped at teardown."""
 
@@ -46,7 +60,7 @@ class ProxyProcess:
         self.api_port = free_port()
         self.args = [sys.executable, "-m", "fastproxy", "serve", f"--proxy.addr=127.0.0.1:{self.port}",
                      f"--api.addr=127.0.0.1:{self.api_port}", f"--proxy.backends={','.join(backends)}",
-                     "--proxy.health-check-interval=0.5s", *args]
+                     "--proxy.health-check-interval=0.5s", f"--proxy.workers={TEST_WORKERS}", *args]
         if config:
             self.args += ["--config", config]
         self.log_path = f"/tmp/fastproxy-test-{self.port}.log"

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import threading
 
 import pymysql
 import pytest
@@ -191,3 +192,29 @@ def test_health_check_user_config():
     for bad in ("a\x00b", "x" * 129, 5):
         with pytest.raises(ConfigError, match="proxy.health-check-user"):
             Config({"proxy.health-check-user": bad})
+
+
+def test_backend_lost_mid_command_is_checked_at_once(proxy_factory, mariadb_private):
+    """Passive mode probes nothing healthy; a backend that drops a relayed connection in the middle
+    of a command is suspected and probed at once (no new client has to fail first)."""
+    db = mariadb_private
+    p = proxy_factory([db])
+    conn = pymysql.connect(**connect_kwargs(p.port))
+    failure = []
+
+    def run():
+        try:
+            with conn.cursor() as cur:
+                cur.execute("SELECT SLEEP(60)")
+        except pymysql.err.OperationalError as e:
+            failure.append(e)
+
+    t = threading.Thread(target=run)
+    t.start()
+    wait_for(lambda: any(c["pending_commands"] for c in p.get("/api/debug/connections")), what="the SLEEP to run")
+    assert backend_status(p)["healthy"]
+    db.kill()
+    t.join(30)
+    assert failure, "the client must see the lost backend"
+    wait_for(lambda: not backend_status(p)["healthy"], what="the suspected backend to be found down")
+    assert backend_status(p)["checks"] >= 1

@@ -125,6 +125,10 @@ def test_sysbench_capture_matches_server_counters(mariadb, proxy_factory, tmp_pa
                 not_increasing[f"{cmd(prev)} -> {cmd(r)}"] += 1
     # no record duplicated or reordered: per connection, start times strictly increase
     assert not not_increasing, f"per-connection start times not strictly increasing: {dict(not_increasing)}"
+    # across connections (and data-plane workers), command records are in completion order: replay's
+    # causal ordering reads them so
+    ends = [r.end_ns for r in records if r.kind == KIND_COMMAND]
+    assert all(a <= b for a, b in zip(ends, ends[1:])), "command records not in completion order"
 
 
 # ---- 2. connections open before the capture ----------------------------------------------------

@@ -83,10 +83,14 @@ def _text(rec, prepared: dict | None = None) -> str:
 
 
 def _shape(records) -> list[tuple[int, str]]:
-    """(connection's order of appearance, what) for each record: comparable between two captures."""
+    """(connection's order of appearance, what) for each record, connection by connection, each in
+    its own order: comparable between two captures. (Across connections the order may differ: a
+    connection's close is recorded when Python hears of it from its data-plane worker, which can be
+    after the next connection opened.)"""
     order: dict[int, int] = {}
     prepared: dict = {}
-    return [(order.setdefault(r.conn_id, len(order)), _text(r, prepared)) for r in records]
+    return sorted(((order.setdefault(r.conn_id, len(order)), _text(r, prepared)) for r in records),
+                  key=lambda item: item[0])
 
 
 @pytest.fixture(scope="module")

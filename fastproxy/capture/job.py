@@ -1,4 +1,11 @@
-"""A running capture: the proxy's hooks append records to the ring buffer; a writer thread drains it.
+"""A running capture: the data plane's workers append command records (and LOCAL INFILE files) to
+the ring buffer, in C, without the GIL; this job appends the connection events only Python knows (a
+new connection's handshake, the state of one open before the capture, a close), decides on the
+statements the secret classifier's scan flags (the workers ask, with the GIL), and a writer thread
+drains the ring. A connection with TLS on a leg is relayed in Python (fastproxy/proxy/connection.py):
+its commands come here one by one (`on_command`) and are appended from here. Capture filters
+(fastproxy/traffic_filter.py) decide here for both: the workers ask for every command of a captured
+connection while a filter is set.
 
 Nothing here waits on the disk: appends are a memcpy into the ring buffer (records larger than a
 quarter of it are kept by reference on its side path). If the buffer is full (the writer cannot
@@ -15,7 +22,7 @@ import time
 from typing import TYPE_CHECKING
 
 from fastproxy._ringbuf import REFUSED_CLOSED, REFUSED_FULL, REFUSED_LARGE_LIMIT, REFUSED_TOO_LARGE, RingBuffer
-from fastproxy.capture.record import (INFILE_SIZE, KIND_CONN_CLOSE, KIND_CONN_OPEN, KIND_CONN_STATE,
+from fastproxy.capture.record import (INFILE_SIZE, KIND_COMMAND, KIND_CONN_CLOSE, KIND_CONN_OPEN, KIND_CONN_STATE,
                                       KIND_LOCAL_INFILE, KIND_NAMES, META_NAME)
 from fastproxy.capture.writer import CaptureWriter
 from fastproxy.constants import COMMAND, command_name
@@ -39,6 +46,8 @@ _COM_STMT_EXECUTE = COMMAND.COM_STMT_EXECUTE
 _COM_STMT_RESET = COMMAND.COM_STMT_RESET
 _COM_CHANGE_USER = COMMAND.COM_CHANGE_USER
 _COM_RESET_CONNECTION = COMMAND.COM_RESET_CONNECTION
+_COUNT_KEYS = ("filtered", "existing", "waited_for_transaction", "local_infile_files", "local_infile_bytes",
+               "local_infile_too_large")
 
 
 def _check_s3_output(storage: S3Storage) -> None:
@@ -80,21 +89,19 @@ class CaptureJob(Job):
                                     encryption_key=encryption_key, throttle_bytes_per_sec=throttle_bytes_per_sec,
                                     upload_to=upload_to)
         self.start_ns = 0
-        self.commands = 0
-        self.filtered = 0  # dropped for a secret that could not be cut out with certainty
+        self.filtered_here = 0  # dropped for a secret that could not be cut out with certainty (here)
         self.redacted = 0  # recorded with their secrets replaced (fastproxy/secret_sql.py)
         self.connections = 0
-        self.existing_connections = 0
-        self.waited_for_txn = 0  # open mid-transaction at start: captured from their next boundary
         self.server_version = ""
+        self._commands = 0  # captured, frozen when the capture stops (the ring is freed then)
+        self._relay_counts: dict | None = None  # the data plane's counts, frozen when the capture stops
+        # the same counts for the connections relayed in Python (TLS), and their dropped statements
+        self._py_counts = dict.fromkeys(_COUNT_KEYS, 0)
         self._filtered_stmts: set[tuple[int, int]] = set()
-        # LOCAL INFILE files: recorded when asked for, up to a size (larger than a quarter of the
-        # ring, a record waits on the side path, which large_record_buffer_size bounds)
+        # LOCAL INFILE files: recorded (by the workers) when asked for, up to a size (larger than a
+        # quarter of the ring, a record waits on the side path, which large_record_buffer_size bounds)
         self.local_infile = local_infile
         self.local_infile_limit = min(local_infile_max_size, large_record_buffer_size)
-        self.infile_files = 0
-        self.infile_bytes = 0
-        self.infile_too_large = 0
         # sessions open before the capture with parts replay cannot rebuild: "conn N: what"
         self.sessions_not_rebuilt = 0
         self.not_rebuilt: list[str] = []
@@ -108,6 +115,41 @@ class CaptureJob(Job):
         self.filters = filters
         self.selector = Selector(filters) if filters is not None and filters.active else None
 
+    # ---- counts: the workers keep theirs in C ----------------------------------------------------
+    @property
+    def commands(self) -> int:
+        """Command records captured (appended to the ring) so far."""
+        return self.ring.commands_appended if self.ring is not None else self._commands
+
+    def _counts(self) -> dict:
+        relay = self._relay_counts if self._relay_counts is not None else self.server.dataplane.capture_counts()
+        return {k: relay[k] + self._py_counts[k] for k in _COUNT_KEYS}
+
+    @property
+    def filtered(self) -> int:
+        """Not recorded for a secret: decided here, or by a worker (executes of a dropped statement)."""
+        return self.filtered_here + self._counts()["filtered"]
+
+    @property
+    def existing_connections(self) -> int:
+        return self._counts()["existing"]
+
+    @property
+    def waited_for_txn(self) -> int:
+        return self._counts()["waited_for_transaction"]
+
+    @property
+    def infile_files(self) -> int:
+        return self._counts()["local_infile_files"]
+
+    @property
+    def infile_bytes(self) -> int:
+        return self._counts()["local_infile_bytes"]
+
+    @property
+    def infile_too_large(self) -> int:
+        return self._counts()["local_infile_too_large"]
+
     # ---- lifecycle -----------------------------------------------------------------------------
     def start(self) -> None:
         self.writer.start()
@@ -119,27 +161,29 @@ class CaptureJob(Job):
         self.mark_started()
         server = self.server
         server.capture = self
+        # Every connection already relayed: its state is read at its next command, before that
+        # command (the proxy's own queries; connection.py), then it is captured; one inside a
+        # transaction that has written is captured from its end (its writes before the capture are
+        # not in the files and cannot be rebuilt). The workers decide, each for its connections.
+        server.dataplane.capture_start(self.ring, self.start_ns, self.local_infile, self.local_infile_limit,
+                                       select=self.selector is not None)
         from fastproxy.proxy.connection import COMMANDS
 
-        for conn in list(server.connections):
+        for conn in list(server.connections):  # the same, here, for those relayed in Python (TLS)
             session = conn.session
             if conn.phase != COMMANDS:
-                continue  # still authenticating: on_connect records it as a new connection
-            self.existing_connections += 1
+                continue  # still authenticating: on_connect records it; or the data plane's
+            self._py_counts["existing"] += 1
             self.server_version = self.server_version or session.server_version
             if session.in_transaction and session.txn_wrote:
-                # its writes before the capture are not in the files and cannot be rebuilt:
-                # replaying the rest of the transaction alone would be wrong; start at its end
                 session.capture_state = "wait-txn"
-                self.waited_for_txn += 1
+                self._py_counts["waited_for_transaction"] += 1
             else:
-                # its state is read at its next command boundary, before that command
-                # (connection.py); an open transaction that has not written is rebuilt on replay
                 session.capture_state = "pending"
                 session.want_own_query()
         self._task = asyncio.get_running_loop().create_task(self._watch())
         log.info("capture started: %s for %.0fs (%d open connections)", self.output, self.duration,
-                 self.existing_connections)
+                 len(server.connections))
 
     async def _watch(self) -> None:
         deadline = time.monotonic() + self.duration
@@ -156,12 +200,21 @@ class CaptureJob(Job):
         if self._stopping:
             return
         self._stopping = True
-        if self.server.capture is self:
-            self.server.capture = None
-        for conn in list(self.server.connections):
-            conn.session.capture_state = None
-            conn.session.want_own_query()
-            conn.session.infiles.clear()
+        server = self.server
+        if server.capture is self:
+            server.capture = None
+        self.ring.close()  # from here no record is appended, by the workers or by Python
+        server.dataplane.capture_stop()
+        await server.sync()  # every worker has let go of the ring
+        self._relay_counts = server.dataplane.capture_counts()
+        server.dataplane.capture_release()
+        for conn in list(server.connections):
+            session = conn.session
+            if session.relay is None and session.prepared is not None:  # relayed in Python
+                session.capture_state = None
+                session.want_own_query()
+                session.infiles.clear()
+        self._commands = self.ring.commands_appended
         end_ns = time.time_ns()
         meta = {
             "start": utc_iso(self.start_ns), "end": utc_iso(end_ns), "duration": round((end_ns - self.start_ns) / 1e9, 3),
@@ -198,17 +251,26 @@ class CaptureJob(Job):
             self._failed = True
             asyncio.get_running_loop().create_task(self.stop(error=error))
 
-    def _append_event(self, kind: int, session: "Session", body: bytes) -> None:
+    def _append_event(self, kind: int, session: "Session", body: bytes) -> bool:
         if self._failed or self._stopping:
-            return
+            return False
         now = time.time_ns()
         if not self.ring.append_event(kind, session.conn_id, now, body):
             self._refused(f"a {KIND_NAMES[kind]} record", session.conn_id, len(body), now)
+            return False
+        return True
 
-    def _refused(self, what: str, conn_id: int, size: int, at_ns: int) -> None:
+    def on_refused(self, refusal: int, kind: int, cmd: int, conn_id: int, size: int, at_ns: int) -> None:
+        """A worker's append was refused (the first one; the workers append nothing after it)."""
+        what = f"a {command_name(cmd)}" if kind == KIND_COMMAND else f"a {KIND_NAMES.get(kind, kind)} record"
+        self._refused(what, conn_id, size, at_ns, refusal)
+
+    def _refused(self, what: str, conn_id: int, size: int, at_ns: int, refusal: int | None = None) -> None:
         """The ring buffer refused a record: stop, saying which limit and what was not captured."""
         ring = self.ring
-        refusal = ring.refusal
+        if ring is None:
+            return
+        refusal = ring.refusal if refusal is None else refusal
         if refusal == REFUSED_CLOSED:  # the capture is stopping anyway
             return
         if refusal == REFUSED_FULL:
@@ -230,34 +292,45 @@ class CaptureJob(Job):
                 why = f"{record} could not be captured: it is larger than capture.buffer-size ({_size(ring.capacity)})"
         self._fail(f"{why}; capture stopped, everything captured before it is in the files")
 
-    def on_session_state(self, session: "Session", server_state: dict) -> None:
+    def on_session_state(self, session: "Session", server_state: dict) -> bool:
         """The state of a session open before the capture, read at its command boundary (the
-        proxy's own queries; fastproxy/proxy/introspect.py): recorded before its first command."""
+        proxy's own queries; fastproxy/proxy/introspect.py): recorded before its first command.
+        True when recorded: the connection is captured from its next command on."""
         if self._stopping or self._failed:
             session.capture_state = None
-            return
-        session.capture_state = "on"
-        session.want_own_query()
-        state = session.snapshot()
+            return False
+        if session.relay is None:  # relayed in Python (TLS): on_command records it from now on
+            session.capture_state = "on"
+            session.want_own_query()
+        self.server_version = self.server_version or session.server_version
+        live = session.state()
+        state = session.snapshot(live)
         state.update(server_state)
         if self.selector is not None and not self.selector.connection(session.conn_id, session.user, state.get("db"),
                                                                       state.get("prepared") or ()):
-            return  # filtered out (user, sample): none of its records are written
+            # filtered out (user, sample): none of its records are written; its commands still
+            # pass the filter, which counts them
+            return True
         self.connections += 1
         not_rebuilt = []
         kept = []
+        dropped = []
         reading = reading_for_collation(session.charset)
         for stmt_id, sql in state["prepared"]:
             # prepared before the capture: redacted or dropped like one prepared during it
-            shown = redact_text(sql, reading)
+            shown = None if stmt_id in live["filtered"] else redact_text(sql, reading)
             if shown is None:
+                dropped.append(stmt_id)  # its executes, resets and close are not captured either
                 self._filtered_stmts.add((session.conn_id, stmt_id))
-                self.filtered += 1
+                self.filtered_here += 1
             else:
                 if shown is not sql:
                     self.redacted += 1
                 kept.append([stmt_id, shown])
+        if dropped and session.relay is not None:
+            session.relay.mark_filtered(dropped)
         state["prepared"] = kept
+        state["types"] = {sid: t for sid, t in state["types"].items() if int(sid) not in dropped}
         # the SQL-level state is SQL text: redacted as a captured statement is, or left out
         for key, what in (("sql_prepared", "prepared statement"), ("temp_tables", "temporary table")):
             kept = []
@@ -278,23 +351,53 @@ class CaptureJob(Job):
             self.sessions_not_rebuilt += 1
             if len(self.not_rebuilt) < 20:  # a sample for show/meta; the count is exact
                 self.not_rebuilt.append(f"conn {session.conn_id}: " + "; ".join(not_rebuilt))
-        self._append_event(KIND_CONN_STATE, session, json.dumps(state).encode())
+        return self._append_event(KIND_CONN_STATE, session, json.dumps(state).encode())
 
-    def on_connect(self, session: "Session") -> None:
+    def on_connect(self, session: "Session") -> bool:
+        """A new connection, about to be relayed: recorded from its first command (True)."""
         if self._stopping or self._failed:
-            return
-        session.capture_state = "on"
+            return False
+        if session.relay is None:  # relayed in Python (TLS): on_command records it
+            session.capture_state = "on"
         self.server_version = self.server_version or session.server_version
         if self.selector is not None and not self.selector.connection(session.conn_id, session.user, session.db):
-            return  # filtered out (user, sample): none of its records are written
+            # filtered out (user, sample): none of its records are written; its commands still
+            # pass the filter, which counts them
+            return True
         self.connections += 1
         body = {"user": session.user, "db": session.db, "capabilities": session.capabilities,
                 "charset": session.charset, "client_addr": session.client_addr, "backend": session.backend,
                 "backend_conn_id": session.backend_conn_id}
-        self._append_event(KIND_CONN_OPEN, session, json.dumps(body).encode())
+        return self._append_event(KIND_CONN_OPEN, session, json.dumps(body).encode())
+
+    def on_statement(self, session: "Session", payload: bytes, outcome: int, stmt_id: int) -> tuple[int, bytes | None, bool]:
+        """A captured COM_QUERY / COM_STMT_PREPARE the classifier's scan flagged (a worker asks, with
+        the GIL): (verdict: CLEAN / REDACTED / DROPPED, what to record when REDACTED, whether this
+        connection now has SQL-level PREPAREs whose text was dropped)."""
+        conn_id = session.conn_id
+        cmd = payload[0]
+        verdict, recorded = classify(payload, 1, reading_for_collation(session.charset))
+        if verdict == DROPPED:
+            self._drop_secret(session, cmd, payload)
+        elif verdict != CLEAN:
+            self.redacted += 1
+        elif (self._dropped_sql_prepares and cmd == _COM_QUERY
+              and not self._sql_prepares_allow(conn_id, payload)):
+            self.filtered_here += 1
+            verdict = DROPPED
+        return verdict, recorded, conn_id in self._dropped_sql_prepares
+
+    def select_command(self, session: "Session", payload: bytes, stmt_id: int) -> bool:
+        """A finished command of a captured connection while a capture filter is set (a worker
+        asks, with the GIL): whether the filter keeps it (fastproxy/traffic_filter.py)."""
+        if self.selector is None:
+            return True
+        return self.selector.command(session.conn_id, payload, 0,
+                                     stmt_id if payload[0] == _COM_STMT_PREPARE else 0) is None
 
     def on_command(self, session: "Session", cmd: int, start_ns: int, end_ns: int, r, payload: bytes | None) -> None:
-        """A finished command (on the event loop, once per command: kept lean)."""
+        """A finished command of a connection relayed in Python (TLS; on the event loop, once per
+        command: kept lean)."""
         state = session.capture_state
         if state != "on" or payload is None or start_ns < self.start_ns or self._stopping or self._failed:
             if state == "wait-txn" and not session.in_transaction and not self._stopping and not self._failed:
@@ -312,13 +415,15 @@ class CaptureJob(Job):
             verdict, recorded = classify(payload, 1, reading_for_collation(session.charset))
             if verdict != CLEAN:
                 if verdict == DROPPED:
-                    self._drop_secret(session, cmd, payload, r)
+                    self._drop_secret(session, cmd, payload)
+                    if cmd == _COM_STMT_PREPARE:
+                        self._filtered_stmts.add((session.conn_id, r.stmt_id))
                     return
                 self.redacted += 1
                 payload = recorded
             elif (self._dropped_sql_prepares and cmd == _COM_QUERY
                   and not self._sql_prepares_allow(session.conn_id, payload)):
-                self.filtered += 1
+                self.filtered_here += 1
                 return
             if cmd == _COM_STMT_PREPARE and r.outcome == 0:
                 affected = r.stmt_id  # a prepare has no affected rows: the field carries the statement id
@@ -328,24 +433,24 @@ class CaptureJob(Job):
                 payload = change_user_without_auth(payload, session.capabilities)
         elif self._filtered_stmts and _COM_STMT_EXECUTE <= cmd <= _COM_STMT_RESET:
             if (session.conn_id, int.from_bytes(payload[1:5], "little")) in self._filtered_stmts:
-                self.filtered += 1
+                self.filtered_here += 1
                 return
-        if self.ring.append_command(session.conn_id, start_ns, end_ns, r.outcome, r.err_code, affected, r.rows,
-                                    payload, r.last_insert_id, r.columns, r.warnings, r.status_flags,
-                                    r.hash_ordered, r.hash_unordered):
-            self.commands += 1
-        else:
+        if not self.ring.append_command(session.conn_id, start_ns, end_ns, r.outcome, r.err_code, affected, r.rows,
+                                        payload, r.last_insert_id, r.columns, r.warnings, r.status_flags,
+                                        r.hash_ordered, r.hash_unordered, ordered=True):
             self._refused(f"a {command_name(cmd)}", session.conn_id, len(payload), start_ns)
 
     def _record_infiles(self, session: "Session", start_ns: int) -> None:
-        """The LOCAL INFILE files of the command that started at start_ns, before its record."""
+        """The LOCAL INFILE files of the command that started at start_ns, before its record (a
+        connection relayed in Python; the workers record their own)."""
+        counts = self._py_counts
         for size, content in session.infiles:
-            self.infile_files += 1
+            counts["local_infile_files"] += 1
             if content is None:
-                self.infile_too_large += 1
+                counts["local_infile_too_large"] += 1
                 content = b""
             else:
-                self.infile_bytes += size
+                counts["local_infile_bytes"] += size
             if self._failed:
                 break
             body = INFILE_SIZE.pack(size) + content
@@ -353,11 +458,15 @@ class CaptureJob(Job):
                 self._refused("a LOCAL INFILE file", session.conn_id, len(body), start_ns)
         session.infiles.clear()
 
-    def _drop_secret(self, session: "Session", cmd: int, payload: bytes, r) -> None:
-        """Not recorded: a secret that cannot be cut out with certainty. What refers to it goes too."""
-        self.filtered += 1
+    def on_session_reset(self, session: "Session") -> None:
+        """COM_CHANGE_USER / COM_RESET_CONNECTION: its SQL-level statements are gone."""
+        self._dropped_sql_prepares.pop(session.conn_id, None)
+
+    def _drop_secret(self, session: "Session", cmd: int, payload: bytes) -> None:
+        """Not recorded: a secret that cannot be cut out with certainty. What refers to it goes too
+        (a prepared statement's executes, resets and close: its worker marks it)."""
+        self.filtered_here += 1
         if cmd == _COM_STMT_PREPARE:
-            self._filtered_stmts.add((session.conn_id, r.stmt_id))
             return
         names = {name for verb, name in prepared_names(payload, 1, reading_for_collation(session.charset))
                  if verb == b"prepare"}
@@ -383,10 +492,11 @@ class CaptureJob(Job):
         return allow
 
     def on_close(self, session: "Session") -> None:
+        """A captured connection closed (after its last command record, which its worker appended)."""
         self._dropped_sql_prepares.pop(session.conn_id, None)
-        # "wait-txn"/"pending": nothing of it was recorded, so no close either
-        if session.capture_state == "on" and not self._stopping and (
-                self.selector is None or self.selector.close(session.conn_id)):
+        # relayed in Python (TLS): "wait-txn"/"pending": nothing of it was recorded, so no close either
+        captured = session.relay is not None or session.capture_state == "on"
+        if captured and not self._stopping and (self.selector is None or self.selector.close(session.conn_id)):
             body = {"by": session.closed_by or "client"}
             if session.close_reason:
                 body["reason"] = session.close_reason

@@ -56,6 +56,15 @@ typedef struct RecordHead {
 
 enum { RING_ORDERED = 1 };
 enum { RING_APPENDED = 1, RING_FULL = 0, RING_CLOSED = -1 };
+/* Why an append was refused (RingBuffer.refusal; the data plane reports its own the same way). */
+enum {
+    RING_REFUSED_NONE = 0,
+    RING_REFUSED_FULL = 1,              /* no room in the ring: the writer has not caught up */
+    RING_REFUSED_LARGE_LIMIT = 2,       /* the side path already holds large_max bytes of large records */
+    RING_REFUSED_TOO_LARGE = 3,         /* larger than a record can be (record_len is a u32) */
+    RING_REFUSED_BIGGER_THAN_RING = 4,  /* larger than the whole ring, and no side path */
+    RING_REFUSED_CLOSED = 5,            /* the ring was closed (the capture stopped) */
+};
 
 typedef struct ring {
     pthread_mutex_t lock;

@@ -98,6 +98,7 @@ static int finish(tracker *t, int outcome) {
     t->cur.hash_ordered = fp_ordered(&t->fp);  /* fingerprint */
     t->cur.hash_unordered = fp_unordered(&t->fp);
     t->have_cur = 0;
+    t->done = 1;
     deliver(t);
     return start_next(t);
 }
@@ -219,6 +220,7 @@ static void parse_ok(tracker *t, uint32_t pos) {
     if (t->head_len >= pos + 4) {
         t->cur.status_flags = t->head[pos] | (t->head[pos + 1] << 8);
         t->cur.warnings = t->head[pos + 2] | (t->head[pos + 3] << 8);
+        t->cur.has_status = 1;
         if (t->session_track && (t->cur.status_flags & SERVER_STATUS_SESSION_STATE_CHANGED))
             parse_session_state(t, pos + 4);
     }
@@ -228,6 +230,7 @@ static void parse_eof(tracker *t) {
     if (t->head_len >= 5) {
         t->cur.warnings = t->head[1] | (t->head[2] << 8);
         t->cur.status_flags = t->head[3] | (t->head[4] << 8);
+        t->cur.has_status = 1;
     }
 }
 
@@ -390,14 +393,14 @@ static int on_packet(tracker *t) {
     return fail(t, "response tracker in an unknown state, command ", cur->cmd);
 }
 
-int trk_feed(tracker *t, const uint8_t *p, size_t n) {
+static int feed(tracker *t, const uint8_t *p, size_t n, size_t *used) {
     size_t pos = 0;
     for (;;) {
         if (t->hdr_have < 4) {
             while (t->hdr_have < 4 && pos < n)
                 t->hdr[t->hdr_have++] = p[pos++];
             if (t->hdr_have < 4)
-                return 0;
+                break;
             t->pkt_len = t->hdr[0] | (t->hdr[1] << 8) | ((uint32_t)t->hdr[2] << 16);
             t->pkt_remaining = t->pkt_len;
             t->continuation = t->prev_max;
@@ -422,21 +425,40 @@ int trk_feed(tracker *t, const uint8_t *p, size_t n) {
             t->pkt_remaining -= (uint32_t)take;
         }
         if (t->pkt_remaining)
-            return 0;
+            break;
         t->hdr_have = 0;
         if (!t->continuation) {
             t->packets++;
             t->resp_packets++;
             if (on_packet(t) < 0)
                 return -1;
+            if (t->stop_at_done && t->done) {
+                *used = pos;
+                return 0;
+            }
         }
         if (t->fp_row && !t->prev_max) {  /* fingerprint: the row's last byte has passed */
             fp_row_end(&t->fp);
             t->fp_row = 0;
         }
         if (pos == n)
-            return 0;
+            break;
     }
+    *used = pos;
+    return 0;
+}
+
+int trk_feed(tracker *t, const uint8_t *p, size_t n) {
+    size_t used;
+    return feed(t, p, n, &used);
+}
+
+int trk_feed_some(tracker *t, const uint8_t *p, size_t n, size_t *used) {
+    t->stop_at_done = 1;
+    t->done = 0;
+    int rc = feed(t, p, n, used);
+    t->stop_at_done = 0;
+    return rc;
 }
 
 void trk_abort(tracker *t, int outcome) {

@@ -58,6 +58,7 @@ typedef struct trk_result {
     uint8_t outcome;             /* enum trk_outcome */
     uint8_t local_infile;        /* the server asked for a LOCAL INFILE file */
     uint8_t unsolicited;         /* an ERR the server sent with no command pending (KILL, shutdown) */
+    uint8_t has_status;          /* status_flags came from an OK/EOF packet (else 0 means unknown) */
     char sql_state[6];           /* NUL-terminated, "" if the ERR had none */
     const char *err_msg;         /* ERR message (not NUL-terminated); valid during the callback only */
     uint32_t err_msg_len;
@@ -82,6 +83,8 @@ typedef struct tracker {
     uint8_t cursor;              /* the current COM_STMT_EXECUTE asked for a cursor */
     uint8_t deprecate_eof;
     uint8_t session_track;       /* CLIENT_SESSION_TRACK: OK packets carry session state changes */
+    uint8_t stop_at_done;        /* trk_feed_some: stop right after a command completes */
+    uint8_t done;
     /* packet scanning (a physical packet may span trk_feed calls) */
     uint8_t hdr[4];
     uint8_t hdr_have;
@@ -119,6 +122,9 @@ void trk_free(tracker *t);
 int trk_begin(tracker *t, uint8_t cmd, int cursor);
 /* Scan server bytes. 0, or -1 with t->error set when they break the protocol. */
 int trk_feed(tracker *t, const uint8_t *p, size_t n);
+/* Like trk_feed, but stops right after the first command that completes: *used = the bytes it took
+ * (the rest belongs to what follows). */
+int trk_feed_some(tracker *t, const uint8_t *p, size_t n, size_t *used);
 /* The server side is gone: every pending command ends with `outcome`. */
 void trk_abort(tracker *t, int outcome);
 

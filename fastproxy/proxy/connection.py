@@ -1,40 +1,55 @@
-"""One proxied connection: a client-side and a backend-side asyncio Protocol joined together.
+"""One client connection, from accept to the end of its handshake; then the data plane relays it
+(a connection with TLS on either leg is relayed here, in Python: see "TLS connections" below).
 
-Bytes are forwarded the moment they arrive (no buffering in the proxy) and watched on the side:
-the client's by a PacketFramer (commands), the server's by a ResponseTracker (where each response
-ends, how). Only the connection phase is rewritten (capabilities the proxy cannot handle are
-removed from the greeting).
+Python does what happens once per connection: connect a backend, rewrite the greeting (capabilities
+the proxy cannot handle are removed), pass the authentication through. When the backend says OK,
+both sockets are handed to a data-plane worker (fastproxy/_dataplane.pyx), which relays every
+command in C without the GIL; this object stays as the connection's entry in the proxy's table,
+and hears of it again only for what is rare (see docs/dataplane.md):
 
-The proxy's own queries (fastproxy/proxy/introspect.py: the session of a connection open before a
-capture, the current database when the server did not say it) run on the client's backend
-connection at a command boundary, and never mix with the client's bytes:
-- a boundary is when the client starts a command while every earlier one is answered and no part
-  of a packet of it has been forwarded (tracker idle, framer empty, no LOCAL INFILE file going);
-- there, the client's bytes are held (not forwarded) and the proxy sends its query instead; the
-  server's answer is read by a TextResultReader and not forwarded; the next query of the proxy, if
-  any, goes the same way; then the held bytes go on through the normal path;
-- a command that reads what a SELECT would reset (FOUND_ROWS(), ROW_COUNT(), SHOW WARNINGS) goes
-  first: the proxy asks before the command after it.
+- it closed (on_relay_closed): who closed it and why, for the log and the capture's CONN_CLOSE;
+- a statement whose effect only Python follows (on_session_statement: SQL PREPAREs, temporary
+  tables, a USE the server did not report), or that the secret classifier's scan flagged while the
+  connection is captured (on_capture_statement);
+- the proxy's own queries (fastproxy/proxy/introspect.py: the session of a connection open before a
+  capture, the current database when the server did not say it) run on the backend connection at a
+  command boundary and never mix with the client's bytes: the worker parks the connection when its
+  client starts a command while one is due, holding that command's bytes (not forwarded); here the
+  queries go out through the worker and their answers come back to Python, not to the client; then
+  the held bytes go on. A command that reads what a SELECT would reset (FOUND_ROWS(), ROW_COUNT(),
+  SHOW WARNINGS) goes first: the proxy asks before the command after it.
+
+TLS connections. TLS is terminated by Python's ssl (uvloop's TLS protocol over memory BIOs,
+fastproxy/proxy/tls_upgrade.py), so a connection with TLS on either leg has no raw socket the data
+plane could relay. It stays here after the login (phase COMMANDS) and is relayed by the Python
+relay (the methods under "the Python relay"): bytes are forwarded the moment they arrive and
+watched on the side, the client's by a PacketFramer (commands), the server's by a ResponseTracker
+(where each response ends, how); its session is kept by Session.apply, its capture records are
+appended by CaptureJob.on_command, its metrics go to ProxyStats. The proxy's own queries run there
+the same way: the client's bytes are held at a command boundary while the proxy's query runs.
 """
 from __future__ import annotations
 
 import asyncio
 import logging
-from bisect import bisect_left
+import os
 import struct
 import time
+from bisect import bisect_left
 from typing import TYPE_CHECKING
 
+from fastproxy._dataplane import CLEAN, HOOK_QUERY, PARK_OWN_ANSWER, PARK_OWN_QUERY
 from fastproxy._packet import PacketFramer, ResponseTracker, build_packet
 from fastproxy.capture.record import OUTCOME_BACKEND_LOST
-from fastproxy.constants import CLIENT, COMMAND, ER, SERVER_STATUS
+from fastproxy.constants import CLIENT, COMMAND, ER, SERVER_STATUS, command_name
 from fastproxy.errors import ProtocolError
 from fastproxy.metrics import LATENCY_BOUNDS_NS
 from fastproxy.protocol import Greeting, HandshakeResponse, err_packet, mask_client_capabilities, parse_err
-from fastproxy.proxy.introspect import DIAGNOSTICS_PEEK, DatabaseReader, SessionReader, reads_diagnostics
-from fastproxy.proxy.session import STATE_FLAGS, Session
 from fastproxy.proxy import sha2_bridge, tls_upgrade
 from fastproxy.proxy.inbound_proxy_protocol import InboundHeader, outbound_header
+from fastproxy.proxy.introspect import DIAGNOSTICS_PEEK, DatabaseReader, SessionReader, reads_diagnostics
+from fastproxy.proxy.session import STATE_FLAGS, Session
+from fastproxy.secret_sql import reading_for_collation, redact_text
 from fastproxy.textresult import TextResultReader
 
 if TYPE_CHECKING:
@@ -43,21 +58,35 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("fastproxy.conn")
 
-# phases
-CONNECTING, GREETING, AUTH, COMMANDS, CLOSED = range(5)
+# phases: COMMANDS, relayed here (TLS); RELAYED, by the data plane
+CONNECTING, GREETING, AUTH, COMMANDS, RELAYED, CLOSED = range(6)
 _IN_TRANS = SERVER_STATUS.IN_TRANS
 
 # Largest client packet before authentication completed (handshake response with attributes, auth
 # switch answers are far smaller): garbage such as an HTTP request is refused at once.
 AUTH_MAX_PACKET = 1 << 20
+OUTCOMES = ("ok", "err", "no_response", "unknown", "backend_lost")
 # The errors the proxy itself sends carry a server error code: libmariadb reports any client-range
 # code (2000-2999, e.g. 2003, 2013) received from a server as "Received malformed packet" (2027).
-ER_UNKNOWN_ERROR = 1105
+ER_UNKNOWN_ERROR = ER.UNKNOWN_ERROR
+# how a relayed connection ended -> (closed_by, close_reason) as the capture records them
+_CLOSED_BY = {"client_quit": ("client", ""), "client_gone": ("client", ""), "backend_gone": ("server", ""),
+              "backend_lost": ("server", "lost during a command"), "client_protocol": ("proxy", "malformed client packet"),
+              "backend_protocol": ("proxy", "malformed backend packet"), "drain": ("proxy", "proxy shutdown"),
+              "forced": ("proxy", "proxy shutdown"), "no_memory": ("proxy", "out of memory")}
 TLS_NOT_ENABLED = ("Bad handshake: TLS is not enabled on this proxy (fastproxy); "
                    "connect without TLS (mariadb --ssl=0, ssl-mode=DISABLED)")
 
 
 class ClientConnection(asyncio.Protocol):
+    # one per client for as long as it is connected (10,000 idle ones are ordinary): no __dict__
+    __slots__ = ("server", "stats", "phase", "transport", "backend_side", "backend", "framer", "session",
+                 "advertised", "greeting", "tls", "proxy_header", "_to_backend", "_to_client", "_closing",
+                 "_relayed", "_own_query",
+                 # the Python relay of a TLS connection (module docstring)
+                 "tracker", "draining", "_infile", "_infile_seen", "_infile_parts", "_infile_size", "_infile_limit",
+                 "_held", "_own_reader")
+
     def __init__(self, server: "ProxyServer") -> None:
         self.server = server
         self.stats = server.stats
@@ -65,26 +94,28 @@ class ClientConnection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.backend_side: BackendSide | None = None
         self.backend: Backend | None = None
-        self.framer = PacketFramer(min(AUTH_MAX_PACKET, server.config["proxy.max-packet-size"]))
-        self.tracker = ResponseTracker()
+        self.framer: PacketFramer | None = PacketFramer(min(AUTH_MAX_PACKET, server.config["proxy.max-packet-size"]))
         self.session: Session | None = None
         self.greeting: Greeting | None = None
         self.advertised = 0
-        self.draining = False
         self._closing = False
+        self._relayed = False  # both sockets belong to the data plane
+        self._own_query = None  # the proxy's own query running on the connection (introspect.py)
+        # TLS and the PROXY protocol in the handshake (tls_upgrade.py, inbound_proxy_protocol.py)
+        self.tls = tls_upgrade.HandshakeTls()
+        self.proxy_header: InboundHeader | None = None
+        self._to_backend = self._to_client = None
+        # the Python relay (TLS connections): the tracker also reads the handshake's capabilities
+        self.tracker: ResponseTracker | None = ResponseTracker()
+        self.draining = False
         self._infile = False  # the client is sending a LOCAL INFILE file
         self._infile_seen = 0
         self._infile_parts: list | None = None  # its content, when the capture records it
         self._infile_size = 0
         self._infile_limit = 0
-        # the proxy's own queries (module docstring): client bytes held meanwhile, the reader of
-        # the current answer, and what interprets it
+        # the proxy's own queries in the Python relay: client bytes held meanwhile, the answer's reader
         self._held: list[bytes] | None = None
         self._own_reader: TextResultReader | None = None
-        self._own_query = None
-        # TLS and the PROXY protocol in the handshake (tls_upgrade.py, inbound_proxy_protocol.py)
-        self.tls = tls_upgrade.HandshakeTls()
-        self.proxy_header: InboundHeader | None = None
 
     # ---- client side -------------------------------------------------------------------------
     def connection_made(self, transport) -> None:
@@ -161,45 +192,22 @@ class ClientConnection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         if self.phase == COMMANDS:
-            if self._held is not None or self.session.own_query_due:
-                if self._hold_for_own_query(data):
-                    return
-            # hot path: forward first, then watch
-            self._to_backend(data)
-            self.stats.bytes_from_clients += len(data)
-            framer = self.framer
-            framer.feed(data)
-            now = time.time_ns()
-            try:
-                while (pkt := framer.next_packet()) is not None:
-                    if self._infile:  # LOCAL INFILE data: any sequence id (they wrap), until the empty packet
-                        if not len(pkt[1]):
-                            self._infile = False
-                            if self._infile_parts is not None:
-                                self._infile_done()
-                        elif self._infile_parts is not None:
-                            self._infile_chunk(pkt[1])
-                        continue
-                    if pkt[0] == 0:  # sequence 0 starts a command; others continue one (auth exchange)
-                        self._on_command(pkt[1], now)
-                    elif self.tracker.idle:
-                        raise ProtocolError(f"packet with sequence id {pkt[0]} where a command must start")
-            except ProtocolError as e:
-                self._protocol_error("client", e)
+            self._relay_client_data(data)
             return
-        if self.phase <= AUTH:
-            if self.proxy_header is not None and self.proxy_header.waiting:
-                self.proxy_header.feed(data)
-                return
-            self.framer.feed(data)
-            # kept until the greeting reached the client, and while a TLS upgrade runs
-            if self.phase != AUTH or self.tls.busy:
-                return
-            try:
-                while not self.tls.busy and (pkt := self.framer.next_packet()) is not None:
-                    self._on_auth_packet(*pkt)
-            except ProtocolError as e:
-                self._protocol_error("client", e)
+        if self.phase > AUTH:
+            return
+        if self.proxy_header is not None and self.proxy_header.waiting:
+            self.proxy_header.feed(data)
+            return
+        self.framer.feed(data)
+        # kept until the greeting reached the client, and while a TLS upgrade runs
+        if self.phase != AUTH or self.tls.busy:
+            return
+        try:
+            while self.phase == AUTH and not self.tls.busy and (pkt := self.framer.next_packet()) is not None:
+                self._on_auth_packet(*pkt)
+        except ProtocolError as e:
+            self._protocol_error("client", e)
 
     def _on_auth_packet(self, seq: int, payload) -> None:
         if self.phase == CLOSED:  # refused (TLS request): what follows, e.g. a TLS ClientHello, is dropped
@@ -246,6 +254,197 @@ class ClientConnection(asyncio.Protocol):
                  self.session.client_addr)
         self.transport.write(err_packet(ER.HANDSHAKE_ERROR, TLS_NOT_ENABLED, seq + 1, "08S01"))
         self._close()
+
+    def connection_lost(self, exc) -> None:
+        if self._relayed:  # a relayed connection's socket lives on in the data plane
+            return
+        if not self.session.closed_by:
+            self.session.closed_by = "client"
+        if self.phase == COMMANDS and not self.tracker.idle:
+            # the client left with commands unanswered: they still happened (capture records them
+            # with an unknown outcome, so replay sends them too)
+            self.tracker.abort()
+            self._on_completed(time.time_ns())
+        self._close()
+
+    # ---- backend side (handshake) ------------------------------------------------------------
+    def on_backend_data(self, data: bytes) -> None:
+        if self.phase == COMMANDS:
+            self._relay_backend_data(data)
+            return
+        if self.phase > AUTH:
+            return
+        side = self.backend_side
+        side.framer.feed(data)
+        try:
+            while self.phase <= AUTH and (pkt := side.framer.next_packet()) is not None:
+                if self.phase == GREETING:
+                    self._on_greeting(*pkt)
+                else:
+                    self._on_backend_auth_packet(*pkt)
+            if self.phase == COMMANDS:
+                rest = side.framer.take_all()
+                if rest:
+                    self._relay_backend_data(rest)
+        except ProtocolError as e:
+            self._protocol_error("backend", e)
+
+    def _on_greeting(self, seq: int, payload) -> None:
+        if payload[0] == 0xFF:  # the backend refused us (too many connections, host blocked)
+            code, _, message = parse_err(payload) if len(payload) >= 3 else (0, "", "(empty error packet)")
+            self.server.pool.report(self.backend, f"refused a connection: {code} {message}")  # health evidence
+            self.transport.write(build_packet(seq, payload))
+            self._close()
+            return
+        self.greeting = g = Greeting.parse(payload)
+        refused = tls_upgrade.on_greeting(self, g)
+        if refused:
+            log.warning("conn %d (%s): backend %s %s", self.session.conn_id, self.session.client_addr,
+                        self.session.backend, refused)
+            self.server.pool.report(self.backend, refused)  # health evidence
+            self.transport.write(err_packet(ER_UNKNOWN_ERROR, f"fastproxy: backend {self.session.backend} {refused}",
+                                            0, "08S01"))
+            self._close()
+            return
+        self.server.pool.report(self.backend)  # health evidence: it greeted
+        self.advertised = g.capabilities & ~CLIENT.PROXY_STRIPPED
+        if self.server.tls.server_ctx is not None:  # the proxy terminates the client's TLS itself
+            self.advertised |= CLIENT.SSL
+        self.session.server_version = g.server_version
+        self.session.backend_conn_id = g.connection_id
+        self.transport.write(build_packet(seq, g.with_capabilities(self.advertised)))
+        self.phase = AUTH
+        self.transport.resume_reading()
+        if self.framer.buffered:  # the client spoke before the greeting
+            self.data_received(b"")
+
+    def _on_backend_auth_packet(self, seq: int, payload) -> None:
+        tls = self.tls
+        if tls.client != tls.backend and sha2_bridge.on_backend_packet(self, seq, payload):
+            return
+        first = payload[0] if len(payload) else -1
+        if first == 0x00:  # authenticated
+            if tls.client or tls.backend:  # TLS on a leg: relayed here, in Python (module docstring)
+                self.transport.write(build_packet(seq + tls.seq_shift, payload))
+                self._start_python_relay()
+            else:  # from now on the data plane relays
+                self._hand_off(build_packet(seq + tls.seq_shift, payload))
+            return
+        self.transport.write(build_packet(seq + tls.seq_shift, payload))
+        if first == 0xFF:
+            code, _, message = parse_err(payload)
+            log.info("conn %d (%s): backend %s refused the login of %r: %d %s", self.session.conn_id,
+                     self.session.client_addr, self.session.backend, self.session.user, code, message)
+            self._close()
+        # 0xFE auth switch / 0x01 more data: the client answers through _on_auth_packet
+
+    def _hand_off(self, ok_packet: bytes) -> None:
+        """Give both sockets to a data-plane worker, with the backend's OK still to deliver and
+        whatever either side sent after the handshake."""
+        server = self.server
+        side = self.backend_side
+        if self.transport.get_write_buffer_size() or side.transport.get_write_buffer_size():
+            # a handshake packet is still queued in a transport (the peer reads slowly): hand off
+            # once it is out, or its bytes would be lost with the transport
+            self.transport.pause_reading()
+            side.transport.pause_reading()
+            server.loop.call_later(0.001, self._hand_off, ok_packet)
+            self.phase = RELAYED  # nothing more is read meanwhile
+            return
+        self.phase = RELAYED
+        client_in = self.framer.take_all()
+        backend_in = side.framer.take_all()
+        client_fd = backend_fd = -1
+        try:
+            client_fd = os.dup(self.transport.get_extra_info("socket").fileno())
+            backend_fd = os.dup(side.transport.get_extra_info("socket").fileno())
+        except OSError as e:
+            log.warning("conn %d: cannot hand the connection to the data plane: %s", self.session.conn_id, e)
+            for fd in (client_fd, backend_fd):
+                if fd >= 0:
+                    os.close(fd)
+            self._close()
+            return
+        # uvloop closes its own descriptors (no shutdown(): the duplicates keep both connections up)
+        self._relayed = True
+        self.transport.abort()
+        side.transport.abort()
+        s = self.session
+        captured = server.on_authenticated(self)  # a running capture records the new connection
+        caps = s.capabilities
+        try:
+            s.relay = server.dataplane.add(
+                self, client_fd, backend_fd, s.conn_id, user=s.user, db=s.db, capabilities=caps,
+                deprecate_eof=bool(caps & CLIENT.DEPRECATE_EOF), session_track=bool(caps & CLIENT.SESSION_TRACK),
+                multi_statements=bool(caps & CLIENT.MULTI_STATEMENTS),
+                dbcs=reading_for_collation(s.charset) != 0, status_flags=SERVER_STATUS.AUTOCOMMIT,
+                backend_addr=s.backend, max_packet_size=server.config["proxy.max-packet-size"], capture=captured,
+                client_out=ok_packet, client_in=client_in, backend_in=backend_in)
+        except MemoryError:
+            os.close(client_fd)
+            os.close(backend_fd)
+            self._close()
+            return
+        self.framer = None
+        self.tracker = None
+        self.greeting = None
+        self.transport = None
+        self.backend_side = None
+        self._to_backend = self._to_client = None
+
+    def on_backend_lost(self, exc) -> None:
+        if self._relayed or self.phase == CLOSED:  # a relayed connection's socket lives on in the data plane
+            return
+        session = self.session
+        if self.phase == COMMANDS:
+            self._on_backend_lost_in_relay()
+        elif self.phase in (GREETING, AUTH):
+            log.warning("conn %d (%s): backend %s closed the connection during the handshake", session.conn_id,
+                        session.client_addr, session.backend)
+            self.transport.write(err_packet(ER_UNKNOWN_ERROR, f"fastproxy: backend {session.backend} closed the "
+                                            f"connection during the handshake", 0, "08S01"))
+        self._close()
+
+    # ---- the Python relay (TLS connections; module docstring) -----------------------------------
+    def _start_python_relay(self) -> None:
+        """The login succeeded on a connection with TLS on a leg: from now on bytes flow straight
+        through here."""
+        self.phase = COMMANDS
+        session = self.session
+        session.set_capabilities(session.capabilities)
+        self.tracker.session_track = bool(session.capabilities & CLIENT.SESSION_TRACK)
+        self.framer.max_packet_size = self.server.config["proxy.max-packet-size"]
+        self.server.on_authenticated(self)
+        rest = self.framer.take_all()
+        if rest:
+            self._relay_client_data(rest)
+
+    def _relay_client_data(self, data: bytes) -> None:
+        if self._held is not None or self.session.own_query_due:
+            if self._hold_for_own_query(data):
+                return
+        # hot path: forward first, then watch
+        self._to_backend(data)
+        self.stats.bytes_from_clients += len(data)
+        framer = self.framer
+        framer.feed(data)
+        now = time.time_ns()
+        try:
+            while (pkt := framer.next_packet()) is not None:
+                if self._infile:  # LOCAL INFILE data: any sequence id (they wrap), until the empty packet
+                    if not len(pkt[1]):
+                        self._infile = False
+                        if self._infile_parts is not None:
+                            self._infile_done()
+                    elif self._infile_parts is not None:
+                        self._infile_chunk(pkt[1])
+                    continue
+                if pkt[0] == 0:  # sequence 0 starts a command; others continue one (auth exchange)
+                    self._on_command(pkt[1], now)
+                elif self.tracker.idle:
+                    raise ProtocolError(f"packet with sequence id {pkt[0]} where a command must start")
+        except ProtocolError as e:
+            self._protocol_error("client", e)
 
     def _on_command(self, payload, now: int) -> None:
         session = self.session
@@ -298,130 +497,48 @@ class ClientConnection(asyncio.Protocol):
             self._close()
 
     def pause_writing(self) -> None:  # client reads slowly: stop reading from the backend
-        if self.backend_side and self.backend_side.transport:
+        if self.phase == COMMANDS and self.backend_side and self.backend_side.transport:
             self.backend_side.transport.pause_reading()
 
     def resume_writing(self) -> None:
-        if self.backend_side and self.backend_side.transport:
+        if self.phase == COMMANDS and self.backend_side and self.backend_side.transport:
             self.backend_side.transport.resume_reading()
 
-    def connection_lost(self, exc) -> None:
-        if not self.session.closed_by:
-            self.session.closed_by = "client"
-        if self.phase == COMMANDS and not self.tracker.idle:
-            # the client left with commands unanswered: they still happened (capture records them
-            # with an unknown outcome, so replay sends them too)
-            self.tracker.abort()
-            self._on_completed(time.time_ns())
-        self._close()
-
-    # ---- backend side ------------------------------------------------------------------------
-    def on_backend_data(self, data: bytes) -> None:
-        if self.phase == COMMANDS:
-            if self._own_reader is not None:  # the answer to the proxy's own query: not the client's
-                self._on_own_answer(data)
-                return
-            self._to_client(data)
-            self.stats.bytes_to_clients += len(data)
-            try:
-                tracker = self.tracker
-                if tracker.feed(data):
-                    self._on_completed(time.time_ns())
-                if tracker.local_infile_requests != self._infile_seen:  # the server asked for a file
-                    self._infile_seen = tracker.local_infile_requests
-                    self._infile = True
-                    capture = self.server.capture
-                    if capture is not None and capture.local_infile and self.session.capture_state == "on":
-                        self._infile_parts, self._infile_size = [], 0
-                        self._infile_limit = capture.local_infile_limit
-            except ProtocolError as e:
-                self._protocol_error("backend", e)
+    def _relay_backend_data(self, data: bytes) -> None:
+        if self._own_reader is not None:  # the answer to the proxy's own query: not the client's
+            self._on_own_answer(data)
             return
-        side = self.backend_side
-        side.framer.feed(data)
+        self._to_client(data)
+        self.stats.bytes_to_clients += len(data)
         try:
-            while (pkt := side.framer.next_packet()) is not None:
-                if self.phase == GREETING:
-                    self._on_greeting(*pkt)
-                else:
-                    self._on_backend_auth_packet(*pkt)
-                if self.phase in (COMMANDS, CLOSED):
-                    break
-            if self.phase == COMMANDS:
-                rest = side.framer.take_all()
-                if rest:
-                    self.on_backend_data(rest)
+            tracker = self.tracker
+            if tracker.feed(data):
+                self._on_completed(time.time_ns())
+            if tracker.local_infile_requests != self._infile_seen:  # the server asked for a file
+                self._infile_seen = tracker.local_infile_requests
+                self._infile = True
+                capture = self.server.capture
+                if capture is not None and capture.local_infile and self.session.capture_state == "on":
+                    self._infile_parts, self._infile_size = [], 0
+                    self._infile_limit = capture.local_infile_limit
         except ProtocolError as e:
             self._protocol_error("backend", e)
 
-    def _on_greeting(self, seq: int, payload) -> None:
-        if payload[0] == 0xFF:  # the backend refused us (too many connections, host blocked)
-            code, _, message = parse_err(payload) if len(payload) >= 3 else (0, "", "(empty error packet)")
-            self.server.pool.report(self.backend, f"refused a connection: {code} {message}")  # health evidence
-            self.transport.write(build_packet(seq, payload))
-            self._close()
-            return
-        self.greeting = g = Greeting.parse(payload)
-        refused = tls_upgrade.on_greeting(self, g)
-        if refused:
-            log.warning("conn %d (%s): backend %s %s", self.session.conn_id, self.session.client_addr,
-                        self.session.backend, refused)
-            self.server.pool.report(self.backend, refused)  # health evidence
-            self.transport.write(err_packet(ER_UNKNOWN_ERROR, f"fastproxy: backend {self.session.backend} {refused}",
-                                            0, "08S01"))
-            self._close()
-            return
-        self.server.pool.report(self.backend)  # health evidence: it greeted
-        self.advertised = g.capabilities & ~CLIENT.PROXY_STRIPPED
-        if self.server.tls.server_ctx is not None:  # the proxy terminates the client's TLS itself
-            self.advertised |= CLIENT.SSL
-        self.session.server_version = g.server_version
-        self.session.backend_conn_id = g.connection_id
-        self.transport.write(build_packet(seq, g.with_capabilities(self.advertised)))
-        self.phase = AUTH
-        self.transport.resume_reading()
-        if self.framer.buffered:  # the client spoke before the greeting
-            self.data_received(b"")
-
-    def _on_backend_auth_packet(self, seq: int, payload) -> None:
-        if self.tls.client != self.tls.backend and sha2_bridge.on_backend_packet(self, seq, payload):
-            return
-        self.transport.write(build_packet(seq + self.tls.seq_shift, payload))
-        first = payload[0] if len(payload) else -1
-        if first == 0x00:  # authenticated: from now on bytes flow straight through
-            self.phase = COMMANDS
-            session = self.session
-            session.set_capabilities(session.capabilities)
-            self.tracker.session_track = bool(session.capabilities & CLIENT.SESSION_TRACK)
-            self.framer.max_packet_size = self.server.config["proxy.max-packet-size"]
-            self.server.on_authenticated(self)
-            rest = self.framer.take_all()
-            if rest:
-                self.data_received(rest)
-        elif first == 0xFF:
-            code, _, message = parse_err(payload)
-            log.info("conn %d (%s): backend %s refused the login of %r: %d %s", self.session.conn_id,
-                     self.session.client_addr, self.session.backend, self.session.user, code, message)
-            self._close()
-        # 0xFE auth switch / 0x01 more data: the client answers through _on_auth_packet
-
-    def on_backend_lost(self, exc) -> None:
-        if self.phase == CLOSED:
-            return
+    def _on_backend_lost_in_relay(self) -> None:
         session = self.session
         if not session.closed_by:
             session.closed_by = "server"
             unsolicited = self.tracker.last_unsolicited_error
             if unsolicited is not None:  # e.g. 1927 connection killed, 1053 server shutdown, 4031 timeout
                 session.close_err_code, session.close_reason = unsolicited.err_code, unsolicited.err_msg
-        if self.phase == COMMANDS and self._held is not None:
+        if self._held is not None:
             # the client's command never reached the server: it gets the error instead of an answer
             log.warning("conn %d: backend %s closed the connection during the proxy's own query",
                         session.conn_id, session.backend)
             self._held = self._own_reader = None
             self.transport.write(err_packet(ER_UNKNOWN_ERROR, f"fastproxy: lost connection to backend "
                                             f"{session.backend}", 1, "08S01"))
-        elif self.phase == COMMANDS and not self.tracker.idle:
+        elif not self.tracker.idle:
             at_boundary = self.tracker.at_packet_boundary
             seq = self.tracker.next_seq
             # production may not have run these: recorded as BACKEND_LOST, not replayed by default
@@ -435,14 +552,8 @@ class ClientConnection(asyncio.Protocol):
             if at_boundary:
                 self.transport.write(err_packet(ER_UNKNOWN_ERROR, f"fastproxy: lost connection to backend "
                                                 f"{session.backend} during query", seq, "08S01"))
-        elif self.phase in (GREETING, AUTH):
-            log.warning("conn %d (%s): backend %s closed the connection during the handshake", self.session.conn_id,
-                        self.session.client_addr, self.session.backend)
-            self.transport.write(err_packet(ER_UNKNOWN_ERROR, f"fastproxy: backend {self.session.backend} closed the "
-                                            f"connection during the handshake", 0, "08S01"))
-        self._close()
 
-    # ---- the proxy's own queries (module docstring) ---------------------------------------------
+    # the proxy's own queries in the Python relay
     def _hold_for_own_query(self, data: bytes) -> bool:
         """True if `data` is held (not forwarded) because the proxy's own query runs or starts now."""
         if self._held is not None:
@@ -485,11 +596,11 @@ class ClientConnection(asyncio.Protocol):
         self._own_query = None
         held, self._held = self._held, None
         if rest:  # nothing is expected after the answer; whatever came is the client's business
-            self.on_backend_data(rest)
+            self._relay_backend_data(rest)
         for chunk in held:
             if self.phase != COMMANDS:
                 return
-            self.data_received(chunk)
+            self._relay_client_data(chunk)
 
     def _own_query_done(self, reader) -> None:
         session = self.session
@@ -511,7 +622,7 @@ class ClientConnection(asyncio.Protocol):
                     session.capture_state = None
         session.want_own_query()
 
-    # ---- LOCAL INFILE content, for a capture that records it ------------------------------------
+    # LOCAL INFILE content, for a capture that records it
     def _infile_chunk(self, payload) -> None:
         self._infile_size += len(payload)
         if self._infile_size <= self._infile_limit:
@@ -526,6 +637,142 @@ class ClientConnection(asyncio.Protocol):
         self._infile_parts = None
         self._infile_size = 0
 
+    # ---- after the hand-off: the data plane's hooks (a worker thread, holding the GIL) ------------
+    def on_session_statement(self, kind: int, payload: bytes, outcome: int, schema_known: bool,
+                             semicolon_beyond: bool, multi_statements: bool, db: str | None) -> bool:
+        """A statement whose effect on the session Python follows; True: the current database may
+        have changed without the server saying to what (asked at the next command)."""
+        s = self.session
+        if kind == HOOK_QUERY:
+            return s.apply_query(payload, outcome, schema_known, semicolon_beyond, db, multi_statements)
+        s.forget_statements()  # HOOK_FORGET: COM_RESET_CONNECTION, COM_CHANGE_USER
+        capture = self.server.capture
+        if capture is not None:
+            capture.on_session_reset(s)
+        return False
+
+    def on_capture_statement(self, payload: bytes, outcome: int, stmt_id: int) -> tuple[int, bytes | None, bool]:
+        """A captured COM_QUERY / COM_STMT_PREPARE the secret classifier's scan flagged:
+        (verdict, what to record when redacted, whether SQL PREPAREs of this connection were dropped)."""
+        capture = self.server.capture
+        if capture is None:
+            return CLEAN, None, False
+        return capture.on_statement(self.session, payload, outcome, stmt_id)
+
+    def on_capture_select(self, payload: bytes, stmt_id: int) -> bool:
+        """A captured command while a capture filter is set: whether the filter keeps it."""
+        capture = self.server.capture
+        return capture is None or capture.select_command(self.session, payload, stmt_id)
+
+    # ---- after the hand-off: events ------------------------------------------------------------
+    def on_relay_parked(self, reason: int) -> None:
+        """The worker waits for Python: a command is held while the proxy asks first, or the answer
+        to the proxy's own query is in."""
+        relay = self.session.relay
+        dataplane = self.server.dataplane
+        if reason == PARK_OWN_QUERY:
+            held = relay.held
+            if held[4:5] == bytes((COMMAND.COM_STMT_EXECUTE,)) and len(held) >= 9:
+                stmt = relay.snapshot()["prepared"].get(int.from_bytes(held[5:9], "little"), "")
+                head = stmt.encode()[:DIAGNOSTICS_PEEK]
+            else:
+                head = held[5:5 + DIAGNOSTICS_PEEK]
+            if reads_diagnostics(head):
+                dataplane.resume(relay)  # it reads what the proxy's SELECT would reset: it goes first
+                return
+            self._own_query = SessionReader() if relay.capture_state == "pending" else DatabaseReader()
+            dataplane.own_query(relay, self._own_query.first_query())
+            return
+        if reason != PARK_OWN_ANSWER:
+            dataplane.resume(relay)
+            return
+        s = self.session
+        own, self._own_query = self._own_query, None
+        if relay.own_query_failed:
+            # the held command never reached the server: the worker answers it with an error
+            log.warning("conn %d: backend %s closed the connection during the proxy's own query", s.conn_id, s.backend)
+            dataplane.resume(relay)
+            return
+        reader = TextResultReader(bool(s.capabilities & CLIENT.DEPRECATE_EOF))
+        try:
+            reader.feed(relay.answer)
+            nxt = own.on_result(reader.result) if reader.done else None
+        except ProtocolError as e:
+            log.warning("conn %d: the answer to the proxy's own query is malformed: %s", s.conn_id, e)
+            own, nxt = None, None
+        if nxt is not None:
+            self._own_query = own
+            dataplane.own_query(relay, nxt)
+            return
+        if isinstance(own, DatabaseReader):
+            if own.error:
+                log.warning("conn %d: could not read the current database: %s", s.conn_id, own.error)
+                relay.set_db(relay.snapshot()["db"])  # keep what it was; asked again after the next change
+            else:
+                relay.set_db(own.db)
+            dataplane.resume(relay)
+        elif isinstance(own, SessionReader):
+            state = own.state
+            relay.set_db(state["db"])
+            capture = self.server.capture
+            if capture is not None and relay.capture_state == "pending" and capture.on_session_state(s, state):
+                dataplane.resume(relay, "on")
+            else:
+                dataplane.resume(relay, None)
+        else:
+            dataplane.resume(relay)
+
+    def on_relay_closed(self, reason: str, message: str) -> None:
+        """The data plane closed the connection (its sockets are closed already)."""
+        s = self.session
+        relay = s.relay
+        by, why = _CLOSED_BY.get(reason, ("proxy", reason))
+        s.closed_by, s.close_reason = s.closed_by or by, s.close_reason or why
+        if by == "server" and relay is not None and relay.unsolicited_err_code:
+            # e.g. 1927 connection killed, 1053 server shutdown, 4031 timeout
+            s.close_err_code, s.close_reason = relay.unsolicited_err_code, relay.unsolicited_err_msg
+        capture = self.server.capture
+        if capture is not None and relay is not None and relay.closed_captured:
+            capture.on_close(s)
+        if reason == "client_protocol":
+            log.warning("conn %d (%s): malformed client packet, closing: %s", s.conn_id, s.client_addr, message)
+        elif reason == "backend_protocol":
+            log.warning("conn %d (%s): malformed backend packet, closing: %s", s.conn_id, s.client_addr, message)
+        elif reason == "backend_lost":
+            log.warning("conn %d: backend %s closed the connection during a command", s.conn_id, s.backend)
+            self.server.pool.suspect(self.backend)  # crashed? (a refused probe costs the server nothing)
+        elif reason == "drain":
+            log.info("conn %d: closed at a transaction boundary for shutdown", s.conn_id)
+        elif reason == "no_memory":
+            log.error("conn %d: closed: out of memory", s.conn_id)
+        s.relay = None
+        self.phase = CLOSED
+        self._close()
+
+    def describe(self) -> dict:
+        """What the proxy knows about this connection (GET /api/debug/connections; no secrets)."""
+        s = self.session
+        st = s.state()
+        last = Session.last_command(st)
+        reading = reading_for_collation(s.charset)
+        return {
+            "conn_id": s.conn_id, "client_addr": s.client_addr, "user": st["user"], "db": st["db"],
+            "backend": s.backend, "backend_conn_id": s.backend_conn_id,
+            "in_transaction": bool(st["status_flags"] & SERVER_STATUS.IN_TRANS),
+            "tls": {"client": s.client_tls, "backend": s.backend_tls},
+            # who relays it: the data plane's workers, or Python (TLS on a leg: module docstring)
+            "relay": "dataplane" if self._relayed else "python" if self.phase == COMMANDS else None,
+            "autocommit": bool(st["status_flags"] & SERVER_STATUS.AUTOCOMMIT),
+            # a prepared statement that holds a secret: redacted, or null when that cannot be certain
+            "prepared": {str(k): redact_text(v, reading) for k, v in sorted(st["prepared"].items())},
+            "commands": st["commands"],
+            "pending_commands": self.tracker.pending if self.tracker is not None else st["pending_commands"],
+            "capture": st["capture"],
+            "last_command": None if last is None else {
+                "type": command_name(last.cmd), "start_ns": last.start_ns, "end_ns": last.end_ns,
+                "outcome": OUTCOMES[last.outcome], "err_code": last.err_code},
+        }
+
     # ---- common --------------------------------------------------------------------------------
     def _protocol_error(self, side: str, exc: Exception) -> None:
         self.session.closed_by = self.session.closed_by or "proxy"
@@ -535,8 +782,12 @@ class ClientConnection(asyncio.Protocol):
                     self.session.client_addr, side, exc)
         self._close()
 
-    def close_for_shutdown(self, force: bool) -> None:
-        if force or (self.phase != COMMANDS) or (self.tracker.idle and not self.session.in_transaction):
+    def close_for_shutdown(self, force: bool = False) -> None:
+        """Shutdown: a connection still in its handshake is closed; one relayed here closes at its
+        next transaction boundary (or now, when forced); the data plane's: the data plane."""
+        if self._relayed:
+            return
+        if force or self.phase != COMMANDS or (self.tracker.idle and not self.session.in_transaction):
             if not self.session.closed_by:
                 self.session.closed_by, self.session.close_reason = "proxy", "proxy shutdown"
             self._close()
@@ -558,31 +809,33 @@ class ClientConnection(asyncio.Protocol):
             if self.backend:
                 self.backend.connections -= 1
                 self.backend = None
-            self.server.on_closed(self)
+            if not self._relayed:  # the data plane's closes reach the capture in on_relay_closed
+                self.server.on_closed(self)
 
 
 class BackendSide(asyncio.Protocol):
+    __slots__ = ("client", "backend", "transport", "framer")
+
     def __init__(self, client: ClientConnection, backend: "Backend") -> None:
         self.client = client
         self.backend = backend
         self.transport: asyncio.Transport | None = None
         self.framer = PacketFramer(1 << 30)
-        # uvloop binds protocol.data_received once: pointing it at the client's handler saves a
-        # Python call per response
-        self.data_received = client.on_backend_data
 
     def connection_made(self, transport) -> None:
         self.transport = transport
         self.client.attach_backend(self, self.backend)
 
-    def data_received(self, data: bytes) -> None:  # replaced per instance in __init__
+    def data_received(self, data: bytes) -> None:
         self.client.on_backend_data(data)
 
-    def pause_writing(self) -> None:  # backend reads slowly: stop reading from the client
-        self.client.transport.pause_reading()
+    def pause_writing(self) -> None:  # backend reads slowly: stop reading from the client (Python relay)
+        if self.client.phase == COMMANDS:
+            self.client.transport.pause_reading()
 
     def resume_writing(self) -> None:
-        self.client.transport.resume_reading()
+        if self.client.phase == COMMANDS:
+            self.client.transport.resume_reading()
 
     def connection_lost(self, exc) -> None:
         self.client.on_backend_lost(exc)

@@ -1,0 +1,1306 @@
+/* The data plane's workers (see dp.h and docs/dataplane.md).
+ *
+ * One thread per worker, each with its own epoll set; a connection stays on one worker for life and
+ * nothing on the path of one command is shared with another worker, except the capture ring's
+ * mutex while a capture runs. Level-triggered epoll, one read per readiness: a request/response
+ * costs epoll_wait + recv + send on each side, like a plain TCP relay; the interest set only
+ * changes under backpressure. */
+#define _GNU_SOURCE
+#include "dp.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "mysql_constants.h"
+
+#define DP_MAX_EVENTS 128
+
+enum { FR_NONE = 0, FR_CMD, FR_SKIP, FR_INFILE };
+
+#define STAT_ADD(field, n) __atomic_store_n(&(field), (field) + (n), __ATOMIC_RELAXED)
+
+static int64_t wall_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+/* ---- queues (inbox of a worker, the event queue to Python) ---------------------------------- */
+
+static int queue_init(dp_queue *q, size_t item_size) {
+    memset(q, 0, sizeof *q);
+    q->item_size = item_size;
+    q->efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    if (q->efd < 0)
+        return -1;
+    pthread_mutex_init(&q->lock, NULL);
+    return 0;
+}
+
+static void queue_destroy(dp_queue *q) {
+    if (q->efd >= 0) {
+        close(q->efd);
+        pthread_mutex_destroy(&q->lock);
+    }
+    free(q->items);
+    q->items = NULL;
+    q->efd = -1;
+}
+
+static int queue_push(dp_queue *q, const void *item) {
+    pthread_mutex_lock(&q->lock);
+    if (q->len == q->cap) {
+        size_t cap = q->cap ? q->cap * 2 : 16;
+        void *items = realloc(q->items, cap * q->item_size);
+        if (!items) {
+            pthread_mutex_unlock(&q->lock);
+            return -1;
+        }
+        q->items = items;
+        q->cap = cap;
+    }
+    memcpy((char *)q->items + q->len * q->item_size, item, q->item_size);
+    int was_empty = q->len++ == 0;
+    pthread_mutex_unlock(&q->lock);
+    if (was_empty) {
+        uint64_t one = 1;
+        ssize_t rc = write(q->efd, &one, sizeof one);
+        (void)rc;  /* EAGAIN: the counter is already non-zero, the reader wakes anyway */
+    }
+    return 0;
+}
+
+/* Swap the queue's items out (the caller frees them). The eventfd is read first: a push after
+ * that signals again, so no item is ever left without a wake-up. */
+static size_t queue_take(dp_queue *q, void **items) {
+    uint64_t v;
+    ssize_t rc = read(q->efd, &v, sizeof v);
+    (void)rc;
+    pthread_mutex_lock(&q->lock);
+    size_t n = q->len;
+    *items = q->items;
+    q->items = NULL;
+    q->len = q->cap = 0;
+    pthread_mutex_unlock(&q->lock);
+    return n;
+}
+
+size_t dp_take_events(dp *d, dp_event **out) { return queue_take(&d->events, (void **)out); }
+
+static void post_event(dp *d, int type, dp_conn *c, uint64_t arg) {
+    dp_event ev = {type, c, arg};
+    while (queue_push(&d->events, &ev) < 0)
+        usleep(1000);  /* out of memory: an event must not be lost (a close frees a connection) */
+}
+
+int dp_post(dp_worker *w, int type, dp_conn *c, void *ptr, uint64_t arg) {
+    dp_msg m = {type, c, ptr, arg};
+    return queue_push(&w->inbox, &m);
+}
+
+/* ---- lifecycle --------------------------------------------------------------------------------- */
+
+int dp_init(dp *d, int nworkers, const int64_t *latency_bounds) {
+    memset(d, 0, sizeof *d);
+    d->events.efd = -1;
+    memcpy(d->latency_bounds, latency_bounds, sizeof d->latency_bounds);
+    if (queue_init(&d->events, sizeof(dp_event)) < 0)
+        return -1;
+    if (posix_memalign((void **)&d->workers, 64, nworkers * sizeof(dp_worker)))
+        return -1;
+    memset(d->workers, 0, nworkers * sizeof(dp_worker));
+    for (int i = 0; i < nworkers; i++) {
+        dp_worker *w = &d->workers[i];
+        w->dp = d;
+        w->index = i;
+        w->epfd = -1;
+        w->inbox.efd = -1;
+        d->nworkers = i + 1;
+        w->epfd = epoll_create1(EPOLL_CLOEXEC);
+        w->rbuf = malloc(DP_READ_SIZE);
+        if (w->epfd < 0 || !w->rbuf || queue_init(&w->inbox, sizeof(dp_msg)) < 0)
+            return -1;
+        struct epoll_event ev = {.events = EPOLLIN, .data.ptr = &w->inbox_marker};
+        if (epoll_ctl(w->epfd, EPOLL_CTL_ADD, w->inbox.efd, &ev) < 0)
+            return -1;
+    }
+    return 0;
+}
+
+void dp_destroy(dp *d) {
+    for (int i = 0; i < d->nworkers; i++) {
+        dp_worker *w = &d->workers[i];
+        if (w->epfd >= 0)
+            close(w->epfd);
+        queue_destroy(&w->inbox);
+        free(w->rbuf);
+    }
+    free(d->workers);
+    d->workers = NULL;
+    d->nworkers = 0;
+    queue_destroy(&d->events);
+}
+
+dp_conn *dp_conn_new(uint64_t conn_id, int client_fd, int backend_fd, uint64_t max_packet_size) {
+    dp_conn *c = calloc(1, sizeof *c);
+    if (!c)
+        return NULL;
+    c->conn_id = conn_id;
+    c->cli.conn = c->be.conn = c;
+    c->cli.is_client = 1;
+    c->cli.fd = client_fd;
+    c->be.fd = backend_fd;
+    c->max_packet_size = max_packet_size;
+    c->s.status_flags = SERVER_STATUS_AUTOCOMMIT;
+    trk_init(&c->trk, 0, NULL, c);  /* the callback is set by the worker (dp.c) */
+    pthread_mutex_init(&c->lock, NULL);
+    for (int i = 0; i < 2; i++) {
+        int fd = i ? backend_fd : client_fd;
+        int fl = fcntl(fd, F_GETFL);
+        if (fl >= 0 && !(fl & O_NONBLOCK))
+            fcntl(fd, F_SETFL, fl | O_NONBLOCK);
+    }
+    return c;
+}
+
+static void infiles_clear(dp_conn *c) {
+    for (uint32_t i = 0; i < c->ninfiles; i++)
+        free(c->infiles[i].content);
+    free(c->infiles);
+    c->infiles = NULL;
+    c->ninfiles = 0;
+    free(c->infile_buf);
+    c->infile_buf = NULL;
+    c->infile_len = c->infile_cap = 0;
+    c->infile_capture = 0;
+}
+
+static void own_clear(dp_conn *c) {
+    if (c->own_trk) {
+        trk_free(c->own_trk);
+        free(c->own_trk);
+        c->own_trk = NULL;
+    }
+    free(c->own_ans);
+    c->own_ans = NULL;
+    c->own_len = c->own_cap = 0;
+    c->own_active = 0;
+}
+
+void dp_conn_free(dp_conn *c) {
+    if (!c)
+        return;
+    for (uint32_t i = 0; i < c->q_cap; i++)
+        free(c->q[i].buf);
+    free(c->q);
+    free(c->held);
+    free(c->be_rest);
+    own_clear(c);
+    infiles_clear(c);
+    free(c->cli.out);
+    free(c->be.out);
+    trk_free(&c->trk);
+    dp_session_free(&c->s);
+    pthread_mutex_destroy(&c->lock);
+    free(c);
+}
+
+static int out_append(dp_side *s, const uint8_t *p, size_t n) {
+    if (s->out_off + s->out_len + n > s->out_cap) {
+        if (s->out_off) {
+            memmove(s->out, s->out + s->out_off, s->out_len);
+            s->out_off = 0;
+        }
+        if (s->out_len + n > s->out_cap) {
+            size_t cap = s->out_len + n;
+            uint8_t *b = realloc(s->out, cap);
+            if (!b)
+                return -1;
+            s->out = b;
+            s->out_cap = (uint32_t)cap;
+        }
+    }
+    memcpy(s->out + s->out_off + s->out_len, p, n);
+    s->out_len += (uint32_t)n;
+    return 0;
+}
+
+int dp_conn_set_initial(dp_conn *c, const uint8_t *client_out, size_t n_out) {
+    return n_out ? out_append(&c->cli, client_out, n_out) : 0;
+}
+
+/* ---- I/O of one side: the place where TLS will slot in (SSL_read / SSL_write) ---------------- */
+
+static ssize_t io_read(dp_side *s, void *buf, size_t n) { return recv(s->fd, buf, n, 0); }
+
+static ssize_t io_write(dp_side *s, const void *buf, size_t n) { return send(s->fd, buf, n, MSG_NOSIGNAL); }
+
+/* ---- connection helpers ------------------------------------------------------------------------- */
+
+static void set_interest(dp_conn *c, dp_side *s, uint32_t want) {
+    if (s->fd < 0 || want == s->registered)
+        return;
+    struct epoll_event ev = {.events = want, .data.ptr = s};
+    int op = s->registered == 0 ? EPOLL_CTL_ADD : want == 0 ? EPOLL_CTL_DEL : EPOLL_CTL_MOD;
+    /* a side wanting nothing leaves the set: EPOLLHUP/EPOLLERR would be reported regardless */
+    if (epoll_ctl(c->w->epfd, op, s->fd, &ev) == 0 || op == EPOLL_CTL_DEL)
+        s->registered = want;
+}
+
+static void update_interest(dp_conn *c) {
+    uint32_t cli = 0, be = 0;
+    if (c->own_active && !c->dead) {  /* the proxy's own query: its answer is not the client's */
+        if (!c->be_lost)
+            be = EPOLLIN | (c->be.out_len ? EPOLLOUT : 0);
+    } else if (!c->parked && !c->dead) {
+        if (!c->closing) {
+            if (c->be.out_len == 0 && c->q_len < DP_MAX_PIPELINE && !c->cli_lost)
+                cli |= EPOLLIN;
+            if (c->cli.out_len == 0 && !c->be_lost)
+                be |= EPOLLIN;
+            if (c->be.out_len && !c->be_lost)
+                be |= EPOLLOUT;
+        }
+        if (c->cli.out_len && !c->cli_lost)
+            cli |= EPOLLOUT;
+    }
+    set_interest(c, &c->cli, cli);
+    set_interest(c, &c->be, be);
+}
+
+static void side_close(dp_conn *c, dp_side *s) {
+    if (s->fd < 0)
+        return;
+    set_interest(c, s, 0);
+    close(s->fd);
+    s->fd = -1;
+    free(s->out);
+    s->out = NULL;
+    s->out_off = s->out_len = s->out_cap = 0;
+}
+
+static void lost(dp_side *s) {
+    if (s->is_client)
+        s->conn->cli_lost = 1;
+    else
+        s->conn->be_lost = 1;
+}
+
+/* Forward bytes to a side: written at once when nothing is queued, the rest kept in its output
+ * buffer (whose reader side is then no longer read: see update_interest). */
+static void send_to(dp_conn *c, dp_side *s, const uint8_t *p, size_t n) {
+    if (s->fd < 0 || (s->is_client ? c->cli_lost : c->be_lost) || !n)
+        return;
+    if (s->out_len == 0) {
+        ssize_t k = io_write(s, p, n);
+        if (k < 0) {
+            if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) {
+                lost(s);
+                return;
+            }
+            k = 0;
+        }
+        if ((size_t)k == n)
+            return;
+        p += k;
+        n -= k;
+    }
+    if (out_append(s, p, n) < 0) {
+        c->close_after = DP_CLOSE_NO_MEMORY;
+        lost(s);
+    }
+}
+
+static void flush_side(dp_conn *c, dp_side *s) {
+    while (s->out_len) {
+        ssize_t k = io_write(s, s->out + s->out_off, s->out_len);
+        if (k < 0) {
+            if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)
+                return;
+            lost(s);
+            return;
+        }
+        s->out_off += (uint32_t)k;
+        s->out_len -= (uint32_t)k;
+    }
+    /* idle connections hold no buffer */
+    free(s->out);
+    s->out = NULL;
+    s->out_off = s->out_cap = 0;
+    (void)c;
+}
+
+/* Every command answered, no part of a client packet forwarded, no LOCAL INFILE file going. */
+static int command_boundary(const dp_conn *c) {
+    return trk_idle(&c->trk) && c->fr_hdr_have == 0 && c->fr_remaining == 0 && !c->fr_prev_max
+           && c->fr_mode == FR_NONE && !c->infile && !c->reading_cmd;
+}
+
+/* ... and not inside a transaction. */
+static int at_boundary(const dp_conn *c) {
+    return command_boundary(c) && !(c->s.status_flags & SERVER_STATUS_IN_TRANS);
+}
+
+static int close_because(dp_conn *c, int reason, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+
+static int close_because(dp_conn *c, int reason, const char *fmt, ...) {
+    if (!c->close_after) {
+        c->close_after = (uint8_t)reason;
+        if (fmt) {
+            va_list ap;
+            va_start(ap, fmt);
+            vsnprintf(c->close_message, sizeof c->close_message, fmt, ap);
+            va_end(ap);
+        }
+    }
+    return -1;
+}
+
+/* ---- capture ------------------------------------------------------------------------------------ */
+
+/* The first refused record stops the capture: nothing after it is appended (by any worker). */
+static void capture_refused(dp_conn *c, dp_capture *cap, int refusal, const RecordHead *h, const uint8_t *p,
+                            size_t n) {
+    if (refusal == RING_REFUSED_CLOSED || __atomic_exchange_n(&cap->full_reported, 1, __ATOMIC_ACQ_REL))
+        return;
+    cap->refusal = refusal;
+    cap->refused_kind = h->kind;
+    cap->refused_cmd = h->kind == RING_KIND_COMMAND && n ? p[0] : 0;
+    cap->refused_conn_id = h->conn_id;
+    cap->refused_size = n;
+    cap->refused_at_ns = h->start_ns;
+    post_event(c->w->dp, DP_EV_CAPTURE_REFUSED, NULL, (uint64_t)refusal);
+}
+
+static void capture_append(dp_conn *c, dp_capture *cap, const RecordHead *h, const uint8_t *p, size_t n) {
+    if (__atomic_load_n(&cap->full_reported, __ATOMIC_ACQUIRE))
+        return;
+    if (n > cap->large_min && c->w->dp->append_large) {  /* the side path (rare: takes the GIL) */
+        int refusal = c->w->dp->append_large(cap->large_ctx, h, p, n);
+        if (refusal != RING_REFUSED_NONE)
+            capture_refused(c, cap, refusal, h, p, n);
+        return;
+    }
+    int rc = ring_append(cap->ring, h, (const char *)p, n, RING_ORDERED);
+    if (rc == RING_APPENDED)
+        return;
+    capture_refused(c, cap, rc == RING_CLOSED ? RING_REFUSED_CLOSED
+                            : RING_HEADER_SIZE + (uint64_t)n > RING_MAX_RECORD ? RING_REFUSED_TOO_LARGE
+                            : RING_HEADER_SIZE + n > cap->ring->cap ? RING_REFUSED_BIGGER_THAN_RING
+                            : RING_REFUSED_FULL, h, p, n);
+}
+
+/* The LOCAL INFILE files of the command that started at start_ns, each just before its record. */
+static void record_infiles(dp_conn *c, dp_capture *cap, int64_t start_ns) {
+    for (uint32_t i = 0; i < c->ninfiles; i++) {
+        dp_infile *f = &c->infiles[i];
+        size_t n = 8 + (f->content ? f->size : 0);
+        uint8_t *body = malloc(n);
+        if (!body)
+            break;
+        for (int k = 0; k < 8; k++)  /* INFILE_SIZE: the file's size (u64), then its content */
+            body[k] = (uint8_t)(f->size >> (8 * k));
+        if (f->content)
+            memcpy(body + 8, f->content, f->size);
+        __atomic_add_fetch(&cap->infile_files, 1, __ATOMIC_RELAXED);
+        if (f->content)
+            __atomic_add_fetch(&cap->infile_bytes, f->size, __ATOMIC_RELAXED);
+        else
+            __atomic_add_fetch(&cap->infile_too_large, 1, __ATOMIC_RELAXED);
+        RecordHead h;
+        memset(&h, 0, sizeof h);
+        h.kind = RING_KIND_LOCAL_INFILE;
+        h.conn_id = c->conn_id;
+        h.start_ns = start_ns;
+        capture_append(c, cap, &h, body, n);
+        free(body);
+    }
+    infiles_clear(c);
+}
+
+/* Append a finished command to the capture. Runs before the session applies the command (a
+ * COM_STMT_CLOSE of a filtered statement must still find it). 1 when it was a COM_STMT_PREPARE the
+ * capture dropped (its statement is marked once the session holds it). */
+static int capture_command(dp_conn *c, const dp_cmd *m, const trk_result *r, int64_t now) {
+    dp_capture *cap = c->w->capture;
+    dp *d = c->w->dp;
+    if (m->len != m->total || !m->len || m->start_ns < cap->start_ns)
+        return 0;
+    if (cap->select && d->select_hook && !d->select_hook(c->py_handle, m->buf, m->len, r)) {
+        infiles_clear(c);  /* the files of a command not captured */
+        return 0;
+    }
+    if (c->ninfiles)
+        record_infiles(c, cap, m->start_ns);
+    const uint8_t *p = m->buf;
+    size_t n = m->len;
+    uint8_t cmd = p[0];
+    uint64_t affected = (uint64_t)r->affected_rows;
+    uint8_t *blanked = NULL;
+    if (cmd == COM_QUERY || cmd == COM_STMT_PREPARE) {
+        /* the secret classifier: its C scan here, its policy (with the GIL) only when the scan
+         * found something, the session reads text differently, or SQL PREPAREs were dropped */
+        int policy = c->dbcs || (cmd == COM_QUERY && c->sql_prepares_dropped)
+                     || (d->secret_quick && d->secret_quick(p + 1, n - 1));
+        if (policy && d->capture_hook) {
+            uint8_t *out = NULL;
+            size_t out_n = 0;
+            int rc = d->capture_hook(c->py_handle, p, n, r, &out, &out_n);
+            c->sql_prepares_dropped = (rc & DP_SQL_DROPPED) != 0;
+            if ((rc & DP_VERDICT_MASK) == DP_DROPPED) {
+                free(out);
+                return cmd == COM_STMT_PREPARE && r->outcome == TRK_OK && r->stmt_id >= 0;
+            }
+            if ((rc & DP_VERDICT_MASK) == DP_REDACTED && out) {
+                blanked = out;
+                p = out;
+                n = out_n;
+            }
+        }
+        if (cmd == COM_STMT_PREPARE && r->outcome == TRK_OK)
+            affected = (uint64_t)r->stmt_id;  /* a prepare has no affected rows: the field carries the id */
+    } else if (cmd == COM_CHANGE_USER || cmd == COM_RESET_CONNECTION) {
+        c->sql_prepares_dropped = 0;  /* SQL-level statements are gone */
+    }
+    if (cmd == COM_CHANGE_USER) {
+        const uint8_t *user, *db;
+        size_t ulen, dblen, at, alen;
+        dp_parse_change_user(p, n, c->s.capabilities, &user, &ulen, &db, &dblen, &at, &alen);
+        blanked = malloc(n + 1);
+        if (!blanked)
+            return 0;
+        memcpy(blanked, p, at);
+        blanked[at] = 0;  /* the auth response, empty: no secret on disk */
+        memcpy(blanked + at + 1, p + at + alen, n - at - alen);
+        n = n - alen + 1;
+        p = blanked;
+    } else if (cmd >= COM_STMT_EXECUTE && cmd <= COM_STMT_RESET && n >= 5) {
+        dp_stmt *e = dp_stmt_find(&c->s, p[1] | (p[2] << 8) | (p[3] << 16) | ((uint32_t)p[4] << 24));
+        if (e && e->filtered) {
+            __atomic_add_fetch(&cap->filtered, 1, __ATOMIC_RELAXED);
+            return 0;
+        }
+    }
+    RecordHead h;
+    memset(&h, 0, sizeof h);
+    h.kind = RING_KIND_COMMAND;
+    h.outcome = r->outcome;
+    h.err_code = r->outcome == TRK_ERR ? r->err_code : 0;
+    h.conn_id = c->conn_id;
+    h.start_ns = m->start_ns;
+    h.end_ns = now;
+    h.affected_rows = affected;
+    h.rows = (uint64_t)r->rows;
+    h.last_insert_id = (uint64_t)r->last_insert_id;
+    h.columns = (uint32_t)r->columns;
+    h.warnings = r->warnings;
+    h.status_flags = r->status_flags;
+    h.hash_ordered = r->hash_ordered;    /* result fingerprints (fingerprint.h, in the tracker) */
+    h.hash_unordered = r->hash_unordered;
+    capture_append(c, cap, &h, p, n);
+    free(blanked);
+    return 0;
+}
+
+/* ---- commands: from the client's framer to the tracker and back ------------------------------- */
+
+static int latency_bucket(const dp *d, int64_t ns) {
+    int i = 0;
+    while (i < DP_LATENCY_BOUNDS && ns > d->latency_bounds[i])
+        i++;
+    return i;
+}
+
+/* The tracker's callback: a command's response is complete (or it never gets one). */
+static void on_result(void *ctx, const trk_result *r) {
+    dp_conn *c = ctx;
+    if (r->unsolicited) {  /* forwarded already; kept for the close record (1927 killed, 4031 timeout...) */
+        size_t k = r->err_msg_len < sizeof c->unsol_err_msg - 1 ? r->err_msg_len : sizeof c->unsol_err_msg - 1;
+        c->unsol_err_code = r->err_code;
+        memcpy(c->unsol_err_msg, r->err_msg, k);
+        c->unsol_err_msg[k] = 0;
+        return;
+    }
+    dp_worker *w = c->w;
+    dp_cmd *m = &c->q[c->q_head];
+    c->q_head = (c->q_head + 1) % c->q_cap;
+    c->q_len--;
+    int64_t now = w->now;
+    int64_t lat = now > m->start_ns ? now - m->start_ns : 0;
+    STAT_ADD(w->stats.latency_buckets[latency_bucket(w->dp, lat)], 1);
+    STAT_ADD(w->stats.latency_sum_ns, (uint64_t)lat);
+    if (r->outcome == TRK_ERR)
+        STAT_ADD(w->stats.command_errors[r->cmd], 1);
+    dp_session *s = &c->s;
+    s->commands++;
+    s->last_cmd = r->cmd;
+    s->last_outcome = r->outcome;
+    s->last_err_code = r->outcome == TRK_ERR ? r->err_code : 0;
+    s->last_start_ns = m->start_ns;
+    s->last_end_ns = now;
+    s->has_last = 1;
+    int dropped_prepare = m->capture && c->cap_state == DP_CAP_ON && w->capture && capture_command(c, m, r, now);
+    if (!m->capture && c->ninfiles)
+        infiles_clear(c);
+    dp_session_apply(c, m, r);
+    if (dropped_prepare) {
+        dp_stmt *e = dp_stmt_find(&c->s, (uint32_t)r->stmt_id);
+        if (e)  /* its executes, resets and close are not captured either */
+            e->filtered = 1;
+    }
+    if (c->cap_state == DP_CAP_WAIT && !(s->status_flags & SERVER_STATUS_IN_TRANS))
+        c->cap_state = DP_CAP_PENDING;  /* the transaction ended: its state is read at the next command */
+    if (r->cmd == COM_QUIT)
+        close_because(c, DP_CLOSE_CLIENT_QUIT, NULL);
+    if (m->cap > DP_KEEP_BUFFER_MAX) {
+        free(m->buf);
+        m->buf = NULL;
+        m->cap = 0;
+    }
+}
+
+static int queue_grow(dp_conn *c) {
+    uint32_t cap = c->q_cap ? c->q_cap * 2 : 2;
+    dp_cmd *q = calloc(cap, sizeof *q);
+    if (!q)
+        return -1;
+    for (uint32_t i = 0; i < c->q_cap; i++)  /* all slots, in order, with the buffers they hold */
+        q[i] = c->q[(c->q_head + i) % c->q_cap];
+    free(c->q);
+    c->q = q;
+    c->q_cap = cap;
+    c->q_head = 0;
+    return 0;
+}
+
+static dp_cmd *reading_slot(dp_conn *c) { return &c->q[(c->q_head + c->q_len) % c->q_cap]; }
+
+static int start_command(dp_conn *c) {
+    if (c->q_len + 1 >= c->q_cap && queue_grow(c) < 0)
+        return close_because(c, DP_CLOSE_NO_MEMORY, NULL);
+    dp_cmd *m = reading_slot(c);
+    int64_t now = c->w->now;
+    if (now <= c->s.last_arrival_ns)  /* several commands in one read: keep their order in time */
+        now = c->s.last_arrival_ns + 1;
+    c->s.last_arrival_ns = now;
+    m->start_ns = now;
+    m->len = 0;
+    m->total = 0;
+    m->semicolon = 0;
+    m->capture = c->cap_state == DP_CAP_ON;
+    c->fr_want = m->capture ? UINT64_MAX : 1;
+    c->reading_cmd = 1;
+    return 0;
+}
+
+/* The first letters of the statements whose session effects Python follows (use, prepare,
+ * deallocate / drop, create), or whitespace / a comment before the statement: sqltext.FIRST_BYTES. */
+static int may_have_session_effect(uint8_t a, uint8_t b) {
+    switch (a | 0x20) {
+    case 'u': return (b | 0x20) == 's';
+    case 'p': case 'c': return (b | 0x20) == 'r';
+    case 'd': return (b | 0x20) == 'r' || (b | 0x20) == 'e';
+    }
+    return a == ' ' || a == '\t' || a == '\r' || a == '\n' || a == '/' || a == '#' || a == '-';
+}
+
+/* How many payload bytes of the command being read to keep, now that `m->len` are known: only
+ * what the session state needs (or all of it while the connection is captured). */
+static uint64_t decide_want(dp_conn *c, const dp_cmd *m) {
+    const uint8_t *b = m->buf;
+    uint32_t n = m->len;
+    switch (b[0]) {
+    case COM_QUERY:
+        if (n < 3)
+            return 3;
+        /* what Python's session policy may look at: the first DP_SCAN_LIMIT bytes of the SQL */
+        return may_have_session_effect(b[1], b[2]) || c->s.multi_statements ? 1 + DP_SCAN_LIMIT : n;
+    case COM_STMT_EXECUTE: {
+        if (n < 6)
+            return 6;  /* statement id, flags (a cursor?) */
+        dp_stmt *e = dp_stmt_find(&c->s, b[1] | (b[2] << 8) | (b[3] << 16) | ((uint32_t)b[4] << 24));
+        if (!e || !e->num_params)
+            return n;
+        uint64_t flag_at = 10 + (e->num_params + 7) / 8;
+        if (n < flag_at + 1)
+            return flag_at + 1;
+        return b[flag_at] == 1 ? flag_at + 1 + 2u * e->num_params : n;  /* newly bound parameter types */
+    }
+    case COM_STMT_PREPARE: case COM_INIT_DB: case COM_CHANGE_USER:
+        return UINT64_MAX;
+    case COM_STMT_CLOSE: case COM_STMT_RESET: case COM_STMT_SEND_LONG_DATA: case COM_STMT_FETCH:
+        return 5;
+    case COM_SET_OPTION:
+        return 3;
+    default:
+        return n;
+    }
+}
+
+static int cmd_keep(dp_cmd *m, const uint8_t *p, size_t n) {
+    if (m->len + n > m->cap) {
+        size_t cap = m->cap ? m->cap : 64;
+        while (cap < m->len + n)
+            cap *= 2;
+        uint8_t *b = realloc(m->buf, cap);
+        if (!b)
+            return -1;
+        m->buf = b;
+        m->cap = (uint32_t)cap;
+    }
+    memcpy(m->buf + m->len, p, n);
+    m->len += (uint32_t)n;
+    return 0;
+}
+
+static int collect(dp_conn *c, const uint8_t *p, size_t n) {
+    dp_cmd *m = reading_slot(c);
+    while (n) {
+        if (m->len == m->total && m->len < c->fr_want) {
+            size_t take = c->fr_want - m->len < n ? (size_t)(c->fr_want - m->len) : n;
+            if (cmd_keep(m, p, take) < 0)
+                return close_because(c, DP_CLOSE_NO_MEMORY, NULL);
+            m->total += take;
+            p += take;
+            n -= take;
+            if (m->len == c->fr_want) {
+                uint64_t want = decide_want(c, m);
+                if (want > c->fr_want)
+                    c->fr_want = want;
+            }
+        } else {
+            /* past what is kept: a query's `;` there tells Python a later statement may USE */
+            if (!m->semicolon && m->len && m->buf[0] == COM_QUERY && c->s.multi_statements && memchr(p, ';', n))
+                m->semicolon = 1;
+            m->total += n;
+            n = 0;
+        }
+    }
+    return 0;
+}
+
+static int end_command(dp_conn *c) {
+    dp_cmd *m = reading_slot(c);
+    c->reading_cmd = 0;
+    if (m->total == 0)
+        return close_because(c, DP_CLOSE_CLIENT_PROTOCOL, "empty command packet");
+    uint8_t cmd = m->buf[0];
+    int cursor = cmd == COM_STMT_EXECUTE && m->len >= 6 && m->buf[5] != 0;
+    STAT_ADD(c->w->stats.commands[cmd], 1);
+    c->q_len++;  /* in flight from now: the tracker's callback may complete it right away */
+    if (trk_begin(&c->trk, cmd, cursor) < 0)
+        return close_because(c, DP_CLOSE_NO_MEMORY, NULL);
+    return 0;
+}
+
+/* A LOCAL INFILE file's bytes, for a capture that records them (up to its limit: then its size). */
+static void collect_infile(dp_conn *c, const uint8_t *p, size_t n) {
+    dp_capture *cap = c->w->capture;
+    c->infile_size += n;
+    if (!cap || c->infile_size > cap->local_infile_limit) {
+        free(c->infile_buf);
+        c->infile_buf = NULL;
+        c->infile_len = c->infile_cap = 0;
+        return;
+    }
+    if (c->infile_len + n > c->infile_cap) {
+        size_t cap_n = c->infile_cap ? c->infile_cap : 4096;
+        while (cap_n < c->infile_len + n)
+            cap_n *= 2;
+        uint8_t *b = realloc(c->infile_buf, cap_n);
+        if (!b) {
+            c->infile_capture = 0;
+            return;
+        }
+        c->infile_buf = b;
+        c->infile_cap = cap_n;
+    }
+    memcpy(c->infile_buf + c->infile_len, p, n);
+    c->infile_len += n;
+}
+
+static void end_infile(dp_conn *c) {
+    dp_infile *f = realloc(c->infiles, (c->ninfiles + 1) * sizeof *f);
+    if (!f) {
+        c->infile_capture = 0;
+        return;
+    }
+    c->infiles = f;
+    dp_capture *cap = c->w->capture;
+    int whole = cap && c->infile_size <= cap->local_infile_limit;
+    f[c->ninfiles].size = c->infile_size;
+    f[c->ninfiles].content = whole ? (c->infile_buf ? c->infile_buf : malloc(1)) : NULL;
+    if (!whole)
+        free(c->infile_buf);
+    c->ninfiles++;
+    c->infile_buf = NULL;
+    c->infile_len = c->infile_cap = 0;
+    c->infile_size = 0;
+    c->infile_capture = 0;
+}
+
+/* Watch the client's bytes (already forwarded): cut them into packets, commands into dp_cmd. */
+static int frame_client(dp_conn *c, const uint8_t *p, size_t n) {
+    size_t pos = 0;
+    while (pos < n) {
+        if (c->fr_hdr_have < 4) {
+            while (c->fr_hdr_have < 4 && pos < n)
+                c->fr_hdr[c->fr_hdr_have++] = p[pos++];
+            if (c->fr_hdr_have < 4)
+                return 0;
+            uint32_t len = c->fr_hdr[0] | (c->fr_hdr[1] << 8) | ((uint32_t)c->fr_hdr[2] << 16);
+            int continuation = c->fr_prev_max;
+            c->fr_prev_max = len == MAX_PACKET_PAYLOAD;
+            c->fr_remaining = len;
+            if (!continuation) {  /* a new logical packet */
+                c->fr_total = 0;
+                int seq = c->fr_hdr[3];
+                if (c->infile) {  /* LOCAL INFILE data: any sequence id (they wrap), until the empty packet */
+                    c->fr_mode = FR_INFILE;
+                } else if (seq == 0) {  /* sequence 0 starts a command */
+                    if (start_command(c) < 0)
+                        return -1;
+                    c->fr_mode = FR_CMD;
+                } else if (trk_idle(&c->trk)) {
+                    return close_because(c, DP_CLOSE_CLIENT_PROTOCOL,
+                                         "packet with sequence id %d where a command must start", seq);
+                } else {
+                    c->fr_mode = FR_SKIP;  /* continues a command (COM_CHANGE_USER's auth exchange) */
+                }
+            }
+            c->fr_total += len;
+            if (c->fr_total > c->max_packet_size)
+                return close_because(c, DP_CLOSE_CLIENT_PROTOCOL, "packet of at least %llu bytes exceeds the limit of %llu",
+                                     (unsigned long long)c->fr_total, (unsigned long long)c->max_packet_size);
+        }
+        size_t take = n - pos < c->fr_remaining ? n - pos : c->fr_remaining;
+        if (take) {
+            if (c->fr_mode == FR_CMD && collect(c, p + pos, take) < 0)
+                return -1;
+            if (c->fr_mode == FR_INFILE && c->infile_capture)
+                collect_infile(c, p + pos, take);
+        }
+        pos += take;
+        c->fr_remaining -= (uint32_t)take;
+        if (c->fr_remaining)
+            return 0;
+        c->fr_hdr_have = 0;
+        if (c->fr_prev_max)
+            continue;  /* the logical packet goes on in the next physical one */
+        if (c->fr_mode == FR_CMD) {
+            if (end_command(c) < 0)
+                return -1;
+        } else if (c->fr_mode == FR_INFILE && c->fr_total == 0) {
+            c->infile = 0;
+            if (c->infile_capture)
+                end_infile(c);
+        }
+        c->fr_mode = FR_NONE;
+        if (c->close_after)
+            return 0;  /* COM_QUIT: nothing after it matters */
+    }
+    return 0;
+}
+
+/* ---- events of one connection ----------------------------------------------------------------- */
+
+static void park(dp_conn *c, int reason) {
+    c->parked = 1;
+    update_interest(c);
+    post_event(c->w->dp, DP_EV_PARKED, c, (uint64_t)reason);
+}
+
+/* The proxy has something to ask the server (the database it did not say, or a session open before
+ * the capture): asked when the client starts its next command, which waits (held) meanwhile. */
+static int own_query_due(const dp_conn *c) { return c->s.db_stale || c->cap_state == DP_CAP_PENDING; }
+
+static void on_client_data(dp_conn *c, const uint8_t *p, size_t n) {
+    if (!c->held_skip && own_query_due(c) && command_boundary(c) && n >= 5 && p[3] == 0 && p[4] != COM_QUIT) {
+        uint8_t *held = malloc(n);
+        if (held) {
+            memcpy(held, p, n);
+            c->held = held;
+            c->held_len = n;
+            park(c, DP_PARK_OWN_QUERY);
+            return;
+        }
+    }
+    STAT_ADD(c->w->stats.bytes_from_clients, n);
+    send_to(c, &c->be, p, n);  /* forward first, then watch */
+    if (frame_client(c, p, n) < 0 && c->close_after == DP_CLOSE_CLIENT_PROTOCOL)
+        STAT_ADD(c->w->stats.protocol_errors, 1);
+}
+
+static void on_backend_data(dp_conn *c, const uint8_t *p, size_t n) {
+    STAT_ADD(c->w->stats.bytes_to_clients, n);
+    /* Watched before relayed: once a client has an answer, everything about that command is in
+     * place -- counters, session state (/api/debug/connections), the capture record -- as with a
+     * single-threaded relay. Relaying first left a window (the send wakes the client; this thread
+     * is then often preempted) in which the client, or another worker, saw the state before it. */
+    int rc = trk_feed(&c->trk, p, n);
+    send_to(c, &c->cli, p, n);
+    if (rc < 0) {
+        STAT_ADD(c->w->stats.protocol_errors, 1);
+        close_because(c, DP_CLOSE_BACKEND_PROTOCOL, "%s", c->trk.error);
+        return;
+    }
+    if (c->trk.local_infile_requests != c->infile_seen) {  /* the server asked for a file */
+        c->infile_seen = c->trk.local_infile_requests;
+        c->infile = 1;
+        dp_capture *cap = c->w->capture;
+        if (cap && cap->local_infile && c->cap_state == DP_CAP_ON && c->q_len && c->q[c->q_head].capture) {
+            c->infile_capture = 1;
+            c->infile_size = 0;
+        }
+    }
+}
+
+static void own_done(void *ctx, const trk_result *r) {
+    (void)ctx;
+    (void)r;
+}
+
+/* Backend bytes while the proxy's own query runs: its answer, up to the end of the response;
+ * whatever follows is the client's business once Python resumes the connection. */
+static void on_own_answer(dp_conn *c, const uint8_t *p, size_t n) {
+    size_t used = 0;
+    if (trk_feed_some(c->own_trk, p, n, &used) < 0) {
+        STAT_ADD(c->w->stats.protocol_errors, 1);
+        close_because(c, DP_CLOSE_BACKEND_PROTOCOL, "%s (the answer to the proxy's own query)", c->own_trk->error);
+        c->own_lost = 1;
+        c->own_active = 0;
+        park(c, DP_PARK_OWN_ANSWER);
+        return;
+    }
+    if (c->own_len + used > DP_OWN_ANSWER_MAX) {
+        close_because(c, DP_CLOSE_BACKEND_PROTOCOL, "the answer to the proxy's own query exceeds %d bytes",
+                      DP_OWN_ANSWER_MAX);
+        c->own_lost = 1;
+        c->own_active = 0;
+        park(c, DP_PARK_OWN_ANSWER);
+        return;
+    }
+    if (c->own_len + used > c->own_cap) {
+        size_t cap = c->own_cap ? c->own_cap : 4096;
+        while (cap < c->own_len + used)
+            cap *= 2;
+        uint8_t *b = realloc(c->own_ans, cap);
+        if (!b) {
+            close_because(c, DP_CLOSE_NO_MEMORY, NULL);
+            c->own_lost = 1;
+            c->own_active = 0;
+            park(c, DP_PARK_OWN_ANSWER);
+            return;
+        }
+        c->own_ans = b;
+        c->own_cap = cap;
+    }
+    memcpy(c->own_ans + c->own_len, p, used);
+    c->own_len += used;
+    if (!trk_idle(c->own_trk))
+        return;
+    if (used < n) {
+        uint8_t *rest = realloc(c->be_rest, c->be_rest_len + (n - used));
+        if (rest) {
+            memcpy(rest + c->be_rest_len, p + used, n - used);
+            c->be_rest = rest;
+            c->be_rest_len += n - used;
+        }
+    }
+    c->own_active = 0;
+    park(c, DP_PARK_OWN_ANSWER);  /* still Python's: the answer is in */
+}
+
+static void start_own_query(dp_conn *c, uint8_t *packet, size_t n) {
+    if (!c->own_trk) {
+        c->own_trk = malloc(sizeof *c->own_trk);
+        if (!c->own_trk) {
+            free(packet);
+            close_because(c, DP_CLOSE_NO_MEMORY, NULL);
+            c->own_lost = 1;
+            post_event(c->w->dp, DP_EV_PARKED, c, DP_PARK_OWN_ANSWER);
+            return;
+        }
+        trk_init(c->own_trk, c->trk.deprecate_eof, own_done, c);
+    }
+    c->own_len = 0;
+    trk_begin(c->own_trk, COM_QUERY, 0);
+    c->own_active = 1;
+    send_to(c, &c->be, packet, n);
+    free(packet);
+    if (c->be_lost) {
+        c->own_active = 0;
+        c->own_lost = 1;
+        post_event(c->w->dp, DP_EV_PARKED, c, DP_PARK_OWN_ANSWER);
+        return;
+    }
+    update_interest(c);
+}
+
+static void read_side(dp_conn *c, dp_side *s) {
+    dp_worker *w = c->w;
+    ssize_t k = io_read(s, w->rbuf, DP_READ_SIZE);
+    if (k > 0) {
+        w->now = wall_ns();
+        if (c->own_active)
+            on_own_answer(c, w->rbuf, (size_t)k);
+        else if (s->is_client)
+            on_client_data(c, w->rbuf, (size_t)k);
+        else
+            on_backend_data(c, w->rbuf, (size_t)k);
+    } else if (k == 0 || (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)) {
+        lost(s);
+        if (c->own_active && !s->is_client) {  /* during the proxy's own query: Python says so */
+            c->own_active = 0;
+            c->own_lost = 1;
+            park(c, DP_PARK_OWN_ANSWER);
+        }
+    }
+}
+
+static void err_packet(uint8_t *out, size_t *n, int seq, int code, const char *state, const char *msg) {
+    size_t mlen = strlen(msg), len = 1 + 2 + 1 + 5 + mlen;
+    out[0] = len & 0xFF;
+    out[1] = (len >> 8) & 0xFF;
+    out[2] = (len >> 16) & 0xFF;
+    out[3] = (uint8_t)seq;
+    out[4] = ERR_HEADER;
+    out[5] = code & 0xFF;
+    out[6] = (code >> 8) & 0xFF;
+    out[7] = '#';
+    memcpy(out + 8, state, 5);
+    memcpy(out + 13, msg, mlen);
+    *n = 4 + len;
+}
+
+static void send_err(dp_conn *c, int seq, const char *msg) {
+    uint8_t pkt[256];
+    size_t n;
+    err_packet(pkt, &n, seq, ER_UNKNOWN_ERROR, "08S01", msg);
+    send_to(c, &c->cli, pkt, n);
+}
+
+static void start_close(dp_conn *c, int reason) {
+    if (c->closing)
+        return;
+    /* in flight: they happened, with no known end (client gone), or may not have (backend gone) */
+    if (!trk_idle(&c->trk))
+        trk_abort(&c->trk, reason == DP_CLOSE_BACKEND_LOST || reason == DP_CLOSE_BACKEND_GONE ? DP_OUTCOME_BACKEND_LOST
+                                                                                             : TRK_UNKNOWN);
+    c->closing = 1;
+    c->close_reason = (uint8_t)reason;
+    c->reading_cmd = 0;
+    c->closed_captured = c->w->capture && c->cap_state == DP_CAP_ON;  /* Python records the close */
+    c->cap_state = DP_CAP_OFF;
+    infiles_clear(c);
+    side_close(c, &c->be);
+}
+
+static void finish(dp_conn *c) {
+    dp_worker *w = c->w;
+    side_close(c, &c->cli);
+    if (c->prev)
+        c->prev->next = c->next;
+    else
+        w->conns = c->next;
+    if (c->next)
+        c->next->prev = c->prev;
+    c->prev = c->next = NULL;
+    c->dead = 1;
+    w->nconns--;
+    STAT_ADD(w->stats.connections, -1);
+    c->next = w->finished;  /* reported once this batch of events is handled */
+    w->finished = c;
+}
+
+/* After anything happened to a connection: close, park, or adjust what epoll watches. */
+static void settle(dp_conn *c) {
+    if (c->dead || c->parked)
+        return;
+    if (!c->closing) {
+        if (c->close_after == DP_CLOSE_FORCED) {
+            start_close(c, DP_CLOSE_FORCED);
+            finish(c);
+            return;
+        } else if (c->close_after) {
+            start_close(c, c->close_after);
+        } else if (c->cli_lost) {
+            start_close(c, DP_CLOSE_CLIENT_GONE);
+        } else if (c->be_lost) {
+            if (!trk_idle(&c->trk)) {
+                /* mid-command: tell the client in protocol terms, if a packet of it is not half sent */
+                int at_packet = trk_at_packet_boundary(&c->trk), seq = trk_next_seq(&c->trk);
+                /* production may not have run these: recorded as BACKEND_LOST, not replayed by default */
+                trk_abort(&c->trk, DP_OUTCOME_BACKEND_LOST);
+                if (at_packet) {
+                    char msg[160];
+                    snprintf(msg, sizeof msg, "fastproxy: lost connection to backend %s during query", c->backend_addr);
+                    send_err(c, seq, msg);
+                }
+                start_close(c, DP_CLOSE_BACKEND_LOST);
+            } else {
+                start_close(c, DP_CLOSE_BACKEND_GONE);
+            }
+        } else if (c->draining && at_boundary(c)) {
+            start_close(c, DP_CLOSE_DRAIN);
+        }
+    }
+    if (c->closing && (c->cli.out_len == 0 || c->cli_lost || c->cli.fd < 0)) {
+        finish(c);
+        return;
+    }
+    update_interest(c);
+}
+
+static void handle_io(dp_conn *c, dp_side *s, uint32_t events) {
+    if (events & EPOLLOUT) {
+        flush_side(c, s);
+    }
+    if (events & (EPOLLIN | EPOLLHUP | EPOLLERR)) {
+        if (s->registered & EPOLLIN)
+            read_side(c, s);
+        else if (events & (EPOLLHUP | EPOLLERR))
+            lost(s);
+    }
+}
+
+/* ---- the worker -------------------------------------------------------------------------------- */
+
+static void add_conn(dp_worker *w, dp_conn *c, int cap_state, dp_bytes *b) {
+    c->w = w;
+    c->trk.cb = on_result;
+    c->trk.ctx = c;
+    c->next = w->conns;
+    if (w->conns)
+        w->conns->prev = c;
+    w->conns = c;
+    w->nconns++;
+    STAT_ADD(w->stats.connections, 1);
+    c->cap_state = (uint8_t)(w->capture ? cap_state : DP_CAP_OFF);
+    w->now = wall_ns();
+    flush_side(c, &c->cli);  /* what the handshake left to send: the server's OK */
+    if (b) {
+        if (b->backend_in_len)
+            on_backend_data(c, b->backend_in, b->backend_in_len);
+        if (b->client_in_len)
+            on_client_data(c, b->client_in, b->client_in_len);
+        free(b->client_in);
+        free(b->backend_in);
+        free(b);
+    }
+    settle(c);
+}
+
+/* Python is done with a parked connection: what it held and what followed the answer go on. */
+static void resume(dp_conn *c, uint64_t arg) {
+    dp_worker *w = c->w;
+    c->parked = 0;
+    if (arg & DP_RESUME_SET_CAPTURE)
+        c->cap_state = (uint8_t)(w->capture ? (arg & DP_RESUME_CAPTURE_MASK) : DP_CAP_OFF);
+    if (c->own_lost && !c->close_after) {
+        /* the client's command never reached the server: the error is its answer */
+        char msg[160];
+        snprintf(msg, sizeof msg, "fastproxy: lost connection to backend %s", c->backend_addr);
+        send_err(c, 1, msg);
+        c->be_lost = 1;
+    }
+    free(c->own_ans);
+    c->own_ans = NULL;
+    c->own_len = c->own_cap = 0;
+    if (!c->own_lost) {
+        w->now = wall_ns();
+        if (c->be_rest_len)
+            on_backend_data(c, c->be_rest, c->be_rest_len);
+        if (c->held_len && !c->close_after) {
+            c->held_skip = 1;
+            on_client_data(c, c->held, c->held_len);
+            c->held_skip = 0;
+        }
+    }
+    free(c->be_rest);
+    c->be_rest = NULL;
+    c->be_rest_len = 0;
+    free(c->held);
+    c->held = NULL;
+    c->held_len = 0;
+    settle(c);
+}
+
+static void set_capture(dp_worker *w, dp_capture *cap) {
+    w->capture = cap;
+    for (dp_conn *c = w->conns; c; c = c->next) {
+        if (!cap) {
+            c->cap_state = DP_CAP_OFF;
+            continue;
+        }
+        if (c->closing)
+            continue;
+        /* every connection already open: its state is read at its next command (before it); one
+         * inside a transaction that wrote is captured from the end of it */
+        __atomic_add_fetch(&cap->existing, 1, __ATOMIC_RELAXED);
+        if ((c->s.status_flags & SERVER_STATUS_IN_TRANS) && c->s.txn_wrote) {
+            c->cap_state = DP_CAP_WAIT;
+            __atomic_add_fetch(&cap->waited_txn, 1, __ATOMIC_RELAXED);
+        } else {
+            c->cap_state = DP_CAP_PENDING;
+        }
+    }
+}
+
+static void handle_inbox(dp_worker *w) {
+    dp_msg *msgs;
+    size_t n = queue_take(&w->inbox, (void **)&msgs);
+    for (size_t i = 0; i < n; i++) {
+        dp_msg *m = &msgs[i];
+        dp_conn *c = m->conn;
+        w->now = wall_ns();
+        switch (m->type) {
+        case DP_MSG_ADD:
+            add_conn(w, c, (int)m->arg, m->ptr);
+            break;
+        case DP_MSG_RESUME:
+            resume(c, m->arg);
+            break;
+        case DP_MSG_OWN_QUERY:
+            start_own_query(c, m->ptr, (size_t)m->arg);
+            break;
+        case DP_MSG_CAPTURE:
+            set_capture(w, m->ptr);
+            break;
+        case DP_MSG_DRAIN:
+            for (dp_conn *x = w->conns, *next; x; x = next) {
+                next = x->next;
+                x->draining = 1;
+                settle(x);  /* a parked one is settled when Python resumes it */
+            }
+            break;
+        case DP_MSG_CLOSE_ALL:
+            for (dp_conn *x = w->conns, *next; x; x = next) {
+                next = x->next;
+                if (x->parked) {  /* Python owns it until it resumes it: closed then */
+                    close_because(x, DP_CLOSE_FORCED, NULL);
+                    continue;
+                }
+                start_close(x, DP_CLOSE_FORCED);
+                if (!x->dead)
+                    finish(x);
+            }
+            break;
+        case DP_MSG_SYNC:
+            post_event(w->dp, DP_EV_SYNC, NULL, m->arg);
+            break;
+        case DP_MSG_STOP:
+            w->stop = 1;
+            break;
+        }
+    }
+    free(msgs);
+}
+
+static void report_finished(dp_worker *w) {
+    while (w->finished) {
+        dp_conn *c = w->finished;
+        w->finished = c->next;
+        c->next = NULL;
+        post_event(w->dp, DP_EV_CLOSED, c, c->close_reason);  /* Python frees it from here on */
+    }
+}
+
+void dp_worker_run(dp_worker *w) {
+    struct epoll_event evs[DP_MAX_EVENTS];
+    char name[16];
+    snprintf(name, sizeof name, "fp-worker-%d", w->index);
+    pthread_setname_np(pthread_self(), name);  /* per-thread CPU in top / perf / /proc/PID/task */
+    while (!w->stop) {
+        int n = epoll_wait(w->epfd, evs, DP_MAX_EVENTS, -1);
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            break;
+        }
+        for (int i = 0; i < n; i++) {
+            void *ptr = evs[i].data.ptr;
+            if (ptr == &w->inbox_marker) {
+                handle_inbox(w);
+                continue;
+            }
+            dp_side *s = ptr;
+            dp_conn *c = s->conn;
+            if (c->dead || (c->parked && !c->own_active))
+                continue;
+            handle_io(c, s, evs[i].events);
+            settle(c);
+        }
+        report_finished(w);
+    }
+    report_finished(w);
+}
+
+/* ---- the per-command work alone, for bench/test_bench_dataplane.py ---------------------------- */
+
+/* Run `iters` commands through one connection without sockets: the client's command bytes through
+ * the framer, the server's response through the tracker, then the session, the counters and (with
+ * a ring) the secret classifier's scan and the capture append — everything a worker does per
+ * command but the system calls. Returns
+ * the elapsed nanoseconds (CLOCK_MONOTONIC), or -1. */
+int64_t dp_bench_commands(const uint8_t *cmd, size_t cmd_len, const uint8_t *resp, size_t resp_len, long iters,
+                          ring *r, int deprecate_eof, dp_secret_quick quick) {
+    static const int64_t bounds[DP_LATENCY_BOUNDS] = {100000, 250000, 500000, 1000000, 2500000, 5000000,
+                                                      10000000, 25000000, 50000000, 100000000, 250000000,
+                                                      500000000, 1000000000, 2500000000, 5000000000,
+                                                      10000000000};
+    dp d;
+    memset(&d, 0, sizeof d);
+    memcpy(d.latency_bounds, bounds, sizeof bounds);
+    d.secret_quick = quick;  /* the secret classifier's scan, as a capture runs it */
+    if (queue_init(&d.events, sizeof(dp_event)) < 0)
+        return -1;
+    dp_worker *w;
+    if (posix_memalign((void **)&w, 64, sizeof *w)) {
+        queue_destroy(&d.events);
+        return -1;
+    }
+    memset(w, 0, sizeof *w);
+    w->dp = &d;
+    w->epfd = -1;
+    dp_capture cap;
+    memset(&cap, 0, sizeof cap);
+    cap.ring = r;
+    w->capture = r ? &cap : NULL;
+    dp_conn *c = dp_conn_new(1, -1, -1, 1u << 30);
+    if (!c) {
+        free(w);
+        queue_destroy(&d.events);
+        return -1;
+    }
+    c->cli.fd = c->be.fd = -1;  /* nothing is sent: only the watching is measured */
+    c->w = w;
+    c->trk.cb = on_result;
+    c->trk.ctx = c;
+    c->trk.deprecate_eof = deprecate_eof ? 1 : 0;
+    c->cap_state = r ? DP_CAP_ON : DP_CAP_OFF;
+    struct timespec t0, t1;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    for (long i = 0; i < iters && !c->close_after; i++) {
+        w->now = wall_ns();
+        on_client_data(c, cmd, cmd_len);
+        w->now = wall_ns();
+        on_backend_data(c, resp, resp_len);
+    }
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    int64_t ns = (int64_t)(t1.tv_sec - t0.tv_sec) * 1000000000 + (t1.tv_nsec - t0.tv_nsec);
+    int failed = c->close_after || c->s.commands != (uint64_t)iters || cap.full_reported;
+    dp_conn_free(c);
+    free(w);
+    queue_destroy(&d.events);
+    return failed ? -1 : ns;
+}

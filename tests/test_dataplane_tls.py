@@ -1,0 +1,100 @@
+"""TLS connections beside the data plane: a connection with TLS on a leg is relayed in Python after
+its login (its TLS state lives in Python's ssl), a plain one by the data plane's workers. Both are
+seen the same way from outside: /api/debug/connections, /metrics, capture records (with a capture
+filter, and for a connection open before the capture). Real clients, a real proxy, real MariaDB."""
+from __future__ import annotations
+
+import json
+import ssl
+
+import pymysql
+import pytest
+
+from capture_util import cancel_capture, read_capture, start_capture
+from conftest import connect_kwargs
+from fastproxy.capture.record import KIND_COMMAND, KIND_CONN_STATE
+from tls_certs import CertAuthority
+
+
+@pytest.fixture(scope="module")
+def certs(tmp_path_factory):
+    ca = CertAuthority(str(tmp_path_factory.mktemp("tls")), "dp-tls-ca")
+    return ca, ca.issue("proxy", server=True)
+
+
+@pytest.fixture
+def proxy(proxy_factory, mariadb, certs):
+    mariadb.sql("DROP DATABASE IF EXISTS dptls; CREATE DATABASE dptls; CREATE TABLE dptls.t (x INT)")
+    _, server = certs
+    return proxy_factory([mariadb], f"--security.server-tls.cert={server.cert}",
+                         f"--security.server-tls.key={server.key}")
+
+
+def _connect(proxy, certs, tls: bool):
+    ca, _ = certs
+    extra = {"ssl": {"ca": ca.pem.cert}} if tls else {"ssl_disabled": True}
+    conn = pymysql.connect(**connect_kwargs(proxy.port, **extra))
+    assert tls == isinstance(conn._sock, ssl.SSLSocket)
+    return conn
+
+
+def _run(conn, *sqls):
+    cur = conn.cursor()
+    for sql in sqls:
+        cur.execute(sql)
+        cur.fetchall()
+
+
+def test_tls_connection_is_relayed_in_python_and_shown_like_a_plain_one(proxy, certs):
+    plain, tls = _connect(proxy, certs, False), _connect(proxy, certs, True)
+    for conn in (plain, tls):
+        _run(conn, "USE dptls", "BEGIN", "INSERT INTO t VALUES (1)")
+    seen = {c["tls"]["client"] != "": c for c in proxy.get("/api/debug/connections")}
+    assert seen[False]["relay"] == "dataplane" and seen[True]["relay"] == "python"
+    assert seen[True]["tls"]["client"].startswith("TLSv1") and seen[True]["tls"]["backend"] == ""
+    for c in seen.values():  # the same session state, whoever relays it
+        assert c["db"] == "dptls" and c["in_transaction"] and c["commands"] == seen[False]["commands"] > 0
+        assert c["last_command"]["type"] == "COM_QUERY" and c["last_command"]["outcome"] == "ok"
+        assert c["pending_commands"] == 0
+    # the TLS connection's commands are counted with the workers'
+    before = proxy.metric("fastproxy_commands_total", 'type="COM_QUERY"')
+    _run(tls, "SELECT 1", "SELECT 2")
+    assert proxy.metric("fastproxy_commands_total", 'type="COM_QUERY"') == before + 2
+    for conn in (plain, tls):
+        _run(conn, "COMMIT")
+        conn.close()
+
+
+def test_capture_filter_applies_to_both_relays(proxy, certs, tmp_path):
+    start_capture(proxy, tmp_path / "f", **{"class": "write"})
+    for tls in (False, True):
+        conn = _connect(proxy, certs, tls)
+        _run(conn, "USE dptls", "SELECT x FROM t", "INSERT INTO t VALUES (2)", "SELECT COUNT(*) FROM t")
+        conn.close()
+    job = cancel_capture(proxy)
+    assert not job["error"], job
+    meta, records, _ = read_capture(tmp_path / "f")
+    by_conn = {}
+    for r in records:
+        if r.kind == KIND_COMMAND:
+            by_conn.setdefault(r.conn_id, []).append(r.payload[1:].decode(errors="replace"))
+    assert len(by_conn) == 2
+    plain_texts, tls_texts = by_conn.values()
+    assert plain_texts == tls_texts
+    assert "INSERT INTO t VALUES (2)" in plain_texts and not any(t.startswith("SELECT") for t in plain_texts)
+    assert meta["filtered_by"] == {"class": 4}  # two SELECTs on each connection
+
+
+def test_tls_connection_open_before_the_capture_is_rebuilt(proxy, certs, tmp_path):
+    tls = _connect(proxy, certs, True)
+    _run(tls, "USE dptls", "SET @carried = 42")
+    start_capture(proxy, tmp_path / "c")
+    _run(tls, "SELECT @carried")
+    job = cancel_capture(proxy)
+    tls.close()
+    assert job["existing_connections"] == 1 and job["connections"] == 1
+    _, records, _ = read_capture(tmp_path / "c")
+    states = [json.loads(r.payload) for r in records if r.kind == KIND_CONN_STATE]
+    assert len(states) == 1 and states[0]["db"] == "dptls"
+    assert "42" in json.dumps(states[0])  # the user variable, read by the proxy's own query
+    assert [r.payload[1:] for r in records if r.kind == KIND_COMMAND] == [b"SELECT @carried"]
