@@ -14,7 +14,7 @@ second_pass_skips=(
   tests/test_replay_password.py tests/test_replay_readonly_sqlmode.py tests/test_replay_report.py
   tests/test_replay_transactions.py tests/test_report_html.py tests/test_verdict.py tests/test_verdict_api.py
   tests/test_replay_resume.py tests/test_replay_resume_verdict.py tests/test_replay_dryrun.py
-  tests/test_replay_internal_error.py
+  tests/test_replay_internal_error.py tests/test_replay_without_process.py tests/test_replay_causal_slow.py
 )
 FASTPROXY_TEST_WORKERS=4 exec .venv/bin/python -m pytest -q -p no:cacheprovider -m "proxy and not fuzz" \
   "${second_pass_skips[@]/#/--ignore=}" "$@"
