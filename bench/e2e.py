@@ -106,6 +106,21 @@ class Target:
         """Called right after each sysbench run."""
 
 
+class ProcessTarget(Target):
+    """A relay run as a process of its own from a scratch directory (`self.dir`)."""
+
+    def spawn(self, argv: list[str], **popen) -> int:
+        self.proc = subprocess.Popen(argv, **popen)
+        wait_port(self.port, proc=self.proc)
+        self.pid = self.proc.pid
+        return self.port
+
+    def stop(self):
+        self.proc.terminate()
+        self.proc.wait(timeout=10)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
 class Direct(Target):
     name = "direct"
     note = "sysbench -> mariadbd"
@@ -114,7 +129,7 @@ class Direct(Target):
         return db.port
 
 
-class CRelayTarget(Target):
+class CRelayTarget(ProcessTarget):
     """bench/c_relay.c: a single-threaded epoll relay that only copies bytes (the floor)."""
 
     name = "c-relay"
@@ -128,18 +143,10 @@ class CRelayTarget(Target):
         binary = os.path.join(self.dir, "c_relay")
         subprocess.run(["gcc", "-O2", "-o", binary, str(Path(__file__).resolve().parent / "c_relay.c")], check=True)
         self.port = free_port()
-        self.proc = subprocess.Popen([binary, str(self.port), str(db.port)])
-        wait_port(self.port, proc=self.proc)
-        self.pid = self.proc.pid
-        return self.port
-
-    def stop(self):
-        self.proc.terminate()
-        self.proc.wait(timeout=10)
-        shutil.rmtree(self.dir, ignore_errors=True)
+        return self.spawn([binary, str(self.port), str(db.port)])
 
 
-class HAProxyTarget(Target):
+class HAProxyTarget(ProcessTarget):
     name = "haproxy"
     note = "HAProxy mode tcp, nbthread 1"
 
@@ -171,16 +178,8 @@ frontend fe
 backend be
     server db {db.host}:{db.port}
 """)
-        self.proc = subprocess.Popen([shutil.which("haproxy"), "-db", "-f", cfg],
-                                     stdout=subprocess.DEVNULL, stderr=open(os.path.join(self.dir, "log"), "w"))
-        wait_port(self.port, proc=self.proc)
-        self.pid = self.proc.pid
-        return self.port
-
-    def stop(self):
-        self.proc.terminate()
-        self.proc.wait(timeout=10)
-        shutil.rmtree(self.dir, ignore_errors=True)
+        return self.spawn([shutil.which("haproxy"), "-db", "-f", cfg], stdout=subprocess.DEVNULL,
+                          stderr=open(os.path.join(self.dir, "log"), "w"))
 
 
 class FastproxyTarget(Target):

@@ -28,3 +28,28 @@ def health(p: ProxyProcess) -> dict:
             return json.loads(r.read())
     except urllib.error.HTTPError as e:  # 503 while shutting down, body still JSON
         return json.loads(e.read())
+
+
+def sleep_in_flight(p: ProxyProcess):
+    """A PyMySQL client through `p` running `SELECT SLEEP(60)` in a thread, once the proxy has it in
+    flight. Returns (thread, errors: the OperationalErrors the client got)."""
+    import threading
+
+    import pymysql
+
+    from conftest import connect_kwargs
+
+    conn = pymysql.connect(**connect_kwargs(p.port))
+    errors: list = []
+
+    def run():
+        try:
+            with conn.cursor() as cur:
+                cur.execute("SELECT SLEEP(60)")
+        except pymysql.err.OperationalError as e:
+            errors.append(e)
+
+    t = threading.Thread(target=run)
+    t.start()
+    wait_for(lambda: any(c["pending_commands"] for c in p.get("/api/debug/connections")), what="the SLEEP to run")
+    return t, errors

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import socket
-import threading
 
 import pymysql
 import pytest
@@ -16,7 +15,7 @@ from fastproxy.config import Config
 from fastproxy.errors import ConfigError
 from fastproxy.proxy.backend import BackendPool
 from fastproxy.scratch_db import ScratchMariaDB, free_port
-from proxy_util import health, wait_for
+from proxy_util import health, sleep_in_flight, wait_for
 
 CHECK_USER = "fastproxy_check"
 COUNTERS = ("Aborted_connects", "Aborted_connects_preauth", "Aborted_clients", "Access_denied_errors",
@@ -199,19 +198,7 @@ def test_backend_lost_mid_command_is_checked_at_once(proxy_factory, mariadb_priv
     of a command is suspected and probed at once (no new client has to fail first)."""
     db = mariadb_private
     p = proxy_factory([db])
-    conn = pymysql.connect(**connect_kwargs(p.port))
-    failure = []
-
-    def run():
-        try:
-            with conn.cursor() as cur:
-                cur.execute("SELECT SLEEP(60)")
-        except pymysql.err.OperationalError as e:
-            failure.append(e)
-
-    t = threading.Thread(target=run)
-    t.start()
-    wait_for(lambda: any(c["pending_commands"] for c in p.get("/api/debug/connections")), what="the SLEEP to run")
+    t, failure = sleep_in_flight(p)
     assert backend_status(p)["healthy"]
     db.kill()
     t.join(30)

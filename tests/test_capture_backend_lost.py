@@ -5,17 +5,14 @@ from __future__ import annotations
 
 import socket
 import struct
-import threading
 
-import pymysql
 import pytest
 
 from capture_util import cancel_capture, read_capture, start_capture
-from conftest import connect_kwargs
 from fastproxy.capture.record import KIND_COMMAND, OUTCOME_BACKEND_LOST, OUTCOME_UNKNOWN
 from fastproxy.scratch_db import ROOT_PASSWORD
 from proxy_rawclient import RawClient, packet
-from proxy_util import health, wait_for
+from proxy_util import health, sleep_in_flight, wait_for
 
 
 def _sleep_records(records):
@@ -26,19 +23,7 @@ def test_command_in_flight_when_the_backend_dies_is_backend_lost(proxy_factory, 
     p = proxy_factory([mariadb_private])
     out = tmp_path / "cap"
     start_capture(p, out, "5m")
-    conn = pymysql.connect(**connect_kwargs(p.port))
-    failure = []
-
-    def run():
-        try:
-            with conn.cursor() as cur:
-                cur.execute("SELECT SLEEP(60)")
-        except pymysql.err.OperationalError as e:
-            failure.append(e)
-
-    t = threading.Thread(target=run)
-    t.start()
-    wait_for(lambda: any(c["pending_commands"] for c in p.get("/api/debug/connections")), what="the SLEEP to run")
+    t, failure = sleep_in_flight(p)
     mariadb_private.kill()
     t.join(30)
     assert failure, "the client must see the lost backend"

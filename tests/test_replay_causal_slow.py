@@ -22,8 +22,7 @@ import pytest
 
 from fastproxy.scratch_db import ROOT_PASSWORD
 
-from replay_util import Capture, checksums, replay_inprocess
-from workload import dump
+from replay_util import Capture, checksums, dump, replay_inprocess
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -69,6 +68,16 @@ def _same_data(production: dict, replayed: dict) -> list[str]:
     return [t for t in production if t.split(".")[-1] in ("parent", "child") and production[t] != replayed.get(t)]
 
 
+def _replay_without_false_failures(mariadb, mariadb_test, proxy, out: str, workload, **options) -> dict:
+    """Capture `workload`, replay it with the slow statement: no failure, production's parent/child
+    rows. Returns the summary."""
+    start, production = _capture(mariadb, proxy, out, workload)
+    summary, replayed = _replay(mariadb_test, start, out, **options)
+    assert summary["commands_failed"] == 0, summary["top_failures"]
+    assert _same_data(production, replayed) == [], (production, replayed)
+    return summary
+
+
 def test_valve_never_presumes_a_running_command_complete(mariadb, mariadb_test, proxy_factory, tmp_path):
     def workload(port: int) -> None:
         a, b = _connect(port), _connect(port)
@@ -77,12 +86,9 @@ def test_valve_never_presumes_a_running_command_complete(mariadb, mariadb_test, 
         a.close()
         b.close()
 
-    out = str(tmp_path / "capture")
-    start, production = _capture(mariadb, proxy_factory([mariadb]), out, workload)
     # the valve's floor far below the replay server's sleep: only the server's state keeps it shut
-    summary, replayed = _replay(mariadb_test, start, out, causal_timeout_s=0.2)
-    assert summary["commands_failed"] == 0, summary["top_failures"]
-    assert _same_data(production, replayed) == [], (production, replayed)
+    summary = _replay_without_false_failures(mariadb, mariadb_test, proxy_factory([mariadb]), str(tmp_path / "capture"),
+                                             workload, causal_timeout_s=0.2)
     assert summary["causal"]["released_by_valve"] == 0, summary["causal"]
     assert summary["causal"]["commands_waited"] > 0, summary["causal"]
 
@@ -103,12 +109,9 @@ def test_transaction_waiting_for_a_slow_command_is_not_let_go(mariadb, mariadb_t
         for c in (holder, slow, other):
             c.close()
 
-    out = str(tmp_path / "capture")
-    start, production = _capture(mariadb, proxy_factory([mariadb]), out, workload)
     # the valve kept out of it (a long floor): what is tested is the cycle breaker
-    summary, replayed = _replay(mariadb_test, start, out, causal_timeout_s=60.0)
-    assert summary["commands_failed"] == 0, summary["top_failures"]
-    assert _same_data(production, replayed) == [], (production, replayed)
+    summary = _replay_without_false_failures(mariadb, mariadb_test, proxy_factory([mariadb]), str(tmp_path / "capture"),
+                                             workload, causal_timeout_s=60.0)
     # one real cycle, once the slow statement is done: the holder's COMMIT waits for the other
     # connection's update (it ended before the COMMIT in production), which waits for its row lock;
     # broken by rolling the holder's transaction back (its start is known) and sending it again

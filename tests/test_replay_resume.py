@@ -21,7 +21,7 @@ from conftest import start_proxy, stop_proxy
 from fastproxy.capture.record import KIND_COMMAND
 from fastproxy.scratch_db import ROOT_PASSWORD
 from proxy_util import wait_for
-from replay_util import Capture, checksums, newest_summary, records, wait_job
+from replay_util import Capture, checksums, dump, newest_summary, records, wait_job
 
 DB = "rs"
 SETUP = f"""DROP DATABASE IF EXISTS {DB}; CREATE DATABASE {DB}; USE {DB};
@@ -33,12 +33,6 @@ INSERT INTO counters SELECT seq, 0 FROM seq_0_to_7;
 """
 MISSING_ON_REPLAY = "INSERT INTO gone VALUES (1)"  # fails on replay (the table is dropped there): fail rows
 WORKLOAD_S = 5.0
-
-
-def _dump(db) -> str:
-    return subprocess.run(["mariadb-dump", "--no-defaults", "-h127.0.0.1", f"-P{db.port}", "-uroot",
-                           f"-p{ROOT_PASSWORD}", "--databases", DB], capture_output=True, text=True,
-                          check=True).stdout
 
 
 def _worker(port: int, k: int, deadline: float, errors: list) -> None:
@@ -78,7 +72,7 @@ def _worker(port: int, k: int, deadline: float, errors: list) -> None:
 def workload(mariadb, tmp_path_factory):
     """A capture of 6 connections for WORKLOAD_S seconds, through a real proxy, and the start data."""
     mariadb.sql(SETUP)
-    start = _dump(mariadb)
+    start = dump(mariadb, DB)
     out = str(tmp_path_factory.mktemp("resume") / "cap")
     proxy = start_proxy([mariadb])
     errors: list = []

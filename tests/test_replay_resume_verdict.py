@@ -28,7 +28,7 @@ from fastproxy.replay.journal import read_journal
 from fastproxy.report.files import replay_files
 from fastproxy.scratch_db import ROOT_PASSWORD
 from proxy_util import wait_for
-from replay_util import Capture, checksums, newest_summary, records
+from replay_util import Capture, checksums, dump, newest_summary, records
 
 DB = "rv"
 SETUP = f"""DROP DATABASE IF EXISTS {DB}; CREATE DATABASE {DB}; USE {DB};
@@ -47,12 +47,6 @@ GAP_S = 6.0
 WORKERS = 5
 OPEN_TXN = "SELECT n FROM counters WHERE k = 0 FOR UPDATE"  # the transaction open across the gap
 REPORT = "tiproxy_traffic_report"
-
-
-def _dump(db) -> str:
-    return subprocess.run(["mariadb-dump", "--no-defaults", "-h127.0.0.1", f"-P{db.port}", "-uroot",
-                           f"-p{ROOT_PASSWORD}", "--databases", DB], capture_output=True, text=True,
-                          check=True).stdout
 
 
 def _phase(cur, rnd: random.Random, k: int, deadline: float) -> None:
@@ -108,7 +102,7 @@ def _worker(port: int, k: int, start: float, quiet: threading.Barrier, resume: t
 def workload(mariadb, tmp_path_factory):
     """A capture with a gap: WORKERS connections for PHASE_S seconds, all idle for GAP_S, then again."""
     mariadb.sql(SETUP)
-    start = _dump(mariadb)
+    start = dump(mariadb, DB)
     out = str(tmp_path_factory.mktemp("resume-verdict") / "cap")
     proxy = start_proxy([mariadb])
     errors: list = []
@@ -216,14 +210,7 @@ def _kill_in_the_gap(proc, report: str, quiet) -> None:
         last[0] = now
         return same or None
 
-    try:
-        wait_for(settled, 120, 1.0, "the replay to reach the capture's quiet gap")
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait(30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == -signal.SIGKILL
+    _sigkill_when(proc, settled, 1.0, "the replay to reach the capture's quiet gap")
 
 
 def _snapshot_quiet(workload):
@@ -296,8 +283,13 @@ def _kill_when(proc, report: str, ready) -> None:
         except (OSError, ValueError, KeyError):
             return None
 
+    _sigkill_when(proc, check, 0.05, "the replay to get far enough")
+
+
+def _sigkill_when(proc, check, interval: float, what: str) -> None:
+    """SIGKILL the replay once check() is true (asked every `interval` s, for at most 120 s)."""
     try:
-        wait_for(check, 120, 0.05, "the replay to get far enough")
+        wait_for(check, 120, interval, what)
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(30)
     finally:

@@ -646,12 +646,22 @@ static uint64_t decide_want(dp_conn *c, const dp_cmd *m) {
     }
 }
 
+/* `buf` grown by doubling (from `first` when empty) until it holds `need` bytes: the new block
+ * (its size in *cap), or NULL when out of memory (then `buf` and *cap are unchanged). */
+static uint8_t *grow_doubling(uint8_t *buf, size_t *cap, size_t need, size_t first) {
+    size_t n = *cap ? *cap : first;
+    while (n < need)
+        n *= 2;
+    uint8_t *b = realloc(buf, n);
+    if (b)
+        *cap = n;
+    return b;
+}
+
 static int cmd_keep(dp_cmd *m, const uint8_t *p, size_t n) {
     if (m->len + n > m->cap) {
-        size_t cap = m->cap ? m->cap : 64;
-        while (cap < m->len + n)
-            cap *= 2;
-        uint8_t *b = realloc(m->buf, cap);
+        size_t cap = m->cap;
+        uint8_t *b = grow_doubling(m->buf, &cap, m->len + n, 64);
         if (!b)
             return -1;
         m->buf = b;
@@ -713,16 +723,12 @@ static void collect_infile(dp_conn *c, const uint8_t *p, size_t n) {
         return;
     }
     if (c->infile_len + n > c->infile_cap) {
-        size_t cap_n = c->infile_cap ? c->infile_cap : 4096;
-        while (cap_n < c->infile_len + n)
-            cap_n *= 2;
-        uint8_t *b = realloc(c->infile_buf, cap_n);
+        uint8_t *b = grow_doubling(c->infile_buf, &c->infile_cap, c->infile_len + n, 4096);
         if (!b) {
             c->infile_capture = 0;
             return;
         }
         c->infile_buf = b;
-        c->infile_cap = cap_n;
     }
     memcpy(c->infile_buf + c->infile_len, p, n);
     c->infile_len += n;
@@ -890,10 +896,7 @@ static void on_own_answer(dp_conn *c, const uint8_t *p, size_t n) {
         return;
     }
     if (c->own_len + used > c->own_cap) {
-        size_t cap = c->own_cap ? c->own_cap : 4096;
-        while (cap < c->own_len + used)
-            cap *= 2;
-        uint8_t *b = realloc(c->own_ans, cap);
+        uint8_t *b = grow_doubling(c->own_ans, &c->own_cap, c->own_len + used, 4096);
         if (!b) {
             close_because(c, DP_CLOSE_NO_MEMORY, NULL);
             c->own_lost = 1;
@@ -902,7 +905,6 @@ static void on_own_answer(dp_conn *c, const uint8_t *p, size_t n) {
             return;
         }
         c->own_ans = b;
-        c->own_cap = cap;
     }
     memcpy(c->own_ans + c->own_len, p, used);
     c->own_len += used;

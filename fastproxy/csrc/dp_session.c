@@ -117,6 +117,14 @@ static char *dup_bytes(const uint8_t *p, size_t n) {
 
 static int is_space(uint8_t c) { return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\f' || c == '\v'; }
 
+/* p[i] opens a block comment (`/` `*`): where scanning goes on after its `*` `/`; 0 if it never closes. */
+static size_t past_block_comment(const uint8_t *p, size_t i, size_t n) {
+    size_t j = i + 2;
+    while (j + 1 < n && !(p[j] == '*' && p[j + 1] == '/'))
+        j++;
+    return j + 1 < n ? j + 2 : 0;
+}
+
 /* `USE db` as the whole of a COM_QUERY (command byte first): after whitespace and comments, `use`,
  * a name (back-quoted, or up to whitespace/;), an optional `;`. The same statements as
  * fastproxy.proxy.session's former regex. *quoted: the name is back-quoted (`` stands for `). */
@@ -126,12 +134,8 @@ int dp_used_database(const uint8_t *p, size_t n, const uint8_t **name, size_t *n
         while (i < n && is_space(p[i]))
             i++;
         if (i + 1 < n && p[i] == '/' && p[i + 1] == '*') {
-            size_t j = i + 2;
-            while (j + 1 < n && !(p[j] == '*' && p[j + 1] == '/'))
-                j++;
-            if (j + 1 >= n)
+            if (!(i = past_block_comment(p, i, n)))
                 return 0;
-            i = j + 2;
             continue;
         }
         break;
@@ -262,12 +266,8 @@ static int starts_with_effect_keyword(const uint8_t *p, size_t n) {
                 i = k;
                 continue;
             }
-            size_t j = i + 2;
-            while (j + 1 < n && !(p[j] == '*' && p[j + 1] == '/'))
-                j++;
-            if (j + 1 >= n)
+            if (!(i = past_block_comment(p, i, n)))
                 return 0;
-            i = j + 2;
             continue;
         }
         if (i + 2 < n && p[i] == '-' && p[i + 1] == '-' && is_space(p[i + 2])) {
