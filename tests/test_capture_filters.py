@@ -18,6 +18,7 @@ from fastproxy._digest import digest
 from fastproxy.capture.record import KIND_COMMAND, KIND_CONN_CLOSE, KIND_CONN_OPEN
 from fastproxy.constants import COMMAND
 from fastproxy.scratch_db import ROOT_PASSWORD
+from proxy_util import health, wait_for
 
 USER, USER_PASSWORD = "cf_user", "cf-secret-9"
 
@@ -61,6 +62,9 @@ def _session(port: int) -> None:
 def _capture(proxy, out, work, **filters) -> tuple[dict, list, dict]:
     start_capture(proxy, out, **filters)
     work(proxy.port)
+    # the clients have returned, but their last commands (closes with no answer, the quit) may still
+    # be on their way through a data-plane worker: the capture stops once the proxy has them all
+    wait_for(lambda: health(proxy)["connections"] == 0, what="the session's connections to be closed")
     job = cancel_capture(proxy)
     assert not job["error"], job
     meta, records, _ = read_capture(out)
