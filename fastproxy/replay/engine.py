@@ -1076,6 +1076,8 @@ class Replayer:
             head = holder.tickets[0] if holder.tickets else None
             if not holder.parked or holder.busy or before.get(holder.idx, (None, None))[1] is not head:
                 continue
+            if holder.txn.undone:
+                continue  # rolled back already: a lock wait read before InnoDB saw it (its view lags ~100 ms)
             cycle = self._waits_for(holder, w, blocked_by)
             if cycle is False:
                 continue  # the holder waits for something that is only slow: it will move, and free w
