@@ -70,6 +70,9 @@ SERVER_CLOSE_WAIT_S = 1.0  # how long a server-side close of production is left 
 # resolution of 1 ms anyway, and at speed 1 a loop turn (a timer, a wake-up) per command cost the
 # replayer more CPU than the command itself, so it could not keep a busy capture's pace
 PACE_SLACK_NS = 1_000_000
+# A write that changed no row on replay (rows in production) waits at most this long for the writes that
+# overlapped it in production before it is sent again (_send_again_later); under the valve's 2 s
+OVERLAP_WAIT_S = 1.5
 # Each command leaves a few short-lived objects (record, ticket, result) and almost never a cycle: the
 # default youngest-generation threshold (700 allocations) ran the collector every few dozen commands.
 GC_GEN0_THRESHOLD = 50_000
@@ -158,6 +161,17 @@ class Stats:
     prod_lock_errors: int = 0  # statements production lost to a deadlock / lock wait timeout: not sent
     cycles_broken: int = 0  # commands let go early: held back by causal order, they blocked what it waited for
     txn_undone: int = 0  # transactions rolled back while held back (they blocked what it waited for), redone later
+    sent_again: int = 0  # writes that changed nothing on replay, sent again after writes that overlapped them
+
+
+def _queued(conn: Conn, rec: Record) -> bool:
+    """Whether `rec` is still in `conn`'s queue (not yet completed on replay); the queue is in start order."""
+    for r in conn.queue:
+        if r is rec:
+            return True
+        if r.start_ns > rec.start_ns:
+            return False
+    return False
 
 
 class Conn:
@@ -168,7 +182,7 @@ class Conn:
                  "sent_ns", "due_ns", "closed", "pending_payload", "ever_connected", "backend", "thread_id", "state",
                  "not_rebuilt", "infiles", "lost_idle") + (
                  # faithful replay: the head command's ticket is tickets[0] (aligned with queue)
-                 "tickets", "parked", "parked_ns", "pin_dirty", "txn")
+                 "tickets", "parked", "parked_ns", "pin_dirty", "txn", "sent", "again")
 
     def __init__(self, idx: int, conn_id: int) -> None:
         self.idx = idx
@@ -204,6 +218,8 @@ class Conn:
         self.parked_ns = 0
         self.pin_dirty = False  # an earlier SET left timestamp / insert_id pinned on the replay session
         self.txn = TxnLog()
+        self.sent: tuple[bytes, bytes | None] | None = None  # the head command as sent (payload, pin SET)
+        self.again: Record | None = None  # the command last sent again after overlapping writes
 
 
 class Replayer:
@@ -733,6 +749,10 @@ class Replayer:
                 conn.types_bound.discard(captured_id)
         elif cmd == COMMAND.COM_INIT_DB and result.outcome == OUTCOME_OK and result.schema is None:
             conn.db = rec.payload[1:].decode("utf-8", "replace")
+        if (result.outcome == OUTCOME_OK and result.affected_rows == 0 and rec.outcome == OUTCOME_OK
+                and rec.affected_rows > 0 and conn.again is not rec
+                and (cmd == COMMAND.COM_QUERY or cmd == COMMAND.COM_STMT_EXECUTE) and self._send_again_later(conn, rec)):
+            return  # sent again once the writes that overlapped it in production have run here
         if result.outcome == OUTCOME_ERR and self.opt.whole_transactions and self._transaction_result(conn, rec, result):
             return  # the transaction is being sent again; this command completes when that is done
         self._compare(conn, rec, result, now)
@@ -905,6 +925,7 @@ class Replayer:
             if (flags & TXN_BEGIN or not flags & IN_TXN) and (txn.entries or txn.attempts):
                 txn.reset()
             txn.entries.append((conn.inflight, payload, prefix, flags))
+        conn.sent = (payload, prefix)
         conn.client.send(payload, None)
 
     def _transaction_result(self, conn: Conn, rec: Record, result) -> bool:
@@ -962,9 +983,10 @@ class Replayer:
             if retry.last and retry.then is not None:  # redone: now the command that waited
                 conn.txn.retry = None
                 return self._send(conn, retry.then)
-            if retry.last:  # the command that failed: its result now is the one that counts
+            if retry.last:  # the command that failed (or changed nothing): its result now is the one that counts
                 conn.txn.retry = None
-                self.stats.txn_retried_ok += 1
+                if retry.error is not None:
+                    self.stats.txn_retried_ok += 1
                 self._compare(conn, conn.inflight, result, now)
                 return self._next(conn)
         _, payload, prefix, _ = retry.next_entry()
@@ -1000,6 +1022,80 @@ class Replayer:
             conn.txn.reset()
         self._consume(conn)
         return _CONSUMED
+
+    def _send_again_later(self, conn: Conn, rec: Record) -> bool:
+        """A write that changed rows in production changed none here. If writes of other connections
+        overlapped it in production (started before it, their end recorded after it started), one of
+        them may be what it found there: the proxy stamps a command's end when the answer reaches it,
+        which can be after the server made the write visible to others (a server thread preempted
+        between commit and answer, 0.6-0.9 ms in 2 of 12 shop captures on a loaded box). Causal order
+        could not make it wait for them; worse, its lock order (the overlapping write "got the row
+        after it") makes them wait for it. So: it counts as done for ordering (they may go), its
+        transaction is rolled back (the gap it locked would hold them up on the server), and once they
+        have run here it is sent again, with its transaction redone up to it. It changed nothing, so
+        sending it twice is safe. Once per command; waiting at most OVERLAP_WAIT_S."""
+        if not self.planner.causal or conn.sent is None or not self._affected_rows_recorded():
+            return False
+        start = rec.start_ns
+        pending = []
+        for other in self.conns.values():
+            if other is conn:
+                continue
+            for r, ticket in zip(other.queue, other.tickets):
+                if r.start_ns >= start:
+                    break
+                if r.end_ns > start and ticket is not None and ticket.has_events and not ticket.finished:
+                    pending.append((other, r, ticket))
+        if not pending:
+            return False
+        conn.again = rec
+        conn.sent_ns = time.monotonic_ns()  # the watcher's clock: this is not a command stuck on the server
+        txn = conn.txn
+        redo = (self.opt.whole_transactions and txn.retry is None and bool(txn.entries)
+                and txn.entries[-1][0] is rec and bool(txn.entries[0][3] & TXN_BEGIN))
+        if redo:
+            conn.client.send(ROLLBACK, _MIRROR_TAG)
+        ticket = conn.tickets[0] if conn.tickets else None
+        if ticket is not None and not ticket.finished:
+            released = self.planner.order.finish(ticket)  # its real completion is then a no-op
+            if released:
+                self._released.extend(released)
+                if not self._draining:
+                    self._drain_released()
+        self._start(self._send_again(conn, rec, pending, redo))
+        return True
+
+    async def _send_again(self, conn: Conn, rec: Record, pending: list, redo: bool) -> None:
+        deadline = time.monotonic() + OVERLAP_WAIT_S
+        order = self.planner.order
+        while pending and time.monotonic() < deadline:
+            await asyncio.sleep(0.002)
+            pending = [p for p in pending if _queued(p[0], p[1])]
+            for other, r, ticket in pending:
+                if other.parked and other.tickets and other.tickets[0] is ticket and not ticket.finished:
+                    owners = order.blockers(ticket)
+                    if owners and all(o == conn.conn_id for o in owners):
+                        # it waits only for this transaction's end: the lock order the capture got the
+                        # wrong way round (this statement never had the row first)
+                        ticket.release_waits()
+                        self._released.append(other.idx)
+            if self._released and not self._draining:
+                self._drain_released()
+        if conn.inflight is not rec or conn.client is None or conn.client.closed:
+            return  # the connection went meanwhile: _on_lost moved on
+        payload, prefix = conn.sent
+        log.debug("connection %s: %r changed no row, production's %d: sent again%s after the writes that "
+                  "overlapped it%s", conn.conn_id, payload[:80], rec.affected_rows, " with its transaction" if redo
+                  else "", " (timed out)" if pending else "")
+        self.stats.sent_again += 1
+        conn.sent_ns = time.monotonic_ns()
+        if redo:  # its transaction again from its start; the last statement's result is the one that counts
+            conn.txn.retry = Retry(list(conn.txn.entries), None)
+            conn.client.send(ROLLBACK, _TXN_TAG)
+            return
+        if prefix is not None:
+            conn.client.send(prefix, _PIN_TAG)
+        conn.client.send(payload, None)
 
     def _undo(self, holder: Conn) -> bool:
         """`holder` is held back by causal order inside a transaction that may block, on the server,
@@ -1565,6 +1661,7 @@ class Replayer:
                 "wait_ms": round(st.causal_wait_ns / 1e6, 1),
                 "released_to_break_cycles": st.cycles_broken,
                 "undone_to_break_cycles": st.txn_undone,
+                "sent_again_after_overlapping_writes": st.sent_again,
                 "lock_waits_unreadable": (self.lockwaits.unavailable or "") if self.lockwaits else "",
                 "released_by_valve": st.causal_released,
                 "unknown_scope_statements": planner.unknown_scope_statements,

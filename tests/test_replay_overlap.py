@@ -1,0 +1,69 @@
+"""A write that found, in production, a row another connection's write had just made visible, while
+the proxy stamped that write's end only after the finder started (a server thread preempted between
+commit and answer): causal order cannot know the finder depends on it. Seen in the shop workload: a
+job picked with SKIP LOCKED and updated by id stayed 'new' on replay, its UPDATE having run before
+the INSERT that created it (tests/workload.py; README, "causal order").
+
+The capture here is written by hand so that the race is certain: the inserting connection is held up
+on replay by a slow statement that took no time in production.
+"""
+from __future__ import annotations
+
+import json
+
+import pytest
+import uvloop
+
+from fastproxy._ringbuf import RingBuffer
+from fastproxy.capture.record import KIND_CONN_OPEN, OUTCOME_OK
+from fastproxy.capture.writer import CaptureWriter
+from fastproxy.constants import SERVER_STATUS
+from fastproxy.replay.engine import ReplayOptions, Replayer
+from fastproxy.scratch_db import ROOT_PASSWORD
+
+MS = 1_000_000
+T0 = 1_700_000_000_000_000_000
+AUTOCOMMIT = SERVER_STATUS.AUTOCOMMIT
+
+
+def _capture(path, case: str) -> None:
+    """Connection 1 sleeps (no time in production), then inserts job 7 from 2 ms to 10 ms; connection
+    2 updates job 7 at 5 ms (it found the row: 1 affected), in autocommit or inside a transaction that
+    commits at 7 ms (all of it before the insert's end). "ordered": the insert's end is stamped at 4 ms instead, before the update
+    started, so causal order orders them."""
+    rb = RingBuffer(1 << 20)
+    w = CaptureWriter(rb, path)
+    w.start()
+    for conn in (1, 2):
+        rb.append_event(KIND_CONN_OPEN, conn, T0, json.dumps({"user": "root", "db": "ovl", "capabilities": 0}).encode())
+    in_txn = AUTOCOMMIT | SERVER_STATUS.IN_TRANS
+    recs = [(1, T0, T0 + 1 * MS, OUTCOME_OK, 0, 0, 0, b"\x03DO SLEEP(1)", AUTOCOMMIT),
+            (1, T0 + 2 * MS, T0 + (4 if case == "ordered" else 10) * MS, OUTCOME_OK, 0, 1, 0,
+             b"\x03INSERT INTO jobs (id, status) VALUES (7, 'new')", AUTOCOMMIT)]
+    update = b"\x03UPDATE jobs SET status = 'taken' WHERE id = 7"
+    if case == "in a transaction":
+        recs += [(2, T0 + 3 * MS, T0 + 4 * MS, OUTCOME_OK, 0, 0, 0, b"\x03BEGIN", in_txn),
+                 (2, T0 + 5 * MS, T0 + 6 * MS, OUTCOME_OK, 0, 1, 0, update, in_txn),
+                 (2, T0 + 7 * MS, T0 + 8 * MS, OUTCOME_OK, 0, 0, 0, b"\x03COMMIT", AUTOCOMMIT)]
+    else:
+        recs.append((2, T0 + 5 * MS, T0 + 6 * MS, OUTCOME_OK, 0, 1, 0, update, AUTOCOMMIT))
+    for *rec, status in sorted(recs, key=lambda r: r[2]):  # a capture is in the order commands end
+        rb.append_command(*rec, last_insert_id=7 if b"INSERT" in rec[-1] else 0, status_flags=status)
+    w.stop({"commands": len(recs), "start_ns": T0})
+
+
+@pytest.mark.parametrize("case", ["overlapping", "in a transaction", "ordered"])
+def test_a_write_that_found_an_overlapping_insert_in_production_finds_it_on_replay(mariadb_test, tmp_path, case):
+    mariadb_test.sql("DROP DATABASE IF EXISTS ovl; CREATE DATABASE ovl; "
+                     "CREATE TABLE ovl.jobs (id INT PRIMARY KEY, status VARCHAR(8) NOT NULL)")
+    path = str(tmp_path / "cap")
+    _capture(path, case)
+    engine = Replayer(path, ReplayOptions(host=mariadb_test.host, port=mariadb_test.port, username="root",
+                                          password=ROOT_PASSWORD, speed=0))
+    stats = uvloop.run(engine.run())
+    assert stats.failed == stats.skipped == 0 and stats.replayed == (5 if case == "in a transaction" else 3)
+    # the update ran after the insert: the job is taken, as in production
+    assert mariadb_test.sql("SELECT status FROM ovl.jobs WHERE id = 7").split() == ["taken"]
+    # overlapping: it ran first (changed nothing), waited for the insert, ran again; else it waited for it at once
+    assert stats.sent_again == (0 if case == "ordered" else 1)
+    assert stats.txn_retries == stats.txn_retried_ok == stats.causal_released == 0
