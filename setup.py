@@ -69,6 +69,8 @@ def extensions():
         # result fingerprints (csrc/fingerprint.h: xxhash from Debian's libxxhash-dev), in the tracker
         if dispatch and ("tracker.c" in C_SOURCES.get(module, []) or module == "fastproxy._fingerprint"):
             kw = dict(define_macros=[("FP_XXH_DISPATCH", "1")], libraries=["xxhash"])
+        if module == "fastproxy._dataplane":  # TLS sides relayed with OpenSSL (Debian's libssl-dev)
+            kw.setdefault("libraries", []).extend(["ssl", "crypto"])
         exts.append(Extension(module, sources, include_dirs=[CSRC], extra_compile_args=flags,
                               extra_link_args=["-pthread"],
                               depends=glob.glob(os.path.join(CSRC, "*.h")), **kw))

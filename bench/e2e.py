@@ -23,7 +23,8 @@ TLS rows (sysbench `--mysql-ssl=on`, connections kept open): `direct+tls` (TLS t
 `haproxy+tls` (HAProxy in TCP mode passing the client's TLS through to mariadbd: HAProxy cannot
 terminate MySQL's TLS, which starts inside the protocol after the greeting, so it does no crypto
 here — not the same work as fastproxy's), `fastproxy+tls` (fastproxy terminates the client's TLS,
-plain to mariadbd, with mariadbd's certificate). Then the cost of setting up a connection:
+plain to mariadbd, with mariadbd's certificate; relayed by the data plane with OpenSSL), `fastproxy+tls-py`
+(the same, relayed in Python: `proxy.tls-in-dataplane = false`). Then the cost of setting up a connection:
 proxy CPU per new connection (plain and TLS, PyMySQL logging in and quitting in a loop), and what
 that makes at 100 % of one core.
 """
@@ -292,23 +293,28 @@ class HAProxyTlsPassthrough(HAProxyTarget):
 
 
 class FastproxyTls(FastproxyTarget):
-    note = "fastproxy terminating the client's TLS, plain to mariadbd (relayed in Python, not the data plane)"
+    note = "fastproxy terminating the client's TLS, plain to mariadbd (relayed by the data plane with OpenSSL)"
     client_tls = True
 
-    def __init__(self):
-        super().__init__(name="fastproxy+tls")
+    def __init__(self, name="fastproxy+tls", in_dataplane=True):
+        super().__init__(name=name)
+        self.in_dataplane = in_dataplane
+        if not in_dataplane:
+            self.note = "fastproxy terminating the client's TLS, relayed in Python (proxy.tls-in-dataplane = false)"
 
     def start(self, db):
         # mariadbd's certificate: the one sysbench's cacert.pem holds (libmariadb checks it)
         self.extra_args = ["--proxy.workers=1", f"--security.server-tls.cert={SYSBENCH_TLS_DIR}/cacert.pem",
-                           f"--security.server-tls.key={SYSBENCH_TLS_DIR}/client-key.pem"]
+                           f"--security.server-tls.key={SYSBENCH_TLS_DIR}/client-key.pem",
+                           f"--proxy.tls-in-dataplane={'true' if self.in_dataplane else 'false'}"]
         return super().start(db)
 
 
 TARGETS: list[Target] = [Direct(), CRelayTarget(), HAProxyTarget(), FastproxyTarget(), FastproxyCaptureTarget(),
                          HAProxyTarget(2, name="haproxy-2t"), FastproxyTarget(name="fastproxy-2w", workers=2),
                          FastproxyCaptureTarget(workers=2, name="fastproxy-2w+capture"),
-                         DirectTls(), HAProxyTlsPassthrough(), FastproxyTls()]
+                         DirectTls(), HAProxyTlsPassthrough(), FastproxyTls(),
+                         FastproxyTls("fastproxy+tls-py", in_dataplane=False)]
 
 
 # ---- sysbench ----------------------------------------------------------------------------------

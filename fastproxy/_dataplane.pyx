@@ -20,6 +20,7 @@ import threading
 
 from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
 from cpython.bytes cimport PyBytes_AS_STRING
+from cpython.object cimport PyObject
 from libc.stdint cimport int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 from libc.stdlib cimport calloc, free, malloc
 from libc.string cimport memcpy, strlen
@@ -196,6 +197,8 @@ cdef extern from "dp.h" nogil:
     dp_conn *dp_conn_new(uint64_t conn_id, int client_fd, int backend_fd, uint64_t max_packet_size)
     void dp_conn_free(dp_conn *c)
     int dp_conn_set_initial(dp_conn *c, const uint8_t *client_out, size_t n_out)
+    void dp_conn_set_tls(dp_conn *c, void *client_ssl, void *backend_ssl)
+    int dp_tls_check(void *ssl, int server_side, const char *version)
     int dp_post(dp_worker *w, int type, dp_conn *c, void *ptr, uint64_t arg)
     size_t dp_take_events(dp *d, dp_event **out)
     unsigned int trk_pending(const tracker *t)
@@ -348,10 +351,31 @@ cdef uint8_t *_copy(bytes b) except? NULL:
     return out
 
 
+cdef void *_ssl_pointer(object tls):
+    """The OpenSSL SSL of an ssl.SSLObject: CPython's _ssl._SSLSocket is {PyObject_HEAD; PyObject
+    *Socket; SSL *ssl; ...} (Modules/_ssl.c, 3.11). Checked by dp_tls_check before any use."""
+    sock = getattr(tls, "_sslobj", None)
+    if sock is None or type(sock).__name__ != "_SSLSocket":
+        return NULL
+    return (<void **>((<char *><PyObject *>sock) + sizeof(PyObject) + sizeof(void *)))[0]
+
+
+def tls_relayable(tls, bint server_side):
+    """Whether the data plane can relay a side whose TLS is this ssl.SSLObject (uvloop's TLS
+    protocol over memory BIOs, its handshake done; `server_side`: the proxy's end is the server)."""
+    cdef void *ssl
+    version = tls.version() if tls is not None else None
+    if not version:
+        return False
+    ssl = _ssl_pointer(tls)
+    return ssl != NULL and dp_tls_check(ssl, server_side, version.encode()) == 1
+
+
 cdef class Connection:
     """Python's handle on a connection relayed by a worker. `owner` is the proxy's object for it."""
 
     cdef dp_conn *c
+    cdef object tls_objects  # the ssl.SSLObjects whose SSL the worker uses: alive until it is done
     cdef readonly object owner
     cdef readonly uint64_t conn_id
     cdef readonly int worker
@@ -379,6 +403,7 @@ cdef class Connection:
         self.unsolicited_err_msg = (<bytes>self.c.unsol_err_msg).decode("utf-8", "replace")
         dp_conn_free(self.c)
         self.c = NULL
+        self.tls_objects = None  # the worker is done with them
 
     # ---- while parked (Python's: the worker leaves it alone until resume) ------------------------
     @property
@@ -540,10 +565,12 @@ cdef class DataPlane:
     def add(self, owner, int client_fd, int backend_fd, uint64_t conn_id, *, str user, db, uint64_t capabilities,
             bint deprecate_eof, bint session_track, bint multi_statements, bint dbcs, uint16_t status_flags,
             str backend_addr, uint64_t max_packet_size, bint capture, bytes client_out=b"", bytes client_in=b"",
-            bytes backend_in=b""):
+            bytes backend_in=b"", client_tls=None, backend_tls=None):
         """Hand a connection whose handshake is done to the least busy worker. The worker owns both
         sockets from now on (and closes them). `client_out`: bytes still to send to the client (the
-        server's OK); `client_in`/`backend_in`: bytes already read from either side after the handshake."""
+        server's OK); `client_in`/`backend_in`: bytes already read from either side after the handshake.
+        `client_tls`/`backend_tls`: the ssl.SSLObject of a TLS side (tls_relayable said yes); nothing
+        else may use it from now on (the worker reads what it still holds first)."""
         cdef dp_conn *c = dp_conn_new(conn_id, client_fd, backend_fd, max_packet_size)
         cdef dp_bytes *b = NULL
         cdef Connection conn
@@ -555,6 +582,13 @@ cdef class DataPlane:
         conn.owner = owner
         conn.conn_id = conn_id
         try:
+            if client_tls is not None or backend_tls is not None:
+                for tls, server_side in ((client_tls, True), (backend_tls, False)):
+                    if tls is not None and not tls_relayable(tls, server_side):
+                        raise ValueError("a TLS side the data plane cannot relay")
+                conn.tls_objects = (client_tls, backend_tls)
+                dp_conn_set_tls(c, _ssl_pointer(client_tls) if client_tls is not None else NULL,
+                                _ssl_pointer(backend_tls) if backend_tls is not None else NULL)
             c.s.user = _cstr(user)
             c.s.db = _cstr(db)
             c.s.capabilities = capabilities

@@ -164,6 +164,8 @@ KEYS: list[Key] = [
     Key("proxy.addr", "0.0.0.0:6000", parse_addr, "address clients connect to"),
     Key("proxy.backends", "127.0.0.1:3306", _addr_list, "backend MySQL/MariaDB servers (list, or comma-separated)"),
     Key("proxy.workers", "auto", _workers, "threads relaying connections (the data plane); auto = the number of CPUs"),
+    Key("proxy.tls-in-dataplane", True, _bool, "relay TLS connections in the data plane (OpenSSL from C); false: "
+        "in Python, as before the data plane could"),
     Key("proxy.max-connections", 0, _int(0), "client connections accepted at once (0 = no limit); beyond it clients get error 1040"),
     Key("proxy.graceful-close-conn-timeout", 15, parse_duration, "on SIGTERM, how long connections may finish their transaction"),
     Key("proxy.connect-timeout", "5s", _at_least(parse_duration, 0.01, "10ms"), "timeout to connect to a backend"),

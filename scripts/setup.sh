@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Everything fastproxy needs on a fresh Debian machine: MariaDB server and client, the client
 # library headers (mysqlclient), pkg-config, sysbench, HAProxy (benchmarks), xxhash headers (result
-# fingerprints), Chromium and its driver (the HTML report's browser test), then a virtualenv
+# fingerprints), OpenSSL headers (the data plane's TLS), Chromium and its driver (the HTML report's
+# browser test), then a virtualenv
 # (.venv) with fastproxy, its test extras and its Cython extensions built.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -14,6 +15,7 @@ command -v pkg-config >/dev/null 2>&1 || need+=(pkg-config)
 command -v haproxy >/dev/null 2>&1 || [ -x /usr/sbin/haproxy ] || need+=(haproxy)
 [ -e /usr/include/mariadb/mysql.h ] || need+=(libmariadb-dev)
 [ -e /usr/include/xxhash.h ] || need+=(libxxhash-dev)
+[ -e /usr/include/openssl/ssl.h ] || need+=(libssl-dev)
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
 command -v chromedriver >/dev/null 2>&1 || need+=(chromium-driver)
 command -v gcc >/dev/null 2>&1 || need+=(build-essential)

@@ -1,7 +1,8 @@
-"""TLS connections beside the data plane: a connection with TLS on a leg is relayed in Python after
-its login (its TLS state lives in Python's ssl), a plain one by the data plane's workers. Both are
-seen the same way from outside: /api/debug/connections, /metrics, capture records (with a capture
-filter, and for a connection open before the capture). Real clients, a real proxy, real MariaDB."""
+"""TLS connections in the data plane: after its login, a connection with TLS on a leg is relayed by
+the data plane's workers as a plain one is, with OpenSSL from C (the SSL object Python's ssl made
+for the handshake, over its memory BIOs). Both are seen the same way from outside:
+/api/debug/connections, /metrics, capture records (with a capture filter, and for a connection open
+before the capture). Real clients, a real proxy, real MariaDB."""
 from __future__ import annotations
 
 import json
@@ -22,12 +23,15 @@ def certs(tmp_path_factory):
     return ca, ca.issue("proxy", server=True)
 
 
-@pytest.fixture
-def proxy(proxy_factory, mariadb, certs):
+@pytest.fixture(params=[True, False], ids=["tls-in-dataplane", "tls-in-python"])
+def proxy(request, proxy_factory, mariadb, certs):
+    """proxy.tls-in-dataplane on (the default) and off (the Python relay, also the fallback)."""
     mariadb.sql("DROP DATABASE IF EXISTS dptls; CREATE DATABASE dptls; CREATE TABLE dptls.t (x INT)")
     _, server = certs
-    return proxy_factory([mariadb], f"--security.server-tls.cert={server.cert}",
-                         f"--security.server-tls.key={server.key}")
+    p = proxy_factory([mariadb], f"--security.server-tls.cert={server.cert}",
+                      f"--security.server-tls.key={server.key}", f"--proxy.tls-in-dataplane={str(request.param).lower()}")
+    p.tls_relay = "dataplane" if request.param else "python"
+    return p
 
 
 def _connect(proxy, certs, tls: bool):
@@ -45,12 +49,12 @@ def _run(conn, *sqls):
         cur.fetchall()
 
 
-def test_tls_connection_is_relayed_in_python_and_shown_like_a_plain_one(proxy, certs):
+def test_tls_connection_is_shown_like_a_plain_one(proxy, certs):
     plain, tls = _connect(proxy, certs, False), _connect(proxy, certs, True)
     for conn in (plain, tls):
         _run(conn, "USE dptls", "BEGIN", "INSERT INTO t VALUES (1)")
     seen = {c["tls"]["client"] != "": c for c in proxy.get("/api/debug/connections")}
-    assert seen[False]["relay"] == "dataplane" and seen[True]["relay"] == "python"
+    assert seen[False]["relay"] == "dataplane" and seen[True]["relay"] == proxy.tls_relay
     assert seen[True]["tls"]["client"].startswith("TLSv1") and seen[True]["tls"]["backend"] == ""
     for c in seen.values():  # the same session state, whoever relays it
         assert c["db"] == "dptls" and c["in_transaction"] and c["commands"] == seen[False]["commands"] > 0
@@ -98,3 +102,27 @@ def test_tls_connection_open_before_the_capture_is_rebuilt(proxy, certs, tmp_pat
     assert len(states) == 1 and states[0]["db"] == "dptls"
     assert "42" in json.dumps(states[0])  # the user variable, read by the proxy's own query
     assert [r.payload[1:] for r in records if r.kind == KIND_COMMAND] == [b"SELECT @carried"]
+
+
+def test_large_results_and_packets_cross_tls_in_the_data_plane(proxy, certs, mariadb):
+    """Many TLS records per read and per answer (what OpenSSL holds after one read is read on without
+    a readiness), a client packet over 16 MiB, and many small commands: the bytes are exact."""
+    saved = mariadb.sql("SELECT @@global.max_allowed_packet").strip()
+    mariadb.sql(f"SET GLOBAL max_allowed_packet = {64 << 20}")
+    try:
+        ca, _ = certs
+        tls = pymysql.connect(**connect_kwargs(proxy.port, ssl={"ca": ca.pem.cert}, max_allowed_packet=64 << 20))
+        cur = tls.cursor()
+        cur.execute("SELECT REPEAT('ab', 3000000), 7")
+        big, seven = cur.fetchone()
+        assert len(big) == 6_000_000 and big[:4] == big[-4:] == "abab" and seven == 7
+        blob = "xy" * (17 << 19)  # 17 MiB: a client packet split in two on the wire
+        cur.execute("SELECT LENGTH(%s), RIGHT(%s, 3)", (blob, blob + "end"))
+        assert cur.fetchone() == (len(blob), "end")
+        for i in range(300):
+            cur.execute("SELECT %s", (i,))
+            assert cur.fetchone()[0] == i
+        assert [c["relay"] for c in proxy.get("/api/debug/connections")] == [proxy.tls_relay]
+        tls.close()
+    finally:
+        mariadb.sql(f"SET GLOBAL max_allowed_packet = {saved}")

@@ -20,6 +20,10 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <openssl/bio.h>
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+
 #include "mysql_constants.h"
 
 #define DP_MAX_EVENTS 128
@@ -127,7 +131,8 @@ int dp_init(dp *d, int nworkers, const int64_t *latency_bounds) {
         d->nworkers = i + 1;
         w->epfd = epoll_create1(EPOLL_CLOEXEC);
         w->rbuf = malloc(DP_READ_SIZE);
-        if (w->epfd < 0 || !w->rbuf || queue_init(&w->inbox, sizeof(dp_msg)) < 0)
+        w->tbuf = malloc(DP_READ_SIZE);
+        if (w->epfd < 0 || !w->rbuf || !w->tbuf || queue_init(&w->inbox, sizeof(dp_msg)) < 0)
             return -1;
         struct epoll_event ev = {.events = EPOLLIN, .data.ptr = &w->inbox_marker};
         if (epoll_ctl(w->epfd, EPOLL_CTL_ADD, w->inbox.efd, &ev) < 0)
@@ -143,6 +148,9 @@ void dp_destroy(dp *d) {
             close(w->epfd);
         queue_destroy(&w->inbox);
         free(w->rbuf);
+        free(w->tbuf);
+        free(w->tls_ready);
+        free(w->tls_spare);
     }
     free(d->workers);
     d->workers = NULL;
@@ -234,21 +242,77 @@ static int out_append(dp_side *s, const uint8_t *p, size_t n) {
     return 0;
 }
 
-int dp_conn_set_initial(dp_conn *c, const uint8_t *client_out, size_t n_out) {
-    return n_out ? out_append(&c->cli, client_out, n_out) : 0;
+void dp_conn_set_tls(dp_conn *c, void *client_ssl, void *backend_ssl) {
+    c->cli.ssl = client_ssl;
+    c->be.ssl = backend_ssl;
+    /* what OpenSSL already holds (records read with the end of the handshake) is read at once */
+    c->cli.tls_more = client_ssl != NULL;
+    c->be.tls_more = backend_ssl != NULL;
 }
 
-/* ---- I/O of one side: the place where TLS will slot in (SSL_read / SSL_write) ---------------- */
+int dp_tls_check(void *ssl, int server_side, const char *version) {
+    SSL *t = ssl;
+    if (!t || !SSL_get_rbio(t) || !SSL_get_wbio(t) || BIO_method_type(SSL_get_rbio(t)) != BIO_TYPE_MEM
+        || BIO_method_type(SSL_get_wbio(t)) != BIO_TYPE_MEM || !SSL_is_init_finished(t)
+        || SSL_is_server(t) != server_side)
+        return 0;
+    return strcmp(SSL_get_version(t), version) == 0;
+}
+
+/* Bytes to send to a TLS side go through OpenSSL into its write BIO; nothing is on the socket yet. */
+static int tls_encrypt(dp_side *s, const uint8_t *p, size_t n) {
+    while (n) {
+        int chunk = n > (1u << 30) ? (1 << 30) : (int)n;
+        ERR_clear_error();
+        int k = SSL_write(s->ssl, p, chunk);
+        if (k <= 0)
+            return -1;
+        p += k;
+        n -= (size_t)k;
+    }
+    return 0;
+}
+
+int dp_conn_set_initial(dp_conn *c, const uint8_t *client_out, size_t n_out) {
+    if (!n_out)
+        return 0;
+    if (c->cli.ssl)  /* encrypted now (Python's thread: the worker has not got the connection yet) */
+        return tls_encrypt(&c->cli, client_out, n_out);
+    return out_append(&c->cli, client_out, n_out);
+}
+
+/* ---- I/O of one side -------------------------------------------------------------------------- */
 
 static ssize_t io_read(dp_side *s, void *buf, size_t n) { return recv(s->fd, buf, n, 0); }
 
 static ssize_t io_write(dp_side *s, const void *buf, size_t n) { return send(s->fd, buf, n, MSG_NOSIGNAL); }
+
+static void tls_enqueue(dp_worker *w, dp_side *s) {
+    if (s->tls_queued)
+        return;
+    if (w->ntls == w->tls_cap) {
+        uint32_t cap = w->tls_cap ? w->tls_cap * 2 : 16;
+        dp_side **a = realloc(w->tls_ready, cap * sizeof *a), **b;
+        if (!a)
+            return;  /* read at its next readiness instead */
+        w->tls_ready = a;
+        b = realloc(w->tls_spare, cap * sizeof *b);
+        if (!b)
+            return;
+        w->tls_spare = b;
+        w->tls_cap = cap;
+    }
+    w->tls_ready[w->ntls++] = s;
+    s->tls_queued = 1;
+}
 
 /* ---- connection helpers ------------------------------------------------------------------------- */
 
 static void set_interest(dp_conn *c, dp_side *s, uint32_t want) {
     if (s->fd < 0 || want == s->registered)
         return;
+    if (s->ssl && s->tls_more && (want & EPOLLIN) && !(s->registered & EPOLLIN))
+        tls_enqueue(c->w, s);  /* read again: what OpenSSL holds raises no readiness */
     struct epoll_event ev = {.events = want, .data.ptr = s};
     int op = s->registered == 0 ? EPOLL_CTL_ADD : want == 0 ? EPOLL_CTL_DEL : EPOLL_CTL_MOD;
     /* a side wanting nothing leaves the set: EPOLLHUP/EPOLLERR would be reported regardless */
@@ -281,6 +345,18 @@ static void side_close(dp_conn *c, dp_side *s) {
     if (s->fd < 0)
         return;
     set_interest(c, s, 0);
+    if (s->ssl) {
+        if (!(s->is_client ? c->cli_lost : c->be_lost)) {  /* close_notify, best effort */
+            uint8_t buf[512];
+            ERR_clear_error();
+            SSL_shutdown(s->ssl);
+            int k = BIO_read(SSL_get_wbio(s->ssl), buf, sizeof buf);
+            if (k > 0 && io_write(s, buf, (size_t)k) < 0) {
+            }
+        }
+        ERR_clear_error();
+        s->ssl = NULL;  /* Python's: it frees it once told the connection closed */
+    }
     close(s->fd);
     s->fd = -1;
     free(s->out);
@@ -295,11 +371,37 @@ static void lost(dp_side *s) {
         s->conn->be_lost = 1;
 }
 
-/* Forward bytes to a side: written at once when nothing is queued, the rest kept in its output
- * buffer (whose reader side is then no longer read: see update_interest). */
+static void send_raw(dp_conn *c, dp_side *s, const uint8_t *p, size_t n);
+
+/* What OpenSSL wrote for a TLS side (records, alerts, key updates): onto its socket. */
+static void tls_flush(dp_conn *c, dp_side *s) {
+    BIO *wb = SSL_get_wbio(s->ssl);
+    uint8_t *buf = c->w->tbuf;
+    while (BIO_ctrl_pending(wb) > 0 && !(s->is_client ? c->cli_lost : c->be_lost)) {
+        int k = BIO_read(wb, buf, DP_READ_SIZE);
+        if (k <= 0)
+            break;
+        send_raw(c, s, buf, (size_t)k);
+    }
+}
+
+/* Forward bytes to a side (encrypted first on a TLS side): written at once when nothing is queued,
+ * the rest kept in its output buffer (whose reader side is then no longer read: see update_interest). */
 static void send_to(dp_conn *c, dp_side *s, const uint8_t *p, size_t n) {
     if (s->fd < 0 || (s->is_client ? c->cli_lost : c->be_lost) || !n)
         return;
+    if (s->ssl) {
+        if (tls_encrypt(s, p, n) < 0) {
+            lost(s);
+            return;
+        }
+        tls_flush(c, s);
+        return;
+    }
+    send_raw(c, s, p, n);
+}
+
+static void send_raw(dp_conn *c, dp_side *s, const uint8_t *p, size_t n) {
     if (s->out_len == 0) {
         ssize_t k = io_write(s, p, n);
         if (k < 0) {
@@ -948,24 +1050,88 @@ static void start_own_query(dp_conn *c, uint8_t *packet, size_t n) {
     update_interest(c);
 }
 
+static void deliver(dp_conn *c, dp_side *s, const uint8_t *p, size_t n) {
+    c->w->now = wall_ns();
+    if (c->own_active)
+        on_own_answer(c, p, n);
+    else if (s->is_client)
+        on_client_data(c, p, n);
+    else
+        on_backend_data(c, p, n);
+}
+
+static void read_lost(dp_conn *c, dp_side *s) {
+    lost(s);
+    if (c->own_active && !s->is_client) {  /* during the proxy's own query: Python says so */
+        c->own_active = 0;
+        c->own_lost = 1;
+        park(c, DP_PARK_OWN_ANSWER);
+    }
+}
+
+/* A TLS side: at a readiness, the socket's bytes into OpenSSL's read BIO; then one SSL_read, as
+ * a plain side has one recv. While OpenSSL may hold more, the side stays in the worker's tls_ready
+ * list (epoll cannot see those bytes). */
+static void read_side_tls(dp_conn *c, dp_side *s) {
+    dp_worker *w = c->w;
+    SSL *ssl = s->ssl;
+    if (!s->tls_more) {
+        ssize_t k = io_read(s, w->tbuf, DP_READ_SIZE);
+        if (k == 0 || (k < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)) {
+            read_lost(c, s);
+            return;
+        }
+        if (k > 0 && BIO_write(SSL_get_rbio(ssl), w->tbuf, (int)k) != (int)k) {
+            read_lost(c, s);
+            return;
+        }
+    }
+    ERR_clear_error();
+    int k = SSL_read(ssl, w->rbuf, DP_READ_SIZE);
+    int e = k > 0 ? SSL_ERROR_NONE : SSL_get_error(ssl, k);
+    tls_flush(c, s);  /* what reading made OpenSSL send (a key update's answer, an alert) */
+    if (k > 0) {
+        s->tls_more = 1;
+        tls_enqueue(w, s);
+        deliver(c, s, w->rbuf, (size_t)k);
+        return;
+    }
+    s->tls_more = 0;
+    if (e != SSL_ERROR_WANT_READ && e != SSL_ERROR_WANT_WRITE)
+        read_lost(c, s);  /* close_notify, or a TLS error */
+}
+
 static void read_side(dp_conn *c, dp_side *s) {
+    if (s->ssl) {
+        read_side_tls(c, s);
+        return;
+    }
     dp_worker *w = c->w;
     ssize_t k = io_read(s, w->rbuf, DP_READ_SIZE);
-    if (k > 0) {
-        w->now = wall_ns();
-        if (c->own_active)
-            on_own_answer(c, w->rbuf, (size_t)k);
-        else if (s->is_client)
-            on_client_data(c, w->rbuf, (size_t)k);
-        else
-            on_backend_data(c, w->rbuf, (size_t)k);
-    } else if (k == 0 || (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)) {
-        lost(s);
-        if (c->own_active && !s->is_client) {  /* during the proxy's own query: Python says so */
-            c->own_active = 0;
-            c->own_lost = 1;
-            park(c, DP_PARK_OWN_ANSWER);
-        }
+    if (k > 0)
+        deliver(c, s, w->rbuf, (size_t)k);
+    else if (k == 0 || (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR))
+        read_lost(c, s);
+}
+
+static void settle(dp_conn *c);
+
+/* The TLS sides whose OpenSSL may hold more decrypted bytes, still wanting to be read. */
+static void tls_pass(dp_worker *w) {
+    uint32_t n = w->ntls;
+    dp_side **list = w->tls_ready;
+    w->tls_ready = w->tls_spare;  /* sides queued meanwhile go to the other list */
+    w->tls_spare = list;
+    w->ntls = 0;
+    for (uint32_t i = 0; i < n; i++) {
+        dp_side *s = list[i];
+        dp_conn *c = s->conn;
+        s->tls_queued = 0;
+        if (c->dead || s->fd < 0 || !s->ssl || !s->tls_more || (c->parked && !c->own_active)
+            || !(s->registered & EPOLLIN))
+            continue;  /* set_interest queues it again when it wants to be read */
+        read_side(c, s);
+        settle(c);
     }
 }
 
@@ -1089,6 +1255,14 @@ static void add_conn(dp_worker *w, dp_conn *c, int cap_state, dp_bytes *b) {
     STAT_ADD(w->stats.connections, 1);
     c->cap_state = (uint8_t)(w->capture ? cap_state : DP_CAP_OFF);
     w->now = wall_ns();
+    for (int i = 0; i < 2; i++) {  /* what OpenSSL holds to send (the server's OK, encrypted) */
+        dp_side *s = i ? &c->be : &c->cli;
+        if (s->ssl) {
+            tls_flush(c, s);
+            if (s->tls_more)
+                tls_enqueue(w, s);
+        }
+    }
     flush_side(c, &c->cli);  /* what the handshake left to send: the server's OK */
     if (b) {
         if (b->backend_in_len)
@@ -1223,7 +1397,7 @@ void dp_worker_run(dp_worker *w) {
     snprintf(name, sizeof name, "fp-worker-%d", w->index);
     pthread_setname_np(pthread_self(), name);  /* per-thread CPU in top / perf / /proc/PID/task */
     while (!w->stop) {
-        int n = epoll_wait(w->epfd, evs, DP_MAX_EVENTS, -1);
+        int n = epoll_wait(w->epfd, evs, DP_MAX_EVENTS, w->ntls ? 0 : -1);
         if (n < 0) {
             if (errno == EINTR)
                 continue;
@@ -1242,6 +1416,8 @@ void dp_worker_run(dp_worker *w) {
             handle_io(c, s, evs[i].events);
             settle(c);
         }
+        if (w->ntls)
+            tls_pass(w);
         report_finished(w);
     }
     report_finished(w);

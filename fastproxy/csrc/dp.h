@@ -151,8 +151,13 @@ typedef struct dp_side {
     int fd;
     uint8_t is_client;
     uint32_t registered;         /* epoll events currently asked for; 0 = not in the epoll set */
-    uint8_t *out;                /* bytes not yet written to this side */
+    uint8_t *out;                /* bytes not yet written to this side (with TLS: encrypted) */
     uint32_t out_off, out_len, out_cap;
+    /* TLS on this side: an OpenSSL SSL over memory BIOs, made by Python's ssl module during the
+     * handshake (Python keeps it alive until the connection is reported closed) */
+    void *ssl;
+    uint8_t tls_more;            /* OpenSSL may hold more decrypted bytes: read on without readiness */
+    uint8_t tls_queued;          /* in the worker's tls_ready list */
 } dp_side;
 
 typedef struct dp_conn {
@@ -254,6 +259,10 @@ typedef struct dp_worker {
     int64_t now;                 /* wall clock at the current event */
     uint8_t stop;
     uint8_t *rbuf;               /* DP_READ_SIZE */
+    uint8_t *tbuf;               /* DP_READ_SIZE: encrypted bytes on their way in or out (TLS) */
+    /* TLS sides with decrypted bytes OpenSSL may still hold (epoll cannot tell): read after the batch */
+    dp_side **tls_ready, **tls_spare;
+    uint32_t ntls, tls_cap;
 } dp_worker;
 
 /* The ring's side path for records too large for it (Python, takes the GIL): RING_REFUSED_NONE or
@@ -298,6 +307,12 @@ void dp_worker_run(dp_worker *w);             /* a worker thread's body: returns
 dp_conn *dp_conn_new(uint64_t conn_id, int client_fd, int backend_fd, uint64_t max_packet_size);
 void dp_conn_free(dp_conn *c);
 int dp_conn_set_initial(dp_conn *c, const uint8_t *client_out, size_t n_out);
+/* TLS on either side (NULL: plain): SSL objects over memory BIOs, their handshake done. Before
+ * dp_conn_set_initial (whose bytes are then encrypted) and before the connection is posted. */
+void dp_conn_set_tls(dp_conn *c, void *client_ssl, void *backend_ssl);
+/* Whether `ssl` is a usable SSL object: memory BIOs, handshake finished, on the expected side, with
+ * the protocol version Python reports for it (a check that the pointer is what it should be). */
+int dp_tls_check(void *ssl, int server_side, const char *version);
 int dp_post(dp_worker *w, int type, dp_conn *c, void *ptr, uint64_t arg);
 size_t dp_take_events(dp *d, dp_event **out);  /* swaps the event vector out; caller frees */
 

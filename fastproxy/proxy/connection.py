@@ -1,5 +1,5 @@
 """One client connection, from accept to the end of its handshake; then the data plane relays it
-(a connection with TLS on either leg is relayed here, in Python: see "TLS connections" below).
+(with TLS on a leg too; see "TLS connections" below).
 
 Python does what happens once per connection: connect a backend, rewrite the greeting (capabilities
 the proxy cannot handle are removed), pass the authentication through. When the backend says OK,
@@ -19,14 +19,18 @@ and hears of it again only for what is rare (see docs/dataplane.md):
   the held bytes go on. A command that reads what a SELECT would reset (FOUND_ROWS(), ROW_COUNT(),
   SHOW WARNINGS) goes first: the proxy asks before the command after it.
 
-TLS connections. TLS is terminated by Python's ssl (uvloop's TLS protocol over memory BIOs,
-fastproxy/proxy/tls_upgrade.py), so a connection with TLS on either leg has no raw socket the data
-plane could relay. It stays here after the login (phase COMMANDS) and is relayed by the Python
-relay (the methods under "the Python relay"): bytes are forwarded the moment they arrive and
-watched on the side, the client's by a PacketFramer (commands), the server's by a ResponseTracker
-(where each response ends, how); its session is kept by Session.apply, its capture records are
-appended by CaptureJob.on_command, its metrics go to ProxyStats. The proxy's own queries run there
-the same way: the client's bytes are held at a command boundary while the proxy's query runs.
+TLS connections. TLS is set up by Python's ssl during the handshake (uvloop's TLS protocol over
+memory BIOs, fastproxy/proxy/tls_upgrade.py). At the hand-off the data plane takes each TLS side's
+OpenSSL object with the socket (_dataplane.tls_relayable checks it is what it should be) and relays
+it with OpenSSL from C: encrypted bytes between the socket and the memory BIOs, SSL_read/SSL_write,
+nothing else changed. Where it cannot (proxy.tls-in-dataplane = false, or an ssl module whose
+objects it does not recognize), the connection stays here after the login (phase COMMANDS) and is
+relayed by the Python relay (the methods under "the Python relay"): bytes are forwarded the moment
+they arrive and watched on the side, the client's by a PacketFramer (commands), the server's by a
+ResponseTracker (where each response ends, how); its session is kept by Session.apply, its capture
+records are appended by CaptureJob.on_command, its metrics go to ProxyStats. The proxy's own
+queries run there the same way: the client's bytes are held at a command boundary while the proxy's
+query runs.
 """
 from __future__ import annotations
 
@@ -38,7 +42,7 @@ import time
 from bisect import bisect_left
 from typing import TYPE_CHECKING
 
-from fastproxy._dataplane import CLEAN, HOOK_QUERY, PARK_OWN_ANSWER, PARK_OWN_QUERY
+from fastproxy._dataplane import CLEAN, HOOK_QUERY, PARK_OWN_ANSWER, PARK_OWN_QUERY, tls_relayable
 from fastproxy._packet import PacketFramer, ResponseTracker, build_packet
 from fastproxy.capture.record import OUTCOME_BACKEND_LOST
 from fastproxy.constants import CLIENT, COMMAND, ER, SERVER_STATUS, command_name
@@ -323,12 +327,18 @@ class ClientConnection(asyncio.Protocol):
         if tls.client != tls.backend and sha2_bridge.on_backend_packet(self, seq, payload):
             return
         first = payload[0] if len(payload) else -1
-        if first == 0x00:  # authenticated
-            if tls.client or tls.backend:  # TLS on a leg: relayed here, in Python (module docstring)
+        if first == 0x00:  # authenticated: from now on the data plane relays
+            client_tls = self.transport.get_extra_info("ssl_object") if tls.client else None
+            backend_tls = self.backend_side.transport.get_extra_info("ssl_object") if tls.backend else None
+            if ((client_tls is not None or backend_tls is not None) and (
+                    not self.server.config["proxy.tls-in-dataplane"]
+                    or (client_tls is not None and not tls_relayable(client_tls, True))
+                    or (backend_tls is not None and not tls_relayable(backend_tls, False)))):
+                # a TLS object the data plane cannot take over: relayed here, in Python (module docstring)
                 self.transport.write(build_packet(seq + tls.seq_shift, payload))
                 self._start_python_relay()
-            else:  # from now on the data plane relays
-                self._hand_off(build_packet(seq + tls.seq_shift, payload))
+            else:
+                self._hand_off(build_packet(seq + tls.seq_shift, payload), client_tls, backend_tls)
             return
         self.transport.write(build_packet(seq + tls.seq_shift, payload))
         if first == 0xFF:
@@ -338,17 +348,22 @@ class ClientConnection(asyncio.Protocol):
             self._close()
         # 0xFE auth switch / 0x01 more data: the client answers through _on_auth_packet
 
-    def _hand_off(self, ok_packet: bytes) -> None:
+    def _hand_off(self, ok_packet: bytes, client_tls=None, backend_tls=None) -> None:
         """Give both sockets to a data-plane worker, with the backend's OK still to deliver and
-        whatever either side sent after the handshake."""
+        whatever either side sent after the handshake. A TLS side goes with its ssl.SSLObject: the
+        worker relays it with OpenSSL (its memory BIOs, which still hold what was read with the end
+        of the handshake); nothing here touches that object again."""
         server = self.server
         side = self.backend_side
-        if self.transport.get_write_buffer_size() or side.transport.get_write_buffer_size():
+        tls = self.tls
+        raws = [raw for raw, obj in ((tls.client_raw, client_tls), (tls.backend_raw, backend_tls)) if obj is not None]
+        if (self.transport.get_write_buffer_size() or side.transport.get_write_buffer_size()
+                or any(raw.get_write_buffer_size() for raw in raws)):
             # a handshake packet is still queued in a transport (the peer reads slowly): hand off
             # once it is out, or its bytes would be lost with the transport
             self.transport.pause_reading()
             side.transport.pause_reading()
-            server.loop.call_later(0.001, self._hand_off, ok_packet)
+            server.loop.call_later(0.001, self._hand_off, ok_packet, client_tls, backend_tls)
             self.phase = RELAYED  # nothing more is read meanwhile
             return
         self.phase = RELAYED
@@ -365,7 +380,11 @@ class ClientConnection(asyncio.Protocol):
                     os.close(fd)
             self._close()
             return
-        # uvloop closes its own descriptors (no shutdown(): the duplicates keep both connections up)
+        # uvloop closes its own descriptors (no shutdown(): the duplicates keep both connections up).
+        # Under a TLS transport, uvloop's TLS protocol would still read its outgoing BIO when the
+        # socket's transport reports the close: that report goes elsewhere (the worker owns the BIOs)
+        for raw in raws:
+            raw.set_protocol(_Detached())
         self._relayed = True
         self.transport.abort()
         side.transport.abort()
@@ -379,8 +398,9 @@ class ClientConnection(asyncio.Protocol):
                 multi_statements=bool(caps & CLIENT.MULTI_STATEMENTS),
                 dbcs=reading_for_collation(s.charset) != 0, status_flags=SERVER_STATUS.AUTOCOMMIT,
                 backend_addr=s.backend, max_packet_size=server.config["proxy.max-packet-size"], capture=captured,
-                client_out=ok_packet, client_in=client_in, backend_in=backend_in)
-        except MemoryError:
+                client_out=ok_packet, client_in=client_in, backend_in=backend_in, client_tls=client_tls,
+                backend_tls=backend_tls)
+        except (MemoryError, ValueError):
             os.close(client_fd)
             os.close(backend_fd)
             self._close()
@@ -388,6 +408,7 @@ class ClientConnection(asyncio.Protocol):
         self.framer = None
         self.tracker = None
         self.greeting = None
+        tls.client_raw = tls.backend_raw = None
         self.transport = None
         self.backend_side = None
         self._to_backend = self._to_client = None
@@ -839,3 +860,8 @@ class BackendSide(asyncio.Protocol):
 
     def connection_lost(self, exc) -> None:
         self.client.on_backend_lost(exc)
+
+
+class _Detached(asyncio.Protocol):
+    """The protocol of a TLS connection's socket transport once the data plane has the connection:
+    it hears the transport's close, and nothing else (uvloop's TLS protocol must not)."""

@@ -76,7 +76,7 @@ class HandshakeTls:
     """One connection's TLS state during its handshake."""
 
     __slots__ = ("client", "backend", "busy", "backend_wanted", "plugin", "nonce", "bridge", "password",
-                 "extra_shift")
+                 "extra_shift", "client_raw", "backend_raw")
 
     def __init__(self) -> None:
         self.client = False  # the client's side is encrypted
@@ -89,6 +89,8 @@ class HandshakeTls:
         self.bridge: str | None = None  # what the bridge waits for
         self.password = b""  # for one step of the bridge only
         self.extra_shift = 0  # packets one leg counted and the other did not
+        self.client_raw = None  # each TLS side's socket transport, under its TLS transport (the hand-off)
+        self.backend_raw = None
 
     @property
     def seq_shift(self) -> int:
@@ -259,6 +261,7 @@ async def _client_upgrade(conn, already: bytes) -> None:
     if conn._closing:
         transport.close()
         return
+    conn.tls.client_raw = conn.transport
     conn.transport = transport
     conn._to_client = transport.write
     conn.tls.client, conn.tls.busy = True, False
@@ -298,6 +301,7 @@ async def _backend_upgrade(conn, response: bytes, client_seq: int) -> None:
     if conn._closing:
         transport.close()
         return
+    conn.tls.backend_raw = side.transport
     side.transport = transport
     conn._to_backend = transport.write
     conn.tls.backend, conn.tls.busy = True, False
