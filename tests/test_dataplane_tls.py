@@ -13,6 +13,7 @@ import pytest
 
 from capture_util import cancel_capture, read_capture, start_capture
 from conftest import connect_kwargs
+from proxy_util import health, wait_for
 from fastproxy.capture.record import KIND_COMMAND, KIND_CONN_STATE
 from tls_certs import CertAuthority
 
@@ -75,6 +76,8 @@ def test_capture_filter_applies_to_both_relays(proxy, certs, tmp_path):
         conn = _connect(proxy, certs, tls)
         _run(conn, "USE dptls", "SELECT x FROM t", "INSERT INTO t VALUES (2)", "SELECT COUNT(*) FROM t")
         conn.close()
+    # COM_QUIT is recorded when a relay reads it; closing the client does not wait for that
+    wait_for(lambda: health(proxy)["connections"] == 0, what="both connections to be closed")
     job = cancel_capture(proxy)
     assert not job["error"], job
     meta, records, _ = read_capture(tmp_path / "f")
