@@ -24,7 +24,9 @@ TLS rows (sysbench `--mysql-ssl=on`, connections kept open): `direct+tls` (TLS t
 terminate MySQL's TLS, which starts inside the protocol after the greeting, so it does no crypto
 here — not the same work as fastproxy's), `fastproxy+tls` (fastproxy terminates the client's TLS,
 plain to mariadbd, with mariadbd's certificate; relayed by the data plane with OpenSSL), `fastproxy+tls-py`
-(the same, relayed in Python: `proxy.tls-in-dataplane = false`). Then the cost of setting up a connection:
+(the same, relayed in Python: `proxy.tls-in-dataplane = false`), `haproxy+tls-term` (HAProxy
+terminating TLS with `bind ... ssl crt`, the same crypto as fastproxy+tls; fed by a second HAProxy
+that wraps sysbench's plain connections in TLS, whose CPU is not counted). Then the cost of setting up a connection:
 proxy CPU per new connection (plain and TLS, PyMySQL logging in and quitting in a loop), and what
 that makes at 100 % of one core.
 """
@@ -147,6 +149,24 @@ class CRelayTarget(ProcessTarget):
         return self.spawn([binary, str(self.port), str(db.port)])
 
 
+def haproxy_config(nbthread: int, bind: str, server: str, global_extra: str = "") -> str:
+    """A TCP-mode HAProxy with one frontend and one server (`bind` and `server` lines' arguments)."""
+    return f"""global
+    nbthread {nbthread}
+    maxconn 4096
+{global_extra}defaults
+    mode tcp
+    timeout connect 5s
+    timeout client 1h
+    timeout server 1h
+frontend fe
+    bind {bind}
+    default_backend be
+backend be
+    server {server}
+"""
+
+
 class HAProxyTarget(ProcessTarget):
     name = "haproxy"
     note = "HAProxy mode tcp, nbthread 1"
@@ -164,21 +184,7 @@ class HAProxyTarget(ProcessTarget):
         self.port = free_port()
         self.dir = tempfile.mkdtemp(prefix="fastproxy-haproxy-")
         cfg = os.path.join(self.dir, "haproxy.cfg")
-        with open(cfg, "w") as f:
-            f.write(f"""global
-    nbthread {self.nbthread}
-    maxconn 4096
-defaults
-    mode tcp
-    timeout connect 5s
-    timeout client 1h
-    timeout server 1h
-frontend fe
-    bind 127.0.0.1:{self.port}
-    default_backend be
-backend be
-    server db {db.host}:{db.port}
-""")
+        Path(cfg).write_text(haproxy_config(self.nbthread, f"127.0.0.1:{self.port}", f"db {db.host}:{db.port}"))
         return self.spawn([shutil.which("haproxy"), "-db", "-f", cfg], stdout=subprocess.DEVNULL,
                           stderr=open(os.path.join(self.dir, "log"), "w"))
 
@@ -292,6 +298,52 @@ class HAProxyTlsPassthrough(HAProxyTarget):
     client_tls = True
 
 
+class HAProxyTlsTerminating(HAProxyTarget):
+    """HAProxy terminating TLS (`bind ... ssl crt`), plain to mariadbd: the same crypto fastproxy
+    does for a TLS client. A MySQL client cannot speak to it (MySQL's TLS starts inside the
+    protocol, after the greeting; HAProxy's from the first byte), so a second HAProxy in front of it
+    wraps sysbench's plain connections in TLS (`server ... ssl`). Only the terminating one's CPU is
+    measured. Both pin TLS 1.3 with TLS_AES_256_GCM_SHA384, what fastproxy's TLS (Python's ssl
+    defaults) and sysbench negotiate; `no-ssl-reuse`: every new connection is a full handshake."""
+
+    name = "haproxy+tls-term"
+    note = "HAProxy terminating TLS (bind ssl crt), fed by a second HAProxy that wraps sysbench in TLS"
+
+    def start(self, db):
+        self.dir = tempfile.mkdtemp(prefix="fastproxy-haproxy-tls-")
+        pem = os.path.join(self.dir, "cert-and-key.pem")
+        with open(pem, "w") as f:  # HAProxy takes the certificate and its key in one file
+            for name in ("cacert.pem", "client-key.pem"):
+                f.write(Path(SYSBENCH_TLS_DIR, name).read_text())
+        suite = "TLS_AES_256_GCM_SHA384"
+        self.port = free_port()
+        self.pid = self._haproxy("terminator", haproxy_config(
+            1, f"127.0.0.1:{self.port} ssl crt {pem}", f"db {db.host}:{db.port}",
+            f"    ssl-default-bind-ciphersuites {suite}\n    ssl-default-bind-options ssl-min-ver TLSv1.3\n"), self.port)
+        terminator_port, self.port = self.port, free_port()
+        self.wrapper_pid = self._haproxy("wrapper", haproxy_config(
+            1, f"127.0.0.1:{self.port}", f"terminator 127.0.0.1:{terminator_port} ssl verify none no-ssl-reuse",
+            f"    ssl-default-server-ciphersuites {suite}\n    ssl-default-server-options ssl-min-ver TLSv1.3\n"),
+            self.port)
+        return self.port
+
+    def _haproxy(self, name: str, config: str, port: int) -> int:
+        cfg = os.path.join(self.dir, f"{name}.cfg")
+        Path(cfg).write_text(config)
+        proc = subprocess.Popen([shutil.which("haproxy"), "-db", "-f", cfg], stdout=subprocess.DEVNULL,
+                                stderr=open(os.path.join(self.dir, f"{name}.log"), "w"))
+        self.procs = [*getattr(self, "procs", []), proc]
+        wait_port(port, proc=proc)
+        return proc.pid
+
+    def stop(self):
+        for proc in self.procs:
+            proc.terminate()
+            proc.wait(timeout=10)
+        self.procs = []
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
 class FastproxyTls(FastproxyTarget):
     note = "fastproxy terminating the client's TLS, plain to mariadbd (relayed by the data plane with OpenSSL)"
     client_tls = True
@@ -313,7 +365,7 @@ class FastproxyTls(FastproxyTarget):
 TARGETS: list[Target] = [Direct(), CRelayTarget(), HAProxyTarget(), FastproxyTarget(), FastproxyCaptureTarget(),
                          HAProxyTarget(2, name="haproxy-2t"), FastproxyTarget(name="fastproxy-2w", workers=2),
                          FastproxyCaptureTarget(workers=2, name="fastproxy-2w+capture"),
-                         DirectTls(), HAProxyTlsPassthrough(), FastproxyTls(),
+                         DirectTls(), HAProxyTlsPassthrough(), HAProxyTlsTerminating(), FastproxyTls(),
                          FastproxyTls("fastproxy+tls-py", in_dataplane=False)]
 
 
@@ -553,13 +605,18 @@ def machine() -> dict:
 
 
 def connection_setup(db: ScratchMariaDB, seconds: float) -> list[dict]:
-    """Proxy CPU per new connection (log in, quit), plain and TLS, through fastproxy."""
+    """Proxy CPU per new connection (log in, quit), plain and TLS, through fastproxy and HAProxy.
+    haproxy+tls-term: PyMySQL connects in plain text to the wrapping HAProxy, which opens a TLS
+    connection (a full handshake: no-ssl-reuse) to the terminating one, whose CPU is measured."""
     import ssl
 
     import pymysql
 
     rows = []
-    for target, tls in ((FastproxyTarget(), False), (FastproxyTls(), True)):
+    rigs = [(FastproxyTarget(), False), (FastproxyTls(), True)]
+    if shutil.which("haproxy"):
+        rigs += [(HAProxyTarget(), False), (HAProxyTlsTerminating(), False)]
+    for target, tls in rigs:
         port = target.start(db)
         try:
             ctx = None
@@ -702,6 +759,11 @@ def main() -> None:
         f, h = tls["fastproxy+tls"].proxy_cpu_us_per_query, tls["haproxy+tls"].proxy_cpu_us_per_query
         print(f"point_select over TLS: fastproxy (terminating) {f:.1f} us/q vs HAProxy (passing through) "
               f"{h:.1f} us/q: x{f / h:.2f}")
+    if "fastproxy+tls" in tls and "haproxy+tls-term" in tls:
+        for fr, hr in _pairs(results, "fastproxy+tls", "haproxy+tls-term", "oltp_point_select"):
+            f, h = fr.proxy_cpu_us_per_query, hr.proxy_cpu_us_per_query
+            print(f"round {fr.round}: point_select over TLS, both terminating: fastproxy {f:.1f} us/q vs HAProxy "
+                  f"{h:.1f} us/q: x{f / h:.2f} (target <= 1)")
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"machine": machine(), "time": args.time, "rounds": args.rounds, "tables": args.tables,
