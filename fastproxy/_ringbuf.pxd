@@ -28,6 +28,7 @@ cdef extern from "ring.h" nogil:
         uint64_t bytes_appended
         uint64_t records_drained
         size_t markers_used
+        int64_t max_late_ns
         int closed
 
     enum:

@@ -134,9 +134,9 @@ cdef class RingBuffer:
                        uint64_t rows, payload, uint64_t last_insert_id=0, uint32_t columns=0,
                        uint16_t warnings=0, uint16_t status_flags=0, uint64_t hash_ordered=0,
                        uint64_t hash_unordered=0, bint ordered=False):
-        """Append one command record; False (nothing written) when it does not fit. `ordered`: in
-        completion order with the data plane's workers' records (RING_ORDERED: end_ns raised to the
-        largest appended so far)."""
+        """Append one command record; False (nothing written) when it does not fit. `ordered`: one
+        of the completion-ordered records with the data plane's workers' (RING_ORDERED: its lateness
+        counts in max_late_ns)."""
         cdef RecordHead h
         h.kind = RING_KIND_COMMAND
         h.outcome = outcome
@@ -249,6 +249,12 @@ cdef class RingBuffer:
     def commands_appended(self):
         """COMMAND records among records_appended."""
         return self._r.commands_appended
+
+    @property
+    def max_late_ns(self):
+        """The most an ordered command's end_ns fell behind one appended before it (ns): how far
+        a reader must look ahead to put the records back in completion order."""
+        return self._r.max_late_ns
 
     @property
     def bytes_appended(self):

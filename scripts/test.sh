@@ -9,8 +9,7 @@ bash scripts/setup.sh
 # subject is the replay side, the verdict or the API's forms, where the proxy only hosts the job.
 second_pass_skips=(
   tests/test_api_forms.py tests/test_api_limits.py tests/test_api_security.py tests/test_storage_s3.py
-  tests/test_output_files.py tests/test_replay_api.py tests/test_replay_faithful.py
-  tests/test_replay_faithful_mixed.py tests/test_replay_pace.py
+  tests/test_output_files.py tests/test_replay_api.py tests/test_replay_pace.py
   tests/test_replay_password.py tests/test_replay_readonly_sqlmode.py tests/test_replay_report.py
   tests/test_replay_transactions.py tests/test_report_html.py tests/test_verdict.py tests/test_verdict_api.py
   tests/test_replay_resume.py tests/test_replay_resume_verdict.py tests/test_replay_dryrun.py

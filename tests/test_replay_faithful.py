@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import TEST_WORKERS
 from replay_util import checksums, replay_cli
 from workload import Shop, run_faithful
 
@@ -23,10 +22,6 @@ pytest.importorskip("mariadb")  # MariaDB Connector/Python: server-side prepared
 pytestmark = pytest.mark.timeout(400)
 
 
-@pytest.mark.xfail(TEST_WORKERS > 1, strict=False,
-                   reason="several data-plane workers: a worker not scheduled when an answer arrives records its "
-                          "end after commands other workers started meanwhile, and causal replay loses that order "
-                          "(docs/dataplane.md, Limits)")
 @pytest.mark.parametrize("scale", [1, 2])
 def test_shop_workload_replays_without_false_failures(mariadb, mariadb_test, proxy_factory, tmp_path, scale):
     shop = Shop()

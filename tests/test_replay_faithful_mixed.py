@@ -18,7 +18,6 @@ import pymysql
 import pytest
 
 from clients_capi import CapiConnection
-from conftest import TEST_WORKERS
 from fastproxy.scratch_db import ROOT_PASSWORD
 from session_util import on_both, users_file
 from workload import Shop, crossed_updates, run_faithful
@@ -178,8 +177,6 @@ def _open_early(port: int):
     return conn
 
 
-@pytest.mark.xfail(TEST_WORKERS > 1, strict=False,
-                   reason="several data-plane workers: causal order of the capture not exact (docs/dataplane.md, Limits)")
 def test_everything_at_once_replays_without_false_failures(mariadb, mariadb_test, proxy_factory, tmp_path):
     shop = MixedShop()
     shop.writers, shop.workers, shop.processors = 6, 6, 4

@@ -227,6 +227,9 @@ class CaptureJob(Job):
             "sessions_not_rebuilt": self.sessions_not_rebuilt, "not_rebuilt": self.not_rebuilt,
             "local_infile": self.local_infile, "local_infile_files": self.infile_files,
             "local_infile_bytes": self.infile_bytes, "local_infile_too_large": self.infile_too_large,
+            # how far out of completion order the records were appended (several workers): the
+            # reader puts them back in order within this window (capture/reorder.py)
+            "reorder_window_ns": self.ring.max_late_ns,
             **self._filter_counts(),
         }
         if error:

@@ -15,6 +15,7 @@ from fastproxy.capture._records import decode_records  # the C twin of record.de
 from fastproxy.capture.record import (FILE_HEADER, FILE_RE, FILE_VERSION_HEADERS, FLAG_AES_CTR,
                                       FLAG_LZ4, FORMAT_VERSION, MAGIC, META_NAME,
                                       READABLE_FORMAT_VERSIONS, Record)
+from fastproxy.capture.reorder import in_completion_order
 from fastproxy.errors import TrafficFormatError
 from fastproxy.storage import open_storage
 
@@ -75,6 +76,14 @@ class TrafficReader:
         return meta
 
     def __iter__(self) -> Iterator[Record]:
+        """The records in completion order (records appended out of it by several workers are
+        put back in it within the window the capture measured)."""
+        window = self.meta.get("reorder_window_ns", 0)
+        if isinstance(window, int) and window > 0:
+            return in_completion_order(self._as_written(), window)
+        return self._as_written()
+
+    def _as_written(self) -> Iterator[Record]:
         for i, name in enumerate(self.files):
             last = i == len(self.files) - 1
             yield from self._read_file(name, tolerate_cut=last and not self.complete)

@@ -283,7 +283,46 @@ int dp_conn_set_initial(dp_conn *c, const uint8_t *client_out, size_t n_out) {
 
 /* ---- I/O of one side -------------------------------------------------------------------------- */
 
-static ssize_t io_read(dp_side *s, void *buf, size_t n) { return recv(s->fd, buf, n, 0); }
+static ssize_t io_read_plain(dp_side *s, void *buf, size_t n) { return recv(s->fd, buf, n, 0); }
+
+/* While a capture runs, a backend's bytes are read with the kernel's arrival time: a command's end
+ * is stamped when its answer arrived, not when this worker got to it (with more busy threads than
+ * cores a worker may read an answer late, after another worker relayed a command that already saw
+ * that commit; causal replay must still order that command after this one). */
+static ssize_t io_read(dp_side *s, void *buf, size_t n) {
+    if (s->is_client || !s->conn->w->capture)
+        return io_read_plain(s, buf, n);
+    if (!s->stamped) {
+        int one = 1;
+        s->stamped = 1;
+        if (setsockopt(s->fd, SOL_SOCKET, SO_TIMESTAMPNS, &one, sizeof one) < 0)
+            s->stamped = 2;  /* not offered: wall-clock stamps, as without a capture */
+    }
+    if (s->stamped != 1)
+        return io_read_plain(s, buf, n);
+    union {
+        char buf[CMSG_SPACE(sizeof(struct timespec))];
+        struct cmsghdr align;
+    } ctl;
+    struct iovec iov = {buf, n};
+    struct msghdr msg = {0};
+    msg.msg_iov = &iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = ctl.buf;
+    msg.msg_controllen = sizeof ctl.buf;
+    ssize_t k = recvmsg(s->fd, &msg, 0);
+    s->arrived_ns = 0;
+    if (k > 0) {
+        for (struct cmsghdr *cm = CMSG_FIRSTHDR(&msg); cm; cm = CMSG_NXTHDR(&msg, cm)) {
+            if (cm->cmsg_level == SOL_SOCKET && cm->cmsg_type == SCM_TIMESTAMPNS) {
+                struct timespec ts;
+                memcpy(&ts, CMSG_DATA(cm), sizeof ts);
+                s->arrived_ns = (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+            }
+        }
+    }
+    return k;
+}
 
 static ssize_t io_write(dp_side *s, const void *buf, size_t n) { return send(s->fd, buf, n, MSG_NOSIGNAL); }
 
@@ -1051,7 +1090,11 @@ static void start_own_query(dp_conn *c, uint8_t *packet, size_t n) {
 }
 
 static void deliver(dp_conn *c, dp_side *s, const uint8_t *p, size_t n) {
-    c->w->now = wall_ns();
+    int64_t now = wall_ns();
+    /* a backend's bytes: when they arrived (io_read), if the kernel said and it is believable */
+    if (!s->is_client && s->arrived_ns && s->arrived_ns <= now && now - s->arrived_ns < 10000000000LL)
+        now = s->arrived_ns;
+    c->w->now = now;
     if (c->own_active)
         on_own_answer(c, p, n);
     else if (s->is_client)

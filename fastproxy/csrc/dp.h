@@ -158,6 +158,8 @@ typedef struct dp_side {
     void *ssl;
     uint8_t tls_more;            /* OpenSSL may hold more decrypted bytes: read on without readiness */
     uint8_t tls_queued;          /* in the worker's tls_ready list */
+    uint8_t stamped;             /* SO_TIMESTAMPNS is on (a backend socket, once a capture ran) */
+    int64_t arrived_ns;          /* the kernel's arrival time of the last bytes read (0: unknown) */
 } dp_side;
 
 typedef struct dp_conn {

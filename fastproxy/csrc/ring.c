@@ -100,9 +100,12 @@ int ring_append(ring *r, const RecordHead *h, const char *payload, size_t n, int
     int64_t end_ns = h->end_ns;
     int is_command = (h->kind & ~RING_LARGE_FLAG) == RING_KIND_COMMAND;  /* a marker of one too */
     if ((flags & RING_ORDERED) && is_command) {
-        if (end_ns < r->last_end_ns)
-            end_ns = r->last_end_ns;
-        r->last_end_ns = end_ns;
+        if (end_ns < r->last_end_ns) {
+            if (r->last_end_ns - end_ns > r->max_late_ns)
+                r->max_late_ns = r->last_end_ns - end_ns;
+        } else {
+            r->last_end_ns = end_ns;
+        }
     }
     le64(hdr + 24, (uint64_t)end_ns);
     put(r, (const char *)hdr, RING_HEADER_SIZE);

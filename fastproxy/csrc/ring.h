@@ -14,10 +14,13 @@
  * a marker; the drainer takes it with ring_peek_marker / ring_release_marker and writes the record
  * from the header and the payload, in sequence.
  *
- * Completion order: ring_append(..., RING_ORDERED) raises a command's end_ns to the largest end_ns
- * appended so far (inside the lock), so that the command records of a capture are in non-decreasing
- * end_ns across connections and threads — the order replay's causal scheduling relies on. A
- * producer reads its clock before taking the lock, so the raise is at most the time it waited.
+ * Completion order: the command records of the data plane's workers (and of the Python relay) are
+ * appended with RING_ORDERED and keep their true end_ns (the kernel's arrival time of the answer
+ * when the capture is on: dp.c). Workers append in the order they get to an answer, not the order
+ * the answers arrived, so a record may come after one that ended later; the ring keeps the largest
+ * such lateness (max_late_ns), the capture writes it to meta as reorder_window_ns, and the reader
+ * restores completion order within that window (fastproxy/capture/reorder.py) — the order replay's
+ * causal scheduling relies on.
  */
 #ifndef FASTPROXY_RING_H
 #define FASTPROXY_RING_H
@@ -79,7 +82,8 @@ typedef struct ring {
     uint64_t bytes_appended;
     uint64_t records_drained;
     size_t markers_used;         /* markers (RING_LARGE_FLAG) between tail and head */
-    int64_t last_end_ns;         /* of the last RING_ORDERED command */
+    int64_t last_end_ns;         /* the largest end_ns of a RING_ORDERED command so far */
+    int64_t max_late_ns;         /* the most a RING_ORDERED command's end_ns fell behind last_end_ns */
     int closed;                  /* appends refused (RING_CLOSED) once the capture stopped */
 } ring;
 
