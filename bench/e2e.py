@@ -418,7 +418,7 @@ def run_one(target: Target, port: int, workload: str, threads: int, db: ScratchM
     cmd = ["sysbench", workload, *sysbench_args(port, args), *(["--mysql-ssl=on"] if target.client_tls else []),
            f"--threads={threads}", f"--time={args.time}",
            "--report-interval=1", "--percentile=95", "--histogram=off", f"--mysql-ignore-errors={IGNORE_ERRORS}",
-           "--db-ps-mode=auto", "run"]
+           "--db-ps-mode=auto", *([f"--rate={args.rate}"] if args.rate else []), "run"]
     target.before_run(workload)
     (user0, sys0), db0 = cpu_times(target.pid), cpu_seconds(db.proc.pid)
     res = subprocess.run(cmd, capture_output=True, text=True, cwd=SYSBENCH_TLS_DIR if target.client_tls else None)
@@ -653,6 +653,9 @@ def main() -> None:
     ap.add_argument("--orders", default="causal,connection",
                     help="replay orders to compare (comma-separated: causal, connection)")
     ap.add_argument("--speeds", default="0,1", help="replay speeds (comma-separated; 0 = as fast as possible)")
+    ap.add_argument("--rate", type=int, default=0,
+                    help="sysbench --rate: transactions per second per run (0 = as fast as it goes), e.g. a "
+                         "capture the replayer can keep up with at speed 1")
     ap.add_argument("--setup-seconds", type=float, default=10.0,
                     help="seconds of connect/quit per row of the connection setup cost (0 = skip)")
     args = ap.parse_args()
