@@ -6,6 +6,7 @@ without moving a record before an earlier one of its own connection."""
 from __future__ import annotations
 
 import json
+import os
 import random
 
 from fastproxy._ringbuf import RingBuffer
@@ -99,3 +100,17 @@ def test_the_ring_keeps_true_ends_and_measures_lateness(tmp_path):
                                                 key=lambda r: r.end_ns)]
     # as written, the files hold the append order
     assert [r.end_ns for r in reader._as_written() if r.kind == KIND_COMMAND] == ends
+
+
+def test_a_capture_cut_off_before_its_meta_is_reordered_with_a_generous_window(tmp_path):
+    rb = RingBuffer(1 << 20)
+    w = CaptureWriter(rb, str(tmp_path / "c"))
+    w.start()
+    appended = [_cmd(1, T0, T0 + 10 * MS), _cmd(2, T0, T0 + 30 * MS), _cmd(3, T0, T0 + 5 * MS)]
+    for r in appended:
+        rb.append_command(r.conn_id, r.start_ns, r.end_ns, r.outcome, 0, 0, 0, r.payload, ordered=True)
+    w.stop({"commands": 3, "start_ns": T0, "reorder_window_ns": rb.max_late_ns})
+    os.remove(tmp_path / "c" / "meta")  # as if the proxy had died before writing it
+    reader = TrafficReader(str(tmp_path / "c"))
+    assert not reader.complete
+    assert [r.conn_id for r in reader] == [3, 1, 2]

@@ -22,6 +22,7 @@ from fastproxy.storage import open_storage
 __all__ = ["TrafficReader", "Record", "list_traffic_files"]
 
 READ_SIZE = 1024 * 1024
+UNKNOWN_REORDER_WINDOW_NS = 1_000_000_000  # seen so far: up to 18 ms with 4 workers on 2 busy cores
 MAX_DECOMPRESS = 4 * 1024 * 1024
 
 
@@ -78,7 +79,8 @@ class TrafficReader:
     def __iter__(self) -> Iterator[Record]:
         """The records in completion order (records appended out of it by several workers are
         put back in it within the window the capture measured)."""
-        window = self.meta.get("reorder_window_ns", 0)
+        # no meta (a capture cut off before it stopped): its window is unknown, so a generous one
+        window = self.meta.get("reorder_window_ns", 0) if self.meta else UNKNOWN_REORDER_WINDOW_NS
         if isinstance(window, int) and window > 0:
             return in_completion_order(self._as_written(), window)
         return self._as_written()
