@@ -13,6 +13,7 @@ import pymysql
 import pytest
 from hypothesis import given, settings, strategies as st
 
+from capture_util import cancel_capture, start_capture
 from conftest import connect_kwargs
 from fastproxy._dataplane import secret_scan_needed, used_database
 from fastproxy.secret_sql import CLEAN, classify
@@ -205,3 +206,22 @@ def test_default_workers_is_the_cpu_count(proxy_factory, mariadb):
     p = proxy_factory([mariadb], "--proxy.workers=auto")
     n = len(os.sched_getaffinity(0))
     assert p.get("/metrics").count("fastproxy_worker_connections{") == n
+
+
+def test_command_ends_are_the_answers_arrival_during_a_capture_and_after_it(proxy, tmp_path):
+    """While a capture runs, a backend's answer is stamped with the kernel's arrival time
+    (SO_TIMESTAMPNS); once it stops, with the clock again, never with an arrival time left over
+    from the capture."""
+    conn = pymysql.connect(**connect_kwargs(proxy.port))
+    cur = conn.cursor()
+    start_capture(proxy, tmp_path / "c")
+    for phase in ("captured", "after the capture"):
+        if phase != "captured":
+            assert not cancel_capture(proxy)["error"]
+        t0 = time.time_ns()
+        cur.execute("SELECT SLEEP(0.2)")
+        t1 = time.time_ns()
+        [c] = [c for c in proxy.get("/api/debug/connections") if c["commands"]]
+        last = c["last_command"]
+        assert t0 <= last["start_ns"] and last["start_ns"] + 200_000_000 <= last["end_ns"] <= t1, (phase, last)
+    conn.close()

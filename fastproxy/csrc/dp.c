@@ -290,6 +290,7 @@ static ssize_t io_read_plain(dp_side *s, void *buf, size_t n) { return recv(s->f
  * cores a worker may read an answer late, after another worker relayed a command that already saw
  * that commit; causal replay must still order that command after this one). */
 static ssize_t io_read(dp_side *s, void *buf, size_t n) {
+    s->arrived_ns = 0;  /* unknown unless this read says (a capture may have stopped since the last) */
     if (s->is_client || !s->conn->w->capture)
         return io_read_plain(s, buf, n);
     if (!s->stamped) {
@@ -311,7 +312,6 @@ static ssize_t io_read(dp_side *s, void *buf, size_t n) {
     msg.msg_control = ctl.buf;
     msg.msg_controllen = sizeof ctl.buf;
     ssize_t k = recvmsg(s->fd, &msg, 0);
-    s->arrived_ns = 0;
     if (k > 0) {
         for (struct cmsghdr *cm = CMSG_FIRSTHDR(&msg); cm; cm = CMSG_NXTHDR(&msg, cm)) {
             if (cm->cmsg_level == SOL_SOCKET && cm->cmsg_type == SCM_TIMESTAMPNS) {
