@@ -114,3 +114,33 @@ def test_a_capture_cut_off_before_its_meta_is_reordered_with_a_generous_window(t
     reader = TrafficReader(str(tmp_path / "c"))
     assert not reader.complete
     assert [r.conn_id for r in reader] == [3, 1, 2]
+
+
+def test_a_command_without_an_end_goes_by_its_start_and_keeps_no_end():
+    # a command cut off before its answer (end 0) sits where it started, and its end stays unknown
+    appended = [_cmd(1, T0, T0 + 10 * MS), _cmd(2, T0 + 12 * MS, 0), _cmd(3, T0 + 1 * MS, T0 + 20 * MS),
+                _cmd(4, T0 + 2 * MS, T0 + 11 * MS)]
+    out = list(in_completion_order(appended, 20 * MS))
+    assert [r.conn_id for r in out] == [1, 4, 2, 3]
+    assert [r.end_ns and r.end_ns - T0 for r in out] == [10 * MS, 11 * MS, 0, 20 * MS]
+
+
+def test_records_read_before_a_damaged_part_are_given_out_before_the_error():
+    class Damaged(Exception):
+        pass
+
+    appended = _appended_late(2, conns=3, per_conn=5)
+
+    def damaged():
+        yield from appended
+        raise Damaged("bad frame")
+
+    out = []
+    try:
+        for rec in in_completion_order(damaged(), 5 * MS):
+            out.append(rec)
+    except Damaged:
+        pass
+    else:
+        raise AssertionError("the error must reach the caller")
+    assert sorted(out, key=id) == sorted(appended, key=id)  # none held back in the window is lost

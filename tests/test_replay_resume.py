@@ -307,6 +307,18 @@ def test_a_checkpoint_of_another_replay_is_refused(workload, slow_capture, maria
     shutil.copytree(slow_capture, copy)
     res = replay(copy, report, "--resume")
     assert res.returncode != 0 and "belongs to another replay" in res.stderr, res.stderr
+    # the same capture read in another order (its meta's reorder window changed): the checkpoint's
+    # record count means other records
+    meta_path = os.path.join(slow_capture, "meta")
+    meta_raw = open(meta_path, "rb").read()
+    meta = json.loads(meta_raw)
+    try:
+        meta["reorder_window_ns"] = int(meta.get("reorder_window_ns") or 0) + 5_000_000
+        open(meta_path, "w").write(json.dumps(meta))
+        res = replay(slow_capture, report, "--resume")
+    finally:
+        open(meta_path, "wb").write(meta_raw)
+    assert res.returncode != 0 and "reorder_window_ns" in res.stderr, res.stderr
     assert open(os.path.join(report, "replay.checkpoint"), "rb").read() == written  # refused, nothing lost
 
     res = replay(slow_capture, report, "--resume", "--speed", "0")  # the speed may change

@@ -76,14 +76,18 @@ class TrafficReader:
                                      f"{', '.join(map(str, READABLE_FORMAT_VERSIONS))}; it writes {FORMAT_VERSION})")
         return meta
 
+    @property
+    def reorder_window_ns(self) -> int:
+        """The window __iter__ puts records back in completion order within (0: as written)."""
+        # no meta (a capture cut off before it stopped): its window is unknown, so a generous one
+        window = self.meta.get("reorder_window_ns", 0) if self.meta else UNKNOWN_REORDER_WINDOW_NS
+        return window if isinstance(window, int) and window > 0 else 0
+
     def __iter__(self) -> Iterator[Record]:
         """The records in completion order (records appended out of it by several workers are
         put back in it within the window the capture measured)."""
-        # no meta (a capture cut off before it stopped): its window is unknown, so a generous one
-        window = self.meta.get("reorder_window_ns", 0) if self.meta else UNKNOWN_REORDER_WINDOW_NS
-        if isinstance(window, int) and window > 0:
-            return in_completion_order(self._as_written(), window)
-        return self._as_written()
+        window = self.reorder_window_ns
+        return in_completion_order(self._as_written(), window) if window else self._as_written()
 
     def _as_written(self) -> Iterator[Record]:
         for i, name in enumerate(self.files):

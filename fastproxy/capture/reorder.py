@@ -13,7 +13,7 @@ from __future__ import annotations
 import heapq
 from typing import Iterable, Iterator
 
-from fastproxy.capture.record import KIND_COMMAND, Record
+from fastproxy.capture.record import KIND_COMMAND, KIND_CONN_CLOSE, Record
 
 MAX_WINDOW_NS = 10_000_000_000  # look-ahead bound (memory: records of this many seconds)
 
@@ -28,23 +28,32 @@ def in_completion_order(records: Iterable[Record], window_ns: int) -> Iterator[R
         yield from records
         return
     heap: list = []
-    last_key: dict[int, int] = {}  # per connection: its records never overtake each other
-    high = 0  # the largest command key read so far
+    last_key: dict[int, int] = {}  # per open connection: its records never overtake each other
+    high = 0  # the latest command end read so far
     emitted_end = [0]  # the end of the last command emitted
     seq = 0
     push = heapq.heappush
-    for rec in records:
-        key = rec.end_ns if rec.kind == KIND_COMMAND else rec.start_ns
-        before = last_key.get(rec.conn_id, 0)
-        if key < before:
-            key = before
-        last_key[rec.conn_id] = key
-        if key > high and rec.kind == KIND_COMMAND:  # the window was measured between commands
-            high = key
-        push(heap, (key, seq, rec))
-        seq += 1
-        if heap[0][0] <= high - window:
-            yield from _take(heap, high - window, emitted_end)
+    try:
+        for rec in records:
+            if rec.kind == KIND_COMMAND:
+                end = rec.end_ns or rec.start_ns  # a command with no end (cut off) goes by its start
+                if end > high:  # the window was measured between commands' true ends
+                    high = end
+            else:
+                end = rec.start_ns
+            key = max(end, last_key.get(rec.conn_id, 0))
+            if rec.kind == KIND_CONN_CLOSE:
+                last_key.pop(rec.conn_id, None)  # a closed connection's id may come back: start afresh
+            else:
+                last_key[rec.conn_id] = key
+            push(heap, (key, seq, rec))
+            seq += 1
+            if heap[0][0] <= high - window:
+                yield from _take(heap, high - window, emitted_end)
+    except Exception:
+        # a damaged file: what was read before the damage is given out, then the error
+        yield from _take(heap, None, emitted_end)
+        raise
     yield from _take(heap, None, emitted_end)
 
 
@@ -54,7 +63,7 @@ def _take(heap: list, limit: int | None, emitted_end: list) -> Iterator[Record]:
     pop = heapq.heappop
     while heap and (limit is None or heap[0][0] <= limit):
         rec = pop(heap)[2]
-        if rec.kind == KIND_COMMAND:
+        if rec.kind == KIND_COMMAND and rec.end_ns:  # no end (0) stays unknown
             if rec.end_ns < emitted_end[0]:
                 rec = rec._replace(end_ns=emitted_end[0])
             emitted_end[0] = rec.end_ns

@@ -1090,17 +1090,21 @@ static void start_own_query(dp_conn *c, uint8_t *packet, size_t n) {
 }
 
 static void deliver(dp_conn *c, dp_side *s, const uint8_t *p, size_t n) {
-    int64_t now = wall_ns();
+    dp_worker *w = c->w;
+    int64_t wall = wall_ns(), now = wall;
     /* a backend's bytes: when they arrived (io_read), if the kernel said and it is believable */
     if (!s->is_client && s->arrived_ns && s->arrived_ns <= now && now - s->arrived_ns < 10000000000LL)
         now = s->arrived_ns;
-    c->w->now = now;
+    w->now = now;
     if (c->own_active)
         on_own_answer(c, p, n);
     else if (s->is_client)
         on_client_data(c, p, n);
     else
         on_backend_data(c, p, n);
+    /* the arrival time is these bytes' only: an abort later in this batch (EOF, a failed write)
+     * ends its command now, never before a start this batch stamped */
+    w->now = wall;
 }
 
 static void read_lost(dp_conn *c, dp_side *s) {
@@ -1359,6 +1363,11 @@ static void set_capture(dp_worker *w, dp_capture *cap) {
     for (dp_conn *c = w->conns; c; c = c->next) {
         if (!cap) {
             c->cap_state = DP_CAP_OFF;
+            if (c->be.stamped == 1 && c->be.fd >= 0) {  /* no capture: no kernel stamp per read */
+                int zero = 0;
+                setsockopt(c->be.fd, SOL_SOCKET, SO_TIMESTAMPNS, &zero, sizeof zero);
+            }
+            c->be.stamped = 0;
             continue;
         }
         if (c->closing)
@@ -1446,6 +1455,7 @@ void dp_worker_run(dp_worker *w) {
                 continue;
             break;
         }
+        w->now = wall_ns();  /* what ends without bytes in this batch (EOF, HUP) ends now, not at an old time */
         for (int i = 0; i < n; i++) {
             void *ptr = evs[i].data.ptr;
             if (ptr == &w->inbox_marker) {

@@ -98,6 +98,9 @@ def identity(inputs: list[str], engine) -> dict:
         "capture_start_ns": int(meta.get("start_ns", 0) or 0),
         "capture_commands": meta.get("commands"),
         "files": files,
+        # the order records are read in: a checkpoint counts records, so a count made in another
+        # order (a capture whose meta appeared since, an older fastproxy reading as written) is void
+        "reorder_window_ns": _reorder_windows(engine.reader),
         "filters": opt.filters.describe() if opt.filters is not None else {},
         "target": f"{opt.host}:{opt.port}",
         "readonly": opt.readonly,
@@ -106,6 +109,15 @@ def identity(inputs: list[str], engine) -> dict:
         "whole_transactions": opt.whole_transactions,
         "replay_unknown": opt.replay_unknown,
     }
+
+
+def _reorder_windows(source) -> list[int]:
+    """The reorder window of each capture under the (filtered, merged) source, 0 where read as written."""
+    if hasattr(source, "sources"):
+        return [w for s in source.sources for w in _reorder_windows(s)]
+    if hasattr(source, "source"):
+        return _reorder_windows(source.source)
+    return [int(getattr(source, "reorder_window_ns", 0) or 0)]
 
 
 def _interval() -> float:
