@@ -278,6 +278,13 @@ def test_a_login_waits_for_the_accounts_and_databases_created_before_it():
     r.done("password")
     assert r.ready("names")
 
+    # a global variable set: a session opened after it starts with its value (sql_mode, time_zone)
+    r.read("global", 1, "SET GLOBAL sql_mode = 'ANSI_QUOTES'", 32, 33, affected=0)
+    r.read("login_after", 4, "SET NAMES utf8mb4", 34, 35, affected=0)
+    assert not r.ready("login_after")
+    r.done("global")
+    assert r.ready("login_after")
+
     r.read("grant", 1, "GRANT INSERT ON d.* TO v", 40, 41, affected=0)
     change = Record(KIND_COMMAND, 3, 50, 51, OUTCOME_OK, 0, 0, 0, b"\x11v\x00\x00d\x00")
     r.tickets["change"] = r.p.note(3, change)

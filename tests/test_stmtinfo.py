@@ -55,6 +55,14 @@ from fastproxy.replay.stmtinfo import (BEGIN, COMMIT, DDL, LOCK, NAMED_LOCKS, RE
     ("set password = 'x'", UNKNOWN, None),
     ("SET DEFAULT ROLE r FOR u", UNKNOWN, None),
     ("SET ROLE r", SESSION, ()),
+    # a global variable: what later sessions start with (logins and statements after it see it)
+    ("SET GLOBAL sql_mode = ''", UNKNOWN, None),
+    ("set @@GLOBAL.max_connections = 10, @@session.x = 1", UNKNOWN, None),
+    ("SET SESSION wait_timeout = 10, GLOBAL wait_timeout = 20", UNKNOWN, None),
+    ("SET PERSIST max_connections = 10", UNKNOWN, None),
+    ("SET sql_mode = @@global.sql_mode", UNKNOWN, None),  # reads it: after an earlier SET GLOBAL
+    ("SET SESSION sql_mode = ''", SESSION, ()),
+    ("SET @global = 1, @@session.global_x = 2", SESSION, ()),
     ("SHOW WARNINGS", SESSION, ()),
     ("SHOW TABLES", READ, None),
     ("USE db", READ, None),

@@ -457,6 +457,10 @@ def _set(toks: list[str], functions) -> StatementInfo:
     if second == "password" or (second == "default" and toks[2:3] == ["role"]):
         # SET PASSWORD [FOR u], SET DEFAULT ROLE r FOR u: an account changes (logins depend on it)
         return StatementInfo(UNKNOWN, None, True)
+    if _sets_global(toks):
+        # SET GLOBAL / @@global. / PERSIST: what later sessions (and some running ones) start with
+        # changes; ordered like account management, so logins and statements after it see it
+        return StatementInfo(UNKNOWN, None, True)
     info = StatementInfo(SESSION)
     for i, tok in enumerate(toks[1:], 1):
         if tok in ("timestamp", "insert_id", "last_insert_id", "autocommit") and (
@@ -476,6 +480,15 @@ def _set(toks: list[str], functions) -> StatementInfo:
         out.sets_time, out.sets_insert_id, out.autocommit = info.sets_time, info.sets_insert_id, info.autocommit
         return out
     return info
+
+
+def _sets_global(toks: list[str]) -> bool:
+    """SET names a global variable: `GLOBAL x`, `PERSIST[_ONLY] x`, `@@global.x` (assigned, or read:
+    a read must come after an earlier SET GLOBAL as well)."""
+    for i, tok in enumerate(toks):
+        if tok in ("global", "persist", "persist_only") and i and toks[i - 1] in ("set", ",", "@@"):
+            return True
+    return False
 
 
 def _ddl(toks: list[str], scan: TableScan) -> StatementInfo:
