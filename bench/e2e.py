@@ -10,11 +10,12 @@ sysbench's report) and the CPU time the proxy process (and mariadbd) spent per q
 utime+stime in /proc/PID/stat before and after the run.
 
 Targets are small classes with start(db) -> port, stop() and pid; add a row by appending to
-TARGETS. Single-threaded rows (c-relay, haproxy `nbthread 1`, fastproxy `proxy.workers = 1`) and
-two-thread rows (haproxy-2t, fastproxy-2w) run one after the other; with --rounds N every target
-runs N times, interleaved, and the ratios are per round (their median is printed), which keeps
-drift on a shared machine out of them. --profile adds a run per fastproxy row under `perf stat
---per-thread` (CPU, context switches and system calls per thread and per query).
+TARGETS. Single-threaded rows (c-relay, c-relay-uring, haproxy `nbthread 1`, fastproxy
+`proxy.workers = 1`) and two-thread rows (haproxy-2t, fastproxy-2w) run one after the other; with
+--rounds N every target runs N times, interleaved, and the ratios are per round (their median is
+printed), which keeps drift on a shared machine out of them. --profile adds a run per fastproxy
+row under `perf stat --per-thread` (CPU, context switches and system calls per thread and per
+query).
 
 TARGETS (e.g. "fastproxy + capture": a FastproxyTarget whose start() also POSTs
 /api/traffic/capture; a replay row likewise).
@@ -137,16 +138,39 @@ class CRelayTarget(ProcessTarget):
 
     name = "c-relay"
     note = "bench/c_relay.c: epoll, one thread, copies bytes (the physical floor of a relay)"
+    source = "c_relay"
 
     def available(self):
         return None if shutil.which("gcc") else "gcc not installed"
 
     def start(self, db):
         self.dir = tempfile.mkdtemp(prefix="fastproxy-crelay-")
-        binary = os.path.join(self.dir, "c_relay")
-        subprocess.run(["gcc", "-O2", "-o", binary, str(Path(__file__).resolve().parent / "c_relay.c")], check=True)
+        binary = os.path.join(self.dir, self.source)
+        subprocess.run(["gcc", "-O2", "-o", binary, str(Path(__file__).resolve().parent / f"{self.source}.c")],
+                       check=True)
         self.port = free_port()
         return self.spawn([binary, str(self.port), str(db.port)])
+
+
+class CRelayUringTarget(CRelayTarget):
+    """bench/c_relay_uring.c: the same relay on io_uring (raw system calls, <linux/io_uring.h>):
+    one io_uring_enter per loop turn, multishot recv into provided buffers, fixed files."""
+
+    name = "c-relay-uring"
+    note = "bench/c_relay_uring.c: io_uring (multishot recv, provided buffers, fixed files), one thread"
+    source = "c_relay_uring"
+
+    def available(self):
+        if not shutil.which("gcc"):
+            return "gcc not installed"
+        if not os.path.exists("/usr/include/linux/io_uring.h"):
+            return "no <linux/io_uring.h> (install linux-libc-dev)"
+        try:
+            if Path("/proc/sys/kernel/io_uring_disabled").read_text().strip() == "2":
+                return "io_uring disabled (/proc/sys/kernel/io_uring_disabled = 2)"
+        except OSError:
+            pass
+        return None
 
 
 def haproxy_config(nbthread: int, bind: str, server: str, global_extra: str = "") -> str:
@@ -362,7 +386,8 @@ class FastproxyTls(FastproxyTarget):
         return super().start(db)
 
 
-TARGETS: list[Target] = [Direct(), CRelayTarget(), HAProxyTarget(), FastproxyTarget(), FastproxyCaptureTarget(),
+TARGETS: list[Target] = [Direct(), CRelayTarget(), CRelayUringTarget(), HAProxyTarget(), FastproxyTarget(),
+                         FastproxyCaptureTarget(),
                          HAProxyTarget(2, name="haproxy-2t"), FastproxyTarget(name="fastproxy-2w", workers=2),
                          FastproxyCaptureTarget(workers=2, name="fastproxy-2w+capture"),
                          DirectTls(), HAProxyTlsPassthrough(), HAProxyTlsTerminating(), FastproxyTls(),
@@ -731,6 +756,8 @@ def main() -> None:
     summary = (ratios(results, "fastproxy", "haproxy", "QPS >= 1.05, CPU <= 0.85")
                + ratios(results, "fastproxy", "c-relay")
                + ratios(results, "haproxy", "c-relay")
+               + ratios(results, "c-relay-uring", "c-relay")
+               + ratios(results, "c-relay-uring", "haproxy")
                + ratios(results, "fastproxy-2w", "haproxy-2t")
                + ratios(results, "fastproxy-2w", "fastproxy")
                + capture_impact(results) + capture_impact(results, "fastproxy-2w", "fastproxy-2w+capture"))
