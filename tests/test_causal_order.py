@@ -360,3 +360,19 @@ def test_many_random_tables_stay_bounded():
         names.append(n)
     r.done(*names)
     assert r.p.order.retained() == 0
+
+
+def test_a_read_of_a_global_variable_waits_for_the_set_global_before_it_and_for_no_table_write():
+    r = Replay()
+    for conn in (1, 2, 3):
+        r.read(f"login{conn}", conn, "SET NAMES utf8mb4", 0, 1, affected=0)
+    r.read("write", 1, "INSERT INTO orders VALUES (1)", 2, 5)
+    r.read("reads", 3, "SET sql_mode = @@global.sql_mode", 6, 7, affected=0)
+    assert r.ready("reads")  # a table's write is not what it reads
+    r.read("global", 2, "SET GLOBAL sql_mode = 'ANSI_QUOTES'", 8, 9, affected=0)
+    r.read("reads_again", 3, "SET SESSION sql_mode = CONCAT(@@GLOBAL.sql_mode, ',X')", 10, 11, affected=0)
+    r.read("write_after", 1, "INSERT INTO orders VALUES (2)", 12, 13)
+    assert not r.ready("reads_again")
+    r.done("write")
+    r.done("global")
+    assert r.ready("reads_again")

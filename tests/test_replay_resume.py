@@ -351,3 +351,34 @@ def test_journal_is_readable_while_its_writer_lives_and_only_for_its_checkpoint(
         j.close()
     finally:
         os.close(fd)
+
+
+def test_a_resumed_connection_sends_its_session_sets_again_but_not_its_global_ones():
+    from fastproxy.replay.checkpoint import _sets_global
+
+    for sql in (b"SET GLOBAL max_connections = 500", b"SET @@global.max_connections = 500", b"SET\tGLOBAL x = 1",
+                b"SET PERSIST max_connections = 500", b"set @@GLOBAL.x = 1, @@session.y = 2"):
+        assert _sets_global(sql), sql
+    for sql in (b"SET @m = 'a global thing'", b"SET SESSION sql_mode = CONCAT(@@GLOBAL.sql_mode, ',ANSI_QUOTES')",
+                b"SET NAMES utf8mb4", b"SET @@session.wait_timeout = 10"):
+        assert not _sets_global(sql), sql
+
+
+def test_a_checkpoint_from_before_the_reorder_window_resumes_what_is_read_as_written(tmp_path):
+    """A checkpoint written before its identity named the reorder window still applies where the
+    records are read as written (no window: a slow log, a capture without one); not where they are
+    now read in another order."""
+    from fastproxy.errors import JobError
+    from fastproxy.replay.checkpoint import CHECKPOINT_VERSION, Checkpoint
+
+    ident = {"input": ["/x"], "order": "causal"}
+    with open(tmp_path / "replay.checkpoint", "w") as f:
+        json.dump({"version": CHECKPOINT_VERSION, "identity": ident, "finished": False}, f)
+    cp = Checkpoint(str(tmp_path), "f", "replay.checkpoint", dict(ident, reorder_window_ns=[0]), resume=True)
+    assert cp.restored is not None
+    try:
+        Checkpoint(str(tmp_path), "f", "replay.checkpoint", dict(ident, reorder_window_ns=[5_000_000]), resume=True)
+    except JobError as e:
+        assert "reorder_window_ns" in str(e)
+    else:
+        raise AssertionError("a checkpoint counted in another order must be refused")

@@ -60,7 +60,9 @@ from fastproxy.replay.stmtinfo import (BEGIN, COMMIT, DDL, LOCK, NAMED_LOCKS, RE
     ("set @@GLOBAL.max_connections = 10, @@session.x = 1", UNKNOWN, None),
     ("SET SESSION wait_timeout = 10, GLOBAL wait_timeout = 20", UNKNOWN, None),
     ("SET PERSIST max_connections = 10", UNKNOWN, None),
-    ("SET sql_mode = @@global.sql_mode", UNKNOWN, None),  # reads it: after an earlier SET GLOBAL
+    # reads it: after an earlier SET GLOBAL (what is of unknown scope), and nothing else
+    ("SET sql_mode = @@global.sql_mode", READ, ()),
+    ("SET SESSION sql_mode = CONCAT(@@GLOBAL.sql_mode, ',ANSI_QUOTES')", READ, ()),
     ("SET SESSION sql_mode = ''", SESSION, ()),
     ("SET @global = 1, @@session.global_x = 2", SESSION, ()),
     ("SHOW WARNINGS", SESSION, ()),

@@ -676,7 +676,9 @@ static void on_result(void *ctx, const trk_result *r) {
     c->q_head = (c->q_head + 1) % c->q_cap;
     c->q_len--;
     int64_t now = w->now;
-    int64_t lat = now > m->start_ns ? now - m->start_ns : 0;
+    if (now < m->start_ns)  /* pipelined commands start a ns apart; an abort in their batch ends them at its start */
+        now = m->start_ns;
+    int64_t lat = now - m->start_ns;
     STAT_ADD(w->stats.latency_buckets[latency_bucket(w->dp, lat)], 1);
     STAT_ADD(w->stats.latency_sum_ns, (uint64_t)lat);
     if (r->outcome == TRK_ERR)

@@ -50,6 +50,7 @@ import re
 import time
 from collections import deque
 
+from fastproxy._digest import normalize
 from fastproxy._packet import CommandResult, execute_types_at
 from fastproxy.capture.record import (KIND_COMMAND, KIND_CONN_CLOSE, KIND_CONN_OPEN, KIND_CONN_STATE,
                                       KIND_LOCAL_INFILE, OUTCOME_OK, Record)
@@ -59,6 +60,7 @@ from fastproxy.private_files import create_private_file, open_private_dir, write
 from fastproxy.replay.causal import IN_TXN, TXN_END
 from fastproxy.replay.journal import MESSAGE_MAX, RESULT, SENT, Journal, read_journal
 from fastproxy.replay.report import Failure, OtherError
+from fastproxy.replay.stmtinfo import sets_global, split_statements
 
 log = logging.getLogger("fastproxy.replay")
 
@@ -109,6 +111,11 @@ def identity(inputs: list[str], engine) -> dict:
         "whole_transactions": opt.whole_transactions,
         "replay_unknown": opt.replay_unknown,
     }
+
+
+def _sets_global(sql: bytes) -> bool:
+    """A SET of a global variable is not the session's: a resumed connection does not send it again."""
+    return any(sets_global(toks) for toks in split_statements(normalize(sql)))
 
 
 def _reorder_windows(source) -> list[int]:
@@ -250,7 +257,10 @@ class Checkpoint:
             raise JobError(f"resume: cannot read the checkpoint {self.path}: {e}") from None
         if not isinstance(data, dict) or data.get("version") != CHECKPOINT_VERSION:
             raise JobError(f"resume: {self.path} is not a checkpoint of this fastproxy version")
-        theirs = data.get("identity") or {}
+        theirs = dict(data.get("identity") or {})
+        if "reorder_window_ns" not in theirs and not any(self.identity.get("reorder_window_ns") or ()):
+            # written before the key existed: its records were read as written, as they are now
+            theirs["reorder_window_ns"] = self.identity.get("reorder_window_ns")
         differ = [k for k in sorted(set(theirs) | set(self.identity)) if theirs.get(k) != self.identity.get(k)]
         if differ:
             shown = "; ".join(f"{k}: checkpoint {json.dumps(theirs.get(k))}, now {json.dumps(self.identity.get(k))}"
@@ -607,7 +617,7 @@ class Checkpoint:
         if cmd == COMMAND.COM_QUERY:
             m = _FIRST_WORD.match(payload, 1)
             word = m.group(1).lower() if m else b""
-            if word.decode() in _SESSION_WORDS and rec.outcome == OUTCOME_OK and b" global " not in payload.lower():
+            if word.decode() in _SESSION_WORDS and rec.outcome == OUTCOME_OK and not _sets_global(payload[1:]):
                 prelude.append(payload[1:])
                 if word == b"use":
                     from fastproxy.proxy.session import used_database

@@ -200,7 +200,7 @@ class TableScan:
                 self.sequences = True
 
 
-def _split(text: str) -> list[list[str]]:
+def split_statements(text: str) -> list[list[str]]:
     statements: list[list[str]] = [[]]
     for tok in TOKEN_RE.findall(text):
         if tok == ";":
@@ -217,7 +217,7 @@ def classify(sql: str | bytes, functions: frozenset | set = frozenset()) -> Stat
 
 
 def classify_normalized(text: str, functions: frozenset | set = frozenset()) -> StatementInfo:
-    parts = _split(text)
+    parts = split_statements(text)
     if not parts:
         return StatementInfo(SESSION)
     if len(parts) == 1:
@@ -457,11 +457,13 @@ def _set(toks: list[str], functions) -> StatementInfo:
     if second == "password" or (second == "default" and toks[2:3] == ["role"]):
         # SET PASSWORD [FOR u], SET DEFAULT ROLE r FOR u: an account changes (logins depend on it)
         return StatementInfo(UNKNOWN, None, True)
-    if _sets_global(toks):
+    if sets_global(toks):
         # SET GLOBAL / @@global. / PERSIST: what later sessions (and some running ones) start with
         # changes; ordered like account management, so logins and statements after it see it
         return StatementInfo(UNKNOWN, None, True)
-    info = StatementInfo(SESSION)
+    # reading @@global.x (SET sql_mode = @@global.sql_mode): after the SET GLOBALs before it, and
+    # nothing else (a read of no table waits only for what is of unknown scope)
+    info = StatementInfo(READ if _reads_global(toks) else SESSION)
     for i, tok in enumerate(toks[1:], 1):
         if tok in ("timestamp", "insert_id", "last_insert_id", "autocommit") and (
                 i + 1 < len(toks) and toks[i + 1] in ("=", ":")):
@@ -482,13 +484,18 @@ def _set(toks: list[str], functions) -> StatementInfo:
     return info
 
 
-def _sets_global(toks: list[str]) -> bool:
-    """SET names a global variable: `GLOBAL x`, `PERSIST[_ONLY] x`, `@@global.x` (assigned, or read:
-    a read must come after an earlier SET GLOBAL as well)."""
+def sets_global(toks: list[str]) -> bool:
+    """SET assigns a global variable: `GLOBAL x = `, `PERSIST[_ONLY] x = `, `@@global.x = `
+    (an assignment's target follows SET or a comma)."""
     for i, tok in enumerate(toks):
-        if tok in ("global", "persist", "persist_only") and i and toks[i - 1] in ("set", ",", "@@"):
+        if tok in ("global", "persist", "persist_only") and i and (
+                toks[i - 1] in ("set", ",") or (toks[i - 1] == "@@" and i > 1 and toks[i - 2] in ("set", ","))):
             return True
     return False
+
+
+def _reads_global(toks: list[str]) -> bool:
+    return any(tok in ("global", "persist", "persist_only") and toks[i - 1] == "@@" for i, tok in enumerate(toks) if i)
 
 
 def _ddl(toks: list[str], scan: TableScan) -> StatementInfo:
