@@ -34,6 +34,11 @@ IDLE_WAIT = 0.02  # seconds between polls of an empty ring buffer
 # hand-offs with the event loop). Above it, the buffer is filling: drain again at once.
 BATCH_MIN = 256 * 1024
 BATCH_WAIT = 0.05
+# The kernel is asked to write back what the writer wrote every this many bytes (and to drop what
+# it wrote back before): without it, dirty pages pile up until the filesystem's periodic commit
+# (ext4: every 5 s) writes seconds of capture at once, and that burst takes the CPU the relay
+# needs (seen as a 1-s dip of the proxied QPS every few seconds on a 2-core box).
+WRITEBACK_STEP = 256 * 1024
 # After a refused write, the chunk's records are written again this much at a time until one
 # does not fit: the files keep every whole record the disk can hold.
 SALVAGE_PIECE = 16 * 1024
@@ -77,6 +82,7 @@ class CaptureWriter:
         self._fd: int | None = None       # the traffic file being written
         self._path = ""                    # its path, for messages
         self._file_bytes = 0
+        self._writeback = [0, 0]
         self._file_records = 0
         self._compressor = None
         self._cipher = None
@@ -231,6 +237,8 @@ class CaptureWriter:
             self._drop_if_empty()
             raise
         self._count(nrecords, ncommands, nraw)
+        if self._file_bytes - self._writeback[1] >= WRITEBACK_STEP:
+            self._write_back()
         # Rotate between records only, so none is split.
         if self._file_bytes >= self.file_size:
             self._close_file()
@@ -239,6 +247,17 @@ class CaptureWriter:
             delay = due - time.monotonic()
             if delay > 0:
                 time.sleep(delay)
+
+    def _write_back(self) -> None:
+        """Start writing back the bytes written since the last call (asynchronously: DONTNEED
+        starts the writeback of dirty pages and does not wait), and drop the pages of the range
+        before, which is written back by now. Advice only: an error changes nothing."""
+        start, end = self._writeback
+        try:
+            os.posix_fadvise(self._fd, start, self._file_bytes - start, os.POSIX_FADV_DONTNEED)
+        except OSError:
+            pass
+        self._writeback = [end, self._file_bytes]
 
     def _count(self, nrecords: int, ncommands: int, nraw: int) -> None:
         self.raw_bytes_written += nraw
@@ -323,6 +342,7 @@ class CaptureWriter:
         self.files.append(name)
         self._file_bytes = 0
         self._file_records = 0
+        self._writeback = [0, 0]  # [start of the range asked to be written back last, its end]
         flags = (FLAG_LZ4 if self.compress else 0) | (FLAG_AES_CTR if self._key is not None else 0)
         header = FILE_HEADER.pack(MAGIC, FILE_VERSION, flags, 0)
         if self._key is not None:
