@@ -7,6 +7,7 @@ import resource
 import shutil
 import signal
 import stat
+import subprocess
 
 import pytest
 
@@ -18,7 +19,7 @@ from fastproxy.capture.record import (FORMAT_VERSION, HEADER_SIZE, KIND_COMMAND,
                                       KIND_CONN_STATE, OUTCOME_ERR, OUTCOME_NO_RESPONSE,
                                       OUTCOME_OK)
 from fastproxy.capture.reorder import in_completion_order
-from fastproxy.capture.writer import CaptureWriter, output_dir_has_capture
+from fastproxy.capture.writer import WRITEBACK_STEP, CaptureWriter, output_dir_has_capture
 from fastproxy.errors import ConfigError, JobError, TrafficFormatError
 
 KEY = bytes(range(32))
@@ -354,3 +355,38 @@ def test_version_1_capture_still_reads(tmp_path):
     got = list(TrafficReader(out))
     assert got == recs
     assert got[1].last_insert_id == 0 and got[1].hash_ordered == 0  # version 2 fields read as 0
+
+
+def test_a_long_capture_does_not_stay_in_the_page_cache(tmp_path):
+    """The writer starts the writeback of what it wrote every WRITEBACK_STEP and drops what was
+    written back before: a capture of many MB leaves little of itself in the page cache (the
+    database's), and no seconds of dirty data for the filesystem's periodic commit."""
+    if not shutil.which("fincore"):
+        pytest.skip("fincore (util-linux) not installed")
+    if _fs_type(tmp_path) in ("tmpfs", "ramfs"):
+        pytest.skip("a memory file system has no writeback")
+    out = tmp_path / "cap"
+    w = capture(out, make_records(150_000), compress=False)
+    assert w.error is None
+    (name,) = [f for f in os.listdir(out) if f.startswith("traffic-")]
+    path = out / name
+    size = os.path.getsize(path)
+    assert size > 20 * WRITEBACK_STEP
+    res = subprocess.run(["fincore", "-b", "-n", "-o", "RES", str(path)], capture_output=True, text=True,
+                         check=True).stdout.split()
+    cached = int(res[0])
+    assert cached < size / 4, f"{cached} of {size} bytes still in the page cache"
+    assert [r.conn_id for r in TrafficReader(out)][:3] == [0, 1, 2]  # and it reads back from the disk
+
+
+def _fs_type(path) -> str:
+    """The file system type of path's mount (longest matching mount point in /proc/mounts)."""
+    best, kind = "", ""
+    real = os.path.realpath(path)
+    with open("/proc/mounts") as f:
+        for line in f:
+            fields = line.split()
+            mnt = fields[1]
+            if (real == mnt or real.startswith(mnt.rstrip("/") + "/")) and len(mnt) > len(best):
+                best, kind = mnt, fields[2]
+    return kind
