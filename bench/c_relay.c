@@ -7,6 +7,7 @@
  *     gcc -O2 -o c_relay bench/c_relay.c && ./c_relay LISTEN_PORT BACKEND_PORT
  */
 #define _GNU_SOURCE
+#include "relay_args.h"
 #include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -91,21 +92,8 @@ static int relay(struct side *from) {
 }
 
 int main(int argc, char **argv) {
-    if (argc != 3) {
-        fprintf(stderr, "usage: %s LISTEN_PORT BACKEND_PORT\n", argv[0]);
-        return 2;
-    }
-    int one = 1;
-    struct sockaddr_in la = {.sin_family = AF_INET, .sin_port = htons(atoi(argv[1])),
-                             .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-    struct sockaddr_in ba = {.sin_family = AF_INET, .sin_port = htons(atoi(argv[2])),
-                             .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-    int lfd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK, 0);
-    setsockopt(lfd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-    if (bind(lfd, (struct sockaddr *)&la, sizeof la) < 0 || listen(lfd, 1024) < 0) {
-        perror("listen");
-        return 1;
-    }
+    struct sockaddr_in ba;
+    int lfd = relay_listen(argc, argv, SOCK_NONBLOCK, &ba), one = 1;
     ep = epoll_create1(0);
     struct epoll_event lev = {.events = EPOLLIN, .data.ptr = NULL};
     epoll_ctl(ep, EPOLL_CTL_ADD, lfd, &lev);

@@ -29,6 +29,7 @@
  * last of its requests has completed (their completions carry the pair's address).
  */
 #define _GNU_SOURCE
+#include "relay_args.h"
 #include <arpa/inet.h>
 #include <errno.h>
 #include <linux/io_uring.h>
@@ -413,21 +414,8 @@ static void arm_accept(int lfd) {
 }
 
 int main(int argc, char **argv) {
-    if (argc != 3) {
-        fprintf(stderr, "usage: %s LISTEN_PORT BACKEND_PORT\n", argv[0]);
-        return 2;
-    }
-    int one = 1;
-    struct sockaddr_in la = {.sin_family = AF_INET, .sin_port = htons(atoi(argv[1])),
-                             .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-    struct sockaddr_in ba = {.sin_family = AF_INET, .sin_port = htons(atoi(argv[2])),
-                             .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-    int lfd = socket(AF_INET, SOCK_STREAM, 0);
-    setsockopt(lfd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-    if (bind(lfd, (struct sockaddr *)&la, sizeof la) < 0 || listen(lfd, 1024) < 0) {
-        perror("listen");
-        return 1;
-    }
+    struct sockaddr_in ba;
+    int lfd = relay_listen(argc, argv, 0, &ba);
     setup_ring();
     setup_buffers();
     struct rlimit rl;

@@ -161,8 +161,9 @@ class CRelayUringTarget(CRelayTarget):
     source = "c_relay_uring"
 
     def available(self):
-        if not shutil.which("gcc"):
-            return "gcc not installed"
+        why = super().available()
+        if why:
+            return why
         if not os.path.exists("/usr/include/linux/io_uring.h"):
             return "no <linux/io_uring.h> (install linux-libc-dev)"
         try:

@@ -354,14 +354,16 @@ def test_journal_is_readable_while_its_writer_lives_and_only_for_its_checkpoint(
 
 
 def test_a_resumed_connection_sends_its_session_sets_again_but_not_its_global_ones():
-    from fastproxy.replay.checkpoint import _sets_global
+    from fastproxy.replay.checkpoint import _of_the_session
+    from fastproxy.replay.stmtinfo import Classifier
 
+    classify = Classifier()
     for sql in (b"SET GLOBAL max_connections = 500", b"SET @@global.max_connections = 500", b"SET\tGLOBAL x = 1",
                 b"SET PERSIST max_connections = 500", b"set @@GLOBAL.x = 1, @@session.y = 2"):
-        assert _sets_global(sql), sql
+        assert not _of_the_session(classify, sql), sql
     for sql in (b"SET @m = 'a global thing'", b"SET SESSION sql_mode = CONCAT(@@GLOBAL.sql_mode, ',ANSI_QUOTES')",
                 b"SET NAMES utf8mb4", b"SET @@session.wait_timeout = 10"):
-        assert not _sets_global(sql), sql
+        assert _of_the_session(classify, sql), sql
 
 
 def test_a_checkpoint_from_before_the_reorder_window_resumes_what_is_read_as_written(tmp_path):

@@ -82,7 +82,7 @@ class CaptureWriter:
         self._fd: int | None = None       # the traffic file being written
         self._path = ""                    # its path, for messages
         self._file_bytes = 0
-        self._writeback = [0, 0]
+        self._writeback = (0, 0)  # the range last asked to be written back (start, end)
         self._file_records = 0
         self._compressor = None
         self._cipher = None
@@ -257,7 +257,7 @@ class CaptureWriter:
             os.posix_fadvise(self._fd, start, self._file_bytes - start, os.POSIX_FADV_DONTNEED)
         except OSError:
             pass
-        self._writeback = [end, self._file_bytes]
+        self._writeback = (end, self._file_bytes)
 
     def _count(self, nrecords: int, ncommands: int, nraw: int) -> None:
         self.raw_bytes_written += nraw
@@ -342,7 +342,7 @@ class CaptureWriter:
         self.files.append(name)
         self._file_bytes = 0
         self._file_records = 0
-        self._writeback = [0, 0]  # [start of the range asked to be written back last, its end]
+        self._writeback = (0, 0)
         flags = (FLAG_LZ4 if self.compress else 0) | (FLAG_AES_CTR if self._key is not None else 0)
         header = FILE_HEADER.pack(MAGIC, FILE_VERSION, flags, 0)
         if self._key is not None:

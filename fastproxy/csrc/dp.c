@@ -404,6 +404,8 @@ static void side_close(dp_conn *c, dp_side *s) {
 }
 
 static void lost(dp_side *s) {
+    /* what this loss aborts ends now, not at the last bytes' time (an older arrival or batch) */
+    s->conn->w->now = wall_ns();
     if (s->is_client)
         s->conn->cli_lost = 1;
     else
@@ -1457,7 +1459,6 @@ void dp_worker_run(dp_worker *w) {
                 continue;
             break;
         }
-        w->now = wall_ns();  /* what ends without bytes in this batch (EOF, HUP) ends now, not at an old time */
         for (int i = 0; i < n; i++) {
             void *ptr = evs[i].data.ptr;
             if (ptr == &w->inbox_marker) {

@@ -50,7 +50,6 @@ import re
 import time
 from collections import deque
 
-from fastproxy._digest import normalize
 from fastproxy._packet import CommandResult, execute_types_at
 from fastproxy.capture.record import (KIND_COMMAND, KIND_CONN_CLOSE, KIND_CONN_OPEN, KIND_CONN_STATE,
                                       KIND_LOCAL_INFILE, OUTCOME_OK, Record)
@@ -60,7 +59,7 @@ from fastproxy.private_files import create_private_file, open_private_dir, write
 from fastproxy.replay.causal import IN_TXN, TXN_END
 from fastproxy.replay.journal import MESSAGE_MAX, RESULT, SENT, Journal, read_journal
 from fastproxy.replay.report import Failure, OtherError
-from fastproxy.replay.stmtinfo import sets_global, split_statements
+from fastproxy.replay.stmtinfo import READ, SESSION
 
 log = logging.getLogger("fastproxy.replay")
 
@@ -113,9 +112,11 @@ def identity(inputs: list[str], engine) -> dict:
     }
 
 
-def _sets_global(sql: bytes) -> bool:
-    """A SET of a global variable is not the session's: a resumed connection does not send it again."""
-    return any(sets_global(toks) for toks in split_statements(normalize(sql)))
+def _of_the_session(classify, sql: bytes) -> bool:
+    """Whether a session word's statement (SET, USE, PREPARE, ...) only changes the session, so that
+    a resumed connection sends it again: by the planner's classification, not a SET GLOBAL or an
+    account change (unknown scope), nor a SET STATEMENT ... FOR a write."""
+    return classify(sql).kind in (SESSION, READ)
 
 
 def _reorder_windows(source) -> list[int]:
@@ -617,7 +618,8 @@ class Checkpoint:
         if cmd == COMMAND.COM_QUERY:
             m = _FIRST_WORD.match(payload, 1)
             word = m.group(1).lower() if m else b""
-            if word.decode() in _SESSION_WORDS and rec.outcome == OUTCOME_OK and not _sets_global(payload[1:]):
+            if (word.decode() in _SESSION_WORDS and rec.outcome == OUTCOME_OK
+                    and _of_the_session(planner.classify, payload[1:])):
                 prelude.append(payload[1:])
                 if word == b"use":
                     from fastproxy.proxy.session import used_database

@@ -200,7 +200,7 @@ class TableScan:
                 self.sequences = True
 
 
-def split_statements(text: str) -> list[list[str]]:
+def _split(text: str) -> list[list[str]]:
     statements: list[list[str]] = [[]]
     for tok in TOKEN_RE.findall(text):
         if tok == ";":
@@ -217,7 +217,7 @@ def classify(sql: str | bytes, functions: frozenset | set = frozenset()) -> Stat
 
 
 def classify_normalized(text: str, functions: frozenset | set = frozenset()) -> StatementInfo:
-    parts = split_statements(text)
+    parts = _split(text)
     if not parts:
         return StatementInfo(SESSION)
     if len(parts) == 1:
@@ -457,7 +457,7 @@ def _set(toks: list[str], functions) -> StatementInfo:
     if second == "password" or (second == "default" and toks[2:3] == ["role"]):
         # SET PASSWORD [FOR u], SET DEFAULT ROLE r FOR u: an account changes (logins depend on it)
         return StatementInfo(UNKNOWN, None, True)
-    if sets_global(toks):
+    if _sets_global(toks):
         # SET GLOBAL / @@global. / PERSIST: what later sessions (and some running ones) start with
         # changes; ordered like account management, so logins and statements after it see it
         return StatementInfo(UNKNOWN, None, True)
@@ -484,7 +484,7 @@ def _set(toks: list[str], functions) -> StatementInfo:
     return info
 
 
-def sets_global(toks: list[str]) -> bool:
+def _sets_global(toks: list[str]) -> bool:
     """SET assigns a global variable: `GLOBAL x = `, `PERSIST[_ONLY] x = `, `@@global.x = `
     (an assignment's target follows SET or a comma)."""
     for i, tok in enumerate(toks):
