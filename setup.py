@@ -20,7 +20,7 @@ CSRC = os.path.join("fastproxy", "csrc")
 C_SOURCES = {
     "fastproxy._packet": ["tracker.c"],
     "fastproxy._ringbuf": ["ring.c"],
-    "fastproxy._dataplane": ["tracker.c", "ring.c", "dp.c", "dp_session.c"],
+    "fastproxy._dataplane": ["tracker.c", "ring.c", "dp.c", "dp_session.c", "uring.c"],
 }
 
 

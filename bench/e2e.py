@@ -216,14 +216,14 @@ class HAProxyTarget(ProcessTarget):
 
 class FastproxyTarget(Target):
     name = "fastproxy"
-    note = "python -m fastproxy serve, proxy.workers = 1"
+    note = "python -m fastproxy serve, proxy.workers = 1 (proxy.io = auto: io_uring where allowed)"
 
-    def __init__(self, *extra_args: str, name: str | None = None, workers: int = 1):
-        self.extra_args = [f"--proxy.workers={workers}", *extra_args]
+    def __init__(self, *extra_args: str, name: str | None = None, workers: int = 1, io: str = "auto"):
+        self.extra_args = [f"--proxy.workers={workers}", f"--proxy.io={io}", *extra_args]
         self.workers = workers
         if name:
             self.name = name
-            self.note = f"python -m fastproxy serve, proxy.workers = {workers}"
+            self.note = f"python -m fastproxy serve, proxy.workers = {workers}, proxy.io = {io}"
 
     def start(self, db):
         self.port, self.api_port = free_port(), free_port()
@@ -275,11 +275,11 @@ class FastproxyCaptureTarget(FastproxyTarget):
     name = "fastproxy+capture"
     note = "fastproxy (proxy.workers = 1) with `traffic capture` running (lz4 files, 64 MiB ring buffer)"
 
-    def __init__(self, workers: int = 1, name: str | None = None):
-        super().__init__(workers=workers)
+    def __init__(self, workers: int = 1, name: str | None = None, io: str = "auto"):
+        super().__init__(workers=workers, io=io)
         if name:
             self.name = name
-            self.note = f"fastproxy (proxy.workers = {workers}) with `traffic capture` running"
+            self.note = f"fastproxy (proxy.workers = {workers}, proxy.io = {io}) with `traffic capture` running"
         self.captures: dict[str, str] = {}
         self.capture_error: dict[str, str] = {}
         self.starting_data: dict[str, str] = {}  # workload -> mariadb-dump of sbtest before its capture
@@ -388,7 +388,8 @@ class FastproxyTls(FastproxyTarget):
 
 
 TARGETS: list[Target] = [Direct(), CRelayTarget(), CRelayUringTarget(), HAProxyTarget(), FastproxyTarget(),
-                         FastproxyCaptureTarget(),
+                         FastproxyCaptureTarget(), FastproxyTarget(name="fastproxy-epoll", io="epoll"),
+                         FastproxyCaptureTarget(name="fastproxy-epoll+capture", io="epoll"),
                          HAProxyTarget(2, name="haproxy-2t"), FastproxyTarget(name="fastproxy-2w", workers=2),
                          FastproxyCaptureTarget(workers=2, name="fastproxy-2w+capture"),
                          DirectTls(), HAProxyTlsPassthrough(), HAProxyTlsTerminating(), FastproxyTls(),
@@ -779,12 +780,16 @@ def main() -> None:
     print(table(results))
     summary = (ratios(results, "fastproxy", "haproxy", "QPS >= 1.05, CPU <= 0.85")
                + ratios(results, "fastproxy", "c-relay")
+               + ratios(results, "fastproxy", "c-relay-uring")
+               + ratios(results, "fastproxy", "fastproxy-epoll")
+               + ratios(results, "fastproxy-epoll", "haproxy")
                + ratios(results, "haproxy", "c-relay")
                + ratios(results, "c-relay-uring", "c-relay")
                + ratios(results, "c-relay-uring", "haproxy")
                + ratios(results, "fastproxy-2w", "haproxy-2t")
                + ratios(results, "fastproxy-2w", "fastproxy")
-               + capture_impact(results) + capture_impact(results, "fastproxy-2w", "fastproxy-2w+capture"))
+               + capture_impact(results) + capture_impact(results, "fastproxy-epoll", "fastproxy-epoll+capture")
+               + capture_impact(results, "fastproxy-2w", "fastproxy-2w+capture"))
     print()
     for line in summary:
         print(line)

@@ -16,7 +16,9 @@
 
 See docs/dataplane.md for the design.
 """
+import os
 import threading
+import time
 
 from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
 from cpython.bytes cimport PyBytes_AS_STRING
@@ -131,6 +133,7 @@ cdef extern from "dp.h" nogil:
     ctypedef struct dp_worker:
         dp_stats stats
         uint64_t nconns
+        uint8_t started
 
     ctypedef struct dp_conn:
         dp_worker *w
@@ -191,7 +194,10 @@ cdef extern from "dp.h" nogil:
         dp_append_large append_large
         dp_select_hook select_hook
 
-    int dp_init(dp *d, int nworkers, const int64_t *latency_bounds)
+    enum: DP_IO_AUTO, DP_IO_EPOLL, DP_IO_URING
+    int dp_init(dp *d, int nworkers, const int64_t *latency_bounds, int io)
+    int dp_worker_io(const dp_worker *w)
+    int dp_worker_started(const dp_worker *w)
     void dp_destroy(dp *d)
     void dp_worker_run(dp_worker *w)
     dp_conn *dp_conn_new(uint64_t conn_id, int client_fd, int backend_fd, uint64_t max_packet_size)
@@ -501,8 +507,13 @@ cdef class Connection:
             pthread_mutex_unlock(&c.lock)
 
 
+IO_MODES = {"auto": DP_IO_AUTO, "epoll": DP_IO_EPOLL, "io_uring": DP_IO_URING}
+
+
 cdef class DataPlane:
-    """DataPlane(workers, latency_bounds_ns): `workers` threads, latency histogram bounds (metrics.py)."""
+    """DataPlane(workers, latency_bounds_ns, io="auto"): `workers` threads, latency histogram bounds
+    (metrics.py), their I/O: "io_uring" where the kernel and the process's seccomp profile allow it,
+    else "epoll" ("auto"), or one of them ("io_uring" raises OSError where it is not allowed)."""
 
     cdef dp d
     cdef bint _inited
@@ -513,9 +524,11 @@ cdef class DataPlane:
     cdef object _cap_ring        # the RingBuffer the workers append to (kept alive while installed)
     cdef readonly int workers
 
-    def __cinit__(self, int workers, latency_bounds_ns):
+    def __cinit__(self, int workers, latency_bounds_ns, str io="auto"):
         cdef int64_t bounds[DP_LATENCY_BOUNDS]
-        cdef int i
+        cdef int i, rc
+        if io not in IO_MODES:
+            raise ValueError(f"io: one of {', '.join(IO_MODES)}, got {io!r}")
         if workers < 1:
             raise ValueError("the data plane needs at least one worker")
         if len(latency_bounds_ns) != DP_LATENCY_BOUNDS:
@@ -526,8 +539,11 @@ cdef class DataPlane:
         self._threads = []
         self._assigned = [0] * workers
         self.workers = workers
-        if dp_init(&self.d, workers, bounds) != 0:
+        rc = dp_init(&self.d, workers, bounds, IO_MODES[io])
+        if rc != 0:
             dp_destroy(&self.d)
+            if rc < -1:
+                raise OSError(-rc, f"io_uring is not available here ({os.strerror(-rc)}): use proxy.io = auto or epoll")
             raise OSError("cannot set up the data plane (epoll, eventfd or memory)")
         self._inited = True
         self.d.session_hook = _session_hook  # the session's policy runs with or without a capture
@@ -540,10 +556,20 @@ cdef class DataPlane:
 
     # ---- threads -----------------------------------------------------------------------------
     def start(self):
+        """Start the threads; returns once each has chosen its I/O (see `io`)."""
         for i in range(self.workers):
             t = threading.Thread(target=self._run, args=(i,), name=f"fastproxy-worker-{i}", daemon=True)
             t.start()
             self._threads.append(t)
+        for i in range(self.workers):
+            while not dp_worker_started(&self.d.workers[i]):
+                time.sleep(0.001)
+
+    @property
+    def io(self):
+        """What each started worker runs on: "io_uring" or "epoll"."""
+        return ["io_uring" if dp_worker_io(&self.d.workers[i]) == DP_IO_URING else "epoll"
+                for i in range(len(self._threads))]
 
     def _run(self, int i):
         cdef dp_worker *w = &self.d.workers[i]

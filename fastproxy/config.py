@@ -105,6 +105,13 @@ def _level(value: Any, key: str) -> str:
     return "warning" if text == "warn" else text
 
 
+def _io(value: Any, key: str) -> str:
+    text = str(value).strip().lower().replace("-", "_")
+    if text not in ("auto", "epoll", "io_uring"):
+        raise ConfigError(f"{key}: expected one of auto, epoll, io_uring; got {value!r}")
+    return text
+
+
 def _str(value: Any, key: str) -> str:
     if not isinstance(value, str):
         raise ConfigError(f"{key}: expected a string, got {value!r}")
@@ -164,6 +171,8 @@ KEYS: list[Key] = [
     Key("proxy.addr", "0.0.0.0:6000", parse_addr, "address clients connect to"),
     Key("proxy.backends", "127.0.0.1:3306", _addr_list, "backend MySQL/MariaDB servers (list, or comma-separated)"),
     Key("proxy.workers", "auto", _workers, "threads relaying connections (the data plane); auto = the number of CPUs"),
+    Key("proxy.io", "auto", _io, "the data plane's I/O: io_uring, epoll, or auto = io_uring where the kernel and "
+        "the container's seccomp profile allow it, else epoll"),
     Key("proxy.tls-in-dataplane", True, _bool, "relay TLS connections in the data plane (OpenSSL from C); false: "
         "in Python, as before the data plane could"),
     Key("proxy.max-connections", 0, _int(0), "client connections accepted at once (0 = no limit); beyond it clients get error 1040"),

@@ -86,6 +86,12 @@ class Collector:
         for i, n in enumerate(d["worker_connections"]):
             workers.add_metric([str(i)], n)
         yield workers
+        if self.dataplane is not None:
+            io = GaugeMetricFamily("fastproxy_worker_io", "1 for the I/O each data-plane worker runs on (proxy.io)",
+                                   labels=["worker", "io"])
+            for i, name in enumerate(self.dataplane.io):
+                io.add_metric([str(i), name], 1)
+            yield io
         healthy = GaugeMetricFamily("fastproxy_backend_healthy",
                                     "1 if the backend is taken to be up (last check, or what connections saw)",
                                     labels=["backend"])

@@ -5,7 +5,8 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 .venv/bin/python -m pytest -q -p no:cacheprovider "$@"
 # The tests that start a proxy and relay or capture through it, once more with four data-plane
-# workers in each proxy. Left out of this pass (they ran above with one worker): the modules whose
+# workers in each proxy, on epoll (the first pass ran on the default: io_uring where allowed). Left
+# out of this pass (they ran above with one worker): the modules whose
 # subject is the replay side, the verdict or the API's forms, where the proxy only hosts the job.
 second_pass_skips=(
   tests/test_api_forms.py tests/test_api_limits.py tests/test_api_security.py tests/test_storage_s3.py
@@ -15,5 +16,5 @@ second_pass_skips=(
   tests/test_replay_resume.py tests/test_replay_resume_verdict.py tests/test_replay_dryrun.py
   tests/test_replay_internal_error.py tests/test_replay_without_process.py tests/test_replay_causal_slow.py
 )
-FASTPROXY_TEST_WORKERS=4 exec .venv/bin/python -m pytest -q -p no:cacheprovider -m "proxy and not fuzz" \
+FASTPROXY_TEST_WORKERS=4 FASTPROXY_TEST_IO=epoll exec .venv/bin/python -m pytest -q -p no:cacheprovider -m "proxy and not fuzz" \
   "${second_pass_skips[@]/#/--ignore=}" "$@"

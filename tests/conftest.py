@@ -2,8 +2,9 @@
 
 FASTPROXY_TEST_MARIADB=host:port:user:password points the `mariadb` fixture at a running server
 instead of starting one (the other fixtures still start their own).
-FASTPROXY_TEST_WORKERS=N runs every proxy the tests start with `proxy.workers = N` (default 1);
-scripts/test.sh runs the proxy-facing tests a second time with 4.
+FASTPROXY_TEST_WORKERS=N runs every proxy the tests start with `proxy.workers = N` (default 1), and
+FASTPROXY_TEST_IO with `proxy.io` (default auto: io_uring where the kernel allows it);
+scripts/test.sh runs the proxy-facing tests a second time with 4 workers on epoll.
 """
 from __future__ import annotations
 
@@ -50,6 +51,7 @@ def mariadb_private():
 
 
 TEST_WORKERS = int(os.environ.get("FASTPROXY_TEST_WORKERS", "1"))
+TEST_IO = os.environ.get("FASTPROXY_TEST_IO", "auto")
 
 
 class ProxyProcess:
@@ -60,7 +62,8 @@ class ProxyProcess:
         self.api_port = free_port()
         self.args = [sys.executable, "-m", "fastproxy", "serve", f"--proxy.addr=127.0.0.1:{self.port}",
                      f"--api.addr=127.0.0.1:{self.api_port}", f"--proxy.backends={','.join(backends)}",
-                     "--proxy.health-check-interval=0.5s", f"--proxy.workers={TEST_WORKERS}", *args]
+                     "--proxy.health-check-interval=0.5s", f"--proxy.workers={TEST_WORKERS}",
+                     f"--proxy.io={TEST_IO}", *args]
         if config:
             self.args += ["--config", config]
         self.log_path = f"/tmp/fastproxy-test-{self.port}.log"

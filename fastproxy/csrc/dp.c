@@ -10,6 +10,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <poll.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -25,6 +26,7 @@
 #include <openssl/ssl.h>
 
 #include "mysql_constants.h"
+#include "uring.h"
 
 #define DP_MAX_EVENTS 128
 
@@ -113,10 +115,18 @@ int dp_post(dp_worker *w, int type, dp_conn *c, void *ptr, uint64_t arg) {
 
 /* ---- lifecycle --------------------------------------------------------------------------------- */
 
-int dp_init(dp *d, int nworkers, const int64_t *latency_bounds) {
+int dp_init(dp *d, int nworkers, const int64_t *latency_bounds, int io) {
     memset(d, 0, sizeof *d);
     d->events.efd = -1;
     memcpy(d->latency_bounds, latency_bounds, sizeof d->latency_bounds);
+    if (io != DP_IO_EPOLL) {
+        /* asked once here: a worker whose own ring cannot be made after all runs on epoll */
+        int e = uring_probe();
+        if (e < 0 && io == DP_IO_URING)
+            return e;
+        io = e < 0 ? DP_IO_EPOLL : DP_IO_URING;
+    }
+    d->io = io;
     if (queue_init(&d->events, sizeof(dp_event)) < 0)
         return -1;
     if (posix_memalign((void **)&d->workers, 64, nworkers * sizeof(dp_worker)))
@@ -146,11 +156,16 @@ void dp_destroy(dp *d) {
         dp_worker *w = &d->workers[i];
         if (w->epfd >= 0)
             close(w->epfd);
+        if (w->ring) {
+            uring_free(w->ring);
+            free(w->ring);
+            w->ring = NULL;
+        }
         queue_destroy(&w->inbox);
         free(w->rbuf);
         free(w->tbuf);
-        free(w->tls_ready);
-        free(w->tls_spare);
+        free(w->ready);
+        free(w->ready_spare);
     }
     free(d->workers);
     d->workers = NULL;
@@ -214,33 +229,46 @@ void dp_conn_free(dp_conn *c) {
     free(c->be_rest);
     own_clear(c);
     infiles_clear(c);
-    free(c->cli.out);
-    free(c->be.out);
+    for (int i = 0; i < 2; i++) {
+        dp_side *s = i ? &c->be : &c->cli;
+        free(s->out.data);
+        free(s->pend.data);
+        free(s->stash.data);
+        free(s->rmsg);
+    }
     trk_free(&c->trk);
     dp_session_free(&c->s);
     pthread_mutex_destroy(&c->lock);
     free(c);
 }
 
-static int out_append(dp_side *s, const uint8_t *p, size_t n) {
-    if (s->out_off + s->out_len + n > s->out_cap) {
-        if (s->out_off) {
-            memmove(s->out, s->out + s->out_off, s->out_len);
-            s->out_off = 0;
+static int buf_append(dp_buf *b, const uint8_t *p, size_t n) {
+    if (b->off + b->len + n > b->cap) {
+        if (b->off) {
+            memmove(b->data, b->data + b->off, b->len);
+            b->off = 0;
         }
-        if (s->out_len + n > s->out_cap) {
-            size_t cap = s->out_len + n;
-            uint8_t *b = realloc(s->out, cap);
-            if (!b)
+        if (b->len + n > b->cap) {
+            size_t cap = b->len + n;
+            uint8_t *d = realloc(b->data, cap);
+            if (!d)
                 return -1;
-            s->out = b;
-            s->out_cap = (uint32_t)cap;
+            b->data = d;
+            b->cap = (uint32_t)cap;
         }
     }
-    memcpy(s->out + s->out_off + s->out_len, p, n);
-    s->out_len += (uint32_t)n;
+    memcpy(b->data + b->off + b->len, p, n);
+    b->len += (uint32_t)n;
     return 0;
 }
+
+static void buf_clear(dp_buf *b) {
+    free(b->data);
+    memset(b, 0, sizeof *b);
+}
+
+/* Bytes still to be written to a side: on io_uring, those in flight and those queued behind them. */
+static uint32_t side_pending(const dp_side *s) { return s->out.len + s->pend.len; }
 
 void dp_conn_set_tls(dp_conn *c, void *client_ssl, void *backend_ssl) {
     c->cli.ssl = client_ssl;
@@ -278,7 +306,7 @@ int dp_conn_set_initial(dp_conn *c, const uint8_t *client_out, size_t n_out) {
         return 0;
     if (c->cli.ssl)  /* encrypted now (Python's thread: the worker has not got the connection yet) */
         return tls_encrypt(&c->cli, client_out, n_out);
-    return out_append(&c->cli, client_out, n_out);
+    return buf_append(&c->cli.out, client_out, n_out);
 }
 
 /* ---- I/O of one side -------------------------------------------------------------------------- */
@@ -289,69 +317,98 @@ static ssize_t io_read_plain(dp_side *s, void *buf, size_t n) { return recv(s->f
  * is stamped when its answer arrived, not when this worker got to it (with more busy threads than
  * cores a worker may read an answer late, after another worker relayed a command that already saw
  * that commit; causal replay must still order that command after this one). */
-static ssize_t io_read(dp_side *s, void *buf, size_t n) {
-    s->arrived_ns = 0;  /* unknown unless this read says (a capture may have stopped since the last) */
+static int stamped_reads(dp_side *s) {
     if (s->is_client || !s->conn->w->capture)
-        return io_read_plain(s, buf, n);
+        return 0;
     if (!s->stamped) {
         int one = 1;
         s->stamped = 1;
         if (setsockopt(s->fd, SOL_SOCKET, SO_TIMESTAMPNS, &one, sizeof one) < 0)
             s->stamped = 2;  /* not offered: wall-clock stamps, as without a capture */
     }
-    if (s->stamped != 1)
-        return io_read_plain(s, buf, n);
+    return s->stamped == 1;
+}
+
+/* A recvmsg's header with room for the kernel's arrival time. */
+typedef struct dp_rmsg {
+    struct msghdr msg;
+    struct iovec iov;
     union {
         char buf[CMSG_SPACE(sizeof(struct timespec))];
         struct cmsghdr align;
     } ctl;
-    struct iovec iov = {buf, n};
-    struct msghdr msg = {0};
-    msg.msg_iov = &iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = ctl.buf;
-    msg.msg_controllen = sizeof ctl.buf;
-    ssize_t k = recvmsg(s->fd, &msg, 0);
-    if (k > 0) {
-        for (struct cmsghdr *cm = CMSG_FIRSTHDR(&msg); cm; cm = CMSG_NXTHDR(&msg, cm)) {
-            if (cm->cmsg_level == SOL_SOCKET && cm->cmsg_type == SCM_TIMESTAMPNS) {
-                struct timespec ts;
-                memcpy(&ts, CMSG_DATA(cm), sizeof ts);
-                s->arrived_ns = (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
-            }
+} dp_rmsg;
+
+static void rmsg_prepare(dp_rmsg *m, void *buf, size_t n) {
+    memset(m, 0, sizeof *m);
+    m->iov.iov_base = buf;
+    m->iov.iov_len = n;
+    m->msg.msg_iov = &m->iov;
+    m->msg.msg_iovlen = 1;
+    m->msg.msg_control = m->ctl.buf;
+    m->msg.msg_controllen = sizeof m->ctl.buf;
+}
+
+static int64_t rmsg_arrival(dp_rmsg *m) {
+    int64_t at = 0;
+    for (struct cmsghdr *cm = CMSG_FIRSTHDR(&m->msg); cm; cm = CMSG_NXTHDR(&m->msg, cm)) {
+        if (cm->cmsg_level == SOL_SOCKET && cm->cmsg_type == SCM_TIMESTAMPNS && cm->cmsg_len >= CMSG_LEN(sizeof(struct timespec))) {
+            struct timespec ts;
+            memcpy(&ts, CMSG_DATA(cm), sizeof ts);
+            at = (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
         }
     }
+    return at;
+}
+
+static ssize_t io_read(dp_side *s, void *buf, size_t n) {
+    s->arrived_ns = 0;  /* unknown unless this read says (a capture may have stopped since the last) */
+    if (!stamped_reads(s))
+        return io_read_plain(s, buf, n);
+    dp_rmsg m;
+    rmsg_prepare(&m, buf, n);
+    ssize_t k = recvmsg(s->fd, &m.msg, 0);
+    if (k > 0)
+        s->arrived_ns = rmsg_arrival(&m);
     return k;
 }
 
 static ssize_t io_write(dp_side *s, const void *buf, size_t n) { return send(s->fd, buf, n, MSG_NOSIGNAL); }
 
-static void tls_enqueue(dp_worker *w, dp_side *s) {
-    if (s->tls_queued)
+static void ready_enqueue(dp_worker *w, dp_side *s) {
+    if (s->ready_queued)
         return;
-    if (w->ntls == w->tls_cap) {
-        uint32_t cap = w->tls_cap ? w->tls_cap * 2 : 16;
-        dp_side **a = realloc(w->tls_ready, cap * sizeof *a), **b;
+    if (w->nready == w->ready_cap) {
+        uint32_t cap = w->ready_cap ? w->ready_cap * 2 : 16;
+        dp_side **a = realloc(w->ready, cap * sizeof *a), **b;
         if (!a)
             return;  /* read at its next readiness instead */
-        w->tls_ready = a;
-        b = realloc(w->tls_spare, cap * sizeof *b);
+        w->ready = a;
+        b = realloc(w->ready_spare, cap * sizeof *b);
         if (!b)
             return;
-        w->tls_spare = b;
-        w->tls_cap = cap;
+        w->ready_spare = b;
+        w->ready_cap = cap;
     }
-    w->tls_ready[w->ntls++] = s;
-    s->tls_queued = 1;
+    w->ready[w->nready++] = s;
+    s->ready_queued = 1;
 }
 
 /* ---- connection helpers ------------------------------------------------------------------------- */
 
+static void u_set_interest(dp_conn *c, dp_side *s, uint32_t want);
+static void u_kick_send(dp_worker *w, dp_side *s);
+static void zombie_check(dp_conn *c);
+
 static void set_interest(dp_conn *c, dp_side *s, uint32_t want) {
+    if (c->w->ring) {
+        u_set_interest(c, s, want);
+        return;
+    }
     if (s->fd < 0 || want == s->registered)
         return;
     if (s->ssl && s->tls_more && (want & EPOLLIN) && !(s->registered & EPOLLIN))
-        tls_enqueue(c->w, s);  /* read again: what OpenSSL holds raises no readiness */
+        ready_enqueue(c->w, s);  /* read again: what OpenSSL holds raises no readiness */
     struct epoll_event ev = {.events = want, .data.ptr = s};
     int op = s->registered == 0 ? EPOLL_CTL_ADD : want == 0 ? EPOLL_CTL_DEL : EPOLL_CTL_MOD;
     /* a side wanting nothing leaves the set: EPOLLHUP/EPOLLERR would be reported regardless */
@@ -359,48 +416,77 @@ static void set_interest(dp_conn *c, dp_side *s, uint32_t want) {
         s->registered = want;
 }
 
+/* Backpressure: a side's source is not read while it has this much to write. With epoll, anything
+ * (written at once when it can be); on io_uring, where every write waits for its completion, a
+ * read's worth. */
+static int side_full(const dp_conn *c, const dp_side *s) {
+    return c->w->ring ? side_pending(s) >= DP_READ_SIZE : s->out.len != 0;
+}
+
 static void update_interest(dp_conn *c) {
     uint32_t cli = 0, be = 0;
     if (c->own_active && !c->dead) {  /* the proxy's own query: its answer is not the client's */
         if (!c->be_lost)
-            be = EPOLLIN | (c->be.out_len ? EPOLLOUT : 0);
+            be = EPOLLIN | (c->be.out.len ? EPOLLOUT : 0);
     } else if (!c->parked && !c->dead) {
         if (!c->closing) {
-            if (c->be.out_len == 0 && c->q_len < DP_MAX_PIPELINE && !c->cli_lost)
+            if (!side_full(c, &c->be) && c->q_len < DP_MAX_PIPELINE && !c->cli_lost)
                 cli |= EPOLLIN;
-            if (c->cli.out_len == 0 && !c->be_lost)
+            if (!side_full(c, &c->cli) && !c->be_lost)
                 be |= EPOLLIN;
-            if (c->be.out_len && !c->be_lost)
+            if (c->be.out.len && !c->be_lost)
                 be |= EPOLLOUT;
         }
-        if (c->cli.out_len && !c->cli_lost)
+        if (c->cli.out.len && !c->cli_lost)
             cli |= EPOLLOUT;
     }
     set_interest(c, &c->cli, cli);
     set_interest(c, &c->be, be);
 }
 
+static void side_close_now(dp_side *s) {
+    if (s->recv_armed || s->send_armed)
+        shutdown(s->fd, SHUT_RDWR);  /* ends what io_uring has in flight on it (then reported closed) */
+    close(s->fd);
+    s->fd = -1;
+    s->close_deferred = 0;
+    if (!s->send_armed)  /* else the kernel's until the send completes (u_on_send frees it) */
+        buf_clear(&s->out);
+    buf_clear(&s->pend);
+    buf_clear(&s->stash);
+    s->stash_eof = 0;
+}
+
 static void side_close(dp_conn *c, dp_side *s) {
-    if (s->fd < 0)
+    if (s->fd < 0 || s->close_deferred)
         return;
     set_interest(c, s, 0);
+    int gone = s->is_client ? c->cli_lost : c->be_lost;
     if (s->ssl) {
-        if (!(s->is_client ? c->cli_lost : c->be_lost)) {  /* close_notify, best effort */
+        if (!gone) {  /* close_notify, best effort */
             uint8_t buf[512];
             ERR_clear_error();
             SSL_shutdown(s->ssl);
             int k = BIO_read(SSL_get_wbio(s->ssl), buf, sizeof buf);
-            if (k > 0 && io_write(s, buf, (size_t)k) < 0) {
+            if (k > 0 && c->w->ring) {
+                if (buf_append(s->send_armed ? &s->pend : &s->out, buf, (size_t)k) == 0)
+                    u_kick_send(c->w, s);
+            } else if (k > 0 && io_write(s, buf, (size_t)k) < 0) {
             }
         }
         ERR_clear_error();
         s->ssl = NULL;  /* Python's: it frees it once told the connection closed */
     }
-    close(s->fd);
-    s->fd = -1;
-    free(s->out);
-    s->out = NULL;
-    s->out_off = s->out_len = s->out_cap = 0;
+    if (c->w->ring && side_pending(s) && !gone && c->close_reason != DP_CLOSE_FORCED) {
+        /* io_uring: what was forwarded before the close is still queued or in flight (a COM_QUIT
+         * after a COM_STMT_CLOSE; epoll wrote it at once): closed by u_on_send once written */
+        s->close_deferred = 1;
+        u_kick_send(c->w, s);
+        if (s->recv_armed)
+            shutdown(s->fd, SHUT_RD);  /* ends the recv: nothing more is read from it */
+        return;
+    }
+    side_close_now(s);
 }
 
 static void lost(dp_side *s) {
@@ -429,7 +515,7 @@ static void tls_flush(dp_conn *c, dp_side *s) {
 /* Forward bytes to a side (encrypted first on a TLS side): written at once when nothing is queued,
  * the rest kept in its output buffer (whose reader side is then no longer read: see update_interest). */
 static void send_to(dp_conn *c, dp_side *s, const uint8_t *p, size_t n) {
-    if (s->fd < 0 || (s->is_client ? c->cli_lost : c->be_lost) || !n)
+    if (s->fd < 0 || s->close_deferred || (s->is_client ? c->cli_lost : c->be_lost) || !n)
         return;
     if (s->ssl) {
         if (tls_encrypt(s, p, n) < 0) {
@@ -443,7 +529,16 @@ static void send_to(dp_conn *c, dp_side *s, const uint8_t *p, size_t n) {
 }
 
 static void send_raw(dp_conn *c, dp_side *s, const uint8_t *p, size_t n) {
-    if (s->out_len == 0) {
+    if (c->w->ring) {  /* queued; written by the next io_uring_enter */
+        if (buf_append(s->send_armed ? &s->pend : &s->out, p, n) < 0) {
+            c->close_after = DP_CLOSE_NO_MEMORY;
+            lost(s);
+            return;
+        }
+        u_kick_send(c->w, s);
+        return;
+    }
+    if (s->out.len == 0) {
         ssize_t k = io_write(s, p, n);
         if (k < 0) {
             if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) {
@@ -457,28 +552,32 @@ static void send_raw(dp_conn *c, dp_side *s, const uint8_t *p, size_t n) {
         p += k;
         n -= k;
     }
-    if (out_append(s, p, n) < 0) {
+    if (buf_append(&s->out, p, n) < 0) {
         c->close_after = DP_CLOSE_NO_MEMORY;
         lost(s);
     }
 }
 
 static void flush_side(dp_conn *c, dp_side *s) {
-    while (s->out_len) {
-        ssize_t k = io_write(s, s->out + s->out_off, s->out_len);
+    if (c->w->ring) {
+        u_kick_send(c->w, s);
+        return;
+    }
+    while (s->out.len) {
+        ssize_t k = io_write(s, s->out.data + s->out.off, s->out.len);
         if (k < 0) {
             if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)
                 return;
             lost(s);
             return;
         }
-        s->out_off += (uint32_t)k;
-        s->out_len -= (uint32_t)k;
+        s->out.off += (uint32_t)k;
+        s->out.len -= (uint32_t)k;
     }
     /* idle connections hold no buffer */
-    free(s->out);
-    s->out = NULL;
-    s->out_off = s->out_cap = 0;
+    free(s->out.data);
+    s->out.data = NULL;
+    s->out.off = s->out.cap = 0;
     (void)c;
 }
 
@@ -1121,29 +1220,37 @@ static void read_lost(dp_conn *c, dp_side *s) {
 }
 
 /* A TLS side: at a readiness, the socket's bytes into OpenSSL's read BIO; then one SSL_read, as
- * a plain side has one recv. While OpenSSL may hold more, the side stays in the worker's tls_ready
+ * a plain side has one recv. While OpenSSL may hold more, the side stays in the worker's ready
  * list (epoll cannot see those bytes). */
+static void tls_read_once(dp_conn *c, dp_side *s);
+
 static void read_side_tls(dp_conn *c, dp_side *s) {
     dp_worker *w = c->w;
-    SSL *ssl = s->ssl;
     if (!s->tls_more) {
         ssize_t k = io_read(s, w->tbuf, DP_READ_SIZE);
         if (k == 0 || (k < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)) {
             read_lost(c, s);
             return;
         }
-        if (k > 0 && BIO_write(SSL_get_rbio(ssl), w->tbuf, (int)k) != (int)k) {
+        if (k > 0 && BIO_write(SSL_get_rbio(s->ssl), w->tbuf, (int)k) != (int)k) {
             read_lost(c, s);
             return;
         }
     }
+    tls_read_once(c, s);
+}
+
+/* One SSL_read of what the read BIO holds. */
+static void tls_read_once(dp_conn *c, dp_side *s) {
+    dp_worker *w = c->w;
+    SSL *ssl = s->ssl;
     ERR_clear_error();
     int k = SSL_read(ssl, w->rbuf, DP_READ_SIZE);
     int e = k > 0 ? SSL_ERROR_NONE : SSL_get_error(ssl, k);
     tls_flush(c, s);  /* what reading made OpenSSL send (a key update's answer, an alert) */
     if (k > 0) {
         s->tls_more = 1;
-        tls_enqueue(w, s);
+        ready_enqueue(w, s);
         deliver(c, s, w->rbuf, (size_t)k);
         return;
     }
@@ -1152,7 +1259,13 @@ static void read_side_tls(dp_conn *c, dp_side *s) {
         read_lost(c, s);  /* close_notify, or a TLS error */
 }
 
+static void u_read_side(dp_conn *c, dp_side *s);
+
 static void read_side(dp_conn *c, dp_side *s) {
+    if (c->w->ring) {
+        u_read_side(c, s);
+        return;
+    }
     if (s->ssl) {
         read_side_tls(c, s);
         return;
@@ -1167,19 +1280,24 @@ static void read_side(dp_conn *c, dp_side *s) {
 
 static void settle(dp_conn *c);
 
-/* The TLS sides whose OpenSSL may hold more decrypted bytes, still wanting to be read. */
-static void tls_pass(dp_worker *w) {
-    uint32_t n = w->ntls;
-    dp_side **list = w->tls_ready;
-    w->tls_ready = w->tls_spare;  /* sides queued meanwhile go to the other list */
-    w->tls_spare = list;
-    w->ntls = 0;
+/* The sides to read without a readiness or a completion: TLS sides whose OpenSSL may hold more
+ * decrypted bytes, and (io_uring) sides with a stash, still wanting to be read. */
+static void ready_pass(dp_worker *w) {
+    uint32_t n = w->nready;
+    dp_side **list = w->ready;
+    w->ready = w->ready_spare;  /* sides queued meanwhile go to the other list */
+    w->ready_spare = list;
+    w->nready = 0;
     for (uint32_t i = 0; i < n; i++) {
         dp_side *s = list[i];
         dp_conn *c = s->conn;
-        s->tls_queued = 0;
-        if (c->dead || s->fd < 0 || !s->ssl || !s->tls_more || (c->parked && !c->own_active)
-            || !(s->registered & EPOLLIN))
+        s->ready_queued = 0;
+        if (c->dead) {
+            zombie_check(c);
+            continue;
+        }
+        if (s->fd < 0 || !((s->ssl && s->tls_more) || s->stash.len || s->stash_eof)
+            || (c->parked && !c->own_active) || !(s->registered & EPOLLIN))
             continue;  /* set_interest queues it again when it wants to be read */
         read_side(c, s);
         settle(c);
@@ -1273,7 +1391,7 @@ static void settle(dp_conn *c) {
             start_close(c, DP_CLOSE_DRAIN);
         }
     }
-    if (c->closing && (c->cli.out_len == 0 || c->cli_lost || c->cli.fd < 0)) {
+    if (c->closing && (side_pending(&c->cli) == 0 || c->cli_lost || c->cli.fd < 0)) {
         finish(c);
         return;
     }
@@ -1292,10 +1410,261 @@ static void handle_io(dp_conn *c, dp_side *s, uint32_t events) {
     }
 }
 
+/* ---- io_uring ----------------------------------------------------------------------------------- */
+
+/* A worker on io_uring keeps the same connection logic; only the I/O differs (docs/dataplane.md,
+ * "io_uring"). A side that wants to be read keeps one recv armed, into a buffer the kernel picks
+ * from the worker's provided buffers when bytes arrive; what it brings is handled like a read's bytes
+ * (or kept in the side's stash when the side no longer wants reading by then). Writes are queued and
+ * written by the next io_uring_enter, one send in flight per side. One io_uring_enter per loop turn
+ * submits all of them and waits for the next completions: about one system call per turn where epoll
+ * needs epoll_wait plus a recv and a send per side. */
+
+#define U_ENTRIES 256
+#define U_CQ_ENTRIES 4096
+#define U_NBUF 256                 /* provided buffers per worker (a power of two) ... */
+#define U_BUFSZ (32 * 1024)        /* ... of this size: 8 MiB per worker */
+/* user_data: the side's address with the operation in its low bits (sides are 8-byte aligned) */
+enum { U_RECV = 1, U_SEND = 2, U_INBOX = 3, U_OP_MASK = 7 };
+
+static void u_arm_recv(dp_worker *w, dp_side *s) {
+    struct io_uring_sqe *e = uring_sqe(w->ring);
+    if (!e) {
+        lost(s);
+        return;
+    }
+    e->fd = s->fd;
+    e->flags = IOSQE_BUFFER_SELECT;
+    e->buf_group = 0;
+    e->user_data = (uintptr_t)s | U_RECV;
+    if (stamped_reads(s)) {  /* the kernel's arrival time, as io_read has it (capture) */
+        if (!s->rmsg && !(s->rmsg = malloc(sizeof *s->rmsg))) {
+            e->opcode = IORING_OP_RECV;  /* wall-clock stamps then */
+        } else {
+            rmsg_prepare(s->rmsg, NULL, U_BUFSZ);
+            e->opcode = IORING_OP_RECVMSG;
+            e->addr = (uintptr_t)&s->rmsg->msg;
+            e->len = 1;
+        }
+    } else {
+        e->opcode = IORING_OP_RECV;
+    }
+    s->recv_armed = e->opcode == IORING_OP_RECVMSG ? 2 : 1;  /* 2: its header will hold the arrival time */
+}
+
+static void u_kick_send(dp_worker *w, dp_side *s) {
+    if (s->send_armed || s->fd < 0)
+        return;
+    if (!s->out.len) {
+        if (!s->pend.len)
+            return;
+        dp_buf t = s->out;  /* what was queued behind the last send goes out now */
+        s->out = s->pend;
+        s->pend = t;
+        s->pend.off = s->pend.len = 0;
+    }
+    struct io_uring_sqe *e = uring_sqe(w->ring);
+    if (!e) {
+        lost(s);
+        return;
+    }
+    e->opcode = IORING_OP_SEND;
+    e->fd = s->fd;
+    e->addr = (uintptr_t)(s->out.data + s->out.off);
+    e->len = s->out.len;
+    e->msg_flags = MSG_NOSIGNAL | MSG_WAITALL;  /* WAITALL: the kernel sends the rest of a short send */
+    e->user_data = (uintptr_t)s | U_SEND;
+    s->send_armed = 1;
+}
+
+static void u_set_interest(dp_conn *c, dp_side *s, uint32_t want) {
+    if (s->fd < 0 || s->close_deferred)
+        return;
+    s->registered = want;  /* EPOLLOUT needs nothing: a send is in flight while bytes are queued */
+    if (!(want & EPOLLIN))
+        return;  /* an armed recv stays: what it brings meanwhile waits in the stash */
+    if (s->stash.len || s->stash_eof || (s->ssl && s->tls_more))
+        ready_enqueue(c->w, s);
+    else if (!s->recv_armed)
+        u_arm_recv(c->w, s);
+}
+
+/* Bytes a recv brought, to a side that wants them. */
+static void u_got(dp_conn *c, dp_side *s, const uint8_t *p, size_t n) {
+    if (!s->ssl) {
+        deliver(c, s, p, n);
+        return;
+    }
+    if (BIO_write(SSL_get_rbio(s->ssl), p, (int)n) != (int)n) {
+        read_lost(c, s);
+        return;
+    }
+    tls_read_once(c, s);
+}
+
+/* From the ready list: the stash first, then what OpenSSL holds, then the end that followed them. */
+static void u_read_side(dp_conn *c, dp_side *s) {
+    if (s->stash.len) {
+        dp_buf b = s->stash;
+        memset(&s->stash, 0, sizeof s->stash);
+        s->arrived_ns = s->stash_arrived_ns;
+        u_got(c, s, b.data + b.off, b.len);
+        free(b.data);
+    } else if (s->ssl && s->tls_more) {
+        tls_read_once(c, s);
+    } else if (s->stash_eof) {
+        s->stash_eof = 0;
+        read_lost(c, s);
+    }
+}
+
+static int conn_referenced(const dp_conn *c);
+
+static void u_on_recv(dp_worker *w, dp_side *s, int res, unsigned flags) {
+    dp_conn *c = s->conn;
+    uint8_t *p = NULL;
+    int stamped = s->recv_armed == 2;
+    s->recv_armed = 0;
+    if (flags & IORING_CQE_F_BUFFER)
+        p = uring_buf(w->ring, flags >> IORING_CQE_BUFFER_SHIFT);
+    if (!c->dead && s->fd >= 0 && res != -ENOBUFS && res != -ECANCELED) {
+        int wanted = (s->registered & EPOLLIN) && !(c->parked && !c->own_active) && !s->stash.len && !s->stash_eof;
+        int64_t at = res > 0 && stamped ? rmsg_arrival(s->rmsg) : 0;
+        if (res > 0 && wanted) {
+            s->arrived_ns = at;
+            u_got(c, s, p, (size_t)res);
+        } else if (res > 0) {
+            if (!s->stash.len)
+                s->stash_arrived_ns = at;
+            if (buf_append(&s->stash, p, (size_t)res) < 0) {
+                c->close_after = DP_CLOSE_NO_MEMORY;
+                lost(s);
+            }
+        } else if (wanted) {
+            read_lost(c, s);  /* EOF or error */
+        } else {
+            s->stash_eof = 1;
+        }
+    }
+    if (p)
+        uring_give_back(w->ring, flags >> IORING_CQE_BUFFER_SHIFT);
+    if (c->dead)
+        zombie_check(c);
+    else
+        settle(c);  /* and re-armed there (no buffer left: ENOBUFS, re-armed at once: buffers are back) */
+}
+
+static void u_on_send(dp_worker *w, dp_side *s, int res) {
+    dp_conn *c = s->conn;
+    s->send_armed = 0;
+    if (s->fd < 0) {  /* closed meanwhile: the bytes were the kernel's until now */
+        buf_clear(&s->out);
+    } else if (res < 0) {
+        if (s->close_deferred)
+            side_close_now(s);
+        else if (!c->dead)
+            lost(s);
+    } else {
+        s->out.off += (uint32_t)res;
+        s->out.len -= (uint32_t)res;
+        if (!s->out.len) {
+            s->out.off = 0;
+            if (!s->pend.len) {  /* idle connections hold no buffer */
+                buf_clear(&s->out);
+                buf_clear(&s->pend);
+            }
+        }
+        u_kick_send(w, s);  /* the rest of a short send, or what was queued behind it */
+        if (s->close_deferred && !s->send_armed)
+            side_close_now(s);
+    }
+    if (c->dead)
+        zombie_check(c);
+    else
+        settle(c);
+}
+
+static void u_arm_inbox(dp_worker *w) {
+    struct io_uring_sqe *e = uring_sqe(w->ring);
+    if (!e)
+        return;
+    e->opcode = IORING_OP_POLL_ADD;
+    e->fd = w->inbox.efd;
+    e->poll32_events = POLLIN;
+    e->user_data = (uintptr_t)&w->inbox_marker | U_INBOX;
+}
+
+static void handle_inbox(dp_worker *w);
+static void report_finished(dp_worker *w);
+
+static void u_handle(dp_worker *w, const struct io_uring_cqe *e) {
+    uint64_t ud = e->user_data;
+    switch (ud & U_OP_MASK) {
+    case U_INBOX:
+        handle_inbox(w);
+        if (!w->stop)
+            u_arm_inbox(w);
+        break;
+    case U_RECV:
+        u_on_recv(w, (dp_side *)(uintptr_t)(ud & ~(uint64_t)U_OP_MASK), e->res, e->flags);
+        break;
+    case U_SEND:
+        u_on_send(w, (dp_side *)(uintptr_t)(ud & ~(uint64_t)U_OP_MASK), e->res);
+        break;
+    }
+}
+
+/* Handle every completion posted; 1 if there were any. */
+static int u_reap(dp_worker *w) {
+    uring *u = w->ring;
+    unsigned head = *u->cq_head, tail = __atomic_load_n(u->cq_tail, __ATOMIC_ACQUIRE);
+    if (head == tail)
+        return 0;
+    for (; head != tail; head++) {
+        struct io_uring_cqe e = u->cqes[head & u->cq_mask];
+        /* the slot back before handling: handling may submit, and the kernel may post meanwhile */
+        __atomic_store_n(u->cq_head, head + 1, __ATOMIC_RELEASE);
+        u_handle(w, &e);
+    }
+    return 1;
+}
+
+static void uring_run(dp_worker *w) {
+    u_arm_inbox(w);
+    while (!w->stop) {
+        int r = uring_enter(w->ring, w->nready ? 0 : 1);
+        if (r < 0 && r != -EINTR && r != -EBUSY)
+            break;
+        u_reap(w);
+        if (w->nready)
+            ready_pass(w);
+        report_finished(w);
+    }
+    report_finished(w);
+    /* finished connections whose operations are still in flight (their sockets are shut down, so
+     * they complete at once): reported closed once they did, as Python waits for that */
+    for (int turns = 0; w->zombies && turns < 1000; turns++) {
+        if (uring_enter(w->ring, 0) < 0 || !u_reap(w))
+            usleep(1000);
+        if (w->nready)
+            ready_pass(w);
+    }
+}
+
 /* ---- the worker -------------------------------------------------------------------------------- */
 
 static void add_conn(dp_worker *w, dp_conn *c, int cap_state, dp_bytes *b) {
     c->w = w;
+    if (w->ring) {
+        /* blocking: io_uring then always waits for readiness itself, on every kernel that has what
+         * uring_probe asks for (the one direct write left, a TLS close_notify, says MSG_DONTWAIT) */
+        for (int i = 0; i < 2; i++) {
+            int fd = i ? c->be.fd : c->cli.fd;
+            int fl = fcntl(fd, F_GETFL);
+            if (fl >= 0 && (fl & O_NONBLOCK))
+                fcntl(fd, F_SETFL, fl & ~O_NONBLOCK);
+        }
+    }
     c->trk.cb = on_result;
     c->trk.ctx = c;
     c->next = w->conns;
@@ -1311,7 +1680,7 @@ static void add_conn(dp_worker *w, dp_conn *c, int cap_state, dp_bytes *b) {
         if (s->ssl) {
             tls_flush(c, s);
             if (s->tls_more)
-                tls_enqueue(w, s);
+                ready_enqueue(w, s);
         }
     }
     flush_side(c, &c->cli);  /* what the handshake left to send: the server's OK */
@@ -1438,22 +1807,57 @@ static void handle_inbox(dp_worker *w) {
     free(msgs);
 }
 
+/* Whether the worker still refers to a finished connection: an io_uring operation in flight on it,
+ * a side in the ready list. Python frees it once told it closed, so it is told only after. */
+static int conn_referenced(const dp_conn *c) {
+    return c->cli.recv_armed || c->cli.send_armed || c->be.recv_armed || c->be.send_armed || c->cli.ready_queued
+           || c->be.ready_queued;
+}
+
 static void report_finished(dp_worker *w) {
     while (w->finished) {
         dp_conn *c = w->finished;
         w->finished = c->next;
         c->next = NULL;
+        if (conn_referenced(c)) {  /* reported by zombie_check, once the last reference is gone */
+            c->zombie = 1;
+            w->zombies++;
+            continue;
+        }
         post_event(w->dp, DP_EV_CLOSED, c, c->close_reason);  /* Python frees it from here on */
     }
 }
+
+static void zombie_check(dp_conn *c) {
+    if (!c->zombie || conn_referenced(c))
+        return;
+    c->zombie = 0;
+    c->w->zombies--;
+    post_event(c->w->dp, DP_EV_CLOSED, c, c->close_reason);
+}
+
+int dp_worker_io(const dp_worker *w) { return w->ring ? DP_IO_URING : DP_IO_EPOLL; }
 
 void dp_worker_run(dp_worker *w) {
     struct epoll_event evs[DP_MAX_EVENTS];
     char name[16];
     snprintf(name, sizeof name, "fp-worker-%d", w->index);
     pthread_setname_np(pthread_self(), name);  /* per-thread CPU in top / perf / /proc/PID/task */
+    if (w->dp->io == DP_IO_URING) {
+        /* made here: the ring belongs to the thread that submits (SINGLE_ISSUER); epoll if it fails */
+        uring *u = malloc(sizeof *u);
+        if (u && uring_init(u, U_ENTRIES, U_CQ_ENTRIES, U_NBUF, U_BUFSZ) == 0)
+            w->ring = u;
+        else
+            free(u);
+    }
+    __atomic_store_n(&w->started, 1, __ATOMIC_RELEASE);
+    if (w->ring) {
+        uring_run(w);
+        return;
+    }
     while (!w->stop) {
-        int n = epoll_wait(w->epfd, evs, DP_MAX_EVENTS, w->ntls ? 0 : -1);
+        int n = epoll_wait(w->epfd, evs, DP_MAX_EVENTS, w->nready ? 0 : -1);
         if (n < 0) {
             if (errno == EINTR)
                 continue;
@@ -1472,8 +1876,8 @@ void dp_worker_run(dp_worker *w) {
             handle_io(c, s, evs[i].events);
             settle(c);
         }
-        if (w->ntls)
-            tls_pass(w);
+        if (w->nready)
+            ready_pass(w);
         report_finished(w);
     }
     report_finished(w);

@@ -145,19 +145,37 @@ typedef struct dp_session {
 
 struct dp_conn;
 struct dp_worker;
+struct dp_rmsg;
+
+/* Bytes waiting: data[off, off + len) of cap allocated. */
+typedef struct dp_buf {
+    uint8_t *data;
+    uint32_t off, len, cap;
+} dp_buf;
 
 typedef struct dp_side {
     struct dp_conn *conn;
     int fd;
     uint8_t is_client;
-    uint32_t registered;         /* epoll events currently asked for; 0 = not in the epoll set */
-    uint8_t *out;                /* bytes not yet written to this side (with TLS: encrypted) */
-    uint32_t out_off, out_len, out_cap;
+    uint32_t registered;         /* epoll events currently asked for; 0 = not in the epoll set (io_uring:
+                                  * what the side wants, EPOLLIN meaning a recv is to be kept armed) */
+    dp_buf out;                  /* bytes not yet written to this side (with TLS: encrypted); on io_uring,
+                                  * those of the send in flight (the kernel's until it completes) */
+    /* io_uring only: a recv / a send in flight; the bytes queued behind that send; what a recv
+     * brought while the side was not to be read (backpressure, parked), read first when it is */
+    uint8_t recv_armed;          /* 1: a recv, 2: a recvmsg for the arrival time */
+    uint8_t send_armed;
+    dp_buf pend;
+    dp_buf stash;
+    uint8_t stash_eof;           /* ... and the end (EOF or error) that came after it */
+    uint8_t close_deferred;      /* closed by the connection, but a send is still to complete first */
+    int64_t stash_arrived_ns;
+    struct dp_rmsg *rmsg;        /* recvmsg's header and control buffer (a stamped backend) */
     /* TLS on this side: an OpenSSL SSL over memory BIOs, made by Python's ssl module during the
      * handshake (Python keeps it alive until the connection is reported closed) */
     void *ssl;
     uint8_t tls_more;            /* OpenSSL may hold more decrypted bytes: read on without readiness */
-    uint8_t tls_queued;          /* in the worker's tls_ready list */
+    uint8_t ready_queued;        /* in the worker's ready list */
     uint8_t stamped;             /* SO_TIMESTAMPNS is on (a backend socket, once a capture ran) */
     int64_t arrived_ns;          /* the kernel's arrival time of the last bytes read (0: unknown) */
 } dp_side;
@@ -192,6 +210,7 @@ typedef struct dp_conn {
     uint8_t draining;            /* shutdown: close at the next transaction boundary */
     uint8_t closing;             /* closed but for flushing what the client must still get */
     uint8_t dead;                /* finished: Python owns it (frees it) */
+    uint8_t zombie;              /* finished, but io_uring operations on it are still in flight */
     uint8_t close_after;         /* close (for this reason) once this event is handled, e.g. COM_QUIT */
     uint8_t closed_captured;     /* it was captured when it closed (Python records the close) */
     uint8_t sql_prepares_dropped;/* the capture dropped an SQL PREPARE of it: its queries go past Python */
@@ -255,6 +274,9 @@ typedef struct dp_worker {
     dp_queue inbox;
     uint8_t inbox_marker;        /* its address tags the inbox's eventfd in the epoll set */
     dp_capture *capture;         /* installed through the inbox */
+    struct uring *ring;          /* io_uring in place of epoll (made by the worker's thread), or NULL */
+    uint8_t started;             /* its thread has chosen its I/O (dp_worker_io) */
+    uint32_t zombies;            /* finished connections not yet reported (see zombie in dp_conn) */
     dp_conn *conns;              /* list of live connections */
     uint64_t nconns;             /* live connections (read by Python to place new ones) */
     dp_conn *finished;           /* closed during this batch of events: reported after it */
@@ -262,9 +284,10 @@ typedef struct dp_worker {
     uint8_t stop;
     uint8_t *rbuf;               /* DP_READ_SIZE */
     uint8_t *tbuf;               /* DP_READ_SIZE: encrypted bytes on their way in or out (TLS) */
-    /* TLS sides with decrypted bytes OpenSSL may still hold (epoll cannot tell): read after the batch */
-    dp_side **tls_ready, **tls_spare;
-    uint32_t ntls, tls_cap;
+    /* sides to read after the batch though no readiness / completion will say so: TLS sides whose
+     * OpenSSL may hold more decrypted bytes, and (io_uring) sides with a stash */
+    dp_side **ready, **ready_spare;
+    uint32_t nready, ready_cap;
 } dp_worker;
 
 /* The ring's side path for records too large for it (Python, takes the GIL): RING_REFUSED_NONE or
@@ -288,8 +311,13 @@ typedef int (*dp_select_hook)(void *conn, const uint8_t *payload, size_t n, cons
 enum { DP_CLEAN = 0, DP_REDACTED = 1, DP_DROPPED = 2, DP_VERDICT_MASK = 3, DP_SQL_DROPPED = 16 };
 enum { DP_HOOK_QUERY = 1, DP_HOOK_FORGET = 2 };
 
+/* Which I/O the workers use: io_uring where this kernel and the process's seccomp profile allow it,
+ * else epoll (AUTO); or one of them (URING fails dp_init where it is not allowed). */
+enum dp_io { DP_IO_AUTO = 0, DP_IO_EPOLL = 1, DP_IO_URING = 2 };
+
 typedef struct dp {
     int nworkers;
+    int io;                         /* enum dp_io asked for */
     dp_worker *workers;
     dp_queue events;
     int64_t latency_bounds[DP_LATENCY_BOUNDS];
@@ -303,7 +331,9 @@ typedef struct dp {
 /* lifecycle (Python thread) */
 int64_t dp_bench_commands(const uint8_t *cmd, size_t cmd_len, const uint8_t *resp, size_t resp_len, long iters,
                           ring *r, int deprecate_eof, dp_secret_quick quick);
-int dp_init(dp *d, int nworkers, const int64_t *latency_bounds);
+int dp_init(dp *d, int nworkers, const int64_t *latency_bounds, int io);  /* io: enum dp_io */
+int dp_worker_io(const dp_worker *w);        /* DP_IO_URING or DP_IO_EPOLL: what it runs on (once started) */
+static inline int dp_worker_started(const dp_worker *w) { return __atomic_load_n(&w->started, __ATOMIC_ACQUIRE); }
 void dp_destroy(dp *d);
 void dp_worker_run(dp_worker *w);             /* a worker thread's body: returns after DP_MSG_STOP */
 dp_conn *dp_conn_new(uint64_t conn_id, int client_fd, int backend_fd, uint64_t max_packet_size);

@@ -30,7 +30,7 @@ class ProxyServer:
                                 config["proxy.health-check-timeout"], config["proxy.health-check-user"],
                                 tls=self.tls.backend_ctx, require_tls=self.tls.require_backend)
         self.connections: set[ClientConnection] = set()
-        self.dataplane = DataPlane(config["proxy.workers"], LATENCY_BOUNDS_NS)
+        self.dataplane = DataPlane(config["proxy.workers"], LATENCY_BOUNDS_NS, config["proxy.io"])
         # The running capture (fastproxy.capture.job.CaptureJob), or None; what the proxy calls:
         # on_connect, on_session_state, on_statement, on_session_reset, on_close, on_refused.
         self.capture: Any = None
@@ -92,6 +92,7 @@ class ProxyServer:
     async def start(self) -> None:
         self.loop = asyncio.get_running_loop()
         self.dataplane.start()
+        log.info("data plane: %d workers on %s", self.dataplane.workers, ", ".join(sorted(set(self.dataplane.io))))
         self.loop.add_reader(self.dataplane.event_fd, self._on_dataplane_events)
         host, port = self.config["proxy.addr"]
         self._server = await self.loop.create_server(lambda: ClientConnection(self), host, port, reuse_address=True,
