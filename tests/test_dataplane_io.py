@@ -5,12 +5,17 @@ between them: bytes queued behind a send still in flight, what a recv brings aft
 stopped wanting it, and a connection closed while operations on it are in flight."""
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
+import pymysql
 import pytest
 
+from capture_util import cancel_capture, read_capture, start_capture
+from conftest import connect_kwargs
 from fastproxy._dataplane import DataPlane
+from fastproxy.capture.record import KIND_CONN_STATE
 from fastproxy.metrics import LATENCY_BOUNDS_NS
 from fastproxy.scratch_db import ROOT_PASSWORD
 from proxy_rawclient import RawClient, packet
@@ -127,3 +132,23 @@ def test_a_client_gone_in_the_middle_of_a_large_result_leaves_nothing_behind(pro
     c.send(packet(0, b"\x03SELECT 7"))
     assert _rows(c) == [b"\x017"]
     c.close()
+
+
+def test_a_session_open_before_a_capture_is_read_whole_while_parked(proxy_factory, mariadb, io, tmp_path):
+    """A capture reads an open session's state with the proxy's own query at its next command, the
+    connection parked for Python meanwhile. With a 300 kB user variable the answer takes many reads
+    (on io_uring, while the capture runs, single-shot recvmsg re-armed after each completion), all
+    of them while the connection is parked; the held command then goes on."""
+    p = proxy_factory([mariadb], f"--proxy.io={io}")
+    conn = pymysql.connect(**connect_kwargs(p.port, read_timeout=20))
+    cur = conn.cursor()
+    cur.execute("SET @big = REPEAT('v', 300000)")
+    start_capture(p, tmp_path / "c")
+    cur.execute("SELECT LENGTH(@big)")
+    assert cur.fetchone()[0] == 300000
+    job = cancel_capture(p)
+    conn.close()
+    assert job["existing_connections"] == 1 and not job["error"], job
+    _, records, _ = read_capture(tmp_path / "c")
+    states = [json.loads(r.payload) for r in records if r.kind == KIND_CONN_STATE]
+    assert len(states) == 1 and "76" * 300000 in json.dumps(states[0])  # the value, hex-encoded

@@ -1280,6 +1280,18 @@ static void read_side(dp_conn *c, dp_side *s) {
 
 static void settle(dp_conn *c);
 
+/* After an event of a connection: settle it; a parked one is Python's (settle leaves it alone), but
+ * the answer to the proxy's own query is read meanwhile, and on io_uring a recv must be armed for it
+ * (again after each completion of a single-shot recv, or once a cancelled multishot one ended). */
+static void after_event(dp_conn *c) {
+    if (c->dead)
+        zombie_check(c);
+    else if (c->parked)
+        update_interest(c);
+    else
+        settle(c);
+}
+
 /* The sides to read without a readiness or a completion: TLS sides whose OpenSSL may hold more
  * decrypted bytes, and (io_uring) sides with a stash, still wanting to be read. */
 static void ready_pass(dp_worker *w) {
@@ -1300,7 +1312,7 @@ static void ready_pass(dp_worker *w) {
             || (c->parked && !c->own_active) || !(s->registered & EPOLLIN))
             continue;  /* set_interest queues it again when it wants to be read */
         read_side(c, s);
-        settle(c);
+        after_event(c);
     }
 }
 
@@ -1424,8 +1436,12 @@ static void handle_io(dp_conn *c, dp_side *s, uint32_t events) {
 #define U_CQ_ENTRIES 4096
 #define U_NBUF 256                 /* provided buffers per worker (a power of two) ... */
 #define U_BUFSZ (32 * 1024)        /* ... of this size: 8 MiB per worker */
-/* user_data: the side's address with the operation in its low bits (sides are 8-byte aligned) */
-enum { U_RECV = 1, U_SEND = 2, U_INBOX = 3, U_OP_MASK = 7 };
+/* user_data: the side's address with the operation in its low bits (sides are 8-byte aligned); 0
+ * for what needs no handling (a cancel) */
+enum { U_NONE = 0, U_RECV = 1, U_SEND = 2, U_INBOX = 3, U_OP_MASK = 7 };
+/* dp_side.recv_armed: a recv, a recvmsg whose header holds the arrival time (capture), a multishot
+ * recv (the usual: it stays armed, no re-arming per arrival) */
+enum { U_ARMED_ONCE = 1, U_ARMED_STAMPED = 2, U_ARMED_MULTI = 3 };
 
 static void u_arm_recv(dp_worker *w, dp_side *s) {
     struct io_uring_sqe *e = uring_sqe(w->ring);
@@ -1448,8 +1464,9 @@ static void u_arm_recv(dp_worker *w, dp_side *s) {
         }
     } else {
         e->opcode = IORING_OP_RECV;
+        e->ioprio = IORING_RECV_MULTISHOT;  /* armed once: each arrival is a completion */
     }
-    s->recv_armed = e->opcode == IORING_OP_RECVMSG ? 2 : 1;  /* 2: its header will hold the arrival time */
+    s->recv_armed = e->opcode == IORING_OP_RECVMSG ? U_ARMED_STAMPED : e->ioprio ? U_ARMED_MULTI : U_ARMED_ONCE;
 }
 
 static void u_kick_send(dp_worker *w, dp_side *s) {
@@ -1477,12 +1494,30 @@ static void u_kick_send(dp_worker *w, dp_side *s) {
     s->send_armed = 1;
 }
 
+/* Stop a multishot recv (it ends with a completion without IORING_CQE_F_MORE); what it brings
+ * meanwhile waits in the stash. */
+static void u_cancel_recv(dp_worker *w, dp_side *s) {
+    if (s->recv_armed != U_ARMED_MULTI || s->recv_cancel)
+        return;
+    struct io_uring_sqe *e = uring_sqe(w->ring);
+    if (!e)
+        return;
+    e->opcode = IORING_OP_ASYNC_CANCEL;
+    e->addr = (uintptr_t)s | U_RECV;
+    e->user_data = U_NONE;
+    s->recv_cancel = 1;
+}
+
 static void u_set_interest(dp_conn *c, dp_side *s, uint32_t want) {
     if (s->fd < 0 || s->close_deferred)
         return;
     s->registered = want;  /* EPOLLOUT needs nothing: a send is in flight while bytes are queued */
-    if (!(want & EPOLLIN))
-        return;  /* an armed recv stays: what it brings meanwhile waits in the stash */
+    if (!(want & EPOLLIN)) {
+        u_cancel_recv(c->w, s);  /* a single-shot recv is left to complete (into the stash) */
+        return;
+    }
+    if (!s->is_client && c->w->capture && s->recv_armed == U_ARMED_MULTI)
+        u_cancel_recv(c->w, s);  /* a capture began: re-armed as a recvmsg, for arrival times */
     if (s->stash.len || s->stash_eof || (s->ssl && s->tls_more))
         ready_enqueue(c->w, s);
     else if (!s->recv_armed)
@@ -1523,8 +1558,11 @@ static int conn_referenced(const dp_conn *c);
 static void u_on_recv(dp_worker *w, dp_side *s, int res, unsigned flags) {
     dp_conn *c = s->conn;
     uint8_t *p = NULL;
-    int stamped = s->recv_armed == 2;
-    s->recv_armed = 0;
+    int stamped = s->recv_armed == U_ARMED_STAMPED;
+    if (!(flags & IORING_CQE_F_MORE)) {  /* it ended (a multishot recv stays armed while F_MORE) */
+        s->recv_armed = 0;
+        s->recv_cancel = 0;
+    }
     if (flags & IORING_CQE_F_BUFFER)
         p = uring_buf(w->ring, flags >> IORING_CQE_BUFFER_SHIFT);
     if (!c->dead && s->fd >= 0 && res != -ENOBUFS && res != -ECANCELED) {
@@ -1548,10 +1586,7 @@ static void u_on_recv(dp_worker *w, dp_side *s, int res, unsigned flags) {
     }
     if (p)
         uring_give_back(w->ring, flags >> IORING_CQE_BUFFER_SHIFT);
-    if (c->dead)
-        zombie_check(c);
-    else
-        settle(c);  /* and re-armed there (no buffer left: ENOBUFS, re-armed at once: buffers are back) */
+    after_event(c);  /* re-armed there (no buffer left: ENOBUFS, re-armed at once: buffers are back) */
 }
 
 static void u_on_send(dp_worker *w, dp_side *s, int res) {
@@ -1578,10 +1613,7 @@ static void u_on_send(dp_worker *w, dp_side *s, int res) {
         if (s->close_deferred && !s->send_armed)
             side_close_now(s);
     }
-    if (c->dead)
-        zombie_check(c);
-    else
-        settle(c);
+    after_event(c);
 }
 
 static void u_arm_inbox(dp_worker *w) {

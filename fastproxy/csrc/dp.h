@@ -163,7 +163,8 @@ typedef struct dp_side {
                                   * those of the send in flight (the kernel's until it completes) */
     /* io_uring only: a recv / a send in flight; the bytes queued behind that send; what a recv
      * brought while the side was not to be read (backpressure, parked), read first when it is */
-    uint8_t recv_armed;          /* 1: a recv, 2: a recvmsg for the arrival time */
+    uint8_t recv_armed;          /* a recv is in flight (which kind: U_ARMED_* in dp.c) */
+    uint8_t recv_cancel;         /* ... and its cancel is asked for */
     uint8_t send_armed;
     dp_buf pend;
     dp_buf stash;
