@@ -16,6 +16,7 @@ from __future__ import annotations
 import datetime
 import json
 import os
+import select
 import threading
 import time
 
@@ -33,8 +34,12 @@ IDLE_WAIT = 0.02  # seconds between polls of an empty ring buffer
 # Below this much data per drain, the writer waits before draining again: one larger chunk per
 # BATCH_WAIT instead of a tight loop of tiny ones (each costs an lz4 call, a write, a flush and GIL
 # hand-offs with the event loop). Above it, the buffer is filling: drain again at once.
+# Each wait is a wake-up of the thread, ~50-90 µs of CPU on the 2-core VM of BENCHMARKS.md
+# whatever the chunk: at 0.05 s that was a third of the writer's CPU under sysbench
+# oltp_read_write (18k records/s); 0.1 s halves it, and the ring (64 MiB by default) holds 0.1 s
+# of far more traffic than a proxy relays.
 BATCH_MIN = 256 * 1024
-BATCH_WAIT = 0.05
+BATCH_WAIT = 0.1
 # The kernel is asked to write back what the writer wrote every this many bytes (and to drop what
 # it wrote back before): without it, dirty pages pile up until the filesystem's periodic commit
 # (ext4: every 5 s) writes seconds of capture at once, and that burst takes the CPU the relay
@@ -90,6 +95,10 @@ class CaptureWriter:
         self._iv = b""
         self._body_start = 0
         self._stop_evt = threading.Event()
+        # stop() also wakes the thread's waits through this eventfd: a poll() on it costs about
+        # half the CPU of an Event.wait(timeout) (bench/test_bench_capture.py, the steady rate)
+        self._wake_fd: int | None = None
+        self._wake = select.poll()
         self._thread: threading.Thread | None = None
         self._meta: dict | None = None
         self._t0 = 0.0
@@ -123,6 +132,8 @@ class CaptureWriter:
             self._close_dir()
             return
         self._t0 = time.monotonic()
+        self._wake_fd = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
+        self._wake.register(self._wake_fd, select.POLLIN)
         self._thread = threading.Thread(target=self._run, name="fastproxy-capture-writer",
                                         daemon=True)
         self._thread.start()
@@ -139,8 +150,13 @@ class CaptureWriter:
         if self._thread is None and self.error is None:
             raise JobError("capture writer was never started")
         self._stop_evt.set()
+        if self._wake_fd is not None:
+            os.eventfd_write(self._wake_fd, 1)  # left unread: every later wait returns at once
         if self._thread is not None:
             self._thread.join()
+        if self._wake_fd is not None:
+            os.close(self._wake_fd)
+            self._wake_fd = None
         self._rb = None  # done with it: what it still holds (after an error) is freed with it
         merged = {"format_version": FORMAT_VERSION, **meta}
         captured = merged.get("commands", self.commands_written)
@@ -195,14 +211,14 @@ class CaptureWriter:
                     nraw = enc.taken
                     self._write_chunk(out)
                     if nraw < BATCH_MIN and not stopping and not rb.large_pending:
-                        self._stop_evt.wait(BATCH_WAIT)
+                        self._wake.poll(BATCH_WAIT * 1000)
                 elif (large := rb.next_large()) is not None:
                     self._write_large(*large)
                     rb.pop_large()  # only now: a record the disk refused is not counted as written
                 elif stopping:
                     break
                 else:
-                    self._stop_evt.wait(IDLE_WAIT)
+                    self._wake.poll(IDLE_WAIT * 1000)
             if self.error is None:
                 self._close_file()
         except OSError as e:
