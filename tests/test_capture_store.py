@@ -520,3 +520,19 @@ def test_a_flipped_stored_raw_flag_is_detected(tmp_path):
         path.write_bytes(bytes(bad))
         with pytest.raises(TrafficFormatError, match=w.files[0]):
             list(TrafficReader(out))
+
+
+def test_a_stopped_writer_lets_go_of_the_ring(tmp_path):
+    """The ring's memory (64 MiB by default) is freed with the capture, not with the writer object
+    (the job keeps that for its meta)."""
+    import sys
+
+    rb = RingBuffer(1 << 20)
+    before = sys.getrefcount(rb)
+    w = CaptureWriter(rb, tmp_path / "cap")
+    w.start()
+    for r in make_records(100):
+        assert append(rb, r)
+    w.stop({})
+    assert w.records_written == 100
+    assert sys.getrefcount(rb) == before

@@ -157,7 +157,7 @@ class CaptureWriter:
         if self._wake_fd is not None:
             os.close(self._wake_fd)
             self._wake_fd = None
-        self._rb = None  # done with it: what it still holds (after an error) is freed with it
+        self._rb = self._enc = None  # done with them: what the ring still holds (after an error) is freed with it
         merged = {"format_version": FORMAT_VERSION, **meta}
         captured = merged.get("commands", self.commands_written)
         merged.update({
