@@ -21,6 +21,7 @@ C_SOURCES = {
     "fastproxy._packet": ["tracker.c"],
     "fastproxy._ringbuf": ["ring.c"],
     "fastproxy._dataplane": ["tracker.c", "ring.c", "dp.c", "dp_session.c", "uring.c"],
+    "fastproxy.capture._encoder": ["ring.c"],
 }
 
 
@@ -71,6 +72,8 @@ def extensions():
             kw = dict(define_macros=[("FP_XXH_DISPATCH", "1")], libraries=["xxhash"])
         if module == "fastproxy._dataplane":  # TLS sides relayed with OpenSSL (Debian's libssl-dev)
             kw.setdefault("libraries", []).extend(["ssl", "crypto"])
+        if module == "fastproxy.capture._encoder":  # lz4 frames from C (Debian's liblz4-dev)
+            kw.setdefault("libraries", []).append("lz4")
         exts.append(Extension(module, sources, include_dirs=[CSRC], extra_compile_args=flags,
                               extra_link_args=["-pthread"],
                               depends=glob.glob(os.path.join(CSRC, "*.h")), **kw))

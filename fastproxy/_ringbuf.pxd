@@ -58,6 +58,8 @@ cdef extern from "ring.h" nogil:
     size_t ring_drain_size(ring *r, size_t max_bytes, size_t *nrec)
     void ring_drain_copy(ring *r, char *dst, size_t n)
     void ring_drain_release(ring *r, size_t n, size_t nrec)
+    void ring_drain_pieces(const ring *r, size_t n, const char **p1, size_t *n1, const char **p2, size_t *n2)
+    uint64_t ring_count_commands(const ring *r, size_t n)
     int ring_peek_marker(ring *r, unsigned char *out)
     void ring_release_marker(ring *r)
 

@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Everything fastproxy needs on a fresh Debian machine: MariaDB server and client, the client
 # library headers (mysqlclient), pkg-config, sysbench, HAProxy (benchmarks), xxhash headers (result
-# fingerprints), OpenSSL headers (the data plane's TLS), Chromium and its driver (the HTML report's
-# browser test), then a virtualenv
-# (.venv) with fastproxy, its test extras and its Cython extensions built.
+# fingerprints), OpenSSL headers (the data plane's TLS), lz4 headers (the capture writer's frames),
+# Chromium and its driver (the HTML report's browser test), then a virtualenv (.venv) with
+# fastproxy, its test extras and its Cython extensions built.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -16,6 +16,7 @@ command -v haproxy >/dev/null 2>&1 || [ -x /usr/sbin/haproxy ] || need+=(haproxy
 [ -e /usr/include/mariadb/mysql.h ] || need+=(libmariadb-dev)
 [ -e /usr/include/xxhash.h ] || need+=(libxxhash-dev)
 [ -e /usr/include/openssl/ssl.h ] || need+=(libssl-dev)
+[ -e /usr/include/lz4frame.h ] || need+=(liblz4-dev)
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
 command -v chromedriver >/dev/null 2>&1 || need+=(chromium-driver)
 command -v gcc >/dev/null 2>&1 || need+=(build-essential)

@@ -390,3 +390,149 @@ def _fs_type(path) -> str:
             if (real == mnt or real.startswith(mnt.rstrip("/") + "/")) and len(mnt) > len(best):
                 best, kind = mnt, fields[2]
     return kind
+
+
+# -- the lz4 frame (fastproxy/capture/_encoder.pyx) -------------------------------------------
+
+LZ4_MAGIC = b"\x04\x22\x4d\x18"
+
+
+def frame_descriptor(path, key=None):
+    """The FLG and BD bytes of a traffic file's lz4 frame."""
+    data = path.read_bytes()
+    body = data[8:]
+    if key is not None:
+        iv = data[8:8 + crypto.IV_SIZE]
+        body = crypto.ctr_cipher(key, iv).update(data[8 + crypto.IV_SIZE + crypto.KEY_CHECK_SIZE:])
+    assert body[:4] == LZ4_MAGIC
+    return body[4], body[5]
+
+
+@pytest.mark.parametrize("key", [None, KEY], ids=["plain", "aes"])
+def test_lz4_frames_have_block_checksums_and_no_content_checksum(tmp_path, key):
+    """The format (docs/traffic-format.md): independent 64 KiB blocks, each with its checksum; no
+    content checksum since the writer compresses in C (the block checksums cover every byte)."""
+    w = capture(tmp_path / "cap", make_records(5_000), encryption_key=key, file_size=64 * 1024)
+    assert len(w.files) > 1
+    for name in w.files:
+        flg, bd = frame_descriptor(tmp_path / "cap" / name, key)
+        assert flg >> 6 == 1                      # frame format version 01
+        assert flg & 0x20 and flg & 0x10           # independent blocks, block checksums
+        assert not flg & 0x04                      # no content checksum
+        assert (bd >> 4) & 7 == 4                  # 64 KiB blocks
+
+
+def test_a_flipped_byte_anywhere_in_a_compressed_file_is_detected(tmp_path):
+    """Without a content checksum, the block checksums alone must catch corruption of any block."""
+    out = tmp_path / "cap"
+    w = capture(out, make_records(5_000))
+    path = out / w.files[0]
+    good = path.read_bytes()
+    rnd = random.Random(5)
+    for at in [8 + 7, len(good) - 5] + rnd.sample(range(8 + 7, len(good) - 4), 40):  # past the frame header
+        bad = bytearray(good)
+        bad[at] ^= 1 << rnd.randrange(8)
+        path.write_bytes(bytes(bad))
+        with pytest.raises(TrafficFormatError, match=w.files[0]):
+            list(TrafficReader(out))
+
+
+def write_old_lz4_capture(out, recs, key=None):
+    """A capture as the writer made it before its frames lost the content checksum (python-lz4,
+    content and block checksums, one flush per chunk of records)."""
+    import lz4.frame
+
+    from fastproxy.capture.record import FILE_HEADER, MAGIC, encode
+
+    out.mkdir()
+    comp = lz4.frame.LZ4FrameCompressor(content_checksum=True, block_checksum=True, auto_flush=True,
+                                        block_linked=False)
+    body = comp.begin()
+    for i in range(0, len(recs), 700):
+        body += comp.compress(b"".join(encode(r) for r in recs[i:i + 700]))
+    body += comp.flush()
+    head = FILE_HEADER.pack(MAGIC, 2, 0x01 | (0x02 if key else 0), 0)
+    if key is not None:
+        iv = crypto.new_iv()
+        head += iv + crypto.key_check_value(key, iv)
+        body = crypto.ctr_cipher(key, iv).update(body)
+    name = "traffic-20261201T000000.000Z-000001." + ("lz4.enc" if key else "lz4")
+    (out / name).write_bytes(head + body)
+    (out / "meta").write_text(json.dumps({"format_version": 2, "files": [name], "records": len(recs)}))
+    return out / name
+
+
+@pytest.mark.parametrize("key", [None, KEY], ids=["plain", "aes"])
+def test_captures_with_content_checksums_still_read_and_are_checked(tmp_path, key):
+    recs = make_records(3_000)
+    path = write_old_lz4_capture(tmp_path / "old", recs, key)
+    assert frame_descriptor(path, key)[0] & 0x04  # it has one
+    assert list(TrafficReader(tmp_path / "old", key)) == recs
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0x40  # the content checksum (CTR: the same bit of the plaintext flips)
+    path.write_bytes(bytes(data))
+    with pytest.raises(TrafficFormatError, match=path.name):
+        list(TrafficReader(tmp_path / "old", key))
+
+
+@pytest.mark.parametrize("compress", [True, False], ids=["lz4", "raw"])
+def test_chunks_that_wrap_around_the_ring(tmp_path, compress):
+    """The writer compresses records where they lie in the ring: also a chunk split by its end."""
+    recs = make_records(2_000)
+    rb = RingBuffer(64 * 1024)
+    i = 0
+    while rb.used < 48 * 1024:
+        assert append(rb, recs[i])
+        i += 1
+    tail = len(rb.drain(40 * 1024))  # the tail moves on; what was drained is not captured
+    gone, n = 0, tail
+    while n > 0:
+        n -= HEADER_SIZE + len(recs[gone].payload)
+        gone += 1
+    while append(rb, recs[i]):  # past the end of the buffer: the records wrap
+        i += 1
+    assert tail + rb.used > 64 * 1024
+    w = CaptureWriter(rb, tmp_path / "cap", compress=compress)
+    w.start()
+    w.stop({})
+    assert w.error is None and w.records_written == i - gone
+    assert list(TrafficReader(tmp_path / "cap")) == recs[gone:i]
+    assert rb.records_drained == i and rb.commands_drained == sum(r.kind == KIND_COMMAND for r in recs[:i])
+
+
+def test_a_flipped_stored_raw_flag_is_detected(tmp_path):
+    """A block's 4-byte size field (with its "stored uncompressed" bit) is outside the block
+    checksum. A flip of that bit hands the reader the block's bytes undecoded, of another length
+    than the records they hold: the record checks that follow catch it (no content checksum to do
+    it since the writer's frames lost theirs)."""
+    out = tmp_path / "cap"
+    w = capture(out, make_records(5_000))
+    path = out / w.files[0]
+    good = path.read_bytes()
+    pos, blocks = 8 + 7, []  # the file header, then the frame header (magic, FLG, BD, HC)
+    while (size := int.from_bytes(good[pos:pos + 4], "little")) != 0:
+        blocks.append(pos)
+        pos += 4 + (size & 0x7FFFFFFF) + 4  # size field, data, block checksum
+    assert len(blocks) > 3
+    for at in blocks:
+        bad = bytearray(good)
+        bad[at + 3] ^= 0x80
+        path.write_bytes(bytes(bad))
+        with pytest.raises(TrafficFormatError, match=w.files[0]):
+            list(TrafficReader(out))
+
+
+def test_a_stopped_writer_lets_go_of_the_ring(tmp_path):
+    """The ring's memory (64 MiB by default) is freed with the capture, not with the writer object
+    (the job keeps that for its meta)."""
+    import sys
+
+    rb = RingBuffer(1 << 20)
+    before = sys.getrefcount(rb)
+    w = CaptureWriter(rb, tmp_path / "cap")
+    w.start()
+    for r in make_records(100):
+        assert append(rb, r)
+    w.stop({})
+    assert w.records_written == 100
+    assert sys.getrefcount(rb) == before

@@ -1,9 +1,11 @@
 """CaptureWriter: the thread that drains the ring buffer into rotating traffic files.
 
-Chain per chunk: drain whole records -> lz4 frame (streaming, one frame per file) -> AES-256-CTR
--> file. The network path only ever appends to the ring buffer; if this thread is slower than the
-traffic, the buffer fills and the capture stops with a reason (see DESIGN.md, "Capture"). Records
-too large for the ring come through its side path and are written in their place in sequence.
+Chain per chunk: whole records compressed straight out of the ring (fastproxy/capture/_encoder.pyx,
+in C without the GIL; one lz4 frame per file) -> AES-256-CTR -> file; only then are the records
+released from the ring. The network path only ever appends to the ring buffer; if this thread is
+slower than the traffic, the buffer fills and the capture stops with a reason (see DESIGN.md,
+"Capture"). Records too large for the ring come through its side path and are written in their
+place in sequence.
 
 Every file is created under the output directory's descriptor with O_EXCL|O_NOFOLLOW
 (fastproxy/private_files.py). What the counters and `meta` say is what the files hold: a chunk
@@ -14,12 +16,12 @@ from __future__ import annotations
 import datetime
 import json
 import os
+import select
 import threading
 import time
 
-import lz4.frame
-
 from fastproxy.capture import crypto
+from fastproxy.capture._encoder import ChunkEncoder
 from fastproxy.capture.record import (FILE_HEADER, FILE_RE, FILE_VERSION, FLAG_AES_CTR,
                                       FLAG_LZ4, FORMAT_VERSION, KIND_COMMAND, MAGIC, META_NAME,
                                       extension)
@@ -32,8 +34,12 @@ IDLE_WAIT = 0.02  # seconds between polls of an empty ring buffer
 # Below this much data per drain, the writer waits before draining again: one larger chunk per
 # BATCH_WAIT instead of a tight loop of tiny ones (each costs an lz4 call, a write, a flush and GIL
 # hand-offs with the event loop). Above it, the buffer is filling: drain again at once.
+# Each wait is a wake-up of the thread, ~50-90 µs of CPU on the 2-core VM of BENCHMARKS.md
+# whatever the chunk: at 0.05 s that was a third of the writer's CPU under sysbench
+# oltp_read_write (18k records/s); 0.1 s halves it, and the ring (64 MiB by default) holds 0.1 s
+# of far more traffic than a proxy relays.
 BATCH_MIN = 256 * 1024
-BATCH_WAIT = 0.05
+BATCH_WAIT = 0.1
 # The kernel is asked to write back what the writer wrote every this many bytes (and to drop what
 # it wrote back before): without it, dirty pages pile up until the filesystem's periodic commit
 # (ext4: every 5 s) writes seconds of capture at once, and that burst takes the CPU the relay
@@ -84,11 +90,15 @@ class CaptureWriter:
         self._file_bytes = 0
         self._writeback = (0, 0)  # the range last asked to be written back (start, end)
         self._file_records = 0
-        self._compressor = None
+        self._enc: ChunkEncoder | None = None
         self._cipher = None
         self._iv = b""
         self._body_start = 0
         self._stop_evt = threading.Event()
+        # stop() also wakes the thread's waits through this eventfd: a poll() on it costs about
+        # half the CPU of an Event.wait(timeout) (bench/test_bench_capture.py, the steady rate)
+        self._wake_fd: int | None = None
+        self._wake = select.poll()
         self._thread: threading.Thread | None = None
         self._meta: dict | None = None
         self._t0 = 0.0
@@ -122,6 +132,8 @@ class CaptureWriter:
             self._close_dir()
             return
         self._t0 = time.monotonic()
+        self._wake_fd = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
+        self._wake.register(self._wake_fd, select.POLLIN)
         self._thread = threading.Thread(target=self._run, name="fastproxy-capture-writer",
                                         daemon=True)
         self._thread.start()
@@ -138,9 +150,14 @@ class CaptureWriter:
         if self._thread is None and self.error is None:
             raise JobError("capture writer was never started")
         self._stop_evt.set()
+        if self._wake_fd is not None:
+            os.eventfd_write(self._wake_fd, 1)  # left unread: every later wait returns at once
         if self._thread is not None:
             self._thread.join()
-        self._rb = None  # done with it: what it still holds (after an error) is freed with it
+        if self._wake_fd is not None:
+            os.close(self._wake_fd)
+            self._wake_fd = None
+        self._rb = self._enc = None  # done with them: what the ring still holds (after an error) is freed with it
         merged = {"format_version": FORMAT_VERSION, **meta}
         captured = merged.get("commands", self.commands_written)
         merged.update({
@@ -181,24 +198,27 @@ class CaptureWriter:
 
     def _run(self) -> None:
         rb = self._rb
+        chunk = min(DRAIN_CHUNK, self.file_size)
         try:
+            self._enc = enc = ChunkEncoder(rb, self.compress)
             while self.error is None:
                 # Read the flag before draining: whatever was appended before stop() is seen.
                 stopping = self._stop_evt.is_set()
-                before, commands_before = rb.records_drained, rb.commands_drained
-                data = rb.drain(min(DRAIN_CHUNK, self.file_size))
-                if data:
-                    self._write_records((data,), rb.records_drained - before,
-                                        rb.commands_drained - commands_before, len(data))
-                    if len(data) < BATCH_MIN and not stopping and not rb.large_pending:
-                        self._stop_evt.wait(BATCH_WAIT)
+                if self._fd is None and rb.used:
+                    self._open_file()  # before take(): its records go into this file's lz4 frame
+                out = enc.take(chunk)
+                if out is not None:
+                    nraw = enc.taken
+                    self._write_chunk(out)
+                    if nraw < BATCH_MIN and not stopping and not rb.large_pending:
+                        self._wake.poll(BATCH_WAIT * 1000)
                 elif (large := rb.next_large()) is not None:
                     self._write_large(*large)
                     rb.pop_large()  # only now: a record the disk refused is not counted as written
                 elif stopping:
                     break
                 else:
-                    self._stop_evt.wait(IDLE_WAIT)
+                    self._wake.poll(IDLE_WAIT * 1000)
             if self.error is None:
                 self._close_file()
         except OSError as e:
@@ -222,6 +242,23 @@ class CaptureWriter:
         pieces = [head] + [view[i:i + LARGE_SLICE] for i in range(0, len(payload), LARGE_SLICE)]
         self._write_records(pieces, 1, int(head[4] == KIND_COMMAND), len(head) + len(payload))
 
+    def _write_chunk(self, out) -> None:
+        """Write the chunk the encoder took (`out`: its encoded bytes); it leaves the ring and is
+        counted only once every byte of it is on disk."""
+        enc = self._enc
+        good = self._file_bytes
+        try:
+            self._emit(out)
+        except OSError:
+            self._cut_back(good)
+            if enc.taken_records > 1:
+                self._salvage(enc.raw())
+            self._drop_if_empty()
+            raise
+        nraw, nrecords, ncommands = enc.taken, enc.taken_records, enc.commands
+        enc.release()
+        self._written(nrecords, ncommands, nraw)
+
     def _write_records(self, pieces, nrecords: int, ncommands: int, nraw: int) -> None:
         """Write whole records (in pieces); counted only once every byte of them is on disk."""
         if self._fd is None:
@@ -229,13 +266,15 @@ class CaptureWriter:
         good = self._file_bytes
         try:
             for piece in pieces:
-                self._emit(self._encode(piece))
+                self._emit(self._enc.encode(piece))
         except OSError:
             self._cut_back(good)
-            if nrecords > 1:
-                self._salvage(pieces[0])
             self._drop_if_empty()
             raise
+        self._written(nrecords, ncommands, nraw)
+
+    def _written(self, nrecords: int, ncommands: int, nraw: int) -> None:
+        """Whole records are on disk: count them, then write back, rotate and throttle."""
         self._count(nrecords, ncommands, nraw)
         if self._file_bytes - self._writeback[1] >= WRITEBACK_STEP:
             self._write_back()
@@ -264,9 +303,6 @@ class CaptureWriter:
         self.records_written += nrecords
         self.commands_written += ncommands
         self._file_records += nrecords
-
-    def _encode(self, piece):
-        return self._compressor.compress(piece) if self._compressor is not None else piece
 
     def _emit(self, out) -> None:
         if self._cipher is not None:
@@ -309,7 +345,7 @@ class CaptureWriter:
                 pos += int.from_bytes(data[pos:pos + 4], "little")
             good = self._file_bytes
             try:
-                self._emit(self._encode(data[start:pos]))
+                self._emit(self._enc.encode(data[start:pos]))
             except OSError:
                 self._cut_back(good)
                 return
@@ -352,16 +388,10 @@ class CaptureWriter:
         else:
             self._cipher = None
         self._body_start = len(header)
-        if self.compress:
-            # auto_flush: each chunk becomes complete lz4 blocks on disk right away, so the
-            # on-disk size is exact for rotation and a cut-off file is readable up to its end.
-            # Independent blocks: after a refused write the frame can go on (see _salvage).
-            self._compressor = lz4.frame.LZ4FrameCompressor(
-                content_checksum=True, block_checksum=True, auto_flush=True, block_linked=False)
-            begin = self._compressor.begin()
-        else:
-            self._compressor = None
-            begin = b""
+        # lz4 (the encoder's frame): each chunk becomes complete blocks on disk right away, so the
+        # on-disk size is exact for rotation and a cut-off file is readable up to its end;
+        # independent blocks, so after a refused write the frame can go on (see _salvage).
+        begin = self._enc.begin()
         try:
             write_all(self._fd, header)
             self._file_bytes += len(header)
@@ -376,9 +406,9 @@ class CaptureWriter:
     def _close_file(self) -> None:
         if self._fd is None:
             return
-        if self._compressor is not None:
-            self._emit(self._compressor.flush())  # end mark + content checksum
-            self._compressor = None
+        end = self._enc.end()  # the lz4 frame's end mark
+        if end:
+            self._emit(end)
         os.close(self._fd)
         self._fd = None
         self._cipher = None

@@ -156,6 +156,30 @@ void ring_drain_copy(ring *r, char *dst, size_t n) {
     get(r, dst, r->tail, n);
 }
 
+void ring_drain_pieces(const ring *r, size_t n, const char **p1, size_t *n1, const char **p2, size_t *n2) {
+    size_t first = r->cap - r->tail;
+    *p1 = r->buf + r->tail;
+    *p2 = r->buf;
+    *n1 = n <= first ? n : first;
+    *n2 = n - *n1;
+}
+
+uint64_t ring_count_commands(const ring *r, size_t n) {
+    uint64_t ncmd = 0;
+    size_t pos = r->tail, done = 0;
+    unsigned char b[5];
+    while (done < n) {
+        get(r, (char *)b, pos, 5);
+        uint32_t rlen = rd32(b);
+        ncmd += b[4] == RING_KIND_COMMAND;
+        done += rlen;
+        pos += rlen;
+        if (pos >= r->cap)
+            pos -= r->cap;
+    }
+    return ncmd;
+}
+
 void ring_drain_release(ring *r, size_t n, size_t nrec) {
     pthread_mutex_lock(&r->lock);
     r->tail = (r->tail + n) % r->cap;

@@ -98,6 +98,12 @@ size_t ring_drain_size(ring *r, size_t max_bytes, size_t *nrec);
 /* Step 2, without the lock: copy them out. Step 3: release them. Only one thread drains. */
 void ring_drain_copy(ring *r, char *dst, size_t n);
 void ring_drain_release(ring *r, size_t n, size_t nrec);
+/* Step 2 for a drainer that reads the records where they are (the capture writer compresses them
+ * straight out of the ring): the at most two contiguous pieces of the n bytes at the tail (*n2 is 0
+ * unless they wrap), valid until ring_drain_release. ring_count_commands: the COMMAND records among
+ * the whole records of those n bytes. */
+void ring_drain_pieces(const ring *r, size_t n, const char **p1, size_t *n1, const char **p2, size_t *n2);
+uint64_t ring_count_commands(const ring *r, size_t n);
 /* 1 and the marker's RING_MARKER_SIZE bytes in out if the oldest record is a marker, else 0.
  * ring_release_marker removes it (once its record is written). Only the drainer calls them. */
 int ring_peek_marker(ring *r, unsigned char *out);
