@@ -349,9 +349,13 @@ static void rmsg_prepare(dp_rmsg *m, void *buf, size_t n) {
     m->msg.msg_controllen = sizeof m->ctl.buf;
 }
 
-static int64_t rmsg_arrival(dp_rmsg *m) {
+/* The kernel's arrival time in a recvmsg's control messages (`ctl`, `len` bytes), or 0. */
+static int64_t cmsg_arrival(void *ctl, size_t len) {
+    struct msghdr msg = {0};
+    msg.msg_control = ctl;
+    msg.msg_controllen = len;
     int64_t at = 0;
-    for (struct cmsghdr *cm = CMSG_FIRSTHDR(&m->msg); cm; cm = CMSG_NXTHDR(&m->msg, cm)) {
+    for (struct cmsghdr *cm = CMSG_FIRSTHDR(&msg); cm; cm = CMSG_NXTHDR(&msg, cm)) {
         if (cm->cmsg_level == SOL_SOCKET && cm->cmsg_type == SCM_TIMESTAMPNS && cm->cmsg_len >= CMSG_LEN(sizeof(struct timespec))) {
             struct timespec ts;
             memcpy(&ts, CMSG_DATA(cm), sizeof ts);
@@ -360,6 +364,8 @@ static int64_t rmsg_arrival(dp_rmsg *m) {
     }
     return at;
 }
+
+static int64_t rmsg_arrival(dp_rmsg *m) { return cmsg_arrival(m->msg.msg_control, m->msg.msg_controllen); }
 
 static ssize_t io_read(dp_side *s, void *buf, size_t n) {
     s->arrived_ns = 0;  /* unknown unless this read says (a capture may have stopped since the last) */
@@ -1439,9 +1445,9 @@ static void handle_io(dp_conn *c, dp_side *s, uint32_t events) {
 /* user_data: the side's address with the operation in its low bits (sides are 8-byte aligned); 0
  * for what needs no handling (a cancel) */
 enum { U_NONE = 0, U_RECV = 1, U_SEND = 2, U_INBOX = 3, U_OP_MASK = 7 };
-/* dp_side.recv_armed: a recv, a recvmsg whose header holds the arrival time (capture), a multishot
- * recv (the usual: it stays armed, no re-arming per arrival) */
-enum { U_ARMED_ONCE = 1, U_ARMED_STAMPED = 2, U_ARMED_MULTI = 3 };
+/* dp_side.recv_armed: a multishot recv (armed once, each arrival a completion), or a multishot
+ * recvmsg whose buffers begin with the arrival time (a backend while a capture runs) */
+enum { U_ARMED_STAMPED = 2, U_ARMED_MULTI = 3 };
 
 static void u_arm_recv(dp_worker *w, dp_side *s) {
     struct io_uring_sqe *e = uring_sqe(w->ring);
@@ -1455,18 +1461,22 @@ static void u_arm_recv(dp_worker *w, dp_side *s) {
     e->user_data = (uintptr_t)s | U_RECV;
     if (stamped_reads(s)) {  /* the kernel's arrival time, as io_read has it (capture) */
         if (!s->rmsg && !(s->rmsg = malloc(sizeof *s->rmsg))) {
-            e->opcode = IORING_OP_RECV;  /* wall-clock stamps then */
+            e->opcode = IORING_OP_RECV;  /* wall-clock stamps then, as where the kernel has none */
+            s->stamped = 2;
         } else {
-            rmsg_prepare(s->rmsg, NULL, U_BUFSZ);
+            /* each buffer: struct io_uring_recvmsg_out, the control messages (room for one
+             * timestamp, as the header says), then the bytes (u_on_recv) */
+            memset(&s->rmsg->msg, 0, sizeof s->rmsg->msg);
+            s->rmsg->msg.msg_controllen = sizeof s->rmsg->ctl.buf;
             e->opcode = IORING_OP_RECVMSG;
             e->addr = (uintptr_t)&s->rmsg->msg;
             e->len = 1;
         }
     } else {
         e->opcode = IORING_OP_RECV;
-        e->ioprio = IORING_RECV_MULTISHOT;  /* armed once: each arrival is a completion */
     }
-    s->recv_armed = e->opcode == IORING_OP_RECVMSG ? U_ARMED_STAMPED : e->ioprio ? U_ARMED_MULTI : U_ARMED_ONCE;
+    e->ioprio = IORING_RECV_MULTISHOT;  /* armed once: each arrival is a completion */
+    s->recv_armed = e->opcode == IORING_OP_RECVMSG ? U_ARMED_STAMPED : U_ARMED_MULTI;
 }
 
 static void u_kick_send(dp_worker *w, dp_side *s) {
@@ -1497,7 +1507,7 @@ static void u_kick_send(dp_worker *w, dp_side *s) {
 /* Stop a multishot recv (it ends with a completion without IORING_CQE_F_MORE); what it brings
  * meanwhile waits in the stash. */
 static void u_cancel_recv(dp_worker *w, dp_side *s) {
-    if (s->recv_armed != U_ARMED_MULTI || s->recv_cancel)
+    if (!s->recv_armed || s->recv_cancel)
         return;
     struct io_uring_sqe *e = uring_sqe(w->ring);
     if (!e)
@@ -1516,8 +1526,9 @@ static void u_set_interest(dp_conn *c, dp_side *s, uint32_t want) {
         u_cancel_recv(c->w, s);  /* a single-shot recv is left to complete (into the stash) */
         return;
     }
-    if (!s->is_client && c->w->capture && s->recv_armed == U_ARMED_MULTI)
-        u_cancel_recv(c->w, s);  /* a capture began: re-armed as a recvmsg, for arrival times */
+    int stamp = !s->is_client && c->w->capture && s->stamped != 2;
+    if (s->recv_armed && (s->recv_armed == U_ARMED_STAMPED) != stamp)
+        u_cancel_recv(c->w, s);  /* a capture began (re-armed as a recvmsg, for arrival times) or ended */
     if (s->stash.len || s->stash_eof || (s->ssl && s->tls_more))
         ready_enqueue(c->w, s);
     else if (!s->recv_armed)
@@ -1565,9 +1576,21 @@ static void u_on_recv(dp_worker *w, dp_side *s, int res, unsigned flags) {
     }
     if (flags & IORING_CQE_F_BUFFER)
         p = uring_buf(w->ring, flags >> IORING_CQE_BUFFER_SHIFT);
+    int64_t at = 0;
+    if (p && res > 0 && stamped) {
+        /* a recvmsg's buffer: its header, the control messages, then the bytes (EOF: none) */
+        const struct io_uring_recvmsg_out *o = (const void *)p;
+        size_t head = sizeof *o + s->rmsg->msg.msg_namelen + s->rmsg->msg.msg_controllen;
+        if ((size_t)res < head || o->controllen > s->rmsg->msg.msg_controllen) {
+            res = -EPROTO;
+        } else {
+            at = cmsg_arrival(p + sizeof *o + s->rmsg->msg.msg_namelen, o->controllen);
+            p += head;
+            res -= (int)head;
+        }
+    }
     if (!c->dead && s->fd >= 0 && res != -ENOBUFS && res != -ECANCELED) {
         int wanted = (s->registered & EPOLLIN) && !(c->parked && !c->own_active) && !s->stash.len && !s->stash_eof;
-        int64_t at = res > 0 && stamped ? rmsg_arrival(s->rmsg) : 0;
         if (res > 0 && wanted) {
             s->arrived_ns = at;
             u_got(c, s, p, (size_t)res);
@@ -1584,7 +1607,7 @@ static void u_on_recv(dp_worker *w, dp_side *s, int res, unsigned flags) {
             s->stash_eof = 1;
         }
     }
-    if (p)
+    if (flags & IORING_CQE_F_BUFFER)
         uring_give_back(w->ring, flags >> IORING_CQE_BUFFER_SHIFT);
     after_event(c);  /* re-armed there (no buffer left: ENOBUFS, re-armed at once: buffers are back) */
 }
