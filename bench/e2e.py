@@ -65,6 +65,29 @@ def cpu_times(pid: int | None) -> tuple[float, float]:
     return int(rest[11]) / CLK_TCK, int(rest[12]) / CLK_TCK
 
 
+def thread_cpu(pid: int | None) -> dict[str, float]:
+    """CPU seconds (user + system) of a process's live threads, by role: "loop" (the main thread:
+    uvloop), "workers" (the data plane's `fp-worker-N` threads). The rest of the process's CPU is
+    the other threads' (the capture writer), including threads that have exited."""
+    out = {"loop": 0.0, "workers": 0.0}
+    if pid is None:
+        return out
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{tid}/stat") as f:
+                text = f.read()
+        except OSError:  # the thread ended meanwhile
+            continue
+        comm = text[text.index("(") + 1:text.rindex(")")]
+        rest = text.rsplit(")", 1)[1].split()
+        cpu = (int(rest[11]) + int(rest[12])) / CLK_TCK
+        if int(tid) == pid:
+            out["loop"] += cpu
+        elif comm.startswith("fp-worker"):
+            out["workers"] += cpu
+    return out
+
+
 def cpu_seconds(pid: int | None) -> float:
     """utime + stime of a process (all its threads), in seconds."""
     return sum(cpu_times(pid))
@@ -411,9 +434,13 @@ class Result:
     p95_ms: float = 0.0
     errors: int = 0
     per_second_qps: list = field(default_factory=list)
+    per_second_p95_ms: list = field(default_factory=list)  # each second's 95th-percentile latency
     proxy_cpu_s: float | None = None
     proxy_cpu_us_per_query: float | None = None
     proxy_user_us_per_query: float | None = None  # of which in user space (the rest: the kernel)
+    # the proxy's CPU per query by thread: uvloop's main thread, the data-plane workers, the rest
+    # (the capture writer)
+    proxy_threads_us_per_query: dict = field(default_factory=dict)
     db_cpu_us_per_query: float = 0.0
     note: str = ""
     raw: str = field(default="", repr=False)
@@ -438,6 +465,7 @@ def parse_sysbench(out: str) -> dict:
         errors=num(r"ignored errors:\s+(\d+)", int),
         seconds=num(r"total time:\s+([\d.]+)s"),
         per_second_qps=[float(x) for x in re.findall(r"\]\s+thds:.*?qps:\s+([\d.]+)", out)],
+        per_second_p95_ms=[float(x) for x in re.findall(r"\]\s+thds:.*?lat \(ms,95%\):\s+([\d.]+)", out)],
     )
 
 
@@ -447,9 +475,9 @@ def run_one(target: Target, port: int, workload: str, threads: int, db: ScratchM
            "--report-interval=1", "--percentile=95", "--histogram=off", f"--mysql-ignore-errors={IGNORE_ERRORS}",
            "--db-ps-mode=auto", *([f"--rate={args.rate}"] if args.rate else []), "run"]
     target.before_run(workload)
-    (user0, sys0), db0 = cpu_times(target.pid), cpu_seconds(db.proc.pid)
+    (user0, sys0), db0, threads0 = cpu_times(target.pid), cpu_seconds(db.proc.pid), thread_cpu(target.pid)
     res = subprocess.run(cmd, capture_output=True, text=True, cwd=SYSBENCH_TLS_DIR if target.client_tls else None)
-    (user1, sys1), db1 = cpu_times(target.pid), cpu_seconds(db.proc.pid)
+    (user1, sys1), db1, threads1 = cpu_times(target.pid), cpu_seconds(db.proc.pid), thread_cpu(target.pid)
     cpu0, cpu1 = user0 + sys0, user1 + sys1
     target.after_run(workload)
     if res.returncode != 0:
@@ -462,6 +490,9 @@ def run_one(target: Target, port: int, workload: str, threads: int, db: ScratchM
             r.proxy_cpu_s = cpu1 - cpu0
             r.proxy_cpu_us_per_query = r.proxy_cpu_s / r.queries * 1e6
             r.proxy_user_us_per_query = (user1 - user0) / r.queries * 1e6
+            by_role = {k: threads1[k] - threads0[k] for k in threads0}
+            by_role["other"] = r.proxy_cpu_s - sum(by_role.values())
+            r.proxy_threads_us_per_query = {k: v / r.queries * 1e6 for k, v in by_role.items()}
     return r
 
 
@@ -519,9 +550,15 @@ def capture_impact(results: list[Result], base_name: str = "fastproxy", cap_name
     against the no-capture average of the same round."""
     out = []
     for wl in sorted({r.workload for r in results}):
-        for base, cap in _pairs(results, base_name, cap_name, wl):
-            if not base.qps:
-                continue
+        pairs = [(b, c) for b, c in _pairs(results, base_name, cap_name, wl) if b.qps]
+        cpu_added = [c.proxy_cpu_us_per_query - b.proxy_cpu_us_per_query for b, c in pairs
+                     if b.proxy_cpu_us_per_query and c.proxy_cpu_us_per_query]
+        if len(pairs) > 1:
+            out.append(f"{wl} ({cap_name}), median of {len(pairs)} rounds: average QPS "
+                       f"{_median([(c.qps / b.qps - 1) * 100 for b, c in pairs]):+.1f}%"
+                       + (f", CPU {_median(cpu_added):+.2f} us/query" if cpu_added else "")
+                       + "".join(f", {role} {_median(roles):+.2f}" for role, roles in _thread_deltas(pairs).items()))
+        for base, cap in pairs:
             worst = _worst_second(cap)
             own = _worst_second(base)  # the box's own noise: the no-capture row's worst second
             cpu = ""
@@ -530,8 +567,25 @@ def capture_impact(results: list[Result], base_name: str = "fastproxy", cap_name
             out.append(f"{wl} round {base.round} ({cap_name}): capture average QPS {(cap.qps / base.qps - 1) * 100:+.1f}% "
                        f"(target >= -2%){cpu}, worst 1-s interval {(worst / base.qps - 1) * 100:+.1f}% of the "
                        f"no-capture average (target >= -5%; the no-capture row's own worst: "
-                       f"{(own / base.qps - 1) * 100:+.1f}%)")
+                       f"{(own / base.qps - 1) * 100:+.1f}%); worst 1-s p95 latency {_worst_p95(cap):.2f} ms "
+                       f"(no capture: {_worst_p95(base):.2f} ms)")
     return out
+
+
+def _thread_deltas(pairs) -> dict[str, list[float]]:
+    """Per round, capture on minus off in each thread role's CPU per query."""
+    out: dict[str, list[float]] = {}
+    for b, c in pairs:
+        for role, v in c.proxy_threads_us_per_query.items():
+            if role in b.proxy_threads_us_per_query:
+                out.setdefault(role, []).append(v - b.proxy_threads_us_per_query[role])
+    return out
+
+
+def _worst_p95(r: Result) -> float:
+    """The slowest second's p95: at a fixed --rate the QPS stays flat, and a stall shows here."""
+    seconds = r.per_second_p95_ms[1:-1] or r.per_second_p95_ms
+    return max(seconds) if seconds else 0.0
 
 
 def _worst_second(r: Result) -> float:
