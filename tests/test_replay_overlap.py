@@ -18,6 +18,7 @@ from fastproxy._ringbuf import RingBuffer
 from fastproxy.capture.record import KIND_CONN_OPEN, OUTCOME_OK
 from fastproxy.capture.writer import CaptureWriter
 from fastproxy.constants import SERVER_STATUS
+from fastproxy.replay import engine as engine_module
 from fastproxy.replay.engine import ReplayOptions, Replayer
 from fastproxy.scratch_db import ROOT_PASSWORD
 
@@ -66,4 +67,21 @@ def test_a_write_that_found_an_overlapping_insert_in_production_finds_it_on_repl
     assert mariadb_test.sql("SELECT status FROM ovl.jobs WHERE id = 7").split() == ["taken"]
     # overlapping: it ran first (changed nothing), waited for the insert, ran again; else it waited for it at once
     assert stats.sent_again == (0 if case == "ordered" else 1)
+    assert stats.sent_again_timed_out == 0
     assert stats.txn_retries == stats.txn_retried_ok == stats.causal_released == 0
+
+
+def test_a_write_sent_again_before_the_overlapping_insert_ran_is_counted(mariadb_test, tmp_path, monkeypatch):
+    """The insert is held up on replay (1 s) longer than the update waits for it: the update goes again
+    without it, changes nothing again, and the summary says so rather than hide it."""
+    monkeypatch.setattr(engine_module, "OVERLAP_WAIT_S", 0.2)
+    mariadb_test.sql("DROP DATABASE IF EXISTS ovl; CREATE DATABASE ovl; "
+                     "CREATE TABLE ovl.jobs (id INT PRIMARY KEY, status VARCHAR(8) NOT NULL)")
+    path = str(tmp_path / "cap")
+    _capture(path, "overlapping")
+    engine = Replayer(path, ReplayOptions(host=mariadb_test.host, port=mariadb_test.port, username="root",
+                                          password=ROOT_PASSWORD, speed=0))
+    stats = uvloop.run(engine.run())
+    assert stats.sent_again == stats.sent_again_timed_out == 1
+    assert engine._faithful_summary()["causal"]["sent_again_before_they_ran"] == 1
+    assert mariadb_test.sql("SELECT status FROM ovl.jobs WHERE id = 7").split() == ["new"]

@@ -162,6 +162,7 @@ class Stats:
     cycles_broken: int = 0  # commands let go early: held back by causal order, they blocked what it waited for
     txn_undone: int = 0  # transactions rolled back while held back (they blocked what it waited for), redone later
     sent_again: int = 0  # writes that changed nothing on replay, sent again after writes that overlapped them
+    sent_again_timed_out: int = 0  # ... of which sent before those writes had all run here (OVERLAP_WAIT_S)
 
 
 def _queued(conn: Conn, rec: Record) -> bool:
@@ -1088,6 +1089,8 @@ class Replayer:
                   "overlapped it%s", conn.conn_id, payload[:80], rec.affected_rows, " with its transaction" if redo
                   else "", " (timed out)" if pending else "")
         self.stats.sent_again += 1
+        if pending:
+            self.stats.sent_again_timed_out += 1
         conn.sent_ns = time.monotonic_ns()
         if redo:  # its transaction again from its start; the last statement's result is the one that counts
             conn.txn.retry = Retry(list(conn.txn.entries), None)
@@ -1662,6 +1665,7 @@ class Replayer:
                 "released_to_break_cycles": st.cycles_broken,
                 "undone_to_break_cycles": st.txn_undone,
                 "sent_again_after_overlapping_writes": st.sent_again,
+                "sent_again_before_they_ran": st.sent_again_timed_out,
                 "lock_waits_unreadable": (self.lockwaits.unavailable or "") if self.lockwaits else "",
                 "released_by_valve": st.causal_released,
                 "unknown_scope_statements": planner.unknown_scope_statements,
