@@ -3,7 +3,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-.venv/bin/python -m pytest -q -p no:cacheprovider "$@"
+.venv/bin/python -m pytest -q -p no:cacheprovider --durations=15 "$@"
 # The tests that start a proxy and relay or capture through it, once more with four data-plane
 # workers in each proxy, on epoll (the first pass ran on the default: io_uring where allowed). Left
 # out of this pass (they ran above with one worker): the modules whose
@@ -16,5 +16,5 @@ second_pass_skips=(
   tests/test_replay_resume.py tests/test_replay_resume_verdict.py tests/test_replay_dryrun.py
   tests/test_replay_internal_error.py tests/test_replay_without_process.py tests/test_replay_causal_slow.py
 )
-FASTPROXY_TEST_WORKERS=4 FASTPROXY_TEST_IO=epoll exec .venv/bin/python -m pytest -q -p no:cacheprovider -m "proxy and not fuzz" \
+FASTPROXY_TEST_WORKERS=4 FASTPROXY_TEST_IO=epoll exec .venv/bin/python -m pytest -q -p no:cacheprovider --durations=10 -m "proxy and not fuzz" \
   "${second_pass_skips[@]/#/--ignore=}" "$@"
