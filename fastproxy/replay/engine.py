@@ -270,6 +270,7 @@ class Replayer:
         self.planner = Planner(causal=False, pin=options.pin, status_flags=self._status_flags_recorded(),
                                affected_rows=self._affected_rows_recorded())
         self._released: list[int] = []  # parked connections whose requirement a completion met
+        self._sending_again: set[int] = set()  # captured ids of connections waiting in _send_again
         self._draining = False
         self._cpu_start = 0.0
         self.cpu_seconds = 0.0  # CPU time of this process (all threads) while the replay ran
@@ -1069,19 +1070,26 @@ class Replayer:
     async def _send_again(self, conn: Conn, rec: Record, pending: list, redo: bool) -> None:
         deadline = time.monotonic() + OVERLAP_WAIT_S
         order = self.planner.order
-        while pending and time.monotonic() < deadline:
-            await asyncio.sleep(0.002)
-            pending = [p for p in pending if _queued(p[0], p[1])]
-            for other, r, ticket in pending:
-                if other.parked and other.tickets and other.tickets[0] is ticket and not ticket.finished:
-                    owners = order.blockers(ticket)
-                    if owners and all(o == conn.conn_id for o in owners):
-                        # it waits only for this transaction's end: the lock order the capture got the
-                        # wrong way round (this statement never had the row first)
-                        ticket.release_waits()
-                        self._released.append(other.idx)
-            if self._released and not self._draining:
-                self._drain_released()
+        waiting = self._sending_again
+        waiting.add(conn.conn_id)
+        try:
+            while pending and time.monotonic() < deadline:
+                await asyncio.sleep(0.002)
+                pending = [p for p in pending if _queued(p[0], p[1])]
+                for other, r, ticket in pending:
+                    if other.parked and other.tickets and other.tickets[0] is ticket and not ticket.finished:
+                        owners = order.blockers(ticket)
+                        if owners and all(o in waiting for o in owners):
+                            # it waits only for the ends of transactions that wait here for it, this one's
+                            # or another's found in the same state (two workers that picked rows the same
+                            # late-stamped inserts made): the lock order the capture got the wrong way
+                            # round (those statements never had the rows first)
+                            ticket.release_waits()
+                            self._released.append(other.idx)
+                if self._released and not self._draining:
+                    self._drain_released()
+        finally:
+            waiting.discard(conn.conn_id)
         if conn.inflight is not rec or conn.client is None or conn.client.closed:
             return  # the connection went meanwhile: _on_lost moved on
         payload, prefix = conn.sent
