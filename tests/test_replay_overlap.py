@@ -122,3 +122,29 @@ def test_two_transactions_that_found_overlapping_inserts_do_not_wait_for_each_ot
     assert stats.failed == stats.skipped == 0 and stats.replayed == 8
     assert mariadb_test.sql("SELECT id, status FROM ovl.jobs ORDER BY id").split() == ["7", "taken", "8", "taken"]
     assert stats.sent_again == 2 and stats.sent_again_timed_out == 0
+
+
+def test_a_write_sent_again_does_not_wait_for_a_command_that_waits_for_it(mariadb_test, tmp_path):
+    """The late-stamped INSERT waits (lock order) for worker A's transaction, whose UPDATE found its
+    row, and for worker B's, which looked for a job once A had committed; B waits for A. On replay
+    A's UPDATE changes nothing and waits for the INSERT, which waits for B, which waits for A: the
+    INSERT goes (the shop workload's other intermittent case)."""
+    mariadb_test.sql("DROP DATABASE IF EXISTS ovl; CREATE DATABASE ovl; "
+                     "CREATE TABLE ovl.jobs (id INT PRIMARY KEY, status VARCHAR(8) NOT NULL)")
+    in_txn = AUTOCOMMIT | SERVER_STATUS.IN_TRANS
+    pick = b"\x03SELECT id FROM jobs WHERE status = 'new' ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED"
+    recs = [(1, T0, T0 + 20 * MS, OUTCOME_OK, 0, 1, 0, b"\x03INSERT INTO jobs (id, status) VALUES (7, 'new')", AUTOCOMMIT),
+            (3, T0 + 5 * MS, T0 + 6 * MS, OUTCOME_OK, 0, 0, 0, b"\x03BEGIN", in_txn),
+            (3, T0 + 8 * MS, T0 + 9 * MS, OUTCOME_OK, 0, 1, 0, b"\x03UPDATE jobs SET status = 'taken' WHERE id = 7", in_txn),
+            (3, T0 + 10 * MS, T0 + 11 * MS, OUTCOME_OK, 0, 0, 0, b"\x03COMMIT", AUTOCOMMIT),
+            (4, T0 + 11 * MS + MS // 2, T0 + 12 * MS, OUTCOME_OK, 0, 0, 0, b"\x03BEGIN", in_txn),
+            (4, T0 + 12 * MS + MS // 2, T0 + 13 * MS, OUTCOME_OK, 0, 0, 0, pick, in_txn),
+            (4, T0 + 14 * MS, T0 + 15 * MS, OUTCOME_OK, 0, 0, 0, b"\x03COMMIT", AUTOCOMMIT)]
+    path = str(tmp_path / "cap")
+    _write(path, (1, 3, 4), recs)
+    engine = Replayer(path, ReplayOptions(host=mariadb_test.host, port=mariadb_test.port, username="root",
+                                          password=ROOT_PASSWORD, speed=0))
+    stats = uvloop.run(engine.run())
+    assert stats.failed == stats.skipped == 0 and stats.replayed == 7
+    assert mariadb_test.sql("SELECT id, status FROM ovl.jobs ORDER BY id").split() == ["7", "taken"]
+    assert stats.sent_again == 1 and stats.sent_again_timed_out == 0

@@ -1077,15 +1077,14 @@ class Replayer:
                 await asyncio.sleep(0.002)
                 pending = [p for p in pending if _queued(p[0], p[1])]
                 for other, r, ticket in pending:
-                    if other.parked and other.tickets and other.tickets[0] is ticket and not ticket.finished:
-                        owners = order.blockers(ticket)
-                        if owners and all(o in waiting for o in owners):
-                            # it waits only for the ends of transactions that wait here for it, this one's
-                            # or another's found in the same state (two workers that picked rows the same
-                            # late-stamped inserts made): the lock order the capture got the wrong way
-                            # round (those statements never had the rows first)
-                            ticket.release_waits()
-                            self._released.append(other.idx)
+                    if (other.parked and other.tickets and other.tickets[0] is ticket and not ticket.finished
+                            and self._held_only_by(ticket, waiting)):
+                        # it waits only for transactions that wait here for it (this one, or another
+                        # found in the same state: two workers that took the rows of the same
+                        # late-stamped inserts), directly or through commands that wait for them: the
+                        # lock order the capture got the wrong way round (they never had the rows first)
+                        ticket.release_waits()
+                        self._released.append(other.idx)
                 if self._released and not self._draining:
                     self._drain_released()
         finally:
@@ -1107,6 +1106,28 @@ class Replayer:
         if prefix is not None:
             conn.client.send(prefix, _PIN_TAG)
         conn.client.send(payload, None)
+
+    def _held_only_by(self, ticket, conn_ids: set) -> bool:
+        """Whether all `ticket` waits for are commands of `conn_ids`, or parked commands that in turn
+        wait only for those (a command in flight, or one about to go, moves on its own)."""
+        order = self.planner.order
+        owners = order.blockers(ticket)
+        if not owners:
+            return False
+        seen: set = set()
+        while owners:
+            owner = owners.pop()
+            if owner in conn_ids or owner in seen:
+                continue
+            seen.add(owner)
+            c = self.conns.get(owner)
+            if c is None or c.busy or not c.parked or not c.tickets or c.tickets[0] is None:
+                return False
+            more = order.blockers(c.tickets[0])
+            if not more:
+                return False
+            owners.extend(more)
+        return True
 
     def _undo(self, holder: Conn) -> bool:
         """`holder` is held back by causal order inside a transaction that may block, on the server,
