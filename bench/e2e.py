@@ -596,7 +596,7 @@ def _worst_second(r: Result) -> float:
 # ---- per-thread profile (perf stat --per-thread; software events and syscall tracepoints) ------
 
 PROFILE_EVENTS = ["task-clock", "context-switches", "syscalls:sys_enter_futex", "syscalls:sys_enter_epoll_wait",
-                  "syscalls:sys_enter_recvfrom", "syscalls:sys_enter_sendto"]
+                  "syscalls:sys_enter_recvfrom", "syscalls:sys_enter_sendto", "syscalls:sys_enter_io_uring_enter"]
 
 
 def profile_run(target: Target, port: int, workload: str, threads: int, db: ScratchMariaDB, args) -> list[str]:
@@ -633,7 +633,8 @@ def profile_run(target: Target, port: int, workload: str, threads: int, db: Scra
                    f"{ev.get('syscalls:sys_enter_futex', 0) / q:.4f} futex, "
                    f"{ev.get('syscalls:sys_enter_epoll_wait', 0) / q:.3f} epoll_wait, "
                    f"{ev.get('syscalls:sys_enter_recvfrom', 0) / q:.3f} recvfrom, "
-                   f"{ev.get('syscalls:sys_enter_sendto', 0) / q:.3f} sendto")
+                   f"{ev.get('syscalls:sys_enter_sendto', 0) / q:.3f} sendto, "
+                   f"{ev.get('syscalls:sys_enter_io_uring_enter', 0) / q:.3f} io_uring_enter")
     return out
 
 
