@@ -20,6 +20,7 @@ from fastproxy.constants import CLIENT, ER
 from fastproxy.protocol import parse_err
 from fastproxy.scratch_db import ROOT_PASSWORD
 from proxy_rawclient import RawClient, packet
+from proxy_util import wait_for
 from tls_certs import CertAuthority
 
 
@@ -316,6 +317,8 @@ def test_capture_through_tls_equals_capture_in_plain_text(proxy_factory, mariadb
         assert (name == "tls") == isinstance(conn._sock, ssl.SSLSocket)
         _workload(conn)
         conn.close()
+        # the QUIT and the close are recorded once the proxy has seen them: close() does not wait
+        wait_for(lambda: not p.get("/api/debug/connections"), what="the connection to close")
         cancel_capture(p)
         _, records, _ = read_capture(tmp_path / name)
         seen.append(_comparable(records))

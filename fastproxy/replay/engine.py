@@ -1069,7 +1069,6 @@ class Replayer:
 
     async def _send_again(self, conn: Conn, rec: Record, pending: list, redo: bool) -> None:
         deadline = time.monotonic() + OVERLAP_WAIT_S
-        order = self.planner.order
         waiting = self._sending_again
         waiting.add(conn.conn_id)
         try:
