@@ -96,3 +96,14 @@ def test_the_c_hook_counts_what_the_reference_counts(engines, cmds, speed, at_se
     assert without_wall_clock(c.state()) == without_wall_clock(ref.state())
     assert c.verdict.compared == ref.verdict.compared and c.verdict.mismatch_count == ref.verdict.mismatch_count
     assert c.timeline.as_dict() == ref.timeline.as_dict()
+
+
+def test_replay_second_counts_whole_seconds_from_the_replay_start_after_a_resumed_runs(engines):
+    engine = engines[0]
+    obs = CaptureObserver(engine, Verdict(), Timeline())
+    engine._start_mono = 0  # not started: every result is in the first second (after the stopped run's)
+    obs.second_offset = 4
+    assert obs.replay_second(10**12) == 4
+    engine._start_mono = 10**12
+    assert [obs.replay_second(10**12 + d) for d in (-1, 0, 10**9 - 1, 10**9, 25 * 10**8, 1 << 70)] == [
+        4, 4, 4, 5, 6, 4 + ((1 << 70) // 10**9)]

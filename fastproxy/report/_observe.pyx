@@ -47,6 +47,11 @@ cdef class ObserverCore:
     cdef public object capture_origin_ns
     cdef public object at_second
 
+    def replay_second(self, now):
+        """The replay's second at `now` (monotonic ns); a resumed replay's follow the stopped run's."""
+        start = self.engine._start_mono
+        return self.second_offset + (max(0, now - start) // 1_000_000_000 if start else 0)
+
     def __call__(self, conn, rec, result, now):
         cdef long long c_now, start_mono = 0, origin, start_ns, end_ns, lag = 0, sent_ns, replay_sec = 0
         cdef bint has_lag

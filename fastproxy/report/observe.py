@@ -152,10 +152,6 @@ class CaptureObserver(ObserverCore):
         self.capture_origin_ns = 0
         self.at_second: int | None = None
 
-    def replay_second(self, now: int) -> int:
-        start = self.engine._start_mono
-        return self.second_offset + (max(0, now - start) // 1_000_000_000 if start else 0)
-
     def state(self) -> dict:
         """The verdict and the timeline so far (a checkpoint's)."""
         return {"verdict": self.verdict.state(), "timeline": self.timeline.state(),
