@@ -9,13 +9,18 @@ The attributes are Checkpoint's, set and read from Python as before; `Track` is 
 """
 from collections import deque
 
+from fastproxy._packet cimport CommandResult
+
 from fastproxy.capture.record import KIND_COMMAND as _KIND_COMMAND, KIND_CONN_CLOSE as _KIND_CONN_CLOSE
+from fastproxy.constants import COMMAND
 from fastproxy.replay.causal import IN_TXN as _IN_TXN, TXN_END as _TXN_END
 
 cdef long KIND_COMMAND = _KIND_COMMAND
 cdef long KIND_CONN_CLOSE = _KIND_CONN_CLOSE
 cdef long IN_TXN = _IN_TXN
 cdef long TXN_END = _TXN_END
+cdef frozenset STMT_COMMANDS = frozenset({COMMAND.COM_STMT_EXECUTE, COMMAND.COM_STMT_SEND_LONG_DATA,
+                                          COMMAND.COM_STMT_CLOSE, COMMAND.COM_STMT_RESET, COMMAND.COM_STMT_FETCH})
 
 
 cdef class Track:
@@ -39,6 +44,58 @@ cdef class Track:
         self.thread = 0
         self.answered = False
         self.held = None
+
+
+cdef class HeldConn:
+    """What the verdict and the failure report read of a connection, as it was when a result arrived
+    that is counted later (inside a transaction): the connection moves on meanwhile."""
+
+    cdef public object conn_id
+    cdef public object not_rebuilt
+    cdef public object sent_ns
+    cdef public object due_ns
+    cdef public object db
+    cdef public dict stmt_sql
+    cdef public dict stmt_types
+    cdef public dict stmt_params
+
+    def __init__(self, conn, rec):
+        self.conn_id = conn.conn_id
+        self.not_rebuilt = list(conn.not_rebuilt)
+        self.sent_ns = conn.sent_ns
+        self.due_ns = conn.due_ns
+        self.db = conn.db
+        self.stmt_sql = {}
+        self.stmt_types = {}
+        self.stmt_params = {}
+        payload = rec.payload
+        if len(payload) >= 5 and payload[0] in STMT_COMMANDS:  # its statement only
+            sid = int.from_bytes(payload[1:5], "little")
+            value = conn.stmt_sql.get(sid)
+            if value is not None:
+                self.stmt_sql[sid] = value
+            value = conn.stmt_types.get(sid)
+            if value is not None:
+                self.stmt_types[sid] = value
+            value = conn.stmt_params.get(sid)
+            if value is not None:
+                self.stmt_params[sid] = value
+
+
+cpdef CommandResult result_copy(r):
+    """What of a result the verdict, the failures and the journal read, kept for later (it is reused)."""
+    cdef CommandResult c = CommandResult(r.cmd)
+    c.outcome = r.outcome
+    c.err_code = r.err_code
+    c.rows = r.rows
+    c.columns = r.columns
+    c.hash_ordered = r.hash_ordered
+    c.hash_unordered = r.hash_unordered
+    c.affected_rows = r.affected_rows
+    c.warnings = r.warnings
+    c.sql_state = r.sql_state
+    c.err_msg = r.err_msg
+    return c
 
 
 cdef inline bint _in_transaction(ticket):
@@ -116,7 +173,9 @@ cdef class CheckpointHooks:
             return self._count(conn, rec, result, now)  # not one the position follows
         track.answered = True
         if track.inflight_txn:
-            self._hold(track, conn, rec, result, now)
+            if track.held is None:
+                track.held = []
+            track.held.append((HeldConn(conn, rec), rec, result_copy(result), now, track.inflight))
             return
         self._count(conn, rec, result, now, track.inflight)
 

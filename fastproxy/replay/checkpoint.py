@@ -140,43 +140,8 @@ def count_placeholders(sql: bytes) -> int:
     return _NOT_PLACEHOLDER.sub(b"", sql).count(b"?")
 
 
-class _HeldConn:
-    """What the verdict and the failure report read of a connection, as it was when a result arrived
-    that is counted later (inside a transaction): the connection moves on meanwhile."""
-
-    __slots__ = ("conn_id", "not_rebuilt", "sent_ns", "due_ns", "db", "stmt_sql", "stmt_types", "stmt_params")
-
-    def __init__(self, conn, rec: Record) -> None:
-        self.conn_id = conn.conn_id
-        self.not_rebuilt = list(conn.not_rebuilt)
-        self.sent_ns = conn.sent_ns
-        self.due_ns = conn.due_ns
-        self.db = conn.db
-        self.stmt_sql = {}
-        self.stmt_types = {}
-        self.stmt_params = {}
-        payload = rec.payload
-        if len(payload) >= 5 and payload[0] in _STMT_COMMANDS:  # its statement only
-            sid = int.from_bytes(payload[1:5], "little")
-            for name in ("stmt_sql", "stmt_types", "stmt_params"):
-                value = getattr(conn, name).get(sid)
-                if value is not None:
-                    getattr(self, name)[sid] = value
-
-
-_STMT_COMMANDS = frozenset({COMMAND.COM_STMT_EXECUTE, COMMAND.COM_STMT_SEND_LONG_DATA, COMMAND.COM_STMT_CLOSE,
-                            COMMAND.COM_STMT_RESET, COMMAND.COM_STMT_FETCH})
 _RESULT_FIELDS = ("outcome", "err_code", "rows", "columns", "hash_ordered", "hash_unordered", "affected_rows",
                   "warnings")
-
-
-def _result_copy(r) -> CommandResult:
-    c = CommandResult(r.cmd)
-    for name in _RESULT_FIELDS:
-        setattr(c, name, getattr(r, name))
-    c.sql_state = r.sql_state
-    c.err_msg = r.err_msg
-    return c
 
 
 def _result_from(fields: list) -> CommandResult:
@@ -448,12 +413,6 @@ class Checkpoint(CheckpointHooks):
         if kind == KIND_LOCAL_INFILE and seq < self._resume_until:
             return not (seq < self._low_water or seq <= self._done.get(rec.conn_id, -1))
         return True
-
-    def _hold(self, track: Track, conn, rec: Record, result, now: int) -> None:
-        """A result inside a production transaction: counted once the transaction ends here."""
-        if track.held is None:
-            track.held = []
-        track.held.append((_HeldConn(conn, rec), rec, _result_copy(result), now, track.inflight))
 
     def _count_held(self, track: Track) -> None:
         held, track.held = track.held, None
