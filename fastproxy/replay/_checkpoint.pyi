@@ -21,3 +21,16 @@ class CheckpointHooks:
     def result(self, conn: object, rec: object, result: object, now: int) -> None: ...
     def _count(self, conn: object, rec: object, result: object, now: int, seq: int = ...) -> None: ...
     def consumed(self, conn: object, ticket: object) -> None: ...
+
+class HeldConn:
+    conn_id: int
+    not_rebuilt: list[str]
+    sent_ns: int
+    due_ns: int
+    db: str | None
+    stmt_sql: dict[int, str]
+    stmt_types: dict[int, bytes]
+    stmt_params: dict[int, int]
+    def __init__(self, conn: object, rec: object) -> None: ...
+
+def result_copy(r: object) -> object: ...
