@@ -9,6 +9,7 @@ against them). A value that does not fit its field goes through the Python packi
 entry left out and counted for an `R` one.
 """
 from cpython.buffer cimport PyBUF_WRITABLE, PyBuffer_Release, PyObject_GetBuffer
+from libc.stdint cimport INT64_MIN
 from libc.string cimport memcpy, memset
 
 from fastproxy._packet cimport CommandResult
@@ -18,7 +19,7 @@ cdef enum:
     RESULT_SIZE = 89  # "<cQqBIqiQQqiqIq5sH"
     MESSAGE_MAX = 1024  # journal.MESSAGE_MAX
 
-cdef long long NO_LAG = -(1 << 63)
+cdef long long NO_LAG = INT64_MIN  # journal.NO_LAG
 
 
 cdef inline void _put(unsigned char *p, unsigned long long v, int n) noexcept nogil:
