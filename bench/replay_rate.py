@@ -177,6 +177,7 @@ def main() -> None:
     ap.add_argument("--no-shards", action="store_true", help="skip the sharded replays")
     ap.add_argument("--json", help="also write the results here")
     args = ap.parse_args()
+    args.rate = 0  # bench/e2e.run_one's sysbench --rate: unthrottled here
 
     here = HERE.parent
     variants = ([("before", Path(args.before).resolve())] if args.before else []) + [("this checkout", here)]

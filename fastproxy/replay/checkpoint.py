@@ -48,7 +48,6 @@ import logging
 import os
 import re
 import time
-from collections import deque
 
 from fastproxy._packet import CommandResult, execute_types_at
 from fastproxy.capture.record import (KIND_COMMAND, KIND_CONN_CLOSE, KIND_CONN_OPEN, KIND_CONN_STATE,
@@ -56,7 +55,7 @@ from fastproxy.capture.record import (KIND_COMMAND, KIND_CONN_CLOSE, KIND_CONN_O
 from fastproxy.constants import COMMAND
 from fastproxy.errors import JobError
 from fastproxy.private_files import create_private_file, open_private_dir, write_all
-from fastproxy.replay.causal import IN_TXN, TXN_END
+from fastproxy.replay._checkpoint import CheckpointHooks, Track
 from fastproxy.replay.journal import MESSAGE_MAX, RESULT, SENT, Journal, read_journal
 from fastproxy.replay.report import Failure, OtherError
 from fastproxy.replay.stmtinfo import READ, SESSION
@@ -141,43 +140,8 @@ def count_placeholders(sql: bytes) -> int:
     return _NOT_PLACEHOLDER.sub(b"", sql).count(b"?")
 
 
-class _HeldConn:
-    """What the verdict and the failure report read of a connection, as it was when a result arrived
-    that is counted later (inside a transaction): the connection moves on meanwhile."""
-
-    __slots__ = ("conn_id", "not_rebuilt", "sent_ns", "due_ns", "db", "stmt_sql", "stmt_types", "stmt_params")
-
-    def __init__(self, conn, rec: Record) -> None:
-        self.conn_id = conn.conn_id
-        self.not_rebuilt = list(conn.not_rebuilt)
-        self.sent_ns = conn.sent_ns
-        self.due_ns = conn.due_ns
-        self.db = conn.db
-        self.stmt_sql = {}
-        self.stmt_types = {}
-        self.stmt_params = {}
-        payload = rec.payload
-        if len(payload) >= 5 and payload[0] in _STMT_COMMANDS:  # its statement only
-            sid = int.from_bytes(payload[1:5], "little")
-            for name in ("stmt_sql", "stmt_types", "stmt_params"):
-                value = getattr(conn, name).get(sid)
-                if value is not None:
-                    getattr(self, name)[sid] = value
-
-
-_STMT_COMMANDS = frozenset({COMMAND.COM_STMT_EXECUTE, COMMAND.COM_STMT_SEND_LONG_DATA, COMMAND.COM_STMT_CLOSE,
-                            COMMAND.COM_STMT_RESET, COMMAND.COM_STMT_FETCH})
 _RESULT_FIELDS = ("outcome", "err_code", "rows", "columns", "hash_ordered", "hash_unordered", "affected_rows",
                   "warnings")
-
-
-def _result_copy(r) -> CommandResult:
-    c = CommandResult(r.cmd)
-    for name in _RESULT_FIELDS:
-        setattr(c, name, getattr(r, name))
-    c.sql_state = r.sql_state
-    c.err_msg = r.err_msg
-    return c
 
 
 def _result_from(fields: list) -> CommandResult:
@@ -190,25 +154,10 @@ def _result_from(fields: list) -> CommandResult:
     return c
 
 
-class _Track:
-    """One captured connection's progress."""
-
-    __slots__ = ("pending", "consumed", "done", "inflight", "inflight_txn", "thread", "answered", "held")
-
-    def __init__(self) -> None:
-        self.pending: deque[int] = deque()  # seqs read and not yet done: consumed inside a transaction, then queued
-        self.consumed = 0  # how many of `pending` were consumed (their transaction goes on)
-        self.done = -1  # seq of its last record done
-        self.inflight = -1  # seq of the command sent and not yet consumed
-        self.inflight_txn = False  # ... and the connection is inside a transaction after it
-        self.thread = 0  # the replay session's thread id on the target
-        self.answered = False  # the command in flight got its result
-        self.held: list | None = None  # results inside the open transaction: counted once it ends
-
-
-class Checkpoint:
-    """Attached to a Replayer (`engine.checkpoint`): the engine calls on_read, sent, consumed and
-    after_login; ReplayRun calls begin, run_periodically and finish."""
+class Checkpoint(CheckpointHooks):
+    """Attached to a Replayer (`engine.checkpoint`): the engine calls on_read, sent, result, consumed
+    (CheckpointHooks, in C: fastproxy/replay/_checkpoint.pyx) and after_login; ReplayRun calls begin,
+    run_periodically and finish."""
 
     def __init__(self, directory: str, field: str, name: str, ident: dict, resume: bool) -> None:
         self.directory = directory
@@ -219,7 +168,7 @@ class Checkpoint:
         self.identity = ident
         self.engine = None
         self.seq = 0  # the next record's seq
-        self.tracks: dict[int, _Track] = {}
+        self.tracks: dict[int, Track] = {}
         self.preludes: dict[int, list[bytes]] = {}  # resumed connections: session statements to send after login
         self.generation = 0
         self.report_start_ns = 0  # identifies the run in the report tables (kept across resumes)
@@ -431,8 +380,9 @@ class Checkpoint:
             self._dir_fd = -1
 
     # ---- the engine's hooks ---------------------------------------------------------------------------
-    def on_read(self, rec: Record) -> bool:
-        """Every record the engine reads, first. False: it is done (the engine does nothing more)."""
+    def on_read_resuming(self, rec: Record) -> bool:
+        """CheckpointHooks.on_read while a resumed replay may meet records done before (and its
+        reference): False if `rec` is done (the engine does nothing more)."""
         seq = self.seq
         self.seq = seq + 1
         kind = rec.kind
@@ -451,7 +401,7 @@ class Checkpoint:
                 self.engine.stats.read -= 1  # counted when it was first read
             track = self.tracks.get(rec.conn_id)
             if track is None:
-                track = self.tracks[rec.conn_id] = _Track()
+                track = self.tracks[rec.conn_id] = Track()
             track.pending.append(seq)
             return True
         if kind == KIND_CONN_OPEN or kind == KIND_CONN_STATE:
@@ -464,94 +414,13 @@ class Checkpoint:
             return not (seq < self._low_water or seq <= self._done.get(rec.conn_id, -1))
         return True
 
-    def sent(self, conn) -> None:
-        """The head command of `conn` is going out: from now on it counts as executed."""
-        track = self.tracks.get(conn.conn_id)
-        if track is None or len(track.pending) <= track.consumed:
-            return
-        seq = track.pending[track.consumed]
-        ticket = conn.tickets[0] if conn.tickets else None
-        in_txn = ticket is not None and bool(ticket.flags & IN_TXN) and not ticket.flags & TXN_END
-        if not in_txn and track.held:  # the transaction ends: its commands are done, their results count
-            self._count_held(track)
-        track.inflight = seq
-        track.inflight_txn = in_txn
-        track.answered = False
-        client = conn.client
-        if client is not None:
-            track.thread = client.connection_id
-        journal = self._journal
-        if journal is not None and not journal.sent(conn.conn_id, seq, in_txn, track.thread):
-            self._write_snapshot()  # the journal is full: the checkpoint takes it all, and empties it
-            if self._journal is not None:
-                self._journal.sent(conn.conn_id, seq, in_txn, track.thread)
-
-    def result(self, conn, rec: Record, result, now: int) -> None:
-        """The engine's `_compare`: the result of the head command of `conn`. Counted now if the command
-        is done, else when its transaction ends."""
-        track = self.tracks.get(conn.conn_id)
-        if track is None or track.inflight < 0 or track.answered:
-            return self._count(conn, rec, result, now)  # not one the position follows
-        track.answered = True
-        if track.inflight_txn:
-            if track.held is None:
-                track.held = []
-            track.held.append((_HeldConn(conn, rec), rec, _result_copy(result), now, track.inflight))
-            return
-        self._count(conn, rec, result, now, track.inflight)
-
-    def _count(self, conn, rec: Record, result, now: int, seq: int = -1) -> None:
-        """Journal the result (if it belongs to a position), then count it: the verdict, the failures
-        and the summary's counters (Replayer._compare_now)."""
-        engine = self.engine
-        journal = self._journal
-        if journal is not None and seq >= 0:
-            observer = engine.observer
-            second = observer.replay_second(now) if hasattr(observer, "replay_second") else 0
-            lag = conn.sent_ns - conn.due_ns if engine.opt.speed > 0 else None
-            if not journal.result(conn.conn_id, seq, result, now - conn.sent_ns, second, lag):
-                self._write_snapshot()  # full: the snapshot (without this result) empties it
-                if self._journal is not None:
-                    self._journal.result(conn.conn_id, seq, result, now - conn.sent_ns, second, lag)
-        report = engine.report
-        on_add = report.on_add
-        report.on_add = None  # the failures it adds are in the `R` entry
-        try:
-            engine._compare_now(conn, rec, result, now)
-        finally:
-            report.on_add = on_add
-
-    def _count_held(self, track: _Track) -> None:
+    def _count_held(self, track: Track) -> None:
         held, track.held = track.held, None
         journal = self._journal
         if journal is not None and journal.free() < len(held) * (RESULT.size + MESSAGE_MAX) + SENT.size:
             self._write_snapshot()  # room for all of them: no snapshot between the first and the send
         for entry in held:
             self._count(*entry)
-
-    def consumed(self, conn, ticket) -> None:
-        """The head command of `conn` is finished (replayed, filtered, skipped)."""
-        track = self.tracks.get(conn.conn_id)
-        if track is None or len(track.pending) <= track.consumed:
-            return
-        seq = track.pending[track.consumed]
-        if track.inflight == seq and not track.answered and not track.inflight_txn and self._journal is not None:
-            # sent and done without a result (a session command answered by ourselves, a close of a
-            # statement never prepared): not one whose result was lost
-            if not self._journal.no_result(conn.conn_id, seq):
-                self._write_snapshot()
-                if self._journal is not None:
-                    self._journal.no_result(conn.conn_id, seq)
-        track.inflight = -1
-        if ticket is not None and ticket.flags & IN_TXN and not ticket.flags & TXN_END:
-            track.consumed += 1  # done only once its transaction ends
-            return
-        if track.held:  # a transaction ended without a command sent (the connection's close): done now
-            self._count_held(track)
-        for _ in range(track.consumed + 1):
-            track.pending.popleft()
-        track.consumed = 0
-        track.done = seq
 
     async def after_login(self, conn) -> None:
         """A resumed connection's first login: its session as the done records had made it."""

@@ -19,6 +19,8 @@ import os
 import struct
 from typing import Iterator
 
+from fastproxy.replay._journal import JournalWriter
+
 MAGIC = b"FPJ1"
 HEADER = struct.Struct("<4sQ")
 SENT = struct.Struct("<cQqBI")
@@ -32,7 +34,10 @@ SIZE = 4 << 20
 _FLAGS = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
-class Journal:
+class Journal(JournalWriter):
+    """The per-command entries (sent, result, no_result) are written by JournalWriter, in C; the
+    `_*_struct` methods here are their reference, and take the values that do not fit a field."""
+
     def __init__(self, dir_fd: int, name: str) -> None:
         try:
             os.unlink(name, dir_fd=dir_fd)
@@ -47,11 +52,11 @@ class Journal:
             os.unlink(name, dir_fd=dir_fd)
             raise
         self._fd = fd
+        self._attach(self._map, SIZE)
         self.pos = HEADER.size
         self.unjournaled = 0  # results that could not be written (a kill before the next snapshot loses them)
 
-    def sent(self, conn_id: int, seq: int, in_txn: bool, thread: int) -> bool:
-        """False if the journal is full (the caller writes a checkpoint, which empties it)."""
+    def _sent_struct(self, conn_id: int, seq: int, in_txn: bool, thread: int) -> bool:
         pos = self.pos
         if pos + SENT.size >= SIZE:
             return False
@@ -59,8 +64,7 @@ class Journal:
         self.pos = pos + SENT.size
         return True
 
-    def result(self, conn_id: int, seq: int, r, latency_ns: int, second: int, lag_ns: int | None) -> bool:
-        """`r`: the command's CommandResult. False if the journal is full."""
+    def _result_struct(self, conn_id: int, seq: int, r, latency_ns: int, second: int, lag_ns: int | None) -> bool:
         msg = r.err_msg.encode("utf-8", "replace")[:MESSAGE_MAX] if r.err_msg else b""
         pos = self.pos
         end = pos + RESULT.size + len(msg)
@@ -79,7 +83,7 @@ class Journal:
         self.pos = end
         return True
 
-    def no_result(self, conn_id: int, seq: int) -> bool:
+    def _no_result_struct(self, conn_id: int, seq: int) -> bool:
         pos = self.pos
         if pos + SENT.size >= SIZE:
             return False
@@ -109,6 +113,7 @@ class Journal:
         self.pos = HEADER.size
 
     def close(self) -> None:
+        self._detach()
         self._map.close()
         os.close(self._fd)
 

@@ -6,15 +6,8 @@ when a field differs does the full comparison (verdict.compare_sides, which know
 records and what a difference means) run in Python.
 """
 from fastproxy._packet cimport CommandResult
-
-
-cdef enum:  # Record fields (fastproxy/capture/record.py), by position
-    R_AFFECTED = 6
-    R_ROWS = 7
-    R_HASH_ORDERED = 10
-    R_HASH_UNORDERED = 11
-    R_COLUMNS = 12
-    R_WARNINGS = 13
+from fastproxy.capture.record_fields cimport (R_AFFECTED, R_COLUMNS, R_HASH_ORDERED, R_HASH_UNORDERED, R_ROWS,
+                                              R_WARNINGS)
 
 
 def same_as_captured(rec, CommandResult result):

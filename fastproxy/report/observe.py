@@ -12,6 +12,7 @@ import time
 from fastproxy.capture.record import OUTCOME_ERR, OUTCOME_OK, Record
 from fastproxy.constants import COMMAND, command_name
 from fastproxy.report._compare import same_as_captured
+from fastproxy.report._observe import ObserverCore
 from fastproxy.report.verdict import DigestInfo, Side, Verdict
 
 _QUERY = COMMAND.COM_QUERY
@@ -134,8 +135,11 @@ def is_failure(ref: Side, new: Side) -> bool:
         ref.outcome == OUTCOME_ERR and ref.err_code in (new.err_code, 0))
 
 
-class CaptureObserver:
-    """Compares each replayed command with its captured outcome (the single-target replay)."""
+class CaptureObserver(ObserverCore):
+    """Compares each replayed command with its captured outcome (the single-target replay).
+
+    Called per command: ObserverCore.__call__ (C, fastproxy/report/_observe.pyx) does what `observe`
+    does for the commands that match their capture, and hands the others to it."""
 
     def __init__(self, engine, verdict: Verdict, timeline: Timeline | None = None) -> None:
         self.engine = engine
@@ -148,10 +152,6 @@ class CaptureObserver:
         self.capture_origin_ns = 0
         self.at_second: int | None = None
 
-    def replay_second(self, now: int) -> int:
-        start = self.engine._start_mono
-        return self.second_offset + (max(0, now - start) // 1_000_000_000 if start else 0)
-
     def state(self) -> dict:
         """The verdict and the timeline so far (a checkpoint's)."""
         return {"verdict": self.verdict.state(), "timeline": self.timeline.state(),
@@ -162,7 +162,8 @@ class CaptureObserver:
         self.timeline.restore(state["timeline"])
         self.capture_origin_ns = int(state["capture_origin_ns"])
 
-    def __call__(self, conn, rec: Record, result, now: int) -> None:
+    def observe(self, conn, rec: Record, result, now: int) -> None:
+        """The reference of ObserverCore.__call__, and what it hands over."""
         engine = self.engine
         cmd = rec.payload[0]
         replay_sec = (self.at_second if self.at_second is not None
@@ -191,6 +192,15 @@ class CaptureObserver:
             verdict.latency.record(info.slot, rec.end_ns - rec.start_ns if rec.end_ns > rec.start_ns else -1,
                                    now - conn.sent_ns)
             return
+        self._differs(conn, rec, result, now, info, replay_sec)
+
+    def _differs(self, conn, rec: Record, result, now: int, info: DigestInfo, replay_sec: int) -> None:
+        """A command both sides ran, not plainly the same as captured: the full comparison."""
         new = replay_side(result, now - conn.sent_ns, time.time_ns())
-        if verdict.add(info, capture_side(rec), new, lambda: execute_params(conn, rec)[1]):
-            tl.count(tl.mismatches, replay_sec)
+        if self.verdict.add(info, capture_side(rec), new, lambda: execute_params(conn, rec)[1]):
+            self.timeline.count(self.timeline.mismatches, replay_sec)
+
+    # the Python helpers ObserverCore calls
+    _statement_text = staticmethod(statement_text)
+    _cmd_type_name = staticmethod(cmd_type_name)
+    _sample = staticmethod(sample)

@@ -1,0 +1,227 @@
+# cython: language_level=3
+"""The checkpoint's per-command hooks in C (fastproxy/replay/checkpoint.py, Checkpoint's base class):
+every replayed command passes through on_read, sent, result (its `_count`) and consumed. The policy
+they call stays in checkpoint.py: the records a resumed replay has done already (on_read hands the
+records of a resume to Checkpoint.on_read_resuming, the Python reference), results held inside a
+transaction, snapshots when the journal is full.
+
+The attributes are Checkpoint's, set and read from Python as before; `Track` is its `_Track`.
+"""
+from collections import deque
+
+from fastproxy._packet cimport CommandResult
+
+from fastproxy.capture.record import KIND_COMMAND as _KIND_COMMAND, KIND_CONN_CLOSE as _KIND_CONN_CLOSE
+from fastproxy.constants import COMMAND
+from fastproxy.replay.causal import IN_TXN as _IN_TXN, TXN_END as _TXN_END
+
+cdef long KIND_COMMAND = _KIND_COMMAND
+cdef long KIND_CONN_CLOSE = _KIND_CONN_CLOSE
+cdef long IN_TXN = _IN_TXN
+cdef long TXN_END = _TXN_END
+cdef frozenset STMT_COMMANDS = frozenset({COMMAND.COM_STMT_EXECUTE, COMMAND.COM_STMT_SEND_LONG_DATA,
+                                          COMMAND.COM_STMT_CLOSE, COMMAND.COM_STMT_RESET, COMMAND.COM_STMT_FETCH})
+
+
+cdef class Track:
+    """One captured connection's progress."""
+
+    cdef public object pending  # deque of seqs read and not yet done: consumed inside a transaction, then queued
+    cdef public object consumed  # how many of `pending` were consumed (their transaction goes on)
+    cdef public object done  # seq of its last record done
+    cdef public object inflight  # seq of the command sent and not yet consumed
+    cdef public object inflight_txn  # ... and the connection is inside a transaction after it
+    cdef public object thread  # the replay session's thread id on the target
+    cdef public object answered  # the command in flight got its result
+    cdef public object held  # results inside the open transaction: counted once it ends
+
+    def __init__(self):
+        self.pending = deque()
+        self.consumed = 0
+        self.done = -1
+        self.inflight = -1
+        self.inflight_txn = False
+        self.thread = 0
+        self.answered = False
+        self.held = None
+
+
+cdef class HeldConn:
+    """What the verdict and the failure report read of a connection, as it was when a result arrived
+    that is counted later (inside a transaction): the connection moves on meanwhile."""
+
+    cdef public object conn_id
+    cdef public object not_rebuilt
+    cdef public object sent_ns
+    cdef public object due_ns
+    cdef public object db
+    cdef public dict stmt_sql
+    cdef public dict stmt_types
+    cdef public dict stmt_params
+
+    def __init__(self, conn, rec):
+        self.conn_id = conn.conn_id
+        self.not_rebuilt = list(conn.not_rebuilt)
+        self.sent_ns = conn.sent_ns
+        self.due_ns = conn.due_ns
+        self.db = conn.db
+        self.stmt_sql = {}
+        self.stmt_types = {}
+        self.stmt_params = {}
+        payload = rec.payload
+        if len(payload) >= 5 and payload[0] in STMT_COMMANDS:  # its statement only
+            sid = int.from_bytes(payload[1:5], "little")
+            value = conn.stmt_sql.get(sid)
+            if value is not None:
+                self.stmt_sql[sid] = value
+            value = conn.stmt_types.get(sid)
+            if value is not None:
+                self.stmt_types[sid] = value
+            value = conn.stmt_params.get(sid)
+            if value is not None:
+                self.stmt_params[sid] = value
+
+
+cpdef CommandResult result_copy(r):
+    """What of a result the verdict, the failures and the journal read, kept for later (it is reused)."""
+    cdef CommandResult c = CommandResult(r.cmd)
+    c.outcome = r.outcome
+    c.err_code = r.err_code
+    c.rows = r.rows
+    c.columns = r.columns
+    c.hash_ordered = r.hash_ordered
+    c.hash_unordered = r.hash_unordered
+    c.affected_rows = r.affected_rows
+    c.warnings = r.warnings
+    c.sql_state = r.sql_state
+    c.err_msg = r.err_msg
+    return c
+
+
+cdef inline bint _in_transaction(ticket):
+    """The command goes on inside its production transaction (done only when that ends)."""
+    if ticket is None:
+        return False
+    cdef long flags = ticket.flags
+    return (flags & IN_TXN) != 0 and (flags & TXN_END) == 0
+
+
+cdef class CheckpointHooks:
+    cdef public object engine
+    cdef public object seq  # the next record's seq
+    cdef public dict tracks
+    cdef public object _journal
+    cdef public object results
+    cdef public object _resume_until
+    cdef public object _read_before
+    cdef public object _clock_set
+
+    cdef Track _pending(self, conn_id):
+        """The Track of `conn_id` if a record of it is read and not yet consumed, else None."""
+        track = self.tracks.get(conn_id)
+        if track is None or len((<Track>track).pending) <= (<Track>track).consumed:
+            return None
+        return <Track>track
+
+    def on_read(self, rec):
+        """Every record the engine reads, first. False: it is done (the engine does nothing more)."""
+        seq = self.seq
+        if seq < self._resume_until or seq < self._read_before or self.results or not self._clock_set:
+            return self.on_read_resuming(rec)  # a resumed replay, up to its position
+        self.seq = seq + 1
+        cdef long kind = rec.kind
+        if kind == KIND_COMMAND or kind == KIND_CONN_CLOSE:
+            conn_id = rec.conn_id
+            track = self.tracks.get(conn_id)
+            if track is None:
+                track = self.tracks[conn_id] = Track()
+            (<Track>track).pending.append(seq)
+        return True
+
+    def sent(self, conn):
+        """The head command of `conn` is going out: from now on it counts as executed."""
+        conn_id = conn.conn_id
+        cdef Track track = self._pending(conn_id)
+        if track is None:
+            return
+        seq = track.pending[track.consumed]
+        tickets = conn.tickets
+        in_txn = _in_transaction(tickets[0] if tickets else None)
+        if not in_txn and track.held:  # the transaction ends: its commands are done, their results count
+            self._count_held(track)
+        track.inflight = seq
+        track.inflight_txn = in_txn
+        track.answered = False
+        client = conn.client
+        if client is not None:
+            track.thread = client.connection_id
+        journal = self._journal
+        if journal is not None and not journal.sent(conn_id, seq, in_txn, track.thread):
+            self._write_snapshot()  # the journal is full: the checkpoint takes it all, and empties it
+            if self._journal is not None:
+                self._journal.sent(conn_id, seq, in_txn, track.thread)
+
+    def result(self, conn, rec, result, now):
+        """The engine's `_compare`: the result of the head command of `conn`. Counted now if the command
+        is done, else when its transaction ends."""
+        cdef Track track
+        found = self.tracks.get(conn.conn_id)
+        if found is None:
+            return self._count(conn, rec, result, now)
+        track = <Track>found
+        if track.inflight < 0 or track.answered:
+            return self._count(conn, rec, result, now)  # not one the position follows
+        track.answered = True
+        if track.inflight_txn:
+            if track.held is None:
+                track.held = []
+            track.held.append((HeldConn(conn, rec), rec, result_copy(result), now, track.inflight))
+            return
+        self._count(conn, rec, result, now, track.inflight)
+
+    def _count(self, conn, rec, result, now, seq=-1):
+        """Journal the result (if it belongs to a position), then count it: the verdict, the failures
+        and the summary's counters (Replayer._compare_now)."""
+        engine = self.engine
+        journal = self._journal
+        if journal is not None and seq >= 0:
+            observer = engine.observer
+            second = observer.replay_second(now) if hasattr(observer, "replay_second") else 0
+            lag = conn.sent_ns - conn.due_ns if engine.opt.speed > 0 else None
+            if not journal.result(conn.conn_id, seq, result, now - conn.sent_ns, second, lag):
+                self._write_snapshot()  # full: the snapshot (without this result) empties it
+                if self._journal is not None:
+                    self._journal.result(conn.conn_id, seq, result, now - conn.sent_ns, second, lag)
+        report = engine.report
+        on_add = report.on_add
+        report.on_add = None  # the failures it adds are in the `R` entry
+        try:
+            engine._compare_now(conn, rec, result, now)
+        finally:
+            report.on_add = on_add
+
+    def consumed(self, conn, ticket):
+        """The head command of `conn` is finished (replayed, filtered, skipped)."""
+        conn_id = conn.conn_id
+        cdef Track track = self._pending(conn_id)
+        if track is None:
+            return
+        seq = track.pending[track.consumed]
+        if track.inflight == seq and not track.answered and not track.inflight_txn and self._journal is not None:
+            # sent and done without a result (a session command answered by ourselves, a close of a
+            # statement never prepared): not one whose result was lost
+            if not self._journal.no_result(conn_id, seq):
+                self._write_snapshot()
+                if self._journal is not None:
+                    self._journal.no_result(conn_id, seq)
+        track.inflight = -1
+        if _in_transaction(ticket):
+            track.consumed += 1  # done only once its transaction ends
+            return
+        if track.held:  # a transaction ended without a command sent (the connection's close): done now
+            self._count_held(track)
+        pending = track.pending
+        for _ in range(track.consumed + 1):
+            pending.popleft()
+        track.consumed = 0
+        track.done = seq

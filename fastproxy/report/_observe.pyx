@@ -1,0 +1,148 @@
+# cython: language_level=3, cdivision=False
+"""The verdict's per-command hook in C (fastproxy/report/observe.py, CaptureObserver): the timeline's
+counters, the failure test, and a command that came out as captured (its latency recorded) without
+a Python frame of its own. Anything else — a mismatch, a value out of the 64-bit ranges, an input
+that is not a plain Record — goes to the Python reference, CaptureObserver.observe, before anything
+is counted (tests/test_replay_observer.py drives both with the same commands).
+
+cdivision is off on purpose: seconds before the capture's origin floor-divide as in Python.
+"""
+from fastproxy._packet cimport OUTCOME_ERR, OUTCOME_OK, CommandResult
+from fastproxy.capture.record_fields cimport R_END, R_ERR_CODE, R_OUTCOME, R_PAYLOAD, R_START
+
+from fastproxy.capture.record import Record
+from fastproxy.report._compare import same_as_captured
+
+cdef extern from "mysql_constants.h":
+    enum:
+        COM_QUERY
+        COM_STMT_PREPARE
+        COM_STMT_EXECUTE
+        COM_STMT_SEND_LONG_DATA
+        COM_STMT_CLOSE
+        COM_STMT_RESET
+        COM_STMT_FETCH
+
+cdef object _Record = Record
+cdef long long SECOND = 1_000_000_000
+
+
+cdef inline bint _fits(long long v) noexcept:
+    """|v| < 2**62: a difference of two such values fits a long long."""
+    return -(1LL << 62) < v < (1LL << 62)
+
+
+cdef inline int _bump(dict series, key) except -1:
+    series[key] = series.get(key, 0) + 1
+    return 0
+
+
+cdef class ObserverCore:
+    """The base of CaptureObserver; its attributes are CaptureObserver's (set from Python as before)."""
+
+    cdef public object engine
+    cdef public object verdict
+    cdef public object timeline
+    cdef public object second_offset
+    cdef public object capture_origin_ns
+    cdef public object at_second
+
+    def replay_second(self, now):
+        """The replay's second at `now` (monotonic ns); a resumed replay's follow the stopped run's."""
+        start = self.engine._start_mono
+        return self.second_offset + (max(0, now - start) // 1_000_000_000 if start else 0)
+
+    def __call__(self, conn, rec, result, now):
+        cdef long long c_now, start_mono = 0, origin, start_ns, end_ns, lag = 0, sent_ns, replay_sec = 0
+        cdef bint has_lag
+        cdef double ms
+        cdef int cmd, ref_outcome, new_outcome
+        cdef unsigned int captured_id = 0
+        cdef Py_ssize_t i, n
+        cdef bytes payload
+        cdef CommandResult r
+        cdef dict captured, replayed, lag_max, lag_sum, failures
+        # everything read and converted first: what does not fit goes to the reference whole
+        if type(rec) is not _Record or type(result) is not CommandResult:
+            return self.observe(conn, rec, result, now)
+        r = <CommandResult>result
+        raw = (<tuple>rec)[R_PAYLOAD]
+        if type(raw) is not bytes or len(<bytes>raw) == 0:
+            return self.observe(conn, rec, result, now)
+        payload = <bytes>raw
+        cmd = <unsigned char>payload[0]
+        engine = self.engine
+        tl = self.timeline
+        series = (tl.captured, tl.replayed, tl.lag_max_ms, tl.lag_sum_ms, tl.failures)
+        for s in series:
+            if type(s) is not dict:
+                return self.observe(conn, rec, result, now)
+        captured, replayed, lag_max, lag_sum, failures = series
+        at_second = self.at_second
+        try:
+            c_now = now
+            start_ns = (<tuple>rec)[R_START]
+            end_ns = (<tuple>rec)[R_END]
+            ref_outcome = (<tuple>rec)[R_OUTCOME]
+            origin = self.capture_origin_ns or engine.capture_start_ns
+            if at_second is None:
+                start_mono = engine._start_mono
+            has_lag = engine.opt.speed > 0
+            if has_lag:
+                lag = conn.sent_ns - conn.due_ns
+            sent_ns = conn.sent_ns
+        except (OverflowError, TypeError):
+            return self.observe(conn, rec, result, now)
+        if not (_fits(c_now) and _fits(start_ns) and _fits(end_ns) and _fits(origin) and _fits(start_mono)
+                and _fits(sent_ns)):
+            return self.observe(conn, rec, result, now)  # a difference could overflow: Python's ints
+        if at_second is None:
+            try:
+                replay_sec = self.second_offset + ((c_now - start_mono if c_now > start_mono else 0) // SECOND)
+            except (OverflowError, TypeError):
+                return self.observe(conn, rec, result, now)
+            replay_key = replay_sec
+        else:
+            replay_key = at_second
+        # Timeline.add
+        _bump(captured, (start_ns - origin) // SECOND)
+        _bump(replayed, replay_key)
+        if has_lag:
+            ms = (lag if lag > 0 else 0) / 1e6
+            if ms > lag_max.get(replay_key, -1.0):
+                lag_max[replay_key] = ms
+            lag_sum[replay_key] = lag_sum.get(replay_key, 0.0) + ms
+        # observe.is_failure
+        new_outcome = r.outcome
+        if new_outcome == OUTCOME_ERR and (ref_outcome == OUTCOME_OK or ref_outcome == OUTCOME_ERR) and not (
+                ref_outcome == OUTCOME_ERR and (<tuple>rec)[R_ERR_CODE] in (r.err_code, 0)):
+            _bump(failures, replay_key)
+            return
+        if ref_outcome != OUTCOME_OK or new_outcome != OUTCOME_OK or cmd == COM_STMT_PREPARE:
+            return  # a prepare's "affected rows" field holds the statement id: nothing to compare
+        sql = None
+        if cmd == COM_QUERY:
+            sql, recurs = payload[1:].decode("utf-8", "replace"), False
+        elif (cmd == COM_STMT_EXECUTE or cmd == COM_STMT_SEND_LONG_DATA or cmd == COM_STMT_CLOSE
+              or cmd == COM_STMT_RESET or cmd == COM_STMT_FETCH):
+            n = len(payload) if len(payload) < 5 else 5  # int.from_bytes(payload[1:5], "little")
+            for i in range(n - 1, 0, -1):
+                captured_id = captured_id << 8 | <unsigned char>payload[i]
+            sql, recurs = conn.stmt_sql.get(captured_id), True
+        if sql is None:
+            sql, recurs = self._statement_text(conn, rec)
+        verdict = self.verdict
+        # Verdict.info's first step for a recurring text, without its frame
+        info = verdict._by_text.get((cmd, sql)) if recurs else None
+        if info is None:
+            info = verdict.info(cmd, self._cmd_type_name(cmd), sql, recurs)
+        if not info.sampled:
+            self._sample(info, conn, rec)
+        if not info.reasons and same_as_captured(rec, r):
+            # what Verdict.add does when compare_sides finds nothing (checked in C)
+            verdict.compared += 1
+            if info.slot == verdict.other_slot:
+                verdict.other_commands += 1
+            verdict.latency.record(info.slot, end_ns - start_ns if end_ns > start_ns else -1, c_now - sent_ns)
+            return
+        self._differs(conn, rec, r, now, info, replay_key)
