@@ -37,9 +37,16 @@ def _write(path, conns, recs) -> None:
         rb.append_event(KIND_CONN_OPEN, conn, T0, json.dumps({"user": "root", "db": "ovl", "capabilities": 0}).encode())
     for *rec, status in sorted(recs, key=lambda r: r[2]):
         payload = rec[-1]
-        insert_id = int(payload.split(b"(")[-1].split(b",")[0]) if payload.startswith(b"\x03INSERT") else 0
+        values = payload.split(b"VALUES (")[-1].split(b",")[0] if b"VALUES (" in payload else b""
+        insert_id = int(values) if values.isdigit() else 0
         rb.append_command(*rec, last_insert_id=insert_id, status_flags=status)
     w.stop({"commands": len(recs), "start_ns": T0})
+
+
+def _replay(db, path):
+    """Replay the capture at `path` on `db` as fast as possible: (engine, its stats)."""
+    engine = Replayer(path, ReplayOptions(host=db.host, port=db.port, username="root", password=ROOT_PASSWORD, speed=0))
+    return engine, uvloop.run(engine.run())
 
 
 def _capture(path, case: str) -> None:
@@ -67,9 +74,7 @@ def test_a_write_that_found_an_overlapping_insert_in_production_finds_it_on_repl
                      "CREATE TABLE ovl.jobs (id INT PRIMARY KEY, status VARCHAR(8) NOT NULL)")
     path = str(tmp_path / "cap")
     _capture(path, case)
-    engine = Replayer(path, ReplayOptions(host=mariadb_test.host, port=mariadb_test.port, username="root",
-                                          password=ROOT_PASSWORD, speed=0))
-    stats = uvloop.run(engine.run())
+    engine, stats = _replay(mariadb_test, path)
     assert stats.failed == stats.skipped == 0 and stats.replayed == (5 if case == "in a transaction" else 3)
     # the update ran after the insert: the job is taken, as in production
     assert mariadb_test.sql("SELECT status FROM ovl.jobs WHERE id = 7").split() == ["taken"]
@@ -87,9 +92,7 @@ def test_a_write_sent_again_before_the_overlapping_insert_ran_is_counted(mariadb
                      "CREATE TABLE ovl.jobs (id INT PRIMARY KEY, status VARCHAR(8) NOT NULL)")
     path = str(tmp_path / "cap")
     _capture(path, "overlapping")
-    engine = Replayer(path, ReplayOptions(host=mariadb_test.host, port=mariadb_test.port, username="root",
-                                          password=ROOT_PASSWORD, speed=0))
-    stats = uvloop.run(engine.run())
+    engine, stats = _replay(mariadb_test, path)
     assert stats.sent_again == stats.sent_again_timed_out == 1
     assert engine._faithful_summary()["causal"]["sent_again_before_they_ran"] == 1
     assert mariadb_test.sql("SELECT status FROM ovl.jobs WHERE id = 7").split() == ["new"]
@@ -116,9 +119,7 @@ def test_two_transactions_that_found_overlapping_inserts_do_not_wait_for_each_ot
                  (conn, T0 + t + 5 * MS, T0 + t + 6 * MS, OUTCOME_OK, 0, 0, 0, b"\x03COMMIT", AUTOCOMMIT)]
     path = str(tmp_path / "cap")
     _write(path, (1, 2, 3, 4), recs)
-    engine = Replayer(path, ReplayOptions(host=mariadb_test.host, port=mariadb_test.port, username="root",
-                                          password=ROOT_PASSWORD, speed=0))
-    stats = uvloop.run(engine.run())
+    engine, stats = _replay(mariadb_test, path)
     assert stats.failed == stats.skipped == 0 and stats.replayed == 8
     assert mariadb_test.sql("SELECT id, status FROM ovl.jobs ORDER BY id").split() == ["7", "taken", "8", "taken"]
     assert stats.sent_again == 2 and stats.sent_again_timed_out == 0
@@ -142,9 +143,40 @@ def test_a_write_sent_again_does_not_wait_for_a_command_that_waits_for_it(mariad
             (4, T0 + 14 * MS, T0 + 15 * MS, OUTCOME_OK, 0, 0, 0, b"\x03COMMIT", AUTOCOMMIT)]
     path = str(tmp_path / "cap")
     _write(path, (1, 3, 4), recs)
-    engine = Replayer(path, ReplayOptions(host=mariadb_test.host, port=mariadb_test.port, username="root",
-                                          password=ROOT_PASSWORD, speed=0))
-    stats = uvloop.run(engine.run())
+    engine, stats = _replay(mariadb_test, path)
     assert stats.failed == stats.skipped == 0 and stats.replayed == 7
     assert mariadb_test.sql("SELECT id, status FROM ovl.jobs ORDER BY id").split() == ["7", "taken"]
     assert stats.sent_again == 1 and stats.sent_again_timed_out == 0
+
+
+def test_a_write_that_truly_follows_a_commit_is_not_let_go_by_another_connections_wait(mariadb_test, tmp_path):
+    """Worker B's UPDATE found the row of a late-stamped INSERT P; P started after A's COMMIT, which
+    set the value P copies, so P truly follows A. A waits too, to be sent again after an INSERT X
+    held up on replay for a second. B's wait for P must not let P go before A commits: only a wait
+    on a connection that waits for P itself is a cycle."""
+    mariadb_test.sql("DROP DATABASE IF EXISTS ovl; CREATE DATABASE ovl; "
+                     "CREATE TABLE ovl.orders (id INT PRIMARY KEY, status VARCHAR(8) NOT NULL);"
+                     "CREATE TABLE ovl.flags (id INT PRIMARY KEY, v INT NOT NULL); INSERT INTO ovl.flags VALUES (1, 1);"
+                     "CREATE TABLE ovl.jobs (id INT PRIMARY KEY, status VARCHAR(8) NOT NULL, src INT NOT NULL)")
+    in_txn = AUTOCOMMIT | SERVER_STATUS.IN_TRANS
+    recs = [(1, T0, T0 + 1 * MS, OUTCOME_OK, 0, 0, 0, b"\x03DO SLEEP(1)", AUTOCOMMIT),
+            (1, T0 + 2 * MS, T0 + 30 * MS, OUTCOME_OK, 0, 1, 0, b"\x03INSERT INTO orders (id, status) VALUES (7, 'new')",
+             AUTOCOMMIT),
+            (3, T0 + 3 * MS, T0 + 3 * MS + MS // 2, OUTCOME_OK, 0, 0, 0, b"\x03BEGIN", in_txn),
+            (3, T0 + 4 * MS, T0 + 5 * MS, OUTCOME_OK, 0, 1, 0, b"\x03UPDATE orders SET status = 'taken' WHERE id = 7",
+             in_txn),
+            (3, T0 + 5 * MS + MS // 2, T0 + 6 * MS, OUTCOME_OK, 0, 1, 0, b"\x03UPDATE flags SET v = 2 WHERE id = 1", in_txn),
+            (3, T0 + 7 * MS, T0 + 8 * MS, OUTCOME_OK, 0, 0, 0, b"\x03COMMIT", AUTOCOMMIT),
+            (5, T0 + 10 * MS, T0 + 40 * MS, OUTCOME_OK, 0, 1, 0,
+             b"\x03INSERT INTO jobs (id, status, src) SELECT 8, 'new', v FROM flags WHERE id = 1", AUTOCOMMIT),
+            (4, T0 + 11 * MS, T0 + 11 * MS + MS // 2, OUTCOME_OK, 0, 0, 0, b"\x03BEGIN", in_txn),
+            (4, T0 + 12 * MS, T0 + 13 * MS, OUTCOME_OK, 0, 1, 0, b"\x03UPDATE jobs SET status = 'taken' WHERE id = 8",
+             in_txn),
+            (4, T0 + 14 * MS, T0 + 15 * MS, OUTCOME_OK, 0, 0, 0, b"\x03COMMIT", AUTOCOMMIT)]
+    path = str(tmp_path / "cap")
+    _write(path, (1, 3, 4, 5), recs)
+    engine, stats = _replay(mariadb_test, path)
+    assert stats.failed == stats.skipped == 0 and stats.replayed == 10
+    assert mariadb_test.sql("SELECT id, status FROM ovl.orders").split() == ["7", "taken"]
+    # P copied the value A committed, as in production, and B then took the job
+    assert mariadb_test.sql("SELECT id, status, src FROM ovl.jobs").split() == ["8", "taken", "2"]

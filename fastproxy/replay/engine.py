@@ -270,7 +270,7 @@ class Replayer:
         self.planner = Planner(causal=False, pin=options.pin, status_flags=self._status_flags_recorded(),
                                affected_rows=self._affected_rows_recorded())
         self._released: list[int] = []  # parked connections whose requirement a completion met
-        self._sending_again: set[int] = set()  # captured ids of connections waiting in _send_again
+        self._sending_again: dict[int, list] = {}  # connections waiting in _send_again: [what they wait for]
         self._draining = False
         self._cpu_start = 0.0
         self.cpu_seconds = 0.0  # CPU time of this process (all threads) while the replay ran
@@ -1070,11 +1070,14 @@ class Replayer:
     async def _send_again(self, conn: Conn, rec: Record, pending: list, redo: bool) -> None:
         deadline = time.monotonic() + OVERLAP_WAIT_S
         waiting = self._sending_again
-        waiting.add(conn.conn_id)
+        box = [pending]  # what this connection waits for here, as _held_only_by reads it
+        waiting[conn.conn_id] = box
         try:
             while pending and time.monotonic() < deadline:
                 await asyncio.sleep(0.002)
-                pending = [p for p in pending if _queued(p[0], p[1])]
+                if conn.inflight is not rec or conn.client is None or conn.client.closed:
+                    break  # the connection went meanwhile: it waits for nothing here any more
+                pending = box[0] = [p for p in pending if _queued(p[0], p[1])]
                 for other, r, ticket in pending:
                     if (other.parked and other.tickets and other.tickets[0] is ticket and not ticket.finished
                             and self._held_only_by(ticket, waiting)):
@@ -1087,7 +1090,8 @@ class Replayer:
                 if self._released and not self._draining:
                     self._drain_released()
         finally:
-            waiting.discard(conn.conn_id)
+            if waiting.get(conn.conn_id) is box:
+                del waiting[conn.conn_id]
         if conn.inflight is not rec or conn.client is None or conn.client.closed:
             return  # the connection went meanwhile: _on_lost moved on
         payload, prefix = conn.sent
@@ -1106,9 +1110,12 @@ class Replayer:
             conn.client.send(prefix, _PIN_TAG)
         conn.client.send(payload, None)
 
-    def _held_only_by(self, ticket, conn_ids: set) -> bool:
-        """Whether all `ticket` waits for are commands of `conn_ids`, or parked commands that in turn
-        wait only for those (a command in flight, or one about to go, moves on its own)."""
+    def _held_only_by(self, ticket, waiting: dict) -> bool:
+        """Whether all `ticket` waits for are commands of connections that wait, in _send_again, for
+        it (`waiting`: connection id -> [the writes it waits for]), or parked commands that in turn
+        wait only for those: a cycle. A connection waiting there for other writes does not count (a
+        command may truly have to follow it); nor does a command in flight or about to go (it moves
+        on its own)."""
         order = self.planner.order
         owners = order.blockers(ticket)
         if not owners:
@@ -1116,9 +1123,14 @@ class Replayer:
         seen: set = set()
         while owners:
             owner = owners.pop()
-            if owner in conn_ids or owner in seen:
+            if owner in seen:
                 continue
             seen.add(owner)
+            box = waiting.get(owner)
+            if box is not None:
+                if any(t is ticket for _, _, t in box[0]):
+                    continue
+                return False
             c = self.conns.get(owner)
             if c is None or c.busy or not c.parked or not c.tickets or c.tickets[0] is None:
                 return False
