@@ -180,3 +180,24 @@ def test_a_write_that_truly_follows_a_commit_is_not_let_go_by_another_connection
     assert mariadb_test.sql("SELECT id, status FROM ovl.orders").split() == ["7", "taken"]
     # P copied the value A committed, as in production, and B then took the job
     assert mariadb_test.sql("SELECT id, status, src FROM ovl.jobs").split() == ["8", "taken", "2"]
+
+
+@pytest.mark.timeout(60, method="thread")  # the loop would swallow the signal method's exception
+def test_a_defect_while_waiting_to_send_again_stops_the_replay_saying_so(mariadb_test, tmp_path, monkeypatch):
+    """The wait to send a write again runs as a task of its own: an exception there stops the replay
+    as an internal error, instead of leaving the write unanswered and the replay stalled."""
+    mariadb_test.sql("DROP DATABASE IF EXISTS ovl; CREATE DATABASE ovl; "
+                     "CREATE TABLE ovl.jobs (id INT PRIMARY KEY, status VARCHAR(8) NOT NULL)")
+    path = str(tmp_path / "cap")
+    _capture(path, "overlapping")
+    calls = []
+
+    def broken(conn, rec):
+        calls.append(rec)
+        raise KeyError("a defect in the wait")
+
+    monkeypatch.setattr(engine_module, "_queued", broken)
+    monkeypatch.setattr(engine_module, "OVERLAP_WAIT_S", 30.0)  # without the fix: stalled until the timeout
+    with pytest.raises(RuntimeError, match="internal error: KeyError"):
+        _replay(mariadb_test, path)
+    assert len(calls) == 1

@@ -1426,7 +1426,14 @@ class Replayer:
     def _start(self, coro) -> None:
         task = self._loop.create_task(coro)
         self._connecting.add(task)  # canceled with the logins when the replay ends
-        task.add_done_callback(self._connecting.discard)
+        task.add_done_callback(self._started_done)
+
+    def _started_done(self, task) -> None:
+        # a defect in one of these would otherwise go unseen, its connection busy for ever: the
+        # replay would stall without a word
+        self._connecting.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            self._internal_failure(task.exception())
 
     def _kill_ready(self, rec: Record, target: Conn) -> bool:
         """Whether the target of a KILL is where production's was when the KILL came: every command
