@@ -20,11 +20,9 @@ import re
 
 import time
 
-from fastproxy.capture.record import (KIND_COMMAND as _KIND_COMMAND, OUTCOME_BACKEND_LOST as _OUTCOME_BACKEND_LOST,
-                                      OUTCOME_ERR as _OUTCOME_ERR, OUTCOME_OK as _OUTCOME_OK)
+from fastproxy.capture import record as _record
 from fastproxy.constants import COMMAND
-from fastproxy.replay.causal import (IN_TXN as _IN_TXN, PROD_LOCK_ERROR as _PROD_LOCK_ERROR,
-                                     TXN_BEGIN as _TXN_BEGIN, TXN_END as _TXN_END)
+from fastproxy.replay import causal as _causal
 from fastproxy.replay.pinning import PIN_FLAGS as _PIN_FLAGS
 from fastproxy.replay.users import PLACEHOLDER_BYTES
 
@@ -40,16 +38,16 @@ cdef extern from "<time.h>" nogil:
 KILL_START = re.compile(rb"(?:\s|/\*(?!M?!).*?\*/|#[^\n]*\n|--\s[^\n]*\n|/\*M?!\d*)*kill\b", re.I | re.S)
 cdef object _kill_match = KILL_START.match
 
-cdef int KIND_COMMAND = _KIND_COMMAND
-cdef int OUTCOME_OK = _OUTCOME_OK
-cdef int OUTCOME_ERR = _OUTCOME_ERR
-cdef int OUTCOME_BACKEND_LOST = _OUTCOME_BACKEND_LOST
+cdef int KIND_COMMAND = _record.KIND_COMMAND
+cdef int OUTCOME_OK = _record.OUTCOME_OK
+cdef int OUTCOME_ERR = _record.OUTCOME_ERR
+cdef int OUTCOME_BACKEND_LOST = _record.OUTCOME_BACKEND_LOST
 cdef int COM_QUERY = COMMAND.COM_QUERY
 cdef int COM_STMT_EXECUTE = COMMAND.COM_STMT_EXECUTE
-cdef int IN_TXN = _IN_TXN
-cdef int TXN_BEGIN = _TXN_BEGIN
-cdef int TXN_END = _TXN_END
-cdef int PROD_LOCK_ERROR = _PROD_LOCK_ERROR
+cdef int IN_TXN = _causal.IN_TXN
+cdef int TXN_BEGIN = _causal.TXN_BEGIN
+cdef int TXN_END = _causal.TXN_END
+cdef int PROD_LOCK_ERROR = _causal.PROD_LOCK_ERROR
 cdef int PIN_FLAGS = _PIN_FLAGS
 
 # what _gate says about a connection's head command (BUSY: the connection first sends something else)

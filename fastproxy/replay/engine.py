@@ -17,7 +17,7 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from fastproxy._digest import digest
-from fastproxy._packet import execute_flag_at, execute_types_at, expects_response
+from fastproxy._packet import expects_response
 from fastproxy.inputs import open_inputs
 from fastproxy.capture.record import (INFILE_SIZE, KIND_COMMAND, KIND_CONN_CLOSE, KIND_CONN_OPEN,
                                       KIND_CONN_STATE, KIND_LOCAL_INFILE, OUTCOME_BACKEND_LOST, OUTCOME_ERR,
@@ -26,7 +26,7 @@ from fastproxy.constants import CLIENT, COMMAND, ER, command_name
 from fastproxy.errors import BackendConnError, ProtocolError
 from fastproxy.replay._engine import CONSUMED, KILL_START, PACE_SLACK_NS, EngineCore
 from fastproxy.replay._scheduler import Scheduler, Ticket
-from fastproxy.replay.causal import IN_TXN, PIN_ID, PIN_TIME, PROD_LOCK_ERROR, TXN_BEGIN, TXN_END, Planner
+from fastproxy.replay.causal import IN_TXN, PIN_ID, PIN_TIME, TXN_BEGIN, TXN_END, Planner
 from fastproxy.replay.client import LoginError, ReplayClient
 from fastproxy.replay.dryrun import DryClient, DryRunCounters
 from fastproxy.replay.lag import LagStats
