@@ -12,6 +12,7 @@ from typing import Callable
 from fastproxy._packet import CommandResult, PacketFramer, ResponseTracker, build_packet
 from fastproxy.constants import CLIENT, COMMAND, MAX_PACKET_PAYLOAD
 from fastproxy.errors import BackendConnError, ProtocolError
+from fastproxy.replay._client import ClientCore, Internal as _Internal
 from fastproxy.protocol import Greeting, lenenc_int as _lenenc, parse_err, read_lenenc
 from fastproxy.textresult import TextResult, TextResultReader
 
@@ -34,16 +35,9 @@ class LoginError(BackendConnError):
         self.message = message
 
 
-class _Internal:
-    """Tag of the client's own commands: their result resolves a future instead of on_result."""
+class ReplayClient(ClientCore, asyncio.Protocol):
+    """send, data_received and the delivery of results are ClientCore's, in C (_client.pyx)."""
 
-    __slots__ = ("future",)
-
-    def __init__(self, future: asyncio.Future) -> None:
-        self.future = future
-
-
-class ReplayClient(asyncio.Protocol):
     def __init__(self, on_result: Callable[["ReplayClient", CommandResult], None],
                  on_lost: Callable[["ReplayClient", Exception | None], None], owner=None) -> None:
         self.on_result = on_result
@@ -216,48 +210,22 @@ class ReplayClient(asyncio.Protocol):
         self.transport.write(build_packet(0, b"\x03" + sql.encode()))
         return await future
 
-    # ---- commands ------------------------------------------------------------------------------
-    def send(self, payload: bytes, tag=None) -> None:
-        """Send one command; on_result(self, result) fires when its response is complete."""
-        self.transport.write(build_packet(0, payload))
-        if self.tracker.begin(payload, tag):
-            self._deliver()
-
+    # ---- commands (send: ClientCore) -----------------------------------------------------------
     def send_only(self, payload: bytes) -> None:
         """Send a command the server never answers (COM_STMT_CLOSE, COM_STMT_SEND_LONG_DATA)."""
         self.transport.write(build_packet(0, payload))
 
-    def _deliver(self) -> None:
-        for result in self.tracker.take_completed():
-            if type(result.tag) is _Internal:
-                if not result.tag.future.done():
-                    result.tag.future.set_result(result)
-                continue
-            self.on_result(self, result)
-
-    def data_received(self, data: bytes) -> None:
+    def _data_received_slow(self, data: bytes) -> None:
+        """What ClientCore.data_received leaves here: the rows of query_rows, login, COM_CHANGE_USER."""
         if self._rows is not None:
             self._rows_data(data)
             return
-        if not self.ready or self._exchange:
-            self.framer.feed(data)
-            try:
-                while (pkt := self.framer.next_packet()) is not None:
-                    self._packets.put_nowait(pkt)
-            except ProtocolError as e:
-                self._packets.put_nowait(e)
-            return
+        self.framer.feed(data)
         try:
-            n = self.tracker.feed(data)
+            while (pkt := self.framer.next_packet()) is not None:
+                self._packets.put_nowait(pkt)
         except ProtocolError as e:
-            self.close()
-            self.on_lost(self, e)
-            return
-        if self.tracker.local_infile_requests != self._infile_seen:
-            self._infile_seen = self.tracker.local_infile_requests
-            self._send_infile()
-        if n:
-            self._deliver()
+            self._packets.put_nowait(e)
 
     def _send_infile(self) -> None:
         """The server asked for a LOCAL INFILE file: the captured one (capture.local-infile), else an

@@ -12,21 +12,21 @@ import asyncio
 import gc
 import json
 import logging
-import re
 import time
 from collections import deque
 from dataclasses import dataclass, field
 
 from fastproxy._digest import digest
-from fastproxy._packet import execute_flag_at, execute_types_at, expects_response
+from fastproxy._packet import expects_response
 from fastproxy.inputs import open_inputs
 from fastproxy.capture.record import (INFILE_SIZE, KIND_COMMAND, KIND_CONN_CLOSE, KIND_CONN_OPEN,
                                       KIND_CONN_STATE, KIND_LOCAL_INFILE, OUTCOME_BACKEND_LOST, OUTCOME_ERR,
                                       OUTCOME_OK, Record)
 from fastproxy.constants import CLIENT, COMMAND, ER, command_name
 from fastproxy.errors import BackendConnError, ProtocolError
+from fastproxy.replay._engine import CONSUMED, KILL_START, PACE_SLACK_NS, EngineCore
 from fastproxy.replay._scheduler import Scheduler, Ticket
-from fastproxy.replay.causal import IN_TXN, PIN_ID, PIN_TIME, PROD_LOCK_ERROR, TXN_BEGIN, TXN_END, Planner
+from fastproxy.replay.causal import IN_TXN, PIN_ID, PIN_TIME, TXN_BEGIN, TXN_END, Planner
 from fastproxy.replay.client import LoginError, ReplayClient
 from fastproxy.replay.dryrun import DryClient, DryRunCounters
 from fastproxy.replay.lag import LagStats
@@ -60,16 +60,14 @@ READ_BATCH = 2048  # records decoded per trip to the reader thread
 # replays as an exchange of its own (COM_CHANGE_USER)
 _SESSION_COMMANDS = frozenset((COMMAND.COM_QUERY, COMMAND.COM_PROCESS_KILL, COMMAND.COM_CHANGE_USER))
 _ASYNC = object()  # _session_command: the command goes on asynchronously
-_KILL_START = re.compile(rb"(?:\s|/\*(?!M?!).*?\*/|#[^\n]*\n|--\s[^\n]*\n|/\*M?!\d*)*kill\b", re.I | re.S)
 NOT_REBUILT_SAMPLE = 20  # sessions not rebuilt in full, listed in the summary (all are counted)
 KILL_READ_MARGIN_NS = 200_000_000  # a KILL waits until records completing this long after it are read
 KILL_SETTLE_NS = 200_000_000  # ... and its target's query has run (at most) this long on replay
 KILL_WAIT_S = 10.0  # at most (then it goes anyway)
 SERVER_CLOSE_WAIT_S = 1.0  # how long a server-side close of production is left to the replay server
-# A command due this soon goes now, with whatever else is due as soon: the loop's timers have a
-# resolution of 1 ms anyway, and at speed 1 a loop turn (a timer, a wake-up) per command cost the
-# replayer more CPU than the command itself, so it could not keep a busy capture's pace
-PACE_SLACK_NS = 1_000_000
+# PACE_SLACK_NS (_engine.pyx): a command due this soon goes now, with whatever else is due as soon: the
+# loop's timers have a resolution of 1 ms anyway, and at speed 1 a loop turn (a timer, a wake-up) per
+# command cost the replayer more CPU than the command itself, so it could not keep a busy capture's pace
 # A write that changed no row on replay (rows in production) waits at most this long for the writes that
 # overlapped it in production before it is sent again (_send_again_later); under the valve's 2 s
 OVERLAP_WAIT_S = 1.5
@@ -77,8 +75,6 @@ OVERLAP_WAIT_S = 1.5
 # default youngest-generation threshold (700 allocations) ran the collector every few dozen commands.
 GC_GEN0_THRESHOLD = 50_000
 
-# what _gate says about a connection's head command (_BUSY: the connection first sends something else)
-_FIRE, _PARKED, _CONSUMED, _BUSY = 0, 1, 2, 3
 # tags of the replayer's own statements (results not compared): a pin, a transaction retry step,
 # a ROLLBACK mirroring production's
 _PIN_TAG = ("pin",)
@@ -223,7 +219,10 @@ class Conn:
         self.again: Record | None = None  # the command last sent again after overlapping writes
 
 
-class Replayer:
+class Replayer(EngineCore):
+    """The per-command chain (_on_result, _compare_now, _consume, _next, _schedule, _gate, _remap) is
+    EngineCore's, in C (_engine.pyx); the policy it falls back on for anything but the common case is here."""
+
     def __init__(self, input_dir: str, options: ReplayOptions) -> None:
         self.input_dir = input_dir
         self.opt = options
@@ -441,32 +440,6 @@ class Replayer:
             self._schedule(conn)
 
     # ---- scheduling ----------------------------------------------------------------------------
-    def _schedule(self, conn: Conn) -> None:
-        """Send `conn`'s head command now if it is due (and what it depends on has completed), else
-        put it on the heap (or park it). Commands consumed without a round trip (filtered, closes)
-        are handled in this loop, not by recursion."""
-        now = time.monotonic_ns()
-        speed = self.opt.speed
-        try:
-            while conn.queue and not conn.busy:
-                # self.due_ns, inlined: this runs for every command
-                due = 0 if speed <= 0 else self._start_mono + int((conn.queue[0].start_ns - self.capture_start_ns) / speed)
-                conn.due_ns = due
-                if due > now + PACE_SLACK_NS:
-                    self.heap.push(due, conn.idx)
-                    if self._timer is None or due < self._timer_due:
-                        self._arm(due)
-                    return
-                gate = self._gate(conn, now)
-                if gate == _PARKED or gate == _BUSY:
-                    return  # comes back through _drain_released / the transaction sent again
-                if gate == _FIRE and not self._fire(conn, now):
-                    return  # sent: its response continues through _next
-            self._forget_if_finished(conn)
-        finally:
-            if self._released and not self._draining:
-                self._drain_released()
-
     def _arm(self, due: int) -> None:
         if self._timer is not None:
             self._timer.cancel()
@@ -483,25 +456,6 @@ class Replayer:
                 self._schedule(conn)
         if self.heap and self._timer is None:
             self._arm(self.heap.peek_due())
-
-    def _consume(self, conn: Conn) -> bool:
-        """The head command of `conn` is finished (replayed, filtered or skipped)."""
-        conn.busy = False
-        conn.inflight = None
-        if conn.queue:
-            conn.queue.popleft()
-            self.queued -= 1
-            ticket = conn.tickets.popleft()
-            if ticket is not None:
-                self._finish(conn, ticket)
-            if self.checkpoint is not None:
-                self.checkpoint.consumed(conn, ticket)
-        return True
-
-    def _next(self, conn: Conn) -> None:
-        """Asynchronous completion of the head command: move on to the next one."""
-        self._consume(conn)
-        self._schedule(conn)
 
     def _forget_if_finished(self, conn: Conn) -> None:
         if not conn.queue:
@@ -603,33 +557,6 @@ class Replayer:
         self._send(conn, payload)
         return False
 
-    def _remap(self, conn: Conn, captured_id: int, replay_id: int, payload: bytes) -> bytes | None:
-        """The statement command with the replay statement id. An execute also needs parameter types
-        bound on this server: clients send them once after a prepare, so after a re-prepare (open
-        before the capture, reconnect, reset) the last captured types are put back in. None if they
-        are unknown (reported, not sent: the server would only answer "incorrect arguments")."""
-        remapped = payload[:1] + replay_id.to_bytes(4, "little") + payload[5:]
-        if payload[0] != COMMAND.COM_STMT_EXECUTE:
-            return remapped
-        types_at = execute_types_at(payload, conn.stmt_params)  # keyed by the captured statement id
-        if types_at:  # this execute binds types itself: remember them
-            conn.stmt_types[captured_id] = payload[types_at:types_at + 2 * conn.stmt_params[captured_id]]
-            conn.types_bound.add(captured_id)
-            return remapped
-        n = conn.stmt_params.get(captured_id, 0)
-        if n == 0 or captured_id in conn.types_bound or len(payload) <= execute_flag_at(n):
-            return remapped
-        types = conn.stmt_types.get(captured_id)
-        if types is None:
-            self.stats.skipped += 1
-            self.report.add_other("unknown parameter types", f"statement {captured_id} of connection {conn.conn_id}: "
-                                  f"re-prepared on replay, but the capture never saw its parameter types",
-                                  time.time_ns())
-            return None
-        conn.types_bound.add(captured_id)
-        flag_at = execute_flag_at(n)
-        return remapped[:flag_at] + b"\x01" + types + remapped[flag_at + 1:]
-
     def _read_only_ok(self, conn: Conn, cmd: int, payload: bytes) -> bool:
         if cmd == COMMAND.COM_QUERY:
             return is_read_only(payload[1:])
@@ -700,14 +627,6 @@ class Replayer:
             if conn.queue:
                 self._judge_idle_loss(conn, conn.queue[0])
 
-    def _on_result(self, client: ReplayClient, result) -> None:
-        # a client callback that raises would leave its connection busy for ever: the replay would
-        # stall without a word; stop it instead, saying why
-        try:
-            self._handle_result(client, result)
-        except Exception as e:  # noqa: BLE001
-            self._internal_failure(e)
-
     def _internal_failure(self, e: Exception) -> None:
         if self.internal_error is None:
             log.exception("replay stopped by an internal error")
@@ -766,29 +685,6 @@ class Replayer:
         if self.checkpoint is not None:  # counted once the command is done (fastproxy/replay/checkpoint.py)
             return self.checkpoint.result(conn, rec, result, now)
         self._compare_now(conn, rec, result, now)
-
-    def _compare_now(self, conn: Conn, rec: Record, result, now: int) -> None:
-        """A command's result: the verdict (observer), the summary's counters, the failures."""
-        if self.observer is not None:
-            self.observer(conn, rec, result, now)
-        st = self.stats
-        st.replayed += 1
-        if rec.end_ns > rec.start_ns:
-            st.captured_ns += rec.end_ns - rec.start_ns
-            st.replayed_ns += now - conn.sent_ns
-        if result.outcome == OUTCOME_ERR:
-            # err_code 0: the input knew that it failed, not how (TiProxy captures)
-            if rec.outcome == OUTCOME_ERR and rec.err_code in (result.err_code, 0):
-                st.same_errors += 1
-                return
-            if rec.outcome in (OUTCOME_OK, OUTCOME_ERR):
-                if conn.not_rebuilt:
-                    self._add_failure_not_rebuilt(conn, rec, result)
-                    return
-                st.failed += 1
-                self._add_failure(conn, rec, result)
-        elif rec.outcome == OUTCOME_ERR and result.outcome == OUTCOME_OK:
-            st.fixed += 1
 
     def _add_failure(self, conn: Conn, rec: Record, result, cmd_type: str | None = None, note: str = "") -> None:
         cmd = rec.payload[0]
@@ -850,35 +746,6 @@ class Replayer:
             None, load_scopes, opt)
         self.planner = Planner(scopes, causal=causal, pin=opt.pin, status_flags=self._status_flags_recorded(),
                                affected_rows=self._affected_rows_recorded())
-
-    def _gate(self, conn: Conn, now: int) -> int:
-        """May the head command go now? _FIRE, _PARKED (it waits for another connection's command),
-        or _CONSUMED (it belongs to a transaction aborted on replay: not sent)."""
-        ticket = conn.tickets[0]
-        if conn.txn.aborted and self._skip_aborted(conn, ticket):
-            return _CONSUMED
-        if ticket is None:
-            return _FIRE
-        if self.planner.order.ready(ticket, conn.idx):
-            if conn.parked_ns:
-                self.stats.causal_wait_ns += now - conn.parked_ns
-                conn.parked_ns = 0
-            if ticket.flags & PROD_LOCK_ERROR and self.opt.whole_transactions:
-                return self._production_lock_error(conn, ticket)
-            return _FIRE
-        conn.parked = True
-        if not conn.parked_ns:
-            conn.parked_ns = now
-            self.stats.causal_waits += 1
-        return _PARKED
-
-    def _finish(self, conn: Conn, ticket: Ticket) -> None:
-        """The head command completed (or will never run): its events are done on replay."""
-        released = self.planner.order.finish(ticket)
-        if released:
-            self._released.extend(released)
-        if ticket.flags & TXN_END:
-            conn.txn.reset()
 
     def _drain_released(self) -> None:
         """Schedule the parked connections whose requirement was met (iteratively, not recursively)."""
@@ -1023,7 +890,7 @@ class Replayer:
                 conn.client.send(ROLLBACK, _MIRROR_TAG)
             conn.txn.reset()
         self._consume(conn)
-        return _CONSUMED
+        return CONSUMED
 
     def _send_again_later(self, conn: Conn, rec: Record) -> bool:
         """A write that changed rows in production changed none here. If writes of other connections
@@ -1398,7 +1265,7 @@ class Replayer:
             if PLACEHOLDER_BYTES in payload:
                 login_user = self.credentials.login(conn.user)[0]
                 payload = b"\x03" + self.credentials.substitute(payload[1:], login_user)
-            if not _KILL_START.match(payload, 1):
+            if not KILL_START.match(payload, 1):
                 return payload
             kill = parse_kill(payload[1:])
             if kill is None:

@@ -1,0 +1,333 @@
+# cython: language_level=3
+"""The replay engine's per-command chain in C (fastproxy/replay/engine.py, Replayer's base class):
+a result arrives (`_on_result`), it is compared, the command is consumed (`_consume`), the
+connection's next command is scheduled (`_schedule`), let through causal order (`_gate`) and sent.
+
+Only the common case runs here: a COM_QUERY or COM_STMT_EXECUTE of production that succeeded on
+replay, sent on an open connection without pins, re-prepares, KILL mapping or secrets to put back.
+Anything else goes to Replayer's Python methods (`_handle_result`, `_fire`, `_send`, `_remap`), which
+hold the policy and stay the reference: with FAST_PATH off, they alone run (tests compare the two).
+
+The attributes are Replayer's, set and read from Python as before.
+"""
+from libc.stdint cimport int64_t
+
+from fastproxy._packet cimport CommandResult
+from fastproxy._packet import execute_flag_at, execute_types_at
+from fastproxy.replay._scheduler cimport Ticket
+
+import re
+
+import time
+
+from fastproxy.capture import record as _record
+from fastproxy.constants import COMMAND
+from fastproxy.replay import causal as _causal
+from fastproxy.replay.pinning import PIN_FLAGS as _PIN_FLAGS
+from fastproxy.replay.users import PLACEHOLDER_BYTES
+
+cdef extern from "<time.h>" nogil:
+    ctypedef int clockid_t
+    cdef struct timespec:
+        long tv_sec
+        long tv_nsec
+    int clock_gettime(clockid_t clk, timespec *tp)
+    clockid_t CLOCK_MONOTONIC
+
+# A COM_QUERY that may be a KILL (engine._session_command maps its target)
+KILL_START = re.compile(rb"(?:\s|/\*(?!M?!).*?\*/|#[^\n]*\n|--\s[^\n]*\n|/\*M?!\d*)*kill\b", re.I | re.S)
+cdef object _kill_match = KILL_START.match
+
+cdef int KIND_COMMAND = _record.KIND_COMMAND
+cdef int OUTCOME_OK = _record.OUTCOME_OK
+cdef int OUTCOME_ERR = _record.OUTCOME_ERR
+cdef int OUTCOME_BACKEND_LOST = _record.OUTCOME_BACKEND_LOST
+cdef int COM_QUERY = COMMAND.COM_QUERY
+cdef int COM_STMT_EXECUTE = COMMAND.COM_STMT_EXECUTE
+cdef int IN_TXN = _causal.IN_TXN
+cdef int TXN_BEGIN = _causal.TXN_BEGIN
+cdef int TXN_END = _causal.TXN_END
+cdef int PROD_LOCK_ERROR = _causal.PROD_LOCK_ERROR
+cdef int PIN_FLAGS = _PIN_FLAGS
+
+# what _gate says about a connection's head command (BUSY: the connection first sends something else)
+FIRE, PARKED, CONSUMED, BUSY = 0, 1, 2, 3
+cdef enum:
+    _FIRE = 0
+    _PARKED = 1
+    _CONSUMED = 2
+    _BUSY = 3
+# A command due this soon goes now (engine.py says why, where it imports this)
+PACE_SLACK_NS = 1_000_000
+cdef int64_t _PACE_SLACK_NS = PACE_SLACK_NS
+
+
+cdef inline int64_t monotonic_ns() noexcept:
+    """time.monotonic_ns(): the same clock (CLOCK_MONOTONIC), without a Python call."""
+    cdef timespec ts
+    clock_gettime(CLOCK_MONOTONIC, &ts)
+    return <int64_t>ts.tv_sec * 1_000_000_000 + ts.tv_nsec
+
+
+cdef class EngineCore:
+    # False: every command takes Replayer's Python path (the reference; tests run both)
+    cdef public bint FAST_PATH
+    cdef public object checkpoint  # fastproxy.replay.checkpoint.Checkpoint or None
+    cdef public object observer  # callback(conn, rec, result, now) per replayed command: the verdict (fastproxy/report)
+    cdef public object planner
+    cdef public object stats
+    cdef public object opt
+    cdef public list _released  # parked connections whose requirement a completion met
+    cdef public bint _draining
+    cdef public int64_t queued  # records read and not yet finished
+
+    def __cinit__(self):
+        self.FAST_PATH = True
+        self._released = []
+
+    # ---- results ---------------------------------------------------------------------------------
+    def _on_result(self, client, result):
+        # a client callback that raises would leave its connection busy for ever: the replay would
+        # stall without a word; stop it instead, saying why
+        try:
+            if not (self.FAST_PATH and type(result) is CommandResult and self._result_fast(client, result)):
+                self._handle_result(client, result)
+        except Exception as e:  # noqa: BLE001
+            self._internal_failure(e)
+
+    cdef bint _result_fast(self, client, CommandResult result) except -1:
+        """A production command that succeeded on replay as it needed to: compared, then the next one.
+        False (nothing done) for anything else: Replayer._handle_result."""
+        conn = client.owner
+        rec = conn.inflight
+        if result.tag is not None or rec is None or result.outcome != OUTCOME_OK:
+            return False
+        payload = rec.payload
+        cdef int cmd = payload[0]
+        if cmd != COM_QUERY and cmd != COM_STMT_EXECUTE:
+            return False
+        if result.affected_rows == 0 and rec.outcome == OUTCOME_OK and rec.affected_rows > 0 and conn.again is not rec:
+            return False  # changed nothing here: maybe sent again after the writes that overlapped it
+        now = monotonic_ns()
+        if self.checkpoint is not None:  # counted once the command is done (fastproxy/replay/checkpoint.py)
+            self.checkpoint.result(conn, rec, result, now)
+        else:
+            self._compare_now_c(conn, rec, result, now)
+        if (result.schema is not None or cmd == COM_QUERY) and self._track_database(conn, rec, result):
+            return True  # asking the server first: _next once it answered
+        self._consume_c(conn)
+        self._schedule_c(conn)
+        return True
+
+    def _compare_now(self, conn, rec, CommandResult result, now):
+        """A command's result: the verdict (observer), the summary's counters, the failures."""
+        self._compare_now_c(conn, rec, result, now)
+
+    cdef int _compare_now_c(self, conn, rec, CommandResult result, now) except -1:
+        if self.observer is not None:
+            self.observer(conn, rec, result, now)
+        st = self.stats
+        st.replayed += 1
+        end_ns = rec.end_ns
+        start_ns = rec.start_ns
+        if end_ns > start_ns:
+            st.captured_ns += end_ns - start_ns
+            st.replayed_ns += now - conn.sent_ns
+        cdef int captured = rec.outcome
+        if result.outcome == OUTCOME_ERR:
+            # err_code 0: the input knew that it failed, not how (TiProxy captures)
+            if captured == OUTCOME_ERR and (rec.err_code == result.err_code or rec.err_code == 0):
+                st.same_errors += 1
+                return 0
+            if captured == OUTCOME_OK or captured == OUTCOME_ERR:
+                if conn.not_rebuilt:
+                    self._add_failure_not_rebuilt(conn, rec, result)
+                    return 0
+                st.failed += 1
+                self._add_failure(conn, rec, result)
+        elif captured == OUTCOME_ERR and result.outcome == OUTCOME_OK:
+            st.fixed += 1
+        return 0
+
+    # ---- consuming -------------------------------------------------------------------------------
+    def _consume(self, conn):
+        """The head command of `conn` is finished (replayed, filtered or skipped)."""
+        return self._consume_c(conn)
+
+    cdef bint _consume_c(self, conn) except -1:
+        conn.busy = False
+        conn.inflight = None
+        queue = conn.queue
+        if queue:
+            queue.popleft()
+            self.queued -= 1
+            ticket = conn.tickets.popleft()
+            if ticket is not None:
+                self._finish_c(conn, <Ticket?>ticket)
+            if self.checkpoint is not None:
+                self.checkpoint.consumed(conn, ticket)
+        return True
+
+    def _next(self, conn):
+        """Asynchronous completion of the head command: move on to the next one."""
+        self._consume_c(conn)
+        self._schedule_c(conn)
+
+    def _finish(self, conn, Ticket ticket):
+        """The head command completed (or will never run): its events are done on replay."""
+        self._finish_c(conn, ticket)
+
+    cdef int _finish_c(self, conn, Ticket ticket) except -1:
+        released = self.planner.order.finish(ticket)
+        if released:
+            self._released.extend(released)
+        if ticket.flags & TXN_END:
+            conn.txn.reset()
+        return 0
+
+    # ---- scheduling ------------------------------------------------------------------------------
+    def _schedule(self, conn):
+        """Send `conn`'s head command now if it is due (and what it depends on has completed), else
+        put it on the heap (or park it). Commands consumed without a round trip (filtered, closes)
+        are handled in this loop, not by recursion."""
+        self._schedule_c(conn)
+
+    cdef int _schedule_c(self, conn) except -1:
+        cdef int64_t now = monotonic_ns()
+        cdef int gate
+        speed = self.opt.speed
+        queue = conn.queue
+        try:
+            while queue and not conn.busy:
+                # Replayer.due_ns, inlined: this runs for every command
+                due = 0 if speed <= 0 else self._start_mono + int((queue[0].start_ns - self.capture_start_ns) / speed)
+                conn.due_ns = due
+                if due > now + _PACE_SLACK_NS:
+                    self.heap.push(due, conn.idx)
+                    if self._timer is None or due < self._timer_due:
+                        self._arm(due)
+                    return 0
+                gate = self._gate_c(conn, now)
+                if gate == _PARKED or gate == _BUSY:
+                    return 0  # comes back through _drain_released / the transaction sent again
+                if gate == _FIRE and not self._fire_c(conn, now):
+                    return 0  # sent: its response continues through _next
+            self._forget_if_finished(conn)
+        finally:
+            if self._released and not self._draining:
+                self._drain_released()
+        return 0
+
+    def _gate(self, conn, now):
+        """May the head command go now? FIRE, PARKED (it waits for another connection's command),
+        or CONSUMED (it belongs to a transaction aborted on replay: not sent)."""
+        return self._gate_c(conn, now)
+
+    cdef int _gate_c(self, conn, int64_t now) except -1:
+        ticket = conn.tickets[0]
+        if conn.txn.aborted and self._skip_aborted(conn, ticket):
+            return _CONSUMED
+        if ticket is None:
+            return _FIRE
+        cdef Ticket t = <Ticket?>ticket
+        if self.planner.order.ready(t, conn.idx):
+            if conn.parked_ns:
+                self.stats.causal_wait_ns += now - conn.parked_ns
+                conn.parked_ns = 0
+            if t.flags & PROD_LOCK_ERROR and self.opt.whole_transactions:
+                return self._production_lock_error(conn, t)
+            return _FIRE
+        conn.parked = True
+        if not conn.parked_ns:
+            conn.parked_ns = now
+            self.stats.causal_waits += 1
+        return _PARKED
+
+    # ---- firing ----------------------------------------------------------------------------------
+    cdef bint _fire_c(self, conn, int64_t now) except -1:
+        """Replayer._fire for the common case; True if the head command was consumed at once."""
+        rec = conn.queue[0]
+        client = conn.client
+        if not self.FAST_PATH or rec.kind != KIND_COMMAND or client is None or client.closed:
+            return self._fire(conn, now)
+        payload = rec.payload
+        cdef int cmd = payload[0]
+        if cmd == COM_QUERY:
+            if PLACEHOLDER_BYTES in payload or _kill_match(payload, 1) is not None:
+                return self._fire(conn, now)  # a session command (engine._session_command)
+        elif cmd != COM_STMT_EXECUTE or len(payload) < 5:
+            return self._fire(conn, now)
+        if rec.outcome == OUTCOME_BACKEND_LOST or self.opt.readonly:
+            return self._fire(conn, now)
+        if cmd == COM_STMT_EXECUTE:
+            captured_id = int.from_bytes(payload[1:5], "little")
+            replay_id = conn.stmt_map.get(captured_id)
+            if replay_id is None:
+                return self._fire(conn, now)  # re-prepared first
+        if self.opt.speed > 0:
+            self.lag.observe(now - conn.due_ns)
+        sec = (now - self._start_mono) // 1_000_000_000
+        per_second = self.stats.per_second
+        per_second[sec] = per_second.get(sec, 0) + 1
+        conn.busy = True
+        conn.inflight = rec
+        conn.sent_ns = now
+        if self.checkpoint is not None:
+            self.checkpoint.sent(conn)
+        if cmd == COM_STMT_EXECUTE:
+            payload = self._remap(conn, captured_id, replay_id, payload)
+            if payload is None:
+                return self._consume_c(conn)
+        # LOCAL INFILE files of this command (capture.local-infile), else none: empty files
+        infiles = conn.infiles
+        client.infiles = infiles.pop(rec.start_ns, None) if infiles else None
+        self._send_c(conn, payload)
+        return False
+
+    def _remap(self, conn, captured_id, replay_id, payload):
+        """The statement command with the replay statement id. An execute also needs parameter types
+        bound on this server: clients send them once after a prepare, so after a re-prepare (open
+        before the capture, reconnect, reset) the last captured types are put back in. None if they
+        are unknown (reported, not sent: the server would only answer "incorrect arguments")."""
+        remapped = payload[:1] + (<object>replay_id).to_bytes(4, "little") + payload[5:]
+        if payload[0] != COM_STMT_EXECUTE:
+            return remapped
+        stmt_params = conn.stmt_params
+        types_at = execute_types_at(payload, stmt_params)  # keyed by the captured statement id
+        if types_at:  # this execute binds types itself: remember them
+            conn.stmt_types[captured_id] = payload[types_at:types_at + 2 * stmt_params[captured_id]]
+            conn.types_bound.add(captured_id)
+            return remapped
+        n = stmt_params.get(captured_id, 0)
+        if n == 0 or captured_id in conn.types_bound or len(payload) <= execute_flag_at(n):
+            return remapped
+        types = conn.stmt_types.get(captured_id)
+        if types is None:
+            self.stats.skipped += 1
+            self.report.add_other("unknown parameter types", f"statement {captured_id} of connection {conn.conn_id}: "
+                                  f"re-prepared on replay, but the capture never saw its parameter types",
+                                  time.time_ns())
+            return None
+        conn.types_bound.add(captured_id)
+        flag_at = execute_flag_at(n)
+        return remapped[:flag_at] + b"\x01" + types + remapped[flag_at + 1:]
+
+    cdef int _send_c(self, conn, payload) except -1:
+        """Replayer._send for a command with nothing to pin and no transaction to bring back first."""
+        tickets = conn.tickets
+        cdef int flags = 0
+        if tickets:
+            ticket = tickets[0]
+            if ticket is not None:
+                flags = (<Ticket?>ticket).flags
+        txn = conn.txn
+        if flags & PIN_FLAGS or conn.pin_dirty or txn.undone:
+            self._send(conn, payload)
+            return 0
+        if self.opt.whole_transactions:
+            if (flags & TXN_BEGIN or not flags & IN_TXN) and (txn.entries or txn.attempts):
+                txn.reset()
+            txn.entries.append((conn.inflight, payload, None, flags))
+        conn.sent = (payload, None)
+        conn.client.send(payload, None)
+        return 0

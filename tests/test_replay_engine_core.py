@@ -1,0 +1,105 @@
+"""The engine's per-command chain in C (fastproxy/replay/_engine.pyx) replays as its Python reference
+does: the same capture, replayed on a real server with the fast path on and off (then every command
+goes through Replayer._handle_result / _fire / _send), gives the same counts, the same failures and
+the same rows. The capture mixes what the fast path takes (queries and executes that succeed) with
+what it leaves to Python (prepares, errors, writes that change nothing here, transactions, pings)."""
+from __future__ import annotations
+
+import json
+import struct
+
+import pytest
+import uvloop
+
+from fastproxy._ringbuf import RingBuffer
+from fastproxy.capture.record import KIND_CONN_OPEN, OUTCOME_ERR, OUTCOME_OK
+from fastproxy.capture.writer import CaptureWriter
+from fastproxy.constants import SERVER_STATUS
+from fastproxy.replay.engine import ReplayOptions, Replayer
+from fastproxy.scratch_db import ROOT_PASSWORD
+
+MS = 1_000_000
+T0 = 1_700_000_000_000_000_000
+AUTOCOMMIT = SERVER_STATUS.AUTOCOMMIT
+IN_TXN = AUTOCOMMIT | SERVER_STATUS.IN_TRANS
+# what a replay counts that does not depend on how fast the server answered
+COUNTS = ("read", "replayed", "filtered", "failed", "same_errors", "fixed", "skipped", "other_errors", "connections",
+          "reconnects", "backend_lost", "captured_ns", "causal_released", "pinned_time", "pinned_insert_id",
+          "txn_retries", "txn_retried_ok", "txn_aborted", "txn_skipped", "prod_lock_errors", "sent_again",
+          "sent_again_timed_out")
+
+
+def execute(stmt_id: int, value: int, bind_types: bool) -> bytes:
+    """COM_STMT_EXECUTE of a statement with one INT parameter."""
+    head = b"\x17" + struct.pack("<IBI", stmt_id, 0, 1) + b"\x00"  # no cursor, 1 iteration, null bitmap
+    return head + (b"\x01\x03\x00" if bind_types else b"\x00") + struct.pack("<i", value)
+
+
+def commands() -> list[tuple]:
+    """(conn, outcome, err, affected, payload, status) in capture order."""
+    q = b"\x03"
+    out = []
+    for i in range(1, 30):  # the common case: autocommit writes and reads, text and prepared
+        out.append((1, OUTCOME_OK, 0, 1, q + b"INSERT INTO t (id, v) VALUES (%d, 'a')" % i, AUTOCOMMIT))
+        out.append((2, OUTCOME_OK, 0, 0, q + b"SELECT v FROM t WHERE id = %d" % i, AUTOCOMMIT))
+    out.append((2, OUTCOME_OK, 0, 5, b"\x16SELECT v FROM t WHERE id = ?", AUTOCOMMIT))  # prepare: statement 5
+    out += [(2, OUTCOME_OK, 0, 0, execute(5, i, i == 1), AUTOCOMMIT) for i in range(1, 20)]
+    # each connection writes its own rows: the same end state in any order across connections
+    out += [(3, OUTCOME_OK, 0, 1, q + b"INSERT INTO t (id, v) VALUES (%d, 'b')" % i, AUTOCOMMIT) for i in range(100, 110)]
+    out.append((3, OUTCOME_OK, 0, 5, b"\x16UPDATE t SET v = 'p' WHERE id = ?", AUTOCOMMIT))  # statement 5 of conn 3
+    out += [(3, OUTCOME_OK, 0, 1, execute(5, i, i == 100), AUTOCOMMIT) for i in range(100, 110)]
+    out += [(1, OUTCOME_OK, 0, 0, q + b"BEGIN", IN_TXN),  # a transaction
+            (1, OUTCOME_OK, 0, 1, q + b"UPDATE t SET v = 'x' WHERE id = 1", IN_TXN),
+            (1, OUTCOME_OK, 0, 0, q + b"SELECT v FROM t WHERE id = 1", IN_TXN),
+            (1, OUTCOME_OK, 0, 0, q + b"COMMIT", AUTOCOMMIT),
+            (2, OUTCOME_ERR, 1146, 0, q + b"SELECT * FROM nosuch", AUTOCOMMIT),  # failed the same
+            (2, OUTCOME_OK, 0, 1, q + b"INSERT INTO t (id, v) VALUES (200, 'c')", AUTOCOMMIT),
+            (2, OUTCOME_OK, 0, 1, q + b"INSERT INTO t (id, v) VALUES (200, 'dup')", AUTOCOMMIT),  # a new failure
+            (2, OUTCOME_ERR, 1146, 0, q + b"SELECT * FROM t", AUTOCOMMIT),  # fixed on replay
+            (3, OUTCOME_OK, 0, 1, q + b"UPDATE t SET v = 'y' WHERE id = 99", AUTOCOMMIT),  # changes nothing here
+            (3, OUTCOME_OK, 0, 0, b"\x0e", AUTOCOMMIT),  # COM_PING
+            (3, OUTCOME_OK, 0, 0, q + b"USE eng2", AUTOCOMMIT),
+            (3, OUTCOME_OK, 0, 1, q + b"INSERT INTO u (id) VALUES (1)", AUTOCOMMIT),
+            (3, OUTCOME_OK, 0, 0, q + b"SELECT COUNT(*) FROM u", AUTOCOMMIT)]
+    out += [(c, OUTCOME_OK, 0, 0, b"\x01", AUTOCOMMIT) for c in (1, 2, 3)]  # COM_QUIT
+    return out
+
+
+def write_capture(path: str) -> None:
+    rb = RingBuffer(1 << 20)
+    w = CaptureWriter(rb, path)
+    w.start()
+    for conn in (1, 2, 3):
+        rb.append_event(KIND_CONN_OPEN, conn, T0, json.dumps({"user": "root", "db": "eng", "capabilities": 0}).encode())
+    recs = commands()
+    for i, (conn, outcome, err, affected, payload, status) in enumerate(recs):
+        start = T0 + (i + 1) * MS
+        rb.append_command(conn, start, start + MS // 2, outcome, err, affected, 0, payload, status_flags=status)
+    w.stop({"commands": len(recs), "start_ns": T0})
+
+
+def replay(db, path: str, order: str, fast: bool) -> tuple[dict, list, str]:
+    db.sql("DROP DATABASE IF EXISTS eng; DROP DATABASE IF EXISTS eng2; CREATE DATABASE eng; CREATE DATABASE eng2; "
+           "CREATE TABLE eng.t (id INT PRIMARY KEY, v VARCHAR(8)); CREATE TABLE eng2.u (id INT PRIMARY KEY)")
+    engine = Replayer(path, ReplayOptions(host=db.host, port=db.port, username="root", password=ROOT_PASSWORD, speed=0,
+                                          order=order))
+    engine.FAST_PATH = fast
+    stats = uvloop.run(engine.run())
+    failures = sorted((f.cmd_type, f.sample_stmt, f.sample_err_code, f.sample_conn_id, f.count)
+                      for f in engine.report.failures.values())
+    others = sorted((e.err_type, e.count) for e in engine.report.other_errors.values())
+    rows = db.sql("SELECT id, v FROM eng.t ORDER BY id; SELECT id FROM eng2.u")
+    return {k: getattr(stats, k) for k in COUNTS}, failures + others, rows
+
+
+@pytest.mark.parametrize("order", ["causal", "connection"])
+def test_the_c_chain_replays_as_its_python_reference(mariadb_test, tmp_path, order):
+    path = str(tmp_path / "cap")
+    write_capture(path)
+    reference = replay(mariadb_test, path, order, fast=False)
+    fast = replay(mariadb_test, path, order, fast=True)
+    assert fast == reference
+    counts, failures, rows = fast
+    assert counts["failed"] == 1 and counts["same_errors"] == 1 and counts["fixed"] == 1 and counts["skipped"] == 0
+    assert counts["replayed"] == len(commands())
+    assert rows.split()[:2] == ["1", "x"]
