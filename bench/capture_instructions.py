@@ -49,6 +49,7 @@ sys.path.insert(0, str(ROOT))
 from fastproxy.scratch_db import ROOT_PASSWORD, ScratchMariaDB  # noqa: E402
 import benchlib  # noqa: E402  (bench/ is on sys.path: this script's directory)
 from benchlib import machine  # noqa: E402
+from e2e import parse_sysbench  # noqa: E402
 
 THREAD_MARKERS = (("worker", "dp_worker_run"), ("writer", "LZ4_compress"))  # first match wins
 TABLES, TABLE_SIZE = 4, 10_000
@@ -72,8 +73,7 @@ def sysbench(config: str, workload: str, threads: int, events: int, command: str
                           f"--events={events}", "--time=0", command], capture_output=True, text=True)
     if res.returncode != 0:
         raise RuntimeError(f"sysbench {workload} {command} failed:\n{res.stdout[-2000:]}\n{res.stderr[-2000:]}")
-    m = re.search(r"total:\s+(\d+)", res.stdout)
-    return int(m.group(1)) if m else 0
+    return parse_sysbench(res.stdout)["queries"]
 
 
 class Proxy(benchlib.Proxy):

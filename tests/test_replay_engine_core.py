@@ -6,6 +6,7 @@ what it leaves to Python (prepares, errors, writes that change nothing here, tra
 from __future__ import annotations
 
 import json
+import random
 import struct
 
 import pytest
@@ -103,3 +104,14 @@ def test_the_c_chain_replays_as_its_python_reference(mariadb_test, tmp_path, ord
     assert counts["failed"] == 1 and counts["same_errors"] == 1 and counts["fixed"] == 1 and counts["skipped"] == 0
     assert counts["replayed"] == len(commands())
     assert rows.split()[:2] == ["1", "x"]
+
+
+def test_statement_ids_are_read_and_replaced_as_the_slicing_reference_does():
+    from fastproxy.replay._engine import stmt_id_of, with_stmt_id
+    rnd = random.Random(5)
+    for n in range(12):  # shorter than a statement command's head included (a malformed capture)
+        for _ in range(100):
+            payload = b"\x17" + rnd.randbytes(n)
+            new_id = rnd.randrange(2**32)
+            assert stmt_id_of(payload) == int.from_bytes(payload[1:5], "little")
+            assert with_stmt_id(payload, new_id) == payload[:1] + new_id.to_bytes(4, "little") + payload[5:]

@@ -10,7 +10,8 @@ hold the policy and stay the reference: with FAST_PATH off, they alone run (test
 
 The attributes are Replayer's, set and read from Python as before.
 """
-from libc.stdint cimport int64_t
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
+from libc.stdint cimport int64_t, uint32_t
 
 from fastproxy._packet cimport CommandResult
 from fastproxy._packet import execute_flag_at, execute_types_at
@@ -67,6 +68,30 @@ cdef inline int64_t monotonic_ns() noexcept:
     cdef timespec ts
     clock_gettime(CLOCK_MONOTONIC, &ts)
     return <int64_t>ts.tv_sec * 1_000_000_000 + ts.tv_nsec
+
+
+cpdef uint32_t stmt_id_of(bytes payload):
+    """The statement id of a COM_STMT_* command (bytes 1-4, little-endian; what there is of them in a
+    shorter one, as int.from_bytes(payload[1:5]) reads it), without slicing."""
+    cdef const unsigned char *p = <const unsigned char *>PyBytes_AS_STRING(payload)
+    cdef Py_ssize_t i, n = min(len(payload), 5)
+    cdef uint32_t v = 0
+    for i in range(n - 1, 0, -1):
+        v = (v << 8) | p[i]
+    return v
+
+
+cpdef bytes with_stmt_id(bytes payload, uint32_t stmt_id):
+    """`payload` with another statement id in bytes 1-4: one copy (it was three slices and two joins)."""
+    if len(payload) < 5:
+        return payload[:1] + stmt_id.to_bytes(4, "little")
+    cdef bytes out = PyBytes_FromStringAndSize(PyBytes_AS_STRING(payload), len(payload))
+    cdef unsigned char *p = <unsigned char *>PyBytes_AS_STRING(out)  # not yet seen by anyone: ours to fill
+    p[1] = stmt_id & 0xFF
+    p[2] = (stmt_id >> 8) & 0xFF
+    p[3] = (stmt_id >> 16) & 0xFF
+    p[4] = stmt_id >> 24
+    return out
 
 
 cdef class EngineCore:
@@ -260,20 +285,11 @@ cdef class EngineCore:
         if rec.outcome == OUTCOME_BACKEND_LOST or self.opt.readonly:
             return self._fire(conn, now)
         if cmd == COM_STMT_EXECUTE:
-            captured_id = int.from_bytes(payload[1:5], "little")
+            captured_id = stmt_id_of(payload)
             replay_id = conn.stmt_map.get(captured_id)
             if replay_id is None:
                 return self._fire(conn, now)  # re-prepared first
-        if self.opt.speed > 0:
-            self.lag.observe(now - conn.due_ns)
-        sec = (now - self._start_mono) // 1_000_000_000
-        per_second = self.stats.per_second
-        per_second[sec] = per_second.get(sec, 0) + 1
-        conn.busy = True
-        conn.inflight = rec
-        conn.sent_ns = now
-        if self.checkpoint is not None:
-            self.checkpoint.sent(conn)
+        self._started_c(conn, rec, now)
         if cmd == COM_STMT_EXECUTE:
             payload = self._remap(conn, captured_id, replay_id, payload)
             if payload is None:
@@ -284,12 +300,29 @@ cdef class EngineCore:
         self._send_c(conn, payload)
         return False
 
+    def _started(self, conn, rec, now):
+        """The head command `rec` goes now: pace and per-second counts, in flight, the checkpoint."""
+        self._started_c(conn, rec, now)
+
+    cdef int _started_c(self, conn, rec, int64_t now) except -1:
+        if self.opt.speed > 0:
+            self.lag.observe(now - conn.due_ns)
+        sec = (now - self._start_mono) // 1_000_000_000
+        per_second = self.stats.per_second
+        per_second[sec] = per_second.get(sec, 0) + 1
+        conn.busy = True
+        conn.inflight = rec
+        conn.sent_ns = now
+        if self.checkpoint is not None:
+            self.checkpoint.sent(conn)
+        return 0
+
     def _remap(self, conn, captured_id, replay_id, payload):
         """The statement command with the replay statement id. An execute also needs parameter types
         bound on this server: clients send them once after a prepare, so after a re-prepare (open
         before the capture, reconnect, reset) the last captured types are put back in. None if they
         are unknown (reported, not sent: the server would only answer "incorrect arguments")."""
-        remapped = payload[:1] + (<object>replay_id).to_bytes(4, "little") + payload[5:]
+        remapped = with_stmt_id(payload, replay_id)
         if payload[0] != COM_STMT_EXECUTE:
             return remapped
         stmt_params = conn.stmt_params
@@ -320,14 +353,21 @@ cdef class EngineCore:
             ticket = tickets[0]
             if ticket is not None:
                 flags = (<Ticket?>ticket).flags
-        txn = conn.txn
-        if flags & PIN_FLAGS or conn.pin_dirty or txn.undone:
+        if flags & PIN_FLAGS or conn.pin_dirty or conn.txn.undone:
             self._send(conn, payload)
             return 0
+        return self._keep_and_send_c(conn, payload, None, flags)
+
+    def _keep_and_send(self, conn, payload, prefix, flags):
+        """Send the head command (after its pins, `prefix`), kept for a retry of its transaction."""
+        self._keep_and_send_c(conn, payload, prefix, flags)
+
+    cdef int _keep_and_send_c(self, conn, payload, prefix, int flags) except -1:
         if self.opt.whole_transactions:
+            txn = conn.txn
             if (flags & TXN_BEGIN or not flags & IN_TXN) and (txn.entries or txn.attempts):
                 txn.reset()
-            txn.entries.append((conn.inflight, payload, None, flags))
-        conn.sent = (payload, None)
+            txn.entries.append((conn.inflight, payload, prefix, flags))
+        conn.sent = (payload, prefix)
         conn.client.send(payload, None)
         return 0

@@ -24,7 +24,7 @@ from fastproxy.capture.record import (INFILE_SIZE, KIND_COMMAND, KIND_CONN_CLOSE
                                       OUTCOME_OK, Record)
 from fastproxy.constants import CLIENT, COMMAND, ER, command_name
 from fastproxy.errors import BackendConnError, ProtocolError
-from fastproxy.replay._engine import CONSUMED, KILL_START, PACE_SLACK_NS, EngineCore
+from fastproxy.replay._engine import CONSUMED, KILL_START, PACE_SLACK_NS, EngineCore, stmt_id_of
 from fastproxy.replay._scheduler import Scheduler, Ticket
 from fastproxy.replay.causal import IN_TXN, PIN_ID, PIN_TIME, TXN_BEGIN, TXN_END, Planner
 from fastproxy.replay.client import LoginError, ReplayClient
@@ -504,19 +504,9 @@ class Replayer(EngineCore):
             return self._consume(conn)
         if conn.client is None or conn.client.closed:
             conn.busy = True
-            task = self._loop.create_task(self._connect_then_fire(conn))
-            self._connecting.add(task)
-            task.add_done_callback(self._connecting.discard)
+            self._start(self._connect_then_fire(conn))
             return False
-        if self.opt.speed > 0:
-            self.lag.observe(now - conn.due_ns)
-        sec = (now - self._start_mono) // 1_000_000_000
-        self.stats.per_second[sec] = self.stats.per_second.get(sec, 0) + 1
-        conn.busy = True
-        conn.inflight = rec
-        conn.sent_ns = now
-        if self.checkpoint is not None:
-            self.checkpoint.sent(conn)
+        self._started(conn, rec, now)
         if cmd in _SESSION_COMMANDS:
             payload = self._session_command(conn, rec, payload)
             if payload is None:
@@ -524,7 +514,7 @@ class Replayer(EngineCore):
             if payload is _ASYNC:
                 return False
         if cmd in STMT_COMMANDS:
-            captured_id = int.from_bytes(payload[1:5], "little")
+            captured_id = stmt_id_of(payload)
             replay_id = conn.stmt_map.get(captured_id)
             if replay_id is None and cmd == COMMAND.COM_STMT_CLOSE:
                 self.stats.replayed += 1  # never prepared on this replay connection: nothing to close
@@ -789,13 +779,7 @@ class Replayer(EngineCore):
                 self.stats.pinned_time += 1
             if flags & PIN_ID:
                 self.stats.pinned_insert_id += 1
-        if self.opt.whole_transactions:
-            txn = conn.txn
-            if (flags & TXN_BEGIN or not flags & IN_TXN) and (txn.entries or txn.attempts):
-                txn.reset()
-            txn.entries.append((conn.inflight, payload, prefix, flags))
-        conn.sent = (payload, prefix)
-        conn.client.send(payload, None)
+        self._keep_and_send(conn, payload, prefix, flags)
 
     def _transaction_result(self, conn: Conn, rec: Record, result) -> bool:
         """Whole transactions: True if a retry of the transaction started (the command stays in
