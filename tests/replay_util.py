@@ -13,8 +13,27 @@ import time
 from conftest import ProxyProcess
 from proxy_util import wait_for
 from fastproxy.capture.reader import TrafficReader
-from fastproxy.capture.record import KIND_COMMAND
+from fastproxy._ringbuf import RingBuffer
+from fastproxy.capture.record import KIND_COMMAND, KIND_CONN_OPEN
+from fastproxy.capture.writer import CaptureWriter
 from fastproxy.scratch_db import ROOT_PASSWORD
+
+
+def write_capture(path: str, database: str, conns, commands, start_ns: int) -> None:
+    """A capture written by hand, for a replay whose race must be certain: each of `conns` opens (as
+    root, in `database`) at `start_ns`, then `commands` are appended in the order given, each as
+    (the positional arguments of RingBuffer.append_command, its keyword arguments)."""
+    rb = RingBuffer(1 << 20)
+    w = CaptureWriter(rb, path)
+    w.start()
+    for conn in conns:
+        rb.append_event(KIND_CONN_OPEN, conn, start_ns,
+                        json.dumps({"user": "root", "db": database, "capabilities": 0}).encode())
+    n = 0
+    for args, kwargs in commands:
+        rb.append_command(*args, **kwargs)
+        n += 1
+    w.stop({"commands": n, "start_ns": start_ns})
 
 
 def last_job(proxy: ProxyProcess, kind: str) -> dict | None:

@@ -5,19 +5,17 @@ the same rows. The capture mixes what the fast path takes (queries and executes 
 what it leaves to Python (prepares, errors, writes that change nothing here, transactions, pings)."""
 from __future__ import annotations
 
-import json
 import random
 import struct
 
 import pytest
 import uvloop
 
-from fastproxy._ringbuf import RingBuffer
-from fastproxy.capture.record import KIND_CONN_OPEN, OUTCOME_ERR, OUTCOME_OK
-from fastproxy.capture.writer import CaptureWriter
+from fastproxy.capture.record import OUTCOME_ERR, OUTCOME_OK
 from fastproxy.constants import SERVER_STATUS
 from fastproxy.replay.engine import ReplayOptions, Replayer
 from fastproxy.scratch_db import ROOT_PASSWORD
+from replay_util import write_capture as write_capture_by_hand
 
 MS = 1_000_000
 T0 = 1_700_000_000_000_000_000
@@ -67,16 +65,10 @@ def commands() -> list[tuple]:
 
 
 def write_capture(path: str) -> None:
-    rb = RingBuffer(1 << 20)
-    w = CaptureWriter(rb, path)
-    w.start()
-    for conn in (1, 2, 3):
-        rb.append_event(KIND_CONN_OPEN, conn, T0, json.dumps({"user": "root", "db": "eng", "capabilities": 0}).encode())
-    recs = commands()
-    for i, (conn, outcome, err, affected, payload, status) in enumerate(recs):
-        start = T0 + (i + 1) * MS
-        rb.append_command(conn, start, start + MS // 2, outcome, err, affected, 0, payload, status_flags=status)
-    w.stop({"commands": len(recs), "start_ns": T0})
+    write_capture_by_hand(path, "eng", (1, 2, 3), (
+        ((conn, T0 + (i + 1) * MS, T0 + (i + 1) * MS + MS // 2, outcome, err, affected, 0, payload),
+         {"status_flags": status})
+        for i, (conn, outcome, err, affected, payload, status) in enumerate(commands())), T0)
 
 
 def replay(db, path: str, order: str, fast: bool) -> tuple[dict, list, str]:

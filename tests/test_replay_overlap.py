@@ -9,18 +9,16 @@ on replay by a slow statement that took no time in production.
 """
 from __future__ import annotations
 
-import json
 
 import pytest
 import uvloop
 
-from fastproxy._ringbuf import RingBuffer
-from fastproxy.capture.record import KIND_CONN_OPEN, OUTCOME_OK
-from fastproxy.capture.writer import CaptureWriter
+from fastproxy.capture.record import OUTCOME_OK
 from fastproxy.constants import SERVER_STATUS
 from fastproxy.replay import engine as engine_module
 from fastproxy.replay.engine import ReplayOptions, Replayer
 from fastproxy.scratch_db import ROOT_PASSWORD
+from replay_util import write_capture
 
 MS = 1_000_000
 T0 = 1_700_000_000_000_000_000
@@ -30,17 +28,13 @@ AUTOCOMMIT = SERVER_STATUS.AUTOCOMMIT
 def _write(path, conns, recs) -> None:
     """A capture of `recs` (conn, start, end, outcome, err, affected, rows, payload, status) in the
     order commands end, as a capture is."""
-    rb = RingBuffer(1 << 20)
-    w = CaptureWriter(rb, path)
-    w.start()
-    for conn in conns:
-        rb.append_event(KIND_CONN_OPEN, conn, T0, json.dumps({"user": "root", "db": "ovl", "capabilities": 0}).encode())
-    for *rec, status in sorted(recs, key=lambda r: r[2]):
+    def command(*rec, status):
         payload = rec[-1]
         values = payload.split(b"VALUES (")[-1].split(b",")[0] if b"VALUES (" in payload else b""
-        insert_id = int(values) if values.isdigit() else 0
-        rb.append_command(*rec, last_insert_id=insert_id, status_flags=status)
-    w.stop({"commands": len(recs), "start_ns": T0})
+        return rec, {"last_insert_id": int(values) if values.isdigit() else 0, "status_flags": status}
+
+    write_capture(path, "ovl", conns, (command(*rec, status=status) for *rec, status in sorted(recs, key=lambda r: r[2])),
+                  T0)
 
 
 def _replay(db, path):
