@@ -19,6 +19,10 @@ summary's `replayer_cpu_seconds`: all threads of the process, start-up and the H
 and so commands per CPU-second ("per core"). Then the same with `--dry-run` (no connection: decode,
 filter, plan, schedule), and `--shard 0/1` against `--shard 0/2` + `--shard 1/2` started together
 with `--start-at`.
+
+Beside the point-select replays (each round, same server, same data), bench/c_replay_floor.c: the
+least CPU any replayer spends per command here (one write and one read per command on epoll, in C,
+nothing else) — what the target can be measured against (`--no-floor` skips it).
 """
 from __future__ import annotations
 
@@ -113,6 +117,34 @@ def finish_replay(proc, report_dir: str) -> dict:
     return s
 
 
+FLOOR_CONNECTIONS = 8  # as the point-select capture's sysbench threads
+
+
+def build_floor() -> str | None:
+    """bench/c_replay_floor.c, built against libmariadb (None, saying why, if it cannot be)."""
+    config = shutil.which("mariadb_config")
+    if not shutil.which("gcc") or not config:
+        print("no gcc or mariadb_config (libmariadb-dev): the floor is skipped", flush=True)
+        return None
+    flags = subprocess.run([config, "--cflags", "--libs"], check=True, capture_output=True, text=True).stdout.split()
+    binary = os.path.join(tempfile.mkdtemp(prefix="fastproxy-floor-"), "c_replay_floor")
+    subprocess.run(["gcc", "-O2", "-o", binary, str(HERE / "c_replay_floor.c"), *flags], check=True)
+    return binary
+
+
+def floor(binary: str, db: ScratchMariaDB, args) -> dict:
+    """One run of the floor: point selects on FLOOR_CONNECTIONS connections for --time seconds."""
+    out = subprocess.run([binary, str(db.port), password_file(), str(FLOOR_CONNECTIONS), str(args.time),
+                          str(args.tables), str(args.table_size)], check=True, capture_output=True, text=True).stdout
+    r = json.loads(out)
+    n = max(1, r["commands"])
+    cpu = r["user_s"] + r["system_s"]
+    return {"variant": "c floor (bench/c_replay_floor.c)", "commands": r["commands"], "elapsed_s": round(r["wall_s"], 2),
+            "cmds_per_s": r["commands"] / r["wall_s"], "cpu_us_per_cmd": round(cpu / n * 1e6, 2),
+            "user_us_per_cmd": round(r["user_s"] / n * 1e6, 2), "cmds_per_cpu_s": round(n / cpu) if cpu else None,
+            "failed": 0, "other_errors": 0}
+
+
 _PASSWORD_FILE = ""
 
 
@@ -175,6 +207,7 @@ def main() -> None:
     ap.add_argument("--captures", default="", help="reuse captures kept by --keep-captures (no sysbench run)")
     ap.add_argument("--keep-captures", default="", help="keep the captures and their starting data here")
     ap.add_argument("--no-shards", action="store_true", help="skip the sharded replays")
+    ap.add_argument("--no-floor", action="store_true", help="skip bench/c_replay_floor.c")
     ap.add_argument("--json", help="also write the results here")
     args = ap.parse_args()
     args.rate = 0  # bench/e2e.run_one's sysbench --rate: unthrottled here
@@ -209,6 +242,7 @@ def main() -> None:
                 print(f"proxy relaying {wl}: {r['qps']:,.0f} QPS at {r['proxy_cpu_us_per_query']:.1f} us CPU/query "
                       f"= {r['relay_qps_per_core']:,} queries per proxy CPU-second")
         results["replays"] = {}
+        floor_binary = None if args.no_floor else build_floor()
         for wl, _ in WORKLOADS:
             if wl not in captures:
                 continue
@@ -219,6 +253,9 @@ def main() -> None:
                     rows.append(row(label, replay(checkout, db, captures[wl], starting_data=starting.get(wl))))
                 print(f"{wl}: dry run speed 0, round {rnd + 1} ...", flush=True)
                 rows.append(row("this checkout, --dry-run", replay(here, db, captures[wl], "--dry-run")))
+                if floor_binary and wl == "oltp_point_select":
+                    print(f"{wl}: the C floor, round {rnd + 1} ...", flush=True)
+                    rows.append(floor(floor_binary, db, args))
             print_rows(f"replay of the {wl} capture at speed 0 (one process)", rows)
             results["replays"][wl] = rows
         if not args.no_shards:
@@ -248,7 +285,7 @@ def target_line(results: dict) -> None:
     results["target"] = {}
     for wl, _ in WORKLOADS:
         per_core = results.get("relay", {}).get(wl, {}).get("relay_qps_per_core")
-        for variant in ("before", "this checkout"):
+        for variant in ("before", "this checkout", "c floor (bench/c_replay_floor.c)"):
             rows = [r for r in results.get("replays", {}).get(wl, []) if r["variant"] == variant]
             if not per_core or not rows:
                 continue
