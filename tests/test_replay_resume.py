@@ -366,6 +366,53 @@ def test_a_resumed_connection_sends_its_session_sets_again_but_not_its_global_on
         assert _of_the_session(classify, sql), sql
 
 
+# (statement, what a resumed connection sends again of it: its session assignments, or None)
+MIXED_SCOPE_SETS = [
+    (b"SET SESSION sql_mode = 'ANSI_QUOTES', GLOBAL max_connections = 500", b"SET SESSION sql_mode = 'ANSI_QUOTES'"),
+    (b"SET GLOBAL max_connections = 500, wait_timeout = 7, SESSION wait_timeout = 9, @x := (1 + 2)",
+     b"SET SESSION wait_timeout = 9, @x := (1 + 2)"),  # GLOBAL holds for wait_timeout = 7 too
+    (b"set @@GLOBAL.max_connections = 500, @@session.wait_timeout = 11, @@lock_wait_timeout = 12",
+     b"SET @@session.wait_timeout = 11, @@lock_wait_timeout = 12"),
+    (b"SET GLOBAL max_connections = 500, @m = CONCAT('a,', (SELECT 'b')), @@session.lock_wait_timeout = 13",
+     b"SET @m = CONCAT('a,', (SELECT 'b')), @@session.lock_wait_timeout = 13"),
+    (b"SET GLOBAL max_connections = 500, @@lock_wait_timeout = 12", None),  # bare @@x after GLOBAL: unsure
+    (b"SET GLOBAL max_connections = 500", None),
+    (b"SET PERSIST max_connections = 500, wait_timeout = 7", None),
+    (b"SET /*!40101 GLOBAL */ max_connections = 500, @x = 1", None),  # a comment: not rewritten
+    (b"SET GLOBAL max_connections = 500; SET @x = 1", None),
+    (b"SET PASSWORD = PASSWORD('secret')", None),
+]
+
+
+@pytest.mark.parametrize("sql, expected", MIXED_SCOPE_SETS)
+def test_a_resumed_connection_sends_the_session_part_of_a_set_that_also_sets_globals(sql, expected):
+    from fastproxy.replay.checkpoint import session_part
+    from fastproxy.replay.stmtinfo import Classifier
+
+    assert session_part(Classifier(), sql) == expected
+
+
+def test_the_session_part_of_a_mixed_set_sets_the_session_on_a_real_server_and_no_global(mariadb_test):
+    from fastproxy.replay.checkpoint import session_part
+    from fastproxy.replay.stmtinfo import Classifier
+
+    classify = Classifier()
+    db = MySQLdb.connect(host=mariadb_test.host, port=mariadb_test.port, user="root", password=ROOT_PASSWORD)
+    try:
+        cur = db.cursor()
+        cur.execute("SELECT @@global.max_connections, @@global.wait_timeout")
+        globals_before = cur.fetchone()
+        for sql, expected in MIXED_SCOPE_SETS:
+            if expected is not None:
+                cur.execute(session_part(classify, sql))
+        cur.execute("SELECT @@session.sql_mode, @@session.wait_timeout, @x, @@session.lock_wait_timeout, @m")
+        assert cur.fetchone() == ("ANSI_QUOTES", 11, 3, 13, "a,b")
+        cur.execute("SELECT @@global.max_connections, @@global.wait_timeout")
+        assert cur.fetchone() == globals_before
+    finally:
+        db.close()
+
+
 def test_a_checkpoint_from_before_the_reorder_window_resumes_what_is_read_as_written(tmp_path):
     """A checkpoint written before its identity named the reorder window still applies where the
     records are read as written (no window: a slow log, a capture without one); not where they are

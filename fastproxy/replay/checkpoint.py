@@ -58,6 +58,7 @@ from fastproxy.private_files import create_private_file, open_private_dir, write
 from fastproxy.replay._checkpoint import CheckpointHooks, Track
 from fastproxy.replay.journal import MESSAGE_MAX, RESULT, SENT, Journal, read_journal
 from fastproxy.replay.report import Failure, OtherError
+from fastproxy.replay.set_scope import session_assignments
 from fastproxy.replay.stmtinfo import READ, SESSION
 
 log = logging.getLogger("fastproxy.replay")
@@ -116,6 +117,16 @@ def _of_the_session(classify, sql: bytes) -> bool:
     a resumed connection sends it again: by the planner's classification, not a SET GLOBAL or an
     account change (unknown scope), nor a SET STATEMENT ... FOR a write."""
     return classify(sql).kind in (SESSION, READ)
+
+
+def session_part(classify, sql: bytes) -> bytes | None:
+    """What a resumed connection sends again of a session word's statement: all of it when it only
+    changes the session; of a SET that also assigns global variables, its session assignments
+    (fastproxy/replay/set_scope.py); else nothing (None)."""
+    if _of_the_session(classify, sql):
+        return sql
+    kept = session_assignments(sql)
+    return kept if kept is not None and _of_the_session(classify, kept) else None
 
 
 def _reorder_windows(source) -> list[int]:
@@ -487,9 +498,10 @@ class Checkpoint(CheckpointHooks):
         if cmd == COMMAND.COM_QUERY:
             m = _FIRST_WORD.match(payload, 1)
             word = m.group(1).lower() if m else b""
-            if (word.decode() in _SESSION_WORDS and rec.outcome == OUTCOME_OK
-                    and _of_the_session(planner.classify, payload[1:])):
-                prelude.append(payload[1:])
+            again = (session_part(planner.classify, payload[1:])
+                     if word.decode() in _SESSION_WORDS and rec.outcome == OUTCOME_OK else None)
+            if again is not None:
+                prelude.append(again)
                 if word == b"use":
                     from fastproxy.proxy.session import used_database
 
