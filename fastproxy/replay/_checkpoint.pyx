@@ -10,6 +10,9 @@ The attributes are Checkpoint's, set and read from Python as before; `Track` is 
 from collections import deque
 
 from fastproxy._packet cimport CommandResult
+from fastproxy.replay._client cimport ClientCore
+from fastproxy.replay._conn cimport Conn
+from fastproxy.replay._engine cimport EngineCore
 
 from fastproxy.capture.record import KIND_COMMAND as _KIND_COMMAND, KIND_CONN_CLOSE as _KIND_CONN_CLOSE
 from fastproxy.constants import COMMAND
@@ -138,7 +141,7 @@ cdef class CheckpointHooks:
             (<Track>track).pending.append(seq)
         return True
 
-    def sent(self, conn):
+    def sent(self, Conn conn):
         """The head command of `conn` is going out: from now on it counts as executed."""
         conn_id = conn.conn_id
         cdef Track track = self._pending(conn_id)
@@ -153,7 +156,9 @@ cdef class CheckpointHooks:
         track.inflight_txn = in_txn
         track.answered = False
         client = conn.client
-        if client is not None:
+        if isinstance(client, ClientCore):
+            track.thread = (<ClientCore>client).connection_id
+        elif client is not None:
             track.thread = client.connection_id
         journal = self._journal
         if journal is not None and not journal.sent(conn_id, seq, in_txn, track.thread):
@@ -165,42 +170,53 @@ cdef class CheckpointHooks:
         """The engine's `_compare`: the result of the head command of `conn`. Counted now if the command
         is done, else when its transaction ends."""
         cdef Track track
-        found = self.tracks.get(conn.conn_id)
+        found = self.tracks.get((<Conn>conn).conn_id if type(conn) is Conn else conn.conn_id)
         if found is None:
-            return self._count(conn, rec, result, now)
+            return self._count_c(conn, rec, result, now, -1)
         track = <Track>found
         if track.inflight < 0 or track.answered:
-            return self._count(conn, rec, result, now)  # not one the position follows
+            return self._count_c(conn, rec, result, now, -1)  # not one the position follows
         track.answered = True
         if track.inflight_txn:
             if track.held is None:
                 track.held = []
             track.held.append((HeldConn(conn, rec), rec, result_copy(result), now, track.inflight))
             return
-        self._count(conn, rec, result, now, track.inflight)
+        self._count_c(conn, rec, result, now, track.inflight)
 
     def _count(self, conn, rec, result, now, seq=-1):
         """Journal the result (if it belongs to a position), then count it: the verdict, the failures
-        and the summary's counters (Replayer._compare_now)."""
+        and the summary's counters (Replayer._compare_now). `conn`: a Conn, or a HeldConn."""
+        self._count_c(conn, rec, result, now, seq)
+
+    cdef int _count_c(self, conn, rec, result, now, seq) except -1:
         engine = self.engine
         journal = self._journal
         if journal is not None and seq >= 0:
             observer = engine.observer
             second = observer.replay_second(now) if hasattr(observer, "replay_second") else 0
-            lag = conn.sent_ns - conn.due_ns if engine.opt.speed > 0 else None
-            if not journal.result(conn.conn_id, seq, result, now - conn.sent_ns, second, lag):
+            if type(conn) is Conn:
+                conn_id, sent_ns, due_ns = (<Conn>conn).conn_id, (<Conn>conn).sent_ns, (<Conn>conn).due_ns
+            else:
+                conn_id, sent_ns, due_ns = conn.conn_id, conn.sent_ns, conn.due_ns
+            lag = sent_ns - due_ns if engine.opt.speed > 0 else None
+            if not journal.result(conn_id, seq, result, now - sent_ns, second, lag):
                 self._write_snapshot()  # full: the snapshot (without this result) empties it
                 if self._journal is not None:
-                    self._journal.result(conn.conn_id, seq, result, now - conn.sent_ns, second, lag)
+                    self._journal.result(conn_id, seq, result, now - sent_ns, second, lag)
         report = engine.report
         on_add = report.on_add
         report.on_add = None  # the failures it adds are in the `R` entry
         try:
-            engine._compare_now(conn, rec, result, now)
+            if isinstance(engine, EngineCore) and type(result) is CommandResult:
+                (<EngineCore>engine)._compare_now_c(conn, rec, <CommandResult>result, now)
+            else:
+                engine._compare_now(conn, rec, result, now)
         finally:
             report.on_add = on_add
+        return 0
 
-    def consumed(self, conn, ticket):
+    def consumed(self, Conn conn, ticket):
         """The head command of `conn` is finished (replayed, filtered, skipped)."""
         conn_id = conn.conn_id
         cdef Track track = self._pending(conn_id)
