@@ -9,7 +9,7 @@ The attributes are Checkpoint's, set and read from Python as before; `Track` is 
 """
 from collections import deque
 
-from fastproxy._packet cimport CommandResult
+from fastproxy._packet cimport OUTCOME_ERR, CommandResult
 from fastproxy.replay._client cimport ClientCore
 from fastproxy.replay._conn cimport Conn
 from fastproxy.replay._engine cimport EngineCore
@@ -191,27 +191,29 @@ cdef class CheckpointHooks:
 
     cdef int _count_c(self, conn, rec, result, now, seq) except -1:
         engine = self.engine
+        cdef bint core = isinstance(engine, EngineCore)
         journal = self._journal
         if journal is not None and seq >= 0:
-            observer = engine.observer
+            observer = (<EngineCore>engine).observer if core else engine.observer
             second = observer.replay_second(now) if hasattr(observer, "replay_second") else 0
             if type(conn) is Conn:
                 conn_id, sent_ns, due_ns = (<Conn>conn).conn_id, (<Conn>conn).sent_ns, (<Conn>conn).due_ns
             else:
                 conn_id, sent_ns, due_ns = conn.conn_id, conn.sent_ns, conn.due_ns
-            lag = sent_ns - due_ns if engine.opt.speed > 0 else None
+            lag = sent_ns - due_ns if ((<EngineCore>engine).opt if core else engine.opt).speed > 0 else None
             if not journal.result(conn_id, seq, result, now - sent_ns, second, lag):
                 self._write_snapshot()  # full: the snapshot (without this result) empties it
                 if self._journal is not None:
                     self._journal.result(conn_id, seq, result, now - sent_ns, second, lag)
+        if core and type(result) is CommandResult and (<CommandResult>result).outcome != OUTCOME_ERR:
+            # EngineCore._compare_now adds to the report only for an error: nothing to keep out of it
+            (<EngineCore>engine)._compare_now_c(conn, rec, <CommandResult>result, now)
+            return 0
         report = engine.report
         on_add = report.on_add
         report.on_add = None  # the failures it adds are in the `R` entry
         try:
-            if isinstance(engine, EngineCore) and type(result) is CommandResult:
-                (<EngineCore>engine)._compare_now_c(conn, rec, <CommandResult>result, now)
-            else:
-                engine._compare_now(conn, rec, result, now)
+            engine._compare_now(conn, rec, result, now)
         finally:
             report.on_add = on_add
         return 0

@@ -37,6 +37,10 @@ cdef class EngineCore:
     cdef public Scheduler heap  # connections waiting for their head command's time, by due time
     cdef public object _timer  # the loop's timer for the earliest of them (asyncio.TimerHandle) or None
     cdef public int64_t _timer_due
+    cdef public dict conns  # captured connection id -> Conn
+    cdef public int64_t _read_ns  # the latest end time read (KILLs wait for their target's)
+    cdef public int64_t first_command_ns  # captured span, for the captured QPS
+    cdef public int64_t last_command_ns
 
     cdef bint _result_fast(self, client, CommandResult result) except -1
     cdef int _compare_now_c(self, conn, rec, CommandResult result, int64_t now) except -1

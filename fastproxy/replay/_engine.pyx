@@ -17,7 +17,7 @@ from libc.stdint cimport int64_t, uint32_t
 
 from fastproxy._packet cimport CommandResult
 from fastproxy._packet import execute_flag_at, execute_types_at
-from fastproxy.capture.record_fields cimport R_AFFECTED, R_END, R_ERR_CODE, R_KIND, R_OUTCOME, R_PAYLOAD, R_START
+from fastproxy.capture.record_fields cimport R_AFFECTED, R_CONN_ID, R_END, R_ERR_CODE, R_KIND, R_OUTCOME, R_PAYLOAD, R_START
 from fastproxy.replay._client cimport ClientCore
 from fastproxy.replay._conn cimport Conn, TxnLog
 from fastproxy.replay._scheduler cimport Scheduler, Ticket
@@ -45,6 +45,7 @@ KILL_START = re.compile(rb"(?:\s|/\*(?!M?!).*?\*/|#[^\n]*\n|--\s[^\n]*\n|/\*M?!\
 cdef object _kill_match = KILL_START.match
 
 cdef int KIND_COMMAND = _record.KIND_COMMAND
+cdef int KIND_CONN_CLOSE = _record.KIND_CONN_CLOSE
 cdef int OUTCOME_OK = _record.OUTCOME_OK
 cdef int OUTCOME_ERR = _record.OUTCOME_ERR
 cdef int OUTCOME_BACKEND_LOST = _record.OUTCOME_BACKEND_LOST
@@ -124,6 +125,50 @@ cdef class EngineCore:
     def __cinit__(self):
         self.FAST_PATH = True
         self._released = []
+
+    # ---- reading ---------------------------------------------------------------------------------
+    def _dispatch_all(self, list records):
+        """Replayer._dispatch for each record of a batch read: a command or a close of a connection
+        already known and not lost while idle here, anything else (everything with FAST_PATH off)
+        through Replayer._dispatch_read, the reference."""
+        cdef Conn conn
+        cdef int kind
+        cdef int64_t end_ns, start_ns
+        cdef tuple r
+        cdef StatsCore st = self.stats
+        for rec in records:
+            if not self.FAST_PATH or type(rec) is not Record:
+                self._dispatch(rec)
+                continue
+            if self.checkpoint is not None and not self.checkpoint.on_read(rec):
+                continue  # done before a resume
+            r = <tuple>rec
+            kind = r[R_KIND]
+            conn_id = r[R_CONN_ID]
+            found = self.conns.get(conn_id) if kind == KIND_COMMAND or kind == KIND_CONN_CLOSE else None
+            if found is None or (<Conn>found).lost_idle:
+                self._dispatch_read(rec)
+                continue
+            conn = <Conn>found
+            end_ns = r[R_END]
+            if end_ns > self._read_ns:
+                self._read_ns = end_ns  # how far the input has been read (KILLs wait for their target)
+            if kind == KIND_COMMAND:
+                st.read += 1
+                start_ns = r[R_START]
+                if not self.first_command_ns:
+                    self.first_command_ns = start_ns
+                self.last_command_ns = start_ns
+                ticket = self.planner.note(conn_id, rec)
+            else:
+                ticket = self.planner.note_close(conn_id, rec)
+            conn.tickets.append(ticket)
+            conn.queue.append(rec)
+            self.queued += 1
+            if self.queued > st.peak_queued:
+                st.peak_queued = self.queued
+            if len(conn.queue) == 1 and not conn.busy:
+                self._schedule_c(conn)
 
     # ---- results ---------------------------------------------------------------------------------
     def _on_result(self, client, result):

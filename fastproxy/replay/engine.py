@@ -335,8 +335,7 @@ class Replayer(EngineCore):
                     break
                 if not self.capture_start_ns:
                     self.capture_start_ns = records[0].start_ns
-                for rec in records:
-                    self._dispatch(rec)
+                self._dispatch_all(records)  # EngineCore: each through _dispatch, the common ones in C
                 # bounded look-ahead: memory stays flat however long the capture is
                 last_due = self.due_ns(records[-1].start_ns)
                 while not self._stop_reading and (
@@ -360,6 +359,11 @@ class Replayer(EngineCore):
     def _dispatch(self, rec: Record) -> None:
         if self.checkpoint is not None and not self.checkpoint.on_read(rec):
             return  # done before a resume
+        self._dispatch_read(rec)
+
+    def _dispatch_read(self, rec: Record) -> None:
+        """A record read (and not done before a resume): a connection's state, or a command or close
+        queued on its connection (EngineCore._dispatch_all does the common case in C)."""
         kind = rec.kind
         if rec.end_ns > self._read_ns:
             self._read_ns = rec.end_ns  # how far the input has been read (KILLs wait for their target)
