@@ -6,9 +6,8 @@ client.py (`_data_received_slow`, `_send_infile`).
 
 The attributes are ReplayClient's, set and read from Python as before.
 """
-from fastproxy._packet cimport CommandResult, ResponseTracker
+from fastproxy._packet cimport CommandResult, ResponseTracker, build_packet
 
-from fastproxy._packet import build_packet
 from fastproxy.errors import ProtocolError
 
 
