@@ -27,16 +27,7 @@ cdef frozenset STMT_COMMANDS = frozenset({COMMAND.COM_STMT_EXECUTE, COMMAND.COM_
 
 
 cdef class Track:
-    """One captured connection's progress."""
-
-    cdef public object pending  # deque of seqs read and not yet done: consumed inside a transaction, then queued
-    cdef public object consumed  # how many of `pending` were consumed (their transaction goes on)
-    cdef public object done  # seq of its last record done
-    cdef public object inflight  # seq of the command sent and not yet consumed
-    cdef public object inflight_txn  # ... and the connection is inside a transaction after it
-    cdef public object thread  # the replay session's thread id on the target
-    cdef public object answered  # the command in flight got its result
-    cdef public object held  # results inside the open transaction: counted once it ends
+    """One captured connection's progress (fields: _checkpoint.pxd)."""
 
     def __init__(self):
         self.pending = deque()
@@ -110,14 +101,7 @@ cdef inline bint _in_transaction(ticket):
 
 
 cdef class CheckpointHooks:
-    cdef public object engine
-    cdef public object seq  # the next record's seq
-    cdef public dict tracks
-    cdef public object _journal
-    cdef public object results
-    cdef public object _resume_until
-    cdef public object _read_before
-    cdef public object _clock_set
+    # the attributes are declared in _checkpoint.pxd (the engine calls the hooks from C)
 
     cdef Track _pending(self, conn_id):
         """The Track of `conn_id` if a record of it is read and not yet consumed, else None."""
@@ -126,7 +110,7 @@ cdef class CheckpointHooks:
             return None
         return <Track>track
 
-    def on_read(self, rec):
+    cpdef on_read(self, rec):
         """Every record the engine reads, first. False: it is done (the engine does nothing more)."""
         seq = self.seq
         if seq < self._resume_until or seq < self._read_before or self.results or not self._clock_set:
@@ -141,7 +125,7 @@ cdef class CheckpointHooks:
             (<Track>track).pending.append(seq)
         return True
 
-    def sent(self, Conn conn):
+    cpdef sent(self, Conn conn):
         """The head command of `conn` is going out: from now on it counts as executed."""
         conn_id = conn.conn_id
         cdef Track track = self._pending(conn_id)
@@ -166,16 +150,18 @@ cdef class CheckpointHooks:
             if self._journal is not None:
                 self._journal.sent(conn_id, seq, in_txn, track.thread)
 
-    def result(self, conn, rec, result, now):
+    cpdef result(self, conn, rec, result, now):
         """The engine's `_compare`: the result of the head command of `conn`. Counted now if the command
         is done, else when its transaction ends."""
         cdef Track track
         found = self.tracks.get((<Conn>conn).conn_id if type(conn) is Conn else conn.conn_id)
         if found is None:
-            return self._count_c(conn, rec, result, now, -1)
+            self._count_c(conn, rec, result, now, -1)
+            return
         track = <Track>found
         if track.inflight < 0 or track.answered:
-            return self._count_c(conn, rec, result, now, -1)  # not one the position follows
+            self._count_c(conn, rec, result, now, -1)  # not one the position follows
+            return
         track.answered = True
         if track.inflight_txn:
             if track.held is None:
@@ -218,7 +204,7 @@ cdef class CheckpointHooks:
             report.on_add = on_add
         return 0
 
-    def consumed(self, Conn conn, ticket):
+    cpdef consumed(self, Conn conn, ticket):
         """The head command of `conn` is finished (replayed, filtered, skipped)."""
         conn_id = conn.conn_id
         cdef Track track = self._pending(conn_id)

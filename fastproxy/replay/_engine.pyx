@@ -18,6 +18,7 @@ from libc.stdint cimport int64_t, uint32_t
 from fastproxy._packet cimport CommandResult
 from fastproxy._packet import execute_flag_at, execute_types_at
 from fastproxy.capture.record_fields cimport R_AFFECTED, R_CONN_ID, R_END, R_ERR_CODE, R_KIND, R_OUTCOME, R_PAYLOAD, R_START
+from fastproxy.replay._checkpoint cimport CheckpointHooks
 from fastproxy.replay._client cimport ClientCore
 from fastproxy.replay._conn cimport Conn, TxnLog
 from fastproxy.replay._scheduler cimport Scheduler, Ticket
@@ -140,7 +141,9 @@ cdef class EngineCore:
             if not self.FAST_PATH or type(rec) is not Record:
                 self._dispatch(rec)
                 continue
-            if self.checkpoint is not None and not self.checkpoint.on_read(rec):
+            cp = self.checkpoint
+            if cp is not None and not ((<CheckpointHooks>cp).on_read(rec) if isinstance(cp, CheckpointHooks)
+                                       else cp.on_read(rec)):
                 continue  # done before a resume
             r = <tuple>rec
             kind = r[R_KIND]
@@ -199,8 +202,11 @@ cdef class EngineCore:
         if result.affected_rows == 0 and captured == OUTCOME_OK and r[R_AFFECTED] > 0 and conn.again is not rec:
             return False  # changed nothing here: maybe sent again after the writes that overlapped it
         cdef int64_t now = monotonic_ns()
-        if self.checkpoint is not None:  # counted once the command is done (fastproxy/replay/checkpoint.py)
-            self.checkpoint.result(conn, rec, result, now)
+        cp = self.checkpoint
+        if isinstance(cp, CheckpointHooks):  # counted once the command is done (fastproxy/replay/checkpoint.py)
+            (<CheckpointHooks>cp).result(conn, rec, result, now)
+        elif cp is not None:
+            cp.result(conn, rec, result, now)
         else:
             self._compare_now_c(conn, rec, result, now)
         if (result.schema is not None or cmd == COM_QUERY) and self._track_database(conn, rec, result):
@@ -264,8 +270,11 @@ cdef class EngineCore:
             ticket = conn.tickets.popleft()
             if ticket is not None:
                 self._finish_c(conn, <Ticket?>ticket)
-            if self.checkpoint is not None:
-                self.checkpoint.consumed(conn, ticket)
+            cp = self.checkpoint
+            if isinstance(cp, CheckpointHooks):
+                (<CheckpointHooks>cp).consumed(conn, ticket)
+            elif cp is not None:
+                cp.consumed(conn, ticket)
         return True
 
     def _next(self, Conn conn):
@@ -407,8 +416,11 @@ cdef class EngineCore:
         conn.busy = True
         conn.inflight = rec
         conn.sent_ns = now
-        if self.checkpoint is not None:
-            self.checkpoint.sent(conn)
+        cp = self.checkpoint
+        if isinstance(cp, CheckpointHooks):
+            (<CheckpointHooks>cp).sent(conn)
+        elif cp is not None:
+            cp.sent(conn)
         return 0
     def _remap(self, Conn conn, captured_id, replay_id, payload):
         """The statement command with the replay statement id. An execute also needs parameter types
