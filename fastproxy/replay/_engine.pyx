@@ -422,6 +422,7 @@ cdef class EngineCore:
         elif cp is not None:
             cp.sent(conn)
         return 0
+
     def _remap(self, Conn conn, captured_id, replay_id, payload):
         """The statement command with the replay statement id. An execute also needs parameter types
         bound on this server: clients send them once after a prepare, so after a re-prepare (open

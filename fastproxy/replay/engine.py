@@ -168,6 +168,7 @@ class Stats(StatsCore):
 for _name in StatsCore.__dict__:
     if _name in Stats.__dict__ and _name in Stats.__dataclass_fields__:
         delattr(Stats, _name)
+del _name
 
 
 def _queued(conn: Conn, rec: Record) -> bool:
