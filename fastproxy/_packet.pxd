@@ -101,6 +101,9 @@ cdef class CommandResult:
     cdef public bint schema_cut
 
 
+cpdef bytes build_packet(int seq, payload)
+
+
 cdef class ResponseTracker:
     # The C tracker (fastproxy/csrc/tracker.c, shared with the data plane) does the work; this
     # wrapper keeps each command's tag and hands out CommandResult objects.
@@ -110,3 +113,7 @@ cdef class ResponseTracker:
     cdef public object last_unsolicited_error
 
     cdef void _deliver(self, const trk_result *r) noexcept
+    # the replay client's per-command calls (fastproxy/replay/_client.pyx), without a Python call
+    cpdef Py_ssize_t begin(self, payload, tag=*) except -1
+    cpdef Py_ssize_t feed(self, data) except -1
+    cpdef list take_completed(self)

@@ -17,6 +17,8 @@ Two pieces:
 from collections import deque
 
 from cpython.buffer cimport PyObject_GetBuffer, PyBuffer_Release, PyBUF_SIMPLE
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
+from libc.string cimport memcpy
 
 from fastproxy.errors import PacketTooLarge, ProtocolError
 
@@ -73,9 +75,20 @@ def execute_types_at(payload, dict num_params):
         PyBuffer_Release(&buf)
 
 
-def build_packet(int seq, payload):
+cpdef bytes build_packet(int seq, payload):
     """Frame `payload` as one or more packets (split at 16 MiB - 1), starting at sequence `seq`."""
     cdef Py_ssize_t n = len(payload), pos = 0, part
+    cdef bytes one
+    cdef unsigned char *p
+    if type(payload) is bytes and n < MAX_PAYLOAD:  # one packet (every command the replayer sends): one copy
+        one = PyBytes_FromStringAndSize(NULL, n + 4)
+        p = <unsigned char *>PyBytes_AS_STRING(one)  # not yet seen by anyone: ours to fill
+        p[0] = n & 0xFF
+        p[1] = (n >> 8) & 0xFF
+        p[2] = n >> 16
+        p[3] = seq & 0xFF
+        memcpy(p + 4, PyBytes_AS_STRING(payload), n)
+        return one
     out = bytearray()
     while True:
         part = min(n - pos, MAX_PAYLOAD)
@@ -342,7 +355,7 @@ cdef class ResponseTracker:
         res.tag = self._tags.popleft()
         self._completed.append(res)
 
-    def begin(self, payload, tag=None):
+    cpdef Py_ssize_t begin(self, payload, tag=None) except -1:
         """Register a command the client sent (payload starts with the command byte)."""
         cdef int cmd
         cdef bint cursor = False
@@ -357,7 +370,7 @@ cdef class ResponseTracker:
             raise MemoryError("response tracker queue")
         return len(self._completed)
 
-    def feed(self, data):
+    cpdef Py_ssize_t feed(self, data) except -1:
         """Scan server bytes; returns how many commands are complete and not yet taken."""
         cdef Py_buffer buf
         cdef int rc
@@ -370,7 +383,7 @@ cdef class ResponseTracker:
             raise ProtocolError(self._t.error.decode("ascii", "replace"))
         return len(self._completed)
 
-    def take_completed(self):
+    cpdef list take_completed(self):
         done = self._completed
         self._completed = []
         return done

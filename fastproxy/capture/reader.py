@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+from itertools import chain
 from typing import Iterator
 
 import lz4.frame
@@ -90,6 +91,10 @@ class TrafficReader:
         return in_completion_order(self._as_written(), window) if window else self._as_written()
 
     def _as_written(self) -> Iterator[Record]:
+        # the records of each decoded batch are handed out by chain, in C: no generator frame a record
+        return chain.from_iterable(self._batches())
+
+    def _batches(self) -> Iterator[list[Record]]:
         for i, name in enumerate(self.files):
             last = i == len(self.files) - 1
             yield from self._read_file(name, tolerate_cut=last and not self.complete)
@@ -157,7 +162,7 @@ class TrafficReader:
         if dec is not None and not dec.eof:
             raise _Cut(f"{path}: truncated lz4 frame at decompressed offset {out_offset}")
 
-    def _read_file(self, name: str, tolerate_cut: bool) -> Iterator[Record]:
+    def _read_file(self, name: str, tolerate_cut: bool) -> Iterator[list[Record]]:
         path = self.storage.path(name)
         f = self.storage.open(name)
         with f:
@@ -171,7 +176,7 @@ class TrafficReader:
                     if used:
                         del buf[:used]
                         offset += used
-                    yield from recs
+                    yield recs
                 if buf:
                     raise _Cut(f"{path}: truncated record at offset {offset}")
             except _Cut as e:

@@ -10,10 +10,10 @@ sequence (a checkpoint's record count stays valid).
 """
 from __future__ import annotations
 
-import heapq
 from typing import Iterable, Iterator
 
-from fastproxy.capture.record import KIND_COMMAND, KIND_CONN_CLOSE, Record
+from fastproxy.capture._reorder import CompletionOrder
+from fastproxy.capture.record import Record
 
 MAX_WINDOW_NS = 10_000_000_000  # look-ahead bound (memory: records of this many seconds)
 
@@ -25,46 +25,5 @@ def in_completion_order(records: Iterable[Record], window_ns: int) -> Iterator[R
     raised it before records kept their true end."""
     window = min(max(int(window_ns), 0), MAX_WINDOW_NS)
     if not window:
-        yield from records
-        return
-    heap: list = []
-    last_key: dict[int, int] = {}  # per open connection: its records never overtake each other
-    high = 0  # the latest command end read so far
-    emitted_end = [0]  # the end of the last command emitted
-    seq = 0
-    push = heapq.heappush
-    try:
-        for rec in records:
-            if rec.kind == KIND_COMMAND:
-                end = rec.end_ns or rec.start_ns  # a command with no end (cut off) goes by its start
-                if end > high:  # the window was measured between commands' true ends
-                    high = end
-            else:
-                end = rec.start_ns
-            key = max(end, last_key.get(rec.conn_id, 0))
-            if rec.kind == KIND_CONN_CLOSE:
-                last_key.pop(rec.conn_id, None)  # a closed connection's id may come back: start afresh
-            else:
-                last_key[rec.conn_id] = key
-            push(heap, (key, seq, rec))
-            seq += 1
-            if heap[0][0] <= high - window:
-                yield from _take(heap, high - window, emitted_end)
-    except Exception:
-        # a damaged file: what was read before the damage is given out, then the error
-        yield from _take(heap, None, emitted_end)
-        raise
-    yield from _take(heap, None, emitted_end)
-
-
-def _take(heap: list, limit: int | None, emitted_end: list) -> Iterator[Record]:
-    """Pop the records keyed up to limit (None: all); a command that ended before one already
-    given out gets that one's end."""
-    pop = heapq.heappop
-    while heap and (limit is None or heap[0][0] <= limit):
-        rec = pop(heap)[2]
-        if rec.kind == KIND_COMMAND and rec.end_ns:  # no end (0) stays unknown
-            if rec.end_ns < emitted_end[0]:
-                rec = rec._replace(end_ns=emitted_end[0])
-            emitted_end[0] = rec.end_ns
-        yield rec
+        return iter(records)
+    return CompletionOrder(records, window)  # in C (_reorder.pyx): every record a replay reads goes through it

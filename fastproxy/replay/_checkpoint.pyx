@@ -9,7 +9,10 @@ The attributes are Checkpoint's, set and read from Python as before; `Track` is 
 """
 from collections import deque
 
-from fastproxy._packet cimport CommandResult
+from fastproxy._packet cimport OUTCOME_ERR, CommandResult
+from fastproxy.replay._client cimport ClientCore
+from fastproxy.replay._conn cimport Conn
+from fastproxy.replay._engine cimport EngineCore
 
 from fastproxy.capture.record import KIND_COMMAND as _KIND_COMMAND, KIND_CONN_CLOSE as _KIND_CONN_CLOSE
 from fastproxy.constants import COMMAND
@@ -24,16 +27,7 @@ cdef frozenset STMT_COMMANDS = frozenset({COMMAND.COM_STMT_EXECUTE, COMMAND.COM_
 
 
 cdef class Track:
-    """One captured connection's progress."""
-
-    cdef public object pending  # deque of seqs read and not yet done: consumed inside a transaction, then queued
-    cdef public object consumed  # how many of `pending` were consumed (their transaction goes on)
-    cdef public object done  # seq of its last record done
-    cdef public object inflight  # seq of the command sent and not yet consumed
-    cdef public object inflight_txn  # ... and the connection is inside a transaction after it
-    cdef public object thread  # the replay session's thread id on the target
-    cdef public object answered  # the command in flight got its result
-    cdef public object held  # results inside the open transaction: counted once it ends
+    """One captured connection's progress (fields: _checkpoint.pxd)."""
 
     def __init__(self):
         self.pending = deque()
@@ -107,14 +101,7 @@ cdef inline bint _in_transaction(ticket):
 
 
 cdef class CheckpointHooks:
-    cdef public object engine
-    cdef public object seq  # the next record's seq
-    cdef public dict tracks
-    cdef public object _journal
-    cdef public object results
-    cdef public object _resume_until
-    cdef public object _read_before
-    cdef public object _clock_set
+    # the attributes are declared in _checkpoint.pxd (the engine calls the hooks from C)
 
     cdef Track _pending(self, conn_id):
         """The Track of `conn_id` if a record of it is read and not yet consumed, else None."""
@@ -123,7 +110,7 @@ cdef class CheckpointHooks:
             return None
         return <Track>track
 
-    def on_read(self, rec):
+    cpdef on_read(self, rec):
         """Every record the engine reads, first. False: it is done (the engine does nothing more)."""
         seq = self.seq
         if seq < self._resume_until or seq < self._read_before or self.results or not self._clock_set:
@@ -138,7 +125,7 @@ cdef class CheckpointHooks:
             (<Track>track).pending.append(seq)
         return True
 
-    def sent(self, conn):
+    cpdef sent(self, Conn conn):
         """The head command of `conn` is going out: from now on it counts as executed."""
         conn_id = conn.conn_id
         cdef Track track = self._pending(conn_id)
@@ -153,7 +140,9 @@ cdef class CheckpointHooks:
         track.inflight_txn = in_txn
         track.answered = False
         client = conn.client
-        if client is not None:
+        if isinstance(client, ClientCore):
+            track.thread = (<ClientCore>client).connection_id
+        elif client is not None:
             track.thread = client.connection_id
         journal = self._journal
         if journal is not None and not journal.sent(conn_id, seq, in_txn, track.thread):
@@ -161,37 +150,51 @@ cdef class CheckpointHooks:
             if self._journal is not None:
                 self._journal.sent(conn_id, seq, in_txn, track.thread)
 
-    def result(self, conn, rec, result, now):
+    cpdef result(self, conn, rec, result, now):
         """The engine's `_compare`: the result of the head command of `conn`. Counted now if the command
         is done, else when its transaction ends."""
         cdef Track track
-        found = self.tracks.get(conn.conn_id)
+        found = self.tracks.get((<Conn>conn).conn_id if type(conn) is Conn else conn.conn_id)
         if found is None:
-            return self._count(conn, rec, result, now)
+            self._count_c(conn, rec, result, now, -1)
+            return
         track = <Track>found
         if track.inflight < 0 or track.answered:
-            return self._count(conn, rec, result, now)  # not one the position follows
+            self._count_c(conn, rec, result, now, -1)  # not one the position follows
+            return
         track.answered = True
         if track.inflight_txn:
             if track.held is None:
                 track.held = []
             track.held.append((HeldConn(conn, rec), rec, result_copy(result), now, track.inflight))
             return
-        self._count(conn, rec, result, now, track.inflight)
+        self._count_c(conn, rec, result, now, track.inflight)
 
     def _count(self, conn, rec, result, now, seq=-1):
         """Journal the result (if it belongs to a position), then count it: the verdict, the failures
-        and the summary's counters (Replayer._compare_now)."""
+        and the summary's counters (Replayer._compare_now). `conn`: a Conn, or a HeldConn."""
+        self._count_c(conn, rec, result, now, seq)
+
+    cdef int _count_c(self, conn, rec, result, now, seq) except -1:
         engine = self.engine
+        cdef bint core = isinstance(engine, EngineCore)
         journal = self._journal
         if journal is not None and seq >= 0:
-            observer = engine.observer
+            observer = (<EngineCore>engine).observer if core else engine.observer
             second = observer.replay_second(now) if hasattr(observer, "replay_second") else 0
-            lag = conn.sent_ns - conn.due_ns if engine.opt.speed > 0 else None
-            if not journal.result(conn.conn_id, seq, result, now - conn.sent_ns, second, lag):
+            if type(conn) is Conn:
+                conn_id, sent_ns, due_ns = (<Conn>conn).conn_id, (<Conn>conn).sent_ns, (<Conn>conn).due_ns
+            else:
+                conn_id, sent_ns, due_ns = conn.conn_id, conn.sent_ns, conn.due_ns
+            lag = sent_ns - due_ns if ((<EngineCore>engine).opt if core else engine.opt).speed > 0 else None
+            if not journal.result(conn_id, seq, result, now - sent_ns, second, lag):
                 self._write_snapshot()  # full: the snapshot (without this result) empties it
                 if self._journal is not None:
-                    self._journal.result(conn.conn_id, seq, result, now - conn.sent_ns, second, lag)
+                    self._journal.result(conn_id, seq, result, now - sent_ns, second, lag)
+        if core and type(result) is CommandResult and (<CommandResult>result).outcome != OUTCOME_ERR:
+            # EngineCore._compare_now adds to the report only for an error: nothing to keep out of it
+            (<EngineCore>engine)._compare_now_c(conn, rec, <CommandResult>result, now)
+            return 0
         report = engine.report
         on_add = report.on_add
         report.on_add = None  # the failures it adds are in the `R` entry
@@ -199,8 +202,9 @@ cdef class CheckpointHooks:
             engine._compare_now(conn, rec, result, now)
         finally:
             report.on_add = on_add
+        return 0
 
-    def consumed(self, conn, ticket):
+    cpdef consumed(self, Conn conn, ticket):
         """The head command of `conn` is finished (replayed, filtered, skipped)."""
         conn_id = conn.conn_id
         cdef Track track = self._pending(conn_id)

@@ -6,9 +6,8 @@ client.py (`_data_received_slow`, `_send_infile`).
 
 The attributes are ReplayClient's, set and read from Python as before.
 """
-from fastproxy._packet cimport CommandResult, ResponseTracker
+from fastproxy._packet cimport CommandResult, ResponseTracker, build_packet
 
-from fastproxy._packet import build_packet
 from fastproxy.errors import ProtocolError
 
 
@@ -22,15 +21,9 @@ cdef class Internal:
 
 
 cdef class ClientCore:
-    cdef public object transport
-    cdef public ResponseTracker tracker
-    cdef public object on_result  # callback(client, CommandResult) per command sent with `send`
-    cdef public bint ready  # logged in: what the server sends is command responses
-    cdef public bint _exchange  # a COM_CHANGE_USER exchange reads packets itself (as login does)
-    cdef public object _rows  # the reader of a query_rows in progress, or None
-    cdef public long long _infile_seen  # LOCAL INFILE requests of the server answered so far
+    # the attributes are declared in _client.pxd (the engine's C chain reads them)
 
-    def send(self, payload, tag=None):
+    cpdef send(self, payload, tag=None):
         """Send one command; on_result(self, result) fires when its response is complete."""
         self.transport.write(build_packet(0, payload))
         if self.tracker.begin(payload, tag):

@@ -8,14 +8,20 @@ replay, sent on an open connection without pins, re-prepares, KILL mapping or se
 Anything else goes to Replayer's Python methods (`_handle_result`, `_fire`, `_send`, `_remap`), which
 hold the policy and stay the reference: with FAST_PATH off, they alone run (tests compare the two).
 
-The attributes are Replayer's, set and read from Python as before.
+The attributes are Replayer's, set and read from Python as before. A connection (`Conn`, _conn.pyx)
+and the counters (`StatsCore`, the base of engine.Stats) are C structs: their fields are read here
+without an attribute lookup; records (capture.record.Record, a tuple) are read by field position.
 """
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
 from libc.stdint cimport int64_t, uint32_t
 
 from fastproxy._packet cimport CommandResult
 from fastproxy._packet import execute_flag_at, execute_types_at
-from fastproxy.replay._scheduler cimport Ticket
+from fastproxy.capture.record_fields cimport R_AFFECTED, R_CONN_ID, R_END, R_ERR_CODE, R_KIND, R_OUTCOME, R_PAYLOAD, R_START
+from fastproxy.replay._checkpoint cimport CheckpointHooks
+from fastproxy.replay._client cimport ClientCore
+from fastproxy.replay._conn cimport Conn, TxnLog
+from fastproxy.replay._scheduler cimport Scheduler, Ticket
 
 import re
 
@@ -40,6 +46,7 @@ KILL_START = re.compile(rb"(?:\s|/\*(?!M?!).*?\*/|#[^\n]*\n|--\s[^\n]*\n|/\*M?!\
 cdef object _kill_match = KILL_START.match
 
 cdef int KIND_COMMAND = _record.KIND_COMMAND
+cdef int KIND_CONN_CLOSE = _record.KIND_CONN_CLOSE
 cdef int OUTCOME_OK = _record.OUTCOME_OK
 cdef int OUTCOME_ERR = _record.OUTCOME_ERR
 cdef int OUTCOME_BACKEND_LOST = _record.OUTCOME_BACKEND_LOST
@@ -50,6 +57,7 @@ cdef int TXN_BEGIN = _causal.TXN_BEGIN
 cdef int TXN_END = _causal.TXN_END
 cdef int PROD_LOCK_ERROR = _causal.PROD_LOCK_ERROR
 cdef int PIN_FLAGS = _PIN_FLAGS
+cdef object Record = _record.Record
 
 # what _gate says about a connection's head command (BUSY: the connection first sends something else)
 FIRE, PARKED, CONSUMED, BUSY = 0, 1, 2, 3
@@ -94,21 +102,76 @@ cpdef bytes with_stmt_id(bytes payload, uint32_t stmt_id):
     return out
 
 
+cdef class StatsCore:
+    """The counters of engine.Stats that the per-command chain bumps, as C fields (_engine.pxd; Stats,
+    a dataclass, lists them all again: asdict and the summary see no difference)."""
+
+
+cdef inline int64_t _floor_seconds(int64_t ns) noexcept:
+    """ns // 1_000_000_000 as Python floors it (the module divides as C does: toward zero)."""
+    cdef int64_t q = ns // 1_000_000_000
+    if q * 1_000_000_000 > ns:
+        q -= 1
+    return q
+
+
+cdef inline bint _is_record(rec):
+    """A capture Record whose fields are what its type says: read by position."""
+    return type(rec) is Record and type((<tuple>rec)[R_PAYLOAD]) is bytes and len(<bytes>(<tuple>rec)[R_PAYLOAD]) > 0
+
+
 cdef class EngineCore:
-    # False: every command takes Replayer's Python path (the reference; tests run both)
-    cdef public bint FAST_PATH
-    cdef public object checkpoint  # fastproxy.replay.checkpoint.Checkpoint or None
-    cdef public object observer  # callback(conn, rec, result, now) per replayed command: the verdict (fastproxy/report)
-    cdef public object planner
-    cdef public object stats
-    cdef public object opt
-    cdef public list _released  # parked connections whose requirement a completion met
-    cdef public bint _draining
-    cdef public int64_t queued  # records read and not yet finished
+    # the attributes are declared in _engine.pxd (the checkpoint's hooks read them too)
 
     def __cinit__(self):
         self.FAST_PATH = True
         self._released = []
+
+    # ---- reading ---------------------------------------------------------------------------------
+    def _dispatch_all(self, list records):
+        """Replayer._dispatch for each record of a batch read: a command or a close of a connection
+        already known and not lost while idle here, anything else (everything with FAST_PATH off)
+        through Replayer._dispatch_read, the reference."""
+        cdef Conn conn
+        cdef int kind
+        cdef int64_t end_ns, start_ns
+        cdef tuple r
+        cdef StatsCore st = self.stats
+        for rec in records:
+            if not self.FAST_PATH or type(rec) is not Record:
+                self._dispatch(rec)
+                continue
+            cp = self.checkpoint
+            if cp is not None and not ((<CheckpointHooks>cp).on_read(rec) if isinstance(cp, CheckpointHooks)
+                                       else cp.on_read(rec)):
+                continue  # done before a resume
+            r = <tuple>rec
+            kind = r[R_KIND]
+            conn_id = r[R_CONN_ID]
+            found = self.conns.get(conn_id) if kind == KIND_COMMAND or kind == KIND_CONN_CLOSE else None
+            if found is None or (<Conn>found).lost_idle:
+                self._dispatch_read(rec)
+                continue
+            conn = <Conn>found
+            end_ns = r[R_END]
+            if end_ns > self._read_ns:
+                self._read_ns = end_ns  # how far the input has been read (KILLs wait for their target)
+            if kind == KIND_COMMAND:
+                st.read += 1
+                start_ns = r[R_START]
+                if not self.first_command_ns:
+                    self.first_command_ns = start_ns
+                self.last_command_ns = start_ns
+                ticket = self.planner.note(conn_id, rec)
+            else:
+                ticket = self.planner.note_close(conn_id, rec)
+            conn.tickets.append(ticket)
+            conn.queue.append(rec)
+            self.queued += 1
+            if self.queued > st.peak_queued:
+                st.peak_queued = self.queued
+            if len(conn.queue) == 1 and not conn.busy:
+                self._schedule_c(conn)
 
     # ---- results ---------------------------------------------------------------------------------
     def _on_result(self, client, result):
@@ -123,19 +186,27 @@ cdef class EngineCore:
     cdef bint _result_fast(self, client, CommandResult result) except -1:
         """A production command that succeeded on replay as it needed to: compared, then the next one.
         False (nothing done) for anything else: Replayer._handle_result."""
-        conn = client.owner
-        rec = conn.inflight
-        if result.tag is not None or rec is None or result.outcome != OUTCOME_OK:
+        owner = (<ClientCore>client).owner if isinstance(client, ClientCore) else client.owner
+        if type(owner) is not Conn:
             return False
-        payload = rec.payload
-        cdef int cmd = payload[0]
+        cdef Conn conn = <Conn>owner
+        rec = conn.inflight
+        if result.tag is not None or result.outcome != OUTCOME_OK or not _is_record(rec):
+            return False
+        cdef tuple r = <tuple>rec
+        cdef bytes payload = <bytes>r[R_PAYLOAD]
+        cdef int cmd = <unsigned char>payload[0]
         if cmd != COM_QUERY and cmd != COM_STMT_EXECUTE:
             return False
-        if result.affected_rows == 0 and rec.outcome == OUTCOME_OK and rec.affected_rows > 0 and conn.again is not rec:
+        cdef int captured = r[R_OUTCOME]
+        if result.affected_rows == 0 and captured == OUTCOME_OK and r[R_AFFECTED] > 0 and conn.again is not rec:
             return False  # changed nothing here: maybe sent again after the writes that overlapped it
-        now = monotonic_ns()
-        if self.checkpoint is not None:  # counted once the command is done (fastproxy/replay/checkpoint.py)
-            self.checkpoint.result(conn, rec, result, now)
+        cdef int64_t now = monotonic_ns()
+        cp = self.checkpoint
+        if isinstance(cp, CheckpointHooks):  # counted once the command is done (fastproxy/replay/checkpoint.py)
+            (<CheckpointHooks>cp).result(conn, rec, result, now)
+        elif cp is not None:
+            cp.result(conn, rec, result, now)
         else:
             self._compare_now_c(conn, rec, result, now)
         if (result.schema is not None or cmd == COM_QUERY) and self._track_database(conn, rec, result):
@@ -145,23 +216,33 @@ cdef class EngineCore:
         return True
 
     def _compare_now(self, conn, rec, CommandResult result, now):
-        """A command's result: the verdict (observer), the summary's counters, the failures."""
+        """A command's result: the verdict (observer), the summary's counters, the failures. `conn` is
+        a Conn, or what the checkpoint kept of one (its HeldConn) for a result counted later."""
         self._compare_now_c(conn, rec, result, now)
 
-    cdef int _compare_now_c(self, conn, rec, CommandResult result, now) except -1:
+    cdef int _compare_now_c(self, conn, rec, CommandResult result, int64_t now) except -1:
+        cdef int64_t start_ns, end_ns, sent_ns
+        cdef int captured
         if self.observer is not None:
             self.observer(conn, rec, result, now)
-        st = self.stats
+        cdef StatsCore st = self.stats
         st.replayed += 1
-        end_ns = rec.end_ns
-        start_ns = rec.start_ns
+        if type(rec) is Record:
+            end_ns = (<tuple>rec)[R_END]
+            start_ns = (<tuple>rec)[R_START]
+            captured = (<tuple>rec)[R_OUTCOME]
+        else:
+            end_ns = rec.end_ns
+            start_ns = rec.start_ns
+            captured = rec.outcome
         if end_ns > start_ns:
+            sent_ns = (<Conn>conn).sent_ns if type(conn) is Conn else conn.sent_ns
             st.captured_ns += end_ns - start_ns
-            st.replayed_ns += now - conn.sent_ns
-        cdef int captured = rec.outcome
+            st.replayed_ns += now - sent_ns
         if result.outcome == OUTCOME_ERR:
             # err_code 0: the input knew that it failed, not how (TiProxy captures)
-            if captured == OUTCOME_ERR and (rec.err_code == result.err_code or rec.err_code == 0):
+            err_code = (<tuple>rec)[R_ERR_CODE] if type(rec) is Record else rec.err_code
+            if captured == OUTCOME_ERR and (err_code == result.err_code or err_code == 0):
                 st.same_errors += 1
                 return 0
             if captured == OUTCOME_OK or captured == OUTCOME_ERR:
@@ -175,11 +256,11 @@ cdef class EngineCore:
         return 0
 
     # ---- consuming -------------------------------------------------------------------------------
-    def _consume(self, conn):
+    def _consume(self, Conn conn):
         """The head command of `conn` is finished (replayed, filtered or skipped)."""
         return self._consume_c(conn)
 
-    cdef bint _consume_c(self, conn) except -1:
+    cdef bint _consume_c(self, Conn conn) except -1:
         conn.busy = False
         conn.inflight = None
         queue = conn.queue
@@ -189,46 +270,55 @@ cdef class EngineCore:
             ticket = conn.tickets.popleft()
             if ticket is not None:
                 self._finish_c(conn, <Ticket?>ticket)
-            if self.checkpoint is not None:
-                self.checkpoint.consumed(conn, ticket)
+            cp = self.checkpoint
+            if isinstance(cp, CheckpointHooks):
+                (<CheckpointHooks>cp).consumed(conn, ticket)
+            elif cp is not None:
+                cp.consumed(conn, ticket)
         return True
 
-    def _next(self, conn):
+    def _next(self, Conn conn):
         """Asynchronous completion of the head command: move on to the next one."""
         self._consume_c(conn)
         self._schedule_c(conn)
 
-    def _finish(self, conn, Ticket ticket):
+    def _finish(self, Conn conn, Ticket ticket):
         """The head command completed (or will never run): its events are done on replay."""
         self._finish_c(conn, ticket)
 
-    cdef int _finish_c(self, conn, Ticket ticket) except -1:
+    cdef int _finish_c(self, Conn conn, Ticket ticket) except -1:
         released = self.planner.order.finish(ticket)
         if released:
             self._released.extend(released)
         if ticket.flags & TXN_END:
-            conn.txn.reset()
+            conn.txn.reset_c()
         return 0
 
     # ---- scheduling ------------------------------------------------------------------------------
-    def _schedule(self, conn):
+    def _schedule(self, Conn conn):
         """Send `conn`'s head command now if it is due (and what it depends on has completed), else
         put it on the heap (or park it). Commands consumed without a round trip (filtered, closes)
         are handled in this loop, not by recursion."""
         self._schedule_c(conn)
 
-    cdef int _schedule_c(self, conn) except -1:
+    cdef int _schedule_c(self, Conn conn) except -1:
         cdef int64_t now = monotonic_ns()
+        cdef int64_t due, start_ns
         cdef int gate
-        speed = self.opt.speed
+        cdef double speed = self.opt.speed
         queue = conn.queue
         try:
             while queue and not conn.busy:
                 # Replayer.due_ns, inlined: this runs for every command
-                due = 0 if speed <= 0 else self._start_mono + int((queue[0].start_ns - self.capture_start_ns) / speed)
+                if speed <= 0:
+                    due = 0
+                else:
+                    head = queue[0]
+                    start_ns = (<tuple>head)[R_START] if type(head) is Record else head.start_ns
+                    due = self._start_mono + <int64_t>(<double>(start_ns - self.capture_start_ns) / speed)
                 conn.due_ns = due
                 if due > now + _PACE_SLACK_NS:
-                    self.heap.push(due, conn.idx)
+                    self.heap.push_c(due, conn.idx)
                     if self._timer is None or due < self._timer_due:
                         self._arm(due)
                     return 0
@@ -243,12 +333,12 @@ cdef class EngineCore:
                 self._drain_released()
         return 0
 
-    def _gate(self, conn, now):
+    def _gate(self, Conn conn, now):
         """May the head command go now? FIRE, PARKED (it waits for another connection's command),
         or CONSUMED (it belongs to a transaction aborted on replay: not sent)."""
         return self._gate_c(conn, now)
 
-    cdef int _gate_c(self, conn, int64_t now) except -1:
+    cdef int _gate_c(self, Conn conn, int64_t now) except -1:
         ticket = conn.tickets[0]
         if conn.txn.aborted and self._skip_aborted(conn, ticket):
             return _CONSUMED
@@ -269,20 +359,28 @@ cdef class EngineCore:
         return _PARKED
 
     # ---- firing ----------------------------------------------------------------------------------
-    cdef bint _fire_c(self, conn, int64_t now) except -1:
+    cdef bint _fire_c(self, Conn conn, int64_t now) except -1:
         """Replayer._fire for the common case; True if the head command was consumed at once."""
         rec = conn.queue[0]
         client = conn.client
-        if not self.FAST_PATH or rec.kind != KIND_COMMAND or client is None or client.closed:
+        # a dry run's client (dryrun.DryClient) is not a ClientCore: read as any object
+        cdef bint core = isinstance(client, ClientCore)
+        if not self.FAST_PATH or not _is_record(rec) or client is None or (
+                (<ClientCore>client).closed if core else client.closed):
             return self._fire(conn, now)
-        payload = rec.payload
-        cdef int cmd = payload[0]
+        cdef tuple r = <tuple>rec
+        cdef int kind = r[R_KIND]
+        if kind != KIND_COMMAND:
+            return self._fire(conn, now)
+        cdef bytes payload = <bytes>r[R_PAYLOAD]
+        cdef int cmd = <unsigned char>payload[0]
         if cmd == COM_QUERY:
             if PLACEHOLDER_BYTES in payload or _kill_match(payload, 1) is not None:
                 return self._fire(conn, now)  # a session command (engine._session_command)
         elif cmd != COM_STMT_EXECUTE or len(payload) < 5:
             return self._fire(conn, now)
-        if rec.outcome == OUTCOME_BACKEND_LOST or self.opt.readonly:
+        cdef int captured = r[R_OUTCOME]
+        if captured == OUTCOME_BACKEND_LOST or self.opt.readonly:
             return self._fire(conn, now)
         if cmd == COM_STMT_EXECUTE:
             captured_id = stmt_id_of(payload)
@@ -291,37 +389,48 @@ cdef class EngineCore:
                 return self._fire(conn, now)  # re-prepared first
         self._started_c(conn, rec, now)
         if cmd == COM_STMT_EXECUTE:
-            payload = self._remap(conn, captured_id, replay_id, payload)
-            if payload is None:
+            sent = self._remap_c(conn, captured_id, replay_id, payload)
+            if sent is None:
                 return self._consume_c(conn)
+        else:
+            sent = payload
         # LOCAL INFILE files of this command (capture.local-infile), else none: empty files
-        infiles = conn.infiles
-        client.infiles = infiles.pop(rec.start_ns, None) if infiles else None
-        self._send_c(conn, payload)
+        files = conn.infiles.pop(r[R_START], None) if conn.infiles else None
+        if core:
+            (<ClientCore>client).infiles = files
+        else:
+            client.infiles = files
+        self._send_c(conn, sent)
         return False
 
-    def _started(self, conn, rec, now):
+    def _started(self, Conn conn, rec, now):
         """The head command `rec` goes now: pace and per-second counts, in flight, the checkpoint."""
         self._started_c(conn, rec, now)
 
-    cdef int _started_c(self, conn, rec, int64_t now) except -1:
+    cdef int _started_c(self, Conn conn, rec, int64_t now) except -1:
         if self.opt.speed > 0:
             self.lag.observe(now - conn.due_ns)
-        sec = (now - self._start_mono) // 1_000_000_000
-        per_second = self.stats.per_second
+        sec = _floor_seconds(now - self._start_mono)
+        cdef dict per_second = self.stats.per_second
         per_second[sec] = per_second.get(sec, 0) + 1
         conn.busy = True
         conn.inflight = rec
         conn.sent_ns = now
-        if self.checkpoint is not None:
-            self.checkpoint.sent(conn)
+        cp = self.checkpoint
+        if isinstance(cp, CheckpointHooks):
+            (<CheckpointHooks>cp).sent(conn)
+        elif cp is not None:
+            cp.sent(conn)
         return 0
 
-    def _remap(self, conn, captured_id, replay_id, payload):
+    def _remap(self, Conn conn, captured_id, replay_id, payload):
         """The statement command with the replay statement id. An execute also needs parameter types
         bound on this server: clients send them once after a prepare, so after a re-prepare (open
         before the capture, reconnect, reset) the last captured types are put back in. None if they
         are unknown (reported, not sent: the server would only answer "incorrect arguments")."""
+        return self._remap_c(conn, captured_id, replay_id, payload)
+
+    cdef object _remap_c(self, Conn conn, captured_id, replay_id, payload):
         remapped = with_stmt_id(payload, replay_id)
         if payload[0] != COM_STMT_EXECUTE:
             return remapped
@@ -345,7 +454,7 @@ cdef class EngineCore:
         flag_at = execute_flag_at(n)
         return remapped[:flag_at] + b"\x01" + types + remapped[flag_at + 1:]
 
-    cdef int _send_c(self, conn, payload) except -1:
+    cdef int _send_c(self, Conn conn, payload) except -1:
         """Replayer._send for a command with nothing to pin and no transaction to bring back first."""
         tickets = conn.tickets
         cdef int flags = 0
@@ -358,16 +467,21 @@ cdef class EngineCore:
             return 0
         return self._keep_and_send_c(conn, payload, None, flags)
 
-    def _keep_and_send(self, conn, payload, prefix, flags):
+    def _keep_and_send(self, Conn conn, payload, prefix, flags):
         """Send the head command (after its pins, `prefix`), kept for a retry of its transaction."""
         self._keep_and_send_c(conn, payload, prefix, flags)
 
-    cdef int _keep_and_send_c(self, conn, payload, prefix, int flags) except -1:
+    cdef int _keep_and_send_c(self, Conn conn, payload, prefix, int flags) except -1:
+        cdef TxnLog txn
         if self.opt.whole_transactions:
             txn = conn.txn
             if (flags & TXN_BEGIN or not flags & IN_TXN) and (txn.entries or txn.attempts):
-                txn.reset()
+                txn.reset_c()
             txn.entries.append((conn.inflight, payload, prefix, flags))
         conn.sent = (payload, prefix)
-        conn.client.send(payload, None)
+        client = conn.client
+        if isinstance(client, ClientCore):
+            (<ClientCore>client).send(payload, None)
+        else:
+            client.send(payload, None)
         return 0

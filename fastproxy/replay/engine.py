@@ -13,7 +13,6 @@ import gc
 import json
 import logging
 import time
-from collections import deque
 from dataclasses import dataclass, field
 
 from fastproxy._digest import digest
@@ -24,7 +23,8 @@ from fastproxy.capture.record import (INFILE_SIZE, KIND_COMMAND, KIND_CONN_CLOSE
                                       OUTCOME_OK, Record)
 from fastproxy.constants import CLIENT, COMMAND, ER, command_name
 from fastproxy.errors import BackendConnError, ProtocolError
-from fastproxy.replay._engine import CONSUMED, KILL_START, PACE_SLACK_NS, EngineCore, stmt_id_of
+from fastproxy.replay._conn import Conn  # one captured connection and its replay connection (a C struct)
+from fastproxy.replay._engine import CONSUMED, KILL_START, PACE_SLACK_NS, EngineCore, StatsCore, stmt_id_of
 from fastproxy.replay._scheduler import Scheduler, Ticket
 from fastproxy.replay.causal import IN_TXN, PIN_ID, PIN_TIME, TXN_BEGIN, TXN_END, Planner
 from fastproxy.replay.client import LoginError, ReplayClient
@@ -40,7 +40,7 @@ from fastproxy.replay.statements import is_read_only
 from fastproxy.replay.users import PLACEHOLDER_BYTES, Credentials
 from fastproxy.sqltext import parse_kill, worth_scanning
 from fastproxy.traffic_filter import cmd_type_name  # TiProxy-style: COM_STMT_EXECUTE -> StmtExecute
-from fastproxy.replay.transactions import MAX_ATTEMPTS, RETRYABLE, ROLLBACK, Retry, TxnLog
+from fastproxy.replay.transactions import MAX_ATTEMPTS, RETRYABLE, ROLLBACK, Retry
 
 log = logging.getLogger("fastproxy.replay")
 
@@ -119,7 +119,9 @@ class ReplayOptions:
 
 
 @dataclass
-class Stats:
+class Stats(StatsCore):
+    """The replay's counters. Those the per-command chain in C bumps are StatsCore's C fields (int64):
+    listed here too, so that the dataclass (asdict, fields, the summary) sees them all."""
     commands_total: int = 0  # in meta
     read: int = 0
     replayed: int = 0
@@ -161,6 +163,14 @@ class Stats:
     sent_again_timed_out: int = 0  # ... of which sent before those writes had all run here (OVERLAP_WAIT_S)
 
 
+# the dataclass left each field's default as a class attribute: on StatsCore's fields it would hide
+# the C field (Python would read the class's 0); __init__ keeps the defaults without it
+for _name in StatsCore.__dict__:
+    if _name in Stats.__dict__ and _name in Stats.__dataclass_fields__:
+        delattr(Stats, _name)
+del _name
+
+
 def _queued(conn: Conn, rec: Record) -> bool:
     """Whether `rec` is still in `conn`'s queue (not yet completed on replay); the queue is in start order."""
     for r in conn.queue:
@@ -169,54 +179,6 @@ def _queued(conn: Conn, rec: Record) -> bool:
         if r.start_ns > rec.start_ns:
             return False
     return False
-
-
-class Conn:
-    """One captured connection and its replay connection."""
-
-    __slots__ = ("idx", "conn_id", "user", "db", "capabilities", "charset", "queue", "client", "busy", "connecting",
-                 "stmt_map", "stmt_sql", "stmt_params", "stmt_types", "types_bound", "filtered_stmts", "inflight",
-                 "sent_ns", "due_ns", "closed", "pending_payload", "ever_connected", "backend", "thread_id", "state",
-                 "not_rebuilt", "infiles", "lost_idle") + (
-                 # faithful replay: the head command's ticket is tickets[0] (aligned with queue)
-                 "tickets", "parked", "parked_ns", "pin_dirty", "txn", "sent", "again")
-
-    def __init__(self, idx: int, conn_id: int) -> None:
-        self.idx = idx
-        self.conn_id = conn_id
-        self.user = ""
-        self.db: str | None = None
-        self.capabilities = 0
-        self.charset = 0
-        self.queue: deque[Record] = deque()
-        self.client: ReplayClient | None = None
-        self.busy = False
-        self.connecting = False
-        self.stmt_map: dict[int, int] = {}  # captured statement id -> replay statement id
-        self.stmt_sql: dict[int, str] = {}  # captured statement id -> SQL (to re-prepare)
-        self.stmt_params: dict[int, int] = {}  # captured statement id -> number of parameters
-        self.stmt_types: dict[int, bytes] = {}  # captured statement id -> last bound parameter types (raw)
-        self.types_bound: set[int] = set()  # captured ids whose types the replay server already has
-        self.filtered_stmts: set[int] = set()
-        self.inflight: Record | None = None
-        self.sent_ns = 0
-        self.due_ns = 0
-        self.closed = False
-        self.pending_payload: bytes | None = None  # the real command waiting behind an internal re-prepare
-        self.ever_connected = False
-        self.backend = ""  # production backend and thread id (KILL targets)
-        self.thread_id = 0
-        self.state: dict | None = None  # CONN_STATE: rebuilt after the first login
-        self.not_rebuilt: list[str] = []  # what of its session replay could not rebuild
-        self.infiles: dict[int, list] = {}  # command start_ns -> its LOCAL INFILE files (bytes or None)
-        self.lost_idle: str = ""  # the server closed it while idle: reported unless a server close follows
-        self.tickets: deque[Ticket | None] = deque()  # per queued record: causal order, pins, transaction role
-        self.parked = False  # waiting for another connection's command (CausalOrder)
-        self.parked_ns = 0
-        self.pin_dirty = False  # an earlier SET left timestamp / insert_id pinned on the replay session
-        self.txn = TxnLog()
-        self.sent: tuple[bytes, bytes | None] | None = None  # the head command as sent (payload, pin SET)
-        self.again: Record | None = None  # the command last sent again after overlapping writes
 
 
 class Replayer(EngineCore):
@@ -374,8 +336,7 @@ class Replayer(EngineCore):
                     break
                 if not self.capture_start_ns:
                     self.capture_start_ns = records[0].start_ns
-                for rec in records:
-                    self._dispatch(rec)
+                self._dispatch_all(records)  # EngineCore: each through _dispatch, the common ones in C
                 # bounded look-ahead: memory stays flat however long the capture is
                 last_due = self.due_ns(records[-1].start_ns)
                 while not self._stop_reading and (
@@ -399,6 +360,11 @@ class Replayer(EngineCore):
     def _dispatch(self, rec: Record) -> None:
         if self.checkpoint is not None and not self.checkpoint.on_read(rec):
             return  # done before a resume
+        self._dispatch_read(rec)
+
+    def _dispatch_read(self, rec: Record) -> None:
+        """A record read (and not done before a resume): a connection's state, or a command or close
+        queued on its connection (EngineCore._dispatch_all does the common case in C)."""
         kind = rec.kind
         if rec.end_ns > self._read_ns:
             self._read_ns = rec.end_ns  # how far the input has been read (KILLs wait for their target)

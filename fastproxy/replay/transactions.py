@@ -21,36 +21,13 @@ from __future__ import annotations
 import time
 
 from fastproxy.constants import ER
-from fastproxy.replay.causal import TXN_BEGIN
+# what one replay connection sent for the production transaction in progress (a C struct: the
+# per-command chain in C reads and resets it for every command)
+from fastproxy.replay._conn import TxnLog  # noqa: F401
 
 RETRYABLE = frozenset({ER.LOCK_DEADLOCK, ER.LOCK_WAIT_TIMEOUT})
 MAX_ATTEMPTS = 3
 ROLLBACK = b"\x03ROLLBACK"
-
-
-class TxnLog:
-    """What one replay connection sent for the production transaction in progress."""
-
-    __slots__ = ("entries", "aborted", "retry", "attempts", "undone")
-
-    def __init__(self) -> None:
-        self.entries: list[tuple] = []   # (record, payload sent, pin SET sent before it or None, ticket flags)
-        self.aborted = False             # given up: skip the rest of the production transaction
-        self.retry: Retry | None = None  # a retry in progress
-        self.attempts = 0
-        self.undone = False              # rolled back while held back by causal order: redo before going on
-
-    def reset(self) -> None:
-        self.entries.clear()
-        self.attempts = 0
-        self.undone = False
-
-    def can_undo(self) -> bool:
-        """Whether the transaction in progress can be rolled back now and sent again later: its
-        start is in the log with a statement after it (a bare BEGIN holds no lock), nothing of it
-        is being sent again, and it was not undone already."""
-        return (len(self.entries) > 1 and bool(self.entries[0][3] & TXN_BEGIN) and self.retry is None
-                and not self.undone)
 
 
 class Retry:

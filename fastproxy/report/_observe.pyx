@@ -9,6 +9,7 @@ cdivision is off on purpose: seconds before the capture's origin floor-divide as
 """
 from fastproxy._packet cimport OUTCOME_ERR, OUTCOME_OK, CommandResult
 from fastproxy.capture.record_fields cimport R_END, R_ERR_CODE, R_OUTCOME, R_PAYLOAD, R_START
+from fastproxy.replay._conn cimport Conn
 
 from fastproxy.capture.record import Record
 from fastproxy.report._compare import same_as_captured
@@ -53,7 +54,7 @@ cdef class ObserverCore:
         return self.second_offset + (max(0, now - start) // 1_000_000_000 if start else 0)
 
     def __call__(self, conn, rec, result, now):
-        cdef long long c_now, start_mono = 0, origin, start_ns, end_ns, lag = 0, sent_ns, replay_sec = 0
+        cdef long long c_now, start_mono = 0, origin, start_ns, end_ns, lag = 0, sent_ns, due_ns, replay_sec = 0
         cdef bint has_lag
         cdef double ms
         cdef int cmd, ref_outcome, new_outcome
@@ -88,9 +89,16 @@ cdef class ObserverCore:
             if at_second is None:
                 start_mono = engine._start_mono
             has_lag = engine.opt.speed > 0
-            if has_lag:
-                lag = conn.sent_ns - conn.due_ns
-            sent_ns = conn.sent_ns
+            if type(conn) is Conn:  # its times are int64 fields: read without a conversion
+                sent_ns = (<Conn>conn).sent_ns
+                if has_lag:
+                    due_ns = (<Conn>conn).due_ns
+                    # a difference that does not fit: OverflowError, as from Python's ints below
+                    lag = sent_ns - due_ns if _fits(sent_ns) and _fits(due_ns) else <object>sent_ns - <object>due_ns
+            else:
+                if has_lag:
+                    lag = conn.sent_ns - conn.due_ns
+                sent_ns = conn.sent_ns
         except (OverflowError, TypeError):
             return self.observe(conn, rec, result, now)
         if not (_fits(c_now) and _fits(start_ns) and _fits(end_ns) and _fits(origin) and _fits(start_mono)
@@ -128,7 +136,7 @@ cdef class ObserverCore:
             n = len(payload) if len(payload) < 5 else 5  # int.from_bytes(payload[1:5], "little")
             for i in range(n - 1, 0, -1):
                 captured_id = captured_id << 8 | <unsigned char>payload[i]
-            sql, recurs = conn.stmt_sql.get(captured_id), True
+            sql, recurs = ((<Conn>conn).stmt_sql if type(conn) is Conn else conn.stmt_sql).get(captured_id), True
         if sql is None:
             sql, recurs = self._statement_text(conn, rec)
         verdict = self.verdict

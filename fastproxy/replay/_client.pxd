@@ -1,0 +1,20 @@
+# cython: language_level=3
+from fastproxy._packet cimport ResponseTracker
+
+
+cdef class ClientCore:
+    cdef public object transport
+    cdef public ResponseTracker tracker
+    cdef public object on_result  # callback(client, CommandResult) per command sent with `send`
+    cdef public bint ready  # logged in: what the server sends is command responses
+    cdef public bint _exchange  # a COM_CHANGE_USER exchange reads packets itself (as login does)
+    cdef public object _rows  # the reader of a query_rows in progress, or None
+    cdef public long long _infile_seen  # LOCAL INFILE requests of the server answered so far
+    # read by the engine's C chain for every command (set from Python as before)
+    cdef public object owner  # the engine's Conn this client replays
+    cdef public bint closed
+    cdef public object infiles  # LOCAL INFILE files for the command in flight (client.py)
+    cdef public object connection_id  # the replay session's thread id on the server
+
+    cpdef send(self, payload, tag=*)
+    cdef int _deliver_c(self) except -1
