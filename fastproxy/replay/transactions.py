@@ -21,9 +21,8 @@ from __future__ import annotations
 import time
 
 from fastproxy.constants import ER
-# what one replay connection sent for the production transaction in progress (a C struct: the
-# per-command chain in C reads and resets it for every command)
-from fastproxy.replay._conn import TxnLog  # noqa: F401
+# What one replay connection sent for the production transaction in progress is TxnLog, a C struct
+# in fastproxy/replay/_conn.pyx: the per-command chain in C reads and resets it for every command.
 
 RETRYABLE = frozenset({ER.LOCK_DEADLOCK, ER.LOCK_WAIT_TIMEOUT})
 MAX_ATTEMPTS = 3
