@@ -6,7 +6,6 @@ lookup. Its Python API is the slotted class it was: the same attributes, set and
 from collections import deque
 
 
-
 cdef class TxnLog:
     """What one replay connection sent for the production transaction in progress
     (fastproxy/replay/transactions.py)."""
