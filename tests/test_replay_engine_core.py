@@ -107,3 +107,25 @@ def test_statement_ids_are_read_and_replaced_as_the_slicing_reference_does():
             new_id = rnd.randrange(2**32)
             assert stmt_id_of(payload) == int.from_bytes(payload[1:5], "little")
             assert with_stmt_id(payload, new_id) == payload[:1] + new_id.to_bytes(4, "little") + payload[5:]
+
+
+@pytest.mark.parametrize("fast", [True, False])
+def test_a_command_of_no_bytes_is_said_and_skipped_and_the_replay_goes_on(mariadb_test, tmp_path, fast):
+    """A zero-length command in the input (a client's empty packet, a damaged file) used to stop the
+    replay's reader ("index out of range"), losing every record after it."""
+    path = str(tmp_path / "cap")
+    q = b"\x03"
+    write_capture_by_hand(path, "eng", (1, 2), (
+        ((conn, T0 + i * MS, T0 + i * MS + MS // 2, OUTCOME_OK, 0, affected, 0, payload), {"status_flags": AUTOCOMMIT})
+        for i, (conn, affected, payload) in enumerate([
+            (1, 1, q + b"INSERT INTO t (id, v) VALUES (1, 'a')"), (2, 0, b""),
+            (1, 1, q + b"INSERT INTO t (id, v) VALUES (2, 'b')"), (2, 1, q + b"INSERT INTO t (id, v) VALUES (3, 'c')"),
+            (1, 0, b"")], 1)), T0)
+    mariadb_test.sql("DROP DATABASE IF EXISTS eng; CREATE DATABASE eng; CREATE TABLE eng.t (id INT PRIMARY KEY, v CHAR(1))")
+    engine = Replayer(path, ReplayOptions(host=mariadb_test.host, port=mariadb_test.port, username="root",
+                                          password=ROOT_PASSWORD, speed=0))
+    engine.FAST_PATH = fast
+    stats = uvloop.run(engine.run())
+    assert (stats.read, stats.replayed, stats.skipped) == (5, 3, 2)
+    assert {e.err_type: e.count for e in engine.report.other_errors.values()} == {"empty command": 2}
+    assert mariadb_test.sql("SELECT GROUP_CONCAT(v ORDER BY id) FROM eng.t").split()[-1] == "a,b,c"

@@ -138,7 +138,7 @@ cdef class EngineCore:
         cdef tuple r
         cdef StatsCore st = self.stats
         for rec in records:
-            if not self.FAST_PATH or type(rec) is not Record:
+            if not self.FAST_PATH or not _is_record(rec):  # an empty command too: Replayer._skip_empty
                 self._dispatch(rec)
                 continue
             cp = self.checkpoint

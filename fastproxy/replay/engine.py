@@ -358,9 +358,24 @@ class Replayer(EngineCore):
         return conn
 
     def _dispatch(self, rec: Record) -> None:
+        if rec.kind == KIND_COMMAND and not rec.payload:
+            self._skip_empty(rec)
+            return
         if self.checkpoint is not None and not self.checkpoint.on_read(rec):
             return  # done before a resume
         self._dispatch_read(rec)
+
+    def _skip_empty(self, rec: Record) -> None:
+        """A command of no bytes (a client's zero-length packet, a damaged input) has nothing to send:
+        said, not sent, and the replay goes on. It takes no place in the checkpoint's count of records,
+        in a resumed run as in the first."""
+        cp = self.checkpoint
+        if cp is not None and cp.seq < cp._read_before:
+            return  # counted and reported by the run this one resumes
+        self.stats.read += 1
+        self.stats.skipped += 1
+        self.report.add_other("empty command", f"connection {rec.conn_id}: a command of no bytes in the input "
+                              f"(captured at {rec.start_ns} ns), not sent", time.time_ns())
 
     def _dispatch_read(self, rec: Record) -> None:
         """A record read (and not done before a resume): a connection's state, or a command or close
