@@ -27,7 +27,6 @@ cdef class CompletionOrder:
     cdef int64_t _window
     cdef int64_t _high  # the latest command end read so far
     cdef int64_t _emitted_end  # the end of the last command given out
-    cdef int64_t _limit  # records keyed up to this go out now
     cdef bint _draining  # the input is done (or broke): everything left goes out
     cdef object _error  # how the input broke: raised once what was read before it is given out
     cdef long long _seq
@@ -39,7 +38,6 @@ cdef class CompletionOrder:
         self._window = window
         self._high = 0
         self._emitted_end = 0
-        self._limit = 0  # (the heap is empty until a record is read)
         self._draining = False
         self._error = None
         self._seq = 0
@@ -50,7 +48,8 @@ cdef class CompletionOrder:
     def __next__(self):
         cdef list heap = self._heap
         while True:
-            if heap and (self._draining or heap[0][0] <= self._limit):
+            # records keyed up to the latest end read less the window go out now
+            if heap and (self._draining or heap[0][0] <= self._high - self._window):
                 return self._take()
             if self._draining:
                 if self._error is not None:
@@ -88,7 +87,6 @@ cdef class CompletionOrder:
             self._last_key[conn_id] = key
         _push(self._heap, (key, self._seq, rec))
         self._seq += 1
-        self._limit = self._high - self._window
         return 0
 
     cdef object _take(self):

@@ -176,24 +176,23 @@ cdef class CheckpointHooks:
         self._count_c(conn, rec, result, now, seq)
 
     cdef int _count_c(self, conn, rec, result, now, seq) except -1:
-        engine = self.engine
-        cdef bint core = isinstance(engine, EngineCore)
+        cdef EngineCore engine = <EngineCore?>self.engine  # the Replayer it is attached to
         journal = self._journal
         if journal is not None and seq >= 0:
-            observer = (<EngineCore>engine).observer if core else engine.observer
+            observer = engine.observer
             second = observer.replay_second(now) if hasattr(observer, "replay_second") else 0
             if type(conn) is Conn:
                 conn_id, sent_ns, due_ns = (<Conn>conn).conn_id, (<Conn>conn).sent_ns, (<Conn>conn).due_ns
             else:
                 conn_id, sent_ns, due_ns = conn.conn_id, conn.sent_ns, conn.due_ns
-            lag = sent_ns - due_ns if ((<EngineCore>engine).opt if core else engine.opt).speed > 0 else None
+            lag = sent_ns - due_ns if engine.opt.speed > 0 else None
             if not journal.result(conn_id, seq, result, now - sent_ns, second, lag):
                 self._write_snapshot()  # full: the snapshot (without this result) empties it
                 if self._journal is not None:
                     self._journal.result(conn_id, seq, result, now - sent_ns, second, lag)
-        if core and type(result) is CommandResult and (<CommandResult>result).outcome != OUTCOME_ERR:
+        if type(result) is CommandResult and (<CommandResult>result).outcome != OUTCOME_ERR:
             # EngineCore._compare_now adds to the report only for an error: nothing to keep out of it
-            (<EngineCore>engine)._compare_now_c(conn, rec, <CommandResult>result, now)
+            engine._compare_now_c(conn, rec, <CommandResult>result, now)
             return 0
         report = engine.report
         on_add = report.on_add

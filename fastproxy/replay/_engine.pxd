@@ -2,6 +2,7 @@
 from libc.stdint cimport int64_t
 
 from fastproxy._packet cimport CommandResult
+from fastproxy.replay._checkpoint cimport CheckpointHooks
 from fastproxy.replay._conn cimport Conn
 from fastproxy.replay._scheduler cimport Scheduler, Ticket
 
@@ -24,7 +25,7 @@ cdef class StatsCore:
 cdef class EngineCore:
     # False: every command takes Replayer's Python path (the reference; tests run both)
     cdef public bint FAST_PATH
-    cdef public object checkpoint  # fastproxy.replay.checkpoint.Checkpoint or None
+    cdef public CheckpointHooks checkpoint  # fastproxy.replay.checkpoint.Checkpoint or None (hooks called in C)
     cdef public object observer  # callback(conn, rec, result, now) per replayed command: the verdict (fastproxy/report)
     cdef public object planner
     cdef public StatsCore stats

@@ -18,7 +18,6 @@ from libc.stdint cimport int64_t, uint32_t
 from fastproxy._packet cimport CommandResult
 from fastproxy._packet import execute_flag_at, execute_types_at
 from fastproxy.capture.record_fields cimport R_AFFECTED, R_CONN_ID, R_END, R_ERR_CODE, R_KIND, R_OUTCOME, R_PAYLOAD, R_START
-from fastproxy.replay._checkpoint cimport CheckpointHooks
 from fastproxy.replay._client cimport ClientCore
 from fastproxy.replay._conn cimport Conn, TxnLog
 from fastproxy.replay._scheduler cimport Scheduler, Ticket
@@ -141,9 +140,7 @@ cdef class EngineCore:
             if not self.FAST_PATH or not _is_record(rec):  # an empty command too: Replayer._skip_empty
                 self._dispatch(rec)
                 continue
-            cp = self.checkpoint
-            if cp is not None and not ((<CheckpointHooks>cp).on_read(rec) if isinstance(cp, CheckpointHooks)
-                                       else cp.on_read(rec)):
+            if self.checkpoint is not None and not self.checkpoint.on_read(rec):
                 continue  # done before a resume
             r = <tuple>rec
             kind = r[R_KIND]
@@ -202,11 +199,8 @@ cdef class EngineCore:
         if result.affected_rows == 0 and captured == OUTCOME_OK and r[R_AFFECTED] > 0 and conn.again is not rec:
             return False  # changed nothing here: maybe sent again after the writes that overlapped it
         cdef int64_t now = monotonic_ns()
-        cp = self.checkpoint
-        if isinstance(cp, CheckpointHooks):  # counted once the command is done (fastproxy/replay/checkpoint.py)
-            (<CheckpointHooks>cp).result(conn, rec, result, now)
-        elif cp is not None:
-            cp.result(conn, rec, result, now)
+        if self.checkpoint is not None:  # counted once the command is done (fastproxy/replay/checkpoint.py)
+            self.checkpoint.result(conn, rec, result, now)
         else:
             self._compare_now_c(conn, rec, result, now)
         if (result.schema is not None or cmd == COM_QUERY) and self._track_database(conn, rec, result):
@@ -270,11 +264,8 @@ cdef class EngineCore:
             ticket = conn.tickets.popleft()
             if ticket is not None:
                 self._finish_c(conn, <Ticket?>ticket)
-            cp = self.checkpoint
-            if isinstance(cp, CheckpointHooks):
-                (<CheckpointHooks>cp).consumed(conn, ticket)
-            elif cp is not None:
-                cp.consumed(conn, ticket)
+            if self.checkpoint is not None:
+                self.checkpoint.consumed(conn, ticket)
         return True
 
     def _next(self, Conn conn):
@@ -416,11 +407,8 @@ cdef class EngineCore:
         conn.busy = True
         conn.inflight = rec
         conn.sent_ns = now
-        cp = self.checkpoint
-        if isinstance(cp, CheckpointHooks):
-            (<CheckpointHooks>cp).sent(conn)
-        elif cp is not None:
-            cp.sent(conn)
+        if self.checkpoint is not None:
+            self.checkpoint.sent(conn)
         return 0
 
     def _remap(self, Conn conn, captured_id, replay_id, payload):
