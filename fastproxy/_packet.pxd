@@ -1,5 +1,7 @@
 # Contracts of the packet layer, for other Cython modules to cimport.
 
+from libc.stdint cimport uint32_t
+
 cdef enum:
     HEAD_MAX = 1024          # bytes of each server packet kept for parsing (ERR messages are <= 512)
     MAX_PAYLOAD = 0xFFFFFF   # a physical payload of this size continues in the next packet
@@ -102,6 +104,8 @@ cdef class CommandResult:
 
 
 cpdef bytes build_packet(int seq, payload)
+cpdef uint32_t stmt_id_of(bytes payload) except? 0xFFFFFFFF
+cpdef bytes with_stmt_id(bytes payload, uint32_t stmt_id)
 
 
 cdef class ResponseTracker:

@@ -75,6 +75,30 @@ def execute_types_at(payload, dict num_params):
         PyBuffer_Release(&buf)
 
 
+cpdef uint32_t stmt_id_of(bytes payload) except? 0xFFFFFFFF:
+    """The statement id of a COM_STMT_* command (bytes 1-4, little-endian; what there is of them in a
+    shorter one, as int.from_bytes(payload[1:5]) reads it), without slicing."""
+    cdef Py_ssize_t i, n = min(len(payload), 5)
+    cdef const unsigned char *p = <const unsigned char *>PyBytes_AS_STRING(payload)
+    cdef uint32_t v = 0
+    for i in range(n - 1, 0, -1):
+        v = (v << 8) | p[i]
+    return v
+
+
+cpdef bytes with_stmt_id(bytes payload, uint32_t stmt_id):
+    """`payload` with another statement id in bytes 1-4: one copy (it was three slices and two joins)."""
+    if len(payload) < 5:
+        return payload[:1] + stmt_id.to_bytes(4, "little")
+    cdef bytes out = PyBytes_FromStringAndSize(PyBytes_AS_STRING(payload), len(payload))
+    cdef unsigned char *p = <unsigned char *>PyBytes_AS_STRING(out)  # not yet seen by anyone: ours to fill
+    p[1] = stmt_id & 0xFF
+    p[2] = (stmt_id >> 8) & 0xFF
+    p[3] = (stmt_id >> 16) & 0xFF
+    p[4] = stmt_id >> 24
+    return out
+
+
 cpdef bytes build_packet(int seq, payload):
     """Frame `payload` as one or more packets (split at 16 MiB - 1), starting at sequence `seq`."""
     cdef Py_ssize_t n = len(payload), pos = 0, part

@@ -99,7 +99,7 @@ def test_the_c_chain_replays_as_its_python_reference(mariadb_test, tmp_path, ord
 
 
 def test_statement_ids_are_read_and_replaced_as_the_slicing_reference_does():
-    from fastproxy.replay._engine import stmt_id_of, with_stmt_id
+    from fastproxy._packet import stmt_id_of, with_stmt_id
     rnd = random.Random(5)
     for n in range(12):  # shorter than a statement command's head included (a malformed capture)
         for _ in range(100):

@@ -12,10 +12,9 @@ The attributes are Replayer's, set and read from Python as before. A connection 
 and the counters (`StatsCore`, the base of engine.Stats) are C structs: their fields are read here
 without an attribute lookup; records (capture.record.Record, a tuple) are read by field position.
 """
-from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
-from libc.stdint cimport int64_t, uint32_t
+from libc.stdint cimport int64_t
 
-from fastproxy._packet cimport CommandResult
+from fastproxy._packet cimport CommandResult, stmt_id_of, with_stmt_id
 from fastproxy._packet import execute_flag_at, execute_types_at
 from fastproxy.capture.record_fields cimport R_AFFECTED, R_CONN_ID, R_END, R_ERR_CODE, R_KIND, R_OUTCOME, R_PAYLOAD, R_START
 from fastproxy.replay._client cimport ClientCore
@@ -75,30 +74,6 @@ cdef inline int64_t monotonic_ns() noexcept:
     cdef timespec ts
     clock_gettime(CLOCK_MONOTONIC, &ts)
     return <int64_t>ts.tv_sec * 1_000_000_000 + ts.tv_nsec
-
-
-cpdef uint32_t stmt_id_of(bytes payload):
-    """The statement id of a COM_STMT_* command (bytes 1-4, little-endian; what there is of them in a
-    shorter one, as int.from_bytes(payload[1:5]) reads it), without slicing."""
-    cdef const unsigned char *p = <const unsigned char *>PyBytes_AS_STRING(payload)
-    cdef Py_ssize_t i, n = min(len(payload), 5)
-    cdef uint32_t v = 0
-    for i in range(n - 1, 0, -1):
-        v = (v << 8) | p[i]
-    return v
-
-
-cpdef bytes with_stmt_id(bytes payload, uint32_t stmt_id):
-    """`payload` with another statement id in bytes 1-4: one copy (it was three slices and two joins)."""
-    if len(payload) < 5:
-        return payload[:1] + stmt_id.to_bytes(4, "little")
-    cdef bytes out = PyBytes_FromStringAndSize(PyBytes_AS_STRING(payload), len(payload))
-    cdef unsigned char *p = <unsigned char *>PyBytes_AS_STRING(out)  # not yet seen by anyone: ours to fill
-    p[1] = stmt_id & 0xFF
-    p[2] = (stmt_id >> 8) & 0xFF
-    p[3] = (stmt_id >> 16) & 0xFF
-    p[4] = stmt_id >> 24
-    return out
 
 
 cdef class StatsCore:

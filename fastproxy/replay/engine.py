@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass, field
 
 from fastproxy._digest import digest
-from fastproxy._packet import expects_response
+from fastproxy._packet import expects_response, stmt_id_of
 from fastproxy.inputs import open_inputs
 from fastproxy.capture.record import (INFILE_SIZE, KIND_COMMAND, KIND_CONN_CLOSE, KIND_CONN_OPEN,
                                       KIND_CONN_STATE, KIND_LOCAL_INFILE, OUTCOME_BACKEND_LOST, OUTCOME_ERR,
@@ -24,7 +24,7 @@ from fastproxy.capture.record import (INFILE_SIZE, KIND_COMMAND, KIND_CONN_CLOSE
 from fastproxy.constants import CLIENT, COMMAND, ER, command_name
 from fastproxy.errors import BackendConnError, ProtocolError
 from fastproxy.replay._conn import Conn  # one captured connection and its replay connection (a C struct)
-from fastproxy.replay._engine import CONSUMED, KILL_START, PACE_SLACK_NS, EngineCore, StatsCore, stmt_id_of
+from fastproxy.replay._engine import CONSUMED, KILL_START, PACE_SLACK_NS, EngineCore, StatsCore
 from fastproxy.replay._scheduler import Scheduler, Ticket
 from fastproxy.replay.causal import IN_TXN, PIN_ID, PIN_TIME, TXN_BEGIN, TXN_END, Planner
 from fastproxy.replay.client import LoginError, ReplayClient

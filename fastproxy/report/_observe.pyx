@@ -7,7 +7,7 @@ is counted (tests/test_replay_observer.py drives both with the same commands).
 
 cdivision is off on purpose: seconds before the capture's origin floor-divide as in Python.
 """
-from fastproxy._packet cimport OUTCOME_ERR, OUTCOME_OK, CommandResult
+from fastproxy._packet cimport OUTCOME_ERR, OUTCOME_OK, CommandResult, stmt_id_of
 from fastproxy.capture.record_fields cimport R_END, R_ERR_CODE, R_OUTCOME, R_PAYLOAD, R_START
 from fastproxy.replay._conn cimport Conn
 
@@ -59,7 +59,6 @@ cdef class ObserverCore:
         cdef double ms
         cdef int cmd, ref_outcome, new_outcome
         cdef unsigned int captured_id = 0
-        cdef Py_ssize_t i, n
         cdef bytes payload
         cdef CommandResult r
         cdef dict captured, replayed, lag_max, lag_sum, failures
@@ -133,9 +132,7 @@ cdef class ObserverCore:
             sql, recurs = payload[1:].decode("utf-8", "replace"), False
         elif (cmd == COM_STMT_EXECUTE or cmd == COM_STMT_SEND_LONG_DATA or cmd == COM_STMT_CLOSE
               or cmd == COM_STMT_RESET or cmd == COM_STMT_FETCH):
-            n = len(payload) if len(payload) < 5 else 5  # int.from_bytes(payload[1:5], "little")
-            for i in range(n - 1, 0, -1):
-                captured_id = captured_id << 8 | <unsigned char>payload[i]
+            captured_id = stmt_id_of(payload)
             sql, recurs = ((<Conn>conn).stmt_sql if type(conn) is Conn else conn.stmt_sql).get(captured_id), True
         if sql is None:
             sql, recurs = self._statement_text(conn, rec)
