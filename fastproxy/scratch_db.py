@@ -17,10 +17,32 @@ from dataclasses import dataclass, field
 ROOT_PASSWORD = "rootpw"
 
 
+# "LOW-HIGH": this process takes its ports from this range only (tests/conftest.py gives each parallel
+# test process its own: two processes guessing from the kernel's ephemeral ports could pick the same
+# port before either bound it)
+PORT_RANGE_ENV = "FASTPROXY_FREE_PORTS"
+_next_in_range: dict[str, int] = {}
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
+    """A port nothing listens on now (a guess until the caller binds it)."""
+    span = os.environ.get(PORT_RANGE_ENV)
+    if not span:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind((host, 0))
+            return s.getsockname()[1]
+    low, high = (int(x) for x in span.split("-"))
+    port = _next_in_range.get(span, low)
+    for _ in range(high - low + 1):  # in turn through the range: a port just given out is not guessed again soon
+        candidate, port = port, (port + 1 if port < high else low)
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind((host, candidate))
+            except OSError:
+                continue
+        _next_in_range[span] = port
+        return candidate
+    raise OSError(f"no free port in {PORT_RANGE_ENV}={span}")
 
 
 def _which(*names: str) -> str:

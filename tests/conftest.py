@@ -18,7 +18,15 @@ import urllib.request
 
 import pytest
 
-from fastproxy.scratch_db import ROOT_PASSWORD, ScratchMariaDB, free_port
+from fastproxy.scratch_db import PORT_RANGE_ENV, ROOT_PASSWORD, ScratchMariaDB, free_port
+
+# Parallel test processes (pytest-xdist: gw0, gw1, ...) each take ports from a range of their own, below
+# the kernel's ephemeral ports: guessed from the same pool, two processes once took the same port and one
+# test reached the other's proxy. Child processes (proxies, replays) inherit the range.
+_XDIST_WORKER = os.environ.get("PYTEST_XDIST_WORKER", "")
+if _XDIST_WORKER.startswith("gw") and PORT_RANGE_ENV not in os.environ:
+    _low = 10000 + 4000 * int(_XDIST_WORKER[2:])
+    os.environ[PORT_RANGE_ENV] = f"{_low}-{_low + 3999}"
 
 
 def pytest_collection_modifyitems(items):
