@@ -87,6 +87,22 @@ def test_kinds_and_tables(sql, kind, tables):
     assert (info.kind, info.tables) == (kind, tables), info
 
 
+def test_each_kind_is_named_as_its_constant():
+    """StatementInfo is compiled (_stmtinfo.pyx) and names the kinds stmtinfo.py numbers."""
+    from fastproxy.replay import stmtinfo
+    for name in ("SESSION", "READ", "LOCK", "DDL", "BEGIN", "COMMIT", "ROLLBACK", "UNKNOWN"):
+        info = stmtinfo.StatementInfo(getattr(stmtinfo, name))
+        assert info.kind_name == name and name in repr(info)
+
+
+def test_a_statement_info_is_a_closed_struct_of_typed_fields():
+    info = classify("UPDATE t SET ts = NOW()")
+    with pytest.raises(AttributeError):
+        info.no_such_field = 1  # as with the __slots__ class it was
+    with pytest.raises(TypeError):
+        info.kind = "READ"
+
+
 def test_flags():
     assert classify("INSERT INTO t VALUES (1)").generates_id and classify("INSERT INTO t VALUES (1)").writes
     assert not classify("UPDATE t SET a = 1").generates_id

@@ -2,6 +2,7 @@
 from libc.stdint cimport int64_t
 
 from fastproxy._packet cimport CommandResult
+from fastproxy.replay._causal cimport Planner
 from fastproxy.replay._checkpoint cimport CheckpointHooks
 from fastproxy.replay._conn cimport Conn
 from fastproxy.replay._scheduler cimport Scheduler, Ticket
@@ -27,7 +28,7 @@ cdef class EngineCore:
     cdef public bint FAST_PATH
     cdef public CheckpointHooks checkpoint  # fastproxy.replay.checkpoint.Checkpoint or None (hooks called in C)
     cdef public object observer  # callback(conn, rec, result, now) per replayed command: the verdict (fastproxy/report)
-    cdef public object planner
+    cdef public Planner planner  # causal.Planner: note() and its order are called from C
     cdef public StatsCore stats
     cdef public object opt
     cdef public list _released  # parked connections whose requirement a completion met

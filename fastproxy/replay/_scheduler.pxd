@@ -66,6 +66,11 @@ cdef class CausalOrder:
     cdef public int64_t parks_total   # times a command had to park
     cdef public int64_t events_total
 
+    cpdef note(self, Ticket t, tuple waits, tuple lock_waits, int64_t start_ns, tuple events, int64_t end_ns,
+               bint released=*, int64_t owner=*)
+    cpdef release(self, Ticket t)
+    cpdef bint ready(self, Ticket t, int64_t key) except -1
+    cpdef finish(self, Ticket t)
     cdef int _check(self, Py_ssize_t sid) except -1
     cdef int _grow_ring(self, Seq* s) except -1
     cdef int64_t _ended_before(self, Seq* s, int64_t start) noexcept

@@ -372,8 +372,8 @@ cdef class CausalOrder:
         self.events_total += 1
         return idx
 
-    def note(self, Ticket t, tuple waits, tuple lock_waits, int64_t start_ns, tuple events, int64_t end_ns,
-             bint released=True, int64_t owner=-1):
+    cpdef note(self, Ticket t, tuple waits, tuple lock_waits, int64_t start_ns, tuple events, int64_t end_ns,
+               bint released=True, int64_t owner=-1):
         """Register a command read from the capture. On each sequence in ``waits`` it waits for the
         events that ended before ``start_ns``; on each in ``lock_waits`` also for those that held
         locks before it (see above). It is itself an event (``start_ns``..``end_ns``) of each sequence in ``events``; ``released``: its
@@ -412,7 +412,7 @@ cdef class CausalOrder:
             ev[2 * i + 1] = self._add_event(&self.seqs[sid], start_ns, end_ns, released, owner)
         t.ne = ne
 
-    def release(self, Ticket t):
+    cpdef release(self, Ticket t):
         """The transaction of ``t``'s events ended in the capture: its locks were free from then on."""
         cdef Py_ssize_t i
         cdef int64_t idx
@@ -479,7 +479,7 @@ cdef class CausalOrder:
         h[i] = last
         return key
 
-    def ready(self, Ticket t, int64_t key):
+    cpdef bint ready(self, Ticket t, int64_t key) except -1:
         """True if every requirement of ``t`` is met; otherwise ``key`` is parked on the first unmet
         one and comes back from a later ``finish`` (then ask again: another may still be unmet)."""
         cdef Seq* s
@@ -526,7 +526,7 @@ cdef class CausalOrder:
                     out.append(s.owners[i & s.mask])
         return out
 
-    def finish(self, Ticket t):
+    cpdef finish(self, Ticket t):
         """The command completed on replay (or will never run): its events are done. Returns the
         keys of parked commands whose awaited requirement is now met, or None."""
         cdef Py_ssize_t i

@@ -15,8 +15,9 @@ from __future__ import annotations
 import re
 
 from fastproxy._digest import normalize
+from fastproxy.replay._stmtinfo import StatementInfo
 
-# kinds
+# kinds (StatementInfo.kind; _stmtinfo.pyx KIND_NAMES names them in this order)
 SESSION = 0    # touches no table: SET, SAVEPOINT, DEALLOCATE, SHOW WARNINGS, ...
 READ = 1       # a plain read: sees what was committed before it
 LOCK = 2       # takes row locks: DML, SELECT ... FOR UPDATE / FOR SHARE, named locks
@@ -25,7 +26,6 @@ BEGIN = 4      # starts a transaction (implicitly commits an open one)
 COMMIT = 5
 ROLLBACK = 6   # of the whole transaction (not ROLLBACK TO SAVEPOINT, which is SESSION)
 UNKNOWN = 7    # CALL, EXECUTE, compound statements, ...: a write with locks on unknown tables
-KIND_NAMES = ("SESSION", "READ", "LOCK", "DDL", "BEGIN", "COMMIT", "ROLLBACK", "UNKNOWN")
 
 NAMED_LOCKS = "#named_locks"  # the scope of GET_LOCK/RELEASE_LOCK (their names are literals)
 
@@ -57,40 +57,6 @@ _DML_MODIFIERS = frozenset({"low_priority", "delayed", "high_priority", "ignore"
 _DDL_OBJECTS = frozenset({"table", "tables", "index", "view", "trigger", "function", "procedure", "event",
                           "database", "schema", "user", "role", "sequence", "server", "temporary", "tablespace",
                           "logfile", "package", "synonym"})
-
-
-class StatementInfo:
-    """Everything below is a property of the statement text, never of a connection."""
-
-    __slots__ = ("kind", "tables", "writes", "time", "generates_id", "multi", "set_statement", "snapshot",
-                 "sets_time", "sets_insert_id", "autocommit", "references", "view_of", "time_default",
-                 "trigger_on", "creates_function")
-
-    def __init__(self, kind: int, tables: tuple | None = (), writes: bool = False) -> None:
-        self.kind = kind
-        self.tables = tables           # bare lower-case names; None = unknown
-        self.writes = writes           # may change rows
-        self.time = False              # names a time function: NOW() & co.
-        self.generates_id = False      # may take auto-increment values (INSERT, REPLACE, LOAD, CALL, ...)
-        self.multi = False             # several statements in one COM_QUERY
-        self.set_statement = False     # MariaDB SET STATEMENT ... FOR: the application sets variables itself
-        self.snapshot = False          # START TRANSACTION WITH CONSISTENT SNAPSHOT: a read of everything
-        self.sets_time = None          # SET timestamp = x: True; = DEFAULT: False; else None
-        self.sets_insert_id = False    # SET insert_id / last_insert_id
-        self.autocommit = None         # SET autocommit = 0/1
-        self.references = ()           # DDL: tables it names as foreign-key parents
-        self.view_of = ()              # CREATE/ALTER VIEW v: the tables it reads
-        self.time_default = False      # DDL: a DEFAULT / ON UPDATE CURRENT_TIMESTAMP column
-        self.trigger_on = None         # CREATE TRIGGER ... ON t
-        self.creates_function = None   # CREATE FUNCTION f
-
-    @property
-    def kind_name(self) -> str:
-        return KIND_NAMES[self.kind]
-
-    def __repr__(self) -> str:
-        return (f"<StatementInfo {self.kind_name} tables={self.tables} writes={self.writes} time={self.time} "
-                f"generates_id={self.generates_id} multi={self.multi}>")
 
 
 def _bare(tok: str) -> str:

@@ -1,0 +1,56 @@
+# cython: language_level=3
+from libc.stdint cimport int64_t
+
+from fastproxy.replay._scheduler cimport CausalOrder
+from fastproxy.replay._stmtinfo cimport StatementInfo
+
+
+cdef class _Session:
+    cdef public bint logged_in
+    cdef public bint open
+    cdef public set wrote
+    cdef public set locked
+    cdef public list lockers
+    cdef public dict stmts
+    cdef public bint app_time
+    cdef public bint app_ids
+
+
+cdef class Planner:
+    cdef public object scopes      # schema.TableScopes
+    cdef public bint causal
+    cdef public bint pin
+    cdef public bint status_flags
+    cdef public bint affected_rows
+    cdef public CausalOrder order
+    cdef public object classify    # stmtinfo.Classifier
+    cdef public int64_t unknown_scope_statements
+    cdef tuple _global
+    cdef tuple _unknown
+    cdef dict _seqs
+    cdef dict _legacy
+    cdef tuple _waits_cache
+    cdef dict _scope_cache
+    cdef dict _events_cache
+    cdef dict _sessions
+    cdef bint _login
+    cdef int64_t _owner
+
+    cpdef _Session session(self, conn_id)
+    cpdef note_close(self, conn_id, rec)
+    cpdef note(self, conn_id, rec)
+    cdef _note(self, conn_id, _Session sess, tuple r)
+    cdef _statement(self, _Session sess, int cmd, StatementInfo info, tuple r)
+    cdef bint _open_after(self, tuple r, int kind, bint before) except -1
+    cdef int _pins(self, _Session sess, int cmd, StatementInfo info, tuple r) except -1
+    cdef _session_end(self, conn_id, _Session sess, int cmd, tuple r)
+    cdef tuple _end_transaction(self, _Session sess, bint rolled_back)
+    cdef _ticket(self, int flags, tuple waits, tuple lock_waits, int64_t start_ns, tuple events, int64_t end_ns,
+                 bint released)
+    cdef _scope(self, StatementInfo info)
+    cdef tuple _scoped(self, tables)
+    cdef _learn(self, StatementInfo info)
+    cdef _merge(self, a, b)
+    cdef tuple _seq(self, root)
+    cdef tuple _waits(self, scope, int which)
+    cdef tuple _events(self, scope, bint commit, bint lock)

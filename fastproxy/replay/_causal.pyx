@@ -1,0 +1,455 @@
+# cython: language_level=3
+"""Causal order across connections, planned as the capture is read (compiled: the planner runs
+once per command read, and its per-statement state is read here as C fields).
+
+What a statement could observe of other connections in production must be in place on replay
+before it runs. The capture says when each command started and ended (records are in completion
+order), and after each command whether its connection was inside a transaction (status flags,
+format version 2). From that, commands become *events* of per-scope sequences
+(fastproxy/replay/_scheduler.pyx, CausalOrder):
+
+- a **commit event** makes writes visible: a successful autocommit write, the COMMIT of a
+  transaction that wrote, DDL (and the implicit commit it causes);
+- a **lock event** takes or releases row locks: DML, SELECT ... FOR UPDATE / FOR SHARE / LOCK IN
+  SHARE MODE, named locks (GET_LOCK), LOCK TABLES, and the end of a transaction that locked rows
+  (COMMIT, ROLLBACK, a deadlock, the connection closing).
+
+A statement waits for the commit events that ended before it started, on the scopes of the tables
+it touches; a lock-taking statement (and the end of a transaction that held locks) also waits for
+the lock events that ended before it started. So a row picked from a queue with SKIP LOCKED, a
+table created then read, an id inserted then updated elsewhere: each follows production. Nothing
+else is ordered: plain reads never wait for each other, and nothing waits for commands that were
+still running when it started (ordering every command after every earlier-completed one stretches
+a replay as soon as latencies jitter).
+
+Scopes: each table's (fastproxy/replay/schema.py joins tables tied by foreign keys, triggers and
+views); a statement whose tables are unknown waits for the events of every scope, and an event of
+unknown tables is waited for by every statement.
+
+The planner also marks what the engine needs when it sends a command (ticket flags): pin the time
+and the auto-increment id (fastproxy/replay/pinning.py), and the command's place in its production
+transaction (fastproxy/replay/transactions.py).
+"""
+from libc.stdint cimport int64_t
+
+from fastproxy._packet cimport stmt_id_of
+from fastproxy.capture.record_fields cimport (R_AFFECTED, R_END, R_ERR_CODE, R_LAST_INSERT_ID, R_OUTCOME, R_PAYLOAD,
+                                              R_START, R_STATUS_FLAGS)
+from fastproxy.replay._scheduler cimport CausalOrder, Ticket
+from fastproxy.replay._stmtinfo cimport StatementInfo
+
+from fastproxy.capture import record as _record
+from fastproxy.constants import COMMAND, ER, SERVER_STATUS
+from fastproxy.replay import stmtinfo as _stmtinfo
+from fastproxy.replay.schema import TableScopes
+from fastproxy.replay.stmtinfo import Classifier
+
+# Ticket.flags
+cpdef enum:
+    PIN_TIME = 0x01          # pin the server time to the captured start
+    PIN_ID = 0x02            # pin the first auto-increment id to the captured one
+    PIN_PREFIX = 0x04        # pin with a SET sent just before (executes, multi-statements, SET STATEMENT ... FOR)
+    IN_TXN = 0x10            # runs inside a production transaction
+    TXN_BEGIN = 0x20         # opens that transaction
+    TXN_END = 0x40           # ends it (COMMIT, ROLLBACK, an implicit commit)
+    PROD_LOCK_ERROR = 0x80   # production lost it to a deadlock or lock wait timeout: not replayed (see engine)
+
+# statement kinds (stmtinfo.py), record outcomes and protocol numbers, as C ints
+cdef int SESSION = _stmtinfo.SESSION
+cdef int READ = _stmtinfo.READ
+cdef int LOCK = _stmtinfo.LOCK
+cdef int DDL = _stmtinfo.DDL
+cdef int BEGIN = _stmtinfo.BEGIN
+cdef int COMMIT = _stmtinfo.COMMIT
+cdef int ROLLBACK = _stmtinfo.ROLLBACK
+cdef int UNKNOWN = _stmtinfo.UNKNOWN
+cdef int OUTCOME_OK = _record.OUTCOME_OK
+cdef int OUTCOME_ERR = _record.OUTCOME_ERR
+cdef int OUTCOME_UNKNOWN = _record.OUTCOME_UNKNOWN
+cdef int COM_QUERY = COMMAND.COM_QUERY
+cdef int COM_STMT_EXECUTE = COMMAND.COM_STMT_EXECUTE
+cdef int COM_STMT_PREPARE = COMMAND.COM_STMT_PREPARE
+cdef int COM_STMT_CLOSE = COMMAND.COM_STMT_CLOSE
+cdef int COM_INIT_DB = COMMAND.COM_INIT_DB
+cdef int COM_QUIT = COMMAND.COM_QUIT
+cdef int COM_RESET_CONNECTION = COMMAND.COM_RESET_CONNECTION
+cdef int COM_CHANGE_USER = COMMAND.COM_CHANGE_USER
+cdef int ER_LOCK_DEADLOCK = ER.LOCK_DEADLOCK
+cdef int ER_LOCK_WAIT_TIMEOUT = ER.LOCK_WAIT_TIMEOUT
+cdef int IN_TRANS = SERVER_STATUS.IN_TRANS
+
+_ANY = "#any"  # in a transaction's scope sets: some statement's tables were unknown
+cdef object _NO_SCOPE = object()
+cdef StatementInfo _UNKNOWN_INFO = StatementInfo(UNKNOWN, None, True)
+_UNKNOWN_INFO.generates_id = True
+_UNKNOWN_INFO.time = True
+cdef Py_ssize_t _CACHE_MAX = 10_000
+
+
+cdef inline tuple _fields(rec):
+    """A capture Record (a NamedTuple) as the tuple it is, read by field position."""
+    if not isinstance(rec, tuple):
+        raise TypeError(f"a capture Record expected, not {type(rec).__name__}")
+    return <tuple>rec
+
+
+cdef class _Session:
+    """One captured connection as the capture shows it, record by record."""
+    def __init__(self):
+        self.logged_in = False  # replay logs in with its first command (reconnects come later)
+        self.open = False
+        self.wrote = set()      # scope roots written by the open transaction
+        self.locked = set()     # scope roots it took locks on
+        self.lockers = []       # its lock events (Tickets): released when it ends
+        self.stmts = {}         # captured statement id -> what it does (StatementInfo)
+        self.app_time = False   # the application set @@timestamp itself: its time is kept
+        self.app_ids = False    # the application set insert_id itself
+
+
+cdef class Planner:
+    """Turns each record read from the capture into a Ticket for the engine (or None when the
+    command needs nothing): what it waits for, which events it is, and its flags."""
+
+    def __init__(self, scopes=None, causal=True, pin=True, status_flags=True, affected_rows=True):
+        self.scopes = scopes or TableScopes()
+        self.causal = causal
+        self.pin = pin
+        self.status_flags = status_flags  # format version 2: trust SERVER_STATUS_IN_TRANS after each command
+        self.affected_rows = affected_rows  # 0 affected rows means it changed nothing (else: unknown)
+        self.order = CausalOrder()
+        self.classify = Classifier(self.scopes.functions)
+        new = self.order.new_sequence
+        self._global = (new(), new())    # (commit, lock): every event
+        self._unknown = (new(), new())   # events whose tables are unknown
+        self._seqs = {}
+        self._legacy = {}  # a merged scope still waits for its parts' past
+        self._waits_cache = ({}, {})  # [commit 0 | lock 1][scope] -> sequences waited on
+        self._scope_cache = {}  # tables -> (scopes generation, scope, whether writes need the time)
+        self._events_cache = {}
+        self._sessions = {}
+        self.unknown_scope_statements = 0  # statements ordered against everything (tables not known)
+        self._login = False  # the record being planned is its connection's first: replay logs in for it
+        self._owner = -1  # the connection whose record is being planned (its events' owner: CausalOrder.blockers)
+
+    # ---- records --------------------------------------------------------------------------------
+    cpdef _Session session(self, conn_id):
+        sess = self._sessions.get(conn_id)
+        if sess is None:
+            sess = self._sessions[conn_id] = _Session()
+        return <_Session>sess
+
+    def on_state(self, conn_id, dict state):
+        """CONN_STATE: statements prepared before the capture, and whether a transaction is open."""
+        cdef _Session sess = self.session(conn_id)
+        sess.logged_in = True  # open before the capture: its user and database existed then
+        for sid, sql in state.get("prepared", []):
+            sess.stmts[int(sid)] = self.classify(sql)
+        if state.get("in_transaction"):
+            sess.open = True
+            sess.wrote.add(_ANY)
+            sess.locked.add(_ANY)
+
+    cpdef note_close(self, conn_id, rec):
+        """CONN_CLOSE: an open transaction is rolled back, its locks released."""
+        cdef tuple r = _fields(rec)
+        cdef _Session sess = self._sessions.pop(conn_id, None)
+        if sess is None or not sess.open or not self.causal:
+            return None
+        t = Ticket.__new__(Ticket)
+        waits, events = self._end_transaction(sess, True)
+        self.order.note(t, waits, (), r[R_START], events, r[R_START], True, conn_id)
+        return t
+
+    cpdef note(self, conn_id, rec):
+        cdef tuple r = _fields(rec)
+        cdef _Session sess = self.session(conn_id)
+        self._owner = conn_id
+        if sess.logged_in or not self.causal:
+            sess.logged_in = True
+            return self._note(conn_id, sess, r)
+        # Its first command: replay logs in with it, whatever it is (clients start with SET NAMES,
+        # which waits for nothing). The login must come after the accounts and databases other
+        # connections had created or granted when it opened: statements of unknown scope (CREATE
+        # USER, GRANT, CREATE DATABASE, ...), as for a COM_CHANGE_USER
+        sess.logged_in = True
+        self._login = True
+        try:
+            t = self._note(conn_id, sess, r)
+            if self._login:  # the command had no ticket of its own
+                t = self._ticket(0, (), (), r[R_START], (), 0, True)
+            return t
+        finally:
+            self._login = False
+
+    cdef _note(self, conn_id, _Session sess, tuple r):
+        cdef bytes payload = r[R_PAYLOAD]
+        cdef int cmd = payload[0]
+        cdef StatementInfo info
+        if cmd == COM_QUERY:
+            info = self.classify(payload[1:])
+        elif cmd == COM_STMT_EXECUTE:
+            info = sess.stmts.get(stmt_id_of(payload), _UNKNOWN_INFO)
+        elif cmd == COM_STMT_PREPARE:
+            info = self.classify(payload[1:])
+            if r[R_OUTCOME] == OUTCOME_OK:
+                sess.stmts[r[R_AFFECTED]] = info  # the capture keeps the statement id there
+            if not self.causal or info.kind == SESSION:
+                return None
+            # preparing resolves tables: it must see tables (and databases) created elsewhere
+            return self._ticket(0, self._waits(self._scope(info), 0), (), r[R_START], (), 0, True)
+        elif cmd == COM_STMT_CLOSE:
+            sess.stmts.pop(stmt_id_of(payload), None)
+            return None
+        elif cmd == COM_INIT_DB:
+            return self._ticket(0, self._waits(None, 0), (), r[R_START], (), 0, True) if self.causal else None
+        elif cmd == COM_QUIT or cmd == COM_RESET_CONNECTION or cmd == COM_CHANGE_USER:
+            return self._session_end(conn_id, sess, cmd, r)
+        else:
+            return None  # ping, fetch, long data, statistics, ...: nothing to wait for
+        return self._statement(sess, cmd, info, r)
+
+    # ---- one statement ------------------------------------------------------------------------------
+    cdef _statement(self, _Session sess, int cmd, StatementInfo info, tuple r):
+        cdef int kind = info.kind
+        cdef int flags = 0
+        cdef int outcome = r[R_OUTCOME]
+        cdef int64_t err_code = r[R_ERR_CODE]
+        cdef bint before, after, ended, takes_locks, wrote, held, rolled_back
+        if outcome == OUTCOME_ERR and (err_code == ER_LOCK_DEADLOCK or err_code == ER_LOCK_WAIT_TIMEOUT):
+            flags |= PROD_LOCK_ERROR
+        if info.sets_time is not None:
+            sess.app_time = info.sets_time
+        if info.sets_insert_id:
+            sess.app_ids = True
+        if self.pin:
+            flags |= self._pins(sess, cmd, info, r)
+        before = sess.open
+        after = self._open_after(r, kind, before)
+        ended = before and (not after or kind == BEGIN or kind == DDL)
+        if kind == BEGIN:
+            flags |= TXN_BEGIN | IN_TXN
+        elif kind != DDL and (before or after):
+            flags |= IN_TXN
+            if not before:
+                flags |= TXN_BEGIN
+            elif ended:
+                flags |= TXN_END
+        elif kind == DDL and before:
+            flags |= TXN_END
+        if not self.causal:
+            if ended or (kind == DDL and before):
+                sess.wrote.clear()
+                sess.locked.clear()
+            sess.open = after
+            if flags:
+                t = Ticket.__new__(Ticket)
+                (<Ticket>t).flags = flags
+                return t
+            return None
+
+        if kind == DDL:
+            self._learn(info)
+        scope = self._scope(info)
+        cdef tuple waits = ()
+        cdef tuple lock_waits = ()
+        cdef tuple events = ()
+        takes_locks = kind == LOCK or kind == UNKNOWN or kind == DDL
+        if kind == READ:
+            waits = self._waits(scope, 0)
+        elif takes_locks:
+            waits = self._waits(scope, 0)
+            if outcome == OUTCOME_ERR:
+                # a deadlock victim ran while its partner waited: only what ended before it started
+                waits += self._waits(scope, 1)
+            else:
+                lock_waits = self._waits(scope, 1)
+        elif kind == BEGIN and info.snapshot:
+            waits = self._waits(None, 0)  # the snapshot sees every table
+
+        wrote = info.writes and (
+            outcome == OUTCOME_UNKNOWN
+            or (outcome == OUTCOME_OK and (r[R_AFFECTED] > 0 or kind == DDL or kind == UNKNOWN
+                                           or not self.affected_rows))
+            or (outcome == OUTCOME_ERR and info.multi))  # statements before the failing one committed
+        held = False  # its locks outlive it: it is inside a transaction that goes on
+        if kind != DDL and kind != BEGIN and (before or after):
+            # part of a transaction: its writes become visible, its locks free, when it ends
+            if takes_locks:
+                sess.locked.update((_ANY,) if scope is None else scope)
+                events = self._events(scope, False, True)
+                held = after and not ended
+            if wrote:
+                sess.wrote.update((_ANY,) if scope is None else scope)
+        elif takes_locks:
+            events = self._events(scope, wrote, True)
+        if ended:
+            rolled_back = kind == ROLLBACK or (outcome == OUTCOME_ERR and err_code == ER_LOCK_DEADLOCK)
+            tw, te = self._end_transaction(sess, rolled_back)
+            waits += tw
+            events += te
+        sess.open = after
+        if scope is None and kind != SESSION and kind != BEGIN:
+            self.unknown_scope_statements += 1
+        end_ns = r[R_END] or r[R_START]
+        t = self._ticket(flags, waits, lock_waits, r[R_START], events, end_ns, not held)
+        if held:
+            sess.lockers.append(t)
+        return t
+
+    cdef bint _open_after(self, tuple r, int kind, bint before) except -1:
+        """Is the connection inside a transaction after this command?"""
+        cdef int outcome = r[R_OUTCOME]
+        if outcome == OUTCOME_OK and self.status_flags:
+            return (r[R_STATUS_FLAGS] & IN_TRANS) != 0
+        if outcome == OUTCOME_ERR:
+            return False if r[R_ERR_CODE] == ER_LOCK_DEADLOCK else before  # a deadlock rolls it all back
+        # version 1 captures, or no answer: follow the statements
+        if kind == BEGIN:
+            return True
+        if kind == COMMIT or kind == ROLLBACK or kind == DDL:
+            return False
+        return before
+
+    cdef int _pins(self, _Session sess, int cmd, StatementInfo info, tuple r) except -1:
+        cdef int flags = 0
+        if not sess.app_time and (info.time or info.time_default or (
+                info.writes and info.kind != SESSION and self._scoped(info.tables)[2])):
+            flags |= PIN_TIME
+        if not sess.app_ids and info.generates_id and r[R_LAST_INSERT_ID] and not info.multi:
+            flags |= PIN_ID
+        if flags and (cmd == COM_STMT_EXECUTE or info.multi or info.set_statement):
+            flags |= PIN_PREFIX
+        return flags
+
+    cdef _session_end(self, conn_id, _Session sess, int cmd, tuple r):
+        """COM_QUIT, COM_RESET_CONNECTION, COM_CHANGE_USER: the transaction is rolled back, and the
+        session's own settings are gone."""
+        t = None
+        if cmd == COM_CHANGE_USER and self.causal:
+            self._login = True  # a login as another user: after what created and granted it
+        if sess.open and self.causal:
+            t = Ticket.__new__(Ticket)
+            waits, events = self._end_transaction(sess, True)
+            if self._login:
+                self._login = False
+                waits += (self._unknown[0],)
+            self.order.note(t, waits, (), r[R_START], events, r[R_END] or r[R_START], True, conn_id)
+        elif self._login:
+            t = self._ticket(0, (), (), r[R_START], (), 0, True)
+        sess.open = False
+        sess.wrote.clear()
+        sess.locked.clear()
+        sess.app_time = sess.app_ids = False
+        if cmd != COM_QUIT:
+            sess.stmts.clear()
+        return t
+
+    cdef tuple _end_transaction(self, _Session sess, bint rolled_back):
+        """The waits and events of the command that ends the open transaction."""
+        locked = None if _ANY in sess.locked else tuple(sess.locked)
+        wrote = None if _ANY in sess.wrote else tuple(sess.wrote)
+        # releasing locks must not overtake the lock-taking statements that completed before
+        cdef tuple waits = self._waits(locked, 1) if sess.locked else ()
+        cdef tuple events = self._events(locked, False, True) if sess.locked else ()
+        if sess.wrote and not rolled_back:
+            events += self._events(wrote, True, False)
+        for t in sess.lockers:
+            self.order.release(t)
+        sess.lockers.clear()
+        sess.wrote.clear()
+        sess.locked.clear()
+        return waits, events
+
+    cdef _ticket(self, int flags, tuple waits, tuple lock_waits, int64_t start_ns, tuple events, int64_t end_ns,
+                 bint released):
+        if self._login:
+            self._login = False
+            waits = waits + (self._unknown[0],)
+        if not waits and not lock_waits and not events and not flags:
+            return None
+        cdef Ticket t = Ticket.__new__(Ticket)
+        t.flags = flags
+        if waits or lock_waits or events:
+            self.order.note(t, waits, lock_waits, start_ns, events, end_ns, released, self._owner)
+        return t
+
+    # ---- scopes and their sequences -----------------------------------------------------------------
+    cdef _scope(self, StatementInfo info):
+        return self._scoped(info.tables)[1]
+
+    cdef tuple _scoped(self, tables):
+        """(generation, scope roots or None, whether writes need the time) of a table set, cached."""
+        cached = self._scope_cache.get(tables, _NO_SCOPE)
+        scopes = self.scopes
+        if cached is _NO_SCOPE or (<tuple>cached)[0] != scopes.generation:
+            if len(self._scope_cache) > _CACHE_MAX:
+                self._scope_cache.clear()
+            cached = self._scope_cache[tables] = (scopes.generation, scopes.scope(tables), scopes.needs_time(tables))
+        return <tuple>cached
+
+    cdef _learn(self, StatementInfo info):
+        """DDL read from the capture changes which tables belong together."""
+        tables = info.tables or ()
+        if info.references or info.view_of:
+            names = list(tables) + list(info.references) + list(info.view_of)
+            for other in names[1:]:
+                self._merge(names[0], other)
+        if info.time_default:
+            for t in tables:
+                self.scopes.mark_time(t)
+        if info.trigger_on:  # a trigger created during the capture: its body is not followed
+            self.scopes.mark_time(info.trigger_on)
+            self.scopes.mark_global(info.trigger_on)
+
+    cdef _merge(self, a, b):
+        joined = self.scopes.union(a, b)
+        if joined is None:
+            return
+        kept, absorbed = joined
+        past = self._legacy.setdefault(kept, [])
+        if absorbed in self._seqs:
+            past.append(self._seqs.pop(absorbed))
+        past.extend(self._legacy.pop(absorbed, ()))
+        (<dict>self._waits_cache[0]).clear()
+        (<dict>self._waits_cache[1]).clear()
+        self._events_cache.clear()
+
+    cdef tuple _seq(self, root):
+        s = self._seqs.get(root)
+        if s is None:
+            s = self._seqs[root] = (self.order.new_sequence(), self.order.new_sequence())
+        return <tuple>s
+
+    cdef tuple _waits(self, scope, int which):
+        """Sequences of commit events (which 0) or lock events (1) a statement on `scope` waits on."""
+        cdef dict cache = <dict>self._waits_cache[which]
+        w = cache.get(scope)
+        if w is None:
+            if scope is None:
+                w = (self._global[which],)
+            else:
+                out = [self._unknown[which]]
+                for root in scope:
+                    out.append(self._seq(root)[which])
+                    out.extend(past[which] for past in self._legacy.get(root, ()))
+                w = tuple(out)
+            if len(cache) > _CACHE_MAX:
+                cache.clear()
+            cache[scope] = w
+        return <tuple>w
+
+    cdef tuple _events(self, scope, bint commit, bint lock):
+        key = (scope, commit, lock)
+        e = self._events_cache.get(key)
+        if e is None:
+            out = []
+            for c, k in ([self._unknown] if scope is None else [self._seq(r) for r in scope]) + [self._global]:
+                if commit:
+                    out.append(c)
+                if lock:
+                    out.append(k)
+            e = tuple(out)
+            if len(self._events_cache) > _CACHE_MAX:
+                self._events_cache.clear()
+            self._events_cache[key] = e
+        return <tuple>e
