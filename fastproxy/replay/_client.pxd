@@ -16,5 +16,11 @@ cdef class ClientCore:
     cdef public object infiles  # LOCAL INFILE files for the command in flight (client.py)
     cdef public object connection_id  # the replay session's thread id on the server
 
+    # a duplicate of the socket's descriptor, written by `write` (-1: the transport writes);
+    # _queued: something went to the transport since, which must leave first
+    cdef int _fd
+    cdef bint _queued
+
     cpdef send(self, payload, tag=*)
+    cpdef write(self, bytes data)
     cdef int _deliver_c(self) except -1

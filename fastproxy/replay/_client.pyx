@@ -5,8 +5,21 @@ Login, COM_CHANGE_USER exchanges, the replay's own row queries and LOCAL INFILE 
 client.py (`_data_received_slow`, `_send_infile`).
 
 The attributes are ReplayClient's, set and read from Python as before.
+
+Once logged in on plain TCP, a command goes straight to the socket with one write(2)
+(`write`): no event-loop bookkeeping per command. Whatever the socket does not take at once goes to
+the transport, and from then on everything does, until the transport's buffer is empty again, so
+the bytes stay in order. The socket is written through a duplicate of the transport's descriptor
+(`attach_socket`), closed when the connection is: a number the event loop has closed and another
+socket has reused is never written to.
 """
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
+from libc.errno cimport EINTR, errno
+from posix.unistd cimport close as c_close, write as c_write
+
 from fastproxy._packet cimport CommandResult, ResponseTracker, build_packet
+
+import os
 
 from fastproxy.errors import ProtocolError
 
@@ -23,11 +36,47 @@ cdef class Internal:
 cdef class ClientCore:
     # the attributes are declared in _client.pxd (the engine's C chain reads them)
 
+    def __cinit__(self, *args, **kwargs):
+        self._fd = -1
+
+    def __dealloc__(self):
+        if self._fd >= 0:
+            c_close(self._fd)
+
     cpdef send(self, payload, tag=None):
         """Send one command; on_result(self, result) fires when its response is complete."""
-        self.transport.write(build_packet(0, payload))
+        self.write(build_packet(0, payload))
         if self.tracker.begin(payload, tag):
             self._deliver_c()
+
+    cpdef write(self, bytes data):
+        """Send bytes after login: straight to the socket when nothing waits in the transport."""
+        cdef Py_ssize_t size = PyBytes_GET_SIZE(data), n = 0
+        if self._fd < 0 or (self._queued and self.transport.get_write_buffer_size()):
+            self.transport.write(data)
+            return
+        self._queued = False
+        while True:
+            n = c_write(self._fd, PyBytes_AS_STRING(data), size)
+            if n >= 0 or errno != EINTR:
+                break
+        if n == size:
+            return
+        # a full socket buffer (or an error: the transport's own write reports it as it always did)
+        self._queued = True
+        self.transport.write(data[n:] if n > 0 else data)
+
+    def attach_socket(self):
+        """Write commands straight to the socket from now on (plain TCP, logged in)."""
+        sock = self.transport.get_extra_info("socket") if self.transport is not None else None
+        if sock is not None and self._fd < 0:
+            self._fd = os.dup(sock.fileno())
+
+    def detach_socket(self):
+        """Back to the transport for everything (closing, or TLS)."""
+        if self._fd >= 0:
+            c_close(self._fd)
+            self._fd = -1
 
     def _deliver(self):
         self._deliver_c()

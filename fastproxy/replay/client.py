@@ -119,7 +119,7 @@ class ReplayClient(ClientCore, asyncio.Protocol):
                 raise BackendConnError("TLS requested, but the server does not offer it (CLIENT_SSL)")
             caps |= CLIENT.SSL
             seq += 1  # SSLRequest: the first 32 bytes of the handshake response, then the TLS handshake
-            self.transport.write(build_packet(seq, struct.pack("<IIB", caps, 1 << 30, charset & 0xFF) + b"\x00" * 23))
+            self.write(build_packet(seq, struct.pack("<IIB", caps, 1 << 30, charset & 0xFF) + b"\x00" * 23))
             self.transport = await asyncio.get_running_loop().start_tls(
                 self.transport, self, self._ssl_context, server_hostname=None if self._ssl_context.check_hostname
                 is False else self._host)
@@ -133,9 +133,11 @@ class ReplayClient(ClientCore, asyncio.Protocol):
         body += plugin.encode() + b"\x00"
         attrs = b"".join(_lenenc(len(x)) + x for x in (b"program_name", b"fastproxy-replay"))
         body += _lenenc(len(attrs)) + attrs
-        self.transport.write(build_packet(seq + 1, body))
+        self.write(build_packet(seq + 1, body))
         await self._auth_exchange(plugin, password, nonce, secure)
         self.ready = True
+        if not self.tls:
+            self.attach_socket()
         rest = self.framer.take_all()
         if rest:
             self.data_received(rest)
@@ -154,11 +156,11 @@ class ReplayClient(ClientCore, asyncio.Protocol):
                 raise LoginError(code, msg)
             if first == b"\xfe":  # auth switch: plugin name, then its nonce (kept exactly as sent)
                 plugin, nonce = auth.parse_auth_switch(payload)
-                self.transport.write(build_packet(seq + 1, auth.auth_response(plugin, password, nonce, secure=secure)))
+                self.write(build_packet(seq + 1, auth.auth_response(plugin, password, nonce, secure=secure)))
             elif first == b"\x01":  # more data: caching_sha2 fast-auth result, full auth, a public key
                 reply = auth.auth_more_data(plugin, payload[1:], password, nonce, secure=secure)
                 if reply is not None:
-                    self.transport.write(build_packet(seq + 1, reply))
+                    self.write(build_packet(seq + 1, reply))
             else:
                 raise ProtocolError(f"unexpected packet during authentication: {payload[:16]!r}")
 
@@ -179,7 +181,7 @@ class ReplayClient(ClientCore, asyncio.Protocol):
         result = CommandResult(COMMAND.COM_CHANGE_USER)
         self._exchange = True
         try:
-            self.transport.write(build_packet(0, body))
+            self.write(build_packet(0, body))
             ok = await self._auth_exchange(self._plugin, pw, self._nonce, self.tls)
             result.outcome = 0
             rest = ok[1:]
@@ -207,13 +209,13 @@ class ReplayClient(ClientCore, asyncio.Protocol):
         """Run a query of the replay's own and read its rows (e.g. SELECT DATABASE())."""
         self._rows = TextResultReader(self.tracker.deprecate_eof)
         self._rows_future = future = asyncio.get_running_loop().create_future()
-        self.transport.write(build_packet(0, b"\x03" + sql.encode()))
+        self.write(build_packet(0, b"\x03" + sql.encode()))
         return await future
 
     # ---- commands (send: ClientCore) -----------------------------------------------------------
     def send_only(self, payload: bytes) -> None:
         """Send a command the server never answers (COM_STMT_CLOSE, COM_STMT_SEND_LONG_DATA)."""
-        self.transport.write(build_packet(0, payload))
+        self.write(build_packet(0, payload))
 
     def _data_received_slow(self, data: bytes) -> None:
         """What ClientCore.data_received leaves here: the rows of query_rows, login, COM_CHANGE_USER."""
@@ -241,7 +243,7 @@ class ReplayClient(ClientCore, asyncio.Protocol):
                 out += build_packet(seq, chunk)
                 seq += 1
         out += build_packet(seq, b"")
-        self.transport.write(bytes(out))
+        self.write(bytes(out))
 
     def _rows_data(self, data: bytes) -> None:
         try:
@@ -263,6 +265,7 @@ class ReplayClient(ClientCore, asyncio.Protocol):
         self.transport = transport
 
     def connection_lost(self, exc) -> None:
+        self.detach_socket()
         if not self.ready or self._exchange:
             self._packets.put_nowait(BackendConnError(f"connection closed during authentication: {exc or 'EOF'}"))
         was_closed = self.closed
@@ -282,7 +285,8 @@ class ReplayClient(ClientCore, asyncio.Protocol):
         if self.closed:
             return
         self.closed = True
+        self.detach_socket()
         if self.transport and not self.transport.is_closing():
             if quit_first and self.ready:
-                self.transport.write(build_packet(0, b"\x01"))
+                self.write(build_packet(0, b"\x01"))
             self.transport.close()
