@@ -6,7 +6,7 @@ client.py (`_data_received_slow`, `_send_infile`).
 
 The attributes are ReplayClient's, set and read from Python as before.
 
-Once logged in on plain TCP, a command goes straight to the socket with one write(2)
+Once logged in on plain TCP, a command goes straight to the socket with one send(2)
 (`write`): no event-loop bookkeeping per command. Whatever the socket does not take at once goes to
 the transport, and from then on everything does, until the transport's buffer is empty again, so
 the bytes stay in order. The socket is written through a duplicate of the transport's descriptor
@@ -15,7 +15,11 @@ socket has reused is never written to.
 """
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
 from libc.errno cimport EINTR, errno
-from posix.unistd cimport close as c_close, write as c_write
+from posix.unistd cimport close as c_close
+
+cdef extern from "<sys/socket.h>" nogil:
+    ssize_t c_send "send"(int fd, const void *buf, size_t n, int flags)
+    int MSG_NOSIGNAL
 
 from fastproxy._packet cimport CommandResult, ResponseTracker, build_packet
 
@@ -57,7 +61,7 @@ cdef class ClientCore:
             return
         self._queued = False
         while True:
-            n = c_write(self._fd, PyBytes_AS_STRING(data), size)
+            n = c_send(self._fd, PyBytes_AS_STRING(data), size, MSG_NOSIGNAL)  # a closed peer: EPIPE, not SIGPIPE
             if n >= 0 or errno != EINTR:
                 break
         if n == size:
