@@ -144,3 +144,56 @@ def test_records_read_before_a_damaged_part_are_given_out_before_the_error():
     else:
         raise AssertionError("the error must reach the caller")
     assert sorted(out, key=id) == sorted(appended, key=id)  # none held back in the window is lost
+
+
+def _reference_order(records, window: int) -> list:
+    """The order as the reader's first version gave it (heapq of (key, read order, record)): the C
+    heap of _reorder.pyx must give the same records in the same order, ties included."""
+    import heapq
+
+    heap, last_key, out = [], {}, []
+    high = emitted = 0
+
+    def take():
+        nonlocal emitted
+        rec = heapq.heappop(heap)[2]
+        if rec.kind == KIND_COMMAND and rec.end_ns:
+            if rec.end_ns < emitted:
+                rec = rec._replace(end_ns=emitted)
+            emitted = rec.end_ns
+        out.append(rec)
+
+    for seq, rec in enumerate(records):
+        if rec.kind == KIND_COMMAND:
+            end = rec.end_ns or rec.start_ns
+            high = max(high, end)
+        else:
+            end = rec.start_ns
+        key = max(end, last_key.get(rec.conn_id, 0))
+        if rec.kind == KIND_CONN_CLOSE:
+            last_key.pop(rec.conn_id, None)
+        else:
+            last_key[rec.conn_id] = key
+        heapq.heappush(heap, (key, seq, rec))
+        while heap and heap[0][0] <= high - window:
+            take()
+    while heap:
+        take()
+    return out
+
+
+def test_the_c_heap_gives_what_a_heapq_of_the_same_keys_gives():
+    rnd = random.Random(11)
+    for trial in range(300):
+        records = []
+        for i in range(rnd.randrange(1, 120)):
+            conn = rnd.randrange(1, 6)
+            start = T0 + rnd.randrange(0, 50) * MS // 10  # coarse times: many ties
+            kind = rnd.choice((KIND_COMMAND, KIND_COMMAND, KIND_COMMAND, KIND_CONN_OPEN, KIND_CONN_CLOSE))
+            if kind == KIND_COMMAND:
+                end = 0 if rnd.random() < 0.1 else start + rnd.randrange(0, 20) * MS // 10
+                records.append(_cmd(conn, start, end, f"SELECT {i}"))
+            else:
+                records.append(_ev(kind, conn, start))
+        window = rnd.choice((1, MS // 2, MS, 3 * MS, 100 * MS))
+        assert list(in_completion_order(records, window)) == _reference_order(records, window), trial

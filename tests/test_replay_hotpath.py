@@ -110,3 +110,17 @@ def test_same_as_captured_leaves_out_of_range_values_to_the_full_comparison():
     rec = Record(KIND_COMMAND, 1, 10, 20, 0, 0, 0, -1, b"\x03SELECT")  # a converted input's odd row count
     assert same_as_captured(rec, _result(rows=-1)) is False
     assert same_as_captured(Record(KIND_COMMAND, 1, 10, 20, 0, 0, 0, 2**70, b""), _result()) is False
+
+
+def test_decoded_records_are_records_the_collector_never_walks():
+    """The C decoder allocates each Record as the tuple subclass it is and leaves it out of the
+    cyclic collector (ints and bytes only: it cannot be part of a cycle)."""
+    import gc
+
+    recs = [Record(KIND_COMMAND, 7, 1, 2, 0, 0, 0, 0, b"\x03SELECT 1", hash_ordered=2**64 - 1),
+            Record(KIND_COMMAND, 8, 3, 4, 0, 0, 0, 0, b"")]
+    got, used = _records.decode_records(b"".join(encode(r) for r in recs))
+    assert got == recs and used == sum(len(encode(r)) for r in recs)
+    assert all(type(r) is Record for r in got)
+    assert not any(gc.is_tracked(r) for r in got)
+    assert got[0].payload == b"\x03SELECT 1" and got[0]._replace(conn_id=9).conn_id == 9

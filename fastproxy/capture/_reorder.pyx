@@ -1,9 +1,10 @@
 # cython: language_level=3
 """Completion order within a window (fastproxy/capture/reorder.py says why and how), in C: every
-record a replay reads passes through it. An iterator rather than a generator: a record costs a
-heap push and pop and no Python frame."""
-from heapq import heappop, heappush
-
+record a replay reads passes through it. An iterator rather than a generator, and a heap of C
+entries: a record costs a push and a pop in C, no Python frame and no tuple."""
+from cpython.mem cimport PyMem_Free, PyMem_Realloc
+from cpython.object cimport PyObject
+from cpython.ref cimport Py_DECREF, Py_INCREF
 from libc.stdint cimport int64_t
 
 from fastproxy.capture.record_fields cimport R_CONN_ID, R_END, R_KIND, R_START
@@ -13,8 +14,16 @@ from fastproxy.capture.record import KIND_COMMAND as _KIND_COMMAND, KIND_CONN_CL
 cdef long KIND_COMMAND = _KIND_COMMAND
 cdef long KIND_CONN_CLOSE = _KIND_CONN_CLOSE
 cdef object _Record = Record
-cdef object _push = heappush
-cdef object _pop = heappop
+
+
+cdef struct Entry:
+    int64_t key
+    long long seq     # read order: ties on key go out first-in first-out
+    PyObject *rec     # a reference the heap owns
+
+
+cdef inline bint _before(Entry *a, Entry *b) noexcept nogil:
+    return a.key < b.key or (a.key == b.key and a.seq < b.seq)
 
 
 cdef class CompletionOrder:
@@ -22,7 +31,9 @@ cdef class CompletionOrder:
     (> 0): reorder.in_completion_order."""
 
     cdef object _it
-    cdef list _heap
+    cdef Entry *_heap
+    cdef Py_ssize_t _size
+    cdef Py_ssize_t _capacity
     cdef dict _last_key  # per open connection: its records never overtake each other
     cdef int64_t _window
     cdef int64_t _high  # the latest command end read so far
@@ -33,7 +44,6 @@ cdef class CompletionOrder:
 
     def __init__(self, records, int64_t window):
         self._it = iter(records)
-        self._heap = []
         self._last_key = {}
         self._window = window
         self._high = 0
@@ -42,14 +52,23 @@ cdef class CompletionOrder:
         self._error = None
         self._seq = 0
 
+    def __cinit__(self, *args, **kwargs):
+        self._heap = NULL
+        self._size = self._capacity = 0
+
+    def __dealloc__(self):
+        cdef Py_ssize_t i
+        for i in range(self._size):
+            Py_DECREF(<object>self._heap[i].rec)
+        PyMem_Free(self._heap)
+
     def __iter__(self):
         return self
 
     def __next__(self):
-        cdef list heap = self._heap
         while True:
             # records keyed up to the latest end read less the window go out now
-            if heap and (self._draining or heap[0][0] <= self._high - self._window):
+            if self._size and (self._draining or self._heap[0].key <= self._high - self._window):
                 return self._take()
             if self._draining:
                 if self._error is not None:
@@ -85,14 +104,64 @@ cdef class CompletionOrder:
             self._last_key.pop(conn_id, None)  # a closed connection's id may come back: start afresh
         else:
             self._last_key[conn_id] = key
-        _push(self._heap, (key, self._seq, rec))
-        self._seq += 1
+        self._push(key, rec)
         return 0
+
+    cdef int _push(self, int64_t key, rec) except -1:
+        cdef Py_ssize_t i, parent
+        cdef Entry e
+        cdef Entry *grown
+        if self._size == self._capacity:
+            grown = <Entry *>PyMem_Realloc(self._heap, (self._capacity * 2 + 16) * sizeof(Entry))
+            if grown == NULL:
+                raise MemoryError()
+            self._heap = grown
+            self._capacity = self._capacity * 2 + 16
+        Py_INCREF(rec)
+        e.key = key
+        e.seq = self._seq
+        e.rec = <PyObject *>rec
+        self._seq += 1
+        i = self._size
+        self._size += 1
+        while i > 0:  # sift up
+            parent = (i - 1) >> 1
+            if not _before(&e, &self._heap[parent]):
+                break
+            self._heap[i] = self._heap[parent]
+            i = parent
+        self._heap[i] = e
+        return 0
+
+    cdef object _pop(self):
+        """The first entry's record (the heap's reference becomes the caller's)."""
+        cdef Entry *heap = self._heap
+        cdef PyObject *top = heap[0].rec
+        cdef Entry last
+        cdef Py_ssize_t i = 0, child, n
+        self._size -= 1
+        n = self._size
+        if n > 0:  # sift the last entry down from the root
+            last = heap[n]
+            while True:
+                child = 2 * i + 1
+                if child >= n:
+                    break
+                if child + 1 < n and _before(&heap[child + 1], &heap[child]):
+                    child += 1
+                if not _before(&heap[child], &last):
+                    break
+                heap[i] = heap[child]
+                i = child
+            heap[i] = last
+        rec = <object>top  # a new reference for us ...
+        Py_DECREF(rec)     # ... and the heap's given up
+        return rec
 
     cdef object _take(self):
         """The first record of the heap; a command that ended before one already given out gets
         that one's end."""
-        rec = _pop(self._heap)[2]
+        rec = self._pop()
         if type(rec) is _Record:
             kind, end_ns = (<tuple>rec)[R_KIND], (<tuple>rec)[R_END]
         else:
