@@ -129,3 +129,28 @@ def test_a_command_of_no_bytes_is_said_and_skipped_and_the_replay_goes_on(mariad
     assert (stats.read, stats.replayed, stats.skipped) == (5, 3, 2)
     assert {e.err_type: e.count for e in engine.report.other_errors.values()} == {"empty command": 2}
     assert mariadb_test.sql("SELECT GROUP_CONCAT(v ORDER BY id) FROM eng.t").split()[-1] == "a,b,c"
+
+
+def test_the_commands_read_before_a_damaged_file_are_replayed_then_the_damage_is_said(mariadb_test, tmp_path):
+    """A rotated capture whose second file is damaged: every command of the first is replayed (they
+    were read in the same batch as the error; the reader used to drop that whole batch)."""
+    import glob
+    import os
+
+    path = str(tmp_path / "cap")
+    write_capture_by_hand(path, "eng", (1,), (
+        ((1, T0 + i * MS, T0 + i * MS + MS // 2, OUTCOME_OK, 0, 1, 0,
+          b"\x03INSERT INTO t (id, v) VALUES (%d, 'a')" % i), {"status_flags": AUTOCOMMIT})
+        for i in range(1, 6)), T0)
+    (first,) = glob.glob(os.path.join(path, "traffic-*"))
+    with open(first.replace("000001", "000002"), "wb") as f:
+        f.write(b"not a traffic file at all")
+    mariadb_test.sql("DROP DATABASE IF EXISTS eng; CREATE DATABASE eng; "
+                     "CREATE TABLE eng.t (id INT PRIMARY KEY, v VARCHAR(8))")
+    engine = Replayer(path, ReplayOptions(host=mariadb_test.host, port=mariadb_test.port, username="root",
+                                          password=ROOT_PASSWORD, speed=0))
+    stats = uvloop.run(engine.run())
+    assert stats.replayed == 5
+    assert mariadb_test.sql("SELECT GROUP_CONCAT(id ORDER BY id) FROM eng.t").strip() == "1,2,3,4,5"
+    others = {e.err_type: e for e in engine.report.other_errors.values()}
+    assert "read error" in others and "bad magic" in others["read error"].sample_err_msg

@@ -14,6 +14,7 @@ import json
 import logging
 import time
 from dataclasses import dataclass, field
+from itertools import islice
 
 from fastproxy._digest import digest
 from fastproxy._packet import expects_response, stmt_id_of
@@ -321,12 +322,18 @@ class Replayer(EngineCore):
         it = iter(self.reader)
         loop = self._loop
 
+        broken: list[Exception] = []
+
         def batch() -> list[Record]:
-            out = []
-            for rec in it:
-                out.append(rec)
-                if len(out) >= READ_BATCH:
-                    break
+            if broken:
+                raise broken.pop()
+            out: list[Record] = []
+            try:
+                out.extend(islice(it, READ_BATCH))  # in C: no Python step a record
+            except Exception as e:  # noqa: BLE001 - the input broke: what was read before it is replayed first
+                if not out:
+                    raise
+                broken.append(e)
             return out
 
         try:
