@@ -5,7 +5,9 @@ entries: a record costs a push and a pop in C, no Python frame and no tuple."""
 from cpython.mem cimport PyMem_Free, PyMem_Realloc
 from cpython.object cimport PyObject
 from cpython.ref cimport Py_DECREF, Py_INCREF
-from libc.stdint cimport int64_t
+from libc.stdint cimport int64_t, intptr_t
+
+from fastproxy._heap cimport HeapEntry, heap_push, heap_remove_first
 
 from fastproxy.capture.record_fields cimport R_CONN_ID, R_END, R_KIND, R_START
 
@@ -16,14 +18,9 @@ cdef long KIND_CONN_CLOSE = _KIND_CONN_CLOSE
 cdef object _Record = Record
 
 
-cdef struct Entry:
-    int64_t key
-    long long seq     # read order: ties on key go out first-in first-out
-    PyObject *rec     # a reference the heap owns
-
-
-cdef inline bint _before(Entry *a, Entry *b) noexcept nogil:
-    return a.key < b.key or (a.key == b.key and a.seq < b.seq)
+# an entry's key is the record it stands for: a reference the heap owns (due: the record's key, seq: read order)
+cdef inline PyObject *_rec_of(HeapEntry *e) noexcept nogil:
+    return <PyObject *><intptr_t>e.key
 
 
 cdef class CompletionOrder:
@@ -31,7 +28,7 @@ cdef class CompletionOrder:
     (> 0): reorder.in_completion_order."""
 
     cdef object _it
-    cdef Entry *_heap
+    cdef HeapEntry *_heap
     cdef Py_ssize_t _size
     cdef Py_ssize_t _capacity
     cdef dict _last_key  # per open connection: its records never overtake each other
@@ -59,7 +56,7 @@ cdef class CompletionOrder:
     def __dealloc__(self):
         cdef Py_ssize_t i
         for i in range(self._size):
-            Py_DECREF(<object>self._heap[i].rec)
+            Py_DECREF(<object>_rec_of(&self._heap[i]))
         PyMem_Free(self._heap)
 
     def __iter__(self):
@@ -68,7 +65,7 @@ cdef class CompletionOrder:
     def __next__(self):
         while True:
             # records keyed up to the latest end read less the window go out now
-            if self._size and (self._draining or self._heap[0].key <= self._high - self._window):
+            if self._size and (self._draining or self._heap[0].due <= self._high - self._window):
                 return self._take()
             if self._draining:
                 if self._error is not None:
@@ -108,52 +105,28 @@ cdef class CompletionOrder:
         return 0
 
     cdef int _push(self, int64_t key, rec) except -1:
-        cdef Py_ssize_t i, parent
-        cdef Entry e
-        cdef Entry *grown
+        cdef HeapEntry e
+        cdef HeapEntry *grown
         if self._size == self._capacity:
-            grown = <Entry *>PyMem_Realloc(self._heap, (self._capacity * 2 + 16) * sizeof(Entry))
+            grown = <HeapEntry *>PyMem_Realloc(self._heap, (self._capacity * 2 + 16) * sizeof(HeapEntry))
             if grown == NULL:
                 raise MemoryError()
             self._heap = grown
             self._capacity = self._capacity * 2 + 16
         Py_INCREF(rec)
-        e.key = key
+        e.due = key
         e.seq = self._seq
-        e.rec = <PyObject *>rec
+        e.key = <int64_t><intptr_t><PyObject *>rec
         self._seq += 1
-        i = self._size
+        heap_push(self._heap, self._size, e)
         self._size += 1
-        while i > 0:  # sift up
-            parent = (i - 1) >> 1
-            if not _before(&e, &self._heap[parent]):
-                break
-            self._heap[i] = self._heap[parent]
-            i = parent
-        self._heap[i] = e
         return 0
 
     cdef object _pop(self):
         """The first entry's record (the heap's reference becomes the caller's)."""
-        cdef Entry *heap = self._heap
-        cdef PyObject *top = heap[0].rec
-        cdef Entry last
-        cdef Py_ssize_t i = 0, child, n
+        cdef PyObject *top = _rec_of(&self._heap[0])
         self._size -= 1
-        n = self._size
-        if n > 0:  # sift the last entry down from the root
-            last = heap[n]
-            while True:
-                child = 2 * i + 1
-                if child >= n:
-                    break
-                if child + 1 < n and _before(&heap[child + 1], &heap[child]):
-                    child += 1
-                if not _before(&heap[child], &last):
-                    break
-                heap[i] = heap[child]
-                i = child
-            heap[i] = last
+        heap_remove_first(self._heap, self._size)
         rec = <object>top  # a new reference for us ...
         Py_DECREF(rec)     # ... and the heap's given up
         return rec

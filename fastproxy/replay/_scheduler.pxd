@@ -1,11 +1,7 @@
 # cython: language_level=3
 from libc.stdint cimport int64_t, uint64_t
 
-
-cdef struct HeapEntry:
-    int64_t due
-    uint64_t seq     # push order; ties on `due` pop first-in first-out
-    int64_t key
+from fastproxy._heap cimport HeapEntry
 
 
 cdef class Scheduler:
@@ -23,12 +19,6 @@ cdef class Scheduler:
     cdef int _grow(self) except -1
 
 
-cdef struct Waiter:
-    int64_t req      # the sequence prefix the parked command needs
-    uint64_t order   # park order; ties on `req` release first-in first-out
-    int64_t key
-
-
 cdef struct Seq:
     int64_t prefix         # events [0, prefix) have all completed; the rings hold [prefix, next)
     int64_t next           # index of the next event
@@ -38,7 +28,7 @@ cdef struct Seq:
     unsigned char* state   # ring: ST_DONE (completed on replay) | ST_RELEASED (its transaction ended)
     int64_t* owners        # ring: who the event belongs to (the planner's connection id; -1: unknown)
     int64_t mask           # ring capacity - 1 (a power of two)
-    Waiter* waiters        # min-heap of parked commands
+    HeapEntry* waiters     # min-heap of parked commands (due: the sequence prefix each needs; key: who)
     Py_ssize_t nwait
     Py_ssize_t wcap
 

@@ -9,10 +9,7 @@ bench/test_bench_replay_core.py for the comparison with `heapq` over tuples that
 from cpython.mem cimport PyMem_Free, PyMem_Malloc, PyMem_Realloc
 from libc.stdint cimport INT64_MAX, INT64_MIN, int64_t, uint64_t
 
-
-cdef inline bint _before(HeapEntry* a, HeapEntry* b) noexcept nogil:
-    # (due, seq) order: equal due times keep push order, so a connection pushed first fires first
-    return a.due < b.due or (a.due == b.due and a.seq < b.seq)
+from fastproxy._heap cimport HeapEntry, heap_push, heap_remove_first
 
 
 cdef class Scheduler:
@@ -47,52 +44,25 @@ cdef class Scheduler:
         return 0
 
     cdef int push_c(self, int64_t due, int64_t key) except -1:
+        # equal due times keep push order: a connection pushed first fires first
         cdef HeapEntry e
-        cdef Py_ssize_t i, parent
         if self._size == self._capacity:
             self._grow()
         e.due = due
         e.seq = self._next_seq
         e.key = key
         self._next_seq += 1
-        # sift up with a hole: move parents down, write the new entry once
-        i = self._size
+        heap_push(self._heap, self._size, e)
         self._size += 1
-        while i > 0:
-            parent = (i - 1) >> 1
-            if not _before(&e, &self._heap[parent]):
-                break
-            self._heap[i] = self._heap[parent]
-            i = parent
-        self._heap[i] = e
         return 0
 
     cdef int64_t pop_c(self) noexcept:
-        cdef HeapEntry* heap = self._heap
-        cdef HeapEntry last
-        cdef Py_ssize_t i, child, n
         cdef int64_t key
         if self._size == 0:
             return -1
-        key = heap[0].key
+        key = self._heap[0].key
         self._size -= 1
-        n = self._size
-        if n == 0:
-            return key
-        last = heap[n]
-        # sift the former last entry down from the root, again through a hole
-        i = 0
-        while True:
-            child = 2 * i + 1
-            if child >= n:
-                break
-            if child + 1 < n and _before(&heap[child + 1], &heap[child]):
-                child += 1
-            if not _before(&heap[child], &last):
-                break
-            heap[i] = heap[child]
-            i = child
-        heap[i] = last
+        heap_remove_first(self._heap, self._size)
         return key
 
     cdef int64_t peek_due_c(self) noexcept:
@@ -180,9 +150,6 @@ cdef enum:
     ST_RELEASED = 2
     MAX_OVERLAP_SCAN = 4096  # beyond this many candidates, wait for every event read so far
 
-
-cdef inline bint _waiter_before(Waiter* a, Waiter* b) noexcept nogil:
-    return a.req < b.req or (a.req == b.req and a.order < b.order)
 
 
 cdef class Ticket:
@@ -428,55 +395,32 @@ cdef class CausalOrder:
                 s.state[idx & s.mask] |= ST_RELEASED
 
     cdef int _park(self, Seq* s, int64_t req, int64_t key) except -1:
-        cdef Py_ssize_t i, parent, cap
-        cdef Waiter w
-        cdef Waiter* ws
+        # a heap by requirement; equal ones release in park order
+        cdef Py_ssize_t cap
+        cdef HeapEntry w
+        cdef HeapEntry* ws
         if s.nwait == s.wcap:
             cap = s.wcap * 2 if s.wcap else 8
-            ws = <Waiter*>PyMem_Realloc(s.waiters, cap * sizeof(Waiter))
+            ws = <HeapEntry*>PyMem_Realloc(s.waiters, cap * sizeof(HeapEntry))
             if ws == NULL:
                 raise MemoryError()
             s.waiters = ws
             s.wcap = cap
-        w.req = req
-        w.order = self.order
+        w.due = req
+        w.seq = self.order
         w.key = key
         self.order += 1
-        i = s.nwait
+        heap_push(s.waiters, s.nwait, w)
         s.nwait += 1
-        while i > 0:
-            parent = (i - 1) >> 1
-            if not _waiter_before(&w, &s.waiters[parent]):
-                break
-            s.waiters[i] = s.waiters[parent]
-            i = parent
-        s.waiters[i] = w
         self.parked += 1
         self.parks_total += 1
         return 0
 
     cdef int64_t _pop_waiter(self, Seq* s) noexcept:
-        cdef Waiter* h = s.waiters
-        cdef Waiter last
-        cdef Py_ssize_t i = 0, child, n
-        cdef int64_t key = h[0].key
+        cdef int64_t key = s.waiters[0].key
         s.nwait -= 1
-        n = s.nwait
         self.parked -= 1
-        if n == 0:
-            return key
-        last = h[n]
-        while True:
-            child = 2 * i + 1
-            if child >= n:
-                break
-            if child + 1 < n and _waiter_before(&h[child + 1], &h[child]):
-                child += 1
-            if not _waiter_before(&h[child], &last):
-                break
-            h[i] = h[child]
-            i = child
-        h[i] = last
+        heap_remove_first(s.waiters, s.nwait)
         return key
 
     cpdef bint ready(self, Ticket t, int64_t key) except -1:
@@ -550,7 +494,7 @@ cdef class CausalOrder:
                 continue
             while s.prefix < s.next and s.state[s.prefix & s.mask] & ST_DONE:
                 s.prefix += 1
-            while s.nwait > 0 and s.waiters[0].req <= s.prefix:
+            while s.nwait > 0 and s.waiters[0].due <= s.prefix:
                 self.released.append(self._pop_waiter(s))
         if not self.released:
             return None
