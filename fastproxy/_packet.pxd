@@ -105,6 +105,8 @@ cdef class CommandResult:
 
 cpdef bytes build_packet(int seq, payload)
 cpdef uint32_t stmt_id_of(bytes payload) except? 0xFFFFFFFF
+cpdef Py_ssize_t execute_flag_at(Py_ssize_t num_params)
+cpdef Py_ssize_t execute_types_at(payload, dict num_params) except -1
 cpdef bytes with_stmt_id(bytes payload, uint32_t stmt_id)
 
 

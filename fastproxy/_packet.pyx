@@ -48,7 +48,7 @@ cpdef Py_ssize_t execute_flag_at(Py_ssize_t num_params):
     return 10 + (num_params + 7) // 8
 
 
-def execute_types_at(payload, dict num_params):
+cpdef Py_ssize_t execute_types_at(payload, dict num_params) except -1:
     """Offset of the parameter types in a COM_STMT_EXECUTE payload that binds new ones
     (new_params_bound_flag = 1), else 0. `num_params` maps statement id -> number of parameters.
     On the proxy's per-command path, hence here and not in Python."""

@@ -14,8 +14,7 @@ without an attribute lookup; records (capture.record.Record, a tuple) are read b
 """
 from libc.stdint cimport int64_t
 
-from fastproxy._packet cimport CommandResult, stmt_id_of, with_stmt_id
-from fastproxy._packet import execute_flag_at, execute_types_at
+from fastproxy._packet cimport CommandResult, execute_flag_at, execute_types_at, stmt_id_of, with_stmt_id
 from fastproxy.capture.record_fields cimport R_AFFECTED, R_CONN_ID, R_END, R_ERR_CODE, R_KIND, R_OUTCOME, R_PAYLOAD, R_START
 from fastproxy.replay._client cimport ClientCore
 from fastproxy.replay._conn cimport Conn, TxnLog
@@ -394,7 +393,8 @@ cdef class EngineCore:
         return self._remap_c(conn, captured_id, replay_id, payload)
 
     cdef object _remap_c(self, Conn conn, captured_id, replay_id, payload):
-        remapped = with_stmt_id(payload, replay_id)
+        # a connection's statements are often prepared in the same order on replay: the same ids
+        remapped = payload if replay_id == captured_id else with_stmt_id(payload, replay_id)
         if payload[0] != COM_STMT_EXECUTE:
             return remapped
         stmt_params = conn.stmt_params
