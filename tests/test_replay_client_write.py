@@ -107,3 +107,25 @@ def test_a_connection_the_server_ends_closes_the_duplicate_and_reports_the_loss(
     after, other_results = uvloop.run(main())
     assert after == 0
     assert other_results[0].outcome == OUTCOME_OK and other_results[0].columns == 2
+
+
+def test_corked_commands_leave_together_at_uncork_in_order(mariadb):
+    async def main():
+        results, lost = [], []
+        client = await _connect(mariadb, results, lost)
+        client.cork()
+        for i in range(3):
+            client.send(b"\x03SELECT " + b",".join(b"%d" % k for k in range(i + 1)))
+        for _ in range(20):  # the loop runs: nothing was sent, so nothing can come back
+            await asyncio.sleep(0)
+        held = (len(results), client.transport.get_write_buffer_size())
+        client.uncork()
+        await _until(lambda: len(results) == 3 or lost)
+        client.send(b"\x03SELECT 1, 2, 3, 4")  # uncorked: straight out again
+        await _until(lambda: len(results) == 4 or lost)
+        client.close()
+        return held, results, lost
+
+    held, results, lost = uvloop.run(main())
+    assert held == (0, 0) and not lost
+    assert [r.columns for r in results] == [1, 2, 3, 4]

@@ -20,6 +20,7 @@ cdef class ClientCore:
     # _queued: something went to the transport since, which must leave first
     cdef int _fd
     cdef bint _queued
+    cdef bytearray _corked  # between cork() and uncork(): what is written waits here (else None)
 
     cpdef send(self, payload, tag=*)
     cpdef write(self, bytes data)

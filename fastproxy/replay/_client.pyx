@@ -56,6 +56,9 @@ cdef class ClientCore:
     cpdef write(self, bytes data):
         """Send bytes after login: straight to the socket when nothing waits in the transport."""
         cdef Py_ssize_t size = PyBytes_GET_SIZE(data), n = 0
+        if self._corked is not None:
+            self._corked += data
+            return
         if self._fd < 0 or (self._queued and self.transport.get_write_buffer_size()):
             self.transport.write(data)
             return
@@ -69,6 +72,17 @@ cdef class ClientCore:
         # a full socket buffer (or an error: the transport's own write reports it as it always did)
         self._queued = True
         self.transport.write(data[n:] if n > 0 else data)
+
+    def cork(self):
+        """Hold what is written until `uncork`: commands sent back to back (a pin's SET and its
+        command) leave in one system call."""
+        if self._corked is None:
+            self._corked = bytearray()
+
+    def uncork(self):
+        corked, self._corked = self._corked, None
+        if corked:
+            self.write(bytes(corked))
 
     def attach_socket(self):
         """Write commands straight to the socket from now on (plain TCP, logged in)."""

@@ -89,6 +89,12 @@ class DryClient:
     def send_only(self, payload: bytes) -> None:
         self._count(payload, None)
 
+    def cork(self) -> None:  # ReplayClient holds writes back to send them together: nothing to hold here
+        pass
+
+    def uncork(self) -> None:
+        pass
+
     async def query(self, sql) -> CommandResult:
         self.counters.own_statements += 1
         return self._ok(COMMAND.COM_QUERY, None)

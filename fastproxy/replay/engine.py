@@ -761,13 +761,24 @@ class Replayer(EngineCore):
         if flags & PIN_FLAGS or conn.pin_dirty:
             rec = conn.inflight
             payload, prefix, conn.pin_dirty = pin(payload, rec.start_ns, rec.last_insert_id, flags, conn.pin_dirty)
-            if prefix is not None:
-                conn.client.send(prefix, _PIN_TAG)
             if flags & PIN_TIME:
                 self.stats.pinned_time += 1
             if flags & PIN_ID:
                 self.stats.pinned_insert_id += 1
-        self._keep_and_send(conn, payload, prefix, flags)
+        if prefix is None:
+            self._keep_and_send(conn, payload, prefix, flags)
+            return
+        self._send_pinned(conn.client, prefix, lambda: self._keep_and_send(conn, payload, prefix, flags))
+
+    @staticmethod
+    def _send_pinned(client, prefix: bytes, then) -> None:
+        """A pin's SET, then its command (`then` sends it), in one write: the server finds both."""
+        client.cork()
+        try:
+            client.send(prefix, _PIN_TAG)
+            then()
+        finally:
+            client.uncork()
 
     def _transaction_result(self, conn: Conn, rec: Record, result) -> bool:
         """Whole transactions: True if a retry of the transaction started (the command stays in
@@ -831,10 +842,11 @@ class Replayer(EngineCore):
                 self._compare(conn, conn.inflight, result, now)
                 return self._next(conn)
         _, payload, prefix, _ = retry.next_entry()
-        if prefix is not None:
-            conn.client.send(prefix, _PIN_TAG)
-            conn.pin_dirty = True
-        conn.client.send(payload, _TXN_TAG)
+        if prefix is None:
+            conn.client.send(payload, _TXN_TAG)
+            return
+        conn.pin_dirty = True
+        self._send_pinned(conn.client, prefix, lambda: conn.client.send(payload, _TXN_TAG))
 
     def _give_up_transaction(self, conn: Conn, result, failed: Record | None = None) -> None:
         """Still failing after the retries: reported once, the transaction's rest is not sent."""
