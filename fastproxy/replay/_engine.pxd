@@ -40,6 +40,7 @@ cdef class EngineCore:
     cdef public object _timer  # the loop's timer for the earliest of them (asyncio.TimerHandle) or None
     cdef public int64_t _timer_due
     cdef public dict conns  # captured connection id -> Conn
+    cdef public dict by_idx  # Conn.idx -> Conn (the keys causal order parks and releases)
     cdef public int64_t _read_ns  # the latest end time read (KILLs wait for their target's)
     cdef public int64_t first_command_ns  # captured span, for the captured QPS
     cdef public int64_t last_command_ns
@@ -49,6 +50,7 @@ cdef class EngineCore:
     cdef bint _consume_c(self, Conn conn) except -1
     cdef int _finish_c(self, Conn conn, Ticket ticket) except -1
     cdef int _schedule_c(self, Conn conn) except -1
+    cdef int _drain_released_c(self) except -1
     cdef int _gate_c(self, Conn conn, int64_t now) except -1
     cdef bint _fire_c(self, Conn conn, int64_t now) except -1
     cdef int _started_c(self, Conn conn, rec, int64_t now) except -1

@@ -295,7 +295,32 @@ cdef class EngineCore:
             self._forget_if_finished(conn)
         finally:
             if self._released and not self._draining:
-                self._drain_released()
+                self._drain_released_c()
+        return 0
+
+    def _drain_released(self):
+        """Schedule the parked connections whose requirement was met (iteratively, not recursively)."""
+        self._drain_released_c()
+
+    cdef int _drain_released_c(self) except -1:
+        cdef list released = self._released
+        cdef Py_ssize_t i = 0
+        cdef Conn conn
+        self._draining = True
+        try:
+            while i < len(released):
+                found = self.by_idx.get(released[i])
+                i += 1
+                if found is None:
+                    continue
+                conn = <Conn?>found
+                if conn.parked:
+                    conn.parked = False
+                    if conn.queue and not conn.busy:
+                        self._schedule_c(conn)
+            del released[:]
+        finally:
+            self._draining = False
         return 0
 
     def _gate(self, Conn conn, now):

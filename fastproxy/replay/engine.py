@@ -725,23 +725,6 @@ class Replayer(EngineCore):
         self.planner = Planner(scopes, causal=causal, pin=opt.pin, status_flags=self._status_flags_recorded(),
                                affected_rows=self._affected_rows_recorded())
 
-    def _drain_released(self) -> None:
-        """Schedule the parked connections whose requirement was met (iteratively, not recursively)."""
-        self._draining = True
-        released = self._released
-        try:
-            i = 0
-            while i < len(released):
-                conn = self.by_idx.get(released[i])
-                i += 1
-                if conn is not None and conn.parked:
-                    conn.parked = False
-                    if conn.queue and not conn.busy:
-                        self._schedule(conn)
-            released.clear()
-        finally:
-            self._draining = False
-
     def _send(self, conn: Conn, payload: bytes) -> None:
         """Send the head command: pinned to production's time and ids where it needs that, and kept
         for a retry of its transaction."""
