@@ -21,8 +21,9 @@ filter, plan, schedule), and `--shard 0/1` against `--shard 0/2` + `--shard 1/2`
 with `--start-at`.
 
 Beside the point-select replays (each round, same server, same data), bench/c_replay_floor.c: the
-least CPU any replayer spends per command here (one write and one read per command on epoll, in C,
-nothing else) — what the target can be measured against (`--no-floor` skips it).
+least CPU any replayer spends per command here (one send and one receive per command, in C, nothing
+else; on epoll, and on io_uring when liburing-dev is installed) — what the target can be measured
+against (`--no-floor` skips it).
 """
 from __future__ import annotations
 
@@ -120,26 +121,32 @@ def finish_replay(proc, report_dir: str) -> dict:
 FLOOR_CONNECTIONS = 8  # as the point-select capture's sysbench threads
 
 
-def build_floor() -> str | None:
-    """bench/c_replay_floor.c, built against libmariadb (None, saying why, if it cannot be)."""
+def build_floor() -> tuple[str | None, bool]:
+    """bench/c_replay_floor.c, built against libmariadb (None, saying why, if it cannot be), and whether
+    it drives io_uring too (with liburing's header: liburing-dev)."""
     config = shutil.which("mariadb_config")
     if not shutil.which("gcc") or not config:
         print("no gcc or mariadb_config (libmariadb-dev): the floor is skipped", flush=True)
-        return None
+        return None, False
     flags = subprocess.run([config, "--cflags", "--libs"], check=True, capture_output=True, text=True).stdout.split()
     binary = os.path.join(tempfile.mkdtemp(prefix="fastproxy-floor-"), "c_replay_floor")
-    subprocess.run(["gcc", "-O2", "-o", binary, str(HERE / "c_replay_floor.c"), *flags], check=True)
-    return binary
+    uring = os.path.exists("/usr/include/liburing.h")
+    if not uring:
+        print("no liburing.h (liburing-dev): the floor runs on epoll only", flush=True)
+    subprocess.run(["gcc", "-O2", "-o", binary, str(HERE / "c_replay_floor.c"), *flags]
+                   + (["-DWITH_URING", "-luring"] if uring else []), check=True)
+    return binary, uring
 
 
-def floor(binary: str, db: ScratchMariaDB, args) -> dict:
+def floor(binary: str, db: ScratchMariaDB, args, mode: str = "epoll") -> dict:
     """One run of the floor: point selects on FLOOR_CONNECTIONS connections for --time seconds."""
     out = subprocess.run([binary, str(db.port), password_file(), str(FLOOR_CONNECTIONS), str(args.time),
-                          str(args.tables), str(args.table_size)], check=True, capture_output=True, text=True).stdout
+                          str(args.tables), str(args.table_size), mode], check=True, capture_output=True,
+                         text=True).stdout
     r = json.loads(out)
     n = max(1, r["commands"])
     cpu = r["user_s"] + r["system_s"]
-    return {"variant": "c floor (bench/c_replay_floor.c)", "commands": r["commands"], "elapsed_s": round(r["wall_s"], 2),
+    return {"variant": f"c floor, {mode}", "commands": r["commands"], "elapsed_s": round(r["wall_s"], 2),
             "cmds_per_s": r["commands"] / r["wall_s"], "cpu_us_per_cmd": round(cpu / n * 1e6, 2),
             "user_us_per_cmd": round(r["user_s"] / n * 1e6, 2), "cmds_per_cpu_s": round(n / cpu) if cpu else None,
             "failed": 0, "other_errors": 0}
@@ -242,7 +249,7 @@ def main() -> None:
                 print(f"proxy relaying {wl}: {r['qps']:,.0f} QPS at {r['proxy_cpu_us_per_query']:.1f} us CPU/query "
                       f"= {r['relay_qps_per_core']:,} queries per proxy CPU-second")
         results["replays"] = {}
-        floor_binary = None if args.no_floor else build_floor()
+        floor_binary, floor_uring = (None, False) if args.no_floor else build_floor()
         for wl, _ in WORKLOADS:
             if wl not in captures:
                 continue
@@ -254,8 +261,9 @@ def main() -> None:
                 print(f"{wl}: dry run speed 0, round {rnd + 1} ...", flush=True)
                 rows.append(row("this checkout, --dry-run", replay(here, db, captures[wl], "--dry-run")))
                 if floor_binary and wl == "oltp_point_select":
-                    print(f"{wl}: the C floor, round {rnd + 1} ...", flush=True)
-                    rows.append(floor(floor_binary, db, args))
+                    for mode in ("epoll", "uring") if floor_uring else ("epoll",):
+                        print(f"{wl}: the C floor on {mode}, round {rnd + 1} ...", flush=True)
+                        rows.append(floor(floor_binary, db, args, mode))
             print_rows(f"replay of the {wl} capture at speed 0 (one process)", rows)
             results["replays"][wl] = rows
         if not args.no_shards:
@@ -285,7 +293,7 @@ def target_line(results: dict) -> None:
     results["target"] = {}
     for wl, _ in WORKLOADS:
         per_core = results.get("relay", {}).get(wl, {}).get("relay_qps_per_core")
-        for variant in ("before", "this checkout", "c floor (bench/c_replay_floor.c)"):
+        for variant in ("before", "this checkout", "c floor, epoll", "c floor, uring"):
             rows = [r for r in results.get("replays", {}).get(wl, []) if r["variant"] == variant]
             if not per_core or not rows:
                 continue
