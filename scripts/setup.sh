@@ -17,6 +17,7 @@ command -v haproxy >/dev/null 2>&1 || [ -x /usr/sbin/haproxy ] || need+=(haproxy
 [ -e /usr/include/xxhash.h ] || need+=(libxxhash-dev)
 [ -e /usr/include/openssl/ssl.h ] || need+=(libssl-dev)
 [ -e /usr/include/lz4frame.h ] || need+=(liblz4-dev)
+[ -e /usr/include/liburing.h ] || need+=(liburing-dev)  # bench/c_replay_floor.c on io_uring
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
 command -v chromedriver >/dev/null 2>&1 || need+=(chromium-driver)
 command -v gcc >/dev/null 2>&1 || need+=(build-essential)
