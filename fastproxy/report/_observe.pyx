@@ -13,6 +13,7 @@ from fastproxy.replay._conn cimport Conn
 from fastproxy.replay._engine cimport EngineCore
 from fastproxy.report._compare cimport same_as_captured_c
 from fastproxy.report._latency cimport LatencyTable
+from fastproxy.report._verdict cimport VerdictCore
 
 from fastproxy.capture.record import Record
 
@@ -72,6 +73,7 @@ cdef class ObserverCore:
         cdef unsigned int captured_id = 0
         cdef bytes payload
         cdef CommandResult r
+        cdef VerdictCore v
         cdef dict captured, replayed, lag_max, lag_sum, failures
         # everything read and converted first: what does not fit goes to the reference whole
         if type(rec) is not _Record or type(result) is not CommandResult:
@@ -92,6 +94,11 @@ cdef class ObserverCore:
         lag_sum = (<TimelineCore>tl).lag_sum_ms
         failures = (<TimelineCore>tl).failures
         if captured is None or replayed is None or lag_max is None or lag_sum is None or failures is None:
+            return self.observe(conn, rec, result, now)
+        if not isinstance(self.verdict, VerdictCore):
+            return self.observe(conn, rec, result, now)
+        v = <VerdictCore>self.verdict
+        if v._by_text is None or v.latency is None:
             return self.observe(conn, rec, result, now)
         at_second = self.at_second
         try:
@@ -158,26 +165,22 @@ cdef class ObserverCore:
         elif (cmd == COM_STMT_EXECUTE or cmd == COM_STMT_SEND_LONG_DATA or cmd == COM_STMT_CLOSE
               or cmd == COM_STMT_RESET or cmd == COM_STMT_FETCH):
             captured_id = stmt_id_of(payload)
-            sql, recurs = ((<Conn>conn).stmt_sql if type(conn) is Conn else conn.stmt_sql).get(captured_id), True
+            stmt_sql = (<Conn>conn).stmt_sql if type(conn) is Conn else conn.stmt_sql
+            sql, recurs = (<dict>stmt_sql).get(captured_id) if type(stmt_sql) is dict else stmt_sql.get(captured_id), True
         if sql is None:
             sql, recurs = self._statement_text(conn, rec)
-        verdict = self.verdict
         # Verdict.info's first step for a recurring text, without its frame
-        info = verdict._by_text.get((cmd, sql)) if recurs else None
+        info = v._by_text.get((cmd, sql)) if recurs else None
         if info is None:
-            info = verdict.info(cmd, self._cmd_type_name(cmd), sql, recurs)
+            info = v.info(cmd, self._cmd_type_name(cmd), sql, recurs)
         if not info.sampled:
             self._sample(info, conn, rec)
         if not info.reasons and same_as_captured_c(<tuple>rec, r):
             # what Verdict.add does when compare_sides finds nothing (checked in C)
-            verdict.compared += 1
+            v.compared += 1
             slot = info.slot
-            if slot == verdict.other_slot:
-                verdict.other_commands += 1
-            latency = verdict.latency
-            if type(latency) is LatencyTable:
-                (<LatencyTable>latency).record_c(slot, end_ns - start_ns if end_ns > start_ns else -1, c_now - sent_ns)
-            else:
-                latency.record(slot, end_ns - start_ns if end_ns > start_ns else -1, c_now - sent_ns)
+            if slot == v.other_slot:
+                v.other_commands += 1
+            v.latency.record_c(slot, end_ns - start_ns if end_ns > start_ns else -1, c_now - sent_ns)
             return
         self._differs(conn, rec, r, now, info, replay_key)
