@@ -114,10 +114,12 @@ cdef class ResponseTracker:
     # The C tracker (fastproxy/csrc/tracker.c, shared with the data plane) does the work; this
     # wrapper keeps each command's tag and hands out CommandResult objects.
     cdef tracker _t
-    cdef object _tags            # deque: the tag of every command begun and not yet completed
+    cdef list _tags              # the tag of every command begun and not yet completed, from _tags_head on
+    cdef Py_ssize_t _tags_head   # (a list and an index: no deque method calls per command)
     cdef list _completed
     cdef public object last_unsolicited_error
 
+    cdef object _pop_tag(self)
     cdef void _deliver(self, const trk_result *r) noexcept
     # the replay client's per-command calls (fastproxy/replay/_client.pyx), without a Python call
     cpdef Py_ssize_t begin(self, payload, tag=*) except -1
