@@ -9,7 +9,10 @@ The attributes are Checkpoint's, set and read from Python as before; `Track` is 
 """
 from collections import deque
 
-from fastproxy._packet cimport OUTCOME_ERR, CommandResult
+from cpython.bytes cimport PyBytes_AS_STRING
+
+from fastproxy._packet cimport OUTCOME_ERR, CommandResult, stmt_id_of
+from fastproxy.capture.record_fields cimport R_PAYLOAD
 from fastproxy.replay._client cimport ClientCore
 from fastproxy.replay._conn cimport Conn
 from fastproxy.replay._engine cimport EngineCore
@@ -17,10 +20,19 @@ from fastproxy.replay._journal cimport JournalWriter
 from fastproxy.replay._scheduler cimport Ticket
 from fastproxy.report._observe cimport ObserverCore
 
-from fastproxy.capture.record import KIND_COMMAND as _KIND_COMMAND, KIND_CONN_CLOSE as _KIND_CONN_CLOSE
+from fastproxy.capture.record import KIND_COMMAND as _KIND_COMMAND, KIND_CONN_CLOSE as _KIND_CONN_CLOSE, Record
 from fastproxy.constants import COMMAND
 from fastproxy.replay.causal import IN_TXN as _IN_TXN, TXN_END as _TXN_END
 
+cdef extern from "mysql_constants.h":
+    enum:
+        COM_STMT_EXECUTE
+        COM_STMT_SEND_LONG_DATA
+        COM_STMT_CLOSE
+        COM_STMT_RESET
+        COM_STMT_FETCH
+
+cdef object _Record = Record
 cdef long KIND_COMMAND = _KIND_COMMAND
 cdef long KIND_CONN_CLOSE = _KIND_CONN_CLOSE
 cdef long IN_TXN = _IN_TXN
@@ -57,41 +69,92 @@ cdef class HeldConn:
     cdef public dict stmt_params
 
     def __init__(self, conn, rec):
+        _hold(self, conn, rec)
+
+
+cdef inline object _get(d, key):
+    return (<dict>d).get(key) if type(d) is dict else d.get(key)
+
+
+cdef int _hold(HeldConn self, conn, rec) except -1:
+    """HeldConn.__init__; result() calls it without a Python call (every result inside a transaction)."""
+    cdef Conn c
+    cdef const unsigned char *p
+    if type(conn) is Conn:  # its fields read as fields
+        c = <Conn>conn
+        self.conn_id = c.conn_id
+        self.not_rebuilt = list(c.not_rebuilt)
+        self.sent_ns = c.sent_ns
+        self.due_ns = c.due_ns
+        self.db = c.db
+        sqls, types, params = c.stmt_sql, c.stmt_types, c.stmt_params
+    else:
         self.conn_id = conn.conn_id
         self.not_rebuilt = list(conn.not_rebuilt)
         self.sent_ns = conn.sent_ns
         self.due_ns = conn.due_ns
         self.db = conn.db
-        self.stmt_sql = {}
-        self.stmt_types = {}
-        self.stmt_params = {}
-        payload = rec.payload
-        if len(payload) >= 5 and payload[0] in STMT_COMMANDS:  # its statement only
-            sid = int.from_bytes(payload[1:5], "little")
-            value = conn.stmt_sql.get(sid)
-            if value is not None:
-                self.stmt_sql[sid] = value
-            value = conn.stmt_types.get(sid)
-            if value is not None:
-                self.stmt_types[sid] = value
-            value = conn.stmt_params.get(sid)
-            if value is not None:
-                self.stmt_params[sid] = value
+        sqls = types = params = None
+    self.stmt_sql = {}
+    self.stmt_types = {}
+    self.stmt_params = {}
+    payload = (<tuple>rec)[R_PAYLOAD] if type(rec) is _Record else rec.payload
+    if type(payload) is bytes:
+        if len(<bytes>payload) < 5:
+            return 0
+        p = <const unsigned char *>PyBytes_AS_STRING(payload)
+        if not (p[0] == COM_STMT_EXECUTE or p[0] == COM_STMT_SEND_LONG_DATA or p[0] == COM_STMT_CLOSE
+                or p[0] == COM_STMT_RESET or p[0] == COM_STMT_FETCH):
+            return 0
+        sid = stmt_id_of(<bytes>payload)
+    elif len(payload) >= 5 and payload[0] in STMT_COMMANDS:
+        sid = int.from_bytes(payload[1:5], "little")
+    else:
+        return 0
+    # its statement only
+    if sqls is None:
+        sqls, types, params = conn.stmt_sql, conn.stmt_types, conn.stmt_params
+    value = _get(sqls, sid)
+    if value is not None:
+        self.stmt_sql[sid] = value
+    value = _get(types, sid)
+    if value is not None:
+        self.stmt_types[sid] = value
+    value = _get(params, sid)
+    if value is not None:
+        self.stmt_params[sid] = value
+    return 0
 
 
 cpdef CommandResult result_copy(r):
     """What of a result the verdict, the failures and the journal read, kept for later (it is reused)."""
-    cdef CommandResult c = CommandResult(r.cmd)
-    c.outcome = r.outcome
-    c.err_code = r.err_code
-    c.rows = r.rows
-    c.columns = r.columns
-    c.hash_ordered = r.hash_ordered
-    c.hash_unordered = r.hash_unordered
-    c.affected_rows = r.affected_rows
-    c.warnings = r.warnings
-    c.sql_state = r.sql_state
-    c.err_msg = r.err_msg
+    cdef CommandResult c, src
+    if type(r) is not CommandResult:
+        c = CommandResult(r.cmd)
+        c.outcome = r.outcome
+        c.err_code = r.err_code
+        c.rows = r.rows
+        c.columns = r.columns
+        c.hash_ordered = r.hash_ordered
+        c.hash_unordered = r.hash_unordered
+        c.affected_rows = r.affected_rows
+        c.warnings = r.warnings
+        c.sql_state = r.sql_state
+        c.err_msg = r.err_msg
+        return c
+    src = <CommandResult>r  # field by field in C
+    c = CommandResult.__new__(CommandResult)
+    c.cmd = src.cmd
+    c.outcome = src.outcome
+    c.err_code = src.err_code
+    c.rows = src.rows
+    c.columns = src.columns
+    c.hash_ordered = src.hash_ordered
+    c.hash_unordered = src.hash_unordered
+    c.affected_rows = src.affected_rows
+    c.warnings = src.warnings
+    c.sql_state = src.sql_state
+    c.err_msg = src.err_msg
     return c
 
 
@@ -193,7 +256,9 @@ cdef class CheckpointHooks:
         if track.inflight_txn:
             if track.held is None:
                 track.held = []
-            track.held.append((HeldConn(conn, rec), rec, result_copy(result), now, track.inflight))
+            held_conn = HeldConn.__new__(HeldConn)
+            _hold(<HeldConn>held_conn, conn, rec)
+            track.held.append((held_conn, rec, result_copy(result), now, track.inflight))
             return
         self._count_c(conn, rec, result, now, track.inflight)
 
@@ -201,6 +266,12 @@ cdef class CheckpointHooks:
         """Journal the result (if it belongs to a position), then count it: the verdict, the failures
         and the summary's counters (Replayer._compare_now). `conn`: a Conn, or a HeldConn."""
         self._count_c(conn, rec, result, now, seq)
+
+    def _count_all(self, held):
+        """_count each (conn, rec, result, now, seq) of `held` in turn (a transaction's results)."""
+        for entry in held:
+            conn, rec, result, now, seq = entry
+            self._count_c(conn, rec, result, now, seq)
 
     cdef int _count_c(self, conn, rec, result, now, seq) except -1:
         cdef long long c_now = 0, c_sent, c_due
