@@ -103,6 +103,21 @@ cdef class CommandResult:
     cdef public bint schema_cut
 
 
+cdef extern from "mysql_constants.h":  # generated from fastproxy/constants.py by setup.py
+    enum:
+        COM_STMT_EXECUTE
+        COM_STMT_SEND_LONG_DATA
+        COM_STMT_CLOSE
+        COM_STMT_RESET
+        COM_STMT_FETCH
+
+
+cdef inline bint names_statement(int cmd) noexcept:
+    """A COM_STMT_* command whose bytes 1-4 are a prepared statement's id (stmt_id_of reads them)."""
+    return (cmd == COM_STMT_EXECUTE or cmd == COM_STMT_SEND_LONG_DATA or cmd == COM_STMT_CLOSE
+            or cmd == COM_STMT_RESET or cmd == COM_STMT_FETCH)
+
+
 cpdef bytes build_packet(int seq, payload)
 cpdef uint32_t stmt_id_of(bytes payload) except? 0xFFFFFFFF
 cpdef Py_ssize_t execute_flag_at(Py_ssize_t num_params)

@@ -24,11 +24,6 @@ from fastproxy.errors import PacketTooLarge, ProtocolError
 
 
 
-cdef extern from "mysql_constants.h":  # generated from fastproxy/constants.py by setup.py
-    enum:
-        COM_STMT_EXECUTE
-
-
 OK = OUTCOME_OK
 ERR = OUTCOME_ERR
 NO_RESPONSE = OUTCOME_NO_RESPONSE

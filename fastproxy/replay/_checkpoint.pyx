@@ -11,7 +11,7 @@ from collections import deque
 
 from cpython.bytes cimport PyBytes_AS_STRING
 
-from fastproxy._packet cimport OUTCOME_ERR, CommandResult, stmt_id_of
+from fastproxy._packet cimport OUTCOME_ERR, CommandResult, names_statement, stmt_id_of
 from fastproxy.capture.record_fields cimport R_PAYLOAD
 from fastproxy.replay._client cimport ClientCore
 from fastproxy.replay._conn cimport Conn
@@ -23,14 +23,6 @@ from fastproxy.report._observe cimport ObserverCore
 from fastproxy.capture.record import KIND_COMMAND as _KIND_COMMAND, KIND_CONN_CLOSE as _KIND_CONN_CLOSE, Record
 from fastproxy.constants import COMMAND
 from fastproxy.replay.causal import IN_TXN as _IN_TXN, TXN_END as _TXN_END
-
-cdef extern from "mysql_constants.h":
-    enum:
-        COM_STMT_EXECUTE
-        COM_STMT_SEND_LONG_DATA
-        COM_STMT_CLOSE
-        COM_STMT_RESET
-        COM_STMT_FETCH
 
 cdef object _Record = Record
 cdef long KIND_COMMAND = _KIND_COMMAND
@@ -79,7 +71,6 @@ cdef inline object _get(d, key):
 cdef int _hold(HeldConn self, conn, rec) except -1:
     """HeldConn.__init__; result() calls it without a Python call (every result inside a transaction)."""
     cdef Conn c
-    cdef const unsigned char *p
     if type(conn) is Conn:  # its fields read as fields
         c = <Conn>conn
         self.conn_id = c.conn_id
@@ -102,9 +93,7 @@ cdef int _hold(HeldConn self, conn, rec) except -1:
     if type(payload) is bytes:
         if len(<bytes>payload) < 5:
             return 0
-        p = <const unsigned char *>PyBytes_AS_STRING(payload)
-        if not (p[0] == COM_STMT_EXECUTE or p[0] == COM_STMT_SEND_LONG_DATA or p[0] == COM_STMT_CLOSE
-                or p[0] == COM_STMT_RESET or p[0] == COM_STMT_FETCH):
+        if not names_statement((<const unsigned char *>PyBytes_AS_STRING(payload))[0]):
             return 0
         sid = stmt_id_of(<bytes>payload)
     elif len(payload) >= 5 and payload[0] in STMT_COMMANDS:
@@ -126,23 +115,19 @@ cdef int _hold(HeldConn self, conn, rec) except -1:
     return 0
 
 
+_COPIED = ("outcome", "err_code", "rows", "columns", "hash_ordered", "hash_unordered", "affected_rows", "warnings",
+           "sql_state", "err_msg")
+
+
 cpdef CommandResult result_copy(r):
     """What of a result the verdict, the failures and the journal read, kept for later (it is reused)."""
     cdef CommandResult c, src
     if type(r) is not CommandResult:
         c = CommandResult(r.cmd)
-        c.outcome = r.outcome
-        c.err_code = r.err_code
-        c.rows = r.rows
-        c.columns = r.columns
-        c.hash_ordered = r.hash_ordered
-        c.hash_unordered = r.hash_unordered
-        c.affected_rows = r.affected_rows
-        c.warnings = r.warnings
-        c.sql_state = r.sql_state
-        c.err_msg = r.err_msg
+        for name in _COPIED:
+            setattr(c, name, getattr(r, name))
         return c
-    src = <CommandResult>r  # field by field in C
+    src = <CommandResult>r  # _COPIED, field by field in C
     c = CommandResult.__new__(CommandResult)
     c.cmd = src.cmd
     c.outcome = src.outcome

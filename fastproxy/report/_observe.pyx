@@ -7,7 +7,7 @@ is counted (tests/test_replay_observer.py drives both with the same commands).
 
 cdivision is off on purpose: seconds before the capture's origin floor-divide as in Python.
 """
-from fastproxy._packet cimport OUTCOME_ERR, OUTCOME_OK, CommandResult, stmt_id_of
+from fastproxy._packet cimport OUTCOME_ERR, OUTCOME_OK, CommandResult, names_statement, stmt_id_of
 from fastproxy.capture.record_fields cimport R_END, R_ERR_CODE, R_OUTCOME, R_PAYLOAD, R_START
 from fastproxy.replay._conn cimport Conn
 from fastproxy.replay._engine cimport EngineCore
@@ -21,11 +21,6 @@ cdef extern from "mysql_constants.h":
     enum:
         COM_QUERY
         COM_STMT_PREPARE
-        COM_STMT_EXECUTE
-        COM_STMT_SEND_LONG_DATA
-        COM_STMT_CLOSE
-        COM_STMT_RESET
-        COM_STMT_FETCH
 
 cdef object _Record = Record
 cdef long long SECOND = 1_000_000_000
@@ -162,8 +157,7 @@ cdef class ObserverCore:
         sql = None
         if cmd == COM_QUERY:
             sql, recurs = payload[1:].decode("utf-8", "replace"), False
-        elif (cmd == COM_STMT_EXECUTE or cmd == COM_STMT_SEND_LONG_DATA or cmd == COM_STMT_CLOSE
-              or cmd == COM_STMT_RESET or cmd == COM_STMT_FETCH):
+        elif names_statement(cmd):
             captured_id = stmt_id_of(payload)
             stmt_sql = (<Conn>conn).stmt_sql if type(conn) is Conn else conn.stmt_sql
             sql, recurs = (<dict>stmt_sql).get(captured_id) if type(stmt_sql) is dict else stmt_sql.get(captured_id), True
