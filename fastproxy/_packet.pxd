@@ -103,6 +103,21 @@ cdef class CommandResult:
     cdef public bint schema_cut
 
 
+cdef extern from "mysql_constants.h":  # generated from fastproxy/constants.py by setup.py
+    enum:
+        COM_STMT_EXECUTE
+        COM_STMT_SEND_LONG_DATA
+        COM_STMT_CLOSE
+        COM_STMT_RESET
+        COM_STMT_FETCH
+
+
+cdef inline bint names_statement(int cmd) noexcept:
+    """A COM_STMT_* command whose bytes 1-4 are a prepared statement's id (stmt_id_of reads them)."""
+    return (cmd == COM_STMT_EXECUTE or cmd == COM_STMT_SEND_LONG_DATA or cmd == COM_STMT_CLOSE
+            or cmd == COM_STMT_RESET or cmd == COM_STMT_FETCH)
+
+
 cpdef bytes build_packet(int seq, payload)
 cpdef uint32_t stmt_id_of(bytes payload) except? 0xFFFFFFFF
 cpdef Py_ssize_t execute_flag_at(Py_ssize_t num_params)
@@ -114,10 +129,12 @@ cdef class ResponseTracker:
     # The C tracker (fastproxy/csrc/tracker.c, shared with the data plane) does the work; this
     # wrapper keeps each command's tag and hands out CommandResult objects.
     cdef tracker _t
-    cdef object _tags            # deque: the tag of every command begun and not yet completed
+    cdef list _tags              # the tag of every command begun and not yet completed, from _tags_head on
+    cdef Py_ssize_t _tags_head   # (a list and an index: no deque method calls per command)
     cdef list _completed
     cdef public object last_unsolicited_error
 
+    cdef object _pop_tag(self)
     cdef void _deliver(self, const trk_result *r) noexcept
     # the replay client's per-command calls (fastproxy/replay/_client.pyx), without a Python call
     cpdef Py_ssize_t begin(self, payload, tag=*) except -1

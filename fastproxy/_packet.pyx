@@ -24,11 +24,6 @@ from fastproxy.errors import PacketTooLarge, ProtocolError
 
 
 
-cdef extern from "mysql_constants.h":  # generated from fastproxy/constants.py by setup.py
-    enum:
-        COM_STMT_EXECUTE
-
-
 OK = OUTCOME_OK
 ERR = OUTCOME_ERR
 NO_RESPONSE = OUTCOME_NO_RESPONSE
@@ -287,7 +282,8 @@ cdef class ResponseTracker:
 
     def __cinit__(self, bint deprecate_eof=False):
         trk_init(&self._t, deprecate_eof, _on_result, <void *>self)
-        self._tags = deque()
+        self._tags = []
+        self._tags_head = 0
         self._completed = []
         self.last_unsolicited_error = None
 
@@ -350,8 +346,25 @@ cdef class ResponseTracker:
     def at_packet_boundary(self):
         return bool(trk_at_packet_boundary(&self._t))
 
+    cdef object _pop_tag(self):
+        """The oldest command's tag (IndexError if none, as from deque.popleft)."""
+        cdef list tags = self._tags
+        cdef Py_ssize_t head = self._tags_head
+        tag = tags[head]
+        tags[head] = None
+        head += 1
+        if head == len(tags):
+            del tags[:]
+            head = 0
+        elif head >= 64 and 2 * head >= len(tags):  # commands pipelined: drop the taken ones now and then
+            del tags[:head]
+            head = 0
+        self._tags_head = head
+        return tag
+
     cdef void _deliver(self, const trk_result *r) noexcept:
-        cdef CommandResult res = CommandResult(r.cmd, None)
+        cdef CommandResult res = CommandResult.__new__(CommandResult)  # no argument tuple to build
+        res.cmd = r.cmd
         res.outcome = r.outcome
         res.affected_rows = r.affected_rows
         res.last_insert_id = r.last_insert_id
@@ -376,18 +389,29 @@ cdef class ResponseTracker:
         if r.unsolicited:
             self.last_unsolicited_error = res
             return
-        res.tag = self._tags.popleft()
+        res.tag = self._pop_tag()
         self._completed.append(res)
 
     cpdef Py_ssize_t begin(self, payload, tag=None) except -1:
         """Register a command the client sent (payload starts with the command byte)."""
         cdef int cmd
         cdef bint cursor = False
-        if len(payload) == 0:
-            raise ProtocolError("empty command packet")
-        cmd = payload[0]
-        if cmd == COM_STMT_EXECUTE and len(payload) >= 6:
-            cursor = payload[5] != 0
+        cdef Py_ssize_t n
+        cdef const unsigned char *p
+        if type(payload) is bytes:  # read in place
+            n = len(<bytes>payload)
+            if n == 0:
+                raise ProtocolError("empty command packet")
+            p = <const unsigned char *>PyBytes_AS_STRING(payload)
+            cmd = p[0]
+            if cmd == COM_STMT_EXECUTE and n >= 6:
+                cursor = p[5] != 0
+        else:
+            if len(payload) == 0:
+                raise ProtocolError("empty command packet")
+            cmd = payload[0]
+            if cmd == COM_STMT_EXECUTE and len(payload) >= 6:
+                cursor = payload[5] != 0
         self._tags.append(tag)
         if trk_begin(&self._t, cmd, cursor) < 0:
             self._tags.pop()
@@ -398,11 +422,14 @@ cdef class ResponseTracker:
         """Scan server bytes; returns how many commands are complete and not yet taken."""
         cdef Py_buffer buf
         cdef int rc
-        PyObject_GetBuffer(data, &buf, PyBUF_SIMPLE)
-        try:
-            rc = trk_feed(&self._t, <const unsigned char *>buf.buf, buf.len)
-        finally:
-            PyBuffer_Release(&buf)
+        if type(data) is bytes:  # what the event loop hands over: no buffer to take and release
+            rc = trk_feed(&self._t, <const unsigned char *>PyBytes_AS_STRING(data), len(<bytes>data))
+        else:
+            PyObject_GetBuffer(data, &buf, PyBUF_SIMPLE)
+            try:
+                rc = trk_feed(&self._t, <const unsigned char *>buf.buf, buf.len)
+            finally:
+                PyBuffer_Release(&buf)
         if rc < 0:
             raise ProtocolError(self._t.error.decode("ascii", "replace"))
         return len(self._completed)

@@ -77,6 +77,32 @@ def test_feed_returns_completed_count_and_take_empties():
     assert t.take_completed() == [] and t.idle and t.pending == 0
 
 
+def test_tags_come_back_in_command_order_through_a_long_pipeline():
+    """Commands begun while hundreds are outstanding, answered in uneven batches: every result carries
+    its own command's tag (the tracker drops taken tags in batches, not one by one)."""
+    t = ResponseTracker()
+    x = ps.ok()
+    begun = answered = 0
+    tags = []
+    for batch_begin, batch_answer in ((150, 100), (300, 1), (10, 200), (0, 159)):
+        for _ in range(batch_begin):
+            t.begin(x.command, ("tag", begun))
+            begun += 1
+        t.feed(x.response() * batch_answer)
+        answered += batch_answer
+        tags += [r.tag for r in t.take_completed()]
+        assert t.pending == begun - answered
+    assert tags == [("tag", i) for i in range(begun)] and t.idle
+
+
+def test_begin_reads_any_buffer():
+    x = ps.ok()
+    for command in (bytearray(x.command), memoryview(x.command)):
+        t = ResponseTracker()
+        t.begin(command, "t")
+        assert t.feed(x.response()) == 1 and t.take_completed()[0].tag == "t"
+
+
 def test_no_response_commands_complete_at_begin():
     t = ResponseTracker()
     assert t.begin(ps.stmt_close().command, "a") == 1

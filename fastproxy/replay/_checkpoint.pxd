@@ -4,12 +4,12 @@ from fastproxy.replay._conn cimport Conn
 
 cdef class Track:
     cdef public object pending  # deque of seqs read and not yet done: consumed inside a transaction, then queued
-    cdef public object consumed  # how many of `pending` were consumed (their transaction goes on)
-    cdef public object done  # seq of its last record done
-    cdef public object inflight  # seq of the command sent and not yet consumed
-    cdef public object inflight_txn  # ... and the connection is inside a transaction after it
+    cdef public Py_ssize_t consumed  # how many of `pending` were consumed (their transaction goes on)
+    cdef public long long done  # seq of its last record done
+    cdef public long long inflight  # seq of the command sent and not yet consumed (-1: none)
+    cdef public bint inflight_txn  # ... and the connection is inside a transaction after it
     cdef public object thread  # the replay session's thread id on the target
-    cdef public object answered  # the command in flight got its result
+    cdef public bint answered  # the command in flight got its result
     cdef public object held  # results inside the open transaction: counted once it ends
 
 

@@ -9,15 +9,22 @@ The attributes are Checkpoint's, set and read from Python as before; `Track` is 
 """
 from collections import deque
 
-from fastproxy._packet cimport OUTCOME_ERR, CommandResult
+from cpython.bytes cimport PyBytes_AS_STRING
+
+from fastproxy._packet cimport OUTCOME_ERR, CommandResult, names_statement, stmt_id_of
+from fastproxy.capture.record_fields cimport R_PAYLOAD
 from fastproxy.replay._client cimport ClientCore
 from fastproxy.replay._conn cimport Conn
 from fastproxy.replay._engine cimport EngineCore
+from fastproxy.replay._journal cimport JournalWriter
+from fastproxy.replay._scheduler cimport Ticket
+from fastproxy.report._observe cimport ObserverCore
 
-from fastproxy.capture.record import KIND_COMMAND as _KIND_COMMAND, KIND_CONN_CLOSE as _KIND_CONN_CLOSE
+from fastproxy.capture.record import KIND_COMMAND as _KIND_COMMAND, KIND_CONN_CLOSE as _KIND_CONN_CLOSE, Record
 from fastproxy.constants import COMMAND
 from fastproxy.replay.causal import IN_TXN as _IN_TXN, TXN_END as _TXN_END
 
+cdef object _Record = Record
 cdef long KIND_COMMAND = _KIND_COMMAND
 cdef long KIND_CONN_CLOSE = _KIND_CONN_CLOSE
 cdef long IN_TXN = _IN_TXN
@@ -54,50 +61,118 @@ cdef class HeldConn:
     cdef public dict stmt_params
 
     def __init__(self, conn, rec):
+        _hold(self, conn, rec)
+
+
+cdef inline object _get(d, key):
+    return (<dict>d).get(key) if type(d) is dict else d.get(key)
+
+
+cdef int _hold(HeldConn self, conn, rec) except -1:
+    """HeldConn.__init__; result() calls it without a Python call (every result inside a transaction)."""
+    cdef Conn c
+    if type(conn) is Conn:  # its fields read as fields
+        c = <Conn>conn
+        self.conn_id = c.conn_id
+        self.not_rebuilt = list(c.not_rebuilt)
+        self.sent_ns = c.sent_ns
+        self.due_ns = c.due_ns
+        self.db = c.db
+        sqls, types, params = c.stmt_sql, c.stmt_types, c.stmt_params
+    else:
         self.conn_id = conn.conn_id
         self.not_rebuilt = list(conn.not_rebuilt)
         self.sent_ns = conn.sent_ns
         self.due_ns = conn.due_ns
         self.db = conn.db
-        self.stmt_sql = {}
-        self.stmt_types = {}
-        self.stmt_params = {}
-        payload = rec.payload
-        if len(payload) >= 5 and payload[0] in STMT_COMMANDS:  # its statement only
-            sid = int.from_bytes(payload[1:5], "little")
-            value = conn.stmt_sql.get(sid)
-            if value is not None:
-                self.stmt_sql[sid] = value
-            value = conn.stmt_types.get(sid)
-            if value is not None:
-                self.stmt_types[sid] = value
-            value = conn.stmt_params.get(sid)
-            if value is not None:
-                self.stmt_params[sid] = value
+        sqls = types = params = None
+    self.stmt_sql = {}
+    self.stmt_types = {}
+    self.stmt_params = {}
+    payload = (<tuple>rec)[R_PAYLOAD] if type(rec) is _Record else rec.payload
+    if type(payload) is bytes:
+        if len(<bytes>payload) < 5:
+            return 0
+        if not names_statement((<const unsigned char *>PyBytes_AS_STRING(payload))[0]):
+            return 0
+        sid = stmt_id_of(<bytes>payload)
+    elif len(payload) >= 5 and payload[0] in STMT_COMMANDS:
+        sid = int.from_bytes(payload[1:5], "little")
+    else:
+        return 0
+    # its statement only
+    if sqls is None:
+        sqls, types, params = conn.stmt_sql, conn.stmt_types, conn.stmt_params
+    value = _get(sqls, sid)
+    if value is not None:
+        self.stmt_sql[sid] = value
+    value = _get(types, sid)
+    if value is not None:
+        self.stmt_types[sid] = value
+    value = _get(params, sid)
+    if value is not None:
+        self.stmt_params[sid] = value
+    return 0
+
+
+_COPIED = ("outcome", "err_code", "rows", "columns", "hash_ordered", "hash_unordered", "affected_rows", "warnings",
+           "sql_state", "err_msg")
 
 
 cpdef CommandResult result_copy(r):
     """What of a result the verdict, the failures and the journal read, kept for later (it is reused)."""
-    cdef CommandResult c = CommandResult(r.cmd)
-    c.outcome = r.outcome
-    c.err_code = r.err_code
-    c.rows = r.rows
-    c.columns = r.columns
-    c.hash_ordered = r.hash_ordered
-    c.hash_unordered = r.hash_unordered
-    c.affected_rows = r.affected_rows
-    c.warnings = r.warnings
-    c.sql_state = r.sql_state
-    c.err_msg = r.err_msg
+    cdef CommandResult c, src
+    if type(r) is not CommandResult:
+        c = CommandResult(r.cmd)
+        for name in _COPIED:
+            setattr(c, name, getattr(r, name))
+        return c
+    src = <CommandResult>r  # _COPIED, field by field in C
+    c = CommandResult.__new__(CommandResult)
+    c.cmd = src.cmd
+    c.outcome = src.outcome
+    c.err_code = src.err_code
+    c.rows = src.rows
+    c.columns = src.columns
+    c.hash_ordered = src.hash_ordered
+    c.hash_unordered = src.hash_unordered
+    c.affected_rows = src.affected_rows
+    c.warnings = src.warnings
+    c.sql_state = src.sql_state
+    c.err_msg = src.err_msg
     return c
 
 
-cdef inline bint _in_transaction(ticket):
+cdef inline bint _fits(long long v) noexcept:
+    """|v| < 2**62: a difference of two such values fits a long long."""
+    return -(1LL << 62) < v < (1LL << 62)
+
+
+cdef inline bint _in_transaction(ticket) except -1:
     """The command goes on inside its production transaction (done only when that ends)."""
     if ticket is None:
         return False
-    cdef long flags = ticket.flags
+    cdef long flags = (<Ticket>ticket).flags if type(ticket) is Ticket else ticket.flags
     return (flags & IN_TXN) != 0 and (flags & TXN_END) == 0
+
+
+# the journal's entries: in C when it is the JournalWriter it always is (journal.Journal)
+cdef inline bint _journal_sent(journal, conn_id, seq, in_txn, thread) except -1:
+    if isinstance(journal, JournalWriter):
+        return (<JournalWriter>journal).sent_c(conn_id, seq, in_txn, thread)
+    return journal.sent(conn_id, seq, in_txn, thread)
+
+
+cdef inline bint _journal_no_result(journal, conn_id, seq) except -1:
+    if isinstance(journal, JournalWriter):
+        return (<JournalWriter>journal).no_result_c(conn_id, seq)
+    return journal.no_result(conn_id, seq)
+
+
+cdef inline bint _journal_result(journal, conn_id, seq, result, latency_ns, second, lag_ns) except -1:
+    if isinstance(journal, JournalWriter):
+        return (<JournalWriter>journal).result_c(conn_id, seq, result, latency_ns, second, lag_ns)
+    return journal.result(conn_id, seq, result, latency_ns, second, lag_ns)
 
 
 cdef class CheckpointHooks:
@@ -133,7 +208,7 @@ cdef class CheckpointHooks:
             return
         seq = track.pending[track.consumed]
         tickets = conn.tickets
-        in_txn = _in_transaction(tickets[0] if tickets else None)
+        cdef bint in_txn = _in_transaction(tickets[0] if tickets else None)
         if not in_txn and track.held:  # the transaction ends: its commands are done, their results count
             self._count_held(track)
         track.inflight = seq
@@ -145,10 +220,10 @@ cdef class CheckpointHooks:
         elif client is not None:
             track.thread = client.connection_id
         journal = self._journal
-        if journal is not None and not journal.sent(conn_id, seq, in_txn, track.thread):
+        if journal is not None and not _journal_sent(journal, conn_id, seq, in_txn, track.thread):
             self._write_snapshot()  # the journal is full: the checkpoint takes it all, and empties it
             if self._journal is not None:
-                self._journal.sent(conn_id, seq, in_txn, track.thread)
+                _journal_sent(self._journal, conn_id, seq, in_txn, track.thread)
 
     cpdef result(self, conn, rec, result, now):
         """The engine's `_compare`: the result of the head command of `conn`. Counted now if the command
@@ -166,7 +241,9 @@ cdef class CheckpointHooks:
         if track.inflight_txn:
             if track.held is None:
                 track.held = []
-            track.held.append((HeldConn(conn, rec), rec, result_copy(result), now, track.inflight))
+            held_conn = HeldConn.__new__(HeldConn)
+            _hold(<HeldConn>held_conn, conn, rec)
+            track.held.append((held_conn, rec, result_copy(result), now, track.inflight))
             return
         self._count_c(conn, rec, result, now, track.inflight)
 
@@ -175,21 +252,44 @@ cdef class CheckpointHooks:
         and the summary's counters (Replayer._compare_now). `conn`: a Conn, or a HeldConn."""
         self._count_c(conn, rec, result, now, seq)
 
+    def _count_all(self, held):
+        """_count each (conn, rec, result, now, seq) of `held` in turn (a transaction's results)."""
+        for entry in held:
+            conn, rec, result, now, seq = entry
+            self._count_c(conn, rec, result, now, seq)
+
     cdef int _count_c(self, conn, rec, result, now, seq) except -1:
+        cdef long long c_now = 0, c_sent, c_due
+        cdef bint has_lag, in_c
         cdef EngineCore engine = <EngineCore?>self.engine  # the Replayer it is attached to
         journal = self._journal
         if journal is not None and seq >= 0:
             observer = engine.observer
-            second = observer.replay_second(now) if hasattr(observer, "replay_second") else 0
-            if type(conn) is Conn:
-                conn_id, sent_ns, due_ns = (<Conn>conn).conn_id, (<Conn>conn).sent_ns, (<Conn>conn).due_ns
+            if isinstance(observer, ObserverCore):
+                second = (<ObserverCore>observer).replay_second(now)
+            else:
+                second = observer.replay_second(now) if hasattr(observer, "replay_second") else 0
+            has_lag = engine.opt.speed > 0
+            in_c = False
+            if type(conn) is Conn and type(now) is int:  # the differences in C when they cannot overflow
+                c_sent, c_due = (<Conn>conn).sent_ns, (<Conn>conn).due_ns
+                try:
+                    c_now = now
+                    in_c = _fits(c_now) and _fits(c_sent) and _fits(c_due)
+                except OverflowError:
+                    pass
+            if in_c:
+                conn_id = (<Conn>conn).conn_id
+                latency = c_now - c_sent
+                lag = c_sent - c_due if has_lag else None
             else:
                 conn_id, sent_ns, due_ns = conn.conn_id, conn.sent_ns, conn.due_ns
-            lag = sent_ns - due_ns if engine.opt.speed > 0 else None
-            if not journal.result(conn_id, seq, result, now - sent_ns, second, lag):
+                latency = now - sent_ns
+                lag = sent_ns - due_ns if has_lag else None
+            if not _journal_result(journal, conn_id, seq, result, latency, second, lag):
                 self._write_snapshot()  # full: the snapshot (without this result) empties it
                 if self._journal is not None:
-                    self._journal.result(conn_id, seq, result, now - sent_ns, second, lag)
+                    _journal_result(self._journal, conn_id, seq, result, latency, second, lag)
         if type(result) is CommandResult and (<CommandResult>result).outcome != OUTCOME_ERR:
             # EngineCore._compare_now adds to the report only for an error: nothing to keep out of it
             engine._compare_now_c(conn, rec, <CommandResult>result, now)
@@ -210,13 +310,14 @@ cdef class CheckpointHooks:
         if track is None:
             return
         seq = track.pending[track.consumed]
-        if track.inflight == seq and not track.answered and not track.inflight_txn and self._journal is not None:
+        cdef long long c_seq = seq
+        if track.inflight == c_seq and not track.answered and not track.inflight_txn and self._journal is not None:
             # sent and done without a result (a session command answered by ourselves, a close of a
             # statement never prepared): not one whose result was lost
-            if not self._journal.no_result(conn_id, seq):
+            if not _journal_no_result(self._journal, conn_id, seq):
                 self._write_snapshot()
                 if self._journal is not None:
-                    self._journal.no_result(conn_id, seq)
+                    _journal_no_result(self._journal, conn_id, seq)
         track.inflight = -1
         if _in_transaction(ticket):
             track.consumed += 1  # done only once its transaction ends
@@ -227,4 +328,4 @@ cdef class CheckpointHooks:
         for _ in range(track.consumed + 1):
             pending.popleft()
         track.consumed = 0
-        track.done = seq
+        track.done = c_seq

@@ -30,13 +30,8 @@ cdef inline void _put(unsigned char *p, unsigned long long v, int n) noexcept no
 
 
 cdef class JournalWriter:
-    """The base of journal.Journal: holds the mapped file's buffer while the journal is open."""
-
-    cdef Py_buffer _view
-    cdef unsigned char *_base
-    cdef Py_ssize_t _size
-    cdef public Py_ssize_t pos
-    cdef public long long unjournaled  # results that could not be written (a kill before the next snapshot loses them)
+    """The base of journal.Journal: holds the mapped file's buffer while the journal is open (fields:
+    _journal.pxd)."""
 
     def _attach(self, mapped, Py_ssize_t size) -> None:
         """Write into `mapped` (a writable buffer of at least `size` bytes) from now on."""
@@ -87,15 +82,24 @@ cdef class JournalWriter:
 
     def sent(self, conn_id, seq, in_txn, thread) -> bool:
         """False if the journal is full (the caller writes a checkpoint, which empties it)."""
+        return self.sent_c(conn_id, seq, in_txn, thread)
+
+    cdef bint sent_c(self, conn_id, seq, in_txn, thread) except -1:
         cdef int written = self._fixed(b'S', conn_id, seq, in_txn, thread)
         return self._sent_struct(conn_id, seq, in_txn, thread) if written < 0 else written == 1
 
     def no_result(self, conn_id, seq) -> bool:
+        return self.no_result_c(conn_id, seq)
+
+    cdef bint no_result_c(self, conn_id, seq) except -1:
         cdef int written = self._fixed(b'N', conn_id, seq, 0, 0)
         return self._no_result_struct(conn_id, seq) if written < 0 else written == 1
 
     def result(self, conn_id, seq, result, latency_ns, second, lag_ns) -> bool:
         """`result`: the command's CommandResult. False if the journal is full."""
+        return self.result_c(conn_id, seq, result, latency_ns, second, lag_ns)
+
+    cdef bint result_c(self, conn_id, seq, result, latency_ns, second, lag_ns) except -1:
         if type(result) is not CommandResult:
             return self._result_struct(conn_id, seq, result, latency_ns, second, lag_ns)
         cdef CommandResult r = <CommandResult>result

@@ -371,8 +371,7 @@ class Checkpoint(CheckpointHooks):
         finally:
             for track in self.tracks.values():
                 held, track.held = track.held, None
-                for entry in held or ():
-                    self._count(*entry)
+                self._count_all(held or ())
 
     def _finish_files(self, finished: bool) -> None:
         if self._dir_fd < 0:
@@ -430,8 +429,7 @@ class Checkpoint(CheckpointHooks):
         journal = self._journal
         if journal is not None and journal.free() < len(held) * (RESULT.size + MESSAGE_MAX) + SENT.size:
             self._write_snapshot()  # room for all of them: no snapshot between the first and the send
-        for entry in held:
-            self._count(*entry)
+        self._count_all(held)
 
     async def after_login(self, conn) -> None:
         """A resumed connection's first login: its session as the done records had made it."""

@@ -14,6 +14,10 @@ def same_as_captured(rec, CommandResult result):
     """True if rows, columns, both fingerprints, affected rows and warnings are all equal: then
     compare_sides finds no difference, whatever it compares. False when in doubt (a value out of
     the 64-bit ranges): the full comparison decides."""
+    return same_as_captured_c(<tuple>rec if isinstance(rec, tuple) else tuple(rec), result)
+
+
+cdef bint same_as_captured_c(tuple rec, CommandResult result) except -1:
     cdef unsigned long long rows, affected, h_ord, h_unord
     cdef long long columns, warnings
     if result.rows < 0 or result.affected_rows < 0:

@@ -9,34 +9,15 @@ bucket, the exact maximum is kept apart): 448 uint32 counters per side, 3.6 KiB 
 Memory is bounded by `capacity` digests, allocated as they appear; `add_slot()` returns -1 past it,
 and the caller sends those commands to its shared "other" slot (counted there, never lost).
 """
-from libc.stdint cimport uint32_t, uint64_t
 from libc.stdlib cimport free, realloc
 from libc.string cimport memset
 
 cdef extern from *:
     int __builtin_clzll(unsigned long long) nogil
 
-cdef enum:
-    NSUB = 16          # buckets per power of two
-    LOG_NSUB = 4
-    MAX_EXP = 30       # 2^30 units of 1.024 µs
-    NBUCKETS = (MAX_EXP - LOG_NSUB + 1) * NSUB + NSUB   # 448
-    UNIT_SHIFT = 10    # ns -> units of 1.024 µs
-
 NUM_BUCKETS = NBUCKETS
 REFERENCE = 0
 REPLAY = 1
-
-
-cdef struct Side:
-    uint64_t count
-    uint64_t sum_ns
-    uint64_t max_ns
-    uint32_t buckets[NBUCKETS]
-
-
-cdef struct Slot:
-    Side side[2]
 
 
 cdef inline int bucket_of(uint64_t ns) noexcept nogil:
@@ -48,6 +29,14 @@ cdef inline int bucket_of(uint64_t ns) noexcept nogil:
     if e > MAX_EXP:
         return NBUCKETS - 1
     return (e - LOG_NSUB + 1) * NSUB + <int>((x >> (e - LOG_NSUB)) & (NSUB - 1))
+
+
+cdef inline void _add(Side *s, uint64_t ns) noexcept nogil:
+    s.count += 1
+    s.sum_ns += ns
+    if ns > s.max_ns:
+        s.max_ns = ns
+    s.buckets[bucket_of(ns)] += 1
 
 
 cpdef int bucket_index(unsigned long long ns):
@@ -71,12 +60,7 @@ cpdef unsigned long long bucket_lower_ns(int idx):
 
 
 cdef class LatencyTable:
-    """Paired histograms per slot: record(slot, reference_ns, replay_ns)."""
-
-    cdef Slot *_slots
-    cdef int _n
-    cdef int _allocated
-    cdef readonly int capacity
+    """Paired histograms per slot: record(slot, reference_ns, replay_ns) (fields: _latency.pxd)."""
 
     def __cinit__(self, int capacity):
         if capacity < 1:
@@ -113,21 +97,18 @@ cdef class LatencyTable:
         self._n += 1
         return self._n - 1
 
-    cdef inline void _add(self, Side *s, uint64_t ns) noexcept:
-        s.count += 1
-        s.sum_ns += ns
-        if ns > s.max_ns:
-            s.max_ns = ns
-        s.buckets[bucket_of(ns)] += 1
-
     def record(self, int slot, long long reference_ns, long long replay_ns):
         """One command: its latency on the reference side and on the replay (negative = unknown)."""
+        self.record_c(slot, reference_ns, replay_ns)
+
+    cdef int record_c(self, int slot, long long reference_ns, long long replay_ns) except -1:
         if slot < 0 or slot >= self._n:
             raise IndexError(slot)
         if reference_ns >= 0:
-            self._add(&self._slots[slot].side[0], <uint64_t>reference_ns)
+            _add(&self._slots[slot].side[0], <uint64_t>reference_ns)
         if replay_ns >= 0:
-            self._add(&self._slots[slot].side[1], <uint64_t>replay_ns)
+            _add(&self._slots[slot].side[1], <uint64_t>replay_ns)
+        return 0
 
     cdef Side* _side(self, int slot, int side) except NULL:
         if slot < 0 or slot >= self._n or side < 0 or side > 1:

@@ -1,3 +1,11 @@
+class TimelineCore:
+    captured: dict[int, int]
+    replayed: dict[int, int]
+    lag_max_ms: dict[int, float]
+    lag_sum_ms: dict[int, float]
+    failures: dict[int, int]
+    mismatches: dict[int, int]
+
 class ObserverCore:
     engine: object
     verdict: object

@@ -7,22 +7,20 @@ is counted (tests/test_replay_observer.py drives both with the same commands).
 
 cdivision is off on purpose: seconds before the capture's origin floor-divide as in Python.
 """
-from fastproxy._packet cimport OUTCOME_ERR, OUTCOME_OK, CommandResult, stmt_id_of
+from fastproxy._packet cimport OUTCOME_ERR, OUTCOME_OK, CommandResult, names_statement, stmt_id_of
 from fastproxy.capture.record_fields cimport R_END, R_ERR_CODE, R_OUTCOME, R_PAYLOAD, R_START
 from fastproxy.replay._conn cimport Conn
+from fastproxy.replay._engine cimport EngineCore
+from fastproxy.report._compare cimport same_as_captured_c
+from fastproxy.report._latency cimport LatencyTable
+from fastproxy.report._verdict cimport VerdictCore
 
 from fastproxy.capture.record import Record
-from fastproxy.report._compare import same_as_captured
 
 cdef extern from "mysql_constants.h":
     enum:
         COM_QUERY
         COM_STMT_PREPARE
-        COM_STMT_EXECUTE
-        COM_STMT_SEND_LONG_DATA
-        COM_STMT_CLOSE
-        COM_STMT_RESET
-        COM_STMT_FETCH
 
 cdef object _Record = Record
 cdef long long SECOND = 1_000_000_000
@@ -38,19 +36,28 @@ cdef inline int _bump(dict series, key) except -1:
     return 0
 
 
+cdef class TimelineCore:
+    """The base of observe.Timeline (fields: _observe.pxd)."""
+
+
 cdef class ObserverCore:
-    """The base of CaptureObserver; its attributes are CaptureObserver's (set from Python as before)."""
+    """The base of CaptureObserver; its attributes are CaptureObserver's (set from Python as before;
+    declared in _observe.pxd)."""
 
-    cdef public object engine
-    cdef public object verdict
-    cdef public object timeline
-    cdef public object second_offset
-    cdef public object capture_origin_ns
-    cdef public object at_second
-
-    def replay_second(self, now):
+    cpdef replay_second(self, now):
         """The replay's second at `now` (monotonic ns); a resumed replay's follow the stopped run's."""
-        start = self.engine._start_mono
+        cdef long long c_now, start_mono
+        engine = self.engine
+        if isinstance(engine, EngineCore) and type(now) is int:
+            start_mono = (<EngineCore>engine)._start_mono
+            try:
+                c_now = now
+            except OverflowError:
+                c_now = 1LL << 62  # not _fits: Python's ints below
+            if _fits(c_now) and _fits(start_mono):
+                return self.second_offset + ((c_now - start_mono if c_now > start_mono else 0) // SECOND
+                                             if start_mono else 0)
+        start = engine._start_mono
         return self.second_offset + (max(0, now - start) // 1_000_000_000 if start else 0)
 
     def __call__(self, conn, rec, result, now):
@@ -61,6 +68,7 @@ cdef class ObserverCore:
         cdef unsigned int captured_id = 0
         cdef bytes payload
         cdef CommandResult r
+        cdef VerdictCore v
         cdef dict captured, replayed, lag_max, lag_sum, failures
         # everything read and converted first: what does not fit goes to the reference whole
         if type(rec) is not _Record or type(result) is not CommandResult:
@@ -73,21 +81,40 @@ cdef class ObserverCore:
         cmd = <unsigned char>payload[0]
         engine = self.engine
         tl = self.timeline
-        series = (tl.captured, tl.replayed, tl.lag_max_ms, tl.lag_sum_ms, tl.failures)
-        for s in series:
-            if type(s) is not dict:
-                return self.observe(conn, rec, result, now)
-        captured, replayed, lag_max, lag_sum, failures = series
+        if not isinstance(tl, TimelineCore):
+            return self.observe(conn, rec, result, now)
+        captured = (<TimelineCore>tl).captured
+        replayed = (<TimelineCore>tl).replayed
+        lag_max = (<TimelineCore>tl).lag_max_ms
+        lag_sum = (<TimelineCore>tl).lag_sum_ms
+        failures = (<TimelineCore>tl).failures
+        if captured is None or replayed is None or lag_max is None or lag_sum is None or failures is None:
+            return self.observe(conn, rec, result, now)
+        if not isinstance(self.verdict, VerdictCore):
+            return self.observe(conn, rec, result, now)
+        v = <VerdictCore>self.verdict
+        if v._by_text is None or v.latency is None:
+            return self.observe(conn, rec, result, now)
         at_second = self.at_second
         try:
             c_now = now
             start_ns = (<tuple>rec)[R_START]
             end_ns = (<tuple>rec)[R_END]
             ref_outcome = (<tuple>rec)[R_OUTCOME]
-            origin = self.capture_origin_ns or engine.capture_start_ns
-            if at_second is None:
-                start_mono = engine._start_mono
-            has_lag = engine.opt.speed > 0
+            origin_obj = self.capture_origin_ns
+            if isinstance(engine, EngineCore):  # its times are int64 fields: no attribute look-up
+                if origin_obj:
+                    origin = origin_obj
+                else:
+                    origin = (<EngineCore>engine).capture_start_ns
+                if at_second is None:
+                    start_mono = (<EngineCore>engine)._start_mono
+                has_lag = (<EngineCore>engine).opt.speed > 0
+            else:
+                origin = origin_obj or engine.capture_start_ns
+                if at_second is None:
+                    start_mono = engine._start_mono
+                has_lag = engine.opt.speed > 0
             if type(conn) is Conn:  # its times are int64 fields: read without a conversion
                 sent_ns = (<Conn>conn).sent_ns
                 if has_lag:
@@ -130,24 +157,24 @@ cdef class ObserverCore:
         sql = None
         if cmd == COM_QUERY:
             sql, recurs = payload[1:].decode("utf-8", "replace"), False
-        elif (cmd == COM_STMT_EXECUTE or cmd == COM_STMT_SEND_LONG_DATA or cmd == COM_STMT_CLOSE
-              or cmd == COM_STMT_RESET or cmd == COM_STMT_FETCH):
+        elif names_statement(cmd):
             captured_id = stmt_id_of(payload)
-            sql, recurs = ((<Conn>conn).stmt_sql if type(conn) is Conn else conn.stmt_sql).get(captured_id), True
+            stmt_sql = (<Conn>conn).stmt_sql if type(conn) is Conn else conn.stmt_sql
+            sql, recurs = (<dict>stmt_sql).get(captured_id) if type(stmt_sql) is dict else stmt_sql.get(captured_id), True
         if sql is None:
             sql, recurs = self._statement_text(conn, rec)
-        verdict = self.verdict
         # Verdict.info's first step for a recurring text, without its frame
-        info = verdict._by_text.get((cmd, sql)) if recurs else None
+        info = v._by_text.get((cmd, sql)) if recurs else None
         if info is None:
-            info = verdict.info(cmd, self._cmd_type_name(cmd), sql, recurs)
+            info = v.info(cmd, self._cmd_type_name(cmd), sql, recurs)
         if not info.sampled:
             self._sample(info, conn, rec)
-        if not info.reasons and same_as_captured(rec, r):
+        if not info.reasons and same_as_captured_c(<tuple>rec, r):
             # what Verdict.add does when compare_sides finds nothing (checked in C)
-            verdict.compared += 1
-            if info.slot == verdict.other_slot:
-                verdict.other_commands += 1
-            verdict.latency.record(info.slot, end_ns - start_ns if end_ns > start_ns else -1, c_now - sent_ns)
+            v.compared += 1
+            slot = info.slot
+            if slot == v.other_slot:
+                v.other_commands += 1
+            v.latency.record_c(slot, end_ns - start_ns if end_ns > start_ns else -1, c_now - sent_ns)
             return
         self._differs(conn, rec, r, now, info, replay_key)

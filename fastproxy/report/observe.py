@@ -12,7 +12,7 @@ import time
 from fastproxy.capture.record import OUTCOME_ERR, OUTCOME_OK, Record
 from fastproxy.constants import COMMAND, command_name
 from fastproxy.report._compare import same_as_captured
-from fastproxy.report._observe import ObserverCore
+from fastproxy.report._observe import ObserverCore, TimelineCore
 from fastproxy.report.verdict import DigestInfo, Side, Verdict
 
 _QUERY = COMMAND.COM_QUERY
@@ -85,9 +85,10 @@ def sample(info: DigestInfo, conn, rec: Record) -> None:
     info.db = conn.db
 
 
-class Timeline:
+class Timeline(TimelineCore):
     """Per-second series for the report: replayed commands, lag and new failures by replay second,
-    captured commands by capture second (both from the start of each)."""
+    captured commands by capture second (both from the start of each). The series are TimelineCore's
+    fields: ObserverCore adds to them in C."""
 
     def __init__(self) -> None:
         self.captured: dict[int, int] = {}

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from fastproxy._digest import normalize
 from fastproxy.errors import ConfigError
 from fastproxy.report._latency import REFERENCE, REPLAY, LatencyTable
+from fastproxy.report._verdict import VerdictCore
 from fastproxy.report.classify import nondeterministic_reasons, ordered_result
 
 OUTCOME_OK = 0
@@ -164,9 +165,10 @@ def compare_sides(ref: Side, new: Side, ordered: bool, kinds=frozenset(KINDS)) -
     return out
 
 
-class Verdict:
+class Verdict(VerdictCore):
     """Accumulates comparisons of (reference, replay) per statement; `reference` names the reference
-    side ("capture" or "baseline HOST:PORT")."""
+    side ("capture" or "baseline HOST:PORT"). The counters the per-command hook adds to are
+    VerdictCore's C fields (fastproxy/report/_verdict.pyx)."""
 
     def __init__(self, options: VerdictOptions | None = None, reference: str = "capture",
                  kinds=frozenset(KINDS)) -> None:
