@@ -19,6 +19,7 @@ from fastproxy.capture.record_fields cimport R_AFFECTED, R_CONN_ID, R_END, R_ERR
 from fastproxy.replay._client cimport ClientCore
 from fastproxy.replay._conn cimport Conn, TxnLog
 from fastproxy.replay._scheduler cimport Scheduler, Ticket
+from fastproxy.report._observe cimport ObserverCore
 
 import re
 
@@ -191,8 +192,12 @@ cdef class EngineCore:
     cdef int _compare_now_c(self, conn, rec, CommandResult result, int64_t now) except -1:
         cdef int64_t start_ns, end_ns, sent_ns
         cdef int captured
-        if self.observer is not None:
-            self.observer(conn, rec, result, now)
+        observer = self.observer
+        if observer is not None:
+            if isinstance(observer, ObserverCore):  # the verdict's hook: a C call, no argument tuple
+                (<ObserverCore>observer).call_c(conn, rec, result, now)
+            else:
+                observer(conn, rec, result, now)
         cdef StatsCore st = self.stats
         st.replayed += 1
         if type(rec) is Record:

@@ -21,3 +21,5 @@ cdef class ObserverCore:
 
     # also called by the checkpoint (_checkpoint.pyx) for every result it journals
     cpdef replay_second(self, now)
+    # the engine's C chain (_engine.pyx) calls the hook here for every replayed command
+    cdef object call_c(self, conn, rec, result, now)

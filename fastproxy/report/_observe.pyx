@@ -61,6 +61,11 @@ cdef class ObserverCore:
         return self.second_offset + (max(0, now - start) // 1_000_000_000 if start else 0)
 
     def __call__(self, conn, rec, result, now):
+        return self.call_c(conn, rec, result, now)
+
+    cdef object call_c(self, conn, rec, result, now):
+        """__call__, for the engine's C chain (no argument tuple). A subclass changes `observe`, the
+        reference, not this."""
         cdef long long c_now, start_mono = 0, origin, start_ns, end_ns, lag = 0, sent_ns, due_ns, replay_sec = 0
         cdef bint has_lag
         cdef double ms
