@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import random
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -376,3 +377,18 @@ def test_a_read_of_a_global_variable_waits_for_the_set_global_before_it_and_for_
     r.done("write")
     r.done("global")
     assert r.ready("reads_again")
+
+
+def test_the_compiled_planner_takes_what_a_capture_can_hold():
+    """Connection ids are u64 in a capture; a planner that orders nothing never converts them, and
+    one that orders gives them to CausalOrder as the int64 owners it keeps (as the Python planner did)."""
+    big = 2**64 - 1
+    loose = Planner(causal=False)
+    t = loose.note(big, _rec(big, "UPDATE t SET a = NOW()", 10, 20))
+    assert t is not None and t.flags & PIN_TIME
+    assert loose.note(big, Record(KIND_COMMAND, big, 30, 40, OUTCOME_OK, 0, 0, 0, b"")) is None  # nothing to plan
+    planner = Planner()
+    planner.note(7, _rec(7, "SELECT 1", 10, 20))  # logged in
+    assert planner.note(7, Record(KIND_COMMAND, 7, 30, 40, OUTCOME_OK, 0, 0, 0, b"")) is None
+    with pytest.raises(TypeError):
+        planner.note(7, "not a record")

@@ -129,3 +129,17 @@ def test_corked_commands_leave_together_at_uncork_in_order(mariadb):
     held, results, lost = uvloop.run(main())
     assert held == (0, 0) and not lost
     assert [r.columns for r in results] == [1, 2, 3, 4]
+
+
+def test_write_takes_bytes_only(mariadb):
+    async def main():
+        client = await _connect(mariadb, [], [])
+        try:
+            with pytest.raises(TypeError):
+                client.write(None)
+            with pytest.raises(TypeError):
+                client.write("SELECT 1")
+        finally:
+            client.close()
+
+    uvloop.run(main())

@@ -154,3 +154,16 @@ def test_the_commands_read_before_a_damaged_file_are_replayed_then_the_damage_is
     assert mariadb_test.sql("SELECT GROUP_CONCAT(id ORDER BY id) FROM eng.t").strip() == "1,2,3,4,5"
     others = {e.err_type: e for e in engine.report.other_errors.values()}
     assert "read error" in others and "bad magic" in others["read error"].sample_err_msg
+
+
+def test_a_statement_command_shorter_than_its_head_is_padded_when_remapped(tmp_path):
+    """A damaged capture's COM_STMT_RESET of two bytes goes out with its 5-byte head whether the
+    replay's statement id differs or not (an equal id once skipped the rewrite, and the padding)."""
+    path = str(tmp_path / "cap")
+    write_capture_by_hand(path, "eng", (1,), (), T0)
+    engine = Replayer(path, ReplayOptions(host="127.0.0.1", port=1, username="root", password="", speed=0))
+    conn = engine._conn(1)
+    assert engine._remap(conn, 1, 1, b"\x1a\x01") == b"\x1a\x01\x00\x00\x00"
+    assert engine._remap(conn, 1, 2, b"\x1a\x01") == b"\x1a\x02\x00\x00\x00"
+    full = b"\x1a\x01\x00\x00\x00"
+    assert engine._remap(conn, 1, 1, full) is full  # the same id: sent as captured, no copy

@@ -34,7 +34,7 @@ cdef class Planner:
     cdef dict _events_cache
     cdef dict _sessions
     cdef bint _login
-    cdef int64_t _owner
+    cdef object _owner  # a captured connection id (u64 in a capture): converted only where an event needs it
 
     cpdef _Session session(self, conn_id)
     cpdef note_close(self, conn_id, rec)

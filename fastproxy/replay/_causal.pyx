@@ -183,8 +183,10 @@ cdef class Planner:
 
     cdef _note(self, conn_id, _Session sess, tuple r):
         cdef bytes payload = r[R_PAYLOAD]
-        cdef int cmd = payload[0]
         cdef StatementInfo info
+        if len(payload) == 0:
+            return None  # nothing to plan (the engine says and skips such a command)
+        cdef int cmd = payload[0]
         if cmd == COM_QUERY:
             info = self.classify(payload[1:])
         elif cmd == COM_STMT_EXECUTE:

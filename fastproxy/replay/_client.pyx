@@ -55,6 +55,8 @@ cdef class ClientCore:
 
     cpdef write(self, bytes data):
         """Send bytes after login: straight to the socket when nothing waits in the transport."""
+        if data is None:
+            raise TypeError("write() takes bytes, not None")
         cdef Py_ssize_t size = PyBytes_GET_SIZE(data), n = 0
         if self._corked is not None:
             self._corked += data

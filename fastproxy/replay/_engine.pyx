@@ -424,7 +424,7 @@ cdef class EngineCore:
 
     cdef object _remap_c(self, Conn conn, captured_id, replay_id, payload):
         # a connection's statements are often prepared in the same order on replay: the same ids
-        remapped = payload if replay_id == captured_id else with_stmt_id(payload, replay_id)
+        remapped = payload if replay_id == captured_id and len(payload) >= 5 else with_stmt_id(payload, replay_id)
         if payload[0] != COM_STMT_EXECUTE:
             return remapped
         stmt_params = conn.stmt_params

@@ -285,6 +285,7 @@ class ReplayClient(ClientCore, asyncio.Protocol):
         if self.closed:
             return
         self.closed = True
+        self.uncork()  # anything held back leaves first, then the COM_QUIT
         self.detach_socket()
         if self.transport and not self.transport.is_closing():
             if quit_first and self.ready:

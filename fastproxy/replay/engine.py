@@ -575,6 +575,8 @@ class Replayer(EngineCore):
             self.stats.skipped += 1
             self.report.add_other(err_type, f"connection {conn.conn_id} to {self.opt.host}:{self.opt.port}: "
                                   f"{e or type(e).__name__}", time.time_ns())
+            if conn.client is not None:  # logged in, then rebuilding its session failed: not left open
+                conn.client.close()
             conn.client = None
             return self._next(conn)
         conn.busy = False
