@@ -167,3 +167,29 @@ def test_a_statement_command_shorter_than_its_head_is_padded_when_remapped(tmp_p
     assert engine._remap(conn, 1, 2, b"\x1a\x01") == b"\x1a\x02\x00\x00\x00"
     full = b"\x1a\x01\x00\x00\x00"
     assert engine._remap(conn, 1, 1, full) is full  # the same id: sent as captured, no copy
+
+
+_SQL_PIECES = ["USE db2", "use `x`", "  USE d", "/* c */ USE d", "/*!40101 USE d */", "-- c\nUSE d", "# c\nUSE d",
+               "SELECT 1", "select 'a;b'", "PREPARE s FROM 'SELECT 1'", "DEALLOCATE PREPARE s", "drop table t",
+               "CREATE TABLE t (a INT)", "UPDATE t SET a = 1", "DELETE FROM t", "CALL p()", "COMMIT", "ue", "u",
+               "", ";", "SELECT 1; USE d", "\tuse d", "Use d", "DO 1"]
+
+
+@pytest.mark.parametrize("multi", [True, False])
+def test_the_engines_database_pre_check_never_hides_what_the_scanner_would_find(multi):
+    """_engine.pyx skips Replayer._track_database (a Python call per text query) only where
+    sqltext.worth_scanning says False."""
+    from fastproxy.replay._engine import may_change_database
+    from fastproxy.sqltext import worth_scanning
+
+    rnd = random.Random(3)
+    payloads = [b"\x03" + p.encode() for p in _SQL_PIECES]
+    payloads += [b"\x03" + "; ".join(rnd.sample(_SQL_PIECES, 2)).encode() for _ in range(300)]
+    payloads += [b"\x03" + bytes(rnd.randrange(256) for _ in range(rnd.randrange(0, 8))) for _ in range(3000)]
+    skipped = 0
+    for payload in payloads:
+        if not may_change_database(payload):
+            assert not worth_scanning(payload, multi), payload
+            skipped += 1
+    assert skipped > len(payloads) // 3  # it does skip the common query
+    assert not may_change_database(b"\x03SELECT c FROM sbtest1 WHERE id=5")

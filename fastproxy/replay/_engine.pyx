@@ -30,6 +30,7 @@ from fastproxy.constants import COMMAND
 from fastproxy.replay import causal as _causal
 from fastproxy.replay.pinning import PIN_FLAGS as _PIN_FLAGS
 from fastproxy.replay.users import PLACEHOLDER_BYTES
+from fastproxy.sqltext import FIRST_BYTES as _FIRST_BYTES
 
 cdef extern from "<time.h>" nogil:
     ctypedef int clockid_t
@@ -87,6 +88,20 @@ cdef inline int64_t _floor_seconds(int64_t ns) noexcept:
     if q * 1_000_000_000 > ns:
         q -= 1
     return q
+
+
+cdef inline bint _may_change_database(bytes payload):
+    """False when Replayer._track_database surely finds nothing (sqltext.worth_scanning: a first byte
+    that starts no USE, PREPARE, DEALLOCATE, DROP or CREATE, nor whitespace or a comment, and no `;` a
+    second statement could follow): the common query skips a Python call. True: it decides."""
+    if len(payload) < 3:
+        return False
+    return <unsigned char>payload[1] in _FIRST_BYTES or payload.find(b";", 1) >= 0
+
+
+def may_change_database(bytes payload):
+    """The pre-check above, for tests (it must never say False where worth_scanning says True)."""
+    return _may_change_database(payload)
 
 
 cdef inline bint _is_record(rec):
@@ -178,7 +193,8 @@ cdef class EngineCore:
             self.checkpoint.result(conn, rec, result, now)
         else:
             self._compare_now_c(conn, rec, result, now)
-        if (result.schema is not None or cmd == COM_QUERY) and self._track_database(conn, rec, result):
+        if (result.schema is not None or (cmd == COM_QUERY and _may_change_database(payload))) and \
+                self._track_database(conn, rec, result):
             return True  # asking the server first: _next once it answered
         self._consume_c(conn)
         self._schedule_c(conn)
