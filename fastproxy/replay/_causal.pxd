@@ -2,7 +2,7 @@
 from libc.stdint cimport int64_t
 
 from fastproxy.replay._scheduler cimport CausalOrder
-from fastproxy.replay._stmtinfo cimport StatementInfo
+from fastproxy.replay._stmtinfo cimport Classifier, StatementInfo
 
 
 cdef class _Session:
@@ -23,7 +23,7 @@ cdef class Planner:
     cdef public bint status_flags
     cdef public bint affected_rows
     cdef public CausalOrder order
-    cdef public object classify    # stmtinfo.Classifier
+    cdef public Classifier classify  # called for every text query (in C)
     cdef public int64_t unknown_scope_statements
     cdef tuple _global
     cdef tuple _unknown

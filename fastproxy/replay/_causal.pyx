@@ -36,13 +36,12 @@ from fastproxy._packet cimport stmt_id_of
 from fastproxy.capture.record_fields cimport (R_AFFECTED, R_END, R_ERR_CODE, R_LAST_INSERT_ID, R_OUTCOME, R_PAYLOAD,
                                               R_START, R_STATUS_FLAGS)
 from fastproxy.replay._scheduler cimport CausalOrder, Ticket
-from fastproxy.replay._stmtinfo cimport StatementInfo
+from fastproxy.replay._stmtinfo cimport Classifier, StatementInfo
 
 from fastproxy.capture import record as _record
 from fastproxy.constants import COMMAND, ER, SERVER_STATUS
 from fastproxy.replay import stmtinfo as _stmtinfo
 from fastproxy.replay.schema import TableScopes
-from fastproxy.replay.stmtinfo import Classifier
 
 # Ticket.flags
 cpdef enum:
@@ -188,11 +187,11 @@ cdef class Planner:
             return None  # nothing to plan (the engine says and skips such a command)
         cdef int cmd = payload[0]
         if cmd == COM_QUERY:
-            info = self.classify(payload[1:])
+            info = self.classify.classify_c(payload[1:])
         elif cmd == COM_STMT_EXECUTE:
             info = sess.stmts.get(stmt_id_of(payload), _UNKNOWN_INFO)
         elif cmd == COM_STMT_PREPARE:
-            info = self.classify(payload[1:])
+            info = self.classify.classify_c(payload[1:])
             if r[R_OUTCOME] == OUTCOME_OK:
                 sess.stmts[r[R_AFFECTED]] = info  # the capture keeps the statement id there
             if not self.causal or info.kind == SESSION:

@@ -19,3 +19,11 @@ cdef class StatementInfo:
     cdef public bint time_default
     cdef public object trigger_on
     cdef public object creates_function
+
+
+cdef class Classifier:
+    cdef public object functions   # the target's stored functions (a set shared with the table scopes)
+    cdef public Py_ssize_t max_entries
+    cdef public dict _cache        # normalized text -> StatementInfo
+
+    cdef StatementInfo classify_c(self, sql)

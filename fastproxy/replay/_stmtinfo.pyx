@@ -1,6 +1,8 @@
 # cython: language_level=3
 """StatementInfo as a C struct (the fields are described in _stmtinfo.pxd and stmtinfo.py, which
-builds them); Python reads and sets its fields as the attributes they were."""
+builds them); Python reads and sets its fields as the attributes they were. And the classifier's
+cache in front of stmtinfo.classify_normalized, which the causal planner asks for every text query."""
+from fastproxy._digest import normalize as _normalize
 
 KIND_NAMES = ("SESSION", "READ", "LOCK", "DDL", "BEGIN", "COMMIT", "ROLLBACK", "UNKNOWN")
 
@@ -33,3 +35,31 @@ cdef class StatementInfo:
     def __repr__(self) -> str:
         return (f"<StatementInfo {self.kind_name} tables={self.tables} writes={self.writes} time={self.time} "
                 f"generates_id={self.generates_id} multi={self.multi}>")
+
+
+cdef class Classifier:
+    """``classify`` with a bounded cache keyed by the normalized text (statements of one shape share
+    an entry) and the target's stored functions."""
+
+    def __init__(self, functions=None, Py_ssize_t max_entries=20_000):
+        self.functions = functions if functions is not None else set()  # shared: CREATE FUNCTION adds to it
+        self.max_entries = max_entries
+        self._cache = {}
+
+    def __call__(self, sql):
+        return self.classify_c(sql)
+
+    cdef StatementInfo classify_c(self, sql):
+        text = _normalize(sql)
+        info = self._cache.get(text)
+        if info is None:
+            # a shape not seen yet: the classifier proper (stmtinfo.py imports this module, hence here)
+            from fastproxy.replay.stmtinfo import classify_normalized
+
+            if len(self._cache) >= self.max_entries:
+                self._cache.clear()
+            info = self._cache[text] = classify_normalized(text, self.functions)
+            if (<StatementInfo>info).creates_function:
+                self.functions.add((<StatementInfo>info).creates_function)
+                self._cache.clear()  # earlier shapes may call it
+        return <StatementInfo>info

@@ -15,6 +15,7 @@ from __future__ import annotations
 import re
 
 from fastproxy._digest import normalize
+from fastproxy.replay import _stmtinfo
 from fastproxy.replay._stmtinfo import StatementInfo
 
 # kinds (StatementInfo.kind; _stmtinfo.pyx KIND_NAMES names them in this order)
@@ -548,23 +549,6 @@ def _references(toks: list[str]) -> set[str]:
     return out
 
 
-class Classifier:
-    """``classify`` with a bounded cache keyed by the normalized text (statements of one shape share
-    an entry) and the target's stored functions."""
-
-    def __init__(self, functions: set | None = None, max_entries: int = 20_000) -> None:
-        self.functions = functions if functions is not None else set()  # shared: CREATE FUNCTION adds to it
-        self.max_entries = max_entries
-        self._cache: dict[str, StatementInfo] = {}
-
-    def __call__(self, sql) -> StatementInfo:
-        text = normalize(sql)
-        info = self._cache.get(text)
-        if info is None:
-            if len(self._cache) >= self.max_entries:
-                self._cache.clear()
-            info = self._cache[text] = classify_normalized(text, self.functions)
-            if info.creates_function:
-                self.functions.add(info.creates_function)
-                self._cache.clear()  # earlier shapes may call it
-        return info
+# ``classify`` with a bounded cache, in C: the causal planner asks it for every text query
+# (fastproxy/replay/_stmtinfo.pyx; on a miss it calls classify_normalized above)
+Classifier = _stmtinfo.Classifier
