@@ -94,6 +94,13 @@ cpdef bytes with_stmt_id(bytes payload, uint32_t stmt_id):
     return out
 
 
+cdef inline int _byte_at(payload, Py_ssize_t i) except -1:
+    """payload[i] (i < len): read in place from bytes, what the replay sends; else by indexing."""
+    if type(payload) is bytes:
+        return (<const unsigned char *>PyBytes_AS_STRING(payload))[i]
+    return payload[i]
+
+
 cpdef bytes build_packet(int seq, payload):
     """Frame `payload` as one or more packets (split at 16 MiB - 1), starting at sequence `seq`."""
     cdef Py_ssize_t n = len(payload), pos = 0, part
@@ -396,22 +403,12 @@ cdef class ResponseTracker:
         """Register a command the client sent (payload starts with the command byte)."""
         cdef int cmd
         cdef bint cursor = False
-        cdef Py_ssize_t n
-        cdef const unsigned char *p
-        if type(payload) is bytes:  # read in place
-            n = len(<bytes>payload)
-            if n == 0:
-                raise ProtocolError("empty command packet")
-            p = <const unsigned char *>PyBytes_AS_STRING(payload)
-            cmd = p[0]
-            if cmd == COM_STMT_EXECUTE and n >= 6:
-                cursor = p[5] != 0
-        else:
-            if len(payload) == 0:
-                raise ProtocolError("empty command packet")
-            cmd = payload[0]
-            if cmd == COM_STMT_EXECUTE and len(payload) >= 6:
-                cursor = payload[5] != 0
+        cdef Py_ssize_t n = len(payload)
+        if n == 0:
+            raise ProtocolError("empty command packet")
+        cmd = _byte_at(payload, 0)
+        if cmd == COM_STMT_EXECUTE and n >= 6:
+            cursor = _byte_at(payload, 5) != 0
         self._tags.append(tag)
         if trk_begin(&self._t, cmd, cursor) < 0:
             self._tags.pop()

@@ -1,5 +1,6 @@
 # cython: language_level=3
 from fastproxy.replay._conn cimport Conn
+from fastproxy.replay._journal cimport JournalWriter
 
 
 cdef class Track:
@@ -17,7 +18,7 @@ cdef class CheckpointHooks:
     cdef public object engine
     cdef public object seq  # the next record's seq
     cdef public dict tracks
-    cdef public object _journal
+    cdef public JournalWriter _journal  # journal.Journal or None: its entries written in C
     cdef public object results
     cdef public object _resume_until
     cdef public object _read_before

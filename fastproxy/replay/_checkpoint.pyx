@@ -18,7 +18,7 @@ from fastproxy.replay._conn cimport Conn
 from fastproxy.replay._engine cimport EngineCore
 from fastproxy.replay._journal cimport JournalWriter
 from fastproxy.replay._scheduler cimport Ticket
-from fastproxy.report._observe cimport ObserverCore
+from fastproxy.report._observe cimport ObserverCore, fits62 as _fits
 
 from fastproxy.capture.record import KIND_COMMAND as _KIND_COMMAND, KIND_CONN_CLOSE as _KIND_CONN_CLOSE, Record
 from fastproxy.constants import COMMAND
@@ -143,36 +143,12 @@ cpdef CommandResult result_copy(r):
     return c
 
 
-cdef inline bint _fits(long long v) noexcept:
-    """|v| < 2**62: a difference of two such values fits a long long."""
-    return -(1LL << 62) < v < (1LL << 62)
-
-
 cdef inline bint _in_transaction(ticket) except -1:
     """The command goes on inside its production transaction (done only when that ends)."""
     if ticket is None:
         return False
     cdef long flags = (<Ticket>ticket).flags if type(ticket) is Ticket else ticket.flags
     return (flags & IN_TXN) != 0 and (flags & TXN_END) == 0
-
-
-# the journal's entries: in C when it is the JournalWriter it always is (journal.Journal)
-cdef inline bint _journal_sent(journal, conn_id, seq, in_txn, thread) except -1:
-    if isinstance(journal, JournalWriter):
-        return (<JournalWriter>journal).sent_c(conn_id, seq, in_txn, thread)
-    return journal.sent(conn_id, seq, in_txn, thread)
-
-
-cdef inline bint _journal_no_result(journal, conn_id, seq) except -1:
-    if isinstance(journal, JournalWriter):
-        return (<JournalWriter>journal).no_result_c(conn_id, seq)
-    return journal.no_result(conn_id, seq)
-
-
-cdef inline bint _journal_result(journal, conn_id, seq, result, latency_ns, second, lag_ns) except -1:
-    if isinstance(journal, JournalWriter):
-        return (<JournalWriter>journal).result_c(conn_id, seq, result, latency_ns, second, lag_ns)
-    return journal.result(conn_id, seq, result, latency_ns, second, lag_ns)
 
 
 cdef class CheckpointHooks:
@@ -219,11 +195,11 @@ cdef class CheckpointHooks:
             track.thread = (<ClientCore>client).connection_id
         elif client is not None:
             track.thread = client.connection_id
-        journal = self._journal
-        if journal is not None and not _journal_sent(journal, conn_id, seq, in_txn, track.thread):
+        cdef JournalWriter journal = self._journal
+        if journal is not None and not journal.sent_c(conn_id, seq, in_txn, track.thread):
             self._write_snapshot()  # the journal is full: the checkpoint takes it all, and empties it
             if self._journal is not None:
-                _journal_sent(self._journal, conn_id, seq, in_txn, track.thread)
+                self._journal.sent_c(conn_id, seq, in_txn, track.thread)
 
     cpdef result(self, conn, rec, result, now):
         """The engine's `_compare`: the result of the head command of `conn`. Counted now if the command
@@ -262,7 +238,7 @@ cdef class CheckpointHooks:
         cdef long long c_now = 0, c_sent, c_due
         cdef bint has_lag, in_c
         cdef EngineCore engine = <EngineCore?>self.engine  # the Replayer it is attached to
-        journal = self._journal
+        cdef JournalWriter journal = self._journal
         if journal is not None and seq >= 0:
             observer = engine.observer
             if isinstance(observer, ObserverCore):
@@ -286,10 +262,10 @@ cdef class CheckpointHooks:
                 conn_id, sent_ns, due_ns = conn.conn_id, conn.sent_ns, conn.due_ns
                 latency = now - sent_ns
                 lag = sent_ns - due_ns if has_lag else None
-            if not _journal_result(journal, conn_id, seq, result, latency, second, lag):
+            if not journal.result_c(conn_id, seq, result, latency, second, lag):
                 self._write_snapshot()  # full: the snapshot (without this result) empties it
                 if self._journal is not None:
-                    _journal_result(self._journal, conn_id, seq, result, latency, second, lag)
+                    self._journal.result_c(conn_id, seq, result, latency, second, lag)
         if type(result) is CommandResult and (<CommandResult>result).outcome != OUTCOME_ERR:
             # EngineCore._compare_now adds to the report only for an error: nothing to keep out of it
             engine._compare_now_c(conn, rec, <CommandResult>result, now)
@@ -314,10 +290,10 @@ cdef class CheckpointHooks:
         if track.inflight == c_seq and not track.answered and not track.inflight_txn and self._journal is not None:
             # sent and done without a result (a session command answered by ourselves, a close of a
             # statement never prepared): not one whose result was lost
-            if not _journal_no_result(self._journal, conn_id, seq):
+            if not self._journal.no_result_c(conn_id, seq):
                 self._write_snapshot()
                 if self._journal is not None:
-                    _journal_no_result(self._journal, conn_id, seq)
+                    self._journal.no_result_c(conn_id, seq)
         track.inflight = -1
         if _in_transaction(ticket):
             track.consumed += 1  # done only once its transaction ends

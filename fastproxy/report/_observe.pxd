@@ -1,6 +1,12 @@
 # cython: language_level=3
 
 
+cdef inline bint fits62(long long v) noexcept:
+    """|v| < 2**62: a difference of two such values fits a long long (the verdict's and the
+    checkpoint's times are computed in C only then; else with Python's ints)."""
+    return -(1LL << 62) < v < (1LL << 62)
+
+
 cdef class TimelineCore:
     """The series fastproxy/report/observe.py's Timeline keeps, as fields the hook reads in C."""
     cdef public dict captured

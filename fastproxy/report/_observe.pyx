@@ -26,11 +26,6 @@ cdef object _Record = Record
 cdef long long SECOND = 1_000_000_000
 
 
-cdef inline bint _fits(long long v) noexcept:
-    """|v| < 2**62: a difference of two such values fits a long long."""
-    return -(1LL << 62) < v < (1LL << 62)
-
-
 cdef inline int _bump(dict series, key) except -1:
     series[key] = series.get(key, 0) + 1
     return 0
@@ -53,8 +48,8 @@ cdef class ObserverCore:
             try:
                 c_now = now
             except OverflowError:
-                c_now = 1LL << 62  # not _fits: Python's ints below
-            if _fits(c_now) and _fits(start_mono):
+                c_now = 1LL << 62  # not fits62: Python's ints below
+            if fits62(c_now) and fits62(start_mono):
                 return self.second_offset + ((c_now - start_mono if c_now > start_mono else 0) // SECOND
                                              if start_mono else 0)
         start = engine._start_mono
@@ -125,15 +120,15 @@ cdef class ObserverCore:
                 if has_lag:
                     due_ns = (<Conn>conn).due_ns
                     # a difference that does not fit: OverflowError, as from Python's ints below
-                    lag = sent_ns - due_ns if _fits(sent_ns) and _fits(due_ns) else <object>sent_ns - <object>due_ns
+                    lag = sent_ns - due_ns if fits62(sent_ns) and fits62(due_ns) else <object>sent_ns - <object>due_ns
             else:
                 if has_lag:
                     lag = conn.sent_ns - conn.due_ns
                 sent_ns = conn.sent_ns
         except (OverflowError, TypeError):
             return self.observe(conn, rec, result, now)
-        if not (_fits(c_now) and _fits(start_ns) and _fits(end_ns) and _fits(origin) and _fits(start_mono)
-                and _fits(sent_ns)):
+        if not (fits62(c_now) and fits62(start_ns) and fits62(end_ns) and fits62(origin) and fits62(start_mono)
+                and fits62(sent_ns)):
             return self.observe(conn, rec, result, now)  # a difference could overflow: Python's ints
         if at_second is None:
             try:
