@@ -1,4 +1,5 @@
 # cython: language_level=3
+from fastproxy.replay._engine cimport EngineCore
 
 
 cdef inline bint fits62(long long v) noexcept:
@@ -18,7 +19,7 @@ cdef class TimelineCore:
 
 
 cdef class ObserverCore:
-    cdef public object engine
+    cdef public EngineCore engine  # the Replayer observed
     cdef public object verdict
     cdef public object timeline
     cdef public object second_offset

@@ -41,10 +41,8 @@ cdef class ObserverCore:
 
     cpdef replay_second(self, now):
         """The replay's second at `now` (monotonic ns); a resumed replay's follow the stopped run's."""
-        cdef long long c_now, start_mono
-        engine = self.engine
-        if isinstance(engine, EngineCore) and type(now) is int:
-            start_mono = (<EngineCore>engine)._start_mono
+        cdef long long c_now, start_mono = self.engine._start_mono
+        if type(now) is int:
             try:
                 c_now = now
             except OverflowError:
@@ -52,8 +50,7 @@ cdef class ObserverCore:
             if fits62(c_now) and fits62(start_mono):
                 return self.second_offset + ((c_now - start_mono if c_now > start_mono else 0) // SECOND
                                              if start_mono else 0)
-        start = engine._start_mono
-        return self.second_offset + (max(0, now - start) // 1_000_000_000 if start else 0)
+        return self.second_offset + (max(0, now - start_mono) // 1_000_000_000 if start_mono else 0)
 
     def __call__(self, conn, rec, result, now):
         return self.call_c(conn, rec, result, now)
@@ -79,7 +76,7 @@ cdef class ObserverCore:
             return self.observe(conn, rec, result, now)
         payload = <bytes>raw
         cmd = <unsigned char>payload[0]
-        engine = self.engine
+        cdef EngineCore engine = self.engine
         tl = self.timeline
         if not isinstance(tl, TimelineCore):
             return self.observe(conn, rec, result, now)
@@ -101,20 +98,11 @@ cdef class ObserverCore:
             start_ns = (<tuple>rec)[R_START]
             end_ns = (<tuple>rec)[R_END]
             ref_outcome = (<tuple>rec)[R_OUTCOME]
-            origin_obj = self.capture_origin_ns
-            if isinstance(engine, EngineCore):  # its times are int64 fields: no attribute look-up
-                if origin_obj:
-                    origin = origin_obj
-                else:
-                    origin = (<EngineCore>engine).capture_start_ns
-                if at_second is None:
-                    start_mono = (<EngineCore>engine)._start_mono
-                has_lag = (<EngineCore>engine).opt.speed > 0
-            else:
-                origin = origin_obj or engine.capture_start_ns
-                if at_second is None:
-                    start_mono = engine._start_mono
-                has_lag = engine.opt.speed > 0
+            origin_obj = self.capture_origin_ns  # the engine's times are int64 fields: no look-up
+            origin = origin_obj if origin_obj else engine.capture_start_ns
+            if at_second is None:
+                start_mono = engine._start_mono
+            has_lag = engine.opt.speed > 0
             if type(conn) is Conn:  # its times are int64 fields: read without a conversion
                 sent_ns = (<Conn>conn).sent_ns
                 if has_lag:
