@@ -5,14 +5,20 @@
  * response, sends the next: no pacing, no order across connections, no verdict, no capture to read:
  * nothing but the network path and a response's framing.
  *
- * Two ways to drive the sockets (the last argument):
+ * Two ways to drive the sockets (the 7th argument):
  * - epoll: level-triggered epoll, one write(2) and one read(2) per command;
  * - uring (built with -DWITH_URING -luring): io_uring, a send and a receive per command queued and
  *   submitted together for every connection that is ready, one io_uring_enter a round (as the
  *   proxy's data plane does, fastproxy/csrc/uring.c).
  *
+ * DEPTH (the 8th argument, default 1) is how many commands a connection keeps in flight: 1 is a
+ * replay (each command waits for the previous one's response, as the capture's client did); more
+ * is pipelining (the server reads the next command while it answers this one; the responses of
+ * one read are answered with one write of as many new commands). What pipelining would save a
+ * replayer at speed 0.
+ *
  *     gcc -O2 [-DWITH_URING] -o c_replay_floor bench/c_replay_floor.c $(mariadb_config --cflags --libs) [-luring]
- *     ./c_replay_floor PORT PASSWORD_FILE CONNECTIONS SECONDS TABLES TABLE_SIZE [epoll|uring]
+ *     ./c_replay_floor PORT PASSWORD_FILE CONNECTIONS SECONDS TABLES TABLE_SIZE [epoll|uring] [DEPTH]
  *
  * Prints one JSON line: commands, CPU seconds (user, system) of the process during the run, wall.
  */
@@ -40,12 +46,20 @@ struct conn {
     size_t in_len;
     int state;
     long columns_left;
-    unsigned char out[128];  /* the next command, framed */
+    /* the next commands, framed (up to MAX_DEPTH); two buffers so that on io_uring a send still
+     * in flight is never overwritten by the next */
+    unsigned char out_buf[2][128 * 64];
+    unsigned char *out;
     int out_len;
+    int sends;          /* sends queued so far (io_uring): the next one takes out_buf[sends % 2] */
+    int send_len[2];    /* the length of each send in flight, by buffer */
+    int sends_in_flight;
 };
 
+enum { MAX_DEPTH = 64 };
 static unsigned long long commands;
 static long tables, table_size;
+static int depth = 1;
 
 static double now(void) {
     struct timespec ts;
@@ -58,22 +72,25 @@ static double cpu(struct rusage *r, int system) {
     return t->tv_sec + t->tv_usec / 1e6;
 }
 
-/* The next command into c->out; its response is read from the first packet on. */
-static void next_query(struct conn *c) {
-    unsigned char *pkt = c->out;
-    int n = snprintf((char *)pkt + 5, sizeof c->out - 5, "SELECT c FROM sbtest%ld WHERE id=%ld",
-                     1 + random() % tables, 1 + random() % table_size);
-    pkt[0] = (n + 1) & 0xFF;
-    pkt[1] = ((n + 1) >> 8) & 0xFF;
-    pkt[2] = 0;
-    pkt[3] = 0;     /* sequence id */
-    pkt[4] = 0x03;  /* COM_QUERY */
-    c->out_len = n + 5;
-    c->state = FIRST;
+/* The next k commands into c->out (one buffer, one write). */
+static void next_queries(struct conn *c, int k) {
+    c->out = c->out_buf[c->sends % 2];
+    c->out_len = 0;
+    for (int i = 0; i < k; i++) {
+        unsigned char *pkt = c->out + c->out_len;
+        int n = snprintf((char *)pkt + 5, 123, "SELECT c FROM sbtest%ld WHERE id=%ld",
+                         1 + random() % tables, 1 + random() % table_size);
+        pkt[0] = (n + 1) & 0xFF;
+        pkt[1] = ((n + 1) >> 8) & 0xFF;
+        pkt[2] = 0;
+        pkt[3] = 0;     /* sequence id */
+        pkt[4] = 0x03;  /* COM_QUERY */
+        c->out_len += n + 5;
+    }
 }
 
-static void send_query(struct conn *c) {
-    next_query(c);
+static void send_queries(struct conn *c, int k) {
+    next_queries(c, k);  /* epoll: the write is done when it returns; out_buf[0] serves every time */
     if (write(c->fd, c->out, c->out_len) != c->out_len) {
         perror("write");
         exit(1);
@@ -112,7 +129,7 @@ static int on_packet(struct conn *c, const unsigned char *p, size_t len) {
     }
 }
 
-/* n more bytes arrived in c->in; 1 when they complete the response. */
+/* n more bytes arrived in c->in: how many responses they complete. */
 static int on_received(struct conn *c, ssize_t n) {
     if (n <= 0) {
         fprintf(stderr, "read: %s\n", n == 0 ? "closed" : strerror(n < 0 ? (int)-n : errno));
@@ -125,22 +142,23 @@ static int on_received(struct conn *c, ssize_t n) {
         size_t len = c->in[off] | c->in[off + 1] << 8 | c->in[off + 2] << 16;
         if (c->in_len - off < 4 + len)
             break;
-        done = on_packet(c, c->in + off + 4, len);
+        if (on_packet(c, c->in + off + 4, len)) {
+            done++;
+            c->state = FIRST;  /* the next response (pipelined) starts with the next packet */
+        }
         off += 4 + len;
-        if (done)
-            break;
     }
     memmove(c->in, c->in + off, c->in_len - off);
     c->in_len -= off;
-    if (done)
-        commands++;
+    commands += done;
     return done;
 }
 
 static void on_readable(struct conn *c) {
     ssize_t n = read(c->fd, c->in + c->in_len, sizeof c->in - c->in_len);
-    if (on_received(c, n < 0 ? -errno : n))
-        send_query(c);
+    int done = on_received(c, n < 0 ? -errno : n);
+    if (done)
+        send_queries(c, done);
 }
 
 static void run_epoll(struct conn *conns, int n, double end) {
@@ -150,7 +168,7 @@ static void run_epoll(struct conn *conns, int n, double end) {
         epoll_ctl(ep, EPOLL_CTL_ADD, conns[i].fd, &ev);
     }
     for (int i = 0; i < n; i++)
-        send_query(&conns[i]);
+        send_queries(&conns[i], depth);
     struct epoll_event evs[64];
     while (now() < end) {
         int k = epoll_wait(ep, evs, 64, 100);
@@ -168,10 +186,18 @@ static void queue_op(struct io_uring *ring, struct conn *c, int op) {
         io_uring_submit(ring);
         sqe = io_uring_get_sqe(ring);
     }
-    if (op == OP_SEND)
+    if (op == OP_SEND) {
+        if (c->sends_in_flight == 2) {  /* never here: a response comes after its command is sent */
+            fprintf(stderr, "a third send in flight\n");
+            exit(1);
+        }
         io_uring_prep_send(sqe, c->fd, c->out, c->out_len, 0);
-    else
+        c->send_len[c->sends % 2] = c->out_len;
+        c->sends++;
+        c->sends_in_flight++;
+    } else {
         io_uring_prep_recv(sqe, c->fd, c->in + c->in_len, sizeof c->in - c->in_len, 0);
+    }
     io_uring_sqe_set_data64(sqe, (unsigned long long)(uintptr_t)c | op);
 }
 
@@ -186,7 +212,7 @@ static void run_uring(struct conn *conns, int n, double end) {
         exit(1);
     }
     for (int i = 0; i < n; i++) {
-        next_query(&conns[i]);
+        next_queries(&conns[i], depth);
         queue_op(&ring, &conns[i], OP_SEND);
         queue_op(&ring, &conns[i], OP_RECV);
     }
@@ -199,14 +225,18 @@ static void run_uring(struct conn *conns, int n, double end) {
             seen++;
             struct conn *c = (struct conn *)(uintptr_t)(cqe->user_data & ~1ULL);
             if ((cqe->user_data & 1) == OP_SEND) {
-                if (cqe->res != c->out_len) {
+                /* sends complete in the order queued (one socket): the oldest in flight */
+                int oldest = (c->sends - c->sends_in_flight) % 2;
+                if (cqe->res != c->send_len[oldest]) {
                     fprintf(stderr, "send: %s\n", cqe->res < 0 ? strerror(-cqe->res) : "short");
                     exit(1);
                 }
+                c->sends_in_flight--;
                 continue;
             }
-            if (on_received(c, cqe->res)) {
-                next_query(c);
+            int done = on_received(c, cqe->res);
+            if (done) {  /* the previous send completed before its responses arrived */
+                next_queries(c, done);
                 queue_op(&ring, c, OP_SEND);
             }
             queue_op(&ring, c, OP_RECV);
@@ -229,11 +259,16 @@ static char *read_password(const char *path) {
 }
 
 int main(int argc, char **argv) {
-    if (argc != 7 && argc != 8) {
-        fprintf(stderr, "usage: %s PORT PASSWORD_FILE CONNECTIONS SECONDS TABLES TABLE_SIZE [epoll|uring]\n", argv[0]);
+    if (argc < 7 || argc > 9) {
+        fprintf(stderr, "usage: %s PORT PASSWORD_FILE CONNECTIONS SECONDS TABLES TABLE_SIZE [epoll|uring] [DEPTH]\n", argv[0]);
         return 2;
     }
-    int uring = argc == 8 && strcmp(argv[7], "uring") == 0;
+    int uring = argc >= 8 && strcmp(argv[7], "uring") == 0;
+    depth = argc == 9 ? atoi(argv[8]) : 1;
+    if (depth < 1 || depth > MAX_DEPTH) {
+        fprintf(stderr, "DEPTH: 1 to %d\n", MAX_DEPTH);
+        return 2;
+    }
 #ifndef WITH_URING
     if (uring) {
         fprintf(stderr, "built without io_uring (-DWITH_URING -luring)\n");

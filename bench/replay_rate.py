@@ -23,7 +23,8 @@ with `--start-at`.
 Beside the point-select replays (each round, same server, same data), bench/c_replay_floor.c: the
 least CPU any replayer spends per command here (one send and one receive per command, in C, nothing
 else; on epoll, and on io_uring when liburing-dev is installed) — what the target can be measured
-against (`--no-floor` skips it).
+against (`--no-floor` skips it) — and the same on epoll with 4 commands in flight per connection
+(pipelined: what a replayer that pipelines at speed 0 could save).
 """
 from __future__ import annotations
 
@@ -138,15 +139,20 @@ def build_floor() -> tuple[str | None, bool]:
     return binary, uring
 
 
-def floor(binary: str, db: ScratchMariaDB, args, mode: str = "epoll") -> dict:
-    """One run of the floor: point selects on FLOOR_CONNECTIONS connections for --time seconds."""
+FLOOR_PIPELINE_DEPTH = 4  # commands in flight per connection in the pipelined floor
+
+
+def floor(binary: str, db: ScratchMariaDB, args, mode: str = "epoll", depth: int = 1) -> dict:
+    """One run of the floor: point selects on FLOOR_CONNECTIONS connections for --time seconds, `depth`
+    commands in flight per connection (1: as a replay; more: pipelined)."""
     out = subprocess.run([binary, str(db.port), password_file(), str(FLOOR_CONNECTIONS), str(args.time),
-                          str(args.tables), str(args.table_size), mode], check=True, capture_output=True,
+                          str(args.tables), str(args.table_size), mode, str(depth)], check=True, capture_output=True,
                          text=True).stdout
     r = json.loads(out)
     n = max(1, r["commands"])
     cpu = r["user_s"] + r["system_s"]
-    return {"variant": f"c floor, {mode}", "commands": r["commands"], "elapsed_s": round(r["wall_s"], 2),
+    variant = f"c floor, {mode}" + (f", pipelined x{depth}" if depth > 1 else "")
+    return {"variant": variant, "commands": r["commands"], "elapsed_s": round(r["wall_s"], 2),
             "cmds_per_s": r["commands"] / r["wall_s"], "cpu_us_per_cmd": round(cpu / n * 1e6, 2),
             "user_us_per_cmd": round(r["user_s"] / n * 1e6, 2), "cmds_per_cpu_s": round(n / cpu) if cpu else None,
             "failed": 0, "other_errors": 0}
@@ -264,6 +270,8 @@ def main() -> None:
                     for mode in ("epoll", "uring") if floor_uring else ("epoll",):
                         print(f"{wl}: the C floor on {mode}, round {rnd + 1} ...", flush=True)
                         rows.append(floor(floor_binary, db, args, mode))
+                    print(f"{wl}: the C floor on epoll, pipelined x{FLOOR_PIPELINE_DEPTH}, round {rnd + 1} ...", flush=True)
+                    rows.append(floor(floor_binary, db, args, "epoll", FLOOR_PIPELINE_DEPTH))
             print_rows(f"replay of the {wl} capture at speed 0 (one process)", rows)
             results["replays"][wl] = rows
         if not args.no_shards:
@@ -293,7 +301,8 @@ def target_line(results: dict) -> None:
     results["target"] = {}
     for wl, _ in WORKLOADS:
         per_core = results.get("relay", {}).get(wl, {}).get("relay_qps_per_core")
-        for variant in ("before", "this checkout", "c floor, epoll", "c floor, uring"):
+        for variant in ("before", "this checkout", "c floor, epoll", "c floor, uring",
+                        f"c floor, epoll, pipelined x{FLOOR_PIPELINE_DEPTH}"):
             rows = [r for r in results.get("replays", {}).get(wl, []) if r["variant"] == variant]
             if not per_core or not rows:
                 continue
