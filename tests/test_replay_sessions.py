@@ -225,6 +225,39 @@ def test_redacted_secrets_put_back(mariadb, mariadb_test, proxy, tmp_path):
         assert "Test-listed-pw" not in res.stdout + res.stderr + json.dumps(summary)
 
 
+def test_a_placeholder_production_sent_itself_gets_no_password(mariadb, mariadb_test, proxy, tmp_path):
+    """A client may send the placeholder string itself: into a variable, a table, an expression that
+    picks another user's name. Replay leaves it as it was (the same data as production); neither the
+    replay's password nor the users file's reaches the target's tables, the report or the output."""
+    on_both((mariadb, mariadb_test), "DROP DATABASE IF EXISTS rs_exfil; CREATE DATABASE rs_exfil")
+    ph = f"'{PLACEHOLDER}'"
+    out = str(tmp_path / "cap")
+    with Capture(proxy, out):
+        c = pymysql.connect(**connect_kwargs(proxy.port), autocommit=True)
+        cur = c.cursor()
+        for sql in (f"SET @x = {ph}", f"SET @y = ELT(2, 'rs_listed', {ph})",
+                    f"CREATE TABLE rs_exfil.t AS SELECT {ph} AS p, @x AS q, @y AS r, REVERSE(@x) AS s",
+                    "SET sql_mode = IF(@x = CONCAT('__fastproxy', '_redacted__'), @@sql_mode, REVERSE(@x))",
+                    "INSERT INTO rs_exfil.t SELECT @x, HEX(@y), @@sql_mode, 'x'"):
+            cur.execute(sql)
+        c.close()
+    path = users_file(tmp_path / "users.toml", {"rs_listed": "Test-listed-pw"})
+    report = tmp_path / "report"
+    res, summary = replay_cli(mariadb_test.addr, out, "--speed", "0", "--users-file", path, "--report-dir", str(report))
+    _no_false_failures(summary)
+    assert summary["secrets_substituted"] == 0, summary
+    same_data(mariadb, mariadb_test, "rs_exfil")  # the placeholder, as production stored it
+    secrets = (ROOT_PASSWORD, "Test-listed-pw", ROOT_PASSWORD[::-1], ROOT_PASSWORD.encode().hex().upper())
+    rows = mariadb_test.sql("SELECT p, q, r, s FROM rs_exfil.t")
+    assert PLACEHOLDER in rows and not any(s in rows for s in secrets), rows
+    written = res.stdout + res.stderr + "".join(p.read_text(errors="replace") for p in report.rglob("*") if p.is_file())
+    tables = mariadb_test.sql("SELECT table_name FROM information_schema.tables "
+                              "WHERE table_schema = 'tiproxy_traffic_report'").split()
+    assert tables
+    written += "".join(mariadb_test.sql(f"SELECT * FROM tiproxy_traffic_report.`{t}`") for t in tables)
+    assert not any(s in written for s in secrets)
+
+
 def test_logins_wait_for_the_accounts_and_databases_committed_before_them(mariadb, mariadb_test, proxy, tmp_path):
     """A connection opened in production after another one created its user, granted it, created its
     database: as fast as possible, its login (whatever its first command: clients start with SET NAMES)

@@ -11,6 +11,12 @@ capture recorded with their secrets redacted.
   knows for what follows (GRANT, DROP USER, logins as that user). Where the statement wants a hash
   (``IDENTIFIED BY PASSWORD '...'``, ``USING '...'``, ``AS '...'``) the hash of that password goes
   in (mysql_native_password, or MariaDB's ed25519 public key).
+- Only where a password goes: after ``IDENTIFIED BY`` (``PASSWORD``), ``IDENTIFIED VIA|WITH plugin
+  USING|AS``, ``SET PASSWORD [FOR user] =``, or as the argument of ``PASSWORD()``/``OLD_PASSWORD()``
+  there. A client can send the placeholder string itself (``SET @x='__fastproxy_redacted__'``, ``CREATE
+  TABLE t AS SELECT '__fastproxy_redacted__'``, ``ELT(2, 'u', '__fastproxy_redacted__')``), and the capture
+  records what clients send: put back anywhere else, a password would end up in a variable, a table or
+  an error message that production traffic chose.
 """
 from __future__ import annotations
 
@@ -72,6 +78,7 @@ def _sql_string(value: str) -> str:
 
 # the statements whose secrets the capture redacts
 _SECRET_STATEMENTS = frozenset({"create", "alter", "set", "grant"})
+_PASSWORD_FUNCTIONS = frozenset({"password", "old_password"})
 # after these words (or a comma in their list) the next name is a user
 _USER_BEFORE = frozenset({"user", "exists", "for", "to"})
 
@@ -118,6 +125,9 @@ class Credentials:
             toks = st.tokens
             if not toks or toks[0].kind != WORD or toks[0].text not in _SECRET_STATEMENTS:
                 continue
+            places = _password_places(toks)
+            if not places:
+                continue
             user = None
             wants_hash_plugin = "ed25519" if any(t.kind == WORD and t.text == "ed25519" for t in toks) else ""
             for i, tok in enumerate(toks):
@@ -127,11 +137,10 @@ class Credentials:
                     # a user name (its @host part is not needed: passwords go by name); words are
                     # lower-cased by the lexer, user names are not
                     user = sql[tok.start:tok.end].decode("utf-8", "replace") if tok.kind == WORD else tok.text
-                if tok.kind != STRING or tok.text != PLACEHOLDER:
+                if i not in places:
                     continue
                 password = self.password_for(user if user is not None else current_user)
-                as_hash = prev is not None and prev.kind == WORD and prev.text in ("password", "using", "as")
-                if as_hash:
+                if places[i]:  # the statement wants the hash of the password
                     literal = ed25519_password_hash(password) if wants_hash_plugin else native_password_hash(password)
                 else:
                     literal = password
@@ -163,3 +172,43 @@ class Credentials:
                         text = text.replace(cut, "'" + PLACEHOLDER + "'")
                         break
         return text
+
+
+def _is_word(toks: list, i: int, *words: str) -> bool:
+    return 0 <= i < len(toks) and toks[i].kind == WORD and toks[i].text in words
+
+
+def _password_places(toks: list) -> dict[int, bool]:
+    """The placeholders of a user-management statement that stand where a password goes (their
+    token index -> whether a hash goes there). Empty for any other statement."""
+    first = toks[0].text
+    if first == "set":
+        if not _is_word(toks, 1, "password"):
+            return {}
+    elif first in ("create", "alter"):
+        # CREATE [OR REPLACE] USER, ALTER USER
+        if not (_is_word(toks, 1, "user") or (_is_word(toks, 1, "or") and _is_word(toks, 3, "user"))):
+            return {}
+    elif first != "grant":
+        return {}
+    places: dict[int, bool] = {}
+    identified = False  # an IDENTIFIED came before: USING / AS then give a plugin's hash
+    for i, tok in enumerate(toks):
+        if _is_word(toks, i, "identified"):
+            identified = True
+        if tok.kind != STRING or tok.text != PLACEHOLDER:
+            continue
+        if _is_word(toks, i - 1, "by") and _is_word(toks, i - 2, "identified"):
+            places[i] = False  # IDENTIFIED BY 'password'
+        elif _is_word(toks, i - 1, "password") and _is_word(toks, i - 2, "by") and _is_word(toks, i - 3, "identified"):
+            places[i] = True  # IDENTIFIED BY PASSWORD 'hash'
+        elif identified and _is_word(toks, i - 1, "using", "as"):
+            places[i] = True  # IDENTIFIED VIA|WITH plugin USING|AS 'hash'
+        elif first == "set" and toks[i - 1].text == "=":
+            places[i] = True  # SET PASSWORD [FOR user] = 'hash'
+        elif (toks[i - 1].text == "(" and _is_word(toks, i - 2, *_PASSWORD_FUNCTIONS)
+              and i + 1 < len(toks) and toks[i + 1].text == ")"
+              and ((identified and _is_word(toks, i - 3, "using", "as"))
+                   or (first == "set" and toks[i - 3].text == "="))):
+            places[i] = False  # USING PASSWORD('password'), SET PASSWORD = PASSWORD('password')
+    return places
