@@ -155,8 +155,8 @@ def run_demo(workload_seconds: float = 8.0, keep: bool = False, output: str | No
         prod, test = ScratchMariaDB(name="prod").start(), ScratchMariaDB(name="test").start()
         print(f"production: {prod.addr}   test: {test.addr}")
         _load_data(prod)
-        dump = subprocess.run(["mariadb-dump", "--no-defaults", "-h127.0.0.1", f"-P{prod.port}", "-uroot",
-                               f"-p{ROOT_PASSWORD}", "--databases", "shop"], capture_output=True, text=True, check=True)
+        dump = subprocess.run(["mariadb-dump", *prod.client_args()[1:], "--databases", "shop"],
+                              capture_output=True, text=True, check=True)
         _say("fastproxy serve in front of each")
         prod_proxy, test_proxy = Proxy("prod", prod, workdir), Proxy("test", test, workdir)
         print(f"production proxy: 127.0.0.1:{prod_proxy.port} (API {prod_proxy.api})   "
@@ -187,7 +187,8 @@ def run_demo(workload_seconds: float = 8.0, keep: bool = False, output: str | No
 
         _say("replay the capture against 'test' through its proxy")
         _run(fp + ["traffic", "replay", "--curls", test_proxy.api, "--input", output, "--username", "root",
-                   "--password", ROOT_PASSWORD, "--speed", "1", "--slower-min-diff-ms", str(SLOWER_MIN_DIFF_MS)])
+                   "--password-file", test.password_file(), "--speed", "1",
+                   "--slower-min-diff-ms", str(SLOWER_MIN_DIFF_MS)])
         _wait(fp, test_proxy.api, "replay")
         _run(fp + ["traffic", "show", "--curls", test_proxy.api])
 

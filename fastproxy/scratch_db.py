@@ -65,6 +65,7 @@ class ScratchMariaDB:
     basedir: str = ""
     proc: subprocess.Popen | None = None
     tls_ca: str = ""  # the server speaks TLS with a certificate from this CA: the CLI verifies against it
+    _option_files: dict = field(default_factory=dict, repr=False)  # password -> its client option file
 
     @property
     def datadir(self) -> str:
@@ -141,11 +142,34 @@ class ScratchMariaDB:
             return ""
 
     def client_args(self, use_socket: bool = False, password: str | None = None) -> list[str]:
+        """The `mariadb` client's command line (args[1:] serve mariadb-dump too). The password is in an
+        option file only its owner reads, named first (read instead of every other option file): a
+        command line is every local user's to read."""
         pw = ROOT_PASSWORD if password is None else password
         conn = [f"--socket={self.socket_path}"] if use_socket else [f"--host={self.host}", f"--port={self.port}", "--protocol=TCP"]
         if self.tls_ca and not use_socket:
             conn.append(f"--ssl-ca={self.tls_ca}")
-        return [_which("mariadb", "mysql"), "--no-defaults", "-uroot", f"--password={pw}", *conn]
+        return [_which("mariadb", "mysql"), f"--defaults-file={self.password_option_file(pw)}", "-uroot", *conn]
+
+    def password_option_file(self, password: str = ROOT_PASSWORD) -> str:
+        """A client option file ([client] password=...) in the server's scratch directory, mode 0600."""
+        path = self._option_files.get(password)
+        if path is None:
+            path = self._option_files[password] = os.path.join(self.basedir, f"client-{len(self._option_files)}.cnf")
+            quoted = password.replace("\\", "\\\\").replace('"', '\\"')
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(f'[client]\npassword="{quoted}"\n')
+        return path
+
+    def password_file(self) -> str:
+        """The root password alone in a file, mode 0600 (fastproxy's --password-file)."""
+        path = os.path.join(self.basedir, "root.password")
+        if not os.path.exists(path):
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(ROOT_PASSWORD)
+        return path
 
     def sql(self, statements: str, use_socket: bool = False, password: str | None = None,
             database: str | None = None) -> str:

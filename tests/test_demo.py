@@ -11,6 +11,8 @@ import sys
 
 import pytest
 
+from fastproxy.scratch_db import ROOT_PASSWORD
+
 pytestmark = pytest.mark.timeout(600)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -22,6 +24,8 @@ def test_demo_prints_the_verdict_of_the_upgrade_and_the_page(tmp_path):
                          env=env, capture_output=True, text=True, timeout=540)
     out = res.stdout + res.stderr
     assert res.returncode == 0, out[-4000:]
+    # the commands it shows (and runs) name a password file, never the password
+    assert ROOT_PASSWORD not in out and "--password-file" in out
     verdict = out[out.index("VERDICT"):]
     # the dropped column: new failures, named
     assert re.search(r"new failures:\s+[1-9]\d* commands in 2 statements", verdict), verdict
