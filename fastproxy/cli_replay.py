@@ -10,7 +10,7 @@ from fastproxy.cli_password import password_options, resolve_password
 from fastproxy.cli_report import verdict_form, verdict_options
 from fastproxy.config import parse_addr
 from fastproxy.errors import FastproxyError
-from fastproxy.replay.selection import RESUME_HELP, selection_options
+from fastproxy.replay.selection import PIPELINE_HELP, RESUME_HELP, selection_options
 
 
 @click.command("replay")
@@ -24,6 +24,7 @@ from fastproxy.replay.selection import RESUME_HELP, selection_options
 @click.option("--username", required=True, help="user the replay logs in as")
 @password_options
 @click.option("--speed", type=float, default=1.0, show_default=True, help="replay speed; 0 = as fast as possible")
+@click.option("--pipeline", type=int, default=1, show_default=True, help=PIPELINE_HELP)
 @click.option("--read-only", "read_only", is_flag=True, help="replay only statements that do not write")
 @click.option("--order", type=click.Choice(["causal", "connection"]), default="causal", show_default=True,
               help="causal: a statement waits for what other connections had committed (and locked) before it "
@@ -47,7 +48,7 @@ from fastproxy.replay.selection import RESUME_HELP, selection_options
 @selection_options
 @verdict_options
 def replay_standalone(target: str | None, input_dir: tuple[str, ...], username: str, password: str | None,
-                      password_file: str | None, speed: float, read_only: bool, order: str, progress: bool,
+                      password_file: str | None, speed: float, pipeline: int, read_only: bool, order: str, progress: bool,
                       report_dir: str | None,
                       no_report_tables: bool, encryption_key_path: str | None, input_format: str,
                       users_file: str | None, replay_unknown: bool, dry_run: bool, tls: bool, tls_ca: str,
@@ -55,7 +56,7 @@ def replay_standalone(target: str | None, input_dir: tuple[str, ...], username: 
     """Replay a capture directly against a test server and print a summary and the verdict."""
     from fastproxy.capture.crypto import load_key
     from fastproxy.replay.engine import ReplayOptions
-    from fastproxy.replay.job import ReplayRun, check_speed, format_summary
+    from fastproxy.replay.job import ReplayRun, check_pipeline, check_speed, format_summary
     from fastproxy.report.verdict import verdict_options_from
     from fastproxy.replay.selection import cli_values, filters_from, parse_start_at
 
@@ -67,7 +68,8 @@ def replay_standalone(target: str | None, input_dir: tuple[str, ...], username: 
         key = load_key(encryption_key_path) if encryption_key_path else None
         values = cli_values(selection)
         options = ReplayOptions(host=host, port=port, username=username, password=password,
-                                speed=check_speed(speed), readonly=read_only, encryption_key=key,
+                                speed=check_speed(speed), pipeline=check_pipeline(pipeline, speed),
+                                readonly=read_only, encryption_key=key,
                                 input_format=input_format, filters=filters_from(values),
                                 start_at=parse_start_at(values["start-at"]), tls=tls, tls_ca=tls_ca,
                                 tls_skip_verify=tls_skip_verify, replay_unknown=replay_unknown, order=order,

@@ -12,7 +12,7 @@ import click
 
 from fastproxy.cli_password import password_options, resolve_password
 from fastproxy.cli_report import report, verdict_form, verdict_options
-from fastproxy.replay.selection import RESUME_HELP, cli_values, selection_options
+from fastproxy.replay.selection import PIPELINE_HELP, RESUME_HELP, cli_values, selection_options
 from fastproxy.traffic_filter import CAPTURE_FILTER_FIELDS
 
 API_CONTEXT = "fastproxy.api"  # click context meta: how to reach and authenticate to the API
@@ -160,6 +160,7 @@ def capture(curls: str, output: str, duration: str, compress: bool, encryption_m
 @click.option("--username", required=True, help="user the replay logs in as")
 @password_options
 @click.option("--speed", type=float, default=1.0, show_default=True, help="replay speed (0 = as fast as possible)")
+@click.option("--pipeline", type=int, default=1, show_default=True, help=PIPELINE_HELP)
 @click.option("--read-only", "read_only", is_flag=True, help="replay only statements that do not write")
 @click.option("--order", type=click.Choice(["causal", "connection"]), default="causal", show_default=True,
               help="causal: a statement waits for what other connections had committed (and locked) before it "
@@ -184,13 +185,14 @@ def capture(curls: str, output: str, duration: str, compress: bool, encryption_m
 @selection_options
 @verdict_options
 def replay(curls: str, input_dir: str, username: str, password: str | None, password_file: str | None, speed: float,
-           read_only: bool, order: str, encryption_key_path: str | None, input_format: str, tls: bool, tls_ca: str,
+           pipeline: int, read_only: bool, order: str, encryption_key_path: str | None, input_format: str, tls: bool, tls_ca: str,
            tls_skip_verify: bool, users_file: str | None, replay_unknown: bool, dry_run: bool,
            report_dir: str | None, resume: bool, verdict: dict, **selection) -> None:
     """Replay a capture against the proxy's backends."""
     password = resolve_password(password, password_file)
     _each(curls, "POST", "/api/traffic/replay", {"input": input_dir, "username": username, "password": password,
-                                                  "speed": repr(speed), "readonly": str(read_only).lower(),
+                                                  "speed": repr(speed), "pipeline": str(pipeline),
+                                                  "readonly": str(read_only).lower(),
                                                   "order": order, "encryption-key-path": encryption_key_path,
                                                   "format": input_format, "tls": str(tls).lower(),
                                                   "tls-ca": tls_ca, "tls-skip-verify": str(tls_skip_verify).lower(),

@@ -1,7 +1,7 @@
 """The fields of a traffic-job request, decoded and checked before any job starts.
 
 Fields come form-encoded in the body (`application/x-www-form-urlencoded`) or in the query string,
-as TiProxy's API takes them; other bodies (multipart uploads, JSON) are refused. Each field must be
+as TiProxy's API takes them (a secret — the replay's password — only in the body: a URL is logged); other bodies (multipart uploads, JSON) are refused. Each field must be
 known for its request, given once, valid UTF-8 and free of control characters; paths must be
 absolute (they name places on the proxy's machine, not the caller's); the capture's output and
 the replay's inputs may also be `s3://bucket/prefix` locations (the job decides what it supports). A bad field raises
@@ -31,7 +31,7 @@ INPUTS = "inputs"  # comma-separated locations
 FIELDS: dict[str, dict[str, str]] = {
     "capture": {"output": LOCATION, "duration": TEXT, "compress": TEXT, "encryption-method": TEXT,
                 **{name: TEXT for name, _ in CAPTURE_FILTER_FIELDS}},
-    "replay": {"input": INPUTS, "username": TEXT, "password": SECRET, "speed": TEXT, "readonly": TEXT,
+    "replay": {"input": INPUTS, "username": TEXT, "password": SECRET, "speed": TEXT, "pipeline": TEXT, "readonly": TEXT,
                "order": TEXT, "encryption-key-path": PATH, "report-dir": PATH, "format": TEXT,
                "tls": TEXT, "tls-ca": PATH, "tls-skip-verify": TEXT, "users-file": PATH, "replay-unknown": TEXT,
                "dry-run": TEXT,
@@ -55,7 +55,11 @@ def parse_form(request_kind: str, query: str, body: bytes, content_type: str, ch
                               f"form-encoded ({FORM_CONTENT_TYPE}) or in the query string")
         if charset and charset.lower().replace("-", "") != "utf8":
             raise ConfigError(f"Content-Type: charset {charset} is not accepted; the fields must be UTF-8")
-    pairs = _pairs(query.encode("utf-8", "surrogateescape"), "query string") + _pairs(body, "form body")
+    in_query = _pairs(query.encode("utf-8", "surrogateescape"), "query string")
+    for name, _ in in_query:
+        if fields.get(name) == SECRET:  # a URL ends up in access logs, proxies' logs and shell histories
+            raise ConfigError(f"{name}: send it in the form body ({FORM_CONTENT_TYPE}), not in the URL")
+    pairs = in_query + _pairs(body, "form body")
     form: dict[str, str] = {}
     for name, value in pairs:
         kind = fields.get(name)

@@ -219,3 +219,28 @@ def paced_workload(port: int, phases: list[tuple[float, float]], conns: int, dat
     assert not errors, errors
     end_wall_ns = start_wall_ns + int(sum(s for s, _ in phases) * 1e9)
     return start_wall_ns, end_wall_ns, sent
+
+
+def sigkill_at_checkpoint(proc: subprocess.Popen, report_dir: str, ready, interval: float = 0.05,
+                          what: str = "the replay to get far enough") -> dict:
+    """SIGKILL the replay `proc` once its checkpoint (report_dir/replay.checkpoint) satisfies
+    ready(checkpoint); returns that checkpoint."""
+    import signal
+
+    def check():
+        try:
+            with open(os.path.join(report_dir, "replay.checkpoint")) as f:
+                cp = json.load(f)
+        except (OSError, ValueError):
+            return None
+        return cp if ready(cp) else None
+
+    try:
+        cp = wait_for(check, 120, interval, what)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == -signal.SIGKILL
+    return cp

@@ -203,10 +203,23 @@ def test_fields_in_the_query_string(proxy_factory, mariadb, tmp_path):
     assert status == 400 and text.startswith("graceful:"), text
 
 
+def test_a_password_in_the_url_is_refused_unread(api_proxy, small_capture, tmp_path):
+    """URLs end up in access logs and shell histories: the password goes in the body only, and the
+    answer that refuses it does not repeat it."""
+    form = _valid_replay(small_capture, tmp_path)
+    secret = form.pop("password") + "-in-url-7Q"
+    query = urllib.parse.urlencode({"password": secret})
+    status, text = raw_post(api_proxy.api, f"/api/traffic/replay?{query}",
+                            urllib.parse.urlencode(form).encode())
+    assert status == 400 and text.startswith("password:") and "form body" in text, text
+    assert secret not in text
+    assert not [j for j in api_proxy.get("/api/traffic/show") if j["type"] == "replay" and j["status"] == "running"]
+
+
 def test_every_replay_option_is_a_known_field(api_proxy, small_capture, tmp_path):
     from fastproxy.replay.selection import FILTER_FIELDS
 
-    for name in ["format", "tls", "tls-ca", "tls-skip-verify"] + [n for n, _ in FILTER_FIELDS]:
+    for name in ["format", "tls", "tls-ca", "tls-skip-verify", "pipeline"] + [n for n, _ in FILTER_FIELDS]:
         form = _valid_replay(small_capture, tmp_path)
         form.update({name: "/x", "username": ""})  # a missing username: refused after the fields passed
         status, text = post_form(api_proxy.api, "/api/traffic/replay", form)

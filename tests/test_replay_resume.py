@@ -8,7 +8,6 @@ import json
 import os
 import random
 import shutil
-import signal
 import subprocess
 import sys
 import threading
@@ -21,7 +20,7 @@ from conftest import start_proxy, stop_proxy
 from fastproxy.capture.record import KIND_COMMAND
 from fastproxy.scratch_db import ROOT_PASSWORD
 from proxy_util import wait_for
-from replay_util import Capture, checksums, dump, newest_summary, records, wait_job
+from replay_util import Capture, checksums, dump, newest_summary, records, sigkill_at_checkpoint, wait_job
 
 DB = "rs"
 SETUP = f"""DROP DATABASE IF EXISTS {DB}; CREATE DATABASE {DB}; USE {DB};
@@ -134,22 +133,9 @@ def test_kill_9_then_resume_gives_the_data_of_an_uninterrupted_replay(workload, 
     report = str(tmp_path / "report")
     proc = subprocess.Popen(_replay_args(mariadb_test, workload["capture"], report, "--speed", "1"),
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    try:
-        # mid-way: the checkpoint has seen a good part of the capture replayed, not all of it
-        def midway():
-            try:
-                cp = _checkpoint(report)
-            except (OSError, ValueError):
-                return None
-            return cp if cp["stats"]["replayed"] > workload["commands"] // 3 else None
-
-        before = wait_for(midway, 120, 0.05, "the replay to be a third done")
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait(30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == -signal.SIGKILL
+    # mid-way: the checkpoint has seen a good part of the capture replayed, not all of it
+    before = sigkill_at_checkpoint(proc, report, lambda cp: cp["stats"]["replayed"] > workload["commands"] // 3,
+                                   0.05, "the replay to be a third done")
     assert not before["finished"] and before["stats"]["replayed"] < workload["commands"]
     rows_at_kill = _fail_rows(mariadb_test)
 

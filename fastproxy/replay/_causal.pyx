@@ -52,6 +52,8 @@ cpdef enum:
     TXN_BEGIN = 0x20         # opens that transaction
     TXN_END = 0x40           # ends it (COMMIT, ROLLBACK, an implicit commit)
     PROD_LOCK_ERROR = 0x80   # production lost it to a deadlock or lock wait timeout: not replayed (see engine)
+    PLAIN_READ = 0x100       # a read outside any transaction that succeeded in production: may be pipelined
+                             # (set only when the planner's mark_reads is: --pipeline)
 
 # statement kinds (stmtinfo.py), record outcomes and protocol numbers, as C ints
 cdef int SESSION = _stmtinfo.SESSION
@@ -109,12 +111,13 @@ cdef class Planner:
     """Turns each record read from the capture into a Ticket for the engine (or None when the
     command needs nothing): what it waits for, which events it is, and its flags."""
 
-    def __init__(self, scopes=None, causal=True, pin=True, status_flags=True, affected_rows=True):
+    def __init__(self, scopes=None, causal=True, pin=True, status_flags=True, affected_rows=True, mark_reads=False):
         self.scopes = scopes or TableScopes()
         self.causal = causal
         self.pin = pin
         self.status_flags = status_flags  # format version 2: trust SERVER_STATUS_IN_TRANS after each command
         self.affected_rows = affected_rows  # 0 affected rows means it changed nothing (else: unknown)
+        self.mark_reads = mark_reads  # flag plain reads PLAIN_READ: the engine pipelines them (--pipeline)
         self.order = CausalOrder()
         self.classify = Classifier(self.scopes.functions)
         new = self.order.new_sequence
@@ -237,6 +240,8 @@ cdef class Planner:
                 flags |= TXN_END
         elif kind == DDL and before:
             flags |= TXN_END
+        if self.mark_reads and kind == READ and not (before or after) and outcome == OUTCOME_OK and not info.multi:
+            flags |= PLAIN_READ
         if not self.causal:
             if ended or (kind == DDL and before):
                 sess.wrote.clear()

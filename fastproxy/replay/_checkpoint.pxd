@@ -12,6 +12,7 @@ cdef class Track:
     cdef public object thread  # the replay session's thread id on the target
     cdef public bint answered  # the command in flight got its result
     cdef public object held  # results inside the open transaction: counted once it ends
+    cdef public Py_ssize_t ahead  # commands sent behind the one in flight (pipelined: outside transactions)
 
 
 cdef class CheckpointHooks:

@@ -45,6 +45,7 @@ cdef class Track:
         self.thread = 0
         self.answered = False
         self.held = None
+        self.ahead = 0
 
 
 cdef class HeldConn:
@@ -182,6 +183,18 @@ cdef class CheckpointHooks:
         cdef Track track = self._pending(conn_id)
         if track is None:
             return
+        cdef JournalWriter journal = self._journal
+        if conn.nsent > 1 and track.inflight >= 0:
+            # pipelined behind the command in flight (outside transactions: done once sent, as it is)
+            if len(track.pending) <= track.consumed + track.ahead + 1:
+                return
+            track.ahead += 1
+            seq = track.pending[track.consumed + track.ahead]
+            if journal is not None and not journal.sent_c(conn_id, seq, False, track.thread):
+                self._write_snapshot()  # the journal is full: the checkpoint takes it all, and empties it
+                if self._journal is not None:
+                    self._journal.sent_c(conn_id, seq, False, track.thread)
+            return 0
         seq = track.pending[track.consumed]
         tickets = conn.tickets
         cdef bint in_txn = _in_transaction(tickets[0] if tickets else None)
@@ -195,7 +208,6 @@ cdef class CheckpointHooks:
             track.thread = (<ClientCore>client).connection_id
         elif client is not None:
             track.thread = client.connection_id
-        cdef JournalWriter journal = self._journal
         if journal is not None and not journal.sent_c(conn_id, seq, in_txn, track.thread):
             self._write_snapshot()  # the journal is full: the checkpoint takes it all, and empties it
             if self._journal is not None:
@@ -305,3 +317,8 @@ cdef class CheckpointHooks:
             pending.popleft()
         track.consumed = 0
         track.done = c_seq
+        if track.ahead > 0 and pending:  # the next pipelined command is the one in flight now
+            track.ahead -= 1
+            track.inflight = pending[0]
+            track.inflight_txn = False
+            track.answered = False

@@ -51,3 +51,4 @@ cdef class Conn:
     cdef public TxnLog txn
     cdef public object sent
     cdef public object again
+    cdef public int nsent

@@ -77,3 +77,5 @@ cdef class Conn:
         self.txn = TxnLog()
         self.sent = None  # the head command as sent (payload, pin SET)
         self.again = None  # the command last sent again after overlapping writes
+        # commands of `queue` sent and not yet answered: 1 (the head, `inflight`), more when pipelined
+        self.nsent = 0

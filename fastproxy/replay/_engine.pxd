@@ -21,11 +21,14 @@ cdef class StatsCore:
     cdef public dict per_second
     cdef public int64_t causal_waits
     cdef public int64_t causal_wait_ns
+    cdef public int64_t pipelined
 
 
 cdef class EngineCore:
     # False: every command takes Replayer's Python path (the reference; tests run both)
     cdef public bint FAST_PATH
+    # commands a connection may have in flight (--pipeline; 1: each waits for the previous one's response)
+    cdef public int pipeline
     cdef public CheckpointHooks checkpoint  # fastproxy.replay.checkpoint.Checkpoint or None (hooks called in C)
     cdef public object observer  # callback(conn, rec, result, now) per replayed command: the verdict (fastproxy/report)
     cdef public Planner planner  # causal.Planner: note() and its order are called from C
@@ -56,4 +59,6 @@ cdef class EngineCore:
     cdef int _started_c(self, Conn conn, rec, int64_t now) except -1
     cdef object _remap_c(self, Conn conn, captured_id, replay_id, payload)
     cdef int _send_c(self, Conn conn, payload) except -1
+    cdef int _fill_pipeline_c(self, Conn conn, int64_t now) except -1
+    cdef bint _pipelinable_c(self, Conn conn, Py_ssize_t i) except -1
     cdef int _keep_and_send_c(self, Conn conn, payload, prefix, int flags) except -1

@@ -56,6 +56,7 @@ cdef int TXN_BEGIN = _causal.TXN_BEGIN
 cdef int TXN_END = _causal.TXN_END
 cdef int PROD_LOCK_ERROR = _causal.PROD_LOCK_ERROR
 cdef int PIN_FLAGS = _PIN_FLAGS
+cdef int PLAIN_READ = _causal.PLAIN_READ
 cdef object Record = _record.Record
 
 # what _gate says about a connection's head command (BUSY: the connection first sends something else)
@@ -252,6 +253,8 @@ cdef class EngineCore:
     cdef bint _consume_c(self, Conn conn) except -1:
         conn.busy = False
         conn.inflight = None
+        if conn.nsent > 0:
+            conn.nsent -= 1
         queue = conn.queue
         if queue:
             queue.popleft()
@@ -261,6 +264,14 @@ cdef class EngineCore:
                 self._finish_c(conn, <Ticket?>ticket)
             if self.checkpoint is not None:
                 self.checkpoint.consumed(conn, ticket)
+        if conn.nsent > 0 and queue:
+            # a pipelined command is the head in flight now. The server ran it after the one just
+            # answered: its latency counts from that answer, not from when it was sent
+            conn.busy = True
+            conn.inflight = queue[0]
+            conn.sent_ns = monotonic_ns()
+        else:
+            conn.nsent = 0
         return True
 
     def _next(self, Conn conn):
@@ -312,7 +323,11 @@ cdef class EngineCore:
                 if gate == _PARKED or gate == _BUSY:
                     return 0  # comes back through _drain_released / the transaction sent again
                 if gate == _FIRE and not self._fire_c(conn, now):
-                    return 0  # sent: its response continues through _next
+                    break  # sent: its response continues through _next
+            if conn.busy:
+                if self.pipeline > 1 and conn.nsent > 0:
+                    self._fill_pipeline_c(conn, now)
+                return 0
             self._forget_if_finished(conn)
         finally:
             if self._released and not self._draining:
@@ -414,6 +429,67 @@ cdef class EngineCore:
         self._send_c(conn, sent)
         return False
 
+    # ---- pipelining (--pipeline, speed 0) ---------------------------------------------------------
+    cdef int _fill_pipeline_c(self, Conn conn, int64_t now) except -1:
+        """Send the commands after those in flight while they may go before their predecessors'
+        answers: plain reads (the planner's PLAIN_READ) behind a plain read, their causal requirements
+        met, up to `pipeline` in flight. The server runs a connection's commands in the order it
+        reads them, so each still runs after the one before it; what changes is that the replayer
+        does not wait for a round trip in between."""
+        client = conn.client
+        if not isinstance(client, ClientCore) or (<ClientCore>client).closed:
+            return 0  # a dry run's client, or none (its connection lost): one at a time
+        if conn.pin_dirty or conn.txn.undone or conn.txn.aborted or conn.infiles or conn.pending_payload is not None:
+            return 0
+        if not self._pipelinable_c(conn, 0):
+            return 0
+        queue = conn.queue
+        cdef Py_ssize_t i
+        while conn.nsent < self.pipeline:
+            i = conn.nsent
+            if len(queue) <= i or not self._pipelinable_c(conn, i):
+                return 0
+            rec = queue[i]
+            if not self.planner.order.met(<Ticket>conn.tickets[i]):
+                return 0  # it waits for another connection: it goes as the head, parked if need be
+            payload = <bytes>(<tuple>rec)[R_PAYLOAD]
+            if <unsigned char>payload[0] == COM_STMT_EXECUTE:
+                captured_id = stmt_id_of(payload)
+                replay_id = conn.stmt_map.get(captured_id)
+                if replay_id is None:
+                    return 0  # re-prepared first: as the head
+                sent = self._remap_c(conn, captured_id, replay_id, payload)
+                if sent is None:
+                    return 0  # said and skipped as the head
+            else:
+                sent = payload
+            self._started_c(conn, rec, now)
+            self.stats.pipelined += 1
+            (<ClientCore>client).send(sent, None)
+        return 0
+
+    cdef bint _pipelinable_c(self, Conn conn, Py_ssize_t i) except -1:
+        """Whether the i-th queued command of `conn` is one a pipeline may hold."""
+        ticket = conn.tickets[i]
+        if ticket is None or (<Ticket>ticket).flags != PLAIN_READ:
+            return False  # not a plain read, or a pin / transaction role on it
+        rec = conn.queue[i]
+        if not _is_record(rec):
+            return False
+        cdef tuple r = <tuple>rec
+        if r[R_KIND] != KIND_COMMAND or r[R_OUTCOME] != OUTCOME_OK:
+            return False
+        cdef bytes payload = <bytes>r[R_PAYLOAD]
+        if len(payload) < 5:
+            return False
+        cdef int cmd = <unsigned char>payload[0]
+        if cmd == COM_QUERY:
+            # session commands (placeholders, KILL), and what may change the database, wait for
+            # their answers (engine._session_command, Replayer._track_database)
+            return not (PLACEHOLDER_BYTES in payload or _kill_match(payload, 1) is not None
+                        or _may_change_database(payload))
+        return cmd == COM_STMT_EXECUTE
+
     def _started(self, Conn conn, rec, now):
         """The head command `rec` goes now: pace and per-second counts, in flight, the checkpoint."""
         self._started_c(conn, rec, now)
@@ -425,8 +501,10 @@ cdef class EngineCore:
         cdef dict per_second = self.stats.per_second
         per_second[sec] = per_second.get(sec, 0) + 1
         conn.busy = True
-        conn.inflight = rec
-        conn.sent_ns = now
+        conn.nsent += 1
+        if conn.nsent == 1:  # pipelined commands behind it (_fill_pipeline_c) become `inflight` in turn
+            conn.inflight = rec
+            conn.sent_ns = now
         if self.checkpoint is not None:
             self.checkpoint.sent(conn)
         return 0

@@ -60,6 +60,7 @@ cdef class CausalOrder:
                bint released=*, int64_t owner=*)
     cpdef release(self, Ticket t)
     cpdef bint ready(self, Ticket t, int64_t key) except -1
+    cpdef bint met(self, Ticket t) except -1
     cpdef finish(self, Ticket t)
     cdef int _check(self, Py_ssize_t sid) except -1
     cdef int _grow_ring(self, Seq* s) except -1

@@ -437,7 +437,7 @@ cdef class CausalOrder:
             t.wpos += 1
         return True
 
-    def met(self, Ticket t):
+    cpdef bint met(self, Ticket t) except -1:
         """Whether every requirement of ``t`` is met now (``ready`` without parking)."""
         cdef Seq* s
         while t.wpos < t.nw:

@@ -590,8 +590,12 @@ class Checkpoint(CheckpointHooks):
                 done = t.inflight
                 if not t.answered:
                     awaiting.append(t.inflight)
-                if len(pending) > t.consumed + 1:
-                    first = pending[t.consumed + 1]
+                # pipelined behind it (--pipeline): sent, so done, and not answered yet
+                for k in range(t.consumed + 1, t.consumed + 1 + t.ahead):
+                    done = pending[k]
+                    awaiting.append(done)
+                if len(pending) > t.consumed + 1 + t.ahead:
+                    first = pending[t.consumed + 1 + t.ahead]
             elif pending:
                 first = pending[0]
             if t.inflight >= 0 or t.consumed:

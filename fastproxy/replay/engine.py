@@ -110,6 +110,9 @@ class ReplayOptions:
     users: dict = field(default_factory=dict)  # --users-file: captured user -> password
     replay_unknown: bool = False  # also send commands whose backend died before answering (BACKEND_LOST)
     dry_run: bool = False  # decode, filter, plan and schedule, but never connect or send (fastproxy/replay/dryrun.py)
+    # at speed 0, up to this many commands in flight per connection: plain reads outside transactions are
+    # sent behind the one in flight without waiting for its answer (EngineCore._fill_pipeline_c)
+    pipeline: int = 1
 
     def ssl_context(self):
         if not (self.tls or self.tls_ca or self.tls_skip_verify):
@@ -162,6 +165,7 @@ class Stats(StatsCore):
     txn_undone: int = 0  # transactions rolled back while held back (they blocked what it waited for), redone later
     sent_again: int = 0  # writes that changed nothing on replay, sent again after writes that overlapped them
     sent_again_timed_out: int = 0  # ... of which sent before those writes had all run here (OVERLAP_WAIT_S)
+    pipelined: int = 0  # commands sent before the answer to the one before them (--pipeline)
 
 
 # the dataclass left each field's default as a class attribute: on StatsCore's fields it would hide
@@ -229,8 +233,9 @@ class Replayer(EngineCore):
         self.sessions_not_rebuilt = 0
         # faithful replay: the planner reads the schema of the target when the replay starts
         self.lockwaits: LockWaits | None = None  # the reader of the target's row-lock waits (causal order)
+        self.pipeline = options.pipeline if options.speed <= 0 and not options.dry_run else 1
         self.planner = Planner(causal=False, pin=options.pin, status_flags=self._status_flags_recorded(),
-                               affected_rows=self._affected_rows_recorded())
+                               affected_rows=self._affected_rows_recorded(), mark_reads=self.pipeline > 1)
         self._released: list[int] = []  # parked connections whose requirement a completion met
         self._sending_again: dict[int, list] = {}  # connections waiting in _send_again: [what they wait for]
         self._draining = False
@@ -595,10 +600,15 @@ class Replayer(EngineCore):
             conn.client = None
         self._transaction_lost(conn)
         if conn.busy and conn.inflight is not None:
-            self.stats.other_errors += 1
-            self.report.add_other("connection lost", f"connection {conn.conn_id}: the server closed the connection "
-                                  f"during {command_name(conn.inflight.payload[0])}: {exc or 'EOF'}", time.time_ns())
-            self._next(conn)
+            # the head in flight, and the commands pipelined behind it: each lost, said, done
+            for _ in range(max(1, conn.nsent)):
+                if conn.inflight is None:
+                    break
+                self.stats.other_errors += 1
+                self.report.add_other("connection lost", f"connection {conn.conn_id}: the server closed the connection "
+                                      f"during {command_name(conn.inflight.payload[0])}: {exc or 'EOF'}", time.time_ns())
+                self._consume(conn)
+            self._schedule(conn)
         elif not conn.closed:
             # idle (wait_timeout, a restart): its session state is gone too; reopened for its next command.
             # If production's server closed it too, that is the replay being faithful: judged by what
@@ -719,13 +729,13 @@ class Replayer(EngineCore):
             return
         if opt.dry_run:  # the target is not asked: tables are scoped by name only (no foreign keys, views, triggers)
             self.planner = Planner(TableScopes(), causal=causal, pin=opt.pin, status_flags=self._status_flags_recorded(),
-                                   affected_rows=self._affected_rows_recorded())
+                                   affected_rows=self._affected_rows_recorded(), mark_reads=self.pipeline > 1)
             return
         # on error (logged by load_scopes, shown in the summary's causal.scope) one global scope
         scopes = await self._loop.run_in_executor(
             None, load_scopes, opt)
         self.planner = Planner(scopes, causal=causal, pin=opt.pin, status_flags=self._status_flags_recorded(),
-                               affected_rows=self._affected_rows_recorded())
+                               affected_rows=self._affected_rows_recorded(), mark_reads=self.pipeline > 1)
 
     def _send(self, conn: Conn, payload: bytes) -> None:
         """Send the head command: pinned to production's time and ids where it needs that, and kept
@@ -1500,6 +1510,8 @@ class Replayer(EngineCore):
             "peak_queued_commands": st.peak_queued,
             "qps_captured": round(st.read / cap_span, 1) if cap_span > 0 else None,
             "qps_replayed": round(st.replayed / elapsed, 1),
+            "pipeline": self.pipeline,
+            "commands_pipelined": st.pipelined,
             # what replaying cost this process (all its threads; in `serve`, the proxy's work too)
             "replayer_cpu_seconds": round(self.cpu_seconds if self.finished_ns else
                                           time.process_time() - self._cpu_start if self._cpu_start else 0.0, 3),

@@ -234,6 +234,8 @@ def format_summary(s: dict) -> str:
         f"  connections: {s['connections']} (reconnects {s['reconnects']})",
         *_session_lines(s),
         f"  QPS: captured {s['qps_captured']}, replayed {s['qps_replayed']}",
+        *([f"  pipeline: up to {s['pipeline']} commands in flight per connection; {s['commands_pipelined']} sent "
+           f"before the answer to the one before them"] if s.get("pipeline", 1) > 1 else []),
         f"  avg latency: captured {s['avg_latency_captured_ms']} ms, replayed {s['avg_latency_replayed_ms']} ms",
         f"  lag: p99 {lag['p99_ms']} ms, max {lag['max_ms']} ms, avg {lag['avg_ms']} ms",
     ]
@@ -341,6 +343,24 @@ def check_speed(speed: float) -> float:
     return speed
 
 
+PIPELINE_MAX = 64
+
+
+def check_pipeline(value: object, speed: float) -> int:
+    """--pipeline N: 1 .. PIPELINE_MAX, more than 1 only at speed 0 (paced commands go at their
+    captured times, each after the answer to the one before, as the captured client sent them)."""
+    text = str(value).strip()
+    try:
+        n = int(text)
+    except ValueError:
+        raise ConfigError(f"pipeline: expected a whole number 1 .. {PIPELINE_MAX}, got {text!r}") from None
+    if not 1 <= n <= PIPELINE_MAX:
+        raise ConfigError(f"pipeline: expected 1 .. {PIPELINE_MAX} commands in flight per connection, got {n}")
+    if n > 1 and speed != 0:
+        raise ConfigError(f"pipeline: {n} commands in flight needs speed 0 (as fast as possible), got speed {speed}")
+    return n
+
+
 class ReplayJob(Job):
     kind = "replay"
 
@@ -369,8 +389,10 @@ class ReplayJob(Job):
         key_path = str(form.get("encryption-key-path", "") or "").strip() or server.config["security.encryption-key-path"]
         key = load_key(key_path) if key_path else None
         backend = server.pool.pick() or server.pool.backends[0]
+        speed = check_speed(_float(form, "speed", 1.0))
         options = ReplayOptions(host=backend.host, port=backend.port, username=username,
-                                password=str(form.get("password", "")), speed=check_speed(_float(form, "speed", 1.0)),
+                                password=str(form.get("password", "")), speed=speed,
+                                pipeline=check_pipeline(str(form.get("pipeline", "") or "1"), speed),
                                 readonly=parse_bool(form, "readonly", False), encryption_key=key,
                                 input_format=str(form.get("format", "") or "auto").strip() or "auto",
                                 filters=filters_from(selection), start_at=parse_start_at(selection["start-at"]),
@@ -429,6 +451,8 @@ class ReplayJob(Job):
             "readonly": e.opt.readonly,
             "order": e.opt.order,
             "dry_run": e.opt.dry_run,
+            "pipeline": e.pipeline,
+            "commands_pipelined": st.pipelined,
             "commands_in_capture": st.commands_total,
             "replayed": st.replayed,
             "filtered": st.filtered,

@@ -12,6 +12,9 @@ from fastproxy.replay.filters import Filters
 
 RESUME_HELP = ("continue the replay from its checkpoint (in the report directory) after a crash or a cancel; "
                "give the same input, shard and options (fastproxy/replay/checkpoint.py)")
+PIPELINE_HELP = ("with --speed 0: up to N commands in flight per connection. Reads outside transactions go "
+                 "behind the one in flight without waiting for its answer (the server still runs each "
+                 "connection's commands in order); their latencies count from the previous answer")
 
 # (API field / CLI flag, help)
 FILTER_FIELDS = [
