@@ -24,4 +24,6 @@ cdef class ClientCore:
 
     cpdef send(self, payload, tag=*)
     cpdef write(self, bytes data)
+    cpdef bint cork(self) except -1
+    cpdef uncork(self)
     cdef int _deliver_c(self) except -1

@@ -75,13 +75,16 @@ cdef class ClientCore:
         self._queued = True
         self.transport.write(data[n:] if n > 0 else data)
 
-    def cork(self):
+    cpdef bint cork(self) except -1:
         """Hold what is written until `uncork`: commands sent back to back (a pin's SET and its
-        command) leave in one system call."""
+        command, pipelined commands) leave in one system call. False if it was corked already (the
+        one who corked first uncorks)."""
         if self._corked is None:
             self._corked = bytearray()
+            return True
+        return False
 
-    def uncork(self):
+    cpdef uncork(self):
         corked, self._corked = self._corked, None
         if corked:
             self.write(bytes(corked))
@@ -126,5 +129,14 @@ cdef class ClientCore:
         if requests != self._infile_seen:
             self._infile_seen = requests
             self._send_infile()
-        if n:
+        if n > 1:
+            # several answers in one read (pipelined commands): the commands they let go leave
+            # together, in one send
+            corked = self.cork()
+            try:
+                self._deliver_c()
+            finally:
+                if corked:
+                    self.uncork()
+        elif n:
             self._deliver_c()

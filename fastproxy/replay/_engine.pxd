@@ -4,6 +4,7 @@ from libc.stdint cimport int64_t
 from fastproxy._packet cimport CommandResult
 from fastproxy.replay._causal cimport Planner
 from fastproxy.replay._checkpoint cimport CheckpointHooks
+from fastproxy.replay._client cimport ClientCore
 from fastproxy.replay._conn cimport Conn
 from fastproxy.replay._scheduler cimport Scheduler, Ticket
 
@@ -60,5 +61,6 @@ cdef class EngineCore:
     cdef object _remap_c(self, Conn conn, captured_id, replay_id, payload)
     cdef int _send_c(self, Conn conn, payload) except -1
     cdef int _fill_pipeline_c(self, Conn conn, int64_t now) except -1
+    cdef int _fill_c(self, Conn conn, ClientCore client, int64_t now) except -1
     cdef bint _pipelinable_c(self, Conn conn, Py_ssize_t i) except -1
     cdef int _keep_and_send_c(self, Conn conn, payload, prefix, int flags) except -1

@@ -445,6 +445,17 @@ cdef class EngineCore:
             return 0
         queue = conn.queue
         cdef Py_ssize_t i
+        cdef bint corked = (<ClientCore>client).cork()  # what this fills leaves in one send
+        try:
+            self._fill_c(conn, <ClientCore>client, now)
+        finally:
+            if corked:
+                (<ClientCore>client).uncork()
+        return 0
+
+    cdef int _fill_c(self, Conn conn, ClientCore client, int64_t now) except -1:
+        queue = conn.queue
+        cdef Py_ssize_t i
         while conn.nsent < self.pipeline:
             i = conn.nsent
             if len(queue) <= i or not self._pipelinable_c(conn, i):
@@ -465,7 +476,7 @@ cdef class EngineCore:
                 sent = payload
             self._started_c(conn, rec, now)
             self.stats.pipelined += 1
-            (<ClientCore>client).send(sent, None)
+            client.send(sent, None)
         return 0
 
     cdef bint _pipelinable_c(self, Conn conn, Py_ssize_t i) except -1:

@@ -768,12 +768,13 @@ class Replayer(EngineCore):
     @staticmethod
     def _send_pinned(client, prefix: bytes, then) -> None:
         """A pin's SET, then its command (`then` sends it), in one write: the server finds both."""
-        client.cork()
+        corked = client.cork()  # False: corked already (several answers in one read): it uncorks
         try:
             client.send(prefix, _PIN_TAG)
             then()
         finally:
-            client.uncork()
+            if corked:
+                client.uncork()
 
     def _transaction_result(self, conn: Conn, rec: Record, result) -> bool:
         """Whole transactions: True if a retry of the transaction started (the command stays in
