@@ -325,7 +325,7 @@ cdef class EngineCore:
                 if gate == _FIRE and not self._fire_c(conn, now):
                     break  # sent: its response continues through _next
             if conn.busy:
-                if self.pipeline > 1 and conn.nsent > 0:
+                if self.pipeline > 1 and conn.nsent > 0 and speed <= 0:
                     self._fill_pipeline_c(conn, now)
                 return 0
             self._forget_if_finished(conn)
@@ -469,9 +469,12 @@ cdef class EngineCore:
                 replay_id = conn.stmt_map.get(captured_id)
                 if replay_id is None:
                     return 0  # re-prepared first: as the head
+                if (conn.stmt_params.get(captured_id, 0) and captured_id not in conn.types_bound
+                        and not execute_types_at(payload, conn.stmt_params)):
+                    return 0  # its parameter types put back (or said unknown) as the head, once
                 sent = self._remap_c(conn, captured_id, replay_id, payload)
                 if sent is None:
-                    return 0  # said and skipped as the head
+                    return 0  # (not reached: types are bound)
             else:
                 sent = payload
             self._started_c(conn, rec, now)
