@@ -260,6 +260,30 @@ def test_secret_as_prepared_parameter(mariadb, proxy_factory, tmp_path):
     assert (job["filtered_commands"], job["redacted_commands"]) == (3, 0), job   # prepare, execute, close
 
 
+def test_bulk_execute_of_a_dropped_prepare_is_not_recorded(mariadb, proxy_factory, tmp_path):
+    """MariaDB's COM_STMT_BULK_EXECUTE (0xFA) carries bound values like COM_STMT_EXECUTE: the bulk
+    executes of a prepare the capture dropped (its ? is an AES key) were recorded, key and all."""
+    key = f"Key-bulk-{secrets.token_hex(6)}"
+    mariadb.sql("CREATE DATABASE IF NOT EXISTS h7b; CREATE OR REPLACE TABLE h7b.t (c VARBINARY(100));")
+    proxy = proxy_factory([mariadb])
+    out = tmp_path / "capture"
+    start_capture(proxy, out, compress="false")
+    raw = ps_client(proxy.port, "root", ROOT_PASSWORD)
+    hidden = raw.prepare("INSERT INTO h7b.t VALUES (AES_ENCRYPT('x', ?))")
+    # flags 128 (types sent), one VAR_STRING parameter, one row: indicator 0, then the value
+    body = (b"\xfa" + struct.pack("<IH", hidden, 128) + b"\xfe\x00" + b"\x00"
+            + bytes([len(key)]) + key.encode())
+    raw.send(packet(0, body))
+    raw.read_packet()   # the server may refuse it (bulk operations not negotiated): recorded all the same
+    raw.quit()
+    job = cancel_capture(proxy)
+    for blob in _capture_bytes(out):
+        assert key.encode() not in blob
+    _, records, _ = read_capture(out)
+    assert not [cmd(r) for r in records if cmd(r) in ("COM_STMT_PREPARE", "COM_STMT_BULK_EXECUTE")]
+    assert job["filtered_commands"] == 2, job   # the prepare and its bulk execute
+
+
 # ---- differential: the real server's lexer decides what ran ---------------------------------------
 NOISE = ["'", '"', "\\", "\\'", '\\"', "''", '""', "/*", "*/", "/*!", "-- ", "#", "\n", "`", "x", " ", ";", "*"]
 

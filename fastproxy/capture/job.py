@@ -44,6 +44,10 @@ _COM_QUERY = COMMAND.COM_QUERY
 _COM_STMT_PREPARE = COMMAND.COM_STMT_PREPARE
 _COM_STMT_EXECUTE = COMMAND.COM_STMT_EXECUTE
 _COM_STMT_RESET = COMMAND.COM_STMT_RESET
+# commands that name a prepared statement by id (payload bytes 1-4) besides EXECUTE..RESET: a filtered
+# prepare's go too (MariaDB's bulk execute carries bound values like an execute)
+_STMT_ID_COMMANDS = frozenset(range(_COM_STMT_EXECUTE, _COM_STMT_RESET + 1)) | {
+    COMMAND.COM_STMT_FETCH, COMMAND.COM_STMT_BULK_EXECUTE}
 _COM_CHANGE_USER = COMMAND.COM_CHANGE_USER
 _COM_RESET_CONNECTION = COMMAND.COM_RESET_CONNECTION
 _COUNT_KEYS = ("filtered", "existing", "waited_for_transaction", "local_infile_files", "local_infile_bytes",
@@ -434,7 +438,7 @@ class CaptureJob(Job):
             self._dropped_sql_prepares.pop(session.conn_id, None)  # SQL-level statements are gone
             if cmd == _COM_CHANGE_USER:
                 payload = change_user_without_auth(payload, session.capabilities)
-        elif self._filtered_stmts and _COM_STMT_EXECUTE <= cmd <= _COM_STMT_RESET:
+        elif self._filtered_stmts and cmd in _STMT_ID_COMMANDS and len(payload) >= 5:
             if (session.conn_id, int.from_bytes(payload[1:5], "little")) in self._filtered_stmts:
                 self.filtered_here += 1
                 return
