@@ -284,6 +284,37 @@ def test_bulk_execute_of_a_dropped_prepare_is_not_recorded(mariadb, proxy_factor
     assert job["filtered_commands"] == 2, job   # the prepare and its bulk execute
 
 
+def test_user_variables_holding_secrets_are_left_out_of_conn_state(mariadb, proxy_factory, tmp_path):
+    """A session open before the capture: its user variables' values went into CONN_STATE unchecked
+    (hex), secret SQL kept for a later PREPARE ... FROM @q and password hashes included. Such a
+    variable is left out, and the session is said not rebuilt in full."""
+    pw = f"Pw-uvar-{secrets.token_hex(6)}"
+    hashed = f"Pw-hash-{secrets.token_hex(6)}"
+    proxy = proxy_factory([mariadb])
+    conn = MySQLdb.connect(**connect_kwargs(proxy.port), autocommit=True)
+    cur = conn.cursor()
+    cur.execute(f"SET @q = 'ALTER USER h7uv IDENTIFIED BY ''{pw}'''")   # dropped by the capture if it ran during it
+    cur.execute(f"SET @h = PASSWORD('{hashed}')")
+    cur.execute("SELECT PASSWORD(%s)", (hashed,))
+    hash_text = cur.fetchone()[0]
+    hash_text = hash_text.decode() if isinstance(hash_text, bytes) else hash_text
+    cur.execute("SET @plain = 'kept', @n = 7")
+    out = tmp_path / "capture"
+    start_capture(proxy, out, compress="false")
+    cur.execute("SELECT 'first'")   # the state is read at this boundary
+    job = cancel_capture(proxy)
+    conn.close()
+    for blob in _capture_bytes(out):
+        for secret in (pw, hash_text, pw.encode().hex().upper(), hash_text.encode().hex().upper()):
+            assert secret.encode() not in blob, secret
+    _, records, _ = read_capture(out)
+    (state,) = [json.loads(r.payload) for r in records if r.kind == KIND_CONN_STATE]
+    assert sorted(u["name"] for u in state["user_vars"]) == ["n", "plain"], state["user_vars"]
+    assert [why for why in state["not_rebuilt"] if "user variable" in why] == [
+        "user variable @q: its value holds a secret", "user variable @h: its value holds a secret"]
+    assert job["sessions_not_rebuilt"] == 1, job
+
+
 # ---- differential: the real server's lexer decides what ran ---------------------------------------
 NOISE = ["'", '"', "\\", "\\'", '\\"', "''", '""', "/*", "*/", "/*!", "-- ", "#", "\n", "`", "x", " ", ";", "*"]
 

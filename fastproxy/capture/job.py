@@ -31,7 +31,8 @@ from fastproxy.jobs_base import Job, utc_iso
 from fastproxy.private_files import check_output_path
 from fastproxy.storage import S3Storage, is_s3
 from fastproxy.protocol import change_user_without_auth
-from fastproxy.secret_sql import CLEAN, DROPPED, classify, prepared_names, reading_for_collation, redact_text
+from fastproxy.secret_sql import (CLEAN, DROPPED, classify, prepared_names, reading_for_collation, redact_text,
+                                  value_holds_secret)
 from fastproxy.traffic_filter import Filters, Selector
 
 if TYPE_CHECKING:
@@ -348,6 +349,16 @@ class CaptureJob(Job):
                 else:
                     kept.append(dict(item, sql=shown))
             state[key] = kept
+        # user variables' values (strings, as hex): one that is secret SQL kept for a PREPARE ... FROM @q,
+        # or a password hash, is left out (the session is then not rebuilt in full)
+        kept = []
+        for entry in state.get("user_vars") or []:
+            if "hex" in entry and value_holds_secret(bytes.fromhex(entry["hex"]), reading):
+                not_rebuilt.append(f"user variable @{entry['name']}: its value holds a secret")
+            else:
+                kept.append(entry)
+        if "user_vars" in state:
+            state["user_vars"] = kept
         for t in state["temp_tables"]:
             not_rebuilt.append(f"temporary table {t['db'] + '.' if t['db'] else ''}{t['name']}: its rows "
                                f"(re-created empty from its CREATE statement)")
