@@ -7,6 +7,7 @@ The classifier itself, spelling by spelling, is tested in test_secret_sql.py.
 """
 from __future__ import annotations
 
+import datetime
 import glob
 import json
 import os
@@ -23,11 +24,14 @@ from capture_rawclient import ps_client
 from capture_util import cancel_capture, cmd, read_capture, start_capture
 from conftest import connect_kwargs
 from fastproxy.capture.record import KIND_CONN_STATE
+from fastproxy.inputs import open_input
+from fastproxy.inputs.common import DROPPED_STAT
 from fastproxy.scratch_db import ROOT_PASSWORD
 from proxy_rawclient import packet
 from replay_util import replay_cli
 from fastproxy.secret_sql import CLEAN, classify
 from test_secret_sql import secret_statements
+from tiproxy_format import encode_command, write_capture
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -313,6 +317,44 @@ def test_user_variables_holding_secrets_are_left_out_of_conn_state(mariadb, prox
     assert [why for why in state["not_rebuilt"] if "user variable" in why] == [
         "user variable @q: its value holds a secret", "user variable @h: its value holds a secret"]
     assert job["sessions_not_rebuilt"] == 1, job
+
+
+def test_tiproxy_input_filters_statements_prepared_before_its_capture(tmp_path):
+    """A TiProxy capture's executes carry the text of statements prepared before it (Prepared_stmt):
+    that text went into a CONN_STATE record unfiltered, and the executes of `SELECT PASSWORD(?)` (prepared
+    before, or prepared during it and dropped) kept their bound value. Filtered as the capture does."""
+    t = datetime.datetime(2024, 12, 3, 11, 5, 1, tzinfo=datetime.timezone.utc)
+    ms = lambda n: t + datetime.timedelta(milliseconds=n)  # noqa: E731
+    key, pw1, pw2 = (f"Zq-{what}-{secrets.token_hex(6)}" for what in ("key", "pw1", "pw2"))
+
+    def execute(ps_id: int, value: str) -> bytes:
+        v = value.encode()
+        return (b"\x17" + ps_id.to_bytes(4, "little") + b"\x00" + (1).to_bytes(4, "little") + b"\x00\x01"
+                + b"\xfe\x00" + bytes([len(v)]) + v)
+
+    body = b"".join([
+        encode_command(ms(0), 21, b"\x02mysql"),
+        encode_command(ms(2), 21, execute(9, "plain"), ps_id=9, prepared=f"SELECT AES_ENCRYPT(?, '{key}')"),
+        encode_command(ms(3), 21, execute(10, pw1), ps_id=10, prepared="SELECT PASSWORD(?)"),
+        encode_command(ms(4), 21, b"\x16SELECT PASSWORD(?)", ps_id=11),
+        encode_command(ms(5), 21, execute(11, pw2), ps_id=11, prepared="SELECT PASSWORD(?)"),
+        encode_command(ms(6), 21, b"\x19" + (11).to_bytes(4, "little"), ps_id=11),
+        encode_command(ms(7), 21, execute(12, "kept"), ps_id=12, prepared="SELECT CONCAT(?, 'x')"),
+        encode_command(ms(8), 21, b"\x01"),
+    ])
+    cap = tmp_path / "tiproxy"
+    write_capture(str(cap), [body], cmds=8)
+    src = open_input(str(cap))
+    recs = list(src)
+    for r in recs:
+        for secret in (key, pw1, pw2):
+            assert secret.encode() not in r.payload, r
+    states = [json.loads(r.payload)["prepared"] for r in recs if r.kind == KIND_CONN_STATE]
+    assert states == [[[9, f"SELECT AES_ENCRYPT(?, {REDACTED.decode()})"]], [[12, "SELECT CONCAT(?, 'x')"]]]
+    executes = [r.payload for r in recs if r.payload[:1] in (b"\x16", b"\x17", b"\x19")]
+    assert executes == [execute(9, "plain"), execute(12, "kept")]
+    # dropped: the two texts (10 before the capture, 11's prepare) and 10's execute, 11's execute and close
+    assert src.stats[DROPPED_STAT] == 5 and src.redacted == 1, (src.stats, src.redacted)
 
 
 # ---- differential: the real server's lexer decides what ran ---------------------------------------
