@@ -429,11 +429,6 @@ class _Part:
             return None if end < 0 else end + 1
         if w == b"random" and self.word(i + 1) == b"password":   # MySQL: BY RANDOM PASSWORD
             return i + 2
-        if self.op(i + 1, b"("):     # IDENTIFIED BY CONCAT('pw'): refused by the server, recorded all the same
-            end = self.close_paren(i + 1)
-            if end < 0 or self.has_literal(i + 1, end):
-                return None
-            return end + 1
         if self.op(i, b"("):
             end = self.close_paren(i)
             if end < 0 or self.has_literal(i, end):
@@ -442,6 +437,17 @@ class _Part:
         if self.introducer(i):
             return None     # _utf8mb4 'pw' (the server refuses it there, but it is recorded all the same)
         return i        # no literal there: nothing to hide
+
+    def string_value(self, i: int) -> int | None:
+        """value() where the server takes only a string (IDENTIFIED BY, MASTER_PASSWORD =): a call there
+        (IDENTIFIED BY CONCAT('pw')) is refused, but recorded all the same; not where an expression is
+        valid (PASSWORD = SHA2(CONCAT(pw, 'salt'), 256) in a procedure body is a column compared)."""
+        if self.kind(i) == _T_WORD and self.word(i) not in _HASH_CALLS and self.op(i + 1, b"("):
+            end = self.close_paren(i + 1)
+            if end < 0 or self.has_literal(i + 1, end):
+                return None
+            return end + 1
+        return self.value(i)
 
     def introducer(self, i: int) -> bool:
         """A character set introducer (_latin1, _binary) with its literal at i."""
@@ -454,7 +460,7 @@ class _Part:
             j = i + 2
             if self.word(j) == b"password" and not self.op(j + 1, b"("):
                 j += 1
-            return self.value(j) is not None
+            return self.string_value(j) is not None
         if w not in (b"with", b"via"):
             return True     # a column or table named "identified": not an auth clause
         j = i + 2
@@ -463,7 +469,7 @@ class _Part:
                 return True     # no plugin name: nothing more
             j += 1              # the plugin name is not a secret
             if self.word(j) in (b"by", b"as", b"using"):
-                nxt = self.value(j + 1)
+                nxt = self.string_value(j + 1)
                 if nxt is None:
                     return False
                 j = nxt
@@ -495,9 +501,9 @@ class _Part:
     def after_keyword(self, i: int) -> bool:
         """MASTER_PASSWORD = v, SOURCE_PASSWORD = v (also without =)."""
         if self.op(i + 1, b"=") or self.op(i + 1, b":="):
-            return self.value(i + 2) is not None
+            return self.string_value(i + 2) is not None
         if self.kind(i + 1) in _LITERALS or self.op(i + 1, b"?"):
-            return self.value(i + 1) is not None
+            return self.string_value(i + 1) is not None
         return True
 
     def setting(self, i: int) -> bool:

@@ -181,6 +181,8 @@ DROPS = [
     # refused by the server, recorded all the same: a secret in a back-quoted name or an expression
     "CREATE USER x IDENTIFIED BY `pw`",
     "ALTER USER x IDENTIFIED BY CONCAT('pw')",
+    "CHANGE MASTER TO MASTER_PASSWORD = CONCAT('pw')",
+    "CHANGE MASTER TO `MASTER_PASSWORD` = `pw`",
     # audit #3: dynamic SQL built by an expression other than one string or one variable: what it runs
     # is not in the text, so it cannot be proven clean
     "EXECUTE IMMEDIATE UNHEX('414C5445522055534552207520494445')",
@@ -246,6 +248,8 @@ CLEAN_SQL = [
     "CREATE TABLE t (a INT COMMENT 'the password hash') COMMENT 'user passwords'",
     "UPDATE t SET comment = 'password \"x\"' WHERE id = 1",
     "EXECUTE IMMEDIATE @q USING 1",
+    # an expression where one is valid: a password column compared in a stored program's body
+    "CREATE PROCEDURE p(IN pw TEXT) UPDATE users SET password = SHA2(CONCAT(pw, 'salt'), 256)",
 ]
 
 
