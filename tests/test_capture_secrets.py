@@ -357,6 +357,44 @@ def test_tiproxy_input_filters_statements_prepared_before_its_capture(tmp_path):
     assert src.stats[DROPPED_STAT] == 5 and src.redacted == 1, (src.stats, src.redacted)
 
 
+def test_execute_of_the_last_prepared_statement_by_id_minus_one(mariadb, proxy_factory, tmp_path):
+    """MariaDB runs a statement command whose id is 0xFFFFFFFF on the last statement prepared
+    (mariadb_stmt_execute_direct): such an execute of a dropped `SELECT PASSWORD(?)` was recorded with
+    its bound password, the filter looking for a statement 0xFFFFFFFF."""
+    pw = f"Pw-last-{secrets.token_hex(6)}"
+    proxy = proxy_factory([mariadb])
+    out = tmp_path / "capture"
+    start_capture(proxy, out, compress="false")
+    raw = ps_client(proxy.port, "root", ROOT_PASSWORD)
+    raw.prepare("SELECT PASSWORD(?)")
+    assert _execute_with_string(raw, 0xFFFFFFFF, pw.encode()).rows == 1   # the server ran it
+    kept = raw.prepare("SELECT CONCAT(?, 'x')")
+    assert _execute_with_string(raw, 0xFFFFFFFF, b"kept").rows == 1
+    raw.quit()
+    job = cancel_capture(proxy)
+    for blob in _capture_bytes(out):
+        assert pw.encode() not in blob
+    _, records, _ = read_capture(out)
+    executes = [r.payload for r in records if cmd(r) == "COM_STMT_EXECUTE"]
+    assert len(executes) == 1 and executes[0].endswith(b"kept"), executes
+    assert [r.payload[1:] for r in records if cmd(r) == "COM_STMT_PREPARE"] == [b"SELECT CONCAT(?, 'x')"]
+    assert kept and job["filtered_commands"] == 2, job   # the prepare and its execute
+
+
+def test_python_relay_resolves_the_last_prepared_statement_id():
+    """The same for connections relayed in Python (TLS): id 0xFFFFFFFF is the connection's last
+    prepare; unknown (prepared before the capture), any dropped statement of the connection may be it."""
+    from fastproxy.capture.job import CaptureJob
+
+    job = CaptureJob.__new__(CaptureJob)   # only the statement bookkeeping is looked at
+    job._filtered_stmts, job._last_prepared = {(1, 5)}, {1: 5}
+    assert job._names_filtered(1, 0xFFFFFFFF) and job._names_filtered(1, 5) and not job._names_filtered(1, 6)
+    job._last_prepared = {1: 6}
+    assert not job._names_filtered(1, 0xFFFFFFFF)
+    job._last_prepared = {}
+    assert job._names_filtered(1, 0xFFFFFFFF) and not job._names_filtered(2, 0xFFFFFFFF)
+
+
 # ---- differential: the real server's lexer decides what ran ---------------------------------------
 NOISE = ["'", '"', "\\", "\\'", '\\"', "''", '""', "/*", "*/", "/*!", "-- ", "#", "\n", "`", "x", " ", ";", "*"]
 
