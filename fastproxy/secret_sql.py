@@ -616,8 +616,8 @@ def _segment(data: bytes, toks, reading: int, depth: int) -> set | None:
                 return None
         if kind == _T_QIDENT:
             w = _name(data, toks[i])
-            if w not in _QUOTED_KEYWORDS or (i > 0 and p.op(i - 1, b".")):
-                continue    # a name (a table's `password` column is t.`password`)
+            if w not in _QUOTED_KEYWORDS or (i > 0 and p.op(i - 1, b".") and w != b"wsrep_sst_auth"):
+                continue    # a name (a table's `password` column is t.`password`; not @@global.`wsrep_sst_auth`)
         elif kind != _T_WORD:
             continue
         else:

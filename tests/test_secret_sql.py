@@ -82,6 +82,7 @@ REDACTIONS = [
     ("SET GLOBAL wsrep_sst_auth = 'root:pw'", f"SET GLOBAL wsrep_sst_auth = {R}"),
     ("SET @@global.wsrep_sst_auth='root:pw', sql_mode = ''", f"SET @@global.wsrep_sst_auth={R}, sql_mode = ''"),
     ("SET SESSION wsrep_sst_auth := 'root:pw'", f"SET SESSION wsrep_sst_auth := {R}"),
+    ("SET @@global.`wsrep_sst_auth` = 'root:pw'", f"SET @@global.`wsrep_sst_auth` = {R}"),
     ("SELECT ed25519_password('pw')", f"SELECT ed25519_password({R})"),
     ("CREATE USER x IDENTIFIED VIA ed25519 USING ed25519_password('pw')",
      f"CREATE USER x IDENTIFIED VIA ed25519 USING ed25519_password({R})"),
