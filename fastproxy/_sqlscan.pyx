@@ -46,12 +46,12 @@ cdef enum:
 
 # ---- signals: code words (or shapes) that can carry a secret ------------------------------------
 cdef enum:
-    _SIG_AUTH = 1           # IDENTIFIED, PASSWORD, OLD_PASSWORD, MASTER_/SOURCE_PASSWORD, ...
+    _SIG_AUTH = 1           # IDENTIFIED, PASSWORD, OLD_PASSWORD, MASTER_/SOURCE_PASSWORD, WSREP_SST_AUTH, ...
     _SIG_MYSQLDB = 2        # MYSQL, GLOBAL_PRIV: writes to the grant tables
     _SIG_DYNAMIC = 4        # PREPARE, IMMEDIATE: a string that is run as SQL
     _SIG_VARASSIGN = 8      # @var = / @var := / INTO @var: a string kept for later (PREPARE FROM @var)
-    _SIG_CONNECTION = 16    # CONNECTION, OPTION_LIST: FEDERATED / CONNECT table credentials
-    _SIG_CRYPTO = 32        # ENCRYPT, AES_ENCRYPT, DES_DECRYPT, ENCODE, ...: key arguments
+    _SIG_CONNECTION = 16    # CONNECTION, OPTION_LIST, COMMENT: FEDERATED / CONNECT / Spider credentials
+    _SIG_CRYPTO = 32        # ENCRYPT, AES_ENCRYPT, DES_DECRYPT, ENCODE, KDF, ...: key arguments
 
 # ---- token kinds (tokens()) ---------------------------------------------------------------------
 cdef enum:
@@ -145,11 +145,11 @@ for _c in range(256):
 
 # lengths and first letters of the signal words (_word_signal)
 cdef enum:
-    _SIG_LENGTHS = ((1 << 5) | (1 << 6) | (1 << 7) | (1 << 8) | (1 << 9) | (1 << 10) | (1 << 11) | (1 << 12)
-                    | (1 << 15) | (1 << 18) | (1 << 21))
+    _SIG_LENGTHS = ((1 << 3) | (1 << 5) | (1 << 6) | (1 << 7) | (1 << 8) | (1 << 9) | (1 << 10) | (1 << 11) | (1 << 12)
+                    | (1 << 14) | (1 << 15) | (1 << 16) | (1 << 18) | (1 << 21))
 cdef unsigned char _SIG_FIRST[256]
 for _c in range(256):
-    _SIG_FIRST[_c] = chr(_c).lower() in "adegiimopsc" and chr(_c).isascii() and chr(_c).isalpha()
+    _SIG_FIRST[_c] = chr(_c).lower() in "acdegikmopsw" and chr(_c).isascii() and chr(_c).isalpha()
 
 
 cdef inline bint _is_ident(unsigned char c) noexcept nogil:
@@ -298,6 +298,8 @@ cdef unsigned int _word_signal(const unsigned char* w, Py_ssize_t n) noexcept no
 
     By length first: most words have a length no signal word has, or differ in the first byte.
     """
+    if n == 3:
+        return _SIG_CRYPTO if _is(w, b"kdf", 3) else 0
     if n == 5:
         return _SIG_MYSQLDB if _is(w, b"mysql", 5) else 0
     if n == 6:
@@ -305,6 +307,8 @@ cdef unsigned int _word_signal(const unsigned char* w, Py_ssize_t n) noexcept no
     if n == 7:
         if _is(w, b"prepare", 7):
             return _SIG_DYNAMIC
+        if _is(w, b"comment", 7):     # Spider keeps its connection (password included) in COMMENT
+            return _SIG_CONNECTION
         return _SIG_CRYPTO if _is(w, b"encrypt", 7) else 0
     if n == 8:
         return _SIG_AUTH if _is(w, b"password", 8) else 0
@@ -323,8 +327,12 @@ cdef unsigned int _word_signal(const unsigned char* w, Py_ssize_t n) noexcept no
         return _SIG_CONNECTION if _is(w, b"option_list", 11) else 0
     if n == 12:
         return _SIG_AUTH if _is(w, b"old_password", 12) else 0
+    if n == 14:
+        return _SIG_AUTH if _is(w, b"wsrep_sst_auth", 14) else 0   # its value is user:password
     if n == 15:
         return _SIG_AUTH if _is(w, b"master_password", 15) or _is(w, b"source_password", 15) else 0
+    if n == 16:
+        return _SIG_AUTH if _is(w, b"ed25519_password", 16) else 0
     if n == 18:
         return _SIG_AUTH if _is(w, b"challenge_response", 18) else 0
     if n == 21:
@@ -373,7 +381,7 @@ cdef inline bint _dbcs_lead(unsigned char c) noexcept nogil:
 
 cdef inline unsigned int _quoted_fn_signal(const unsigned char* p, Py_ssize_t a, Py_ssize_t b) noexcept nogil:
     """The signal of the quoted name p[a:b] (quotes included) if it names a function taking a secret."""
-    return _word_signal(p + a + 1, b - a - 2) & (_SIG_AUTH | _SIG_CRYPTO) if b - a >= 7 else 0
+    return _word_signal(p + a + 1, b - a - 2) & (_SIG_AUTH | _SIG_CRYPTO) if b - a >= 5 else 0
 
 
 cdef Py_ssize_t _skip_versioned(const unsigned char* p, Py_ssize_t i, Py_ssize_t n) noexcept nogil:
@@ -468,8 +476,10 @@ cdef void _run(Scanner* s, Py_ssize_t i, Py_ssize_t n) noexcept nogil:
                 _tok(s, _T_OPEN, i, n)
                 i = n
             else:
-                if j - i == 7 or j - i == 13:     # `mysql`.`user`, `global_priv`: the grant tables
-                    s.seg_signals |= _word_signal(p + i + 1, j - i - 2) & _SIG_MYSQLDB
+                if j - i - 2 <= 21 and (_SIG_LENGTHS >> (j - i - 2)) & 1:
+                    # `mysql`.`user`, and keywords spelled as names (`PASSWORD` 'x', `MASTER_PASSWORD`='x':
+                    # the server refuses them, but the text holds the secret all the same)
+                    s.seg_signals |= _word_signal(p + i + 1, j - i - 2)
                 _tok(s, _T_QIDENT, i, j)
                 s.fn_signal = _quoted_fn_signal(p, i, j)
                 i = j

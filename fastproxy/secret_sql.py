@@ -27,26 +27,38 @@ literal or expression holding one):
   DML (CREATE/ALTER SERVER ``OPTIONS (PASSWORD 'x')``, MySQL's ``START REPLICA ... PASSWORD='x'``,
   the ``PASSWORD='x'`` table option); ``REPLACE 'current'`` after them (MySQL);
 - ``MASTER_PASSWORD = 'x'``, ``SOURCE_PASSWORD = 'x'`` (CHANGE MASTER / REPLICATION SOURCE);
-  ``CHALLENGE_RESPONSE AS 'x'`` (MySQL);
-- the arguments of ``PASSWORD()``, ``OLD_PASSWORD()``, the password of ``ENCRYPT()``, the key of
-  ``AES_ENCRYPT/AES_DECRYPT/DES_ENCRYPT/DES_DECRYPT()``, ``ENCODE/DECODE(str, key)``.
+  ``CHALLENGE_RESPONSE AS 'x'`` (MySQL); ``SET [GLOBAL] wsrep_sst_auth = 'user:pw'`` (Galera);
+- the arguments of ``PASSWORD()``, ``OLD_PASSWORD()``, ``ED25519_PASSWORD()``, the password of
+  ``ENCRYPT()``, the key of ``AES_ENCRYPT/AES_DECRYPT/DES_ENCRYPT/DES_DECRYPT()``,
+  ``ENCODE/DECODE(str, key)``, ``KDF(key, ...)``.
+
+These keywords count also when spelled as back-quoted names (`` `PASSWORD` 'x'``,
+`` `MASTER_PASSWORD`='x'``): the server refuses them, but the text holds the secret all the same; so
+does a back-quoted name or an expression where a secret goes (``IDENTIFIED BY `pw```, ``IDENTIFIED BY
+CONCAT('pw')``): dropped.
 
 Dropped outright: a ``?`` parameter in a secret position (the secret comes with every
-COM_STMT_EXECUTE; the prepare, its executes and close are dropped); SQL-level ``PREPARE ... FROM``
-/ ``EXECUTE IMMEDIATE`` whose text (a string, or any string in the expression) is or mentions any
-of the above; assignments to user variables (``SET @q = ...``, ``@q := ...``, ``INTO @q``) whose
-strings mention them (``PREPARE s FROM @q`` follows); ``AUTHENTICATION_STRING``; writes to
-``mysql.user`` / ``mysql.global_priv``; an auth clause or secret position with a literal of another
-kind, or an unterminated token; FEDERATED/CONNECT ``CONNECTION``/``OPTION_LIST`` strings with
-credentials; a text too large to look at within ``_MAX_SEGMENTS`` / ``_MAX_TOKENS``.
+COM_STMT_EXECUTE or COM_STMT_BULK_EXECUTE; the prepare, its executes and close are dropped);
+SQL-level ``PREPARE ... FROM`` / ``EXECUTE IMMEDIATE`` whose text (a string) is or mentions any of
+the above, or whose text is any expression other than one string or one user variable
+(``UNHEX('..')``, ``FROM_BASE64('..')``, ``CONCAT('.. IDENTIFIE', CHAR(68), ..)``: the SQL it runs is
+not in the text, so it cannot be proven clean); assignments to user variables (``SET @q = ...``,
+``@q := ...``, ``INTO @q``) whose strings mention them (``PREPARE s FROM @q`` follows);
+``AUTHENTICATION_STRING``; writes to ``mysql.user`` / ``mysql.global_priv`` / ``mysql.servers``
+(CREATE SERVER's options, password included); an auth clause or secret position with a literal of
+another kind, or an unterminated token; FEDERATED/CONNECT ``CONNECTION``/``OPTION_LIST`` strings
+with credentials, and a table's or partition's ``COMMENT`` (outside DML) holding Spider's connection
+parameters (``password "pw"``) or URL credentials; a text too large to look at within
+``_MAX_SEGMENTS`` / ``_MAX_TOKENS``.
 
 Functions are also recognised by a quoted name (`` `password`('x') ``; ``"password"('x')`` under
-ANSI_QUOTES). A text that may become SQL (dynamic SQL from an expression, a user variable's value) is
-looked at piece by piece and joined (``CONCAT('ALTER USER u IDENT', 'IFIED BY ''s''')``).
+ANSI_QUOTES). A text that may become SQL (a user variable's value) is looked at piece by piece and
+joined (``SET @q = CONCAT('ALTER USER u IDENT', 'IFIED BY ''s''')``).
 
 Not detectable from the text alone (documented): a secret that reaches such a statement
 through a variable or a procedure argument set by an earlier statement that does not mention
-a password (``SET @p = 's'`` ... ``EXECUTE IMMEDIATE CONCAT('ALTER USER u IDENTIFIED BY ''', @p, '''')``).
+a password (``SET @p = 's'`` ... ``CALL set_password(@p)``; ``SET @q = CONCAT('ALTER USER u
+IDENTIFIE', CHAR(68), ' BY ''s''')`` ... ``PREPARE st FROM @q``).
 """
 from __future__ import annotations
 
@@ -79,15 +91,26 @@ _COLUMN_VERBS = frozenset((b"select", b"insert", b"update", b"delete", b"replace
                            b"table", b"call", b"do", b"handler", b"load"))
 _WRITE_VERBS = frozenset((b"insert", b"update", b"replace", b"load"))
 # function -> which arguments are secrets (None: all); ENCODE/DECODE only in their 2-argument form
-_SECRET_ARGS = {b"password": None, b"old_password": None, b"encrypt": (0,), b"aes_encrypt": (1,),
-                b"aes_decrypt": (1,), b"des_encrypt": (1,), b"des_decrypt": (1,), b"encode": (1,),
-                b"decode": (1,)}
+_SECRET_ARGS = {b"password": None, b"old_password": None, b"ed25519_password": None, b"encrypt": (0,),
+                b"aes_encrypt": (1,), b"aes_decrypt": (1,), b"des_encrypt": (1,), b"des_decrypt": (1,),
+                b"encode": (1,), b"decode": (1,), b"kdf": (0,)}
+# functions whose value is a password hash (a secret position's value may be one: the call rule records it)
+_HASH_CALLS = frozenset((b"password", b"old_password", b"ed25519_password"))
+# grant tables (and mysql.servers: CREATE SERVER's options, password included) a write to which is dropped
+_GRANT_TABLES = frozenset((b"user", b"global_priv", b"servers"))
+# keywords that hold a secret also when spelled as a back-quoted name (`PASSWORD` 'x', `MASTER_PASSWORD`='x'):
+# the server refuses them, but the text that reaches the capture holds the secret all the same
+_QUOTED_KEYWORDS = frozenset((b"identified", b"password", b"master_password", b"source_password",
+                              b"wsrep_sst_auth", b"challenge_response", b"authentication_string"))
 _TWO_ARG_ONLY = frozenset((b"encode", b"decode"))
 # a string that may become SQL later (dynamic SQL, a user variable) and mentions a secret keyword
 _SECRET_WORDS = re.compile(rb"identified|password|authentication_string|global_priv|challenge_response"
                            rb"|(?:aes_|des_)?(?:en|de)crypt\s*\(|\b(?:en|de)code\s*\(", re.I)
 # FEDERATED / CONNECT connection strings: scheme://user:password@host, ODBC's ...;PWD=secret
 _URL_CREDENTIALS = re.compile(rb"://[^/@]*:[^/@]*@|\bpwd\s*=", re.I)
+# Spider's table/partition COMMENT: comma-separated parameters, each a name and its quoted value
+# (password "pw"); the names it (or a look-alike) may spell a password with
+_COMMENT_CREDENTIALS = re.compile(rb"(?:password|passwd|pswd|pwd)\s*[=\"'`]", re.I)
 # a text that may become SQL is also read as SQL up to this size (beyond: its secret words decide)
 _MAX_TEXT_AS_SQL = 1 << 20
 # texts up to this size whose bytes a two-byte character set reads otherwise are also read that way
@@ -96,6 +119,11 @@ _MAX_TEXT_AS_SQL = 1 << 20
 # the proxy's loop
 _MAX_DBCS_GUESS = 1 << 20
 _NATIVE_HASH = re.compile(rb"\*[0-9a-fA-F]{40}")
+# what the password hash functions and auth plugins store: PASSWORD() (mysql_native_password),
+# OLD_PASSWORD() (16 hex digits), ED25519_PASSWORD() (43 base64 characters), MySQL's
+# caching_sha2_password ($A$005$...) and sha256_password ($5$...)
+_PASSWORD_HASH = re.compile(rb"\*[0-9a-fA-F]{40}|[0-9a-fA-F]{16}|[A-Za-z0-9+/]{43}|\$A\$[0-9]{3}\$.{20,}|\$5\$.+",
+                            re.S)
 _UNESCAPE = {ord("0"): b"\0", ord("b"): b"\b", ord("n"): b"\n", ord("r"): b"\r", ord("t"): b"\t",
              ord("Z"): b"\x1a", ord("%"): b"\\%", ord("_"): b"\\_"}
 
@@ -135,6 +163,14 @@ def redact_text(sql: str, reading: int = 0) -> str | None:
     if verdict == DROPPED:
         return None
     return sql if verdict == CLEAN else out.decode("utf-8", "replace")
+
+
+def value_holds_secret(value: bytes, reading: int = 0) -> bool:
+    """Whether a value kept by the session (a user variable's, read for a CONN_STATE record) must not
+    be recorded: SQL that may carry a secret once run (``SET @q = 'ALTER USER u IDENTIFIED BY ...'``
+    then ``PREPARE st FROM @q``), or a password hash (``SET @h = PASSWORD('s')``: with
+    mysql_native_password the hash logs in as well as the password does)."""
+    return _PASSWORD_HASH.fullmatch(value) is not None or _may_become_secret_sql(value, reading, 0)
 
 
 def prepared_names(data: bytes, start: int = 0, reading: int = 0) -> list[tuple[bytes, bytes]]:
@@ -385,8 +421,10 @@ class _Part:
             return i + 1
         if kind in _LITERALS or self.op(i, b"?"):  # X'..', N'..', a number, unterminated, a parameter
             return None
+        if kind == _T_QIDENT:
+            return None     # IDENTIFIED BY `pw`: refused by the server, but the secret is in the text
         w = self.word(i)
-        if w in (b"password", b"old_password") and self.op(i + 1, b"("):
+        if w in _HASH_CALLS and self.op(i + 1, b"("):
             end = self.close_paren(i + 1)         # the call rule records its argument
             return None if end < 0 else end + 1
         if w == b"random" and self.word(i + 1) == b"password":   # MySQL: BY RANDOM PASSWORD
@@ -400,6 +438,17 @@ class _Part:
             return None     # _utf8mb4 'pw' (the server refuses it there, but it is recorded all the same)
         return i        # no literal there: nothing to hide
 
+    def string_value(self, i: int) -> int | None:
+        """value() where the server takes only a string (IDENTIFIED BY, MASTER_PASSWORD =): a call there
+        (IDENTIFIED BY CONCAT('pw')) is refused, but recorded all the same; not where an expression is
+        valid (PASSWORD = SHA2(CONCAT(pw, 'salt'), 256) in a procedure body is a column compared)."""
+        if self.kind(i) == _T_WORD and self.word(i) not in _HASH_CALLS and self.op(i + 1, b"("):
+            end = self.close_paren(i + 1)
+            if end < 0 or self.has_literal(i + 1, end):
+                return None
+            return end + 1
+        return self.value(i)
+
     def introducer(self, i: int) -> bool:
         """A character set introducer (_latin1, _binary) with its literal at i."""
         return self.word(i).startswith(b"_") and self.kind(i + 1) in _LITERALS
@@ -411,7 +460,7 @@ class _Part:
             j = i + 2
             if self.word(j) == b"password" and not self.op(j + 1, b"("):
                 j += 1
-            return self.value(j) is not None
+            return self.string_value(j) is not None
         if w not in (b"with", b"via"):
             return True     # a column or table named "identified": not an auth clause
         j = i + 2
@@ -420,7 +469,7 @@ class _Part:
                 return True     # no plugin name: nothing more
             j += 1              # the plugin name is not a secret
             if self.word(j) in (b"by", b"as", b"using"):
-                nxt = self.value(j + 1)
+                nxt = self.string_value(j + 1)
                 if nxt is None:
                     return False
                 j = nxt
@@ -451,11 +500,32 @@ class _Part:
 
     def after_keyword(self, i: int) -> bool:
         """MASTER_PASSWORD = v, SOURCE_PASSWORD = v (also without =)."""
-        if self.op(i + 1, b"="):
-            return self.value(i + 2) is not None
+        if self.op(i + 1, b"=") or self.op(i + 1, b":="):
+            return self.string_value(i + 2) is not None
         if self.kind(i + 1) in _LITERALS or self.op(i + 1, b"?"):
-            return self.value(i + 1) is not None
+            return self.string_value(i + 1) is not None
         return True
+
+    def setting(self, i: int) -> bool:
+        """A system variable whose value is a secret (SET GLOBAL wsrep_sst_auth = 'user:pw'): its value
+        is any expression, up to the next ',' (CONCAT('u:', 'pw') is as valid as a string): one plain
+        string is recorded, an expression holding a literal cannot be cut."""
+        if not (self.op(i + 1, b"=") or self.op(i + 1, b":=")):
+            return True     # read, not set (SELECT @@wsrep_sst_auth)
+        a = i + 2
+        depth = 0
+        b = a
+        while b < self.n:
+            if self.op(b, b"("):
+                depth += 1
+            elif self.op(b, b")"):
+                depth -= 1
+            elif depth == 0 and self.op(b, b","):
+                break
+            b += 1
+        if b - a == 1 and self.kind(a) == _T_STR:
+            return self.value(a) is not None
+        return not self.has_literal(a, b) and not any(self.kind(k) == _T_QIDENT for k in range(a, b))
 
     def call(self, i: int, name: bytes) -> bool:
         """name(...) at i: record the secret arguments if each is one plain string."""
@@ -511,7 +581,11 @@ class _Part:
             text = _literal_value(self.data, self.toks[i], self.reading)
             inner = _analyse(text, 0, self.reading & _s.READ_DBCS_MASK, depth + 1)
             return inner is not None and not inner     # only SQL without secrets is kept
-        return not self.strings_may_become_secret_sql(i, end, depth)
+        if end - i == 1 and self.kind(i) == _T_VAR:
+            return True     # PREPARE s FROM @q: @q's assignment was looked at when it was made
+        # any other expression (UNHEX('..'), FROM_BASE64('..'), CONCAT('.. IDENTIFIE', CHAR(68), ..),
+        # CONCAT(@c, '..')) builds its SQL where the text cannot show it: it cannot be proven clean
+        return False
 
 
 def _segment(data: bytes, toks, reading: int, depth: int) -> set | None:
@@ -538,12 +612,16 @@ def _segment(data: bytes, toks, reading: int, depth: int) -> set | None:
         if kind == _T_QIDENT and verb in _WRITE_VERBS:    # `mysql`.`user`, `global_priv`
             w = _name(data, toks[i])
             if w == b"global_priv" or (w == b"mysql" and p.op(i + 1, b".") and i + 2 < n
-                                       and _name(data, toks[i + 2]) in (b"user", b"global_priv")):
+                                       and _name(data, toks[i + 2]) in _GRANT_TABLES):
                 return None
+        if kind == _T_QIDENT:
+            w = _name(data, toks[i])
+            if w not in _QUOTED_KEYWORDS or (i > 0 and p.op(i - 1, b".") and w != b"wsrep_sst_auth"):
+                continue    # a name (a table's `password` column is t.`password`; not @@global.`wsrep_sst_auth`)
+        elif kind != _T_WORD:
             continue
-        if kind != _T_WORD:
-            continue
-        w = p.words[i]
+        else:
+            w = p.words[i]
         ok = True
         if w == b"identified":
             ok = p.identified(i)
@@ -557,6 +635,8 @@ def _segment(data: bytes, toks, reading: int, depth: int) -> set | None:
                 ok = False  # a grant-table hash written as a column (UPDATE user SET password = '*...')
         elif w in (b"master_password", b"source_password"):
             ok = p.after_keyword(i)
+        elif w == b"wsrep_sst_auth":   # Galera's state transfer credentials, user:password
+            ok = p.setting(i)
         elif w == b"replace" and not column and (p.kind(i + 1) == _T_STR or p.op(i + 1, b"?")):
             ok = p.value(i + 1) is not None          # MySQL: ... REPLACE 'current password'
         elif w == b"challenge_response" and p.word(i + 1) == b"as":
@@ -566,7 +646,7 @@ def _segment(data: bytes, toks, reading: int, depth: int) -> set | None:
         elif w == b"global_priv" and verb in _WRITE_VERBS:
             ok = False
         elif w == b"mysql" and verb in _WRITE_VERBS and p.op(i + 1, b".") and i + 2 < n and \
-                _name(data, toks[i + 2]) in (b"user", b"global_priv"):
+                _name(data, toks[i + 2]) in _GRANT_TABLES:
             ok = False
         elif w == b"prepare" and i + 2 < n and p.word(i + 2) == b"from":
             ok = p.dynamic(i + 3, depth)
@@ -579,6 +659,14 @@ def _segment(data: bytes, toks, reading: int, depth: int) -> set | None:
             if p.kind(j) in (_T_STR, _T_OPEN):
                 value = _literal_value(data, toks[j], reading)
                 ok = p.kind(j) == _T_STR and not (_URL_CREDENTIALS.search(value) or _SECRET_WORDS.search(value))
+        elif w == b"comment" and not column:    # a table's or partition's: Spider's connection parameters
+            j = i + 2 if p.op(i + 1, b"=") else i + 1
+            if p.introducer(j):
+                j += 1
+            if p.kind(j) in (_T_STR, _T_OPEN):
+                value = _literal_value(data, toks[j], reading)
+                ok = p.kind(j) == _T_STR and not (_URL_CREDENTIALS.search(value)
+                                                   or _COMMENT_CREDENTIALS.search(value))
         if not ok:
             return None
     if var_assign and p.strings_may_become_secret_sql(0, n, depth):

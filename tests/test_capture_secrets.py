@@ -7,6 +7,7 @@ The classifier itself, spelling by spelling, is tested in test_secret_sql.py.
 """
 from __future__ import annotations
 
+import datetime
 import glob
 import json
 import os
@@ -23,11 +24,14 @@ from capture_rawclient import ps_client
 from capture_util import cancel_capture, cmd, read_capture, start_capture
 from conftest import connect_kwargs
 from fastproxy.capture.record import KIND_CONN_STATE
+from fastproxy.inputs import open_input
+from fastproxy.inputs.common import DROPPED_STAT
 from fastproxy.scratch_db import ROOT_PASSWORD
 from proxy_rawclient import packet
 from replay_util import replay_cli
 from fastproxy.secret_sql import CLEAN, classify
 from test_secret_sql import secret_statements
+from tiproxy_format import encode_command, write_capture
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -258,6 +262,137 @@ def test_secret_as_prepared_parameter(mariadb, proxy_factory, tmp_path):
     assert len(executes) == 1 and executes[0].payload.endswith(b"kept")
     assert not any(cmd(r) == "COM_STMT_CLOSE" for r in records)
     assert (job["filtered_commands"], job["redacted_commands"]) == (3, 0), job   # prepare, execute, close
+
+
+def test_bulk_execute_of_a_dropped_prepare_is_not_recorded(mariadb, proxy_factory, tmp_path):
+    """MariaDB's COM_STMT_BULK_EXECUTE (0xFA) carries bound values like COM_STMT_EXECUTE: the bulk
+    executes of a prepare the capture dropped (its ? is an AES key) were recorded, key and all."""
+    key = f"Key-bulk-{secrets.token_hex(6)}"
+    mariadb.sql("CREATE DATABASE IF NOT EXISTS h7b; CREATE OR REPLACE TABLE h7b.t (c VARBINARY(100));")
+    proxy = proxy_factory([mariadb])
+    out = tmp_path / "capture"
+    start_capture(proxy, out, compress="false")
+    raw = ps_client(proxy.port, "root", ROOT_PASSWORD)
+    hidden = raw.prepare("INSERT INTO h7b.t VALUES (AES_ENCRYPT('x', ?))")
+    # flags 128 (types sent), one VAR_STRING parameter, one row: indicator 0, then the value
+    body = (b"\xfa" + struct.pack("<IH", hidden, 128) + b"\xfe\x00" + b"\x00"
+            + bytes([len(key)]) + key.encode())
+    raw.send(packet(0, body))
+    raw.read_packet()   # the server may refuse it (bulk operations not negotiated): recorded all the same
+    raw.quit()
+    job = cancel_capture(proxy)
+    for blob in _capture_bytes(out):
+        assert key.encode() not in blob
+    _, records, _ = read_capture(out)
+    assert not [cmd(r) for r in records if cmd(r) in ("COM_STMT_PREPARE", "COM_STMT_BULK_EXECUTE")]
+    assert job["filtered_commands"] == 2, job   # the prepare and its bulk execute
+
+
+def test_user_variables_holding_secrets_are_left_out_of_conn_state(mariadb, proxy_factory, tmp_path):
+    """A session open before the capture: its user variables' values went into CONN_STATE unchecked
+    (hex), secret SQL kept for a later PREPARE ... FROM @q and password hashes included. Such a
+    variable is left out, and the session is said not rebuilt in full."""
+    pw = f"Pw-uvar-{secrets.token_hex(6)}"
+    hashed = f"Pw-hash-{secrets.token_hex(6)}"
+    proxy = proxy_factory([mariadb])
+    conn = MySQLdb.connect(**connect_kwargs(proxy.port), autocommit=True)
+    cur = conn.cursor()
+    cur.execute(f"SET @q = 'ALTER USER h7uv IDENTIFIED BY ''{pw}'''")   # dropped by the capture if it ran during it
+    cur.execute(f"SET @h = PASSWORD('{hashed}')")
+    cur.execute("SELECT PASSWORD(%s)", (hashed,))
+    hash_text = cur.fetchone()[0]
+    hash_text = hash_text.decode() if isinstance(hash_text, bytes) else hash_text
+    cur.execute("SET @plain = 'kept', @n = 7")
+    out = tmp_path / "capture"
+    start_capture(proxy, out, compress="false")
+    cur.execute("SELECT 'first'")   # the state is read at this boundary
+    job = cancel_capture(proxy)
+    conn.close()
+    for blob in _capture_bytes(out):
+        for secret in (pw, hash_text, pw.encode().hex().upper(), hash_text.encode().hex().upper()):
+            assert secret.encode() not in blob, secret
+    _, records, _ = read_capture(out)
+    (state,) = [json.loads(r.payload) for r in records if r.kind == KIND_CONN_STATE]
+    assert sorted(u["name"] for u in state["user_vars"]) == ["n", "plain"], state["user_vars"]
+    assert [why for why in state["not_rebuilt"] if "user variable" in why] == [
+        "user variable @q: its value holds a secret", "user variable @h: its value holds a secret"]
+    assert job["sessions_not_rebuilt"] == 1, job
+
+
+def test_tiproxy_input_filters_statements_prepared_before_its_capture(tmp_path):
+    """A TiProxy capture's executes carry the text of statements prepared before it (Prepared_stmt):
+    that text went into a CONN_STATE record unfiltered, and the executes of `SELECT PASSWORD(?)` (prepared
+    before, or prepared during it and dropped) kept their bound value. Filtered as the capture does."""
+    t = datetime.datetime(2024, 12, 3, 11, 5, 1, tzinfo=datetime.timezone.utc)
+    ms = lambda n: t + datetime.timedelta(milliseconds=n)  # noqa: E731
+    key, pw1, pw2 = (f"Zq-{what}-{secrets.token_hex(6)}" for what in ("key", "pw1", "pw2"))
+
+    def execute(ps_id: int, value: str) -> bytes:
+        v = value.encode()
+        return (b"\x17" + ps_id.to_bytes(4, "little") + b"\x00" + (1).to_bytes(4, "little") + b"\x00\x01"
+                + b"\xfe\x00" + bytes([len(v)]) + v)
+
+    body = b"".join([
+        encode_command(ms(0), 21, b"\x02mysql"),
+        encode_command(ms(2), 21, execute(9, "plain"), ps_id=9, prepared=f"SELECT AES_ENCRYPT(?, '{key}')"),
+        encode_command(ms(3), 21, execute(10, pw1), ps_id=10, prepared="SELECT PASSWORD(?)"),
+        encode_command(ms(4), 21, b"\x16SELECT PASSWORD(?)", ps_id=11),
+        encode_command(ms(5), 21, execute(11, pw2), ps_id=11, prepared="SELECT PASSWORD(?)"),
+        encode_command(ms(6), 21, b"\x19" + (11).to_bytes(4, "little"), ps_id=11),
+        encode_command(ms(7), 21, execute(12, "kept"), ps_id=12, prepared="SELECT CONCAT(?, 'x')"),
+        encode_command(ms(8), 21, b"\x01"),
+    ])
+    cap = tmp_path / "tiproxy"
+    write_capture(str(cap), [body], cmds=8)
+    src = open_input(str(cap))
+    recs = list(src)
+    for r in recs:
+        for secret in (key, pw1, pw2):
+            assert secret.encode() not in r.payload, r
+    states = [json.loads(r.payload)["prepared"] for r in recs if r.kind == KIND_CONN_STATE]
+    assert states == [[[9, f"SELECT AES_ENCRYPT(?, {REDACTED.decode()})"]], [[12, "SELECT CONCAT(?, 'x')"]]]
+    executes = [r.payload for r in recs if r.payload[:1] in (b"\x16", b"\x17", b"\x19")]
+    assert executes == [execute(9, "plain"), execute(12, "kept")]
+    # dropped: the two texts (10 before the capture, 11's prepare) and 10's execute, 11's execute and close
+    assert src.stats[DROPPED_STAT] == 5 and src.redacted == 1, (src.stats, src.redacted)
+
+
+def test_execute_of_the_last_prepared_statement_by_id_minus_one(mariadb, proxy_factory, tmp_path):
+    """MariaDB runs a statement command whose id is 0xFFFFFFFF on the last statement prepared
+    (mariadb_stmt_execute_direct): such an execute of a dropped `SELECT PASSWORD(?)` was recorded with
+    its bound password, the filter looking for a statement 0xFFFFFFFF."""
+    pw = f"Pw-last-{secrets.token_hex(6)}"
+    proxy = proxy_factory([mariadb])
+    out = tmp_path / "capture"
+    start_capture(proxy, out, compress="false")
+    raw = ps_client(proxy.port, "root", ROOT_PASSWORD)
+    raw.prepare("SELECT PASSWORD(?)")
+    assert _execute_with_string(raw, 0xFFFFFFFF, pw.encode()).rows == 1   # the server ran it
+    kept = raw.prepare("SELECT CONCAT(?, 'x')")
+    assert _execute_with_string(raw, 0xFFFFFFFF, b"kept").rows == 1
+    raw.quit()
+    job = cancel_capture(proxy)
+    for blob in _capture_bytes(out):
+        assert pw.encode() not in blob
+    _, records, _ = read_capture(out)
+    executes = [r.payload for r in records if cmd(r) == "COM_STMT_EXECUTE"]
+    assert len(executes) == 1 and executes[0].endswith(b"kept"), executes
+    assert [r.payload[1:] for r in records if cmd(r) == "COM_STMT_PREPARE"] == [b"SELECT CONCAT(?, 'x')"]
+    assert kept and job["filtered_commands"] == 2, job   # the prepare and its execute
+
+
+def test_python_relay_resolves_the_last_prepared_statement_id():
+    """The same for connections relayed in Python (TLS): id 0xFFFFFFFF is the connection's last
+    prepare; unknown (prepared before the capture), any dropped statement of the connection may be it."""
+    from fastproxy.capture.job import CaptureJob
+
+    job = CaptureJob.__new__(CaptureJob)   # only the statement bookkeeping is looked at
+    job._filtered_stmts, job._last_prepared = {(1, 5)}, {1: 5}
+    assert job._names_filtered(1, 0xFFFFFFFF) and job._names_filtered(1, 5) and not job._names_filtered(1, 6)
+    job._last_prepared = {1: 6}
+    assert not job._names_filtered(1, 0xFFFFFFFF)
+    job._last_prepared = {}
+    assert job._names_filtered(1, 0xFFFFFFFF) and not job._names_filtered(2, 0xFFFFFFFF)
 
 
 # ---- differential: the real server's lexer decides what ran ---------------------------------------

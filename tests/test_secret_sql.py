@@ -78,6 +78,20 @@ REDACTIONS = [
     # skipped, that versioned comment ends where its nested comment does, and the ALTER after it runs
     ("SELECT 1 /*!50701 /* ' */ ' */ ; ALTER USER x IDENTIFIED BY 's'; -- '",
      f"SELECT 1 /*!50701 /* ' */ ' */ ; ALTER USER x IDENTIFIED BY {R}; -- '"),
+    # audit #2: Galera's state transfer credentials (user:password), ed25519's hash function, KDF's key
+    ("SET GLOBAL wsrep_sst_auth = 'root:pw'", f"SET GLOBAL wsrep_sst_auth = {R}"),
+    ("SET @@global.wsrep_sst_auth='root:pw', sql_mode = ''", f"SET @@global.wsrep_sst_auth={R}, sql_mode = ''"),
+    ("SET SESSION wsrep_sst_auth := 'root:pw'", f"SET SESSION wsrep_sst_auth := {R}"),
+    ("SET @@global.`wsrep_sst_auth` = 'root:pw'", f"SET @@global.`wsrep_sst_auth` = {R}"),
+    ("SELECT ed25519_password('pw')", f"SELECT ed25519_password({R})"),
+    ("CREATE USER x IDENTIFIED VIA ed25519 USING ed25519_password('pw')",
+     f"CREATE USER x IDENTIFIED VIA ed25519 USING ed25519_password({R})"),
+    ("SELECT KDF('pw', 'salt', 'info', 'hkdf'), `kdf`('pw2', 'salt')",
+     f"SELECT KDF({R}, 'salt', 'info', 'hkdf'), `kdf`({R}, 'salt')"),
+    # keywords spelled as back-quoted names: the server refuses them, the text holds the secret
+    ("CREATE SERVER s FOREIGN DATA WRAPPER mysql OPTIONS (`PASSWORD` 'pw')",
+     f"CREATE SERVER s FOREIGN DATA WRAPPER mysql OPTIONS (`PASSWORD` {R})"),
+    ("CHANGE MASTER TO `MASTER_PASSWORD`='pw'", f"CHANGE MASTER TO `MASTER_PASSWORD`={R}"),
 ]
 
 
@@ -154,6 +168,31 @@ DROPS = [
     "ALTER USER x IDENTIFIED BY _utf8mb4 's'",
     "SET PASSWORD FOR x = _latin1 '*A4B6157319038724E3560894F7F932C8886EBFCF'",
     "CREATE SERVER s FOREIGN DATA WRAPPER mysql OPTIONS (USER 'u', PASSWORD _latin1 'sp')",
+    # audit #2: wsrep_sst_auth set from an expression; writes to mysql.servers (CREATE SERVER's options)
+    "SET GLOBAL wsrep_sst_auth = CONCAT('root:', 'pw')",
+    "INSERT INTO mysql.servers (Server_name, Host, Username, Password) VALUES ('s', 'h', 'u', 'pw')",
+    "REPLACE INTO `mysql`.`servers` VALUES ('s','h','d','u','pw',3306,'','mysql','')",
+    "UPDATE mysql.servers SET Password = 'pw' WHERE Server_name = 's'",
+    # Spider's connection parameters in a table's or a partition's COMMENT (as in CONNECTION)
+    "CREATE TABLE t (a INT) ENGINE=SPIDER COMMENT='wrapper \"mysql\", host \"h\", user \"u\", password \"pw\"'",
+    "ALTER TABLE t COMMENT = 'wrapper \"mysql\", password \"pw\"'",
+    "CREATE TABLE t (a INT) ENGINE=SPIDER PARTITION BY KEY (a) (PARTITION p0 COMMENT 'srv \"s\", password \"pw\"')",
+    "CREATE TEMPORARY TABLE t (a INT) ENGINE=SPIDER COMMENT='password ''pw'''",
+    "CREATE TABLE t (a INT) ENGINE=SPIDER COMMENT='mysql://u:pw@127.0.0.1/d/t'",
+    # refused by the server, recorded all the same: a secret in a back-quoted name or an expression
+    "CREATE USER x IDENTIFIED BY `pw`",
+    "ALTER USER x IDENTIFIED BY CONCAT('pw')",
+    "CHANGE MASTER TO MASTER_PASSWORD = CONCAT('pw')",
+    "CHANGE MASTER TO `MASTER_PASSWORD` = `pw`",
+    # audit #3: dynamic SQL built by an expression other than one string or one variable: what it runs
+    # is not in the text, so it cannot be proven clean
+    "EXECUTE IMMEDIATE UNHEX('414C5445522055534552207520494445')",
+    "EXECUTE IMMEDIATE FROM_BASE64('QUxURVIgVVNFUiB1')",
+    "EXECUTE IMMEDIATE CONCAT('ALTER USER u IDENTIFIE', CHAR(68), ' BY ''pw''')",
+    "PREPARE s FROM CONCAT('ALTER USER u IDENTIFIE', CHAR(68), ' BY ''pw''')",
+    "PREPARE s FROM UNHEX('414C544552')",
+    "EXECUTE IMMEDIATE CONCAT(@c, ' BY ''pw''')",
+    "PREPARE s FROM CONCAT('SELECT * FROM ', @t, ' WHERE a = ''', @v, '''')",
 ]
 
 
@@ -199,10 +238,19 @@ CLEAN_SQL = [
     "SET NAMES utf8mb4",
     "SELECT `password`, \"aes_encrypt\" FROM t WHERE `decode` = 'x'",   # quoted names, no call
     "SELECT 1 /*!50700 , 2 */ /*M!100500 , 'it''s' */",  # versioned comments without secrets
-    "PREPARE s FROM CONCAT('SELECT * FROM ', @t, ' WHERE a = ''', @v, '''')",
     "SET @s = CONCAT('SELECT * FROM t WHERE id = ', @id)",
     "SET @name = 'it''s', @n = 2",
     "ALTER USER u PASSWORD EXPIRE INTERVAL 90 DAY",
+    "SELECT @@wsrep_sst_auth, @@global.wsrep_sst_auth",
+    "SET GLOBAL wsrep_sst_auth = DEFAULT",
+    "SELECT * FROM mysql.servers",
+    "SELECT KDF(col, 'salt') FROM t",
+    # a comment that only mentions a password; application data in a column named comment
+    "CREATE TABLE t (a INT COMMENT 'the password hash') COMMENT 'user passwords'",
+    "UPDATE t SET comment = 'password \"x\"' WHERE id = 1",
+    "EXECUTE IMMEDIATE @q USING 1",
+    # an expression where one is valid: a password column compared in a stored program's body
+    "CREATE PROCEDURE p(IN pw TEXT) UPDATE users SET password = SHA2(CONCAT(pw, 'salt'), 256)",
 ]
 
 

@@ -31,7 +31,8 @@ from fastproxy.jobs_base import Job, utc_iso
 from fastproxy.private_files import check_output_path
 from fastproxy.storage import S3Storage, is_s3
 from fastproxy.protocol import change_user_without_auth
-from fastproxy.secret_sql import CLEAN, DROPPED, classify, prepared_names, reading_for_collation, redact_text
+from fastproxy.secret_sql import (CLEAN, DROPPED, classify, prepared_names, reading_for_collation, redact_text,
+                                  value_holds_secret)
 from fastproxy.traffic_filter import Filters, Selector
 
 if TYPE_CHECKING:
@@ -44,6 +45,11 @@ _COM_QUERY = COMMAND.COM_QUERY
 _COM_STMT_PREPARE = COMMAND.COM_STMT_PREPARE
 _COM_STMT_EXECUTE = COMMAND.COM_STMT_EXECUTE
 _COM_STMT_RESET = COMMAND.COM_STMT_RESET
+# commands that name a prepared statement by id (payload bytes 1-4) besides EXECUTE..RESET: a filtered
+# prepare's go too (MariaDB's bulk execute carries bound values like an execute)
+_LAST_STMT_ID = 0xFFFFFFFF  # MariaDB: a statement command's id for the last statement prepared
+_STMT_ID_COMMANDS = frozenset(range(_COM_STMT_EXECUTE, _COM_STMT_RESET + 1)) | {
+    COMMAND.COM_STMT_FETCH, COMMAND.COM_STMT_BULK_EXECUTE}
 _COM_CHANGE_USER = COMMAND.COM_CHANGE_USER
 _COM_RESET_CONNECTION = COMMAND.COM_RESET_CONNECTION
 _COUNT_KEYS = ("filtered", "existing", "waited_for_transaction", "local_infile_files", "local_infile_bytes",
@@ -98,6 +104,8 @@ class CaptureJob(Job):
         # the same counts for the connections relayed in Python (TLS), and their dropped statements
         self._py_counts = dict.fromkeys(_COUNT_KEYS, 0)
         self._filtered_stmts: set[tuple[int, int]] = set()
+        # per connection relayed in Python: the last statement prepared (MariaDB's id 0xFFFFFFFF names it)
+        self._last_prepared: dict[int, int] = {}
         # LOCAL INFILE files: recorded (by the workers) when asked for, up to a size (larger than a
         # quarter of the ring, a record waits on the side path, which large_record_buffer_size bounds)
         self.local_infile = local_infile
@@ -344,6 +352,16 @@ class CaptureJob(Job):
                 else:
                     kept.append(dict(item, sql=shown))
             state[key] = kept
+        # user variables' values (strings, as hex): one that is secret SQL kept for a PREPARE ... FROM @q,
+        # or a password hash, is left out (the session is then not rebuilt in full)
+        kept = []
+        for entry in state.get("user_vars") or []:
+            if "hex" in entry and value_holds_secret(bytes.fromhex(entry["hex"]), reading):
+                not_rebuilt.append(f"user variable @{entry['name']}: its value holds a secret")
+            else:
+                kept.append(entry)
+        if "user_vars" in state:
+            state["user_vars"] = kept
         for t in state["temp_tables"]:
             not_rebuilt.append(f"temporary table {t['db'] + '.' if t['db'] else ''}{t['name']}: its rows "
                                f"(re-created empty from its CREATE statement)")
@@ -414,6 +432,8 @@ class CaptureJob(Job):
         if session.infiles:
             self._record_infiles(session, start_ns)
         affected = r.affected_rows
+        if cmd == _COM_STMT_PREPARE and r.outcome == 0:
+            self._last_prepared[session.conn_id] = r.stmt_id
         if cmd == _COM_QUERY or cmd == _COM_STMT_PREPARE:
             verdict, recorded = classify(payload, 1, reading_for_collation(session.charset))
             if verdict != CLEAN:
@@ -432,16 +452,26 @@ class CaptureJob(Job):
                 affected = r.stmt_id  # a prepare has no affected rows: the field carries the statement id
         elif cmd == _COM_CHANGE_USER or cmd == _COM_RESET_CONNECTION:
             self._dropped_sql_prepares.pop(session.conn_id, None)  # SQL-level statements are gone
+            self._last_prepared.pop(session.conn_id, None)
             if cmd == _COM_CHANGE_USER:
                 payload = change_user_without_auth(payload, session.capabilities)
-        elif self._filtered_stmts and _COM_STMT_EXECUTE <= cmd <= _COM_STMT_RESET:
-            if (session.conn_id, int.from_bytes(payload[1:5], "little")) in self._filtered_stmts:
+        elif self._filtered_stmts and cmd in _STMT_ID_COMMANDS and len(payload) >= 5:
+            if self._names_filtered(session.conn_id, int.from_bytes(payload[1:5], "little")):
                 self.filtered_here += 1
                 return
         if not self.ring.append_command(session.conn_id, start_ns, end_ns, r.outcome, r.err_code, affected, r.rows,
                                         payload, r.last_insert_id, r.columns, r.warnings, r.status_flags,
                                         r.hash_ordered, r.hash_unordered, ordered=True):
             self._refused(f"a {command_name(cmd)}", session.conn_id, len(payload), start_ns)
+
+    def _names_filtered(self, conn_id: int, stmt_id: int) -> bool:
+        """Whether a statement command's id names a statement whose prepare was dropped."""
+        if stmt_id == _LAST_STMT_ID:    # MariaDB: the last statement prepared
+            last = self._last_prepared.get(conn_id)
+            if last is None:    # prepared before the capture: any dropped one may be it
+                return any(conn == conn_id for conn, _ in self._filtered_stmts)
+            stmt_id = last
+        return (conn_id, stmt_id) in self._filtered_stmts
 
     def _record_infiles(self, session: "Session", start_ns: int) -> None:
         """The LOCAL INFILE files of the command that started at start_ns, before its record (a
@@ -464,6 +494,7 @@ class CaptureJob(Job):
     def on_session_reset(self, session: "Session") -> None:
         """COM_CHANGE_USER / COM_RESET_CONNECTION: its SQL-level statements are gone."""
         self._dropped_sql_prepares.pop(session.conn_id, None)
+        self._last_prepared.pop(session.conn_id, None)
 
     def _drop_secret(self, session: "Session", cmd: int, payload: bytes) -> None:
         """Not recorded: a secret that cannot be cut out with certainty. What refers to it goes too
@@ -497,6 +528,7 @@ class CaptureJob(Job):
     def on_close(self, session: "Session") -> None:
         """A captured connection closed (after its last command record, which its worker appended)."""
         self._dropped_sql_prepares.pop(session.conn_id, None)
+        self._last_prepared.pop(session.conn_id, None)
         # relayed in Python (TLS): "wait-txn"/"pending": nothing of it was recorded, so no close either
         captured = session.relay is not None or session.capture_state == "on"
         if captured and not self._stopping and (self.selector is None or self.selector.close(session.conn_id)):

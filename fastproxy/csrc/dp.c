@@ -731,8 +731,14 @@ static int capture_command(dp_conn *c, const dp_cmd *m, const trk_result *r, int
         memcpy(blanked + at + 1, p + at + alen, n - at - alen);
         n = n - alen + 1;
         p = blanked;
-    } else if (cmd >= COM_STMT_EXECUTE && cmd <= COM_STMT_RESET && n >= 5) {
-        dp_stmt *e = dp_stmt_find(&c->s, p[1] | (p[2] << 8) | (p[3] << 16) | ((uint32_t)p[4] << 24));
+    } else if (((cmd >= COM_STMT_EXECUTE && cmd <= COM_STMT_RESET) || cmd == COM_STMT_FETCH
+                || cmd == COM_STMT_BULK_EXECUTE) && n >= 5) {
+        /* every command naming a statement by id (bytes 1-4): the bulk execute (MariaDB) carries
+         * bound values like an execute, so a dropped prepare's bulk executes go too */
+        uint32_t id = p[1] | (p[2] << 8) | (p[3] << 16) | ((uint32_t)p[4] << 24);
+        if (id == DP_LAST_STMT_ID && c->s.has_last_prepared)
+            id = c->s.last_prepared;  /* MariaDB: the last statement prepared (mariadb_stmt_execute_direct) */
+        dp_stmt *e = dp_stmt_find(&c->s, id);
         if (e && e->filtered) {
             __atomic_add_fetch(&cap->filtered, 1, __ATOMIC_RELAXED);
             return 0;

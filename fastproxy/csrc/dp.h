@@ -20,6 +20,7 @@
 #include "tracker.h"
 
 #define DP_READ_SIZE (64 * 1024)   /* one read; also the most a side's output buffer holds */
+#define DP_LAST_STMT_ID 0xFFFFFFFFu  /* MariaDB: a statement command's id for the last statement prepared */
 #define DP_MAX_PIPELINE 64         /* commands in flight before the client is no longer read */
 #define DP_LATENCY_BOUNDS 16       /* latency histogram: bounds given by Python (metrics.py) */
 #define DP_USE_MAX 4096            /* a COM_QUERY longer than this is never taken for `USE db` */
@@ -133,6 +134,8 @@ typedef struct dp_session {
     uint32_t stmts_cap;
     uint32_t stmts_len;          /* live */
     uint32_t stmts_used;         /* live + deleted */
+    uint32_t last_prepared;      /* the id of the last statement prepared: MariaDB's id 0xFFFFFFFF names it */
+    uint8_t has_last_prepared;
     uint64_t commands;
     uint8_t last_cmd;
     uint8_t last_outcome;

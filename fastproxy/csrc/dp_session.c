@@ -95,6 +95,7 @@ static void stmts_forget(dp_session *s) {
     free(s->stmts);
     s->stmts = NULL;
     s->stmts_cap = s->stmts_len = s->stmts_used = 0;
+    s->has_last_prepared = 0;
 }
 
 void dp_session_free(dp_session *s) {
@@ -426,6 +427,8 @@ int dp_session_apply(dp_conn *c, const dp_cmd *cmd, const trk_result *r) {
             e->sql = sql;
             e->sql_len = (uint32_t)(n - 1);
             e->num_params = r->num_params;
+            s->last_prepared = (uint32_t)r->stmt_id;
+            s->has_last_prepared = 1;
         }
         pthread_mutex_unlock(&c->lock);
         if (!e) {

@@ -35,11 +35,15 @@ from fastproxy.capture.record import (KIND_COMMAND, KIND_CONN_CLOSE, KIND_CONN_O
                                       OUTCOME_OK, Record)
 from fastproxy.constants import COMMAND, COMMAND_NAMES
 from fastproxy.errors import TrafficFormatError
-from fastproxy.inputs.common import UTF8MB4, SkipCounter, secret_filter
+from fastproxy.inputs.common import DROPPED_STAT, UTF8MB4, SkipCounter, secret_filter
 from fastproxy.storage import open_storage
 
 TIPROXY_FILE_RE = re.compile(r"^traffic(?:-(?P<ts>[0-9T:.-]+))?\.log(?P<gz>\.gz)?$")
 _KEY_PREFIX = b"# "
+# commands that name a prepared statement by id (payload bytes 1-4): those of a prepare the secret
+# filter dropped are dropped too (an execute's bound values may be the secret)
+_STMT_ID_COMMANDS = frozenset((COMMAND.COM_STMT_EXECUTE, COMMAND.COM_STMT_SEND_LONG_DATA, COMMAND.COM_STMT_CLOSE,
+                               COMMAND.COM_STMT_RESET, COMMAND.COM_STMT_FETCH, COMMAND.COM_STMT_BULK_EXECUTE))
 _KEY_SUFFIX = b": "
 # TiProxy's Cmd_type strings are pnet.Command.String(): "StmtExecute", "InitDB", ...
 _TYPE_BY_NAME = {"".join(p.capitalize() for p in name[4:].split("_")): code
@@ -242,7 +246,8 @@ class TiProxySource:
 
     # ---- records ---------------------------------------------------------------------------
     def __iter__(self) -> Iterator[Record]:
-        live: dict[int, dict] = {}  # TiProxy connection id -> {"db", "prepared", "last"}
+        # TiProxy connection id -> {"db", "prepared", "dropped" (statement ids the secret filter dropped), "last"}
+        live: dict[int, dict] = {}
         last_ns = 0
         for c in self._commands():
             conn, start, payload = c["conn"], c["start_ns"], c["payload"]
@@ -254,7 +259,7 @@ class TiProxySource:
             if st is None:
                 if cmd == COMMAND.COM_QUIT:
                     continue
-                st = live[conn] = {"db": None, "prepared": {}, "last": 0}
+                st = live[conn] = {"db": None, "prepared": {}, "dropped": set(), "last": 0}
                 db = payload[1:].decode("utf-8", "surrogateescape") if cmd == COMMAND.COM_INIT_DB else None
                 st["db"] = db
                 body = {"user": "", "db": db, "capabilities": 0, "charset": UTF8MB4, "client_addr": ""}
@@ -274,15 +279,31 @@ class TiProxySource:
             if cmd in (COMMAND.COM_QUERY, COMMAND.COM_STMT_PREPARE):
                 kept = secret_filter(payload, self)
                 if kept is None:
+                    if cmd == COMMAND.COM_STMT_PREPARE and c.get("ps_id"):
+                        st["dropped"].add(c["ps_id"])   # its executes carry the secret: dropped too
                     continue
                 payload = kept
+            ps_id = c.get("ps_id", 0)
+            if cmd in _STMT_ID_COMMANDS:
+                ps_id = ps_id or (int.from_bytes(payload[1:5], "little") if len(payload) >= 5 else 0)
+                if ps_id and ps_id not in st["prepared"] and ps_id not in st["dropped"] and c.get("prepared"):
+                    # prepared before the capture: its text goes through the same filter as a prepare
+                    kept = secret_filter(bytes((COMMAND.COM_STMT_PREPARE,)) + c["prepared"].encode(
+                        "utf-8", "surrogateescape"), self)
+                    if kept is None:
+                        st["dropped"].add(ps_id)
+                    else:
+                        c["prepared"] = kept[1:].decode("utf-8", "surrogateescape")
+                if ps_id in st["dropped"]:
+                    self.stats[DROPPED_STAT] += 1   # an execute (close, reset) of a dropped prepare
+                    continue
             if cmd == COMMAND.COM_INIT_DB:
                 st["db"] = payload[1:].decode("utf-8", "surrogateescape")
             affected = 0
-            ps_id = c.get("ps_id", 0)
             if cmd == COMMAND.COM_STMT_PREPARE and ps_id:
                 affected = ps_id  # our format: a PREPARE's affected_rows holds the captured statement id
                 st["prepared"][ps_id] = payload[1:].decode("utf-8", "surrogateescape")
+                st["dropped"].discard(ps_id)
             elif ps_id and c.get("prepared") and ps_id not in st["prepared"]:
                 # prepared before the capture: tell replay the SQL so it can prepare it first
                 st["prepared"][ps_id] = c["prepared"]
