@@ -198,3 +198,23 @@ def test_three_shards_started_together_equal_one_replayer(mariadb_test, independ
                                                                   if r.kind == KIND_COMMAND])
     assert all(s["commands_failed"] == 0 for s in summaries)
     assert checksums(mariadb_test, "sh") == source_sums
+
+
+def test_the_same_input_twice_is_refused(tmp_path):
+    """`--input cap --input cap` (or cap/, or a link to it) would replay every command twice: refused."""
+    from click.testing import CliRunner
+
+    from fastproxy.cli import main
+
+    convert(ListSource([_open(1, "u", "d", T0), _q(1, T0 + 10, "SELECT 1")]), str(tmp_path / "a"))
+    convert(ListSource([_open(1, "u", "d", T0), _q(1, T0 + 10, "SELECT 2")]), str(tmp_path / "b"))
+    (tmp_path / "link").symlink_to(tmp_path / "a")
+    a = str(tmp_path / "a")
+    for second in (a, a + "/", str(tmp_path / "link")):
+        res = CliRunner().invoke(main, ["replay", "--dry-run", "--username", "root", "--input", a, "--input", second,
+                                        "--report-dir", str(tmp_path)])
+        assert res.exit_code == 1 and "Traceback" not in res.output, res.output
+        assert f"input: {second} and {a} are the same location" in res.output, res.output
+    res = CliRunner().invoke(main, ["replay", "--dry-run", "--username", "root", "--input", a,
+                                    "--input", str(tmp_path / "b"), "--report-dir", str(tmp_path)])
+    assert res.exit_code == 0, res.output

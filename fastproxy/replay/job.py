@@ -37,9 +37,15 @@ class ReplayRun:
         if report_dir is not None:
             report_dir = check_output_path(report_dir, "report-dir")
         inputs = [input_dir] if isinstance(input_dir, str) else list(input_dir)
+        seen: dict[str, str] = {}
         for path in inputs:
             if not is_s3(path) and not os.path.exists(path):
                 raise JobError(f"input: {path}: no such file or directory")
+            # the same location twice would replay each of its commands twice
+            where = path.rstrip("/") if is_s3(path) else os.path.realpath(path)
+            if where in seen:
+                raise ConfigError(f"input: {path} and {seen[where]} are the same location: give each capture once")
+            seen[where] = path
         if not report_dir and is_s3(inputs[0]):
             raise ConfigError("report-dir: required when the input is on S3 (the summary files are written locally)")
         if options.dry_run and baseline is not None:
