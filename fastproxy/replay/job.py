@@ -122,6 +122,8 @@ class ReplayRun:
             if self.writer:
                 await asyncio.get_running_loop().run_in_executor(None, self.writer.close)
             self.summary = engine.summary()
+            # next to secrets_from_users_file: the --username user's own password, put back as such
+            self.summary["secrets_replay_user"] = engine.credentials.replay_user
             if cp is not None:
                 self.summary["resume"] = cp.summary()
             if self.writer:
@@ -314,7 +316,8 @@ def _session_lines(s: dict) -> list[str]:
         out.append(f"  COM_CHANGE_USER: {s['change_users']} replayed as a change of user")
     if s.get("secrets_substituted"):
         out.append(f"  redacted secrets put back: {s['secrets_substituted']} statement(s) "
-                   f"({s['secrets_from_users_file']} password(s) from the users file, {s['secrets_random']} random)")
+                   f"({s['secrets_from_users_file']} password(s) from the users file, "
+                   f"{s.get('secrets_replay_user', 0)} the --username user's own, {s['secrets_random']} random)")
     if s.get("commands_not_executed_in_production"):
         out.append(f"  not sent: {s['commands_not_executed_in_production']} command(s) in flight when production's "
                    f"backend died (--replay-unknown sends them)")
