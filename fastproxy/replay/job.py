@@ -143,7 +143,14 @@ class ReplayRun:
 
     def _write_files(self) -> None:
         filters = self.engine.opt.filters
-        base = summary_base(self.engine.replay_start_ns, getattr(filters, "shard", None))
+        shard = getattr(filters, "shard", None)
+        start_ns = self.engine.replay_start_ns
+        start_at = self.engine.opt.start_at
+        if shard and start_at is not None and 0 <= start_ns - start_at * 1e9 < 1e9:
+            # the shards of one run waited for the same --start-at: named by it, their names share the time
+            # (each one's clock read after its wait differs by a millisecond or so)
+            start_ns = int(start_at * 1e9)
+        base = summary_base(start_ns, shard)
         report = self.engine.report
         # the verdict first: its numbers and the HTML page's path belong in the summary written after it
         contents = self.verdict.contents(os.path.join(self.report_dir, base), self.summary)
@@ -191,7 +198,7 @@ class ReplayRun:
 def summary_base(replay_start_ns: int, shard: tuple[int, int] | None = None) -> str:
     """replay-<UTC time>[-shard<i>of<N>]: the summary files' name without suffix. Milliseconds: two
     runs in one second must not collide (a name that exists is never overwritten, see _write_private);
-    shards started together (--start-at) share the millisecond, so their number is in the name."""
+    shards started together (--start-at, given as `replay_start_ns`) share it, so their number is in the name."""
     t = replay_start_ns
     base = "replay-" + time.strftime("%Y%m%dT%H%M%S", time.gmtime(t / 1e9)) + f".{t // 1_000_000 % 1000:03d}Z"
     return base + (f"-shard{shard[0]}of{shard[1]}" if shard else "")
