@@ -117,7 +117,8 @@ async def _run_with_progress(run, progress: bool) -> dict:
 
 
 @click.command("demo")
-@click.option("--workload-seconds", type=float, default=8.0, show_default=True, help="length of the captured workload")
+@click.option("--workload-seconds", type=click.FloatRange(min=0, min_open=True), default=8.0, show_default=True,
+              help="length of the captured workload")
 @click.option("--keep", is_flag=True, help="keep the servers running until Ctrl-C")
 @click.option("--output", default=None, help="capture directory [default: a temporary one]")
 def demo(workload_seconds: float, keep: bool, output: str | None) -> None:

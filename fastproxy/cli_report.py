@@ -49,7 +49,8 @@ def verdict_form(kwargs: dict) -> dict:
 @click.option("--html", "html_path", default=None, type=click.Path(dir_okay=False),
               help="write the HTML page here [default: next to the replay's summary, replay-<time>.html]")
 @click.option("--replay", "stamp", default=None, metavar="TIME",
-              help="which replay of the directory (the <time> of replay-<time>.json) [default: the newest]")
+              help="which replay of the directory (the <time> of replay-<time>.json; a shard of a sharded "
+                   "replay: <time>-shard<i>of<N>) [default: the newest]")
 def report(report_dir: str, html_path: str | None, stamp: str | None) -> None:
     """Print the verdict of a replay and (re)write its HTML page, from the files the replay wrote."""
     from fastproxy.errors import FastproxyError
@@ -61,6 +62,7 @@ def report(report_dir: str, html_path: str | None, stamp: str | None) -> None:
     except FastproxyError as e:
         raise click.ClickException(str(e)) from None
     out = html_path or r["paths"]["html"]
+    _say_shard(r["paths"])
     if r["verdict"] is None:
         click.echo(format_verdict(r["summary"], None, r["failures"]), nl=False)
         raise click.ClickException(f"{r['paths']['summary']}: this replay has no verdict file (made by an older "
@@ -73,3 +75,17 @@ def report(report_dir: str, html_path: str | None, stamp: str | None) -> None:
     except OSError as e:
         raise click.ClickException(f"cannot write {out}: {e}") from None
     click.echo(format_verdict(r["summary"], r["verdict"], r["failures"], os.path.abspath(out)), nl=False)
+
+
+def _say_shard(paths: dict) -> None:
+    """A shard's verdict covers its share of the capture only: say which shard this is, and the others."""
+    from fastproxy.report.files import SHARD_RE
+
+    m = SHARD_RE.search(paths["stamp"])
+    if not m:
+        return
+    i, n = int(m.group(1)), int(m.group(2))
+    others = [s for s in paths["shards"] if s != paths["stamp"]]
+    click.echo(f"replay {paths['stamp']}: shard {i}/{n} (--shard {i}/{n}) of a sharded replay: this verdict covers "
+               f"that shard's share of the capture only; {len(paths['shards'])} of its {n} shards are here"
+               + (": " + ", ".join(f"--replay {s}" for s in others) + " shows the others" if others else ""))

@@ -92,47 +92,52 @@ def _workload(port: int, seconds: float, seed: int, counts: dict, lock: threadin
     conn = MySQLdb.connect(host="127.0.0.1", port=port, user="root", password=ROOT_PASSWORD, database="shop",
                            autocommit=True)
     cur = conn.cursor()
-    n = errors = 0
+    sent = errors = 0
+
+    def execute(sql: str, args: tuple | None = None) -> None:
+        nonlocal sent
+        sent += 1  # each statement sent (a transaction is 4), failed or not: what the capture holds
+        cur.execute(sql, args)
+
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         action = rnd.random()
         try:
             if action < 0.55:
-                cur.execute("SELECT name, email FROM customers WHERE id = %s", (rnd.randint(1, 200),))
+                execute("SELECT name, email FROM customers WHERE id = %s", (rnd.randint(1, 200),))
                 cur.fetchall()
             elif action < 0.57:
                 # a customer's statement of last year's orders: needs the index the test side dropped
-                cur.execute("SELECT p.title, SUM(o.qty) FROM orders o JOIN products p ON p.id = o.product_id "
-                            "WHERE o.customer_id = %s AND o.created_at < '2025-01-01' GROUP BY p.title",
-                            (rnd.randint(1, 200),))
+                execute("SELECT p.title, SUM(o.qty) FROM orders o JOIN products p ON p.id = o.product_id "
+                        "WHERE o.customer_id = %s AND o.created_at < '2025-01-01' GROUP BY p.title",
+                        (rnd.randint(1, 200),))
                 cur.fetchall()
             elif action < 0.75:
-                cur.execute("BEGIN")
-                cur.execute("UPDATE products SET stock = stock - 1 WHERE id = %s", (rnd.randint(1, 50),))
-                cur.execute("INSERT INTO orders (customer_id, product_id, qty) VALUES (%s, %s, %s)",
-                            (rnd.randint(1, 200), rnd.randint(1, 50), rnd.randint(1, 3)))
-                cur.execute("COMMIT")
+                execute("BEGIN")
+                execute("UPDATE products SET stock = stock - 1 WHERE id = %s", (rnd.randint(1, 50),))
+                execute("INSERT INTO orders (customer_id, product_id, qty) VALUES (%s, %s, %s)",
+                        (rnd.randint(1, 200), rnd.randint(1, 50), rnd.randint(1, 3)))
+                execute("COMMIT")
             elif action < 0.85:
                 # uses the column the test side dropped: these fail only on replay
-                cur.execute("INSERT INTO orders (customer_id, product_id, qty, coupon) VALUES (%s, %s, 1, %s)",
-                            (rnd.randint(1, 200), rnd.randint(1, 50), rnd.choice(["SPRING", "VIP10", "NEW5"])))
+                execute("INSERT INTO orders (customer_id, product_id, qty, coupon) VALUES (%s, %s, 1, %s)",
+                        (rnd.randint(1, 200), rnd.randint(1, 50), rnd.choice(["SPRING", "VIP10", "NEW5"])))
             elif action < 0.90:
-                cur.execute("SELECT COUNT(*) FROM orders WHERE coupon = %s", (rnd.choice(["SPRING", "VIP10"]),))
+                execute("SELECT COUNT(*) FROM orders WHERE coupon = %s", (rnd.choice(["SPRING", "VIP10"]),))
                 cur.fetchall()
             elif action < 0.96:
                 # the support screen's case-insensitive name lookup: a collation change alters its result
-                cur.execute("SELECT COUNT(*) FROM customers WHERE name = %s", (f"Customer {rnd.randint(1, 200)}",))
+                execute("SELECT COUNT(*) FROM customers WHERE name = %s", (f"Customer {rnd.randint(1, 200)}",))
                 cur.fetchall()
             else:
                 # fails in production too (duplicate key): not a replay failure
-                cur.execute("INSERT INTO customers (id, name) VALUES (%s, 'dup')", (rnd.randint(1, 200),))
+                execute("INSERT INTO customers (id, name) VALUES (%s, 'dup')", (rnd.randint(1, 200),))
         except MySQLdb.Error:
             errors += 1
-        n += 1
         time.sleep(rnd.uniform(0.001, 0.01))  # think time, so the capture has a real pace
     conn.close()
     with lock:
-        counts["statements"] += n
+        counts["statements"] += sent
         counts["errors"] += errors
 
 
@@ -147,7 +152,8 @@ def _load_data(db: ScratchMariaDB) -> None:
 def run_demo(workload_seconds: float = 8.0, keep: bool = False, output: str | None = None) -> int:
     workdir = tempfile.mkdtemp(prefix="fastproxy-demo-")
     keep_output = output is not None
-    output = output or os.path.join(workdir, "traffic")
+    # the capture API wants an absolute path: a relative --output is the current directory's
+    output = os.path.abspath(output) if output else os.path.join(workdir, "traffic")
     fp = [sys.executable, "-m", "fastproxy"]
     prod = test = prod_proxy = test_proxy = None
     try:
@@ -172,8 +178,8 @@ def run_demo(workload_seconds: float = 8.0, keep: bool = False, output: str | No
             t.start()
         for t in threads:
             t.join()
-        print(f"workload: {counts['statements']} statements on 4 connections "
-              f"({counts['errors']} failed in production: duplicate keys)")
+        print(f"workload: {counts['statements']} statements sent on 4 connections (a transaction counts its "
+              f"BEGIN, UPDATE, INSERT and COMMIT); {counts['errors']} failed in production: duplicate keys")
         _wait(fp, prod_proxy.api, "capture")
         _run(fp + ["traffic", "show", "--curls", prod_proxy.api])
         _run(fp + ["traffic", "inspect", output, "--limit", "8"])

@@ -338,6 +338,40 @@ def test_inspect(tmp_path):
     assert rows[0]["info"]["prepared"] == [[1, "SELECT ?"]]
 
 
+def test_inspect_says_outcome_unknown_for_logs_and_a_prepares_statement_id(tmp_path):
+    """A general or slow log does not record whether a statement succeeded: inspect says the outcome is
+    unknown (not OK). A prepare's record keeps its statement id where others keep affected rows."""
+    general = tmp_path / "general.log"
+    general.write_text("/usr/sbin/mariadbd, Version: 10.11 (Debian). started with:\nTcp port: 1  Unix socket: s\n"
+                       "Time\t\t    Id Command\tArgument\n"
+                       "261203 11:13:53\t     5 Connect\troot@127.0.0.1 on d using TCP/IP\n"
+                       "\t\t     5 Query\tSELECT nothing FROM nowhere\n\t\t     5 Quit\t\n")
+    slow = tmp_path / "slow.log"
+    slow.write_text("# Time: 241203 11:05:01\n# User@Host: root[root] @ localhost []\n# Thread_id: 7  Schema: d\n"
+                    "# Query_time: 0.5  Lock_time: 0.0  Rows_sent: 3  Rows_examined: 9\n"
+                    "SET timestamp=1733223901;\nSELECT a FROM t;\n")
+    for log, sql in ((general, "SELECT nothing FROM nowhere"), (slow, "SELECT a FROM t")):
+        buf = io.StringIO()
+        inspect_capture(str(log), out=buf)
+        line = next(x for x in buf.getvalue().splitlines() if x.endswith(sql))
+        assert " COM_QUERY outcome unknown " in line and " OK " not in line, line
+        buf = io.StringIO()
+        inspect_capture(str(log), out=buf, as_json=True)
+        row = next(json.loads(x) for x in buf.getvalue().splitlines() if sql in x)
+        assert row["outcome"] is None, row
+    assert "rows=3" in line  # the slow log's Rows_sent
+
+    out = tmp_path / "cap"
+    capture(out, [Record(KIND_COMMAND, 5, T0, T0 + 1000, OUTCOME_OK, 0, 7, 0, b"\x16SELECT ?"),
+                  Record(KIND_COMMAND, 5, T0 + 2000, T0 + 3000, OUTCOME_OK, 0, 0, 1,
+                         b"\x17\x07\x00\x00\x00\x00\x01\x00\x00\x00")])
+    buf = io.StringIO()
+    inspect_capture(out, out=buf)
+    lines = buf.getvalue().splitlines()
+    assert lines[0] == "2023-11-14T22:13:20.000000Z conn=5 COM_STMT_PREPARE OK rows=0 1us stmt_id=7 SELECT ?"
+    assert lines[1].endswith("COM_STMT_EXECUTE OK affected=0 rows=1 1us stmt_id=7")
+
+
 def test_version_1_capture_still_reads(tmp_path):
     """Captures written before format version 2 (48-byte record headers) still read and replay."""
     from fastproxy.capture.record import FILE_HEADER, HEADER_V1, MAGIC

@@ -198,3 +198,45 @@ def test_three_shards_started_together_equal_one_replayer(mariadb_test, independ
                                                                   if r.kind == KIND_COMMAND])
     assert all(s["commands_failed"] == 0 for s in summaries)
     assert checksums(mariadb_test, "sh") == source_sums
+
+    # `traffic report` of the directory says which shard's verdict it shows, and names the others
+    def report(*args):
+        res = subprocess.run([sys.executable, "-m", "fastproxy", "traffic", "report", str(tmp_path), *args],
+                             capture_output=True, text=True, timeout=120)
+        return res.returncode, res.stdout + res.stderr
+
+    stamps = sorted(f.name[len("replay-"):-len(".json")] for f in tmp_path.glob("replay-*.json"))
+    time_part = stamps[0][:-len("-shard0of3")]
+    assert stamps == [f"{time_part}-shard{i}of3" for i in range(3)], stamps
+    rc, out = report()
+    assert rc == 0 and "Traceback" not in out, out
+    assert f"replay {stamps[2]}: shard 2/3 (--shard 2/3) of a sharded replay" in out, out
+    assert f"3 of its 3 shards are here: --replay {stamps[0]}, --replay {stamps[1]} shows the others" in out, out
+    assert "VERDICT" in out
+    # --replay <time>, as the help says: the run's shards to choose from
+    rc, out = report("--replay", time_part)
+    assert rc == 1 and "Traceback" not in out, out
+    assert f"replay {time_part} was sharded: give one of --replay {stamps[0]}, --replay {stamps[1]}, " \
+           f"--replay {stamps[2]}" in out, out
+    rc, out = report("--replay", stamps[1])
+    assert rc == 0 and "shard 1/3 (--shard 1/3)" in out and "VERDICT" in out, out
+
+
+def test_the_same_input_twice_is_refused(tmp_path):
+    """`--input cap --input cap` (or cap/, or a link to it) would replay every command twice: refused."""
+    from click.testing import CliRunner
+
+    from fastproxy.cli import main
+
+    convert(ListSource([_open(1, "u", "d", T0), _q(1, T0 + 10, "SELECT 1")]), str(tmp_path / "a"))
+    convert(ListSource([_open(1, "u", "d", T0), _q(1, T0 + 10, "SELECT 2")]), str(tmp_path / "b"))
+    (tmp_path / "link").symlink_to(tmp_path / "a")
+    a = str(tmp_path / "a")
+    for second in (a, a + "/", str(tmp_path / "link")):
+        res = CliRunner().invoke(main, ["replay", "--dry-run", "--username", "root", "--input", a, "--input", second,
+                                        "--report-dir", str(tmp_path)])
+        assert res.exit_code == 1 and "Traceback" not in res.output, res.output
+        assert f"input: {second} and {a} are the same location" in res.output, res.output
+    res = CliRunner().invoke(main, ["replay", "--dry-run", "--username", "root", "--input", a,
+                                    "--input", str(tmp_path / "b"), "--report-dir", str(tmp_path)])
+    assert res.exit_code == 0, res.output

@@ -225,6 +225,32 @@ def test_redacted_secrets_put_back(mariadb, mariadb_test, proxy, tmp_path):
         assert "Test-listed-pw" not in res.stdout + res.stderr + json.dumps(summary)
 
 
+def test_the_replay_users_own_password_is_not_counted_as_from_the_users_file(mariadb, mariadb_test, proxy, tmp_path):
+    """Without a users file, a redacted SET PASSWORD of the --username user gets that user's --password
+    back: counted as such (secrets_replay_user), not as "from the users file"."""
+    on_both((mariadb, mariadb_test), "DROP USER IF EXISTS rs_self@'%'; CREATE USER rs_self@'%' IDENTIFIED BY 'Self-pw-1'")
+    try:
+        out = str(tmp_path / "cap")
+        with Capture(proxy, out):
+            c = pymysql.connect(host="127.0.0.1", port=proxy.port, user="rs_self", password="Self-pw-1",
+                                autocommit=True)
+            c.cursor().execute("SET PASSWORD = PASSWORD('Self-pw-1')")
+            c.close()
+        assert not any(b"Self-pw" in r.payload for r in records(out))
+        res, summary = replay_cli(mariadb_test.addr, out, "--speed", "0", "--no-report-tables",
+                                  username="rs_self", password="Self-pw-1")
+        _no_false_failures(summary)
+        assert (summary["secrets_substituted"], summary["secrets_from_users_file"], summary["secrets_replay_user"],
+                summary["secrets_random"]) == (1, 0, 1, 0), summary
+        assert ("redacted secrets put back: 1 statement(s) (0 password(s) from the users file, 1 the --username "
+                "user's own, 0 random)") in res.stdout, res.stdout
+        # the password stayed what it was: the user still logs in with it
+        pymysql.connect(host="127.0.0.1", port=int(mariadb_test.addr.rsplit(":", 1)[1]), user="rs_self",
+                        password="Self-pw-1").close()
+    finally:
+        on_both((mariadb, mariadb_test), "DROP USER IF EXISTS rs_self@'%'")
+
+
 def test_a_placeholder_production_sent_itself_gets_no_password(mariadb, mariadb_test, proxy, tmp_path):
     """A client may send the placeholder string itself: into a variable, a table, an expression that
     picks another user's name. Replay leaves it as it was (the same data as production); neither the

@@ -23,7 +23,9 @@ def _iso(ns: int) -> str:
     return t.strftime("%Y-%m-%dT%H:%M:%S.") + f"{ns % 1_000_000_000 // 1000:06d}Z"
 
 
-def _describe(rec) -> dict:
+def _describe(rec, outcome_known: bool = True) -> dict:
+    """`outcome_known` False: the input (a slow or general log) did not record whether the command
+    succeeded; its outcome shows as unknown (None), not as the OK the record holds by default."""
     d = {"time": _iso(rec.start_ns), "conn_id": rec.conn_id, "kind": KIND_NAMES[rec.kind]}
     if rec.kind == KIND_LOCAL_INFILE:
         size = INFILE_SIZE.unpack_from(rec.payload)[0] if len(rec.payload) >= INFILE_SIZE.size else 0
@@ -39,10 +41,13 @@ def _describe(rec) -> dict:
         return d
     payload = rec.payload
     d["command"] = command_name(payload[0]) if payload else "EMPTY"
-    d["outcome"] = OUTCOME_NAMES[rec.outcome]
+    d["outcome"] = OUTCOME_NAMES[rec.outcome] if outcome_known else None
     if rec.outcome == OUTCOME_ERR:
         d["err_code"] = rec.err_code
-    d["affected_rows"] = rec.affected_rows
+    if payload and payload[0] == COMMAND.COM_STMT_PREPARE:
+        d["stmt_id"] = rec.affected_rows  # the capture keeps a prepare's statement id there
+    else:
+        d["affected_rows"] = rec.affected_rows
     d["rows"] = rec.rows
     d["duration_us"] = (rec.end_ns - rec.start_ns) // 1000 if rec.end_ns else None
     if payload and payload[0] in _SQL_COMMANDS:
@@ -71,10 +76,12 @@ def _line(d: dict) -> str:
             if info.get("not_rebuilt"):
                 parts.append("not_rebuilt: " + "; ".join(info["not_rebuilt"]))
         return " ".join(parts)
-    parts += [d["command"], d["outcome"]]
+    parts += [d["command"], d["outcome"] or "outcome unknown"]
     if "err_code" in d:
         parts.append(f"err={d['err_code']}")
-    parts.append(f"affected={d['affected_rows']} rows={d['rows']}")
+    if "affected_rows" in d:
+        parts.append(f"affected={d['affected_rows']}")
+    parts.append(f"rows={d['rows']}")
     if d["duration_us"] is not None:
         parts.append(f"{d['duration_us']}us")
     if "stmt_id" in d:
@@ -107,7 +114,9 @@ def inspect_capture(input_dir, *, key=None, as_json=False, out=sys.stdout, limit
             if rec.outcome == OUTCOME_ERR:
                 errors_by_code[rec.err_code] += 1
         if limit is None or printed < limit:
-            d = _describe(rec)
+            # a slow log that logs Errno (MySQL 8) has outcomes: known from its first entry, while its meta
+            # says so only once read to the end
+            d = _describe(rec, reader.meta.get("outcomes_recorded", True) or getattr(reader, "errno_logged", False))
             out.write((json.dumps(d) if as_json else _line(d)) + "\n")
             printed += 1
     summary = {

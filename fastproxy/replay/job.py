@@ -37,9 +37,15 @@ class ReplayRun:
         if report_dir is not None:
             report_dir = check_output_path(report_dir, "report-dir")
         inputs = [input_dir] if isinstance(input_dir, str) else list(input_dir)
+        seen: dict[str, str] = {}
         for path in inputs:
             if not is_s3(path) and not os.path.exists(path):
                 raise JobError(f"input: {path}: no such file or directory")
+            # the same location twice would replay each of its commands twice
+            where = path.rstrip("/") if is_s3(path) else os.path.realpath(path)
+            if where in seen:
+                raise ConfigError(f"input: {path} and {seen[where]} are the same location: give each capture once")
+            seen[where] = path
         if not report_dir and is_s3(inputs[0]):
             raise ConfigError("report-dir: required when the input is on S3 (the summary files are written locally)")
         if options.dry_run and baseline is not None:
@@ -116,6 +122,8 @@ class ReplayRun:
             if self.writer:
                 await asyncio.get_running_loop().run_in_executor(None, self.writer.close)
             self.summary = engine.summary()
+            # next to secrets_from_users_file: the --username user's own password, put back as such
+            self.summary["secrets_replay_user"] = engine.credentials.replay_user
             if cp is not None:
                 self.summary["resume"] = cp.summary()
             if self.writer:
@@ -135,7 +143,14 @@ class ReplayRun:
 
     def _write_files(self) -> None:
         filters = self.engine.opt.filters
-        base = summary_base(self.engine.replay_start_ns, getattr(filters, "shard", None))
+        shard = getattr(filters, "shard", None)
+        start_ns = self.engine.replay_start_ns
+        start_at = self.engine.opt.start_at
+        if shard and start_at is not None and 0 <= start_ns - start_at * 1e9 < 1e9:
+            # the shards of one run waited for the same --start-at: named by it, their names share the time
+            # (each one's clock read after its wait differs by a millisecond or so)
+            start_ns = int(start_at * 1e9)
+        base = summary_base(start_ns, shard)
         report = self.engine.report
         # the verdict first: its numbers and the HTML page's path belong in the summary written after it
         contents = self.verdict.contents(os.path.join(self.report_dir, base), self.summary)
@@ -183,7 +198,7 @@ class ReplayRun:
 def summary_base(replay_start_ns: int, shard: tuple[int, int] | None = None) -> str:
     """replay-<UTC time>[-shard<i>of<N>]: the summary files' name without suffix. Milliseconds: two
     runs in one second must not collide (a name that exists is never overwritten, see _write_private);
-    shards started together (--start-at) share the millisecond, so their number is in the name."""
+    shards started together (--start-at, given as `replay_start_ns`) share it, so their number is in the name."""
     t = replay_start_ns
     base = "replay-" + time.strftime("%Y%m%dT%H%M%S", time.gmtime(t / 1e9)) + f".{t // 1_000_000 % 1000:03d}Z"
     return base + (f"-shard{shard[0]}of{shard[1]}" if shard else "")
@@ -308,7 +323,8 @@ def _session_lines(s: dict) -> list[str]:
         out.append(f"  COM_CHANGE_USER: {s['change_users']} replayed as a change of user")
     if s.get("secrets_substituted"):
         out.append(f"  redacted secrets put back: {s['secrets_substituted']} statement(s) "
-                   f"({s['secrets_from_users_file']} password(s) from the users file, {s['secrets_random']} random)")
+                   f"({s['secrets_from_users_file']} password(s) from the users file, "
+                   f"{s.get('secrets_replay_user', 0)} the --username user's own, {s['secrets_random']} random)")
     if s.get("commands_not_executed_in_production"):
         out.append(f"  not sent: {s['commands_not_executed_in_production']} command(s) in flight when production's "
                    f"backend died (--replay-unknown sends them)")

@@ -92,6 +92,7 @@ class Credentials:
         self.substituted = 0  # statements whose redacted secrets were put back
         self._put_back: set[str] = set()  # every secret put into a statement, as SQL ('pw') and as is
         self.from_users_file = 0  # secrets that came from the users file
+        self.replay_user = 0  # secrets that were the --username user's own --password (not in the users file)
         self.random = 0  # secrets replay made up
 
     def login(self, user: str) -> tuple[str, str]:
@@ -107,7 +108,7 @@ class Credentials:
             self.from_users_file += 1
             return self.users[user]
         if user == self.default_user:  # never lock the replay's own user out
-            self.from_users_file += 1
+            self.replay_user += 1
             return self.default_password
         if user not in self.generated:
             self.generated[user] = secrets.token_urlsafe(18)

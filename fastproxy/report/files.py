@@ -6,6 +6,7 @@ from __future__ import annotations
 import glob
 import json
 import os
+import re
 
 import struct
 
@@ -109,17 +110,32 @@ def verdict_summary(data: dict, summary: dict, failures: list[dict]) -> dict:
 
 # ---- files ------------------------------------------------------------------------------------
 
+SHARD_RE = re.compile(r"-shard(\d+)of(\d+)$")
+
+
 def replay_files(report_dir: str, stamp: str | None = None) -> dict:
-    """Paths of one replay's files in `report_dir` (the newest, or the one of `stamp`)."""
-    summaries = [p for p in glob.glob(os.path.join(report_dir, "replay-*.json"))
-                 if stamp is None or os.path.basename(p) == f"replay-{stamp}.json"]
-    if not summaries:
+    """Paths of one replay's files in `report_dir` (the newest, or the one of `stamp`), its `stamp`,
+    and `shards`: the stamps of every shard of its run (shards write replay-<time>-shard<i>of<N>.json,
+    see fastproxy/replay/job.py summary_base; [] for a replay not sharded). A `stamp` without the shard
+    part that names a sharded run picks one shard only when the run has one here: else an error names
+    each to choose."""
+    every = sorted(os.path.basename(p)[len("replay-"):-len(".json")]
+                   for p in glob.glob(os.path.join(report_dir, "replay-*.json")))
+    stamps = [s for s in every if stamp is None or s == stamp or SHARD_RE.sub("", s) == stamp]
+    if not stamps:
         what = f"replay {stamp}" if stamp else "replay summary (replay-<time>.json)"
         hint = "" if os.path.exists(os.path.join(report_dir, META_NAME)) else " (is this a capture or report directory?)"
         raise FastproxyError(f"{report_dir}: no {what} here{hint}")
-    base = max(summaries)[:-len(".json")]  # names sort by time
+    if stamp is not None and stamp not in stamps and len(stamps) > 1:
+        raise FastproxyError(f"{report_dir}: replay {stamp} was sharded: give one of "
+                             + ", ".join(f"--replay {s}" for s in stamps))
+    chosen = max(stamps)  # names sort by time
+    run = SHARD_RE.sub("", chosen)
+    shards = [s for s in every if SHARD_RE.sub("", s) == run and s != run] if SHARD_RE.search(chosen) else []
+    base = os.path.join(report_dir, f"replay-{chosen}")
     return {"summary": base + ".json", "verdict": base + "-verdict.jsonl", "fail": base + "-fail.jsonl",
-            "other_errors": base + "-other_errors.jsonl", "html": base + ".html"}
+            "other_errors": base + "-other_errors.jsonl", "html": base + ".html", "stamp": chosen,
+            "shards": shards}
 
 
 def _jsonl(path: str) -> list[dict]:
