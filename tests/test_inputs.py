@@ -236,3 +236,37 @@ def test_convert_keeps_a_statement_larger_than_its_buffer(tmp_path):
     convert(open_input(str(log)), str(out))
     payloads = [r.payload for r in records(str(out)) if r.kind == KIND_COMMAND]
     assert payloads == [b"\x03" + big.encode(), b"\x03SELECT 1"]
+
+
+SLOW_LOG = ("/usr/sbin/mariadbd, Version: 10.11 (Debian). started with:\nTcp port: 1  Unix socket: s\n"
+            "Time\t\t    Id Command\tArgument\n"
+            "# Time: 241203 11:05:01\n# User@Host: app[app] @  [10.0.0.5]\n"
+            "# Thread_id: 8  Schema: shop  QC_hit: No\n"
+            "# Query_time: 0.000123  Lock_time: 0.000045  Rows_sent: 1  Rows_examined: 1\n"
+            "# Rows_affected: 0  Bytes_sent: 87\nSET timestamp=1733223901;\nSELECT 1;\n")
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "fastproxy", *args], capture_output=True, text=True, timeout=120)
+
+
+def test_a_forced_format_the_input_does_not_match_is_an_error(tmp_path):
+    """--format slow-log / general-log on a file with no entry of that format: an error naming the
+    format and the file, exit != 0 (was: 0 records, 0 commands replayed, an empty capture, exit 0)."""
+    slow = tmp_path / "slow.log"
+    slow.write_text(SLOW_LOG)
+    text = tmp_path / "notalog.txt"
+    text.write_text("hello\nthis is not a log\n")
+    with pytest.raises(TrafficFormatError, match=f"no general-log entries found in {slow}"):
+        open_input(str(slow), "general-log")
+    assert sum(r.kind == KIND_COMMAND for r in open_input(str(slow), "slow-log")) == 1  # the right one still reads
+
+    res = _cli("traffic", "inspect", str(slow), "--format", "general-log")
+    assert res.returncode != 0 and f"no general-log entries found in {slow}" in res.stderr, res
+    res = _cli("replay", "--input", str(text), "--format", "slow-log", "--username", "root", "--dry-run",
+               "--report-dir", str(tmp_path / "rep"))
+    assert res.returncode != 0 and f"no slow-log entries found in {text}" in res.stdout + res.stderr, res
+    out = tmp_path / "cap"
+    res = _cli("traffic", "convert", "--input", str(text), "--format", "general-log", "--output", str(out))
+    assert res.returncode != 0 and f"no general-log entries found in {text}" in res.stderr, res
+    assert not out.exists()
