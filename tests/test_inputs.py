@@ -270,3 +270,37 @@ def test_a_forced_format_the_input_does_not_match_is_an_error(tmp_path):
     res = _cli("traffic", "convert", "--input", str(text), "--format", "general-log", "--output", str(out))
     assert res.returncode != 0 and f"no general-log entries found in {text}" in res.stderr, res
     assert not out.exists()
+
+
+def test_a_failed_convert_leaves_nothing_and_can_be_retried(tmp_path):
+    """Converting a damaged capture fails; it leaves no meta.tmp and no traffic file in the output
+    (a leftover meta.tmp made every later convert there fail with 'File exists')."""
+    from fastproxy.capture.writer import CaptureWriter
+    from fastproxy._ringbuf import RingBuffer
+    from fastproxy.capture.record import KIND_CONN_OPEN
+    from fastproxy.inputs.convert import convert
+
+    src = tmp_path / "src"
+    rb = RingBuffer(1 << 20)
+    w = CaptureWriter(rb, str(src), file_size=8 << 10, compress=False)
+    w.start()
+    rb.append_event(KIND_CONN_OPEN, 1, 1, json.dumps({"user": "root", "db": None}).encode())
+    for i in range(2000):
+        while not rb.append_command(1, 10 + i, 11 + i, 0, 0, 0, 0, b"\x03SELECT %d" % i):
+            time.sleep(0.001)
+    w.stop({"commands": 2000})
+    assert len(w.files) >= 3
+    with open(src / w.files[1], "r+b") as f:  # the second file cut mid-record
+        f.truncate(f.seek(0, 2) - 5)
+    out = tmp_path / "out"
+    with pytest.raises(TrafficFormatError, match="truncated"):
+        convert(open_input(str(src)), str(out))
+    assert os.listdir(out) == []
+    res = _cli("traffic", "convert", "--input", str(src), "--output", str(out))
+    assert res.returncode != 0 and "truncated" in res.stderr and "File exists" not in res.stderr, res
+    assert os.listdir(out) == []
+    log = tmp_path / "slow.log"
+    log.write_text(SLOW_LOG)
+    res = _cli("traffic", "convert", "--input", str(log), "--output", str(out))  # a retry into the same directory
+    assert res.returncode == 0, res
+    assert sum(r.kind == KIND_COMMAND for r in records(str(out))) == 1
