@@ -89,6 +89,8 @@ class SlowLogSource:
         self.stats = SkipCounter()
         self.redacted = 0  # statements kept with their secret literals replaced by the placeholder
         self.conns = LogConnections()
+        self.size = os.path.getsize(path)
+        self.bytes_read = 0  # of the file, by the iteration under way (progress while the count is unknown)
         self.errno_logged = False
         self.meta = {
             "format": self.format, "source": os.path.abspath(path), "commands": None,
@@ -96,6 +98,10 @@ class SlowLogSource:
             "start_ns": 0,
         }
         self.commands = 0
+
+    @property
+    def fraction_read(self) -> float:
+        return self.bytes_read / self.size if self.size else 1.0
 
     # ---- parsing ---------------------------------------------------------------------------
     def _entries(self) -> Iterator[_Entry | str]:
@@ -106,6 +112,7 @@ class SlowLogSource:
         skip_banner = 0
         with open(self.path, "rb") as f:
             for lineno, raw in enumerate(f, 1):
+                self.bytes_read += len(raw)
                 line = raw.rstrip(b"\n").rstrip(b"\r")
                 if skip_banner:
                     skip_banner -= 1

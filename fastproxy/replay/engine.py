@@ -1478,11 +1478,16 @@ class Replayer(EngineCore):
 
     # ---- progress ------------------------------------------------------------------------------
     def progress(self) -> float:
-        total = self.stats.commands_total
+        """The share of the input's commands done: replayed, filtered, skipped, or dropped by the
+        filters (an input that does not know its count yet, a log: the share of it read)."""
+        st = self.stats
+        total = st.commands_total or int(self.meta.get("commands") or 0)
+        if self._done.is_set() and not self.canceled:
+            return 1.0
         if not total:
-            return 1.0 if self._done.is_set() else 0.0
-        return min(1.0, self.stats.replayed / total) if not self._done.is_set() else max(
-            min(1.0, self.stats.replayed / total), 0.0)
+            return min(1.0, getattr(self.reader, "fraction_read", None) or 0.0)
+        done = st.replayed + st.filtered + st.skipped + getattr(self.reader, "commands_dropped", 0)
+        return min(1.0, done / total)
 
     def summary(self) -> dict:
         st = self.stats
@@ -1496,8 +1501,9 @@ class Replayer(EngineCore):
             "readonly": self.opt.readonly,
             "replay_start": utc_iso(self.replay_start_ns),
             "elapsed_seconds": round(elapsed, 3),
-            "commands_in_capture": st.commands_total,
+            "commands_in_capture": st.commands_total or int(self.meta.get("commands") or 0),
             "commands_read": st.read,
+            "commands_dropped_by_filters": getattr(self.reader, "commands_dropped", 0),
             "commands_replayed": st.replayed,
             "commands_filtered": st.filtered,
             "commands_failed": st.failed,

@@ -32,7 +32,8 @@ class FilteredSource:
         if start_ns:
             # replay paces from the window's start: what came before it is due at once
             self.meta["start_ns"] = max(start, start_ns)
-        self.meta["commands"] = None if filters.active else self.meta.get("commands")
+        # meta["commands"] stays the input's count, before filters: what progress and "captured" count
+        self.commands_dropped = 0  # commands the filters dropped (with `dropped`'s connections' commands)
         self.selector = Selector(filters, start_ns, end_ns)
         self.dropped = self.selector.dropped
         self.start_ns, self.end_ns = start_ns, end_ns
@@ -41,11 +42,20 @@ class FilteredSource:
         for rec in self.source:
             if self._keep(rec):
                 yield rec
+        if self.meta.get("commands") is None:  # a log counts its commands once read
+            self.meta["commands"] = self.source.meta.get("commands")
+
+    @property
+    def fraction_read(self) -> float | None:
+        return getattr(self.source, "fraction_read", None)
 
     def _keep(self, rec: Record) -> bool:
         kind = rec.kind
         if kind == KIND_COMMAND:
-            return self.selector.command(rec.conn_id, rec.payload, rec.start_ns, rec.affected_rows) is None
+            if self.selector.command(rec.conn_id, rec.payload, rec.start_ns, rec.affected_rows) is None:
+                return True
+            self.commands_dropped += 1
+            return False
         if kind == KIND_CONN_OPEN or kind == KIND_CONN_STATE:
             info = json.loads(rec.payload or b"{}")
             return self.selector.connection(rec.conn_id, info.get("user", ""), info.get("db"),
