@@ -1486,8 +1486,10 @@ class Replayer(EngineCore):
             return 1.0
         if not total:
             return min(1.0, getattr(self.reader, "fraction_read", None) or 0.0)
-        done = st.replayed + st.filtered + st.skipped + getattr(self.reader, "commands_dropped", 0)
-        return min(1.0, done / total)
+        done = st.replayed + st.filtered + st.skipped
+        # the filters drop as the input is read, ahead of the replay: counted as far as the replay got
+        dropped = getattr(self.reader, "commands_dropped", 0) * min(1.0, done / st.read if st.read else 0.0)
+        return min(1.0, (done + dropped) / total)
 
     def summary(self) -> dict:
         st = self.stats
