@@ -94,3 +94,75 @@ def test_progress_counts_dropped_commands_and_a_canceled_replay_is_not_done(tmp_
     t.join(30)
     assert 0.2 < seen[0] < 0.7, seen  # about 4 s of 10, the dropped writes counted (was 0)
     assert run.engine.canceled and 0.2 < run.engine.progress() < 0.7, run.engine.progress()  # (was 100%)
+
+
+def test_end_time_ends_the_replay_with_the_window(tmp_path):
+    """--end-time 3s on a 20 s capture of idle-at-the-end connections: the replay takes about 3 s (it
+    took the capture's 20 s: the closes kept their captured times)."""
+    cap = tmp_path / "cap"
+    write(cap, 3, 20, 5)
+    t = time.monotonic()
+    _, s = dry_run(cap, tmp_path, "--end-time", "3s")
+    took = time.monotonic() - t
+    assert s["elapsed_seconds"] < 8 and took < 15, (took, s["elapsed_seconds"])
+    assert s["commands_read"] == 3 * 15 and s["filtered_by"]["end-time"] == 3 * 85, s
+    assert s["other_errors"] == 0, s
+
+
+def test_start_time_beyond_the_capture_replays_nothing_and_says_so(tmp_path):
+    """A window after the capture's end is refused; a window that holds no statement of a connection
+    replays none of its transaction control and does not open it (was: every BEGIN/COMMIT pair
+    replayed and every connection opened)."""
+    cap = tmp_path / "cap"
+    n = write(cap, 3, 4, 5, txn=True)
+    res, s = dry_run(cap, tmp_path, "--start-time", "1h", expect_rc=1)
+    assert "start-time" in res.stdout + res.stderr and "after the input's end" in res.stdout + res.stderr, res
+    # a window holding only the last second of connection 1 and none of the others: only its
+    # transactions in the window are replayed, the others' connections are not opened
+    cap2 = tmp_path / "cap2"
+    t0 = time.time_ns() - 3600 * S
+    write(cap2, 3, 4, 5, t0=t0, txn=True)
+    _, s = dry_run(cap2, tmp_path, "--start-time", "3.5s", "--speed", "0")
+    # per connection 20 transactions (BEGIN, statement, COMMIT), one every 0.2 s: 2 in [3.5 s, 4 s)
+    assert s["commands_read"] == 3 * 2 * 3, s
+    assert s["commands_dropped_by_filters"] == n - 18 and s["commands_in_capture"] == n, s
+    # a window between two transactions: nothing replayed, no connection opened, and said
+    res, s = dry_run(cap2, tmp_path, "--start-time", "3.5s", "--end-time", "3.55s", "--speed", "0")
+    assert s["commands_read"] == 0 and s["connections"] == 0, s
+    assert s["other_error_types"] == {"read error": 1} and "no command of the input is in the time window" \
+        in res.stdout + res.stderr, res
+
+
+@pytest.mark.parametrize("ago", [5, 30])
+def test_start_at_in_the_past_anchors_the_schedule_there(tmp_path, ago):
+    """--start-at 5 s ago: the replay is 5 s late from its first command, and its lag says so (it
+    started at once, anchored at now, lag ~0)."""
+    cap = tmp_path / "cap"
+    write(cap, 2, 2, 10)
+    _, s = dry_run(cap, tmp_path, "--start-at", str(time.time() - ago))
+    assert s["lag"]["p99_ms"] >= (ago - 1) * 1000, s["lag"]
+    res, _ = dry_run(cap, tmp_path, "--start-at", "1", expect_rc=1)
+    assert "start-at" in res.stdout + res.stderr, res
+
+
+def test_before_the_window_only_what_shapes_a_session_with_a_statement_in_it_is_kept():
+    """Before --start-time: a connection's session statements are kept (held until it runs a
+    statement in the window), its transaction control is kept only for a transaction with a
+    statement in the window, a connection with no statement in the window is not opened, and after
+    --end-time its close comes at the window's end."""
+    from fastproxy.replay.filters import Filters, FilteredSource
+    from test_replay_selection import S as SEC, T0, ListSource, _open, _q
+    from fastproxy.capture.record import KIND_COMMAND, Record
+
+    close = lambda c, t: Record(KIND_CONN_CLOSE, c, T0 + t * SEC, 0, 0, 0, 0, 0, b"")  # noqa: E731
+    recs = [_open(1, "a", "d", T0), _q(1, T0 + 1 * SEC, "SET x=1"), _q(1, T0 + 2 * SEC, "BEGIN"),
+            _q(1, T0 + 3 * SEC, "UPDATE t SET a=1"), _q(1, T0 + 3.5 * SEC, "SET y=1"), _q(1, T0 + 4 * SEC, "BEGIN"),
+            _q(1, T0 + 6 * SEC, "UPDATE t SET a=2"), _q(1, T0 + 7 * SEC, "COMMIT"), close(1, 20),
+            _open(2, "a", "d", T0), _q(2, T0 + 1 * SEC, "BEGIN"), _q(2, T0 + 2 * SEC, "COMMIT"),
+            _q(2, T0 + 8 * SEC, "SELECT 1"), close(2, 9)]
+    src = FilteredSource(ListSource(recs), Filters.parse(start_time="5s", end_time="7.5s"))
+    out = [(r.conn_id, (r.start_ns - T0) / SEC, r.payload[1:].decode() if r.kind == KIND_COMMAND else r.kind)
+           for r in src]
+    assert out == [(1, 0.0, KIND_CONN_OPEN), (1, 1.0, "SET x=1"), (1, 3.5, "SET y=1"), (1, 4.0, "BEGIN"),
+                   (1, 6.0, "UPDATE t SET a=2"), (1, 7.0, "COMMIT"), (1, 7.5, KIND_CONN_CLOSE)], out
+    assert src.dropped == {"start-time": 4, "end-time": 1, "start-time (connections)": 1}, src.dropped
