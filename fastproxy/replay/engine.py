@@ -260,7 +260,8 @@ class Replayer(EngineCore):
             delay = self.opt.start_at - time.time()
             if delay > 0:
                 await asyncio.sleep(delay)
-            head_start = 0
+            # a shard that starts late keeps the agreed schedule: late by that much, in its lag
+            head_start = min(0, int(delay * 1e9))
         self.replay_start_ns = time.time_ns()
         self._cpu_start = time.process_time()
         self._start_mono = time.monotonic_ns() + head_start
