@@ -13,7 +13,7 @@ import time
 import MySQLdb
 import pytest
 
-from fastproxy.capture.record import KIND_COMMAND, KIND_CONN_OPEN, OUTCOME_ERR
+from fastproxy.capture.record import KIND_COMMAND, KIND_CONN_CLOSE, KIND_CONN_OPEN, OUTCOME_ERR
 from fastproxy.errors import TrafficFormatError
 from fastproxy.inputs import detect_format, open_input
 from fastproxy.scratch_db import ROOT_PASSWORD, ScratchMariaDB
@@ -304,3 +304,37 @@ def test_a_failed_convert_leaves_nothing_and_can_be_retried(tmp_path):
     res = _cli("traffic", "convert", "--input", str(log), "--output", str(out))  # a retry into the same directory
     assert res.returncode == 0, res
     assert sum(r.kind == KIND_COMMAND for r in records(str(out))) == 1
+
+
+def _most_open(source) -> int:
+    open_now = most = 0
+    for r in source:
+        if r.kind == KIND_CONN_OPEN:
+            open_now += 1
+            most = max(most, open_now)
+        elif r.kind == KIND_CONN_CLOSE:
+            open_now -= 1
+    return most
+
+
+def test_log_connections_end_after_their_last_statement(tmp_path):
+    """120 short connections one after another, logged by a real server: a slow log has no
+    disconnects, so each connection ends after its last statement (it was held open to the log's
+    end: replayed on a server with max_connections=40, 80 connections failed to log in); a general
+    log ends them at their Quit lines."""
+    with _logged_server(str(tmp_path), "seq") as db:
+        db.sql("CREATE DATABASE d; CREATE TABLE d.t (v INT)")
+        for i in range(120):
+            c = MySQLdb.connect(host=db.host, port=db.port, user="root", password=ROOT_PASSWORD, autocommit=True)
+            c.cursor().execute(f"INSERT INTO d.t (v) VALUES ({i})")
+            c.close()
+        slow, general = f"{tmp_path}/seq-slow.log", f"{tmp_path}/seq-general.log"
+        assert _most_open(open_input(slow)) <= 2
+        assert _most_open(open_input(general)) <= 2
+        db.sql("SET GLOBAL max_connections = 40")
+        try:
+            _, summary = replay_cli(db.addr, slow, "--report-dir", str(tmp_path), "--no-report-tables")
+        finally:
+            db.sql("SET GLOBAL max_connections = 151")
+        assert summary["other_errors"] == 0, summary["other_error_types"]
+        assert db.sql("SELECT COUNT(*) FROM d.t").strip() == "240"
