@@ -166,3 +166,15 @@ def test_before_the_window_only_what_shapes_a_session_with_a_statement_in_it_is_
     assert out == [(1, 0.0, KIND_CONN_OPEN), (1, 1.0, "SET x=1"), (1, 3.5, "SET y=1"), (1, 4.0, "BEGIN"),
                    (1, 6.0, "UPDATE t SET a=2"), (1, 7.0, "COMMIT"), (1, 7.5, KIND_CONN_CLOSE)], out
     assert src.dropped == {"start-time": 4, "end-time": 1, "start-time (connections)": 1}, src.dropped
+
+
+def test_a_window_emptied_by_other_filters_is_not_called_empty():
+    """'no command in the time window' is said only when the window holds none: not when other
+    filters dropped what it holds."""
+    from fastproxy.errors import TrafficFormatError
+    from fastproxy.replay.filters import Filters, FilteredSource
+    from test_replay_selection import KNOWN, ListSource
+
+    assert list(FilteredSource(ListSource(KNOWN), Filters.parse(start_time="2s", user="nobody"))) == []
+    with pytest.raises(TrafficFormatError, match="no command of the input is in the time window"):
+        list(FilteredSource(ListSource(KNOWN), Filters.parse(start_time="100s", end_time="200s")))

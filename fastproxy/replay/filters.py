@@ -67,7 +67,7 @@ class FilteredSource:
         self._held: dict[int, list[Record]] = {}
         self._active: set[int] = set()  # connections with a statement in the window
         self._after_end: set[int] = set()  # connections opened after the window: not replayed
-        self.in_window = 0  # commands kept in the window
+        self.in_window = 0  # commands of the input in the window (whatever the other filters keep)
 
     def __iter__(self) -> Iterator[Record]:
         start, end = self.start_ns, self.end_ns
@@ -85,23 +85,20 @@ class FilteredSource:
                         self._after_end.discard(rec.conn_id)
                         continue
                     rec = rec._replace(start_ns=end)  # the window's end ends its connections
+            if kind == KIND_COMMAND and t >= start and (not end or t < end):
+                self.in_window += 1
             if not self._keep(rec):
                 continue
             if not start:
-                if kind == KIND_COMMAND:
-                    self.in_window += 1
                 yield rec
                 continue
             conn = rec.conn_id
             if conn in self._active:
                 if kind == KIND_CONN_CLOSE:
                     self._active.discard(conn)
-                elif kind == KIND_COMMAND and t >= start:
-                    self.in_window += 1
                 yield rec
             elif kind == KIND_COMMAND and t >= start:
                 self._active.add(conn)
-                self.in_window += 1
                 yield from held.pop(conn, ())
                 yield rec
             elif kind == KIND_CONN_CLOSE:
