@@ -94,6 +94,7 @@ class SlowLogSource:
         self.conns = LogConnections()
         self.size = os.path.getsize(path)
         self.bytes_read = 0  # of the file, by the iteration under way (progress while the count is unknown)
+        self._first_pass = False
         self.errno_logged = False
         self.meta = {
             "format": self.format, "source": os.path.abspath(path), "commands": None,
@@ -104,6 +105,8 @@ class SlowLogSource:
 
     @property
     def fraction_read(self) -> float:
+        if self._first_pass:
+            return 0.0
         return self.bytes_read / self.size if self.size else 1.0
 
     # ---- parsing ---------------------------------------------------------------------------
@@ -202,6 +205,7 @@ class SlowLogSource:
         Holding every connection open to the log's end took more connections than production had."""
         last: dict[int, int] = {}
         ends: set[int] = set()
+        self._first_pass = True  # (progress counts the second pass only)
         for e in self._entries():
             if isinstance(e, str):
                 ends.update(last.values())
@@ -210,6 +214,7 @@ class SlowLogSource:
                 last[e.thread_id] = e.seq
         ends.update(last.values())
         self.bytes_read = 0
+        self._first_pass = False
         return ends
 
     def __iter__(self) -> Iterator[Record]:
