@@ -66,6 +66,7 @@ class FilteredSource:
         # never does: a window holds no connection without a statement in it
         self._held: dict[int, list[Record]] = {}
         self._active: set[int] = set()  # connections with a statement in the window
+        self._begin_at: dict[int, int] = {}  # the place of a connection's held BEGIN in its held records
         self._after_end: set[int] = set()  # connections opened after the window: not replayed
         self.in_window = 0  # commands of the input in the window (whatever the other filters keep)
 
@@ -99,6 +100,7 @@ class FilteredSource:
                 yield rec
             elif kind == KIND_COMMAND and t >= start:
                 self._active.add(conn)
+                self._begin_at.pop(conn, None)
                 yield from held.pop(conn, ())
                 yield rec
             elif kind == KIND_CONN_CLOSE:
@@ -120,18 +122,21 @@ class FilteredSource:
         held = self._held.setdefault(conn, [])
         word = _txn_word(rec.payload) if rec.kind == KIND_COMMAND else None
         if word is not None:  # a begin, commit or rollback ends the transaction held before it (if any)
-            begins = [i for i, r in enumerate(held) if r.kind == KIND_COMMAND and _txn_word(r.payload) == "begin"]
-            if begins:
-                self._drop_commands([held.pop(begins[-1])])
+            at = self._begin_at.pop(conn, None)
+            if at is not None:
+                self._drop_commands([held.pop(at)])
             if word != "begin":
                 self._drop_commands([rec])
                 return
+            self._begin_at[conn] = len(held)
         held.append(rec)
         if len(held) > MAX_HELD:  # bounded memory: such a connection is replayed from now on
             self._active.add(conn)
+            self._begin_at.pop(conn, None)
             yield from self._held.pop(conn)
 
     def _drop_held(self, conn: int) -> None:
+        self._begin_at.pop(conn, None)
         held = self._held.pop(conn, None)
         if held is not None:
             self._drop_commands(held)
