@@ -103,16 +103,19 @@ async def _run_with_progress(run, progress: bool) -> dict:
     if not progress:
         return await run.run()
     task = asyncio.get_running_loop().create_task(run.run())
-    total = max(1, run.engine.stats.commands_total)
-    with click.progressbar(length=total, label="replaying", file=sys.stderr, show_pos=True,
+    # the input's commands, before filters (a log that does not know its count yet: per mille read)
+    known = run.engine.stats.commands_total
+    total = known or 1000
+    with click.progressbar(length=total, label="replaying", file=sys.stderr, show_pos=bool(known),
                            item_show_func=lambda _: f"lag p99 {run.engine.lag.as_dict()['p99_ms']} ms") as bar:
         shown = 0
         while not task.done():
             await asyncio.sleep(0.2)
-            now = min(total, run.engine.stats.replayed + run.engine.stats.filtered)
+            now = min(total, int(run.engine.progress() * total))
             bar.update(now - shown, now)
             shown = now
-        bar.update(total - shown)
+        if not run.engine.canceled:
+            bar.update(total - shown)
     return task.result()
 
 

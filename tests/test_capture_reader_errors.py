@@ -4,8 +4,11 @@ file's lz4 frame are an error (found by the same fuzzer: when they came in the s
 frame's end, they were silently ignored)."""
 from __future__ import annotations
 
+import json
 import os
 import re
+import subprocess
+import sys
 
 import pytest
 
@@ -65,3 +68,31 @@ def test_data_after_the_lz4_frame_names_its_offset(tmp_path):
         f.write(b"trailing garbage")
     msg = _error(out)
     assert str(path) in msg and f"unexpected data after the lz4 frame at offset {size}" in msg, msg
+
+
+def test_a_missing_file_in_the_middle_is_an_error_naming_it(tmp_path):
+    """A traffic file the meta lists but that is gone is not skipped: reading stops there with an
+    error naming it, and the reader (and `traffic inspect`) say the capture is not complete."""
+    from click.testing import CliRunner
+
+    from fastproxy.cli import main
+
+    out = tmp_path / "cap"
+    w = capture(str(out), make_records(3000), file_size=20 << 10)
+    assert w.error is None and len(w.files) >= 4, w.files
+    gone = w.files[2]
+    os.unlink(out / gone)
+    reader = TrafficReader(str(out))
+    assert not reader.complete and reader.missing == [gone]
+    msg = _error(out)
+    assert str(out / gone) in msg and "missing" in msg, msg
+    res = CliRunner().invoke(main, ["traffic", "inspect", str(out), "--json", "--limit", "0"])
+    assert res.exit_code != 0 and gone in res.output and "missing" in res.output, res.output
+    # replay: a read error, as for a damaged file (not a replay of the rest that says nothing)
+    rep = tmp_path / "rep"
+    proc = subprocess.run([sys.executable, "-m", "fastproxy", "replay", "--input", str(out), "--username", "root",
+                           "--speed", "0", "--dry-run", "--report-dir", str(rep)], capture_output=True, text=True,
+                          timeout=120)
+    [path] = rep.glob("replay-*.json")
+    summary = json.loads(path.read_text())
+    assert summary["other_error_types"].get("read error") == 1, proc.stdout + proc.stderr

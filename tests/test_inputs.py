@@ -13,7 +13,7 @@ import time
 import MySQLdb
 import pytest
 
-from fastproxy.capture.record import KIND_COMMAND, KIND_CONN_OPEN, OUTCOME_ERR
+from fastproxy.capture.record import KIND_COMMAND, KIND_CONN_CLOSE, KIND_CONN_OPEN, OUTCOME_ERR
 from fastproxy.errors import TrafficFormatError
 from fastproxy.inputs import detect_format, open_input
 from fastproxy.scratch_db import ROOT_PASSWORD, ScratchMariaDB
@@ -236,3 +236,105 @@ def test_convert_keeps_a_statement_larger_than_its_buffer(tmp_path):
     convert(open_input(str(log)), str(out))
     payloads = [r.payload for r in records(str(out)) if r.kind == KIND_COMMAND]
     assert payloads == [b"\x03" + big.encode(), b"\x03SELECT 1"]
+
+
+SLOW_LOG = ("/usr/sbin/mariadbd, Version: 10.11 (Debian). started with:\nTcp port: 1  Unix socket: s\n"
+            "Time\t\t    Id Command\tArgument\n"
+            "# Time: 241203 11:05:01\n# User@Host: app[app] @  [10.0.0.5]\n"
+            "# Thread_id: 8  Schema: shop  QC_hit: No\n"
+            "# Query_time: 0.000123  Lock_time: 0.000045  Rows_sent: 1  Rows_examined: 1\n"
+            "# Rows_affected: 0  Bytes_sent: 87\nSET timestamp=1733223901;\nSELECT 1;\n")
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "fastproxy", *args], capture_output=True, text=True, timeout=120)
+
+
+def test_a_forced_format_the_input_does_not_match_is_an_error(tmp_path):
+    """--format slow-log / general-log on a file with no entry of that format: an error naming the
+    format and the file, exit != 0 (was: 0 records, 0 commands replayed, an empty capture, exit 0)."""
+    slow = tmp_path / "slow.log"
+    slow.write_text(SLOW_LOG)
+    text = tmp_path / "notalog.txt"
+    text.write_text("hello\nthis is not a log\n")
+    with pytest.raises(TrafficFormatError, match=f"no general-log entries found in {slow}"):
+        open_input(str(slow), "general-log")
+    assert sum(r.kind == KIND_COMMAND for r in open_input(str(slow), "slow-log")) == 1  # the right one still reads
+
+    res = _cli("traffic", "inspect", str(slow), "--format", "general-log")
+    assert res.returncode != 0 and f"no general-log entries found in {slow}" in res.stderr, res
+    res = _cli("replay", "--input", str(text), "--format", "slow-log", "--username", "root", "--dry-run",
+               "--report-dir", str(tmp_path / "rep"))
+    assert res.returncode != 0 and f"no slow-log entries found in {text}" in res.stdout + res.stderr, res
+    out = tmp_path / "cap"
+    res = _cli("traffic", "convert", "--input", str(text), "--format", "general-log", "--output", str(out))
+    assert res.returncode != 0 and f"no general-log entries found in {text}" in res.stderr, res
+    assert not out.exists()
+
+
+def test_a_failed_convert_leaves_nothing_and_can_be_retried(tmp_path):
+    """Converting a damaged capture fails; it leaves no meta.tmp and no traffic file in the output
+    (a leftover meta.tmp made every later convert there fail with 'File exists')."""
+    from fastproxy.capture.writer import CaptureWriter
+    from fastproxy._ringbuf import RingBuffer
+    from fastproxy.capture.record import KIND_CONN_OPEN
+    from fastproxy.inputs.convert import convert
+
+    src = tmp_path / "src"
+    rb = RingBuffer(1 << 20)
+    w = CaptureWriter(rb, str(src), file_size=8 << 10, compress=False)
+    w.start()
+    rb.append_event(KIND_CONN_OPEN, 1, 1, json.dumps({"user": "root", "db": None}).encode())
+    for i in range(2000):
+        while not rb.append_command(1, 10 + i, 11 + i, 0, 0, 0, 0, b"\x03SELECT %d" % i):
+            time.sleep(0.001)
+    w.stop({"commands": 2000})
+    assert len(w.files) >= 3
+    with open(src / w.files[1], "r+b") as f:  # the second file cut mid-record
+        f.truncate(f.seek(0, 2) - 5)
+    out = tmp_path / "out"
+    with pytest.raises(TrafficFormatError, match="truncated"):
+        convert(open_input(str(src)), str(out))
+    assert os.listdir(out) == []
+    res = _cli("traffic", "convert", "--input", str(src), "--output", str(out))
+    assert res.returncode != 0 and "truncated" in res.stderr and "File exists" not in res.stderr, res
+    assert os.listdir(out) == []
+    log = tmp_path / "slow.log"
+    log.write_text(SLOW_LOG)
+    res = _cli("traffic", "convert", "--input", str(log), "--output", str(out))  # a retry into the same directory
+    assert res.returncode == 0, res
+    assert sum(r.kind == KIND_COMMAND for r in records(str(out))) == 1
+
+
+def _most_open(source) -> int:
+    open_now = most = 0
+    for r in source:
+        if r.kind == KIND_CONN_OPEN:
+            open_now += 1
+            most = max(most, open_now)
+        elif r.kind == KIND_CONN_CLOSE:
+            open_now -= 1
+    return most
+
+
+def test_log_connections_end_after_their_last_statement(tmp_path):
+    """120 short connections one after another, logged by a real server: a slow log has no
+    disconnects, so each connection ends after its last statement (it was held open to the log's
+    end: replayed on a server with max_connections=40, 80 connections failed to log in); a general
+    log ends them at their Quit lines."""
+    with _logged_server(str(tmp_path), "seq") as db:
+        db.sql("CREATE DATABASE d; CREATE TABLE d.t (v INT)")
+        for i in range(120):
+            c = MySQLdb.connect(host=db.host, port=db.port, user="root", password=ROOT_PASSWORD, autocommit=True)
+            c.cursor().execute(f"INSERT INTO d.t (v) VALUES ({i})")
+            c.close()
+        slow, general = f"{tmp_path}/seq-slow.log", f"{tmp_path}/seq-general.log"
+        assert _most_open(open_input(slow)) <= 2
+        assert _most_open(open_input(general)) <= 2
+        db.sql("SET GLOBAL max_connections = 40")
+        try:
+            _, summary = replay_cli(db.addr, slow, "--report-dir", str(tmp_path), "--no-report-tables")
+        finally:
+            db.sql("SET GLOBAL max_connections = 151")
+        assert summary["other_errors"] == 0, summary["other_error_types"]
+        assert db.sql("SELECT COUNT(*) FROM d.t").strip() == "240"

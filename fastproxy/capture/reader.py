@@ -54,9 +54,17 @@ class TrafficReader:
         self.meta = self._load_meta()
         # a capture stopped by a writer error (disk full) has meta, but its last file may be cut
         self.complete = bool(self.meta) and "writer_error" not in self.meta
+        self._cut_off = not self.complete  # its last file may end mid-record
         if not self.complete and not self.files:
             raise TrafficFormatError(
                 f"{self.input_dir}: no capture here (no meta, no traffic files)")
+        # files the meta lists that are gone: reading stops with an error where the first one was
+        listed = self.meta.get("files") if isinstance(self.meta.get("files"), list) else []
+        present = set(self.files)
+        self.missing = [n for n in listed if isinstance(n, str) and n not in present]
+        if self.missing:
+            self.complete = False
+            self.files = list_traffic_files(self.input_dir, self.files + self.missing)
         self.truncated_at: tuple[str, int] | None = None  # (file, offset) of a cut-off tail
 
     def _load_meta(self) -> dict:
@@ -96,8 +104,11 @@ class TrafficReader:
 
     def _batches(self) -> Iterator[list[Record]]:
         for i, name in enumerate(self.files):
+            if name in self.missing:
+                raise TrafficFormatError(f"{self.storage.path(name)}: missing (the capture's meta lists it; "
+                                         f"{len(self.missing)} of its {len(self.files)} files are missing)")
             last = i == len(self.files) - 1
-            yield from self._read_file(name, tolerate_cut=last and not self.complete)
+            yield from self._read_file(name, tolerate_cut=last and self._cut_off)
 
     def _chunks(self, name: str, f, version_out: list):
         """Yield the file's decrypted, decompressed byte stream in bounded pieces (the file's

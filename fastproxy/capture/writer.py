@@ -190,6 +190,28 @@ class CaptureWriter:
         self._meta = merged
         return merged
 
+    def abort(self) -> None:
+        """Stop without a capture: the thread ends, and the traffic files and meta.tmp it wrote are
+        removed (a conversion that failed part way leaves nothing that blocks a retry)."""
+        self._stop_evt.set()
+        if self._wake_fd is not None:
+            os.eventfd_write(self._wake_fd, 1)
+        if self._thread is not None:
+            self._thread.join()
+        if self._wake_fd is not None:
+            os.close(self._wake_fd)
+            self._wake_fd = None
+        self._rb = self._enc = None
+        if self._dir_fd is not None:
+            for name in self.files:
+                try:
+                    os.unlink(name, dir_fd=self._dir_fd)
+                except OSError:
+                    pass
+        self.files = []
+        self._close_dir()
+        self._meta = {}
+
     @property
     def running(self) -> bool:
         return self._thread is not None and self._thread.is_alive()

@@ -72,10 +72,29 @@ def open_input(path: str, fmt: str = "auto", encryption_key: bytes | None = None
     if fmt == "slow-log":
         from fastproxy.inputs.slowlog import SlowLogSource
 
+        _check_entries(path, fmt)
         return SlowLogSource(path)
     from fastproxy.inputs.generallog import GeneralLogSource
 
+    _check_entries(path, fmt)
     return GeneralLogSource(path)
+
+
+def _check_entries(path: str, fmt: str) -> None:
+    """A log given with --format must hold at least one entry of that format: a wrong --format would
+    read as an empty log (0 commands, nothing said)."""
+    from fastproxy.inputs.generallog import looks_like_general_log
+    from fastproxy.inputs.slowlog import looks_like_slow_log
+
+    if not os.path.isfile(path):
+        raise TrafficFormatError(f"{path}: no such file")
+    looks = looks_like_slow_log if fmt == "slow-log" else looks_like_general_log
+    with open(path, "rb") as f:
+        for line in f:  # up to the first entry of the format
+            if looks(line.rstrip(b"\r\n")):
+                return
+    raise TrafficFormatError(f"no {fmt} entries found in {path} (is it a {fmt}? give the right --format, "
+                             f"or --format auto)")
 
 
 def open_inputs(paths, fmt: str = "auto", encryption_key: bytes | None = None):

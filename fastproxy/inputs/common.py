@@ -88,7 +88,7 @@ class LogConnections:
     def close(self, thread_id: int, ts_ns: int) -> Iterator[Record]:
         conn_id = self._live.pop(thread_id, None)
         if conn_id is not None:
-            self.last_start.pop(conn_id, None)
+            ts_ns = max(ts_ns, self.last_start.pop(conn_id, 0) + 1)  # after its last command
             yield Record(KIND_CONN_CLOSE, conn_id, ts_ns, 0, 0, 0, 0, 0, b"")
 
     def close_all(self, ts_ns: int) -> Iterator[Record]:

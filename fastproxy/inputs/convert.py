@@ -25,25 +25,11 @@ def convert(source, output: str, *, file_size: int = 300 << 20, compress: bool =
         error = writer.error
         writer.stop({})
         raise JobError(f"output: {error}")
-    commands = connections = 0
-    first = last = 0
-    for rec in source:
-        if rec.kind == KIND_COMMAND:
-            commands += 1
-            first = first or rec.start_ns
-            last = max(last, rec.end_ns or rec.start_ns)
-        elif rec.kind == 2:  # CONN_OPEN
-            connections += 1
-        while not _append(ring, rec):
-            if writer.error:
-                break
-            if len(rec.payload) > LARGE_MAX:
-                writer.stop({})
-                raise JobError(f"a record of {len(rec.payload)} bytes is larger than a conversion keeps in memory "
-                               f"({LARGE_MAX} bytes)")
-            time.sleep(0.002)  # the writer drains; a conversion may wait, a live capture may not
-        if writer.error:
-            break
+    try:
+        commands, connections, first, last = _copy(source, ring, writer)
+    except BaseException:
+        writer.abort()  # a failed conversion leaves no files behind, so it can be retried
+        raise
     meta = {
         "start": utc_iso(first), "end": utc_iso(last), "start_ns": first, "end_ns": last,
         "duration": round((last - first) / 1e9, 3) if last else 0, "commands": commands,
@@ -62,6 +48,29 @@ def convert(source, output: str, *, file_size: int = 300 << 20, compress: bool =
     if written.get("error"):
         raise JobError(f"conversion to {output} failed: {written['error']}")
     return written
+
+
+def _copy(source, ring: RingBuffer, writer: CaptureWriter) -> tuple[int, int, int, int]:
+    """Append every record of `source` to the ring; return (commands, connections, first, last)."""
+    commands = connections = 0
+    first = last = 0
+    for rec in source:
+        if rec.kind == KIND_COMMAND:
+            commands += 1
+            first = first or rec.start_ns
+            last = max(last, rec.end_ns or rec.start_ns)
+        elif rec.kind == 2:  # CONN_OPEN
+            connections += 1
+        while not _append(ring, rec):
+            if writer.error:
+                break
+            if len(rec.payload) > LARGE_MAX:
+                raise JobError(f"a record of {len(rec.payload)} bytes is larger than a conversion keeps in memory "
+                               f"({LARGE_MAX} bytes)")
+            time.sleep(0.002)  # the writer drains; a conversion may wait, a live capture may not
+        if writer.error:
+            break
+    return commands, connections, first, last
 
 
 def _append(ring: RingBuffer, rec) -> bool:

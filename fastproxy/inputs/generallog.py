@@ -59,6 +59,8 @@ class GeneralLogSource:
         self.stats = SkipCounter()
         self.redacted = 0  # statements kept with their secret literals replaced by the placeholder
         self.conns = LogConnections()
+        self.size = os.path.getsize(path)
+        self.bytes_read = 0  # of the file, by the iteration under way (progress while the count is unknown)
         self.commands = 0
         self.meta = {
             "format": self.format, "source": os.path.abspath(path), "commands": None,
@@ -66,12 +68,17 @@ class GeneralLogSource:
             "latency_recorded": False, "start_ns": 0,
         }
 
+    @property
+    def fraction_read(self) -> float:
+        return self.bytes_read / self.size if self.size else 1.0
+
     def _entries(self) -> Iterator:
         entry: _Entry | None = None
         second = None
         skip_banner = 0
         with open(self.path, "rb") as f:
             for raw in f:
+                self.bytes_read += len(raw)
                 line = raw.rstrip(b"\n").rstrip(b"\r")
                 if skip_banner:
                     skip_banner -= 1

@@ -19,6 +19,8 @@ like a capture. Start times come from `Start:` (microseconds) or `# Time:` minus
 (MySQL), else from `SET timestamp` (seconds): statements of one second are spread evenly across it
 in log order. Outcomes are unknown (MariaDB logs no error code; MySQL's `Errno:` is used when
 present), so replay reports every error it meets unless Errno was logged.
+The log has no disconnects: a connection (a thread id between server restarts) ends right after
+its last statement, found by a first pass over the log.
 """
 from __future__ import annotations
 
@@ -62,7 +64,7 @@ def _iso_to_ns(text: bytes, zone: bytes | None) -> int:
 
 class _Entry:
     __slots__ = ("thread_id", "user", "host", "schema", "fields", "use_db", "start_s", "start_ns", "end_ns",
-                 "query", "admin", "line")
+                 "query", "admin", "line", "seq")
 
     def __init__(self, line: int) -> None:
         self.line = line
@@ -77,6 +79,7 @@ class _Entry:
         self.end_ns: int | None = None  # MySQL "# Time:"
         self.query: list[bytes] = []
         self.admin: str | None = None
+        self.seq = 0  # the entry's place in the log
 
 
 class SlowLogSource:
@@ -89,6 +92,9 @@ class SlowLogSource:
         self.stats = SkipCounter()
         self.redacted = 0  # statements kept with their secret literals replaced by the placeholder
         self.conns = LogConnections()
+        self.size = os.path.getsize(path)
+        self.bytes_read = 0  # of the file, by the iteration under way (progress while the count is unknown)
+        self._first_pass = False
         self.errno_logged = False
         self.meta = {
             "format": self.format, "source": os.path.abspath(path), "commands": None,
@@ -97,6 +103,12 @@ class SlowLogSource:
         }
         self.commands = 0
 
+    @property
+    def fraction_read(self) -> float:
+        if self._first_pass:
+            return 0.0
+        return self.bytes_read / self.size if self.size else 1.0
+
     # ---- parsing ---------------------------------------------------------------------------
     def _entries(self) -> Iterator[_Entry | str]:
         """Raw entries in log order; the string "restart" where the server restarted (thread ids
@@ -104,8 +116,10 @@ class SlowLogSource:
         entry: _Entry | None = None
         in_header = False
         skip_banner = 0
+        seq = 0
         with open(self.path, "rb") as f:
             for lineno, raw in enumerate(f, 1):
+                self.bytes_read += len(raw)
                 line = raw.rstrip(b"\n").rstrip(b"\r")
                 if skip_banner:
                     skip_banner -= 1
@@ -126,6 +140,8 @@ class SlowLogSource:
                         if entry is not None:
                             yield entry
                         entry = _Entry(lineno)
+                        seq += 1
+                        entry.seq = seq
                     in_header = True
                 if entry is None:
                     continue  # the file's banner, or text before the first entry
@@ -183,7 +199,26 @@ class SlowLogSource:
                 pass
 
     # ---- records ---------------------------------------------------------------------------
+    def _last_entries(self) -> set[int]:
+        """The place of each thread's last entry (between server restarts): a slow log has no
+        disconnects, so a connection ends after its last statement (a first pass over the log).
+        Holding every connection open to the log's end took more connections than production had."""
+        last: dict[int, int] = {}
+        ends: set[int] = set()
+        self._first_pass = True  # (progress counts the second pass only)
+        for e in self._entries():
+            if isinstance(e, str):
+                ends.update(last.values())
+                last.clear()
+            elif e.thread_id is not None:
+                last[e.thread_id] = e.seq
+        ends.update(last.values())
+        self.bytes_read = 0
+        self._first_pass = False
+        return ends
+
     def __iter__(self) -> Iterator[Record]:
+        last_entries = self._last_entries()
         placed = spread_within_seconds(self._entries(), self._second_of, self._place)
         db_of: dict[int, str | None] = {}
         last_ns = 0
@@ -192,52 +227,63 @@ class SlowLogSource:
                 yield from self.conns.close_all(last_ns)
                 db_of.clear()
                 continue
-            if e.thread_id is None:
-                self.stats["entry without a thread id"] += 1
-                continue
-            start = e.start_ns or 0
-            if not start:
-                self.stats["entry without a time"] += 1
-                continue
-            if not self.meta["start_ns"]:
-                self.meta["start_ns"] = start
-            last_ns = max(last_ns, start)
-            query_s = _float(e.fields.get(b"Query_time"))
-            end = start + int(query_s * NS)
-            db = e.schema if e.schema is not None else e.use_db
-            opened = self.conns.conn_id(e.thread_id) is None
-            yield from self.conns.open(e.thread_id, start - 1, e.user, db, e.host)
-            if opened:
-                db_of[e.thread_id] = db
-            if e.admin is not None:
-                yield from self._admin(e, start, end)
-                continue
-            sql = b"\n".join(e.query)
-            if sql.endswith(b";"):
-                sql = sql[:-1]  # the server appends ";" to every statement it logs
-            if not sql.strip():
-                self.stats["entry without a statement"] += 1
-                continue
-            if db and db != db_of.get(e.thread_id):
-                yield self.conns.command(e.thread_id, start - 1, start - 1, init_db_payload(db))
-                db_of[e.thread_id] = db
-            payload = secret_filter(query_payload(sql), self)
-            if payload is None:
-                continue
-            errno = e.fields.get(b"Errno")
-            outcome, err = OUTCOME_OK, 0
-            if errno is not None:
-                self.errno_logged = True
-                err = int(errno) if errno.isdigit() else 0
-                outcome = OUTCOME_ERR if err else OUTCOME_OK
-            self.commands += 1
-            yield self.conns.command(e.thread_id, start, end, payload, outcome=outcome, err_code=err,
-                                     affected=int(_float(e.fields.get(b"Rows_affected"))),
-                                     rows=int(_float(e.fields.get(b"Rows_sent"))))
+            yield from self._entry(e, db_of)
+            if e.seq in last_entries and e.thread_id is not None:  # its last statement: the connection ends
+                yield from self.conns.close(e.thread_id, self._end_of(e) + 1 if e.start_ns else last_ns + 1)
+                db_of.pop(e.thread_id, None)
+            if e.start_ns:
+                last_ns = max(last_ns, e.start_ns)
         yield from self.conns.close_all(last_ns + 1)
         if self.errno_logged:
             self.meta["outcomes_recorded"] = True
         self.meta["commands"] = self.commands
+
+    @staticmethod
+    def _end_of(e: _Entry) -> int:
+        return (e.start_ns or 0) + int(_float(e.fields.get(b"Query_time")) * NS)
+
+    def _entry(self, e: _Entry, db_of: dict) -> Iterator[Record]:
+        if e.thread_id is None:
+            self.stats["entry without a thread id"] += 1
+            return
+        start = e.start_ns or 0
+        if not start:
+            self.stats["entry without a time"] += 1
+            return
+        if not self.meta["start_ns"]:
+            self.meta["start_ns"] = start
+        query_s = _float(e.fields.get(b"Query_time"))
+        end = start + int(query_s * NS)
+        db = e.schema if e.schema is not None else e.use_db
+        opened = self.conns.conn_id(e.thread_id) is None
+        yield from self.conns.open(e.thread_id, start - 1, e.user, db, e.host)
+        if opened:
+            db_of[e.thread_id] = db
+        if e.admin is not None:
+            yield from self._admin(e, start, end)
+            return
+        sql = b"\n".join(e.query)
+        if sql.endswith(b";"):
+            sql = sql[:-1]  # the server appends ";" to every statement it logs
+        if not sql.strip():
+            self.stats["entry without a statement"] += 1
+            return
+        if db and db != db_of.get(e.thread_id):
+            yield self.conns.command(e.thread_id, start - 1, start - 1, init_db_payload(db))
+            db_of[e.thread_id] = db
+        payload = secret_filter(query_payload(sql), self)
+        if payload is None:
+            return
+        errno = e.fields.get(b"Errno")
+        outcome, err = OUTCOME_OK, 0
+        if errno is not None:
+            self.errno_logged = True
+            err = int(errno) if errno.isdigit() else 0
+            outcome = OUTCOME_ERR if err else OUTCOME_OK
+        self.commands += 1
+        yield self.conns.command(e.thread_id, start, end, payload, outcome=outcome, err_code=err,
+                                 affected=int(_float(e.fields.get(b"Rows_affected"))),
+                                 rows=int(_float(e.fields.get(b"Rows_sent"))))
 
     def _admin(self, e: _Entry, start: int, end: int) -> Iterator[Record]:
         name = e.admin.lower()

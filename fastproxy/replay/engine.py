@@ -260,7 +260,8 @@ class Replayer(EngineCore):
             delay = self.opt.start_at - time.time()
             if delay > 0:
                 await asyncio.sleep(delay)
-            head_start = 0
+            # a shard that starts late keeps the agreed schedule: late by that much, in its lag
+            head_start = min(0, int(delay * 1e9))
         self.replay_start_ns = time.time_ns()
         self._cpu_start = time.process_time()
         self._start_mono = time.monotonic_ns() + head_start
@@ -1479,11 +1480,18 @@ class Replayer(EngineCore):
 
     # ---- progress ------------------------------------------------------------------------------
     def progress(self) -> float:
-        total = self.stats.commands_total
+        """The share of the input's commands done: replayed, filtered, skipped, or dropped by the
+        filters (an input that does not know its count yet, a log: the share of it read)."""
+        st = self.stats
+        total = st.commands_total or int(self.meta.get("commands") or 0)
+        if self._done.is_set() and not self.canceled:
+            return 1.0
         if not total:
-            return 1.0 if self._done.is_set() else 0.0
-        return min(1.0, self.stats.replayed / total) if not self._done.is_set() else max(
-            min(1.0, self.stats.replayed / total), 0.0)
+            return min(1.0, getattr(self.reader, "fraction_read", None) or 0.0)
+        done = st.replayed + st.filtered + st.skipped
+        # the filters drop as the input is read, ahead of the replay: counted as far as the replay got
+        dropped = getattr(self.reader, "commands_dropped", 0) * min(1.0, done / st.read if st.read else 0.0)
+        return min(1.0, (done + dropped) / total)
 
     def summary(self) -> dict:
         st = self.stats
@@ -1497,8 +1505,9 @@ class Replayer(EngineCore):
             "readonly": self.opt.readonly,
             "replay_start": utc_iso(self.replay_start_ns),
             "elapsed_seconds": round(elapsed, 3),
-            "commands_in_capture": st.commands_total,
+            "commands_in_capture": st.commands_total or int(self.meta.get("commands") or 0),
             "commands_read": st.read,
+            "commands_dropped_by_filters": getattr(self.reader, "commands_dropped", 0),
             "commands_replayed": st.replayed,
             "commands_filtered": st.filtered,
             "commands_failed": st.failed,

@@ -4,13 +4,30 @@ before the engine sees it, each counting what it dropped."""
 from __future__ import annotations
 
 import json
+import re
 from typing import Iterator
 
 from fastproxy.capture.record import KIND_COMMAND, KIND_CONN_CLOSE, KIND_CONN_OPEN, KIND_CONN_STATE, Record
-from fastproxy.errors import ConfigError
+from fastproxy.errors import ConfigError, TrafficFormatError
+from fastproxy.jobs_base import utc_iso
 from fastproxy.traffic_filter import CLASSES, Filters, Selector, parse_time, statement_class
 
 __all__ = ["CLASSES", "Filters", "FilteredSource", "statement_class"]
+
+MAX_HELD = 10_000  # records of one connection held before the window at most
+_TXN_WORD = re.compile(rb"\s*(?:/\*.*?\*/\s*)*(begin|start\s+transaction|commit|rollback)\b(?!\s+to\b)",
+                       re.I | re.S)
+
+
+def _txn_word(payload: bytes) -> str | None:
+    """begin | commit | rollback for a COM_QUERY that starts or ends a transaction (not ROLLBACK TO)."""
+    if payload[:1] != b"\x03":
+        return None
+    m = _TXN_WORD.match(payload, 1)
+    if not m:
+        return None
+    word = m.group(1).lower()
+    return "begin" if word.startswith(b"begin") or word.startswith(b"start") else word.decode()
 
 
 class FilteredSource:
@@ -32,20 +49,116 @@ class FilteredSource:
         if start_ns:
             # replay paces from the window's start: what came before it is due at once
             self.meta["start_ns"] = max(start, start_ns)
-        self.meta["commands"] = None if filters.active else self.meta.get("commands")
+        # meta["commands"] stays the input's count, before filters: what progress and "captured" count
+        self.commands_dropped = 0  # commands the filters dropped (with `dropped`'s connections' commands)
+        cap_end = int(self.meta.get("end_ns", 0) or 0)
+        if start_ns and cap_end and start_ns >= cap_end:
+            raise ConfigError(f"start-time: {utc_iso(start_ns)} is after the input's end ({utc_iso(cap_end)}): "
+                              f"nothing to replay")
+        if end_ns and start and end_ns <= start:
+            raise ConfigError(f"end-time: {utc_iso(end_ns)} is before the input's start ({utc_iso(start)}): "
+                              f"nothing to replay")
         self.selector = Selector(filters, start_ns, end_ns)
         self.dropped = self.selector.dropped
         self.start_ns, self.end_ns = start_ns, end_ns
+        # with a start-time: what a connection did before the window (its open, session and
+        # transaction control) is held until it runs a statement in the window, and dropped if it
+        # never does: a window holds no connection without a statement in it
+        self._held: dict[int, list[Record]] = {}
+        self._active: set[int] = set()  # connections with a statement in the window
+        self._begin_at: dict[int, int] = {}  # the place of a connection's held BEGIN in its held records
+        self._after_end: set[int] = set()  # connections opened after the window: not replayed
+        self.in_window = 0  # commands of the input in the window (whatever the other filters keep)
 
     def __iter__(self) -> Iterator[Record]:
+        start, end = self.start_ns, self.end_ns
+        held = self._held
         for rec in self.source:
-            if self._keep(rec):
+            kind = rec.kind
+            t = rec.start_ns
+            if end and t >= end and kind != KIND_COMMAND:
+                if kind == KIND_CONN_OPEN:  # the connection opened after the window
+                    self._after_end.add(rec.conn_id)
+                    self.dropped["end-time (connections)"] += 1
+                    continue
+                if kind == KIND_CONN_CLOSE:
+                    if rec.conn_id in self._after_end:
+                        self._after_end.discard(rec.conn_id)
+                        continue
+                    rec = rec._replace(start_ns=end)  # the window's end ends its connections
+            if kind == KIND_COMMAND and t >= start and (not end or t < end):
+                self.in_window += 1
+            if not self._keep(rec):
+                continue
+            if not start:
                 yield rec
+                continue
+            conn = rec.conn_id
+            if conn in self._active:
+                if kind == KIND_CONN_CLOSE:
+                    self._active.discard(conn)
+                yield rec
+            elif kind == KIND_COMMAND and t >= start:
+                self._active.add(conn)
+                self._begin_at.pop(conn, None)
+                yield from held.pop(conn, ())
+                yield rec
+            elif kind == KIND_CONN_CLOSE:
+                self._drop_held(conn)
+            else:
+                yield from self._hold(conn, rec)
+        for conn in list(held):
+            self._drop_held(conn)
+        if self.meta.get("commands") is None:  # a log counts its commands once read
+            self.meta["commands"] = self.source.meta.get("commands")
+        if (start or end) and not self.in_window:
+            raise TrafficFormatError(f"no command of the input is in the time window "
+                                     f"{utc_iso(start) if start else '(start)'} .. {utc_iso(end) if end else '(end)'}"
+                                     f": nothing was replayed")
+
+    def _hold(self, conn: int, rec: Record) -> Iterator[Record]:
+        """A record of a connection before the window, kept until it runs a statement in the window.
+        A transaction that ends before the window goes (its statements were dropped)."""
+        held = self._held.setdefault(conn, [])
+        word = _txn_word(rec.payload) if rec.kind == KIND_COMMAND else None
+        if word is not None:  # a begin, commit or rollback ends the transaction held before it (if any)
+            at = self._begin_at.pop(conn, None)
+            if at is not None:
+                self._drop_commands([held.pop(at)])
+            if word != "begin":
+                self._drop_commands([rec])
+                return
+            self._begin_at[conn] = len(held)
+        held.append(rec)
+        if len(held) > MAX_HELD:  # bounded memory: such a connection is replayed from now on
+            self._active.add(conn)
+            self._begin_at.pop(conn, None)
+            yield from self._held.pop(conn)
+
+    def _drop_held(self, conn: int) -> None:
+        self._begin_at.pop(conn, None)
+        held = self._held.pop(conn, None)
+        if held is not None:
+            self._drop_commands(held)
+            self.dropped["start-time (connections)"] += 1
+
+    def _drop_commands(self, recs) -> None:
+        n = sum(r.kind == KIND_COMMAND for r in recs)
+        if n:
+            self.dropped["start-time"] += n
+            self.commands_dropped += n
+
+    @property
+    def fraction_read(self) -> float | None:
+        return getattr(self.source, "fraction_read", None)
 
     def _keep(self, rec: Record) -> bool:
         kind = rec.kind
         if kind == KIND_COMMAND:
-            return self.selector.command(rec.conn_id, rec.payload, rec.start_ns, rec.affected_rows) is None
+            if self.selector.command(rec.conn_id, rec.payload, rec.start_ns, rec.affected_rows) is None:
+                return True
+            self.commands_dropped += 1
+            return False
         if kind == KIND_CONN_OPEN or kind == KIND_CONN_STATE:
             info = json.loads(rec.payload or b"{}")
             return self.selector.connection(rec.conn_id, info.get("user", ""), info.get("db"),

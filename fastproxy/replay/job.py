@@ -236,7 +236,9 @@ def format_summary(s: dict) -> str:
         f"{', read-only' if s['readonly'] else ''}){' - CANCELED' if s.get('canceled') else ''}",
         f"  started {s['replay_start']}, took {s['elapsed_seconds']}s",
         f"  commands: {s['commands_replayed']} replayed of {s['commands_in_capture']} captured, "
-        f"{s['commands_filtered']} filtered, {s['commands_skipped']} skipped",
+        f"{s['commands_filtered']} filtered"
+        + (f" (+ {s['commands_dropped_by_filters']} dropped by the filters)" if s.get("commands_dropped_by_filters")
+           else "") + f", {s['commands_skipped']} skipped",
         *([f"  filters {s['filters']}: dropped {s.get('filtered_by') or 'nothing'}"] if s.get("filters") else []),
         f"  failures (new on replay): {s['commands_failed']}; failed the same as in production: "
         f"{s['commands_failed_same_as_capture']}; failed in production but not on replay: {s['commands_fixed']}",
@@ -469,9 +471,10 @@ class ReplayJob(Job):
             "dry_run": e.opt.dry_run,
             "pipeline": e.pipeline,
             "commands_pipelined": st.pipelined,
-            "commands_in_capture": st.commands_total,
+            "commands_in_capture": st.commands_total or int(e.meta.get("commands") or 0),
             "replayed": st.replayed,
             "filtered": st.filtered,
+            "dropped_by_filters": getattr(e.reader, "commands_dropped", 0),
             "failed": st.failed,
             "skipped": st.skipped,
             "other_errors": sum(x.count for x in e.report.other_errors.values()),

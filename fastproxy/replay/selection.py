@@ -4,6 +4,7 @@ API's form fields (same names without the dashes' leading `--`)."""
 from __future__ import annotations
 
 import datetime
+import time
 
 import click
 
@@ -40,21 +41,30 @@ def filters_from(values: dict) -> Filters:
                          start_time=g("start-time"), end_time=g("end-time"), sample=g("sample"), shard=g("shard"))
 
 
+MAX_START_AT_AGO = 86400.0  # a --start-at further in the past is a mistake, not a late shard
+
+
 def parse_start_at(value) -> float | None:
+    """Unix time to start at. One in the past anchors the schedule there (a late shard is late by
+    that much); more than a day ago is refused."""
     text = str(value or "").strip()
     if not text:
         return None
     try:
-        return float(text)
+        at = float(text)
     except ValueError:
-        pass
-    try:
-        t = datetime.datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        raise ConfigError(f"start-at: expected an ISO 8601 time or Unix seconds, got {text!r}") from None
-    if t.tzinfo is None:
-        t = t.replace(tzinfo=datetime.timezone.utc)
-    return t.timestamp()
+        try:
+            t = datetime.datetime.fromisoformat(text.replace("Z", "+00:00"))
+        except ValueError:
+            raise ConfigError(f"start-at: expected an ISO 8601 time or Unix seconds, got {text!r}") from None
+        if t.tzinfo is None:
+            t = t.replace(tzinfo=datetime.timezone.utc)
+        at = t.timestamp()
+    if at < time.time() - MAX_START_AT_AGO:
+        raise ConfigError(f"start-at: {text!r} is more than a day ago "
+                          f"({datetime.datetime.fromtimestamp(at, datetime.timezone.utc).isoformat()}); "
+                          f"give the time all shards start at")
+    return at
 
 
 def split_inputs(value) -> list[str]:

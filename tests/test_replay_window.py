@@ -1,0 +1,180 @@
+"""What a replay's filters and time window do to its counts, progress and length, on captures written
+by hand and replayed with --dry-run (nothing is sent: no server is involved): the input's count is
+the count before filters, progress counts what the filters dropped, --end-time ends the replay with
+the window, --start-time beyond the capture replays nothing and says so, --start-at in the past
+anchors the schedule there."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from fastproxy._ringbuf import RingBuffer
+from fastproxy.capture.record import KIND_CONN_CLOSE, KIND_CONN_OPEN
+from fastproxy.capture.writer import CaptureWriter
+
+S = 1_000_000_000
+
+
+def write(path, conns: int, seconds: float, per_second: int, t0: int | None = None, txn: bool = False) -> int:
+    """`conns` connections open at t0 and close at t0 + seconds; in between, each runs `per_second`
+    commands a second, reads and writes alternating (each in BEGIN .. COMMIT with txn). Returns the
+    number of commands."""
+    t0 = t0 or time.time_ns() - 3600 * S
+    rb = RingBuffer(8 << 20)
+    w = CaptureWriter(rb, str(path))
+    w.start()
+    for c in range(1, conns + 1):
+        rb.append_event(KIND_CONN_OPEN, c, t0, json.dumps({"user": "root", "db": "d", "capabilities": 0}).encode())
+    n = 0
+    step = S // per_second
+    for k in range(int(seconds * per_second)):
+        for c in range(1, conns + 1):
+            t = t0 + k * step + c * 1000
+            sqls = ["SELECT 1" if k % 2 else "UPDATE t SET v = v + 1 WHERE id = %d" % c]
+            if txn:
+                sqls = ["BEGIN", *sqls, "COMMIT"]
+            for j, sql in enumerate(sqls):
+                assert rb.append_command(c, t + j * 10, t + j * 10 + 5, 0, 0, 0, 0, b"\x03" + sql.encode())
+                n += 1
+    for c in range(1, conns + 1):
+        rb.append_event(KIND_CONN_CLOSE, c, t0 + int(seconds * S), b"")
+    w.stop({"commands": n, "start_ns": t0, "end_ns": t0 + int(seconds * S)})
+    assert w.error is None
+    return n
+
+
+def dry_run(cap, tmp_path, *args: str, expect_rc: int = 0) -> tuple[subprocess.CompletedProcess, dict | None]:
+    rep = tmp_path / f"rep{len(list(tmp_path.glob('rep*')))}"
+    res = subprocess.run([sys.executable, "-m", "fastproxy", "replay", "--input", str(cap), "--username", "root",
+                          "--dry-run", "--report-dir", str(rep), *args], capture_output=True, text=True, timeout=180)
+    assert (res.returncode == 0) == (expect_rc == 0), res.stdout + res.stderr
+    files = sorted(rep.glob("replay-*.json"))
+    return res, json.loads(files[-1].read_text()) if files else None
+
+
+def test_filtered_replay_counts_the_input_and_what_the_filters_dropped(tmp_path):
+    """--class read: 'captured' is the input's count (was 0), the writes the filter dropped are said
+    beside the filtered ones, and the counts add up to the input."""
+    cap = tmp_path / "cap"
+    n = write(cap, 4, 2, 50)
+    res, s = dry_run(cap, tmp_path, "--speed", "0", "--class", "read")
+    assert s["commands_in_capture"] == n, s
+    assert s["commands_dropped_by_filters"] == s["filtered_by"]["class"] == n // 2, s
+    assert s["commands_read"] + s["commands_dropped_by_filters"] == n, s
+    assert f"replayed of {n} captured" in res.stdout and f"(+ {n // 2} dropped by the filters)" in res.stdout
+
+
+def test_progress_counts_dropped_commands_and_a_canceled_replay_is_not_done(tmp_path):
+    import uvloop
+
+    from fastproxy.replay.engine import ReplayOptions
+    from fastproxy.replay.filters import Filters
+    from fastproxy.replay.job import ReplayRun
+
+    cap = tmp_path / "cap"
+    write(cap, 2, 10, 20)
+    opts = ReplayOptions(host="", port=0, username="root", password="", speed=1.0, dry_run=True,
+                         filters=Filters.parse(statement_class="read"))
+    run = ReplayRun(str(cap), opts, str(tmp_path / "rep"))
+    seen = []
+
+    def during():
+        time.sleep(4)
+        seen.append(run.engine.progress())
+        run.cancel()
+
+    t = threading.Thread(target=during, daemon=True)
+    t.start()
+    uvloop.run(run.run())
+    t.join(30)
+    assert 0.2 < seen[0] < 0.7, seen  # about 4 s of 10, the dropped writes counted (was 0)
+    assert run.engine.canceled and 0.2 < run.engine.progress() < 0.7, run.engine.progress()  # (was 100%)
+
+
+def test_end_time_ends_the_replay_with_the_window(tmp_path):
+    """--end-time 3s on a 20 s capture of idle-at-the-end connections: the replay takes about 3 s (it
+    took the capture's 20 s: the closes kept their captured times)."""
+    cap = tmp_path / "cap"
+    write(cap, 3, 20, 5)
+    t = time.monotonic()
+    _, s = dry_run(cap, tmp_path, "--end-time", "3s")
+    took = time.monotonic() - t
+    assert s["elapsed_seconds"] < 8 and took < 15, (took, s["elapsed_seconds"])
+    assert s["commands_read"] == 3 * 15 and s["filtered_by"]["end-time"] == 3 * 85, s
+    assert s["other_errors"] == 0, s
+
+
+def test_start_time_beyond_the_capture_replays_nothing_and_says_so(tmp_path):
+    """A window after the capture's end is refused; a window that holds no statement of a connection
+    replays none of its transaction control and does not open it (was: every BEGIN/COMMIT pair
+    replayed and every connection opened)."""
+    cap = tmp_path / "cap"
+    n = write(cap, 3, 4, 5, txn=True)
+    res, s = dry_run(cap, tmp_path, "--start-time", "1h", expect_rc=1)
+    assert "start-time" in res.stdout + res.stderr and "after the input's end" in res.stdout + res.stderr, res
+    # a window holding only the last second of connection 1 and none of the others: only its
+    # transactions in the window are replayed, the others' connections are not opened
+    cap2 = tmp_path / "cap2"
+    t0 = time.time_ns() - 3600 * S
+    write(cap2, 3, 4, 5, t0=t0, txn=True)
+    _, s = dry_run(cap2, tmp_path, "--start-time", "3.5s", "--speed", "0")
+    # per connection 20 transactions (BEGIN, statement, COMMIT), one every 0.2 s: 2 in [3.5 s, 4 s)
+    assert s["commands_read"] == 3 * 2 * 3, s
+    assert s["commands_dropped_by_filters"] == n - 18 and s["commands_in_capture"] == n, s
+    # a window between two transactions: nothing replayed, no connection opened, and said
+    res, s = dry_run(cap2, tmp_path, "--start-time", "3.5s", "--end-time", "3.55s", "--speed", "0")
+    assert s["commands_read"] == 0 and s["connections"] == 0, s
+    assert s["other_error_types"] == {"read error": 1} and "no command of the input is in the time window" \
+        in res.stdout + res.stderr, res
+
+
+@pytest.mark.parametrize("ago", [5, 30])
+def test_start_at_in_the_past_anchors_the_schedule_there(tmp_path, ago):
+    """--start-at 5 s ago: the replay is 5 s late from its first command, and its lag says so (it
+    started at once, anchored at now, lag ~0)."""
+    cap = tmp_path / "cap"
+    write(cap, 2, 2, 10)
+    _, s = dry_run(cap, tmp_path, "--start-at", str(time.time() - ago))
+    assert s["lag"]["p99_ms"] >= (ago - 1) * 1000, s["lag"]
+    res, _ = dry_run(cap, tmp_path, "--start-at", "1", expect_rc=1)
+    assert "start-at" in res.stdout + res.stderr, res
+
+
+def test_before_the_window_only_what_shapes_a_session_with_a_statement_in_it_is_kept():
+    """Before --start-time: a connection's session statements are kept (held until it runs a
+    statement in the window), its transaction control is kept only for a transaction with a
+    statement in the window, a connection with no statement in the window is not opened, and after
+    --end-time its close comes at the window's end."""
+    from fastproxy.replay.filters import Filters, FilteredSource
+    from test_replay_selection import S as SEC, T0, ListSource, _open, _q
+    from fastproxy.capture.record import KIND_COMMAND, Record
+
+    close = lambda c, t: Record(KIND_CONN_CLOSE, c, T0 + t * SEC, 0, 0, 0, 0, 0, b"")  # noqa: E731
+    recs = [_open(1, "a", "d", T0), _q(1, T0 + 1 * SEC, "SET x=1"), _q(1, T0 + 2 * SEC, "BEGIN"),
+            _q(1, T0 + 3 * SEC, "UPDATE t SET a=1"), _q(1, T0 + 3.5 * SEC, "SET y=1"), _q(1, T0 + 4 * SEC, "BEGIN"),
+            _q(1, T0 + 6 * SEC, "UPDATE t SET a=2"), _q(1, T0 + 7 * SEC, "COMMIT"), close(1, 20),
+            _open(2, "a", "d", T0), _q(2, T0 + 1 * SEC, "BEGIN"), _q(2, T0 + 2 * SEC, "COMMIT"),
+            _q(2, T0 + 8 * SEC, "SELECT 1"), close(2, 9)]
+    src = FilteredSource(ListSource(recs), Filters.parse(start_time="5s", end_time="7.5s"))
+    out = [(r.conn_id, (r.start_ns - T0) / SEC, r.payload[1:].decode() if r.kind == KIND_COMMAND else r.kind)
+           for r in src]
+    assert out == [(1, 0.0, KIND_CONN_OPEN), (1, 1.0, "SET x=1"), (1, 3.5, "SET y=1"), (1, 4.0, "BEGIN"),
+                   (1, 6.0, "UPDATE t SET a=2"), (1, 7.0, "COMMIT"), (1, 7.5, KIND_CONN_CLOSE)], out
+    assert src.dropped == {"start-time": 4, "end-time": 1, "start-time (connections)": 1}, src.dropped
+
+
+def test_a_window_emptied_by_other_filters_is_not_called_empty():
+    """'no command in the time window' is said only when the window holds none: not when other
+    filters dropped what it holds."""
+    from fastproxy.errors import TrafficFormatError
+    from fastproxy.replay.filters import Filters, FilteredSource
+    from test_replay_selection import KNOWN, ListSource
+
+    assert list(FilteredSource(ListSource(KNOWN), Filters.parse(start_time="2s", user="nobody"))) == []
+    with pytest.raises(TrafficFormatError, match="no command of the input is in the time window"):
+        list(FilteredSource(ListSource(KNOWN), Filters.parse(start_time="100s", end_time="200s")))
