@@ -146,9 +146,9 @@ class ReplayRun:
         shard = getattr(filters, "shard", None)
         start_ns = self.engine.replay_start_ns
         start_at = self.engine.opt.start_at
-        if shard and start_at is not None and 0 <= start_ns - start_at * 1e9 < 1e9:
-            # the shards of one run waited for the same --start-at: named by it, their names share the time
-            # (each one's clock read after its wait differs by a millisecond or so)
+        if shard and start_at is not None:
+            # the shards of one run share --start-at: named by it, their names share the time (each
+            # one's clock read after its wait differs by a millisecond or so, by seconds for a late one)
             start_ns = int(start_at * 1e9)
         base = summary_base(start_ns, shard)
         report = self.engine.report
