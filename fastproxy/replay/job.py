@@ -190,11 +190,15 @@ def summary_base(replay_start_ns: int, shard: tuple[int, int] | None = None) -> 
 
 
 def _check_report_dir(path: str, field: str) -> None:
-    """JobError unless `path` is missing (it will be created, mode 0700) or a private directory of ours."""
+    """JobError unless `path` is a private directory of ours, or missing and created now (mode 0700):
+    one that cannot be created is refused before the replay, not after it ran."""
     try:
         os.close(open_private_dir(path, field, create=False))
     except FileNotFoundError:
-        pass
+        try:
+            os.close(open_private_dir(path, field, create=True))
+        except OSError as e:
+            raise JobError(f"{field}: cannot create {e.filename or path}: {e.strerror}") from None
     except OSError as e:
         raise JobError(f"{field}: cannot open {path}: {e.strerror}") from None
 
