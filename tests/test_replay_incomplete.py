@@ -18,8 +18,9 @@ from fastproxy._ringbuf import RingBuffer
 from fastproxy.capture.crypto import generate_key_file
 from fastproxy.capture.record import KIND_CONN_CLOSE, KIND_CONN_OPEN
 from fastproxy.capture.writer import CaptureWriter
-from fastproxy.scratch_db import ROOT_PASSWORD
+from fastproxy.scratch_db import ROOT_PASSWORD, free_port
 from replay_util import newest_summary
+from session_util import users_file
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -82,6 +83,75 @@ def test_an_encrypted_capture_without_its_key_through_the_api(proxy_factory, mar
     status, text = proxy.post("/api/traffic/replay", {"input": cap, "username": "root", "password": ROOT_PASSWORD,
                                                       "speed": "0", "report-dir": str(tmp_path / "r")})
     assert status == 400 and "encrypted" in text, (status, text)
+
+
+# ---- item 1(b): the replay's own user cannot reach the target ------------------------------------
+def test_a_target_that_refuses_the_replay_user_stops_the_replay_at_once(mariadb_test, tmp_path):
+    cap = str(tmp_path / "cap")
+    _capture(cap, ["root", "root"])
+    reports = str(tmp_path / "r")
+    before = _aborted(mariadb_test)
+    res = _replay(mariadb_test.addr, cap, "--report-dir", reports, password="wrong-pw")
+    assert res.returncode == 1, res.stdout + res.stderr
+    assert "cannot log in" in res.stderr and "1045" in res.stderr and "wrong-pw" not in res.stderr, res.stderr
+    assert "VERDICT" not in res.stdout, res.stdout
+    assert _aborted(mariadb_test) - before <= 2, "one refused login, not one per command"
+
+    port = free_port()  # nothing listens there
+    res = _replay(f"127.0.0.1:{port}", cap, "--report-dir", reports)
+    assert res.returncode == 1 and "cannot connect" in res.stderr, res.stdout + res.stderr
+    assert not any(n.startswith("replay-2") for n in os.listdir(reports)), os.listdir(reports)
+
+
+def test_a_refused_replay_user_fails_the_api_job(proxy_factory, mariadb_test, tmp_path):
+    from replay_util import wait_job
+
+    cap = str(tmp_path / "cap")
+    _capture(cap, ["root"])
+    proxy = proxy_factory([mariadb_test])
+    status, text = proxy.post("/api/traffic/replay", {"input": cap, "username": "root", "password": "wrong-pw",
+                                                      "speed": "0", "report-dir": str(tmp_path / "r")})
+    assert status == 200, text
+    job = wait_job(proxy, "replay")
+    assert job["status"] != "done" and "cannot log in" in job["error"] and job["replayed"] == 0, job
+    assert "wrong-pw" not in json.dumps(job)
+
+
+# ---- items 2 and 1(c): a captured user whose login is refused ------------------------------------
+def test_a_refused_user_is_tried_once_and_the_verdict_says_incomplete(mariadb_test, tmp_path):
+    mariadb_test.sql("CREATE OR REPLACE USER rinc_bob@'127.0.0.1' IDENTIFIED BY 'Bob-right-pw';"
+                     "GRANT USAGE ON *.* TO rinc_bob@'127.0.0.1'")
+    cap = str(tmp_path / "cap")
+    _capture(cap, ["root", "rinc_bob"])
+    path = users_file(tmp_path / "users.toml", {"rinc_bob": "Bob-wrong-pw"})
+    reports = str(tmp_path / "r")
+    before = _aborted(mariadb_test)
+    res = _replay(mariadb_test.addr, cap, "--report-dir", reports, "--users-file", path)
+    assert res.returncode == 3, res.stdout + res.stderr
+    assert _aborted(mariadb_test) - before == 1, "bob's login is tried once"
+    s = newest_summary(reports)
+    assert s["commands_replayed"] == PER_CONN and s["commands_skipped"] == PER_CONN, s
+    assert s["commands_not_replayed"] == PER_CONN, s
+    assert s["other_error_types"] == {"login refused: rinc_bob": PER_CONN}, s
+    others = open(s["_path"].replace(".json", "-other_errors.jsonl")).read()
+    assert "1045" in others and "Bob-wrong-pw" not in others, others
+    v = s["verdict"]
+    assert v["incomplete"] and f"{PER_CONN} commands not replayed" in v["incomplete"][0], v
+    assert "INCOMPLETE" in res.stdout and f"{PER_CONN} commands not replayed" in res.stdout, res.stdout
+    html = open(s["report_html"]).read()
+    assert 'class="verdict incomplete"' in html and 'class="verdict good"' not in html
+    rep = subprocess.run([sys.executable, "-m", "fastproxy", "traffic", "report", reports], capture_output=True,
+                         text=True, timeout=60)
+    assert "INCOMPLETE" in rep.stdout and f"{PER_CONN} commands not replayed" in rep.stdout, rep.stdout + rep.stderr
+
+    # with the right password: complete, clean, exit 0
+    path = users_file(tmp_path / "ok.toml", {"rinc_bob": "Bob-right-pw"})
+    res = _replay(mariadb_test.addr, cap, "--report-dir", reports, "--users-file", path)
+    assert res.returncode == 0, res.stdout + res.stderr
+    s = newest_summary(reports)
+    assert s["commands_replayed"] == 2 * PER_CONN and s["commands_not_replayed"] == 0, s
+    assert s["verdict"]["incomplete"] == [] and "INCOMPLETE" not in res.stdout, res.stdout
+    assert 'class="verdict good"' in open(s["report_html"]).read()
 
 
 # ---- item 4: a report directory that cannot be created -------------------------------------------

@@ -86,6 +86,10 @@ class ReplayRun:
     async def run(self) -> dict:
         engine = self.engine
         cp = self.checkpoint
+        # a target that refuses the replay's own user: a clear error before anything is written
+        await engine.check_target()
+        if self.baseline_engine is not None:
+            await self.baseline_engine.check_target()
         report_start_ns = time.time_ns()
         periodic = None
         if cp is not None:
@@ -426,6 +430,9 @@ class ReplayJob(Job):
             summary = await self.run.run()
             err = self._stop_error or summary.get("report_tables_error") or None
             self.finish(error=err, canceled=self.run.engine.canceled)
+        except JobError as e:  # it could not start (the target refused the replay's user): said as is
+            log.error("replay: %s", e)
+            self.finish(error=str(e))
         except Exception as e:  # noqa: BLE001
             log.exception("replay failed")
             self.finish(error=f"{type(e).__name__}: {e}")
