@@ -12,14 +12,16 @@ import os
 import subprocess
 import sys
 
+import pymysql
 import pytest
 
+from conftest import connect_kwargs
 from fastproxy._ringbuf import RingBuffer
 from fastproxy.capture.crypto import generate_key_file
 from fastproxy.capture.record import KIND_CONN_CLOSE, KIND_CONN_OPEN
 from fastproxy.capture.writer import CaptureWriter
 from fastproxy.scratch_db import ROOT_PASSWORD, free_port
-from replay_util import newest_summary
+from replay_util import Capture, newest_summary, replay_inprocess
 from session_util import users_file
 
 pytestmark = pytest.mark.timeout(300)
@@ -168,3 +170,28 @@ def test_a_report_dir_that_cannot_be_created_is_refused_before_the_replay(mariad
     # nothing reached the target (no report tables either)
     assert mariadb_test.sql("SELECT COUNT(*) FROM information_schema.SCHEMATA "
                             "WHERE SCHEMA_NAME = 'tiproxy_traffic_report'").strip() in ("0", "1")
+
+
+# ---- item 3: a mismatch on a session that could not be rebuilt -----------------------------------
+def test_a_mismatch_on_a_session_not_rebuilt_is_set_apart(mariadb, mariadb_test, proxy, tmp_path):
+    for db in (mariadb, mariadb_test):
+        db.sql(f"DROP DATABASE IF EXISTS {DB}; CREATE DATABASE {DB}; CREATE TABLE {DB}.t (id INT)")
+    a = pymysql.connect(**connect_kwargs(proxy.port, database=DB), autocommit=True)
+    cur = a.cursor()
+    cur.execute("CREATE TEMPORARY TABLE tmpx (id INT)")
+    cur.execute("INSERT INTO tmpx VALUES (1), (2)")
+    out = str(tmp_path / "cap")
+    with Capture(proxy, out) as cap:
+        cur.execute("SELECT COUNT(*) FROM tmpx")
+        assert cur.fetchall() == ((2,),)
+        cur.execute("SELECT COUNT(*) FROM t")
+    a.close()
+    assert cap.job["sessions_not_rebuilt"] == 1, cap.job
+    # replay rebuilds the temporary table empty: COUNT(*) differs, but production's session was not there
+    summary, _ = replay_inprocess(mariadb_test.host, mariadb_test.port, out, speed=0, report_dir=str(tmp_path / "r"))
+    assert summary["sessions_not_rebuilt"] == 1, summary
+    v = summary["verdict"]
+    assert v["mismatched_commands"] == 0 and v["mismatched_commands_not_rebuilt"] == 1, v
+    assert summary["other_error_types"].get("mismatch on a session not rebuilt") == 1, summary
+    text = open([f for f in summary["summary_files"] if f.endswith(".txt")][0]).read()
+    assert "result mismatches:   0 commands" in text and "on sessions not rebuilt: 1 command" in text, text

@@ -84,6 +84,7 @@ def verdict_data(verdict: Verdict, latency_rows: list[dict], timeline: dict, ext
         "latency_other_commands": verdict.other_commands,
         "latency_histogram_bytes": verdict.latency.bytes_allocated,
         "groups_dropped": verdict.groups_dropped,
+        "mismatched_commands_not_rebuilt": verdict.mismatch_not_rebuilt,
         "timeline": timeline,
     }
     data.update(extra or {})
@@ -121,6 +122,7 @@ def verdict_summary(data: dict, summary: dict, failures: list[dict]) -> dict:
         "nondeterministic_statements": len(data["nondeterministic"]),
         "nondeterministic_differed": data["nondeterministic_differed"],
         "lag_p99_ms": summary.get("lag", {}).get("p99_ms"),
+        "mismatched_commands_not_rebuilt": data.get("mismatched_commands_not_rebuilt", 0),
         # not empty: the replay is incomplete (the verdict says so instead of a clean result)
         "incomplete": incomplete_reasons(summary),
     }
@@ -208,6 +210,10 @@ def format_verdict(summary: dict, data: dict | None, failures: list[dict] | None
         f"{_n(v['nondeterministic_differed'], 'execution')} differed (expected; not mismatches)",
         f"  lag:                 p99 {lag.get('p99_ms', 0)} ms, max {lag.get('max_ms', 0)} ms",
     ]
+    if data.get("mismatched_commands_not_rebuilt"):
+        lines.append(f"  on sessions not rebuilt: {_n(data['mismatched_commands_not_rebuilt'], 'command')} returned "
+                     f"different results (counted apart, not mismatches: their session was not as in production; "
+                     f"see other errors)")
     missing = [k for k in KINDS if k not in data.get("compared", KINDS)]
     if missing:
         lines.append(f"  (the input did not record them, so not compared: {', '.join(missing)})")

@@ -320,6 +320,9 @@ def render_report(summary: dict, data: dict, failures: list[dict], other_errors:
     if data.get("latency_other_commands"):
         notes.append(f"{data['latency_other_commands']:,} commands belong to digests past the "
                      f"{data['thresholds']['max_digests']:,} kept: their latency is in the row “other”.")
+    if data.get("mismatched_commands_not_rebuilt"):
+        notes.append(f"{data['mismatched_commands_not_rebuilt']:,} commands on sessions replay could not rebuild in "
+                     f"full returned different results: counted apart (see other errors), not as mismatches.")
     if data.get("groups_dropped"):
         notes.append(f"{data['groups_dropped']:,} mismatch groups past the cap were counted only.")
     note_html = "".join(f'<p class="meta">{_e(n)}</p>' for n in notes)
