@@ -91,7 +91,8 @@ class TrafficReader:
                 head = b""
             encrypted = len(head) == FILE_HEADER.size and bool(FILE_HEADER.unpack(head)[2] & FLAG_AES_CTR)
         if encrypted:
-            raise TrafficFormatError(f"{self.input_dir}: the capture is encrypted; give its key file "
+            where = self.storage.path(self.files[0]) if self.files else self.input_dir
+            raise TrafficFormatError(f"{where}: the capture is encrypted; an encryption key is required "
                                      f"(--encryption-key-path, or encryption-key-path in the API)")
 
     @property

@@ -524,9 +524,11 @@ class Replayer(EngineCore):
                 conn.filtered_stmts.discard(int.from_bytes(payload[1:5], "little"))
             return self._consume(conn)
         if conn.client is None or conn.client.closed:
-            if self.refused and self.credentials.login(conn.user)[0] in self.refused:
-                self._count_refused(self.credentials.login(conn.user)[0], "")
-                return self._consume(conn)
+            if self.refused:
+                user = self.credentials.login(conn.user)[0]
+                if user in self.refused:  # refused before: not tried again
+                    self._count_refused(user, "")
+                    return self._consume(conn)
             conn.busy = True
             self._start(self._connect_then_fire(conn))
             return False
