@@ -99,6 +99,10 @@ def test_a_target_that_refuses_the_replay_user_stops_the_replay_at_once(mariadb_
     assert "VERDICT" not in res.stdout, res.stdout
     assert _aborted(mariadb_test) - before <= 2, "one refused login, not one per command"
 
+    # TLS asked of a server that does not offer it
+    res = _replay(mariadb_test.addr, cap, "--report-dir", reports, "--tls-skip-verify")
+    assert res.returncode == 1 and "does not offer it" in res.stderr, res.stdout + res.stderr
+
     port = free_port()  # nothing listens there
     res = _replay(f"127.0.0.1:{port}", cap, "--report-dir", reports)
     assert res.returncode == 1 and "cannot connect" in res.stderr, res.stdout + res.stderr
