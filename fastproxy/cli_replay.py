@@ -88,7 +88,10 @@ def replay_standalone(target: str | None, input_dir: tuple[str, ...], username: 
         raise click.ClickException(str(e)) from None
     import uvloop
 
-    summary = uvloop.run(_run_with_progress(run, progress))
+    try:
+        summary = uvloop.run(_run_with_progress(run, progress))
+    except FastproxyError as e:  # e.g. the target refused the replay's own user: nothing was replayed
+        raise click.ClickException(str(e)) from None
     click.echo(format_summary(summary), nl=False)
     click.echo(run.verdict.text(summary), nl=False)
     for path in summary.get("summary_files", []):
@@ -97,6 +100,13 @@ def replay_standalone(target: str | None, input_dir: tuple[str, ...], username: 
         click.echo(f"warning: summary files: {summary['summary_files_error']}", err=True)
     if summary.get("report_tables_error"):
         click.echo(f"warning: report tables not written: {summary['report_tables_error']}", err=True)
+    from fastproxy.report.files import incomplete_reasons
+
+    if incomplete_reasons(summary):
+        sys.exit(EXIT_INCOMPLETE)  # commands were not replayed: the verdict cannot be trusted as clean
+
+
+EXIT_INCOMPLETE = 3  # the replay ran, but commands could not be replayed or the input not read (README)
 
 
 async def _run_with_progress(run, progress: bool) -> dict:

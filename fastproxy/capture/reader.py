@@ -85,6 +85,24 @@ class TrafficReader:
                                      f"{', '.join(map(str, READABLE_FORMAT_VERSIONS))}; it writes {FORMAT_VERSION})")
         return meta
 
+    def check_key(self) -> None:
+        """TrafficFormatError now, not once the records are read, if the capture is encrypted and no key
+        was given: its meta says so, or (a capture cut off before its meta) its first file's header."""
+        if self._key is not None:
+            return
+        encrypted = bool(self.meta.get("encryption_method"))
+        if not encrypted and self.files:
+            try:
+                with self.storage.open(self.files[0]) as f:
+                    head = f.read(FILE_HEADER.size)
+            except OSError:
+                head = b""
+            encrypted = len(head) == FILE_HEADER.size and bool(FILE_HEADER.unpack(head)[2] & FLAG_AES_CTR)
+        if encrypted:
+            where = self.storage.path(self.files[0]) if self.files else self.input_dir
+            raise TrafficFormatError(f"{where}: the capture is encrypted; an encryption key is required "
+                                     f"(--encryption-key-path, or encryption-key-path in the API)")
+
     @property
     def reorder_window_ns(self) -> int:
         """The window __iter__ puts records back in completion order within (0: as written)."""

@@ -60,6 +60,7 @@ def open_input(path: str, fmt: str = "auto", encryption_key: bytes | None = None
         from fastproxy.capture.reader import TrafficReader
 
         reader = TrafficReader(path, encryption_key)
+        reader.check_key()  # an encrypted capture without its key: refused before anything is replayed
         reader.format = "native"
         reader.stats = {}
         return reader

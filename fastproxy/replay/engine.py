@@ -23,7 +23,7 @@ from fastproxy.capture.record import (INFILE_SIZE, KIND_COMMAND, KIND_CONN_CLOSE
                                       KIND_CONN_STATE, KIND_LOCAL_INFILE, OUTCOME_BACKEND_LOST, OUTCOME_ERR,
                                       OUTCOME_OK, Record)
 from fastproxy.constants import CLIENT, COMMAND, ER, command_name
-from fastproxy.errors import BackendConnError, ProtocolError
+from fastproxy.errors import BackendConnError, FastproxyError, JobError, ProtocolError
 from fastproxy.replay._conn import Conn  # one captured connection and its replay connection (a C struct)
 from fastproxy.replay._engine import CONSUMED, KILL_START, PACE_SLACK_NS, EngineCore, StatsCore
 from fastproxy.replay._scheduler import Scheduler, Ticket
@@ -54,6 +54,9 @@ READONLY_SAFE = {COMMAND.COM_PING, COMMAND.COM_INIT_DB, COMMAND.COM_STATISTICS, 
 # replication and shutdown: never sent to a test server
 NOT_REPLAYABLE = {COMMAND.COM_BINLOG_DUMP, COMMAND.COM_BINLOG_DUMP_GTID, COMMAND.COM_REGISTER_SLAVE,
                   COMMAND.COM_SHUTDOWN}
+# a login refused for its credentials (ER_ACCESS_DENIED_ERROR, ER_ACCESS_DENIED_NO_PASSWORD_ERROR):
+# trying that user again would fail the same way, and count against the target's max_connect_errors
+ACCESS_DENIED = (ER.ACCESS_DENIED_ERROR, 1698)
 
 
 READ_BATCH = 2048  # records decoded per trip to the reader thread
@@ -134,6 +137,7 @@ class Stats(StatsCore):
     same_errors: int = 0  # failed on replay exactly as in production: not failures
     fixed: int = 0  # failed in production, succeeded on replay
     skipped: int = 0  # could not be sent (connection could not be opened, unknown statement)
+    not_connected: int = 0  # of those: their connection could not connect or log in (the replay is incomplete)
     other_errors: int = 0
     connections: int = 0
     reconnects: int = 0
@@ -243,6 +247,8 @@ class Replayer(EngineCore):
         self.cpu_seconds = 0.0  # CPU time of this process (all threads) while the replay ran
         self.dry_run: DryRunCounters | None = DryRunCounters() if options.dry_run else None
         self.checkpoint = None  # fastproxy.replay.checkpoint.Checkpoint: position kept for --resume
+        self.refused: dict[str, str] = {}  # user -> err_type: its login was refused, it is not tried again
+        self.read_error = ""  # why the input could not be read to its end
 
     # ---- timing ---------------------------------------------------------------------------------
     def due_ns(self, captured_ns: int) -> int:
@@ -284,6 +290,7 @@ class Replayer(EngineCore):
                 except (asyncio.CancelledError, Exception) as e:  # noqa: BLE001
                     if not isinstance(e, asyncio.CancelledError):
                         log.error("replay reader failed: %s", e)
+                        self.read_error = self.read_error or str(e)
                         self.report.add_other("read error", str(e), time.time_ns())
             if self._timer:
                 self._timer.cancel()
@@ -302,6 +309,27 @@ class Replayer(EngineCore):
             e = self.internal_error
             raise RuntimeError(f"the replay stopped on an internal error: {type(e).__name__}: {e}") from e
         return self.stats
+
+    async def check_target(self) -> None:
+        """Log in to the target once as the replay's own user before anything else: when that is refused
+        (target down, wrong password, TLS refused) nothing could be replayed, so JobError now rather than
+        every command skipped one failed login at a time."""
+        opt = self.opt
+        if opt.dry_run:
+            return
+        where = f"target {opt.host}:{opt.port}"
+        try:
+            client = await ReplayClient.connect(opt.host, opt.port, opt.username, opt.password, None,
+                                                on_result=lambda *_: None, on_lost=lambda *_: None,
+                                                timeout=opt.connect_timeout, ssl_context=self.ssl_context)
+        except LoginError as e:
+            raise JobError(f"{where}: the replay user {opt.username!r} cannot log in: {e.code} {e.message}; "
+                           f"nothing was replayed") from None
+        except asyncio.TimeoutError:
+            raise JobError(f"{where}: no answer within {opt.connect_timeout:g}s; nothing was replayed") from None
+        except (OSError, FastproxyError) as e:
+            raise JobError(f"{where}: cannot connect: {e}; nothing was replayed") from None
+        client.close()
 
     def cancel(self, graceful: bool = False) -> None:
         """Stop reading; graceful lets already queued commands finish, otherwise stop now."""
@@ -497,6 +525,11 @@ class Replayer(EngineCore):
                 conn.filtered_stmts.discard(int.from_bytes(payload[1:5], "little"))
             return self._consume(conn)
         if conn.client is None or conn.client.closed:
+            if self.refused:
+                user = self.credentials.login(conn.user)[0]
+                if user in self.refused:  # refused before: not tried again
+                    self._count_refused(user, "")
+                    return self._consume(conn)
             conn.busy = True
             self._start(self._connect_then_fire(conn))
             return False
@@ -575,10 +608,15 @@ class Replayer(EngineCore):
             if self.checkpoint is not None:
                 await self.checkpoint.after_login(conn)
         except (OSError, asyncio.TimeoutError, LoginError, Exception) as e:  # noqa: BLE001
+            if isinstance(e, LoginError) and e.code in ACCESS_DENIED and self.dry_run is None:
+                conn.client = None
+                self._count_refused(user, f"{e.code} {e.message}")
+                return self._next(conn)
             err_type = ("i/o timeout" if isinstance(e, asyncio.TimeoutError)
                         else "login failed" if isinstance(e, LoginError) else "connect failed")
             self.stats.other_errors += 1
             self.stats.skipped += 1
+            self.stats.not_connected += 1
             self.report.add_other(err_type, f"connection {conn.conn_id} to {self.opt.host}:{self.opt.port}: "
                                   f"{e or type(e).__name__}", time.time_ns())
             if conn.client is not None:  # logged in, then rebuilding its session failed: not left open
@@ -588,6 +626,18 @@ class Replayer(EngineCore):
         conn.busy = False
         if conn.queue and self._fire(conn, time.monotonic_ns()):
             self._schedule(conn)
+
+    def _count_refused(self, user: str, why: str) -> None:
+        """The head command of a connection whose user's login was refused (`why`: the first refusal):
+        not sent, counted in one other_errors row per user; the user is never tried again."""
+        err_type = self.refused.get(user)
+        if err_type is None:
+            err_type = self.refused[user] = f"login refused: {user[:40]}"
+        self.stats.other_errors += 1
+        self.stats.skipped += 1
+        self.stats.not_connected += 1
+        self.report.add_other(err_type, f"user {user!r} on {self.opt.host}:{self.opt.port}: {why}; not tried again: "
+                              f"the commands of its connections are not replayed (counted here)", time.time_ns())
 
     def _on_lost(self, client: ReplayClient, exc) -> None:
         try:
@@ -1514,6 +1564,9 @@ class Replayer(EngineCore):
             "commands_failed_same_as_capture": st.same_errors,
             "commands_fixed": st.fixed,
             "commands_skipped": st.skipped,
+            # skipped because their connection could not connect or log in: the replay is incomplete
+            "commands_not_replayed": st.not_connected,
+            "input_error": self.read_error,
             "other_errors": sum(e.count for e in self.report.other_errors.values()),
             "connections": st.connections,
             "reconnects": st.reconnects,

@@ -92,6 +92,10 @@ class ReplayRun:
     async def run(self) -> dict:
         engine = self.engine
         cp = self.checkpoint
+        # a target that refuses the replay's own user: a clear error before anything is written
+        await engine.check_target()
+        if self.baseline_engine is not None:
+            await self.baseline_engine.check_target()
         report_start_ns = time.time_ns()
         periodic = None
         if cp is not None:
@@ -205,11 +209,15 @@ def summary_base(replay_start_ns: int, shard: tuple[int, int] | None = None) -> 
 
 
 def _check_report_dir(path: str, field: str) -> None:
-    """JobError unless `path` is missing (it will be created, mode 0700) or a private directory of ours."""
+    """JobError unless `path` is a private directory of ours, or missing and created now (mode 0700):
+    one that cannot be created is refused before the replay, not after it ran."""
     try:
         os.close(open_private_dir(path, field, create=False))
     except FileNotFoundError:
-        pass
+        try:
+            os.close(open_private_dir(path, field, create=True))
+        except OSError as e:
+            raise JobError(f"{field}: cannot create {e.filename or path}: {e.strerror}") from None
     except OSError as e:
         raise JobError(f"{field}: cannot open {path}: {e.strerror}") from None
 
@@ -440,6 +448,9 @@ class ReplayJob(Job):
             summary = await self.run.run()
             err = self._stop_error or summary.get("report_tables_error") or None
             self.finish(error=err, canceled=self.run.engine.canceled)
+        except JobError as e:  # it could not start (the target refused the replay's user): said as is
+            log.error("replay: %s", e)
+            self.finish(error=str(e))
         except Exception as e:  # noqa: BLE001
             log.exception("replay failed")
             self.finish(error=f"{type(e).__name__}: {e}")

@@ -85,10 +85,28 @@ def verdict_data(verdict: Verdict, latency_rows: list[dict], timeline: dict, ext
         "latency_other_commands": verdict.other_commands,
         "latency_histogram_bytes": verdict.latency.bytes_allocated,
         "groups_dropped": verdict.groups_dropped,
+        "mismatched_commands_not_rebuilt": verdict.mismatch_not_rebuilt,
         "timeline": timeline,
     }
     data.update(extra or {})
     return data
+
+
+def incomplete_reasons(summary: dict) -> list[str]:
+    """Why the replay did not replay all it read or read all of its input (empty: it did): such a replay
+    proves nothing about what it did not send, so its verdict cannot be "no new failures"."""
+    out = []
+    n = summary.get("commands_not_replayed", 0)
+    if n:
+        types = {k: v for k, v in (summary.get("other_error_types") or {}).items()
+                 if k in ("connect failed", "login failed", "i/o timeout") or k.startswith("login refused")}
+        out.append(f"{_n(n, 'command')} not replayed: their connections could not connect or log in to the "
+                   f"target ({', '.join(f'{k}: {v}' for k, v in types.items()) or 'see other errors'})")
+    if summary.get("input_error"):
+        total, read = summary.get("commands_in_capture", 0), summary.get("commands_read", 0)
+        unread = f" ({total - read} of {total} captured commands not read)" if total > read else ""
+        out.append(f"the input could not be read to its end{unread}: {summary['input_error']}")
+    return out
 
 
 def verdict_summary(data: dict, summary: dict, failures: list[dict]) -> dict:
@@ -105,6 +123,9 @@ def verdict_summary(data: dict, summary: dict, failures: list[dict]) -> dict:
         "nondeterministic_statements": len(data["nondeterministic"]),
         "nondeterministic_differed": data["nondeterministic_differed"],
         "lag_p99_ms": summary.get("lag", {}).get("p99_ms"),
+        "mismatched_commands_not_rebuilt": data.get("mismatched_commands_not_rebuilt", 0),
+        # not empty: the replay is incomplete (the verdict says so instead of a clean result)
+        "incomplete": incomplete_reasons(summary),
     }
 
 
@@ -186,12 +207,16 @@ def format_verdict(summary: dict, data: dict | None, failures: list[dict] | None
     failures = failures if failures is not None else summary.get("top_failures", [])
     if data is None:
         return (f"VERDICT: {summary.get('commands_failed', 0)} new failures "
-                f"(this replay predates result and latency comparison)\n")
+                f"(this replay predates result and latency comparison)\n"
+                + "".join(f"  INCOMPLETE: {why}\n" for why in incomplete_reasons(summary)))
     ref = data["reference"]
     v = verdict_summary(data, summary, failures)
     lag = summary.get("lag", {})
+    incomplete = incomplete_reasons(summary)
     lines = [
-        f"VERDICT (replay on {summary.get('target', '?')} compared with the {ref})",
+        f"VERDICT (replay on {summary.get('target', '?')} compared with the {ref})"
+        + (": INCOMPLETE, the numbers below cover only what was replayed" if incomplete else ""),
+        *[f"  incomplete:          {why}" for why in incomplete],
         f"  new failures:        {_n(v['new_failures'], 'command')} in {_n(len(failures), 'statement')}",
         f"  result mismatches:   {_n(v['mismatched_commands'], 'command')} in {_n(v['mismatched_statements'], 'statement')}"
         + (f" ({', '.join(f'{k} {n}' for k, n in sorted(v['mismatch_kinds'].items()))})" if v["mismatch_kinds"] else ""),
@@ -201,6 +226,10 @@ def format_verdict(summary: dict, data: dict | None, failures: list[dict] | None
         f"{_n(v['nondeterministic_differed'], 'execution')} differed (expected; not mismatches)",
         f"  lag:                 p99 {lag.get('p99_ms', 0)} ms, max {lag.get('max_ms', 0)} ms",
     ]
+    if data.get("mismatched_commands_not_rebuilt"):
+        lines.append(f"  on sessions not rebuilt: {_n(data['mismatched_commands_not_rebuilt'], 'command')} returned "
+                     f"different results (counted apart, not mismatches: their session was not as in production; "
+                     f"see other errors)")
     missing = [k for k in KINDS if k not in data.get("compared", KINDS)]
     if missing:
         lines.append(f"  (the input did not record them, so not compared: {', '.join(missing)})")

@@ -12,6 +12,7 @@ import re
 
 from fastproxy.report._latency import bucket_lower_ns, bucket_upper_ns
 from fastproxy.report.explain import scans
+from fastproxy.report.files import incomplete_reasons
 
 TOP = 25  # rows per table
 
@@ -22,6 +23,7 @@ h1{font-size:22px;margin:0 0 4px}h2{font-size:18px;margin:32px 0 8px;border-bott
 .meta{color:#5b6575;margin-bottom:16px}
 .verdict{font-size:17px;font-weight:600;padding:12px 16px;border-radius:8px;margin:12px 0}
 .verdict.bad{background:#fde8e8;color:#8a1c1c}.verdict.good{background:#e5f6ea;color:#17602f}
+.verdict.incomplete{background:#fff4d6;color:#7a5200}
 .cards{display:grid;grid-template-columns:repeat(auto-fit,minmax(170px,1fr));gap:12px}
 .card{background:#fff;border-radius:8px;padding:12px 14px;box-shadow:0 1px 2px rgba(0,0,0,.08);border-top:4px solid #9aa4b2}
 .card.bad{border-top-color:#d33}.card.good{border-top-color:#2a9d4b}.card.info{border-top-color:#d9a400}
@@ -260,6 +262,10 @@ def render_report(summary: dict, data: dict, failures: list[dict], other_errors:
     verdict = (f'<div class="verdict bad">Regressions against the {_e(ref)}: {_e(", ".join(problems))}.</div>'
                if problems else f'<div class="verdict good">No new failures, no result mismatches and no slower '
                                 f'statements against the {_e(ref)}.</div>')
+    incomplete = incomplete_reasons(summary)
+    if incomplete:  # what was not replayed proves nothing: never a clean verdict
+        verdict = (f'<div class="verdict incomplete">Replay incomplete: {_e("; ".join(incomplete))}. '
+                   f'The results below cover only what was replayed.</div>' + (verdict if problems else ""))
     cards = "".join([
         _card(n_fail, "new failures", f"commands in {len(failures)} statement{'s' * (len(failures) != 1)}",
               "bad" if n_fail else "good"),
@@ -314,6 +320,9 @@ def render_report(summary: dict, data: dict, failures: list[dict], other_errors:
     if data.get("latency_other_commands"):
         notes.append(f"{data['latency_other_commands']:,} commands belong to digests past the "
                      f"{data['thresholds']['max_digests']:,} kept: their latency is in the row “other”.")
+    if data.get("mismatched_commands_not_rebuilt"):
+        notes.append(f"{data['mismatched_commands_not_rebuilt']:,} commands on sessions replay could not rebuild in "
+                     f"full returned different results: counted apart (see other errors), not as mismatches.")
     if data.get("groups_dropped"):
         notes.append(f"{data['groups_dropped']:,} mismatch groups past the cap were counted only.")
     note_html = "".join(f'<p class="meta">{_e(n)}</p>' for n in notes)

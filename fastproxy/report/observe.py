@@ -13,7 +13,7 @@ from fastproxy.capture.record import OUTCOME_ERR, OUTCOME_OK, Record
 from fastproxy.constants import COMMAND, command_name
 from fastproxy.report._compare import same_as_captured
 from fastproxy.report._observe import ObserverCore, TimelineCore
-from fastproxy.report.verdict import DigestInfo, Side, Verdict
+from fastproxy.report.verdict import DigestInfo, Side, Verdict, compare_sides
 
 _QUERY = COMMAND.COM_QUERY
 _PREPARE = COMMAND.COM_STMT_PREPARE
@@ -198,8 +198,17 @@ class CaptureObserver(ObserverCore):
     def _differs(self, conn, rec: Record, result, now: int, info: DigestInfo, replay_sec: int) -> None:
         """A command both sides ran, not plainly the same as captured: the full comparison."""
         new = replay_side(result, now - conn.sent_ns, time.time_ns())
-        if self.verdict.add(info, capture_side(rec), new, lambda: execute_params(conn, rec)[1]):
+        apart = bool(conn.not_rebuilt)  # as failures there (_add_failure_not_rebuilt): set apart, said once each
+        before = self.verdict.mismatch_not_rebuilt
+        if self.verdict.add(info, capture_side(rec), new, lambda: execute_params(conn, rec)[1], apart=apart):
             self.timeline.count(self.timeline.mismatches, replay_sec)
+        elif self.verdict.mismatch_not_rebuilt != before:
+            ref = capture_side(rec)
+            diffs = "; ".join(f"{k}: capture {a}, replay {b}" for k, a, b in
+                              compare_sides(ref, new, info.ordered, self.verdict.kinds))
+            self.engine.report.add_other("mismatch on a session not rebuilt",
+                                         f"connection {conn.conn_id} ({'; '.join(conn.not_rebuilt)[:300]}): "
+                                         f"{info.sample_stmt[:300]}: {diffs[:300]}", time.time_ns())
 
     # the Python helpers ObserverCore calls
     _statement_text = staticmethod(statement_text)

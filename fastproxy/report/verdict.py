@@ -188,6 +188,7 @@ class Verdict(VerdictCore):
         self.groups_dropped = 0        # mismatch/nondeterministic groups past max_groups (counted only)
         self.compared = 0              # commands compared (both sides succeeded)
         self.nondeterministic_differed = 0
+        self.mismatch_not_rebuilt = 0  # commands that differed on sessions not rebuilt in full: apart
         self._state_cache: dict[int, tuple] = {}  # slot -> (counts, saved histograms): state() every second
 
     # ---- statements ----------------------------------------------------------------------------
@@ -220,9 +221,10 @@ class Verdict(VerdictCore):
         return info
 
     # ---- per command ---------------------------------------------------------------------------
-    def add(self, info: DigestInfo, ref: Side, new: Side, params=None) -> list[str]:
+    def add(self, info: DigestInfo, ref: Side, new: Side, params=None, apart: bool = False) -> list[str]:
         """One command on both sides; returns the mismatch kinds reported (empty if none).
-        `params()` renders the parameters of the sample, called only when a sample is kept."""
+        `params()` renders the parameters of the sample, called only when a sample is kept. `apart`: its
+        session was not rebuilt in full, so a difference is counted in mismatch_not_rebuilt, not reported."""
         if ref.outcome != OUTCOME_OK or new.outcome != OUTCOME_OK:
             return []
         self.compared += 1
@@ -234,6 +236,9 @@ class Verdict(VerdictCore):
             self._nondeterministic(info, diffs)
             return []
         if not diffs:
+            return []
+        if apart:  # the session differed from production's before this command: no regression
+            self.mismatch_not_rebuilt += 1
             return []
         self.mismatch_count += 1
         for kind, ref_value, new_value in diffs:
@@ -300,6 +305,7 @@ class Verdict(VerdictCore):
             "groups_dropped": self.groups_dropped,
             "compared": self.compared,
             "nondeterministic_differed": self.nondeterministic_differed,
+            "mismatch_not_rebuilt": self.mismatch_not_rebuilt,
         }
 
     def restore(self, state: dict) -> None:
@@ -335,6 +341,7 @@ class Verdict(VerdictCore):
         self.groups_dropped = state["groups_dropped"]
         self.compared = state["compared"]
         self.nondeterministic_differed = state["nondeterministic_differed"]
+        self.mismatch_not_rebuilt = state.get("mismatch_not_rebuilt", 0)  # older checkpoints lack it
 
     # ---- results -------------------------------------------------------------------------------
     def take_mismatch_delta(self) -> list[Mismatch]:
