@@ -225,8 +225,6 @@ def sigkill_at_checkpoint(proc: subprocess.Popen, report_dir: str, ready, interv
                           what: str = "the replay to get far enough") -> dict:
     """SIGKILL the replay `proc` once its checkpoint (report_dir/replay.checkpoint) satisfies
     ready(checkpoint); returns that checkpoint."""
-    import signal
-
     def check():
         try:
             with open(os.path.join(report_dir, "replay.checkpoint")) as f:
@@ -235,12 +233,20 @@ def sigkill_at_checkpoint(proc: subprocess.Popen, report_dir: str, ready, interv
             return None
         return cp if ready(cp) else None
 
+    return sigkill_when(proc, check, interval, what)
+
+
+def sigkill_when(proc: subprocess.Popen, check, interval: float, what: str):
+    """SIGKILL the replay `proc` once check() is true (asked every `interval` s, for at most 120 s);
+    returns what check() returned."""
+    import signal
+
     try:
-        cp = wait_for(check, 120, interval, what)
+        found = wait_for(check, 120, interval, what)
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(30)
     finally:
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode == -signal.SIGKILL
-    return cp
+    return found

@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import os
 import random
-import signal
 import subprocess
 import sys
 import threading
@@ -27,8 +26,7 @@ from fastproxy.capture.record import KIND_COMMAND
 from fastproxy.replay.journal import read_journal
 from fastproxy.report.files import replay_files
 from fastproxy.scratch_db import ROOT_PASSWORD
-from proxy_util import wait_for
-from replay_util import Capture, checksums, dump, newest_summary, records
+from replay_util import Capture, checksums, dump, newest_summary, records, sigkill_when
 
 DB = "rv"
 SETUP = f"""DROP DATABASE IF EXISTS {DB}; CREATE DATABASE {DB}; USE {DB};
@@ -286,16 +284,7 @@ def _kill_when(proc, report: str, ready) -> None:
     _sigkill_when(proc, check, 0.05, "the replay to get far enough")
 
 
-def _sigkill_when(proc, check, interval: float, what: str) -> None:
-    """SIGKILL the replay once check() is true (asked every `interval` s, for at most 120 s)."""
-    try:
-        wait_for(check, 120, interval, what)
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait(30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == -signal.SIGKILL
+_sigkill_when = sigkill_when
 
 
 def test_kill_9_while_commands_are_in_flight_counts_nothing_twice(workload, uninterrupted, mariadb_test, tmp_path):
