@@ -441,6 +441,8 @@ cdef class EngineCore:
             return 0  # a dry run's client, or none (its connection lost): one at a time
         if conn.pin_dirty or conn.txn.undone or conn.txn.aborted or conn.infiles or conn.pending_payload is not None:
             return 0
+        if self.opt.readonly:
+            return 0  # Replayer._fire filters what is_read_only refuses (SELECT ... INTO OUTFILE): as the head
         if not self._pipelinable_c(conn, 0):
             return 0
         queue = conn.queue
@@ -492,6 +494,10 @@ cdef class EngineCore:
             return False
         cdef tuple r = <tuple>rec
         if r[R_KIND] != KIND_COMMAND or r[R_OUTCOME] != OUTCOME_OK:
+            return False
+        if r[R_AFFECTED] != 0:
+            # a SELECT ... INTO answered "n rows" in production: if it finds none here it may be sent
+            # again later (Replayer._send_again_later), which cannot be with commands behind it
             return False
         cdef bytes payload = <bytes>r[R_PAYLOAD]
         if len(payload) < 5:
