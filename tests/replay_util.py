@@ -10,7 +10,7 @@ import sys
 import threading
 import time
 
-from conftest import ProxyProcess
+from conftest import ProxyProcess, start_proxy, stop_proxy
 from proxy_util import wait_for
 from fastproxy.capture.reader import TrafficReader
 from fastproxy._ringbuf import RingBuffer
@@ -250,3 +250,23 @@ def sigkill_when(proc: subprocess.Popen, check, interval: float, what: str):
             proc.kill()
     assert proc.returncode == -signal.SIGKILL
     return found
+
+
+def capture_workers(db, out: str, worker, count: int, seconds: float, during=None) -> None:
+    """Capture `count` threads of worker(port, k, deadline, errors) for `seconds` through a proxy of
+    its own in front of `db`, into `out`; during(port), if given, runs beside them. No worker may fail."""
+    proxy = start_proxy([db])
+    errors: list = []
+    try:
+        with Capture(proxy, out):
+            deadline = time.monotonic() + seconds
+            threads = [threading.Thread(target=worker, args=(proxy.port, k, deadline, errors)) for k in range(count)]
+            for t in threads:
+                t.start()
+            if during is not None:
+                during(proxy.port)
+            for t in threads:
+                t.join()
+    finally:
+        stop_proxy(proxy)
+    assert not errors, errors

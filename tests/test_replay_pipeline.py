@@ -16,12 +16,11 @@ import time
 import MySQLdb
 import pytest
 
-from conftest import start_proxy, stop_proxy
 from fastproxy.capture.record import KIND_COMMAND
 from fastproxy.scratch_db import ROOT_PASSWORD
 from proxy_util import wait_for
-from replay_util import (Capture, checksums, dump, newest_summary, records, replay_cli, sigkill_at_checkpoint,
-                         write_capture)
+from replay_util import (Capture, capture_workers, checksums, dump, newest_summary, records, replay_cli,
+                         sigkill_at_checkpoint, write_capture)
 
 DB = "pl"
 SETUP = f"""DROP DATABASE IF EXISTS {DB}; CREATE DATABASE {DB}; USE {DB};
@@ -90,22 +89,13 @@ def workload(mariadb, tmp_path_factory):
     assert prep.returncode == 0, prep.stdout + prep.stderr
     start = dump(mariadb, DB)
     out = str(tmp_path_factory.mktemp("pipeline") / "cap")
-    proxy = start_proxy([mariadb])
-    errors: list = []
-    try:
-        with Capture(proxy, out):
-            deadline = time.monotonic() + 3.0
-            threads = [threading.Thread(target=_worker, args=(proxy.port, k, deadline, errors)) for k in range(3)]
-            for t in threads:
-                t.start()
-            sb = subprocess.run(["sysbench", "oltp_point_select", *SB, f"--mysql-port={proxy.port}", "--threads=2",
-                                 "--time=3", "run"], capture_output=True, text=True, timeout=120)
-            for t in threads:
-                t.join()
-    finally:
-        stop_proxy(proxy)
-    assert not errors, errors
-    assert sb.returncode == 0, sb.stdout + sb.stderr
+
+    def sysbench(port: int) -> None:
+        sb = subprocess.run(["sysbench", "oltp_point_select", *SB, f"--mysql-port={port}", "--threads=2",
+                             "--time=3", "run"], capture_output=True, text=True, timeout=120)
+        assert sb.returncode == 0, sb.stdout + sb.stderr
+
+    capture_workers(mariadb, out, _worker, 3, 3.0, during=sysbench)
     commands = [r for r in records(out) if r.kind == KIND_COMMAND]
     executes = sum(1 for r in commands if r.payload[:1] == b"\x17")
     gone = sum(1 for r in commands if r.payload == b"\x03SELECT COUNT(*) FROM gone")

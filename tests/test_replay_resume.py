@@ -10,7 +10,6 @@ import random
 import shutil
 import subprocess
 import sys
-import threading
 import time
 
 import MySQLdb
@@ -20,7 +19,8 @@ from conftest import start_proxy, stop_proxy
 from fastproxy.capture.record import KIND_COMMAND
 from fastproxy.scratch_db import ROOT_PASSWORD
 from proxy_util import wait_for
-from replay_util import Capture, checksums, dump, newest_summary, records, sigkill_at_checkpoint, wait_job
+from replay_util import (Capture, capture_workers, checksums, dump, newest_summary, records, sigkill_at_checkpoint,
+                         wait_job)
 
 DB = "rs"
 SETUP = f"""DROP DATABASE IF EXISTS {DB}; CREATE DATABASE {DB}; USE {DB};
@@ -73,19 +73,7 @@ def workload(mariadb, tmp_path_factory):
     mariadb.sql(SETUP)
     start = dump(mariadb, DB)
     out = str(tmp_path_factory.mktemp("resume") / "cap")
-    proxy = start_proxy([mariadb])
-    errors: list = []
-    try:
-        with Capture(proxy, out):
-            deadline = time.monotonic() + WORKLOAD_S
-            threads = [threading.Thread(target=_worker, args=(proxy.port, k, deadline, errors)) for k in range(6)]
-            for t in threads:
-                t.start()
-            for t in threads:
-                t.join()
-    finally:
-        stop_proxy(proxy)
-    assert not errors, errors
+    capture_workers(mariadb, out, _worker, 6, WORKLOAD_S)
     commands = [r for r in records(out) if r.kind == KIND_COMMAND]
     missing = sum(1 for r in commands if r.payload == b"\x03" + MISSING_ON_REPLAY.encode())
     assert missing > 10

@@ -52,7 +52,7 @@ cpdef enum:
     TXN_BEGIN = 0x20         # opens that transaction
     TXN_END = 0x40           # ends it (COMMIT, ROLLBACK, an implicit commit)
     PROD_LOCK_ERROR = 0x80   # production lost it to a deadlock or lock wait timeout: not replayed (see engine)
-    PLAIN_READ = 0x100       # a read outside any transaction that succeeded in production: may be pipelined
+    PLAIN_READ = 0x100       # a read outside any transaction that succeeded in production, no rows affected: may be pipelined
                              # (set only when the planner's mark_reads is: --pipeline)
 
 # statement kinds (stmtinfo.py), record outcomes and protocol numbers, as C ints
@@ -240,7 +240,10 @@ cdef class Planner:
                 flags |= TXN_END
         elif kind == DDL and before:
             flags |= TXN_END
-        if self.mark_reads and kind == READ and not (before or after) and outcome == OUTCOME_OK and not info.multi:
+        # not one that answered "n rows" (SELECT ... INTO): finding none on replay, it may be sent again
+        # after the writes that overlapped it (Replayer._send_again_later), never with commands behind it
+        if (self.mark_reads and kind == READ and not (before or after) and outcome == OUTCOME_OK and not info.multi
+                and r[R_AFFECTED] == 0):
             flags |= PLAIN_READ
         if not self.causal:
             if ended or (kind == DDL and before):

@@ -441,9 +441,7 @@ cdef class EngineCore:
             return 0  # a dry run's client, or none (its connection lost): one at a time
         if conn.pin_dirty or conn.txn.undone or conn.txn.aborted or conn.infiles or conn.pending_payload is not None:
             return 0
-        if self.opt.readonly:
-            return 0  # Replayer._fire filters what is_read_only refuses (SELECT ... INTO OUTFILE): as the head
-        if not self._pipelinable_c(conn, 0):
+        if conn.nsent == 1 and not self._pipelinable_c(conn, 0):  # (more: the fill took the head already)
             return 0
         queue = conn.queue
         cdef Py_ssize_t i
@@ -489,17 +487,10 @@ cdef class EngineCore:
         ticket = conn.tickets[i]
         if ticket is None or (<Ticket>ticket).flags != PLAIN_READ:
             return False  # not a plain read, or a pin / transaction role on it
-        rec = conn.queue[i]
+        rec = conn.queue[i]  # a command that succeeded in production, no rows affected (the flag says so)
         if not _is_record(rec):
             return False
-        cdef tuple r = <tuple>rec
-        if r[R_KIND] != KIND_COMMAND or r[R_OUTCOME] != OUTCOME_OK:
-            return False
-        if r[R_AFFECTED] != 0:
-            # a SELECT ... INTO answered "n rows" in production: if it finds none here it may be sent
-            # again later (Replayer._send_again_later), which cannot be with commands behind it
-            return False
-        cdef bytes payload = <bytes>r[R_PAYLOAD]
+        cdef bytes payload = <bytes>(<tuple>rec)[R_PAYLOAD]
         if len(payload) < 5:
             return False
         cdef int cmd = <unsigned char>payload[0]

@@ -237,7 +237,9 @@ class Replayer(EngineCore):
         self.sessions_not_rebuilt = 0
         # faithful replay: the planner reads the schema of the target when the replay starts
         self.lockwaits: LockWaits | None = None  # the reader of the target's row-lock waits (causal order)
-        self.pipeline = options.pipeline if options.speed <= 0 and not options.dry_run else 1
+        # pipelined commands never pass the head's checks: not with --read-only (its filter judges a command
+        # as it comes to the head: a SELECT ... INTO OUTFILE behind a plain read would be sent)
+        self.pipeline = options.pipeline if options.speed <= 0 and not options.dry_run and not options.readonly else 1
         self.planner = Planner(causal=False, pin=options.pin, status_flags=self._status_flags_recorded(),
                                affected_rows=self._affected_rows_recorded(), mark_reads=self.pipeline > 1)
         self._released: list[int] = []  # parked connections whose requirement a completion met
@@ -1522,6 +1524,7 @@ class Replayer(EngineCore):
             "commands_failed_on_sessions_not_rebuilt": st.failed_not_rebuilt,
             "secrets_substituted": cred.substituted,
             "secrets_from_users_file": cred.from_users_file,
+            "secrets_replay_user": cred.replay_user,  # the --username user's own password, put back as such
             "secrets_random": cred.random,
             "users_in_users_file": len(cred.users),
             "local_infile_files_sent": st.infile_sent,

@@ -126,8 +126,6 @@ class ReplayRun:
             if self.writer:
                 await asyncio.get_running_loop().run_in_executor(None, self.writer.close)
             self.summary = engine.summary()
-            # next to secrets_from_users_file: the --username user's own password, put back as such
-            self.summary["secrets_replay_user"] = engine.credentials.replay_user
             if cp is not None:
                 self.summary["resume"] = cp.summary()
             if self.writer:
