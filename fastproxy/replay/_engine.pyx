@@ -441,10 +441,10 @@ cdef class EngineCore:
             return 0  # a dry run's client, or none (its connection lost): one at a time
         if conn.pin_dirty or conn.txn.undone or conn.txn.aborted or conn.infiles or conn.pending_payload is not None:
             return 0
-        if conn.nsent == 1 and not self._pipelinable_c(conn, 0):  # (more: the fill took the head already)
+        if conn.nsent >= self.pipeline or len(conn.queue) <= conn.nsent:
+            return 0  # full, or nothing queued behind what is in flight
+        if conn.nsent == 1 and not self._pipelinable_c(conn, 0):  # (more in flight: an earlier fill checked it)
             return 0
-        queue = conn.queue
-        cdef Py_ssize_t i
         cdef bint corked = (<ClientCore>client).cork()  # what this fills leaves in one send
         try:
             self._fill_c(conn, <ClientCore>client, now)
