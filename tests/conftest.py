@@ -32,8 +32,9 @@ if _XDIST_WORKER.startswith("gw") and PORT_RANGE_ENV not in os.environ:
 def pytest_collection_modifyitems(items):
     """Mark the tests that start a proxy `proxy`: scripts/test.sh runs them again with 4 workers."""
     for item in items:
+        # (replay_util.capture_workers starts one too)
         if {"proxy", "proxy_factory"} & set(getattr(item, "fixturenames", ())) or \
-                getattr(item.module, "start_proxy", None) is start_proxy:
+                getattr(item.module, "start_proxy", None) is start_proxy or hasattr(item.module, "capture_workers"):
             item.add_marker(pytest.mark.proxy)
 
 
