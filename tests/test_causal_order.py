@@ -12,7 +12,9 @@ from hypothesis import strategies as st
 from fastproxy.capture.record import KIND_COMMAND, OUTCOME_ERR, OUTCOME_OK, Record
 from fastproxy.constants import SERVER_STATUS
 from fastproxy.replay._scheduler import CausalOrder, Ticket
-from fastproxy.replay.causal import IN_TXN, PIN_ID, PIN_PREFIX, PIN_TIME, PROD_LOCK_ERROR, TXN_BEGIN, TXN_END, Planner
+from fastproxy.replay._causal import names_serializable
+from fastproxy.replay.causal import (IN_TXN, PIN_ID, PIN_PREFIX, PIN_TIME, PLAIN_READ, PROD_LOCK_ERROR, TXN_BEGIN,
+                                   TXN_END, Planner)
 from fastproxy.replay.schema import TableScopes
 
 MS = 1_000_000
@@ -392,3 +394,79 @@ def test_the_compiled_planner_takes_what_a_capture_can_hold():
     assert planner.note(7, Record(KIND_COMMAND, 7, 30, 40, OUTCOME_OK, 0, 0, 0, b"")) is None
     with pytest.raises(TypeError):
         planner.note(7, "not a record")
+
+
+# ---- reads marked for --pipeline ---------------------------------------------------------------------
+
+def _transaction(r: Replay, conn: int, t0: int, reads: list[str]) -> None:
+    r.read(f"begin{conn}", conn, "BEGIN", t0, t0 + 1, affected=0, status=IN_TRANS)
+    for i, sql in enumerate(reads):
+        r.read(f"r{conn}.{i}", conn, sql, t0 + 2 + 2 * i, t0 + 3 + 2 * i, affected=0, status=IN_TRANS)
+    r.read(f"upd{conn}", conn, "UPDATE t SET v = v + 1 WHERE id = 1", t0 + 50, t0 + 51, status=IN_TRANS)
+    r.read(f"commit{conn}", conn, "COMMIT", t0 + 52, t0 + 53, affected=0)
+
+
+def test_plain_reads_are_marked_in_a_transaction_and_its_begin_but_no_lock_or_write():
+    r = Replay(mark_reads=True)
+    r.read("out", 1, "SELECT v FROM t WHERE id = 1", 0, 1, affected=0)
+    _transaction(r, 1, 10, ["SELECT v FROM t WHERE id = 1", "SELECT v FROM t WHERE id = 2 FOR UPDATE",
+                            "SELECT v FROM t LOCK IN SHARE MODE", "SELECT a INTO @x FROM t"])
+    flags = {n: (t.flags if t is not None else 0) for n, t in r.tickets.items()}
+    assert flags["out"] == PLAIN_READ
+    assert flags["begin1"] == PLAIN_READ | TXN_BEGIN | IN_TXN  # what reads may follow in flight
+    assert flags["r1.0"] == PLAIN_READ | IN_TXN
+    assert not flags["r1.1"] & PLAIN_READ and not flags["r1.2"] & PLAIN_READ  # locking reads
+    assert flags["r1.3"] == PLAIN_READ | IN_TXN  # (affected 0 here: INTO a variable that found no row)
+    assert not flags["upd1"] & PLAIN_READ and not flags["commit1"] & PLAIN_READ
+    plain = Replay(mark_reads=False)
+    _transaction(plain, 2, 0, ["SELECT v FROM t"])
+    assert not any(t is not None and t.flags & PLAIN_READ for t in plain.tickets.values())
+
+
+def test_a_select_into_that_answered_a_row_is_not_marked_in_a_transaction_either():
+    r = Replay(mark_reads=True)
+    r.read("begin", 1, "BEGIN", 0, 1, affected=0, status=IN_TRANS)
+    r.read("into", 1, "SELECT a INTO @x FROM t WHERE id = 1", 2, 3, affected=1, status=IN_TRANS)
+    assert r.tickets["into"].flags == IN_TXN
+
+
+@pytest.mark.parametrize("statement", [
+    "SET SESSION TRANSACTION ISOLATION LEVEL SERIALIZABLE",
+    "set global tx_isolation = 'serializable'",
+    "SET @@session.transaction_isolation='Serializable'",
+    "SET STATEMENT tx_isolation='SERIALIZABLE' FOR SELECT 1",
+])
+def test_reads_in_transactions_are_not_marked_once_serializable_is_named(statement):
+    r = Replay(mark_reads=True)
+    _transaction(r, 1, 0, ["SELECT v FROM t"])
+    assert r.tickets["r1.0"].flags & PLAIN_READ
+    r.read("set", 2, statement, 100, 101, affected=0)
+    _transaction(r, 3, 200, ["SELECT v FROM t"])
+    _transaction(r, 1, 300, ["SELECT v FROM t"])  # every connection: the statement may be SET GLOBAL
+    assert r.tickets["begin3"].flags == TXN_BEGIN | IN_TXN and r.tickets["r3.0"].flags == IN_TXN
+    assert r.tickets["r1.0"].flags == IN_TXN
+    r.read("out", 3, "SELECT v FROM t", 400, 401, affected=0)
+    assert r.tickets["out"].flags == PLAIN_READ  # outside a transaction a plain read locks nothing
+
+
+def test_reads_in_transactions_are_not_marked_where_the_isolation_may_be_serializable():
+    r = Replay(mark_reads=True, txn_reads=False)  # the target's isolation: SERIALIZABLE, or unknown
+    _transaction(r, 1, 0, ["SELECT v FROM t"])
+    assert r.tickets["begin1"].flags == TXN_BEGIN | IN_TXN and r.tickets["r1.0"].flags == IN_TXN
+    rebuilt = Replay(mark_reads=True)
+    rebuilt.p.on_state(5, {"session_vars": {"tx_isolation": "SERIALIZABLE"}})  # a session open before the capture
+    _transaction(rebuilt, 5, 0, ["SELECT v FROM t"])
+    assert rebuilt.tickets["r5.0"].flags == IN_TXN
+
+
+@pytest.mark.parametrize("payload, named", [
+    (b"\x03SET TRANSACTION ISOLATION LEVEL SERIALIZABLE", True),
+    (b"\x03set tx_isolation='SeRiAlIzAbLe'", True),
+    (b"\x03SERIALIZ", True),
+    (b"\x03SELECT 'serialis'", False),
+    (b"\x03SELECT * FROM t WHERE z = 'zz'", False),
+    (b"\x03erializ", False),
+    (b"", False),
+])
+def test_names_serializable(payload, named):
+    assert names_serializable(payload) is named

@@ -1,5 +1,5 @@
-"""--pipeline N at speed 0 (EngineCore._fill_pipeline_c): plain reads outside transactions go behind
-the command in flight without waiting for its answer. On a capture of reads (text, and sysbench's
+"""--pipeline N at speed 0 (EngineCore._fill_pipeline_c): plain reads go behind the command in
+flight without waiting for its answer (inside transactions too, behind their BEGIN or a read). On a capture of reads (text, and sysbench's
 prepared point selects), autocommit writes, transactions, reads that fail on replay and reads that
 take time, a pipelined replay leaves the data and the verdict of a replay one command at a time; a
 connection killed with commands pipelined says each of them and goes on; kill -9 then --resume
@@ -36,7 +36,8 @@ SLEEP_READ = "SELECT SLEEP(0.004), k FROM kv WHERE k = 1"  # a read that takes t
 
 def _worker(port: int, k: int, deadline: float, errors: list) -> None:
     """Runs of reads (most of them pipelined on replay), the connection's own writes read back (the
-    server runs a connection's commands in order), transactions (never pipelined), reads that fail
+    server runs a connection's commands in order), transactions (their reads pipelined behind their
+    BEGIN, their writes one at a time), reads that fail
     on replay (the table is dropped there), slow reads. Each connection writes its own rows and
     reads those and rows nobody writes: what a read returns does not depend on other connections'
     timing, so the verdict is the same however the replay interleaves them."""
@@ -63,6 +64,9 @@ def _worker(port: int, k: int, deadline: float, errors: list) -> None:
                 cur.execute("BEGIN")
                 cur.execute("SELECT v FROM kv WHERE k = %s", (key,))
                 cur.fetchall()
+                for _ in range(rnd.randint(0, 5)):  # pipelined behind the BEGIN and the read before them
+                    cur.execute("SELECT v, note FROM kv WHERE k = %s", (rnd.choice(own + static),))
+                    cur.fetchall()
                 cur.execute("UPDATE kv SET v = MOD(v * 2, 1000003) WHERE k = %s", (key,))
                 cur.execute("INSERT INTO log (k, v) SELECT k, v FROM kv WHERE k = %s", (key,))
                 cur.execute("COMMIT")
@@ -129,6 +133,8 @@ def test_a_pipelined_replay_leaves_the_data_and_verdict_of_one_at_a_time(workloa
     assert piped["pipeline"] == 8
     # most of the capture is reads outside transactions: sysbench's executes, the runs of SELECTs
     assert piped["commands_pipelined"] > workload["commands"] // 3, piped["commands_pipelined"]
+    assert 0 < piped["commands_pipelined_in_transactions"] < piped["commands_pipelined"], piped
+    assert "inside transactions" in res.stdout
     for s in (one, piped):
         assert s["commands_replayed"] == one["commands_replayed"]
         assert s["commands_failed"] == workload["gone"], s["top_failures"]  # the dropped table, and nothing else
@@ -262,3 +268,47 @@ def test_a_select_into_that_may_be_sent_again_is_not_pipelined(mariadb_test, tmp
         results[depth] = summary
         assert summary["commands_replayed"] == 6 and summary["commands_failed"] == 0, summary
     assert _verdict(results["8"]) == _verdict(results["1"])
+
+
+def test_a_pipelined_read_that_times_out_on_a_lock_aborts_its_transaction_whole(mariadb_test, tmp_path):
+    """A transaction's reads pipelined behind its BEGIN; on the target another session holds LOCK
+    TABLES on the first read's table, so that read waits for the metadata lock and fails with 1205
+    after lock_wait_timeout (1 s) while the reads behind it are in flight. A retry cannot put them
+    back into the transaction: it is reported aborted, once, and its UPDATE and COMMIT are not sent
+    (not half a transaction). One at a time the same transaction is retried, then aborted: the same
+    data either way."""
+    t0 = 1_700_000_000_000_000_000
+    in_txn = {"status_flags": AUTOCOMMIT | 1}
+    sqls = [(b"SET SESSION lock_wait_timeout = 1", 0, {"status_flags": AUTOCOMMIT}),
+            (b"BEGIN", 0, in_txn),
+            (b"SELECT a FROM locked", 1, in_txn),
+            (b"SELECT b FROM free", 1, in_txn),
+            (b"SELECT b + 1 FROM free", 1, in_txn),
+            (b"UPDATE free SET b = b + 100", 1, in_txn),
+            (b"COMMIT", 0, {"status_flags": AUTOCOMMIT}),
+            (b"SELECT 'after', b FROM free", 0, {"status_flags": AUTOCOMMIT})]
+    cmds = [((1, t0 + i * MS, t0 + i * MS + 500, 0, 0, 1 if s.startswith(b"UPDATE") else 0, rows, b"\x03" + s), kw)
+            for i, (s, rows, kw) in enumerate(sqls)]
+    cap = str(tmp_path / "cap")
+    write_capture(cap, "plmdl", [1], cmds, t0)
+    results = {}
+    for depth in ("8", "1"):
+        mariadb_test.sql("DROP DATABASE IF EXISTS plmdl; CREATE DATABASE plmdl; CREATE TABLE plmdl.locked (a INT);"
+                         "CREATE TABLE plmdl.free (b INT); INSERT INTO plmdl.free VALUES (1)")
+        holder = MySQLdb.connect(host="127.0.0.1", port=mariadb_test.port, user="root", password=ROOT_PASSWORD)
+        try:
+            holder.cursor().execute("LOCK TABLES plmdl.locked WRITE")
+            res, summary = replay_cli(mariadb_test.addr, cap, "--speed", "0", "--pipeline", depth,
+                                      "--no-report-tables", "--report-dir", str(tmp_path / f"report{depth}"),
+                                      timeout=120)
+        finally:
+            holder.close()
+        results[depth] = summary
+        assert mariadb_test.sql("SELECT b FROM plmdl.free").strip() == "1"  # the UPDATE never committed
+        txn = summary["transactions"]
+        # not sent: the UPDATE and the COMMIT; one at a time the two reads after the failed one too
+        assert txn["aborted"] == 1 and txn["commands_skipped"] == (2 if depth == "8" else 4), (txn, res.stdout)
+        assert summary["top_failures"] and "1205" in str(summary["top_failures"]), summary["top_failures"]
+    piped, one = results["8"], results["1"]
+    assert piped["commands_pipelined_in_transactions"] == 3  # the three reads behind the BEGIN
+    assert piped["transactions"]["retried"] == 0 and one["transactions"]["retried"] == 1

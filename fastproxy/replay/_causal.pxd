@@ -23,6 +23,7 @@ cdef class Planner:
     cdef public bint status_flags
     cdef public bint affected_rows
     cdef public bint mark_reads  # flag PLAIN_READ (the engine pipelines them)
+    cdef public bint txn_reads   # ... inside transactions too
     cdef public CausalOrder order
     cdef public Classifier classify  # called for every text query (in C)
     cdef public int64_t unknown_scope_statements

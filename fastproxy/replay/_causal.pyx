@@ -52,8 +52,10 @@ cpdef enum:
     TXN_BEGIN = 0x20         # opens that transaction
     TXN_END = 0x40           # ends it (COMMIT, ROLLBACK, an implicit commit)
     PROD_LOCK_ERROR = 0x80   # production lost it to a deadlock or lock wait timeout: not replayed (see engine)
-    PLAIN_READ = 0x100       # a read outside any transaction that succeeded in production, no rows affected: may be pipelined
-                             # (set only when the planner's mark_reads is: --pipeline)
+    PLAIN_READ = 0x100       # a read that succeeded in production, no rows affected, not locking: may be pipelined
+                             # (set only when the planner's mark_reads is: --pipeline). Inside a transaction
+                             # (with IN_TXN) only where the isolation is not SERIALIZABLE (txn_reads); on a
+                             # BEGIN it says reads may follow it in flight
 
 # statement kinds (stmtinfo.py), record outcomes and protocol numbers, as C ints
 cdef int SESSION = _stmtinfo.SESSION
@@ -87,6 +89,28 @@ _UNKNOWN_INFO.time = True
 cdef Py_ssize_t _CACHE_MAX = 10_000
 
 
+cdef inline bint _names_serializable(bytes payload):
+    """Whether a statement's text holds SERIALIZ (any case): it may set that isolation level (a false
+    alarm only turns pipelining inside transactions off)."""
+    cdef const unsigned char *p = payload
+    cdef Py_ssize_t n = len(payload), i, j
+    cdef const char *word = b"serializ"
+    for i in range(7, n):
+        if p[i] | 0x20 != 0x7a:  # z
+            continue
+        for j in range(8):
+            if p[i - 7 + j] | 0x20 != <unsigned char>word[j]:  # (| 0x20: A-Z to a-z)
+                break
+        else:
+            return True
+    return False
+
+
+def names_serializable(bytes payload):
+    """The check above, for tests."""
+    return _names_serializable(payload)
+
+
 cdef inline tuple _fields(rec):
     """A capture Record (a NamedTuple) as the tuple it is, read by field position."""
     if not isinstance(rec, tuple):
@@ -111,13 +135,19 @@ cdef class Planner:
     """Turns each record read from the capture into a Ticket for the engine (or None when the
     command needs nothing): what it waits for, which events it is, and its flags."""
 
-    def __init__(self, scopes=None, causal=True, pin=True, status_flags=True, affected_rows=True, mark_reads=False):
+    def __init__(self, scopes=None, causal=True, pin=True, status_flags=True, affected_rows=True, mark_reads=False,
+                 txn_reads=True):
         self.scopes = scopes or TableScopes()
         self.causal = causal
         self.pin = pin
         self.status_flags = status_flags  # format version 2: trust SERVER_STATUS_IN_TRANS after each command
         self.affected_rows = affected_rows  # 0 affected rows means it changed nothing (else: unknown)
         self.mark_reads = mark_reads  # flag plain reads PLAIN_READ: the engine pipelines them (--pipeline)
+        # reads inside transactions too: a consistent (non-locking) read never waits for a row lock nor
+        # deadlocks, so nothing behind it can outlive its transaction. Under SERIALIZABLE a plain SELECT
+        # takes shared locks: off where the target's isolation is that or unknown, and from the first
+        # statement that names it (SET [GLOBAL|SESSION] TRANSACTION ISOLATION ..., tx_isolation=...)
+        self.txn_reads = txn_reads
         self.order = CausalOrder()
         self.classify = Classifier(self.scopes.functions)
         new = self.order.new_sequence
@@ -146,6 +176,9 @@ cdef class Planner:
         sess.logged_in = True  # open before the capture: its user and database existed then
         for sid, sql in state.get("prepared", []):
             sess.stmts[int(sid)] = self.classify(sql)
+        for value in (state.get("session_vars") or {}).values():
+            if isinstance(value, str) and "serializ" in value.lower():
+                self.txn_reads = False
         if state.get("in_transaction"):
             sess.open = True
             sess.wrote.add(_ANY)
@@ -191,10 +224,14 @@ cdef class Planner:
         cdef int cmd = payload[0]
         if cmd == COM_QUERY:
             info = self.classify.classify_c(payload[1:])
+            if self.txn_reads and _names_serializable(payload):
+                self.txn_reads = False
         elif cmd == COM_STMT_EXECUTE:
             info = sess.stmts.get(stmt_id_of(payload), _UNKNOWN_INFO)
         elif cmd == COM_STMT_PREPARE:
             info = self.classify.classify_c(payload[1:])
+            if self.txn_reads and _names_serializable(payload):
+                self.txn_reads = False
             if r[R_OUTCOME] == OUTCOME_OK:
                 sess.stmts[r[R_AFFECTED]] = info  # the capture keeps the statement id there
             if not self.causal or info.kind == SESSION:
@@ -242,9 +279,11 @@ cdef class Planner:
             flags |= TXN_END
         # not one that answered "n rows" (SELECT ... INTO): finding none on replay, it may be sent again
         # after the writes that overlapped it (Replayer._send_again_later), never with commands behind it
-        if (self.mark_reads and kind == READ and not (before or after) and outcome == OUTCOME_OK and not info.multi
-                and r[R_AFFECTED] == 0):
-            flags |= PLAIN_READ
+        if self.mark_reads and outcome == OUTCOME_OK and not info.multi and r[R_AFFECTED] == 0:
+            if kind == READ and not (before or after):
+                flags |= PLAIN_READ
+            elif (kind == READ or kind == BEGIN) and after and not ended and self.txn_reads:
+                flags |= PLAIN_READ  # in the transaction (IN_TXN), or the statement that starts it (TXN_BEGIN)
         if not self.causal:
             if ended or (kind == DDL and before):
                 sess.wrote.clear()

@@ -12,7 +12,7 @@ cdef class Track:
     cdef public object thread  # the replay session's thread id on the target
     cdef public bint answered  # the command in flight got its result
     cdef public object held  # results inside the open transaction: counted once it ends
-    cdef public Py_ssize_t ahead  # commands sent behind the one in flight (pipelined: outside transactions)
+    cdef public Py_ssize_t ahead  # commands sent behind the one in flight (pipelined)
 
 
 cdef class CheckpointHooks:
@@ -32,3 +32,4 @@ cdef class CheckpointHooks:
     cpdef result(self, conn, rec, result, now)
     cpdef consumed(self, Conn conn, ticket)
     cdef int _count_c(self, conn, rec, result, now, seq) except -1
+    cdef int _next_pipelined(self, Conn conn, Track track) except -1

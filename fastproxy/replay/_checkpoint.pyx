@@ -184,20 +184,23 @@ cdef class CheckpointHooks:
         if track is None:
             return
         cdef JournalWriter journal = self._journal
+        cdef bint in_txn
+        tickets = conn.tickets
         if conn.nsent > 1 and track.inflight >= 0:
-            # pipelined behind the command in flight (outside transactions: done once sent, as it is)
+            # pipelined behind the command in flight: outside a transaction done once sent, as it is;
+            # inside one, done when the transaction ends
             if len(track.pending) <= track.consumed + track.ahead + 1:
                 return
             track.ahead += 1
             seq = track.pending[track.consumed + track.ahead]
-            if journal is not None and not journal.sent_c(conn_id, seq, False, track.thread):
+            in_txn = len(tickets) >= conn.nsent and _in_transaction(tickets[conn.nsent - 1])
+            if journal is not None and not journal.sent_c(conn_id, seq, in_txn, track.thread):
                 self._write_snapshot()  # the journal is full: the checkpoint takes it all, and empties it
                 if self._journal is not None:
-                    self._journal.sent_c(conn_id, seq, False, track.thread)
+                    self._journal.sent_c(conn_id, seq, in_txn, track.thread)
             return 0
         seq = track.pending[track.consumed]
-        tickets = conn.tickets
-        cdef bint in_txn = _in_transaction(tickets[0] if tickets else None)
+        in_txn = _in_transaction(tickets[0] if tickets else None)
         if not in_txn and track.held:  # the transaction ends: its commands are done, their results count
             self._count_held(track)
         track.inflight = seq
@@ -309,6 +312,8 @@ cdef class CheckpointHooks:
         track.inflight = -1
         if _in_transaction(ticket):
             track.consumed += 1  # done only once its transaction ends
+            if track.ahead > 0 and len(track.pending) > track.consumed:
+                self._next_pipelined(conn, track)
             return
         if track.held:  # a transaction ended without a command sent (the connection's close): done now
             self._count_held(track)
@@ -317,8 +322,14 @@ cdef class CheckpointHooks:
             pending.popleft()
         track.consumed = 0
         track.done = c_seq
-        if track.ahead > 0 and pending:  # the next pipelined command is the one in flight now
-            track.ahead -= 1
-            track.inflight = pending[0]
-            track.inflight_txn = False
-            track.answered = False
+        if track.ahead > 0 and pending:
+            self._next_pipelined(conn, track)
+
+    cdef int _next_pipelined(self, Conn conn, Track track) except -1:
+        """The next pipelined command is the one in flight now (the engine made it the head)."""
+        tickets = conn.tickets
+        track.ahead -= 1
+        track.inflight = track.pending[track.consumed]
+        track.inflight_txn = _in_transaction(tickets[0] if tickets else None)
+        track.answered = False
+        return 0

@@ -23,6 +23,7 @@ cdef class StatsCore:
     cdef public int64_t causal_waits
     cdef public int64_t causal_wait_ns
     cdef public int64_t pipelined
+    cdef public int64_t pipelined_in_txn
 
 
 cdef class EngineCore:
@@ -62,5 +63,5 @@ cdef class EngineCore:
     cdef int _send_c(self, Conn conn, payload) except -1
     cdef int _fill_pipeline_c(self, Conn conn, int64_t now) except -1
     cdef int _fill_c(self, Conn conn, ClientCore client, int64_t now) except -1
-    cdef bint _pipelinable_c(self, Conn conn, Py_ssize_t i) except -1
+    cdef bint _pipelinable_c(self, Conn conn, Py_ssize_t i, bint head) except -1
     cdef int _keep_and_send_c(self, Conn conn, payload, prefix, int flags) except -1

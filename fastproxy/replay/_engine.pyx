@@ -439,11 +439,13 @@ cdef class EngineCore:
         client = conn.client
         if not isinstance(client, ClientCore) or (<ClientCore>client).closed:
             return 0  # a dry run's client, or none (its connection lost): one at a time
-        if conn.pin_dirty or conn.txn.undone or conn.txn.aborted or conn.infiles or conn.pending_payload is not None:
+        cdef TxnLog txn = conn.txn
+        if (conn.pin_dirty or txn.undone or txn.aborted or txn.retry is not None or conn.infiles
+                or conn.pending_payload is not None):
             return 0
         if conn.nsent >= self.pipeline or len(conn.queue) <= conn.nsent:
             return 0  # full, or nothing queued behind what is in flight
-        if conn.nsent == 1 and not self._pipelinable_c(conn, 0):  # (more in flight: an earlier fill checked it)
+        if conn.nsent == 1 and not self._pipelinable_c(conn, 0, True):  # (more in flight: an earlier fill checked it)
             return 0
         cdef bint corked = (<ClientCore>client).cork()  # what this fills leaves in one send
         try:
@@ -456,12 +458,15 @@ cdef class EngineCore:
     cdef int _fill_c(self, Conn conn, ClientCore client, int64_t now) except -1:
         queue = conn.queue
         cdef Py_ssize_t i
+        cdef int flags
+        cdef Ticket ticket
         while conn.nsent < self.pipeline:
             i = conn.nsent
-            if len(queue) <= i or not self._pipelinable_c(conn, i):
+            if len(queue) <= i or not self._pipelinable_c(conn, i, False):
                 return 0
             rec = queue[i]
-            if not self.planner.order.met(<Ticket>conn.tickets[i]):
+            ticket = <Ticket>conn.tickets[i]
+            if not self.planner.order.met(ticket):
                 return 0  # it waits for another connection: it goes as the head, parked if need be
             payload = <bytes>(<tuple>rec)[R_PAYLOAD]
             if <unsigned char>payload[0] == COM_STMT_EXECUTE:
@@ -479,14 +484,29 @@ cdef class EngineCore:
                 sent = payload
             self._started_c(conn, rec, now)
             self.stats.pipelined += 1
+            flags = ticket.flags
+            if flags & IN_TXN:
+                self.stats.pipelined_in_txn += 1
+                if self.opt.whole_transactions:  # sent again, in order, if its transaction is retried
+                    conn.txn.entries.append((rec, sent, None, flags))
             client.send(sent, None)
         return 0
 
-    cdef bint _pipelinable_c(self, Conn conn, Py_ssize_t i) except -1:
-        """Whether the i-th queued command of `conn` is one a pipeline may hold."""
+    cdef bint _pipelinable_c(self, Conn conn, Py_ssize_t i, bint head) except -1:
+        """Whether the i-th queued command of `conn` is one a pipeline may hold: a plain read, in a
+        transaction or not; as the `head` (what the others go behind), the read or BEGIN that starts
+        a transaction too. Never behind a write: a write may deadlock, and its transaction is then
+        sent again from its start (fastproxy/replay/transactions.py) with nothing in flight behind it."""
         ticket = conn.tickets[i]
-        if ticket is None or (<Ticket>ticket).flags != PLAIN_READ:
-            return False  # not a plain read, or a pin / transaction role on it
+        if ticket is None:
+            return False
+        cdef int flags = (<Ticket>ticket).flags
+        if head:
+            flags &= ~(IN_TXN | TXN_BEGIN)
+        elif flags & IN_TXN:
+            flags &= ~IN_TXN
+        if flags != PLAIN_READ:
+            return False  # not a plain read, or a pin / another transaction role on it
         rec = conn.queue[i]  # a command that succeeded in production, no rows affected (the flag says so)
         if not _is_record(rec):
             return False

@@ -170,6 +170,7 @@ class Stats(StatsCore):
     sent_again: int = 0  # writes that changed nothing on replay, sent again after writes that overlapped them
     sent_again_timed_out: int = 0  # ... of which sent before those writes had all run here (OVERLAP_WAIT_S)
     pipelined: int = 0  # commands sent before the answer to the one before them (--pipeline)
+    pipelined_in_txn: int = 0  # ... of them inside a transaction
 
 
 # the dataclass left each field's default as a class attribute: on StatsCore's fields it would hide
@@ -787,8 +788,12 @@ class Replayer(EngineCore):
         # on error (logged by load_scopes, shown in the summary's causal.scope) one global scope
         scopes = await self._loop.run_in_executor(
             None, load_scopes, opt)
+        # reads inside transactions are pipelined only where the target's isolation is known not to be
+        # SERIALIZABLE (there a plain SELECT locks rows: it may wait, deadlock and end its transaction)
+        txn_reads = bool(scopes.isolation) and "SERIALIZ" not in scopes.isolation
         self.planner = Planner(scopes, causal=causal, pin=opt.pin, status_flags=self._status_flags_recorded(),
-                               affected_rows=self._affected_rows_recorded(), mark_reads=self.pipeline > 1)
+                               affected_rows=self._affected_rows_recorded(), mark_reads=self.pipeline > 1,
+                               txn_reads=txn_reads)
 
     def _send(self, conn: Conn, payload: bytes) -> None:
         """Send the head command: pinned to production's time and ids where it needs that, and kept
@@ -836,6 +841,14 @@ class Replayer(EngineCore):
             if (result.err_code in RETRYABLE and rec.outcome in (OUTCOME_OK, OUTCOME_ERR)
                     and not (rec.outcome == OUTCOME_ERR and rec.err_code == result.err_code)
                     and conn.client is not None and not conn.client.closed):
+                if conn.nsent > 1:
+                    # reads are in flight behind it (--pipeline): they ran after the server ended the
+                    # transaction, and a retry cannot put them back in it. Not half of it either: the
+                    # transaction is reported aborted and the rest of it is not sent. (A plain read is
+                    # pipelined only where it takes no row lock: here it waited for a table's metadata
+                    # lock, say, past lock_wait_timeout.)
+                    self._give_up_transaction(conn, result)
+                    return True
                 entries = conn.txn.entries
                 if not entries or entries[-1][0] is not rec:
                     return False  # not sent through _send (nothing to send again)
@@ -1578,6 +1591,7 @@ class Replayer(EngineCore):
             "qps_replayed": round(st.replayed / elapsed, 1),
             "pipeline": self.pipeline,
             "commands_pipelined": st.pipelined,
+            "commands_pipelined_in_transactions": st.pipelined_in_txn,
             # what replaying cost this process (all its threads; in `serve`, the proxy's work too)
             "replayer_cpu_seconds": round(self.cpu_seconds if self.finished_ns else
                                           time.process_time() - self._cpu_start if self._cpu_start else 0.0, 3),

@@ -258,7 +258,8 @@ def format_summary(s: dict) -> str:
         *_session_lines(s),
         f"  QPS: captured {s['qps_captured']}, replayed {s['qps_replayed']}",
         *([f"  pipeline: up to {s['pipeline']} commands in flight per connection; {s['commands_pipelined']} sent "
-           f"before the answer to the one before them"] if s.get("pipeline", 1) > 1 else []),
+           f"before the answer to the one before them ({s.get('commands_pipelined_in_transactions', 0)} inside "
+           f"transactions)"] if s.get("pipeline", 1) > 1 else []),
         f"  avg latency: captured {s['avg_latency_captured_ms']} ms, replayed {s['avg_latency_replayed_ms']} ms",
         f"  lag: p99 {lag['p99_ms']} ms, max {lag['max_ms']} ms, avg {lag['avg_ms']} ms",
     ]
@@ -480,6 +481,7 @@ class ReplayJob(Job):
             "dry_run": e.opt.dry_run,
             "pipeline": e.pipeline,
             "commands_pipelined": st.pipelined,
+            "commands_pipelined_in_transactions": st.pipelined_in_txn,
             "commands_in_capture": st.commands_total or int(e.meta.get("commands") or 0),
             "replayed": st.replayed,
             "filtered": st.filtered,

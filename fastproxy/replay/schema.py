@@ -33,6 +33,7 @@ class TableScopes:
         self.functions: set[str] = set()
         self.error: str | None = None    # why the schema could not be read (then every scope is unknown)
         self.generation = 0              # changes whenever scopes or flags change (for callers' caches)
+        self.isolation = ""              # the target's global transaction isolation ("" unknown)
 
     def find(self, table: str) -> str:
         parent = self._parent
@@ -130,6 +131,18 @@ def body_tables(sql: str, functions) -> set[str] | None:
     return scan.tables
 
 
+def _global_isolation(cur) -> str:
+    """The target's default transaction isolation, e.g. REPEATABLE-READ ("" if it cannot be read):
+    MySQL 8 names it transaction_isolation, MariaDB before 11.1 only tx_isolation."""
+    for name in ("transaction_isolation", "tx_isolation"):
+        try:
+            cur.execute(f"SELECT @@GLOBAL.{name}")
+            return str(cur.fetchone()[0] or "").upper()
+        except Exception:  # noqa: BLE001 - unknown variable: the other name
+            continue
+    return ""
+
+
 def load_scopes(opt) -> TableScopes:
     """Read foreign keys, views, triggers, stored functions and time-defaulted columns from the
     target of ReplayOptions `opt`. On any error the scopes say so (`error`) and every statement is
@@ -164,6 +177,7 @@ def load_scopes(opt) -> TableScopes:
                     "OR COLUMN_DEFAULT LIKE 'now(%' OR EXTRA LIKE '%on update%')")
         for (table,) in cur.fetchall():
             scopes.mark_time(table.lower())
+        scopes.isolation = _global_isolation(cur)
     except Exception as e:  # noqa: BLE001
         scopes.error = f"cannot read the target's schema: {e}"
     finally:
