@@ -268,10 +268,10 @@ def main() -> None:
                 for label, checkout in variants:
                     print(f"{wl}: replay speed 0, {label}, round {rnd + 1} ...", flush=True)
                     rows.append(row(label, replay(checkout, db, captures[wl], starting_data=starting.get(wl))))
-                if args.pipeline > 1:
-                    label = f"this checkout, --pipeline {args.pipeline}"
+                for label, checkout in variants if args.pipeline > 1 else ():
+                    label = f"{label}, --pipeline {args.pipeline}"
                     print(f"{wl}: replay speed 0, {label}, round {rnd + 1} ...", flush=True)
-                    rows.append(row(label, replay(here, db, captures[wl], f"--pipeline={args.pipeline}",
+                    rows.append(row(label, replay(checkout, db, captures[wl], f"--pipeline={args.pipeline}",
                                                   starting_data=starting.get(wl))))
                 print(f"{wl}: dry run speed 0, round {rnd + 1} ...", flush=True)
                 rows.append(row("this checkout, --dry-run", replay(here, db, captures[wl], "--dry-run")))
@@ -310,7 +310,8 @@ def target_line(results: dict) -> None:
     results["target"] = {}
     for wl, _ in WORKLOADS:
         per_core = results.get("relay", {}).get(wl, {}).get("relay_qps_per_core")
-        for variant in ("before", "this checkout", f"this checkout, --pipeline {results.get('pipeline', 8)}",
+        depth = results.get("pipeline", 8)
+        for variant in ("before", "this checkout", f"before, --pipeline {depth}", f"this checkout, --pipeline {depth}",
                         "c floor, epoll", "c floor, uring", f"c floor, epoll, pipelined x{FLOOR_PIPELINE_DEPTH}"):
             rows = [r for r in results.get("replays", {}).get(wl, []) if r["variant"] == variant]
             if not per_core or not rows:

@@ -61,6 +61,7 @@ cdef class EngineCore:
     cdef int _started_c(self, Conn conn, rec, int64_t now) except -1
     cdef object _remap_c(self, Conn conn, captured_id, replay_id, payload)
     cdef int _send_c(self, Conn conn, payload) except -1
+    cdef int _send_pinned_c(self, Conn conn, payload, int flags) except -1
     cdef int _fill_pipeline_c(self, Conn conn, int64_t now) except -1
     cdef int _fill_c(self, Conn conn, ClientCore client, int64_t now) except -1
     cdef bint _pipelinable_c(self, Conn conn, Py_ssize_t i, bint head) except -1

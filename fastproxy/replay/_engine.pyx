@@ -15,7 +15,8 @@ without an attribute lookup; records (capture.record.Record, a tuple) are read b
 from libc.stdint cimport int64_t
 
 from fastproxy._packet cimport CommandResult, execute_flag_at, execute_types_at, stmt_id_of, with_stmt_id
-from fastproxy.capture.record_fields cimport R_AFFECTED, R_CONN_ID, R_END, R_ERR_CODE, R_KIND, R_OUTCOME, R_PAYLOAD, R_START
+from fastproxy.capture.record_fields cimport (R_AFFECTED, R_CONN_ID, R_END, R_ERR_CODE, R_KIND, R_LAST_INSERT_ID,
+                                              R_OUTCOME, R_PAYLOAD, R_START)
 from fastproxy.replay._client cimport ClientCore
 from fastproxy.replay._conn cimport Conn, TxnLog
 from fastproxy.replay._scheduler cimport Scheduler, Ticket
@@ -28,7 +29,7 @@ import time
 from fastproxy.capture import record as _record
 from fastproxy.constants import COMMAND
 from fastproxy.replay import causal as _causal
-from fastproxy.replay.pinning import PIN_FLAGS as _PIN_FLAGS
+from fastproxy.replay.pinning import PIN_FLAGS as _PIN_FLAGS, pin as _pin
 from fastproxy.replay.users import PLACEHOLDER_BYTES
 from fastproxy.sqltext import FIRST_BYTES as _FIRST_BYTES
 
@@ -57,6 +58,13 @@ cdef int TXN_END = _causal.TXN_END
 cdef int PROD_LOCK_ERROR = _causal.PROD_LOCK_ERROR
 cdef int PIN_FLAGS = _PIN_FLAGS
 cdef int PLAIN_READ = _causal.PLAIN_READ
+cdef int PIN_TIME = _causal.PIN_TIME
+cdef int PIN_ID = _causal.PIN_ID
+cdef object pin = _pin
+
+# the tag of a pin's SET (engine.py's too): its answer is the replayer's own, not compared
+PIN_TAG = ("pin",)
+cdef tuple _PIN_TAG = PIN_TAG
 cdef object Record = _record.Record
 
 # what _gate says about a connection's head command (BUSY: the connection first sends something else)
@@ -173,12 +181,15 @@ cdef class EngineCore:
 
     cdef bint _result_fast(self, client, CommandResult result) except -1:
         """A production command that succeeded on replay as it needed to: compared, then the next one.
-        False (nothing done) for anything else: Replayer._handle_result."""
+        A pin's SET that succeeded: nothing to do. False (nothing done) for anything else:
+        Replayer._handle_result."""
         owner = (<ClientCore>client).owner if isinstance(client, ClientCore) else client.owner
         if type(owner) is not Conn:
             return False
         cdef Conn conn = <Conn>owner
         rec = conn.inflight
+        if result.tag is _PIN_TAG and result.outcome == OUTCOME_OK:
+            return True  # (Replayer._on_internal_result: a pin that failed is reported)
         if result.tag is not None or result.outcome != OUTCOME_OK or not _is_record(rec):
             return False
         cdef tuple r = <tuple>rec
@@ -580,10 +591,33 @@ cdef class EngineCore:
             ticket = tickets[0]
             if ticket is not None:
                 flags = (<Ticket?>ticket).flags
-        if flags & PIN_FLAGS or conn.pin_dirty or conn.txn.undone:
+        if conn.txn.undone or ((flags & PIN_FLAGS or conn.pin_dirty) and not isinstance(conn.client, ClientCore)):
             self._send(conn, payload)
             return 0
+        if flags & PIN_FLAGS or conn.pin_dirty:
+            return self._send_pinned_c(conn, payload, flags)
         return self._keep_and_send_c(conn, payload, None, flags)
+
+    cdef int _send_pinned_c(self, Conn conn, payload, int flags) except -1:
+        """Replayer._send for a command pinned to production's time or id (fastproxy/replay/pinning.py),
+        or one after such a command (the session's pins reset): its SET and the command in one write."""
+        cdef tuple r = <tuple>conn.inflight
+        payload, prefix, conn.pin_dirty = pin(payload, r[R_START], r[R_LAST_INSERT_ID], flags, conn.pin_dirty)
+        if flags & PIN_TIME:
+            self.stats.pinned_time += 1
+        if flags & PIN_ID:
+            self.stats.pinned_insert_id += 1
+        if prefix is None:
+            return self._keep_and_send_c(conn, payload, None, flags)
+        cdef ClientCore client = <ClientCore>conn.client
+        cdef bint corked = client.cork()  # False: corked already (several answers in one read): it uncorks
+        try:
+            client.send(prefix, _PIN_TAG)
+            self._keep_and_send_c(conn, payload, prefix, flags)
+        finally:
+            if corked:
+                client.uncork()
+        return 0
 
     def _keep_and_send(self, Conn conn, payload, prefix, flags):
         """Send the head command (after its pins, `prefix`), kept for a retry of its transaction."""

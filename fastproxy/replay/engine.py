@@ -25,7 +25,7 @@ from fastproxy.capture.record import (INFILE_SIZE, KIND_COMMAND, KIND_CONN_CLOSE
 from fastproxy.constants import CLIENT, COMMAND, ER, command_name
 from fastproxy.errors import BackendConnError, FastproxyError, JobError, ProtocolError
 from fastproxy.replay._conn import Conn  # one captured connection and its replay connection (a C struct)
-from fastproxy.replay._engine import CONSUMED, KILL_START, PACE_SLACK_NS, EngineCore, StatsCore
+from fastproxy.replay._engine import CONSUMED, KILL_START, PACE_SLACK_NS, PIN_TAG, EngineCore, StatsCore
 from fastproxy.replay._scheduler import Scheduler, Ticket
 from fastproxy.replay.causal import IN_TXN, PIN_ID, PIN_TIME, TXN_BEGIN, TXN_END, Planner
 from fastproxy.replay.client import LoginError, ReplayClient
@@ -81,7 +81,7 @@ GC_GEN0_THRESHOLD = 50_000
 
 # tags of the replayer's own statements (results not compared): a pin, a transaction retry step,
 # a ROLLBACK mirroring production's
-_PIN_TAG = ("pin",)
+_PIN_TAG = PIN_TAG  # (the C chain knows it by identity)
 _TXN_TAG = ("txn",)
 _MIRROR_TAG = ("rollback",)
 _INTERNAL_TAGS = frozenset({"pin", "txn", "rollback"})
