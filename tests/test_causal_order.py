@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from fastproxy.capture.record import KIND_COMMAND, OUTCOME_ERR, OUTCOME_OK, Record
 from fastproxy.constants import SERVER_STATUS
 from fastproxy.replay._scheduler import CausalOrder, Ticket
-from fastproxy.replay._causal import names_serializable
+from fastproxy.replay._causal import may_set_serializable
 from fastproxy.replay.causal import (IN_TXN, PIN_ID, PIN_PREFIX, PIN_TIME, PLAIN_READ, PROD_LOCK_ERROR, TXN_BEGIN,
                                    TXN_END, Planner)
 from fastproxy.replay.schema import TableScopes
@@ -459,14 +459,18 @@ def test_reads_in_transactions_are_not_marked_where_the_isolation_may_be_seriali
     assert rebuilt.tickets["r5.0"].flags == IN_TXN
 
 
-@pytest.mark.parametrize("payload, named", [
+@pytest.mark.parametrize("payload, may", [
     (b"\x03SET TRANSACTION ISOLATION LEVEL SERIALIZABLE", True),
     (b"\x03set tx_isolation='SeRiAlIzAbLe'", True),
     (b"\x03SERIALIZ", True),
+    (b"\x03SET SESSION transaction_isolation = 3", True),  # the enum's number
+    (b"\x16SET @@session.tx_isolation = ?", True),  # a prepare: its value comes with the execute
+    (b"\x03SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED", False),
+    (b"\x03set tx_isolation = 'REPEATABLE-READ'", False),
     (b"\x03SELECT 'serialis'", False),
     (b"\x03SELECT * FROM t WHERE z = 'zz'", False),
     (b"\x03erializ", False),
     (b"", False),
 ])
-def test_names_serializable(payload, named):
-    assert names_serializable(payload) is named
+def test_what_may_set_serializable(payload, may):
+    assert may_set_serializable(payload) is may

@@ -282,11 +282,14 @@ def test_a_pipelined_read_that_times_out_on_a_lock_aborts_its_transaction_whole(
     sqls = [(b"SET SESSION lock_wait_timeout = 1", 0, {"status_flags": AUTOCOMMIT}),
             (b"BEGIN", 0, in_txn),
             (b"SELECT a FROM locked", 1, in_txn),
+            (b"SELECT a + 1 FROM locked", 1, in_txn),
             (b"SELECT b FROM free", 1, in_txn),
             (b"SELECT b + 1 FROM free", 1, in_txn),
             (b"UPDATE free SET b = b + 100", 1, in_txn),
             (b"COMMIT", 0, {"status_flags": AUTOCOMMIT}),
-            (b"SELECT 'after', b FROM free", 0, {"status_flags": AUTOCOMMIT})]
+            (b"SELECT 'after', b FROM free", 1, {"status_flags": AUTOCOMMIT}),
+            (b"SELECT 'autocommit', a FROM locked", 1, {"status_flags": AUTOCOMMIT}),
+            (b"SELECT 'last', b FROM free", 1, {"status_flags": AUTOCOMMIT})]
     cmds = [((1, t0 + i * MS, t0 + i * MS + 500, 0, 0, 1 if s.startswith(b"UPDATE") else 0, rows, b"\x03" + s), kw)
             for i, (s, rows, kw) in enumerate(sqls)]
     cap = str(tmp_path / "cap")
@@ -306,9 +309,15 @@ def test_a_pipelined_read_that_times_out_on_a_lock_aborts_its_transaction_whole(
         results[depth] = summary
         assert mariadb_test.sql("SELECT b FROM plmdl.free").strip() == "1"  # the UPDATE never committed
         txn = summary["transactions"]
-        # not sent: the UPDATE and the COMMIT; one at a time the two reads after the failed one too
-        assert txn["aborted"] == 1 and txn["commands_skipped"] == (2 if depth == "8" else 4), (txn, res.stdout)
+        # not sent: the UPDATE and the COMMIT; one at a time the three reads after the failed one too
+        assert txn["commands_skipped"] == (2 if depth == "8" else 5), (txn, res.stdout)
         assert summary["top_failures"] and "1205" in str(summary["top_failures"]), summary["top_failures"]
     piped, one = results["8"], results["1"]
-    assert piped["commands_pipelined_in_transactions"] == 3  # the three reads behind the BEGIN
-    assert piped["transactions"]["retried"] == 0 and one["transactions"]["retried"] == 1
+    assert piped["commands_pipelined_in_transactions"] == 4  # the four reads behind the BEGIN
+    # pipelined: the transaction given up once (its second read on `locked`, in flight, fails as any
+    # command), and the autocommit read on `locked` with a read behind it is a failure as any (no
+    # transaction to give up); one at a time, each is retried, then given up
+    assert piped["transactions"]["aborted"] == 1 and piped["transactions"]["retried"] == 0, piped["transactions"]
+    assert one["transactions"]["aborted"] == 2 and one["transactions"]["retried"] == 2, one["transactions"]
+    assert piped["commands_failed"] == 3 and one["commands_failed"] == 2, (piped["commands_failed"],
+                                                                            one["commands_failed"])

@@ -89,9 +89,28 @@ _UNKNOWN_INFO.time = True
 cdef Py_ssize_t _CACHE_MAX = 10_000
 
 
+cdef tuple _SAFE_LEVELS = (b"read committed", b"read-committed", b"read_committed", b"repeatable", b"uncommitted")
+
+
+cdef bint _may_set_serializable(bytes payload) except -1:
+    """Whether a statement may set the SERIALIZABLE isolation level: its text names it, or names an
+    isolation with no level known to be safe (`transaction_isolation = 3`, `= ?`). A false alarm only
+    turns pipelining inside transactions off."""
+    if _names_serializable(payload):
+        return True
+    if payload.find(b"SOLATION") < 0 and payload.find(b"solation") < 0:
+        return False
+    cdef bytes lower = payload.lower()
+    if b"isolation" not in lower:
+        return False
+    for level in _SAFE_LEVELS:
+        if level in lower:
+            return False
+    return True
+
+
 cdef inline bint _names_serializable(bytes payload):
-    """Whether a statement's text holds SERIALIZ (any case): it may set that isolation level (a false
-    alarm only turns pipelining inside transactions off)."""
+    """Whether a statement's text holds SERIALIZ (any case)."""
     cdef const unsigned char *p = payload
     cdef Py_ssize_t n = len(payload), i, j
     cdef const char *word = b"serializ"
@@ -106,9 +125,9 @@ cdef inline bint _names_serializable(bytes payload):
     return False
 
 
-def names_serializable(bytes payload):
-    """The check above, for tests."""
-    return _names_serializable(payload)
+def may_set_serializable(bytes payload):
+    """_may_set_serializable, for tests."""
+    return _may_set_serializable(payload)
 
 
 cdef inline tuple _fields(rec):
@@ -224,13 +243,13 @@ cdef class Planner:
         cdef int cmd = payload[0]
         if cmd == COM_QUERY:
             info = self.classify.classify_c(payload[1:])
-            if self.txn_reads and _names_serializable(payload):
+            if self.txn_reads and _may_set_serializable(payload):
                 self.txn_reads = False
         elif cmd == COM_STMT_EXECUTE:
             info = sess.stmts.get(stmt_id_of(payload), _UNKNOWN_INFO)
         elif cmd == COM_STMT_PREPARE:
             info = self.classify.classify_c(payload[1:])
-            if self.txn_reads and _names_serializable(payload):
+            if self.txn_reads and _may_set_serializable(payload):
                 self.txn_reads = False
             if r[R_OUTCOME] == OUTCOME_OK:
                 sess.stmts[r[R_AFFECTED]] = info  # the capture keeps the statement id there

@@ -584,7 +584,7 @@ cdef class EngineCore:
         return remapped[:flag_at] + b"\x01" + types + remapped[flag_at + 1:]
 
     cdef int _send_c(self, Conn conn, payload) except -1:
-        """Replayer._send for a command with nothing to pin and no transaction to bring back first."""
+        """Replayer._send for a command with no transaction to bring back first (pinned: _send_pinned_c)."""
         tickets = conn.tickets
         cdef int flags = 0
         if tickets:

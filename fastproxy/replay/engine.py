@@ -841,12 +841,18 @@ class Replayer(EngineCore):
             if (result.err_code in RETRYABLE and rec.outcome in (OUTCOME_OK, OUTCOME_ERR)
                     and not (rec.outcome == OUTCOME_ERR and rec.err_code == result.err_code)
                     and conn.client is not None and not conn.client.closed):
+                if conn.txn.aborted:
+                    return False  # a read pipelined in a transaction given up already: a failure as any
                 if conn.nsent > 1:
-                    # reads are in flight behind it (--pipeline): they ran after the server ended the
-                    # transaction, and a retry cannot put them back in it. Not half of it either: the
+                    # reads are in flight behind it (--pipeline): a retry (ROLLBACK, then the transaction
+                    # from its start) would run after them, and they would have run outside it (1213
+                    # ended it) or between the failure and the ROLLBACK. Not half of it either: the
                     # transaction is reported aborted and the rest of it is not sent. (A plain read is
                     # pipelined only where it takes no row lock: here it waited for a table's metadata
-                    # lock, say, past lock_wait_timeout.)
+                    # lock, say, past lock_wait_timeout.) Outside a transaction: a failure as any.
+                    ticket = conn.tickets[0] if conn.tickets else None
+                    if ticket is None or not ticket.flags & IN_TXN:
+                        return False
                     self._give_up_transaction(conn, result)
                     return True
                 entries = conn.txn.entries
@@ -1150,9 +1156,9 @@ class Replayer(EngineCore):
         else:
             in_txn = bool(txn.entries)  # idle between two commands of a transaction
         txn.reset()
-        if in_txn and self.opt.whole_transactions and not conn.closed:
+        if in_txn and self.opt.whole_transactions and not conn.closed and not txn.aborted:
             txn.aborted = True
-            self.stats.txn_aborted += 1
+            self.stats.txn_aborted += 1  # (once: given up already with reads pipelined behind, it is counted)
 
     def _skip_aborted(self, conn: Conn, ticket: Ticket | None) -> bool:
         """The head command belongs to a transaction given up on replay: consume it unsent."""
