@@ -340,3 +340,22 @@ def test_log_connections_end_after_their_last_statement(tmp_path):
             db.sql("SET GLOBAL max_connections = 151")
         assert summary["other_errors"] == 0, summary["other_error_types"]
         assert db.sql("SELECT COUNT(*) FROM d.t").strip() == "240"
+
+
+def test_a_capture_without_its_meta_replays_what_it_holds_and_says_so(mariadb_test, tmp_path):
+    """A capture still being written (or whose proxy did not stop it) has no meta yet: replayed, it
+    gives what its files hold, and the summary says it is unfinished (it said nothing)."""
+    from replay_util import write_capture as write_native
+
+    t0 = time.time_ns() - 10**9
+    cmds = [((1, t0 + i * 1_000_000, t0 + i * 1_000_000 + 500, 0, 0, 0, 1, b"\x03SELECT %d" % i),
+             {"status_flags": 2}) for i in range(5)]
+    done, unfinished = str(tmp_path / "done"), str(tmp_path / "unfinished")
+    for path in (done, unfinished):
+        write_native(path, "mysql", [1], cmds, t0)
+    os.unlink(os.path.join(unfinished, "meta"))
+    for path, said in ((done, False), (unfinished, True)):
+        res, summary = replay_cli(mariadb_test.addr, path, "--speed", "0", "--no-report-tables",
+                                  "--report-dir", str(tmp_path / f"report-{os.path.basename(path)}"))
+        assert summary["commands_replayed"] == 5 and summary["input_unfinished"] is said, summary
+        assert ("a capture without its meta" in res.stdout) is said, res.stdout

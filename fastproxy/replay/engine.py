@@ -1611,6 +1611,9 @@ class Replayer(EngineCore):
             "canceled": self.canceled,
             **self._session_summary(),
             "input_format": self.reader.format,
+            # a capture without its meta: still being written (or its proxy stopped uncleanly): what
+            # its files held when they were read was replayed, and said so
+            "input_unfinished": not getattr(self.reader, "complete", True) and not self.read_error,
             # inputs without outcomes (general log, slow log, TiProxy's error codes): every replay error
             # is reported as a failure, as TiProxy does
             "outcomes_recorded": self.meta.get("outcomes_recorded", True),

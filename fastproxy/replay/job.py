@@ -254,6 +254,8 @@ def format_summary(s: dict) -> str:
         *([f"  input: {s['input_format']}; it records which statements failed but not their error codes"]
           if s.get("outcomes_recorded", True) and not s.get("error_codes_recorded", True) else []),
         *([f"  input entries not replayed: {s['input_skipped']}"] if s.get("input_skipped") else []),
+        *(["  input: a capture without its meta (still being written, or its proxy did not stop it): "
+           "replayed what its files held when read"] if s.get("input_unfinished") else []),
         f"  connections: {s['connections']} (reconnects {s['reconnects']})",
         *_session_lines(s),
         f"  QPS: captured {s['qps_captured']}, replayed {s['qps_replayed']}",
