@@ -359,3 +359,21 @@ def test_a_capture_without_its_meta_replays_what_it_holds_and_says_so(mariadb_te
                                   "--report-dir", str(tmp_path / f"report-{os.path.basename(path)}"))
         assert summary["commands_replayed"] == 5 and summary["input_unfinished"] is said, summary
         assert ("a capture without its meta" in res.stdout) is said, res.stdout
+
+
+def test_inspect_shows_rows_only_where_the_input_records_them(workload_logs):
+    """A general log records no row counts: `inspect` shows none (it showed rows=0 for every
+    statement, the records' default); a slow log does, and `inspect` shows them."""
+    shown = {}
+    for kind in ("general", "slow"):
+        res = _cli("traffic", "inspect", workload_logs[kind], "--json", "--limit", "100000")
+        assert res.returncode == 0, res.stderr
+        lines = [json.loads(x) for x in res.stdout.splitlines() if x.startswith("{") and '"kind": "COMMAND"' in x]
+        selects = [d for d in lines if d.get("sql", "").startswith("SELECT v, n FROM t")]
+        assert selects, res.stdout[:2000]
+        shown[kind] = selects
+        text = _cli("traffic", "inspect", workload_logs[kind], "--limit", "100000").stdout
+        select_lines = [x for x in text.splitlines() if "SELECT v, n FROM t" in x]
+        assert select_lines and all(("rows=" in x) == (kind == "slow") for x in select_lines), select_lines[:3]
+    assert all(d["rows"] is None and d["affected_rows"] is None for d in shown["general"])
+    assert any(d["rows"] > 0 for d in shown["slow"])  # each connection reads back the rows it wrote

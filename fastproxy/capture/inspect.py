@@ -23,9 +23,10 @@ def _iso(ns: int) -> str:
     return t.strftime("%Y-%m-%dT%H:%M:%S.") + f"{ns % 1_000_000_000 // 1000:06d}Z"
 
 
-def _describe(rec, outcome_known: bool = True) -> dict:
+def _describe(rec, outcome_known: bool = True, rows_known: bool = True) -> dict:
     """`outcome_known` False: the input (a slow or general log) did not record whether the command
-    succeeded; its outcome shows as unknown (None), not as the OK the record holds by default."""
+    succeeded; its outcome shows as unknown (None), not as the OK the record holds by default.
+    `rows_known` False: nor its rows and affected rows (a general log, a TiProxy capture): None."""
     d = {"time": _iso(rec.start_ns), "conn_id": rec.conn_id, "kind": KIND_NAMES[rec.kind]}
     if rec.kind == KIND_LOCAL_INFILE:
         size = INFILE_SIZE.unpack_from(rec.payload)[0] if len(rec.payload) >= INFILE_SIZE.size else 0
@@ -47,8 +48,8 @@ def _describe(rec, outcome_known: bool = True) -> dict:
     if payload and payload[0] == COMMAND.COM_STMT_PREPARE:
         d["stmt_id"] = rec.affected_rows  # the capture keeps a prepare's statement id there
     else:
-        d["affected_rows"] = rec.affected_rows
-    d["rows"] = rec.rows
+        d["affected_rows"] = rec.affected_rows if rows_known else None
+    d["rows"] = rec.rows if rows_known else None
     d["duration_us"] = (rec.end_ns - rec.start_ns) // 1000 if rec.end_ns else None
     if payload and payload[0] in _SQL_COMMANDS:
         d["sql"] = payload[1:].decode("utf-8", "replace")
@@ -79,9 +80,10 @@ def _line(d: dict) -> str:
     parts += [d["command"], d["outcome"] or "outcome unknown"]
     if "err_code" in d:
         parts.append(f"err={d['err_code']}")
-    if "affected_rows" in d:
+    if d.get("affected_rows") is not None:
         parts.append(f"affected={d['affected_rows']}")
-    parts.append(f"rows={d['rows']}")
+    if d["rows"] is not None:
+        parts.append(f"rows={d['rows']}")
     if d["duration_us"] is not None:
         parts.append(f"{d['duration_us']}us")
     if "stmt_id" in d:
@@ -116,7 +118,8 @@ def inspect_capture(input_dir, *, key=None, as_json=False, out=sys.stdout, limit
         if limit is None or printed < limit:
             # a slow log that logs Errno (MySQL 8) has outcomes: known from its first entry, while its meta
             # says so only once read to the end
-            d = _describe(rec, reader.meta.get("outcomes_recorded", True) or getattr(reader, "errno_logged", False))
+            d = _describe(rec, reader.meta.get("outcomes_recorded", True) or getattr(reader, "errno_logged", False),
+                          reader.meta.get("rows_recorded", True))
             out.write((json.dumps(d) if as_json else _line(d)) + "\n")
             printed += 1
     summary = {

@@ -3,7 +3,8 @@ logs, and TiProxy's traffic captures. Each source streams the same `Record`s a c
 replay engine, `traffic inspect` and `traffic convert` treat every input alike.
 
 A source has `meta` (the keys a capture's meta has, plus what the input does not know:
-`outcomes_recorded`, `status_flags_recorded`, `last_insert_id_recorded`), `format`, `stats`
+`outcomes_recorded`, `status_flags_recorded`, `last_insert_id_recorded`, `rows_recorded`, ...:
+common.RECORDED_KEYS), `format`, `stats`
 (entries skipped, and why) and iterates Records in the order the input holds them.
 """
 from __future__ import annotations

@@ -15,6 +15,11 @@ NS = 1_000_000_000
 # utf8mb4 (utf8mb4_general_ci, what most applications and TiDB use), not the server's default.
 UTF8MB4 = 45
 
+# what an input may not know, each True in a native capture's meta (absent: True); merged and
+# converted inputs carry them on
+RECORDED_KEYS = ("outcomes_recorded", "error_codes_recorded", "status_flags_recorded", "last_insert_id_recorded",
+                 "latency_recorded", "rows_recorded")
+
 
 def secret_filter(payload: bytes, source=None) -> bytes | None:
     """The payload to keep for a statement from an input (command byte included): itself, with its

@@ -8,7 +8,7 @@ from fastproxy._ringbuf import RingBuffer
 from fastproxy.capture.record import KIND_COMMAND
 from fastproxy.capture.writer import CaptureWriter
 from fastproxy.errors import JobError
-from fastproxy.inputs.common import DROPPED_STAT
+from fastproxy.inputs.common import DROPPED_STAT, RECORDED_KEYS
 from fastproxy.jobs_base import utc_iso
 
 BUFFER = 16 << 20
@@ -40,8 +40,7 @@ def convert(source, output: str, *, file_size: int = 300 << 20, compress: bool =
         "input_skipped": dict(getattr(source, "stats", {}) or {}),
         "compress": compress, "encryption_method": "aes256-ctr" if encryption_key else "",
     }
-    for key in ("outcomes_recorded", "error_codes_recorded", "status_flags_recorded", "last_insert_id_recorded",
-                "latency_recorded"):
+    for key in RECORDED_KEYS:
         if key in source.meta:
             meta[key] = source.meta[key]
     written = writer.stop(meta)

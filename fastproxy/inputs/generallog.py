@@ -65,7 +65,7 @@ class GeneralLogSource:
         self.meta = {
             "format": self.format, "source": os.path.abspath(path), "commands": None,
             "outcomes_recorded": False, "status_flags_recorded": False, "last_insert_id_recorded": False,
-            "latency_recorded": False, "start_ns": 0,
+            "latency_recorded": False, "rows_recorded": False, "start_ns": 0,
         }
 
     @property

@@ -8,6 +8,7 @@ from collections import Counter
 from typing import Iterator
 
 from fastproxy.capture.record import Record
+from fastproxy.inputs.common import RECORDED_KEYS
 
 CONN_ID_BITS = 40  # connection ids of input k become (k + 1) << 40 | id
 
@@ -24,8 +25,7 @@ class MergedSource:
             "start_ns": min((t for t in starts if t), default=0),
             "commands": sum(counts) if all(isinstance(c, int) for c in counts) else None,
         }
-        for key in ("outcomes_recorded", "error_codes_recorded", "status_flags_recorded", "last_insert_id_recorded",
-                    "latency_recorded"):
+        for key in RECORDED_KEYS:
             values = [s.meta.get(key, True) for s in sources]
             self.meta[key] = all(values)
         self.files = [f for s in sources for f in getattr(s, "files", [])]

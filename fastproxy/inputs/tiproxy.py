@@ -173,7 +173,7 @@ class TiProxySource:
             "duration": duration / 1e9 if isinstance(duration, (int, float)) else None,
             "tiproxy_meta": tmeta, "outcomes_recorded": True, "error_codes_recorded": False,
             "status_flags_recorded": False, "last_insert_id_recorded": False, "latency_recorded": False,
-            "start_ns": 0,
+            "rows_recorded": False, "start_ns": 0,
         }
         self.complete = bool(tmeta)
 
