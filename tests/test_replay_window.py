@@ -179,3 +179,32 @@ def test_a_window_emptied_by_other_filters_is_not_called_empty():
     assert list(FilteredSource(ListSource(KNOWN), Filters.parse(start_time="2s", user="nobody"))) == []
     with pytest.raises(TrafficFormatError, match="no command of the input is in the time window"):
         list(FilteredSource(ListSource(KNOWN), Filters.parse(start_time="100s", end_time="200s")))
+
+
+@pytest.mark.parametrize("status_flags", [False, True])
+def test_a_transaction_open_at_the_window_end_is_replayed_to_its_end(status_flags):
+    """--end-time falls inside a transaction: its COMMIT after the window is kept (left open, its row
+    locks held up what waited for them, and what it wrote was lost with its connection), and
+    nothing else after the window. The transaction is known from the captured status flags (format
+    2), else from BEGIN / COMMIT / ROLLBACK texts."""
+    from fastproxy.capture.record import KIND_COMMAND, Record
+    from fastproxy.replay.filters import Filters, FilteredSource
+    from test_replay_selection import S as SEC, T0, ListSource, _open
+
+    def q(conn, t, sql, in_txn):
+        return Record(KIND_COMMAND, conn, T0 + int(t * SEC), T0 + int(t * SEC) + 1000, 0, 0, 0, 0,
+                      b"\x03" + sql.encode(), status_flags=2 | (1 if in_txn else 0))
+
+    recs = [_open(1, "a", "d", T0), _open(2, "a", "d", T0), _open(3, "a", "d", T0),
+            q(1, 6, "BEGIN", True), q(1, 7, "UPDATE t SET a=1", True), q(2, 7.2, "UPDATE t SET a=2", False),
+            q(3, 7.3, "START TRANSACTION", True), q(3, 7.4, "SELECT a FROM t", True),
+            q(1, 8, "UPDATE t SET b=1", True), q(2, 8.5, "SELECT 2", False), q(1, 9, "COMMIT", False),
+            q(1, 10, "SELECT 'after'", False), q(3, 11, "ROLLBACK", False), q(3, 12, "SELECT 'later'", False)]
+    source = ListSource(recs)
+    if status_flags:
+        source.meta["format_version"] = 2
+    src = FilteredSource(source, Filters.parse(end_time="7.5s"))
+    out = [(r.conn_id, r.payload[1:].decode()) for r in src if r.kind == KIND_COMMAND]
+    assert out == [(1, "BEGIN"), (1, "UPDATE t SET a=1"), (2, "UPDATE t SET a=2"), (3, "START TRANSACTION"),
+                   (3, "SELECT a FROM t"), (1, "UPDATE t SET b=1"), (1, "COMMIT"), (3, "ROLLBACK")], out
+    assert src.completed_after_end == 3 and src.dropped == {"end-time": 3}, (src.completed_after_end, src.dropped)

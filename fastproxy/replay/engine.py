@@ -1621,6 +1621,8 @@ class Replayer(EngineCore):
             "input_skipped": dict(getattr(self.reader, "stats", {}) or {}),
             "filters": self.opt.filters.describe() if self.opt.filters is not None else {},
             "filtered_by": dict(getattr(self.reader, "dropped", {}) or {}),
+            # after --end-time, the commands that ended a transaction open at the window's end
+            "commands_after_end_time_ending_transactions": getattr(self.reader, "completed_after_end", 0),
             **self._faithful_summary(),
             "dry_run": self._dry_run_summary(elapsed),
         }

@@ -15,6 +15,8 @@ from fastproxy.traffic_filter import CLASSES, Filters, Selector, parse_time, sta
 __all__ = ["CLASSES", "Filters", "FilteredSource", "statement_class"]
 
 MAX_HELD = 10_000  # records of one connection held before the window at most
+MAX_AFTER_END = 1_000  # commands of one connection kept after the window to end its transaction at most
+IN_TRANS = 0x0001  # SERVER_STATUS_IN_TRANS in a command's captured status
 _TXN_WORD = re.compile(rb"\s*(?:/\*.*?\*/\s*)*(begin|start\s+transaction|commit|rollback)\b(?!\s+to\b)",
                        re.I | re.S)
 
@@ -69,6 +71,16 @@ class FilteredSource:
         self._begin_at: dict[int, int] = {}  # the place of a connection's held BEGIN in its held records
         self._after_end: set[int] = set()  # connections opened after the window: not replayed
         self.in_window = 0  # commands of the input in the window (whatever the other filters keep)
+        # with an end-time: a transaction open at the window's end is replayed to its end (its COMMIT
+        # or ROLLBACK after the window), never cut in two: left open, its locks would hold up what
+        # waited for them in the window, and what it wrote would be lost with its connection
+        try:
+            version2 = int(self.meta.get("format_version", 1) or 1) >= 2
+        except (TypeError, ValueError):
+            version2 = False
+        self._status_flags = bool(self.meta.get("status_flags_recorded", version2))
+        self._in_txn: dict[int, int] = {}  # connection -> commands kept after the window for its transaction
+        self.completed_after_end = 0  # commands after the window kept to end a transaction
 
     def __iter__(self) -> Iterator[Record]:
         start, end = self.start_ns, self.end_ns
@@ -88,8 +100,13 @@ class FilteredSource:
                     rec = rec._replace(start_ns=end)  # the window's end ends its connections
             if kind == KIND_COMMAND and t >= start and (not end or t < end):
                 self.in_window += 1
-            if not self._keep(rec):
+            if end and kind == KIND_COMMAND and t >= end and rec.conn_id in self._in_txn:
+                if not self._ends_transaction(rec):
+                    continue
+            elif not self._keep(rec):
                 continue
+            elif end and kind == KIND_COMMAND and t >= start:
+                self._track_transaction(rec)
             if not start:
                 yield rec
                 continue
@@ -115,6 +132,39 @@ class FilteredSource:
             raise TrafficFormatError(f"no command of the input is in the time window "
                                      f"{utc_iso(start) if start else '(start)'} .. {utc_iso(end) if end else '(end)'}"
                                      f": nothing was replayed")
+
+    def _in_transaction_after(self, rec: Record) -> bool | None:
+        """Whether its connection is in a transaction after `rec` (None: it does not say)."""
+        if self._status_flags:
+            return bool(rec.status_flags & IN_TRANS)
+        word = _txn_word(rec.payload)
+        return None if word is None else word == "begin"
+
+    def _track_transaction(self, rec: Record) -> None:
+        """A command kept in the window: is its connection inside a transaction after it?"""
+        open_after = self._in_transaction_after(rec)
+        if open_after:
+            self._in_txn.setdefault(rec.conn_id, 0)
+        elif open_after is not None:
+            self._in_txn.pop(rec.conn_id, None)
+
+    def _ends_transaction(self, rec: Record) -> bool:
+        """A command after the window of a connection whose transaction is open: kept (the other
+        filters judge it as in the window) up to the one that ends the transaction. False: dropped."""
+        conn = rec.conn_id
+        kept = self._in_txn[conn]
+        if kept >= MAX_AFTER_END:  # bounded (a session that never commits): its transaction stays cut
+            del self._in_txn[conn]
+            return self._keep(rec)
+        if self._in_transaction_after(rec) is False:
+            del self._in_txn[conn]
+        else:
+            self._in_txn[conn] = kept + 1
+        if self.selector.command(conn, rec.payload, self.end_ns - 1, rec.affected_rows) is not None:
+            self.commands_dropped += 1
+            return False
+        self.completed_after_end += 1
+        return True
 
     def _hold(self, conn: int, rec: Record) -> Iterator[Record]:
         """A record of a connection before the window, kept until it runs a statement in the window.

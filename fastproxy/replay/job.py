@@ -246,6 +246,8 @@ def format_summary(s: dict) -> str:
         + (f" (+ {s['commands_dropped_by_filters']} dropped by the filters)" if s.get("commands_dropped_by_filters")
            else "") + f", {s['commands_skipped']} skipped",
         *([f"  filters {s['filters']}: dropped {s.get('filtered_by') or 'nothing'}"] if s.get("filters") else []),
+        *([f"  after the window's end: {s['commands_after_end_time_ending_transactions']} commands replayed to end "
+           f"the transactions open at it"] if s.get("commands_after_end_time_ending_transactions") else []),
         f"  failures (new on replay): {s['commands_failed']}; failed the same as in production: "
         f"{s['commands_failed_same_as_capture']}; failed in production but not on replay: {s['commands_fixed']}",
         f"  other errors: {s['other_errors']} {s['other_error_types'] or ''}",
