@@ -350,11 +350,15 @@ def test_a_capture_without_its_meta_replays_what_it_holds_and_says_so(mariadb_te
     t0 = time.time_ns() - 10**9
     cmds = [((1, t0 + i * 1_000_000, t0 + i * 1_000_000 + 500, 0, 0, 0, 1, b"\x03SELECT %d" % i),
              {"status_flags": 2}) for i in range(5)]
-    done, unfinished = str(tmp_path / "done"), str(tmp_path / "unfinished")
-    for path in (done, unfinished):
+    done, unfinished, disk_full = str(tmp_path / "done"), str(tmp_path / "unfinished"), str(tmp_path / "disk_full")
+    for path in (done, unfinished, disk_full):
         write_native(path, "mysql", [1], cmds, t0)
     os.unlink(os.path.join(unfinished, "meta"))
-    for path, said in ((done, False), (unfinished, True)):
+    with open(os.path.join(disk_full, "meta")) as f:  # stopped by a writer error: its meta is there
+        meta = json.load(f)
+    with open(os.path.join(disk_full, "meta"), "w") as f:
+        json.dump({**meta, "writer_error": "No space left on device"}, f)
+    for path, said in ((done, False), (unfinished, True), (disk_full, False)):
         res, summary = replay_cli(mariadb_test.addr, path, "--speed", "0", "--no-report-tables",
                                   "--report-dir", str(tmp_path / f"report-{os.path.basename(path)}"))
         assert summary["commands_replayed"] == 5 and summary["input_unfinished"] is said, summary

@@ -208,3 +208,43 @@ def test_a_transaction_open_at_the_window_end_is_replayed_to_its_end(status_flag
     assert out == [(1, "BEGIN"), (1, "UPDATE t SET a=1"), (2, "UPDATE t SET a=2"), (3, "START TRANSACTION"),
                    (3, "SELECT a FROM t"), (1, "UPDATE t SET b=1"), (1, "COMMIT"), (3, "ROLLBACK")], out
     assert src.completed_after_end == 3 and src.dropped == {"end-time": 3}, (src.completed_after_end, src.dropped)
+
+
+@pytest.mark.parametrize("status_flags", [False, True])
+def test_the_end_of_a_transaction_after_the_window_is_read_as_the_planner_reads_it(status_flags):
+    """What ends a transaction after the window (review of this stop): a statement's close (no answer)
+    and a statement that failed leave it open (the COMMIT after them is kept), a deadlock ends it;
+    with --start-time a log's BEGIN held from before the window counts; a kept command goes at the
+    window's end, and a transaction still open a minute (capture time) after it stays cut."""
+    from fastproxy.capture.record import KIND_COMMAND, Record
+    from fastproxy.replay.filters import Filters, FilteredSource
+    from test_replay_selection import S as SEC, T0, ListSource, _open
+
+    def q(conn, t, payload, in_txn, outcome=0, err=0):
+        payload = payload if isinstance(payload, bytes) else b"\x03" + payload.encode()
+        return Record(KIND_COMMAND, conn, T0 + int(t * SEC), T0 + int(t * SEC) + 1000, outcome, err, 0, 0, payload,
+                      status_flags=(2 | (1 if in_txn else 0)) if outcome == 0 else 0)
+
+    close_stmt = b"\x19\x05\x00\x00\x00"  # COM_STMT_CLOSE 5: no answer, no status
+    recs = [_open(1, "a", "d", T0), _open(2, "a", "d", T0), _open(3, "a", "d", T0), _open(4, "a", "d", T0),
+            q(4, 1, "BEGIN", True),  # before --start-time: held
+            q(1, 6, "BEGIN", True), q(1, 7, "UPDATE t SET a=1", True), q(1, 7.1, close_stmt, False, outcome=2),
+            q(2, 6.5, "BEGIN", True), q(2, 7.2, "UPDATE t SET a=2", True),
+            q(3, 6.6, "BEGIN", True), q(3, 7.3, "UPDATE t SET a=3", True),
+            q(4, 7.4, "UPDATE t SET a=4", True),
+            q(1, 8, "INSERT INTO t VALUES (1)", True, outcome=1, err=1062), q(1, 9, "COMMIT", False),
+            q(2, 8.5, "UPDATE t SET b=2", True, outcome=1, err=1213), q(2, 9.5, "SELECT 'retry'", False),
+            q(3, 100, "COMMIT", False),  # 92.5 s after the window: stays cut
+            q(4, 9, "COMMIT", False)]
+    source = ListSource(recs)
+    if status_flags:
+        source.meta["format_version"] = 2
+    src = FilteredSource(source, Filters.parse(start_time="5s", end_time="7.5s"))
+    out = [(r.conn_id, r.payload[1:].decode(errors="replace") if r.payload[:1] == b"\x03" else "close", r.start_ns)
+           for r in src if r.kind == KIND_COMMAND]
+    end = T0 + int(7.5 * SEC)
+    after = [(c, sql) for c, sql, t in out if t >= end]
+    assert after == [(1, "INSERT INTO t VALUES (1)"), (1, "COMMIT"), (2, "UPDATE t SET b=2"), (4, "COMMIT")], out
+    assert all(t == end for c, sql, t in out if (c, sql) in after)  # at the window's end, not their own times
+    assert (4, "BEGIN", T0 + SEC) in out  # the held BEGIN, replayed with the statement of the window
+    assert src.dropped["end-time (transactions left open)"] == 1 and src.completed_after_end == 4, src.dropped

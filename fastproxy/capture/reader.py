@@ -54,6 +54,7 @@ class TrafficReader:
         self.meta = self._load_meta()
         # a capture stopped by a writer error (disk full) has meta, but its last file may be cut
         self.complete = bool(self.meta) and "writer_error" not in self.meta
+        self.unfinished = not self.meta  # no meta: still being written, or its proxy did not stop it
         self._cut_off = not self.complete  # its last file may end mid-record
         if not self.complete and not self.files:
             raise TrafficFormatError(

@@ -30,6 +30,7 @@ class MergedSource:
             self.meta[key] = all(values)
         self.files = [f for s in sources for f in getattr(s, "files", [])]
         self.complete = all(getattr(s, "complete", True) for s in sources)
+        self.unfinished = any(getattr(s, "unfinished", False) for s in sources)
 
     @property
     def stats(self) -> Counter:

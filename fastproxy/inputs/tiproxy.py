@@ -176,6 +176,7 @@ class TiProxySource:
             "rows_recorded": False, "start_ns": 0,
         }
         self.complete = bool(tmeta)
+        self.unfinished = not tmeta  # TiProxy writes its meta when the capture ends
 
     def _load_meta(self) -> dict:
         p = self.storage.path("meta")

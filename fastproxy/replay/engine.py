@@ -773,7 +773,8 @@ class Replayer(EngineCore):
 
     def _affected_rows_recorded(self) -> bool:
         """Whether a write's affected rows can tell that it changed nothing (only our own captures)."""
-        return bool(self.meta.get("outcomes_recorded", True)) and getattr(self.reader, "format", "native") == "native"
+        return (bool(self.meta.get("outcomes_recorded", True)) and bool(self.meta.get("rows_recorded", True))
+                and getattr(self.reader, "format", "native") == "native")  # (a converted TiProxy capture: no rows)
 
     async def _prepare_order(self) -> None:
         """Read what the target's schema says about table scopes, then plan with it."""
@@ -1613,7 +1614,7 @@ class Replayer(EngineCore):
             "input_format": self.reader.format,
             # a capture without its meta: still being written (or its proxy stopped uncleanly): what
             # its files held when they were read was replayed, and said so
-            "input_unfinished": not getattr(self.reader, "complete", True) and not self.read_error,
+            "input_unfinished": bool(getattr(self.reader, "unfinished", False)) and not self.read_error,
             # inputs without outcomes (general log, slow log, TiProxy's error codes): every replay error
             # is reported as a failure, as TiProxy does
             "outcomes_recorded": self.meta.get("outcomes_recorded", True),

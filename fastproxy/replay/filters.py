@@ -7,7 +7,9 @@ import json
 import re
 from typing import Iterator
 
-from fastproxy.capture.record import KIND_COMMAND, KIND_CONN_CLOSE, KIND_CONN_OPEN, KIND_CONN_STATE, Record
+from fastproxy.capture.record import (KIND_COMMAND, KIND_CONN_CLOSE, KIND_CONN_OPEN, KIND_CONN_STATE, OUTCOME_ERR,
+                                      OUTCOME_OK, Record)
+from fastproxy.constants import COMMAND, ER
 from fastproxy.errors import ConfigError, TrafficFormatError
 from fastproxy.jobs_base import utc_iso
 from fastproxy.traffic_filter import CLASSES, Filters, Selector, parse_time, statement_class
@@ -16,6 +18,7 @@ __all__ = ["CLASSES", "Filters", "FilteredSource", "statement_class"]
 
 MAX_HELD = 10_000  # records of one connection held before the window at most
 MAX_AFTER_END = 1_000  # commands of one connection kept after the window to end its transaction at most
+MAX_AFTER_END_NS = 60 * 1_000_000_000  # ... and no later than this after the window's end (capture time)
 IN_TRANS = 0x0001  # SERVER_STATUS_IN_TRANS in a command's captured status
 _TXN_WORD = re.compile(rb"\s*(?:/\*.*?\*/\s*)*(begin|start\s+transaction|commit|rollback)\b(?!\s+to\b)",
                        re.I | re.S)
@@ -43,6 +46,7 @@ class FilteredSource:
         self.stats = getattr(source, "stats", {})
         self.files = getattr(source, "files", [])
         self.complete = getattr(source, "complete", True)
+        self.unfinished = getattr(source, "unfinished", False)
         start = int(self.meta.get("start_ns", 0) or 0)
         start_ns = parse_time(filters.start_time, "start-time", start) if filters.start_time else 0
         end_ns = parse_time(filters.end_time, "end-time", start) if filters.end_time else 0
@@ -88,6 +92,8 @@ class FilteredSource:
         for rec in self.source:
             kind = rec.kind
             t = rec.start_ns
+            if end and kind != KIND_COMMAND and (kind == KIND_CONN_OPEN or kind == KIND_CONN_CLOSE):
+                self._in_txn.pop(rec.conn_id, None)  # (a log's thread id may be used again)
             if end and t >= end and kind != KIND_COMMAND:
                 if kind == KIND_CONN_OPEN:  # the connection opened after the window
                     self._after_end.add(rec.conn_id)
@@ -101,11 +107,13 @@ class FilteredSource:
             if kind == KIND_COMMAND and t >= start and (not end or t < end):
                 self.in_window += 1
             if end and kind == KIND_COMMAND and t >= end and rec.conn_id in self._in_txn:
-                if not self._ends_transaction(rec):
+                kept = self._ends_transaction(rec)
+                if kept is None:
                     continue
+                rec = kept
             elif not self._keep(rec):
                 continue
-            elif end and kind == KIND_COMMAND and t >= start:
+            elif end and kind == KIND_COMMAND:
                 self._track_transaction(rec)
             if not start:
                 yield rec
@@ -134,37 +142,50 @@ class FilteredSource:
                                      f": nothing was replayed")
 
     def _in_transaction_after(self, rec: Record) -> bool | None:
-        """Whether its connection is in a transaction after `rec` (None: it does not say)."""
-        if self._status_flags:
+        """Whether its connection is in a transaction after `rec` (None: it does not say), as the
+        causal planner reads it (_causal.pyx, _open_after): the captured status of an answer that
+        succeeded; after an error the transaction goes on, but a deadlock ended it; a command with no
+        answer (a statement's close, long data) says nothing, COM_QUIT ends it; else the texts."""
+        payload = rec.payload
+        if payload[:1] == bytes((COMMAND.COM_QUIT,)):
+            return False
+        if rec.outcome == OUTCOME_OK and self._status_flags:
             return bool(rec.status_flags & IN_TRANS)
-        word = _txn_word(rec.payload)
+        if rec.outcome == OUTCOME_ERR:
+            return False if rec.err_code == ER.LOCK_DEADLOCK else None
+        word = _txn_word(payload)
         return None if word is None else word == "begin"
 
     def _track_transaction(self, rec: Record) -> None:
-        """A command kept in the window: is its connection inside a transaction after it?"""
+        """A command kept before the window's end: is its connection inside a transaction after it?"""
         open_after = self._in_transaction_after(rec)
         if open_after:
             self._in_txn.setdefault(rec.conn_id, 0)
         elif open_after is not None:
             self._in_txn.pop(rec.conn_id, None)
 
-    def _ends_transaction(self, rec: Record) -> bool:
+    def _ends_transaction(self, rec: Record) -> Record | None:
         """A command after the window of a connection whose transaction is open: kept (the other
-        filters judge it as in the window) up to the one that ends the transaction. False: dropped."""
-        conn = rec.conn_id
+        filters judge it as in the window) up to the one that ends the transaction, at the window's
+        end (the replay does not wait for its captured time). None: dropped."""
+        conn, end = rec.conn_id, self.end_ns
         kept = self._in_txn[conn]
-        if kept >= MAX_AFTER_END:  # bounded (a session that never commits): its transaction stays cut
+        if (kept >= MAX_AFTER_END or rec.start_ns - end > MAX_AFTER_END_NS
+                or (self.start_ns and conn not in self._active)):
+            # bounded (a session that never commits), or a connection with no statement in the window
+            # (it is not replayed): its transaction stays cut
             del self._in_txn[conn]
-            return self._keep(rec)
+            self.dropped["end-time (transactions left open)"] += 1
+            return rec if self._keep(rec) else None
         if self._in_transaction_after(rec) is False:
             del self._in_txn[conn]
         else:
             self._in_txn[conn] = kept + 1
-        if self.selector.command(conn, rec.payload, self.end_ns - 1, rec.affected_rows) is not None:
+        if self.selector.command(conn, rec.payload, end - 1, rec.affected_rows) is not None:
             self.commands_dropped += 1
-            return False
+            return None
         self.completed_after_end += 1
-        return True
+        return rec._replace(start_ns=end, end_ns=end + max(0, rec.end_ns - rec.start_ns))
 
     def _hold(self, conn: int, rec: Record) -> Iterator[Record]:
         """A record of a connection before the window, kept until it runs a statement in the window.
@@ -187,6 +208,7 @@ class FilteredSource:
 
     def _drop_held(self, conn: int) -> None:
         self._begin_at.pop(conn, None)
+        self._in_txn.pop(conn, None)
         held = self._held.pop(conn, None)
         if held is not None:
             self._drop_commands(held)
