@@ -21,6 +21,16 @@ RECORDED_KEYS = ("outcomes_recorded", "error_codes_recorded", "status_flags_reco
                  "latency_recorded", "rows_recorded")
 
 
+def status_flags_recorded(meta: dict) -> bool:
+    """Whether an input records the server status after each command (in a transaction or not):
+    format version 2 captures do; converted inputs say whether theirs did."""
+    try:
+        version2 = int(meta.get("format_version", 1) or 1) >= 2
+    except (TypeError, ValueError):
+        version2 = False
+    return bool(meta.get("status_flags_recorded", version2))
+
+
 def secret_filter(payload: bytes, source=None) -> bytes | None:
     """The payload to keep for a statement from an input (command byte included): itself, with its
     secret literals replaced by the placeholder (as capture records them, so replay can put a password

@@ -512,10 +512,7 @@ cdef class EngineCore:
         if ticket is None:
             return False
         cdef int flags = (<Ticket>ticket).flags
-        if head:
-            flags &= ~(IN_TXN | TXN_BEGIN)
-        elif flags & IN_TXN:
-            flags &= ~IN_TXN
+        flags &= ~(IN_TXN | TXN_BEGIN) if head else ~IN_TXN
         if flags != PLAIN_READ:
             return False  # not a plain read, or a pin / another transaction role on it
         rec = conn.queue[i]  # a command that succeeded in production, no rows affected (the flag says so)
@@ -591,32 +588,48 @@ cdef class EngineCore:
             ticket = tickets[0]
             if ticket is not None:
                 flags = (<Ticket?>ticket).flags
-        if conn.txn.undone or ((flags & PIN_FLAGS or conn.pin_dirty) and not isinstance(conn.client, ClientCore)):
+        if conn.txn.undone:
             self._send(conn, payload)
             return 0
         if flags & PIN_FLAGS or conn.pin_dirty:
             return self._send_pinned_c(conn, payload, flags)
         return self._keep_and_send_c(conn, payload, None, flags)
 
+    def _send_with_pins(self, Conn conn, payload, int flags):
+        """The pinned send below, for Replayer._send (the reference path shares it)."""
+        self._send_pinned_c(conn, payload, flags)
+
     cdef int _send_pinned_c(self, Conn conn, payload, int flags) except -1:
-        """Replayer._send for a command pinned to production's time or id (fastproxy/replay/pinning.py),
-        or one after such a command (the session's pins reset): its SET and the command in one write."""
-        cdef tuple r = <tuple>conn.inflight
-        payload, prefix, conn.pin_dirty = pin(payload, r[R_START], r[R_LAST_INSERT_ID], flags, conn.pin_dirty)
+        """A command pinned to production's time or id (fastproxy/replay/pinning.py), or one after such a
+        command (the session's pins reset): its SET and the command in one write, kept for a retry."""
+        rec = conn.inflight
+        if type(rec) is Record:
+            start_ns, last_id = (<tuple>rec)[R_START], (<tuple>rec)[R_LAST_INSERT_ID]
+        else:
+            start_ns, last_id = rec.start_ns, rec.last_insert_id
+        payload, prefix, conn.pin_dirty = pin(payload, start_ns, last_id, flags, conn.pin_dirty)
         if flags & PIN_TIME:
             self.stats.pinned_time += 1
         if flags & PIN_ID:
             self.stats.pinned_insert_id += 1
         if prefix is None:
             return self._keep_and_send_c(conn, payload, None, flags)
-        cdef ClientCore client = <ClientCore>conn.client
-        cdef bint corked = client.cork()  # False: corked already (several answers in one read): it uncorks
+        client = conn.client
+        cdef bint core = isinstance(client, ClientCore)
+        # False: corked already (several answers in one read): whoever corked uncorks
+        cdef bint corked = (<ClientCore>client).cork() if core else client.cork()
         try:
-            client.send(prefix, _PIN_TAG)
+            if core:
+                (<ClientCore>client).send(prefix, _PIN_TAG)
+            else:
+                client.send(prefix, _PIN_TAG)
             self._keep_and_send_c(conn, payload, prefix, flags)
         finally:
             if corked:
-                client.uncork()
+                if core:
+                    (<ClientCore>client).uncork()
+                else:
+                    client.uncork()
         return 0
 
     def _keep_and_send(self, Conn conn, payload, prefix, flags):

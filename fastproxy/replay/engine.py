@@ -19,6 +19,7 @@ from itertools import islice
 from fastproxy._digest import digest
 from fastproxy._packet import expects_response, stmt_id_of
 from fastproxy.inputs import open_inputs
+from fastproxy.inputs.common import status_flags_recorded
 from fastproxy.capture.record import (INFILE_SIZE, KIND_COMMAND, KIND_CONN_CLOSE, KIND_CONN_OPEN,
                                       KIND_CONN_STATE, KIND_LOCAL_INFILE, OUTCOME_BACKEND_LOST, OUTCOME_ERR,
                                       OUTCOME_OK, Record)
@@ -27,14 +28,14 @@ from fastproxy.errors import BackendConnError, FastproxyError, JobError, Protoco
 from fastproxy.replay._conn import Conn  # one captured connection and its replay connection (a C struct)
 from fastproxy.replay._engine import CONSUMED, KILL_START, PACE_SLACK_NS, PIN_TAG, EngineCore, StatsCore
 from fastproxy.replay._scheduler import Scheduler, Ticket
-from fastproxy.replay.causal import IN_TXN, PIN_ID, PIN_TIME, TXN_BEGIN, TXN_END, Planner
+from fastproxy.replay.causal import IN_TXN, TXN_BEGIN, TXN_END, Planner
 from fastproxy.replay.client import LoginError, ReplayClient
 from fastproxy.replay.dryrun import DryClient, DryRunCounters
 from fastproxy.replay.lag import LagStats
 from fastproxy.replay.lockwaits import LockWaits, other_lock_wait
 from fastproxy.replay.report import Report
 from fastproxy.jobs_base import utc_iso
-from fastproxy.replay.pinning import PIN_FLAGS, pin
+from fastproxy.replay.pinning import PIN_FLAGS
 from fastproxy.replay.schema import TableScopes, load_scopes
 from fastproxy.replay.sessions import CLOSED, ThreadIds, rebuild_statements
 from fastproxy.replay.statements import is_read_only
@@ -763,13 +764,7 @@ class Replayer(EngineCore):
     # (the planning side is fastproxy/replay/causal.py; these are the engine's hooks)
 
     def _status_flags_recorded(self) -> bool:
-        """Format version 2 records the server status after each command (in a transaction or not);
-        converted inputs say whether theirs did."""
-        try:
-            version2 = int(self.meta.get("format_version", 1) or 1) >= 2
-        except (TypeError, ValueError):
-            version2 = False
-        return bool(self.meta.get("status_flags_recorded", version2))
+        return status_flags_recorded(self.meta)
 
     def _affected_rows_recorded(self) -> bool:
         """Whether a write's affected rows can tell that it changed nothing (only our own captures)."""
@@ -811,18 +806,10 @@ class Replayer(EngineCore):
         if cmd != COMMAND.COM_QUERY and cmd != COMMAND.COM_STMT_EXECUTE:
             conn.client.send(payload, None)
             return
-        prefix = None
         if flags & PIN_FLAGS or conn.pin_dirty:
-            rec = conn.inflight
-            payload, prefix, conn.pin_dirty = pin(payload, rec.start_ns, rec.last_insert_id, flags, conn.pin_dirty)
-            if flags & PIN_TIME:
-                self.stats.pinned_time += 1
-            if flags & PIN_ID:
-                self.stats.pinned_insert_id += 1
-        if prefix is None:
-            self._keep_and_send(conn, payload, prefix, flags)
+            self._send_with_pins(conn, payload, flags)  # (EngineCore: the C chain sends them the same way)
             return
-        self._send_pinned(conn.client, prefix, lambda: self._keep_and_send(conn, payload, prefix, flags))
+        self._keep_and_send(conn, payload, None, flags)
 
     @staticmethod
     def _send_pinned(client, prefix: bytes, then) -> None:

@@ -9,8 +9,9 @@ from typing import Iterator
 
 from fastproxy.capture.record import (KIND_COMMAND, KIND_CONN_CLOSE, KIND_CONN_OPEN, KIND_CONN_STATE, OUTCOME_ERR,
                                       OUTCOME_OK, Record)
-from fastproxy.constants import COMMAND, ER
+from fastproxy.constants import COMMAND, ER, SERVER_STATUS
 from fastproxy.errors import ConfigError, TrafficFormatError
+from fastproxy.inputs.common import status_flags_recorded
 from fastproxy.jobs_base import utc_iso
 from fastproxy.traffic_filter import CLASSES, Filters, Selector, parse_time, statement_class
 
@@ -19,7 +20,6 @@ __all__ = ["CLASSES", "Filters", "FilteredSource", "statement_class"]
 MAX_HELD = 10_000  # records of one connection held before the window at most
 MAX_AFTER_END = 1_000  # commands of one connection kept after the window to end its transaction at most
 MAX_AFTER_END_NS = 60 * 1_000_000_000  # ... and no later than this after the window's end (capture time)
-IN_TRANS = 0x0001  # SERVER_STATUS_IN_TRANS in a command's captured status
 _TXN_WORD = re.compile(rb"\s*(?:/\*.*?\*/\s*)*(begin|start\s+transaction|commit|rollback)\b(?!\s+to\b)",
                        re.I | re.S)
 
@@ -78,11 +78,7 @@ class FilteredSource:
         # with an end-time: a transaction open at the window's end is replayed to its end (its COMMIT
         # or ROLLBACK after the window), never cut in two: left open, its locks would hold up what
         # waited for them in the window, and what it wrote would be lost with its connection
-        try:
-            version2 = int(self.meta.get("format_version", 1) or 1) >= 2
-        except (TypeError, ValueError):
-            version2 = False
-        self._status_flags = bool(self.meta.get("status_flags_recorded", version2))
+        self._status_flags = status_flags_recorded(self.meta)
         self._in_txn: dict[int, int] = {}  # connection -> commands kept after the window for its transaction
         self.completed_after_end = 0  # commands after the window kept to end a transaction
 
@@ -92,7 +88,7 @@ class FilteredSource:
         for rec in self.source:
             kind = rec.kind
             t = rec.start_ns
-            if end and kind != KIND_COMMAND and (kind == KIND_CONN_OPEN or kind == KIND_CONN_CLOSE):
+            if end and (kind == KIND_CONN_OPEN or kind == KIND_CONN_CLOSE):
                 self._in_txn.pop(rec.conn_id, None)  # (a log's thread id may be used again)
             if end and t >= end and kind != KIND_COMMAND:
                 if kind == KIND_CONN_OPEN:  # the connection opened after the window
@@ -150,7 +146,7 @@ class FilteredSource:
         if payload[:1] == bytes((COMMAND.COM_QUIT,)):
             return False
         if rec.outcome == OUTCOME_OK and self._status_flags:
-            return bool(rec.status_flags & IN_TRANS)
+            return bool(rec.status_flags & SERVER_STATUS.IN_TRANS)
         if rec.outcome == OUTCOME_ERR:
             return False if rec.err_code == ER.LOCK_DEADLOCK else None
         word = _txn_word(payload)
