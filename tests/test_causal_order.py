@@ -13,8 +13,8 @@ from fastproxy.capture.record import KIND_COMMAND, OUTCOME_ERR, OUTCOME_OK, Reco
 from fastproxy.constants import SERVER_STATUS
 from fastproxy.replay._scheduler import CausalOrder, Ticket
 from fastproxy.replay._causal import may_set_serializable
-from fastproxy.replay.causal import (IN_TXN, PIN_ID, PIN_PREFIX, PIN_TIME, PLAIN_READ, PROD_LOCK_ERROR, TXN_BEGIN,
-                                   TXN_END, Planner)
+from fastproxy.replay.causal import (IN_TXN, PIN_ID, PIN_PREFIX, PIN_TIME, PLAIN_READ, PROD_LOCK_ERROR, READ_EVENT, ORDER_UNKNOWN,
+                                   TXN_BEGIN, TXN_END, Planner)
 from fastproxy.replay.schema import TableScopes
 
 MS = 1_000_000
@@ -192,6 +192,107 @@ def test_writes_inside_a_transaction_become_visible_at_commit():
     assert flags[2] & TXN_END
 
 
+def test_a_commit_waits_for_the_reads_of_its_tables_that_ended_before_it_started():
+    """What a read answered depends on the commits it saw: one production ran after it comes after it."""
+    r = Replay()
+    r.read("sel", 1, "SELECT v FROM t WHERE id = 1", 0, 5, affected=0)
+    r.read("sel_other", 2, "SELECT v FROM audit", 0, 6, affected=0)
+    r.read("one", 5, "SELECT 1", 0, 7, affected=0)  # reads no table: sees no commit
+    r.read("sel_late", 3, "SELECT v FROM t", 8, 20, affected=0)  # still running when the update started
+    r.read("upd", 4, "UPDATE t SET v = 2 WHERE id = 1", 10, 12)
+    r.read("call", 6, "CALL change_anything()", 30, 31)  # tables unknown: after every read
+    assert r.tickets["sel"].flags & READ_EVENT and r.tickets["sel"].has_events
+    assert r.tickets["one"] is None or not r.tickets["one"].has_events
+    assert not r.ready("upd")
+    r.done("sel_other", "one")
+    assert not r.ready("upd")
+    r.done("sel")
+    assert r.ready("upd")
+    r.done("upd")
+    assert not r.ready("call")
+    r.done("sel_late")
+    assert r.ready("call")
+
+
+def test_a_transactions_snapshot_sees_every_table_and_later_commits_wait_for_it():
+    """Under REPEATABLE READ the first read of a transaction takes its snapshot of every table: it comes
+    after every commit that ended before it, and every commit that started after it comes after it,
+    whatever table either touches. A rollback commits nothing: it waits for no read."""
+    r = Replay()
+    r.read("upd_before", 1, "UPDATE t2 SET v = 2 WHERE id = 1", 0, 5)
+    r.read("begin", 2, "BEGIN", 6, 7, affected=0, status=IN_TRANS)
+    r.read("snap", 2, "SELECT v FROM t1 WHERE id = 1", 8, 9, affected=0, status=IN_TRANS)
+    r.read("upd_after", 3, "UPDATE t2 SET v = 3 WHERE id = 1", 10, 12)
+    r.read("b4", 4, "BEGIN", 13, 14, affected=0, status=IN_TRANS)
+    r.read("u4", 4, "UPDATE t3 SET v = 1 WHERE id = 1", 15, 16, status=IN_TRANS)
+    r.read("rb4", 4, "ROLLBACK", 17, 18, affected=0)
+    r.read("later", 2, "SELECT v FROM t2 WHERE id = 1", 20, 21, affected=0, status=IN_TRANS)
+    r.read("commit", 2, "COMMIT", 22, 23, affected=0)
+    assert r.ready("begin") and not r.ready("snap")  # t2's commit, though it reads t1
+    r.done("upd_before", "begin")
+    assert r.ready("snap")
+    assert not r.ready("upd_after")  # t2: a table the snapshot had not read yet
+    r.done("b4", "u4")
+    assert r.ready("rb4")
+    r.done("snap")
+    assert r.ready("upd_after")
+    assert r.tickets["snap"].flags & READ_EVENT and r.tickets["later"].flags & READ_EVENT
+
+
+def test_a_consistent_snapshot_at_begin_is_the_transactions_snapshot():
+    r = Replay()
+    r.read("upd_before", 1, "UPDATE t2 SET v = 2 WHERE id = 1", 0, 5)
+    r.read("begin", 2, "START TRANSACTION WITH CONSISTENT SNAPSHOT", 6, 7, affected=0, status=IN_TRANS)
+    r.read("read", 2, "SELECT v FROM t1", 8, 9, affected=0, status=IN_TRANS)
+    r.read("upd_after", 3, "UPDATE t2 SET v = 3 WHERE id = 1", 10, 12)
+    assert not r.ready("begin")
+    r.done("upd_before")
+    assert r.ready("begin") and r.ready("read")
+    r.done("read")
+    assert not r.ready("upd_after")  # the snapshot is the BEGIN's, not the read's
+    r.done("begin")
+    assert r.ready("upd_after")
+
+
+def _unknown(r: Replay, name: str) -> bool:
+    return bool(r.tickets[name].flags & ORDER_UNKNOWN)
+
+
+def test_an_autocommit_read_a_commit_of_its_table_overlapped_is_flagged_whichever_ended_first():
+    """Neither ended before the other started: production does not tell which came first."""
+    r = Replay()
+    r.read("upd", 1, "UPDATE t SET v = 2 WHERE id = 1", 5, 8)  # ends first: read before the read is
+    r.read("sel", 2, "SELECT v FROM t WHERE id = 1", 0, 10, affected=0)
+    r.read("sel_u", 3, "SELECT v FROM u WHERE id = 1", 0, 11, affected=0)  # another table
+    r.read("sel_before", 4, "SELECT v FROM t WHERE id = 1", 1, 4, affected=0)  # ended before it started
+    r.read("sel2", 5, "SELECT v FROM t WHERE id = 2", 20, 22, affected=0)
+    assert _unknown(r, "sel") and not _unknown(r, "sel_u") and not _unknown(r, "sel_before")
+    assert not _unknown(r, "sel2")
+    r.read("upd2", 1, "UPDATE t SET v = 3 WHERE id = 2", 21, 30)  # read after the read it overlapped
+    assert _unknown(r, "sel2") and r.p.reads_order_unknown == 2
+    r.read("upd3", 1, "UPDATE t SET v = 4 WHERE id = 2", 40, 45)
+    assert r.p.reads_order_unknown == 2
+
+
+def test_reads_of_a_transaction_are_flagged_by_commits_that_overlapped_its_snapshot():
+    r = Replay()
+    r.read("begin", 1, "BEGIN", 0, 1, affected=0, status=IN_TRANS)
+    r.read("snap", 1, "SELECT v FROM t1 WHERE id = 1", 10, 20, affected=0, status=IN_TRANS)
+    r.read("r2", 1, "SELECT v FROM t2 WHERE id = 1", 21, 22, affected=0, status=IN_TRANS)
+    r.read("r3", 1, "SELECT v FROM t3 WHERE id = 1", 23, 24, affected=0, status=IN_TRANS)
+    assert not any(_unknown(r, n) for n in ("snap", "r2", "r3"))
+    r.read("upd", 2, "UPDATE t2 SET v = 2 WHERE id = 1", 15, 30)  # started while the snapshot was taken
+    assert _unknown(r, "r2") and not _unknown(r, "snap") and not _unknown(r, "r3")
+    r.read("r4", 1, "SELECT v FROM t2 WHERE id = 2", 31, 32, affected=0, status=IN_TRANS)
+    assert _unknown(r, "r4")  # read from the same snapshot
+    r.read("upd3", 2, "UPDATE t3 SET v = 2 WHERE id = 1", 25, 33)  # started after the snapshot: ordered
+    r.read("r5", 1, "SELECT v FROM t3 WHERE id = 2", 34, 35, affected=0, status=IN_TRANS)
+    assert not _unknown(r, "r3") and not _unknown(r, "r5")
+    r.read("commit", 1, "COMMIT", 36, 37, affected=0)
+    r.read("after", 1, "SELECT v FROM t2 WHERE id = 1", 38, 39, affected=0)  # a new moment of its own
+    assert not _unknown(r, "after")
+
+
 def test_a_rolled_back_transaction_commits_nothing():
     r = Replay()
     r.read("begin", 1, "BEGIN", 0, 1, affected=0, status=IN_TRANS)
@@ -261,6 +362,8 @@ def test_unknown_statements_are_ordered_against_everything():
     assert r.ready("sel")
     assert not r.ready("unknown_after")  # waits for the insert on t too
     r.done("ins")
+    assert not r.ready("unknown_after")  # and for the read: what it changes, the read did not see
+    r.done("sel")
     assert r.ready("unknown_after")
     assert r.p.unknown_scope_statements == 2
 
@@ -398,6 +501,11 @@ def test_the_compiled_planner_takes_what_a_capture_can_hold():
 
 # ---- reads marked for --pipeline ---------------------------------------------------------------------
 
+def _role(t) -> int:
+    """A ticket's flags but READ_EVENT (which the read-event tests below check)."""
+    return (t.flags & ~READ_EVENT) if t is not None else 0
+
+
 def _transaction(r: Replay, conn: int, t0: int, reads: list[str]) -> None:
     r.read(f"begin{conn}", conn, "BEGIN", t0, t0 + 1, affected=0, status=IN_TRANS)
     for i, sql in enumerate(reads):
@@ -411,7 +519,7 @@ def test_plain_reads_are_marked_in_a_transaction_and_its_begin_but_no_lock_or_wr
     r.read("out", 1, "SELECT v FROM t WHERE id = 1", 0, 1, affected=0)
     _transaction(r, 1, 10, ["SELECT v FROM t WHERE id = 1", "SELECT v FROM t WHERE id = 2 FOR UPDATE",
                             "SELECT v FROM t LOCK IN SHARE MODE", "SELECT a INTO @x FROM t"])
-    flags = {n: (t.flags if t is not None else 0) for n, t in r.tickets.items()}
+    flags = {n: _role(t) for n, t in r.tickets.items()}
     assert flags["out"] == PLAIN_READ
     assert flags["begin1"] == PLAIN_READ | TXN_BEGIN | IN_TXN  # what reads may follow in flight
     assert flags["r1.0"] == PLAIN_READ | IN_TXN
@@ -427,7 +535,7 @@ def test_a_select_into_that_answered_a_row_is_not_marked_in_a_transaction_either
     r = Replay(mark_reads=True)
     r.read("begin", 1, "BEGIN", 0, 1, affected=0, status=IN_TRANS)
     r.read("into", 1, "SELECT a INTO @x FROM t WHERE id = 1", 2, 3, affected=1, status=IN_TRANS)
-    assert r.tickets["into"].flags == IN_TXN
+    assert _role(r.tickets["into"]) == IN_TXN
 
 
 @pytest.mark.parametrize("statement", [
@@ -443,20 +551,20 @@ def test_reads_in_transactions_are_not_marked_once_serializable_is_named(stateme
     r.read("set", 2, statement, 100, 101, affected=0)
     _transaction(r, 3, 200, ["SELECT v FROM t"])
     _transaction(r, 1, 300, ["SELECT v FROM t"])  # every connection: the statement may be SET GLOBAL
-    assert r.tickets["begin3"].flags == TXN_BEGIN | IN_TXN and r.tickets["r3.0"].flags == IN_TXN
-    assert r.tickets["r1.0"].flags == IN_TXN
+    assert _role(r.tickets["begin3"]) == TXN_BEGIN | IN_TXN and _role(r.tickets["r3.0"]) == IN_TXN
+    assert _role(r.tickets["r1.0"]) == IN_TXN
     r.read("out", 3, "SELECT v FROM t", 400, 401, affected=0)
-    assert r.tickets["out"].flags == PLAIN_READ  # outside a transaction a plain read locks nothing
+    assert _role(r.tickets["out"]) == PLAIN_READ  # outside a transaction a plain read locks nothing
 
 
 def test_reads_in_transactions_are_not_marked_where_the_isolation_may_be_serializable():
     r = Replay(mark_reads=True, txn_reads=False)  # the target's isolation: SERIALIZABLE, or unknown
     _transaction(r, 1, 0, ["SELECT v FROM t"])
-    assert r.tickets["begin1"].flags == TXN_BEGIN | IN_TXN and r.tickets["r1.0"].flags == IN_TXN
+    assert _role(r.tickets["begin1"]) == TXN_BEGIN | IN_TXN and _role(r.tickets["r1.0"]) == IN_TXN
     rebuilt = Replay(mark_reads=True)
     rebuilt.p.on_state(5, {"session_vars": {"tx_isolation": "SERIALIZABLE"}})  # a session open before the capture
     _transaction(rebuilt, 5, 0, ["SELECT v FROM t"])
-    assert rebuilt.tickets["r5.0"].flags == IN_TXN
+    assert _role(rebuilt.tickets["r5.0"]) == IN_TXN
 
 
 @pytest.mark.parametrize("payload, may", [

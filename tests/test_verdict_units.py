@@ -121,7 +121,7 @@ def _run(verdict: Verdict, rnd: random.Random, n: int) -> None:
         ref = Side(0, rows=rows, columns=1, hash_unordered=rows, latency_ns=rnd.randrange(1, 5_000_000))
         new = Side(0, rows=rows if rnd.random() < 0.7 else rows + 1, columns=1, hash_unordered=rows,
                    latency_ns=rnd.randrange(1, 9_000_000))
-        verdict.add(info, ref, new)
+        verdict.add(info, ref, new, order_unknown=rnd.random() < 0.1)
 
 
 def _results(verdict: Verdict) -> dict:
@@ -131,7 +131,8 @@ def _results(verdict: Verdict) -> dict:
     return {"latency": rows, "mismatches": {k: (m.count, m.sample_stmt) for k, m in verdict.mismatches.items()},
             "nondeterministic": {k: (n.executions, n.differed, n.kinds) for k, n in verdict.nondeterministic.items()},
             "numbers": (verdict.compared, verdict.mismatch_count, verdict.mismatch_kinds, verdict.other_commands,
-                        verdict.groups_dropped, verdict.nondeterministic_differed)}
+                        verdict.groups_dropped, verdict.nondeterministic_differed),
+            "order unknown": (verdict.mismatch_order_unknown, verdict.order_unknown)}
 
 
 @pytest.mark.parametrize("max_digests", [2, 2000])
@@ -149,9 +150,23 @@ def test_verdict_state_restored_carries_on_as_if_never_stopped(max_digests):
     second.restore(json.loads(json.dumps(first.state())))
     _run(second, rnd, 1800)
     assert _results(second) == _results(whole)
-    assert second.mismatches and second.nondeterministic
+    assert second.mismatches and second.nondeterministic and second.order_unknown
     # restored rows are written whole by the resumed run (its first report batch replaces the rows)
     assert sum(m.count for m in second.take_mismatch_delta()) == sum(m.count for m in whole.mismatches.values())
+
+
+def test_a_read_whose_order_production_does_not_tell_is_counted_apart():
+    """A read flagged ORDER_UNKNOWN (a commit overlapped it in production) that differs is no mismatch:
+    counted apart, per statement; one that does not differ counts nowhere."""
+    v = Verdict(VerdictOptions())
+    info = v.info(3, "Query", "SELECT v FROM t WHERE id = 1")
+    ref = Side(0, rows=1, columns=1, hash_unordered=1, hash_ordered=1)
+    assert v.add(info, ref, Side(0, rows=1, columns=1, hash_unordered=2, hash_ordered=2), order_unknown=True) == []
+    assert v.add(info, ref, ref, order_unknown=True) == []
+    assert v.mismatch_count == 0 and not v.mismatches and v.mismatch_order_unknown == 1
+    assert v.order_unknown == {("Query", info.digest): [info.sample_stmt, 1]}
+    assert v.add(info, ref, Side(0, rows=1, columns=1, hash_unordered=2, hash_ordered=2)) == ["content"]
+    assert v.mismatch_count == 1 and v.mismatch_order_unknown == 1
 
 
 def test_latency_side_state_round_trip_and_checks():

@@ -1,7 +1,7 @@
 # cython: language_level=3
 from libc.stdint cimport int64_t
 
-from fastproxy.replay._scheduler cimport CausalOrder
+from fastproxy.replay._scheduler cimport CausalOrder, Ticket
 from fastproxy.replay._stmtinfo cimport Classifier, StatementInfo
 
 
@@ -14,6 +14,8 @@ cdef class _Session:
     cdef public dict stmts
     cdef public bint app_time
     cdef public bint app_ids
+    cdef public bint snapshot
+    cdef public object view
 
 
 cdef class Planner:
@@ -27,14 +29,20 @@ cdef class Planner:
     cdef public CausalOrder order
     cdef public Classifier classify  # called for every text query (in C)
     cdef public int64_t unknown_scope_statements
+    cdef public int64_t reads_order_unknown
     cdef tuple _global
     cdef tuple _unknown
+    cdef Py_ssize_t _snapshot
     cdef dict _seqs
     cdef dict _legacy
     cdef tuple _waits_cache
     cdef dict _scope_cache
     cdef dict _events_cache
+    cdef dict _read_events_cache
     cdef dict _sessions
+    cdef object _views
+    cdef object _commits
+    cdef int64_t _horizon_ns
     cdef bint _login
     cdef object _owner  # a captured connection id (u64 in a capture): converted only where an event needs it
 
@@ -46,7 +54,7 @@ cdef class Planner:
     cdef bint _open_after(self, tuple r, int kind, bint before) except -1
     cdef int _pins(self, _Session sess, int cmd, StatementInfo info, tuple r) except -1
     cdef _session_end(self, conn_id, _Session sess, int cmd, tuple r)
-    cdef tuple _end_transaction(self, _Session sess, bint rolled_back)
+    cdef tuple _end_transaction(self, _Session sess, bint rolled_back, tuple r)
     cdef _ticket(self, int flags, tuple waits, tuple lock_waits, int64_t start_ns, tuple events, int64_t end_ns,
                  bint released)
     cdef _scope(self, StatementInfo info)
@@ -56,3 +64,8 @@ cdef class Planner:
     cdef tuple _seq(self, root)
     cdef tuple _waits(self, scope, int which)
     cdef tuple _events(self, scope, bint commit, bint lock)
+    cdef tuple _read_events(self, scope, bint snapshot)
+    cdef int _overlaps_read(self, _Session sess, Ticket t, scope, bint in_snapshot, int64_t start,
+                            int64_t end) except -1
+    cdef int _overlaps_commit(self, int64_t start, int64_t end, roots) except -1
+    cdef int _forget(self, int64_t now) except -1

@@ -12,12 +12,20 @@ format version 2). From that, commands become *events* of per-scope sequences
   transaction that wrote, DDL (and the implicit commit it causes);
 - a **lock event** takes or releases row locks: DML, SELECT ... FOR UPDATE / FOR SHARE / LOCK IN
   SHARE MODE, named locks (GET_LOCK), LOCK TABLES, and the end of a transaction that locked rows
-  (COMMIT, ROLLBACK, a deadlock, the connection closing).
+  (COMMIT, ROLLBACK, a deadlock, the connection closing);
+- a **read event** is a consistent (non-locking) read that succeeded: what it answered depends on
+  which commits it saw. Inside a transaction the first one takes the transaction's snapshot (under
+  REPEATABLE READ every later read of the transaction answers from it, whatever table it reads), so
+  it is also an event of the *snapshot* sequence, as is START TRANSACTION WITH CONSISTENT SNAPSHOT.
 
 A statement waits for the commit events that ended before it started, on the scopes of the tables
-it touches; a lock-taking statement (and the end of a transaction that held locks) also waits for
-the lock events that ended before it started. So a row picked from a queue with SKIP LOCKED, a
-table created then read, an id inserted then updated elsewhere: each follows production. Nothing
+it touches (a snapshot: on every table); a lock-taking statement (and the end of a transaction that held locks) also waits for
+the lock events that ended before it started; a commit event also waits for the read events that
+ended before it started on its scopes, and for every snapshot taken before it started (the reads
+must not see it: without this, a commit replayed early shows up in a read that production ran
+before it, or in a transaction whose snapshot production took before it, as a false mismatch). So a
+row picked from a queue with SKIP LOCKED, a table created then read, an id inserted then updated
+elsewhere, a report read inside a transaction while others commit: each follows production. Nothing
 else is ordered: plain reads never wait for each other, and nothing waits for commands that were
 still running when it started (ordering every command after every earlier-completed one stretches
 a replay as soon as latencies jitter).
@@ -30,6 +38,8 @@ The planner also marks what the engine needs when it sends a command (ticket fla
 and the auto-increment id (fastproxy/replay/pinning.py), and the command's place in its production
 transaction (fastproxy/replay/transactions.py).
 """
+from collections import deque
+
 from libc.stdint cimport int64_t
 
 from fastproxy._packet cimport stmt_id_of
@@ -56,6 +66,10 @@ cpdef enum:
                              # (set only when the planner's mark_reads is: --pipeline). Inside a transaction
                              # (with IN_TXN) only where the isolation is not SERIALIZABLE (txn_reads); on a
                              # BEGIN it says reads may follow it in flight
+    READ_EVENT = 0x200       # its only events are read events (what it saw, not what it changed or locked)
+    ORDER_UNKNOWN = 0x400    # a read that a commit of its tables overlapped in production (its snapshot did):
+                             # which came first is unknown, so a result that differs is no regression (the verdict
+                             # sets it apart). Set as late as the commit is read, after the read's own note
 
 # statement kinds (stmtinfo.py), record outcomes and protocol numbers, as C ints
 cdef int SESSION = _stmtinfo.SESSION
@@ -87,6 +101,11 @@ cdef StatementInfo _UNKNOWN_INFO = StatementInfo(UNKNOWN, None, True)
 _UNKNOWN_INFO.generates_id = True
 _UNKNOWN_INFO.time = True
 cdef Py_ssize_t _CACHE_MAX = 10_000
+# how far back (capture time) reads and commits are kept to find overlaps: twice the longest command
+# seen, at least 10 ms, at most a minute; and at most this many of each
+cdef int64_t _HORIZON_MIN_NS = 10_000_000
+cdef int64_t _HORIZON_MAX_NS = 60_000_000_000
+cdef Py_ssize_t _OVERLAP_KEEP_MAX = 200_000
 
 
 cdef tuple _SAFE_LEVELS = (b"read committed", b"read-committed", b"read_committed", b"repeatable", b"uncommitted")
@@ -130,6 +149,46 @@ def may_set_serializable(bytes payload):
     return _may_set_serializable(payload)
 
 
+cdef inline bint _touches(set hit, scope):
+    """Whether commits of the roots in `hit` (_ANY: tables unknown) may change what a read of `scope`
+    (None: unknown) answers."""
+    if not hit:
+        return False
+    if scope is None or _ANY in hit:
+        return True
+    for root in scope:
+        if root in hit:
+            return True
+    return False
+
+
+cdef class _View:
+    """What reads answered from: an autocommit read's own moment, or a transaction's snapshot (its
+    first read), as the capture timed it; and the commits that overlapped it in production."""
+    cdef int64_t start, end
+    cdef set hit     # scope roots of the commits that overlapped it (_ANY: tables unknown)
+    cdef list reads  # (Ticket, scope) of the reads answered from it
+
+    def __cinit__(self, int64_t start, int64_t end):
+        self.start = start
+        self.end = end
+        self.hit = set()
+        self.reads = []
+
+    cdef int overlapped_by(self, roots) except -1:
+        """A commit of `roots` (None: unknown tables) overlapped it: the reads it may have changed are
+        flagged ORDER_UNKNOWN. Returns how many were not yet."""
+        cdef set hit = {_ANY} if roots is None else set(roots)
+        cdef Ticket t
+        cdef int flagged = 0
+        self.hit |= hit
+        for t, scope in self.reads:
+            if not t.flags & ORDER_UNKNOWN and _touches(hit, scope):
+                t.flags |= ORDER_UNKNOWN
+                flagged += 1
+        return flagged
+
+
 cdef inline tuple _fields(rec):
     """A capture Record (a NamedTuple) as the tuple it is, read by field position."""
     if not isinstance(rec, tuple):
@@ -145,6 +204,8 @@ cdef class _Session:
         self.wrote = set()      # scope roots written by the open transaction
         self.locked = set()     # scope roots it took locks on
         self.lockers = []       # its lock events (Tickets): released when it ends
+        self.snapshot = False   # the open transaction has taken its snapshot (a read event of _snapshot)
+        self.view = None        # that snapshot, as a _View
         self.stmts = {}         # captured statement id -> what it does (StatementInfo)
         self.app_time = False   # the application set @@timestamp itself: its time is kept
         self.app_ids = False    # the application set insert_id itself
@@ -170,15 +231,21 @@ cdef class Planner:
         self.order = CausalOrder()
         self.classify = Classifier(self.scopes.functions)
         new = self.order.new_sequence
-        self._global = (new(), new())    # (commit, lock): every event
-        self._unknown = (new(), new())   # events whose tables are unknown
+        self._global = (new(), new(), new())    # (commit, lock, read): every event
+        self._unknown = (new(), new(), new())   # events whose tables are unknown
+        self._snapshot = new()  # read events that took a transaction's snapshot (of every table)
         self._seqs = {}
         self._legacy = {}  # a merged scope still waits for its parts' past
-        self._waits_cache = ({}, {})  # [commit 0 | lock 1][scope] -> sequences waited on
+        self._waits_cache = ({}, {}, {})  # [commit 0 | lock 1 | read 2][scope] -> sequences waited on
         self._scope_cache = {}  # tables -> (scopes generation, scope, whether writes need the time)
         self._events_cache = {}
+        self._read_events_cache = {}
         self._sessions = {}
+        self._views = deque()    # recent _Views, in the order their reads ended
+        self._commits = deque()  # recent commit events: (end, start, scope roots or None), in end order
+        self._horizon_ns = _HORIZON_MIN_NS
         self.unknown_scope_statements = 0  # statements ordered against everything (tables not known)
+        self.reads_order_unknown = 0  # reads flagged ORDER_UNKNOWN
         self._login = False  # the record being planned is its connection's first: replay logs in for it
         self._owner = -1  # the connection whose record is being planned (its events' owner: CausalOrder.blockers)
 
@@ -210,7 +277,7 @@ cdef class Planner:
         if sess is None or not sess.open or not self.causal:
             return None
         t = Ticket.__new__(Ticket)
-        waits, events = self._end_transaction(sess, True)
+        waits, events = self._end_transaction(sess, True, r)
         self.order.note(t, waits, (), r[R_START], events, r[R_START], True, conn_id)
         return t
 
@@ -274,7 +341,7 @@ cdef class Planner:
         cdef int flags = 0
         cdef int outcome = r[R_OUTCOME]
         cdef int64_t err_code = r[R_ERR_CODE]
-        cdef bint before, after, ended, takes_locks, wrote, held, rolled_back
+        cdef bint before, after, ended, takes_locks, wrote, held, rolled_back, snapshot
         if outcome == OUTCOME_ERR and (err_code == ER_LOCK_DEADLOCK or err_code == ER_LOCK_WAIT_TIMEOUT):
             flags |= PROD_LOCK_ERROR
         if info.sets_time is not None:
@@ -321,7 +388,15 @@ cdef class Planner:
         cdef tuple lock_waits = ()
         cdef tuple events = ()
         takes_locks = kind == LOCK or kind == UNKNOWN or kind == DDL
-        if kind == READ:
+        # a read event: what it answered depends on the commits it saw, so the commits production ran
+        # after it (after its transaction's snapshot) wait for it. A read of no table (SELECT 1, @@vars)
+        # sees no commit. The first one of a transaction takes its snapshot, of every table
+        cdef bint reads = ((kind == READ and outcome != OUTCOME_ERR and (scope is None or len(scope) > 0))
+                           or (kind == BEGIN and info.snapshot))
+        snapshot = reads and after and (kind == BEGIN or not sess.snapshot)
+        if snapshot:
+            waits = self._waits(None, 0)  # it sees every table as it was then
+        elif kind == READ:
             waits = self._waits(scope, 0)
         elif takes_locks:
             waits = self._waits(scope, 0)
@@ -330,8 +405,6 @@ cdef class Planner:
                 waits += self._waits(scope, 1)
             else:
                 lock_waits = self._waits(scope, 1)
-        elif kind == BEGIN and info.snapshot:
-            waits = self._waits(None, 0)  # the snapshot sees every table
 
         wrote = info.writes and (
             outcome == OUTCOME_UNKNOWN
@@ -349,11 +422,19 @@ cdef class Planner:
                 sess.wrote.update((_ANY,) if scope is None else scope)
         elif takes_locks:
             events = self._events(scope, wrote, True)
+            if wrote:  # a commit event: after the reads that production ran before it
+                waits += self._waits(scope, 2)
+                self._overlaps_commit(r[R_START], r[R_END] or r[R_START], scope)
         if ended:
             rolled_back = kind == ROLLBACK or (outcome == OUTCOME_ERR and err_code == ER_LOCK_DEADLOCK)
-            tw, te = self._end_transaction(sess, rolled_back)
+            tw, te = self._end_transaction(sess, rolled_back, r)
             waits += tw
             events += te
+        if reads:
+            sess.snapshot = sess.snapshot or snapshot
+            if not events:
+                flags |= READ_EVENT
+            events += self._read_events(scope if kind == READ else (), snapshot)
         sess.open = after
         if scope is None and kind != SESSION and kind != BEGIN:
             self.unknown_scope_statements += 1
@@ -361,6 +442,8 @@ cdef class Planner:
         t = self._ticket(flags, waits, lock_waits, r[R_START], events, end_ns, not held)
         if held:
             sess.lockers.append(t)
+        if reads and kind == READ:
+            self._overlaps_read(sess, <Ticket>t, scope, after and not snapshot, r[R_START], end_ns)
         return t
 
     cdef bint _open_after(self, tuple r, int kind, bint before) except -1:
@@ -396,7 +479,7 @@ cdef class Planner:
             self._login = True  # a login as another user: after what created and granted it
         if sess.open and self.causal:
             t = Ticket.__new__(Ticket)
-            waits, events = self._end_transaction(sess, True)
+            waits, events = self._end_transaction(sess, True, r)
             if self._login:
                 self._login = False
                 waits += (self._unknown[0],)
@@ -406,13 +489,15 @@ cdef class Planner:
         sess.open = False
         sess.wrote.clear()
         sess.locked.clear()
+        sess.snapshot = False
+        sess.view = None
         sess.app_time = sess.app_ids = False
         if cmd != COM_QUIT:
             sess.stmts.clear()
         return t
 
-    cdef tuple _end_transaction(self, _Session sess, bint rolled_back):
-        """The waits and events of the command that ends the open transaction."""
+    cdef tuple _end_transaction(self, _Session sess, bint rolled_back, tuple r):
+        """The waits and events of the command `r` that ends the open transaction."""
         locked = None if _ANY in sess.locked else tuple(sess.locked)
         wrote = None if _ANY in sess.wrote else tuple(sess.wrote)
         # releasing locks must not overtake the lock-taking statements that completed before
@@ -420,11 +505,15 @@ cdef class Planner:
         cdef tuple events = self._events(locked, False, True) if sess.locked else ()
         if sess.wrote and not rolled_back:
             events += self._events(wrote, True, False)
+            waits += self._waits(wrote, 2)  # a commit: after the reads and snapshots production ran before it
+            self._overlaps_commit(r[R_START], r[R_END] or r[R_START], wrote)
         for t in sess.lockers:
             self.order.release(t)
         sess.lockers.clear()
         sess.wrote.clear()
         sess.locked.clear()
+        sess.snapshot = False
+        sess.view = None
         return waits, events
 
     cdef _ticket(self, int flags, tuple waits, tuple lock_waits, int64_t start_ns, tuple events, int64_t end_ns,
@@ -477,18 +566,20 @@ cdef class Planner:
         if absorbed in self._seqs:
             past.append(self._seqs.pop(absorbed))
         past.extend(self._legacy.pop(absorbed, ()))
-        (<dict>self._waits_cache[0]).clear()
-        (<dict>self._waits_cache[1]).clear()
+        for cache in self._waits_cache:
+            (<dict>cache).clear()
         self._events_cache.clear()
+        self._read_events_cache.clear()
 
     cdef tuple _seq(self, root):
         s = self._seqs.get(root)
         if s is None:
-            s = self._seqs[root] = (self.order.new_sequence(), self.order.new_sequence())
+            s = self._seqs[root] = (self.order.new_sequence(), self.order.new_sequence(), self.order.new_sequence())
         return <tuple>s
 
     cdef tuple _waits(self, scope, int which):
-        """Sequences of commit events (which 0) or lock events (1) a statement on `scope` waits on."""
+        """Sequences of commit events (which 0), lock events (1) or read events (2: what a commit
+        waits for, snapshots included) a statement on `scope` waits on."""
         cdef dict cache = <dict>self._waits_cache[which]
         w = cache.get(scope)
         if w is None:
@@ -499,6 +590,8 @@ cdef class Planner:
                 for root in scope:
                     out.append(self._seq(root)[which])
                     out.extend(past[which] for past in self._legacy.get(root, ()))
+                if which == 2:
+                    out.append(self._snapshot)  # (the global read sequence holds them too)
                 w = tuple(out)
             if len(cache) > _CACHE_MAX:
                 cache.clear()
@@ -510,13 +603,79 @@ cdef class Planner:
         e = self._events_cache.get(key)
         if e is None:
             out = []
-            for c, k in ([self._unknown] if scope is None else [self._seq(r) for r in scope]) + [self._global]:
+            for seqs in ([self._unknown] if scope is None else [self._seq(r) for r in scope]) + [self._global]:
                 if commit:
-                    out.append(c)
+                    out.append(seqs[0])
                 if lock:
-                    out.append(k)
+                    out.append(seqs[1])
             e = tuple(out)
             if len(self._events_cache) > _CACHE_MAX:
                 self._events_cache.clear()
             self._events_cache[key] = e
         return <tuple>e
+
+    cdef tuple _read_events(self, scope, bint snapshot):
+        """The events of a read of `scope` (None: unknown tables); a `snapshot` is also an event of
+        the snapshot sequence (waited on by every commit)."""
+        key = (scope, snapshot)
+        e = self._read_events_cache.get(key)
+        if e is None:
+            out = [self._unknown[2]] if scope is None else [self._seq(r)[2] for r in scope]
+            out.append(self._global[2])
+            if snapshot:
+                out.append(self._snapshot)
+            e = tuple(out)
+            if len(self._read_events_cache) > _CACHE_MAX:
+                self._read_events_cache.clear()
+            self._read_events_cache[key] = e
+        return <tuple>e
+
+    # ---- reads and commits whose order production does not tell ------------------------------------
+    cdef int _overlaps_read(self, _Session sess, Ticket t, scope, bint in_snapshot, int64_t start,
+                            int64_t end) except -1:
+        """A read noted: it answers from its transaction's snapshot (`in_snapshot`) or from its own
+        moment. Commits that overlapped that moment in production are not ordered with it (neither
+        ended before the other started): it is flagged if one of them changed its tables, whether
+        read before it (here) or after it (_overlaps_commit)."""
+        cdef _View view = sess.view if in_snapshot else None
+        if view is None:
+            view = _View(start, end)
+            self._forget(start)
+            if end - start > self._horizon_ns // 2:
+                self._horizon_ns = min(_HORIZON_MAX_NS, 2 * (end - start))
+            for c_end, c_start, roots in reversed(self._commits):
+                if c_end <= start:
+                    break
+                if c_start < end:
+                    view.hit |= {_ANY} if roots is None else set(roots)
+            self._views.append(view)
+            if in_snapshot or sess.open:
+                sess.view = view
+        if _touches(view.hit, scope):
+            t.flags |= ORDER_UNKNOWN
+            self.reads_order_unknown += 1
+        view.reads.append((t, scope))
+        return 0
+
+    cdef int _overlaps_commit(self, int64_t start, int64_t end, roots) except -1:
+        """A commit event noted: the reads (snapshots) it overlapped in production are flagged."""
+        cdef _View view
+        self._forget(start)
+        if end - start > self._horizon_ns // 2:
+            self._horizon_ns = min(_HORIZON_MAX_NS, 2 * (end - start))
+        self._commits.append((end, start, roots))
+        for view in reversed(self._views):
+            if view.end <= start:
+                break
+            self.reads_order_unknown += view.overlapped_by(roots)
+        return 0
+
+    cdef int _forget(self, int64_t now) except -1:
+        """Drop the reads and commits too old to overlap what is read from now on."""
+        cdef int64_t oldest = now - self._horizon_ns
+        views, commits = self._views, self._commits
+        while views and ((<_View>views[0]).end < oldest or len(views) > _OVERLAP_KEEP_MAX):
+            views.popleft()
+        while commits and ((<tuple>commits[0])[0] < oldest or len(commits) > _OVERLAP_KEEP_MAX):
+            commits.popleft()
+        return 0

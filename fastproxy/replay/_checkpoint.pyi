@@ -31,6 +31,7 @@ class HeldConn:
     stmt_sql: dict[int, str]
     stmt_types: dict[int, bytes]
     stmt_params: dict[int, int]
+    ticket: object  # the command's causal Ticket (None: it had none), read by the verdict
     def __init__(self, conn: object, rec: object) -> None: ...
 
 def result_copy(r: object) -> object: ...

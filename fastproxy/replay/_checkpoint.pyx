@@ -22,7 +22,7 @@ from fastproxy.report._observe cimport ObserverCore, fits62 as _fits
 
 from fastproxy.capture.record import KIND_COMMAND as _KIND_COMMAND, KIND_CONN_CLOSE as _KIND_CONN_CLOSE, Record
 from fastproxy.constants import COMMAND
-from fastproxy.replay.causal import IN_TXN as _IN_TXN, TXN_END as _TXN_END
+from fastproxy.replay.causal import IN_TXN as _IN_TXN, TXN_END as _TXN_END, head_ticket
 
 cdef object _Record = Record
 cdef long KIND_COMMAND = _KIND_COMMAND
@@ -60,6 +60,7 @@ cdef class HeldConn:
     cdef public dict stmt_sql
     cdef public dict stmt_types
     cdef public dict stmt_params
+    cdef public object ticket  # the command's causal Ticket: its flags may change after (ORDER_UNKNOWN)
 
     def __init__(self, conn, rec):
         _hold(self, conn, rec)
@@ -80,6 +81,7 @@ cdef int _hold(HeldConn self, conn, rec) except -1:
         self.due_ns = c.due_ns
         self.db = c.db
         sqls, types, params = c.stmt_sql, c.stmt_types, c.stmt_params
+        self.ticket = c.tickets[0] if c.tickets and c.queue and c.queue[0] is rec else None
     else:
         self.conn_id = conn.conn_id
         self.not_rebuilt = list(conn.not_rebuilt)
@@ -87,6 +89,7 @@ cdef int _hold(HeldConn self, conn, rec) except -1:
         self.due_ns = conn.due_ns
         self.db = conn.db
         sqls = types = params = None
+        self.ticket = head_ticket(conn, rec)
     self.stmt_sql = {}
     self.stmt_types = {}
     self.stmt_params = {}

@@ -58,6 +58,7 @@ cdef int TXN_END = _causal.TXN_END
 cdef int PROD_LOCK_ERROR = _causal.PROD_LOCK_ERROR
 cdef int PIN_FLAGS = _PIN_FLAGS
 cdef int PLAIN_READ = _causal.PLAIN_READ
+cdef int NOT_ROLES = _causal.READ_EVENT | _causal.ORDER_UNKNOWN  # flags that say nothing of how it is sent
 cdef int PIN_TIME = _causal.PIN_TIME
 cdef int PIN_ID = _causal.PIN_ID
 cdef object pin = _pin
@@ -512,7 +513,7 @@ cdef class EngineCore:
         if ticket is None:
             return False
         cdef int flags = (<Ticket>ticket).flags
-        flags &= ~(IN_TXN | TXN_BEGIN) if head else ~IN_TXN
+        flags &= ~(IN_TXN | TXN_BEGIN | NOT_ROLES) if head else ~(IN_TXN | NOT_ROLES)
         if flags != PLAIN_READ:
             return False  # not a plain read, or a pin / another transaction role on it
         rec = conn.queue[i]  # a command that succeeded in production, no rows affected (the flag says so)

@@ -28,7 +28,7 @@ from fastproxy.errors import BackendConnError, FastproxyError, JobError, Protoco
 from fastproxy.replay._conn import Conn  # one captured connection and its replay connection (a C struct)
 from fastproxy.replay._engine import CONSUMED, KILL_START, PACE_SLACK_NS, PIN_TAG, EngineCore, StatsCore
 from fastproxy.replay._scheduler import Scheduler, Ticket
-from fastproxy.replay.causal import IN_TXN, TXN_BEGIN, TXN_END, Planner
+from fastproxy.replay.causal import IN_TXN, READ_EVENT, TXN_BEGIN, TXN_END, Planner
 from fastproxy.replay.client import LoginError, ReplayClient
 from fastproxy.replay.dryrun import DryClient, DryRunCounters
 from fastproxy.replay.lag import LagStats
@@ -953,7 +953,8 @@ class Replayer(EngineCore):
             for r, ticket in zip(other.queue, other.tickets):
                 if r.start_ns >= start:
                     break
-                if r.end_ns > start and ticket is not None and ticket.has_events and not ticket.finished:
+                if (r.end_ns > start and ticket is not None and ticket.has_events and not ticket.finished
+                        and not ticket.flags & READ_EVENT):
                     pending.append((other, r, ticket))
         if not pending:
             return False
@@ -1643,6 +1644,8 @@ class Replayer(EngineCore):
                 "lock_waits_unreadable": (self.lockwaits.unavailable or "") if self.lockwaits else "",
                 "released_by_valve": st.causal_released,
                 "unknown_scope_statements": planner.unknown_scope_statements,
+                # reads a commit of their tables overlapped in production: a difference is set apart
+                "reads_order_unknown": planner.reads_order_unknown,
             } if planner.causal else None,
             "pinned": {"time": st.pinned_time, "insert_id": st.pinned_insert_id} if self.opt.pin else None,
             "transactions": {

@@ -305,7 +305,8 @@ def _faithful_lines(s: dict) -> list[str]:
                    f"locks, {c['released_by_valve']} by the timeout valve; transactions rolled back while held "
                    f"back and sent again: {c.get('undone_to_break_cycles', 0)}; writes that changed no row sent "
                    f"again after writes that overlapped them: {c.get('sent_again_after_overlapping_writes', 0)}, of which "
-                   f"before those had all run: {c.get('sent_again_before_they_ran', 0)})")
+                   f"before those had all run: {c.get('sent_again_before_they_ran', 0)}; reads a commit of their "
+                   f"tables overlapped in production, which came first unknown: {c.get('reads_order_unknown', 0)})")
         if c.get("lock_waits_unreadable"):  # older summaries (resume) lack it
             out.append(f"  lock waits: {c['lock_waits_unreadable']}")
     p = s.get("pinned")

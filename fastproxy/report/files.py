@@ -86,6 +86,9 @@ def verdict_data(verdict: Verdict, latency_rows: list[dict], timeline: dict, ext
         "latency_histogram_bytes": verdict.latency.bytes_allocated,
         "groups_dropped": verdict.groups_dropped,
         "mismatched_commands_not_rebuilt": verdict.mismatch_not_rebuilt,
+        "mismatched_commands_order_unknown": verdict.mismatch_order_unknown,
+        "order_unknown": [{"cmd_type": t, "digest": d, "sample_stmt": stmt, "count": n}
+                          for (t, d), (stmt, n) in sorted(verdict.order_unknown.items(), key=lambda kv: -kv[1][1])],
         "timeline": timeline,
     }
     data.update(extra or {})
@@ -124,6 +127,7 @@ def verdict_summary(data: dict, summary: dict, failures: list[dict]) -> dict:
         "nondeterministic_differed": data["nondeterministic_differed"],
         "lag_p99_ms": summary.get("lag", {}).get("p99_ms"),
         "mismatched_commands_not_rebuilt": data.get("mismatched_commands_not_rebuilt", 0),
+        "mismatched_commands_order_unknown": data.get("mismatched_commands_order_unknown", 0),
         # not empty: the replay is incomplete (the verdict says so instead of a clean result)
         "incomplete": incomplete_reasons(summary),
     }
@@ -230,6 +234,10 @@ def format_verdict(summary: dict, data: dict | None, failures: list[dict] | None
         lines.append(f"  on sessions not rebuilt: {_n(data['mismatched_commands_not_rebuilt'], 'command')} returned "
                      f"different results (counted apart, not mismatches: their session was not as in production; "
                      f"see other errors)")
+    if data.get("mismatched_commands_order_unknown"):
+        lines.append(f"  order unknown:       {_n(data['mismatched_commands_order_unknown'], 'read')} in "
+                     f"{_n(len(data.get('order_unknown', [])), 'statement')} differed where a commit of their tables "
+                     f"overlapped them in production (which came first is unknown: counted apart, not mismatches)")
     missing = [k for k in KINDS if k not in data.get("compared", KINDS)]
     if missing:
         lines.append(f"  (the input did not record them, so not compared: {', '.join(missing)})")

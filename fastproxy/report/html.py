@@ -323,6 +323,11 @@ def render_report(summary: dict, data: dict, failures: list[dict], other_errors:
     if data.get("mismatched_commands_not_rebuilt"):
         notes.append(f"{data['mismatched_commands_not_rebuilt']:,} commands on sessions replay could not rebuild in "
                      f"full returned different results: counted apart (see other errors), not as mismatches.")
+    if data.get("mismatched_commands_order_unknown"):
+        top = "; ".join(f"{o['count']:,} × {o['sample_stmt'][:80]}" for o in data.get("order_unknown", [])[:3])
+        notes.append(f"{data['mismatched_commands_order_unknown']:,} reads returned different results where a commit "
+                     f"of their tables overlapped them (or their transaction's snapshot) in production: which came "
+                     f"first is unknown, so they are counted apart, not as mismatches ({top}).")
     if data.get("groups_dropped"):
         notes.append(f"{data['groups_dropped']:,} mismatch groups past the cap were counted only.")
     note_html = "".join(f'<p class="meta">{_e(n)}</p>' for n in notes)

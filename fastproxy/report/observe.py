@@ -11,6 +11,8 @@ import time
 
 from fastproxy.capture.record import OUTCOME_ERR, OUTCOME_OK, Record
 from fastproxy.constants import COMMAND, command_name
+from fastproxy.replay._checkpoint import HeldConn
+from fastproxy.replay.causal import ORDER_UNKNOWN, head_ticket
 from fastproxy.report._compare import same_as_captured
 from fastproxy.report._observe import ObserverCore, TimelineCore
 from fastproxy.report.verdict import DigestInfo, Side, Verdict, compare_sides
@@ -200,7 +202,10 @@ class CaptureObserver(ObserverCore):
         new = replay_side(result, now - conn.sent_ns, time.time_ns())
         apart = bool(conn.not_rebuilt)  # as failures there (_add_failure_not_rebuilt): set apart, said once each
         before = self.verdict.mismatch_not_rebuilt
-        if self.verdict.add(info, capture_side(rec), new, lambda: execute_params(conn, rec)[1], apart=apart):
+        ticket = conn.ticket if type(conn) is HeldConn else head_ticket(conn, rec)
+        order_unknown = ticket is not None and bool(ticket.flags & ORDER_UNKNOWN)
+        if self.verdict.add(info, capture_side(rec), new, lambda: execute_params(conn, rec)[1], apart=apart,
+                            order_unknown=order_unknown):
             self.timeline.count(self.timeline.mismatches, replay_sec)
         elif self.verdict.mismatch_not_rebuilt != before:
             ref = capture_side(rec)

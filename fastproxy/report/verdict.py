@@ -189,6 +189,10 @@ class Verdict(VerdictCore):
         self.compared = 0              # commands compared (both sides succeeded)
         self.nondeterministic_differed = 0
         self.mismatch_not_rebuilt = 0  # commands that differed on sessions not rebuilt in full: apart
+        # reads that differed where a commit of their tables overlapped them (their snapshot) in production:
+        # which came first is unknown (fastproxy/replay/_causal.pyx, ORDER_UNKNOWN), so apart, per statement
+        self.order_unknown: dict[tuple[str, str], list] = {}  # (cmd_type, digest) -> [sample_stmt, count]
+        self.mismatch_order_unknown = 0
         self._state_cache: dict[int, tuple] = {}  # slot -> (counts, saved histograms): state() every second
 
     # ---- statements ----------------------------------------------------------------------------
@@ -221,10 +225,13 @@ class Verdict(VerdictCore):
         return info
 
     # ---- per command ---------------------------------------------------------------------------
-    def add(self, info: DigestInfo, ref: Side, new: Side, params=None, apart: bool = False) -> list[str]:
+    def add(self, info: DigestInfo, ref: Side, new: Side, params=None, apart: bool = False,
+            order_unknown: bool = False) -> list[str]:
         """One command on both sides; returns the mismatch kinds reported (empty if none).
         `params()` renders the parameters of the sample, called only when a sample is kept. `apart`: its
-        session was not rebuilt in full, so a difference is counted in mismatch_not_rebuilt, not reported."""
+        session was not rebuilt in full, so a difference is counted in mismatch_not_rebuilt, not reported.
+        `order_unknown`: a read a commit overlapped in production, so a difference is counted in
+        mismatch_order_unknown (and per statement), not reported."""
         if ref.outcome != OUTCOME_OK or new.outcome != OUTCOME_OK:
             return []
         self.compared += 1
@@ -239,6 +246,17 @@ class Verdict(VerdictCore):
             return []
         if apart:  # the session differed from production's before this command: no regression
             self.mismatch_not_rebuilt += 1
+            return []
+        if order_unknown:  # production may have run the overlapping commit first: no regression either
+            self.mismatch_order_unknown += 1
+            key = (info.cmd_type, info.digest)
+            group = self.order_unknown.get(key)
+            if group is None:
+                if len(self.order_unknown) >= self.opt.max_groups:
+                    self.groups_dropped += 1
+                    return []
+                group = self.order_unknown[key] = [info.sample_stmt, 0]
+            group[1] += 1
             return []
         self.mismatch_count += 1
         for kind, ref_value, new_value in diffs:
@@ -306,6 +324,8 @@ class Verdict(VerdictCore):
             "compared": self.compared,
             "nondeterministic_differed": self.nondeterministic_differed,
             "mismatch_not_rebuilt": self.mismatch_not_rebuilt,
+            "mismatch_order_unknown": self.mismatch_order_unknown,
+            "order_unknown": [[t, d, stmt, n] for (t, d), (stmt, n) in self.order_unknown.items()],
         }
 
     def restore(self, state: dict) -> None:
@@ -342,6 +362,8 @@ class Verdict(VerdictCore):
         self.compared = state["compared"]
         self.nondeterministic_differed = state["nondeterministic_differed"]
         self.mismatch_not_rebuilt = state.get("mismatch_not_rebuilt", 0)  # older checkpoints lack it
+        self.mismatch_order_unknown = state.get("mismatch_order_unknown", 0)  # (these two as well)
+        self.order_unknown = {(t, d): [stmt, n] for t, d, stmt, n in state.get("order_unknown", [])}
 
     # ---- results -------------------------------------------------------------------------------
     def take_mismatch_delta(self) -> list[Mismatch]:
