@@ -259,19 +259,21 @@ def _unknown(r: Replay, name: str) -> bool:
 
 
 def test_an_autocommit_read_a_commit_of_its_table_overlapped_is_flagged_whichever_ended_first():
-    """Neither ended before the other started: production does not tell which came first."""
+    """Neither ended before the other started (an equal time included: neither waits then): production
+    does not tell which came first."""
     r = Replay()
     r.read("upd", 1, "UPDATE t SET v = 2 WHERE id = 1", 5, 8)  # ends first: read before the read is
     r.read("sel", 2, "SELECT v FROM t WHERE id = 1", 0, 10, affected=0)
     r.read("sel_u", 3, "SELECT v FROM u WHERE id = 1", 0, 11, affected=0)  # another table
     r.read("sel_before", 4, "SELECT v FROM t WHERE id = 1", 1, 4, affected=0)  # ended before it started
+    r.read("sel_as", 4, "SELECT v FROM t WHERE id = 1", 8, 12, affected=0)  # started as it ended
     r.read("sel2", 5, "SELECT v FROM t WHERE id = 2", 20, 22, affected=0)
-    assert _unknown(r, "sel") and not _unknown(r, "sel_u") and not _unknown(r, "sel_before")
-    assert not _unknown(r, "sel2")
+    assert _unknown(r, "sel") and _unknown(r, "sel_as")
+    assert not _unknown(r, "sel_u") and not _unknown(r, "sel_before") and not _unknown(r, "sel2")
     r.read("upd2", 1, "UPDATE t SET v = 3 WHERE id = 2", 21, 30)  # read after the read it overlapped
-    assert _unknown(r, "sel2") and r.p.reads_order_unknown == 2
+    assert _unknown(r, "sel2") and r.p.reads_order_unknown == 3
     r.read("upd3", 1, "UPDATE t SET v = 4 WHERE id = 2", 40, 45)
-    assert r.p.reads_order_unknown == 2
+    assert r.p.reads_order_unknown == 3 and r.p.order_unknown_missed == 0
 
 
 def test_reads_of_a_transaction_are_flagged_by_commits_that_overlapped_its_snapshot():
@@ -281,6 +283,7 @@ def test_reads_of_a_transaction_are_flagged_by_commits_that_overlapped_its_snaps
     r.read("r2", 1, "SELECT v FROM t2 WHERE id = 1", 21, 22, affected=0, status=IN_TRANS)
     r.read("r3", 1, "SELECT v FROM t3 WHERE id = 1", 23, 24, affected=0, status=IN_TRANS)
     assert not any(_unknown(r, n) for n in ("snap", "r2", "r3"))
+    assert not r.p.settled(24)  # a commit still to be read may have overlapped the snapshot
     r.read("upd", 2, "UPDATE t2 SET v = 2 WHERE id = 1", 15, 30)  # started while the snapshot was taken
     assert _unknown(r, "r2") and not _unknown(r, "snap") and not _unknown(r, "r3")
     r.read("r4", 1, "SELECT v FROM t2 WHERE id = 2", 31, 32, affected=0, status=IN_TRANS)
@@ -291,6 +294,31 @@ def test_reads_of_a_transaction_are_flagged_by_commits_that_overlapped_its_snaps
     r.read("commit", 1, "COMMIT", 36, 37, affected=0)
     r.read("after", 1, "SELECT v FROM t2 WHERE id = 1", 38, 39, affected=0)  # a new moment of its own
     assert not _unknown(r, "after")
+    # once what is read is past twice the longest commit (and a reorder window), nothing can flag them
+    r.read("later", 3, "SELECT v FROM t9", 10 * MS, 10 * MS + 1, affected=0)
+    assert r.p.settled(35) and not r.p.settled(10 * MS)
+
+
+def test_a_consistent_snapshot_at_begin_and_a_transaction_open_before_the_capture_flag_their_reads():
+    r = Replay()
+    r.read("upd", 2, "UPDATE t2 SET v = 2 WHERE id = 1", 0, 7)  # ends during the BEGIN
+    r.read("begin", 1, "START TRANSACTION WITH CONSISTENT SNAPSHOT", 6, 8, affected=0, status=IN_TRANS)
+    r.read("upd_late", 3, "UPDATE t1 SET v = 2 WHERE id = 1", 9, 10)  # after the snapshot: waits for it
+    r.read("read1", 1, "SELECT v FROM t1 WHERE id = 1", 9, 12, affected=0, status=IN_TRANS)
+    r.read("read2", 1, "SELECT v FROM t2 WHERE id = 1", 13, 14, affected=0, status=IN_TRANS)
+    assert not _unknown(r, "read1") and _unknown(r, "read2")  # the snapshot is the BEGIN's
+    assert not _unknown(r, "begin")
+    r.p.on_state(9, {"in_transaction": True})  # its snapshot may be older than the capture
+    r.read("old", 9, "SELECT v FROM t5 WHERE id = 1", 20, 21, affected=0, status=IN_TRANS)
+    assert _unknown(r, "old")
+
+
+def test_a_commit_longer_than_what_was_kept_for_it_is_counted():
+    r = Replay()
+    r.read("sel", 1, "SELECT v FROM t WHERE id = 1", 0, 10, affected=0)
+    r.read("far", 2, "SELECT v FROM u", 100 * MS, 100 * MS + 1, affected=0)  # the read above is dropped
+    r.read("upd", 3, "UPDATE t SET v = 2 WHERE id = 1", 5, 100 * MS + 2)
+    assert not _unknown(r, "sel") and r.p.order_unknown_missed == 1
 
 
 def test_a_rolled_back_transaction_commits_nothing():

@@ -169,6 +169,31 @@ def test_a_read_whose_order_production_does_not_tell_is_counted_apart():
     assert v.mismatch_count == 1 and v.mismatch_order_unknown == 1
 
 
+def test_a_read_whose_order_is_not_known_yet_is_judged_when_it_is():
+    """A differing read a commit still to be read may have overlapped is held, then judged once its
+    check says (a mismatch, counted late on the timeline; or apart), or forced (at the end, on save)."""
+    v = Verdict(VerdictOptions())
+    late = []
+    v.on_late_mismatch = late.append
+    info = v.info(3, "Query", "SELECT v FROM t WHERE id = 1")
+    ref, new = Side(0, rows=1, columns=1, hash_unordered=1), Side(0, rows=1, columns=1, hash_unordered=2)
+    answers = {"a": None, "b": None}
+
+    def check(name):
+        return lambda force: answers[name] if answers[name] is not None or not force else False
+    assert v.add(info, ref, new, order_unknown=check("a"), replay_sec=4) == []
+    assert v.add(info, ref, new, order_unknown=check("b"), replay_sec=5) == []
+    assert v.compared == 2 and v.mismatch_count == 0 and v.mismatch_order_unknown == 0
+    v.settle()
+    assert v.mismatch_count == 0  # not known yet
+    answers["a"] = False
+    v.settle()
+    assert v.mismatch_count == 1 and late == [4] and v.mismatch_order_unknown == 0
+    state = v.state()  # forces the rest: judged as known now (not overlapped)
+    assert v.mismatch_count == 2 and late == [4, 5] and state["mismatch_count"] == 2
+    assert v.add(info, ref, new, order_unknown=lambda force: True) == [] and v.mismatch_order_unknown == 1
+
+
 def test_latency_side_state_round_trip_and_checks():
     t = LatencyTable(3)
     a, b = t.add_slot(), t.add_slot()

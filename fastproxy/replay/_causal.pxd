@@ -42,7 +42,12 @@ cdef class Planner:
     cdef dict _sessions
     cdef object _views
     cdef object _commits
-    cdef int64_t _horizon_ns
+    cdef int64_t _longest_read
+    cdef int64_t _longest_commit
+    cdef int64_t _now
+    cdef int64_t _views_gone
+    cdef int64_t _commits_gone
+    cdef public int64_t order_unknown_missed
     cdef bint _login
     cdef object _owner  # a captured connection id (u64 in a capture): converted only where an event needs it
 
@@ -69,3 +74,4 @@ cdef class Planner:
                             int64_t end) except -1
     cdef int _overlaps_commit(self, int64_t start, int64_t end, roots) except -1
     cdef int _forget(self, int64_t now) except -1
+    cpdef bint settled(self, int64_t end_ns)

@@ -101,11 +101,14 @@ cdef StatementInfo _UNKNOWN_INFO = StatementInfo(UNKNOWN, None, True)
 _UNKNOWN_INFO.generates_id = True
 _UNKNOWN_INFO.time = True
 cdef Py_ssize_t _CACHE_MAX = 10_000
-# how far back (capture time) reads and commits are kept to find overlaps: twice the longest command
-# seen, at least 10 ms, at most a minute; and at most this many of each
-cdef int64_t _HORIZON_MIN_NS = 10_000_000
-cdef int64_t _HORIZON_MAX_NS = 60_000_000_000
-cdef Py_ssize_t _OVERLAP_KEEP_MAX = 200_000
+# Reads (their _Views) are kept while a commit read later may have started before they ended: twice
+# the longest commit seen; commits, while a read read later may have started before they ended: twice
+# the longest read seen. Plus a reorder window; at most 10 s and this many of each. What is dropped
+# earlier than a later command needed is said: a read is flagged anyway, a commit is counted
+# (order_unknown_missed)
+cdef int64_t _UNSORTED_NS = 2_000_000  # records are in completion order within a reorder window
+cdef int64_t _KEEP_MAX_NS = 10_000_000_000
+cdef Py_ssize_t _KEEP_MAX = 100_000
 
 
 cdef tuple _SAFE_LEVELS = (b"read committed", b"read-committed", b"read_committed", b"repeatable", b"uncommitted")
@@ -167,7 +170,7 @@ cdef class _View:
     first read), as the capture timed it; and the commits that overlapped it in production."""
     cdef int64_t start, end
     cdef set hit     # scope roots of the commits that overlapped it (_ANY: tables unknown)
-    cdef list reads  # (Ticket, scope) of the reads answered from it
+    cdef list reads  # (Ticket, scope) of the reads answered from it; None once no later commit can reach it
 
     def __cinit__(self, int64_t start, int64_t end):
         self.start = start
@@ -182,7 +185,7 @@ cdef class _View:
         cdef Ticket t
         cdef int flagged = 0
         self.hit |= hit
-        for t, scope in self.reads:
+        for t, scope in self.reads or ():
             if not t.flags & ORDER_UNKNOWN and _touches(hit, scope):
                 t.flags |= ORDER_UNKNOWN
                 flagged += 1
@@ -243,7 +246,10 @@ cdef class Planner:
         self._sessions = {}
         self._views = deque()    # recent _Views, in the order their reads ended
         self._commits = deque()  # recent commit events: (end, start, scope roots or None), in end order
-        self._horizon_ns = _HORIZON_MIN_NS
+        self._longest_read = self._longest_commit = 0
+        self._now = 0  # the latest end read
+        self._views_gone = self._commits_gone = -(1 << 63)  # the latest end of a view (commit) dropped
+        self.order_unknown_missed = 0  # commits that may have overlapped reads no longer kept
         self.unknown_scope_statements = 0  # statements ordered against everything (tables not known)
         self.reads_order_unknown = 0  # reads flagged ORDER_UNKNOWN
         self._login = False  # the record being planned is its connection's first: replay logs in for it
@@ -269,6 +275,11 @@ cdef class Planner:
             sess.open = True
             sess.wrote.add(_ANY)
             sess.locked.add(_ANY)
+            # its snapshot may be older than the capture: what its reads see is not known
+            sess.snapshot = True
+            sess.view = _View(0, 0)
+            (<_View>sess.view).hit.add(_ANY)
+            (<_View>sess.view).reads = None
 
     cpdef note_close(self, conn_id, rec):
         """CONN_CLOSE: an open transaction is rolled back, its locks released."""
@@ -391,8 +402,8 @@ cdef class Planner:
         # a read event: what it answered depends on the commits it saw, so the commits production ran
         # after it (after its transaction's snapshot) wait for it. A read of no table (SELECT 1, @@vars)
         # sees no commit. The first one of a transaction takes its snapshot, of every table
-        cdef bint reads = ((kind == READ and outcome != OUTCOME_ERR and (scope is None or len(scope) > 0))
-                           or (kind == BEGIN and info.snapshot))
+        cdef bint reads = outcome != OUTCOME_ERR and (
+            (kind == READ and (scope is None or len(scope) > 0)) or (kind == BEGIN and info.snapshot))
         snapshot = reads and after and (kind == BEGIN or not sess.snapshot)
         if snapshot:
             waits = self._waits(None, 0)  # it sees every table as it was then
@@ -442,8 +453,9 @@ cdef class Planner:
         t = self._ticket(flags, waits, lock_waits, r[R_START], events, end_ns, not held)
         if held:
             sess.lockers.append(t)
-        if reads and kind == READ:
-            self._overlaps_read(sess, <Ticket>t, scope, after and not snapshot, r[R_START], end_ns)
+        if reads:  # (a BEGIN ... WITH CONSISTENT SNAPSHOT: the view its transaction's reads answer from)
+            self._overlaps_read(sess, <Ticket>t, scope if kind == READ else (), after and not snapshot,
+                                r[R_START], end_ns)
         return t
 
     cdef bint _open_after(self, tuple r, int kind, bint before) except -1:
@@ -631,51 +643,75 @@ cdef class Planner:
         return <tuple>e
 
     # ---- reads and commits whose order production does not tell ------------------------------------
+    # A commit and a read (a transaction's snapshot) are ordered when one ended before the other
+    # started; otherwise production may have gone either way, and the read is flagged if the commit
+    # changed its tables: when the read is noted (the commit was read before it) or when the commit is
+    # (after it). The verdict waits for that (settled) before it judges a read that differs.
     cdef int _overlaps_read(self, _Session sess, Ticket t, scope, bint in_snapshot, int64_t start,
                             int64_t end) except -1:
         """A read noted: it answers from its transaction's snapshot (`in_snapshot`) or from its own
-        moment. Commits that overlapped that moment in production are not ordered with it (neither
-        ended before the other started): it is flagged if one of them changed its tables, whether
-        read before it (here) or after it (_overlaps_commit)."""
+        moment (a snapshot that it, or a BEGIN, takes: the transaction's from now on)."""
         cdef _View view = sess.view if in_snapshot else None
+        cdef int64_t c_end, c_start
         if view is None:
             view = _View(start, end)
-            self._forget(start)
-            if end - start > self._horizon_ns // 2:
-                self._horizon_ns = min(_HORIZON_MAX_NS, 2 * (end - start))
+            if end - start > self._longest_read:
+                self._longest_read = end - start
+            self._forget(end)
+            if start <= self._commits_gone:
+                view.hit.add(_ANY)  # what ended while it ran is no longer all known
             for c_end, c_start, roots in reversed(self._commits):
-                if c_end <= start:
+                if c_end < start - _UNSORTED_NS:
                     break
-                if c_start < end:
+                if c_end >= start and c_start <= end:
                     view.hit |= {_ANY} if roots is None else set(roots)
             self._views.append(view)
             if in_snapshot or sess.open:
                 sess.view = view
-        if _touches(view.hit, scope):
+        if (scope is None or len(scope) > 0) and _touches(view.hit, scope):  # (not a BEGIN's)
             t.flags |= ORDER_UNKNOWN
             self.reads_order_unknown += 1
-        view.reads.append((t, scope))
+        if view.reads is not None:
+            view.reads.append((t, scope))
         return 0
 
     cdef int _overlaps_commit(self, int64_t start, int64_t end, roots) except -1:
         """A commit event noted: the reads (snapshots) it overlapped in production are flagged."""
         cdef _View view
-        self._forget(start)
-        if end - start > self._horizon_ns // 2:
-            self._horizon_ns = min(_HORIZON_MAX_NS, 2 * (end - start))
+        if end - start > self._longest_commit:
+            self._longest_commit = end - start
+        self._forget(end)
+        if start <= self._views_gone:
+            self.order_unknown_missed += 1  # it may have overlapped reads no longer kept
         self._commits.append((end, start, roots))
         for view in reversed(self._views):
-            if view.end <= start:
+            if view.end < start - _UNSORTED_NS:
                 break
-            self.reads_order_unknown += view.overlapped_by(roots)
+            if view.end >= start:
+                self.reads_order_unknown += view.overlapped_by(roots)
         return 0
 
     cdef int _forget(self, int64_t now) except -1:
         """Drop the reads and commits too old to overlap what is read from now on."""
-        cdef int64_t oldest = now - self._horizon_ns
+        cdef _View view
+        if now > self._now:
+            self._now = now
+        cdef int64_t views_from = self._now - min(_KEEP_MAX_NS, 2 * self._longest_commit + _UNSORTED_NS)
+        cdef int64_t commits_from = self._now - min(_KEEP_MAX_NS, 2 * self._longest_read + _UNSORTED_NS)
         views, commits = self._views, self._commits
-        while views and ((<_View>views[0]).end < oldest or len(views) > _OVERLAP_KEEP_MAX):
-            views.popleft()
-        while commits and ((<tuple>commits[0])[0] < oldest or len(commits) > _OVERLAP_KEEP_MAX):
-            commits.popleft()
+        while views and ((<_View>views[0]).end < views_from or len(views) > _KEEP_MAX):
+            view = views.popleft()
+            view.reads = None  # no later commit reaches it: its transaction's reads need not be kept
+            if view.end > self._views_gone:
+                self._views_gone = view.end
+        while commits and ((<tuple>commits[0])[0] < commits_from or len(commits) > _KEEP_MAX):
+            gone = (<tuple>commits.popleft())[0]
+            if gone > self._commits_gone:
+                self._commits_gone = gone
         return 0
+
+    cpdef bint settled(self, int64_t end_ns):
+        """Whether the flag of a read that ended at `end_ns` is final: no commit read later can have
+        started before it ended (its view is no longer kept)."""
+        return end_ns <= self._views_gone or end_ns < self._now - min(
+            _KEEP_MAX_NS, 2 * self._longest_commit + _UNSORTED_NS)

@@ -55,7 +55,8 @@ from fastproxy.capture.record import (KIND_COMMAND, KIND_CONN_CLOSE, KIND_CONN_O
 from fastproxy.constants import COMMAND
 from fastproxy.errors import JobError
 from fastproxy.private_files import create_private_file, open_private_dir, write_all
-from fastproxy.replay._checkpoint import CheckpointHooks, Track
+from fastproxy.replay._checkpoint import CheckpointHooks, HeldConn, Track
+from fastproxy.replay.causal import ORDER_UNKNOWN
 from fastproxy.replay.journal import MESSAGE_MAX, RESULT, SENT, Journal, read_journal
 from fastproxy.replay.report import Failure, OtherError
 from fastproxy.replay.set_scope import session_assignments
@@ -481,7 +482,7 @@ class Checkpoint(CheckpointHooks):
             if released:
                 engine._released.extend(released)
         if saved is not None:
-            self._count_saved(conn, rec, saved)
+            self._count_saved(conn, rec, saved, ticket)
         if rec.kind == KIND_CONN_CLOSE:
             conn.closed = True
             self.preludes.pop(rec.conn_id, None)
@@ -533,9 +534,10 @@ class Checkpoint(CheckpointHooks):
         elif cmd == COMMAND.COM_QUIT:
             prelude.clear()
 
-    def _count_saved(self, conn, rec: Record, saved: tuple) -> None:
+    def _count_saved(self, conn, rec: Record, saved: tuple, ticket=None) -> None:
         """A result of the stopped run that its last snapshot had not counted: counted now, with the
-        connection's state as the done records before it made it (the same as when it arrived)."""
+        connection's state as the done records before it made it (the same as when it arrived), and
+        its causal `ticket` (whether production's order against a commit is known)."""
         if rec.kind != KIND_COMMAND:
             return
         fields = saved[1]
@@ -550,6 +552,9 @@ class Checkpoint(CheckpointHooks):
         report = self.engine.report
         on_add = report.on_add
         report.on_add = None
+        if ticket is not None and ticket.flags & ORDER_UNKNOWN:
+            conn = HeldConn(conn, rec)  # (not queued: the verdict reads the ticket from it)
+            conn.ticket = ticket
         try:
             self.engine._compare_now(conn, rec, _result_from(fields), now)
         finally:

@@ -1646,6 +1646,7 @@ class Replayer(EngineCore):
                 "unknown_scope_statements": planner.unknown_scope_statements,
                 # reads a commit of their tables overlapped in production: a difference is set apart
                 "reads_order_unknown": planner.reads_order_unknown,
+                "order_unknown_missed": planner.order_unknown_missed,  # commits longer than what was kept
             } if planner.causal else None,
             "pinned": {"time": st.pinned_time, "insert_id": st.pinned_insert_id} if self.opt.pin else None,
             "transactions": {

@@ -12,7 +12,7 @@ import time
 from fastproxy.capture.record import OUTCOME_ERR, OUTCOME_OK, Record
 from fastproxy.constants import COMMAND, command_name
 from fastproxy.replay._checkpoint import HeldConn
-from fastproxy.replay.causal import ORDER_UNKNOWN, head_ticket
+from fastproxy.replay.causal import ORDER_UNKNOWN, READ_EVENT, head_ticket
 from fastproxy.report._compare import same_as_captured
 from fastproxy.report._observe import ObserverCore, TimelineCore
 from fastproxy.report.verdict import DigestInfo, Side, Verdict, compare_sides
@@ -203,9 +203,12 @@ class CaptureObserver(ObserverCore):
         apart = bool(conn.not_rebuilt)  # as failures there (_add_failure_not_rebuilt): set apart, said once each
         before = self.verdict.mismatch_not_rebuilt
         ticket = conn.ticket if type(conn) is HeldConn else head_ticket(conn, rec)
-        order_unknown = ticket is not None and bool(ticket.flags & ORDER_UNKNOWN)
-        if self.verdict.add(info, capture_side(rec), new, lambda: execute_params(conn, rec)[1], apart=apart,
-                            order_unknown=order_unknown):
+        verdict = self.verdict
+        if verdict.on_late_mismatch is None:
+            verdict.on_late_mismatch = lambda sec: self.timeline.count(self.timeline.mismatches, sec)
+        verdict.settle()
+        if verdict.add(info, capture_side(rec), new, lambda: execute_params(conn, rec)[1], apart=apart,
+                       order_unknown=self._order_check(ticket, rec.end_ns), replay_sec=replay_sec):
             self.timeline.count(self.timeline.mismatches, replay_sec)
         elif self.verdict.mismatch_not_rebuilt != before:
             ref = capture_side(rec)
@@ -214,6 +217,21 @@ class CaptureObserver(ObserverCore):
             self.engine.report.add_other("mismatch on a session not rebuilt",
                                          f"connection {conn.conn_id} ({'; '.join(conn.not_rebuilt)[:300]}): "
                                          f"{info.sample_stmt[:300]}: {diffs[:300]}", time.time_ns())
+
+    def _order_check(self, ticket, end_ns: int):
+        """For Verdict.add: whether a read's order against the commits it overlapped is unknown (its
+        planner flag), or None while a commit still to be read may flag it."""
+        if ticket is None or not ticket.flags & READ_EVENT:
+            return bool(ticket is not None and ticket.flags & ORDER_UNKNOWN)
+        engine = self.engine
+
+        def check(force: bool):
+            if ticket.flags & ORDER_UNKNOWN:
+                return True
+            if force or engine._reading_done or engine.planner.settled(end_ns):
+                return False
+            return None
+        return check
 
     # the Python helpers ObserverCore calls
     _statement_text = staticmethod(statement_text)

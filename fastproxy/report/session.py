@@ -58,6 +58,7 @@ class VerdictSession:
         """Latency rows and plans; the last rows of the verdict tables. Never raises (the replay's
         summary must still be written)."""
         try:
+            self.verdict.settle(force=True)  # the input is all read: every order is known
             self.latency_rows = self.verdict.latency_rows()
             await self._explain()
         except Exception as e:  # noqa: BLE001

@@ -18,6 +18,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import math
+from collections import deque
 from dataclasses import dataclass, field
 
 from fastproxy._digest import normalize
@@ -193,6 +194,8 @@ class Verdict(VerdictCore):
         # which came first is unknown (fastproxy/replay/_causal.pyx, ORDER_UNKNOWN), so apart, per statement
         self.order_unknown: dict[tuple[str, str], list] = {}  # (cmd_type, digest) -> [sample_stmt, count]
         self.mismatch_order_unknown = 0
+        self._pending: deque = deque()  # differences whose order is not known yet (add, settle)
+        self.on_late_mismatch = None
         self._state_cache: dict[int, tuple] = {}  # slot -> (counts, saved histograms): state() every second
 
     # ---- statements ----------------------------------------------------------------------------
@@ -226,12 +229,15 @@ class Verdict(VerdictCore):
 
     # ---- per command ---------------------------------------------------------------------------
     def add(self, info: DigestInfo, ref: Side, new: Side, params=None, apart: bool = False,
-            order_unknown: bool = False) -> list[str]:
+            order_unknown=False, replay_sec: int = 0) -> list[str]:
         """One command on both sides; returns the mismatch kinds reported (empty if none).
         `params()` renders the parameters of the sample, called only when a sample is kept. `apart`: its
         session was not rebuilt in full, so a difference is counted in mismatch_not_rebuilt, not reported.
         `order_unknown`: a read a commit overlapped in production, so a difference is counted in
-        mismatch_order_unknown (and per statement), not reported."""
+        mismatch_order_unknown (and per statement), not reported; or a function `check(force)` that
+        says so (True/False), or None while it is not known yet (a commit still to be read may have
+        overlapped it): a difference is then judged later (`settle`), and `on_late_mismatch(replay_sec)`
+        is called for it if it is one."""
         if ref.outcome != OUTCOME_OK or new.outcome != OUTCOME_OK:
             return []
         self.compared += 1
@@ -247,6 +253,30 @@ class Verdict(VerdictCore):
         if apart:  # the session differed from production's before this command: no regression
             self.mismatch_not_rebuilt += 1
             return []
+        if callable(order_unknown):
+            known = order_unknown(False)
+            if known is None:
+                self._pending.append((order_unknown, info, diffs, params() if params else "", ref.wall_ns,
+                                      new.wall_ns, replay_sec))
+                return []
+            order_unknown = known
+        return self._judge(info, diffs, params, ref.wall_ns, new.wall_ns, order_unknown)
+
+    def settle(self, force: bool = False) -> None:
+        """Judge the differences held while their order was not known, as far as it is now (`force`:
+        all of them, as known now: at the end, and before the state is saved)."""
+        pending = self._pending
+        while pending:
+            check, info, diffs, params, ref_wall, new_wall, replay_sec = pending[0]
+            known = check(force)
+            if known is None:
+                return
+            pending.popleft()
+            if self._judge(info, diffs, lambda: params, ref_wall, new_wall, known) and self.on_late_mismatch:
+                self.on_late_mismatch(replay_sec)
+
+    def _judge(self, info: DigestInfo, diffs: list, params, ref_wall: int, new_wall: int,
+               order_unknown: bool) -> list[str]:
         if order_unknown:  # production may have run the overlapping commit first: no regression either
             self.mismatch_order_unknown += 1
             key = (info.cmd_type, info.digest)
@@ -269,7 +299,7 @@ class Verdict(VerdictCore):
                     continue
                 p = params() if params else ""
                 m = self.mismatches[key] = Mismatch(info.cmd_type, info.digest, kind, info.sample_stmt, p or "",
-                                                    _short(ref_value), _short(new_value), ref.wall_ns, new.wall_ns)
+                                                    _short(ref_value), _short(new_value), ref_wall, new_wall)
             m.count += 1
             m.unflushed += 1
         return [d[0] for d in diffs]
@@ -294,7 +324,9 @@ class Verdict(VerdictCore):
     # ---- checkpoint and resume (fastproxy/replay/checkpoint.py) ----------------------------------
     def state(self) -> dict:
         """Everything accumulated so far, JSON-ready: bounded by max_digests histograms and max_groups
-        groups. `restore` on a fresh Verdict with the same options gives the same results."""
+        groups. `restore` on a fresh Verdict with the same options gives the same results. Differences
+        still waiting for their order are judged first, as it is known now (their check cannot be saved)."""
+        self.settle(force=True)
         t = self.latency
         cache = self._state_cache
 
@@ -367,6 +399,7 @@ class Verdict(VerdictCore):
 
     # ---- results -------------------------------------------------------------------------------
     def take_mismatch_delta(self) -> list[Mismatch]:
+        self.settle()
         out = []
         for m in self.mismatches.values():
             if m.unflushed:
