@@ -294,9 +294,11 @@ def test_reads_of_a_transaction_are_flagged_by_commits_that_overlapped_its_snaps
     r.read("commit", 1, "COMMIT", 36, 37, affected=0)
     r.read("after", 1, "SELECT v FROM t2 WHERE id = 1", 38, 39, affected=0)  # a new moment of its own
     assert not _unknown(r, "after")
-    # once what is read is past twice the longest commit (and a reorder window), nothing can flag them
-    r.read("later", 3, "SELECT v FROM t9", 10 * MS, 10 * MS + 1, affected=0)
-    assert r.p.settled(35) and not r.p.settled(10 * MS)
+    # once what is read is past twice the longest commit (at least a second), nothing can flag them
+    r.read("later", 3, "SELECT v FROM t9", 1000 * MS, 1000 * MS + 1, affected=0)
+    assert not r.p.settled(35)
+    r.read("later2", 3, "SELECT v FROM t9", 1001 * MS, 1001 * MS + 1, affected=0)
+    assert r.p.settled(35) and not r.p.settled(1000 * MS)
 
 
 def test_a_consistent_snapshot_at_begin_and_a_transaction_open_before_the_capture_flag_their_reads():
@@ -316,8 +318,8 @@ def test_a_consistent_snapshot_at_begin_and_a_transaction_open_before_the_captur
 def test_a_commit_longer_than_what_was_kept_for_it_is_counted():
     r = Replay()
     r.read("sel", 1, "SELECT v FROM t WHERE id = 1", 0, 10, affected=0)
-    r.read("far", 2, "SELECT v FROM u", 100 * MS, 100 * MS + 1, affected=0)  # the read above is dropped
-    r.read("upd", 3, "UPDATE t SET v = 2 WHERE id = 1", 5, 100 * MS + 2)
+    r.read("far", 2, "SELECT v FROM u", 1001 * MS, 1001 * MS + 1, affected=0)  # the read above is dropped
+    r.read("upd", 3, "UPDATE t SET v = 2 WHERE id = 1", 5, 1001 * MS + 2)
     assert not _unknown(r, "sel") and r.p.order_unknown_missed == 1
 
 

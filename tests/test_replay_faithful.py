@@ -40,6 +40,9 @@ def test_shop_workload_replays_without_false_failures(mariadb, mariadb_test, pro
         # times one second off (a second boundary between proxy and server) stay rare: a few per thousand
         assert sum(o.time_skewed.values()) <= 10, o.describe()
         assert o.summary["causal"]["commands_waited"] > 0, o.describe()
+        # reads answer as in production (a few may read a time one second off, above): per-connection
+        # order on this workload gives hundreds of result mismatches
+        assert o.summary["verdict"]["mismatched_commands"] <= 10, (o.summary["verdict"], o.describe())
     if scale == 1:
         # the same capture in per-connection order, without pins or whole transactions: not faithful
         mariadb_test.sql(f"DROP DATABASE IF EXISTS {shop.database};\n" + outcomes[0].starting_data)

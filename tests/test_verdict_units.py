@@ -189,9 +189,17 @@ def test_a_read_whose_order_is_not_known_yet_is_judged_when_it_is():
     answers["a"] = False
     v.settle()
     assert v.mismatch_count == 1 and late == [4] and v.mismatch_order_unknown == 0
-    state = v.state()  # forces the rest: judged as known now (not overlapped)
-    assert v.mismatch_count == 2 and late == [4, 5] and state["mismatch_count"] == 2
-    assert v.add(info, ref, new, order_unknown=lambda force: True) == [] and v.mismatch_order_unknown == 1
+    state = v.state()  # saved judged as known now (not overlapped), and still waiting here
+    assert state["mismatch_count"] == 2 and v.mismatch_count == 1 and late == [4]
+    restored = Verdict(VerdictOptions())
+    restored.restore(state)
+    assert restored.mismatch_count == 2 and restored.mismatch_kinds == {"content": 2}
+    answers["b"] = True  # a commit read later overlapped it
+    v.settle()
+    assert v.mismatch_count == 1 and v.mismatch_order_unknown == 1 and late == [4]
+    assert v.add(info, ref, new, order_unknown=lambda force: True) == [] and v.mismatch_order_unknown == 2
+    v.settle(force=True)  # (the end: nothing left)
+    assert v.state()["mismatch_count"] == 1
 
 
 def test_latency_side_state_round_trip_and_checks():

@@ -75,3 +75,4 @@ cdef class Planner:
     cdef int _overlaps_commit(self, int64_t start, int64_t end, roots) except -1
     cdef int _forget(self, int64_t now) except -1
     cpdef bint settled(self, int64_t end_ns)
+    cdef int64_t _keep(self, int64_t longest) noexcept

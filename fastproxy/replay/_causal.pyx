@@ -103,10 +103,11 @@ _UNKNOWN_INFO.time = True
 cdef Py_ssize_t _CACHE_MAX = 10_000
 # Reads (their _Views) are kept while a commit read later may have started before they ended: twice
 # the longest commit seen; commits, while a read read later may have started before they ended: twice
-# the longest read seen. Plus a reorder window; at most 10 s and this many of each. What is dropped
-# earlier than a later command needed is said: a read is flagged anyway, a commit is counted
-# (order_unknown_missed)
+# the longest read seen. At least a second (the first long one comes before any measure of it), at
+# most 10 s and this many of each. What is dropped earlier than a later command needed is said: a
+# read is flagged anyway, a commit is counted (order_unknown_missed)
 cdef int64_t _UNSORTED_NS = 2_000_000  # records are in completion order within a reorder window
+cdef int64_t _KEEP_MIN_NS = 1_000_000_000
 cdef int64_t _KEEP_MAX_NS = 10_000_000_000
 cdef Py_ssize_t _KEEP_MAX = 100_000
 
@@ -671,7 +672,7 @@ cdef class Planner:
         if (scope is None or len(scope) > 0) and _touches(view.hit, scope):  # (not a BEGIN's)
             t.flags |= ORDER_UNKNOWN
             self.reads_order_unknown += 1
-        if view.reads is not None:
+        if view.reads is not None and (scope is None or len(scope) > 0):  # (a BEGIN's has no result)
             view.reads.append((t, scope))
         return 0
 
@@ -696,8 +697,8 @@ cdef class Planner:
         cdef _View view
         if now > self._now:
             self._now = now
-        cdef int64_t views_from = self._now - min(_KEEP_MAX_NS, 2 * self._longest_commit + _UNSORTED_NS)
-        cdef int64_t commits_from = self._now - min(_KEEP_MAX_NS, 2 * self._longest_read + _UNSORTED_NS)
+        cdef int64_t views_from = self._now - self._keep(self._longest_commit)
+        cdef int64_t commits_from = self._now - self._keep(self._longest_read)
         views, commits = self._views, self._commits
         while views and ((<_View>views[0]).end < views_from or len(views) > _KEEP_MAX):
             view = views.popleft()
@@ -713,5 +714,7 @@ cdef class Planner:
     cpdef bint settled(self, int64_t end_ns):
         """Whether the flag of a read that ended at `end_ns` is final: no commit read later can have
         started before it ended (its view is no longer kept)."""
-        return end_ns <= self._views_gone or end_ns < self._now - min(
-            _KEEP_MAX_NS, 2 * self._longest_commit + _UNSORTED_NS)
+        return end_ns <= self._views_gone or end_ns < self._now - self._keep(self._longest_commit)
+
+    cdef inline int64_t _keep(self, int64_t longest) noexcept:
+        return min(_KEEP_MAX_NS, max(_KEEP_MIN_NS, 2 * longest + _UNSORTED_NS))

@@ -56,7 +56,7 @@ from fastproxy.constants import COMMAND
 from fastproxy.errors import JobError
 from fastproxy.private_files import create_private_file, open_private_dir, write_all
 from fastproxy.replay._checkpoint import CheckpointHooks, HeldConn, Track
-from fastproxy.replay.causal import ORDER_UNKNOWN
+from fastproxy.replay.causal import ORDER_UNKNOWN, READ_EVENT
 from fastproxy.replay.journal import MESSAGE_MAX, RESULT, SENT, Journal, read_journal
 from fastproxy.replay.report import Failure, OtherError
 from fastproxy.replay.set_scope import session_assignments
@@ -552,8 +552,8 @@ class Checkpoint(CheckpointHooks):
         report = self.engine.report
         on_add = report.on_add
         report.on_add = None
-        if ticket is not None and ticket.flags & ORDER_UNKNOWN:
-            conn = HeldConn(conn, rec)  # (not queued: the verdict reads the ticket from it)
+        if ticket is not None and ticket.flags & (READ_EVENT | ORDER_UNKNOWN):
+            conn = HeldConn(conn, rec)  # (not queued: the verdict reads the ticket from it, now or later)
             conn.ticket = ticket
         try:
             self.engine._compare_now(conn, rec, _result_from(fields), now)

@@ -329,7 +329,8 @@ def render_report(summary: dict, data: dict, failures: list[dict], other_errors:
                      f"of their tables overlapped them (or their transaction's snapshot) in production: which came "
                      f"first is unknown, so they are counted apart, not as mismatches ({top}).")
     if data.get("groups_dropped"):
-        notes.append(f"{data['groups_dropped']:,} mismatch groups past the cap were counted only.")
+        notes.append(f"{data['groups_dropped']:,} groups (mismatch, nondeterministic or order unknown) past the cap "
+                     f"were counted only.")
     note_html = "".join(f'<p class="meta">{_e(n)}</p>' for n in notes)
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">

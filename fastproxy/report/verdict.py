@@ -16,6 +16,7 @@ histograms; the report writer thread and the HTML page read the results afterwar
 from __future__ import annotations
 
 import base64
+import dataclasses
 import hashlib
 import math
 from collections import deque
@@ -325,8 +326,24 @@ class Verdict(VerdictCore):
     def state(self) -> dict:
         """Everything accumulated so far, JSON-ready: bounded by max_digests histograms and max_groups
         groups. `restore` on a fresh Verdict with the same options gives the same results. Differences
-        still waiting for their order are judged first, as it is known now (their check cannot be saved)."""
-        self.settle(force=True)
+        still waiting for their order are saved judged as it is known now (their check cannot be saved),
+        and stay waiting here."""
+        if not self._pending:
+            return self._state()
+        kept = (self.mismatches, self.mismatch_kinds, self.mismatch_count, self.order_unknown,
+                self.mismatch_order_unknown, self.groups_dropped, self._pending, self.on_late_mismatch)
+        self.mismatches = {k: dataclasses.replace(m) for k, m in self.mismatches.items()}
+        self.mismatch_kinds = dict(self.mismatch_kinds)
+        self.order_unknown = {k: list(v) for k, v in self.order_unknown.items()}
+        self._pending, self.on_late_mismatch = deque(self._pending), None
+        try:
+            self.settle(force=True)
+            return self._state()
+        finally:
+            (self.mismatches, self.mismatch_kinds, self.mismatch_count, self.order_unknown,
+             self.mismatch_order_unknown, self.groups_dropped, self._pending, self.on_late_mismatch) = kept
+
+    def _state(self) -> dict:
         t = self.latency
         cache = self._state_cache
 
