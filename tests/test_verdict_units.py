@@ -189,8 +189,9 @@ def test_a_read_whose_order_is_not_known_yet_is_judged_when_it_is():
     answers["a"] = False
     v.settle()
     assert v.mismatch_count == 1 and late == [4] and v.mismatch_order_unknown == 0
-    state = v.state()  # saved judged as known now (not overlapped), and still waiting here
-    assert state["mismatch_count"] == 2 and v.mismatch_count == 1 and late == [4]
+    saved_late = []
+    state = v.state(saved_late)  # saved judged as known now (not overlapped), and still waiting here
+    assert state["mismatch_count"] == 2 and v.mismatch_count == 1 and late == [4] and saved_late == [5]
     restored = Verdict(VerdictOptions())
     restored.restore(state)
     assert restored.mismatch_count == 2 and restored.mismatch_kinds == {"content": 2}

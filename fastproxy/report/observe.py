@@ -157,7 +157,15 @@ class CaptureObserver(ObserverCore):
 
     def state(self) -> dict:
         """The verdict and the timeline so far (a checkpoint's)."""
-        return {"verdict": self.verdict.state(), "timeline": self.timeline.state(),
+        late: list[int] = []  # mismatches the saved verdict judged ahead of the live one
+        verdict = self.verdict.state(late)
+        timeline = self.timeline.state()
+        if late:
+            counts = dict(timeline["mismatches"])
+            for sec in late:
+                counts[sec] = counts.get(sec, 0) + 1
+            timeline["mismatches"] = [[k, v] for k, v in counts.items()]
+        return {"verdict": verdict, "timeline": timeline,
                 "capture_origin_ns": self.capture_origin_ns or self.engine.capture_start_ns}
 
     def restore(self, state: dict) -> None:
