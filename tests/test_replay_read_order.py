@@ -8,7 +8,8 @@ Each capture is real (a proxy in front of a scratch MariaDB, clients taking turn
 connection up on replay with `SELECT SLEEP(0.4)`: a statement that took as long in production but
 left the other connection's step after it there; at speed 0 the other connection goes at once unless
 the order holds it back. So each case fails when the order is missing: checked with `--order
-connection`, which keeps each connection's order only.
+connection`, which keeps each connection's order only. And a read a commit overlapped in production
+(which came first is unknown) that differs is counted apart in every report.
 """
 from __future__ import annotations
 
@@ -92,3 +93,35 @@ def test_reads_see_on_replay_the_commits_they_saw_in_production(mariadb, mariadb
     assert verdicts["causal"]["mismatched_commands"] == 0, verdicts["causal"]
     # the case depends on the order: per-connection order alone replays the read wrong
     assert verdicts["connection"]["mismatch_kinds"] == {"content": 1}, verdicts["connection"]
+
+
+def test_a_differing_read_a_commit_overlapped_is_set_apart_in_every_report(mariadb_test, tmp_path):
+    """A hand-written capture whose two reads of an unchanging row both differ on replay (their captured
+    fingerprints are made up): the one an UPDATE of its table ended during in production is counted
+    apart, the other is a mismatch; the summary, the text and the HTML report say so."""
+    from fastproxy.capture.record import OUTCOME_OK
+    from fastproxy.constants import SERVER_STATUS
+
+    from replay_util import write_capture
+
+    ms, t0 = 1_000_000, 1_700_000_000_000_000_000
+    auto = SERVER_STATUS.AUTOCOMMIT
+    mariadb_test.sql(SETUP)
+    read = b"\x03SELECT v FROM t1 WHERE id = 1"
+    made_up = {"columns": 1, "hash_ordered": 7, "hash_unordered": 7, "status_flags": auto}
+    path = str(tmp_path / "capture")
+    write_capture(path, DB, (1, 2, 3), [  # in the order they ended, as a capture is
+        ((2, t0 + 5 * ms, t0 + 8 * ms, OUTCOME_OK, 0, 1, 0, b"\x03UPDATE t1 SET v = 5 WHERE id = 1"),
+         {"status_flags": auto}),
+        ((1, t0, t0 + 10 * ms, OUTCOME_OK, 0, 0, 1, read), made_up),  # the update ended while it ran
+        ((3, t0 + 20 * ms, t0 + 21 * ms, OUTCOME_OK, 0, 0, 1, read), made_up),  # after it: ordered
+    ], t0)
+    res, summary = replay_cli(mariadb_test.addr, path, "--speed", "0", "--no-report-tables",
+                              "--report-dir", str(tmp_path / "report"))
+    v = summary["verdict"]
+    assert (v["mismatched_commands"], v["mismatched_commands_order_unknown"]) == (1, 1), v
+    assert summary["causal"]["reads_order_unknown"] == 1, summary["causal"]
+    text = open(summary["_path"][:-len(".json")] + ".txt").read()
+    assert "order unknown:       1 read in 1 statement differed" in text, text
+    html = open(summary["_path"][:-len(".json")] + ".html").read()
+    assert "1 read returned different results where a commit of their tables overlapped them" in html

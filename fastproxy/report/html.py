@@ -325,7 +325,8 @@ def render_report(summary: dict, data: dict, failures: list[dict], other_errors:
                      f"full returned different results: counted apart (see other errors), not as mismatches.")
     if data.get("mismatched_commands_order_unknown"):
         top = "; ".join(f"{o['count']:,} × {o['sample_stmt'][:80]}" for o in data.get("order_unknown", [])[:3])
-        notes.append(f"{data['mismatched_commands_order_unknown']:,} reads returned different results where a commit "
+        n = data["mismatched_commands_order_unknown"]
+        notes.append(f"{n:,} read{'s' * (n != 1)} returned different results where a commit "
                      f"of their tables overlapped them (or their transaction's snapshot) in production: which came "
                      f"first is unknown, so they are counted apart, not as mismatches ({top}).")
     if data.get("groups_dropped"):
