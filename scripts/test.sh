@@ -25,7 +25,7 @@ second_pass_skips=(
   tests/test_replay_transactions.py tests/test_report_html.py tests/test_verdict.py tests/test_verdict_api.py
   tests/test_replay_resume.py tests/test_replay_resume_verdict.py tests/test_replay_dryrun.py
   tests/test_replay_internal_error.py tests/test_replay_without_process.py tests/test_replay_causal_slow.py
-  tests/test_replay_tls.py
+  tests/test_replay_tls.py tests/test_replay_pipeline.py tests/test_replay_read_order.py
 )
 # the shop workload with 98 connections: its 49-connection run and the mixed one capture through four
 # workers here already (the larger scale tests the replayer, which the first pass did)

@@ -40,7 +40,7 @@ transaction (fastproxy/replay/transactions.py).
 """
 from collections import deque
 
-from libc.stdint cimport int64_t
+from libc.stdint cimport INT64_MIN, int64_t
 
 from fastproxy._packet cimport stmt_id_of
 from fastproxy.capture.record_fields cimport (R_AFFECTED, R_END, R_ERR_CODE, R_LAST_INSERT_ID, R_OUTCOME, R_PAYLOAD,
@@ -249,7 +249,7 @@ cdef class Planner:
         self._commits = deque()  # recent commit events: (end, start, scope roots or None), in end order
         self._longest_read = self._longest_commit = 0
         self._now = 0  # the latest end read
-        self._views_gone = self._commits_gone = -(1 << 63)  # the latest end of a view (commit) dropped
+        self._views_gone = self._commits_gone = INT64_MIN  # the latest end of a view (commit) dropped
         self.order_unknown_missed = 0  # commits that may have overlapped reads no longer kept
         self.unknown_scope_statements = 0  # statements ordered against everything (tables not known)
         self.reads_order_unknown = 0  # reads flagged ORDER_UNKNOWN
