@@ -14,7 +14,6 @@ cdef class _Session:
     cdef public dict stmts
     cdef public bint app_time
     cdef public bint app_ids
-    cdef public bint snapshot
     cdef public object view
 
 
@@ -72,6 +71,7 @@ cdef class Planner:
     cdef tuple _read_events(self, scope, bint snapshot)
     cdef int _overlaps_read(self, _Session sess, Ticket t, scope, bint in_snapshot, int64_t start,
                             int64_t end) except -1
+    cdef tuple _commit(self, roots, tuple r)
     cdef int _overlaps_commit(self, int64_t start, int64_t end, roots) except -1
     cdef int _forget(self, int64_t now) except -1
     cpdef bint settled(self, int64_t end_ns)

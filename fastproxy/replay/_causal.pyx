@@ -19,11 +19,12 @@ format version 2). From that, commands become *events* of per-scope sequences
   it is also an event of the *snapshot* sequence, as is START TRANSACTION WITH CONSISTENT SNAPSHOT.
 
 A statement waits for the commit events that ended before it started, on the scopes of the tables
-it touches (a snapshot: on every table); a lock-taking statement (and the end of a transaction that held locks) also waits for
-the lock events that ended before it started; a commit event also waits for the read events that
-ended before it started on its scopes, and for every snapshot taken before it started (the reads
-must not see it: without this, a commit replayed early shows up in a read that production ran
-before it, or in a transaction whose snapshot production took before it, as a false mismatch). So a
+it touches (a snapshot: on every table); a lock-taking statement (and the end of a transaction that
+held locks) also waits for the lock events that ended before it started; a commit event also waits
+for the read events that ended before it started on its scopes, and for every snapshot taken
+before it started (the reads must not see it: without this, a commit replayed early shows up in a
+read that production ran before it, or in a transaction whose snapshot production took before it,
+as a false mismatch). So a
 row picked from a queue with SKIP LOCKED, a table created then read, an id inserted then updated
 elsewhere, a report read inside a transaction while others commit: each follows production. Nothing
 else is ordered: plain reads never wait for each other, and nothing waits for commands that were
@@ -170,22 +171,30 @@ cdef class _View:
     """What reads answered from: an autocommit read's own moment, or a transaction's snapshot (its
     first read), as the capture timed it; and the commits that overlapped it in production."""
     cdef int64_t start, end
-    cdef set hit     # scope roots of the commits that overlapped it (_ANY: tables unknown)
+    cdef set hit     # scope roots of the commits that overlapped it (_ANY: tables unknown); None: none
     cdef list reads  # (Ticket, scope) of the reads answered from it; None once no later commit can reach it
 
     def __cinit__(self, int64_t start, int64_t end):
         self.start = start
         self.end = end
-        self.hit = set()
+        self.hit = None  # (most reads overlap no commit: no set for them)
         self.reads = []
+
+    cdef set add(self, roots):
+        """A commit of `roots` (None: unknown tables) overlapped it; returns those roots as a set."""
+        cdef set hit = {_ANY} if roots is None else set(roots)
+        if self.hit is None:
+            self.hit = set(hit)
+        else:
+            self.hit |= hit
+        return hit
 
     cdef int overlapped_by(self, roots) except -1:
         """A commit of `roots` (None: unknown tables) overlapped it: the reads it may have changed are
         flagged ORDER_UNKNOWN. Returns how many were not yet."""
-        cdef set hit = {_ANY} if roots is None else set(roots)
+        cdef set hit = self.add(roots)
         cdef Ticket t
         cdef int flagged = 0
-        self.hit |= hit
         for t, scope in self.reads or ():
             if not t.flags & ORDER_UNKNOWN and _touches(hit, scope):
                 t.flags |= ORDER_UNKNOWN
@@ -208,8 +217,7 @@ cdef class _Session:
         self.wrote = set()      # scope roots written by the open transaction
         self.locked = set()     # scope roots it took locks on
         self.lockers = []       # its lock events (Tickets): released when it ends
-        self.snapshot = False   # the open transaction has taken its snapshot (a read event of _snapshot)
-        self.view = None        # that snapshot, as a _View
+        self.view = None        # the open transaction's snapshot, once taken (a read event of _snapshot)
         self.stmts = {}         # captured statement id -> what it does (StatementInfo)
         self.app_time = False   # the application set @@timestamp itself: its time is kept
         self.app_ids = False    # the application set insert_id itself
@@ -277,9 +285,8 @@ cdef class Planner:
             sess.wrote.add(_ANY)
             sess.locked.add(_ANY)
             # its snapshot may be older than the capture: what its reads see is not known
-            sess.snapshot = True
             sess.view = _View(0, 0)
-            (<_View>sess.view).hit.add(_ANY)
+            (<_View>sess.view).hit = {_ANY}
             (<_View>sess.view).reads = None
 
     cpdef note_close(self, conn_id, rec):
@@ -405,7 +412,7 @@ cdef class Planner:
         # sees no commit. The first one of a transaction takes its snapshot, of every table
         cdef bint reads = outcome != OUTCOME_ERR and (
             (kind == READ and (scope is None or len(scope) > 0)) or (kind == BEGIN and info.snapshot))
-        snapshot = reads and after and (kind == BEGIN or not sess.snapshot)
+        snapshot = reads and after and (kind == BEGIN or sess.view is None)
         if snapshot:
             waits = self._waits(None, 0)  # it sees every table as it was then
         elif kind == READ:
@@ -434,16 +441,14 @@ cdef class Planner:
                 sess.wrote.update((_ANY,) if scope is None else scope)
         elif takes_locks:
             events = self._events(scope, wrote, True)
-            if wrote:  # a commit event: after the reads that production ran before it
-                waits += self._waits(scope, 2)
-                self._overlaps_commit(r[R_START], r[R_END] or r[R_START], scope)
+            if wrote:
+                waits += self._commit(scope, r)
         if ended:
             rolled_back = kind == ROLLBACK or (outcome == OUTCOME_ERR and err_code == ER_LOCK_DEADLOCK)
             tw, te = self._end_transaction(sess, rolled_back, r)
             waits += tw
             events += te
         if reads:
-            sess.snapshot = sess.snapshot or snapshot
             if not events:
                 flags |= READ_EVENT
             events += self._read_events(scope if kind == READ else (), snapshot)
@@ -502,7 +507,6 @@ cdef class Planner:
         sess.open = False
         sess.wrote.clear()
         sess.locked.clear()
-        sess.snapshot = False
         sess.view = None
         sess.app_time = sess.app_ids = False
         if cmd != COM_QUIT:
@@ -518,14 +522,12 @@ cdef class Planner:
         cdef tuple events = self._events(locked, False, True) if sess.locked else ()
         if sess.wrote and not rolled_back:
             events += self._events(wrote, True, False)
-            waits += self._waits(wrote, 2)  # a commit: after the reads and snapshots production ran before it
-            self._overlaps_commit(r[R_START], r[R_END] or r[R_START], wrote)
+            waits += self._commit(wrote, r)
         for t in sess.lockers:
             self.order.release(t)
         sess.lockers.clear()
         sess.wrote.clear()
         sess.locked.clear()
-        sess.snapshot = False
         sess.view = None
         return waits, events
 
@@ -660,21 +662,29 @@ cdef class Planner:
                 self._longest_read = end - start
             self._forget(end)
             if start <= self._commits_gone:
-                view.hit.add(_ANY)  # what ended while it ran is no longer all known
+                view.add(None)  # what ended while it ran is no longer all known
             for c_end, c_start, roots in reversed(self._commits):
                 if c_end < start - _UNSORTED_NS:
                     break
                 if c_end >= start and c_start <= end:
-                    view.hit |= {_ANY} if roots is None else set(roots)
+                    view.add(roots)
             self._views.append(view)
             if in_snapshot or sess.open:
                 sess.view = view
-        if (scope is None or len(scope) > 0) and _touches(view.hit, scope):  # (not a BEGIN's)
+        if scope is not None and len(scope) == 0:
+            return 0  # a BEGIN's: no result to flag
+        if _touches(view.hit, scope):
             t.flags |= ORDER_UNKNOWN
             self.reads_order_unknown += 1
-        if view.reads is not None and (scope is None or len(scope) > 0):  # (a BEGIN's has no result)
+        if view.reads is not None:
             view.reads.append((t, scope))
         return 0
+
+    cdef tuple _commit(self, roots, tuple r):
+        """A commit event `r` of `roots` (None: unknown tables): the reads it overlapped are flagged,
+        and it waits for the reads and snapshots production ran before it (its read waits)."""
+        self._overlaps_commit(r[R_START], r[R_END] or r[R_START], roots)
+        return self._waits(roots, 2)
 
     cdef int _overlaps_commit(self, int64_t start, int64_t end, roots) except -1:
         """A commit event noted: the reads (snapshots) it overlapped in production are flagged."""

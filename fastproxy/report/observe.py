@@ -148,6 +148,8 @@ class CaptureObserver(ObserverCore):
         self.engine = engine
         self.verdict = verdict
         self.timeline = timeline or Timeline()
+        # a difference judged after its command (its order was not known yet) counts in its own second
+        verdict.on_late_mismatch = lambda sec: self.timeline.count(self.timeline.mismatches, sec)
         # a resumed replay (fastproxy/replay/checkpoint.py): its seconds follow the stopped run's, the
         # capture's seconds count from the capture's start as before, and a result of the stopped run
         # counted again has its own second
@@ -212,8 +214,6 @@ class CaptureObserver(ObserverCore):
         before = self.verdict.mismatch_not_rebuilt
         ticket = conn.ticket if type(conn) is HeldConn else head_ticket(conn, rec)
         verdict = self.verdict
-        if verdict.on_late_mismatch is None:
-            verdict.on_late_mismatch = lambda sec: self.timeline.count(self.timeline.mismatches, sec)
         verdict.settle()
         if verdict.add(info, capture_side(rec), new, lambda: execute_params(conn, rec)[1], apart=apart,
                        order_unknown=self._order_check(ticket, rec.end_ns), replay_sec=replay_sec):
