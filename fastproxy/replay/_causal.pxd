@@ -38,9 +38,12 @@ cdef class Planner:
     cdef dict _scope_cache
     cdef dict _events_cache
     cdef dict _read_events_cache
+    cdef dict _plans
     cdef dict _sessions
-    cdef object _views
-    cdef object _commits
+    cdef list _views
+    cdef list _commits
+    cdef Py_ssize_t _views_head
+    cdef Py_ssize_t _commits_head
     cdef int64_t _longest_read
     cdef int64_t _longest_commit
     cdef int64_t _now
@@ -62,6 +65,7 @@ cdef class Planner:
     cdef _ticket(self, int flags, tuple waits, tuple lock_waits, int64_t start_ns, tuple events, int64_t end_ns,
                  bint released)
     cdef _scope(self, StatementInfo info)
+    cdef tuple _plan(self, StatementInfo info)
     cdef tuple _scoped(self, tables)
     cdef _learn(self, StatementInfo info)
     cdef _merge(self, a, b)

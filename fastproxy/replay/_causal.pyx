@@ -39,8 +39,6 @@ The planner also marks what the engine needs when it sends a command (ticket fla
 and the auto-increment id (fastproxy/replay/pinning.py), and the command's place in its production
 transaction (fastproxy/replay/transactions.py).
 """
-from collections import deque
-
 from libc.stdint cimport INT64_MIN, int64_t
 
 from fastproxy._packet cimport stmt_id_of
@@ -171,14 +169,11 @@ cdef class _View:
     """What reads answered from: an autocommit read's own moment, or a transaction's snapshot (its
     first read), as the capture timed it; and the commits that overlapped it in production."""
     cdef int64_t start, end
-    cdef set hit     # scope roots of the commits that overlapped it (_ANY: tables unknown); None: none
-    cdef list reads  # (Ticket, scope) of the reads answered from it; None once no later commit can reach it
-
-    def __cinit__(self, int64_t start, int64_t end):
-        self.start = start
-        self.end = end
-        self.hit = None  # (most reads overlap no commit: no set for them)
-        self.reads = []
+    cdef set hit           # scope roots of the commits that overlapped it (_ANY: tables unknown); None: none
+    cdef bint kept         # its reads are kept: a commit read later may still overlap it
+    cdef Ticket first      # the first read answered from it, and its scope (most views have only this
+    cdef object first_scope  # one, an autocommit read's: held here, no list nor tuple for it)
+    cdef list more         # (Ticket, scope) of the later reads (a transaction's), or None
 
     cdef set add(self, roots):
         """A commit of `roots` (None: unknown tables) overlapped it; returns those roots as a set."""
@@ -189,17 +184,59 @@ cdef class _View:
             self.hit |= hit
         return hit
 
+    cdef int keep_read(self, Ticket t, scope) except -1:
+        """A read answered from it: flagged if a commit read later overlaps it (while it is kept)."""
+        if not self.kept:
+            return 0
+        if self.first is None:
+            self.first = t
+            self.first_scope = scope
+        elif self.more is None:
+            self.more = [(t, scope)]
+        else:
+            self.more.append((t, scope))
+        return 0
+
+    cdef int drop_reads(self) except -1:
+        """No commit read from now on can overlap it: its reads need not be kept."""
+        self.kept = False
+        self.first = None
+        self.first_scope = None
+        self.more = None
+        return 0
+
     cdef int overlapped_by(self, roots) except -1:
         """A commit of `roots` (None: unknown tables) overlapped it: the reads it may have changed are
         flagged ORDER_UNKNOWN. Returns how many were not yet."""
         cdef set hit = self.add(roots)
         cdef Ticket t
         cdef int flagged = 0
-        for t, scope in self.reads or ():
+        if self.first is not None and not self.first.flags & ORDER_UNKNOWN and _touches(hit, self.first_scope):
+            self.first.flags |= ORDER_UNKNOWN
+            flagged += 1
+        for t, scope in self.more or ():
             if not t.flags & ORDER_UNKNOWN and _touches(hit, scope):
                 t.flags |= ORDER_UNKNOWN
                 flagged += 1
         return flagged
+
+
+cdef inline _View _new_view(int64_t start, int64_t end):
+    """A _View (made without a Python call: one per autocommit read)."""
+    cdef _View view = _View.__new__(_View)
+    view.start = start
+    view.end = end
+    view.kept = True
+    return view
+
+
+cdef inline Py_ssize_t _cut_head(list fifo, Py_ssize_t head) except -1:
+    """The new head of a FIFO list whose entries before `head` are dropped: cut them off once they
+    are most of it (amortized: each entry is moved at most once more)."""
+    if head and (head == len(fifo) or (head > 1024 and head * 2 > len(fifo))):
+        del fifo[:head]
+        return 0
+    return head
 
 
 cdef inline tuple _fields(rec):
@@ -252,9 +289,13 @@ cdef class Planner:
         self._scope_cache = {}  # tables -> (scopes generation, scope, whether writes need the time)
         self._events_cache = {}
         self._read_events_cache = {}
+        self._plans = {}  # StatementInfo -> _plan (by identity)
         self._sessions = {}
-        self._views = deque()    # recent _Views, in the order their reads ended
-        self._commits = deque()  # recent commit events: (end, start, scope roots or None), in end order
+        # FIFOs as lists read from a head index (dropped entries: None; the dead head is cut off now
+        # and then): typed list access in C, no method call a read
+        self._views = []    # recent _Views, in the order their reads ended
+        self._commits = []  # recent commit events: (end, start, scope roots or None), in end order
+        self._views_head = self._commits_head = 0
         self._longest_read = self._longest_commit = 0
         self._now = 0  # the latest end read
         self._views_gone = self._commits_gone = INT64_MIN  # the latest end of a view (commit) dropped
@@ -274,6 +315,7 @@ cdef class Planner:
     def on_state(self, conn_id, dict state):
         """CONN_STATE: statements prepared before the capture, and whether a transaction is open."""
         cdef _Session sess = self.session(conn_id)
+        cdef _View view
         sess.logged_in = True  # open before the capture: its user and database existed then
         for sid, sql in state.get("prepared", []):
             sess.stmts[int(sid)] = self.classify(sql)
@@ -285,9 +327,10 @@ cdef class Planner:
             sess.wrote.add(_ANY)
             sess.locked.add(_ANY)
             # its snapshot may be older than the capture: what its reads see is not known
-            sess.view = _View(0, 0)
-            (<_View>sess.view).hit = {_ANY}
-            (<_View>sess.view).reads = None
+            view = _new_view(0, 0)
+            view.hit = {_ANY}
+            view.kept = False
+            sess.view = view
 
     cpdef note_close(self, conn_id, rec):
         """CONN_CLOSE: an open transaction is rolled back, its locks released."""
@@ -402,7 +445,8 @@ cdef class Planner:
 
         if kind == DDL:
             self._learn(info)
-        scope = self._scope(info)
+        cdef tuple plan = self._plan(info)
+        scope = plan[1]
         cdef tuple waits = ()
         cdef tuple lock_waits = ()
         cdef tuple events = ()
@@ -415,10 +459,9 @@ cdef class Planner:
         snapshot = reads and after and (kind == BEGIN or sess.view is None)
         if snapshot:
             waits = self._waits(None, 0)  # it sees every table as it was then
-        elif kind == READ:
-            waits = self._waits(scope, 0)
-        elif takes_locks:
-            waits = self._waits(scope, 0)
+        elif kind == READ or takes_locks:
+            waits = <tuple>plan[2]
+        if takes_locks:
             if outcome == OUTCOME_ERR:
                 # a deadlock victim ran while its partner waited: only what ended before it started
                 waits += self._waits(scope, 1)
@@ -451,7 +494,8 @@ cdef class Planner:
         if reads:
             if not events:
                 flags |= READ_EVENT
-            events += self._read_events(scope if kind == READ else (), snapshot)
+            events += <tuple>plan[3] if kind == READ and not snapshot else self._read_events(
+                scope if kind == READ else (), snapshot)
         sess.open = after
         if scope is None and kind != SESSION and kind != BEGIN:
             self.unknown_scope_statements += 1
@@ -548,6 +592,20 @@ cdef class Planner:
     cdef _scope(self, StatementInfo info):
         return self._scoped(info.tables)[1]
 
+    cdef tuple _plan(self, StatementInfo info):
+        """(scopes generation, scope, commit waits, read events) of a statement, cached by the
+        statement itself: a prepared statement executed again and again hashes no table tuple."""
+        gen = self.scopes.generation
+        plan = self._plans.get(info)
+        if plan is not None and (<tuple>plan)[0] == gen:
+            return <tuple>plan
+        scope = self._scope(info)
+        plan = (gen, scope, self._waits(scope, 0), self._read_events(scope, False))
+        if len(self._plans) > _CACHE_MAX:
+            self._plans.clear()
+        self._plans[info] = plan
+        return <tuple>plan
+
     cdef tuple _scoped(self, tables):
         """(generation, scope roots or None, whether writes need the time) of a table set, cached."""
         cached = self._scope_cache.get(tables, _NO_SCOPE)
@@ -585,6 +643,7 @@ cdef class Planner:
             (<dict>cache).clear()
         self._events_cache.clear()
         self._read_events_cache.clear()
+        self._plans.clear()
 
     cdef tuple _seq(self, root):
         s = self._seqs.get(root)
@@ -656,18 +715,23 @@ cdef class Planner:
         moment (a snapshot that it, or a BEGIN, takes: the transaction's from now on)."""
         cdef _View view = sess.view if in_snapshot else None
         cdef int64_t c_end, c_start
+        cdef Py_ssize_t i
+        cdef tuple c
         if view is None:
-            view = _View(start, end)
+            view = _new_view(start, end)
             if end - start > self._longest_read:
                 self._longest_read = end - start
             self._forget(end)
             if start <= self._commits_gone:
                 view.add(None)  # what ended while it ran is no longer all known
-            for c_end, c_start, roots in reversed(self._commits):
+            for i in range(len(self._commits) - 1, self._commits_head - 1, -1):
+                c = <tuple>self._commits[i]
+                c_end = c[0]
                 if c_end < start - _UNSORTED_NS:
                     break
+                c_start = c[1]
                 if c_end >= start and c_start <= end:
-                    view.add(roots)
+                    view.add(c[2])
             self._views.append(view)
             if in_snapshot or sess.open:
                 sess.view = view
@@ -676,8 +740,7 @@ cdef class Planner:
         if _touches(view.hit, scope):
             t.flags |= ORDER_UNKNOWN
             self.reads_order_unknown += 1
-        if view.reads is not None:
-            view.reads.append((t, scope))
+        view.keep_read(t, scope)
         return 0
 
     cdef tuple _commit(self, roots, tuple r):
@@ -695,7 +758,9 @@ cdef class Planner:
         if start <= self._views_gone:
             self.order_unknown_missed += 1  # it may have overlapped reads no longer kept
         self._commits.append((end, start, roots))
-        for view in reversed(self._views):
+        cdef Py_ssize_t i
+        for i in range(len(self._views) - 1, self._views_head - 1, -1):
+            view = <_View>self._views[i]
             if view.end < start - _UNSORTED_NS:
                 break
             if view.end >= start:
@@ -709,16 +774,24 @@ cdef class Planner:
             self._now = now
         cdef int64_t views_from = self._now - self._keep(self._longest_commit)
         cdef int64_t commits_from = self._now - self._keep(self._longest_read)
-        views, commits = self._views, self._commits
-        while views and ((<_View>views[0]).end < views_from or len(views) > _KEEP_MAX):
-            view = views.popleft()
-            view.reads = None  # no later commit reaches it: its transaction's reads need not be kept
+        cdef list views = self._views, commits = self._commits
+        cdef Py_ssize_t head = self._views_head, n = len(views)
+        while head < n and ((<_View>views[head]).end < views_from or n - head > _KEEP_MAX):
+            view = <_View>views[head]
+            view.drop_reads()  # (a transaction's view lives on in its session)
             if view.end > self._views_gone:
                 self._views_gone = view.end
-        while commits and ((<tuple>commits[0])[0] < commits_from or len(commits) > _KEEP_MAX):
-            gone = (<tuple>commits.popleft())[0]
+            views[head] = None
+            head += 1
+        self._views_head = _cut_head(views, head)
+        head, n = self._commits_head, len(commits)
+        while head < n and ((<tuple>commits[head])[0] < commits_from or n - head > _KEEP_MAX):
+            gone = (<tuple>commits[head])[0]
             if gone > self._commits_gone:
                 self._commits_gone = gone
+            commits[head] = None
+            head += 1
+        self._commits_head = _cut_head(commits, head)
         return 0
 
     cpdef bint settled(self, int64_t end_ns):
