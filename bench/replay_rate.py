@@ -17,8 +17,9 @@ times, alternating the `--before` checkout (if given) and this one, so that both
 machine. Per replay: commands/s (wall), the replayer's CPU per command during the replay (the
 summary's `replayer_cpu_seconds`: all threads of the process, start-up and the HTML page left out)
 and so commands per CPU-second ("per core"). Then the same with `--dry-run` (no connection: decode,
-filter, plan, schedule), with `--pipeline 8` (reads outside transactions sent without waiting for
-the answer before them; `--pipeline N` to choose, 1 for none), and `--shard 0/1` against `--shard 0/2`
+filter, plan, schedule), with `--pipeline 8` and `--pipeline 64` (reads sent without waiting for the
+answer before them, up to that many in flight per connection; `--pipeline N[,M...]` to choose, 1 for
+none), and `--shard 0/1` against `--shard 0/2`
 + `--shard 1/2` started together with `--start-at`.
 
 Beside the point-select replays (each round, same server, same data), bench/c_replay_floor.c: the
@@ -222,11 +223,13 @@ def main() -> None:
     ap.add_argument("--keep-captures", default="", help="keep the captures and their starting data here")
     ap.add_argument("--no-shards", action="store_true", help="skip the sharded replays")
     ap.add_argument("--no-floor", action="store_true", help="skip bench/c_replay_floor.c")
-    ap.add_argument("--pipeline", type=int, default=8,
-                    help="also replay with --pipeline N each round (default 8; 1: not)")
+    ap.add_argument("--pipeline", default="8,64",
+                    help="also replay with --pipeline N each round, for each N of this comma-separated list "
+                         "(default 8,64; 1: not)")
     ap.add_argument("--json", help="also write the results here")
     args = ap.parse_args()
     args.rate = 0  # bench/e2e.run_one's sysbench --rate: unthrottled here
+    args.pipeline = [n for n in (int(x) for x in str(args.pipeline).split(",") if x.strip()) if n > 1]
 
     here = HERE.parent
     variants = ([("before", Path(args.before).resolve())] if args.before else []) + [("this checkout", here)]
@@ -268,11 +271,12 @@ def main() -> None:
                 for label, checkout in variants:
                     print(f"{wl}: replay speed 0, {label}, round {rnd + 1} ...", flush=True)
                     rows.append(row(label, replay(checkout, db, captures[wl], starting_data=starting.get(wl))))
-                for label, checkout in variants if args.pipeline > 1 else ():
-                    label = f"{label}, --pipeline {args.pipeline}"
-                    print(f"{wl}: replay speed 0, {label}, round {rnd + 1} ...", flush=True)
-                    rows.append(row(label, replay(checkout, db, captures[wl], f"--pipeline={args.pipeline}",
-                                                  starting_data=starting.get(wl))))
+                for depth in args.pipeline:
+                    for label, checkout in variants:
+                        label = f"{label}, --pipeline {depth}"
+                        print(f"{wl}: replay speed 0, {label}, round {rnd + 1} ...", flush=True)
+                        rows.append(row(label, replay(checkout, db, captures[wl], f"--pipeline={depth}",
+                                                      starting_data=starting.get(wl))))
                 print(f"{wl}: dry run speed 0, round {rnd + 1} ...", flush=True)
                 rows.append(row("this checkout, --dry-run", replay(here, db, captures[wl], "--dry-run")))
                 if floor_binary and wl == "oltp_point_select":
@@ -310,8 +314,10 @@ def target_line(results: dict) -> None:
     results["target"] = {}
     for wl, _ in WORKLOADS:
         per_core = results.get("relay", {}).get(wl, {}).get("relay_qps_per_core")
-        depth = results.get("pipeline", 8)
-        for variant in ("before", "this checkout", f"before, --pipeline {depth}", f"this checkout, --pipeline {depth}",
+        depths = results.get("pipeline", [8])
+        depths = depths if isinstance(depths, list) else [depths]  # (a single number in older results)
+        piped = [f"{who}, --pipeline {d}" for d in depths for who in ("before", "this checkout")]
+        for variant in ("before", "this checkout", *piped,
                         "c floor, epoll", "c floor, uring", f"c floor, epoll, pipelined x{FLOOR_PIPELINE_DEPTH}"):
             rows = [r for r in results.get("replays", {}).get(wl, []) if r["variant"] == variant]
             if not per_core or not rows:
