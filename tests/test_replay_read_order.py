@@ -125,3 +125,32 @@ def test_a_differing_read_a_commit_overlapped_is_set_apart_in_every_report(maria
     assert "order unknown:       1 read in 1 statement differed" in text, text
     html = open(summary["_path"][:-len(".json")] + ".html").read()
     assert "1 read returned different results where a commit of their tables overlapped them" in html
+
+
+def test_a_commit_longer_than_the_reads_kept_is_said_in_every_report(mariadb_test, tmp_path):
+    """Reads are kept about a second for the commits read after them; a commit that started before the
+    oldest read still kept (here: 2.45 s long, read after a read 1.9 s later dropped the first) may have
+    overlapped reads no longer there to flag: the summary counts it, and the text and the HTML say so."""
+    from fastproxy.capture.record import OUTCOME_OK
+    from fastproxy.constants import SERVER_STATUS
+
+    from replay_util import write_capture
+
+    ms, t0 = 1_000_000, 1_700_000_000_000_000_000
+    auto = {"status_flags": SERVER_STATUS.AUTOCOMMIT}
+    mariadb_test.sql(SETUP)
+    read = b"\x03SELECT v FROM t1 WHERE id = 1"
+    path = str(tmp_path / "capture")
+    write_capture(path, DB, (1, 2), [  # in the order they ended
+        ((1, t0 + 100 * ms, t0 + 110 * ms, OUTCOME_OK, 0, 0, 1, read), auto),
+        ((1, t0 + 2000 * ms, t0 + 2010 * ms, OUTCOME_OK, 0, 0, 1, read), auto),  # the first read is dropped
+        ((2, t0 + 50 * ms, t0 + 2500 * ms, OUTCOME_OK, 0, 1, 0, b"\x03UPDATE t2 SET v = 5 WHERE id = 1"), auto),
+    ], t0)
+    _, summary = replay_cli(mariadb_test.addr, path, "--speed", "0", "--no-report-tables",
+                            "--report-dir", str(tmp_path / "report"))
+    assert summary["commands_failed"] == 0, summary
+    assert summary["causal"]["order_unknown_missed"] == 1, summary["causal"]
+    text = open(summary["_path"][:-len(".json")] + ".txt").read()
+    assert "order: 1 commit may have overlapped reads no longer kept" in text, text
+    html = open(summary["_path"][:-len(".json")] + ".html").read()
+    assert "1 commit may have overlapped reads no longer kept" in html

@@ -308,7 +308,8 @@ def _faithful_lines(s: dict) -> list[str]:
                    f"before those had all run: {c.get('sent_again_before_they_ran', 0)}; reads a commit of their "
                    f"tables overlapped in production, which came first unknown: {c.get('reads_order_unknown', 0)})")
         if c.get("order_unknown_missed"):
-            out.append(f"  order: {c['order_unknown_missed']} commits may have overlapped reads no longer kept (long "
+            n = c["order_unknown_missed"]
+            out.append(f"  order: {n} commit{'s' * (n != 1)} may have overlapped reads no longer kept (long "
                        f"commits, or more reads than kept): a read one of them changed may count as a mismatch")
         if c.get("lock_waits_unreadable"):  # older summaries (resume) lack it
             out.append(f"  lock waits: {c['lock_waits_unreadable']}")

@@ -339,6 +339,11 @@ def render_report(summary: dict, data: dict, failures: list[dict], other_errors:
         notes.append(f"{n:,} read{'s' * (n != 1)} returned different results where a commit "
                      f"of their tables overlapped them (or their transaction's snapshot) in production: which came "
                      f"first is unknown, so they are counted apart, not as mismatches ({top}).")
+    missed = (summary.get("causal") or {}).get("order_unknown_missed")
+    if missed:
+        notes.append(f"{missed:,} commit{'s' * (missed != 1)} may have overlapped reads no longer kept (commits "
+                     f"longer than the reads' keep window, or more reads than kept): a read one of them changed "
+                     f"may count as a mismatch here.")
     if data.get("groups_dropped"):
         notes.append(f"{data['groups_dropped']:,} groups (mismatch, nondeterministic or order unknown) past the cap "
                      f"were counted only.")
