@@ -14,7 +14,7 @@ from fastproxy.constants import SERVER_STATUS
 from fastproxy.replay._scheduler import CausalOrder, Ticket
 from fastproxy.replay._causal import may_set_serializable
 from fastproxy.replay.causal import (IN_TXN, PIN_ID, PIN_PREFIX, PIN_TIME, PLAIN_READ, PROD_LOCK_ERROR, READ_EVENT, ORDER_UNKNOWN,
-                                   TXN_BEGIN, TXN_END, Planner)
+                                   TXN_BEGIN, TXN_CHAINED, TXN_END, Planner)
 from fastproxy.replay.schema import TableScopes
 
 MS = 1_000_000
@@ -190,6 +190,29 @@ def test_writes_inside_a_transaction_become_visible_at_commit():
     assert flags[0] & TXN_BEGIN and flags[0] & IN_TXN
     assert flags[1] & IN_TXN and not flags[1] & TXN_END
     assert flags[2] & TXN_END
+
+
+def test_commit_and_chain_commits_and_opens_the_next_transaction():
+    """COMMIT AND CHAIN leaves the status "in a transaction" (the chained one): its writes are still a
+    commit event, the snapshot ends with it, and the chained transaction's first statement is its start
+    (TXN_BEGIN | TXN_CHAINED: a retry opens it with ROLLBACK AND CHAIN)."""
+    r = Replay()
+    r.read("begin", 1, "BEGIN", 0, 1, affected=0, status=IN_TRANS)
+    r.read("upd", 1, "UPDATE t SET v = 2 WHERE id = 1", 2, 3, status=IN_TRANS)
+    r.read("chain", 1, "COMMIT AND CHAIN", 4, 5, affected=0, status=IN_TRANS)
+    r.read("read_after", 2, "SELECT v FROM t", 6, 7)
+    r.read("upd2", 1, "UPDATE u SET v = 2 WHERE id = 1", 8, 9, status=IN_TRANS)
+    r.read("upd3", 1, "UPDATE u SET v = 3 WHERE id = 1", 10, 11, status=IN_TRANS)
+    r.read("commit", 1, "COMMIT", 12, 13, affected=0)
+    r.done("begin", "upd")
+    assert not r.ready("read_after")  # production's read saw the chained commit
+    r.done("chain")
+    assert r.ready("read_after")
+    flags = {n: r.tickets[n].flags for n in ("chain", "upd2", "upd3", "commit")}
+    assert flags["chain"] & TXN_END and flags["chain"] & IN_TXN
+    assert flags["upd2"] & (TXN_BEGIN | TXN_CHAINED) == TXN_BEGIN | TXN_CHAINED
+    assert not flags["upd3"] & (TXN_BEGIN | TXN_CHAINED | TXN_END) and flags["upd3"] & IN_TXN
+    assert flags["commit"] & TXN_END and not flags["commit"] & TXN_CHAINED
 
 
 def test_a_commit_waits_for_the_reads_of_its_tables_that_ended_before_it_started():

@@ -69,8 +69,21 @@ def _commit_then_snapshot(a, b) -> None:
     _run(a, "COMMIT")
 
 
-@pytest.mark.parametrize("steps", [_autocommit_read, _snapshot_then_commit, _commit_then_snapshot],
-                         ids=["a read before a commit", "a snapshot before a commit", "a commit before a snapshot"])
+def _commit_and_chain(a, b) -> None:
+    """b's transaction changes t2 and ends with COMMIT AND CHAIN (held up on replay before it); a then
+    reads t2 and sees the change while b's chained transaction is still open."""
+    _run(b, "BEGIN")
+    _run(b, "SELECT SLEEP(0.4)")
+    _run(b, "UPDATE t2 SET v = 4 WHERE id = 1")
+    _run(b, "COMMIT AND CHAIN")
+    assert _run(a, "SELECT v FROM t2 WHERE id = 1") == ((4,),)
+    _run(b, "UPDATE t1 SET v = 4 WHERE id = 1")
+    _run(b, "COMMIT")
+
+
+@pytest.mark.parametrize("steps", [_autocommit_read, _snapshot_then_commit, _commit_then_snapshot, _commit_and_chain],
+                         ids=["a read before a commit", "a snapshot before a commit", "a commit before a snapshot",
+                              "a commit and chain before a read"])
 def test_reads_see_on_replay_the_commits_they_saw_in_production(mariadb, mariadb_test, proxy_factory, tmp_path,
                                                                   steps):
     mariadb.sql(SETUP)

@@ -142,6 +142,44 @@ def test_a_replay_only_deadlock_is_retried_as_a_whole_transaction(mariadb, maria
     assert outcome.failures == 0 and not outcome.mismatched_tables, outcome.describe()
 
 
+class ChainedCrossLocks(SerializedCrossLocks):
+    """SerializedCrossLocks where each crossing transaction is chained by COMMIT AND CHAIN to one that
+    wrote a note first: the replay-only deadlock is in the chained transaction. Its retry must run
+    inside a transaction (else its ROLLBACK TO SAVEPOINT fails: no savepoint in autocommit) and must
+    not send the first transaction's write again (else the note table has a row too many)."""
+
+    database = "chainlocks"
+    setup_sql = SerializedCrossLocks.setup_sql.replace("crosslocks", "chainlocks")
+
+    def run(self, port: int, _early=None) -> None:
+        a, b = _connect(port, self.database), _connect(port, self.database)
+        for conn, first, second, add, name in ((a, 1, 2, 1, "a"), (b, 2, 1, 10, "b")):
+            cur = conn.cursor()
+            cur.execute("BEGIN")
+            cur.execute(f"INSERT INTO note (who) VALUES ('{name}')")
+            cur.execute("COMMIT AND CHAIN")
+            cur.execute(f"UPDATE acct SET v = v + {add} WHERE id = {first}")
+            cur.execute("SELECT SLEEP(0.3)")
+            cur.execute(f"UPDATE acct SET v = v + {add} WHERE id = {second}")
+            cur.execute("SAVEPOINT s")
+            cur.execute(f"INSERT INTO note (who) VALUES ('{name}')")
+            cur.execute("ROLLBACK TO SAVEPOINT s")
+            cur.execute("COMMIT")
+        a.close()
+        b.close()
+
+
+def test_a_replay_only_deadlock_in_a_chained_transaction_is_retried_inside_one(mariadb, mariadb_test,
+                                                                                 proxy_factory, tmp_path):
+    wl = ChainedCrossLocks()
+    out = str(tmp_path / "capture")
+    [by_connection] = run_faithful(mariadb, mariadb_test, proxy_factory([mariadb]), wl, out, speeds=(0.0,),
+                                   replay_args=("--order", "connection"))
+    t = by_connection.summary["transactions"]
+    assert t["retried"] >= 1 and t["retried_ok"] == t["retried"], by_connection.describe()
+    assert by_connection.failures == 0 and not by_connection.mismatched_tables, by_connection.describe()
+
+
 def test_a_transaction_that_keeps_failing_is_reported_once_and_not_continued(mariadb, mariadb_test, proxy_factory,
                                                                               tmp_path):
     """A lock on the test server that production never had (another client holds the row for the

@@ -15,6 +15,7 @@ cdef class _Session:
     cdef public bint app_time
     cdef public bint app_ids
     cdef public object view
+    cdef public bint chained
 
 
 cdef class Planner:

@@ -69,6 +69,8 @@ cpdef enum:
     ORDER_UNKNOWN = 0x400    # a read that a commit of its tables overlapped in production (its snapshot did):
                              # which came first is unknown, so a result that differs is no regression (the verdict
                              # sets it apart). Set as late as the commit is read, after the read's own note
+    TXN_CHAINED = 0x800      # with TXN_BEGIN: the first statement of a transaction COMMIT (ROLLBACK) AND CHAIN
+                             # opened. Sent again (a retry), it needs the transaction opened first: ROLLBACK AND CHAIN
 
 # statement kinds (stmtinfo.py), record outcomes and protocol numbers, as C ints
 cdef int SESSION = _stmtinfo.SESSION
@@ -255,6 +257,7 @@ cdef class _Session:
         self.locked = set()     # scope roots it took locks on
         self.lockers = []       # its lock events (Tickets): released when it ends
         self.view = None        # the open transaction's snapshot, once taken (a read event of _snapshot)
+        self.chained = False    # its transaction was opened by COMMIT (ROLLBACK) AND CHAIN, no statement yet
         self.stmts = {}         # captured statement id -> what it does (StatementInfo)
         self.app_time = False   # the application set @@timestamp itself: its time is kept
         self.app_ids = False    # the application set insert_id itself
@@ -403,7 +406,7 @@ cdef class Planner:
         cdef int flags = 0
         cdef int outcome = r[R_OUTCOME]
         cdef int64_t err_code = r[R_ERR_CODE]
-        cdef bint before, after, ended, takes_locks, wrote, held, rolled_back, snapshot
+        cdef bint before, after, ended, chained, takes_locks, wrote, held, rolled_back, snapshot
         if outcome == OUTCOME_ERR and (err_code == ER_LOCK_DEADLOCK or err_code == ER_LOCK_WAIT_TIMEOUT):
             flags |= PROD_LOCK_ERROR
         if info.sets_time is not None:
@@ -414,7 +417,11 @@ cdef class Planner:
             flags |= self._pins(sess, cmd, info, r)
         before = sess.open
         after = self._open_after(r, kind, before)
-        ended = before and (not after or kind == BEGIN or kind == DDL)
+        # COMMIT AND CHAIN (ROLLBACK AND CHAIN) ends its transaction too: the status still says "in a
+        # transaction", the next one, opened at once
+        ended = before and (not after or kind == BEGIN or kind == DDL or kind == COMMIT or kind == ROLLBACK)
+        chained = sess.chained
+        sess.chained = ended and after and (kind == COMMIT or kind == ROLLBACK)
         if kind == BEGIN:
             flags |= TXN_BEGIN | IN_TXN
         elif kind != DDL and (before or after):
@@ -423,6 +430,8 @@ cdef class Planner:
                 flags |= TXN_BEGIN
             elif ended:
                 flags |= TXN_END
+            elif chained:
+                flags |= TXN_BEGIN | TXN_CHAINED
         elif kind == DDL and before:
             flags |= TXN_END
         # not one that answered "n rows" (SELECT ... INTO): finding none on replay, it may be sent again
@@ -549,6 +558,7 @@ cdef class Planner:
         elif self._login:
             t = self._ticket(0, (), (), r[R_START], (), 0, True)
         sess.open = False
+        sess.chained = False
         sess.wrote.clear()
         sess.locked.clear()
         sess.view = None

@@ -42,7 +42,7 @@ from fastproxy.replay.statements import is_read_only
 from fastproxy.replay.users import PLACEHOLDER_BYTES, Credentials
 from fastproxy.sqltext import parse_kill, worth_scanning
 from fastproxy.traffic_filter import cmd_type_name  # TiProxy-style: COM_STMT_EXECUTE -> StmtExecute
-from fastproxy.replay.transactions import MAX_ATTEMPTS, RETRYABLE, ROLLBACK, Retry
+from fastproxy.replay.transactions import MAX_ATTEMPTS, RETRYABLE, ROLLBACK, Retry, rollback_before
 
 log = logging.getLogger("fastproxy.replay")
 
@@ -800,7 +800,7 @@ class Replayer(EngineCore):
             conn.txn.undone = False
             if not flags & TXN_BEGIN:  # (a PREPARE or PING inside it is not flagged IN_TXN)
                 conn.txn.retry = Retry(list(conn.txn.entries), None, then=payload)
-                conn.client.send(ROLLBACK, _TXN_TAG)
+                conn.client.send(rollback_before(conn.txn.retry.entries), _TXN_TAG)
                 return
         cmd = payload[0]
         if cmd != COMMAND.COM_QUERY and cmd != COMMAND.COM_STMT_EXECUTE:
@@ -861,7 +861,7 @@ class Replayer(EngineCore):
             return True
         txn.attempts += 1
         txn.retry = Retry(list(txn.entries), error)
-        conn.client.send(ROLLBACK, _TXN_TAG)
+        conn.client.send(rollback_before(txn.retry.entries), _TXN_TAG)
         return True
 
     def _on_internal_result(self, conn: Conn, result, now: int) -> None:
@@ -885,7 +885,7 @@ class Replayer(EngineCore):
                     conn.txn.attempts += 1
                     retry.pos = -1
                     retry.error = result
-                    conn.client.send(ROLLBACK, _TXN_TAG)
+                    conn.client.send(rollback_before(retry.entries), _TXN_TAG)
                     return
                 return self._give_up_transaction(conn, result, rec)
             if retry.last and retry.then is not None:  # redone: now the command that waited
@@ -1012,7 +1012,7 @@ class Replayer(EngineCore):
         conn.sent_ns = time.monotonic_ns()
         if redo:  # its transaction again from its start; the last statement's result is the one that counts
             conn.txn.retry = Retry(list(conn.txn.entries), None)
-            conn.client.send(ROLLBACK, _TXN_TAG)
+            conn.client.send(rollback_before(conn.txn.retry.entries), _TXN_TAG)
             return
         if prefix is not None:
             conn.client.send(prefix, _PIN_TAG)

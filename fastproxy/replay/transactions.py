@@ -21,12 +21,23 @@ from __future__ import annotations
 import time
 
 from fastproxy.constants import ER
+from fastproxy.replay._causal import TXN_CHAINED
 # What one replay connection sent for the production transaction in progress is TxnLog, a C struct
 # in fastproxy/replay/_conn.pyx: the per-command chain in C reads and resets it for every command.
 
 RETRYABLE = frozenset({ER.LOCK_DEADLOCK, ER.LOCK_WAIT_TIMEOUT})
 MAX_ATTEMPTS = 3
 ROLLBACK = b"\x03ROLLBACK"
+ROLLBACK_AND_CHAIN = b"\x03ROLLBACK AND CHAIN"
+
+
+def rollback_before(entries: list) -> bytes:
+    """The ROLLBACK that starts sending a transaction's logged commands again. A transaction COMMIT AND
+    CHAIN opened has no statement of its own that opens it: the rollback opens the next one, as the
+    chain did, else the commands would run in autocommit."""
+    if entries and entries[0][3] & TXN_CHAINED:
+        return ROLLBACK_AND_CHAIN
+    return ROLLBACK
 
 
 class Retry:
