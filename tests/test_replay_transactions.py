@@ -102,6 +102,7 @@ class SerializedCrossLocks:
     only the replay has."""
 
     database = "crosslocks"
+    chained = False
     setup_sql = ("DROP DATABASE IF EXISTS crosslocks; CREATE DATABASE crosslocks; USE crosslocks;"
                  "CREATE TABLE acct (id INT PRIMARY KEY, v BIGINT NOT NULL);"
                  "INSERT INTO acct VALUES (1, 0), (2, 0);"
@@ -112,6 +113,9 @@ class SerializedCrossLocks:
         for conn, first, second, add, name in ((a, 1, 2, 1, "a"), (b, 2, 1, 10, "b")):
             cur = conn.cursor()
             cur.execute("BEGIN")
+            if self.chained:  # a first transaction, then the crossing one chained to it
+                cur.execute(f"INSERT INTO note (who) VALUES ('{name}')")
+                cur.execute("COMMIT AND CHAIN")
             cur.execute(f"UPDATE acct SET v = v + {add} WHERE id = {first}")
             cur.execute("SELECT SLEEP(0.3)")
             cur.execute(f"UPDATE acct SET v = v + {add} WHERE id = {second}")
@@ -149,24 +153,8 @@ class ChainedCrossLocks(SerializedCrossLocks):
     not send the first transaction's write again (else the note table has a row too many)."""
 
     database = "chainlocks"
+    chained = True
     setup_sql = SerializedCrossLocks.setup_sql.replace("crosslocks", "chainlocks")
-
-    def run(self, port: int, _early=None) -> None:
-        a, b = _connect(port, self.database), _connect(port, self.database)
-        for conn, first, second, add, name in ((a, 1, 2, 1, "a"), (b, 2, 1, 10, "b")):
-            cur = conn.cursor()
-            cur.execute("BEGIN")
-            cur.execute(f"INSERT INTO note (who) VALUES ('{name}')")
-            cur.execute("COMMIT AND CHAIN")
-            cur.execute(f"UPDATE acct SET v = v + {add} WHERE id = {first}")
-            cur.execute("SELECT SLEEP(0.3)")
-            cur.execute(f"UPDATE acct SET v = v + {add} WHERE id = {second}")
-            cur.execute("SAVEPOINT s")
-            cur.execute(f"INSERT INTO note (who) VALUES ('{name}')")
-            cur.execute("ROLLBACK TO SAVEPOINT s")
-            cur.execute("COMMIT")
-        a.close()
-        b.close()
 
 
 def test_a_replay_only_deadlock_in_a_chained_transaction_is_retried_inside_one(mariadb, mariadb_test,
