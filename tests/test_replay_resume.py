@@ -258,6 +258,68 @@ def test_cancel_inside_a_transaction_resumes_it_from_its_start_and_never_repeats
     assert sorted(mariadb_test.sql("SELECT what FROM rs2.t").split()) == ["after", "slow", "txn-1", "txn-2"]
 
 
+@pytest.fixture(scope="module")
+def commit_capture(mariadb, tmp_path_factory):
+    """One connection, three transactions that each add 1 to a counter and a row to a table with no key."""
+    mariadb.sql("DROP DATABASE IF EXISTS rs3; CREATE DATABASE rs3; CREATE TABLE rs3.c (n INT NOT NULL); "
+                "INSERT INTO rs3.c VALUES (0); CREATE TABLE rs3.t (what VARCHAR(16))")
+    out = str(tmp_path_factory.mktemp("commits") / "cap")
+    proxy = start_proxy([mariadb])
+    try:
+        with Capture(proxy, out):
+            db = MySQLdb.connect(host="127.0.0.1", port=proxy.port, user="root", password=ROOT_PASSWORD, db="rs3",
+                                 autocommit=True)
+            cur = db.cursor()
+            for i in (1, 2, 3):
+                cur.execute("BEGIN")
+                cur.execute("UPDATE c SET n = n + 1")
+                cur.execute("INSERT INTO t (what) VALUES (%s)", (f"txn-{i}",))
+                cur.execute("COMMIT")
+            db.close()
+    finally:
+        stop_proxy(proxy)
+    return out
+
+
+# the replay CLI, SIGKILLed by itself as the second COMMIT's bytes are handed to its client's write
+# (ReplayClient.write, in front of ClientCore.write), before they reach the socket: a kill landing
+# after the engine started the COMMIT and before it went out
+KILL_AT_SECOND_COMMIT = """
+import os, signal, sys
+from fastproxy.replay._client import ClientCore
+from fastproxy.replay.client import ReplayClient
+commits = []
+def write(self, data):
+    if b"\\x03COMMIT" in data:
+        commits.append(data)
+        if len(commits) == 2:
+            os.kill(os.getpid(), signal.SIGKILL)
+    ClientCore.write(self, data)
+ReplayClient.write = write
+sys.argv[0] = "fastproxy"
+from fastproxy.cli import entry
+entry()
+"""
+
+
+def test_a_commit_killed_before_its_bytes_left_is_not_counted_as_run(commit_capture, mariadb_test, tmp_path):
+    """The second transaction's COMMIT is started but has not reached the socket at the kill: the
+    server rolls that transaction back, so the resumed replay sends it again from its BEGIN."""
+    mariadb_test.sql("DROP DATABASE IF EXISTS rs3; CREATE DATABASE rs3; CREATE TABLE rs3.c (n INT NOT NULL); "
+                     "INSERT INTO rs3.c VALUES (0); CREATE TABLE rs3.t (what VARCHAR(16))")
+    report = str(tmp_path / "report")
+    args = _replay_args(mariadb_test, commit_capture, report, "--speed", "0", "--no-report-tables")
+    res = subprocess.run([sys.executable, "-c", KILL_AT_SECOND_COMMIT, *args[3:]], capture_output=True, text=True,
+                         timeout=120)
+    assert res.returncode == -9, res.stdout + res.stderr
+    assert mariadb_test.sql("SELECT what FROM rs3.t").split() == ["txn-1"]  # the second one never committed
+
+    res = subprocess.run(args + ["--resume"], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert mariadb_test.sql("SELECT n FROM rs3.c").strip() == "3"
+    assert sorted(mariadb_test.sql("SELECT what FROM rs3.t").split()) == ["txn-1", "txn-2", "txn-3"]
+
+
 def test_a_checkpoint_of_another_replay_is_refused(workload, slow_capture, mariadb_test, tmp_path):
     report = str(tmp_path / "report")
     mariadb_test.sql("DROP DATABASE IF EXISTS rs2; CREATE DATABASE rs2; "

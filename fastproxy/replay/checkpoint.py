@@ -13,7 +13,10 @@ on every read of the same input with the same options), and the position is:
 
 - a command that was *sent* counts as executed, answered or not (an autocommit statement the
   server received runs to its end; the replayer cannot learn whether it did, so it is never sent
-  twice — counted in the summary's `resume.sent_after_last_checkpoint`);
+  twice — counted in the summary's `resume.sent_after_last_checkpoint`). Sent means its bytes
+  went to the socket: a command the engine started but held back (written behind other answers
+  in one send, its transaction redone first, its statement re-prepared first) is not sent yet —
+  a COMMIT journaled then and lost with the process would count a transaction the server rolled back;
 - a command inside a production transaction counts only once that transaction has ended: the
   server rolls back the open transaction of a connection that went away, so the resumed replay
   sends it again from its first statement.
@@ -591,16 +594,18 @@ class Checkpoint(CheckpointHooks):
             done = t.done
             pending = t.pending
             first = None
-            if t.inflight >= 0 and not t.inflight_txn:
+            # the last len(t.unsent) of the commands sent (in flight, then pipelined) are not out yet
+            out = t.ahead - len(t.unsent)
+            if t.inflight >= 0 and not t.inflight_txn and out >= 0:
                 done = t.inflight
                 if not t.answered:
                     awaiting.append(t.inflight)
                 # pipelined behind it (--pipeline): sent, so done, and not answered yet
-                for k in range(t.consumed + 1, t.consumed + 1 + t.ahead):
+                for k in range(t.consumed + 1, t.consumed + 1 + out):
                     done = pending[k]
                     awaiting.append(done)
-                if len(pending) > t.consumed + 1 + t.ahead:
-                    first = pending[t.consumed + 1 + t.ahead]
+                if len(pending) > t.consumed + 1 + out:
+                    first = pending[t.consumed + 1 + out]
             elif pending:
                 first = pending[0]
             if t.inflight >= 0 or t.consumed:
