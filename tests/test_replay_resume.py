@@ -147,6 +147,25 @@ def test_kill_9_then_resume_gives_the_data_of_an_uninterrupted_replay(workload, 
     assert oct(os.stat(os.path.join(report, "replay.checkpoint")).st_mode & 0o777) == "0o600"
 
 
+def test_a_resumed_replay_killed_again_and_resumed_gives_the_data_of_an_uninterrupted_replay(
+        workload, uninterrupted, mariadb_test, tmp_path):
+    """The resumed replay is killed too, as soon as it wrote its first checkpoint (before it met the
+    records the stopped run had done): that checkpoint still has them done."""
+    _restore(mariadb_test, workload["start"])
+    report = str(tmp_path / "report")
+    args = _replay_args(mariadb_test, workload["capture"], report, "--speed", "1", "--no-report-tables")
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    sigkill_at_checkpoint(proc, report, lambda cp: cp["stats"]["replayed"] > workload["commands"] // 2, 0.05,
+                          "the replay to be half done")
+    proc = subprocess.Popen(args + ["--resume"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    sigkill_at_checkpoint(proc, report, lambda cp: cp["resumes"] == 1, 0.01, "the resumed replay's first checkpoint")
+
+    res = subprocess.run(args + ["--resume"], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert newest_summary(report)["resume"]["resumes"] == 2
+    assert checksums(mariadb_test, DB) == uninterrupted
+
+
 def test_cancel_then_resume_through_the_api(workload, uninterrupted, mariadb_test, tmp_path):
     _restore(mariadb_test, workload["start"])
     report = str(tmp_path / "report")

@@ -619,6 +619,13 @@ class Checkpoint(CheckpointHooks):
                 done_map[conn_id] = done
             elif not t.pending and t.inflight < 0 and conn_id not in self.engine.conns:
                 del self.tracks[conn_id]  # finished and behind the low-water mark: nothing to remember
+        if self.restored is not None:
+            # a resumed run: what the stopped run had done is done still (read again, its records are
+            # never tracked; not read yet, not even seen): a snapshot from before they are passed keeps them
+            low = max(low, self._low_water)
+            for conn_id, done in self._done.items():
+                if done >= low and done > done_map.get(conn_id, -1):
+                    done_map[conn_id] = done
         threads.discard(0)
         return low, done_map, threads, awaiting
 
@@ -639,7 +646,7 @@ class Checkpoint(CheckpointHooks):
             "canceled": engine.canceled,
             "resumes": self.resumes,
             "report_start_ns": self.report_start_ns,
-            "next_seq": self.seq,
+            "next_seq": max(self.seq, self._read_before),  # (the restored counters count those read before)
             "low_water": low,
             "done": {str(k): v for k, v in done_map.items()},
             "threads": sorted(threads),
