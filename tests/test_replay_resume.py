@@ -147,6 +147,25 @@ def test_kill_9_then_resume_gives_the_data_of_an_uninterrupted_replay(workload, 
     assert oct(os.stat(os.path.join(report, "replay.checkpoint")).st_mode & 0o777) == "0o600"
 
 
+def test_a_resumed_replay_killed_again_and_resumed_gives_the_data_of_an_uninterrupted_replay(
+        workload, uninterrupted, mariadb_test, tmp_path):
+    """The resumed replay is killed too, as soon as it wrote its first checkpoint (before it met the
+    records the stopped run had done): that checkpoint still has them done."""
+    _restore(mariadb_test, workload["start"])
+    report = str(tmp_path / "report")
+    args = _replay_args(mariadb_test, workload["capture"], report, "--speed", "1", "--no-report-tables")
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    sigkill_at_checkpoint(proc, report, lambda cp: cp["stats"]["replayed"] > workload["commands"] // 2, 0.05,
+                          "the replay to be half done")
+    proc = subprocess.Popen(args + ["--resume"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    sigkill_at_checkpoint(proc, report, lambda cp: cp["resumes"] == 1, 0.01, "the resumed replay's first checkpoint")
+
+    res = subprocess.run(args + ["--resume"], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert newest_summary(report)["resume"]["resumes"] == 2
+    assert checksums(mariadb_test, DB) == uninterrupted
+
+
 def test_cancel_then_resume_through_the_api(workload, uninterrupted, mariadb_test, tmp_path):
     _restore(mariadb_test, workload["start"])
     report = str(tmp_path / "report")
@@ -256,6 +275,68 @@ def test_cancel_inside_a_transaction_resumes_it_from_its_start_and_never_repeats
     assert res.returncode == 0, res.stdout + res.stderr
     # the transaction again from its BEGIN; the slow insert not twice
     assert sorted(mariadb_test.sql("SELECT what FROM rs2.t").split()) == ["after", "slow", "txn-1", "txn-2"]
+
+
+@pytest.fixture(scope="module")
+def commit_capture(mariadb, tmp_path_factory):
+    """One connection, three transactions that each add 1 to a counter and a row to a table with no key."""
+    mariadb.sql("DROP DATABASE IF EXISTS rs3; CREATE DATABASE rs3; CREATE TABLE rs3.c (n INT NOT NULL); "
+                "INSERT INTO rs3.c VALUES (0); CREATE TABLE rs3.t (what VARCHAR(16))")
+    out = str(tmp_path_factory.mktemp("commits") / "cap")
+    proxy = start_proxy([mariadb])
+    try:
+        with Capture(proxy, out):
+            db = MySQLdb.connect(host="127.0.0.1", port=proxy.port, user="root", password=ROOT_PASSWORD, db="rs3",
+                                 autocommit=True)
+            cur = db.cursor()
+            for i in (1, 2, 3):
+                cur.execute("BEGIN")
+                cur.execute("UPDATE c SET n = n + 1")
+                cur.execute("INSERT INTO t (what) VALUES (%s)", (f"txn-{i}",))
+                cur.execute("COMMIT")
+            db.close()
+    finally:
+        stop_proxy(proxy)
+    return out
+
+
+# the replay CLI, SIGKILLed by itself as the second COMMIT's bytes are handed to its client's write
+# (ReplayClient.write, in front of ClientCore.write), before they reach the socket: a kill landing
+# after the engine started the COMMIT and before it went out
+KILL_AT_SECOND_COMMIT = """
+import os, signal, sys
+from fastproxy.replay._client import ClientCore
+from fastproxy.replay.client import ReplayClient
+commits = []
+def write(self, data):
+    if b"\\x03COMMIT" in data:
+        commits.append(data)
+        if len(commits) == 2:
+            os.kill(os.getpid(), signal.SIGKILL)
+    ClientCore.write(self, data)
+ReplayClient.write = write
+sys.argv[0] = "fastproxy"
+from fastproxy.cli import entry
+entry()
+"""
+
+
+def test_a_commit_killed_before_its_bytes_left_is_not_counted_as_run(commit_capture, mariadb_test, tmp_path):
+    """The second transaction's COMMIT is started but has not reached the socket at the kill: the
+    server rolls that transaction back, so the resumed replay sends it again from its BEGIN."""
+    mariadb_test.sql("DROP DATABASE IF EXISTS rs3; CREATE DATABASE rs3; CREATE TABLE rs3.c (n INT NOT NULL); "
+                     "INSERT INTO rs3.c VALUES (0); CREATE TABLE rs3.t (what VARCHAR(16))")
+    report = str(tmp_path / "report")
+    args = _replay_args(mariadb_test, commit_capture, report, "--speed", "0", "--no-report-tables")
+    res = subprocess.run([sys.executable, "-c", KILL_AT_SECOND_COMMIT, *args[3:]], capture_output=True, text=True,
+                         timeout=120)
+    assert res.returncode == -9, res.stdout + res.stderr
+    assert mariadb_test.sql("SELECT what FROM rs3.t").split() == ["txn-1"]  # the second one never committed
+
+    res = subprocess.run(args + ["--resume"], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert mariadb_test.sql("SELECT n FROM rs3.c").strip() == "3"
+    assert sorted(mariadb_test.sql("SELECT what FROM rs3.t").split()) == ["txn-1", "txn-2", "txn-3"]
 
 
 def test_a_checkpoint_of_another_replay_is_refused(workload, slow_capture, mariadb_test, tmp_path):

@@ -13,6 +13,7 @@ cdef class Track:
     cdef public bint answered  # the command in flight got its result
     cdef public object held  # results inside the open transaction: counted once it ends
     cdef public Py_ssize_t ahead  # commands sent behind the one in flight (pipelined)
+    cdef public list unsent  # (conn_id, seq, in_txn) of its commands sent whose bytes are not out yet (not journaled)
 
 
 cdef class CheckpointHooks:
@@ -32,4 +33,5 @@ cdef class CheckpointHooks:
     cpdef result(self, conn, rec, result, now)
     cpdef consumed(self, Conn conn, ticket)
     cdef int _count_c(self, conn, rec, result, now, seq) except -1
+    cdef int _out(self, Track track) except -1
     cdef int _next_pipelined(self, Conn conn, Track track) except -1

@@ -46,6 +46,7 @@ cdef class Track:
         self.answered = False
         self.held = None
         self.ahead = 0
+        self.unsent = []
 
 
 cdef class HeldConn:
@@ -155,6 +156,11 @@ cdef inline bint _in_transaction(ticket) except -1:
     return (flags & IN_TXN) != 0 and (flags & TXN_END) == 0
 
 
+cdef int _flush_out(object owner, object track) except -1:
+    """ClientCore.write, before it hands a command's bytes to the socket: its `S` entries now."""
+    return (<CheckpointHooks>owner)._out(<Track>track)
+
+
 cdef class CheckpointHooks:
     # the attributes are declared in _checkpoint.pxd (the engine calls the hooks from C)
 
@@ -181,12 +187,11 @@ cdef class CheckpointHooks:
         return True
 
     cpdef sent(self, Conn conn):
-        """The head command of `conn` is going out: from now on it counts as executed."""
+        """The head command of `conn` is going out: it counts as executed once its bytes leave (_out)."""
         conn_id = conn.conn_id
         cdef Track track = self._pending(conn_id)
         if track is None:
             return
-        cdef JournalWriter journal = self._journal
         cdef bint in_txn
         tickets = conn.tickets
         if conn.nsent > 1 and track.inflight >= 0:
@@ -197,27 +202,45 @@ cdef class CheckpointHooks:
             track.ahead += 1
             seq = track.pending[track.consumed + track.ahead]
             in_txn = len(tickets) >= conn.nsent and _in_transaction(tickets[conn.nsent - 1])
+        else:
+            seq = track.pending[track.consumed]
+            in_txn = _in_transaction(tickets[0] if tickets else None)
+            track.inflight = seq
+            track.inflight_txn = in_txn
+            track.answered = False
+        track.unsent.append((conn_id, seq, in_txn))
+        client = conn.client
+        if isinstance(client, ClientCore):
+            track.thread = (<ClientCore>client).connection_id
+            # journaled when its bytes go to the socket (ClientCore.write): a COMMIT held back meanwhile
+            # (corked behind other answers, its transaction redone first, a re-prepare) and lost with
+            # the process is not one the server ran
+            (<ClientCore>client).out_track = track
+            (<ClientCore>client).out_owner = self
+            (<ClientCore>client).out_flush = _flush_out
+            if (<ClientCore>client).out_state == 0:
+                (<ClientCore>client).out_state = 1
+            return
+        if client is not None:
+            track.thread = client.connection_id
+        self._out(track)
+
+    cdef int _out(self, Track track) except -1:
+        """The commands of `track` handed to the client leave now (or are done without leaving): their
+        `S` entries, each after the results of the transaction it ends are counted."""
+        cdef JournalWriter journal
+        unsent = track.unsent
+        while unsent:
+            conn_id, seq, in_txn = unsent[0]
+            if not in_txn and track.held:  # the transaction ends: its commands are done, their results count
+                self._count_held(track)  # (a snapshot it writes has the transaction not done)
+            del unsent[0]  # out: a snapshot below has it sent
+            journal = self._journal
             if journal is not None and not journal.sent_c(conn_id, seq, in_txn, track.thread):
                 self._write_snapshot()  # the journal is full: the checkpoint takes it all, and empties it
                 if self._journal is not None:
                     self._journal.sent_c(conn_id, seq, in_txn, track.thread)
-            return 0
-        seq = track.pending[track.consumed]
-        in_txn = _in_transaction(tickets[0] if tickets else None)
-        if not in_txn and track.held:  # the transaction ends: its commands are done, their results count
-            self._count_held(track)
-        track.inflight = seq
-        track.inflight_txn = in_txn
-        track.answered = False
-        client = conn.client
-        if isinstance(client, ClientCore):
-            track.thread = (<ClientCore>client).connection_id
-        elif client is not None:
-            track.thread = client.connection_id
-        if journal is not None and not journal.sent_c(conn_id, seq, in_txn, track.thread):
-            self._write_snapshot()  # the journal is full: the checkpoint takes it all, and empties it
-            if self._journal is not None:
-                self._journal.sent_c(conn_id, seq, in_txn, track.thread)
+        return 0
 
     cpdef result(self, conn, rec, result, now):
         """The engine's `_compare`: the result of the head command of `conn`. Counted now if the command
@@ -303,6 +326,8 @@ cdef class CheckpointHooks:
         cdef Track track = self._pending(conn_id)
         if track is None:
             return
+        if len(track.unsent) > track.ahead:  # finished without its bytes leaving (answered by ourselves,
+            self._out(track)  # never sent): done, as if they had
         seq = track.pending[track.consumed]
         cdef long long c_seq = seq
         if track.inflight == c_seq and not track.answered and not track.inflight_txn and self._journal is not None:

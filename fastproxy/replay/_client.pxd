@@ -1,6 +1,9 @@
 # cython: language_level=3
 from fastproxy._packet cimport ResponseTracker
 
+# the checkpoint's: journal the `S` entries of `track` (fastproxy/replay/_checkpoint.pyx)
+ctypedef int (*out_fn)(object owner, object track) except -1
+
 
 cdef class ClientCore:
     cdef public object transport
@@ -21,6 +24,13 @@ cdef class ClientCore:
     cdef int _fd
     cdef bint _queued
     cdef bytearray _corked  # between cork() and uncork(): what is written waits here (else None)
+    # the checkpoint's entries of this connection's command (`out_track`): journaled as sent when its
+    # bytes go to the socket, not before (a kill in between must not count it as run). out_state: 0
+    # none, 1 waiting for the command's own send, 2 in what the next write hands to the socket
+    cdef object out_track
+    cdef object out_owner
+    cdef out_fn out_flush
+    cdef int out_state
 
     cpdef send(self, payload, tag=*)
     cpdef write(self, bytes data)

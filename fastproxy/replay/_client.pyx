@@ -49,9 +49,17 @@ cdef class ClientCore:
 
     cpdef send(self, payload, tag=None):
         """Send one command; on_result(self, result) fires when its response is complete."""
+        if tag is None and self.out_state == 1:  # the replayed command itself (not a pin, a re-prepare...)
+            self.out_state = 2
         self.write(build_packet(0, payload))
         if self.tracker.begin(payload, tag):
             self._deliver_c()
+
+    def send_only(self, payload):
+        """Send a command the server never answers (COM_STMT_CLOSE, COM_STMT_SEND_LONG_DATA)."""
+        if self.out_state == 1:  # the replayed command itself
+            self.out_state = 2
+        self.write(build_packet(0, payload))
 
     cpdef write(self, bytes data):
         """Send bytes after login: straight to the socket when nothing waits in the transport."""
@@ -61,6 +69,9 @@ cdef class ClientCore:
         if self._corked is not None:
             self._corked += data
             return
+        if self.out_state == 2:
+            self.out_state = 0
+            self.out_flush(self.out_owner, self.out_track)
         if self._fd < 0 or (self._queued and self.transport.get_write_buffer_size()):
             self.transport.write(data)
             return

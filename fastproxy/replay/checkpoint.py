@@ -13,7 +13,10 @@ on every read of the same input with the same options), and the position is:
 
 - a command that was *sent* counts as executed, answered or not (an autocommit statement the
   server received runs to its end; the replayer cannot learn whether it did, so it is never sent
-  twice — counted in the summary's `resume.sent_after_last_checkpoint`);
+  twice — counted in the summary's `resume.sent_after_last_checkpoint`). Sent means its bytes
+  went to the socket: a command the engine started but held back (written behind other answers
+  in one send, its transaction redone first, its statement re-prepared first) is not sent yet —
+  a COMMIT journaled then and lost with the process would count a transaction the server rolled back;
 - a command inside a production transaction counts only once that transaction has ended: the
   server rolls back the open transaction of a connection that went away, so the resumed replay
   sends it again from its first statement.
@@ -591,16 +594,18 @@ class Checkpoint(CheckpointHooks):
             done = t.done
             pending = t.pending
             first = None
-            if t.inflight >= 0 and not t.inflight_txn:
+            # the last len(t.unsent) of the commands sent (in flight, then pipelined) are not out yet
+            out = t.ahead - len(t.unsent)
+            if t.inflight >= 0 and not t.inflight_txn and out >= 0:
                 done = t.inflight
                 if not t.answered:
                     awaiting.append(t.inflight)
                 # pipelined behind it (--pipeline): sent, so done, and not answered yet
-                for k in range(t.consumed + 1, t.consumed + 1 + t.ahead):
+                for k in range(t.consumed + 1, t.consumed + 1 + out):
                     done = pending[k]
                     awaiting.append(done)
-                if len(pending) > t.consumed + 1 + t.ahead:
-                    first = pending[t.consumed + 1 + t.ahead]
+                if len(pending) > t.consumed + 1 + out:
+                    first = pending[t.consumed + 1 + out]
             elif pending:
                 first = pending[0]
             if t.inflight >= 0 or t.consumed:
@@ -614,6 +619,13 @@ class Checkpoint(CheckpointHooks):
                 done_map[conn_id] = done
             elif not t.pending and t.inflight < 0 and conn_id not in self.engine.conns:
                 del self.tracks[conn_id]  # finished and behind the low-water mark: nothing to remember
+        if self.restored is not None:
+            # a resumed run: what the stopped run had done is done still (read again, its records are
+            # never tracked; not read yet, not even seen): a snapshot from before they are passed keeps them
+            low = max(low, self._low_water)
+            for conn_id, done in self._done.items():
+                if done >= low and done > done_map.get(conn_id, -1):
+                    done_map[conn_id] = done
         threads.discard(0)
         return low, done_map, threads, awaiting
 
@@ -634,7 +646,7 @@ class Checkpoint(CheckpointHooks):
             "canceled": engine.canceled,
             "resumes": self.resumes,
             "report_start_ns": self.report_start_ns,
-            "next_seq": self.seq,
+            "next_seq": max(self.seq, self._read_before),  # (the restored counters count those read before)
             "low_water": low,
             "done": {str(k): v for k, v in done_map.items()},
             "threads": sorted(threads),

@@ -212,11 +212,7 @@ class ReplayClient(ClientCore, asyncio.Protocol):
         self.write(build_packet(0, b"\x03" + sql.encode()))
         return await future
 
-    # ---- commands (send: ClientCore) -----------------------------------------------------------
-    def send_only(self, payload: bytes) -> None:
-        """Send a command the server never answers (COM_STMT_CLOSE, COM_STMT_SEND_LONG_DATA)."""
-        self.write(build_packet(0, payload))
-
+    # ---- commands (send, send_only: ClientCore) ------------------------------------------------
     def _data_received_slow(self, data: bytes) -> None:
         """What ClientCore.data_received leaves here: the rows of query_rows, login, COM_CHANGE_USER."""
         if self._rows is not None:
