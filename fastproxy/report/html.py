@@ -160,23 +160,30 @@ def _merged(rows: list[dict], key: str) -> dict:
     return out
 
 
-def _microseconds_label(value: float, _pos=None) -> str:
-    return f"{value:,.0f}" if value >= 1 else f"{value:g}"
+def _plain_log_formatter(**kw):
+    """matplotlib's choice of which log-axis ticks get a label, each written as a plain number."""
+    from matplotlib.ticker import LogFormatter
+
+    class PlainLogFormatter(LogFormatter):
+        def __call__(self, x, pos=None):
+            if not super().__call__(x, pos):
+                return ""
+            return f"{x:,.0f}" if x >= 1 else f"{x:g}"
+
+    return PlainLogFormatter(**kw)
 
 
 def latency_chart(name: str, title: str, caption: str, ref_buckets: dict, new_buckets: dict, reference: str) -> str:
-    from matplotlib.ticker import FuncFormatter, NullFormatter
-
     fig, ax = _figure()
     rx, ry = _cdf(ref_buckets)
     nx, ny = _cdf(new_buckets)
     _series(ax, rx, ry, "series-reference", reference, color="#5b6575", drawstyle="steps-post")
     _series(ax, nx, ny, "series-replay", "replay", color="#2f6fd6", drawstyle="steps-post")
     ax.set_xscale("log")
-    # plain numbers: matplotlib's default 10^n labels go through its TeX-like parser, which took most
-    # of the time a report was written in
-    ax.xaxis.set_major_formatter(FuncFormatter(_microseconds_label))
-    ax.xaxis.set_minor_formatter(NullFormatter())
+    # plain numbers: matplotlib's default 10^n labels go through its TeX-like parser (12% of the
+    # time a report took to write)
+    ax.xaxis.set_major_formatter(_plain_log_formatter())
+    ax.xaxis.set_minor_formatter(_plain_log_formatter(labelOnlyBase=False))  # (labelled below two decades)
     ax.set_xlabel("latency (µs, log scale)")
     ax.set_ylabel("fraction of commands")
     ax.set_ylim(0, 1.02)
