@@ -215,6 +215,21 @@ def test_commit_and_chain_commits_and_opens_the_next_transaction():
     assert flags["commit"] & TXN_END and not flags["commit"] & TXN_CHAINED
 
 
+def test_a_failed_commit_ends_its_transaction_rolled_back_and_chains_nothing():
+    """An error packet carries no status: a COMMIT that failed (the server rolled the transaction back)
+    is no commit event and opens no chained transaction."""
+    r = Replay()
+    r.read("begin", 1, "BEGIN", 0, 1, affected=0, status=IN_TRANS)
+    r.read("upd", 1, "UPDATE t SET v = 2 WHERE id = 1", 2, 3, status=IN_TRANS)
+    r.read("commit", 1, "COMMIT", 4, 5, affected=0, outcome=OUTCOME_ERR, err=1180)
+    r.read("read_after", 2, "SELECT v FROM t", 6, 7)
+    r.read("next", 1, "UPDATE u SET v = 2 WHERE id = 1", 8, 9)
+    r.done("begin", "upd")
+    assert r.ready("read_after")  # nothing committed to wait for
+    assert r.tickets["commit"].flags & TXN_END
+    assert r.tickets["next"] is None or not r.tickets["next"].flags & (IN_TXN | TXN_CHAINED)
+
+
 def test_a_commit_waits_for_the_reads_of_its_tables_that_ended_before_it_started():
     """What a read answered depends on the commits it saw: one production ran after it comes after it."""
     r = Replay()

@@ -277,27 +277,31 @@ def test_cancel_inside_a_transaction_resumes_it_from_its_start_and_never_repeats
     assert sorted(mariadb_test.sql("SELECT what FROM rs2.t").split()) == ["after", "slow", "txn-1", "txn-2"]
 
 
+def _capture_statements(mariadb, tmp_path_factory, db: str, statements) -> str:
+    """A capture of one connection to `db` running `statements` (SQL, or (SQL, parameters)) in turn."""
+    out = str(tmp_path_factory.mktemp(db) / "cap")
+    proxy = start_proxy([mariadb])
+    try:
+        with Capture(proxy, out):
+            conn = MySQLdb.connect(host="127.0.0.1", port=proxy.port, user="root", password=ROOT_PASSWORD, db=db,
+                                   autocommit=True)
+            cur = conn.cursor()
+            for sql in statements:
+                cur.execute(*((sql,) if isinstance(sql, str) else sql))
+            conn.close()
+    finally:
+        stop_proxy(proxy)
+    return out
+
+
 @pytest.fixture(scope="module")
 def commit_capture(mariadb, tmp_path_factory):
     """One connection, three transactions that each add 1 to a counter and a row to a table with no key."""
     mariadb.sql("DROP DATABASE IF EXISTS rs3; CREATE DATABASE rs3; CREATE TABLE rs3.c (n INT NOT NULL); "
                 "INSERT INTO rs3.c VALUES (0); CREATE TABLE rs3.t (what VARCHAR(16))")
-    out = str(tmp_path_factory.mktemp("commits") / "cap")
-    proxy = start_proxy([mariadb])
-    try:
-        with Capture(proxy, out):
-            db = MySQLdb.connect(host="127.0.0.1", port=proxy.port, user="root", password=ROOT_PASSWORD, db="rs3",
-                                 autocommit=True)
-            cur = db.cursor()
-            for i in (1, 2, 3):
-                cur.execute("BEGIN")
-                cur.execute("UPDATE c SET n = n + 1")
-                cur.execute("INSERT INTO t (what) VALUES (%s)", (f"txn-{i}",))
-                cur.execute("COMMIT")
-            db.close()
-    finally:
-        stop_proxy(proxy)
-    return out
+    return _capture_statements(mariadb, tmp_path_factory, "rs3", [
+        step for i in (1, 2, 3) for step in (
+            "BEGIN", "UPDATE c SET n = n + 1", ("INSERT INTO t (what) VALUES (%s)", (f"txn-{i}",)), "COMMIT")])
 
 
 # the replay CLI, SIGKILLed by itself as the second COMMIT's bytes are handed to its client's write
@@ -337,6 +341,43 @@ def test_a_commit_killed_before_its_bytes_left_is_not_counted_as_run(commit_capt
     assert res.returncode == 0, res.stdout + res.stderr
     assert mariadb_test.sql("SELECT n FROM rs3.c").strip() == "3"
     assert sorted(mariadb_test.sql("SELECT what FROM rs3.t").split()) == ["txn-1", "txn-2", "txn-3"]
+
+
+CHAIN_SETUP = ("DROP DATABASE IF EXISTS rs4; CREATE DATABASE rs4; CREATE TABLE rs4.c (n INT NOT NULL); "
+               "INSERT INTO rs4.c VALUES (0); CREATE TABLE rs4.t (what VARCHAR(16))")
+
+
+@pytest.fixture(scope="module")
+def chain_capture(mariadb, tmp_path_factory):
+    """A transaction COMMIT AND CHAIN ends; the chained one changes a counter and a table, then production
+    rolls it back; then an autocommit insert."""
+    mariadb.sql(CHAIN_SETUP)
+    out = _capture_statements(mariadb, tmp_path_factory, "rs4", [
+        "BEGIN", "INSERT INTO t (what) VALUES ('first')", "COMMIT AND CHAIN", "UPDATE c SET n = n + 1",
+        "INSERT INTO t (what) VALUES ('chained')", "ROLLBACK", "INSERT INTO t (what) VALUES ('after')"])
+    assert mariadb.sql("SELECT n FROM rs4.c").strip() == "0"
+    return out
+
+
+def test_a_chained_transaction_resumed_is_sent_inside_a_transaction(chain_capture, mariadb_test, tmp_path):
+    """Killed inside the transaction COMMIT AND CHAIN opened: the resumed replay's new session opens it
+    again (ROLLBACK AND CHAIN) before its first statement, so production's ROLLBACK still undoes it
+    (sent in autocommit, the counter and the row would stay)."""
+    mariadb_test.sql(CHAIN_SETUP)
+    report = str(tmp_path / "report")
+    args = _replay_args(mariadb_test, chain_capture, report, "--speed", "0", "--no-report-tables")
+    kill_at_chained_insert = KILL_AT_SECOND_COMMIT.replace('b"\\x03COMMIT" in data', "b\"'chained'\" in data").replace(
+        "len(commits) == 2", "len(commits) == 1")
+    assert "chained" in kill_at_chained_insert and "== 1" in kill_at_chained_insert
+    res = subprocess.run([sys.executable, "-c", kill_at_chained_insert, *args[3:]], capture_output=True, text=True,
+                         timeout=120)
+    assert res.returncode == -9, res.stdout + res.stderr
+    assert mariadb_test.sql("SELECT what FROM rs4.t").split() == ["first"]
+
+    res = subprocess.run(args + ["--resume"], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert mariadb_test.sql("SELECT n FROM rs4.c").strip() == "0"
+    assert sorted(mariadb_test.sql("SELECT what FROM rs4.t").split()) == ["after", "first"]
 
 
 def test_a_checkpoint_of_another_replay_is_refused(workload, slow_capture, mariadb_test, tmp_path):

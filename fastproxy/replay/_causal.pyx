@@ -420,8 +420,9 @@ cdef class Planner:
         # COMMIT AND CHAIN (ROLLBACK AND CHAIN) ends its transaction too: the status still says "in a
         # transaction", the next one, opened at once
         ended = before and (not after or kind == BEGIN or kind == DDL or kind == COMMIT or kind == ROLLBACK)
-        chained = sess.chained
-        sess.chained = ended and after and (kind == COMMIT or kind == ROLLBACK)
+        chained = sess.chained and not flags & PROD_LOCK_ERROR  # (not sent: the next statement starts it)
+        sess.chained = (ended and after and outcome == OUTCOME_OK and (kind == COMMIT or kind == ROLLBACK)) or (
+            sess.chained and not chained)
         if kind == BEGIN:
             flags |= TXN_BEGIN | IN_TXN
         elif kind != DDL and (before or after):
@@ -496,7 +497,7 @@ cdef class Planner:
             if wrote:
                 waits += self._commit(scope, r)
         if ended:
-            rolled_back = kind == ROLLBACK or (outcome == OUTCOME_ERR and err_code == ER_LOCK_DEADLOCK)
+            rolled_back = kind == ROLLBACK or (outcome == OUTCOME_ERR and (err_code == ER_LOCK_DEADLOCK or kind == COMMIT))
             tw, te = self._end_transaction(sess, rolled_back, r)
             waits += tw
             events += te
@@ -523,7 +524,8 @@ cdef class Planner:
         if outcome == OUTCOME_OK and self.status_flags:
             return (r[R_STATUS_FLAGS] & IN_TRANS) != 0
         if outcome == OUTCOME_ERR:
-            return False if r[R_ERR_CODE] == ER_LOCK_DEADLOCK else before  # a deadlock rolls it all back
+            # a deadlock rolls it all back; so does a COMMIT that failed (the server rolled it back)
+            return False if r[R_ERR_CODE] == ER_LOCK_DEADLOCK or kind == COMMIT or kind == ROLLBACK else before
         # version 1 captures, or no answer: follow the statements
         if kind == BEGIN:
             return True

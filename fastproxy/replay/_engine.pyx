@@ -55,6 +55,7 @@ cdef int COM_STMT_EXECUTE = COMMAND.COM_STMT_EXECUTE
 cdef int IN_TXN = _causal.IN_TXN
 cdef int TXN_BEGIN = _causal.TXN_BEGIN
 cdef int TXN_END = _causal.TXN_END
+cdef int TXN_CHAINED = _causal.TXN_CHAINED
 cdef int PROD_LOCK_ERROR = _causal.PROD_LOCK_ERROR
 cdef int PIN_FLAGS = _PIN_FLAGS
 cdef int PLAIN_READ = _causal.PLAIN_READ
@@ -589,7 +590,7 @@ cdef class EngineCore:
             ticket = tickets[0]
             if ticket is not None:
                 flags = (<Ticket?>ticket).flags
-        if conn.txn.undone:
+        if conn.txn.undone or flags & TXN_CHAINED:  # (Replayer._send opens a chained transaction first)
             self._send(conn, payload)
             return 0
         if flags & PIN_FLAGS or conn.pin_dirty:

@@ -28,7 +28,7 @@ from fastproxy.errors import BackendConnError, FastproxyError, JobError, Protoco
 from fastproxy.replay._conn import Conn  # one captured connection and its replay connection (a C struct)
 from fastproxy.replay._engine import CONSUMED, KILL_START, PACE_SLACK_NS, PIN_TAG, EngineCore, StatsCore
 from fastproxy.replay._scheduler import Scheduler, Ticket
-from fastproxy.replay.causal import IN_TXN, READ_EVENT, TXN_BEGIN, TXN_END, Planner
+from fastproxy.replay.causal import IN_TXN, READ_EVENT, TXN_BEGIN, TXN_CHAINED, TXN_END, Planner
 from fastproxy.replay.client import LoginError, ReplayClient
 from fastproxy.replay.dryrun import DryClient, DryRunCounters
 from fastproxy.replay.lag import LagStats
@@ -42,7 +42,7 @@ from fastproxy.replay.statements import is_read_only
 from fastproxy.replay.users import PLACEHOLDER_BYTES, Credentials
 from fastproxy.sqltext import parse_kill, worth_scanning
 from fastproxy.traffic_filter import cmd_type_name  # TiProxy-style: COM_STMT_EXECUTE -> StmtExecute
-from fastproxy.replay.transactions import MAX_ATTEMPTS, RETRYABLE, ROLLBACK, Retry, rollback_before
+from fastproxy.replay.transactions import MAX_ATTEMPTS, RETRYABLE, ROLLBACK, ROLLBACK_AND_CHAIN, Retry, rollback_before
 
 log = logging.getLogger("fastproxy.replay")
 
@@ -802,6 +802,12 @@ class Replayer(EngineCore):
                 conn.txn.retry = Retry(list(conn.txn.entries), None, then=payload)
                 conn.client.send(rollback_before(conn.txn.retry.entries), _TXN_TAG)
                 return
+        if flags & TXN_CHAINED:
+            # the first statement of a transaction COMMIT AND CHAIN opened: opened again here, as the
+            # chain left it (same isolation and access mode), whatever this connection did since the
+            # chain (a transaction given up and rolled back, a reconnect, a resumed session); on the
+            # way of a replay that followed production, it replaces an empty transaction by an empty one
+            conn.client.send(ROLLBACK_AND_CHAIN, _MIRROR_TAG)
         cmd = payload[0]
         if cmd != COMMAND.COM_QUERY and cmd != COMMAND.COM_STMT_EXECUTE:
             conn.client.send(payload, None)
