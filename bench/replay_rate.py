@@ -10,8 +10,9 @@ thread relays — all in one run.
 One scratch MariaDB loaded with sysbench tables; `fastproxy serve` with `traffic capture` running
 records `oltp_point_select` (8 threads) and `oltp_read_write` (16 threads) for `--time` seconds
 each. The same sysbench runs through a plain `fastproxy serve` (no capture; one thread relays every
-connection) give the proxy's CPU per relayed query, so "what one proxy thread relays per core" is
-1 / (proxy CPU per query). Then each capture is replayed with the standalone `fastproxy replay
+connection), once at the start of each round beside that round's replays (this box drifts: one
+measure decided the ratio more than the replayer did), give the proxy's CPU per relayed query, so
+"what one proxy thread relays per core" is 1 / (median proxy CPU per query). Then each capture is replayed with the standalone `fastproxy replay
 --speed 0 --no-report-tables` (each replay from the data its capture started from), `--rounds`
 times, alternating the `--before` checkout (if given) and this one, so that both see the same
 machine. Per replay: commands/s (wall), the replayer's CPU per command during the replay (the
@@ -47,19 +48,22 @@ from e2e import FastproxyCaptureTarget, FastproxyTarget, WORKLOADS, machine, pre
 from fastproxy.scratch_db import ROOT_PASSWORD, ScratchMariaDB  # noqa: E402
 
 
-def relay_figures(db: ScratchMariaDB, args) -> dict:
-    """What one proxy (one thread relays every connection) spends per relayed query, without capture."""
-    target = FastproxyTarget()
-    port = target.start(db)
-    out = {}
-    try:
-        for wl, threads in WORKLOADS:
-            print(f"relaying {wl} x{threads} for {args.time}s (no capture) ...", flush=True)
-            r = run_one(target, port, wl, threads, db, args)
-            out[wl] = {"qps": r.qps, "proxy_cpu_us_per_query": r.proxy_cpu_us_per_query,
-                       "relay_qps_per_core": round(1e6 / r.proxy_cpu_us_per_query) if r.proxy_cpu_us_per_query else None}
-    finally:
-        target.stop()
+def relay_once(target: FastproxyTarget, port: int, db: ScratchMariaDB, wl: str, threads: int, args) -> dict:
+    """One sysbench run through a plain proxy (one thread relays every connection, no capture): what
+    it spends per relayed query."""
+    print(f"relaying {wl} x{threads} for {args.time}s (no capture) ...", flush=True)
+    r = run_one(target, port, wl, threads, db, args)
+    return {"qps": r.qps, "proxy_cpu_us_per_query": r.proxy_cpu_us_per_query}
+
+
+def relay_median(runs: list[dict]) -> dict:
+    """The median of a workload's relay runs (one each round, beside its replays: this box drifts)."""
+    us = sorted(r["proxy_cpu_us_per_query"] for r in runs if r.get("proxy_cpu_us_per_query"))
+    qps = sorted(r["qps"] for r in runs)
+    out = {"rounds": runs, "qps": qps[len(qps) // 2] if qps else 0}
+    if us:
+        out["proxy_cpu_us_per_query"] = us[len(us) // 2]
+        out["relay_qps_per_core"] = round(1e6 / out["proxy_cpu_us_per_query"])
     return out
 
 
@@ -255,38 +259,44 @@ def main() -> None:
                     (keep / f"{wl}.sql").write_text(starting[wl])
                 (keep / "captures.json").write_text(json.dumps({"relay": relay}, indent=2))
         results["relay_with_capture"] = relay
-        relay = results["relay"] = relay_figures(db, args)
-        for wl, r in relay.items():
-            if r.get("proxy_cpu_us_per_query"):
-                r["relay_qps_per_core"] = round(1e6 / r["proxy_cpu_us_per_query"])
-                print(f"proxy relaying {wl}: {r['qps']:,.0f} QPS at {r['proxy_cpu_us_per_query']:.1f} us CPU/query "
-                      f"= {r['relay_qps_per_core']:,} queries per proxy CPU-second")
-        results["replays"] = {}
-        floor_binary, floor_uring = (None, False) if args.no_floor else build_floor()
-        for wl, _ in WORKLOADS:
-            if wl not in captures:
-                continue
-            rows = []
-            for rnd in range(args.rounds):
-                for label, checkout in variants:
-                    print(f"{wl}: replay speed 0, {label}, round {rnd + 1} ...", flush=True)
-                    rows.append(row(label, replay(checkout, db, captures[wl], starting_data=starting.get(wl))))
-                for depth in args.pipeline:
+        results["relay"] = {}
+        relay_target = FastproxyTarget()
+        relay_port = relay_target.start(db)
+        try:
+            results["replays"] = {}
+            floor_binary, floor_uring = (None, False) if args.no_floor else build_floor()
+            for wl, threads in WORKLOADS:
+                if wl not in captures:
+                    continue
+                rows, relays = [], []
+                for rnd in range(args.rounds):
+                    relays.append(relay_once(relay_target, relay_port, db, wl, threads, args))
                     for label, checkout in variants:
-                        label = f"{label}, --pipeline {depth}"
                         print(f"{wl}: replay speed 0, {label}, round {rnd + 1} ...", flush=True)
-                        rows.append(row(label, replay(checkout, db, captures[wl], f"--pipeline={depth}",
-                                                      starting_data=starting.get(wl))))
-                print(f"{wl}: dry run speed 0, round {rnd + 1} ...", flush=True)
-                rows.append(row("this checkout, --dry-run", replay(here, db, captures[wl], "--dry-run")))
-                if floor_binary and wl == "oltp_point_select":
-                    for mode in ("epoll", "uring") if floor_uring else ("epoll",):
-                        print(f"{wl}: the C floor on {mode}, round {rnd + 1} ...", flush=True)
-                        rows.append(floor(floor_binary, db, args, mode))
-                    print(f"{wl}: the C floor on epoll, pipelined x{FLOOR_PIPELINE_DEPTH}, round {rnd + 1} ...", flush=True)
-                    rows.append(floor(floor_binary, db, args, "epoll", FLOOR_PIPELINE_DEPTH))
-            print_rows(f"replay of the {wl} capture at speed 0 (one process)", rows)
-            results["replays"][wl] = rows
+                        rows.append(row(label, replay(checkout, db, captures[wl], starting_data=starting.get(wl))))
+                    for depth in args.pipeline:
+                        for label, checkout in variants:
+                            label = f"{label}, --pipeline {depth}"
+                            print(f"{wl}: replay speed 0, {label}, round {rnd + 1} ...", flush=True)
+                            rows.append(row(label, replay(checkout, db, captures[wl], f"--pipeline={depth}",
+                                                          starting_data=starting.get(wl))))
+                    print(f"{wl}: dry run speed 0, round {rnd + 1} ...", flush=True)
+                    rows.append(row("this checkout, --dry-run", replay(here, db, captures[wl], "--dry-run")))
+                    if floor_binary and wl == "oltp_point_select":
+                        for mode in ("epoll", "uring") if floor_uring else ("epoll",):
+                            print(f"{wl}: the C floor on {mode}, round {rnd + 1} ...", flush=True)
+                            rows.append(floor(floor_binary, db, args, mode))
+                        print(f"{wl}: the C floor on epoll, pipelined x{FLOOR_PIPELINE_DEPTH}, round {rnd + 1} ...", flush=True)
+                        rows.append(floor(floor_binary, db, args, "epoll", FLOOR_PIPELINE_DEPTH))
+                r = results["relay"][wl] = relay_median(relays)
+                if r.get("proxy_cpu_us_per_query"):
+                    print(f"\nproxy relaying {wl}: {r['qps']:,.0f} QPS at {r['proxy_cpu_us_per_query']:.1f} us CPU/query "
+                          f"(median of {len(relays)}: " + ", ".join(f"{x['proxy_cpu_us_per_query']:.1f}" for x in relays)
+                          + f") = {r['relay_qps_per_core']:,} queries per proxy CPU-second")
+                print_rows(f"replay of the {wl} capture at speed 0 (one process)", rows)
+                results["replays"][wl] = rows
+        finally:
+            relay_target.stop()
         if not args.no_shards:
             wl = WORKLOADS[0][0]
             shard_rows = []

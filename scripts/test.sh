@@ -26,12 +26,11 @@ second_pass_skips=(
   tests/test_replay_resume.py tests/test_replay_resume_verdict.py tests/test_replay_dryrun.py
   tests/test_replay_internal_error.py tests/test_replay_without_process.py tests/test_replay_causal_slow.py
   tests/test_replay_tls.py tests/test_replay_pipeline.py tests/test_replay_read_order.py
+  tests/test_replay_faithful.py
 )
-# the shop workload with 98 connections: its 49-connection run and the mixed one capture through four
-# workers here already (the larger scale tests the replayer, which the first pass did)
-second_pass_deselect=(
-  "tests/test_replay_faithful.py::test_shop_workload_replays_without_false_failures[2]"
-)
+# (the shop workload of tests/test_replay_faithful.py, 49 and 98 connections, tests the replayer at
+# scale, which the first pass did; tests/test_replay_faithful_mixed.py captures through four workers
+# here, every kind of traffic at once)
 FASTPROXY_TEST_WORKERS=4 FASTPROXY_TEST_IO=epoll "${pytest[@]}" "${parallel[@]}" --durations=10 \
   -m "proxy and not fuzz and not paced" \
-  "${second_pass_skips[@]/#/--ignore=}" "${second_pass_deselect[@]/#/--deselect=}" "$@" || [ $? = 5 ]
+  "${second_pass_skips[@]/#/--ignore=}" "$@" || [ $? = 5 ]
