@@ -128,14 +128,21 @@ class SerializedCrossLocks:
         b.close()
 
 
-def test_a_replay_only_deadlock_is_retried_as_a_whole_transaction(mariadb, mariadb_test, proxy_factory, tmp_path):
-    wl = SerializedCrossLocks()
-    out = str(tmp_path / "capture")
-    [by_connection] = run_faithful(mariadb, mariadb_test, proxy_factory([mariadb]), wl, out, speeds=(0.0,),
+def _retried_whole_in_connection_order(wl, mariadb, mariadb_test, proxy, out: str) -> ReplayOutcome:
+    """Capture `wl`, replay it as fast as possible in per-connection order: its replay-only deadlock is
+    retried, and the replay ends with no failure and production's data."""
+    [by_connection] = run_faithful(mariadb, mariadb_test, proxy, wl, out, speeds=(0.0,),
                                    replay_args=("--order", "connection"))
     t = by_connection.summary["transactions"]
     assert t["retried"] >= 1 and t["retried_ok"] == t["retried"], by_connection.describe()
     assert by_connection.failures == 0 and not by_connection.mismatched_tables, by_connection.describe()
+    return by_connection
+
+
+def test_a_replay_only_deadlock_is_retried_as_a_whole_transaction(mariadb, mariadb_test, proxy_factory, tmp_path):
+    wl = SerializedCrossLocks()
+    out = str(tmp_path / "capture")
+    by_connection = _retried_whole_in_connection_order(wl, mariadb, mariadb_test, proxy_factory([mariadb]), out)
     assert by_connection.summary["causal"] is None
 
     # causal order: the second transaction starts after the first committed, as in production
@@ -159,13 +166,8 @@ class ChainedCrossLocks(SerializedCrossLocks):
 
 def test_a_replay_only_deadlock_in_a_chained_transaction_is_retried_inside_one(mariadb, mariadb_test,
                                                                                  proxy_factory, tmp_path):
-    wl = ChainedCrossLocks()
-    out = str(tmp_path / "capture")
-    [by_connection] = run_faithful(mariadb, mariadb_test, proxy_factory([mariadb]), wl, out, speeds=(0.0,),
-                                   replay_args=("--order", "connection"))
-    t = by_connection.summary["transactions"]
-    assert t["retried"] >= 1 and t["retried_ok"] == t["retried"], by_connection.describe()
-    assert by_connection.failures == 0 and not by_connection.mismatched_tables, by_connection.describe()
+    _retried_whole_in_connection_order(ChainedCrossLocks(), mariadb, mariadb_test, proxy_factory([mariadb]),
+                                       str(tmp_path / "capture"))
 
 
 def test_a_transaction_that_keeps_failing_is_reported_once_and_not_continued(mariadb, mariadb_test, proxy_factory,

@@ -421,8 +421,10 @@ cdef class Planner:
         # transaction", the next one, opened at once
         ended = before and (not after or kind == BEGIN or kind == DDL or kind == COMMIT or kind == ROLLBACK)
         chained = sess.chained and not flags & PROD_LOCK_ERROR  # (not sent: the next statement starts it)
-        sess.chained = (ended and after and outcome == OUTCOME_OK and (kind == COMMIT or kind == ROLLBACK)) or (
-            sess.chained and not chained)
+        if chained:
+            sess.chained = False
+        if ended and after and outcome == OUTCOME_OK and (kind == COMMIT or kind == ROLLBACK):
+            sess.chained = True
         if kind == BEGIN:
             flags |= TXN_BEGIN | IN_TXN
         elif kind != DDL and (before or after):
