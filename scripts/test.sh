@@ -26,11 +26,15 @@ second_pass_skips=(
   tests/test_replay_resume.py tests/test_replay_resume_verdict.py tests/test_replay_dryrun.py
   tests/test_replay_internal_error.py tests/test_replay_without_process.py tests/test_replay_causal_slow.py
   tests/test_replay_tls.py tests/test_replay_pipeline.py tests/test_replay_read_order.py
-  tests/test_replay_faithful.py
+  tests/test_replay_faithful.py tests/test_replay_sessions.py tests/test_replay_incomplete.py
+  tests/test_replay_v1_capture.py tests/test_replay_session_flags.py tests/test_replay_open_statements.py
 )
 # (the shop workload of tests/test_replay_faithful.py, 49 and 98 connections, tests the replayer at
 # scale, which the first pass did; tests/test_replay_faithful_mixed.py captures through four workers
-# here, every kind of traffic at once)
+# here, every kind of traffic at once. The replay modules of sessions, incomplete commands, version 1
+# captures, session flags and open statements test how the replayer treats what was captured, the
+# same whichever worker captured it; tests/test_replay_e2e.py and the mixed workload keep a capture
+# through four workers replayed.)
 FASTPROXY_TEST_WORKERS=4 FASTPROXY_TEST_IO=epoll "${pytest[@]}" "${parallel[@]}" --durations=10 \
   -m "proxy and not fuzz and not paced" \
   "${second_pass_skips[@]/#/--ignore=}" "$@" || [ $? = 5 ]
