@@ -18,7 +18,7 @@ from fastproxy.errors import TrafficFormatError
 from fastproxy.inputs import detect_format, open_input
 from fastproxy.scratch_db import ROOT_PASSWORD, ScratchMariaDB
 from replay_util import checksums, records, replay_cli
-from tiproxy_format import encode_command, write_capture
+from tiproxy_format import encode_command, flushed_prefix, write_capture
 
 THREADS = 4
 PER_THREAD = 25
@@ -215,6 +215,52 @@ def test_tiproxy_errors_name_file_and_line(tmp_path):
         list(open_input(str(cut)))
 
 
+@pytest.mark.parametrize("variant", ["plain", "gzip", "gzip+aes"])
+def test_a_tiproxy_capture_still_being_written_replays_its_whole_commands(mariadb_test, tmp_path, variant):
+    """TiProxy writes its meta when the capture ends: without it, the last file may end mid-command
+    (it is still being written). Its whole commands replay, the cut one does not, and the summary says
+    the input is unfinished (it raised "truncated" and replayed nothing). Finished, the same cut is an
+    error, and so is a cut in a file before the last."""
+    key = os.urandom(32) if variant == "gzip+aes" else None
+    compress = variant != "plain"
+    whole = tmp_path / "whole"
+    write_capture(str(whole), _tiproxy_commands(), key=key, compress=compress)
+    expected = [r.payload for r in open_input(str(whole), encryption_key=key) if r.kind == KIND_COMMAND]
+    cap = tmp_path / "being-written"
+    files = _tiproxy_commands()
+    names = write_capture(str(cap), files, key=key, compress=compress)
+    cut = files[-1].index(b"# Cmd_type: StmtClose") + 10  # inside the last command of the last file
+    (cap / names[-1]).write_bytes(flushed_prefix(files[-1], cut, key=key, compress=compress))
+
+    with pytest.raises(TrafficFormatError, match=rf"{names[-1]}.*truncated"):
+        list(open_input(str(cap), encryption_key=key))  # its meta says it ended: a cut is damage
+    os.unlink(cap / "meta")
+    src = open_input(str(cap), encryption_key=key)
+    got = [r.payload for r in src if r.kind == KIND_COMMAND]
+    assert src.unfinished and src.truncated_at is not None and src.truncated_at[0] == names[-1]
+    if key is None:  # no meta says whether it is encrypted: a key given says it is, and a wrong guess is named
+        with pytest.raises(TrafficFormatError, match="no meta to say whether it is encrypted"):
+            list(open_input(str(cap), encryption_key=os.urandom(32)))
+    assert got == expected[:-1] and expected[-1][:1] == b"\x19", (got, expected)  # all but the cut COM_STMT_CLOSE
+
+    mariadb_test.sql("DROP DATABASE IF EXISTS tp; CREATE DATABASE tp")
+    args = ["--format", "tiproxy", "--report-dir", str(tmp_path / "report"), "--no-report-tables", "--speed", "0"]
+    if key:
+        (tmp_path / "key").write_bytes(key)
+        args += ["--encryption-key-path", str(tmp_path / "key")]
+    res, summary = replay_cli(mariadb_test.addr, str(cap), *args)
+    assert summary["input_unfinished"] is True and "a capture without its meta" in res.stdout, summary
+    assert summary["commands_replayed"] == len(got), summary
+    assert mariadb_test.sql("SELECT id FROM tp.t ORDER BY id").split() == ["1", "2"]  # the execute before the cut ran
+
+    first_cut = tmp_path / "first-file-cut"
+    names = write_capture(str(first_cut), files, key=key, compress=compress)
+    os.unlink(first_cut / "meta")
+    (first_cut / names[0]).write_bytes(flushed_prefix(files[0], len(files[0]) - 5, key=key, compress=compress))
+    with pytest.raises(TrafficFormatError, match=rf"{names[0]}.*truncated"):
+        list(open_input(str(first_cut), encryption_key=key))  # only the file being written may end early
+
+
 def test_ambiguous_or_missing_input_is_a_clear_error(tmp_path):
     empty = tmp_path / "empty.log"
     empty.write_text("nothing here\n")
@@ -363,6 +409,12 @@ def test_a_capture_without_its_meta_replays_what_it_holds_and_says_so(mariadb_te
                                   "--report-dir", str(tmp_path / f"report-{os.path.basename(path)}"))
         assert summary["commands_replayed"] == 5 and summary["input_unfinished"] is said, summary
         assert ("a capture without its meta" in res.stdout) is said, res.stdout
+    # two proxies' captures replayed together, one unfinished: the summary and the text name that one
+    res, summary = replay_cli(mariadb_test.addr, done, "--input", unfinished, "--speed", "0", "--no-report-tables",
+                              "--report-dir", str(tmp_path / "report-merged"))
+    assert summary["commands_replayed"] == 10 and summary["input_unfinished"] is True, summary
+    assert summary["input_unfinished_inputs"] == [unfinished], summary
+    assert f"replayed what its files held when read ({unfinished})" in res.stdout, res.stdout
 
 
 def test_inspect_shows_rows_only_where_the_input_records_them(workload_logs):

@@ -7,6 +7,7 @@ import datetime
 import gzip
 import json
 import os
+import zlib
 
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
@@ -38,6 +39,23 @@ def encode_command(start: datetime.datetime, conn_id: int, payload: bytes, *, su
     return ("\n".join(lines) + "\n").encode() + payload[1:] + b"\n"
 
 
+def encrypt(body: bytes, key: bytes) -> bytes:
+    """encryptWriter: the IV, then the AES-256-CTR stream."""
+    iv = os.urandom(16)
+    enc = Cipher(algorithms.AES(key), modes.CTR(iv)).encryptor()
+    return iv + enc.update(body) + enc.finalize()
+
+
+def flushed_prefix(body: bytes, cut: int, *, compress: bool = True, key: bytes | None = None) -> bytes:
+    """What the file being written holds when TiProxy has flushed the first `cut` bytes of `body` through
+    its writers: the (encrypted, gzip) stream up to there, without its end."""
+    data = encrypt(body, key)[:16 + cut] if key is not None else body[:cut]
+    if not compress:
+        return data
+    gz = zlib.compressobj(wbits=31)  # a gzip stream, flushed (as gzip.Writer.Flush does) and not closed
+    return gz.compress(data) + gz.flush(zlib.Z_SYNC_FLUSH)
+
+
 def write_capture(directory: str, files: list[bytes], *, compress: bool = True, key: bytes | None = None,
                   cmds: int = 0) -> list[str]:
     os.makedirs(directory, exist_ok=True)
@@ -46,9 +64,7 @@ def write_capture(directory: str, files: list[bytes], *, compress: bool = True, 
     for i, body in enumerate(files):
         data = body
         if key is not None:  # encryptWriter writes the IV, then the CTR stream
-            iv = os.urandom(16)
-            enc = Cipher(algorithms.AES(key), modes.CTR(iv)).encryptor()
-            data = iv + enc.update(body) + enc.finalize()
+            data = encrypt(body, key)
         if compress:  # compressWriter wraps the file: gzip outermost
             data = gzip.compress(data)
         ts = (t0 + datetime.timedelta(seconds=i, milliseconds=500)).strftime("%Y-%m-%dT%H-%M-%S.%f")[:-3]

@@ -28,6 +28,7 @@ import gzip
 import json
 import os
 import re
+import zlib
 from typing import Iterator
 
 from fastproxy.capture import crypto
@@ -66,19 +67,69 @@ def _file_order(name: str):
     return (1, datetime.datetime.min, name)
 
 
+class _Cut(TrafficFormatError):
+    """The file ends early: fatal, except at the end of the last file of a capture still being written
+    (no meta yet), where it ends the input after the last whole command."""
+
+
+class _Gunzip:
+    """A gzip file read in pieces, its data handed out as it is inflated. gzip.GzipFile drops the data
+    of a read that meets the end of a stream cut off (the file TiProxy is still writing): here that
+    data comes first, then EOFError. Corrupt data: gzip.BadGzipFile. Members follow one another."""
+
+    def __init__(self, raw) -> None:
+        self._raw = raw
+        self._inflate = zlib.decompressobj(wbits=31)  # 31: a gzip header and trailer (CRC-32 checked)
+        self._out = bytearray()
+        self._in_member = False  # bytes of a member fed and its end not reached
+        self._ended = False
+
+    def read(self, n: int) -> bytes:
+        while len(self._out) < n and not self._ended:
+            self._inflate_more()
+        if not self._out and self._ended and self._in_member:
+            raise EOFError("the gzip stream ends before its end marker (cut off)")
+        out = bytes(self._out[:n])
+        del self._out[:n]
+        return out
+
+    def _inflate_more(self) -> None:
+        data = self._raw.read(READ_SIZE)
+        if not data:
+            self._ended = True
+            return
+        while data:
+            try:
+                self._out += self._inflate.decompress(data)
+            except zlib.error as e:
+                raise gzip.BadGzipFile(str(e)) from None
+            self._in_member = not self._inflate.eof
+            if not self._inflate.eof:
+                return
+            data = self._inflate.unused_data.lstrip(b"\0")  # the next member (zeros: padding, as gzip allows)
+            self._inflate = zlib.decompressobj(wbits=31)
+
+    def close(self) -> None:
+        pass  # (the raw file is closed by its _Stream)
+
+
 class _Stream:
     """Bytes of one traffic file, decompressed and decrypted, read in pieces."""
 
     def __init__(self, storage, name: str, compressed: bool, key: bytes | None) -> None:
         self.path = path = storage.path(name)
         raw = storage.open(name)
-        self._f = gzip.GzipFile(fileobj=raw, mode="rb") if compressed else raw
+        self._f = _Gunzip(raw) if compressed else raw
         self._raw = raw
         self._cipher = None
         if key is not None:
-            iv = self._read_exact(crypto.IV_SIZE, plain=True)
-            if len(iv) < crypto.IV_SIZE:
-                raise TrafficFormatError(f"{path}: truncated before its IV")
+            try:
+                iv = self._read_exact(crypto.IV_SIZE, plain=True)
+                if len(iv) < crypto.IV_SIZE:
+                    raise _Cut(f"{path}: truncated before its IV")
+            except TrafficFormatError:
+                self.close()
+                raise
             self._cipher = crypto.ctr_cipher(key, iv)
         self.buf = bytearray()
         self.offset = 0  # of buf[0] in the decoded stream
@@ -90,7 +141,9 @@ class _Stream:
         while len(out) < n:
             try:
                 piece = self._f.read(n - len(out))
-            except (OSError, EOFError, gzip.BadGzipFile) as e:
+            except EOFError as e:  # a gzip stream without its end: cut off
+                raise _Cut(f"{self.path}: truncated gzip data: {e}") from e
+            except (OSError, gzip.BadGzipFile) as e:
                 raise TrafficFormatError(f"{self.path}: corrupt gzip data: {e}") from e
             if not piece:
                 break
@@ -102,7 +155,9 @@ class _Stream:
             return False
         try:
             piece = self._f.read(READ_SIZE)
-        except (OSError, EOFError, gzip.BadGzipFile) as e:
+        except EOFError as e:  # a gzip stream without its end: cut off
+            raise _Cut(f"{self.path}: truncated gzip data near offset {self.offset + len(self.buf)}: {e}") from e
+        except (OSError, gzip.BadGzipFile) as e:
             raise TrafficFormatError(f"{self.path}: corrupt gzip data near offset {self.offset + len(self.buf)}: {e}") \
                 from e
         if not piece:
@@ -124,13 +179,13 @@ class _Stream:
                 return line
             if not self._fill():
                 if self.buf:
-                    raise TrafficFormatError(f"{self.path}: line {self.line + 1}: truncated (no end of line)")
+                    raise _Cut(f"{self.path}: line {self.line + 1}: truncated (no end of line)")
                 return None
 
     def read(self, n: int) -> bytes:
         while len(self.buf) < n:
             if not self._fill():
-                raise TrafficFormatError(f"{self.path}: line {self.line}: payload truncated "
+                raise _Cut(f"{self.path}: line {self.line}: payload truncated "
                                          f"({len(self.buf)} of {n} bytes)")
         out = bytes(self.buf[:n])
         del self.buf[:n]
@@ -155,6 +210,8 @@ class TiProxySource:
             raise TrafficFormatError(f"{path}: no TiProxy traffic files (traffic-*.log[.gz])")
         tmeta = self._load_meta()
         method = str(tmeta.get("EncryptMethod", "") or "").lower()
+        if not tmeta and encryption_key is not None:
+            method = "aes256-ctr"  # no meta yet (still being written) to say so: the key given does
         if method not in ("", "plaintext", "aes256-ctr"):
             raise TrafficFormatError(f"{path}/meta: unsupported EncryptMethod {method!r}")
         self.encrypted = method == "aes256-ctr"
@@ -177,6 +234,7 @@ class TiProxySource:
         }
         self.complete = bool(tmeta)
         self.unfinished = not tmeta  # TiProxy writes its meta when the capture ends
+        self.truncated_at: tuple[str, int] | None = None  # (file, line) where a cut-off last file ended
 
     def _load_meta(self) -> dict:
         p = self.storage.path("meta")
@@ -193,13 +251,22 @@ class TiProxySource:
 
     # ---- decoding --------------------------------------------------------------------------
     def _commands(self) -> Iterator[dict]:
-        for name in self.files:
+        for i, name in enumerate(self.files):
             m = TIPROXY_FILE_RE.match(name)
-            stream = _Stream(self.storage, name, bool(m.group("gz")), self.key)
+            # the file TiProxy is still writing (no meta yet) may end mid-command: its whole commands
+            # are replayed, the cut one is not (as our own reader does with a capture cut off)
+            tolerate_cut = self.unfinished and i == len(self.files) - 1
+            stream = None
             try:
+                stream = _Stream(self.storage, name, bool(m.group("gz")), self.key)
                 yield from self._file_commands(stream)
+            except _Cut:
+                if not tolerate_cut:
+                    raise
+                self.truncated_at = (name, stream.line if stream is not None else 0)
             finally:
-                stream.close()
+                if stream is not None:
+                    stream.close()
 
     def _file_commands(self, s: _Stream) -> Iterator[dict]:
         c: dict = {}
@@ -207,11 +274,13 @@ class TiProxySource:
             line = s.readline()
             if line is None:
                 if c:
-                    raise TrafficFormatError(f"{s.path}: line {s.line}: command cut off before its payload")
+                    raise _Cut(f"{s.path}: line {s.line}: command cut off before its payload")
                 return
             where = f"{s.path}: line {s.line}"
             if not line.startswith(_KEY_PREFIX) or _KEY_SUFFIX not in line:
-                raise TrafficFormatError(f"{where}: not a '# Key: value' line: {line[:80]!r}")
+                hint = " (decrypted with the key given: the capture has no meta to say whether it is encrypted)" \
+                    if self.encrypted and not self.complete else ""
+                raise TrafficFormatError(f"{where}: not a '# Key: value' line: {line[:80]!r}{hint}")
             key, _, value = line[2:].partition(_KEY_SUFFIX)
             if not value:
                 raise TrafficFormatError(f"{where}: empty value for {key.decode(errors='replace')}")
