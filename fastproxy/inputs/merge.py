@@ -13,6 +13,11 @@ from fastproxy.inputs.common import RECORDED_KEYS
 CONN_ID_BITS = 40  # connection ids of input k become (k + 1) << 40 | id
 
 
+def _name(source) -> str:
+    """How the user gave an input: its capture directory (or S3 prefix) or its file."""
+    return str(getattr(source, "input_dir", None) or getattr(source, "path", None) or source.meta.get("source") or "?")
+
+
 class MergedSource:
     def __init__(self, sources: list) -> None:
         self.sources = sources
@@ -31,6 +36,8 @@ class MergedSource:
         self.files = [f for s in sources for f in getattr(s, "files", [])]
         self.complete = all(getattr(s, "complete", True) for s in sources)
         self.unfinished = any(getattr(s, "unfinished", False) for s in sources)
+        # which of them: the summary names them (one of several proxies' captures still being written)
+        self.unfinished_inputs = [_name(s) for s in sources if getattr(s, "unfinished", False)]
 
     @property
     def stats(self) -> Counter:

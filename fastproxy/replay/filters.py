@@ -47,6 +47,7 @@ class FilteredSource:
         self.files = getattr(source, "files", [])
         self.complete = getattr(source, "complete", True)
         self.unfinished = getattr(source, "unfinished", False)
+        self.unfinished_inputs = getattr(source, "unfinished_inputs", [])
         start = int(self.meta.get("start_ns", 0) or 0)
         start_ns = parse_time(filters.start_time, "start-time", start) if filters.start_time else 0
         end_ns = parse_time(filters.end_time, "end-time", start) if filters.end_time else 0

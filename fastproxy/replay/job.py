@@ -257,7 +257,7 @@ def format_summary(s: dict) -> str:
           if s.get("outcomes_recorded", True) and not s.get("error_codes_recorded", True) else []),
         *([f"  input entries not replayed: {s['input_skipped']}"] if s.get("input_skipped") else []),
         *(["  input: a capture without its meta (still being written, or its proxy did not stop it): "
-           "replayed what its files held when read"] if s.get("input_unfinished") else []),
+           "replayed what its files held when read" + _unfinished_names(s)] if s.get("input_unfinished") else []),
         f"  connections: {s['connections']} (reconnects {s['reconnects']})",
         *_session_lines(s),
         f"  QPS: captured {s['qps_captured']}, replayed {s['qps_replayed']}",
@@ -323,6 +323,12 @@ def _faithful_lines(s: dict) -> list[str]:
                    f"{t['production_lock_errors_not_replayed']} statements production lost to deadlocks or lock "
                    f"wait timeouts not sent")
     return out
+
+
+def _unfinished_names(s: dict) -> str:
+    """Of several inputs replayed together, which were unfinished (one input: it is the one given)."""
+    names = s.get("input_unfinished_inputs") or []
+    return f" ({', '.join(names)})" if names else ""
 
 
 def _session_lines(s: dict) -> list[str]:
