@@ -95,3 +95,37 @@ def test_a_full_journal_refuses_every_entry(pair):
     with pytest.raises(struct.error):
         c.pos = HEADER.size
         c.sent(-1, 2, False, 3)  # as the struct layout: a connection id out of range is an error
+
+
+class _Killed(BaseException):
+    """The process killed there (SIGKILL leaves the mapped file as its stores made it)."""
+
+
+def test_an_entry_cut_off_by_a_kill_is_not_read(tmp_path, monkeypatch):
+    """An entry's tag is written last, so a kill inside an entry leaves the journal's end (zeros), not
+    an entry with its data missing: here a failure's `F` entry killed between its length and its JSON
+    was read back as a failure of zero bytes, which a resume cannot parse."""
+    import fastproxy.replay.journal as journal
+
+    fd = os.open(str(tmp_path), os.O_RDONLY | os.O_DIRECTORY)
+    j = Journal(fd, "j")
+    try:
+        j.restart(7)
+        assert j.sent(1, 2, False, 3) and j.text(b"F", b'{"a": 1}')
+        real = journal.TEXT
+
+        class KilledAfterPacking:
+            size = real.size
+
+            def pack_into(self, *args):
+                real.pack_into(*args)
+                raise _Killed
+
+        monkeypatch.setattr(journal, "TEXT", KilledAfterPacking())
+        with pytest.raises(_Killed):
+            j.text(b"O", b'{"b": 2}')
+        monkeypatch.setattr(journal, "TEXT", real)
+        assert list(journal.read_journal(str(tmp_path / "j"), 7)) == [("S", 1, 2, False, 3), ("F", b'{"a": 1}')]
+    finally:
+        j.close()
+        os.close(fd)

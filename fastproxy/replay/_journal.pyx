@@ -12,6 +12,14 @@ from cpython.buffer cimport PyBUF_WRITABLE, PyBuffer_Release, PyObject_GetBuffer
 from libc.stdint cimport INT64_MIN
 from libc.string cimport memcpy, memset
 
+cdef extern from *:
+    """
+    /* the compiler keeps the stores before it ahead of the tag's store: an entry is read only once its
+       tag is there, so a kill inside an entry leaves zeros (the journal's end), not a torn entry */
+    static inline void fp_journal_fence(void) { __atomic_signal_fence(__ATOMIC_SEQ_CST); }
+    """
+    void fp_journal_fence() nogil
+
 from fastproxy._packet cimport CommandResult
 
 cdef enum:
@@ -72,11 +80,12 @@ cdef class JournalWriter:
         if c_txn < 0 or c_txn > 0xFF or c_thread > 0xFFFFFFFF or self._base == NULL:
             return -1
         p = self._base + pos
-        p[0] = tag
         _put(p + 1, c_conn, 8)
         _put(p + 9, <unsigned long long>c_seq, 8)
         p[17] = <unsigned char>c_txn
         _put(p + 18, c_thread, 4)
+        fp_journal_fence()
+        p[0] = tag  # last: the entry exists once it is whole
         self.pos = pos + SENT_SIZE
         return 1
 
@@ -126,7 +135,6 @@ cdef class JournalWriter:
                 or self._base == NULL):
             return self._result_struct(conn_id, seq, result, latency_ns, second, lag_ns)
         p = self._base + pos
-        p[0] = b'R'
         _put(p + 1, c_conn, 8)
         _put(p + 9, <unsigned long long>c_seq, 8)
         p[17] = <unsigned char>r.outcome
@@ -145,5 +153,7 @@ cdef class JournalWriter:
         _put(p + 87, <unsigned long long>n_msg, 2)
         if n_msg:
             memcpy(p + RESULT_SIZE, <const char *>msg, n_msg)
+        fp_journal_fence()
+        p[0] = b'R'  # last: the entry exists once it is whole
         self.pos = pos + RESULT_SIZE + n_msg
         return True

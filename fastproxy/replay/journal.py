@@ -10,7 +10,9 @@ Layout: a header (magic, generation of the checkpoint it follows), then entries 
 `S` conn_id seq in_transaction thread (fixed size), `R` the result of a done command (what the
 verdict, the failures and the summary's counters took from it: fixed fields, then the error's
 SQLSTATE and message), `N` conn_id seq (a done command that had no result: consumed without one),
-or `F` / `O` u32 length + JSON (a failure / an other error of the report).
+or `F` / `O` u32 length + JSON (a failure / an other error of the report). An entry's tag is
+written last, once the rest of it is there: a kill inside an entry leaves the journal's end, not a
+torn entry.
 """
 from __future__ import annotations
 
@@ -60,7 +62,8 @@ class Journal(JournalWriter):
         pos = self.pos
         if pos + SENT.size >= SIZE:
             return False
-        SENT.pack_into(self._map, pos, b"S", conn_id, seq, in_txn, thread)
+        SENT.pack_into(self._map, pos, b"\0", conn_id, seq, in_txn, thread)
+        self._map[pos] = ord("S")  # the tag last: a kill inside the entry leaves the journal's end, not half of it
         self.pos = pos + SENT.size
         return True
 
@@ -71,7 +74,7 @@ class Journal(JournalWriter):
         if end >= SIZE:
             return False
         try:
-            RESULT.pack_into(self._map, pos, b"R", conn_id, seq, r.outcome, r.err_code, r.rows, r.columns,
+            RESULT.pack_into(self._map, pos, b"\0", conn_id, seq, r.outcome, r.err_code, r.rows, r.columns,
                              r.hash_ordered, r.hash_unordered, r.affected_rows, r.warnings, max(0, latency_ns),
                              max(0, second), NO_LAG if lag_ns is None else lag_ns,
                              (r.sql_state or "").encode()[:5], len(msg))
@@ -80,6 +83,7 @@ class Journal(JournalWriter):
             self.unjournaled += 1
             return True
         self._map[pos + RESULT.size:end] = msg
+        self._map[pos] = ord("R")  # the tag last
         self.pos = end
         return True
 
@@ -87,7 +91,8 @@ class Journal(JournalWriter):
         pos = self.pos
         if pos + SENT.size >= SIZE:
             return False
-        SENT.pack_into(self._map, pos, b"N", conn_id, seq, 0, 0)
+        SENT.pack_into(self._map, pos, b"\0", conn_id, seq, 0, 0)
+        self._map[pos] = ord("N")  # the tag last
         self.pos = pos + SENT.size
         return True
 
@@ -100,8 +105,9 @@ class Journal(JournalWriter):
         end = pos + TEXT.size + len(data)
         if end >= SIZE:
             return False
-        TEXT.pack_into(self._map, pos, tag, len(data))
+        TEXT.pack_into(self._map, pos, b"\0", len(data))
         self._map[pos + TEXT.size:end] = data
+        self._map[pos] = tag[0]  # the tag last: a kill before it leaves no entry with its data missing
         self.pos = end
         return True
 
