@@ -253,6 +253,16 @@ def test_a_tiproxy_capture_still_being_written_replays_its_whole_commands(mariad
     assert summary["commands_replayed"] == len(got), summary
     assert mariadb_test.sql("SELECT id FROM tp.t ORDER BY id").split() == ["1", "2"]  # the execute before the cut ran
 
+    # a file just started, read with the wrong idea of its encryption (no meta says it): an error naming
+    # that, not an input quietly empty (its few bytes taken for a cut)
+    tiny = tmp_path / "tiny"
+    names = write_capture(str(tiny), files[:1], key=key, compress=compress)
+    os.unlink(tiny / "meta")
+    (tiny / names[0]).write_bytes(flushed_prefix(files[0], 20, key=key, compress=compress))
+    with pytest.raises(TrafficFormatError, match="no meta to say whether it is encrypted"):
+        list(open_input(str(tiny), "tiproxy", encryption_key=None if key else os.urandom(32)))
+    assert len(list(open_input(str(tiny), "tiproxy", encryption_key=key))) == 0  # the right key: a cut
+
     first_cut = tmp_path / "first-file-cut"
     names = write_capture(str(first_cut), files, key=key, compress=compress)
     os.unlink(first_cut / "meta")

@@ -46,6 +46,7 @@ _KEY_PREFIX = b"# "
 _STMT_ID_COMMANDS = frozenset((COMMAND.COM_STMT_EXECUTE, COMMAND.COM_STMT_SEND_LONG_DATA, COMMAND.COM_STMT_CLOSE,
                                COMMAND.COM_STMT_RESET, COMMAND.COM_STMT_FETCH, COMMAND.COM_STMT_BULK_EXECUTE))
 _KEY_SUFFIX = b": "
+_COMMAND_START = b"# Time: "  # every command's first line
 # TiProxy's Cmd_type strings are pnet.Command.String(): "StmtExecute", "InitDB", ...
 _TYPE_BY_NAME = {"".join(p.capitalize() for p in name[4:].split("_")): code
                  for code, name in COMMAND_NAMES.items() if name.startswith("COM_")}
@@ -75,39 +76,54 @@ class _Cut(TrafficFormatError):
 class _Gunzip:
     """A gzip file read in pieces, its data handed out as it is inflated. gzip.GzipFile drops the data
     of a read that meets the end of a stream cut off (the file TiProxy is still writing): here that
-    data comes first, then EOFError. Corrupt data: gzip.BadGzipFile. Members follow one another."""
+    data comes first, then EOFError; data before corrupt bytes comes first too, then gzip.BadGzipFile.
+    Members follow one another (zeros between them: padding, as gzip allows). At most READ_SIZE bytes
+    are inflated at a time, however well the data compresses."""
 
     def __init__(self, raw) -> None:
         self._raw = raw
         self._inflate = zlib.decompressobj(wbits=31)  # 31: a gzip header and trailer (CRC-32 checked)
+        self._input = b""  # compressed bytes read and not yet inflated
         self._out = bytearray()
+        self._fresh = True  # between members: nothing of the next one fed yet
         self._in_member = False  # bytes of a member fed and its end not reached
         self._ended = False
+        self._error: Exception | None = None
 
     def read(self, n: int) -> bytes:
         while len(self._out) < n and not self._ended:
             self._inflate_more()
-        if not self._out and self._ended and self._in_member:
-            raise EOFError("the gzip stream ends before its end marker (cut off)")
+        if not self._out:
+            if self._error is not None:
+                raise self._error
+            if self._in_member:
+                raise EOFError("the gzip stream ends before its end marker (cut off)")
         out = bytes(self._out[:n])
         del self._out[:n]
         return out
 
     def _inflate_more(self) -> None:
-        data = self._raw.read(READ_SIZE)
+        data, self._input = self._input or self._raw.read(READ_SIZE), b""
         if not data:
             self._ended = True
             return
-        while data:
-            try:
-                self._out += self._inflate.decompress(data)
-            except zlib.error as e:
-                raise gzip.BadGzipFile(str(e)) from None
-            self._in_member = not self._inflate.eof
-            if not self._inflate.eof:
+        if self._fresh:
+            data = data.lstrip(b"\0")
+            if not data:
                 return
-            data = self._inflate.unused_data.lstrip(b"\0")  # the next member (zeros: padding, as gzip allows)
+            self._fresh = False
+        try:
+            self._out += self._inflate.decompress(data, READ_SIZE)
+        except zlib.error as e:
+            self._error, self._ended = gzip.BadGzipFile(str(e)), True  # raised once what came before is read
+            return
+        if self._inflate.eof:  # the member ends: what follows starts the next one
+            self._input = self._inflate.unused_data
             self._inflate = zlib.decompressobj(wbits=31)
+            self._fresh, self._in_member = True, False
+        else:
+            self._input = self._inflate.unconsumed_tail  # held back by the READ_SIZE bound
+            self._in_member = True
 
     def close(self) -> None:
         pass  # (the raw file is closed by its _Stream)
@@ -234,7 +250,15 @@ class TiProxySource:
         }
         self.complete = bool(tmeta)
         self.unfinished = not tmeta  # TiProxy writes its meta when the capture ends
-        self.truncated_at: tuple[str, int] | None = None  # (file, line) where a cut-off last file ended
+        # (file, offset in its decoded bytes) where a cut-off last file ended, as the native reader's
+        self.truncated_at: tuple[str, int] | None = None
+
+    def _key_hint(self) -> str:
+        if self.complete:
+            return ""
+        if self.encrypted:
+            return " (decrypted with the key given: the capture has no meta to say whether it is encrypted)"
+        return " (the capture has no meta to say whether it is encrypted: if it is, give its key)"
 
     def _load_meta(self) -> dict:
         p = self.storage.path("meta")
@@ -263,7 +287,11 @@ class TiProxySource:
             except _Cut:
                 if not tolerate_cut:
                     raise
-                self.truncated_at = (name, stream.line if stream is not None else 0)
+                if stream is not None and stream.line == 0 and not _COMMAND_START.startswith(bytes(stream.buf[:8])):
+                    # bytes that cannot start a TiProxy command: not a cut, the wrong key (or none)
+                    raise TrafficFormatError(f"{stream.path}: line 1: not a TiProxy command: "
+                                             f"{bytes(stream.buf[:40])!r}{self._key_hint()}") from None
+                self.truncated_at = (name, stream.offset if stream is not None else 0)
             finally:
                 if stream is not None:
                     stream.close()
@@ -278,9 +306,7 @@ class TiProxySource:
                 return
             where = f"{s.path}: line {s.line}"
             if not line.startswith(_KEY_PREFIX) or _KEY_SUFFIX not in line:
-                hint = " (decrypted with the key given: the capture has no meta to say whether it is encrypted)" \
-                    if self.encrypted and not self.complete else ""
-                raise TrafficFormatError(f"{where}: not a '# Key: value' line: {line[:80]!r}{hint}")
+                raise TrafficFormatError(f"{where}: not a '# Key: value' line: {line[:80]!r}{self._key_hint()}")
             key, _, value = line[2:].partition(_KEY_SUFFIX)
             if not value:
                 raise TrafficFormatError(f"{where}: empty value for {key.decode(errors='replace')}")

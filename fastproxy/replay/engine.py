@@ -1610,7 +1610,7 @@ class Replayer(EngineCore):
             # its files held when they were read was replayed, and said so
             "input_unfinished": bool(getattr(self.reader, "unfinished", False)) and not self.read_error,
             # of several inputs replayed together, the unfinished ones
-            "input_unfinished_inputs": list(getattr(self.reader, "unfinished_inputs", [])),
+            "input_unfinished_inputs": [] if self.read_error else list(getattr(self.reader, "unfinished_inputs", [])),
             # inputs without outcomes (general log, slow log, TiProxy's error codes): every replay error
             # is reported as a failure, as TiProxy does
             "outcomes_recorded": self.meta.get("outcomes_recorded", True),
