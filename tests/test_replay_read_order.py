@@ -13,6 +13,8 @@ connection`, which keeps each connection's order only. And a read a commit overl
 """
 from __future__ import annotations
 
+import os
+
 import MySQLdb
 import pytest
 
@@ -167,3 +169,50 @@ def test_a_commit_longer_than_the_reads_kept_is_said_in_every_report(mariadb_tes
     assert "order: 1 commit may have overlapped reads no longer kept" in text, text
     html = open(summary["_path"][:-len(".json")] + ".html").read()
     assert "1 commit may have overlapped reads no longer kept" in html
+
+
+def test_a_read_whose_overlapping_commit_was_never_read_is_not_a_mismatch(mariadb_test, tmp_path):
+    """A read that differs waits for the commits read after it (up to a window) before it is judged:
+    one of them may have overlapped it in production. When the input breaks (or the replay is
+    canceled) before they are read, it was judged as not overlapped, a mismatch, although here the
+    commit the broken tail held overlapped it: now it is counted as order unknown, and the verdict
+    says the replay stopped before reading what would tell."""
+    import subprocess
+    import sys
+
+    from fastproxy.capture.record import OUTCOME_OK
+    from fastproxy.constants import SERVER_STATUS
+
+    from replay_util import newest_summary, write_capture
+
+    ms, t0 = 1_000_000, 1_700_000_000_000_000_000
+    auto = {"status_flags": SERVER_STATUS.AUTOCOMMIT}
+    mariadb_test.sql(SETUP)
+    path = str(tmp_path / "capture")
+    fillers = [((3, t0 + 111 * ms + i * 100, t0 + 111 * ms + i * 100 + 50, OUTCOME_OK, 0, 0, 0,
+                 b"\x03DO %d /* within the read's window: it stays to be judged */" % i), auto)
+               for i in range(5000)]
+    write_capture(path, DB, (1, 2, 3), [  # in the order they ended
+        # production read 2 rows (the replay reads 1): a difference
+        ((1, t0 + 100 * ms, t0 + 110 * ms, OUTCOME_OK, 0, 0, 2, b"\x03SELECT v FROM t1 WHERE id = 1"), auto),
+        *fillers,
+        ((2, t0 + 50 * ms, t0 + 500 * ms, OUTCOME_OK, 0, 1, 0, b"\x03UPDATE t1 SET v = 5 WHERE id = 1"), auto),
+    ], t0)
+    (name,) = [f for f in os.listdir(path) if f.endswith(".lz4")]
+    with open(os.path.join(path, name), "r+b") as f:  # the tail with the UPDATE cut off: the input breaks
+        f.truncate(os.path.getsize(os.path.join(path, name)) - 20)
+    report = str(tmp_path / "report")
+    res = subprocess.run([sys.executable, "-m", "fastproxy", "replay", "--target", mariadb_test.addr, "--input", path,
+                          "--username", "root", "--password", ROOT_PASSWORD, "--speed", "0", "--no-report-tables",
+                          "--report-dir", report], capture_output=True, text=True, timeout=180)
+    assert res.returncode == 3, res.stdout + res.stderr  # incomplete: the input broke
+    summary = newest_summary(report)
+    assert summary["input_error"] and summary["commands_replayed"] < 5002, summary
+    verdict = summary["verdict"]
+    assert verdict["mismatched_commands"] == 0, verdict
+    assert verdict["mismatched_commands_order_unknown"] == 1, verdict
+    assert verdict["mismatched_commands_order_unread"] == 1, verdict
+    text = open(summary["_path"][:-len(".json")] + ".txt").read()
+    assert "of which 1 read: the replay stopped before reading the commits that would tell" in text, text
+    html = open(summary["_path"][:-len(".json")] + ".html").read()
+    assert "Of those, 1 because the replay stopped before it read the commits" in html

@@ -219,6 +219,7 @@ class Replayer(EngineCore):
         self._timer: asyncio.TimerHandle | None = None
         self._timer_due = 0
         self._reading_done = False
+        self._read_whole = False  # the input was read to its end (not canceled, not broken)
         self._stop_reading = False
         self._done = asyncio.Event()
         self.internal_error: Exception | None = None  # a defect of the replayer that stopped the replay
@@ -378,6 +379,7 @@ class Replayer(EngineCore):
             while not self._stop_reading:
                 records = await loop.run_in_executor(None, batch)
                 if not records:
+                    self._read_whole = True
                     break
                 if not self.capture_start_ns:
                     self.capture_start_ns = records[0].start_ns

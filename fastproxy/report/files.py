@@ -87,6 +87,7 @@ def verdict_data(verdict: Verdict, latency_rows: list[dict], timeline: dict, ext
         "groups_dropped": verdict.groups_dropped,
         "mismatched_commands_not_rebuilt": verdict.mismatch_not_rebuilt,
         "mismatched_commands_order_unknown": verdict.mismatch_order_unknown,
+        "mismatched_commands_order_unread": verdict.mismatch_order_unread,
         "order_unknown": [{"cmd_type": t, "digest": d, "sample_stmt": stmt, "count": n}
                           for (t, d), (stmt, n) in sorted(verdict.order_unknown.items(), key=lambda kv: -kv[1][1])],
         "timeline": timeline,
@@ -128,6 +129,7 @@ def verdict_summary(data: dict, summary: dict, failures: list[dict]) -> dict:
         "lag_p99_ms": summary.get("lag", {}).get("p99_ms"),
         "mismatched_commands_not_rebuilt": data.get("mismatched_commands_not_rebuilt", 0),
         "mismatched_commands_order_unknown": data.get("mismatched_commands_order_unknown", 0),
+        "mismatched_commands_order_unread": data.get("mismatched_commands_order_unread", 0),
         # not empty: the replay is incomplete (the verdict says so instead of a clean result)
         "incomplete": incomplete_reasons(summary),
     }
@@ -238,6 +240,9 @@ def format_verdict(summary: dict, data: dict | None, failures: list[dict] | None
         lines.append(f"  order unknown:       {_n(data['mismatched_commands_order_unknown'], 'read')} in "
                      f"{_n(len(data.get('order_unknown', [])), 'statement')} differed where a commit of their tables "
                      f"overlapped them in production (which came first is unknown: counted apart, not mismatches)")
+        if data.get("mismatched_commands_order_unread"):
+            lines.append(f"                       of which {_n(data['mismatched_commands_order_unread'], 'read')}: "
+                         f"the replay stopped before reading the commits that would tell")
     missing = [k for k in KINDS if k not in data.get("compared", KINDS)]
     if missing:
         lines.append(f"  (the input did not record them, so not compared: {', '.join(missing)})")

@@ -346,6 +346,11 @@ def render_report(summary: dict, data: dict, failures: list[dict], other_errors:
         notes.append(f"{n:,} read{'s' * (n != 1)} returned different results where a commit "
                      f"of their tables overlapped them (or their transaction's snapshot) in production: which came "
                      f"first is unknown, so they are counted apart, not as mismatches ({top}).")
+        unread = data.get("mismatched_commands_order_unread", 0)
+        if unread:
+            notes.append(f"Of those, {unread:,} because the replay stopped before it read the commits that could "
+                         f"have overlapped {'them' if unread != 1 else 'it'} in production (canceled, or the input "
+                         f"broke).")
     missed = (summary.get("causal") or {}).get("order_unknown_missed")
     if missed:
         notes.append(f"{missed:,} commit{'s' * (missed != 1)} may have overlapped reads no longer kept (commits "

@@ -236,7 +236,9 @@ class CaptureObserver(ObserverCore):
         def check(force: bool):
             if ticket.flags & ORDER_UNKNOWN:
                 return True
-            if force or engine._reading_done or engine.planner.settled(end_ns):
+            # known once the commits that could have overlapped it are read: all of them at the input's
+            # end; a replay canceled (or an input broken) before that leaves it unknown
+            if force or engine._read_whole or engine.planner.settled(end_ns):
                 return False
             return None
         return check

@@ -58,7 +58,8 @@ class VerdictSession:
         """Latency rows and plans; the last rows of the verdict tables. Never raises (the replay's
         summary must still be written)."""
         try:
-            self.verdict.settle(force=True)  # the input is all read: every order is known
+            # the input is all read: every order is known; else what it did not read leaves some unknown
+            self.verdict.settle(force=True, unread_unknown=not getattr(self.engine, "_read_whole", True))
             self.latency_rows = self.verdict.latency_rows()
             await self._explain()
         except Exception as e:  # noqa: BLE001

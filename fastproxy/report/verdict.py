@@ -195,6 +195,8 @@ class Verdict(VerdictCore):
         # which came first is unknown (fastproxy/replay/_causal.pyx, ORDER_UNKNOWN), so apart, per statement
         self.order_unknown: dict[tuple[str, str], list] = {}  # (cmd_type, digest) -> [sample_stmt, count]
         self.mismatch_order_unknown = 0
+        # of those, judged so because the replay stopped before it read the commits that would tell
+        self.mismatch_order_unread = 0
         self._pending: deque = deque()  # differences whose order is not known yet (add, settle)
         self.on_late_mismatch = None
         self._state_cache: dict[int, tuple] = {}  # slot -> (counts, saved histograms): state() every second
@@ -263,15 +265,21 @@ class Verdict(VerdictCore):
             order_unknown = known
         return self._judge(info, diffs, params, ref.wall_ns, new.wall_ns, order_unknown)
 
-    def settle(self, force: bool = False) -> None:
+    def settle(self, force: bool = False, unread_unknown: bool = False) -> None:
         """Judge the differences held while their order was not known, as far as it is now (`force`:
-        all of them, as known now: at the end, and before the state is saved)."""
+        all of them, as known now: at the end, and before the state is saved). `unread_unknown` (at the
+        end of a replay that did not read its whole input: canceled, or the input broke): what the
+        commits read cannot settle is judged order unknown (a commit never read may have overlapped it
+        in production), counted in mismatch_order_unread too, not as a mismatch."""
         pending = self._pending
         while pending:
             check, info, diffs, params, ref_wall, new_wall, replay_sec = pending[0]
-            known = check(force)
+            known = check(force and not unread_unknown)
             if known is None:
-                return
+                if not unread_unknown:
+                    return
+                known = True
+                self.mismatch_order_unread += 1
             pending.popleft()
             if self._judge(info, diffs, lambda: params, ref_wall, new_wall, known) and self.on_late_mismatch:
                 self.on_late_mismatch(replay_sec)
@@ -375,6 +383,7 @@ class Verdict(VerdictCore):
             "nondeterministic_differed": self.nondeterministic_differed,
             "mismatch_not_rebuilt": self.mismatch_not_rebuilt,
             "mismatch_order_unknown": self.mismatch_order_unknown,
+            "mismatch_order_unread": self.mismatch_order_unread,
             "order_unknown": [[t, d, stmt, n] for (t, d), (stmt, n) in self.order_unknown.items()],
         }
 
@@ -412,7 +421,8 @@ class Verdict(VerdictCore):
         self.compared = state["compared"]
         self.nondeterministic_differed = state["nondeterministic_differed"]
         self.mismatch_not_rebuilt = state.get("mismatch_not_rebuilt", 0)  # older checkpoints lack it
-        self.mismatch_order_unknown = state.get("mismatch_order_unknown", 0)  # (these two as well)
+        self.mismatch_order_unknown = state.get("mismatch_order_unknown", 0)  # (these three as well)
+        self.mismatch_order_unread = state.get("mismatch_order_unread", 0)
         self.order_unknown = {(t, d): [stmt, n] for t, d, stmt, n in state.get("order_unknown", [])}
 
     # ---- results -------------------------------------------------------------------------------
