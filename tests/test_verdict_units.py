@@ -203,6 +203,30 @@ def test_a_read_whose_order_is_not_known_yet_is_judged_when_it_is():
     assert v.state()["mismatch_count"] == 1
 
 
+def test_a_read_still_to_be_judged_when_the_replay_stops_reading_is_order_unknown():
+    """Canceled (or its input broken) before the commits that would tell were read: a differing read
+    still waiting is judged order unknown, counted as unread, at the end and in the checkpoint saved
+    then (a resumed run carries that on); what the commits read do settle is judged as usual."""
+    v = Verdict(VerdictOptions())
+    info = v.info(3, "Query", "SELECT v FROM t WHERE id = 1")
+    ref, new = Side(0, rows=1, columns=1, hash_unordered=1), Side(0, rows=1, columns=1, hash_unordered=2)
+    answers = {"a": None, "b": None}
+    for name, sec in (("a", 4), ("b", 5)):
+        assert v.add(info, ref, new, order_unknown=lambda force, n=name: answers[n] if answers[n] is not None
+                     or not force else False, replay_sec=sec) == []
+    answers["a"] = False  # settled by the commits read (not overlapped); b: still not known
+    late = []
+    state = v.state(late, unread_unknown=True)
+    assert (state["mismatch_count"], state["mismatch_order_unknown"], state["mismatch_order_unread"]) == (1, 1, 1)
+    assert late == [4] and (v.mismatch_count, v.mismatch_order_unknown, v.mismatch_order_unread) == (0, 0, 0)
+    restored = Verdict(VerdictOptions())
+    restored.restore(state)
+    assert (restored.mismatch_count, restored.mismatch_order_unknown, restored.mismatch_order_unread) == (1, 1, 1)
+    v.settle(force=True, unread_unknown=True)
+    assert (v.mismatch_count, v.mismatch_order_unknown, v.mismatch_order_unread) == (1, 1, 1)
+    assert v.state()["mismatch_order_unread"] == 1
+
+
 def test_latency_side_state_round_trip_and_checks():
     t = LatencyTable(3)
     a, b = t.add_slot(), t.add_slot()

@@ -349,8 +349,8 @@ def render_report(summary: dict, data: dict, failures: list[dict], other_errors:
         unread = data.get("mismatched_commands_order_unread", 0)
         if unread:
             notes.append(f"Of those, {unread:,} because the replay stopped before it read the commits that could "
-                         f"have overlapped {'them' if unread != 1 else 'it'} in production (canceled, or the input "
-                         f"broke).")
+                         f"have overlapped {'them' if unread != 1 else 'it'} in production (canceled, its input "
+                         f"broken, or stopped by an error).")
     missed = (summary.get("causal") or {}).get("order_unknown_missed")
     if missed:
         notes.append(f"{missed:,} commit{'s' * (missed != 1)} may have overlapped reads no longer kept (commits "

@@ -331,26 +331,29 @@ class Verdict(VerdictCore):
                 nd.kinds[kind] = nd.kinds.get(kind, 0) + 1
 
     # ---- checkpoint and resume (fastproxy/replay/checkpoint.py) ----------------------------------
-    def state(self, late: list | None = None) -> dict:
+    def state(self, late: list | None = None, unread_unknown: bool = False) -> dict:
         """Everything accumulated so far, JSON-ready: bounded by max_digests histograms and max_groups
         groups. `restore` on a fresh Verdict with the same options gives the same results. Differences
-        still waiting for their order are saved judged as it is known now (their check cannot be saved),
+        still waiting for their order are saved judged as it is known now (their check cannot be saved;
+        `unread_unknown`: the replay stopped reading before the commits that would tell, see settle),
         and stay waiting here; the replay seconds of those saved as mismatches are added to `late`."""
         if not self._pending:
             return self._state()
         kept = (self.mismatches, self.mismatch_kinds, self.mismatch_count, self.order_unknown,
-                self.mismatch_order_unknown, self.groups_dropped, self._pending, self.on_late_mismatch)
+                self.mismatch_order_unknown, self.mismatch_order_unread, self.groups_dropped, self._pending,
+                self.on_late_mismatch)
         try:
             self.mismatches = {k: dataclasses.replace(m) for k, m in self.mismatches.items()}
             self.mismatch_kinds = dict(self.mismatch_kinds)
             self.order_unknown = {k: list(v) for k, v in self.order_unknown.items()}
             self._pending = deque(self._pending)
             self.on_late_mismatch = late.append if late is not None else None
-            self.settle(force=True)
+            self.settle(force=True, unread_unknown=unread_unknown)
             return self._state()
         finally:
             (self.mismatches, self.mismatch_kinds, self.mismatch_count, self.order_unknown,
-             self.mismatch_order_unknown, self.groups_dropped, self._pending, self.on_late_mismatch) = kept
+             self.mismatch_order_unknown, self.mismatch_order_unread, self.groups_dropped, self._pending,
+             self.on_late_mismatch) = kept
 
     def _state(self) -> dict:
         t = self.latency
