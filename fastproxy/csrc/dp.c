@@ -385,15 +385,12 @@ static void ready_enqueue(dp_worker *w, dp_side *s) {
     if (s->ready_queued)
         return;
     if (w->nready == w->ready_cap) {
+        /* only this list grows: the other may be the one ready_pass is reading */
         uint32_t cap = w->ready_cap ? w->ready_cap * 2 : 16;
-        dp_side **a = realloc(w->ready, cap * sizeof *a), **b;
+        dp_side **a = realloc(w->ready, cap * sizeof *a);
         if (!a)
             return;  /* read at its next readiness instead */
         w->ready = a;
-        b = realloc(w->ready_spare, cap * sizeof *b);
-        if (!b)
-            return;
-        w->ready_spare = b;
         w->ready_cap = cap;
     }
     w->ready[w->nready++] = s;
@@ -1307,10 +1304,12 @@ static void after_event(dp_conn *c) {
 /* The sides to read without a readiness or a completion: TLS sides whose OpenSSL may hold more
  * decrypted bytes, and (io_uring) sides with a stash, still wanting to be read. */
 static void ready_pass(dp_worker *w) {
-    uint32_t n = w->nready;
+    uint32_t n = w->nready, cap = w->ready_cap;
     dp_side **list = w->ready;
-    w->ready = w->ready_spare;  /* sides queued meanwhile go to the other list */
+    w->ready = w->ready_spare;  /* sides queued meanwhile go to the other list (each keeps its size) */
+    w->ready_cap = w->spare_cap;
     w->ready_spare = list;
+    w->spare_cap = cap;
     w->nready = 0;
     for (uint32_t i = 0; i < n; i++) {
         dp_side *s = list[i];

@@ -291,7 +291,7 @@ typedef struct dp_worker {
     /* sides to read after the batch though no readiness / completion will say so: TLS sides whose
      * OpenSSL may hold more decrypted bytes, and (io_uring) sides with a stash */
     dp_side **ready, **ready_spare;
-    uint32_t nready, ready_cap;
+    uint32_t nready, ready_cap, spare_cap;
 } dp_worker;
 
 /* The ring's side path for records too large for it (Python, takes the GIL): RING_REFUSED_NONE or

@@ -337,8 +337,19 @@ class ClientConnection(asyncio.Protocol):
                 # a TLS object the data plane cannot take over: relayed here, in Python (module docstring)
                 self.transport.write(build_packet(seq + tls.seq_shift, payload))
                 self._start_python_relay()
+            elif client_tls is None and backend_tls is None:
+                self._hand_off(build_packet(seq + tls.seq_shift, payload))
             else:
-                self._hand_off(build_packet(seq + tls.seq_shift, payload), client_tls, backend_tls)
+                # not from inside uvloop's TLS protocol callback that delivered this packet: once it
+                # returns, that protocol sends what its write BIO holds, and the worker owns the BIO by
+                # then (a command the worker had just encrypted was taken and lost: a client waited for
+                # an answer for ever). Reading paused meanwhile: what arrives stays in the BIOs, for
+                # the worker
+                self.phase = RELAYED
+                self.transport.pause_reading()
+                self.backend_side.transport.pause_reading()
+                self.server.loop.call_soon(self._hand_off, build_packet(seq + tls.seq_shift, payload),
+                                           client_tls, backend_tls)
             return
         self.transport.write(build_packet(seq + tls.seq_shift, payload))
         if first == 0xFF:
@@ -353,6 +364,8 @@ class ClientConnection(asyncio.Protocol):
         whatever either side sent after the handshake. A TLS side goes with its ssl.SSLObject: the
         worker relays it with OpenSSL (its memory BIOs, which still hold what was read with the end
         of the handshake); nothing here touches that object again."""
+        if self.phase == CLOSED:  # deferred, and either side closed meanwhile: nothing to hand off
+            return
         server = self.server
         side = self.backend_side
         tls = self.tls
