@@ -198,6 +198,11 @@ class _Stream:
                     raise _Cut(f"{self.path}: line {self.line + 1}: truncated (no end of line)")
                 return None
 
+    def may_be_commands(self) -> bool:
+        """Whether what was read can be TiProxy commands: past the first line, or a first line cut
+        short that starts as every command does."""
+        return self.line > 0 or _COMMAND_START.startswith(bytes(self.buf[:len(_COMMAND_START)]))
+
     def read(self, n: int) -> bytes:
         while len(self.buf) < n:
             if not self._fill():
@@ -287,8 +292,7 @@ class TiProxySource:
             except _Cut:
                 if not tolerate_cut:
                     raise
-                if stream is not None and stream.line == 0 and not _COMMAND_START.startswith(bytes(stream.buf[:8])):
-                    # bytes that cannot start a TiProxy command: not a cut, the wrong key (or none)
+                if stream is not None and not stream.may_be_commands():  # the wrong key (or none): not a cut
                     raise TrafficFormatError(f"{stream.path}: line 1: not a TiProxy command: "
                                              f"{bytes(stream.buf[:40])!r}{self._key_hint()}") from None
                 self.truncated_at = (name, stream.offset if stream is not None else 0)

@@ -337,19 +337,8 @@ class ClientConnection(asyncio.Protocol):
                 # a TLS object the data plane cannot take over: relayed here, in Python (module docstring)
                 self.transport.write(build_packet(seq + tls.seq_shift, payload))
                 self._start_python_relay()
-            elif client_tls is None and backend_tls is None:
-                self._hand_off(build_packet(seq + tls.seq_shift, payload))
             else:
-                # not from inside uvloop's TLS protocol callback that delivered this packet: once it
-                # returns, that protocol sends what its write BIO holds, and the worker owns the BIO by
-                # then (a command the worker had just encrypted was taken and lost: a client waited for
-                # an answer for ever). Reading paused meanwhile: what arrives stays in the BIOs, for
-                # the worker
-                self.phase = RELAYED
-                self.transport.pause_reading()
-                self.backend_side.transport.pause_reading()
-                self.server.loop.call_soon(self._hand_off, build_packet(seq + tls.seq_shift, payload),
-                                           client_tls, backend_tls)
+                self._hand_off(build_packet(seq + tls.seq_shift, payload), client_tls, backend_tls, first_try=True)
             return
         self.transport.write(build_packet(seq + tls.seq_shift, payload))
         if first == 0xFF:
@@ -359,7 +348,7 @@ class ClientConnection(asyncio.Protocol):
             self._close()
         # 0xFE auth switch / 0x01 more data: the client answers through _on_auth_packet
 
-    def _hand_off(self, ok_packet: bytes, client_tls=None, backend_tls=None) -> None:
+    def _hand_off(self, ok_packet: bytes, client_tls=None, backend_tls=None, first_try: bool = False) -> None:
         """Give both sockets to a data-plane worker, with the backend's OK still to deliver and
         whatever either side sent after the handshake. A TLS side goes with its ssl.SSLObject: the
         worker relays it with OpenSSL (its memory BIOs, which still hold what was read with the end
@@ -370,13 +359,21 @@ class ClientConnection(asyncio.Protocol):
         side = self.backend_side
         tls = self.tls
         raws = [raw for raw, obj in ((tls.client_raw, client_tls), (tls.backend_raw, backend_tls)) if obj is not None]
-        if (self.transport.get_write_buffer_size() or side.transport.get_write_buffer_size()
-                or any(raw.get_write_buffer_size() for raw in raws)):
-            # a handshake packet is still queued in a transport (the peer reads slowly): hand off
-            # once it is out, or its bytes would be lost with the transport
+        # Later, reading paused meanwhile (what arrives stays in the framers and the BIOs, for the worker):
+        # - called from inside uvloop's TLS callback that delivered the OK (`first_try` with a TLS side):
+        #   once it returns, that protocol sends what its write BIO holds, and the worker owns the BIO by
+        #   then (a command the worker had just encrypted was taken and lost: a client waited for ever);
+        # - a handshake packet still queued in a transport (the peer reads slowly): once it is out, or
+        #   its bytes would be lost with the transport.
+        in_tls_callback = first_try and (client_tls is not None or backend_tls is not None)
+        if in_tls_callback or (self.transport.get_write_buffer_size() or side.transport.get_write_buffer_size()
+                               or any(raw.get_write_buffer_size() for raw in raws)):
             self.transport.pause_reading()
             side.transport.pause_reading()
-            server.loop.call_later(0.001, self._hand_off, ok_packet, client_tls, backend_tls)
+            if in_tls_callback:
+                server.loop.call_soon(self._hand_off, ok_packet, client_tls, backend_tls)
+            else:
+                server.loop.call_later(0.001, self._hand_off, ok_packet, client_tls, backend_tls)
             self.phase = RELAYED  # nothing more is read meanwhile
             return
         self.phase = RELAYED

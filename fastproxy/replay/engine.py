@@ -394,6 +394,12 @@ class Replayer(EngineCore):
             self._reading_done = True
             self._check_done()
 
+    @property
+    def read_stopped_early(self) -> bool:
+        """The reader stopped before the input's end (canceled, the input broke, an internal error):
+        commits it never read may have overlapped reads (the verdict's order unknown, unread)."""
+        return self._reading_done and not self._read_whole
+
     def _conn(self, conn_id: int) -> Conn:
         conn = self.conns.get(conn_id)
         if conn is None:

@@ -160,10 +160,9 @@ class CaptureObserver(ObserverCore):
     def state(self) -> dict:
         """The verdict and the timeline so far (a checkpoint's)."""
         late: list[int] = []  # mismatches the saved verdict judged ahead of the live one
-        engine = self.engine
         # the last checkpoint of a replay canceled (or whose input broke): judged as its end judges them
         # (Verdict.settle's unread_unknown), which a resumed run carries on
-        verdict = self.verdict.state(late, unread_unknown=engine._reading_done and not engine._read_whole)
+        verdict = self.verdict.state(late, unread_unknown=self.engine.read_stopped_early)
         timeline = self.timeline.state()
         if late:
             counts = dict(timeline["mismatches"])

@@ -59,7 +59,7 @@ class VerdictSession:
         summary must still be written)."""
         try:
             # the input is all read: every order is known; else what it did not read leaves some unknown
-            self.verdict.settle(force=True, unread_unknown=not getattr(self.engine, "_read_whole", True))
+            self.verdict.settle(force=True, unread_unknown=getattr(self.engine, "read_stopped_early", False))
             self.latency_rows = self.verdict.latency_rows()
             await self._explain()
         except Exception as e:  # noqa: BLE001
