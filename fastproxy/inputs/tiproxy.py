@@ -290,11 +290,11 @@ class TiProxySource:
                 stream = _Stream(self.storage, name, bool(m.group("gz")), self.key)
                 yield from self._file_commands(stream)
             except _Cut:
-                if not tolerate_cut:
-                    raise
                 if stream is not None and not stream.may_be_commands():  # the wrong key (or none): not a cut
                     raise TrafficFormatError(f"{stream.path}: line 1: not a TiProxy command: "
                                              f"{bytes(stream.buf[:40])!r}{self._key_hint()}") from None
+                if not tolerate_cut:
+                    raise
                 self.truncated_at = (name, stream.offset if stream is not None else 0)
             finally:
                 if stream is not None:
